@@ -1,0 +1,63 @@
+# Shared settings for the aarch64 lab host (sourced by up/down/status/build).
+# shellcheck shell=bash
+
+HM_ARM_NAME=${HM_ARM_NAME:-hm-arm}                 # guest host name and docker context name
+HM_ARM_PORT=${HM_ARM_PORT:-2391}                   # 127.0.0.1:PORT on the x86 host -> guest :2375
+HM_ARM_REGISTRY_PORT=${HM_ARM_REGISTRY_PORT:-5000} # guest localhost:5000 -> host 127.0.0.1:5000
+HM_ARM_CACHE=${HM_ARM_CACHE:-/var/cache/hmigrate-lab/arm64}
+HM_ARM_STATE=${HM_ARM_STATE:-/var/lib/hmigrate-lab/arm64}
+HM_ARM_SUITE=${HM_ARM_SUITE:-trixie}
+HM_ARM_MIRROR=${HM_ARM_MIRROR:-http://deb.debian.org/debian}
+HM_ARM_CPUS=${HM_ARM_CPUS:-2}
+HM_ARM_MEM=${HM_ARM_MEM:-3584}                     # MiB
+HM_ARM_DISK_SIZE=${HM_ARM_DISK_SIZE:-10G}          # size of the (sparse) root file system
+HM_ARM_BOOT_TIMEOUT=${HM_ARM_BOOT_TIMEOUT:-600}    # seconds to wait for the guest's dockerd
+
+# Packages of the guest root file system (arm64, from Debian).
+HM_ARM_PACKAGES=(
+  linux-image-arm64 initramfs-tools kmod udev
+  docker.io containerd runc tini criu
+  iproute2 iptables procps socat ca-certificates busybox-static util-linux mount
+)
+
+HM_ARM_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+hm_log() { printf '[arm64 %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+hm_die() { printf '[arm64] ERROR: %s\n' "$*" >&2; exit 1; }
+
+hm_need_root() { [ "$(id -u)" = 0 ] || hm_die "must run as root"; }
+
+# Hash of what goes into the mmdebstrap root file system (stage 1).
+hm_rootfs_recipe_hash() {
+  {
+    echo "suite=$HM_ARM_SUITE mirror=$HM_ARM_MIRROR"
+    printf '%s\n' "${HM_ARM_PACKAGES[@]}"
+    cat "$HM_ARM_DIR/build-rootfs.sh"
+  } | sha256sum | cut -d' ' -f1
+}
+
+# Hash of the whole recipe of the bootable image (stage 2 = stage 1 + guest files).
+hm_image_recipe_hash() {
+  {
+    hm_rootfs_recipe_hash
+    echo "disk=$HM_ARM_DISK_SIZE"
+    cat "$HM_ARM_DIR/build-image.sh"
+    (cd "$HM_ARM_DIR/guest" && find . -type f | LC_ALL=C sort | xargs sha256sum)
+  } | sha256sum | cut -d' ' -f1
+}
+
+hm_pid() {
+  local pf="$HM_ARM_STATE/qemu.pid" pid
+  [ -s "$pf" ] || return 1
+  pid=$(cat "$pf")
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  # make sure the pid really is our qemu (pid files can go stale)
+  tr '\0' ' ' < "/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$HM_ARM_STATE/disk.qcow2" || return 1
+  echo "$pid"
+}
+
+hm_docker() {
+  local d=/usr/local/bin/docker
+  [ -x "$d" ] || d=$(command -v docker) || hm_die "no docker client found"
+  "$d" -H "tcp://127.0.0.1:$HM_ARM_PORT" "$@"
+}

@@ -1,0 +1,79 @@
+# Shared settings and helpers for the lab scripts (sourced, not run).
+# Every path, address and name the lab uses is defined here, once.
+
+export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+
+LAB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+LAB_STATE=/var/lib/hmigrate-lab          # daemons' data roots, registry storage, logs
+LAB_RUN=/var/run/hmigrate-lab            # pid files
+LAB_CACHE=/var/cache/hmigrate-lab        # downloaded packages, built images: survives `down`
+CRIU_PREFIX=/opt/hmigrate-lab/criu       # CRIU 4.x from trixie, with its own libraries
+CRIU_WRAPPER=/usr/local/sbin/criu        # first on PATH, so runc finds this CRIU
+
+# Host a: root network namespace.  Host b: its own namespace, reached over a veth pair.
+HOST_A_SOCK=/var/run/hmlab-a.sock
+HOST_B_SOCK=/var/run/hmlab-b.sock
+NETNS_B=hmlab-b
+VETH_ROOT=hmlab-a0
+VETH_B=hmlab-b0
+ADDR_ROOT=10.77.0.1
+ADDR_B=10.77.0.2
+HOST_B_TCP_PORT=2375
+REGISTRY=localhost:5000                  # the same name works on every lab host
+REGISTRY_PORT=5000
+BASE_IMAGE=hmlab/busybox:latest
+
+# Docker contexts the lab creates (documented in the README).
+CTX_A=hm-a
+CTX_B=hm-b
+CTX_B_TCP=hm-b-tcp
+
+DOCKER=/usr/local/bin/docker
+[ -x "$DOCKER" ] || DOCKER=/usr/bin/docker
+
+say() { printf '[lab] %s\n' "$*" >&2; }
+die() { printf '[lab] error: %s\n' "$*" >&2; exit 1; }
+
+need_root() {
+  [ "$(id -u)" = 0 ] || die "the lab needs root (it starts Docker daemons and network namespaces): run it with sudo"
+}
+
+# pid_alive FILE: true if FILE names a running process.
+pid_alive() {
+  local f=$1 pid
+  [ -s "$f" ] || return 1
+  pid=$(cat "$f" 2>/dev/null) || return 1
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+}
+
+# stop_pidfile FILE [SECONDS]: TERM the process in FILE, KILL it after SECONDS, remove FILE.
+stop_pidfile() {
+  local f=$1 wait=${2:-20} pid i
+  if pid_alive "$f"; then
+    pid=$(cat "$f")
+    kill -TERM "$pid" 2>/dev/null || true
+    for ((i = 0; i < wait * 10; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$pid" 2>/dev/null && { say "pid $pid did not stop, killing it"; kill -KILL "$pid" 2>/dev/null || true; }
+  fi
+  rm -f "$f"
+}
+
+# start_bg PIDFILE LOG CMD...: start CMD detached, record its pid.
+start_bg() {
+  local pidfile=$1 log=$2
+  shift 2
+  mkdir -p "$(dirname "$pidfile")" "$(dirname "$log")"
+  setsid "$@" >>"$log" 2>&1 </dev/null &
+  echo $! >"$pidfile"
+}
+
+# wait_for SECONDS DESCRIPTION CMD...: poll CMD until it succeeds.
+wait_for() {
+  local secs=$1 what=$2 i
+  shift 2
+  for ((i = 0; i < secs * 5; i++)); do "$@" >/dev/null 2>&1 && return 0; sleep 0.2; done
+  return 1
+}
+
+docker_a() { "$DOCKER" -H "unix://$HOST_A_SOCK" "$@"; }
+docker_b() { "$DOCKER" -H "unix://$HOST_B_SOCK" "$@"; }

@@ -19,7 +19,16 @@ grep -q enabled /proc/sys/fs/binfmt_misc/qemu-aarch64 2>/dev/null \
 
 include=$(IFS=,; echo "${HM_ARM_PACKAGES[*]}")
 hm_log "mmdebstrap $HM_ARM_SUITE arm64 (takes ~10 min under emulation): $include"
-rm -rf "$out.part"
+# Never rm -rf a chroot that still has /proc, /sys or /dev mounted in it.
+hm_umount_under() {
+  local m
+  for m in $(awk -v p="$1/" 'index($2, p) == 1 {print $2}' /proc/mounts | sort -r); do
+    umount -l "$m" || true
+  done
+}
+hm_umount_under "$out.part"
+rm -rf --one-file-system "$out.part"
+trap 'hm_umount_under "$out.part"' EXIT
 mmdebstrap --arch=arm64 --variant=minbase --format=directory \
   --include="$include" \
   --aptopt='Acquire::Retries "5"' \

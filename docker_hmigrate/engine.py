@@ -1,0 +1,171 @@
+"""A Docker host as the migration sees it: the engine API calls the SDK does not wrap.
+
+Everything here goes through the Engine API only: checkpoints (experimental routes),
+helper containers that are created but never started and bind-mount a host folder so
+that its files can be read or written with the archive endpoints, and a probe container
+that runs the host's own tools (CRIU) under chroot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+import docker
+import docker.errors
+
+from docker_hmigrate.errors import HmigrateError, UnknownContainer
+
+HELPER_LABEL = "org.hmigrate.helper"
+# What `criu check` needs to inspect the kernel from inside the probe container.
+PROBE_CAPS = ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "DAC_READ_SEARCH", "SYS_CHROOT", "IPC_LOCK"]
+# Go/Docker architecture names -> ISA names used by the toolchain and recode.
+ISA_NAMES = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "aarch64", "arm64": "aarch64"}
+PLATFORMS = {"x86-64": "linux/amd64", "aarch64": "linux/arm64"}
+
+
+@dataclass
+class Host:
+    """One Docker daemon, named as the user named it (context name or URL)."""
+
+    name: str
+    client: docker.DockerClient = field(repr=False)
+
+    @property
+    def api(self) -> docker.APIClient:
+        return self.client.api
+
+    @cached_property
+    def info(self) -> dict[str, Any]:
+        return self.client.info()
+
+    @cached_property
+    def version(self) -> dict[str, Any]:
+        return self.client.version()
+
+    @property
+    def isa(self) -> str:
+        arch = self.info.get("Architecture", "")
+        return ISA_NAMES.get(arch, arch)
+
+    @property
+    def platform(self) -> str:
+        return PLATFORMS.get(self.isa, f"linux/{self.isa}")
+
+    @property
+    def root_dir(self) -> str:
+        return self.info["DockerRootDir"]
+
+    @property
+    def experimental(self) -> bool:
+        return bool(self.info.get("ExperimentalBuild"))
+
+    def inspect(self, container: str) -> dict[str, Any]:
+        try:
+            return self.api.inspect_container(container)
+        except docker.errors.NotFound:
+            raise UnknownContainer(f"no container '{container}' on {self.name}") from None
+
+    # --- checkpoints: POST/GET/DELETE /containers/{id}/checkpoints (experimental) ----------
+    def checkpoint_create(self, container: str, name: str, exit: bool = True) -> None:
+        url = self.api._url("/containers/{0}/checkpoints", container)
+        body = {"CheckpointID": name, "Exit": exit}
+        self.api._raise_for_status(self.api._post_json(url, data=body))
+
+    def checkpoint_list(self, container: str) -> list[str]:
+        url = self.api._url("/containers/{0}/checkpoints", container)
+        res = self.api._result(self.api._get(url), json=True)
+        return [c["Name"] for c in res or []]
+
+    def checkpoint_delete(self, container: str, name: str) -> None:
+        url = self.api._url("/containers/{0}/checkpoints/{1}", container, name)
+        self.api._raise_for_status(self.api._delete(url))
+
+    def start(self, container: str, checkpoint: str | None = None) -> None:
+        url = self.api._url("/containers/{0}/start", container)
+        params = {"checkpoint": checkpoint} if checkpoint else {}
+        self.api._raise_for_status(self.api._post(url, params=params))
+
+    def checkpoint_dir(self, container_id: str) -> str:
+        """Where the daemon keeps (and restores from) a container's checkpoints."""
+        return f"{self.root_dir}/containers/{container_id}/checkpoints"
+
+    # --- helper containers -----------------------------------------------------------------
+    @contextlib.contextmanager
+    def helper(self, image: str, binds: list[str]) -> Iterator[str]:
+        """A created, never started container with `binds`, removed on exit.
+
+        The archive endpoints work on it, which gives read and write access to the bound
+        host folders or volumes without any access to the host but the engine API.
+        """
+        name = f"hmigrate-helper-{uuid.uuid4().hex[:12]}"
+        host_config = self.api.create_host_config(binds=binds, network_mode="none")
+        created = self.api.create_container(
+            image, command=["hmigrate-helper-never-started"], name=name,
+            host_config=host_config, labels={HELPER_LABEL: "1"}, network_disabled=True,
+        )
+        try:
+            yield created["Id"]
+        finally:
+            with contextlib.suppress(docker.errors.APIError):
+                self.api.remove_container(created["Id"], force=True)
+
+    def run_probe(self, image: str, script: str, timeout: float = 120) -> tuple[int, str]:
+        """Run `script` with the host's own /bin/sh, chrooted into the host's root.
+
+        The probe container has the capabilities CRIU needs, shares the host's pid namespace
+        and binds the host's / at /host; its entrypoint is the host's dynamic loader running the
+        host's chroot, so the image only has to exist (its files are never used).
+        """
+        loader, libdir = _host_loader(self.isa)
+        name = f"hmigrate-probe-{uuid.uuid4().hex[:12]}"
+        host_config = self.api.create_host_config(
+            # The host's root read-only; a private /tmp, where `criu check` makes its dirs.
+            binds=["/:/host:ro"], tmpfs={"/host/tmp": "mode=1777"},
+            pid_mode="host", network_mode="host",
+            # Not --privileged: it asks for every capability, and a host that lacks one
+            # (CAP_SYS_RESOURCE in some sandboxes) refuses to start the container.
+            cap_add=PROBE_CAPS, security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+        )
+        created = self.api.create_container(
+            image, name=name, host_config=host_config, labels={HELPER_LABEL: "probe"},
+            entrypoint=[f"/host{loader}", "--library-path",
+                        f"/host/lib/{libdir}:/host/usr/lib/{libdir}", "/host/usr/sbin/chroot"],
+            command=["/host", "/bin/sh", "-c", script],
+            environment={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
+        )
+        cid = created["Id"]
+        try:
+            self.api.start(cid)
+            status = self.api.wait(cid, timeout=timeout)["StatusCode"]
+            out = self.api.logs(cid, stdout=True, stderr=True).decode(errors="replace")
+            return status, out
+        finally:
+            with contextlib.suppress(docker.errors.APIError):
+                self.api.remove_container(cid, force=True)
+
+    def image_present(self, ref: str) -> dict[str, Any] | None:
+        try:
+            return self.api.inspect_image(ref)
+        except docker.errors.ImageNotFound:
+            return None
+        except docker.errors.APIError as exc:
+            raise HmigrateError(f"cannot inspect image {ref} on {self.name}: {exc}") from exc
+
+
+def _host_loader(isa: str) -> tuple[str, str]:
+    # The real files, not /lib64's absolute symlink, which would resolve in the container.
+    if isa == "aarch64":
+        return "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", "aarch64-linux-gnu"
+    return "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "x86_64-linux-gnu"
+
+
+def api_error_text(exc: Exception) -> str:
+    """The daemon's own explanation, without the SDK's URL noise."""
+    if isinstance(exc, docker.errors.APIError) and exc.explanation:
+        return str(exc.explanation)
+    return str(exc)

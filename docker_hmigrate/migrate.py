@@ -1,0 +1,367 @@
+"""The migration pipeline, phase by phase (DESIGN.md, "The migration, phase by phase").
+
+    1 validate   2 prepare target   3 checkpoint (freeze)   4 move   5 recode
+    6 restore + verify   7 commit, or roll back
+
+`Migration.run` is the one place where the phases are put in order; each phase is a
+method below it. Whatever the migration creates is recorded in `Created`, so that a
+failure at any point removes it and, once the source is frozen, restores the source from
+its own checkpoint: after every attempt the container runs somewhere.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import docker.errors
+
+from docker_hmigrate import errors, transfer
+from docker_hmigrate.engine import Host, api_error_text
+from docker_hmigrate.output import Reporter
+from docker_hmigrate.spec import ContainerSpec, target_spec
+from docker_hmigrate.validate import Validation, image_check, validate
+
+HOOK_POINTS = ("pre-restore", "post-restore", "failed-restore")
+
+
+@dataclass
+class MigrationOptions:
+    container: str
+    target_name: str | None = None
+    keep_source: bool = False
+    force: bool = False
+    hooks: dict[str, str] = field(default_factory=dict)  # hook point -> shell command
+    verify_seconds: float = 1.0
+
+
+@dataclass
+class Created:
+    """What this migration made, to undo on failure."""
+
+    target_container: str | None = None
+    volumes: list[str] = field(default_factory=list)
+    networks: list[str] = field(default_factory=list)
+    source_frozen: bool = False
+
+
+class Migration:
+    def __init__(self, src: Host, dst: Host, opts: MigrationOptions, reporter: Reporter):
+        self.src, self.dst, self.opts, self.rep = src, dst, opts, reporter
+        self.checkpoint = f"hmigrate-{uuid.uuid4().hex[:10]}"
+        self.created = Created()
+        self.inspect: dict[str, Any] = {}
+        self.spec: ContainerSpec | None = None
+        self.validation: Validation | None = None
+        self.bytes_moved = 0
+        self.frozen_at = 0.0
+        self.downtime = 0.0
+
+    # --- the pipeline --------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        self.inspect = self.src.inspect(self.opts.container)
+        name = self.opts.target_name or self.inspect["Name"].lstrip("/")
+        self.spec = target_spec(self.inspect, name, self._target_image())
+        self.rep.set("container", self.inspect["Name"].lstrip("/"))
+        self.rep.set("source", self.src.name)
+        self.rep.set("target", self.dst.name)
+        try:
+            self.phase_validate()
+            self.phase_prepare_target()
+            self.phase_checkpoint()
+            self.phase_move()
+            self.phase_recode()
+            self.phase_restore()
+            self.phase_commit()
+        except BaseException as exc:
+            self.roll_back(exc)
+            raise
+        return self._result(time.monotonic() - started)
+
+    def phase_validate(self) -> None:
+        with self.rep.phase("validate") as ph:
+            image = image_check(self.src, self.dst, self.spec.image, self.inspect["Image"])
+            self.validation = validate(self.src, self.dst, self.inspect, self.spec, image)
+            failed = self.validation.failures
+            for check in failed:
+                self.rep.warn(f"{check.name}: {check.detail}")
+            if failed and self.opts.force:
+                ph.update(f"{len(failed)} failed check(s) ignored (--force)")
+            elif not failed:
+                ph.update(f"{len(self.validation.checks)} checks passed")
+            if not self.opts.force:
+                self.validation.raise_for_failures()
+
+    def phase_prepare_target(self) -> None:
+        with self.rep.phase("prepare target") as ph:
+            self._ensure_image(ph)
+            self._ensure_networks()
+            self._create_volumes()
+            body = self.spec.body
+            url = self.dst.api._url("/containers/create")
+            res = self.dst.api._result(
+                self.dst.api._post_json(url, data=body, params={"name": self.spec.name}),
+                json=True,
+            )
+            self.created.target_container = res["Id"]
+            for net in list(self.spec.networks)[1:]:
+                self.dst.api.connect_container_to_network(res["Id"], net)
+            ph.update(f"created {self.spec.name} ({res['Id'][:12]})")
+
+    def phase_checkpoint(self) -> None:
+        with self.rep.phase("checkpoint") as ph:
+            self.frozen_at = time.monotonic()
+            try:
+                self.src.checkpoint_create(self.inspect["Id"], self.checkpoint, exit=True)
+            except docker.errors.APIError as exc:
+                # The source keeps running when the dump fails: CRIU resumes it.
+                raise errors.CriuError(
+                    f"checkpoint of {self.opts.container} failed: {api_error_text(exc)}",
+                    hint="read the criu-dump.log named above on the source host",
+                ) from exc
+            self.created.source_frozen = True
+            ph.update(f"checkpoint {self.checkpoint}")
+
+    def phase_move(self) -> None:
+        with self.rep.phase("move") as ph:
+            src_image, dst_image = self.inspect["Image"], self.spec.image
+            target = self.dst.inspect(self.created.target_container)
+            moved: list[transfer.Transferred] = []
+
+            def progress(n: int) -> None:
+                self.bytes_moved += n
+                ph.update(f"{self.bytes_moved / 1e6:.1f} MB")
+
+            moved.append(transfer.copy_folder(
+                "checkpoint", self.src, src_image,
+                f"{self.src.checkpoint_dir(self.inspect['Id'])}/{self.checkpoint}",
+                self.dst, dst_image,
+                f"{self.dst.checkpoint_dir(target['Id'])}/{self.checkpoint}", progress))
+            moved.append(transfer.copy_folder(
+                "filesystem changes", self.src, src_image, _upper_dir(self.src, self.inspect),
+                self.dst, dst_image, _upper_dir(self.dst, target), progress))
+            for vol in self.spec.volumes:
+                moved.append(transfer.copy_folder(
+                    f"volume {vol.name}", self.src, src_image, vol.name,
+                    self.dst, dst_image, vol.name, progress))
+            self.rep.set("transfers", [
+                {"what": t.what, "bytes": t.bytes, "seconds": round(t.seconds, 3)} for t in moved
+            ])
+            ph.update(f"{self.bytes_moved / 1e6:.1f} MB in {len(moved)} stream(s)")
+
+    def phase_recode(self) -> None:
+        with self.rep.phase("recode") as ph:
+            if self.src.isa == self.dst.isa:
+                ph.skip(f"same ISA ({self.src.isa})")
+                return
+            raise errors.NotMigratableCrossISA(
+                f"recoding a checkpoint from {self.src.isa} to {self.dst.isa} is not available",
+                hint="migrate to a host of the same ISA",
+            )
+
+    def phase_restore(self) -> None:
+        self._hook("pre-restore")
+        with self.rep.phase("restore") as ph:
+            cid = self.created.target_container
+            try:
+                self.dst.start(cid, checkpoint=self.checkpoint)
+            except docker.errors.APIError as exc:
+                raise errors.RestoreFailed(
+                    f"restore on {self.dst.name} failed: {api_error_text(exc)}",
+                    hint="the source was restored where it was; see the restore.log named above",
+                ) from exc
+            self.downtime = time.monotonic() - self.frozen_at
+            ph.update(f"running on {self.dst.name}")
+        with self.rep.phase("verify") as ph:
+            self._verify_running(cid)
+            ph.update(f"still running after {self.opts.verify_seconds:g}s")
+        self._hook("post-restore", fatal=False)
+
+    def phase_commit(self) -> None:
+        with self.rep.phase("commit") as ph:
+            # The restored container no longer needs its checkpoint: it holds process memory.
+            with contextlib.suppress(docker.errors.APIError):
+                self.dst.checkpoint_delete(self.created.target_container, self.checkpoint)
+            with contextlib.suppress(docker.errors.APIError):
+                self.src.checkpoint_delete(self.inspect["Id"], self.checkpoint)
+            if self.opts.keep_source:
+                ph.update("source kept (stopped)")
+            else:
+                self.src.api.remove_container(self.inspect["Id"], force=True)
+                ph.update("source removed")
+            self.created = Created()  # nothing to undo any more
+
+    # --- rollback ------------------------------------------------------------------------
+    def roll_back(self, cause: BaseException) -> None:
+        created = self.created
+        if not (created.target_container or created.volumes or created.networks
+                or created.source_frozen):
+            return
+        self._hook("failed-restore", fatal=False, error=str(cause))
+        problems: list[str] = []
+        with self.rep.phase("roll back") as ph:
+            if created.target_container:
+                with contextlib.suppress(docker.errors.NotFound):
+                    try:
+                        self.dst.api.remove_container(created.target_container, force=True)
+                    except docker.errors.APIError as exc:
+                        problems.append(f"remove target container: {api_error_text(exc)}")
+            for vol in created.volumes:
+                with contextlib.suppress(docker.errors.NotFound):
+                    try:
+                        self.dst.api.remove_volume(vol, force=True)
+                    except docker.errors.APIError as exc:
+                        problems.append(f"remove volume {vol}: {api_error_text(exc)}")
+            for net in created.networks:
+                with contextlib.suppress(docker.errors.APIError):
+                    self.dst.api.remove_network(net)
+            if created.source_frozen:
+                try:
+                    self.src.start(self.inspect["Id"], checkpoint=self.checkpoint)
+                    self._verify_running(self.inspect["Id"], host=self.src)
+                    with contextlib.suppress(docker.errors.APIError):
+                        self.src.checkpoint_delete(self.inspect["Id"], self.checkpoint)
+                except (docker.errors.APIError, errors.HmigrateError) as exc:
+                    problems.append(
+                        f"restore source {self.opts.container} from checkpoint "
+                        f"{self.checkpoint}: {api_error_text(exc)}")
+            ph.update("source restored" if created.source_frozen else "target cleaned")
+        self.created = Created()
+        if problems:
+            raise errors.RollbackFailed(
+                f"migration failed ({cause}) and the rollback too: {'; '.join(problems)}",
+                hint=f"the checkpoint {self.checkpoint} is kept on {self.src.name}: "
+                     f"docker start --checkpoint {self.checkpoint} {self.opts.container}",
+            ) from cause
+
+    # --- helpers -------------------------------------------------------------------------
+    def _target_image(self) -> str:
+        return self.inspect["Config"]["Image"]
+
+    def _ensure_image(self, ph) -> None:
+        ref, image_id = self.spec.image, self.inspect["Image"]
+        if self.dst.image_present(image_id):
+            if (self.dst.image_present(ref) or {}).get("Id") != image_id:
+                # The target knows the name as another image: create from the exact one.
+                self.spec.body["Image"] = image_id
+            return
+        if self.src.isa == self.dst.isa and self.src.image_present(image_id):
+            ph.update(f"copying image {ref}")
+            moved = transfer.copy_image(self.src, self.dst, image_id)
+            self.dst.api.tag(image_id, *_split_ref(ref))
+            ph.update(f"image copied ({moved.bytes / 1e6:.1f} MB)")
+            return
+        ph.update(f"pulling {ref} for {self.dst.platform}")
+        try:
+            self.dst.api.pull(ref, platform=self.dst.platform)
+        except docker.errors.APIError as exc:
+            raise errors.ImageUnavailable(
+                f"{self.dst.name} cannot pull {ref}: {api_error_text(exc)}",
+                hint=f"push {ref} to a registry {self.dst.name} can reach") from exc
+
+    def _ensure_networks(self) -> None:
+        for net in self.spec.networks:
+            if self.dst.client.networks.list(names=[net]):
+                continue
+            src_net = self.src.api.inspect_network(net)
+            self.dst.api.create_network(net, driver=src_net.get("Driver"),
+                                        options=src_net.get("Options"),
+                                        labels=src_net.get("Labels"))
+            self.created.networks.append(net)
+
+    def _create_volumes(self) -> None:
+        existing = {v["Name"] for v in (self.dst.api.volumes().get("Volumes") or [])}
+        for vol in self.spec.volumes:
+            if vol.name in existing:
+                raise errors.ValidationFailed(
+                    f"volume {vol.name} already exists on {self.dst.name}",
+                    hint=f"remove it there (docker volume rm {vol.name}) so its data "
+                         "can be carried over")
+            src_vol = self.src.api.inspect_volume(vol.name)
+            self.dst.api.create_volume(vol.name, driver=vol.driver,
+                                       driver_opts=src_vol.get("Options"),
+                                       labels=src_vol.get("Labels"))
+            self.created.volumes.append(vol.name)
+
+    def _verify_running(self, cid: str, host: Host | None = None) -> None:
+        host = host or self.dst
+        deadline = time.monotonic() + self.opts.verify_seconds
+        while True:
+            state = host.api.inspect_container(cid)["State"]
+            if not state.get("Running") or state.get("Restarting"):
+                raise errors.RestoreFailed(
+                    f"the restored container on {host.name} is {state.get('Status')} "
+                    f"(exit code {state.get('ExitCode')}): {state.get('Error') or 'no error'}",
+                    hint="the source was restored where it was")
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.1)
+
+    def _hook(self, point: str, fatal: bool = True, error: str = "") -> None:
+        command = self.opts.hooks.get(point)
+        if not command:
+            return
+        env = {**os.environ, **self._facts(), "HMIGRATE_HOOK": point}
+        if error:
+            env["HMIGRATE_ERROR"] = error
+        with self.rep.phase(f"hook {point}"):
+            proc = subprocess.run(command, shell=True, env=env)
+            if proc.returncode != 0:
+                msg = f"the {point} hook exited with {proc.returncode}"
+                if fatal:
+                    raise errors.HmigrateError(msg, hint=f"fix the hook: {command}")
+                self.rep.warn(msg)
+
+    def _facts(self) -> dict[str, str]:
+        return {
+            "HMIGRATE_CONTAINER": self.inspect["Name"].lstrip("/"),
+            "HMIGRATE_CONTAINER_ID": self.inspect["Id"],
+            "HMIGRATE_SOURCE": self.src.name,
+            "HMIGRATE_TARGET": self.dst.name,
+            "HMIGRATE_TARGET_CONTAINER": self.spec.name if self.spec else "",
+            "HMIGRATE_TARGET_CONTAINER_ID": self.created.target_container or "",
+            "HMIGRATE_CHECKPOINT": self.checkpoint,
+            "HMIGRATE_SOURCE_ISA": self.src.isa,
+            "HMIGRATE_TARGET_ISA": self.dst.isa,
+        }
+
+    def _result(self, total: float) -> dict[str, Any]:
+        phases = {p.name: round(p.seconds, 3) for p in self.rep.phases}
+        result = {
+            "container": self.inspect["Name"].lstrip("/"),
+            "target_container": self.spec.name,
+            "source": self.src.name,
+            "target": self.dst.name,
+            "isa": f"{self.src.isa} -> {self.dst.isa}",
+            "downtime_seconds": round(self.downtime, 3),
+            "total_seconds": round(total, 3),
+            "bytes_moved": self.bytes_moved,
+            "phase_seconds": phases,
+            "source_kept": self.opts.keep_source,
+        }
+        for k, v in result.items():
+            self.rep.set(k, v)
+        return result
+
+
+def _upper_dir(host: Host, inspect: dict[str, Any]) -> str:
+    driver = inspect.get("GraphDriver", {})
+    upper = (driver.get("Data") or {}).get("UpperDir")
+    if driver.get("Name") != "overlay2" or not upper:
+        raise errors.UnsupportedContainer(
+            f"{host.name} stores containers with {driver.get('Name')}: only overlay2 is supported",
+            hint="configure the daemon with the overlay2 storage driver")
+    return upper
+
+
+def _split_ref(ref: str) -> tuple[str, str]:
+    name, _, tag = ref.rpartition(":")
+    if not name or "/" in tag:
+        return ref, "latest"
+    return name, tag

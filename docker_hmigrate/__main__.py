@@ -1,0 +1,7 @@
+"""`python -m docker_hmigrate` runs the plugin entry point."""
+
+import sys
+
+from docker_hmigrate.plugin import main
+
+sys.exit(main())

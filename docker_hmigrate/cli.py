@@ -1,0 +1,597 @@
+"""The `docker hmigrate` command line: global options, shell commands, error handling.
+
+Migration commands (migrate, check, checkpoint, restore) live in docker_hmigrate.commands,
+which registers itself on `app` through `register(app)` at the end of this module. They
+use:
+
+* get_globals(ctx) -> GlobalOptions        docker's global flags for this run
+* get_reporter(ctx, json_mode=...) -> Reporter  progress/summary/JSON output
+* complete_container / complete_context    typer `autocompletion=` callbacks
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+try:
+    # typer >= 0.2x vendors its own click; its exceptions and completion live there.
+    from typer import _click as click
+except ImportError:  # older typer: plain click
+    import click  # type: ignore[no-redef]
+
+from docker_hmigrate import __version__, errors, hosts
+from docker_hmigrate.hosts import GlobalOptions
+from docker_hmigrate.output import Reporter, render_error
+
+PROG = "docker hmigrate"
+SYSTEM_PLUGIN_DIR = "/usr/local/lib/docker/cli-plugins"
+EXECUTABLE = "docker-hmigrate"
+
+log = logging.getLogger("docker_hmigrate")
+
+HELP = """\
+Live-migrate running containers between Docker hosts (same or different ISA).
+
+The source is the current Docker context (or --context/-H); the target is a
+context name or a daemon URL given with --to.
+
+Examples:
+
+  docker hmigrate migrate web --to hm-b
+
+  docker --context hm-a hmigrate migrate redis --to tcp://10.0.0.2:2375
+
+  docker hmigrate check web --to hm-b
+
+  docker hmigrate version --to hm-b
+"""
+
+
+@dataclass
+class CliState:
+    """Per-run state kept in the root click context's obj."""
+
+    pre_globals: dict[str, object] = field(default_factory=dict)
+    globals: GlobalOptions = field(default_factory=GlobalOptions)
+    reporter: Reporter | None = None
+
+
+# Last state created, so that run() can honour -D and flush a JSON document on failure
+# even though the exception escaped the click context.
+_state: CliState | None = None
+_commands_error: BaseException | None = None
+
+app = typer.Typer(
+    name="hmigrate",
+    help=HELP,
+    no_args_is_help=True,
+    add_completion=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+
+
+# ---- helpers for commands --------------------------------------------------------------
+
+
+def _root_state(ctx: click.Context) -> CliState:
+    root = ctx.find_root()
+    if not isinstance(root.obj, CliState):
+        pre = root.obj if isinstance(root.obj, dict) else {}
+        root.obj = CliState(pre_globals=pre, globals=GlobalOptions.from_dict(pre))
+    return root.obj
+
+
+def get_globals(ctx: click.Context) -> GlobalOptions:
+    """docker's global options for this run (flags before and after `hmigrate`)."""
+    return _root_state(ctx).globals
+
+
+def get_reporter(ctx: click.Context, json_mode: bool = False, quiet: bool = False) -> Reporter:
+    """The run's Reporter (created on first call). On failure, run() makes it emit the
+    JSON document (in --json mode) and the error/hint lines."""
+    state = _root_state(ctx)
+    if state.reporter is None:
+        state.reporter = Reporter(json_mode=json_mode, debug=state.globals.debug, quiet=quiet)
+    return state.reporter
+
+
+def complete_context(ctx: click.Context, incomplete: str) -> list[str]:
+    """Completion: context names (for --to)."""
+    try:
+        names = [e.name for e in hosts.list_contexts(get_globals(ctx))]
+    except Exception:  # completion must never fail loudly
+        return []
+    return [n for n in names if n.startswith(incomplete)]
+
+
+def complete_container(ctx: click.Context, incomplete: str) -> list[str]:
+    """Completion: names of running containers on the source host."""
+    try:
+        endpoint = hosts.resolve_source(get_globals(ctx))
+        client = hosts.connect(endpoint, timeout=5)
+        try:
+            names = [c.name for c in client.containers.list()]
+        finally:
+            client.close()
+    except Exception:
+        return []
+    return sorted(n for n in names if n.startswith(incomplete))
+
+
+# ---- global options --------------------------------------------------------------------
+
+
+@app.callback()
+def _globals_callback(
+    ctx: typer.Context,
+    context: Annotated[
+        str | None,
+        typer.Option(
+            "--context",
+            "-c",
+            metavar="NAME",
+            help="Docker context of the source host (overrides DOCKER_HOST and `docker "
+            "context use`)",
+            autocompletion=complete_context,
+        ),
+    ] = None,
+    host: Annotated[
+        list[str] | None,
+        typer.Option("--host", "-H", metavar="URL", help="Daemon socket of the source host"),
+    ] = None,
+    tls: Annotated[
+        bool | None, typer.Option("--tls", help="Use TLS; implied by --tlsverify")
+    ] = None,
+    tlsverify: Annotated[
+        bool | None, typer.Option("--tlsverify", help="Use TLS and verify the remote")
+    ] = None,
+    tlscacert: Annotated[
+        str | None,
+        typer.Option("--tlscacert", metavar="FILE", help="Trust certs signed only by this CA"),
+    ] = None,
+    tlscert: Annotated[
+        str | None, typer.Option("--tlscert", metavar="FILE", help="Path to TLS certificate file")
+    ] = None,
+    tlskey: Annotated[
+        str | None, typer.Option("--tlskey", metavar="FILE", help="Path to TLS key file")
+    ] = None,
+    config: Annotated[
+        str | None, typer.Option("--config", metavar="DIR", help="Location of client config files")
+    ] = None,
+    debug: Annotated[bool, typer.Option("--debug", "-D", help="Enable debug mode")] = False,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            "--log-level",
+            "-l",
+            metavar="LEVEL",
+            help='Logging level ("debug", "info", "warn", "error")',
+        ),
+    ] = None,
+) -> None:
+    """Collect docker's global flags given after `hmigrate` on top of those before it."""
+    global _state
+    state = _root_state(ctx)
+    given = GlobalOptions(
+        context=context,
+        hosts=list(host or []),
+        tls=tls,
+        tlsverify=tlsverify,
+        tlscacert=tlscacert,
+        tlscert=tlscert,
+        tlskey=tlskey,
+        config_dir=config,
+        debug=debug,
+        log_level=log_level,
+    )
+    state.globals = GlobalOptions.from_dict(state.pre_globals).merged(given)
+    _state = state
+    _setup_logging(state.globals)
+    if _commands_error is not None:
+        sys.stderr.write(f"warning: migration commands unavailable: {_commands_error!r}\n")
+
+
+def _setup_logging(g: GlobalOptions) -> None:
+    levels = {
+        "debug": logging.DEBUG,
+        "info": logging.INFO,
+        "warn": logging.WARNING,
+        "warning": logging.WARNING,
+        "error": logging.ERROR,
+        "fatal": logging.CRITICAL,
+    }
+    level_name = "debug" if g.debug else (g.log_level or "warn").lower()
+    if level_name not in levels:
+        raise errors.UsageError(
+            f"unable to parse logging level: {g.log_level}",
+            hint='use one of "debug", "info", "warn", "error", "fatal"',
+        )
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(levels[level_name])
+    log.propagate = False
+
+
+# ---- version ---------------------------------------------------------------------------
+
+
+def _daemon_info(endpoint: hosts.Endpoint) -> dict[str, Any]:
+    client = hosts.connect(endpoint, timeout=10)
+    try:
+        v = client.version()
+        try:
+            info = client.info()
+        except Exception:  # info is optional here; version is what was asked
+            info = {}
+    finally:
+        client.close()
+    return {
+        "context": endpoint.name,
+        "host": endpoint.host,
+        "version": v.get("Version"),
+        "api_version": v.get("ApiVersion"),
+        "os": v.get("Os"),
+        "arch": v.get("Arch"),
+        "kernel": v.get("KernelVersion"),
+        "experimental": bool(v.get("Experimental", info.get("ExperimentalBuild", False))),
+    }
+
+
+@app.command("version")
+def version_cmd(
+    ctx: typer.Context,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            metavar="CONTEXT|URL",
+            help="Also show this target host (context or URL)",
+            autocompletion=complete_context,
+        ),
+    ] = None,
+    client_only: Annotated[
+        bool, typer.Option("--client", help="Only the plugin's version, no daemon")
+    ] = False,
+    json_mode: Annotated[bool, typer.Option("--json", help="Print JSON on stdout")] = False,
+) -> None:
+    """Show the plugin's version and the Docker daemons' versions.
+
+    Examples:
+
+      docker hmigrate version
+
+      docker --context hm-a hmigrate version --to hm-b
+    """
+    import platform
+
+    g = get_globals(ctx)
+    rep = get_reporter(ctx, json_mode=json_mode)
+    plugin = {
+        "version": __version__,
+        "python": platform.python_version(),
+        "executable": sys.argv[0],
+    }
+    rep.set("plugin", plugin)
+    if not json_mode:
+        typer.echo(f"docker-hmigrate {__version__} (Python {plugin['python']})")
+    if client_only:
+        rep.finish()
+        return
+    endpoints = [("source", hosts.resolve_source(g))]
+    if to:
+        endpoints.append(("target", hosts.resolve_target(to, g)))
+    for role, ep in endpoints:
+        d = _daemon_info(ep)
+        rep.set(role, d)
+        if not json_mode:
+            exp = "experimental" if d["experimental"] else "NOT experimental"
+            typer.echo(
+                f"{role}: {ep.name} ({ep.host}): Docker {d['version']} API {d['api_version']} "
+                f"{d['os']}/{d['arch']} kernel {d['kernel']}, {exp}"
+            )
+    rep.finish()
+
+
+# ---- install ---------------------------------------------------------------------------
+
+
+def _own_executable() -> Path | None:
+    """The installed `docker-hmigrate` console script of this Python environment."""
+    candidates = [
+        Path(sys.argv[0]) if Path(sys.argv[0]).name == EXECUTABLE else None,
+        Path(sys.executable).parent / EXECUTABLE,
+    ]
+    found = shutil.which(EXECUTABLE)
+    if found:
+        candidates.append(Path(found))
+    for c in candidates:
+        if c is not None and c.is_file() and os.access(c, os.X_OK):
+            return c.resolve()
+    return None
+
+
+def _wrapper_script() -> str:
+    # Used when no console script exists (e.g. run as `python -m docker_hmigrate`).
+    return f'#!/bin/sh\nexec "{sys.executable}" -m docker_hmigrate "$@"\n'
+
+
+@app.command("install")
+def install_cmd(
+    ctx: typer.Context,
+    system: Annotated[
+        bool, typer.Option("--system", help=f"Install for all users into {SYSTEM_PLUGIN_DIR}")
+    ] = False,
+    directory: Annotated[
+        str | None, typer.Option("--dir", metavar="DIR", help="Install into this plugin directory")
+    ] = None,
+    copy: Annotated[
+        bool, typer.Option("--copy", help="Copy the executable instead of symlinking it")
+    ] = False,
+) -> None:
+    """Install the plugin so that `docker hmigrate` works (idempotent).
+
+    By default links `docker-hmigrate` into the docker CLI's per-user plugin directory,
+    <config dir>/cli-plugins (~/.docker/cli-plugins, or $DOCKER_CONFIG/cli-plugins).
+
+    Examples:
+
+      docker-hmigrate install
+
+      sudo docker-hmigrate install --system
+    """
+    g = get_globals(ctx)
+    if directory:
+        dest_dir = Path(directory).expanduser()
+    elif system:
+        dest_dir = Path(SYSTEM_PLUGIN_DIR)
+    else:
+        dest_dir = hosts.config_dir(g) / "cli-plugins"
+    dest = dest_dir / EXECUTABLE
+    src = _own_executable()
+    try:
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        if src is not None and not copy:
+            if dest.is_symlink() and dest.resolve() == src:
+                typer.echo(f"already installed: {dest} -> {src}")
+                return
+            _replace(dest, lambda tmp: tmp.symlink_to(src))
+            typer.echo(f"installed: {dest} -> {src}")
+        else:
+            content = src.read_bytes() if src is not None else _wrapper_script().encode()
+            if dest.is_file() and not dest.is_symlink() and dest.read_bytes() == content:
+                typer.echo(f"already installed: {dest}")
+                return
+
+            def write(tmp: Path) -> None:
+                tmp.write_bytes(content)
+                tmp.chmod(0o755)
+
+            _replace(dest, write)
+            typer.echo(f"installed: {dest}")
+    except PermissionError as exc:
+        raise errors.HmigrateError(
+            f"cannot write to {dest_dir}: permission denied",
+            hint="run with sudo for --system, or install per user without --system",
+        ) from exc
+    typer.echo("run `docker hmigrate --help` to check")
+
+
+def _replace(dest: Path, make: Any) -> None:
+    """Create via a temporary name and rename, so a concurrent `docker` never sees a
+    half-written plugin."""
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.is_symlink() or tmp.exists():
+        tmp.unlink()
+    make(tmp)
+    os.replace(tmp, dest)
+
+
+# ---- shell-init ------------------------------------------------------------------------
+
+# Works in bash and zsh: finds the first non-flag word after docker's global flags and,
+# if it is `container hmigrate`, drops `container`.
+SHELL_FUNCTION = r"""# docker-hmigrate: `docker container hmigrate ...` runs `docker hmigrate ...`.
+# Everything else goes to the real docker unchanged. Enable with:
+#   eval "$(docker hmigrate shell-init {shell})"
+docker() {{
+  local _hm_i=0 _hm_pos=0 _hm_skip= _hm_a
+  for _hm_a in "$@"; do
+    _hm_i=$((_hm_i + 1))
+    if [ -n "$_hm_skip" ]; then _hm_skip=; continue; fi
+    case "$_hm_a" in
+      --context|-c|--host|-H|--config|--log-level|-l|--tlscacert|--tlscert|--tlskey)
+        _hm_skip=1 ;;
+      -*) ;;
+      *) _hm_pos=$_hm_i; break ;;
+    esac
+  done
+  if [ "$_hm_pos" -gt 0 ] && [ "${{@:$_hm_pos:1}}" = container ] \
+     && [ "${{@:$((_hm_pos + 1)):1}}" = hmigrate ]; then
+    command docker "${{@:1:$((_hm_pos - 1))}}" "${{@:$((_hm_pos + 1))}}"
+  else
+    command docker "$@"
+  fi
+}}
+"""
+
+
+@app.command("shell-init")
+def shell_init_cmd(
+    shell: Annotated[str, typer.Argument(help="bash or zsh")] = "bash",
+) -> None:
+    """Print an opt-in shell function adding `docker container hmigrate`.
+
+    Docker CLI plugins can only add top-level commands; this function rewrites
+    `docker container hmigrate ...` to `docker hmigrate ...`.
+
+    Example (in ~/.bashrc or ~/.zshrc):
+
+      eval "$(docker hmigrate shell-init bash)"
+    """
+    if shell not in ("bash", "zsh"):
+        raise errors.UsageError(f"unsupported shell {shell!r}", hint="use bash or zsh")
+    typer.echo(SHELL_FUNCTION.format(shell=shell), nl=False)
+
+
+# ---- running ---------------------------------------------------------------------------
+
+
+def _exception_types(name: str) -> tuple[type[BaseException], ...]:
+    found = {getattr(typer, name, None), getattr(getattr(click, "exceptions", None), name, None)}
+    return tuple(t for t in found if isinstance(t, type))
+
+
+_EXIT_EXCEPTIONS = _exception_types("Exit")
+_ABORT_EXCEPTIONS = (*_exception_types("Abort"), KeyboardInterrupt)
+
+
+def _debug_enabled() -> bool:
+    if _state is not None:
+        return _state.globals.debug
+    return False
+
+
+def run(argv: list[str], pre_globals: dict[str, object] | None = None) -> int:
+    """Run the app on argv (after docker's globals and `hmigrate`); returns the exit code.
+
+    Never lets a traceback reach the user unless -D was given.
+    """
+    global _state
+    _state = CliState(
+        pre_globals=dict(pre_globals or {}), globals=GlobalOptions.from_dict(pre_globals or {})
+    )
+    debug = _state.globals.debug
+    try:
+        rv = app(args=argv, prog_name=PROG, obj=_state, standalone_mode=False)
+        code = rv if isinstance(rv, int) else 0
+        if code == 130:  # newer typer turns KeyboardInterrupt into a silent Exit(130)
+            _report_failure(errors.Interrupted("interrupted"))
+        return code
+    except errors.HmigrateError as exc:
+        _report_failure(exc)
+        if debug or _debug_enabled():
+            traceback.print_exc()
+        return exc.exit_code
+    except _EXIT_EXCEPTIONS as exc:
+        return int(getattr(exc, "exit_code", 0) or 0)
+    except _ABORT_EXCEPTIONS:
+        _report_failure(errors.Interrupted("interrupted"))
+        return 130
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except Exception as exc:  # anything unexpected: one line, traceback only with -D
+        if debug or _debug_enabled():
+            traceback.print_exc()
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        err = errors.HmigrateError(
+            f"unexpected {type(exc).__name__}" + (f": {first_line}" if first_line else ""),
+            hint="rerun with -D (`docker -D hmigrate ...`) for the traceback and report it",
+        )
+        _report_failure(err)
+        return 1
+
+
+def _report_failure(exc: errors.HmigrateError) -> None:
+    rep = _state.reporter if _state is not None else None
+    if rep is not None:
+        rep.fail(exc)
+    else:
+        render_error(exc)
+
+
+def complete(args: list[str]) -> int:
+    """Answer the docker CLI's cobra-style completion request.
+
+    `docker hmigrate mi<TAB>` makes docker run `docker-hmigrate __complete hmigrate mi`;
+    it expects one candidate a line and a final `:<directive>` line
+    (4 = no file completion, 0 = default).
+    """
+    import importlib
+
+    shell_completion = importlib.import_module(click.__name__ + ".shell_completion")
+
+    words, incomplete = (args[:-1], args[-1]) if args else ([], "")
+    try:
+        pre_globals, words = _split_globals(words)
+        state = CliState(pre_globals=pre_globals, globals=GlobalOptions.from_dict(pre_globals))
+        command = typer.main.get_command(app)
+        comp = _cobra_completer(shell_completion)(
+            command, {"obj": state}, PROG, "_DOCKER_HMIGRATE_COMPLETE"
+        )
+        items = comp.get_completions(words, incomplete)
+    except Exception:
+        sys.stdout.write(":1\n")  # ShellCompDirectiveError
+        return 0
+    values = [i.value for i in items if i.type == "plain"]
+    for v in values:
+        sys.stdout.write(v + "\n")
+    files = any(i.type in ("file", "dir") for i in items)
+    sys.stdout.write(":0\n" if files or not values else ":4\n")
+    return 0
+
+
+def _cobra_completer(shell_completion: Any) -> Any:
+    """A ShellComplete that only computes candidates (docker's shell script formats them)."""
+
+    class CobraComplete(shell_completion.ShellComplete):  # type: ignore[misc,name-defined]
+        name = "cobra"
+        source_template = ""
+
+        def source_vars(self) -> dict[str, Any]:
+            return {}
+
+        def get_completion_args(self) -> tuple[list[str], str]:
+            return [], ""
+
+        def format_completion(self, item: Any) -> str:
+            return str(item.value)
+
+    return CobraComplete
+
+
+def _split_globals(words: list[str]) -> tuple[dict[str, object], list[str]]:
+    from docker_hmigrate.plugin import ArgError, parse_global_flags
+
+    try:
+        return parse_global_flags(words)
+    except ArgError:
+        return {}, words
+
+
+# ---- hook for the migration commands (docker_hmigrate/commands.py) ----------------------
+
+
+def _register_commands() -> None:
+    global _commands_error
+    import importlib
+
+    try:
+        commands = importlib.import_module("docker_hmigrate.commands")
+    except ModuleNotFoundError as exc:
+        if exc.name == "docker_hmigrate.commands":
+            return  # not written yet: the shell works without it
+        _commands_error = exc
+        return
+    except Exception as exc:  # a broken commands module must not break install/version
+        _commands_error = exc
+        return
+    try:
+        commands.register(app)
+    except Exception as exc:
+        _commands_error = exc
+
+
+_register_commands()

@@ -1,0 +1,413 @@
+"""Resolve Docker hosts the way the docker CLI (28.x) does, and connect to them.
+
+Source host precedence (cli/command/cli.go resolveContextName):
+  --context  >  --host/-H (the "default" context)  >  DOCKER_HOST (default context)
+  >  DOCKER_CONTEXT  >  currentContext in config.json  >  "default".
+Giving both --context and --host is an error, as in the CLI. The "default" context's
+host is -H, else DOCKER_HOST, else unix:///var/run/docker.sock; its TLS comes from the
+--tls* flags and DOCKER_TLS / DOCKER_TLS_VERIFY / DOCKER_CERT_PATH.
+
+The context store lives in the config dir (--config, else DOCKER_CONFIG, else ~/.docker):
+  contexts/meta/<sha256(name)>/meta.json     Endpoints.docker.{Host,SkipTLSVerify}
+  contexts/tls/<sha256(name)>/docker/{ca,cert,key}.pem
+
+This module imports the docker SDK only inside connect(), so resolving stays cheap.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from docker_hmigrate import errors
+
+if TYPE_CHECKING:
+    import docker
+
+DEFAULT_CONTEXT = "default"
+DEFAULT_UNIX_HOST = "unix:///var/run/docker.sock"
+DEFAULT_TIMEOUT = 60.0
+
+
+@dataclass
+class GlobalOptions:
+    """The docker CLI's global flags, as given before or after `hmigrate`.
+
+    None means "not given", so that environment defaults apply as in the CLI.
+    """
+
+    context: str | None = None
+    hosts: list[str] = field(default_factory=list)
+    tls: bool | None = None
+    tlsverify: bool | None = None
+    tlscacert: str | None = None
+    tlscert: str | None = None
+    tlskey: str | None = None
+    config_dir: str | None = None
+    debug: bool = False
+    log_level: str | None = None
+
+    @classmethod
+    def from_dict(cls, data: dict[str, object]) -> GlobalOptions:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        opts = cls(**known)  # type: ignore[arg-type]
+        opts.hosts = list(opts.hosts)
+        return opts
+
+    def merged(self, override: GlobalOptions) -> GlobalOptions:
+        """Options given later (after `hmigrate`) win over earlier ones."""
+        out = GlobalOptions(**self.__dict__)
+        out.hosts = list(self.hosts)
+        for name in self.__dataclass_fields__:
+            value = getattr(override, name)
+            if name == "hosts":
+                if value:
+                    out.hosts = list(value)
+            elif name == "debug":
+                out.debug = self.debug or override.debug
+            elif value is not None:
+                setattr(out, name, value)
+        return out
+
+
+@dataclass(frozen=True)
+class TLSConfig:
+    """Client TLS settings; None paths mean "not used"."""
+
+    ca: str | None = None
+    cert: str | None = None
+    key: str | None = None
+    verify: bool = True
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    name: str  # context name ("default" for -H/DOCKER_HOST) or the URL given
+    host: str  # normalised daemon URL: unix://, tcp://, ssh://, npipe://
+    tls: TLSConfig | None
+    source: str  # why this endpoint was chosen, e.g. "--context flag", "DOCKER_HOST"
+    description: str = ""
+
+    @property
+    def transport(self) -> str:
+        return self.host.split("://", 1)[0]
+
+
+# ---- config dir and config.json -----------------------------------------------------
+
+
+def env_config_dir() -> Path:
+    """config.Dir() of the CLI: DOCKER_CONFIG, else ~/.docker (ignores --config)."""
+    env = os.environ.get("DOCKER_CONFIG")
+    if env:
+        return Path(env)
+    return Path.home() / ".docker"
+
+
+def config_dir(globals_: GlobalOptions) -> Path:
+    if globals_.config_dir:
+        return Path(os.path.expanduser(globals_.config_dir))
+    return env_config_dir()
+
+
+def _load_config_file(cfg_dir: Path) -> dict[str, object]:
+    path = cfg_dir / "config.json"
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise errors.HmigrateError(
+            f"cannot read {path}: {exc.strerror}", hint="check the file's permissions"
+        ) from exc
+    if not text.strip():
+        return {}
+    try:
+        data = json.loads(text)
+    except ValueError as exc:
+        raise errors.HmigrateError(
+            f"{path} is not valid JSON: {exc}", hint="fix or remove the file"
+        ) from exc
+    return data if isinstance(data, dict) else {}
+
+
+def current_context_name(globals_: GlobalOptions) -> tuple[str, str]:
+    """(context name, source) with the CLI's precedence; does not check existence."""
+    if globals_.context and globals_.hosts:
+        raise errors.UsageError(
+            "conflicting options: cannot specify both --host and --context",
+            hint="use either -H URL or --context NAME",
+        )
+    if globals_.context:
+        return globals_.context, "--context flag"
+    if globals_.hosts:
+        return DEFAULT_CONTEXT, "--host flag"
+    if os.environ.get("DOCKER_HOST"):
+        return DEFAULT_CONTEXT, "DOCKER_HOST"
+    env_ctx = os.environ.get("DOCKER_CONTEXT")
+    if env_ctx:
+        return env_ctx, "DOCKER_CONTEXT"
+    current = _load_config_file(config_dir(globals_)).get("currentContext")
+    if isinstance(current, str) and current:
+        return current, "config.json currentContext"
+    return DEFAULT_CONTEXT, "default"
+
+
+# ---- host URLs -------------------------------------------------------------------------
+
+
+def normalize_host(host: str, tls: bool = False) -> str:
+    """Like the CLI's opts.ParseHost: fill in scheme, default address and port."""
+    host = host.strip()
+    if not host:
+        return DEFAULT_UNIX_HOST
+    if "://" not in host:
+        host = "tcp://" + host
+    scheme, rest = host.split("://", 1)
+    scheme = scheme.lower()
+    if scheme == "unix":
+        return "unix://" + (rest or "/var/run/docker.sock")
+    if scheme == "tcp":
+        addr, slash, path = rest.partition("/")
+        port = "2376" if tls else "2375"
+        if addr.startswith("["):  # IPv6 literal
+            h, _, p = addr[1:].partition("]")
+            h, p = "[" + h + "]", p.lstrip(":")
+        else:
+            h, _, p = addr.rpartition(":") if ":" in addr else (addr, "", "")
+        h = h or "localhost"
+        p = p or port
+        if not p.isdigit():
+            raise errors.UsageError(f"invalid host address {host!r}: bad port")
+        return f"tcp://{h}:{p}" + (slash + path if path else "")
+    if scheme in ("ssh", "npipe", "fd", "http", "https"):
+        return f"{scheme}://{rest}"
+    raise errors.UsageError(
+        f"invalid host {host!r}: unsupported scheme {scheme!r}",
+        hint="use unix://PATH, tcp://HOST:PORT or ssh://USER@HOST",
+    )
+
+
+def _flag_tls(globals_: GlobalOptions) -> TLSConfig | None:
+    """TLS of the default context, from flags and env (cli/flags/options.go)."""
+    tls = globals_.tls if globals_.tls is not None else bool(os.environ.get("DOCKER_TLS"))
+    verify_given = globals_.tlsverify is not None
+    verify = globals_.tlsverify if verify_given else bool(os.environ.get("DOCKER_TLS_VERIFY"))
+    # Giving --tlsverify at all (even =false) or DOCKER_TLS_VERIFY turns TLS on.
+    if verify_given or verify:
+        tls = True
+    if not tls:
+        return None
+    cert_dir = Path(os.environ.get("DOCKER_CERT_PATH") or env_config_dir())
+    ca = globals_.tlscacert or str(cert_dir / "ca.pem")
+    cert = globals_.tlscert or str(cert_dir / "cert.pem")
+    key = globals_.tlskey or str(cert_dir / "key.pem")
+    # Default cert/key files are dropped when missing; explicit ones are kept (and fail).
+    if globals_.tlscert is None and not os.path.exists(cert):
+        cert = None
+    if globals_.tlskey is None and not os.path.exists(key):
+        key = None
+    return TLSConfig(ca=ca if verify else None, cert=cert, key=key, verify=bool(verify))
+
+
+def _default_endpoint(globals_: GlobalOptions, source: str) -> Endpoint:
+    if len(globals_.hosts) > 1:
+        raise errors.UsageError("specify only one -H", hint="give a single --host URL")
+    tls = _flag_tls(globals_)
+    raw = globals_.hosts[0] if globals_.hosts else os.environ.get("DOCKER_HOST", "")
+    host = normalize_host(raw, tls is not None)
+    if not host.startswith("tcp://"):
+        tls = None  # TLS only matters for TCP connections
+    return Endpoint(
+        name=DEFAULT_CONTEXT,
+        host=host,
+        tls=tls,
+        source=source,
+        description="Current DOCKER_HOST based configuration",
+    )
+
+
+# ---- context store ---------------------------------------------------------------------
+
+
+def context_dir_name(name: str) -> str:
+    """The store's directory name for a context: hex sha256 of its name."""
+    return hashlib.sha256(name.encode()).hexdigest()
+
+
+def _store_root(globals_: GlobalOptions) -> Path:
+    return config_dir(globals_) / "contexts"
+
+
+def _endpoint_from_meta(root: Path, meta: dict[str, object], source: str) -> Endpoint:
+    name = str(meta.get("Name", ""))
+    endpoints = meta.get("Endpoints") or {}
+    docker_ep = endpoints.get("docker") if isinstance(endpoints, dict) else None
+    if not isinstance(docker_ep, dict):
+        raise errors.HmigrateError(
+            f"context '{name}' has no docker endpoint",
+            hint=f"recreate it: docker context create {name} --docker host=URL",
+        )
+    raw_host = str(docker_ep.get("Host") or "")
+    skip_verify = bool(docker_ep.get("SkipTLSVerify", False))
+    tls_dir = root / "tls" / context_dir_name(name) / "docker"
+    files = {f: tls_dir / f"{f}.pem" for f in ("ca", "cert", "key")}
+    present = {f: str(p) for f, p in files.items() if p.is_file()}
+    tls: TLSConfig | None = None
+    # As in the CLI's context loader: TLS when the context has TLS data or skips verify.
+    if present or skip_verify:
+        tls = TLSConfig(
+            ca=present.get("ca"),
+            cert=present.get("cert"),
+            key=present.get("key"),
+            verify=not skip_verify,
+        )
+    host = normalize_host(raw_host, tls is not None)
+    if not host.startswith("tcp://"):
+        tls = None
+    metadata = meta.get("Metadata") or {}
+    description = ""
+    if isinstance(metadata, dict):
+        description = str(metadata.get("Description") or "")
+    return Endpoint(name=name, host=host, tls=tls, source=source, description=description)
+
+
+def _read_meta(path: Path) -> dict[str, object] | None:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def load_context(name: str, globals_: GlobalOptions, source: str) -> Endpoint:
+    """The endpoint of a named context; "default" is built from flags/env."""
+    if name == DEFAULT_CONTEXT:
+        return _default_endpoint(globals_, source)
+    root = _store_root(globals_)
+    meta = _read_meta(root / "meta" / context_dir_name(name) / "meta.json")
+    if meta is None or meta.get("Name") != name:
+        raise errors.UnknownContext(f"context '{name}' not found: run `docker context ls`")
+    return _endpoint_from_meta(root, meta, source)
+
+
+def resolve_source(globals_: GlobalOptions) -> Endpoint:
+    """The host the CLI itself would talk to (the container's current host)."""
+    name, source = current_context_name(globals_)
+    if name == DEFAULT_CONTEXT:
+        return _default_endpoint(globals_, source)
+    return load_context(name, globals_, source)
+
+
+def resolve_target(name_or_url: str, globals_: GlobalOptions) -> Endpoint:
+    """A target given by --to: a context name, or a daemon URL (tcp://, unix://, ssh://).
+
+    URLs with tcp:// use the TLS options of the --tls* flags/env, like `docker -H URL`.
+    """
+    value = name_or_url.strip()
+    if not value:
+        raise errors.UsageError("empty target", hint="pass --to CONTEXT or --to tcp://HOST:PORT")
+    if "://" in value:
+        tls = _flag_tls(globals_)
+        host = normalize_host(value, tls is not None)
+        if not host.startswith("tcp://"):
+            tls = None
+        return Endpoint(name=value, host=host, tls=tls, source="URL")
+    if value == DEFAULT_CONTEXT:
+        return _default_endpoint(globals_, "context name")
+    return load_context(value, globals_, "context name")
+
+
+def list_contexts(globals_: GlobalOptions) -> list[Endpoint]:
+    """All contexts, "default" first then by name, like `docker context ls`."""
+    out = [_default_endpoint(globals_, "default")]
+    root = _store_root(globals_)
+    meta_root = root / "meta"
+    found: list[Endpoint] = []
+    if meta_root.is_dir():
+        for entry in meta_root.iterdir():
+            meta = _read_meta(entry / "meta.json")
+            if not meta or not meta.get("Name") or meta.get("Name") == DEFAULT_CONTEXT:
+                continue
+            try:
+                found.append(_endpoint_from_meta(root, meta, "context store"))
+            except errors.HmigrateError:
+                continue  # a broken context must not hide the others
+    out.extend(sorted(found, key=lambda e: e.name))
+    return out
+
+
+# ---- connecting ------------------------------------------------------------------------
+
+
+def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.DockerClient:
+    """A docker SDK client for the endpoint, API version negotiated with the daemon.
+
+    ssh:// uses the system `ssh` client (as the docker CLI does, so ~/.ssh/config applies).
+    Raises HostUnreachable when the daemon does not answer.
+    """
+    import docker
+    import docker.errors
+    import docker.tls
+    import requests.exceptions
+
+    tls_cfg: docker.tls.TLSConfig | bool = False
+    if endpoint.tls is not None:
+        t = endpoint.tls
+        client_cert = (t.cert, t.key) if t.cert and t.key else None
+        verify: bool | str = (t.ca or True) if t.verify else False
+        try:
+            tls_cfg = docker.tls.TLSConfig(client_cert=client_cert, verify=verify)
+        except docker.errors.TLSParameterError as exc:
+            raise errors.HostUnreachable(
+                f"bad TLS settings for {endpoint.name} ({endpoint.host}): {exc}",
+                hint="check the --tlscacert/--tlscert/--tlskey files or the context's TLS data",
+            ) from exc
+    try:
+        return docker.DockerClient(
+            base_url=endpoint.host,
+            version="auto",
+            timeout=int(timeout),
+            tls=tls_cfg,
+            use_ssh_client=endpoint.host.startswith("ssh://"),
+        )
+    except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        raise errors.HostUnreachable(
+            f"cannot reach the Docker daemon of '{endpoint.name}' at {endpoint.host}: "
+            f"{_short_reason(exc)}",
+            hint=(
+                f"check that dockerd runs there and that `docker --context {endpoint.name} "
+                "version` works"
+                if endpoint.source != "URL" and endpoint.name != DEFAULT_CONTEXT
+                else f"check that dockerd listens there: `docker -H {endpoint.host} version`"
+            ),
+        ) from exc
+
+
+def _short_reason(exc: BaseException) -> str:
+    """The most telling part of a connection error, on one line."""
+    chain: list[BaseException] = []
+    cur: BaseException | None = exc
+    while cur is not None and cur not in chain:
+        chain.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    text = " ".join(repr(e) for e in chain) + " " + str(exc)
+    known = [
+        ("FileNotFoundError", "socket not found (is dockerd running?)"),
+        ("PermissionError", "permission denied (are you in the docker group?)"),
+        ("Connection refused", "connection refused"),
+        ("timed out", "timed out"),
+        ("Name or service not known", "unknown host name"),
+        ("No route to host", "no route to host"),
+        ("CERTIFICATE_VERIFY_FAILED", "TLS certificate verification failed"),
+        ("SSLError", "TLS handshake failed"),
+    ]
+    for needle, reason in known:
+        if needle in text:
+            return reason
+    line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return line[:300]

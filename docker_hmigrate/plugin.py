@@ -1,0 +1,281 @@
+"""Entry point of the ``docker-hmigrate`` executable (a Docker CLI plugin).
+
+How the docker CLI (28.x) runs a plugin, as observed with a probe plugin:
+
+* discovery: ``docker-hmigrate docker-cli-plugin-metadata`` must print the metadata JSON;
+  the CLI does this for every plugin on ``docker --help`` and before each run, so this
+  path must stay fast: it imports nothing heavy (no docker/typer/rich/click).
+* run: the CLI execs the plugin with *its own* argv unchanged, e.g.
+  ``docker --context b -D hmigrate migrate web`` runs
+  ``docker-hmigrate --context b -D hmigrate migrate web``; global flags are not turned into
+  environment variables, so we parse them here. ``docker help hmigrate`` runs
+  ``docker-hmigrate help hmigrate``.
+* env: DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND (path of docker), DOCKER_CLI_PLUGIN_SOCKET
+  (an abstract unix socket ``@docker_cli_<hex>``; the CLI closes it when it receives
+  SIGINT/SIGTERM while its stdout is not a terminal, asking the plugin to stop),
+  OTEL_RESOURCE_ATTRIBUTES; DOCKER_HOST/DOCKER_CONTEXT/DOCKER_CONFIG pass through as-is.
+* completion: the CLI runs ``docker-hmigrate __complete hmigrate ARGS... INCOMPLETE`` and
+  expects cobra's format: one candidate a line, then ``:<directive>``.
+* the plugin's exit code becomes docker's exit code.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from docker_hmigrate import __version__
+
+METADATA_SUBCOMMAND = "docker-cli-plugin-metadata"
+PLUGIN_NAME = "hmigrate"
+COMPLETE_SUBCOMMAND = "__complete"
+
+METADATA: dict[str, str] = {
+    "SchemaVersion": "0.1.0",
+    "Vendor": "docker-hmigrate",
+    "Version": __version__,
+    "ShortDescription": (
+        "Live-migrate running containers between Docker hosts (same or different ISA)"
+    ),
+    "URL": "https://github.com/docker-hmigrate/docker-hmigrate",
+}
+
+# The docker CLI's global flags (cli/flags/options.go), which may precede the plugin name.
+_LONG_VALUE = {
+    "context": "context",
+    "host": "hosts",
+    "tlscacert": "tlscacert",
+    "tlscert": "tlscert",
+    "tlskey": "tlskey",
+    "config": "config_dir",
+    "log-level": "log_level",
+}
+_LONG_BOOL = {"tls": "tls", "tlsverify": "tlsverify", "debug": "debug"}
+_SHORT_VALUE = {"c": "context", "H": "hosts", "l": "log_level"}
+_SHORT_BOOL = {"D": "debug"}
+
+
+class ArgError(Exception):
+    """A docker global flag was malformed (e.g. missing its value)."""
+
+
+def _parse_bool(flag: str, value: str) -> bool:
+    # pflag accepts Go's strconv.ParseBool spellings.
+    v = value.lower()
+    if v in ("1", "t", "true"):
+        return True
+    if v in ("0", "f", "false"):
+        return False
+    raise ArgError(f'invalid argument "{value}" for "--{flag}" flag: expected true or false')
+
+
+def _store(opts: dict[str, object], key: str, value: object) -> None:
+    if key == "hosts":
+        hosts = opts.setdefault("hosts", [])
+        assert isinstance(hosts, list)
+        hosts.append(value)
+    else:
+        opts[key] = value
+
+
+def parse_global_flags(argv: list[str]) -> tuple[dict[str, object], list[str]]:
+    """Consume the docker CLI's global flags at the head of argv, pflag-style.
+
+    Returns (options, remaining args). Parsing stops at the first non-flag argument
+    (normally the plugin name) or at a flag that is not one of docker's globals, which
+    is then left for the command-line parser of the plugin itself.
+    """
+    opts: dict[str, object] = {}
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--":
+            i += 1
+            break
+        if arg.startswith("--"):
+            name, eq, value = arg[2:].partition("=")
+            if name in _LONG_VALUE:
+                if not eq:
+                    if i + 1 >= len(argv):
+                        raise ArgError(f"flag needs an argument: --{name}")
+                    i += 1
+                    value = argv[i]
+                _store(opts, _LONG_VALUE[name], value)
+            elif name in _LONG_BOOL:
+                _store(opts, _LONG_BOOL[name], _parse_bool(name, value) if eq else True)
+            else:
+                break
+        elif arg.startswith("-") and len(arg) > 1:
+            cluster = arg[1:]
+            # Only consume the token if every letter is a known shorthand: -D, -Dl info, -cNAME.
+            j = 0
+            pending: list[tuple[str, object]] = []
+            value_key: str | None = None
+            value: object = None
+            ok = True
+            while j < len(cluster):
+                ch = cluster[j]
+                if ch in _SHORT_BOOL:
+                    if cluster[j + 1 : j + 2] == "=":
+                        pending.append((_SHORT_BOOL[ch], _parse_bool(ch, cluster[j + 2 :])))
+                        break
+                    pending.append((_SHORT_BOOL[ch], True))
+                    j += 1
+                elif ch in _SHORT_VALUE:
+                    value_key = _SHORT_VALUE[ch]
+                    rest = cluster[j + 1 :]
+                    if rest.startswith("="):
+                        rest = rest[1:]
+                    if rest:
+                        value = rest
+                    else:
+                        if i + 1 >= len(argv):
+                            raise ArgError(f"flag needs an argument: '{ch}' in -{ch}")
+                        i += 1
+                        value = argv[i]
+                    break
+                else:
+                    ok = False
+                    break
+            if not ok:
+                break
+            for key, val in pending:
+                _store(opts, key, val)
+            if value_key is not None:
+                _store(opts, value_key, value)
+        else:
+            break
+        i += 1
+    return opts, argv[i:]
+
+
+def merge_global_dicts(first: dict[str, object], later: dict[str, object]) -> dict[str, object]:
+    """Later flags win; -H given later replaces earlier ones; -D is sticky."""
+    out = dict(first)
+    for key, value in later.items():
+        if key == "debug":
+            out["debug"] = bool(first.get("debug")) or bool(value)
+        else:
+            out[key] = value
+    return out
+
+
+def split_argv(argv: list[str]) -> tuple[dict[str, object], list[str], bool]:
+    """Split the plugin's argv (without argv[0]) into (docker globals, app args, completing).
+
+    Handles ``[globals] hmigrate ARGS``, ``help hmigrate [CMD]``, ``__complete hmigrate ...``
+    and direct use as ``docker-hmigrate ARGS``.
+    """
+    if argv[:1] == [COMPLETE_SUBCOMMAND]:
+        rest = argv[1:]
+        if rest[:1] == [PLUGIN_NAME]:
+            rest = rest[1:]
+        return {}, rest, True
+    opts, rest = parse_global_flags(argv)
+    if rest[:1] == [PLUGIN_NAME]:
+        # docker's globals may also follow the plugin name: `hmigrate -c b migrate ...`
+        after, rest = parse_global_flags(rest[1:])
+        opts = merge_global_dicts(opts, after)
+    elif rest[:2] == ["help", PLUGIN_NAME]:
+        rest = rest[2:] + ["--help"]
+    return opts, rest, False
+
+
+def print_metadata() -> None:
+    import json  # small, and only needed here
+
+    sys.stdout.write(json.dumps(METADATA, indent=5) + "\n")
+
+
+# ---- cooperation with the docker CLI process -------------------------------------------
+
+_interrupts = 0
+
+
+def _on_interrupt(signum: int, frame: object) -> None:
+    """First Ctrl-C: raise KeyboardInterrupt so the command can roll back cleanly.
+
+    Later ones do not interrupt the rollback; the third forces an exit, as docker's own
+    plugin framework does (the CLI itself SIGKILLs a plugin after three signals).
+    """
+    global _interrupts
+    _interrupts += 1
+    if _interrupts == 1:
+        raise KeyboardInterrupt
+    if _interrupts == 2:
+        sys.stderr.write("\nstill cleaning up; interrupt once more to force exit\n")
+        return
+    sys.stderr.write("\nforced exit\n")
+    os._exit(130)
+
+
+def install_signal_handlers() -> None:
+    import signal
+
+    signal.signal(signal.SIGINT, _on_interrupt)
+    signal.signal(signal.SIGTERM, _on_interrupt)
+
+
+def watch_cli_socket() -> None:
+    """Connect to DOCKER_CLI_PLUGIN_SOCKET; EOF on it means the CLI wants us to stop.
+
+    The CLI closes the socket when it gets SIGINT/SIGTERM and its stdout is not a TTY
+    (on a TTY the kernel delivers the signal to us directly).
+    """
+    addr = os.environ.get("DOCKER_CLI_PLUGIN_SOCKET")
+    if not addr:
+        return
+    import socket
+    import threading
+
+    # Go spells Linux abstract socket names with a leading '@'; the kernel wants NUL.
+    path = "\0" + addr[1:] if addr.startswith("@") else addr
+    try:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+    except OSError:
+        return  # an older CLI or no socket: behave as a plain program
+
+    main_ident = threading.main_thread().ident
+
+    def wait_for_eof() -> None:
+        import signal
+
+        try:
+            while sock.recv(64):
+                pass
+        except OSError:
+            pass
+        # Signal the main thread itself: this interrupts a blocking syscall there (EINTR)
+        # so its handler runs now, not when the call eventually returns.
+        if main_ident is not None:
+            signal.pthread_kill(main_ident, signal.SIGTERM)
+
+    threading.Thread(target=wait_for_eof, name="docker-cli-socket", daemon=True).start()
+    # Keep a reference so the socket is not garbage collected while we run.
+    globals()["_cli_socket"] = sock
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    # Fast path: the docker CLI probes this on every `docker` invocation that lists plugins.
+    if args[:1] == [METADATA_SUBCOMMAND]:
+        print_metadata()
+        return 0
+    try:
+        pre_globals, rest, completing = split_argv(args)
+    except ArgError as exc:
+        sys.stderr.write(f"error: {exc}\nhint: run `docker hmigrate --help` for usage\n")
+        return 2
+
+    from docker_hmigrate import cli
+
+    if completing:
+        return cli.complete(rest)
+    install_signal_handlers()
+    watch_cli_socket()
+    return cli.run(rest, pre_globals)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+/* hmigrate runtime: equivalence points for cross-ISA migration.
+ * Linked into every binary built by hmigrate-cc. */
+#ifndef HMIGRATE_RT_H
+#define HMIGRATE_RT_H
+
+/* Signals (fixed numbers: SIGRTMIN+5/+6 under musl). Park: every thread parks at its
+ * next function entry; resume: the request is withdrawn and parked threads go on. */
+#define HMIGRATE_SIGPARK 40
+#define HMIGRATE_SIGRESUME 41
+#define HMIGRATE_MAX_THREADS 1024
+#define HMIGRATE_DEFAULT_FILE "/run/hmigrate/parked"
+#define HMIGRATE_FALLBACK_FILE "/tmp/.hmigrate-parked"
+
+struct hmigrate_state {
+	volatile int request;    /* 1 while a park is requested (futex word) */
+	volatile int parked;     /* threads currently parked */
+	volatile int generation; /* bumped by every park/resume signal */
+	volatile int announced;  /* the parked file exists */
+	volatile int announcing; /* lock for writing it */
+	int sig_park, sig_resume;
+	volatile int tids[HMIGRATE_MAX_THREADS]; /* parked threads (0 = free slot) */
+	char path[256];          /* the parked file */
+};
+
+extern struct hmigrate_state hmigrate_state;
+
+int hmigrate_requested(void);
+int hmigrate_generation(void);
+void hmigrate_poll(void); /* instrumented no-op: its entry is an equivalence point */
+
+#endif

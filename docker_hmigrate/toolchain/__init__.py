@@ -1,0 +1,1 @@
+"""Multi-ISA toolchain: hmigrate-cc, aligned layout, equivalence points, metadata."""

@@ -1,0 +1,30 @@
+"""python -m docker_hmigrate.toolchain {check-align,metadata,cc} ..."""
+
+from __future__ import annotations
+
+import sys
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return 0
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "check-align":
+        from .check import main as check_main
+
+        return check_main(rest)
+    if cmd == "metadata":
+        from .metadata import main as md_main
+
+        return md_main(rest)
+    if cmd == "cc":
+        from .driver import cc
+
+        return cc(rest)
+    print(f"unknown command {cmd!r}; try check-align, metadata or cc", file=sys.stderr)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

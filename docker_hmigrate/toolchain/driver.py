@@ -1,0 +1,449 @@
+"""hmigrate-cc / hmigrate-ar: a CC for Makefiles that builds for x86-64 and aarch64 at once.
+
+Objects: foo.o is a normal x86-64 object that carries its aarch64 twin in an
+excluded section (.hmigrate.aarch64), so mv/cp/ar/ranlib keep both together.
+Links: NAME_x86-64 and NAME_aarch64 with an aligned layout, NAME.hmigrate.json
+(metadata), and NAME itself as a copy of the host binary (configure scripts run it).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+
+from . import layout
+from .config import (
+    AARCH64,
+    DROPPED_EXACT,
+    DROPPED_PREFIXES,
+    FORCED_CFLAGS,
+    HOST,
+    WRAPPED,
+    X86_64,
+    Isa,
+    missing_tools,
+)
+from .objects import (
+    ToolchainError,
+    embed_twin,
+    extract_twin,
+    is_archive,
+    read_file_sections,
+    twin_archive,
+)
+
+SOURCE_EXTS = (".c", ".i", ".s", ".S", ".sx")
+ARG_FLAGS = {"-I", "-D", "-U", "-include", "-imacros", "-isystem", "-iquote", "-idirafter",
+             "-x", "-MF", "-MT", "-MQ", "-Xlinker", "-L", "-l", "-o", "-T", "-u", "-e"}
+DEP_FLAGS = {"-MD", "-MMD", "-MP"}
+DEP_ARG_FLAGS = {"-MF", "-MT", "-MQ"}
+MUSL_STUB_LIBS = {"c", "m", "pthread", "rt", "dl", "util", "crypt", "xnet", "resolv"}
+
+
+def log(msg: str) -> None:
+    if os.environ.get("HMIGRATE_VERBOSE"):
+        print(f"hmigrate-cc: {msg}", file=sys.stderr)
+
+
+def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
+    log(" ".join(cmd))
+    res = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if res.returncode != 0:
+        sys.stderr.write(res.stdout + res.stderr)
+        raise ToolchainError(f"command failed ({res.returncode}): {' '.join(cmd)}")
+    if res.stderr:
+        sys.stderr.write(res.stderr)
+    return res
+
+
+@dataclass
+class Args:
+    mode: str = "link"  # link | compile | asm | preprocess
+    output: str | None = None
+    sources: list[str] = field(default_factory=list)
+    # Link inputs in command-line order: ("obj", path) ("ar", path) ("lib", name) ("src", path)
+    inputs: list[tuple[str, str]] = field(default_factory=list)
+    lib_dirs: list[str] = field(default_factory=list)
+    cflags: list[str] = field(default_factory=list)  # passed to compiles (kept order)
+    ldflags: list[str] = field(default_factory=list)  # -Wl,... and friends
+    passthrough: bool = False  # -v, -print-*, --version: ask the host gcc
+
+
+def parse(argv: list[str]) -> Args:
+    a = Args()
+    i = 0
+    deps_only = False
+    while i < len(argv):
+        arg = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        if arg in ARG_FLAGS and nxt is not None:
+            i += 2
+            if arg == "-o":
+                a.output = nxt
+            elif arg == "-L":
+                a.lib_dirs.append(nxt)
+            elif arg == "-l":
+                a.inputs.append(("lib", nxt))
+            elif arg == "-Xlinker":
+                a.ldflags.append(f"-Wl,{nxt}")
+            elif arg == "-T":
+                raise ToolchainError("-T: hmigrate-cc generates the linker script itself")
+            elif arg in ("-u", "-e"):
+                a.ldflags.extend([arg, nxt])
+            else:
+                a.cflags.extend([arg, nxt])
+            continue
+        i += 1
+        if arg == "-c":
+            a.mode = "compile"
+        elif arg == "-S":
+            a.mode = "asm"
+        elif arg == "-E":
+            a.mode = "preprocess"
+        elif arg in ("-M", "-MM"):
+            deps_only = True
+            a.cflags.append(arg)
+        elif arg.startswith("-o") and len(arg) > 2:
+            a.output = arg[2:]
+        elif arg.startswith("-L") and len(arg) > 2:
+            a.lib_dirs.append(arg[2:])
+        elif arg.startswith("-l") and len(arg) > 2:
+            a.inputs.append(("lib", arg[2:]))
+        elif arg.startswith("-Wl,"):
+            a.ldflags.append(arg)
+        elif arg == "-shared":
+            raise ToolchainError("-shared: hmigrate-cc builds static executables only")
+        elif arg in ("-v", "--version", "-dumpversion", "-dumpmachine", "-dumpfullversion") or (
+            arg.startswith("-print-")
+        ):
+            a.passthrough = True
+            a.cflags.append(arg)
+        elif arg.startswith("-") and arg != "-":
+            a.cflags.append(arg)
+        elif arg.endswith(SOURCE_EXTS) or arg == "-":
+            a.sources.append(arg)
+            a.inputs.append(("src", arg))
+        elif os.path.exists(arg) and is_archive(arg):
+            a.inputs.append(("ar", arg))
+        else:
+            a.inputs.append(("obj", arg))
+    if deps_only and a.mode == "link":
+        a.mode = "preprocess"
+    return a
+
+
+def isa_cflags(isa: Isa, cflags: list[str], *, deps: bool) -> list[str]:
+    """User flags adapted to one ISA, then the forced ones (last wins in GCC)."""
+    out: list[str] = []
+    skip_next = False
+    for j, f in enumerate(cflags):
+        if skip_next:
+            skip_next = False
+            continue
+        if f in DEP_ARG_FLAGS:
+            if deps:
+                out.extend(cflags[j : j + 2])
+            skip_next = True
+            continue
+        if f in DEP_FLAGS and not deps:
+            continue
+        if f in DROPPED_EXACT or f.startswith(DROPPED_PREFIXES):
+            continue
+        if f.startswith("-g"):
+            continue
+        if f.startswith("-m") and not isa.keeps_machine_flags:
+            continue
+        out.append(f)
+    return out + list(FORCED_CFLAGS) + list(isa.extra_cflags) + isa.system_cflags()
+
+
+def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True) -> None:
+    """Compile src for both ISAs into out (x86-64 object with the aarch64 twin inside)."""
+    tmp = f"{out}.hmigrate-aarch64.tmp"
+
+    def cmd(isa: Isa, dest: str, deps: bool) -> list[str]:
+        flags = isa_cflags(isa, cflags, deps=deps)
+        if not instrument:
+            flags = [f for f in flags if f != "-finstrument-functions"]
+        return [isa.gcc, *flags, "-c", src, "-o", dest]
+
+    with ThreadPoolExecutor(max_workers=2) as ex:
+        fx = ex.submit(run, cmd(X86_64, out, True))
+        fa = ex.submit(run, cmd(AARCH64, tmp, False))
+        errors = []
+        for fut in (fx, fa):
+            try:
+                fut.result()
+            except ToolchainError as e:
+                errors.append(e)
+    try:
+        if errors:
+            raise errors[0]
+        embed_twin(out, tmp)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def default_object_name(src: str) -> str:
+    base = os.path.basename(src)
+    return os.path.splitext(base)[0] + ".o"
+
+
+# ---------------------------------------------------------------- link
+
+
+@dataclass
+class IsaLink:
+    isa: Isa
+    files: list[str]  # link-line inputs between crtbegin and libc
+    logical: dict[str, str]  # absolute path -> logical name shared across ISAs
+
+
+def runtime_sources() -> list[tuple[str, bool]]:
+    """(path, instrumented) of the C runtime linked into every binary."""
+    root = resources.files("docker_hmigrate") / "runtime"
+    return [
+        (str(root / "hmigrate_rt.c"), False),  # hooks and parking: must not instrument itself
+        (str(root / "hmigrate_wrap.c"), True),  # wrappers of blocking calls: clean -O0 frames
+    ]
+
+
+def build_runtime(work: str) -> list[str]:
+    """Compile the runtime into bundled objects; returns x86-64 paths."""
+    out = []
+    inc = str(resources.files("docker_hmigrate") / "runtime")
+    for src, instr in runtime_sources():
+        obj = os.path.join(work, "rt", os.path.basename(src)[:-2] + ".o")
+        os.makedirs(os.path.dirname(obj), exist_ok=True)
+        compile_one(src, obj, ["-I", inc, "-D_GNU_SOURCE"], instrument=instr)
+        out.append(obj)
+    return out
+
+
+def find_lib(name: str, dirs: list[str]) -> str | None:
+    for d in dirs:
+        p = os.path.join(d, f"lib{name}.a")
+        if os.path.exists(p):
+            return os.path.abspath(p)
+    return None
+
+
+def prepare_inputs(args: Args, work: str, rt_objs: list[str]) -> dict[str, IsaLink]:
+    x = IsaLink(X86_64, [], {})
+    a = IsaLink(AARCH64, [], {})
+    n = 0
+    srcdir = os.path.join(work, "src")
+    entries: list[tuple[str, str]] = []
+    for kind, val in args.inputs:
+        if kind == "src":
+            os.makedirs(srcdir, exist_ok=True)
+            obj = os.path.join(srcdir, f"{len(entries)}_{default_object_name(val)}")
+            compile_one(val, obj, args.cflags)
+            entries.append(("obj", obj))
+        elif kind == "lib":
+            found = find_lib(val, args.lib_dirs)
+            if found:
+                entries.append(("ar", found))
+            elif val in MUSL_STUB_LIBS:
+                continue  # musl's libc.a holds all of these
+            else:
+                raise ToolchainError(f"cannot find -l{val}: need a static lib{val}.a built with "
+                                     "hmigrate-cc in a -L directory")
+        else:
+            entries.append((kind, val))
+    entries += [("obj", p) for p in rt_objs]
+    for kind, val in entries:
+        p = os.path.abspath(val)
+        if not os.path.exists(p):
+            raise ToolchainError(f"{val}: no such file")
+        n += 1
+        if kind == "obj":
+            dest = os.path.join(work, "aarch64", f"{n}_{os.path.basename(p)}")
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            extract_twin(p, dest)
+            name = "obj:" + os.path.basename(p) if p.startswith(work) else "obj:" + p
+        else:
+            dest = os.path.join(work, "aarch64", f"{n}_{os.path.basename(p)}")
+            twin_archive(p, dest, os.path.join(work, "aarch64", f"{n}_members"))
+            name = "ar:" + p
+        layout.check_path(p)
+        x.files.append(p)
+        x.logical[p] = name
+        a.files.append(dest)
+        a.logical[dest] = name
+    return {X86_64.name: x, AARCH64.name: a}
+
+
+def system_files(isa: Isa) -> tuple[list[str], list[str], list[str], dict[str, str]]:
+    """(start files, libraries, end files, logical names) for a static musl link."""
+    ml = isa.musl_lib
+    start = [f"{ml}/crt1.o", f"{ml}/crti.o", isa.gcc_file("crtbeginT.o")]
+    libs = [f"{ml}/libc.a", isa.libgcc(), isa.gcc_file("libgcc_eh.a")]
+    libs = [p for p in libs if os.path.exists(p)]
+    end = [isa.gcc_file("crtend.o"), f"{ml}/crtn.o"]
+    logical = {p: "sys:" + os.path.basename(p) for p in start + libs + end}
+    return start, libs, end, logical
+
+
+def link_cmd(il: IsaLink, out: str, mapfile: str, ldflags: list[str],
+             script: str | None) -> list[str]:
+    start, libs, end, _ = system_files(il.isa)
+    cmd = [il.isa.gcc, "-nostdlib", "-static", "-no-pie",
+           "-Wl,-z,max-page-size=0x10000", "-Wl,-z,noexecstack", "-Wl,--build-id=none"]
+    cmd += start + il.files
+    cmd += ["-Wl,--start-group", *libs, "-Wl,--end-group", *end]
+    cmd += [f"-Wl,--wrap={s}" for s in WRAPPED]
+    cmd += [f for f in ldflags if "--gc-sections" not in f and "-Map" not in f]
+    cmd += [f"-Wl,-Map={mapfile}", "-o", out]
+    if script:
+        cmd += ["-Wl,-T," + script]
+    return cmd
+
+
+def parse_map_inputs(text: str) -> list[tuple[str, str | None]]:
+    """Files the linker loaded, from a GNU ld map: plain objects and archive members."""
+    members: list[tuple[str, str | None]] = []
+    plain: list[tuple[str, str | None]] = []
+    in_members = False
+    for line in text.splitlines():
+        if line.startswith("Archive member included"):
+            in_members = True
+            continue
+        if line.startswith(("Discarded input sections", "Memory Configuration", "Merging",
+                            "Allocating common symbols", "Linker script and memory map")):
+            in_members = False
+        if in_members and line and not line[0].isspace() and line.endswith(")") and "(" in line:
+            path, _, member = line[:-1].partition("(")
+            if not path.endswith(".a") or not os.path.exists(path):
+                continue
+            if (path, member) not in members:
+                members.append((path, member))
+        elif line.startswith("LOAD "):
+            path = line[5:].strip()
+            if path.endswith(".a") or path.startswith("linker stubs"):
+                continue
+            if os.path.exists(path) and not is_archive(path):
+                plain.append((path, None))
+    return plain + members
+
+
+def units_for(inputs: list[tuple[str, str | None]], logical: dict[str, str]) -> list[layout.Unit]:
+    units: dict[str, layout.Unit] = {}
+    order: list[str] = []
+    for path, member in inputs:
+        lname = logical.get(path, "sys:" + os.path.basename(path))
+        if member is not None:
+            lname = f"{lname}({member})"
+        for s in read_file_sections(path, member):
+            region = layout.classify(s.name, nobits=s.nobits, tls=s.tls)
+            key = f"{lname}|{s.name}"
+            u = units.get(key)
+            if u is None:
+                units[key] = layout.Unit(key, layout.ld_pattern(path, member, s.name), s.name,
+                                         region, s.size, s.align, s.symbols, s.merge)
+                order.append(key)
+            else:  # several same-named sections in one file: one statement places them all
+                u.size = layout.align_up(u.size, s.align) + s.size
+                u.align = max(u.align, s.align)
+                u.mergeable = u.mergeable or s.merge
+    return [units[k] for k in order]
+
+
+def link(args: Args) -> int:
+    out = args.output or "a.out"
+    keep = bool(os.environ.get("HMIGRATE_KEEP_TMP"))
+    work = tempfile.mkdtemp(prefix="hmigrate-link-")
+    try:
+        rt = build_runtime(work)
+        links = prepare_inputs(args, work, rt)
+        for il in links.values():
+            il.logical.update(system_files(il.isa)[3])
+        # Pass 1: plain links, only to learn which files and sections get used.
+        units: dict[str, list[layout.Unit]] = {}
+        for name, il in links.items():
+            mp = os.path.join(work, f"pass1_{name}.map")
+            run(link_cmd(il, os.path.join(work, f"pass1_{name}"), mp, args.ldflags, None))
+            with open(mp) as f:
+                units[name] = units_for(parse_map_inputs(f.read()), il.logical)
+        plan = layout.plan_layout(units, (X86_64.name, AARCH64.name))
+        outs = {}
+        for name, il in links.items():
+            script = os.path.join(work, f"layout_{name}.ld")
+            with open(script, "w") as f:
+                f.write(layout.linker_script(plan, name))
+            dest = f"{out}_{name}"
+            run(link_cmd(il, dest, os.path.join(work, f"final_{name}.map"), args.ldflags, script))
+            outs[name] = dest
+        from . import check, metadata
+
+        report = check.check_alignment(outs[X86_64.name], outs[AARCH64.name])
+        if not report.ok and not os.environ.get("HMIGRATE_NO_CHECK"):
+            sys.stderr.write(report.text())
+            raise ToolchainError(f"{out}: aligned layout check FAILED")
+        md = metadata.build_metadata(outs[X86_64.name], outs[AARCH64.name], plan)
+        metadata.write(md, f"{out}.hmigrate.json")
+        host = outs[HOST.name]
+        tmp_out = f"{out}.hmigrate-tmp"
+        shutil.copy2(host, tmp_out)
+        os.replace(tmp_out, out)
+        log(f"linked {outs} ({report.aligned} symbols aligned)")
+        return 0
+    finally:
+        if keep:
+            print(f"hmigrate-cc: kept {work}", file=sys.stderr)
+        else:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def host_cmd(args: Args, argv: list[str]) -> list[str]:
+    if args.passthrough:
+        return [HOST.gcc, *argv]
+    return [HOST.gcc, *isa_cflags(HOST, args.cflags, deps=True), *args.sources,
+            *(["-o", args.output] if args.output else []),
+            *(["-E"] if args.mode == "preprocess" else ["-S"] if args.mode == "asm" else [])]
+
+
+def cc(argv: list[str]) -> int:
+    if argv and argv[0] == "--check-align":
+        from . import check
+
+        return check.main(argv[1:])
+    args = parse(argv)
+    if args.passthrough or args.mode in ("preprocess", "asm"):
+        return subprocess.call(host_cmd(args, argv))
+    miss = missing_tools()
+    if miss:
+        raise ToolchainError("missing cross toolchain pieces: " + ", ".join(miss) +
+                             " (apt-get install gcc-aarch64-linux-gnu musl-tools musl-dev "
+                             "musl-dev:arm64)")
+    if args.mode == "compile":
+        if args.output and len(args.sources) > 1:
+            raise ToolchainError("-o with -c and several sources")
+        if not args.sources:
+            raise ToolchainError("no source file")
+        for src in args.sources:
+            compile_one(src, args.output or default_object_name(src), args.cflags)
+        return 0
+    if not args.inputs:
+        raise ToolchainError("no input files")
+    return link(args)
+
+
+def cc_main() -> None:
+    try:
+        sys.exit(cc(sys.argv[1:]))
+    except ToolchainError as e:
+        print(f"hmigrate-cc: error: {e}", file=sys.stderr)
+        sys.exit(1)
+
+
+def ar_main() -> None:
+    """Objects are plain x86-64 ELF carrying their twin, so the host ar does the job."""
+    sys.exit(subprocess.call([HOST.tool("ar"), *sys.argv[1:]]))

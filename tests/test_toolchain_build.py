@@ -1,0 +1,172 @@
+"""Builds the examples with hmigrate-cc for both ISAs, runs them, checks layout and parking."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from docker_hmigrate.toolchain.config import AARCH64, missing_tools
+
+ROOT = Path(__file__).resolve().parent.parent
+QEMU = "/usr/bin/qemu-aarch64-static"
+CC = f"{sys.executable} -m docker_hmigrate.toolchain cc"
+
+pytestmark = [
+    pytest.mark.toolchain,
+    pytest.mark.skipif(bool(missing_tools()),
+                       reason=f"cross toolchain/musl missing: {missing_tools()} (run lab install)"),
+]
+needs_qemu = pytest.mark.skipif(
+    not os.path.exists(QEMU) and shutil.which("qemu-aarch64-static") is None,
+    reason="qemu-aarch64-static missing (apt-get install qemu-user-static)",
+)
+
+
+def qemu() -> str:
+    return QEMU if os.path.exists(QEMU) else str(shutil.which("qemu-aarch64-static"))
+
+
+def make(src: Path, dest: Path, target: str) -> Path:
+    shutil.copytree(src, dest)
+    res = subprocess.run(["make", "-C", str(dest), f"CC={CC}", target],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return dest
+
+
+@pytest.fixture(scope="module")
+def hello(tmp_path_factory) -> Path:
+    return make(ROOT / "helloworld", tmp_path_factory.mktemp("b") / "hello", "hello")
+
+
+@pytest.fixture(scope="module")
+def threads(tmp_path_factory) -> Path:
+    return make(ROOT / "examples" / "threads", tmp_path_factory.mktemp("b") / "threads", "threads")
+
+
+def run_for(cmd: list[str], seconds: float, **kw) -> str:
+    p = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, **kw)
+    time.sleep(seconds)
+    p.send_signal(signal.SIGTERM)
+    out, _ = p.communicate(timeout=10)
+    return out
+
+
+def test_hello_outputs(hello: Path) -> None:
+    for name in ("hello", "hello_x86-64", "hello_aarch64", "hello.hmigrate.json"):
+        assert (hello / name).exists(), name
+    # hello.o is an x86-64 object carrying its aarch64 twin.
+    sections = subprocess.run(["readelf", "-SW", str(hello / "hello.o")],
+                              capture_output=True, text=True).stdout
+    assert ".hmigrate.aarch64" in sections
+    file_a = subprocess.run([AARCH64.tool("readelf"), "-h", str(hello / "hello_aarch64")],
+                            capture_output=True, text=True).stdout
+    assert "AArch64" in file_a
+
+
+def test_hello_runs_x86_64(hello: Path) -> None:
+    out = run_for([str(hello / "hello_x86-64")], 2.5)
+    assert "hello from hmigrate: 0" in out and "hello from hmigrate: 2" in out
+
+
+@needs_qemu
+def test_hello_runs_aarch64(hello: Path) -> None:
+    out = run_for([qemu(), str(hello / "hello_aarch64")], 2.5)
+    assert "hello from hmigrate: 0" in out and "hello from hmigrate: 1" in out
+
+
+@needs_qemu
+def test_threads_run_both(threads: Path) -> None:
+    for cmd in ([str(threads / "threads_x86-64")], [qemu(), str(threads / "threads_aarch64")]):
+        res = subprocess.run([*cmd, "4", "30", "5"], capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0 and " OK" in res.stdout, res.stdout
+
+
+def check_align(a: Path, b: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "docker_hmigrate.toolchain", "check-align",
+                           str(a), str(b)], capture_output=True, text=True)
+
+
+def test_alignment_passes(hello: Path, threads: Path) -> None:
+    for d, n in ((hello, "hello"), (threads, "threads")):
+        res = check_align(d / f"{n}_x86-64", d / f"{n}_aarch64")
+        assert res.returncode == 0, res.stderr
+        assert "check-align: OK" in res.stdout
+        aligned = int(res.stdout.split("OK: ")[1].split()[0])
+        assert aligned > 150  # user code, runtime and the musl functions both use
+
+
+def test_alignment_broken_is_detected(hello: Path, tmp_path: Path) -> None:
+    """An aarch64 build linked the ordinary way (no aligned layout) must fail loudly."""
+    ml = AARCH64.musl_lib
+    plain = tmp_path / "hello_plain_aarch64"
+    subprocess.run([AARCH64.gcc, *AARCH64.system_cflags(), "-nostdlib", "-static", "-O0", "-g",
+                    "-o", str(plain), f"{ml}/crt1.o", f"{ml}/crti.o", str(hello / "hello.c"),
+                    f"{ml}/libc.a", AARCH64.libgcc(), f"{ml}/crtn.o"],
+                   check=True, capture_output=True)
+    res = check_align(hello / "hello_x86-64", plain)
+    assert res.returncode == 1
+    assert "check-align: BROKEN: main:" in res.stderr
+    assert "FAILED" in res.stderr
+
+
+def wait_for(path: Path, timeout: float) -> str:
+    end = time.time() + timeout
+    while time.time() < end:
+        if path.exists():
+            text = path.read_text()
+            if text.endswith("\n"):
+                return text
+        time.sleep(0.05)
+    raise AssertionError(f"{path} did not appear within {timeout}s")
+
+
+def test_park_and_resume_hello(hello: Path, tmp_path: Path) -> None:
+    flag = tmp_path / "parked"
+    p = subprocess.Popen([str(hello / "hello_x86-64")], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "HMIGRATE_PARK_FILE": str(flag)})
+    try:
+        time.sleep(1.5)
+        p.send_signal(40)  # HMIGRATE_SIGPARK
+        text = wait_for(flag, 3)
+        assert "threads=1" in text and f"pid={p.pid}" in text
+        time.sleep(2.0)  # parked: the counter must stop
+        p.send_signal(41)  # HMIGRATE_SIGRESUME
+        time.sleep(0.3)
+        assert not flag.exists()
+        time.sleep(2.5)
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=10)
+    nums = [int(line.rsplit(":", 1)[1]) for line in out.splitlines()]
+    assert nums == list(range(len(nums))), nums  # kept counting, no restart, no skip
+    assert len(nums) >= 4
+
+
+def test_park_and_resume_threads(threads: Path, tmp_path: Path) -> None:
+    flag = tmp_path / "parked"
+    p = subprocess.Popen([str(threads / "threads_x86-64"), "4", "60", "20"],
+                         stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "HMIGRATE_PARK_FILE": str(flag)})
+    try:
+        time.sleep(0.5)
+        p.send_signal(40)
+        text = wait_for(flag, 3)
+        assert "threads=5" in text  # main + 4 workers
+        assert p.poll() is None
+        time.sleep(1.5)
+        assert p.poll() is None  # parked, not finished (60 steps * 20 ms > 1.2 s)
+        p.send_signal(41)
+        out, _ = p.communicate(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, out
+    assert "result=" in out and " OK" in out, out

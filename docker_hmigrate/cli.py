@@ -469,6 +469,8 @@ def run(argv: list[str], pre_globals: dict[str, object] | None = None) -> int:
     Never lets a traceback reach the user unless -D was given.
     """
     global _state
+    if not argv:
+        argv = ["--help"]  # like `docker container`: usage, exit 0
     _state = CliState(
         pre_globals=dict(pre_globals or {}), globals=GlobalOptions.from_dict(pre_globals or {})
     )
@@ -539,7 +541,7 @@ def complete(args: list[str]) -> int:
     for v in values:
         sys.stdout.write(v + "\n")
     files = any(i.type in ("file", "dir") for i in items)
-    sys.stdout.write(":0\n" if files or not values else ":4\n")
+    sys.stdout.write(":0\n" if files else ":4\n")
     return 0
 
 

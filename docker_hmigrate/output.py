@@ -139,6 +139,10 @@ class Reporter:
             self._line(f"    {word} in {_fmt_secs(rec.seconds)}")
 
     def _line(self, text: str) -> None:
+        if self.tty:
+            # Through rich, so a line printed while a spinner is live does not garble it.
+            self._rich().print(text, markup=False, highlight=False)
+            return
         self.err.write(text + "\n")
         self.err.flush()
 

@@ -8,7 +8,9 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import types
+from http.server import HTTPServer
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ import typer
 
 from docker_hmigrate import cli, errors, hosts
 from docker_hmigrate.output import Reporter, render_error
+from tests.test_hosts import FakeDaemon
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -131,6 +134,21 @@ def test_complete_contexts(clean_docker_env: Path, capsys) -> None:
     assert capsys.readouterr().out == "hm-b\n:4\n"
     cli.complete(["ver"])
     assert capsys.readouterr().out == "version\n:4\n"
+
+
+def test_complete_containers(monkeypatch, capsys) -> None:
+    server = HTTPServer(("127.0.0.1", 0), FakeDaemon)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{server.server_port}")
+        ctx = types.SimpleNamespace(find_root=lambda: ctx, obj=None)
+        assert cli.complete_container(ctx, "w") == ["web"]  # type: ignore[arg-type]
+        assert cli.complete_container(ctx, "x") == []  # type: ignore[arg-type]
+    finally:
+        server.shutdown()
+    # Unreachable source: no candidates, no error.
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
+    assert cli.complete_container(ctx, "") == []  # type: ignore[arg-type]
 
 
 def test_commands_hook(monkeypatch) -> None:

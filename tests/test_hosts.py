@@ -344,13 +344,19 @@ def test_current_context_matches_docker_context_show(cfg: Path) -> None:
 # ---- connecting --------------------------------------------------------------------------
 
 
-class _FakeDaemon(BaseHTTPRequestHandler):
+class FakeDaemon(BaseHTTPRequestHandler):
     """Answers just enough of the engine API for DockerClient(version="auto")."""
 
     def do_GET(self) -> None:  # noqa: N802
         path = self.path.split("?")[0]
         if path.endswith("/_ping"):
             body, ctype = b"OK", "text/plain"
+        elif path.endswith("/containers/json"):
+            body = json.dumps([{"Id": "c0ffee", "Names": ["/web"]}]).encode()
+            ctype = "application/json"
+        elif path.endswith("/containers/c0ffee/json"):
+            body = json.dumps({"Id": "c0ffee", "Name": "/web", "State": {}}).encode()
+            ctype = "application/json"
         elif path.endswith("/version"):
             body = json.dumps(
                 {"Version": "99.0.0", "ApiVersion": "1.41", "Os": "linux", "Arch": "amd64"}
@@ -371,7 +377,7 @@ class _FakeDaemon(BaseHTTPRequestHandler):
 
 
 def test_connect_tcp_negotiates_version(cfg: Path) -> None:
-    server = HTTPServer(("127.0.0.1", 0), _FakeDaemon)
+    server = HTTPServer(("127.0.0.1", 0), FakeDaemon)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         ep = hosts.resolve_target(f"tcp://127.0.0.1:{server.server_port}", GlobalOptions())

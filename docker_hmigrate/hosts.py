@@ -16,9 +16,13 @@ This module imports the docker SDK only inside connect(), so resolving stays che
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import socket
+import subprocess
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -347,7 +351,8 @@ def list_contexts(globals_: GlobalOptions) -> list[Endpoint]:
 def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.DockerClient:
     """A docker SDK client for the endpoint, API version negotiated with the daemon.
 
-    ssh:// uses the system `ssh` client (as the docker CLI does, so ~/.ssh/config applies).
+    ssh:// runs the system `ssh` client with `docker system dial-stdio` on the remote host,
+    exactly as the docker CLI does (so ~/.ssh/config applies); see SSHStdioProxy.
     Raises HostUnreachable when the daemon does not answer.
     """
     import docker
@@ -367,18 +372,22 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
                 f"bad TLS settings for {endpoint.name} ({endpoint.host}): {exc}",
                 hint="check the --tlscacert/--tlscert/--tlskey files or the context's TLS data",
             ) from exc
+    base_url = endpoint.host
+    proxy: SSHStdioProxy | None = None
+    if endpoint.host.startswith("ssh://"):
+        proxy = SSHStdioProxy(endpoint.host)
+        base_url = "unix://" + proxy.path
     try:
-        return docker.DockerClient(
-            base_url=endpoint.host,
-            version="auto",
-            timeout=int(timeout),
-            tls=tls_cfg,
-            use_ssh_client=endpoint.host.startswith("ssh://"),
+        client = docker.DockerClient(
+            base_url=base_url, version="auto", timeout=int(timeout), tls=tls_cfg
         )
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
+        reason = _short_reason(exc)
+        if proxy is not None:
+            reason = proxy.failure() or reason
+            proxy.close()
         raise errors.HostUnreachable(
-            f"cannot reach the Docker daemon of '{endpoint.name}' at {endpoint.host}: "
-            f"{_short_reason(exc)}",
+            f"cannot reach the Docker daemon of '{endpoint.name}' at {endpoint.host}: {reason}",
             hint=(
                 f"check that dockerd runs there and that `docker --context {endpoint.name} "
                 "version` works"
@@ -386,6 +395,153 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
                 else f"check that dockerd listens there: `docker -H {endpoint.host} version`"
             ),
         ) from exc
+    if proxy is not None:
+        # Keep the proxy alive as long as the client; close both together.
+        client._hmigrate_ssh_proxy = proxy  # type: ignore[attr-defined]
+        original_close = client.close
+
+        def close() -> None:
+            original_close()
+            proxy.close()
+
+        client.close = close  # type: ignore[method-assign]
+    return client
+
+
+def ssh_command(url: str) -> list[str]:
+    """The ssh command line the docker CLI (28) runs for an ssh:// host.
+
+    ssh://[user@]host[:port][/socket/path] ->
+    ssh -o ConnectTimeout=30 -T [-l user] [-p port] -- host docker [--host unix://PATH]
+        system dial-stdio
+    """
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme != "ssh" or not parts.hostname:
+        raise errors.UsageError(f"invalid ssh URL {url!r}", hint="use ssh://[USER@]HOST[:PORT]")
+    if parts.password is not None:
+        raise errors.UsageError(f"invalid ssh URL {url!r}: plain-text password is not supported")
+    args = ["ssh", "-o ConnectTimeout=30", "-T"]
+    if parts.username:
+        args += ["-l", parts.username]
+    if parts.port:
+        args += ["-p", str(parts.port)]
+    args += ["--", parts.hostname, "docker"]
+    if parts.path.strip("/"):
+        args += ["--host", "unix://" + parts.path]
+    return args + ["system", "dial-stdio"]
+
+
+class SSHStdioProxy:
+    """A private unix socket whose every connection is piped through
+    `ssh HOST docker system dial-stdio`, the way the docker CLI reaches ssh:// hosts.
+
+    This needs only the system ssh client (and its ~/.ssh/config, agent, known_hosts),
+    not paramiko. Each HTTP connection of the docker SDK gets its own ssh process.
+    """
+
+    def __init__(self, url: str) -> None:
+        import shutil
+        import socket
+        import tempfile
+        import threading
+
+        self.argv = ssh_command(url)
+        if shutil.which(self.argv[0]) is None:
+            raise errors.HostUnreachable(
+                f"cannot reach {url}: no `ssh` client on PATH",
+                hint="install an OpenSSH client (Debian: apt-get install openssh-client)",
+            )
+        self._dir = tempfile.mkdtemp(prefix="hmigrate-ssh-")
+        self.path = os.path.join(self._dir, "docker.sock")
+        self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._listener.bind(self.path)
+        self._listener.listen(16)
+        self._procs: list[subprocess.Popen[bytes]] = []
+        self._stderr: list[bytes] = []
+        self._closed = False
+        self._lock = threading.Lock()
+        threading.Thread(target=self._accept_loop, name="hmigrate-ssh", daemon=True).start()
+
+    def _accept_loop(self) -> None:
+        import threading
+
+        while True:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return  # closed
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        import threading
+
+        try:
+            proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                start_new_session=True,  # Ctrl-C must not kill the transport mid-rollback
+            )
+        except OSError as exc:
+            self._stderr.append(str(exc).encode())
+            conn.close()
+            return
+        with self._lock:
+            self._procs.append(proc)
+        assert proc.stdin and proc.stdout and proc.stderr
+
+        def upstream() -> None:
+            try:
+                while data := conn.recv(65536):
+                    proc.stdin.write(data)  # type: ignore[union-attr]
+            except OSError:
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    proc.stdin.close()  # type: ignore[union-attr]
+
+        def collect_stderr() -> None:
+            data = proc.stderr.read()  # type: ignore[union-attr]
+            if data:
+                self._stderr.append(data)
+
+        threading.Thread(target=upstream, daemon=True).start()
+        threading.Thread(target=collect_stderr, daemon=True).start()
+        try:
+            while data := os.read(proc.stdout.fileno(), 65536):
+                conn.sendall(data)
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+            with contextlib.suppress(OSError):
+                proc.stdout.close()
+            if proc.poll() is None:
+                proc.terminate()
+
+    def failure(self) -> str:
+        """ssh's own error output (e.g. permission denied), if any."""
+        text = b"".join(self._stderr).decode(errors="replace").strip()
+        return text.splitlines()[-1] if text else ""
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(OSError):
+            self._listener.close()
+        with self._lock:
+            for proc in self._procs:
+                if proc.poll() is None:
+                    proc.terminate()
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        with contextlib.suppress(OSError):
+            os.rmdir(self._dir)
 
 
 def _short_reason(exc: BaseException) -> str:

@@ -413,3 +413,85 @@ def test_global_options_merge() -> None:
     after = GlobalOptions(context="b", log_level="info")
     merged = before.merged(after)
     assert (merged.context, merged.debug, merged.log_level) == ("b", True, "info")
+
+
+# ---- ssh:// --------------------------------------------------------------------------------
+
+FAKE_SSH = """#!{python}
+# Stands in for ssh: records its argv, then pipes stdio to a TCP "remote dockerd".
+import os, socket, sys, threading
+with open(os.environ["FAKE_SSH_LOG"], "a") as f:
+    f.write(repr(sys.argv[1:]) + "\\n")
+if os.environ.get("FAKE_SSH_FAIL"):
+    sys.stderr.write("me@box: Permission denied (publickey).\\n")
+    sys.exit(255)
+s = socket.create_connection(("127.0.0.1", int(os.environ["FAKE_DAEMON_PORT"])))
+def up():
+    while data := os.read(0, 65536):
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while data := s.recv(65536):
+    os.write(1, data)
+"""
+
+
+@pytest.fixture
+def fake_ssh(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import sys
+
+    bindir = tmp_path / "sshbin"
+    bindir.mkdir()
+    ssh = bindir / "ssh"
+    ssh.write_text(FAKE_SSH.format(python=sys.executable))
+    ssh.chmod(0o755)
+    log = tmp_path / "ssh.log"
+    monkeypatch.setenv("PATH", f"{bindir}:{os.environ['PATH']}")
+    monkeypatch.setenv("FAKE_SSH_LOG", str(log))
+    return log
+
+
+def test_ssh_command_matches_docker_cli() -> None:
+    # As captured from docker 28.2.2 with a fake ssh on PATH.
+    assert hosts.ssh_command("ssh://me@box:2222") == [
+        "ssh", "-o ConnectTimeout=30", "-T", "-l", "me", "-p", "2222", "--", "box",
+        "docker", "system", "dial-stdio",
+    ]  # fmt: skip
+    assert hosts.ssh_command("ssh://box/run/x.sock") == [
+        "ssh", "-o ConnectTimeout=30", "-T", "--", "box",
+        "docker", "--host", "unix:///run/x.sock", "system", "dial-stdio",
+    ]  # fmt: skip
+    with pytest.raises(errors.UsageError):
+        hosts.ssh_command("ssh://me:secret@box")
+
+
+@needs_docker_cli
+def test_ssh_argv_same_as_docker_cli(cfg: Path, fake_ssh: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_SSH_FAIL", "1")
+    subprocess.run([DOCKER, "-H", "ssh://me@box:2222", "version"], capture_output=True,
+                   timeout=60, env=dict(os.environ))  # fmt: skip
+    docker_argv = fake_ssh.read_text().splitlines()[-1]
+    assert docker_argv == repr(hosts.ssh_command("ssh://me@box:2222")[1:])
+
+
+def test_connect_over_ssh(cfg: Path, fake_ssh: Path, monkeypatch) -> None:
+    server = HTTPServer(("127.0.0.1", 0), FakeDaemon)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("FAKE_DAEMON_PORT", str(server.server_port))
+    try:
+        ep = hosts.resolve_target("ssh://me@box", GlobalOptions())
+        client = hosts.connect(ep, timeout=10)
+        assert client.version()["Version"] == "99.0.0"
+        assert [c.name for c in client.containers.list()] == ["web"]
+        client.close()
+    finally:
+        server.shutdown()
+    assert "'--', 'box', 'docker', 'system', 'dial-stdio'" in fake_ssh.read_text()
+
+
+def test_connect_over_ssh_failure(cfg: Path, fake_ssh: Path, monkeypatch) -> None:
+    monkeypatch.setenv("FAKE_SSH_FAIL", "1")
+    ep = hosts.resolve_target("ssh://me@box", GlobalOptions())
+    with pytest.raises(errors.HostUnreachable) as ei:
+        hosts.connect(ep, timeout=10)
+    assert "Permission denied (publickey)" in ei.value.message

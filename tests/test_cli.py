@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -278,8 +279,11 @@ def test_install_permission_denied(tmp_path: Path, capsys) -> None:
         ("docker run --rm alpine container hmigrate", "run --rm alpine container hmigrate"),
     ],
 )  # fmt: skip
-def test_shell_init_bash(tmp_path: Path, capsys, typed: str, expected: str) -> None:
-    assert cli.run(["shell-init", "bash"]) == 0
+@pytest.mark.parametrize("shell", ["bash", "zsh"])
+def test_shell_init(tmp_path: Path, capsys, typed: str, expected: str, shell: str) -> None:
+    if not shutil.which(shell):
+        pytest.skip(f"{shell} not installed")
+    assert cli.run(["shell-init", shell]) == 0
     script = capsys.readouterr().out
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -290,7 +294,7 @@ def test_shell_init_bash(tmp_path: Path, capsys, typed: str, expected: str) -> N
     fake.chmod(0o755)
     (tmp_path / "init.sh").write_text(script)
     subprocess.run(
-        ["bash", "--norc", "-c", f". {tmp_path}/init.sh; {typed}"],
+        [shell, "--norc" if shell == "bash" else "-f", "-c", f". {tmp_path}/init.sh; {typed}"],
         env={**os.environ, "PATH": f"{bindir}:{os.environ['PATH']}"},
         check=True, timeout=30,
     )  # fmt: skip

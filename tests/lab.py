@@ -19,6 +19,7 @@ import pytest
 DOCKER_CLI = "/usr/local/bin/docker" if Path("/usr/local/bin/docker").exists() else "docker"
 LAB_DIR = Path(__file__).resolve().parent.parent / "lab"
 BASE_IMAGE = "hmlab/busybox:latest"
+REDIS_IMAGE = "hmlab/redis:latest"
 REGISTRY = "localhost:5000"
 
 COUNTER_CMD = ["sh", "-c", "i=0; while true; do echo $i; i=$((i+1)); sleep 1; done"]

@@ -11,6 +11,8 @@ HM_ARM_MIRROR=${HM_ARM_MIRROR:-http://deb.debian.org/debian}
 HM_ARM_CPUS=${HM_ARM_CPUS:-2}
 HM_ARM_MEM=${HM_ARM_MEM:-3584}                     # MiB
 HM_ARM_DISK_SIZE=${HM_ARM_DISK_SIZE:-10G}          # size of the (sparse) root file system
+HM_ARM_KERNEL=${HM_ARM_KERNEL:-trixie}             # trixie (6.12, rootfs's own) or bookworm (6.1)
+HM_ARM_INITRD=${HM_ARM_INITRD:-min}               # min (own, fast) or debian (initramfs-tools)
 HM_ARM_BOOT_TIMEOUT=${HM_ARM_BOOT_TIMEOUT:-600}    # seconds to wait for the guest's dockerd
 
 # Packages of the guest root file system (arm64, from Debian).
@@ -40,8 +42,8 @@ hm_rootfs_recipe_hash() {
 hm_image_recipe_hash() {
   {
     hm_rootfs_recipe_hash
-    echo "disk=$HM_ARM_DISK_SIZE"
-    cat "$HM_ARM_DIR/build-image.sh"
+    echo "disk=$HM_ARM_DISK_SIZE kernel=$HM_ARM_KERNEL"
+    cat "$HM_ARM_DIR/build-image.sh" "$HM_ARM_DIR/build-initramfs.sh"
     (cd "$HM_ARM_DIR/guest" && find . -type f | LC_ALL=C sort | xargs sha256sum)
   } | sha256sum | cut -d' ' -f1
 }

@@ -34,7 +34,10 @@ if TYPE_CHECKING:
 
 DEFAULT_CONTEXT = "default"
 DEFAULT_UNIX_HOST = "unix:///var/run/docker.sock"
-DEFAULT_TIMEOUT = 60.0
+# Engine calls such as a CRIU dump of a large container can take minutes; the version
+# negotiation at connect time uses a short timeout so a dead host fails fast.
+DEFAULT_TIMEOUT = 600.0
+CONNECT_TIMEOUT = 15.0
 
 
 @dataclass
@@ -351,6 +354,9 @@ def list_contexts(globals_: GlobalOptions) -> list[Endpoint]:
 def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.DockerClient:
     """A docker SDK client for the endpoint, API version negotiated with the daemon.
 
+    `timeout` (seconds) applies to each engine call; reaching the daemon is given at most
+    CONNECT_TIMEOUT.
+
     ssh:// runs the system `ssh` client with `docker system dial-stdio` on the remote host,
     exactly as the docker CLI does (so ~/.ssh/config applies); see SSHStdioProxy.
     Raises HostUnreachable when the daemon does not answer.
@@ -379,7 +385,10 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
         base_url = "unix://" + proxy.path
     try:
         client = docker.DockerClient(
-            base_url=base_url, version="auto", timeout=int(timeout), tls=tls_cfg
+            base_url=base_url,
+            version="auto",
+            timeout=int(min(timeout, CONNECT_TIMEOUT)),
+            tls=tls_cfg,
         )
     except (docker.errors.DockerException, requests.exceptions.RequestException, OSError) as exc:
         reason = _short_reason(exc)
@@ -395,6 +404,7 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
                 else f"check that dockerd listens there: `docker -H {endpoint.host} version`"
             ),
         ) from exc
+    client.api.timeout = int(timeout)
     if proxy is not None:
         # Keep the proxy alive as long as the client; close both together.
         client._hmigrate_ssh_proxy = proxy  # type: ignore[attr-defined]

@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import subprocess
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -383,7 +384,20 @@ def test_connect_tcp_negotiates_version(cfg: Path) -> None:
         ep = hosts.resolve_target(f"tcp://127.0.0.1:{server.server_port}", GlobalOptions())
         client = hosts.connect(ep, timeout=5)
         assert client.api.api_version == "1.41"
+        assert client.api.timeout == 5
         assert client.version()["Version"] == "99.0.0"
+        client.close()
+    finally:
+        server.shutdown()
+
+
+def test_connect_timeout_default(cfg: Path) -> None:
+    server = HTTPServer(("127.0.0.1", 0), FakeDaemon)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = hosts.connect(hosts.resolve_target(f"tcp://127.0.0.1:{server.server_port}",
+                                                    GlobalOptions()))  # fmt: skip
+        assert client.api.timeout == hosts.DEFAULT_TIMEOUT
         client.close()
     finally:
         server.shutdown()
@@ -495,3 +509,17 @@ def test_connect_over_ssh_failure(cfg: Path, fake_ssh: Path, monkeypatch) -> Non
     with pytest.raises(errors.HostUnreachable) as ei:
         hosts.connect(ep, timeout=10)
     assert "Permission denied (publickey)" in ei.value.message
+
+
+def test_connect_silent_daemon_times_out(cfg: Path, monkeypatch) -> None:
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)  # accepts (in the kernel) but never answers
+    monkeypatch.setattr(hosts, "CONNECT_TIMEOUT", 1.0)
+    try:
+        ep = hosts.resolve_target(f"tcp://127.0.0.1:{listener.getsockname()[1]}", GlobalOptions())
+        with pytest.raises(errors.HostUnreachable) as ei:
+            hosts.connect(ep)
+        assert "timed out" in ei.value.message
+    finally:
+        listener.close()

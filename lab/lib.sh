@@ -1,7 +1,8 @@
 # Shared settings and helpers for the lab scripts (sourced, not run).
 # Every path, address and name the lab uses is defined here, once.
 
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+# sbin first (dockerd, ip, the criu wrapper); the rest of PATH kept, for the Python in use.
+export PATH=/usr/local/sbin:/usr/sbin:/sbin:$PATH
 
 LAB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 LAB_STATE=/var/lib/hmigrate-lab          # daemons' data roots, registry storage, logs

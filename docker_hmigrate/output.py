@@ -98,7 +98,10 @@ class Reporter:
 
     @staticmethod
     def _phase_label(rec: PhaseRecord) -> str:
-        return f"{rec.name}" + (f" [dim]({rec.detail})[/dim]" if rec.detail else "")
+        from rich.markup import escape
+
+        # Details come from daemons and users: never let them be read as rich markup.
+        return escape(rec.name) + (f" [dim]({escape(rec.detail)})[/dim]" if rec.detail else "")
 
     @contextmanager
     def phase(self, name: str, detail: str = "") -> Iterator[Phase]:
@@ -130,10 +133,14 @@ class Reporter:
         if self.json_mode or self.quiet:
             return
         if status_cm is not None:
+            from rich.markup import escape
+
             status_cm.__exit__(None, None, None)
             mark = {"ok": "[green]✓[/green]", "failed": "[red]✗[/red]"}.get(rec.status, "-")
-            extra = f" [dim]({rec.detail})[/dim]" if rec.detail else ""
-            self._rich().print(f"{mark} {rec.name}{extra} [dim]{_fmt_secs(rec.seconds)}[/dim]")
+            note = rec.error if rec.status == "failed" and rec.error else rec.detail
+            extra = f" [dim]({escape(note)})[/dim]" if note else ""
+            name = escape(rec.name)
+            self._rich().print(f"{mark} {name}{extra} [dim]{_fmt_secs(rec.seconds)}[/dim]")
         else:
             word = {"ok": "done", "failed": "FAILED", "skipped": "skipped"}.get(rec.status, "")
             self._line(f"    {word} in {_fmt_secs(rec.seconds)}")

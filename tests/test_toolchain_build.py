@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -34,7 +35,10 @@ def qemu() -> str:
 
 
 def make(src: Path, dest: Path, target: str) -> Path:
-    shutil.copytree(src, dest)
+    dest.mkdir(parents=True)
+    for f in src.iterdir():  # sources only: never reuse outputs of a build in the tree
+        if f.name == "Makefile" or f.suffix in (".c", ".h"):
+            shutil.copy(f, dest / f.name)
     res = subprocess.run(["make", "-C", str(dest), f"CC={CC}", target],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
@@ -170,3 +174,37 @@ def test_park_and_resume_threads(threads: Path, tmp_path: Path) -> None:
             p.kill()
     assert p.returncode == 0, out
     assert "result=" in out and " OK" in out, out
+
+
+def test_metadata(hello: Path, threads: Path) -> None:
+    md = json.loads((hello / "hello.hmigrate.json").read_text())
+    assert md["schema"] == "hmigrate-toolchain/1"
+    assert md["checks"]["park_points_clean"], md["checks"]["problems"]
+    assert md["checks"]["align"].startswith("check-align: OK")
+    fns = {f["name"]: f for f in md["functions"]}
+    tick = fns["tick"]
+    assert tick["instrumented"] and tick["park_point"]["clean"]
+    assert tick["unmatched_call_sites"] == {"x86-64": [], "aarch64": []}
+    x, a = tick["isa"]["x86-64"], tick["isa"]["aarch64"]
+    assert x["addr"] == a["addr"]
+    assert x["frame"]["cfa"] == "rbp+16" and x["frame"]["return_address_cfa_offset"] == -8
+    assert a["frame"]["saved_regs"]["x30"] == a["frame"]["return_address_cfa_offset"]
+    assert tick["park_point"]["aarch64_x19"] == "return_address"
+    (n_x,) = [v for v in x["vars"] if v["name"] == "n"]
+    (n_a,) = [v for v in a["vars"] if v["name"] == "n"]
+    assert n_x["type"]["size"] == n_a["type"]["size"] == 8
+    assert "cfa_offset" in n_x and "cfa_offset" in n_a
+    kinds = [c["kind"] for c in x["call_sites"]]
+    assert kinds[0] == "enter_hook" and kinds[-1] == "exit_hook"
+    assert "x19" in a["call_sites"][1]["live_callee_saved"]
+    rt = md["runtime"]
+    assert rt["signals"] == {"park": 40, "resume": 41}
+    for isa in ("x86-64", "aarch64"):
+        assert rt["park_points"][isa]["blocked_pc"] > 0
+    mt = json.loads((threads / "threads.hmigrate.json").read_text())
+    (mix,) = [s for s in mt["tls"]["symbols"] if s["name"] == "tls_mix"]
+    assert mix["offset"]["x86-64"] == mix["offset"]["aarch64"]
+    assert mt["tls"]["x86-64"]["memsz"] == mt["tls"]["aarch64"]["memsz"]
+    assert mt["checks"]["park_points_clean"]
+    worker = {f["name"]: f for f in mt["functions"]}["worker"]
+    assert worker["unmatched_call_sites"] == {"x86-64": [], "aarch64": []}

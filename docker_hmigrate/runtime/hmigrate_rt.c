@@ -142,6 +142,31 @@ NOINSTR static void hm_maybe_announce(void)
 	__atomic_store_n(&s->announcing, 0, __ATOMIC_RELEASE);
 }
 
+/* The wait of a parked thread, as a raw syscall in a function of its own (no libc frame
+ * on top of a parked stack): its PC while blocked is recorded in the metadata. */
+NOINSTR __attribute__((noinline)) long hm_futex_wait(volatile int *addr, int val, const struct timespec *ts)
+{
+#if defined(__x86_64__)
+	register long r10 __asm__("r10") = (long)ts;
+	long ret;
+	__asm__ volatile("syscall"
+			 : "=a"(ret)
+			 : "0"((long)SYS_futex), "D"(addr), "S"((long)FUTEX_WAIT_PRIVATE), "d"((long)val), "r"(r10)
+			 : "rcx", "r11", "memory");
+	return ret;
+#elif defined(__aarch64__)
+	register long x8 __asm__("x8") = SYS_futex;
+	register long x0 __asm__("x0") = (long)addr;
+	register long x1 __asm__("x1") = FUTEX_WAIT_PRIVATE;
+	register long x2 __asm__("x2") = val;
+	register long x3 __asm__("x3") = (long)ts;
+	__asm__ volatile("svc 0" : "+r"(x0) : "r"(x8), "r"(x1), "r"(x2), "r"(x3) : "memory");
+	return x0;
+#else
+	return syscall(SYS_futex, addr, FUTEX_WAIT_PRIVATE, val, ts, 0, 0);
+#endif
+}
+
 /* Park the calling thread until the request is withdrawn. Frames below are clean. */
 NOINSTR __attribute__((noinline)) void hmigrate_park(void *fn, void *site)
 {
@@ -158,7 +183,7 @@ NOINSTR __attribute__((noinline)) void hmigrate_park(void *fn, void *site)
 	hm_maybe_announce();
 	while (hmigrate_requested()) {
 		struct timespec ts = {0, 200 * 1000 * 1000};
-		syscall(SYS_futex, &s->request, FUTEX_WAIT_PRIVATE, 1, &ts, 0, 0);
+		hm_futex_wait(&s->request, 1, &ts);
 		if (hmigrate_requested()) {
 			/* A thread may have slipped into a blocking call after the first kick. */
 			hm_for_each_task(hm_kick, &self);

@@ -17,7 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 
-from . import layout
+from . import asmfix, layout
 from .config import (
     AARCH64,
     DROPPED_EXACT,
@@ -164,20 +164,43 @@ def isa_cflags(isa: Isa, cflags: list[str], *, deps: bool) -> list[str]:
 
 
 def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True) -> None:
-    """Compile src for both ISAs into out (x86-64 object with the aarch64 twin inside)."""
-    tmp = f"{out}.hmigrate-aarch64.tmp"
+    """Compile src for both ISAs into out (x86-64 object with the aarch64 twin inside).
 
-    def cmd(isa: Isa, dest: str, deps: bool) -> list[str]:
+    C goes through assembly so string literals can get one section each (asmfix).
+    """
+    tmp = f"{out}.hmigrate-aarch64.tmp"
+    via_asm = src.endswith((".c", ".i"))
+    wa = [f for f in cflags if f.startswith("-Wa,")]
+
+    def build(isa: Isa, dest: str, deps: bool) -> None:
         flags = isa_cflags(isa, cflags, deps=deps)
         if not instrument:
             flags = [f for f in flags if f != "-finstrument-functions"]
-        return [isa.gcc, *flags, "-c", src, "-o", dest]
+        if not via_asm:
+            run([isa.gcc, *flags, "-c", src, "-o", dest])
+            return
+        asm = f"{dest}.hmigrate.s"
+        if deps and ("-MD" in flags or "-MMD" in flags):
+            # GCC would name the dependency file and target after the .s we ask for.
+            if "-MF" not in flags:
+                flags += ["-MF", os.path.splitext(out)[0] + ".d"]
+            if "-MT" not in flags and "-MQ" not in flags:
+                flags += ["-MT", out]
+        try:
+            run([isa.gcc, *flags, "-S", src, "-o", asm])
+            with open(asm) as f:
+                text = asmfix.split_string_literals(f.read())
+            with open(asm, "w") as f:
+                f.write(text)
+            run([isa.gcc, *wa, "-c", asm, "-o", dest])
+        finally:
+            if os.path.exists(asm) and not os.environ.get("HMIGRATE_KEEP_TMP"):
+                os.unlink(asm)
 
     with ThreadPoolExecutor(max_workers=2) as ex:
-        fx = ex.submit(run, cmd(X86_64, out, True))
-        fa = ex.submit(run, cmd(AARCH64, tmp, False))
+        futs = [ex.submit(build, X86_64, out, True), ex.submit(build, AARCH64, tmp, False)]
         errors = []
-        for fut in (fx, fa):
+        for fut in futs:
             try:
                 fut.result()
             except ToolchainError as e:
@@ -388,7 +411,12 @@ def link(args: Args) -> int:
             sys.stderr.write(report.text())
             raise ToolchainError(f"{out}: aligned layout check FAILED")
         md = metadata.build_metadata(outs[X86_64.name], outs[AARCH64.name], plan)
+        md["checks"]["align"] = report.text().strip().splitlines()[-1]
         metadata.write(md, f"{out}.hmigrate.json")
+        if not md["checks"]["park_points_clean"] and not os.environ.get("HMIGRATE_NO_CHECK"):
+            for p in md["checks"]["problems"]:
+                sys.stderr.write(f"hmigrate-cc: unclean park point: {p}\n")
+            raise ToolchainError(f"{out}: equivalence points are not clean (see above)")
         host = outs[HOST.name]
         tmp_out = f"{out}.hmigrate-tmp"
         shutil.copy2(host, tmp_out)

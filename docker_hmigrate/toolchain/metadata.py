@@ -1,17 +1,706 @@
-"""Build-time metadata for recode (placeholder, filled below)."""
+"""Build-time metadata for recode: frames, variables, call sites, park points, TLS.
+
+Everything recode needs is extracted here from DWARF (pyelftools) and machine code
+(capstone), so that migration itself never parses DWARF. Schema: docs/toolchain.md.
+"""
+
 from __future__ import annotations
 
+import argparse
+import bisect
+import hashlib
 import json
+import os
+import sys
+from dataclasses import dataclass, field
+
+import capstone
+from elftools.elf.elffile import ELFFile
+
+SCHEMA = "hmigrate-toolchain/1"
+ENTER_HOOK = "__cyg_profile_func_enter"
+EXIT_HOOK = "__cyg_profile_func_exit"
+# musl frames under every thread's stack (no DWARF): where they call user code.
+BOTTOM_FUNCTIONS = ("libc_start_main_stage2", "__libc_start_main", "start", "start_c")
+# Frames of parked threads end in these runtime functions (see runtime/hmigrate_rt.c).
+PARK_FUNCTIONS = ("__cyg_profile_func_enter", "hmigrate_park", "hm_futex_wait")
 
 
-def build_metadata(bin_x86: str, bin_a64: str, plan) -> dict:
-    return {"schema": "hmigrate-toolchain/1"}
+@dataclass(frozen=True)
+class Arch:
+    name: str
+    cs_arch: int
+    cs_mode: int
+    dwarf_regs: dict[int, str]
+    callee_saved: tuple[str, ...]  # excluding the frame pointer, described by the frame
+    fp: str
+    sp: str
+
+    def reg(self, n: int) -> str:
+        return self.dwarf_regs.get(n, f"r{n}")
+
+
+_X86_DWARF = {0: "rax", 1: "rdx", 2: "rcx", 3: "rbx", 4: "rsi", 5: "rdi", 6: "rbp", 7: "rsp",
+              **{i: f"r{i}" for i in range(8, 16)}, 16: "rip"}
+X86 = Arch("x86-64", capstone.CS_ARCH_X86, capstone.CS_MODE_64, _X86_DWARF,
+           ("rbx", "r12", "r13", "r14", "r15"), "rbp", "rsp")
+A64 = Arch("aarch64", capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM,
+           {**{i: f"x{i}" for i in range(31)}, 31: "sp"},
+           tuple(f"x{i}" for i in range(19, 29)), "x29", "sp")
+ARCHES = {"EM_X86_64": X86, "EM_AARCH64": A64}
+
+_X86_ALIASES = {}
+for full, parts in {"rbx": ("ebx", "bx", "bl", "bh"), "rbp": ("ebp", "bp", "bpl"),
+                    "rsp": ("esp", "sp", "spl")}.items():
+    for p in parts:
+        _X86_ALIASES[p] = full
+for n in range(8, 16):
+    for suf in ("d", "w", "b"):
+        _X86_ALIASES[f"r{n}{suf}"] = f"r{n}"
+
+
+def norm_reg(arch: Arch, name: str) -> str:
+    if arch is A64:
+        if name.startswith("w") and name[1:].isdigit():
+            return "x" + name[1:]
+        if name in ("fp",):
+            return "x29"
+        if name in ("lr",):
+            return "x30"
+        return name
+    return _X86_ALIASES.get(name, name)
+
+
+# ---------------------------------------------------------------- DWARF helpers
+
+
+def _attr(die, name, default=None):
+    a = die.attributes.get(name)
+    return default if a is None else a.value
+
+
+def _name(die) -> str | None:
+    v = _attr(die, "DW_AT_name")
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def _ref(die, name="DW_AT_type"):
+    if name not in die.attributes:
+        return None
+    return die.get_DIE_from_attribute(name)
+
+
+def describe_type(die, depth: int = 0) -> dict:
+    """Type summary recode needs: name, size, and where pointers live inside it."""
+    if die is None:
+        return {"name": "void", "size": 0, "kind": "void", "pointer_offsets": []}
+    tag = die.tag
+    if tag in ("DW_TAG_typedef", "DW_TAG_const_type", "DW_TAG_volatile_type",
+               "DW_TAG_restrict_type", "DW_TAG_atomic_type"):
+        inner = describe_type(_ref(die), depth)
+        if tag == "DW_TAG_typedef":
+            inner = {**inner, "name": _name(die) or inner["name"]}
+        return inner
+    if tag == "DW_TAG_pointer_type":
+        tgt = _ref(die)
+        tname = "void" if tgt is None else (_name(tgt) or tgt.tag.replace("DW_TAG_", ""))
+        return {"name": f"{tname} *", "size": _attr(die, "DW_AT_byte_size", 8), "kind": "pointer",
+                "pointer_offsets": [0]}
+    if tag == "DW_TAG_base_type":
+        return {"name": _name(die), "size": _attr(die, "DW_AT_byte_size", 0), "kind": "base",
+                "pointer_offsets": []}
+    if tag == "DW_TAG_enumeration_type":
+        return {"name": f"enum {_name(die) or ''}".strip(), "kind": "enum",
+                "size": _attr(die, "DW_AT_byte_size", 4), "pointer_offsets": []}
+    if tag in ("DW_TAG_structure_type", "DW_TAG_union_type"):
+        kw = "struct" if tag == "DW_TAG_structure_type" else "union"
+        ptrs: list[int] = []
+        if depth < 6:
+            for m in die.iter_children():
+                if m.tag != "DW_TAG_member":
+                    continue
+                off = _attr(m, "DW_AT_data_member_location", 0)
+                if not isinstance(off, int):
+                    continue
+                ptrs += [off + p for p in describe_type(_ref(m), depth + 1)["pointer_offsets"]]
+        return {"name": f"{kw} {_name(die) or '<anon>'}", "kind": kw,
+                "size": _attr(die, "DW_AT_byte_size", 0), "pointer_offsets": ptrs[:256]}
+    if tag == "DW_TAG_array_type":
+        elem = describe_type(_ref(die), depth + 1)
+        count = 1
+        for sub in die.iter_children():
+            if sub.tag == "DW_TAG_subrange_type":
+                ub = _attr(sub, "DW_AT_upper_bound")
+                cnt = _attr(sub, "DW_AT_count")
+                n = cnt if isinstance(cnt, int) else (ub + 1 if isinstance(ub, int) else 0)
+                count *= n
+        ptrs = [i * elem["size"] + p for i in range(min(count, 256)) for p in
+                elem["pointer_offsets"]] if elem["size"] else []
+        return {"name": f"{elem['name']}[{count}]", "kind": "array",
+                "size": elem["size"] * count, "pointer_offsets": ptrs[:256]}
+    if tag == "DW_TAG_subroutine_type":
+        return {"name": "function", "kind": "function", "size": 0, "pointer_offsets": []}
+    return {"name": tag, "kind": "other", "size": _attr(die, "DW_AT_byte_size", 0),
+            "pointer_offsets": []}
+
+
+def _fbreg_offset(loc) -> int | None:
+    """Offset from the frame base (= CFA, DW_OP_call_frame_cfa) of DW_OP_fbreg N."""
+    if not isinstance(loc, list) or not loc or loc[0] != 0x91:
+        return None
+    val, shift = 0, 0
+    for i, b in enumerate(loc[1:]):
+        val |= (b & 0x7F) << shift
+        shift += 7
+        if not b & 0x80:
+            if b & 0x40:
+                val -= 1 << shift
+            return val if i + 2 == len(loc) else None
+    return None
+
+
+def _pc_range(die) -> tuple[int, int] | None:
+    lo = _attr(die, "DW_AT_low_pc")
+    hi = die.attributes.get("DW_AT_high_pc")
+    if lo is None or hi is None:
+        return None
+    return lo, (lo + hi.value if hi.form != "DW_FORM_addr" else hi.value)
+
+
+def _collect_vars(die, out: list[dict], scope: tuple[int, int] | None) -> None:
+    for ch in die.iter_children():
+        if ch.tag in ("DW_TAG_formal_parameter", "DW_TAG_variable"):
+            loc = _attr(ch, "DW_AT_location")
+            off = _fbreg_offset(loc)
+            entry = {"name": _name(ch), "kind": "param" if ch.tag.endswith("parameter") else
+                     "local", "type": describe_type(_ref(ch)), "scope": list(scope) if scope
+                     else None}
+            if off is not None:
+                entry["cfa_offset"] = off
+            elif isinstance(loc, list) and loc and loc[0] == 0x03:  # DW_OP_addr: a static
+                entry["kind"] = "static"
+                entry["addr"] = int.from_bytes(bytes(loc[1:9]), "little")
+            else:
+                entry["location"] = "unsupported"
+            out.append(entry)
+        elif ch.tag == "DW_TAG_lexical_block":
+            _collect_vars(ch, out, _pc_range(ch) or scope)
+
+
+@dataclass
+class DwarfFunc:
+    name: str
+    low: int
+    high: int
+    file: str
+    vars: list[dict] = field(default_factory=list)
+
+
+class Binary:
+    """One linked binary: symbols, code, DWARF functions, CFI and line table."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self.f = open(path, "rb")
+        self.elf = ELFFile(self.f)
+        self.arch = ARCHES[self.elf["e_machine"]]
+        self.funcs: dict[str, tuple[int, int]] = {}
+        self.objects: dict[str, tuple[int, int]] = {}
+        self.tls_syms: dict[str, tuple[int, int]] = {}
+        self.by_addr: dict[int, str] = {}
+        cur_file = ""
+        for sym in self.elf.get_section_by_name(".symtab").iter_symbols():
+            t = sym["st_info"]["type"]
+            if t == "STT_FILE":
+                cur_file = sym.name
+                continue
+            if not sym.name or sym["st_shndx"] == "SHN_UNDEF" or sym.name.startswith("$"):
+                continue  # $x/$d are aarch64 mapping symbols
+            if sym.name == "_TLS_MODULE_BASE_":
+                continue
+            v, sz = sym["st_value"], sym["st_size"]
+            if t == "STT_FUNC":
+                self.funcs.setdefault(sym.name, (v, sz))
+                self.by_addr.setdefault(v, sym.name)
+            elif t == "STT_OBJECT":
+                self.objects.setdefault(sym.name if sym["st_info"]["bind"] != "STB_LOCAL"
+                                        else f"{cur_file}::{sym.name}", (v, sz))
+            elif t == "STT_TLS":
+                self.tls_syms[sym.name] = (v, sz)
+        self.dwarf = self.elf.get_dwarf_info() if self.elf.has_dwarf_info() else None
+        self.dfuncs: dict[str, DwarfFunc] = {}
+        self._lines: list[tuple[int, int, int]] = []
+        self._fdes: list[tuple[int, int, object]] = []
+        if self.dwarf:
+            self._load_dwarf()
+            self._load_cfi()
+        self.cs = capstone.Cs(self.arch.cs_arch, self.arch.cs_mode)
+        self.cs.detail = True
+
+    def close(self) -> None:
+        self.f.close()
+
+    def _load_dwarf(self) -> None:
+        for cu in self.dwarf.iter_CUs():
+            top = cu.get_top_DIE()
+            cu_name = _name(top) or ""
+            for die in top.iter_children():
+                if die.tag != "DW_TAG_subprogram" or _attr(die, "DW_AT_frame_base") is None:
+                    continue
+                rng = _pc_range(die)
+                name = _name(die)
+                if rng is None or name is None:
+                    continue
+                fn = DwarfFunc(name, rng[0], rng[1], os.path.basename(cu_name))
+                _collect_vars(die, fn.vars, None)
+                # Statics may share names across files; the symbol table decides.
+                if self.funcs.get(name, (None,))[0] == rng[0]:
+                    self.dfuncs[name] = fn
+            lp = self.dwarf.line_program_for_CU(cu)
+            if lp is None:
+                continue
+            for e in lp.get_entries():
+                st = e.state
+                if st is not None and not st.end_sequence:
+                    self._lines.append((st.address, st.line, st.column))
+        self._lines.sort()
+
+    def _load_cfi(self) -> None:
+        entries = self.dwarf.EH_CFI_entries() if self.dwarf.has_EH_CFI() else (
+            self.dwarf.CFI_entries() if self.dwarf.has_CFI() else [])
+        for ent in entries:
+            hdr = getattr(ent, "header", None)
+            if hdr is None or "initial_location" not in hdr:
+                continue
+            lo = hdr["initial_location"]
+            self._fdes.append((lo, lo + hdr["address_range"], ent))
+        self._fdes.sort(key=lambda t: t[0])
+
+    def line_at(self, addr: int) -> tuple[int, int] | None:
+        i = bisect.bisect_right(self._lines, (addr, 1 << 30, 1 << 30)) - 1
+        if i < 0:
+            return None
+        return self._lines[i][1], self._lines[i][2]
+
+    def cfi_row(self, pc: int) -> dict | None:
+        i = bisect.bisect_right([f[0] for f in self._fdes], pc) - 1
+        if i < 0 or pc >= self._fdes[i][1]:
+            return None
+        table = self._fdes[i][2].get_decoded().table
+        row = None
+        for r in table:
+            if r["pc"] <= pc:
+                row = r
+        return row
+
+    def code(self, addr: int, size: int) -> bytes:
+        for seg in self.elf.iter_segments():
+            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= addr < seg["p_vaddr"] + \
+                    seg["p_filesz"]:
+                off = addr - seg["p_vaddr"]
+                return seg.data()[off : off + size]
+        return b""
+
+    def disasm(self, addr: int, size: int) -> list:
+        return list(self.cs.disasm(self.code(addr, size), addr))
+
+    def tls(self) -> dict | None:
+        for seg in self.elf.iter_segments():
+            if seg["p_type"] == "PT_TLS":
+                return {"vaddr": seg["p_vaddr"], "filesz": seg["p_filesz"],
+                        "memsz": seg["p_memsz"], "align": seg["p_align"]}
+        return None
+
+
+# ---------------------------------------------------------------- machine code analysis
+
+
+def _is_call(arch: Arch, insn) -> bool:
+    return insn.mnemonic == "call" if arch is X86 else insn.mnemonic in ("bl", "blr")
+
+
+def _call_target(arch: Arch, insn) -> int | None:
+    op = insn.operands[0] if insn.operands else None
+    if op is None:
+        return None
+    if arch is X86 and op.type == capstone.x86.X86_OP_IMM:
+        return op.imm
+    if arch is A64 and insn.mnemonic == "bl" and op.type == capstone.arm64.ARM64_OP_IMM:
+        return op.imm
+    return None
+
+
+def _regs(arch: Arch, insn) -> tuple[set[str], set[str]]:
+    try:
+        r, w = insn.regs_access()
+    except capstone.CsError:
+        return set(), set()
+    return ({norm_reg(arch, insn.reg_name(x)) for x in r},
+            {norm_reg(arch, insn.reg_name(x)) for x in w})
+
+
+def live_callee_saved(arch: Arch, insns: list, start: int) -> list[str]:
+    """Callee-saved registers read after insns[start] before being written (linear scan)."""
+    written: set[str] = set()
+    live: list[str] = []
+    for insn in insns[start:]:
+        r, w = _regs(arch, insn)
+        for reg in arch.callee_saved:
+            if reg in r and reg not in written and reg not in live:
+                # A restore from the frame (ldr/pop) writes without reading: not live.
+                live.append(reg)
+        written |= w
+        if insn.mnemonic in ("ret", "retq"):
+            break
+    return live
+
+
+@dataclass
+class PrologueState:
+    sp: int  # SP relative to CFA
+    fp: int | None  # frame pointer relative to CFA, once set
+    stores: list[tuple[int, int]]  # (cfa offset, size) of stack stores seen
+    dynamic: bool = False  # SP moved by a non-constant amount
+
+
+def simulate(arch: Arch, insns: list, until: int) -> PrologueState:
+    """Track SP/FP and stack stores from function entry up to instruction index `until`."""
+    st = PrologueState(sp=-8 if arch is X86 else 0, fp=None, stores=[])
+    for insn in insns[:until]:
+        m, ops = insn.mnemonic, insn.operands
+        if arch is X86:
+            if m == "push":
+                st.sp -= 8
+                st.stores.append((st.sp, 8))
+            elif m == "mov" and len(ops) == 2 and ops[0].type == capstone.x86.X86_OP_REG \
+                    and insn.reg_name(ops[0].reg) == "rbp" and ops[1].type == \
+                    capstone.x86.X86_OP_REG and insn.reg_name(ops[1].reg) == "rsp":
+                st.fp = st.sp
+            elif m == "sub" and ops and ops[0].type == capstone.x86.X86_OP_REG and \
+                    insn.reg_name(ops[0].reg) == "rsp":
+                if ops[1].type == capstone.x86.X86_OP_IMM:
+                    st.sp -= ops[1].imm
+                else:
+                    st.dynamic = True
+            elif ops and ops[0].type == capstone.x86.X86_OP_MEM and m.startswith("mov"):
+                mem = ops[0].mem
+                base = insn.reg_name(mem.base) if mem.base else None
+                ref = st.fp if base == "rbp" else st.sp if base == "rsp" else None
+                if ref is not None and not mem.index:
+                    st.stores.append((ref + mem.disp, ops[0].size))
+        else:
+            if m in ("stp", "str", "stur", "strb", "strh", "sturb", "sturh") and ops:
+                mem_ops = [o for o in ops if o.type == capstone.arm64.ARM64_OP_MEM]
+                if not mem_ops:
+                    continue
+                mem = mem_ops[0].mem
+                base = insn.reg_name(mem.base)
+                size = {"strb": 1, "sturb": 1, "strh": 2, "sturh": 2}.get(m, 0)
+                if not size:
+                    size = 4 if insn.reg_name(ops[0].reg).startswith(("w", "s")) else 8
+                    if insn.reg_name(ops[0].reg).startswith("q"):
+                        size = 16
+                nregs = 2 if m == "stp" else 1
+                if base == "sp":
+                    if insn.writeback and len(ops) == 3 + 0 and False:
+                        pass
+                    if insn.writeback:
+                        # stp x29, x30, [sp, #-N]! pre-indexed; post-index not used in prologues
+                        st.sp += mem.disp
+                        st.stores.append((st.sp, size * nregs))
+                    else:
+                        st.stores.append((st.sp + mem.disp, size * nregs))
+                elif base in ("x29", "fp") and st.fp is not None:
+                    st.stores.append((st.fp + mem.disp, size * nregs))
+            elif m == "sub" and len(ops) == 3 and insn.reg_name(ops[0].reg) == "sp" and \
+                    insn.reg_name(ops[1].reg) == "sp":
+                if ops[2].type == capstone.arm64.ARM64_OP_IMM:
+                    st.sp -= ops[2].imm << (ops[2].shift.value if ops[2].shift.type else 0)
+                else:
+                    st.dynamic = True
+            elif m == "mov" and len(ops) == 2 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
+                    and ops[1].type == capstone.arm64.ARM64_OP_REG and \
+                    insn.reg_name(ops[1].reg) == "sp":
+                st.fp = st.sp
+            elif m == "add" and len(ops) == 3 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
+                    and insn.reg_name(ops[1].reg) == "sp" and \
+                    ops[2].type == capstone.arm64.ARM64_OP_IMM:
+                st.fp = st.sp + ops[2].imm
+    return st
+
+
+def _covered(stores: list[tuple[int, int]], off: int, size: int) -> bool:
+    need = set(range(off, off + max(size, 1)))
+    for o, s in stores:
+        need -= set(range(o, o + s))
+    return not need
+
+
+def analyse_function(b: Binary, name: str) -> dict:
+    addr, size = b.funcs[name]
+    arch = b.arch
+    insns = b.disasm(addr, size)
+    df = b.dfuncs.get(name)
+    calls = []
+    counts: dict[tuple, int] = {}
+    body_state = None
+    for i, insn in enumerate(insns):
+        if not _is_call(arch, insn):
+            continue
+        tgt = _call_target(arch, insn)
+        tname = b.by_addr.get(tgt) if tgt is not None else None
+        kind = ("indirect" if tgt is None else "enter_hook" if tname == ENTER_HOOK else
+                "exit_hook" if tname == EXIT_HOOK else "call")
+        line = b.line_at(insn.address)
+        key = (line, tname)
+        occ = counts.get(key, 0)
+        counts[key] = occ + 1
+        st = simulate(arch, insns, i)
+        if body_state is None:
+            body_state = st
+        ra = insn.address + insn.size
+        row = b.cfi_row(insn.address)
+        cs = {"index": len(calls), "call_pc": insn.address, "return_address": ra,
+              "target": tname, "kind": kind, "line": line[0] if line else None,
+              "column": line[1] if line else None, "occurrence": occ,
+              "sp_cfa_offset": st.sp, "live_callee_saved": live_callee_saved(arch, insns, i + 1)}
+        if row is not None:
+            cs["cfa"] = _cfa_rule(arch, row)
+        calls.append(cs)
+    out: dict = {"addr": addr, "size": size, "call_sites": calls}
+    row = b.cfi_row(calls[0]["call_pc"]) if calls else None
+    if body_state is not None:
+        frame = {"frame_size": -body_state.sp, "fp_cfa_offset": body_state.fp,
+                 "dynamic_sp": body_state.dynamic}
+        if row is not None:
+            frame["cfa"] = _cfa_rule(arch, row)
+            frame["saved_regs"] = {arch.reg(r): rule.arg for r, rule in row.items()
+                                   if isinstance(r, int) and getattr(rule, "type", "") == "OFFSET"}
+        # Where this ISA keeps the return address and the caller's frame pointer.
+        if arch is X86:
+            frame["return_address_cfa_offset"] = -8
+            frame["saved_fp_cfa_offset"] = -16
+        else:
+            regs = frame.get("saved_regs", {})
+            frame["return_address_cfa_offset"] = regs.get("x30")
+            frame["saved_fp_cfa_offset"] = regs.get("x29")
+        out["frame"] = frame
+    if df is not None:
+        out["vars"] = df.vars
+        out["file"] = df.file
+    return out
+
+
+def _cfa_rule(arch: Arch, row: dict) -> str:
+    rule = row["cfa"]
+    if rule.expr is not None:
+        return "expr"
+    return f"{arch.reg(rule.reg)}+{rule.offset}"
+
+
+def check_park_point(arch: Arch, fn: dict, insns_mov_x19: bool) -> list[str]:
+    """Problems that make the entry hook call of this function an unclean point."""
+    probs = []
+    hooks = [c for c in fn["call_sites"] if c["kind"] == "enter_hook"]
+    if not hooks:
+        return ["no call to " + ENTER_HOOK]
+    hook = hooks[0]
+    if fn.get("frame", {}).get("dynamic_sp"):
+        probs.append("stack pointer moves by a variable amount (alloca/VLA)")
+    allowed = {"x19"} if (arch is A64 and insns_mov_x19) else set()
+    extra = [r for r in hook["live_callee_saved"] if r not in allowed]
+    if extra:
+        probs.append(f"callee-saved registers live across the entry hook: {extra}")
+    return probs
+
+
+def _params_stored(b: Binary, name: str, fn: dict) -> list[str]:
+    insns = b.disasm(fn["addr"], fn["size"])
+    idx = next((i for i, x in enumerate(insns) if _is_call(b.arch, x) and
+                _call_target(b.arch, x) == b.funcs.get(ENTER_HOOK, (None,))[0]), None)
+    if idx is None:
+        return []
+    st = simulate(b.arch, insns, idx)
+    missing = []
+    for v in fn.get("vars", []):
+        if v["kind"] == "param" and "cfa_offset" in v:
+            if not _covered(st.stores, v["cfa_offset"], v["type"]["size"]):
+                missing.append(v["name"])
+    return [f"parameters not yet in their stack slots at the entry hook: {missing}"] if \
+        missing else []
+
+
+def _x19_holds_lr(b: Binary, fn: dict) -> bool:
+    for insn in b.disasm(fn["addr"], fn["size"])[:12]:
+        if insn.mnemonic == "mov" and insn.op_str.replace(" ", "") == "x19,x30":
+            return True
+    return False
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def match_call_sites(xs: list[dict], ys: list[dict]) -> tuple[list[list[int]], list[int],
+                                                                list[int]]:
+    """Pair call sites by (source line, column, target, occurrence); then indirect by order."""
+
+    def key(c: dict) -> tuple:
+        return (c["line"], c["column"], c["target"] if c["kind"] != "indirect" else "*",
+                c["occurrence"])
+
+    ymap = {key(c): c["index"] for c in ys}
+    pairs, used = [], set()
+    for c in xs:
+        j = ymap.get(key(c))
+        if j is not None and j not in used:
+            pairs.append([c["index"], j])
+            used.add(j)
+    px = {p[0] for p in pairs}
+    return (pairs, [c["index"] for c in xs if c["index"] not in px],
+            [c["index"] for c in ys if c["index"] not in used])
+
+
+def _bottom_frames(b: Binary) -> list[dict]:
+    out = []
+    for name in BOTTOM_FUNCTIONS:
+        if name not in b.funcs:
+            continue
+        addr, size = b.funcs[name]
+        for insn in b.disasm(addr, size):
+            if _is_call(b.arch, insn):
+                tgt = _call_target(b.arch, insn)
+                out.append({"function": name, "return_address": insn.address + insn.size,
+                            "target": b.by_addr.get(tgt) if tgt is not None else None})
+    return out
+
+
+def _park_points(b: Binary) -> dict:
+    info: dict = {}
+    if "hm_futex_wait" in b.funcs:
+        addr, size = b.funcs["hm_futex_wait"]
+        for insn in b.disasm(addr, size):
+            if insn.mnemonic in ("syscall", "svc"):
+                info["blocked_pc"] = insn.address + insn.size
+                info["syscall_pc"] = insn.address
+    return info
+
+
+def build_metadata(bin_x86: str, bin_a64: str, plan=None) -> dict:
+    bx, ba = Binary(bin_x86), Binary(bin_a64)
+    try:
+        return _build(bx, ba, plan)
+    finally:
+        bx.close()
+        ba.close()
+
+
+def _build(bx: Binary, ba: Binary, plan) -> dict:
+    names = sorted(set(bx.dfuncs) & set(ba.dfuncs))
+    functions = []
+    problems: list[str] = []
+    for name in names:
+        fx, fa = analyse_function(bx, name), analyse_function(ba, name)
+        pairs, ux, ua = match_call_sites(fx["call_sites"], fa["call_sites"])
+        entry = {"name": name, "addr": fx["addr"], "file": fx.get("file"),
+                 "instrumented": any(c["kind"] == "enter_hook" for c in fx["call_sites"]),
+                 "isa": {"x86-64": fx, "aarch64": fa},
+                 "call_site_pairs": pairs, "unmatched_call_sites": {"x86-64": ux, "aarch64": ua}}
+        if fx["addr"] != fa["addr"]:
+            problems.append(f"{name}: not aligned (0x{fx['addr']:x} vs 0x{fa['addr']:x})")
+        if entry["instrumented"]:
+            fprobs = []
+            for b, f, arch in ((bx, fx, X86), (ba, fa, A64)):
+                x19 = arch is A64 and _x19_holds_lr(b, f)
+                fprobs += [f"{arch.name}: {p}" for p in check_park_point(arch, f, x19)]
+                fprobs += [f"{arch.name}: {p}" for p in _params_stored(b, name, f)]
+            entry["park_point"] = {
+                "clean": not fprobs, "problems": fprobs,
+                "x86-64": next(c["return_address"] for c in fx["call_sites"]
+                               if c["kind"] == "enter_hook"),
+                "aarch64": next(c["return_address"] for c in fa["call_sites"]
+                                if c["kind"] == "enter_hook"),
+                # aarch64 GCC keeps the function's own return address in x19 for the exit hook.
+                "aarch64_x19": "return_address" if _x19_holds_lr(ba, fa) else None,
+            }
+            problems += [f"{name}: {p}" for p in fprobs]
+        functions.append(entry)
+    tls_x, tls_a = bx.tls(), ba.tls()
+    tls: dict = {"x86-64": tls_x, "aarch64": tls_a, "symbols": []}
+    if tls_x:
+        tls_x["variant"] = 2  # block ends at the thread pointer
+        tls_x["block_tp_offset"] = -_align_up(tls_x["memsz"], tls_x["align"])
+    if tls_a:
+        tls_a["variant"] = 1  # block starts 16 bytes above the thread pointer
+        tls_a["block_tp_offset"] = _align_up(16, tls_a["align"])
+    for n in sorted(set(bx.tls_syms) | set(ba.tls_syms)):
+        tls["symbols"].append({"name": n, "offset": {"x86-64": bx.tls_syms.get(n, (None,))[0],
+                                                     "aarch64": ba.tls_syms.get(n, (None,))[0]},
+                               "size": (bx.tls_syms.get(n) or ba.tls_syms[n])[1]})
+    symbols = []
+    for n in sorted(set(bx.funcs) | set(ba.funcs) | set(bx.objects) | set(ba.objects)):
+        x = bx.funcs.get(n) or bx.objects.get(n)
+        a = ba.funcs.get(n) or ba.objects.get(n)
+        symbols.append({"name": n, "kind": "func" if n in bx.funcs or n in ba.funcs else "object",
+                        "x86-64": list(x) if x else None, "aarch64": list(a) if a else None,
+                        "aligned": bool(x and a and x[0] == a[0])})
+    state = bx.objects.get("hmigrate_state")
+    md = {
+        "schema": SCHEMA,
+        "binaries": {
+            "x86-64": {"file": os.path.basename(bx.path), "sha256": _sha256(bx.path),
+                       "entry": bx.elf["e_entry"]},
+            "aarch64": {"file": os.path.basename(ba.path), "sha256": _sha256(ba.path),
+                        "entry": ba.elf["e_entry"]},
+        },
+        "layout": plan.summary() if plan is not None else None,
+        "runtime": {
+            "signals": {"park": 40, "resume": 41},
+            "park_file": "/run/hmigrate/parked",
+            "park_file_fallback": "/tmp/.hmigrate-parked",
+            "park_file_env": "HMIGRATE_PARK_FILE",
+            "state": {"symbol": "hmigrate_state", "addr": state[0] if state else None,
+                      "size": state[1] if state else None},
+            "park_functions": list(PARK_FUNCTIONS),
+            "park_points": {"x86-64": _park_points(bx), "aarch64": _park_points(ba)},
+            "bottom_frames": {"x86-64": _bottom_frames(bx), "aarch64": _bottom_frames(ba)},
+        },
+        "tls": tls,
+        "functions": functions,
+        "symbols": symbols,
+        "checks": {"park_points_clean": not problems, "problems": problems},
+    }
+    return md
+
+
+def _align_up(x: int, a: int) -> int:
+    return (x + a - 1) // a * a if a > 1 else x
 
 
 def write(md: dict, path: str) -> None:
-    with open(path, "w") as f:
-        json.dump(md, f, indent=1)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump(md, f, indent=1, sort_keys=False)
+        f.write("\n")
+    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:
-    return 0
+    ap = argparse.ArgumentParser(prog="metadata", description="write recode metadata JSON")
+    ap.add_argument("x86_64_binary")
+    ap.add_argument("aarch64_binary")
+    ap.add_argument("-o", "--output", default="-")
+    ns = ap.parse_args(argv)
+    md = build_metadata(ns.x86_64_binary, ns.aarch64_binary)
+    if ns.output == "-":
+        json.dump(md, sys.stdout, indent=1)
+        print()
+    else:
+        write(md, ns.output)
+    for p in md["checks"]["problems"]:
+        print(f"metadata: unclean park point: {p}", file=sys.stderr)
+    return 0 if md["checks"]["park_points_clean"] else 1

@@ -1,0 +1,210 @@
+"""Fast tests of the toolchain's pure logic (no compilers needed)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from docker_hmigrate.toolchain import asmfix, layout
+from docker_hmigrate.toolchain.config import AARCH64, X86_64
+from docker_hmigrate.toolchain.driver import isa_cflags, parse, parse_map_inputs
+from docker_hmigrate.toolchain.metadata import _fbreg_offset, match_call_sites
+from docker_hmigrate.toolchain.objects import iter_ar
+
+pytestmark = pytest.mark.toolchain
+
+
+def U(key, region, size, align, syms=(), merge=False, sec=None):  # noqa: N802
+    sec = sec or key.split("|")[1]
+    return layout.Unit(key, f"/o/{key.split('|')[0]}({sec})", sec, region, size, align,
+                       tuple(syms), merge)
+
+
+def test_plan_places_common_units_at_same_offsets_with_max_size_and_align():
+    x = [U("a.o|.text.main", "text", 0x65, 1), U("a.o|.text.f", "text", 0x71, 1),
+         U("a.o|.data.g", "data", 4, 4), U("libc(x.lo)|.text.x86only", "text", 0x20, 16)]
+    a = [U("a.o|.text.main", "text", 0x88, 4), U("a.o|.text.f", "text", 0xec, 4),
+         U("a.o|.data.g", "data", 4, 4), U("libc(y.lo)|.text.armonly", "text", 0x40, 8)]
+    plan = layout.plan_layout({"x86-64": x, "aarch64": a}, ("x86-64", "aarch64"))
+    t = plan.regions["text"]
+    ox = {p.unit.section: p.offset for p in t.placements["x86-64"]}
+    oa = {p.unit.section: p.offset for p in t.placements["aarch64"]}
+    assert ox[".text.main"] == oa[".text.main"] == 0
+    # f follows main at max(0x65, 0x88) rounded to max(1, 4) alignment.
+    assert ox[".text.f"] == oa[".text.f"] == 0x88
+    assert t.common_end == 0x88 + 0xEC
+    assert ox[".text.x86only"] == layout.align_up(t.common_end, 16)
+    assert oa[".text.armonly"] == layout.align_up(t.common_end, 8)
+    assert len(plan.pairs) == 3
+    assert plan.regions["rodata"].base % 0x10000 == 0
+    assert plan.regions["rodata"].base > t.base + t.max_end
+
+
+def test_plan_matches_by_symbol_when_member_names_differ():
+    x = [U("libc(memcpy.lo)|.text", "text", 0x30, 16, syms=("memcpy",))]
+    a = [U("libc(memcpy_a64.lo)|.text", "text", 0x80, 8, syms=("memcpy",))]
+    pairs, ox, oa = layout.match_units(x, a)
+    assert len(pairs) == 1 and not ox and not oa
+
+
+def test_mergeable_units_are_never_placed_explicitly():
+    x = [U("libc(s.lo)|.rodata.str1.1", "rodata", 0x30, 1, merge=True)]
+    a = [U("libc(s.lo)|.rodata.str1.1", "rodata", 0x30, 1, merge=True)]
+    plan = layout.plan_layout({"x86-64": x, "aarch64": a}, ("x86-64", "aarch64"))
+    assert not plan.pairs
+    assert plan.regions["rodata"].placements["x86-64"] == []
+    assert plan.regions["rodata"].max_end >= 0x30
+
+
+def test_linker_script_contents():
+    x = [U("a.o|.text.main", "text", 0x10, 1), U("a.o|.tbss.t", "tbss", 8, 8)]
+    a = [U("a.o|.text.main", "text", 0x20, 4), U("a.o|.tbss.t", "tbss", 8, 8)]
+    plan = layout.plan_layout({"x86-64": x, "aarch64": a}, ("x86-64", "aarch64"))
+    sx = layout.linker_script(plan, "x86-64")
+    sa = layout.linker_script(plan, "aarch64")
+    for s in (sx, sa):
+        assert "ENTRY(_start)" in s
+        assert f".text 0x{layout.TEXT_BASE:x} :" in s
+        assert "KEEP(/o/a.o(.text.main))" in s
+        assert "__init_array_start" in s
+        assert "ASSERT(" in s
+    # The same address plan for both ISAs.
+    def bases(s):
+        return [ln.split()[1] for ln in s.splitlines()
+                if ln.strip().startswith(".") and " 0x" in ln]
+    assert bases(sx) == bases(sa)
+
+
+def test_classify():
+    assert layout.classify(".text.main") == "text"
+    assert layout.classify(".rodata.hmstr.abc") == "rodata"
+    assert layout.classify(".data.rel.ro.local") == "special"
+    assert layout.classify(".init_array") == "special"
+    assert layout.classify(".tbss.x") == "tbss"
+    assert layout.classify("__libc_freeres_ptrs", write=True, nobits=True) == "bss"
+    assert layout.classify("weird", exec_=True) == "text"
+
+
+def test_unsafe_paths_rejected():
+    with pytest.raises(ValueError):
+        layout.ld_pattern("/tmp/a b/x.o", None, ".text")
+    assert layout.ld_pattern("/l/libc.a", "printf.lo", ".text.printf") == \
+        "/l/libc.a:printf.lo(.text.printf)"
+
+
+ASM = """\t.section\t.rodata
+\t.align 8
+.LC0:
+\t.string\t"hello"
+.LC1:
+\t.string\t"%s: %ld\\n"
+\t.align 8
+.LC2:
+\t.long\t0
+\t.long\t1074528256
+\t.text
+main:
+\tret
+"""
+
+
+def test_asmfix_gives_each_string_literal_its_own_section():
+    out = asmfix.split_string_literals(ASM)
+    lines = out.splitlines()
+    secs = [ln for ln in lines if ".section" in ln]
+    assert len([s for s in secs if ".rodata.hmstr." in s]) == 2
+    # The double constant goes back to .rodata, and sections are content-named.
+    i = lines.index(".LC2:")
+    assert any(ln.strip() == ".section\t.rodata" for ln in lines[i - 3 : i])
+    assert asmfix.split_string_literals(ASM) == out
+    other = asmfix.split_string_literals(ASM.replace('"hello"', '"bye"'))
+    hm = [s for s in secs if "hmstr" in s]
+    hm_other = [s for s in other.splitlines() if "hmstr" in s]
+    assert hm_other[0] != hm[0] and hm_other[1] == hm[1]
+
+
+def test_asmfix_leaves_other_sections_alone():
+    src = "\t.section\t.rodata.f\n.LC0:\n\t.string\t\"x\"\n"
+    assert asmfix.split_string_literals(src) == src
+
+
+MAP = """Archive member included to satisfy reference by file (symbol)
+
+{libc}(printf.lo)
+                              /w/hello.o (printf)
+{libc}(a_very_long_member_name_here.lo)
+                              {libc}(printf.lo) (x)
+
+Merging program properties
+
+Removed property 0xc0000002 to merge /x/crtbeginT.o (0x3) and /w/hello.o (not found)
+
+Memory Configuration
+
+Linker script and memory map
+
+LOAD {crt1}
+LOAD {libc}
+"""
+
+
+def test_parse_map_inputs(tmp_path: Path):
+    libc = tmp_path / "libc.a"
+    libc.write_bytes(b"!<arch>\n")
+    crt1 = tmp_path / "crt1.o"
+    crt1.write_bytes(b"\x7fELF")
+    got = parse_map_inputs(MAP.format(libc=libc, crt1=crt1))
+    assert got == [(str(crt1), None), (str(libc), "printf.lo"),
+                   (str(libc), "a_very_long_member_name_here.lo")]
+
+
+def test_iter_ar_handles_long_names(tmp_path: Path):
+    names = ["short.o", "a_member_with_a_really_long_name.o"]
+    for n in names:
+        (tmp_path / n).write_bytes(n.encode() * 3)
+    subprocess.run(["ar", "qc", str(tmp_path / "x.a"), *names], cwd=tmp_path, check=True)
+    got = list(iter_ar(str(tmp_path / "x.a")))
+    assert [n for n, _ in got] == names
+    assert got[1][1] == names[1].encode() * 3
+
+
+def test_parse_and_isa_flags():
+    a = parse(["-O2", "-march=native", "-MD", "-MF", "x.d", "-I", "inc", "-c", "x.c", "-o",
+               "x.o"])
+    assert a.mode == "compile" and a.output == "x.o" and a.sources == ["x.c"]
+    fx = isa_cflags(X86_64, a.cflags, deps=True)
+    fa = isa_cflags(AARCH64, a.cflags, deps=False)
+    assert "-O2" not in fx and fx.count("-O0") == 1
+    assert "-march=native" in fx and "-march=native" not in fa
+    assert "-MD" in fx and "-MF" in fx and "-MD" not in fa and "-MF" not in fa
+    assert "-finstrument-functions" in fa and "-mno-outline-atomics" in fa
+    assert ["-I", "inc"] == fa[:2]
+    link = parse(["-o", "prog", "a.o", "-L", "lib", "-lm", "-lfoo", "-Wl,-O1", "-pthread"])
+    assert link.mode == "link" and link.lib_dirs == ["lib"]
+    assert ("lib", "foo") in link.inputs and "-Wl,-O1" in link.ldflags
+
+
+def test_fbreg_sleb():
+    assert _fbreg_offset([0x91, 0x68]) == -24
+    assert _fbreg_offset([0x91, 0x08]) == 8
+    assert _fbreg_offset([0x91, 0xE0, 0x7E]) == -160
+    assert _fbreg_offset([0x50]) is None
+
+
+def cs(i, line, col, target, kind="call", occ=0):
+    return {"index": i, "line": line, "column": col, "target": target, "kind": kind,
+            "occurrence": occ}
+
+
+def test_call_site_matching_by_source_position():
+    x = [cs(0, 5, 1, "__cyg_profile_func_enter", "enter_hook"), cs(1, 6, 2, "printf"),
+         cs(2, 7, 9, None, "indirect"), cs(3, 8, 2, "__cyg_profile_func_exit", "exit_hook")]
+    # aarch64 has an extra helper call (e.g. a libgcc soft-float routine) on line 6.
+    a = [cs(0, 5, 1, "__cyg_profile_func_enter", "enter_hook"), cs(1, 6, 5, "__addtf3"),
+         cs(2, 6, 2, "printf"), cs(3, 7, 9, None, "indirect"),
+         cs(4, 8, 2, "__cyg_profile_func_exit", "exit_hook")]
+    pairs, ux, ua = match_call_sites(x, a)
+    assert pairs == [[0, 0], [1, 2], [2, 3], [3, 4]]
+    assert ux == [] and ua == [1]

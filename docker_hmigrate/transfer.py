@@ -7,6 +7,7 @@ other host: the stream passes through this process in chunks, never to disk.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -39,33 +40,68 @@ def _counted(stream: Iterator[bytes], tally: list[int], progress: Progress | Non
         yield chunk
 
 
+class FolderLink:
+    """A pair of helper containers, one per host, binding a folder (or volume) on each.
+
+    Created before the container is frozen, so that the freeze-to-restore window only
+    holds the streaming itself. Use as a context manager; `copy` may be called from a
+    worker thread.
+    """
+
+    def __init__(self, what: str, src: Host, src_image: str, src_bind: str,
+                 dst: Host, dst_image: str, dst_bind: str):
+        self.what, self.src, self.dst = what, src, dst
+        self._binds = ((src_image, src_bind), (dst_image, dst_bind))
+        self._stack = contextlib.ExitStack()
+        self.src_helper = self.dst_helper = ""
+
+    def __enter__(self) -> FolderLink:
+        (src_image, src_bind), (dst_image, dst_bind) = self._binds
+        try:
+            self.src_helper = self._stack.enter_context(
+                self.src.helper(src_image, [f"{src_bind}:{SRC_MOUNT}:ro"]))
+            self.dst_helper = self._stack.enter_context(
+                self.dst.helper(dst_image, [f"{dst_bind}:{DST_MOUNT}"]))
+        except BaseException:
+            self._stack.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stack.close()
+
+    def copy(self, src_subpath: str = ".", dst_subpath: str = "",
+             progress: Progress | None = None) -> Transferred:
+        """Stream SRC/src_subpath into DST/dst_subpath ("." copies the folder's contents,
+        a name copies that entry itself)."""
+        started = time.monotonic()
+        tally = [0]
+        src_path = f"{SRC_MOUNT}/{src_subpath}"
+        dst_path = f"{DST_MOUNT}/{dst_subpath}".rstrip("/")
+        try:
+            stream, _stat = self.src.api.get_archive(self.src_helper, src_path, chunk_size=CHUNK)
+            ok = self.dst.api.put_archive(self.dst_helper, dst_path,
+                                          _counted(stream, tally, progress))
+            if not ok:
+                raise TransferInterrupted(f"{self.dst.name} refused the {self.what} archive")
+        except (docker.errors.APIError, requests.RequestException, OSError) as exc:
+            raise TransferInterrupted(
+                f"moving the {self.what} from {self.src.name} to {self.dst.name} failed "
+                f"after {tally[0]} bytes: {api_error_text(exc)}",
+                hint="check that both daemons are reachable and have free disk, then retry",
+            ) from exc
+        return Transferred(self.what, tally[0], time.monotonic() - started)
+
+
 def copy_folder(
     what: str,
     src: Host, src_image: str, src_bind: str,
     dst: Host, dst_image: str, dst_bind: str,
     progress: Progress | None = None,
 ) -> Transferred:
-    """Copy the contents of src_bind (a host path or a volume name) into dst_bind.
-
-    The images only have to exist on each host: helper containers are never started.
-    """
-    started = time.monotonic()
-    tally = [0]
-    try:
-        with src.helper(src_image, [f"{src_bind}:{SRC_MOUNT}:ro"]) as src_helper, \
-                dst.helper(dst_image, [f"{dst_bind}:{DST_MOUNT}"]) as dst_helper:
-            # "/." archives the folder's contents, not the folder itself.
-            stream, _stat = src.api.get_archive(src_helper, f"{SRC_MOUNT}/.", chunk_size=CHUNK)
-            ok = dst.api.put_archive(dst_helper, DST_MOUNT, _counted(stream, tally, progress))
-            if not ok:
-                raise TransferInterrupted(f"{dst.name} refused the {what} archive")
-    except (docker.errors.APIError, requests.RequestException, OSError) as exc:
-        raise TransferInterrupted(
-            f"moving the {what} from {src.name} to {dst.name} failed after "
-            f"{tally[0]} bytes: {api_error_text(exc)}",
-            hint="check that both daemons are reachable and have free disk, then retry",
-        ) from exc
-    return Transferred(what, tally[0], time.monotonic() - started)
+    """Copy the contents of src_bind (a host path or a volume name) into dst_bind."""
+    with FolderLink(what, src, src_image, src_bind, dst, dst_image, dst_bind) as link:
+        return link.copy(".", "", progress)
 
 
 def copy_image(src: Host, dst: Host, ref: str, progress: Progress | None = None) -> Transferred:

@@ -127,9 +127,9 @@ def test_redis_keeps_every_key_and_port(host_a, host_b, cleanup):
 def test_failed_restore_leaves_source_running(host_a, host_b, cleanup):
     """Corrupt the checkpoint on the target (pre-restore hook): CRIU's restore fails for
     real, and the source must be restored from its own checkpoint with its state."""
-    name = unique("mig-fail")
+    name, vol = unique("mig-fail"), unique("mig-fail-vol")
     cleanup.append(name)
-    host_a.docker("run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
+    host_a.docker("run", "-d", "--name", name, "-v", f"{vol}:/data", BASE_IMAGE, *COUNTER_CMD)
     wait_until(lambda: len(counter_values(host_a.logs(name))) >= 3, what="counter on a")
     marker = Path(f"/tmp/{name}.hook")
     corrupt = (f"rm -f {host_b.data_root}/containers/$HMIGRATE_TARGET_CONTAINER_ID/checkpoints/"
@@ -151,8 +151,11 @@ def test_failed_restore_leaves_source_running(host_a, host_b, cleanup):
     # One run of numbers: the source was restored from its checkpoint, not restarted.
     assert values == list(range(len(values))), values
     assert not _exists(host_b, name), "the target container must be removed"
+    assert vol not in host_b.docker("volume", "ls", "-q").split(), "target volume left behind"
     assert host_a.docker("checkpoint", "ls", name).strip().splitlines()[1:] == []
     no_helpers_left(host_a, host_b)
+    host_a.docker("rm", "-f", name)
+    host_a.docker("volume", "rm", vol)
 
 
 def test_refusals_say_what_and_exit_per_class(host_a, host_b, cleanup):

@@ -189,7 +189,7 @@ def test_metadata(hello: Path, threads: Path) -> None:
     assert x["addr"] == a["addr"]
     assert x["frame"]["cfa"] == "rbp+16" and x["frame"]["return_address_cfa_offset"] == -8
     assert a["frame"]["saved_regs"]["x30"] == a["frame"]["return_address_cfa_offset"]
-    assert tick["park_point"]["aarch64_x19"] == "return_address"
+    assert tick["park_point"]["aarch64_lr_copy"] == "x19"
     (n_x,) = [v for v in x["vars"] if v["name"] == "n"]
     (n_a,) = [v for v in a["vars"] if v["name"] == "n"]
     assert n_x["type"]["size"] == n_a["type"]["size"] == 8

@@ -80,7 +80,7 @@ def test_linker_script_contents():
 def test_classify():
     assert layout.classify(".text.main") == "text"
     assert layout.classify(".rodata.hmstr.abc") == "rodata"
-    assert layout.classify(".data.rel.ro.local") == "special"
+    assert layout.classify(".data.rel.ro.local") == "data"
     assert layout.classify(".init_array") == "special"
     assert layout.classify(".tbss.x") == "tbss"
     assert layout.classify("__libc_freeres_ptrs", write=True, nobits=True) == "bss"

@@ -24,6 +24,11 @@ struct hmigrate_state hmigrate_state = {
 	.path = HMIGRATE_DEFAULT_FILE,
 };
 
+/* In .data (not .bss) so the bytes exist in the file for hmigrate-cc to patch. */
+__attribute__((section(".data.hmigrate_unclean"))) struct hmigrate_unclean hmigrate_unclean = {
+	.magic = HMIGRATE_UNCLEAN_MAGIC,
+};
+
 NOINSTR int hmigrate_requested(void) { return __atomic_load_n(&hmigrate_state.request, __ATOMIC_SEQ_CST); }
 NOINSTR int hmigrate_generation(void) { return __atomic_load_n(&hmigrate_state.generation, __ATOMIC_SEQ_CST); }
 
@@ -195,11 +200,49 @@ NOINSTR __attribute__((noinline)) void hmigrate_park(void *fn, void *site)
 	__atomic_sub_fetch(&s->parked, 1, __ATOMIC_SEQ_CST);
 }
 
+extern const char __executable_start[], __etext[]; /* from the generated linker script */
+
+NOINSTR static int hm_is_unclean(unsigned long pc)
+{
+	unsigned long lo = 0, hi = hmigrate_unclean.count;
+	while (lo < hi) {
+		unsigned long mid = (lo + hi) / 2;
+		if (pc < hmigrate_unclean.range[2 * mid])
+			hi = mid;
+		else if (pc >= hmigrate_unclean.range[2 * mid + 1])
+			lo = mid + 1;
+		else
+			return 1;
+	}
+	return 0;
+}
+
+/* Walks the frame-pointer chain (every instrumented frame has one; the record is
+ * {saved fp, return address} on both ISAs) looking for an untranslatable frame. */
+NOINSTR static int hm_unclean_on_stack(void)
+{
+	if (!hmigrate_unclean.count)
+		return 0;
+	void **fp = __builtin_frame_address(0);
+	for (int depth = 0; fp && depth < 100000; depth++) {
+		void **next = (void **)fp[0];
+		unsigned long ra = (unsigned long)fp[1];
+		if (ra <= (unsigned long)__executable_start || ra > (unsigned long)__etext)
+			break; /* left our code: a libc bottom frame or the end of the chain */
+		if (hm_is_unclean(ra - 1))
+			return 1;
+		if (next <= fp || (unsigned long)((char *)next - (char *)fp) > (64ul << 20))
+			break;
+		fp = next;
+	}
+	return 0;
+}
+
 /* The equivalence point: at function entry all arguments are already in their stack
  * slots and no callee-saved register holds an unknown value (see docs/toolchain.md). */
 NOINSTR void __cyg_profile_func_enter(void *fn, void *site)
 {
-	if (__builtin_expect(hmigrate_state.request, 0))
+	if (__builtin_expect(hmigrate_state.request, 0) && !hm_unclean_on_stack())
 		hmigrate_park(fn, site);
 }
 

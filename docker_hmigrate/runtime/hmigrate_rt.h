@@ -24,6 +24,18 @@ struct hmigrate_state {
 
 extern struct hmigrate_state hmigrate_state;
 
+/* Functions whose frames cannot be translated (va_list state, values in callee-saved
+ * registers, variable-size frames...). hmigrate-cc fills this table in the linked
+ * binaries after analysing them; no thread parks while one of them is on its stack. */
+#define HMIGRATE_MAX_UNCLEAN 2048
+struct hmigrate_unclean {
+	unsigned long magic; /* HMIGRATE_UNCLEAN_MAGIC, so the patcher finds the right bytes */
+	unsigned long count;
+	unsigned long range[2 * HMIGRATE_MAX_UNCLEAN]; /* sorted [start, end) pairs */
+};
+#define HMIGRATE_UNCLEAN_MAGIC 0x6e61656c636e7568ul /* "hunclean" */
+extern struct hmigrate_unclean hmigrate_unclean;
+
 int hmigrate_requested(void);
 int hmigrate_generation(void);
 void hmigrate_poll(void); /* instrumented no-op: its entry is an equivalence point */

@@ -10,10 +10,10 @@ from elftools.elf.elffile import ELFFile
 
 CHECKED_TYPES = ("STT_FUNC", "STT_OBJECT", "STT_TLS")
 # Symbols that cannot share an address and never matter at an equivalence point:
-# GCC's crtstuff (startup/teardown, frame registration) and musl's x86-64 signal
+# GCC's crtstuff/crtend (startup/teardown, frame registration) and musl's x86-64 signal
 # return trampoline, which starts one byte in (a nop for debuggers).
 EXEMPT_FILES = ("crtstuff.c",)
-EXEMPT_NAMES = ("__restore_rt", "__restore")
+EXEMPT_NAMES = ("__restore_rt", "__restore", "__TMC_END__")
 
 
 @dataclass

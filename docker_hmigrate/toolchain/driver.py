@@ -404,7 +404,7 @@ def link(args: Args) -> int:
             dest = f"{out}_{name}"
             run(link_cmd(il, dest, os.path.join(work, f"final_{name}.map"), args.ldflags, script))
             outs[name] = dest
-        from . import check, metadata
+        from . import check, metadata, patch
 
         report = check.check_alignment(outs[X86_64.name], outs[AARCH64.name])
         if not report.ok and not os.environ.get("HMIGRATE_NO_CHECK"):
@@ -412,11 +412,17 @@ def link(args: Args) -> int:
             raise ToolchainError(f"{out}: aligned layout check FAILED")
         md = metadata.build_metadata(outs[X86_64.name], outs[AARCH64.name], plan)
         md["checks"]["align"] = report.text().strip().splitlines()[-1]
+        # No thread parks while an untranslatable frame is on its stack (runtime table).
+        for name, dest in outs.items():
+            patch.write_unclean(dest, [tuple(r) for r in md["unclean_ranges"][name]])
+            md["binaries"][name]["sha256"] = metadata._sha256(dest)
         metadata.write(md, f"{out}.hmigrate.json")
         if not md["checks"]["park_points_clean"] and not os.environ.get("HMIGRATE_NO_CHECK"):
             for p in md["checks"]["problems"]:
                 sys.stderr.write(f"hmigrate-cc: unclean park point: {p}\n")
             raise ToolchainError(f"{out}: equivalence points are not clean (see above)")
+        log(f"{md['checks']['untranslatable_functions']} functions never park "
+            "(see untranslatable_reasons in the metadata)")
         host = outs[HOST.name]
         tmp_out = f"{out}.hmigrate-tmp"
         shutil.copy2(host, tmp_out)

@@ -47,9 +47,9 @@ def classify(name: str, *, exec_: bool = False, write: bool = False, nobits: boo
         return "tbss"
     if name.startswith((".init_array", ".fini_array", ".ctors", ".dtors", ".eh_frame",
                         ".gcc_except_table", ".got", ".igot", ".note", ".tm_clone_table",
-                        ".data.rel.ro", ".preinit_array", ".rela", ".jcr")):
+                        ".preinit_array", ".rela", ".jcr")):
         return "special"
-    if name == ".data" or name.startswith(".data."):
+    if name == ".data" or name.startswith(".data."):  # .data.rel.ro too: musl's .lo are PIC
         return "data"
     if name == ".bss" or name.startswith(".bss."):
         return "bss"
@@ -203,8 +203,8 @@ def _assign_bases(regions: dict[str, RegionPlan], special: dict[str, list[Unit]]
     d = regions["data"]
     d.base = align_up(tb.base + tb.max_end + SLACK, 0x1000)
     after_data = _special_size(
-        special, isas, (".init_array", ".fini_array", ".ctors", ".dtors", ".data.rel.ro",
-                        ".got", ".igot", ".preinit_array", ".tm_clone_table", ".jcr"))
+        special, isas, (".init_array", ".fini_array", ".ctors", ".dtors", ".got", ".igot",
+                        ".preinit_array", ".tm_clone_table", ".jcr"))
     b = regions["bss"]
     # GOT entries are made by the linker; SLACK*2 covers them (an ASSERT guards it).
     b.base = align_up(d.base + d.max_end + after_data + 2 * SLACK, 0x1000)
@@ -256,6 +256,7 @@ def linker_script(plan: Plan, isa: str) -> str:
 ENTRY(_start)
 SECTIONS
 {{
+  PROVIDE(__executable_start = 0x{IMAGE_BASE:x});
   . = 0x{IMAGE_BASE:x} + SIZEOF_HEADERS;
   .text 0x{R["text"].base:x} : {{
 {body("text")}
@@ -297,7 +298,6 @@ SECTIONS
     KEEP(*(.fini_array .dtors))
     PROVIDE_HIDDEN(__fini_array_end = .);
   }}
-  .data.rel.ro : {{ *(.data.rel.ro.local* .data.rel.ro .data.rel.ro.*) }}
   .got : {{ *(.got) *(.igot) }}
   .got.plt : {{ *(.got.plt) *(.igot.plt) }}
   .rela.iplt : {{

@@ -194,6 +194,7 @@ class DwarfFunc:
     high: int
     file: str
     vars: list[dict] = field(default_factory=list)
+    variadic: bool = False
 
 
 class Binary:
@@ -253,6 +254,8 @@ class Binary:
                     continue
                 fn = DwarfFunc(name, rng[0], rng[1], os.path.basename(cu_name))
                 _collect_vars(die, fn.vars, None)
+                fn.variadic = any(c.tag == "DW_TAG_unspecified_parameters"
+                                  for c in die.iter_children())
                 # Statics may share names across files; the symbol table decides.
                 if self.funcs.get(name, (None,))[0] == rng[0]:
                     self.dfuncs[name] = fn
@@ -339,20 +342,82 @@ def _regs(arch: Arch, insn) -> tuple[set[str], set[str]]:
             {norm_reg(arch, insn.reg_name(x)) for x in w})
 
 
-def live_callee_saved(arch: Arch, insns: list, start: int) -> list[str]:
-    """Callee-saved registers read after insns[start] before being written (linear scan)."""
-    written: set[str] = set()
-    live: list[str] = []
-    for insn in insns[start:]:
-        r, w = _regs(arch, insn)
-        for reg in arch.callee_saved:
-            if reg in r and reg not in written and reg not in live:
-                # A restore from the frame (ldr/pop) writes without reading: not live.
-                live.append(reg)
-        written |= w
-        if insn.mnemonic in ("ret", "retq"):
-            break
-    return live
+def _branch(arch: Arch, insn) -> tuple[str, int | None]:
+    """('jump'|'cond'|'ret'|'indirect'|'none', direct target)."""
+    m = insn.mnemonic
+    if arch is X86:
+        if m in ("ret", "retq"):
+            return "ret", None
+        if m.startswith("j"):
+            op = insn.operands[0] if insn.operands else None
+            tgt = op.imm if op is not None and op.type == capstone.x86.X86_OP_IMM else None
+            if m == "jmp":
+                return ("jump" if tgt is not None else "indirect"), tgt
+            return "cond", tgt
+        if "jmp" in m:  # notrack jmp / bnd jmp
+            return "indirect", None
+        return "none", None
+    if m == "ret":
+        return "ret", None
+    if m == "br":
+        return "indirect", None
+    if m == "b" or m.startswith("b.") or m in ("cbz", "cbnz", "tbz", "tbnz"):
+        imms = [o.imm for o in insn.operands if o.type == capstone.arm64.ARM64_OP_IMM]
+        tgt = imms[-1] if imms else None
+        return ("jump" if m == "b" else "cond"), tgt
+    return "none", None
+
+
+def liveness(arch: Arch, insns: list) -> list[set[str]]:
+    """Callee-saved registers live on entry to each instruction (CFG dataflow)."""
+    n = len(insns)
+    index = {x.address: i for i, x in enumerate(insns)}
+    kinds = [_branch(arch, x) for x in insns]
+    starts = {index[t] for _, t in kinds if t in index}
+    starts |= {i + 1 for i, (k, _) in enumerate(kinds) if k in ("jump", "ret", "indirect")}
+    succ: list[list[int]] = []
+    for i, (k, t) in enumerate(kinds):
+        nxt = [i + 1] if i + 1 < n else []
+        tgt = [index[t]] if t in index else []
+        if k == "jump":
+            succ.append(tgt)
+        elif k == "cond":
+            succ.append(tgt + nxt)
+        elif k == "ret":
+            succ.append([])
+        elif k == "indirect":  # a jump table: any block start may follow
+            succ.append(sorted(s for s in starts if s < n))
+        else:
+            succ.append(nxt)
+    cs = set(arch.callee_saved)
+    use, defs = [], []
+    for x in insns:
+        r, w = _regs(arch, x)
+        use.append(r & cs)
+        defs.append(w & cs)
+    live_in: list[set[str]] = [set() for _ in range(n)]
+    changed = True
+    while changed:
+        changed = False
+        for i in range(n - 1, -1, -1):
+            out: set[str] = set()
+            for s in succ[i]:
+                out |= live_in[s]
+            new = (out - defs[i]) | use[i]
+            if new != live_in[i]:
+                live_in[i] = new
+                changed = True
+    return live_in
+
+
+def live_callee_saved(arch: Arch, insns: list, start: int,
+                      live_in: list[set[str]] | None = None) -> list[str]:
+    """Callee-saved registers holding a live value at insns[start] (e.g. a return address)."""
+    if live_in is None:
+        live_in = liveness(arch, insns)
+    if start >= len(insns):
+        return []
+    return [r for r in arch.callee_saved if r in live_in[start]]
 
 
 @dataclass
@@ -444,6 +509,7 @@ def analyse_function(b: Binary, name: str) -> dict:
     calls = []
     counts: dict[tuple, int] = {}
     body_state = None
+    live_in = liveness(arch, insns)
     for i, insn in enumerate(insns):
         if not _is_call(arch, insn):
             continue
@@ -463,7 +529,8 @@ def analyse_function(b: Binary, name: str) -> dict:
         cs = {"index": len(calls), "call_pc": insn.address, "return_address": ra,
               "target": tname, "kind": kind, "line": line[0] if line else None,
               "column": line[1] if line else None, "occurrence": occ,
-              "sp_cfa_offset": st.sp, "live_callee_saved": live_callee_saved(arch, insns, i + 1)}
+              "sp_cfa_offset": st.sp,
+              "live_callee_saved": live_callee_saved(arch, insns, i + 1, live_in)}
         if row is not None:
             cs["cfa"] = _cfa_rule(arch, row)
         calls.append(cs)
@@ -488,6 +555,7 @@ def analyse_function(b: Binary, name: str) -> dict:
     if df is not None:
         out["vars"] = df.vars
         out["file"] = df.file
+        out["variadic"] = df.variadic
     return out
 
 
@@ -498,20 +566,43 @@ def _cfa_rule(arch: Arch, row: dict) -> str:
     return f"{arch.reg(rule.reg)}+{rule.offset}"
 
 
-def check_park_point(arch: Arch, fn: dict, insns_mov_x19: bool) -> list[str]:
-    """Problems that make the entry hook call of this function an unclean point."""
-    probs = []
+def check_park_point(b: Binary, fn: dict) -> list[str]:
+    """Problems that make the entry hook call of this function an unclean point.
+
+    Callee-saved registers that still hold the caller's values are fine (they are
+    saved in this frame or preserved for the caller, found by unwinding). What
+    must not happen is this function putting a value of its own in one before the
+    hook, except aarch64's copy of its return address (a known value).
+    """
+    arch = b.arch
     hooks = [c for c in fn["call_sites"] if c["kind"] == "enter_hook"]
     if not hooks:
         return ["no call to " + ENTER_HOOK]
-    hook = hooks[0]
+    probs = []
     if fn.get("frame", {}).get("dynamic_sp"):
         probs.append("stack pointer moves by a variable amount (alloca/VLA)")
-    allowed = {"x19"} if (arch is A64 and insns_mov_x19) else set()
-    extra = [r for r in hook["live_callee_saved"] if r not in allowed]
-    if extra:
-        probs.append(f"callee-saved registers live across the entry hook: {extra}")
+    insns = b.disasm(fn["addr"], fn["size"])
+    hook_i = next(i for i, x in enumerate(insns) if x.address == hooks[0]["call_pc"])
+    defined: set[str] = set()
+    for x in insns[:hook_i]:
+        defined |= _regs(arch, x)[1] & set(arch.callee_saved)
+    lr_copy = _lr_copy_reg(b, fn)
+    bad = sorted(defined - {lr_copy})
+    if bad:
+        probs.append(f"callee-saved registers set before the entry hook: {bad}")
     return probs
+
+
+def _lr_copy_reg(b: Binary, fn: dict) -> str | None:
+    """aarch64 GCC copies the return address into a callee-saved register for the exit hook."""
+    if b.arch is not A64:
+        return None
+    for insn in b.disasm(fn["addr"], fn["size"])[:16]:
+        ops = insn.op_str.replace(" ", "").split(",")
+        if insn.mnemonic == "mov" and len(ops) == 2 and ops[1] in ("x30", "lr") and \
+                ops[0] in A64.callee_saved:
+            return ops[0]
+    return None
 
 
 def _params_stored(b: Binary, name: str, fn: dict) -> list[str]:
@@ -530,11 +621,27 @@ def _params_stored(b: Binary, name: str, fn: dict) -> list[str]:
         missing else []
 
 
-def _x19_holds_lr(b: Binary, fn: dict) -> bool:
-    for insn in b.disasm(fn["addr"], fn["size"])[:12]:
-        if insn.mnemonic == "mov" and insn.op_str.replace(" ", "") == "x19,x30":
-            return True
-    return False
+def untranslatable_reasons(fx: dict, fa: dict, unmatched: dict) -> list[str]:
+    """Why a frame of this function could not be rebuilt on the other ISA (empty: it can)."""
+    reasons = []
+    for isa, f in (("x86-64", fx), ("aarch64", fa)):
+        if f.get("variadic"):
+            reasons.append(f"{isa}: variadic (va_list state differs per ISA)")
+        for v in f.get("vars", []):
+            if "va_list" in v["type"]["name"] or "__va_list" in v["type"]["name"]:
+                reasons.append(f"{isa}: va_list variable {v['name']}")
+            if v.get("location") == "unsupported":
+                reasons.append(f"{isa}: variable {v['name']} not in a stack slot")
+        if f.get("frame", {}).get("dynamic_sp"):
+            reasons.append(f"{isa}: variable-size frame (alloca/VLA)")
+    vx = {(v["name"], v["kind"]) for v in fx.get("vars", [])}
+    va = {(v["name"], v["kind"]) for v in fa.get("vars", [])}
+    if vx != va:
+        reasons.append(f"variables differ between ISAs: {sorted(vx ^ va)}")
+    for isa, idx in unmatched.items():
+        if idx:
+            reasons.append(f"{isa}: call sites without a twin: {idx}")
+    return sorted(set(reasons))
 
 
 def _sha256(path: str) -> str:
@@ -612,11 +719,11 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
                  "call_site_pairs": pairs, "unmatched_call_sites": {"x86-64": ux, "aarch64": ua}}
         if fx["addr"] != fa["addr"]:
             problems.append(f"{name}: not aligned (0x{fx['addr']:x} vs 0x{fa['addr']:x})")
+        reasons = untranslatable_reasons(fx, fa, {"x86-64": ux, "aarch64": ua})
         if entry["instrumented"]:
             fprobs = []
             for b, f, arch in ((bx, fx, X86), (ba, fa, A64)):
-                x19 = arch is A64 and _x19_holds_lr(b, f)
-                fprobs += [f"{arch.name}: {p}" for p in check_park_point(arch, f, x19)]
+                fprobs += [f"{arch.name}: {p}" for p in check_park_point(b, f)]
                 fprobs += [f"{arch.name}: {p}" for p in _params_stored(b, name, f)]
             entry["park_point"] = {
                 "clean": not fprobs, "problems": fprobs,
@@ -624,10 +731,13 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
                                if c["kind"] == "enter_hook"),
                 "aarch64": next(c["return_address"] for c in fa["call_sites"]
                                 if c["kind"] == "enter_hook"),
-                # aarch64 GCC keeps the function's own return address in x19 for the exit hook.
-                "aarch64_x19": "return_address" if _x19_holds_lr(ba, fa) else None,
+                # aarch64 GCC keeps the function's own return address in a callee-saved
+                # register (x19 or x20) for the exit hook: recode must restore it.
+                "aarch64_lr_copy": _lr_copy_reg(ba, fa),
             }
-            problems += [f"{name}: {p}" for p in fprobs]
+            reasons += fprobs
+        entry["translatable"] = not reasons
+        entry["untranslatable_reasons"] = reasons
         functions.append(entry)
     tls_x, tls_a = bx.tls(), ba.tls()
     tls: dict = {"x86-64": tls_x, "aarch64": tls_a, "symbols": []}
@@ -672,7 +782,15 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         "tls": tls,
         "functions": functions,
         "symbols": symbols,
-        "checks": {"park_points_clean": not problems, "problems": problems},
+        "unclean_ranges": {
+            isa: sorted([f["isa"][isa]["addr"], f["isa"][isa]["addr"] + f["isa"][isa]["size"]]
+                        # Only instrumented frames can be below a park point; the others (runtime,
+            # crt) are top or bottom frames that recode treats specially.
+            for f in functions if not f["translatable"] and f["instrumented"])
+            for isa in ("x86-64", "aarch64")
+        },
+        "checks": {"park_points_clean": not problems, "problems": problems,
+                   "untranslatable_functions": sum(not f["translatable"] for f in functions)},
     }
     return md
 

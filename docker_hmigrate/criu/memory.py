@@ -1,0 +1,158 @@
+"""A process's dumped memory: pagemap-N.img (where) + pages-M.img (what).
+
+pagemap-N.img holds a pagemap_head (pages_id: which pages-M.img) and then one
+pagemap_entry per run of pages: vaddr, nr_pages (compat_nr_pages in old images) and
+flags. Runs with PE_PRESENT have their contents in pages-M.img, in the order of the
+entries, page after page, no header. Runs only in a parent (pre-dump) image or lazy
+ones are not in this image set; addresses in no run at all were not dumped (untouched
+anonymous memory, or file contents CRIU maps from the file again at restore).
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+from docker_hmigrate.criu.image import ImageFile
+
+PAGE_SIZE = 4096  # x86-64 and Debian's arm64 kernels both use 4 KiB pages
+
+PE_PARENT = 1 << 0  # pages are in the parent (pre-dump) image set
+PE_LAZY = 1 << 1  # pages may be restored lazily (userfaultfd)
+PE_PRESENT = 1 << 2  # pages are in pages-M.img
+
+
+class NotDumpedError(LookupError):
+    """An address range that this image set holds no contents for."""
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pagemap entry: `nr_pages` pages from `vaddr`; `offset` into pages-M.img."""
+
+    vaddr: int
+    nr_pages: int
+    flags: int
+    offset: int | None  # None: contents not in this image set
+
+    @property
+    def end(self) -> int:
+        return self.vaddr + self.nr_pages * PAGE_SIZE
+
+
+def entry_nr_pages(entry) -> int:
+    return entry.nr_pages if entry.HasField("nr_pages") else entry.compat_nr_pages
+
+
+def entry_flags(entry) -> int:
+    if entry.HasField("flags"):
+        return entry.flags
+    # images older than the flags field: in_parent or present
+    return PE_PARENT if entry.in_parent else PE_PRESENT
+
+
+class Memory:
+    """Read and write a process's dumped memory by virtual address.
+
+    Writes change the pages image in place (its bytearray): saving the image set writes
+    them. Only pages that were dumped can be written; adding pages is not supported.
+    """
+
+    def __init__(self, pagemap: ImageFile, pages: ImageFile, page_size: int = PAGE_SIZE):
+        if not pagemap.entries:
+            raise ValueError(f"{pagemap.name}: no pagemap_head")
+        self.pagemap, self.pages, self.page_size = pagemap, pages, page_size
+        self.runs: list[Run] = []
+        offset = 0
+        for entry in pagemap.entries[1:]:
+            e = entry.msg
+            n, flags = entry_nr_pages(e), entry_flags(e)
+            present = bool(flags & PE_PRESENT) and not flags & PE_PARENT
+            self.runs.append(Run(e.vaddr, n, flags, offset if present else None))
+            if present:
+                offset += n * page_size
+        if offset != len(pages.data):
+            raise ValueError(
+                f"{pagemap.name} describes {offset} bytes of pages but {pages.name} "
+                f"holds {len(pages.data)}"
+            )
+        self.runs.sort(key=lambda r: r.vaddr)
+        self._starts = [r.vaddr for r in self.runs]
+
+    @property
+    def pages_id(self) -> int:
+        return self.pagemap.entries[0].msg.pages_id
+
+    def run_at(self, addr: int) -> Run | None:
+        i = bisect.bisect_right(self._starts, addr) - 1
+        if i >= 0 and addr < self.runs[i].end:
+            return self.runs[i]
+        return None
+
+    def _spans(self, addr: int, n: int):
+        """(offset in pages image, length) pieces covering [addr, addr+n)."""
+        end = addr + n
+        while addr < end:
+            run = self.run_at(addr)
+            if run is None or run.offset is None:
+                why = "not dumped" if run is None else f"not in this image (flags {run.flags})"
+                raise NotDumpedError(f"address {addr:#x} is {why}")
+            take = min(end, run.end) - addr
+            yield run.offset + (addr - run.vaddr), take
+            addr += take
+
+    def read(self, addr: int, n: int) -> bytes:
+        data = self.pages.data
+        return b"".join(bytes(data[off:off + k]) for off, k in self._spans(addr, n))
+
+    def write(self, addr: int, payload: bytes) -> None:
+        spans = list(self._spans(addr, len(payload)))  # check it all before changing any
+        pos = 0
+        for off, k in spans:
+            self.pages.data[off:off + k] = payload[pos:pos + k]
+            pos += k
+
+    def read_u64(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 8), "little")
+
+    def write_u64(self, addr: int, value: int) -> None:
+        self.write(addr, value.to_bytes(8, "little"))
+
+    def contains(self, addr: int, n: int = 1) -> bool:
+        try:
+            for _ in self._spans(addr, n):
+                pass
+        except NotDumpedError:
+            return False
+        return True
+
+    def find(self, needle: bytes, start: int = 0, end: int = 1 << 64) -> list[int]:
+        """Addresses of `needle` in the dumped memory within [start, end)."""
+        hits: list[int] = []
+        data = self.pages.data
+        for vaddr, off, size in self._extents():
+            if vaddr + size <= start or vaddr >= end:
+                continue
+            chunk = bytes(data[off:off + size])
+            i = chunk.find(needle)
+            while i >= 0:
+                a = vaddr + i
+                if start <= a and a + len(needle) <= end:
+                    hits.append(a)
+                i = chunk.find(needle, i + 1)
+        return hits
+
+    def _extents(self) -> list[tuple[int, int, int]]:
+        """(vaddr, offset, size) of present memory, adjacent runs merged so that a
+        search finds what crosses a run boundary."""
+        out: list[tuple[int, int, int]] = []
+        for run in self.runs:
+            if run.offset is None:
+                continue
+            size = run.nr_pages * self.page_size
+            if out and out[-1][0] + out[-1][2] == run.vaddr and sum(out[-1][1:]) == run.offset:
+                v, o, n = out[-1]
+                out[-1] = (v, o, n + size)
+            else:
+                out.append((run.vaddr, run.offset, size))
+        return out

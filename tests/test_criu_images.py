@@ -1,0 +1,332 @@
+"""Unit tests of the CRIU image library on synthetic images (no daemon, no CRIU)."""
+
+from __future__ import annotations
+
+import os
+import struct
+from pathlib import Path
+
+import pytest
+
+from docker_hmigrate.criu import (
+    FdType,
+    ImageFile,
+    ImageSet,
+    March,
+    NotDumpedError,
+    check_supported,
+    isa_specific_parts,
+    new,
+)
+from docker_hmigrate.criu.__main__ import main as cli_main
+from docker_hmigrate.criu.image import (
+    IMG_COMMON_MAGIC,
+    INVENTORY_MAGIC,
+    KIND_BY_MAGIC,
+    Entry,
+)
+from docker_hmigrate.criu.memory import PE_PARENT, PE_PRESENT, Memory
+
+CORE, MM, PSTREE, PAGEMAP, FILES = 0x55053847, 0x57492820, 0x50273030, 0x56084025, 0x56303138
+IDS, FDINFO, PIPES_DATA = 0x54432030, 0x56213732, 0x56453709
+PAGE = 4096
+STACK = 0x7FFF0000_0000
+MARKER = b"HM_MARKER=unit-test-marker"
+
+
+def varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        b, n = n & 0x7F, n >> 7
+        out.append(b | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def x86_core(tid: int, comm: str) -> object:
+    core = new("core_entry", mtype=March.X86_64)
+    ti = core.thread_info
+    ti.clear_tid_addr = 0x1000
+    g = ti.gpregs
+    for f in g.DESCRIPTOR.fields:
+        if f.name != "mode":
+            setattr(g, f.name, 0)
+    g.ip, g.sp, g.fs_base, g.cs, g.ss = 0x401234, STACK + 0x800, 0x5000, 0x33, 0x2B
+    fp = ti.fpregs
+    for name in ("cwd", "swd", "twd", "fop", "rip", "rdp", "mxcsr", "mxcsr_mask"):
+        setattr(fp, name, 0)
+    fp.st_space.extend([0] * 32)
+    fp.xmm_space.extend(range(64))
+    ti.tls.add(entry_number=12, base_addr=0, limit=0, seg_32bit=False, contents_h=False,
+               contents_l=False, read_exec_only=True, limit_in_pages=False,
+               seg_not_present=True, usable=False)
+    tc = core.tc
+    tc.task_state, tc.exit_code, tc.personality, tc.flags, tc.blk_sigset = 1, 0, 0, 0, 0
+    tc.comm = comm
+    tc.sigactions.add(sigaction=0, flags=0, restorer=0, mask=0)
+    tc.sigactions.add(sigaction=0x401500, flags=0x04000000, restorer=0x401600, mask=0)
+    core.thread_core.futex_rla, core.thread_core.futex_rla_len = 0, 0
+    core.thread_core.comm = comm
+    return core
+
+
+def aarch64_core() -> object:
+    core = new("core_entry", mtype=March.AARCH64)
+    t = core.ti_aarch64
+    t.clear_tid_addr, t.tls = 0x2000, 0x7000
+    t.gpregs.regs.extend(range(100, 131))
+    t.gpregs.sp, t.gpregs.pc, t.gpregs.pstate = STACK + 0x700, 0x401000, 0x60000000
+    t.fpsimd.vregs.extend([0] * 64)
+    t.fpsimd.fpsr, t.fpsimd.fpcr = 0, 0
+    core.thread_core.futex_rla, core.thread_core.futex_rla_len = 0, 0
+    return core
+
+
+def vma(start: int, end: int, status: int, shmid: int = 0, prot: int = 3) -> dict:
+    return dict(start=start, end=end, pgoff=0, shmid=shmid, prot=prot, flags=0x22,
+                status=status, fd=-1)
+
+
+def reg(id_: int, name: str, **kw) -> object:
+    fown = dict(uid=0, euid=0, signum=0, pid_type=0, pid=0)
+    return new("file_entry", type=FdType.REG, id=id_,
+               reg=dict(id=id_, flags=0, pos=0, fown=fown, name=name, **kw))
+
+
+def write_set(d: Path, core=None) -> None:
+    """A one-process image set: pid 1, executable /bin/app, stack with the marker."""
+    d.mkdir(mode=0o700, exist_ok=True)
+    env_start = STACK + 3 * PAGE + 0x100
+    ids = dict(vm_id=1, files_id=1, fs_id=1, sighand_id=1)
+    mm = new("mm_entry", mm_start_code=0x401000, mm_end_code=0x402000,
+             mm_start_data=0x403000, mm_end_data=0x404000, mm_start_stack=STACK + 0x900,
+             mm_start_brk=0x500000, mm_brk=0x500000, mm_arg_start=env_start - 0x10,
+             mm_arg_end=env_start, mm_env_start=env_start,
+             mm_env_end=env_start + len(MARKER) + 1, exe_file_id=1,
+             mm_saved_auxv=[33, 0x7000_0000, 16, 0x178BFBFF, 0, 0],
+             vmas=[vma(0x400000, 0x402000, 0x41, shmid=1, prot=5),
+                   vma(0x6000_0000, 0x6000_2000, 0x1201, prot=1),
+                   vma(0x7000_0000, 0x7000_2000, 0x209, prot=5),
+                   vma(STACK, STACK + 4 * PAGE, 0x203)])
+    pages = bytearray(b"\xcc" * PAGE) + bytearray(4 * PAGE)  # 1 code page, 4 stack pages
+    pages[PAGE + (env_start - STACK):PAGE + (env_start - STACK) + len(MARKER)] = MARKER
+    images = {
+        "inventory.img": ImageFile.new("inventory.img", INVENTORY_MAGIC, [
+            new("inventory_entry", img_version=2, fdinfo_per_id=True, root_ids=ids)]),
+        "pstree.img": ImageFile.new("pstree.img", PSTREE, [
+            new("pstree_entry", pid=1, ppid=0, pgid=1, sid=1, threads=[1])]),
+        "core-1.img": ImageFile.new("core-1.img", CORE, [core or x86_core(1, "app")]),
+        "ids-1.img": ImageFile.new("ids-1.img", IDS, [new("task_kobj_ids_entry", **ids)]),
+        "mm-1.img": ImageFile.new("mm-1.img", MM, [mm]),
+        "pagemap-1.img": ImageFile.new("pagemap-1.img", PAGEMAP, [
+            new("pagemap_head", pages_id=1),
+            new("pagemap_entry", vaddr=0x401000, compat_nr_pages=1, nr_pages=1,
+                flags=PE_PRESENT),
+            new("pagemap_entry", vaddr=STACK, compat_nr_pages=4, nr_pages=4,
+                flags=PE_PRESENT)]),
+        "pages-1.img": ImageFile(name="pages-1.img", form="raw", data=pages),
+        "files.img": ImageFile.new("files.img", FILES, [reg(1, "/bin/app", size=8192)]),
+        "fdinfo-1.img": ImageFile.new("fdinfo-1.img", FDINFO, [
+            new("fdinfo_entry", id=1, flags=0, type=FdType.REG, fd=0)]),
+    }
+    for name, img in images.items():
+        img.save(d / name)
+
+
+# -- single images -----------------------------------------------------------------
+
+def test_header_forms(tmp_path: Path) -> None:
+    write_set(tmp_path)
+    inv = (tmp_path / "inventory.img").read_bytes()
+    assert struct.unpack_from("<I", inv)[0] == INVENTORY_MAGIC  # no common magic in front
+    core = (tmp_path / "core-1.img").read_bytes()
+    assert struct.unpack_from("<II", core) == (IMG_COMMON_MAGIC, CORE)
+    (size,) = struct.unpack_from("<I", core, 8)
+    assert len(core) == 12 + size  # one length-prefixed entry
+    assert ImageFile.load(tmp_path / "pages-1.img").form == "raw"
+
+
+def test_entries_round_trip_byte_exact(tmp_path: Path) -> None:
+    write_set(tmp_path)
+    for name in os.listdir(tmp_path):
+        blob = (tmp_path / name).read_bytes()
+        img = ImageFile.from_bytes(name, blob)
+        assert img.form in ("img", "raw"), name
+        assert img.to_bytes() == blob, name
+        for e in img.entries:
+            assert e.msg.SerializeToString() == e.raw  # canonical: re-serializes the same
+
+
+def test_unknown_fields_preserved() -> None:
+    core = x86_core(1, "app")
+    known = core.SerializeToString()
+    # a field from a newer CRIU (number 99, varint) and one inside thread_core (number 40)
+    extra_top = varint(99 << 3) + varint(12345)
+    tcore = core.thread_core.SerializeToString() + varint(40 << 3 | 2) + varint(3) + b"abc"
+    blob = known + extra_top + varint(5 << 3 | 2) + varint(len(tcore)) + tcore
+    image = struct.pack("<II", IMG_COMMON_MAGIC, CORE) + struct.pack("<I", len(blob)) + blob
+    img = ImageFile.from_bytes("core-1.img", image)
+    assert img.to_bytes() == image  # unchanged: written from the original bytes
+    msg = img.entries[0].msg
+    assert msg.thread_core.comm == "app"
+    msg.thread_info.gpregs.ip = 0x999999  # changed: re-serialized, unknowns still there
+    out = ImageFile.from_bytes("core-1.img", img.to_bytes())
+    again = out.entries[0].msg
+    assert again.thread_info.gpregs.ip == 0x999999
+    assert extra_top in out.entries[0].raw and b"abc" in out.entries[0].raw
+    again.thread_info.gpregs.ip = 0x401234
+    assert out.entries[0].changed
+
+
+def test_new_entry_requires_required_fields() -> None:
+    img = ImageFile.new("pstree.img", PSTREE, [new("pstree_entry", pid=1)])
+    with pytest.raises(Exception, match="ppid"):
+        img.to_bytes()
+
+
+def test_payload_after_entry() -> None:
+    entry = new("pipe_data_entry", pipe_id=7, bytes=5)
+    body = entry.SerializeToString()
+    image = (struct.pack("<II", IMG_COMMON_MAGIC, PIPES_DATA)
+             + struct.pack("<I", len(body)) + body + b"hello"
+             + struct.pack("<I", len(body)) + body + b"world")
+    img = ImageFile.from_bytes("pipes-data.img", image)
+    assert [e.payload for e in img.entries] == [b"hello", b"world"]
+    assert img.to_bytes() == image
+
+
+def test_unknown_and_malformed_images_kept_opaque() -> None:
+    odd = struct.pack("<II", IMG_COMMON_MAGIC, 0x12345678) + b"\x01\x02"
+    img = ImageFile.from_bytes("newthing-1.img", odd)
+    assert img.form == "opaque" and "unknown image magic" in img.error
+    assert img.to_bytes() == odd
+    cut = struct.pack("<II", IMG_COMMON_MAGIC, CORE) + struct.pack("<I", 100) + b"\x08"
+    img = ImageFile.from_bytes("core-3.img", cut)
+    assert img.form == "opaque" and "runs past the end" in img.error
+    kept = ImageFile.from_bytes("fifo.img", struct.pack("<II", IMG_COMMON_MAGIC, 0x58364939))
+    assert kept.form == "opaque" and "not interpreted" in kept.error
+    assert KIND_BY_MAGIC[PAGEMAP].first == "pagemap_head"
+
+
+# -- memory ------------------------------------------------------------------------
+
+def make_memory(runs: list[tuple[int, int, int]]) -> Memory:
+    entries = [new("pagemap_head", pages_id=3)]
+    size = 0
+    for vaddr, n, flags in runs:
+        entries.append(new("pagemap_entry", vaddr=vaddr, compat_nr_pages=n, flags=flags))
+        size += n * PAGE if flags & PE_PRESENT else 0
+    pagemap = ImageFile.new("pagemap-1.img", PAGEMAP, entries)
+    data = bytearray(i % 251 for i in range(size))
+    return Memory(pagemap, ImageFile(name="pages-3.img", form="raw", data=data))
+
+
+def test_memory_read_write_across_runs() -> None:
+    # two adjacent runs: a read/write spanning the boundary goes to two places in pages
+    mem = make_memory([(0x10000, 1, PE_PRESENT), (0x11000, 2, PE_PRESENT),
+                       (0x20000, 1, PE_PARENT)])
+    assert mem.pages_id == 3
+    assert mem.read(0x10000, 4) == bytes([0, 1, 2, 3])
+    mark = b"\xff\xfe\xfd\xfc"  # bytes the i % 251 filler never holds
+    mem.write(0x10FFE, mark)
+    assert mem.read(0x10FFC, 8)[2:6] == mark
+    assert mem.pages.data[PAGE - 2:PAGE + 2] == mark
+    mem.write_u64(0x12FF8, 0x1122334455667788)
+    assert mem.read_u64(0x12FF8) == 0x1122334455667788
+    assert mem.find(mark) == [0x10FFE]  # found across the run boundary
+    assert mem.find(mark, start=0x10FFF) == []
+    with pytest.raises(NotDumpedError, match="not dumped"):
+        mem.read(0x13000, 1)
+    with pytest.raises(NotDumpedError, match="not in this image"):
+        mem.read(0x20000, 1)
+    with pytest.raises(NotDumpedError):  # nothing written when any part is missing
+        mem.write(0x12FFF, b"xy")
+    assert mem.read(0x12FFF, 1) != b"x"
+    assert mem.contains(0x10000, 3 * PAGE) and not mem.contains(0x10000, 3 * PAGE + 1)
+
+
+def test_memory_size_mismatch_refused() -> None:
+    pagemap = ImageFile.new("pagemap-1.img", PAGEMAP, [
+        new("pagemap_head", pages_id=1),
+        new("pagemap_entry", vaddr=0, compat_nr_pages=2, flags=PE_PRESENT)])
+    with pytest.raises(ValueError, match="holds 4096"):
+        Memory(pagemap, ImageFile(name="pages-1.img", form="raw", data=bytearray(PAGE)))
+
+
+# -- image sets --------------------------------------------------------------------
+
+def test_imageset_api_and_byte_exact_save(tmp_path: Path) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    write_set(src)
+    s = ImageSet.load(src)
+    assert s.inventory.img_version == 2
+    assert s.pids == [1] and s.threads(1) == [1] and s.root_pid == 1
+    assert s.arch == March.X86_64
+    assert s.core(1).thread_info.gpregs.ip == 0x401234
+    assert s.mm(1).exe_file_id == 1 and s.exe_path(1) == "/bin/app"
+    assert s.files[1].reg.size == 8192
+    assert [f.fd for f in s.fdinfo(1)] == [0]
+    assert s.ids(1).files_id == 1
+    mm = s.mm(1)
+    env = s.memory(1).read(mm.mm_env_start, mm.mm_env_end - mm.mm_env_start)
+    assert env.startswith(MARKER)
+    s.save(dst)
+    assert sorted(os.listdir(src)) == sorted(os.listdir(dst))
+    for name in os.listdir(src):
+        assert (src / name).read_bytes() == (dst / name).read_bytes(), name
+    assert (dst.stat().st_mode & 0o777) == 0o700
+
+
+def test_imageset_changes_are_saved(tmp_path: Path) -> None:
+    write_set(tmp_path / "a")
+    s = ImageSet.load(tmp_path / "a")
+    s.core(1).thread_info.gpregs.ip = 0x404040
+    s.memory(1).write(STACK, b"changed")
+    s.save(tmp_path / "b")
+    t = ImageSet.load(tmp_path / "b")
+    assert t.core(1).thread_info.gpregs.ip == 0x404040
+    assert t.memory(1).read(STACK, 7) == b"changed"
+    assert (tmp_path / "a" / "mm-1.img").read_bytes() == (tmp_path / "b" / "mm-1.img").read_bytes()
+
+
+def test_isa_parts_and_supported(tmp_path: Path) -> None:
+    write_set(tmp_path)
+    s = ImageSet.load(tmp_path)
+    parts = "\n".join(isa_specific_parts(s))
+    assert "core-1.img: core_entry.mtype = X86_64" in parts
+    assert "ti_aarch64" in parts and "fs_base" in parts
+    assert "vdso" in parts and "vvar" in parts
+    assert "'/bin/app'" in parts and "mm_saved_auxv" in parts
+    assert "sigactions for signals [2]" in parts
+    assert check_supported(s) == []
+    # a file of a kind this library does not read, and a pre-dump pagemap
+    (tmp_path / "fifo.img").write_bytes(struct.pack("<II", IMG_COMMON_MAGIC, 0x58364939))
+    (tmp_path / "weird.img").write_bytes(b"\x00" * 16)
+    problems = check_supported(ImageSet.load(tmp_path))
+    assert any(p.startswith("fifo.img:") for p in problems)
+    assert any(p.startswith("weird.img: no CRIU magic") for p in problems)
+
+
+def test_aarch64_core_and_cli(tmp_path: Path, capsys) -> None:
+    write_set(tmp_path, core=aarch64_core())
+    s = ImageSet.load(tmp_path)
+    assert s.arch == March.AARCH64
+    g = s.core(1).ti_aarch64.gpregs
+    assert len(g.regs) == 31 and g.regs[30] == 130 and g.pc == 0x401000
+    assert "ti_aarch64 (gpregs regs[31]" in isa_specific_parts(s)[1]
+    assert cli_main(["show", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "arch AARCH64" in out and "pc=0x401000" in out and "lr=0x82" in out
+    assert "vdso" in out and "/bin/app" in out and "not understood: none" in out
+    assert cli_main(["check", str(tmp_path)]) == 0
+    assert cli_main(["isa", str(tmp_path)]) == 0
+
+
+def test_load_refuses_non_imageset(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="inventory.img"):
+        ImageSet.load(tmp_path)
+
+
+def test_entry_without_baseline_is_serialized() -> None:
+    e = Entry(msg=new("fs_entry", cwd_id=1, root_id=2))
+    assert e.changed and e.encode() == e.msg.SerializeToString()

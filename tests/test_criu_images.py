@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import struct
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from docker_hmigrate.criu import (
     check_supported,
     isa_specific_parts,
     new,
+    unknown_fields,
 )
 from docker_hmigrate.criu.__main__ import main as cli_main
 from docker_hmigrate.criu.image import (
@@ -169,6 +172,7 @@ def test_unknown_fields_preserved() -> None:
     assert img.to_bytes() == image  # unchanged: written from the original bytes
     msg = img.entries[0].msg
     assert msg.thread_core.comm == "app"
+    assert unknown_fields(msg) == ["#99", "thread_core.#40"]
     msg.thread_info.gpregs.ip = 0x999999  # changed: re-serialized, unknowns still there
     out = ImageFile.from_bytes("core-1.img", img.to_bytes())
     again = out.entries[0].msg
@@ -302,9 +306,18 @@ def test_isa_parts_and_supported(tmp_path: Path) -> None:
     # a file of a kind this library does not read, and a pre-dump pagemap
     (tmp_path / "fifo.img").write_bytes(struct.pack("<II", IMG_COMMON_MAGIC, 0x58364939))
     (tmp_path / "weird.img").write_bytes(b"\x00" * 16)
+    pm = ImageFile.load(tmp_path / "pagemap-1.img")
+    pm.entries.append(Entry(msg=new("pagemap_entry", vaddr=0x900000, compat_nr_pages=1,
+                                    flags=PE_PARENT)))
+    pm.save(tmp_path / "pagemap-1.img")
+    core = ImageFile.load(tmp_path / "core-1.img")
+    core.entries[0].msg.thread_info.gpregs.MergeFromString(varint(77 << 3) + varint(1))
+    core.save(tmp_path / "core-1.img")
     problems = check_supported(ImageSet.load(tmp_path))
     assert any(p.startswith("fifo.img:") for p in problems)
     assert any(p.startswith("weird.img: no CRIU magic") for p in problems)
+    assert "pagemap-1.img: pages in a parent (pre-dump) image set" in problems
+    assert "core-1.img: fields unknown to this library: ['thread_info.gpregs.#77']" in problems
 
 
 def test_aarch64_core_and_cli(tmp_path: Path, capsys) -> None:
@@ -330,3 +343,21 @@ def test_load_refuses_non_imageset(tmp_path: Path) -> None:
 def test_entry_without_baseline_is_serialized() -> None:
     e = Entry(msg=new("fs_entry", cwd_id=1, root_id=2))
     assert e.changed and e.encode() == e.msg.SerializeToString()
+
+
+def test_pure_python_protobuf_backend(tmp_path: Path) -> None:
+    """The schemas need no C extension: the same round trip on protobuf's Python backend."""
+    write_set(tmp_path)
+    code = (
+        "import sys; from google.protobuf.internal import api_implementation as a;"
+        "assert a.Type() == 'python', a.Type();"
+        "from docker_hmigrate.criu import ImageSet; s = ImageSet.load(sys.argv[1]);"
+        "s.save(sys.argv[1] + '.out'); print(s.core(1).thread_info.gpregs.ip)"
+    )
+    env = dict(os.environ, PROTOCOL_BUFFERS_PYTHON_IMPLEMENTATION="python")
+    proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == str(0x401234)
+    for name in os.listdir(tmp_path):
+        assert (tmp_path / name).read_bytes() == Path(f"{tmp_path}.out/{name}").read_bytes()

@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from docker_hmigrate.criu import FdType, ImageSet, March, check_supported, isa_specific_parts
+from docker_hmigrate.criu import (
+    FdType,
+    ImageSet,
+    March,
+    check_supported,
+    isa_specific_parts,
+    unknown_fields,
+)
 from docker_hmigrate.criu.isa import vma_kind
 from tests.lab import (
     BASE_IMAGE,
@@ -45,6 +52,15 @@ def workdir() -> Iterator[Path]:
 def checkpoint(host: LabHost, container: str, workdir: Path, name: str = "ck") -> Path:
     host.docker("checkpoint", "create", "--checkpoint-dir", str(workdir), container, name)
     return workdir / name
+
+
+def assert_schema_covers(s: ImageSet) -> None:
+    """Every entry CRIU wrote re-serializes to its own bytes, with no unknown field: our
+    schema covers what this CRIU writes, so recode's changed entries stay canonical."""
+    for name, img in s.images.items():
+        for i, e in enumerate(img.entries):
+            assert e.msg.SerializeToString() == e.raw, f"{name}[{i}] not canonical"
+            assert unknown_fields(e.msg) == [], f"{name}[{i}]: {unknown_fields(e.msg)}"
 
 
 def assert_identical(a: Path, b: Path) -> None:
@@ -77,6 +93,7 @@ def test_busybox_counter_images(host_a: LabHost, cleanup, workdir: Path) -> None
 
     s = ImageSet.load(ck)
     assert check_supported(s) == [], check_supported(s)
+    assert_schema_covers(s)
     assert s.inventory.img_version == 2
     assert s.arch == March.X86_64
     # the pid tree: the shell counter is pid 1; its only possible child is `sleep 1`
@@ -142,6 +159,7 @@ def test_redis_images(host_a: LabHost, cleanup, workdir: Path) -> None:
 
     s = ImageSet.load(ck)
     assert check_supported(s) == [], check_supported(s)
+    assert_schema_covers(s)
     assert s.pids == [1] and s.core(1).tc.comm == "redis-server"
     tids = s.threads(1)
     assert len(tids) >= 4  # the main thread, bio threads, jemalloc's

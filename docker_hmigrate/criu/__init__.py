@@ -9,7 +9,7 @@ The library recode builds on (see docs/criu-images.md):
     isa_specific_parts(s), check_supported(s)
 """
 
-from docker_hmigrate.criu.image import Entry, ImageError, ImageFile
+from docker_hmigrate.criu.image import Entry, ImageError, ImageFile, unknown_fields
 from docker_hmigrate.criu.imageset import ImageSet
 from docker_hmigrate.criu.isa import check_supported, isa_specific_parts, vma_kind
 from docker_hmigrate.criu.memory import Memory, NotDumpedError
@@ -18,5 +18,5 @@ from docker_hmigrate.criu.schema import FdType, March, message_class, new
 __all__ = [
     "Entry", "FdType", "ImageError", "ImageFile", "ImageSet", "March", "Memory",
     "NotDumpedError", "check_supported", "isa_specific_parts", "message_class", "new",
-    "vma_kind",
+    "unknown_fields", "vma_kind",
 ]

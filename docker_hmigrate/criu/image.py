@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from google.protobuf.message import DecodeError, Message
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 from docker_hmigrate.criu import schema
 
@@ -166,6 +167,21 @@ class Entry:
     @property
     def changed(self) -> bool:
         return self._baseline is None or _serialize(self.msg) != self._baseline
+
+
+def unknown_fields(msg: Message, path: str = "") -> list[str]:
+    """Paths of fields in `msg` (and its sub-messages) that our schema does not declare,
+    e.g. ["thread_info.gpregs.#29"]: state a newer CRIU wrote that we would pass on
+    blindly."""
+    found = [f"{path}#{f.field_number}" for f in UnknownFieldSet(msg)]
+    for fd, value in msg.ListFields():
+        if fd.type != fd.TYPE_MESSAGE:
+            continue
+        items = list(value) if fd.is_repeated else [value]
+        for i, sub in enumerate(items):
+            where = f"{path}{fd.name}[{i}]." if fd.is_repeated else f"{path}{fd.name}."
+            found += unknown_fields(sub, where)
+    return found
 
 
 def _serialize(msg: Message) -> bytes:

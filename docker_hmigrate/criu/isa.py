@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from docker_hmigrate.criu.image import unknown_fields
 from docker_hmigrate.criu.imageset import ImageSet
 from docker_hmigrate.criu.memory import PE_PARENT
 from docker_hmigrate.criu.schema import March
@@ -124,8 +125,10 @@ def check_supported(s: ImageSet) -> list[str]:
     """Why this image set cannot be fully interpreted: one line per problem, [] if none.
 
     Lists every file this library does not understand (unknown magic, an image kind
-    kept opaque, a malformed image), an unsupported machine, and memory that lives in a
-    parent (pre-dump) image set: recode must refuse such a set rather than guess.
+    kept opaque, a malformed image), an unsupported machine, fields unknown to our
+    schema in the per-ISA images (core, mm: a newer CRIU's state that recode would copy
+    untranslated), and memory that lives in a parent (pre-dump) image set: recode must
+    refuse such a set rather than guess.
     """
     problems: list[str] = []
     for name, img in s.images.items():
@@ -142,9 +145,18 @@ def check_supported(s: ImageSet) -> list[str]:
                 problems.append(f"{name}: missing")
                 continue
             mtype = s.core(tid).mtype
+            unknown = unknown_fields(s.core(tid))
+            if unknown:
+                problems.append(f"{name}: fields unknown to this library: {unknown}")
             if mtype not in SUPPORTED_ARCHES:
                 label = March(mtype).name if mtype in March._value2member_map_ else str(mtype)
                 problems.append(f"{name}: machine {label} not supported")
+        mmimg = s.images.get(f"mm-{pid}.img")
+        if mmimg is None or mmimg.form != "img":
+            problems.append(f"mm-{pid}.img: missing")
+        elif unknown_fields(mmimg.entries[0].msg):
+            problems.append(f"mm-{pid}.img: fields unknown to this library: "
+                            f"{unknown_fields(mmimg.entries[0].msg)}")
         pm = s.images.get(f"pagemap-{pid}.img")
         if pm is None or pm.form != "img":
             problems.append(f"pagemap-{pid}.img: missing")

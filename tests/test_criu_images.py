@@ -249,6 +249,25 @@ def test_memory_read_write_across_runs() -> None:
     assert mem.contains(0x10000, 3 * PAGE) and not mem.contains(0x10000, 3 * PAGE + 1)
 
 
+def test_memory_populate_inserts_pages_in_order() -> None:
+    mem = make_memory([(0x10000, 1, PE_PRESENT), (0x13000, 1, PE_PRESENT),
+                       (0x20000, 1, PE_PARENT)])
+    before = mem.read(0x13000, PAGE)
+    assert mem.populate(0x10800, 0x2900) == 2  # pages 0x11000 and 0x12000
+    assert mem.read(0x11000, 2 * PAGE) == bytes(2 * PAGE)
+    assert mem.read(0x13000, PAGE) == before  # later pages moved, not lost
+    mem.write(0x12FF0, b"grown stack")
+    assert mem.populate(0x10000, 4 * PAGE) == 0
+    with pytest.raises(NotDumpedError, match="parent"):
+        mem.populate(0x1F000, 2 * PAGE)
+    # the written pagemap + pages read back as the same memory
+    pm = ImageFile.from_bytes("pagemap-1.img", mem.pagemap.to_bytes())
+    vaddrs = [e.msg.vaddr for e in pm.entries[1:]]
+    assert vaddrs == sorted(vaddrs) and 0x11000 in vaddrs
+    again = Memory(pm, ImageFile(name="pages-3.img", form="raw", data=bytearray(mem.pages.data)))
+    assert again.read(0x12FF0, 11) == b"grown stack" and again.read(0x13000, PAGE) == before
+
+
 def test_memory_size_mismatch_refused() -> None:
     pagemap = ImageFile.new("pagemap-1.img", PAGEMAP, [
         new("pagemap_head", pages_id=1),

@@ -136,9 +136,16 @@ def test_busybox_counter_images(host_a: LabHost, cleanup, workdir: Path) -> None
     logged = counter_values(host_a.logs(a))
     assert logged[0] == last + 1, (last, logged)
 
-    # changed through the library: the marker in memory, seen by the restored process
+    # changed through the library: the marker in memory, seen by the restored process,
+    # and a page added below the dumped part of the stack, holding another marker
     changed = marker.upper()
     mem.write(hits[0], changed.encode())
+    lowest = min(r.vaddr for r in mem.runs if stack.start <= r.vaddr < stack.end)
+    new_page = lowest - 2 * 4096
+    assert new_page >= stack.start and not mem.contains(new_page)
+    assert mem.populate(new_page, 4096) == 1
+    added = unique("added-page")
+    mem.write(new_page + 100, added.encode())
     edited = workdir / "edited"
     s.save(edited)
     assert (ck / "core-1.img").read_bytes() == (edited / "core-1.img").read_bytes()
@@ -148,6 +155,9 @@ def test_busybox_counter_images(host_a: LabHost, cleanup, workdir: Path) -> None
     assert counter_values(host_a.logs(b))[0] == last + 1
     environ = host_a.docker("exec", b, "cat", "/proc/1/environ")
     assert f"HM_MARKER={changed}" in environ.split("\0"), environ
+    page = host_a.docker("exec", b, "sh", "-c", f"dd if=/proc/1/mem bs=4096 "
+                         f"skip={new_page // 4096} count=1 2>/dev/null | grep -a -o {added}")
+    assert page.strip() == added
 
 
 def test_redis_images(host_a: LabHost, cleanup, workdir: Path) -> None:

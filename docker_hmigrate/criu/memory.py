@@ -13,7 +13,8 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass
 
-from docker_hmigrate.criu.image import ImageFile
+from docker_hmigrate.criu import schema
+from docker_hmigrate.criu.image import Entry, ImageFile
 
 PAGE_SIZE = 4096  # x86-64 and Debian's arm64 kernels both use 4 KiB pages
 
@@ -62,22 +63,64 @@ class Memory:
         if not pagemap.entries:
             raise ValueError(f"{pagemap.name}: no pagemap_head")
         self.pagemap, self.pages, self.page_size = pagemap, pages, page_size
+        self._index()
+
+    def _index(self) -> None:
         self.runs: list[Run] = []
         offset = 0
-        for entry in pagemap.entries[1:]:
+        for entry in self.pagemap.entries[1:]:
             e = entry.msg
             n, flags = entry_nr_pages(e), entry_flags(e)
             present = bool(flags & PE_PRESENT) and not flags & PE_PARENT
             self.runs.append(Run(e.vaddr, n, flags, offset if present else None))
             if present:
-                offset += n * page_size
-        if offset != len(pages.data):
+                offset += n * self.page_size
+        if offset != len(self.pages.data):
             raise ValueError(
-                f"{pagemap.name} describes {offset} bytes of pages but {pages.name} "
-                f"holds {len(pages.data)}"
+                f"{self.pagemap.name} describes {offset} bytes of pages but {self.pages.name} "
+                f"holds {len(self.pages.data)}"
             )
         self.runs.sort(key=lambda r: r.vaddr)
         self._starts = [r.vaddr for r in self.runs]
+
+    def populate(self, addr: int, size: int, flags: int = PE_PRESENT | PE_LAZY) -> int:
+        """Make [addr, addr+size) present, adding zero-filled pages where nothing was
+        dumped (e.g. to grow a rebuilt stack below the old sp); returns pages added.
+
+        Only right for anonymous private memory: a file mapping's undumped pages come
+        from the file, not zeros. The caller checks that a VMA covers the range.
+        New runs are inserted in address order, as CRIU writes and reads them; their
+        pages go at the matching place in the pages image. flags default to what CRIU
+        4.x writes for anonymous memory (present, may be restored lazily).
+        """
+        ps = self.page_size
+        first, last = addr // ps * ps, -(-(addr + size) // ps) * ps
+        missing: list[int] = []
+        for page in range(first, last, ps):
+            run = self.run_at(page)
+            if run is None:
+                missing.append(page)
+            elif run.offset is None:
+                raise NotDumpedError(f"page {page:#x} is in a parent image set")
+        chunks: list[list[int]] = []
+        for page in missing:
+            if chunks and chunks[-1][-1] + ps == page:
+                chunks[-1].append(page)
+            else:
+                chunks.append([page])
+        head, entries = self.pagemap.entries[0], self.pagemap.entries[1:]
+        for chunk in chunks:
+            vaddr, n = chunk[0], len(chunk)
+            pos = bisect.bisect_left([e.msg.vaddr for e in entries], vaddr)
+            offset = sum(entry_nr_pages(e.msg) * ps for e in entries[:pos]
+                         if entry_flags(e.msg) & PE_PRESENT and not entry_flags(e.msg) & PE_PARENT)
+            msg = schema.new("pagemap_entry", vaddr=vaddr, compat_nr_pages=0, flags=flags,
+                             nr_pages=n)
+            entries.insert(pos, Entry(msg=msg))
+            self.pages.data[offset:offset] = bytes(n * ps)
+        self.pagemap.entries = [head, *entries]
+        self._index()
+        return len(missing)
 
     @property
     def pages_id(self) -> int:

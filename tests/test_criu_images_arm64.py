@@ -1,0 +1,128 @@
+"""The CRIU image library on a real aarch64 checkpoint (the lab's arm64 VM, lab/arm64/up).
+
+A busybox counter is checkpointed on the aarch64 host; the images come out through the
+engine API (a created-never-started helper container that bind-mounts the containers
+folder), are read here, written again byte-identically, put back into a new
+container through the same helper, and restored there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import tarfile
+from pathlib import Path
+
+import docker
+import pytest
+
+from docker_hmigrate.criu import ImageSet, March, check_supported, isa_specific_parts
+from tests.lab import COUNTER_CMD, counter_values, lab_unavailable, unique, wait_until
+from tests.test_criu_images_lab import assert_identical, assert_schema_covers, workdir
+
+pytestmark = [pytest.mark.lab, pytest.mark.arm64]
+__all__ = ["workdir"]  # the fixture, shared with the x86-64 lab tests
+
+URL = f"tcp://127.0.0.1:{os.environ.get('HM_ARM_PORT', '2391')}"
+IMAGE = "hmigrate-lab/busybox:arm64"  # imported by lab/arm64/up
+
+
+@pytest.fixture(scope="module")
+def arm() -> docker.DockerClient:
+    if os.geteuid() != 0:
+        lab_unavailable("lab tests need root (the lab's daemons and checkpoints are root's)")
+    try:
+        client = docker.DockerClient(base_url=URL, version="auto", timeout=300)
+        client.images.get(IMAGE)
+    except Exception as exc:  # noqa: BLE001 - any failure means the VM is not ready
+        lab_unavailable(f"aarch64 lab host not ready on {URL} ({exc}); run: sudo lab/arm64/up")
+    return client
+
+
+@pytest.fixture
+def names(arm: docker.DockerClient):
+    created: list[str] = []
+    yield created
+    for name in created:
+        with contextlib.suppress(Exception):
+            arm.containers.get(name).remove(force=True, v=True)
+
+
+@contextlib.contextmanager
+def containers_dir(arm: docker.DockerClient, names: list[str]):
+    """A helper container whose /c is the host's <DockerRootDir>/containers."""
+    root = arm.info()["DockerRootDir"]
+    name = unique("hm-criu-cp")
+    names.append(name)
+    helper = arm.containers.create(IMAGE, ["true"], name=name,
+                                   volumes={f"{root}/containers": {"bind": "/c", "mode": "rw"}})
+    try:
+        yield helper
+    finally:
+        helper.remove(force=True)
+
+
+def fetch(helper, cid: str, name: str, dest: Path) -> Path:
+    stream, _ = helper.get_archive(f"/c/{cid}/checkpoints/{name}")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        tar.extractall(dest, filter="data")
+    return dest / name
+
+
+def push(helper, src: Path, cid: str, name: str) -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(src, arcname=f"checkpoints/{name}")
+    assert helper.put_archive(f"/c/{cid}", buf.getvalue())
+
+
+def logs(arm: docker.DockerClient, name: str) -> list[int]:
+    return counter_values(arm.containers.get(name).logs().decode(errors="replace"))
+
+
+def test_aarch64_counter_images(arm, names, workdir: Path) -> None:
+    src, dst = unique("criu-arm-counter"), unique("criu-arm-restored")
+    marker = unique("hm-arm-marker")
+    names += [src, dst]
+    c = arm.containers.run(IMAGE, COUNTER_CMD, name=src, detach=True,
+                           environment={"HM_MARKER": marker})
+    wait_until(lambda: len(logs(arm, src)) >= 3, timeout=180, what="the arm64 counter")
+    api = arm.api
+    res = api._post_json(api._url("/containers/{0}/checkpoints", c.id),
+                         data={"CheckpointID": "ck", "Exit": True})
+    api._raise_for_status(res)
+    last = logs(arm, src)[-1]
+    with containers_dir(arm, names) as helper:
+        ck = fetch(helper, c.id, "ck", workdir)
+
+        s = ImageSet.load(ck)
+        assert check_supported(s) == [], check_supported(s)
+        assert_schema_covers(s)
+        assert s.arch == March.AARCH64
+        assert s.root_pid == 1 and s.core(1).tc.comm == "sh"
+        core = s.core(1)
+        assert not core.HasField("thread_info") and core.HasField("ti_aarch64")
+        ti = core.ti_aarch64
+        assert len(ti.gpregs.regs) == 31 and ti.tls != 0
+        mm = s.mm(1)
+        code = [v for v in mm.vmas if v.prot & 4 and s.path_of(v.shmid) == "/bin/busybox"]
+        assert any(v.start <= ti.gpregs.pc < v.end for v in code), hex(ti.gpregs.pc)
+        stack = next(v for v in mm.vmas if v.start <= mm.mm_start_stack < v.end)
+        assert stack.start <= ti.gpregs.sp < stack.end
+        env = s.memory(1).read(mm.mm_env_start, mm.mm_env_end - mm.mm_env_start)
+        assert f"HM_MARKER={marker}".encode() in env.split(b"\0")
+        parts = isa_specific_parts(s)
+        assert any("ti_aarch64" in p for p in parts) and not any("vsyscall" in p for p in parts)
+
+        same = workdir / "same"
+        s.save(same)
+        assert_identical(ck, same)
+
+        new = arm.containers.create(IMAGE, COUNTER_CMD, name=dst,
+                                    environment={"HM_MARKER": marker})
+        push(helper, same, new.id, "ck")
+    res = api._post(api._url("/containers/{0}/start", new.id), params={"checkpoint": "ck"})
+    api._raise_for_status(res)
+    wait_until(lambda: len(logs(arm, dst)) >= 2, timeout=180, what="the restored counter")
+    assert logs(arm, dst)[0] == last + 1

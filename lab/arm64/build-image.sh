@@ -17,7 +17,7 @@ cp -a "$rootfs" "$work"
 
 hm_log "installing guest files"
 cp -a "$HM_ARM_DIR/guest/." "$work/"
-chown -R 0:0 "$work/sbin/hmigrate-init" "$work/etc/criu" "$work/etc/docker"
+chown -R 0:0 "$work/usr/sbin/hmigrate-init" "$work/etc/criu" "$work/etc/docker"
 echo "$HM_ARM_NAME" > "$work/etc/hostname"
 cat > "$work/etc/hosts" <<HOSTS
 127.0.0.1	localhost
@@ -56,6 +56,8 @@ else
   "$HM_ARM_DIR/build-initramfs.sh" "$work" "$work" "$kver" "$out.part/initrd-min.img"
 fi
 echo "$kver" > "$out.part/kernel-version"
+# arm64 busybox for the helper image that lab/arm64/up imports into the guest
+cp "$work/usr/bin/busybox" "$out.part/busybox-arm64"
 
 hm_log "making ext4 image ($HM_ARM_DISK_SIZE, sparse) with kernel $kver"
 mke2fs -q -t ext4 -L hm-arm-root -d "$work" "$out.part/disk.img" "$HM_ARM_DISK_SIZE"

@@ -56,7 +56,7 @@ while [ ! -b /dev/vda ] && [ $i -lt 300 ]; do sleep 0.1; i=$((i+1)); done
 mount -t ext4 -o rw /dev/vda /newroot || { echo "initramfs: cannot mount /dev/vda"; exec sh; }
 mount --move /dev /newroot/dev
 umount /proc /sys
-exec switch_root /newroot /sbin/hmigrate-init
+exec switch_root /newroot /usr/sbin/hmigrate-init
 INIT
 chmod +x "$tmp/init"
 (cd "$tmp" && find . | LC_ALL=C sort | cpio -o -H newc --quiet -R 0:0) | gzip -1 > "$out"

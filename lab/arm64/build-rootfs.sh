@@ -38,4 +38,4 @@ mmdebstrap --arch=arm64 --variant=minbase --format=directory \
   --customize-hook='rm -rf "$1"/var/cache/apt/archives/*.deb "$1"/var/lib/apt/lists/*' \
   "$HM_ARM_SUITE" "$out.part" "$HM_ARM_MIRROR"
 mv "$out.part" "$out"
-hm_log "root file system: $out ($(du -h "$out" | cut -f1))"
+hm_log "root file system: $out ($(du -sh "$out" | cut -f1))"

@@ -81,6 +81,7 @@ def aarch64_core() -> object:
     t.gpregs.sp, t.gpregs.pc, t.gpregs.pstate = STACK + 0x700, 0x401000, 0x60000000
     t.fpsimd.vregs.extend([0] * 64)
     t.fpsimd.fpsr, t.fpsimd.fpcr = 0, 0
+    t.pac_keys = b"\x32\x00"  # opaque: kept as CRIU wrote it
     core.thread_core.futex_rla, core.thread_core.futex_rla_len = 0, 0
     return core
 
@@ -345,7 +346,9 @@ def test_aarch64_core_and_cli(tmp_path: Path, capsys) -> None:
     assert s.arch == March.AARCH64
     g = s.core(1).ti_aarch64.gpregs
     assert len(g.regs) == 31 and g.regs[30] == 130 and g.pc == 0x401000
-    assert "ti_aarch64 (gpregs regs[31]" in isa_specific_parts(s)[1]
+    parts = isa_specific_parts(s)
+    assert "ti_aarch64 (gpregs regs[31]" in parts[1]
+    assert any("pac_keys (pointer authentication" in p for p in parts)
     assert cli_main(["show", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "arch AARCH64" in out and "pc=0x401000" in out and "lr=0x82" in out

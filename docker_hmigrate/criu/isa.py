@@ -74,6 +74,9 @@ def isa_specific_parts(s: ImageSet) -> list[str]:
             parts.append(f"{img}: {regs}")
             parts.append(f"{img}: clear_tid_addr (inside the source libc's thread struct, "
                          "moves with the TLS layout)")
+            if core.HasField("ti_aarch64") and core.ti_aarch64.HasField("pac_keys"):
+                parts.append(f"{img}: ti_aarch64.pac_keys (pointer authentication: lr and "
+                             "saved return addresses carry PAC bits to strip or re-sign)")
             tcore = core.thread_core
             if tcore.HasField("rseq_entry") and tcore.rseq_entry.rseq_abi_pointer:
                 parts.append(f"{img}: thread_core.rseq_entry (rseq area in the thread struct; "

@@ -27,7 +27,7 @@ extern struct hmigrate_state hmigrate_state;
 /* Functions whose frames cannot be translated (va_list state, values in callee-saved
  * registers, variable-size frames...). hmigrate-cc fills this table in the linked
  * binaries after analysing them; no thread parks while one of them is on its stack. */
-#define HMIGRATE_MAX_UNCLEAN 2048
+#define HMIGRATE_MAX_UNCLEAN 8192
 struct hmigrate_unclean {
 	unsigned long magic; /* HMIGRATE_UNCLEAN_MAGIC, so the patcher finds the right bytes */
 	unsigned long count;

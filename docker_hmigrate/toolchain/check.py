@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -23,6 +25,7 @@ class AlignReport:
     only_a: list[str] = field(default_factory=list)
     only_b: list[str] = field(default_factory=list)
     exempt: list[str] = field(default_factory=list)
+    allowed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     names: tuple[str, str] = ("x86-64", "aarch64")
 
@@ -35,6 +38,8 @@ class AlignReport:
         lines = []
         for p in self.problems:
             lines.append(f"check-align: BROKEN: {p}")
+        for name in self.allowed:
+            lines.append(f"check-align: allowed (unalignable by construction): {name}")
         for name, va, vb in self.mismatched:
             lines.append(f"check-align: BROKEN: {name}: {a} 0x{va:x} != {b} 0x{vb:x}")
         if verbose:
@@ -45,6 +50,7 @@ class AlignReport:
             f"check-align: {status}: {self.aligned} symbols at identical addresses, "
             f"{len(self.mismatched)} misaligned, {len(self.problems)} layout problems, "
             f"{len(self.exempt)} exempt (crtstuff, signal trampoline), "
+            f"{len(self.allowed)} allowed (multi-entry asm), "
             f"{len(self.only_a)} {a}-only, {len(self.only_b)} {b}-only"
         )
         return "\n".join(lines) + "\n"
@@ -77,8 +83,8 @@ def symbol_table(path: str) -> tuple[dict[str, list[int]], dict]:
     return {k: sorted(v) for k, v in out.items()}, info
 
 
-def check_alignment(bin_a: str, bin_b: str, names: tuple[str, str] = ("x86-64", "aarch64")
-                    ) -> AlignReport:
+def check_alignment(bin_a: str, bin_b: str, names: tuple[str, str] = ("x86-64", "aarch64"),
+                    allowed: set[str] | None = None) -> AlignReport:
     sa, ia = symbol_table(bin_a)
     sb, ib = symbol_table(bin_b)
     rep = AlignReport(names=names)
@@ -94,6 +100,8 @@ def check_alignment(bin_a: str, bin_b: str, names: tuple[str, str] = ("x86-64", 
             rep.aligned += len(va)
         elif key in EXEMPT_NAMES or key.split("::")[0] in EXEMPT_FILES:
             rep.exempt.append(key)
+        elif allowed and key in allowed:
+            rep.allowed.append(key)
         else:
             rep.mismatched.append((key, va[0], vb[0]))
     ta, tb = ia["tls"], ib["tls"]
@@ -113,8 +121,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("x86_64_binary")
     ap.add_argument("aarch64_binary")
     ap.add_argument("-v", "--verbose", action="store_true", help="list ISA-only symbols")
+    ap.add_argument("--allow", action="append", default=[], metavar="SYMBOL",
+                    help="a symbol known to be unalignable (repeatable)")
+    ap.add_argument("--metadata", help="NAME.hmigrate.json whose layout.unalignable to allow "
+                    "(default: found beside the x86-64 binary)")
     ns = ap.parse_args(argv)
-    rep = check_alignment(ns.x86_64_binary, ns.aarch64_binary)
+    allowed = set(ns.allow)
+    md_path = ns.metadata
+    if md_path is None and ns.x86_64_binary.endswith("_x86-64"):
+        guess = ns.x86_64_binary[: -len("_x86-64")] + ".hmigrate.json"
+        md_path = guess if os.path.exists(guess) else None
+    if md_path:
+        with open(md_path) as f:
+            allowed |= set((json.load(f).get("layout") or {}).get("unalignable", []))
+    rep = check_alignment(ns.x86_64_binary, ns.aarch64_binary, allowed=allowed)
     out = sys.stdout if rep.ok else sys.stderr
     out.write(rep.text(ns.verbose))
     return 0 if rep.ok else 1

@@ -370,12 +370,13 @@ def units_for(inputs: list[tuple[str, str | None]], logical: dict[str, str]) -> 
             u = units.get(key)
             if u is None:
                 units[key] = layout.Unit(key, layout.ld_pattern(path, member, s.name), s.name,
-                                         region, s.size, s.align, s.symbols, s.merge)
+                                         region, s.size, s.align, s.symbols, s.merge, s.inner)
                 order.append(key)
             else:  # several same-named sections in one file: one statement places them all
                 u.size = layout.align_up(u.size, s.align) + s.size
                 u.align = max(u.align, s.align)
                 u.mergeable = u.mergeable or s.merge
+                u.inner += tuple((n, o + u.size - s.size) for n, o in s.inner)
     return [units[k] for k in order]
 
 
@@ -406,7 +407,8 @@ def link(args: Args) -> int:
             outs[name] = dest
         from . import check, metadata, patch
 
-        report = check.check_alignment(outs[X86_64.name], outs[AARCH64.name])
+        report = check.check_alignment(outs[X86_64.name], outs[AARCH64.name],
+                                       allowed=set(plan.unalignable))
         if not report.ok and not os.environ.get("HMIGRATE_NO_CHECK"):
             sys.stderr.write(report.text())
             raise ToolchainError(f"{out}: aligned layout check FAILED")

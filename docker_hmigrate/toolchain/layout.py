@@ -73,6 +73,7 @@ class Unit:
     align: int
     symbols: tuple[str, ...] = ()
     mergeable: bool = False  # ld merges these; never placed explicitly
+    inner: tuple[tuple[str, int], ...] = ()  # global symbols at offset > 0 (asm files)
 
 
 @dataclass
@@ -97,9 +98,14 @@ class Plan:
     pairs: list[tuple[Unit, Unit]]
     only: dict[str, list[Unit]]
     special: dict[str, list[Unit]]
+    # Symbols both ISAs define that cannot share an address: a multi-entry assembly
+    # section on one ISA (musl's x86-64 floorl.s also holds ceill) vs a section of
+    # its own on the other. check-align reports them as allowed, by name.
+    unalignable: list[str] = field(default_factory=list)
 
     def summary(self) -> dict:
         return {
+            "unalignable": self.unalignable,
             "common_units": len(self.pairs),
             "isa_only_units": {k: len(v) for k, v in self.only.items()},
             "regions": {
@@ -175,7 +181,21 @@ def plan_layout(units: dict[str, list[Unit]], isas: tuple[str, str]) -> Plan:
         rp.max_end = max(ends)
         regions[region] = rp
     _assign_bases(regions, special, isas)
-    return Plan(isas, regions, pairs, only, special)
+    plan = Plan(isas, regions, pairs, only, special)
+    plan.unalignable = _unalignable(plan)
+    return plan
+
+
+def _unalignable(plan: Plan) -> list[str]:
+    where: dict[str, dict[str, int]] = {}
+    for rp in plan.regions.values():
+        for isa, pls in rp.placements.items():
+            for p in pls:
+                for name in p.unit.symbols:
+                    where.setdefault(name, {})[isa] = rp.base + p.offset
+                for name, off in p.unit.inner:
+                    where.setdefault(name, {})[isa] = rp.base + p.offset + off
+    return sorted(n for n, d in where.items() if len(d) == 2 and len(set(d.values())) == 2)
 
 
 def _special_size(special: dict[str, list[Unit]], isas: tuple[str, str], names: tuple[str, ...]

@@ -144,8 +144,12 @@ def describe_type(die, depth: int = 0) -> dict:
             "pointer_offsets": []}
 
 
-def _fbreg_offset(loc) -> int | None:
-    """Offset from the frame base (= CFA, DW_OP_call_frame_cfa) of DW_OP_fbreg N."""
+def _fbreg_offset(loc, indirect: bool = False) -> int | None:
+    """Offset from the frame base (= CFA, DW_OP_call_frame_cfa) of DW_OP_fbreg N.
+
+    With indirect=True, matches "DW_OP_fbreg N; DW_OP_deref" (the slot holds the
+    variable's address: VLAs, aarch64 by-reference aggregates).
+    """
     if not isinstance(loc, list) or not loc or loc[0] != 0x91:
         return None
     val, shift = 0, 0
@@ -155,7 +159,8 @@ def _fbreg_offset(loc) -> int | None:
         if not b & 0x80:
             if b & 0x40:
                 val -= 1 << shift
-            return val if i + 2 == len(loc) else None
+            rest = loc[i + 2 :]
+            return val if rest == ([0x06] if indirect else []) else None
     return None
 
 
@@ -171,12 +176,18 @@ def _collect_vars(die, out: list[dict], scope: tuple[int, int] | None) -> None:
     for ch in die.iter_children():
         if ch.tag in ("DW_TAG_formal_parameter", "DW_TAG_variable"):
             loc = _attr(ch, "DW_AT_location")
+            if loc is None:  # declarations (extern), constants, unused: no storage here
+                continue
             off = _fbreg_offset(loc)
+            ind = _fbreg_offset(loc, indirect=True)
             entry = {"name": _name(ch), "kind": "param" if ch.tag.endswith("parameter") else
                      "local", "type": describe_type(_ref(ch)), "scope": list(scope) if scope
                      else None}
             if off is not None:
                 entry["cfa_offset"] = off
+            elif ind is not None:  # the slot holds the variable's address
+                entry["cfa_offset"] = ind
+                entry["indirect"] = True
             elif isinstance(loc, list) and loc and loc[0] == 0x03:  # DW_OP_addr: a static
                 entry["kind"] = "static"
                 entry["addr"] = int.from_bytes(bytes(loc[1:9]), "little")
@@ -431,8 +442,13 @@ class PrologueState:
 def simulate(arch: Arch, insns: list, until: int) -> PrologueState:
     """Track SP/FP and stack stores from function entry up to instruction index `until`."""
     st = PrologueState(sp=-8 if arch is X86 else 0, fp=None, stores=[])
+    consts: dict[str, int] = {}  # aarch64 large frames: mov x12, #5200; sub sp, sp, x12
     for insn in insns[:until]:
         m, ops = insn.mnemonic, insn.operands
+        if arch is A64 and m == "mov" and len(ops) == 2 and \
+                ops[1].type == capstone.arm64.ARM64_OP_IMM:
+            consts[insn.reg_name(ops[0].reg)] = ops[1].imm
+            continue
         if arch is X86:
             if m == "push":
                 st.sp -= 8
@@ -481,6 +497,8 @@ def simulate(arch: Arch, insns: list, until: int) -> PrologueState:
                     insn.reg_name(ops[1].reg) == "sp":
                 if ops[2].type == capstone.arm64.ARM64_OP_IMM:
                     st.sp -= ops[2].imm << (ops[2].shift.value if ops[2].shift.type else 0)
+                elif insn.reg_name(ops[2].reg) in consts:
+                    st.sp -= consts[insn.reg_name(ops[2].reg)]
                 else:
                     st.dynamic = True
             elif m == "mov" and len(ops) == 2 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
@@ -587,7 +605,8 @@ def check_park_point(b: Binary, fn: dict) -> list[str]:
     for x in insns[:hook_i]:
         defined |= _regs(arch, x)[1] & set(arch.callee_saved)
     lr_copy = _lr_copy_reg(b, fn)
-    bad = sorted(defined - {lr_copy})
+    live = set(hooks[0]["live_callee_saved"])
+    bad = sorted((defined & live) - {lr_copy})
     if bad:
         probs.append(f"callee-saved registers set before the entry hook: {bad}")
     return probs
@@ -614,34 +633,71 @@ def _params_stored(b: Binary, name: str, fn: dict) -> list[str]:
     st = simulate(b.arch, insns, idx)
     missing = []
     for v in fn.get("vars", []):
-        if v["kind"] == "param" and "cfa_offset" in v:
-            if not _covered(st.stores, v["cfa_offset"], v["type"]["size"]):
+        if v["kind"] == "param" and "cfa_offset" in v and v["cfa_offset"] < 0:
+            size = 8 if v.get("indirect") else v["type"]["size"]
+            if not _covered(st.stores, v["cfa_offset"], size):
                 missing.append(v["name"])
     return [f"parameters not yet in their stack slots at the entry hook: {missing}"] if \
         missing else []
 
 
-def untranslatable_reasons(fx: dict, fa: dict, unmatched: dict) -> list[str]:
-    """Why a frame of this function could not be rebuilt on the other ISA (empty: it can)."""
+def _in_scope(v: dict, pc: int) -> bool:
+    return v["scope"] is None or v["scope"][0] <= pc < v["scope"][1]
+
+
+def _bad_var(v: dict) -> str | None:
+    if "va_list" in v["type"]["name"]:
+        return f"va_list variable {v['name']} (its state differs per ISA)"
+    if v.get("location") == "unsupported":
+        return f"variable {v['name']} not in a stack slot"
+    return None
+
+
+def function_reasons(fx: dict, fa: dict) -> list[str]:
+    """Why no frame of this function can be rebuilt on the other ISA (whole-function)."""
     reasons = []
     for isa, f in (("x86-64", fx), ("aarch64", fa)):
         if f.get("variadic"):
             reasons.append(f"{isa}: variadic (va_list state differs per ISA)")
-        for v in f.get("vars", []):
-            if "va_list" in v["type"]["name"] or "__va_list" in v["type"]["name"]:
-                reasons.append(f"{isa}: va_list variable {v['name']}")
-            if v.get("location") == "unsupported":
-                reasons.append(f"{isa}: variable {v['name']} not in a stack slot")
         if f.get("frame", {}).get("dynamic_sp"):
             reasons.append(f"{isa}: variable-size frame (alloca/VLA)")
-    vx = {(v["name"], v["kind"]) for v in fx.get("vars", [])}
-    va = {(v["name"], v["kind"]) for v in fa.get("vars", [])}
-    if vx != va:
-        reasons.append(f"variables differ between ISAs: {sorted(vx ^ va)}")
-    for isa, idx in unmatched.items():
-        if idx:
-            reasons.append(f"{isa}: call sites without a twin: {idx}")
+        for v in f.get("vars", []):
+            why = _bad_var(v)
+            if why and v["scope"] is None:
+                reasons.append(f"{isa}: {why}")
     return sorted(set(reasons))
+
+
+def call_site_reasons(isa: str, f: dict, other: dict, cs: dict, lr_copy: str | None,
+                      paired: bool, instrumented: set[str]) -> list[str]:
+    """Why a frame stopped at this call site cannot be rebuilt (empty: it can)."""
+    reasons = []
+    ra = cs["return_address"]
+    if not paired and _may_reach_park(cs, instrumented):
+        reasons.append(f"{isa}: call site {cs['index']} has no twin on the other ISA")
+    live = [r for r in cs["live_callee_saved"] if r != lr_copy]
+    if live and cs["kind"] != "exit_hook" and not paired:
+        reasons.append(f"{isa}: call site {cs['index']}: callee-saved {live} hold values")
+    names_other = {(v["name"], v["kind"]) for v in other.get("vars", [])}
+    for v in f.get("vars", []):
+        if not _in_scope(v, ra):
+            continue
+        why = _bad_var(v)
+        if why and v["scope"] is not None:
+            reasons.append(f"{isa}: {why}")
+        if (v["name"], v["kind"]) not in names_other:
+            reasons.append(f"{isa}: variable {v['name']} exists on this ISA only")
+    return reasons
+
+
+CALLBACK_LIBC = ("qsort", "qsort_r", "bsearch", "tsearch", "tfind", "tdelete", "twalk",
+                 "nftw", "ftw", "scandir", "pthread_once", "call_once", "dl_iterate_phdr",
+                 "exit", "glob", "lfind", "lsearch")
+
+
+def _may_reach_park(cs: dict, instrumented: set[str]) -> bool:
+    t = cs["target"]
+    return t is None or t in instrumented or t in CALLBACK_LIBC
 
 
 def _sha256(path: str) -> str:
@@ -708,23 +764,66 @@ def build_metadata(bin_x86: str, bin_a64: str, plan=None) -> dict:
 
 def _build(bx: Binary, ba: Binary, plan) -> dict:
     names = sorted(set(bx.dfuncs) & set(ba.dfuncs))
+    analysed = {n: (analyse_function(bx, n), analyse_function(ba, n)) for n in names}
+    instrumented = {n for n, (fx, _) in analysed.items()
+                    if any(c["kind"] == "enter_hook" for c in fx["call_sites"])}
     functions = []
     problems: list[str] = []
     for name in names:
-        fx, fa = analyse_function(bx, name), analyse_function(ba, name)
+        fx, fa = analysed[name]
         pairs, ux, ua = match_call_sites(fx["call_sites"], fa["call_sites"])
         entry = {"name": name, "addr": fx["addr"], "file": fx.get("file"),
-                 "instrumented": any(c["kind"] == "enter_hook" for c in fx["call_sites"]),
+                 "instrumented": name in instrumented,
                  "isa": {"x86-64": fx, "aarch64": fa},
                  "call_site_pairs": pairs, "unmatched_call_sites": {"x86-64": ux, "aarch64": ua}}
         if fx["addr"] != fa["addr"]:
             problems.append(f"{name}: not aligned (0x{fx['addr']:x} vs 0x{fa['addr']:x})")
-        reasons = untranslatable_reasons(fx, fa, {"x86-64": ux, "aarch64": ua})
+        reasons = function_reasons(fx, fa)
+        lr = {"x86-64": None, "aarch64": _lr_copy_reg(ba, fa)}
+        # Per call site: both members of a pair share their verdict.
+        per: dict[str, dict[int, list[str]]] = {"x86-64": {}, "aarch64": {}}
+        for isa, f, other, unm in (("x86-64", fx, fa, ux), ("aarch64", fa, fx, ua)):
+            for c in f["call_sites"]:
+                per[isa][c["index"]] = call_site_reasons(isa, f, other, c, lr[isa],
+                                                         c["index"] not in unm, instrumented)
+        hook_probs: dict[str, list[str]] = {"x86-64": [], "aarch64": []}
         if entry["instrumented"]:
-            fprobs = []
             for b, f, arch in ((bx, fx, X86), (ba, fa, A64)):
-                fprobs += [f"{arch.name}: {p}" for p in check_park_point(b, f)]
-                fprobs += [f"{arch.name}: {p}" for p in _params_stored(b, name, f)]
+                hook_probs[arch.name] = [f"{arch.name}: {p}" for p in
+                                         check_park_point(b, f) + _params_stored(b, name, f)]
+        for ix, ia in pairs:
+            cx, ca = fx["call_sites"][ix], fa["call_sites"][ia]
+            both = per["x86-64"][ix] + per["aarch64"][ia]
+            from_x, from_a = list(both), list(both)
+            # -O0 GCC keeps some expression temporaries in callee-saved registers
+            # across calls (a->end < ustime(): a->end in rbx / x20). Equal counts pair up
+            # in allocation order. A temporary only the source has can be dropped (the
+            # target evaluates that operand after the call: another valid C order); one
+            # only the target needs cannot be made up.
+            lx = list(cx["live_callee_saved"])
+            la = [r for r in ca["live_callee_saved"] if r != lr["aarch64"]]
+            if cx["kind"] != "exit_hook" and (lx or la):
+                cx["callee_saved_temps"], ca["callee_saved_temps"] = lx, la
+                if lx and la and len(lx) != len(la):
+                    from_x.append(f"callee-saved temporaries differ: {lx} vs {la}")
+                    from_a.append(f"callee-saved temporaries differ: {lx} vs {la}")
+                elif la and not lx:
+                    from_x.append(f"aarch64 needs temporaries {la} x86-64 does not keep")
+                elif lx and not la:
+                    from_a.append(f"x86-64 needs temporaries {lx} aarch64 does not keep")
+            per["x86-64"][ix], per["aarch64"][ia] = from_x, from_a
+        for isa, f in (("x86-64", fx), ("aarch64", fa)):
+            for c in f["call_sites"]:
+                why = per[isa][c["index"]]
+                if c["kind"] == "enter_hook":
+                    why = why + hook_probs["x86-64"] + hook_probs["aarch64"]
+                # translatable: a parked frame stopped here on THIS ISA can be rebuilt
+                # on the other one (the runtime table of this ISA's binary).
+                c["translatable"] = not why and not reasons
+                if why:
+                    c["untranslatable_reasons"] = sorted(set(why))
+        if entry["instrumented"]:
+            fprobs = hook_probs["x86-64"] + hook_probs["aarch64"]
             entry["park_point"] = {
                 "clean": not fprobs, "problems": fprobs,
                 "x86-64": next(c["return_address"] for c in fx["call_sites"]
@@ -733,9 +832,8 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
                                 if c["kind"] == "enter_hook"),
                 # aarch64 GCC keeps the function's own return address in a callee-saved
                 # register (x19 or x20) for the exit hook: recode must restore it.
-                "aarch64_lr_copy": _lr_copy_reg(ba, fa),
+                "aarch64_lr_copy": lr["aarch64"],
             }
-            reasons += fprobs
         entry["translatable"] = not reasons
         entry["untranslatable_reasons"] = reasons
         functions.append(entry)
@@ -782,17 +880,41 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         "tls": tls,
         "functions": functions,
         "symbols": symbols,
-        "unclean_ranges": {
-            isa: sorted([f["isa"][isa]["addr"], f["isa"][isa]["addr"] + f["isa"][isa]["size"]]
-                        # Only instrumented frames can be below a park point; the others (runtime,
-            # crt) are top or bottom frames that recode treats specially.
-            for f in functions if not f["translatable"] and f["instrumented"])
-            for isa in ("x86-64", "aarch64")
-        },
+        "unclean_ranges": {isa: unclean_ranges(functions, isa, instrumented)
+                           for isa in ("x86-64", "aarch64")},
         "checks": {"park_points_clean": not problems, "problems": problems,
-                   "untranslatable_functions": sum(not f["translatable"] for f in functions)},
+                   "untranslatable_functions": sum(not f["translatable"] and f["instrumented"]
+                                                   for f in functions),
+                   "untranslatable_call_sites": {
+                       isa: sum(1 for f in functions if f["instrumented"] and f["translatable"]
+                                for c in f["isa"][isa]["call_sites"]
+                                if not c["translatable"] and c["kind"] != "exit_hook")
+                       for isa in ("x86-64", "aarch64")}},
     }
     return md
+
+
+def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str]) -> list[list[int]]:
+    """Code ranges no parked stack may hold a return address in (the runtime's table).
+
+    Whole functions when the function itself is untranslatable; otherwise single
+    return addresses [ra - 1, ra) of untranslatable call sites that can be on a
+    parked stack. Only instrumented frames can sit below a park point; the others
+    (runtime, crt) are top or bottom frames that recode treats specially.
+    """
+    out = []
+    for f in functions:
+        if not f["instrumented"]:
+            continue
+        g = f["isa"][isa]
+        if not f["translatable"]:
+            out.append([g["addr"], g["addr"] + g["size"]])
+            continue
+        for c in g["call_sites"]:
+            if not c["translatable"] and (c["kind"] == "enter_hook" or
+                                          _may_reach_park(c, instrumented)):
+                out.append([c["return_address"] - 1, c["return_address"]])
+    return sorted(out)
 
 
 def _align_up(x: int, a: int) -> int:
@@ -802,7 +924,7 @@ def _align_up(x: int, a: int) -> int:
 def write(md: dict, path: str) -> None:
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
-        json.dump(md, f, indent=1, sort_keys=False)
+        json.dump(md, f, separators=(",", ":"))
         f.write("\n")
     os.replace(tmp, path)
 

@@ -120,20 +120,25 @@ class InputSection:
     tls: bool
     merge: bool
     symbols: tuple[str, ...]  # non-local symbols defined at offset 0, for cross-ISA matching
+    inner: tuple[tuple[str, int], ...] = ()  # global symbols inside the section (offset > 0)
 
 
 def read_sections(data: bytes) -> list[InputSection]:
     elf = ELFFile(io.BytesIO(data))
     first_syms: dict[int, list[str]] = {}
+    inner: dict[int, list[tuple[str, int]]] = {}
     symtab = elf.get_section_by_name(".symtab")
     if symtab is not None:
         for sym in symtab.iter_symbols():
             shndx = sym["st_shndx"]
-            if not isinstance(shndx, int) or sym["st_value"] != 0 or not sym.name:
+            if not isinstance(shndx, int) or not sym.name:
                 continue
-            if sym["st_info"]["type"] in ("STT_SECTION", "STT_FILE"):
+            if sym["st_info"]["type"] in ("STT_SECTION", "STT_FILE", "STT_NOTYPE"):
                 continue
-            first_syms.setdefault(shndx, []).append(sym.name)
+            if sym["st_value"] == 0:
+                first_syms.setdefault(shndx, []).append(sym.name)
+            elif sym["st_info"]["bind"] != "STB_LOCAL":
+                inner.setdefault(shndx, []).append((sym.name, sym["st_value"]))
     out = []
     for idx, sec in enumerate(elf.iter_sections()):
         flags = sec["sh_flags"]
@@ -151,6 +156,7 @@ def read_sections(data: bytes) -> list[InputSection]:
                 tls=bool(flags & SH_FLAGS.SHF_TLS),
                 merge=bool(flags & SH_FLAGS.SHF_MERGE),
                 symbols=tuple(sorted(first_syms.get(idx, []))),
+                inner=tuple(sorted(inner.get(idx, []))),
             )
         )
     return out

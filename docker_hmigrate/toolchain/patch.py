@@ -16,7 +16,7 @@ from .objects import ToolchainError
 
 SYMBOL = "hmigrate_unclean"
 MAGIC = 0x6E61656C636E7568
-MAX = 2048
+MAX = 8192
 
 
 def merge_ranges(ranges: list[tuple[int, int]]) -> list[tuple[int, int]]:

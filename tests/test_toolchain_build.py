@@ -208,3 +208,75 @@ def test_metadata(hello: Path, threads: Path) -> None:
     assert mt["checks"]["park_points_clean"]
     worker = {f["name"]: f for f in mt["functions"]}["worker"]
     assert worker["unmatched_call_sites"] == {"x86-64": [], "aarch64": []}
+
+
+VARIADIC_C = r"""
+#include <stdarg.h>
+#include <stdio.h>
+#include <unistd.h>
+
+static volatile long ticks;
+
+static void tick(void) { ticks++; }
+
+/* Its va_list cannot be translated: no thread may park while it is on the stack. */
+static long busy(int rounds, ...)
+{
+	va_list ap;
+	long sum = 0;
+	va_start(ap, rounds);
+	for (int i = 0; i < rounds; i++) {
+		tick();
+		usleep(10000);
+	}
+	sum = va_arg(ap, long);
+	va_end(ap);
+	return sum;
+}
+
+int main(void)
+{
+	printf("start\n");
+	fflush(stdout);
+	long r = busy(150, 42L);
+	printf("busy done %ld\n", r);
+	fflush(stdout);
+	for (;;) {
+		tick();
+		usleep(10000);
+	}
+}
+"""
+
+
+def test_no_parking_under_untranslatable_frame(tmp_path: Path) -> None:
+    (tmp_path / "v.c").write_text(VARIADIC_C)
+    res = subprocess.run(CC.split() + ["-o", str(tmp_path / "v"), str(tmp_path / "v.c")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    md = json.loads((tmp_path / "v.hmigrate.json").read_text())
+    busy = {f["name"]: f for f in md["functions"]}["busy"]
+    assert not busy["translatable"]
+    assert any("variadic" in r for r in busy["untranslatable_reasons"])
+    lo, hi = busy["isa"]["x86-64"]["addr"], busy["isa"]["x86-64"]["addr"] + \
+        busy["isa"]["x86-64"]["size"]
+    assert [lo, hi] in md["unclean_ranges"]["x86-64"]
+    flag = tmp_path / "parked"
+    p = subprocess.Popen([str(tmp_path / "v_x86-64")], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "HMIGRATE_PARK_FILE": str(flag)})
+    try:
+        assert p.stdout.readline() == "start\n"
+        time.sleep(0.2)
+        t0 = time.time()
+        p.send_signal(40)
+        # busy() runs ~1.5 s: tick() entries inside it must not park the thread.
+        wait_for(flag, 5)
+        waited = time.time() - t0
+        assert waited > 0.8, f"parked after {waited:.2f}s, inside busy()"
+        assert p.stdout.readline() == "busy done 42\n"
+        p.send_signal(41)
+        time.sleep(0.3)
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()

@@ -208,3 +208,34 @@ def test_call_site_matching_by_source_position():
     pairs, ux, ua = match_call_sites(x, a)
     assert pairs == [[0, 0], [1, 2], [2, 3], [3, 4]]
     assert ux == [] and ua == [1]
+
+
+def test_merge_ranges():
+    from docker_hmigrate.toolchain.patch import merge_ranges
+
+    assert merge_ranges([(10, 20), (0, 5), (15, 30), (30, 31)]) == [(0, 5), (10, 31)]
+
+
+def test_call_site_reasons_and_callbacks():
+    from docker_hmigrate.toolchain.metadata import call_site_reasons, function_reasons
+
+    int_t = {"name": "int", "size": 4, "kind": "base", "pointer_offsets": []}
+    va_t = {"name": "__builtin_va_list", "size": 24, "kind": "array", "pointer_offsets": []}
+    f = {"vars": [{"name": "x", "kind": "local", "type": int_t, "scope": None, "cfa_offset": -20},
+                  {"name": "only", "kind": "local", "type": int_t, "scope": [100, 200],
+                   "cfa_offset": -24}]}
+    other = {"vars": [{"name": "x", "kind": "local", "type": int_t, "scope": None}]}
+    site = {"index": 3, "return_address": 150, "target": "memset", "kind": "call",
+            "live_callee_saved": []}
+    # An unpaired call into a libc leaf cannot be on a parked stack: only the
+    # one-ISA variable in scope matters here.
+    r = call_site_reasons("aarch64", f, other, site, None, False, {"tick"})
+    assert r == ["aarch64: variable only exists on this ISA only"]
+    assert not any("twin" in x for x in r)
+    site2 = dict(site, return_address=300, target="qsort")
+    r2 = call_site_reasons("aarch64", f, other, site2, None, False, {"tick"})
+    assert any("twin" in x for x in r2) and not any("ISA only" in x for x in r2)
+    fv = {"variadic": True, "vars": [{"name": "ap", "kind": "local", "type": va_t,
+                                      "scope": None, "cfa_offset": -40}], "frame": {}}
+    reasons = function_reasons(fv, {"vars": []})
+    assert any("variadic" in x for x in reasons) and any("va_list" in x for x in reasons)

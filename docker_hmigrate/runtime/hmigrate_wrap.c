@@ -78,16 +78,20 @@ int __wrap_pthread_cond_wait(pthread_cond_t *c, pthread_mutex_t *m)
 	for (;;) {
 		struct timespec at;
 		deadline(clk, &at);
+		int slot = hmigrate_cond_register(c);
 		int r = pthread_cond_timedwait(c, m, &at);
-		if (r != ETIMEDOUT)
+		hmigrate_cond_unregister(slot);
+		if (r != ETIMEDOUT && r != 0)
 			return r;
 		if (hmigrate_requested()) {
 			/* Park without the mutex (others may need it to reach their points), then
-			 * report a spurious wakeup, which POSIX allows. */
+			 * report a (possibly spurious) wakeup, which POSIX allows. */
 			pthread_mutex_unlock(m);
 			hmigrate_poll();
 			pthread_mutex_lock(m);
 			return 0;
 		}
+		if (r == 0)
+			return 0;
 	}
 }

@@ -51,7 +51,11 @@ DROPPED_PREFIXES = (
 DROPPED_EXACT = {"-pie", "-static-pie", "-pthread", "-rdynamic", "-s", "-static", "-no-pie"}
 
 # Blocking calls the runtime wraps so that a thread blocked in them can park.
-WRAPPED = ("sleep", "usleep", "nanosleep", "pthread_join", "pthread_cond_wait")
+# Mutex calls are wrapped to count the locks a thread holds: it must not park holding
+# one, or threads waiting for that lock inside libc could never reach a park point.
+WRAPPED = ("sleep", "usleep", "nanosleep", "pthread_join", "pthread_cond_wait",
+           "pthread_cond_timedwait", "pthread_mutex_lock", "pthread_mutex_unlock",
+           "pthread_mutex_trylock", "pthread_mutex_timedlock")
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@ Links: NAME_x86-64 and NAME_aarch64 with an aligned layout, NAME.hmigrate.json
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -323,6 +324,11 @@ def link_cmd(il: IsaLink, out: str, mapfile: str, ldflags: list[str],
     cmd += start + il.files
     cmd += ["-Wl,--start-group", *libs, "-Wl,--end-group", *end]
     cmd += [f"-Wl,--wrap={s}" for s in WRAPPED]
+    if il.isa is AARCH64:
+        # Debian's aarch64 gcc asks ld for Cortex-A53 erratum 843419 stubs; ld inserts
+        # them where adrp lands at page offset 0xff8/0xffc, which moves everything
+        # behind them by a page in a late relaxation pass and breaks the layout.
+        cmd += ["-mno-fix-cortex-a53-843419"]
     cmd += [f for f in ldflags if "--gc-sections" not in f and "-Map" not in f]
     cmd += [f"-Wl,-Map={mapfile}", "-o", out]
     if script:
@@ -355,6 +361,53 @@ def parse_map_inputs(text: str) -> list[tuple[str, str | None]]:
             if os.path.exists(path) and not is_archive(path):
                 plain.append((path, None))
     return plain + members
+
+
+def parse_map_stubs(text: str) -> list[tuple[str, int]]:
+    """(ld input pattern of the section a stub follows, stub size) from a GNU ld map."""
+    out = []
+    prev: str | None = None
+    lines = text.splitlines()
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        m = re.match(r"^ (\.\S+)(?:\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+(.+))?$", line)
+        i += 1
+        if not m:
+            continue
+        name, addr, size, src = m.groups()
+        if addr is None and i < len(lines):  # long names wrap onto the next line
+            m2 = re.match(r"^\s+0x([0-9a-f]+)\s+0x([0-9a-f]+)\s+(.+)$", lines[i])
+            if not m2:
+                continue
+            addr, size, src = m2.groups()
+            i += 1
+        src = src.strip()
+        if name.endswith(".stub") and src.startswith("linker stubs"):
+            if prev is not None:
+                out.append((prev, int(size, 16)))
+            continue
+        am = re.match(r"^(.*\.a)\((.*)\)$", src)
+        prev = f"{am.group(1)}:{am.group(2)}({name})" if am else f"{src}({name})"
+    return out
+
+
+def grow_for_stubs(units: list[layout.Unit], stubs: list[tuple[str, int]]) -> int:
+    """Add room for linker stubs behind their sections; returns how many units grew."""
+    by_pattern = {u.pattern: u for u in units}
+    need: dict[str, int] = {}
+    for pattern, size in stubs:
+        need[pattern] = need.get(pattern, 0) + size
+    grown = 0
+    for pattern, size in need.items():
+        u = by_pattern.get(pattern)
+        if u is None:
+            continue
+        if u.stub_room < size:
+            u.size += size - u.stub_room
+            u.stub_room = size
+            grown += 1
+    return grown
 
 
 def units_for(inputs: list[tuple[str, str | None]], logical: dict[str, str]) -> list[layout.Unit]:
@@ -396,15 +449,26 @@ def link(args: Args) -> int:
             run(link_cmd(il, os.path.join(work, f"pass1_{name}"), mp, args.ldflags, None))
             with open(mp) as f:
                 units[name] = units_for(parse_map_inputs(f.read()), il.logical)
-        plan = layout.plan_layout(units, (X86_64.name, AARCH64.name))
-        outs = {}
-        for name, il in links.items():
-            script = os.path.join(work, f"layout_{name}.ld")
-            with open(script, "w") as f:
-                f.write(layout.linker_script(plan, name))
-            dest = f"{out}_{name}"
-            run(link_cmd(il, dest, os.path.join(work, f"final_{name}.map"), args.ldflags, script))
-            outs[name] = dest
+        # Pass 2: aligned links. The aarch64 linker adds erratum-843419 stubs after some
+        # sections depending on their addresses; grow those units and relink until no
+        # new stub appears.
+        outs: dict[str, str] = {}
+        for attempt in range(5):
+            plan = layout.plan_layout(units, (X86_64.name, AARCH64.name))
+            grown = 0
+            for name, il in links.items():
+                script = os.path.join(work, f"layout_{name}.ld")
+                with open(script, "w") as f:
+                    f.write(layout.linker_script(plan, name))
+                dest = f"{out}_{name}"
+                mp = os.path.join(work, f"final_{name}.map")
+                run(link_cmd(il, dest, mp, args.ldflags, script))
+                outs[name] = dest
+                with open(mp) as f:
+                    grown += grow_for_stubs(units[name], parse_map_stubs(f.read()))
+            if not grown:
+                break
+            log(f"linker stubs: {grown} units grown, relinking (attempt {attempt + 2})")
         from . import check, metadata, patch
 
         report = check.check_alignment(outs[X86_64.name], outs[AARCH64.name],

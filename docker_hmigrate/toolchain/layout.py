@@ -74,6 +74,7 @@ class Unit:
     symbols: tuple[str, ...] = ()
     mergeable: bool = False  # ld merges these; never placed explicitly
     inner: tuple[tuple[str, int], ...] = ()  # global symbols at offset > 0 (asm files)
+    stub_room: int = 0  # bytes added for linker stubs placed right after this section
 
 
 @dataclass
@@ -246,7 +247,9 @@ def _region_body(rp: RegionPlan, isa: str, region: str, extra_catch: list[str],
     lines = []
     for p in rp.placements[isa]:
         tag = "" if p.common else "  /* " + isa + " only */"
-        lines.append(f"    . = 0x{p.offset:x};{tag}")
+        # MAX: an unexpectedly grown section (linker stubs) shifts the rest instead of
+        # failing the link; the driver then grows that unit and check-align judges.
+        lines.append(f"    . = MAX(., 0x{p.offset:x});{tag}")
         lines.append(f"    KEEP({p.unit.pattern})")
     lines.append(f"    . = MAX(., 0x{rp.common_end:x});")
     lines.extend(f"    {c}" for c in extra_catch)

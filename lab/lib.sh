@@ -23,6 +23,7 @@ HOST_B_TCP_PORT=2375
 REGISTRY=localhost:5000                  # the same name works on every lab host
 REGISTRY_PORT=5000
 BASE_IMAGE=hmlab/busybox:latest
+BUILDER_IMAGE=hmlab/builder:bookworm     # compilers for both ISAs + the toolchain's Python deps
 
 # Docker contexts the lab creates (documented in the README).
 CTX_A=hm-a

@@ -199,7 +199,7 @@ def checkpoint_cmd(
         with rep.phase("export") as ph:
             fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f, src.helper(
-                    inspect["Image"], [f"{src.checkpoint_dir(inspect['Id'])}/{name}:/ck:ro"]) as h:
+                    [f"{src.checkpoint_dir(inspect['Id'])}/{name}:/ck:ro"]) as h:
                 stream, _ = src.api.get_archive(h, "/ck/.", chunk_size=1 << 20)
                 for chunk in stream:
                     f.write(chunk)
@@ -240,7 +240,7 @@ def restore_cmd(
         raise errors.UsageError(f"{input_} is not a tar file: {exc}") from None
     name = f"hmigrate-{uuid.uuid4().hex[:10]}"
     with rep.phase("import"), input_.open("rb") as f, host.helper(
-            inspect["Image"], [f"{host.checkpoint_dir(inspect['Id'])}/{name}:/ck"]) as h:
+            [f"{host.checkpoint_dir(inspect['Id'])}/{name}:/ck"]) as h:
         host.api.put_archive(h, "/ck", f)
     with rep.phase("restore"):
         try:

@@ -9,6 +9,8 @@ that runs the host's own tools (CRIU) under chroot.
 from __future__ import annotations
 
 import contextlib
+import io
+import tarfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +23,7 @@ import docker.errors
 from docker_hmigrate.errors import HmigrateError, UnknownContainer
 
 HELPER_LABEL = "org.hmigrate.helper"
+SCRATCH_IMAGE = "hmigrate/scratch:1"
 # What `criu check` needs to inspect the kernel from inside the probe container.
 PROBE_CAPS = ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "DAC_READ_SEARCH", "SYS_CHROOT", "IPC_LOCK"]
 # Go/Docker architecture names -> ISA names used by the toolchain and recode.
@@ -95,8 +98,25 @@ class Host:
         return f"{self.root_dir}/containers/{container_id}/checkpoints"
 
     # --- helper containers -----------------------------------------------------------------
+    @cached_property
+    def scratch_image(self) -> str:
+        """An empty image for helper and probe containers, imported when missing.
+
+        Their files are never used, but a container needs an image; the container being
+        migrated may not have its image on the other host yet.
+        """
+        try:
+            self.api.inspect_image(SCRATCH_IMAGE)
+        except docker.errors.ImageNotFound:
+            empty = io.BytesIO()
+            tarfile.open(fileobj=empty, mode="w").close()
+            repo, tag = SCRATCH_IMAGE.split(":")
+            self.api.import_image_from_data(empty.getvalue(), repository=repo, tag=tag,
+                                            changes=[f"LABEL {HELPER_LABEL}=scratch"])
+        return SCRATCH_IMAGE
+
     @contextlib.contextmanager
-    def helper(self, image: str, binds: list[str]) -> Iterator[str]:
+    def helper(self, binds: list[str]) -> Iterator[str]:
         """A created, never started container with `binds`, removed on exit.
 
         The archive endpoints work on it, which gives read and write access to the bound
@@ -105,7 +125,7 @@ class Host:
         name = f"hmigrate-helper-{uuid.uuid4().hex[:12]}"
         host_config = self.api.create_host_config(binds=binds, network_mode="none")
         created = self.api.create_container(
-            image, command=["hmigrate-helper-never-started"], name=name,
+            self.scratch_image, command=["hmigrate-helper-never-started"], name=name,
             host_config=host_config, labels={HELPER_LABEL: "1"}, network_disabled=True,
         )
         try:
@@ -114,12 +134,12 @@ class Host:
             with contextlib.suppress(docker.errors.APIError):
                 self.api.remove_container(created["Id"], force=True)
 
-    def run_probe(self, image: str, script: str, timeout: float = 120) -> tuple[int, str]:
+    def run_probe(self, script: str, timeout: float = 120) -> tuple[int, str]:
         """Run `script` with the host's own /bin/sh, chrooted into the host's root.
 
         The probe container has the capabilities CRIU needs, shares the host's pid namespace
         and binds the host's / at /host; its entrypoint is the host's dynamic loader running the
-        host's chroot, so the image only has to exist (its files are never used).
+        host's chroot, so its image can be empty.
         """
         loader, libdir = _host_loader(self.isa)
         name = f"hmigrate-probe-{uuid.uuid4().hex[:12]}"
@@ -132,7 +152,8 @@ class Host:
             cap_add=PROBE_CAPS, security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         )
         created = self.api.create_container(
-            image, name=name, host_config=host_config, labels={HELPER_LABEL: "probe"},
+            self.scratch_image, name=name, host_config=host_config,
+            labels={HELPER_LABEL: "probe"},
             entrypoint=[f"/host{loader}", "--library-path",
                         f"/host/lib/{libdir}:/host/usr/lib/{libdir}", "/host/usr/sbin/chroot"],
             command=["/host", "/bin/sh", "-c", script],

@@ -128,11 +128,8 @@ class Migration:
 
     def _open_links(self, target: dict[str, Any]) -> None:
         """Helper containers for every stream of the move phase, made before the freeze."""
-        src_image, dst_image = self.inspect["Image"], self.spec.image
-
         def link(what: str, src_bind: str, dst_bind: str, src_sub: str, dst_sub: str) -> None:
-            folder = transfer.FolderLink(what, self.src, src_image, src_bind,
-                                         self.dst, dst_image, dst_bind)
+            folder = transfer.FolderLink(what, self.src, src_bind, self.dst, dst_bind)
             self._transfers.append((self._links.enter_context(folder), src_sub, dst_sub))
 
         # The checkpoint does not exist yet: bind the folder it will appear in.
@@ -269,7 +266,10 @@ class Migration:
     def _ensure_image(self, ph) -> None:
         ref, image_id = self.spec.image, self.inspect["Image"]
         if self.dst.image_present(image_id):
-            if (self.dst.image_present(ref) or {}).get("Id") != image_id:
+            named = self.dst.image_present(ref)
+            if named is None:
+                self.dst.api.tag(image_id, *_split_ref(ref))
+            elif named["Id"] != image_id:
                 # The target knows the name as another image: create from the exact one.
                 self.spec.body["Image"] = image_id
             return

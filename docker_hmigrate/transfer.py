@@ -48,20 +48,19 @@ class FolderLink:
     worker thread.
     """
 
-    def __init__(self, what: str, src: Host, src_image: str, src_bind: str,
-                 dst: Host, dst_image: str, dst_bind: str):
+    def __init__(self, what: str, src: Host, src_bind: str, dst: Host, dst_bind: str):
         self.what, self.src, self.dst = what, src, dst
-        self._binds = ((src_image, src_bind), (dst_image, dst_bind))
+        self._binds = (src_bind, dst_bind)
         self._stack = contextlib.ExitStack()
         self.src_helper = self.dst_helper = ""
 
     def __enter__(self) -> FolderLink:
-        (src_image, src_bind), (dst_image, dst_bind) = self._binds
+        src_bind, dst_bind = self._binds
         try:
             self.src_helper = self._stack.enter_context(
-                self.src.helper(src_image, [f"{src_bind}:{SRC_MOUNT}:ro"]))
+                self.src.helper([f"{src_bind}:{SRC_MOUNT}:ro"]))
             self.dst_helper = self._stack.enter_context(
-                self.dst.helper(dst_image, [f"{dst_bind}:{DST_MOUNT}"]))
+                self.dst.helper([f"{dst_bind}:{DST_MOUNT}"]))
         except BaseException:
             self._stack.close()
             raise
@@ -93,14 +92,10 @@ class FolderLink:
         return Transferred(self.what, tally[0], time.monotonic() - started)
 
 
-def copy_folder(
-    what: str,
-    src: Host, src_image: str, src_bind: str,
-    dst: Host, dst_image: str, dst_bind: str,
-    progress: Progress | None = None,
-) -> Transferred:
+def copy_folder(what: str, src: Host, src_bind: str, dst: Host, dst_bind: str,
+                progress: Progress | None = None) -> Transferred:
     """Copy the contents of src_bind (a host path or a volume name) into dst_bind."""
-    with FolderLink(what, src, src_image, src_bind, dst, dst_image, dst_bind) as link:
+    with FolderLink(what, src, src_bind, dst, dst_bind) as link:
         return link.copy(".", "", progress)
 
 

@@ -74,9 +74,9 @@ def parse_probe(output: str) -> HostFacts:
     return facts
 
 
-def probe(host: Host, image: str, paths: list[str] | None = None) -> HostFacts:
+def probe(host: Host, paths: list[str] | None = None) -> HostFacts:
     try:
-        status, out = host.run_probe(image, probe_script(host.root_dir, paths or []))
+        status, out = host.run_probe(probe_script(host.root_dir, paths or []))
     except Exception as exc:  # noqa: BLE001 - reported as a failed check, not a crash
         return HostFacts(probe_error=str(exc))
     facts = parse_probe(out)
@@ -167,9 +167,8 @@ def validate(
     add = checks.append
 
     with ThreadPoolExecutor(max_workers=2) as pool:
-        src_future = pool.submit(probe, src, inspect["Image"])
-        dst_future = pool.submit(probe, dst, spec.image if image_ok.ok else inspect["Image"],
-                                 spec.binds)
+        src_future = pool.submit(probe, src)
+        dst_future = pool.submit(probe, dst, spec.binds)
         usage_future = pool.submit(container_usage, src, inspect["Id"])
         sf, tf = src_future.result(), dst_future.result()
         try:

@@ -218,3 +218,39 @@ def _try_redis(address: str, port: int):
     except (OSError, RuntimeError):
         time.sleep(0.2)
     return None
+
+
+def test_image_network_name_and_keep_source(host_a, host_b, cleanup):
+    """An image only the source has is streamed over; a user network is recreated;
+    --name renames the target; --keep-source leaves the stopped source."""
+    name, new, net = unique("mig-keep"), unique("mig-renamed"), unique("mig-net")
+    image = f"hmlab/only-on-a:{unique('t')}"
+    cleanup += [name, new]
+    maker = unique("mig-maker")
+    host_a.docker("run", "--name", maker, BASE_IMAGE, "touch", f"/{maker}")
+    host_a.docker("commit", maker, image)  # an image with an ID no other host has
+    host_a.docker("rm", maker)
+    host_a.docker("network", "create", net)
+    try:
+        host_a.docker("run", "-d", "--name", name, "--network", net, "--network-alias", "svc",
+                      image, *COUNTER_CMD)
+        wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
+        assert host_b.client.images.list(name=image.split(":")[0]) == []
+        proc, doc = migrate_json(name, "--to", "hm-b", "--name", new, "--keep-source")
+        assert proc.returncode == 0, proc.stderr
+        assert doc["target_container"] == new and doc["source_kept"] is True
+        target = host_b.client.containers.get(new)
+        assert target.status == "running"
+        assert target.attrs["Config"]["Image"] == image
+        assert target.attrs["Image"] == host_a.client.images.get(image).id  # streamed over
+        assert net in target.attrs["NetworkSettings"]["Networks"]
+        assert "svc" in target.attrs["NetworkSettings"]["Networks"][net]["Aliases"]
+        assert host_a.client.containers.get(name).status == "exited"
+        wait_until(lambda: counter_values(host_b.logs(new)), what="counter on b")
+        assert counter_values(host_b.logs(new))[0] >= 2
+    finally:
+        for host in (host_a, host_b):
+            for c in (name, new):
+                host.docker("rm", "-f", c, check=False)
+            host.docker("network", "rm", net, check=False)
+            host.docker("rmi", image, check=False)

@@ -38,7 +38,7 @@ class FakeHost:
         self.client = SimpleNamespace(
             containers=SimpleNamespace(list=lambda **kw: existing or []))
 
-    def run_probe(self, image, script, timeout=120):
+    def run_probe(self, script, timeout=120):
         return 0, self._probe
 
 
@@ -126,14 +126,13 @@ class HelperHost:
     def __init__(self, name):
         self.name, self.api = name, StreamingAPI()
 
-    def helper(self, image, binds):
+    def helper(self, binds):
         import contextlib
         return contextlib.nullcontext("helper-id")
 
 
 def test_interrupted_stream_is_reported():
     with pytest.raises(errors.TransferInterrupted) as exc:
-        transfer.copy_folder("checkpoint", HelperHost("a"), "img", "/x", HelperHost("b"),
-                             "img", "/y")
+        transfer.copy_folder("checkpoint", HelperHost("a"), "/x", HelperHost("b"), "/y")
     assert exc.value.exit_code == 10
     assert "after 20 bytes" in exc.value.message and "connection reset" in exc.value.message

@@ -256,8 +256,54 @@ def restore_cmd(
     rep.finish()
 
 
+def recode_cmd(
+    ctx: typer.Context,
+    images: Annotated[Path, typer.Argument(
+        help="A CRIU image set (checkpoint folder) taken on the source ISA",
+        exists=True, file_okay=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the result")],
+    program_dir: Annotated[Path, typer.Option(
+        "--program", "-p", exists=True, file_okay=False,
+        help="Folder with NAME_x86-64, NAME_aarch64 and NAME.hmigrate.json")],
+    to_isa: Annotated[str, typer.Option("--to-isa", help="x86-64 or aarch64")],
+    path: Annotated[str, typer.Option(
+        "--path", help="The program's path inside the container")] = "",
+    json_mode: JsonOpt = False,
+) -> None:
+    """Recode a checkpoint for another ISA (a building block of migrate).
+
+    Example:
+
+      docker hmigrate recode ck/ -o ck-arm/ -p helloworld/ --to-isa aarch64 --path /hello
+    """
+    import json as _json
+
+    from docker_hmigrate import recode
+    from docker_hmigrate.criu.imageset import ImageSet
+    from docker_hmigrate.engine import ISA_NAMES
+
+    rep = get_reporter(ctx, json_mode=json_mode)
+    if to_isa not in recode.ISAS:
+        raise errors.UsageError(f"unknown ISA {to_isa!r}", hint="use x86-64 or aarch64")
+    metas = sorted(program_dir.glob("*.hmigrate.json"))
+    if len(metas) != 1:
+        raise errors.UsageError(f"{program_dir} must hold exactly one NAME.hmigrate.json")
+    stem = metas[0].name.removesuffix(".hmigrate.json")
+    binaries = {isa: (program_dir / f"{stem}_{isa}").read_bytes() for isa in recode.ISAS
+                if (program_dir / f"{stem}_{isa}").is_file()}
+    program = recode.Program(path or f"/{stem}", _json.loads(metas[0].read_text()), binaries)
+    from_isa = ISA_NAMES.get(ImageSet.load(images).arch().name.lower(), "unknown")
+    with rep.phase("recode") as ph:
+        timings = recode.recode(images, output, program, from_isa, to_isa)
+        ph.update(f"{from_isa} -> {to_isa}")
+    rep.summary({"from": from_isa, "to": to_isa, "output": str(output),
+                 **{f"phase {k}": f"{v:.4f} s" for k, v in timings.items()}}, title="Recode")
+    rep.finish()
+
+
 def register(app: typer.Typer) -> None:
     app.command("migrate")(migrate_cmd)
     app.command("check")(check_cmd)
     app.command("checkpoint")(checkpoint_cmd)
     app.command("restore")(restore_cmd)
+    app.command("recode")(recode_cmd)

@@ -13,21 +13,24 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import subprocess
+import tempfile
 import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import docker.errors
 
-from docker_hmigrate import errors, transfer
+from docker_hmigrate import errors, park, recode, transfer
 from docker_hmigrate.engine import Host, api_error_text
 from docker_hmigrate.output import Reporter
 from docker_hmigrate.spec import ContainerSpec, target_spec
-from docker_hmigrate.validate import Validation, image_check, validate
+from docker_hmigrate.validate import Check, Validation, image_check, validate
 
 HOOK_POINTS = ("pre-restore", "post-restore", "failed-restore")
 
@@ -50,6 +53,7 @@ class Created:
     volumes: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
     source_frozen: bool = False
+    source_parked: bool = False  # cross-ISA: the park request is pending on the source
 
 
 class Migration:
@@ -66,6 +70,10 @@ class Migration:
         self._links = contextlib.ExitStack()
         self._transfers: list[tuple[transfer.FolderLink, str, str]] = []
         self._progress_lock = threading.Lock()
+        self.cross_isa = src.isa != dst.isa
+        self.program: recode.Program | None = None
+        self._checkpoint_link: transfer.FolderLink | None = None  # cross-ISA: via recode
+        self._workdir: Path | None = None  # cross-ISA: the images, locally (mode 0700)
 
     # --- the pipeline --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -80,12 +88,15 @@ class Migration:
             self._run_phases()
         finally:
             self._links.close()  # helper containers, on both hosts
+            if self._workdir:  # checkpoint images hold process memory
+                shutil.rmtree(self._workdir, ignore_errors=True)
         return self._result(time.monotonic() - started)
 
     def _run_phases(self) -> None:
         try:
             self.phase_validate()
             self.phase_prepare_target()
+            self.phase_park()
             self.phase_checkpoint()
             self.phase_move()
             self.phase_recode()
@@ -98,7 +109,8 @@ class Migration:
     def phase_validate(self) -> None:
         with self.rep.phase("validate") as ph:
             image = image_check(self.src, self.dst, self.spec.image, self.inspect["Image"])
-            self.validation = validate(self.src, self.dst, self.inspect, self.spec, image)
+            cross = self._cross_isa_checks() if self.cross_isa else None
+            self.validation = validate(self.src, self.dst, self.inspect, self.spec, image, cross)
             failed = self.validation.failures
             for check in failed:
                 self.rep.warn(f"{check.name}: {check.detail}")
@@ -133,16 +145,35 @@ class Migration:
             self._transfers.append((self._links.enter_context(folder), src_sub, dst_sub))
 
         # The checkpoint does not exist yet: bind the folder it will appear in.
-        link("checkpoint", self.src.checkpoint_dir(self.inspect["Id"]),
-             self.dst.checkpoint_dir(target["Id"]), self.checkpoint, "")
+        if self.cross_isa:  # downloaded, recoded here, then uploaded
+            self._checkpoint_link = self._links.enter_context(transfer.FolderLink(
+                "checkpoint", self.src, self.src.checkpoint_dir(self.inspect["Id"]),
+                self.dst, self.dst.checkpoint_dir(target["Id"])))
+        else:
+            link("checkpoint", self.src.checkpoint_dir(self.inspect["Id"]),
+                 self.dst.checkpoint_dir(target["Id"]), self.checkpoint, "")
         link("filesystem changes", _upper_dir(self.src, self.inspect),
              _upper_dir(self.dst, target), ".", "")
         for vol in self.spec.volumes:
             link(f"volume {vol.name}", vol.name, vol.name, ".", "")
 
+    def phase_park(self) -> None:
+        """Cross-ISA: bring every thread to an equivalence point before the dump."""
+        if not self.cross_isa:
+            return
+        if self.program is None:  # --force cannot make up for a program recode can't read
+            raise errors.NotMigratableCrossISA(
+                f"{self.opts.container} cannot move from {self.src.isa} to {self.dst.isa}: "
+                "its image was not built by the multi-ISA toolchain")
+        with self.rep.phase("park") as ph:
+            self.frozen_at = time.monotonic()  # the program stops making progress here
+            parked = park.park(self.src, self.inspect["Id"], self.program.park_protocol)
+            self.created.source_parked = True
+            ph.update(f"{parked.get('threads', '?')} thread(s) parked")
+
     def phase_checkpoint(self) -> None:
         with self.rep.phase("checkpoint") as ph:
-            self.frozen_at = time.monotonic()
+            self.frozen_at = self.frozen_at or time.monotonic()
             try:
                 self.src.checkpoint_create(self.inspect["Id"], self.checkpoint, exit=True)
             except docker.errors.APIError as exc:
@@ -163,11 +194,15 @@ class Migration:
                     ph.update(f"{self.bytes_moved / 1e6:.1f} MB")
 
             # Independent streams, in parallel: the downtime is the longest, not the sum.
-            with ThreadPoolExecutor(max_workers=min(4, len(self._transfers))) as pool:
+            with ThreadPoolExecutor(max_workers=4) as pool:
                 futures = [pool.submit(link.copy, src_sub, dst_sub, progress)
                            for link, src_sub, dst_sub in self._transfers]
+                if self._checkpoint_link:
+                    self._workdir = Path(tempfile.mkdtemp(prefix="hmigrate-"))  # mode 0700
+                    (self._workdir / "source").mkdir(mode=0o700)
+                    futures.append(pool.submit(self._checkpoint_link.download,
+                                               self.checkpoint, self._workdir / "source"))
                 moved = [f.result() for f in futures]
-            self._links.close()  # the helpers are done; they must not hold the volumes
             self.rep.set("transfers", [
                 {"what": t.what, "bytes": t.bytes, "seconds": round(t.seconds, 3)} for t in moved
             ])
@@ -175,13 +210,17 @@ class Migration:
 
     def phase_recode(self) -> None:
         with self.rep.phase("recode") as ph:
-            if self.src.isa == self.dst.isa:
+            if not self.cross_isa:
                 ph.skip(f"same ISA ({self.src.isa})")
-                return
-            raise errors.NotMigratableCrossISA(
-                f"recoding a checkpoint from {self.src.isa} to {self.dst.isa} is not available",
-                hint="migrate to a host of the same ISA",
-            )
+            else:
+                out = self._workdir / "target"
+                timings = recode.recode(self._workdir / "source", out, self.program,
+                                        self.src.isa, self.dst.isa)
+                self.rep.set("recode_seconds", {k: round(v, 4) for k, v in timings.items()})
+                moved = self._checkpoint_link.upload(out, self.checkpoint)
+                self.bytes_moved += moved.bytes
+                ph.update(f"{self.src.isa} -> {self.dst.isa} in {timings['total']:.3f}s")
+        self._links.close()  # the helpers are done; they must not hold the volumes
 
     def phase_restore(self) -> None:
         self._hook("pre-restore")
@@ -194,6 +233,8 @@ class Migration:
                     f"restore on {self.dst.name} failed: {api_error_text(exc)}",
                     hint="the source was restored where it was; see the restore.log named above",
                 ) from exc
+            if self.cross_isa:  # restored parked, as it was dumped: let it go on
+                park.resume(self.dst, cid, self.program.park_protocol)
             self.downtime = time.monotonic() - self.frozen_at
             ph.update(f"running on {self.dst.name}")
         with self.rep.phase("verify") as ph:
@@ -219,7 +260,7 @@ class Migration:
     def roll_back(self, cause: BaseException) -> None:
         created = self.created
         if not (created.target_container or created.volumes or created.networks
-                or created.source_frozen):
+                or created.source_frozen or created.source_parked):
             return
         self._hook("failed-restore", fatal=False, error=str(cause))
         self._links.close()  # helpers bind the volumes to remove
@@ -243,6 +284,8 @@ class Migration:
             if created.source_frozen:
                 try:
                     self.src.start(self.inspect["Id"], checkpoint=self.checkpoint)
+                    if created.source_parked:
+                        park.resume(self.src, self.inspect["Id"], self.program.park_protocol)
                     self._verify_running(self.inspect["Id"], host=self.src)
                     with contextlib.suppress(docker.errors.APIError):
                         self.src.checkpoint_delete(self.inspect["Id"], self.checkpoint)
@@ -250,6 +293,11 @@ class Migration:
                     problems.append(
                         f"restore source {self.opts.container} from checkpoint "
                         f"{self.checkpoint}: {api_error_text(exc)}")
+            elif created.source_parked:  # never dumped: only the request to withdraw
+                try:
+                    park.resume(self.src, self.inspect["Id"], self.program.park_protocol)
+                except errors.HmigrateError as exc:
+                    problems.append(exc.message)
             ph.update("source restored" if created.source_frozen else "target cleaned")
         self.created = Created()
         if problems:
@@ -262,6 +310,38 @@ class Migration:
     # --- helpers -------------------------------------------------------------------------
     def _target_image(self) -> str:
         return self.inspect["Config"]["Image"]
+
+    def _cross_isa_checks(self) -> list[Check]:
+        """What a move to another ISA needs, checked before anything is frozen."""
+        checks: list[Check] = []
+        try:
+            self.program = recode.load_program(self.src, self.inspect)
+        except errors.HmigrateError as exc:
+            return [Check("built for migration across ISAs", False, exc.message, exc.hint or "",
+                          errors.NotMigratableCrossISA)]
+        problems = recode.preflight(self.program, self.src.isa, self.dst.isa)
+        checks.append(Check(
+            f"recode {self.src.isa} -> {self.dst.isa}", not problems,
+            "; ".join(problems) or f"{self.program.path}: both variants, park points clean",
+            "rebuild with hmigrate-cc, or migrate to a host of the same ISA",
+            errors.NotMigratableCrossISA))
+        platforms = _distribution_platforms(self.dst, self.spec.image)
+        arch = self.dst.platform.split("/")[1]
+        checks.append(Check(
+            f"image variant for {self.dst.platform}", arch in platforms,
+            f"{self.spec.image} offers {', '.join(sorted(platforms)) or 'no platform list'}",
+            f"push a multi-platform image with a {self.dst.platform} variant",
+            errors.ImageUnavailable))
+        seccomp = [o for o in self.inspect["HostConfig"].get("SecurityOpt") or []
+                   if o.startswith("seccomp")]
+        unconfined = any(o.split("=", 1)[-1].split(":", 1)[-1] == "unconfined" for o in seccomp)
+        checks.append(Check(
+            "seccomp", unconfined,
+            "unconfined" if unconfined else
+            "the container has a seccomp filter, compiled for the source ISA's system calls",
+            "run it with --security-opt seccomp=unconfined to migrate it across ISAs",
+            errors.NotMigratableCrossISA))
+        return checks
 
     def _ensure_image(self, ph) -> None:
         ref, image_id = self.spec.image, self.inspect["Image"]
@@ -380,6 +460,15 @@ def _upper_dir(host: Host, inspect: dict[str, Any]) -> str:
             f"{host.name} stores containers with {driver.get('Name')}: only overlay2 is supported",
             hint="configure the daemon with the overlay2 storage driver")
     return upper
+
+
+def _distribution_platforms(host: Host, ref: str) -> set[str]:
+    """Architectures the registry offers for ref, asked by the target daemon."""
+    try:
+        info = host.api.inspect_distribution(ref)
+    except docker.errors.APIError:
+        return set()
+    return {p.get("architecture", "") for p in info.get("Platforms") or []}
 
 
 def _split_ref(ref: str) -> tuple[str, str]:

@@ -8,9 +8,13 @@ other host: the stream passes through this process in chunks, never to disk.
 from __future__ import annotations
 
 import contextlib
+import io
+import os
+import tarfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker.errors
 import requests
@@ -90,6 +94,64 @@ class FolderLink:
                 hint="check that both daemons are reachable and have free disk, then retry",
             ) from exc
         return Transferred(self.what, tally[0], time.monotonic() - started)
+
+
+    def download(self, src_subpath: str, local_dir: Path) -> Transferred:
+        """Unpack SRC/src_subpath (a folder) into local_dir, for a local transformation."""
+        started = time.monotonic()
+        tally = [0]
+        try:
+            stream, _ = self.src.api.get_archive(self.src_helper, f"{SRC_MOUNT}/{src_subpath}/.",
+                                                 chunk_size=CHUNK)
+            reader = _StreamReader(_counted(stream, tally, None))
+            with tarfile.open(fileobj=reader, mode="r|") as tar:
+                tar.extractall(local_dir, filter="data")
+        except (docker.errors.APIError, requests.RequestException, OSError,
+                tarfile.TarError) as exc:
+            raise TransferInterrupted(
+                f"downloading the {self.what} from {self.src.name} failed after {tally[0]} "
+                f"bytes: {api_error_text(exc)}") from exc
+        return Transferred(self.what, tally[0], time.monotonic() - started)
+
+    def upload(self, local_dir: Path, dst_name: str) -> Transferred:
+        """Pack local_dir and unpack it as DST/dst_name."""
+        started = time.monotonic()
+        packed = local_dir.with_name(local_dir.name + ".tar")
+        try:
+            fd = os.open(packed, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
+                tar.add(local_dir, arcname=dst_name)
+            size = packed.stat().st_size
+            with packed.open("rb") as f:
+                if not self.dst.api.put_archive(self.dst_helper, DST_MOUNT, f):
+                    raise TransferInterrupted(f"{self.dst.name} refused the {self.what}")
+        except (docker.errors.APIError, requests.RequestException, OSError) as exc:
+            raise TransferInterrupted(
+                f"uploading the {self.what} to {self.dst.name} failed: {api_error_text(exc)}"
+            ) from exc
+        finally:
+            packed.unlink(missing_ok=True)
+        return Transferred(self.what, size, time.monotonic() - started)
+
+
+class _StreamReader(io.RawIOBase):
+    """A file-like view of an iterator of byte chunks (for tarfile's stream mode)."""
+
+    def __init__(self, chunks: Iterator[bytes]):
+        self._chunks, self._buf = chunks, b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n], self._buf = self._buf[:n], self._buf[n:]
+        return n
 
 
 def copy_folder(what: str, src: Host, src_bind: str, dst: Host, dst_bind: str,

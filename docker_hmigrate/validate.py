@@ -159,8 +159,13 @@ def image_check(src: Host, dst: Host, ref: str, image_id: str) -> Check:
 
 def validate(
     src: Host, dst: Host, inspect: dict[str, Any], spec: ContainerSpec, image_ok: Check,
+    cross_isa: list[Check] | None = None,
 ) -> Validation:
-    """Run every check; never raises for a failed check (see Validation.raise_for_failures)."""
+    """Run every check; never raises for a failed check (see Validation.raise_for_failures).
+
+    `cross_isa`: the checks of a move to another ISA (migrate.Migration makes them); without
+    them a move between ISAs fails the "same ISA" check.
+    """
     state = inspect["State"]
     name = inspect["Name"].lstrip("/")
     checks: list[Check] = []
@@ -229,9 +234,12 @@ def validate(
                   "target has every CPU feature of the source" if not missing
                   else f"target lacks {', '.join(missing[:8])}",
                   "pick a target with the same or a newer CPU"))
-    add(Check("same ISA", same_isa, f"{src.isa} -> {dst.isa}",
-              "cross-ISA migration needs an image built with hmigrate-cc",
-              errors.NotMigratableCrossISA))
+    if same_isa or cross_isa is None:
+        add(Check("same ISA", same_isa, f"{src.isa} -> {dst.isa}",
+                  "cross-ISA migration needs an image built with hmigrate-cc",
+                  errors.NotMigratableCrossISA))
+    else:
+        checks += cross_isa
     add(image_ok)
     add(Check("bind-mount sources on target", not tf.missing_paths,
               "present" if not tf.missing_paths else f"missing: {', '.join(tf.missing_paths)}",

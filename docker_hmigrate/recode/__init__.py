@@ -1,0 +1,111 @@
+"""Recode: rewrite a CRIU image set taken on one ISA so that it restores on the other.
+
+Entry points:
+- `load_program(host, inspect)`: what the toolchain put in the container's image (its
+  metadata and both binaries), read through the engine API.
+- `preflight(program, images?)`: every reason the recode would fail, found before the
+  source is frozen (and again on the dumped images, before anything is restored).
+- `recode(src_dir, dst_dir, program, src_isa, dst_isa)`: the transformation itself,
+  timed per phase.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from docker_hmigrate import errors
+
+TOOLCHAIN_SCHEMA = "hmigrate-toolchain/1"
+LABEL_TOOLCHAIN = "org.hmigrate.toolchain"
+LABEL_PROGRAM = "org.hmigrate.program"
+LABEL_VARIANTS = "org.hmigrate.variants"
+LABEL_METADATA = "org.hmigrate.metadata"
+ISAS = ("x86-64", "aarch64")
+
+
+@dataclass
+class Program:
+    """A program built by hmigrate-cc, as its multi-ISA image describes it."""
+
+    path: str  # the executable inside the container (the local ISA's variant)
+    metadata: dict[str, Any]
+    binaries: dict[str, bytes] = field(repr=False)  # ISA -> ELF
+
+    @property
+    def park_protocol(self):
+        from docker_hmigrate.park import ParkProtocol
+
+        return ParkProtocol.from_metadata(self.metadata)
+
+
+def image_labels(host, image_id: str) -> dict[str, str]:
+    return (host.api.inspect_image(image_id).get("Config") or {}).get("Labels") or {}
+
+
+def load_program(host, inspect: dict[str, Any]) -> Program:
+    """Read the program's metadata and both variants from the (running) container."""
+    from docker_hmigrate.park import read_container_file
+
+    labels = image_labels(host, inspect["Image"])
+    if labels.get(LABEL_TOOLCHAIN) != TOOLCHAIN_SCHEMA:
+        raise errors.NotMigratableCrossISA(
+            f"the image of {inspect['Name'].lstrip('/')} was not built by hmigrate-cc "
+            f"(no {LABEL_TOOLCHAIN}={TOOLCHAIN_SCHEMA} label)",
+            hint="build the program with the multi-ISA toolchain (see docs/toolchain.md), "
+                 "or migrate to a host of the same ISA")
+    cid = inspect["Id"]
+    meta_raw = read_container_file(host, cid, labels.get(LABEL_METADATA, ""))
+    if not meta_raw:
+        raise errors.NotMigratableCrossISA(
+            f"the toolchain metadata {labels.get(LABEL_METADATA)} is missing from the container")
+    metadata = json.loads(meta_raw)
+    binaries: dict[str, bytes] = {}
+    for path in labels.get(LABEL_VARIANTS, "").split():
+        isa = next((i for i in ISAS if path.endswith("_" + i)), None)
+        data = read_container_file(host, cid, path)
+        if isa and data:
+            binaries[isa] = data
+    return Program(labels.get(LABEL_PROGRAM, ""), metadata, binaries)
+
+
+def preflight(program: Program, src_isa: str, dst_isa: str) -> list[str]:
+    """Reasons why this program cannot be recoded from src_isa to dst_isa (empty: it can)."""
+    problems: list[str] = []
+    if program.metadata.get("schema") != TOOLCHAIN_SCHEMA:
+        problems.append(f"metadata schema {program.metadata.get('schema')!r} is not "
+                        f"{TOOLCHAIN_SCHEMA}")
+    for isa in (src_isa, dst_isa):
+        if isa not in program.binaries:
+            problems.append(f"the image lacks the {isa} variant of {program.path}")
+    if not program.metadata.get("checks", {}).get("park_points_clean", False):
+        problems.append("the toolchain's build-time check of the park points failed")
+    problems += _engine_problems()
+    return problems
+
+
+def _engine_problems() -> list[str]:
+    """What this version of recode cannot transform yet, said before anything is frozen."""
+    try:
+        from docker_hmigrate.recode import transform  # noqa: F401
+    except ImportError:
+        return ["the recode transformation of thread stacks and process state is not "
+                "available in this version of docker-hmigrate"]
+    return []
+
+
+def recode(src_dir: Path, dst_dir: Path, program: Program, src_isa: str, dst_isa: str,
+           ) -> dict[str, float]:
+    """Rewrite the image set in src_dir for dst_isa into dst_dir; per-phase seconds."""
+    problems = preflight(program, src_isa, dst_isa)
+    if problems:
+        raise errors.NotMigratableCrossISA("cannot recode: " + "; ".join(problems))
+    from docker_hmigrate.recode import transform
+
+    started = time.monotonic()
+    timings = transform.recode_images(src_dir, dst_dir, program, src_isa, dst_isa)
+    timings["total"] = time.monotonic() - started
+    return timings

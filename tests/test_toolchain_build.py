@@ -280,3 +280,101 @@ def test_no_parking_under_untranslatable_frame(tmp_path: Path) -> None:
     finally:
         p.kill()
         p.wait()
+
+
+LOCKS_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+
+static pthread_mutex_t gil = PTHREAD_MUTEX_INITIALIZER;
+static pthread_cond_t cv = PTHREAD_COND_INITIALIZER;
+static volatile long work, waits, locks;
+static volatile int stop;
+
+static void step(void) { work++; }
+
+/* Holds the lock for long stretches while calling functions (a "GIL"). */
+static void *holder(void *a)
+{
+	(void)a;
+	while (!stop) {
+		pthread_mutex_lock(&gil);
+		for (int i = 0; i < 200; i++) {
+			step();
+			usleep(1000);
+		}
+		pthread_cond_broadcast(&cv);
+		pthread_mutex_unlock(&gil);
+		usleep(1000);
+	}
+	return 0;
+}
+
+/* Blocks in pthread_mutex_lock while the holder may be parked. */
+static void *locker(void *a)
+{
+	(void)a;
+	while (!stop) {
+		pthread_mutex_lock(&gil);
+		locks++;
+		pthread_mutex_unlock(&gil);
+		usleep(500);
+	}
+	return 0;
+}
+
+/* Waits on a condition of the same mutex (libc relocks it inside). */
+static void *waiter(void *a)
+{
+	(void)a;
+	pthread_mutex_lock(&gil);
+	while (!stop) {
+		pthread_cond_wait(&cv, &gil);
+		waits++;
+	}
+	pthread_mutex_unlock(&gil);
+	return 0;
+}
+
+int main(void)
+{
+	pthread_t t[3];
+	pthread_create(&t[0], 0, holder, 0);
+	pthread_create(&t[1], 0, locker, 0);
+	pthread_create(&t[2], 0, waiter, 0);
+	sleep(3);
+	stop = 1;
+	pthread_mutex_lock(&gil);
+	pthread_cond_broadcast(&cv);
+	pthread_mutex_unlock(&gil);
+	for (int i = 0; i < 3; i++)
+		pthread_join(t[i], 0);
+	printf("done work=%ld locks=%ld waits=%ld\n", work, locks, waits);
+	return 0;
+}
+"""
+
+
+def test_park_with_lock_holders_and_waiters(tmp_path: Path) -> None:
+    """A thread parks holding a mutex; the ones waiting for it must park too."""
+    (tmp_path / "l.c").write_text(LOCKS_C)
+    res = subprocess.run(CC.split() + ["-o", str(tmp_path / "l"), str(tmp_path / "l.c")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    flag = tmp_path / "parked"
+    for delay in (0.3, 0.55, 0.9):
+        p = subprocess.Popen([str(tmp_path / "l_x86-64")], stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, "HMIGRATE_PARK_FILE": str(flag)})
+        try:
+            time.sleep(delay)
+            p.send_signal(40)
+            text = wait_for(flag, 3)
+            assert "threads=4" in text
+            time.sleep(0.3)
+            p.send_signal(41)
+            out, _ = p.communicate(timeout=20)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        assert p.returncode == 0 and out.startswith("done work="), out

@@ -30,37 +30,6 @@ __attribute__((section(".data.hmigrate_unclean"))) struct hmigrate_unclean hmigr
 	.magic = HMIGRATE_UNCLEAN_MAGIC,
 };
 
-__thread int hmigrate_locks_held;
-
-#define HM_MAX_CONDS 256
-static void *volatile hm_conds[HM_MAX_CONDS];
-
-NOINSTR int hmigrate_cond_register(void *cond)
-{
-	for (int i = 0; i < HM_MAX_CONDS; i++) {
-		void *expected = 0;
-		if (__atomic_compare_exchange_n(&hm_conds[i], &expected, cond, 0, __ATOMIC_SEQ_CST, __ATOMIC_SEQ_CST))
-			return i;
-	}
-	return -1; /* table full: that waiter notices the request at its next timeout */
-}
-
-NOINSTR void hmigrate_cond_unregister(int slot)
-{
-	if (slot >= 0)
-		__atomic_store_n(&hm_conds[slot], 0, __ATOMIC_SEQ_CST);
-}
-
-/* Called by parked threads (normal context, holding no lock): pthread_cond_broadcast
- * only takes the condition's own internal lock, which no parked thread can hold. */
-NOINSTR static void hm_wake_conds(void)
-{
-	for (int i = 0; i < HM_MAX_CONDS; i++) {
-		void *c = __atomic_load_n(&hm_conds[i], __ATOMIC_SEQ_CST);
-		if (c)
-			pthread_cond_broadcast((pthread_cond_t *)c);
-	}
-}
 
 NOINSTR int hmigrate_requested(void) { return __atomic_load_n(&hmigrate_state.request, __ATOMIC_SEQ_CST); }
 NOINSTR int hmigrate_generation(void) { return __atomic_load_n(&hmigrate_state.generation, __ATOMIC_SEQ_CST); }
@@ -218,7 +187,6 @@ NOINSTR __attribute__((noinline)) void hmigrate_park(void *fn, void *site)
 			slot = i;
 	}
 	__atomic_add_fetch(&s->parked, 1, __ATOMIC_SEQ_CST);
-	hm_wake_conds();
 	hm_maybe_announce();
 	while (hmigrate_requested()) {
 		struct timespec ts = {0, 200 * 1000 * 1000};
@@ -226,7 +194,6 @@ NOINSTR __attribute__((noinline)) void hmigrate_park(void *fn, void *site)
 		if (hmigrate_requested()) {
 			/* A thread may have slipped into a blocking call after the first kick. */
 			hm_for_each_task(hm_kick, &self);
-			hm_wake_conds();
 			hm_maybe_announce();
 		}
 	}
@@ -277,57 +244,8 @@ NOINSTR static int hm_unclean_on_stack(void)
  * slots and no callee-saved register holds an unknown value (see docs/toolchain.md). */
 NOINSTR void __cyg_profile_func_enter(void *fn, void *site)
 {
-	if (__builtin_expect(hmigrate_state.request, 0) && !hmigrate_locks_held && !hm_unclean_on_stack())
+	if (__builtin_expect(hmigrate_state.request, 0) && !hm_unclean_on_stack())
 		hmigrate_park(fn, site);
-}
-
-/* Lock accounting (ld --wrap). Not instrumented: entering them is not a park point. */
-int __real_pthread_mutex_lock(pthread_mutex_t *m);
-int __real_pthread_mutex_unlock(pthread_mutex_t *m);
-int __real_pthread_mutex_trylock(pthread_mutex_t *m);
-int __real_pthread_mutex_timedlock(pthread_mutex_t *m, const struct timespec *at);
-int __real_pthread_cond_timedwait(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *at);
-
-NOINSTR int __wrap_pthread_mutex_lock(pthread_mutex_t *m)
-{
-	int r = __real_pthread_mutex_lock(m);
-	if (!r)
-		hmigrate_locks_held++;
-	return r;
-}
-
-NOINSTR int __wrap_pthread_mutex_trylock(pthread_mutex_t *m)
-{
-	int r = __real_pthread_mutex_trylock(m);
-	if (!r)
-		hmigrate_locks_held++;
-	return r;
-}
-
-NOINSTR int __wrap_pthread_mutex_timedlock(pthread_mutex_t *m, const struct timespec *at)
-{
-	int r = __real_pthread_mutex_timedlock(m, at);
-	if (!r)
-		hmigrate_locks_held++;
-	return r;
-}
-
-NOINSTR int __wrap_pthread_mutex_unlock(pthread_mutex_t *m)
-{
-	int r = __real_pthread_mutex_unlock(m);
-	if (!r && hmigrate_locks_held > 0)
-		hmigrate_locks_held--;
-	return r;
-}
-
-/* musl unlocks with an internal alias but relocks through pthread_mutex_lock (which
- * the wrap redirects): the caller holds the mutex before and after, so restore. */
-NOINSTR int __wrap_pthread_cond_timedwait(pthread_cond_t *c, pthread_mutex_t *m, const struct timespec *at)
-{
-	int held = hmigrate_locks_held;
-	int r = __real_pthread_cond_timedwait(c, m, at);
-	hmigrate_locks_held = held;
-	return r;
 }
 
 NOINSTR void __cyg_profile_func_exit(void *fn, void *site)

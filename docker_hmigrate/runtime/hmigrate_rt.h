@@ -36,15 +36,6 @@ struct hmigrate_unclean {
 #define HMIGRATE_UNCLEAN_MAGIC 0x6e61656c636e7568ul /* "hunclean" */
 extern struct hmigrate_unclean hmigrate_unclean;
 
-/* Mutexes the calling thread holds (kept by the pthread_mutex_* wrappers). */
-extern __thread int hmigrate_locks_held;
-
-/* Condition variables threads are waiting on (kept by the pthread_cond_wait wrapper):
- * parked threads broadcast them so the waiters notice the request at once (a
- * broadcast is a spurious wakeup, which POSIX allows). */
-int hmigrate_cond_register(void *cond);
-void hmigrate_cond_unregister(int slot);
-
 int hmigrate_requested(void);
 int hmigrate_generation(void);
 void hmigrate_poll(void); /* instrumented no-op: its entry is an equivalence point */

@@ -51,11 +51,12 @@ DROPPED_PREFIXES = (
 DROPPED_EXACT = {"-pie", "-static-pie", "-pthread", "-rdynamic", "-s", "-static", "-no-pie"}
 
 # Blocking calls the runtime wraps so that a thread blocked in them can park.
-# Mutex calls are wrapped to count the locks a thread holds: it must not park holding
-# one, or threads waiting for that lock inside libc could never reach a park point.
-WRAPPED = ("sleep", "usleep", "nanosleep", "pthread_join", "pthread_cond_wait",
-           "pthread_cond_timedwait", "pthread_mutex_lock", "pthread_mutex_unlock",
-           "pthread_mutex_trylock", "pthread_mutex_timedlock")
+# pthread_mutex_lock is wrapped so that a thread waiting for a lock whose holder is
+# parked can park too; condition variables so that no thread waits inside libc's
+# (leaving it needs the mutex, which a parked thread may hold).
+WRAPPED = ("sleep", "usleep", "nanosleep", "pthread_join", "pthread_mutex_lock",
+           "pthread_cond_wait", "pthread_cond_timedwait", "pthread_cond_signal",
+           "pthread_cond_broadcast")
 
 
 @dataclass(frozen=True)

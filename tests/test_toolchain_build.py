@@ -378,3 +378,40 @@ def test_park_with_lock_holders_and_waiters(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
         assert p.returncode == 0 and out.startswith("done work="), out
+
+
+PROJECT_MAKEFILE = """\
+CC = hmigrate-cc
+AR = ar
+CFLAGS = -O2 -Wall -MMD
+all: app
+libutil.a: util.o
+\t$(AR) rcs $@ $^
+app: main.o libutil.a
+\t$(CC) $(CFLAGS) -o app.tmp main.o -L. -lutil -lm -lpthread && mv app.tmp app
+-include main.d util.d
+"""
+
+
+def test_makefile_with_static_library_and_deps(tmp_path: Path) -> None:
+    """ar-made archives, -L/-l, -MMD dependency files, objects renamed by mv."""
+    (tmp_path / "util.h").write_text("int twice(int x);\nextern const char *label;\n")
+    (tmp_path / "util.c").write_text('#include "util.h"\nconst char *label = "answer";\n'
+                                     "int twice(int x) { return 2 * x; }\n")
+    (tmp_path / "main.c").write_text('#include <stdio.h>\n#include "util.h"\n'
+                                     'int main(void) { printf("%s=%d\\n", label, twice(21));'
+                                     " return 0; }\n")
+    (tmp_path / "Makefile").write_text(PROJECT_MAKEFILE)
+    res = subprocess.run(["make", "-C", str(tmp_path), f"CC={CC}"], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert "util.h" in (tmp_path / "main.d").read_text()
+    assert (tmp_path / "main.d").read_text().startswith("main.o:")
+    # The link output names follow -o (app.tmp); the Makefile's mv renames only the host one.
+    assert subprocess.run([str(tmp_path / "app")], capture_output=True,
+                          text=True).stdout == "answer=42\n"
+    assert check_align(tmp_path / "app.tmp_x86-64", tmp_path / "app.tmp_aarch64").returncode == 0
+    if os.path.exists(QEMU):
+        out = subprocess.run([QEMU, str(tmp_path / "app.tmp_aarch64")], capture_output=True,
+                             text=True).stdout
+        assert out == "answer=42\n"

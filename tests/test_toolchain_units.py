@@ -239,3 +239,19 @@ def test_call_site_reasons_and_callbacks():
                                       "scope": None, "cfa_offset": -40}], "frame": {}}
     reasons = function_reasons(fv, {"vars": []})
     assert any("variadic" in x for x in reasons) and any("va_list" in x for x in reasons)
+
+
+def test_parse_map_stubs_and_grow():
+    from docker_hmigrate.toolchain.driver import grow_for_stubs, parse_map_stubs
+
+    text = """ .text.__private_cond_signal
+                0x0000000000406e80      0x228 /l/libc.a(pthread_cond_timedwait.lo)
+ .text.__private_cond_signal.stub
+                0x00000000004070a8       0x10 linker stubs
+ .text.main     0x0000000000401126       0x2a /w/a.o
+"""
+    stubs = parse_map_stubs(text)
+    assert stubs == [("/l/libc.a:pthread_cond_timedwait.lo(.text.__private_cond_signal)", 0x10)]
+    u = layout.Unit("k", stubs[0][0], ".text.__private_cond_signal", "text", 0x228, 16)
+    assert grow_for_stubs([u], stubs) == 1 and u.size == 0x238
+    assert grow_for_stubs([u], stubs) == 0 and u.size == 0x238

@@ -415,3 +415,38 @@ def test_makefile_with_static_library_and_deps(tmp_path: Path) -> None:
         out = subprocess.run([QEMU, str(tmp_path / "app.tmp_aarch64")], capture_output=True,
                              text=True).stdout
         assert out == "answer=42\n"
+
+
+def test_walk_parked_stacks_with_metadata_only(threads: Path, tmp_path: Path) -> None:
+    """Every frame of every parked thread maps to a call site with an aarch64 twin."""
+    flag = tmp_path / "parked"
+    p = subprocess.Popen([str(threads / "threads_x86-64"), "3", "200", "20"],
+                         stdout=subprocess.DEVNULL,
+                         env={**os.environ, "HMIGRATE_PARK_FILE": str(flag)})
+    try:
+        time.sleep(0.5)
+        p.send_signal(40)
+        wait_for(flag, 3)
+        if not os.access(f"/proc/{p.pid}/mem", os.R_OK):
+            pytest.skip("no ptrace access to /proc/PID/mem")
+        res = subprocess.run([sys.executable, "-m", "docker_hmigrate.toolchain", "walk",
+                              str(p.pid), str(threads / "threads.hmigrate.json"), "--json"],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stdout + res.stderr
+        walked = json.loads(res.stdout)
+        assert len(walked) == 4
+        workers = [t for t in walked if any(f["function"] == "worker" for f in t["frames"])]
+        assert len(workers) == 3
+        for t in walked:
+            assert t["ok"], t["problems"]
+            assert t["frames"][0]["function"] == "hm_futex_wait"
+            assert t["frames"][-1].get("bottom")
+            for fr in t["frames"][1:-1]:
+                assert fr["twin_return_address"], fr
+        ids = sorted(next(f for f in t["frames"] if f["function"] == "worker")["vars"]["id"]
+                     for t in workers)
+        assert ids == [0, 1, 2]
+        p.send_signal(41)
+    finally:
+        p.kill()
+        p.wait()

@@ -1,4 +1,4 @@
-"""python -m docker_hmigrate.toolchain {check-align,metadata,cc} ..."""
+"""python -m docker_hmigrate.toolchain {check-align,metadata,walk,cc} ..."""
 
 from __future__ import annotations
 
@@ -18,11 +18,15 @@ def main(argv: list[str]) -> int:
         from .metadata import main as md_main
 
         return md_main(rest)
+    if cmd == "walk":
+        from .stackwalk import main as walk_main
+
+        return walk_main(rest)
     if cmd == "cc":
         from .driver import cc
 
         return cc(rest)
-    print(f"unknown command {cmd!r}; try check-align, metadata or cc", file=sys.stderr)
+    print(f"unknown command {cmd!r}; try check-align, metadata, walk or cc", file=sys.stderr)
     return 2
 
 

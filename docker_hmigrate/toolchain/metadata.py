@@ -746,10 +746,14 @@ def _park_points(b: Binary) -> dict:
     info: dict = {}
     if "hm_futex_wait" in b.funcs:
         addr, size = b.funcs["hm_futex_wait"]
-        for insn in b.disasm(addr, size):
+        insns = b.disasm(addr, size)
+        for i, insn in enumerate(insns):
             if insn.mnemonic in ("syscall", "svc"):
                 info["blocked_pc"] = insn.address + insn.size
                 info["syscall_pc"] = insn.address
+                # CFA - SP while blocked: with SP from /proc/PID/task/TID/syscall this
+                # locates the frame chain of a parked thread without any register dump.
+                info["frame_size"] = -simulate(b.arch, insns, i).sp
     return info
 
 

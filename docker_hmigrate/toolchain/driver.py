@@ -57,7 +57,10 @@ def run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
     res = subprocess.run(cmd, capture_output=True, text=True, **kw)
     if res.returncode != 0:
         sys.stderr.write(res.stdout + res.stderr)
-        raise ToolchainError(f"command failed ({res.returncode}): {' '.join(cmd)}")
+        shown = " ".join(cmd)
+        if len(shown) > 300 and not os.environ.get("HMIGRATE_VERBOSE"):
+            shown = shown[:300] + " ... (HMIGRATE_VERBOSE=1 shows all)"
+        raise ToolchainError(f"command failed ({res.returncode}): {shown}")
     if res.stderr:
         sys.stderr.write(res.stderr)
     return res

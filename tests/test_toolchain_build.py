@@ -450,3 +450,21 @@ def test_walk_parked_stacks_with_metadata_only(threads: Path, tmp_path: Path) ->
     finally:
         p.kill()
         p.wait()
+
+
+def test_preprocess_and_probe_modes(tmp_path: Path) -> None:
+    """What configure scripts ask of a CC: -E with musl headers, -dumpmachine, probes."""
+    (tmp_path / "p.c").write_text("#include <stdio.h>\n"
+                                  "int main(void) { return BUFSIZ > 0 ? 0 : 1; }\n")
+    pre = subprocess.run(CC.split() + ["-E", str(tmp_path / "p.c")], capture_output=True,
+                         text=True, timeout=60)
+    assert pre.returncode == 0 and "x86_64-linux-musl" in pre.stdout
+    dm = subprocess.run(CC.split() + ["-dumpmachine"], capture_output=True, text=True)
+    assert dm.returncode == 0 and dm.stdout.strip()
+    probe = subprocess.run(CC.split() + ["-o", str(tmp_path / "conftest"), str(tmp_path / "p.c")],
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr
+    assert subprocess.run([str(tmp_path / "conftest")]).returncode == 0
+    bad = subprocess.run(CC.split() + ["-o", str(tmp_path / "x"), str(tmp_path / "p.c"),
+                                       "-lnosuchlib"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "cannot find -lnosuchlib" in bad.stderr

@@ -468,3 +468,47 @@ def test_preprocess_and_probe_modes(tmp_path: Path) -> None:
     bad = subprocess.run(CC.split() + ["-o", str(tmp_path / "x"), str(tmp_path / "p.c"),
                                        "-lnosuchlib"], capture_output=True, text=True)
     assert bad.returncode == 1 and "cannot find -lnosuchlib" in bad.stderr
+
+
+# qemu-user renumbers real-time signals (it keeps host SIGRTMIN..+1 for itself): a
+# host signal 42 reaches the aarch64 guest as 40. Its own helper thread is listed in
+# /proc/self/task and never parks: HMIGRATE_FOREIGN_TASKS=1 tells the runtime.
+QEMU_PARK, QEMU_RESUME = 42, 43
+
+
+@needs_qemu
+def test_park_and_resume_aarch64_under_qemu(hello: Path, threads: Path, tmp_path: Path) -> None:
+    env = {**os.environ, "HMIGRATE_FOREIGN_TASKS": "1"}
+    flag = tmp_path / "parked"
+    p = subprocess.Popen([qemu(), str(hello / "hello_aarch64")], stdout=subprocess.PIPE,
+                         text=True, env={**env, "HMIGRATE_PARK_FILE": str(flag)})
+    try:
+        time.sleep(1.5)
+        p.send_signal(QEMU_PARK)
+        assert "threads=1" in wait_for(flag, 5)
+        time.sleep(1.5)
+        p.send_signal(QEMU_RESUME)
+        time.sleep(2.5)
+        assert not flag.exists()
+    finally:
+        p.send_signal(signal.SIGTERM)
+        out, _ = p.communicate(timeout=10)
+    nums = [int(line.rsplit(":", 1)[1]) for line in out.splitlines()]
+    assert nums == list(range(len(nums))) and len(nums) >= 3, nums
+
+    flag2 = tmp_path / "parked2"
+    p = subprocess.Popen([qemu(), str(threads / "threads_aarch64"), "4", "60", "20"],
+                         stdout=subprocess.PIPE, text=True,
+                         env={**env, "HMIGRATE_PARK_FILE": str(flag2)})
+    try:
+        time.sleep(0.8)
+        p.send_signal(QEMU_PARK)
+        assert "threads=5" in wait_for(flag2, 5)
+        time.sleep(1.0)
+        assert p.poll() is None
+        p.send_signal(QEMU_RESUME)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0 and " OK" in out, out

@@ -120,7 +120,7 @@ NOINSTR static void hm_maybe_announce(void)
 		return;
 	if (__atomic_exchange_n(&s->announcing, 1, __ATOMIC_ACQUIRE))
 		return;
-	int tasks = hm_for_each_task(0, 0);
+	int tasks = hm_for_each_task(0, 0) - s->foreign_tasks;
 	if (tasks > 0 && tasks == __atomic_load_n(&s->parked, __ATOMIC_SEQ_CST) && hmigrate_requested()) {
 		char text[8192], num[16];
 		size_t n = 0;
@@ -283,7 +283,11 @@ NOINSTR static void hm_on_resume(int sig)
 NOINSTR __attribute__((constructor)) static void hm_init(void)
 {
 	struct hmigrate_state *s = &hmigrate_state;
-	const char *p = getenv("HMIGRATE_PARK_FILE");
+	const char *p = getenv("HMIGRATE_FOREIGN_TASKS");
+	/* qemu-user shows its own helper thread in /proc/self/task: it never parks. */
+	if (p)
+		s->foreign_tasks = atoi(p);
+	p = getenv("HMIGRATE_PARK_FILE");
 	if (p && *p && strlen(p) < sizeof s->path - 8) {
 		strcpy(s->path, p);
 	} else {

@@ -18,6 +18,7 @@ struct hmigrate_state {
 	volatile int announced;  /* the parked file exists */
 	volatile int announcing; /* lock for writing it */
 	int sig_park, sig_resume;
+	int foreign_tasks;       /* tasks that are not program threads ($HMIGRATE_FOREIGN_TASKS) */
 	volatile int tids[HMIGRATE_MAX_THREADS]; /* parked threads (0 = free slot) */
 	char path[256];          /* the parked file */
 };

@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import statistics
 import subprocess
 import sys
@@ -43,12 +44,19 @@ def check(dest: Path, name: str) -> str:
     return (res.stdout or res.stderr).strip().splitlines()[-1]
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def park_latency(cmd: list[str], runs: int, warmup: float) -> dict:
     lat, resumed = [], 0
     with tempfile.TemporaryDirectory() as td:
         flag = Path(td) / "parked"
         for _ in range(runs):
-            p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL,
+            argv = [a.replace("{port}", str(free_port())) for a in cmd]
+            p = subprocess.Popen(argv, stdout=subprocess.DEVNULL,
                                  env={**os.environ, "HMIGRATE_PARK_FILE": str(flag)})
             try:
                 time.sleep(warmup)
@@ -96,7 +104,7 @@ def main() -> None:
         out["redis"] = {"build_s": round(time.perf_counter() - t, 1),
                         "check_align": check(src / "src", "redis-server"),
                         "park": park_latency([str(src / "src/redis-server_x86-64"), "--port",
-                                              "0", "--save", ""], ns.runs, 1.0)}
+                                              "{port}", "--save", ""], ns.runs, 1.0)}
     print(json.dumps(out, indent=1))
 
 

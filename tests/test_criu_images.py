@@ -383,3 +383,21 @@ def test_pure_python_protobuf_backend(tmp_path: Path) -> None:
     assert proc.stdout.strip() == str(0x401234)
     for name in os.listdir(tmp_path):
         assert (tmp_path / name).read_bytes() == Path(f"{tmp_path}.out/{name}").read_bytes()
+
+
+def test_zombie_has_no_address_space(tmp_path: Path, capsys) -> None:
+    write_set(tmp_path)
+    pstree = ImageFile.load(tmp_path / "pstree.img")
+    pstree.entries.append(Entry(msg=new("pstree_entry", pid=5, ppid=1, pgid=1, sid=1,
+                                        threads=[5])))
+    pstree.save(tmp_path / "pstree.img")
+    zombie = new("core_entry", mtype=March.X86_64)
+    zombie.tc.task_state, zombie.tc.exit_code, zombie.tc.personality = 0x06, 0, 0
+    zombie.tc.flags, zombie.tc.blk_sigset, zombie.tc.comm = 0, 0, "gone"
+    ImageFile.new("core-5.img", CORE, [zombie]).save(tmp_path / "core-5.img")
+    s = ImageSet.load(tmp_path)
+    assert s.pids == [1, 5] and not s.has_mm(5)
+    assert check_supported(s) == []
+    assert not any("-5.img" in p for p in isa_specific_parts(s) if not p.startswith("core-5"))
+    assert cli_main(["show", str(tmp_path)]) == 0
+    assert "no address space (task state 6)" in capsys.readouterr().out

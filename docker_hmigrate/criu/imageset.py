@@ -111,6 +111,10 @@ class ImageSet:
         """The machine of the image set (of its first thread); all threads agree."""
         return March(self.core(self.root_pid).mtype)
 
+    def has_mm(self, pid: int) -> bool:
+        """Whether the process has an address space in the set (zombies have none)."""
+        return f"mm-{pid}.img" in self.images
+
     def mm(self, pid: int) -> Message:
         return self._single(f"mm-{pid}.img")
 

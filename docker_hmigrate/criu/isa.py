@@ -5,7 +5,7 @@ from __future__ import annotations
 from docker_hmigrate.criu.image import unknown_fields
 from docker_hmigrate.criu.imageset import ImageSet
 from docker_hmigrate.criu.memory import PE_PARENT
-from docker_hmigrate.criu.schema import March
+from docker_hmigrate.criu.schema import March, TaskState
 
 # vma_entry.status bits (CRIU's VMA_AREA_* / VMA_* flags)
 VMA_AREA_REGULAR = 1 << 0
@@ -84,6 +84,8 @@ def isa_specific_parts(s: ImageSet) -> list[str]:
             if tcore.signals_p.signals:
                 parts.append(f"{img}: thread_core.signals_p (pending siginfo, may hold "
                              "code addresses)")
+        if not s.has_mm(pid):  # a zombie: only its exit state, nothing per-ISA
+            continue
         tc = s.core(pid).tc
         handled = [i + 1 for i, sa in enumerate(tc.sigactions) if sa.sigaction > 1]
         if handled:
@@ -154,6 +156,10 @@ def check_supported(s: ImageSet) -> list[str]:
             if mtype not in SUPPORTED_ARCHES:
                 label = March(mtype).name if mtype in March._value2member_map_ else str(mtype)
                 problems.append(f"{name}: machine {label} not supported")
+        core_img = s.images.get(f"core-{pid}.img")
+        if (not s.has_mm(pid) and core_img is not None and core_img.form == "img"
+                and core_img.entries[0].msg.tc.task_state == TaskState.ZOMBIE):
+            continue  # zombies have no address space to check
         mmimg = s.images.get(f"mm-{pid}.img")
         if mmimg is None or mmimg.form != "img":
             problems.append(f"mm-{pid}.img: missing")

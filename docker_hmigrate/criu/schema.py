@@ -571,6 +571,15 @@ class March(enum.IntEnum):
     RISCV64 = 8
 
 
+class TaskState(enum.IntEnum):
+    """task_core_entry.task_state (compel's task states)."""
+
+    ALIVE = 0x01
+    DEAD = 0x02
+    STOPPED = 0x03
+    ZOMBIE = 0x06
+
+
 class FdType(enum.IntEnum):
     """fdinfo_entry.type / file_entry.type."""
 

@@ -34,11 +34,15 @@ def summary(s: ImageSet) -> str:
       f"{len(s.images)} files")
     for p in s.pstree:
         w(f"process {p.pid} (ppid {p.ppid}, pgid {p.pgid}, sid {p.sid}) "
-          f"comm={s.core(p.pid).tc.comm!r} exe={s.exe_path(p.pid)!r}")
+          f"comm={s.core(p.pid).tc.comm!r} "
+          f"exe={s.exe_path(p.pid) if s.has_mm(p.pid) else None!r}")
         for tid in s.threads(p.pid):
             core = s.core(tid)
             comm = core.thread_core.comm or core.tc.comm
             w(f"  thread {tid} {comm!r} {March(core.mtype).name}: {_regs(core)}")
+        if not s.has_mm(p.pid):
+            w(f"  no address space (task state {s.core(p.pid).tc.task_state})")
+            continue
         mm = s.mm(p.pid)
         w(f"  code {mm.mm_start_code:#x}-{mm.mm_end_code:#x} data {mm.mm_start_data:#x}-"
           f"{mm.mm_end_data:#x} brk {mm.mm_start_brk:#x}-{mm.mm_brk:#x} "

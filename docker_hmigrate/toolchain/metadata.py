@@ -243,6 +243,10 @@ class Binary:
         self.dfuncs: dict[str, DwarfFunc] = {}
         self._lines: list[tuple[int, int, int]] = []
         self._fdes: list[tuple[int, int, object]] = []
+        self._fde_keys: list[int] | None = None
+        self._fde_tables: dict[int, list] = {}
+        self._segs: list[tuple[int, int, bytes]] | None = None
+        self._disasm: dict[tuple[int, int], list] = {}
         if self.dwarf:
             self._load_dwarf()
             self._load_cfi()
@@ -297,10 +301,14 @@ class Binary:
         return self._lines[i][1], self._lines[i][2]
 
     def cfi_row(self, pc: int) -> dict | None:
-        i = bisect.bisect_right([f[0] for f in self._fdes], pc) - 1
+        if self._fde_keys is None:
+            self._fde_keys = [f[0] for f in self._fdes]
+        i = bisect.bisect_right(self._fde_keys, pc) - 1
         if i < 0 or pc >= self._fdes[i][1]:
             return None
-        table = self._fdes[i][2].get_decoded().table
+        table = self._fde_tables.get(i)
+        if table is None:
+            table = self._fde_tables[i] = self._fdes[i][2].get_decoded().table
         row = None
         for r in table:
             if r["pc"] <= pc:
@@ -308,15 +316,21 @@ class Binary:
         return row
 
     def code(self, addr: int, size: int) -> bytes:
-        for seg in self.elf.iter_segments():
-            if seg["p_type"] == "PT_LOAD" and seg["p_vaddr"] <= addr < seg["p_vaddr"] + \
-                    seg["p_filesz"]:
-                off = addr - seg["p_vaddr"]
-                return seg.data()[off : off + size]
+        if self._segs is None:  # segment contents read once, not per function
+            self._segs = [(seg["p_vaddr"], seg["p_filesz"], seg.data())
+                          for seg in self.elf.iter_segments() if seg["p_type"] == "PT_LOAD"]
+        for vaddr, filesz, data in self._segs:
+            if vaddr <= addr < vaddr + filesz:
+                off = addr - vaddr
+                return data[off : off + size]
         return b""
 
     def disasm(self, addr: int, size: int) -> list:
-        return list(self.cs.disasm(self.code(addr, size), addr))
+        key = (addr, size)
+        got = self._disasm.get(key)
+        if got is None:
+            got = self._disasm[key] = list(self.cs.disasm(self.code(addr, size), addr))
+        return got
 
     def tls(self) -> dict | None:
         for seg in self.elf.iter_segments():
@@ -439,76 +453,86 @@ class PrologueState:
     dynamic: bool = False  # SP moved by a non-constant amount
 
 
+def _step(arch: Arch, st: PrologueState, consts: dict[str, int], insn) -> None:
+    """Apply one instruction to the SP/FP/stack-store tracking state."""
+    m, ops = insn.mnemonic, insn.operands
+    if arch is A64 and m == "mov" and len(ops) == 2 and \
+            ops[1].type == capstone.arm64.ARM64_OP_IMM:
+        consts[insn.reg_name(ops[0].reg)] = ops[1].imm
+        return
+    if arch is X86:
+        if m == "push":
+            st.sp -= 8
+            st.stores.append((st.sp, 8))
+        elif m == "pop":
+            st.sp += 8
+        elif m == "add" and len(ops) == 2 and ops[0].type == capstone.x86.X86_OP_REG and \
+                insn.reg_name(ops[0].reg) == "rsp" and ops[1].type == capstone.x86.X86_OP_IMM:
+            st.sp += ops[1].imm  # stack arguments popped after a call
+        elif m == "mov" and len(ops) == 2 and ops[0].type == capstone.x86.X86_OP_REG \
+                and insn.reg_name(ops[0].reg) == "rbp" and ops[1].type == \
+                capstone.x86.X86_OP_REG and insn.reg_name(ops[1].reg) == "rsp":
+            st.fp = st.sp
+        elif m == "sub" and ops and ops[0].type == capstone.x86.X86_OP_REG and \
+                insn.reg_name(ops[0].reg) == "rsp":
+            if ops[1].type == capstone.x86.X86_OP_IMM:
+                st.sp -= ops[1].imm
+            else:
+                st.dynamic = True
+        elif ops and ops[0].type == capstone.x86.X86_OP_MEM and m.startswith("mov"):
+            mem = ops[0].mem
+            base = insn.reg_name(mem.base) if mem.base else None
+            ref = st.fp if base == "rbp" else st.sp if base == "rsp" else None
+            if ref is not None and not mem.index:
+                st.stores.append((ref + mem.disp, ops[0].size))
+    else:
+        if m in ("stp", "str", "stur", "strb", "strh", "sturb", "sturh") and ops:
+            mem_ops = [o for o in ops if o.type == capstone.arm64.ARM64_OP_MEM]
+            if not mem_ops:
+                return
+            mem = mem_ops[0].mem
+            base = insn.reg_name(mem.base)
+            size = {"strb": 1, "sturb": 1, "strh": 2, "sturh": 2}.get(m, 0)
+            if not size:
+                size = 4 if insn.reg_name(ops[0].reg).startswith(("w", "s")) else 8
+                if insn.reg_name(ops[0].reg).startswith("q"):
+                    size = 16
+            nregs = 2 if m == "stp" else 1
+            if base == "sp":
+                if insn.writeback and len(ops) == 3 + 0 and False:
+                    pass
+                if insn.writeback:
+                    # stp x29, x30, [sp, #-N]! pre-indexed; post-index not used in prologues
+                    st.sp += mem.disp
+                    st.stores.append((st.sp, size * nregs))
+                else:
+                    st.stores.append((st.sp + mem.disp, size * nregs))
+            elif base in ("x29", "fp") and st.fp is not None:
+                st.stores.append((st.fp + mem.disp, size * nregs))
+        elif m == "sub" and len(ops) == 3 and insn.reg_name(ops[0].reg) == "sp" and \
+                insn.reg_name(ops[1].reg) == "sp":
+            if ops[2].type == capstone.arm64.ARM64_OP_IMM:
+                st.sp -= ops[2].imm << (ops[2].shift.value if ops[2].shift.type else 0)
+            elif insn.reg_name(ops[2].reg) in consts:
+                st.sp -= consts[insn.reg_name(ops[2].reg)]
+            else:
+                st.dynamic = True
+        elif m == "mov" and len(ops) == 2 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
+                and ops[1].type == capstone.arm64.ARM64_OP_REG and \
+                insn.reg_name(ops[1].reg) == "sp":
+            st.fp = st.sp
+        elif m == "add" and len(ops) == 3 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
+                and insn.reg_name(ops[1].reg) == "sp" and \
+                ops[2].type == capstone.arm64.ARM64_OP_IMM:
+            st.fp = st.sp + ops[2].imm
+
+
 def simulate(arch: Arch, insns: list, until: int) -> PrologueState:
     """Track SP/FP and stack stores from function entry up to instruction index `until`."""
     st = PrologueState(sp=-8 if arch is X86 else 0, fp=None, stores=[])
     consts: dict[str, int] = {}  # aarch64 large frames: mov x12, #5200; sub sp, sp, x12
     for insn in insns[:until]:
-        m, ops = insn.mnemonic, insn.operands
-        if arch is A64 and m == "mov" and len(ops) == 2 and \
-                ops[1].type == capstone.arm64.ARM64_OP_IMM:
-            consts[insn.reg_name(ops[0].reg)] = ops[1].imm
-            continue
-        if arch is X86:
-            if m == "push":
-                st.sp -= 8
-                st.stores.append((st.sp, 8))
-            elif m == "mov" and len(ops) == 2 and ops[0].type == capstone.x86.X86_OP_REG \
-                    and insn.reg_name(ops[0].reg) == "rbp" and ops[1].type == \
-                    capstone.x86.X86_OP_REG and insn.reg_name(ops[1].reg) == "rsp":
-                st.fp = st.sp
-            elif m == "sub" and ops and ops[0].type == capstone.x86.X86_OP_REG and \
-                    insn.reg_name(ops[0].reg) == "rsp":
-                if ops[1].type == capstone.x86.X86_OP_IMM:
-                    st.sp -= ops[1].imm
-                else:
-                    st.dynamic = True
-            elif ops and ops[0].type == capstone.x86.X86_OP_MEM and m.startswith("mov"):
-                mem = ops[0].mem
-                base = insn.reg_name(mem.base) if mem.base else None
-                ref = st.fp if base == "rbp" else st.sp if base == "rsp" else None
-                if ref is not None and not mem.index:
-                    st.stores.append((ref + mem.disp, ops[0].size))
-        else:
-            if m in ("stp", "str", "stur", "strb", "strh", "sturb", "sturh") and ops:
-                mem_ops = [o for o in ops if o.type == capstone.arm64.ARM64_OP_MEM]
-                if not mem_ops:
-                    continue
-                mem = mem_ops[0].mem
-                base = insn.reg_name(mem.base)
-                size = {"strb": 1, "sturb": 1, "strh": 2, "sturh": 2}.get(m, 0)
-                if not size:
-                    size = 4 if insn.reg_name(ops[0].reg).startswith(("w", "s")) else 8
-                    if insn.reg_name(ops[0].reg).startswith("q"):
-                        size = 16
-                nregs = 2 if m == "stp" else 1
-                if base == "sp":
-                    if insn.writeback and len(ops) == 3 + 0 and False:
-                        pass
-                    if insn.writeback:
-                        # stp x29, x30, [sp, #-N]! pre-indexed; post-index not used in prologues
-                        st.sp += mem.disp
-                        st.stores.append((st.sp, size * nregs))
-                    else:
-                        st.stores.append((st.sp + mem.disp, size * nregs))
-                elif base in ("x29", "fp") and st.fp is not None:
-                    st.stores.append((st.fp + mem.disp, size * nregs))
-            elif m == "sub" and len(ops) == 3 and insn.reg_name(ops[0].reg) == "sp" and \
-                    insn.reg_name(ops[1].reg) == "sp":
-                if ops[2].type == capstone.arm64.ARM64_OP_IMM:
-                    st.sp -= ops[2].imm << (ops[2].shift.value if ops[2].shift.type else 0)
-                elif insn.reg_name(ops[2].reg) in consts:
-                    st.sp -= consts[insn.reg_name(ops[2].reg)]
-                else:
-                    st.dynamic = True
-            elif m == "mov" and len(ops) == 2 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
-                    and ops[1].type == capstone.arm64.ARM64_OP_REG and \
-                    insn.reg_name(ops[1].reg) == "sp":
-                st.fp = st.sp
-            elif m == "add" and len(ops) == 3 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
-                    and insn.reg_name(ops[1].reg) == "sp" and \
-                    ops[2].type == capstone.arm64.ARM64_OP_IMM:
-                st.fp = st.sp + ops[2].imm
+        _step(arch, st, consts, insn)
     return st
 
 
@@ -528,6 +552,10 @@ def analyse_function(b: Binary, name: str) -> dict:
     counts: dict[tuple, int] = {}
     body_state = None
     live_in = liveness(arch, insns)
+    # One pass of the SP/FP tracker, snapshotted at each call (not one pass per call).
+    run = PrologueState(sp=-8 if arch is X86 else 0, fp=None, stores=[])
+    consts: dict[str, int] = {}
+    done = 0
     for i, insn in enumerate(insns):
         if not _is_call(arch, insn):
             continue
@@ -539,7 +567,10 @@ def analyse_function(b: Binary, name: str) -> dict:
         key = (line, tname)
         occ = counts.get(key, 0)
         counts[key] = occ + 1
-        st = simulate(arch, insns, i)
+        for x in insns[done:i]:
+            _step(arch, run, consts, x)
+        done = i
+        st = PrologueState(run.sp, run.fp, run.stores, run.dynamic)
         if body_state is None:
             body_state = st
         ra = insn.address + insn.size

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import docker
 import pytest
+import requests
 
 from docker_hmigrate.criu import ImageSet, March, check_supported, isa_specific_parts
 from tests.lab import COUNTER_CMD, counter_values, lab_unavailable, unique, wait_until
@@ -30,6 +31,7 @@ __all__ = ["workdir"]  # the fixture, shared with the x86-64 lab tests
 
 URL = f"tcp://127.0.0.1:{os.environ.get('HM_ARM_PORT', '2391')}"
 IMAGE = "hmigrate-lab/busybox:arm64"  # imported by lab/arm64/up
+CHECKPOINT_TIMEOUT = 150  # s; a checkpoint takes ~5 s on the emulated guest
 
 
 @pytest.fixture(scope="module")
@@ -114,8 +116,11 @@ def test_aarch64_criu_dump_read_edit_restore(arm, workdir: Path) -> None:
             HM_MARKER={marker} setsid /bin/busybox sh -c \
               'i=0; while true; do i=$((i+1)); sleep 1; done' </dev/null >/dev/null 2>&1 &
             p=$!; sleep 2; echo pid=$p
-            timeout 300 criu dump -t $p -D {base}/ck -o dump.log || tail -5 {base}/ck/dump.log""")
+            timeout 120 criu dump -t $p -D {base}/ck -o dump.log && echo dumped || {{
+              kill -9 $p; tail -3 {base}/ck/dump.log; }}""")
         pid = int(out.split("pid=")[1].split()[0])
+        if "dumped" not in out.split():
+            lab_unavailable(f"CRIU on the aarch64 host cannot dump now: {out[-500:]}")
         ck = guest_get(arm, f"{base}/ck", workdir)
 
         s = ImageSet.load(ck)
@@ -175,11 +180,15 @@ def test_aarch64_docker_checkpoint_images(arm, names, workdir: Path) -> None:
     c = arm.containers.run(IMAGE, COUNTER_CMD, name=src, detach=True,
                            environment={"HM_MARKER": marker})
     wait_until(lambda: len(logs(arm, src)) >= 3, timeout=180, what="the arm64 counter")
-    api = arm.api
-    res = api._post_json(api._url("/containers/{0}/checkpoints", c.id),
-                         data={"CheckpointID": "ck", "Exit": True})
+    api = docker.APIClient(base_url=URL, version="auto", timeout=CHECKPOINT_TIMEOUT)
     try:
+        res = api._post_json(api._url("/containers/{0}/checkpoints", c.id),
+                             data={"CheckpointID": "ck", "Exit": True})
         api._raise_for_status(res)
+    except requests.exceptions.ReadTimeout:
+        pid = arm.containers.get(src).attrs["State"]["Pid"]
+        guest_sh(arm, f"kill -9 $(pgrep -f 'criu: dump --rpc -t {pid} ') 2>/dev/null; true")
+        lab_unavailable(f"CRIU on the aarch64 host hangs: no checkpoint in {CHECKPOINT_TIMEOUT} s")
     except docker.errors.APIError as exc:  # the lab host's runc/CRIU set-up, not images
         lab_unavailable(f"aarch64 host cannot checkpoint containers: {exc}")
     with containers_dir(arm, names) as helper:

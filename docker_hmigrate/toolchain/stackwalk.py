@@ -65,6 +65,9 @@ def walk_thread(pid: int, tid: int, idx: Index) -> dict:
         out["problems"].append(f"not parked at the runtime's futex wait ({fields[0]}, pc "
                                f"{fields[-1]})")
         return out
+    if "frame_size" not in park:
+        raise SystemExit("walk: metadata has no runtime.park_points frame_size; relink "
+                         "with this hmigrate-cc")
     sp = int(fields[-2], 16)
     # hm_futex_wait: rbp = sp + its frame size - 16 (a fixed frame, see metadata).
     rbp = sp + park["frame_size"] - 16

@@ -485,6 +485,9 @@ def test_park_and_resume_aarch64_under_qemu(hello: Path, threads: Path, tmp_path
     try:
         time.sleep(1.5)
         p.send_signal(QEMU_PARK)
+        time.sleep(0.5)
+        if p.poll() is not None:  # the guest got another signal number and died
+            pytest.skip("this qemu-user maps real-time signals differently")
         assert "threads=1" in wait_for(flag, 5)
         time.sleep(1.5)
         p.send_signal(QEMU_RESUME)

@@ -291,6 +291,7 @@ def test_imageset_api_and_byte_exact_save(tmp_path: Path) -> None:
     assert s.files[1].reg.size == 8192
     assert [f.fd for f in s.fdinfo(1)] == [0]
     assert s.ids(1).files_id == 1
+    assert s.vma_at(1, STACK + 5).start == STACK and s.vma_at(1, 0x10) is None
     mm = s.mm(1)
     env = s.memory(1).read(mm.mm_env_start, mm.mm_env_end - mm.mm_env_start)
     assert env.startswith(MARKER)

@@ -118,6 +118,13 @@ class ImageSet:
     def mm(self, pid: int) -> Message:
         return self._single(f"mm-{pid}.img")
 
+    def vma_at(self, pid: int, addr: int) -> Message | None:
+        """The vma_entry of process `pid` that contains `addr`, if any."""
+        for v in self.mm(pid).vmas:
+            if v.start <= addr < v.end:
+                return v
+        return None
+
     def ids(self, pid: int) -> Message:
         name = f"ids-{pid}.img"
         if name in self.images:

@@ -215,7 +215,8 @@ class Migration:
             else:
                 out = self._workdir / "target"
                 timings = recode.recode(self._workdir / "source", out, self.program,
-                                        self.src.isa, self.dst.isa)
+                                        self.src.isa, self.dst.isa,
+                                        self.validation.target_facts.special_maps)
                 self.rep.set("recode_seconds", {k: round(v, 4) for k, v in timings.items()})
                 moved = self._checkpoint_link.upload(out, self.checkpoint)
                 self.bytes_moved += moved.bytes

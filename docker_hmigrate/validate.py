@@ -33,11 +33,14 @@ class HostFacts:
     runc_version: str = ""
     missing_paths: list[str] = field(default_factory=list)
     probe_error: str = ""
+    # The kernel's special mappings ([vdso], [vvar], ...) as a process there sees them,
+    # name -> list of (start, end): what a recoded image must reserve for the target.
+    special_maps: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
 
 
 def probe_script(root_dir: str, paths: list[str]) -> str:
     checks = "".join(f"[ -e {shlex.quote(p)} ] || echo missing_path={p}\n" for p in paths)
-    return f"""
+    return rf"""
 echo criu_version=$(criu --version 2>/dev/null | sed -n 's/^Version: //p')
 if criu check >/tmp/criu-check.log 2>&1; then echo criu_check=ok
 else echo criu_check=fail; tail -n 5 /tmp/criu-check.log | sed 's/^/criu_log=/'; fi
@@ -45,6 +48,7 @@ echo mem_available_kb=$(awk '/^MemAvailable:/ {{print $2}}' /proc/meminfo)
 echo disk_free_kb=$(df -Pk {shlex.quote(root_dir)} | awk 'NR==2 {{print $4}}')
 echo cpu_flags=$(grep -m1 -E '^(flags|Features)' /proc/cpuinfo | cut -d: -f2)
 echo runc_version=$(runc --version 2>/dev/null | sed -n 's/^runc version //p')
+grep -E '\[(vdso|vvar|vvar_vclock|vsyscall)\]' /proc/self/maps | sed 's/^/special_map=/'
 {checks}"""
 
 
@@ -71,6 +75,11 @@ def parse_probe(output: str) -> HostFacts:
             facts.runc_version = value
         elif key == "missing_path":
             facts.missing_paths.append(value)
+        elif key == "special_map" and value:
+            fields = value.split()
+            lo, _, hi = fields[0].partition("-")
+            facts.special_maps.setdefault(fields[-1].strip("[]"), []).append(
+                (int(lo, 16), int(hi, 16)))
     return facts
 
 

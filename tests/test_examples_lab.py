@@ -43,3 +43,60 @@ def test_helloworld_variant_runs_and_counts(host_b, cleanup, platform):
     for member in (b"hmigrate/hello_x86-64", b"hmigrate/hello_aarch64",
                    b"hmigrate/hello.hmigrate.json", b"run/hmigrate"):
         assert member in tar, member
+
+
+def _redis_answers(address: str, port: int):
+    from tests.resp import Redis
+
+    try:
+        client = Redis(address, port, timeout=5)
+        try:
+            return client.call("PING") == "PONG" and client
+        except (OSError, RuntimeError, ConnectionError):
+            client.close()
+    except OSError:
+        pass
+    return None
+
+
+@pytest.mark.parametrize("arch,port", [("amd64", 16391), ("arm64", 16392)])
+def test_redis_image_serves(host_a, cleanup, arch, port):
+    """Redis 7 from Debian's source, built by hmigrate-cc: PING, SET and GET (the arm64
+    variant runs under qemu-user emulation on this x86-64 host)."""
+    name = unique(f"redis-{arch}")
+    cleanup.append(name)
+    image = f"{REGISTRY}/hmigrate/redis:{arch}"
+    host_a.docker("pull", "-q", image)
+    host_a.docker("run", "-d", "--platform", f"linux/{arch}", "--name", name,
+                  "-p", f"{port}:6379", image)
+    client = wait_until(lambda: _redis_answers("127.0.0.1", port), timeout=90,
+                        what=f"redis {arch} to answer")
+    assert client.call("SET", "greeting", "hello") == "OK"
+    assert client.call("GET", "greeting") == b"hello"
+    assert client.call("DBSIZE") == 1
+    client.close()
+
+
+@pytest.mark.parametrize("arch,port", [("amd64", 18091), ("arm64", 18092)])
+def test_nginx_image_serves_its_page(host_a, cleanup, arch, port):
+    """nginx from Debian's source, built by hmigrate-cc: a master and a worker process."""
+    import urllib.request
+
+    name = unique(f"nginx-{arch}")
+    cleanup.append(name)
+    image = f"{REGISTRY}/hmigrate/nginx-bin:{arch}"
+    host_a.docker("pull", "-q", image)
+    host_a.docker("run", "-d", "--platform", f"linux/{arch}", "--name", name,
+                  "-p", f"{port}:80", image)
+
+    def page():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+                return resp.read().decode()
+        except OSError:
+            return None
+
+    body = wait_until(page, timeout=90, what=f"nginx {arch} to serve")
+    assert "served by nginx built with hmigrate-cc" in body
+    top = host_a.docker("top", name)
+    assert "master process" in top and "worker process" in top, top

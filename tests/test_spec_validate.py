@@ -61,12 +61,16 @@ def test_target_spec_image_override_and_no_mutation():
 def test_parse_probe():
     out = ("criu_version=4.2.1\ncriu_check=fail\ncriu_log=Error (criu/kerndat.c): x\n"
            "mem_available_kb=1024\ndisk_free_kb=2048\ncpu_flags= fpu sse2 avx\n"
-           "runc_version=1.1.5\nmissing_path=/srv\nnoise without equals\n")
+           "runc_version=1.1.5\nmissing_path=/srv\nnoise without equals\n"
+           "special_map=7ffd1000-7ffd5000 r--p 00000000 00:00 0                  [vvar]\n"
+           "special_map=7ffd5000-7ffd7000 r-xp 00000000 00:00 0                  [vdso]\n")
     f = parse_probe(out)
     assert f.criu_version == "4.2.1" and f.criu_check is False
     assert f.criu_log == ["Error (criu/kerndat.c): x"]
     assert f.mem_available == 1024 * 1024 and f.disk_free == 2048 * 1024
     assert f.cpu_flags == {"fpu", "sse2", "avx"} and f.missing_paths == ["/srv"]
+    assert f.special_maps == {"vvar": [(0x7FFD1000, 0x7FFD5000)],
+                              "vdso": [(0x7FFD5000, 0x7FFD7000)]}
 
 
 def test_probe_script_quotes_paths():

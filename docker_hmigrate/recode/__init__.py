@@ -83,29 +83,34 @@ def preflight(program: Program, src_isa: str, dst_isa: str) -> list[str]:
             problems.append(f"the image lacks the {isa} variant of {program.path}")
     if not program.metadata.get("checks", {}).get("park_points_clean", False):
         problems.append("the toolchain's build-time check of the park points failed")
-    problems += _engine_problems()
+    problems += _engine_problems(program, src_isa, dst_isa)
     return problems
 
 
-def _engine_problems() -> list[str]:
+def _engine_problems(program: Program, src_isa: str, dst_isa: str) -> list[str]:
     """What this version of recode cannot transform yet, said before anything is frozen."""
     try:
-        from docker_hmigrate.recode import transform  # noqa: F401
+        from docker_hmigrate.recode import transform
     except ImportError:
         return ["the recode transformation of thread stacks and process state is not "
                 "available in this version of docker-hmigrate"]
-    return []
+    return transform.preflight_problems(program, src_isa, dst_isa)
 
 
 def recode(src_dir: Path, dst_dir: Path, program: Program, src_isa: str, dst_isa: str,
-           ) -> dict[str, float]:
-    """Rewrite the image set in src_dir for dst_isa into dst_dir; per-phase seconds."""
+           target_maps: dict[str, list[tuple[int, int]]] | None = None) -> dict[str, float]:
+    """Rewrite the image set in src_dir for dst_isa into dst_dir; per-phase seconds.
+
+    target_maps: the target kernel's special mappings ([vdso], [vvar] ...) as the probe
+    saw them (validate.HostFacts.special_maps), so the images reserve what it needs.
+    """
     problems = preflight(program, src_isa, dst_isa)
     if problems:
         raise errors.NotMigratableCrossISA("cannot recode: " + "; ".join(problems))
     from docker_hmigrate.recode import transform
 
     started = time.monotonic()
-    timings = transform.recode_images(src_dir, dst_dir, program, src_isa, dst_isa)
+    timings = transform.recode_images(src_dir, dst_dir, program, src_isa, dst_isa,
+                                      target_maps or {})
     timings["total"] = time.monotonic() - started
     return timings

@@ -101,6 +101,6 @@ def test_nginx_image_serves_its_page(host_a, cleanup, arch, port):
     # A master (root) and its worker (nobody). Under qemu-user the process titles are not
     # rewritten, so the users tell them apart.
     rows = [line.split() for line in host_a.docker("top", name).splitlines()[1:]]
-    procs = {row[0]: (row[1], row[2]) for row in rows if "/nginx" in " ".join(row)}
+    procs = {row[0]: (row[1], row[2]) for row in rows if "nginx" in " ".join(row[7:])}
     assert set(procs) == {"root", "nobody"}, rows
     assert procs["nobody"][1] == procs["root"][0], rows  # the worker's parent is the master

@@ -1,0 +1,331 @@
+"""Unwind a parked thread's stack with the build metadata and rebuild it for the other ISA.
+
+A parked thread's stack, innermost first (docs/toolchain.md): the runtime's
+hm_futex_wait <- hmigrate_park <- __cyg_profile_func_enter <- the instrumented function
+being entered <- its callers ... <- musl's bottom frame (libc_start_main_stage2 for main,
+pthread's start for threads). Every frame of ours is -O0: each variable lives in a
+stack slot at a fixed offset from the CFA (the caller's SP before the call), and the
+frame record {saved FP, return address} and saved callee-saved registers sit at fixed
+CFA offsets. So a frame is moved by copying variables slot to slot; the target frame's
+CFA is its caller's SP at the twin call site (from the metadata), the outermost CFA
+(where musl's frame calls ours) stays where it was, so everything above it (musl's
+bottom frames, argv, envp, auxv) keeps its address.
+"""
+
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass, field
+from typing import Any
+
+from docker_hmigrate import errors
+from docker_hmigrate.recode import aarch64, x86_64
+
+
+class Untranslatable(errors.NotMigratableCrossISA):
+    pass
+
+
+@dataclass
+class CallSite:
+    function: dict[str, Any]
+    site: dict[str, Any]  # the source ISA's call site
+    twin: dict[str, Any] | None  # the target ISA's
+
+
+class Index:
+    """The metadata, indexed for one direction (src -> dst)."""
+
+    def __init__(self, md: dict[str, Any], src: str, dst: str):
+        self.md, self.src, self.dst = md, src, dst
+        self.by_name = {f["name"]: f for f in md["functions"]}
+        self.calls: dict[int, CallSite] = {}
+        self.return_twins: dict[int, int] = {}  # src return address -> dst
+        for f in md["functions"]:
+            if src not in f["isa"] or dst not in f["isa"]:
+                continue
+            pairs = dict(f.get("call_site_pairs", []))
+            dst_sites = f["isa"][dst]["call_sites"]
+            for c in f["isa"][src]["call_sites"]:
+                t = pairs.get(c["index"])
+                twin = dst_sites[t] if t is not None else None
+                self.calls[c["return_address"]] = CallSite(f, c, twin)
+                if twin is not None:
+                    self.return_twins[c["return_address"]] = twin["return_address"]
+        rt = md["runtime"]
+        self.bottoms: dict[int, int] = {}
+        bs, bd = rt["bottom_frames"].get(src, []), rt["bottom_frames"].get(dst, [])
+        for a, b in zip(bs, bd, strict=False):
+            if (a["function"], a["target"]) == (b["function"], b["target"]):
+                self.bottoms[a["return_address"]] = b["return_address"]
+        self.func_twins: dict[int, int] = {}  # code addresses of functions, src -> dst
+        for s in md["symbols"]:
+            a, b = s.get(src), s.get(dst)
+            if s["kind"] == "func" and a and b:
+                self.func_twins[a[0]] = b[0]
+        self._ret_sorted = sorted(self.return_twins)
+
+    def code_twin(self, addr: int) -> int | None:
+        """The target address of a source code pointer we can translate."""
+        if addr in self.return_twins:
+            return self.return_twins[addr]
+        if addr in self.bottoms:
+            return self.bottoms[addr]
+        return self.func_twins.get(addr)
+
+
+@dataclass
+class Frame:
+    """One frame of ours on the source stack (and, once planned, on the target)."""
+
+    function: dict[str, Any]
+    src_cfa: int
+    src_pc: int  # where this frame is stopped (a return address, or the park pc)
+    site: CallSite | None  # None for the innermost (park) frame
+    src_sp: int = 0  # lowest address of the frame (its SP at the stop)
+    dst_cfa: int = 0
+    dst_pc: int = 0
+    regs: dict[str, int] = field(default_factory=dict)  # callee-saved values (source)
+
+
+@dataclass
+class SourceStack:
+    frames: list[Frame]  # innermost first
+    bottom_return: int  # the return address into musl's bottom frame (source)
+    outer_cfa: int  # CFA of the outermost frame of ours: stays where it is
+
+
+def _vars(function: dict[str, Any], isa: str) -> list[dict[str, Any]]:
+    return [v for v in function["isa"][isa].get("vars", []) if "cfa_offset" in v]
+
+
+def in_scope(var: dict[str, Any], pc: int) -> bool:
+    # pc is a return address or the park pc: the stopped instruction is before it
+    return not var.get("scope") or var["scope"][0] <= pc - 1 < var["scope"][1]
+
+
+def unwind_x86(mem, regs: x86_64.ThreadRegs, idx: Index) -> SourceStack:
+    """Walk a parked x86-64 thread from the futex wait down to musl's bottom frame."""
+    park = idx.md["runtime"]["park_points"][idx.src]
+    if regs.pc not in (park["blocked_pc"], park["syscall_pc"]):
+        raise Untranslatable(f"thread is not parked at the runtime's futex wait "
+                             f"(pc {regs.pc:#x}, expected {park['blocked_pc']:#x})")
+    if regs.syscall_nr not in (x86_64.SYS_FUTEX, -1, (1 << 64) - 1):
+        raise Untranslatable(f"thread is in system call {regs.syscall_nr}, not futex")
+    # hm_futex_wait: push rbp; mov rbp, rsp -> rbp = sp + frame_size - 16
+    if regs.fp != regs.sp + park["frame_size"] - 16:
+        raise Untranslatable(f"unexpected frame at the park point (rbp {regs.fp:#x}, "
+                             f"rsp {regs.sp:#x})")
+    top_fn = idx.by_name.get(idx.md["runtime"]["park_functions"][-1])
+    if top_fn is None:
+        raise Untranslatable("the metadata lacks the runtime's park function")
+    frames = [Frame(top_fn, regs.fp + 16, regs.pc, None, src_sp=regs.sp)]
+    rbp = regs.fp
+    for _ in range(100000):
+        ret = mem.read_u64(rbp + 8)
+        caller_rbp = mem.read_u64(rbp)
+        if ret in idx.bottoms:
+            return SourceStack(frames, ret, frames[-1].src_cfa)
+        cs = idx.calls.get(ret)
+        if cs is None:
+            raise Untranslatable(f"unknown return address {ret:#x} on the stack (a frame "
+                                 f"without metadata)")
+        f = cs.function
+        if not cs.site.get("translatable", True) or cs.twin is None:
+            raise Untranslatable(f"{f['name']}: call site at {ret:#x} has no translatable "
+                                 f"twin on {idx.dst}: {cs.site.get('untranslatable_reasons')}")
+        if f.get("instrumented") and not f.get("translatable", True):
+            raise Untranslatable(f"{f['name']} is untranslatable: "
+                                 f"{f.get('untranslatable_reasons')}")
+        frame = f["isa"][idx.src].get("frame") or {}
+        if frame.get("cfa") != "rbp+16" or frame.get("dynamic_sp"):
+            raise Untranslatable(f"{f['name']}: frame layout {frame.get('cfa')} not supported")
+        cfa = caller_rbp + 16
+        frames.append(Frame(f, cfa, ret, cs, src_sp=cfa + cs.site["sp_cfa_offset"]))
+        if caller_rbp <= rbp:
+            raise Untranslatable(f"broken frame chain at {rbp:#x}")
+        rbp = caller_rbp
+    raise Untranslatable("frame chain too long")
+
+
+def source_callee_saved(mem, stack: SourceStack, regs: x86_64.ThreadRegs, idx: Index) -> None:
+    """Each frame's callee-saved register values at its call site: in the nearest inner
+    frame that saved the register, else still in the register."""
+    current = dict(regs.callee_saved)  # values as the innermost frame sees them
+    for fr in stack.frames:  # innermost first
+        fr.regs = dict(current)
+        saved = (fr.function["isa"][idx.src].get("frame") or {}).get("saved_regs", {})
+        for r, off in saved.items():
+            if r in x86_64.CALLEE_SAVED:
+                current[r] = mem.read_u64(fr.src_cfa + off)
+
+
+class StackMap:
+    """Source stack addresses -> target addresses, variable by variable."""
+
+    def __init__(self, stack: SourceStack, idx: Index):
+        self.idx = idx
+        self.lo = min(f.src_sp for f in stack.frames)
+        self.hi = stack.outer_cfa
+        self.spans: list[tuple[int, int, int]] = []  # (src start, src end, dst start)
+        for fr in stack.frames:
+            if fr.site is None:
+                continue
+            for sv, dv in matched_vars(fr, idx):
+                a = fr.src_cfa + sv["cfa_offset"]
+                self.spans.append((a, a + sv["type"]["size"], fr.dst_cfa + dv["cfa_offset"]))
+        self.spans.sort()
+        self._starts = [s[0] for s in self.spans]
+
+    def in_stack(self, addr: int) -> bool:
+        return self.lo <= addr < self.hi
+
+    def map(self, addr: int) -> int:
+        if not self.in_stack(addr):
+            return addr  # above our frames (musl, argv, env) or not on this stack
+        i = bisect.bisect_right(self._starts, addr) - 1
+        # one past the end of a variable (array end pointers) is still that variable
+        for j in (i, i - 1):
+            if 0 <= j < len(self.spans):
+                s, e, d = self.spans[j]
+                if s <= addr <= e:
+                    return d + (addr - s)
+        raise Untranslatable(f"a pointer to stack address {addr:#x} matches no variable slot")
+
+
+def matched_vars(fr: Frame, idx: Index,
+                 strict: bool = True) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """Pairs (source var, target var) live at this frame's stop, matched by name and
+    occurrence (-O0 DWARF lists them in declaration order on both ISAs). Not strict:
+    variables without a twin are left out (the runtime's syscall frame keeps some in
+    registers on one ISA)."""
+    out = []
+    src_vars, dst_vars = _vars(fr.function, idx.src), _vars(fr.function, idx.dst)
+    seen: dict[tuple[str, str], int] = {}
+    by_key: dict[tuple[str, str, int], dict[str, Any]] = {}
+    for v in dst_vars:
+        k = (v["name"], v["kind"])
+        by_key[(*k, seen.get(k, 0))] = v
+        seen[k] = seen.get(k, 0) + 1
+    seen.clear()
+    for v in src_vars:
+        k = (v["name"], v["kind"])
+        n = seen.get(k, 0)
+        seen[k] = n + 1
+        d = by_key.get((*k, n))
+        if d is None and not strict:
+            continue
+        if d is None:
+            raise Untranslatable(f"{fr.function['name']}: variable {v['name']} has no "
+                                 f"twin on {idx.dst}")
+        if d["type"]["size"] != v["type"]["size"]:
+            raise Untranslatable(f"{fr.function['name']}: variable {v['name']} has "
+                                 f"size {v['type']['size']} on {idx.src}, "
+                                 f"{d['type']['size']} on {idx.dst}")
+        if in_scope(v, fr.src_pc) and in_scope(d, fr.dst_pc):
+            out.append((v, d))
+    return out
+
+
+def plan_aarch64(stack: SourceStack, idx: Index) -> None:
+    """Target CFAs and stop addresses, outermost frame first."""
+    cfa = stack.outer_cfa
+    if cfa % 16:
+        raise Untranslatable(f"outermost frame's CFA {cfa:#x} is not 16-byte aligned")
+    frames = stack.frames
+    for i in range(len(frames) - 1, -1, -1):
+        fr = frames[i]
+        fr.dst_cfa = cfa
+        if fr.site is None:  # the park frame: stopped at the park pc
+            fr.dst_pc = idx.md["runtime"]["park_points"][idx.dst]["blocked_pc"]
+            break
+        fr.dst_pc = fr.site.twin["return_address"]
+        sp = cfa + fr.site.twin["sp_cfa_offset"]
+        if sp % 16:
+            raise Untranslatable(f"{fr.function['name']}: target SP {sp:#x} misaligned")
+        cfa = sp  # the callee's CFA is the caller's SP at the call
+
+
+def lowest_target_sp(stack: SourceStack, idx: Index) -> int:
+    park = idx.md["runtime"]["park_points"][idx.dst]
+    return stack.frames[0].dst_cfa - park["frame_size"]
+
+
+def write_aarch64(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMap,
+                  bottom_ret: int) -> dict[str, int]:
+    """Write every target frame; returns the callee-saved register values the innermost
+    frame must find in its registers (x19..x28) plus x29/x30 for the leaf park frame."""
+    expected: dict[str, int] = {}  # value each callee-saved register must hold now
+    frames = stack.frames
+    for i in range(len(frames) - 1, -1, -1):
+        fr = frames[i]
+        caller = frames[i + 1] if i + 1 < len(frames) else None
+        own_ret = caller.dst_pc if caller else bottom_ret
+        if fr.site is None:  # leaf park frame: its frame record stays in x29/x30
+            _copy_vars(src_mem, dst_mem, fr, idx, smap, strict=False)
+            return {**expected, "x29": caller.dst_cfa + _fp_off(caller, idx), "x30": own_ret}
+        meta = fr.function["isa"][idx.dst]
+        fmeta = meta.get("frame") or {}
+        if fmeta.get("dynamic_sp") or "saved_fp_cfa_offset" not in fmeta:
+            raise Untranslatable(f"{fr.function['name']}: no fixed aarch64 frame layout")
+        # frame record
+        caller_fp = caller.dst_cfa + _fp_off(caller, idx) if caller else 0  # 0 ends the chain
+        dst_mem.write_u64(fr.dst_cfa + fmeta["saved_fp_cfa_offset"], caller_fp)
+        dst_mem.write_u64(fr.dst_cfa + fmeta["return_address_cfa_offset"], own_ret)
+        # callee-saved registers this function saved in its prologue: the values its
+        # caller needs back
+        saved = fmeta.get("saved_regs", {})
+        for r, off in saved.items():
+            if r in aarch64.CALLEE_SAVED:
+                dst_mem.write_u64(fr.dst_cfa + off, expected.get(r, 0))
+        # this frame's own live values at its call site
+        live = fr.site.twin.get("live_callee_saved", [])
+        lr_copy = (fr.function.get("park_point") or {}).get("aarch64_lr_copy")
+        temps_dst = fr.site.twin.get("callee_saved_temps", [])
+        temps_src = fr.site.site.get("callee_saved_temps", [])
+        for r in saved:
+            if r in aarch64.CALLEE_SAVED:
+                expected[r] = 0  # clobbered here, dead unless live below
+        for r in live:
+            if r not in saved:
+                raise Untranslatable(f"{fr.function['name']}: {r} live but not saved")
+            if r == lr_copy:
+                expected[r] = own_ret
+            elif r in temps_dst:
+                k = temps_dst.index(r)
+                if k >= len(temps_src):
+                    raise Untranslatable(f"{fr.function['name']}: temporary in {r} has "
+                                         f"no source value")
+                expected[r] = translate_value(fr.regs[temps_src[k]], None, smap, idx)
+            else:
+                raise Untranslatable(f"{fr.function['name']}: unknown live value in {r} "
+                                     f"at {fr.dst_pc:#x}")
+        _copy_vars(src_mem, dst_mem, fr, idx, smap)
+    raise Untranslatable("stack has no park frame")
+
+
+def _copy_vars(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap,
+               strict: bool = True) -> None:
+    """Variables slot to slot; pointers inside them (pointer_offsets) translated."""
+    for sv, dv in matched_vars(fr, idx, strict):
+        raw = bytearray(src_mem.read(fr.src_cfa + sv["cfa_offset"], sv["type"]["size"]))
+        for po in sv["type"].get("pointer_offsets", []):
+            if po + 8 <= len(raw):
+                v = int.from_bytes(raw[po:po + 8], "little")
+                raw[po:po + 8] = translate_value(v, sv, smap, idx).to_bytes(8, "little")
+        dst_mem.write(fr.dst_cfa + dv["cfa_offset"], bytes(raw))
+
+
+def _fp_off(fr: Frame, idx: Index) -> int:
+    return (fr.function["isa"][idx.dst].get("frame") or {}).get("fp_cfa_offset", 0)
+
+
+def translate_value(v: int, var: dict[str, Any] | None, smap: StackMap, idx: Index) -> int:
+    """A pointer-sized value: stack addresses move with their variable; return
+    addresses go to their twins; everything else (heap, data, function addresses:
+    aligned by the toolchain) stays."""
+    if smap.in_stack(v):
+        return smap.map(v)
+    if v in idx.return_twins:
+        return idx.return_twins[v]
+    return v

@@ -1,0 +1,348 @@
+"""Process-wide state of an image set, rewritten for the target ISA: the executable's
+mappings and file entry, mm bounds, the auxiliary vector, vDSO/vvar/vsyscall areas,
+signal actions, seccomp, and musl's per-thread struct pthread."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from docker_hmigrate.criu import schema
+from docker_hmigrate.criu.memory import PAGE_SIZE, PE_PRESENT, entry_flags, entry_nr_pages
+from docker_hmigrate.recode import aarch64, x86_64
+from docker_hmigrate.recode.frames import Index, Untranslatable
+
+# vma_entry.status bits (CRIU's VMA_AREA_*)
+VMA_AREA_REGULAR = 1 << 0
+VMA_AREA_STACK = 1 << 1
+VMA_AREA_VSYSCALL = 1 << 2
+VMA_AREA_VDSO = 1 << 3
+VMA_FILE_PRIVATE = 1 << 6
+VMA_ANON_PRIVATE = 1 << 9
+VMA_AREA_VVAR = 1 << 12
+
+AT = {"AT_PHDR": 3, "AT_PHENT": 4, "AT_PHNUM": 5, "AT_ENTRY": 9, "AT_HWCAP": 16,
+      "AT_PLATFORM": 15, "AT_SYSINFO_EHDR": 33, "AT_HWCAP2": 26, "AT_MINSIGSTKSZ": 51}
+PF_X, PF_W, PF_R = 1, 2, 4
+PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
+EM = {"x86-64": 62, "aarch64": 183}
+SA_RESTORER = 0x04000000
+
+
+def page_down(a: int) -> int:
+    return a // PAGE_SIZE * PAGE_SIZE
+
+
+def page_up(a: int) -> int:
+    return -(-a // PAGE_SIZE) * PAGE_SIZE
+
+
+@dataclass
+class Elf:
+    entry: int
+    machine: int
+    phoff: int
+    phnum: int
+    loads: list[tuple[int, int, int, int, int]]  # (offset, vaddr, filesz, memsz, flags)
+    size: int
+
+    @classmethod
+    def parse(cls, data: bytes) -> Elf:
+        if data[:4] != b"\x7fELF" or data[4] != 2 or data[5] != 1:
+            raise Untranslatable("target binary is not a 64-bit little-endian ELF")
+        machine, = struct.unpack_from("<H", data, 18)
+        entry, phoff = struct.unpack_from("<QQ", data, 24)
+        phentsize, phnum = struct.unpack_from("<HH", data, 54)
+        loads = []
+        for i in range(phnum):
+            p_type, p_flags, off, vaddr, _pa, filesz, memsz, _al = struct.unpack_from(
+                "<IIQQQQQQ", data, phoff + i * phentsize)
+            if p_type == 1:
+                loads.append((off, vaddr, filesz, memsz, p_flags))
+        return cls(entry, machine, phoff, phnum, loads, len(data))
+
+    @property
+    def phdr_addr(self) -> int:
+        for off, vaddr, filesz, _m, _f in self.loads:
+            if off <= self.phoff < off + filesz:
+                return vaddr + self.phoff - off
+        raise Untranslatable("target binary's program headers are not loaded")
+
+
+def drop_pages(imgset, pid: int, start: int, end: int) -> int:
+    """Remove [start, end) from the process's pagemap and pages image; returns pages."""
+    mem = imgset.memory(pid)
+    pagemap, pages = mem.pagemap, mem.pages
+    head, entries = pagemap.entries[0], pagemap.entries[1:]
+    out, data, dropped, offset = [], bytearray(), 0, 0
+    for e in entries:
+        m = e.msg
+        n, flags = entry_nr_pages(m), entry_flags(m)
+        present = bool(flags & PE_PRESENT) and not flags & 1
+        size = n * PAGE_SIZE
+        blob = bytes(pages.data[offset:offset + size]) if present else b""
+        if present:
+            offset += size
+        lo, hi = m.vaddr, m.vaddr + size
+        keep = [(a, b) for a, b in ((lo, min(hi, start)), (max(lo, end), hi)) if a < b]
+        if keep == [(lo, hi)]:
+            out.append(e)
+            data += blob
+            continue
+        dropped += (size - sum(b - a for a, b in keep)) // PAGE_SIZE
+        for a, b in keep:
+            out.append(type(e)(msg=schema.new("pagemap_entry", vaddr=a, compat_nr_pages=0,
+                                              flags=flags, nr_pages=(b - a) // PAGE_SIZE)))
+            if present:
+                data += blob[a - lo:b - lo]
+    if dropped:
+        pagemap.entries = [head, *out]
+        pages.data[:] = data
+        imgset._memory.pop(pid, None)  # re-index on next use
+    return dropped
+
+
+def rewrite_exe(imgset, pid: int, program_path: str, target: Elf) -> None:
+    """The executable's VMAs from the target variant's PT_LOADs (addresses are aligned by
+    the toolchain; offsets, sizes and the number of segments differ), its file entry's
+    size, and mm's code/data bounds."""
+    mm = imgset.mm(pid)
+    exe_id = mm.exe_file_id
+    exe_vmas = [v for v in mm.vmas if v.shmid == exe_id and v.status & VMA_AREA_REGULAR
+                and not v.status & VMA_ANON_PRIVATE]
+    if not exe_vmas:
+        raise Untranslatable("the executable's mappings are not in the image")
+    other_files = {imgset.path_of(v.shmid) for v in mm.vmas
+                   if v.shmid and v.shmid != exe_id and not v.status & VMA_ANON_PRIVATE}
+    if other_files:
+        names = ", ".join(map(str, other_files))
+        raise Untranslatable(f"process {pid} maps other files ({names}): "
+                             f"libraries of the source ISA cannot be translated")
+    template = exe_vmas[0]
+    # text/rodata come from the target file; dumped copies there are source code
+    for v in exe_vmas:
+        if not v.prot & PROT_WRITE:
+            drop_pages(imgset, pid, v.start, v.end)
+    new = []
+    for off, vaddr, filesz, _memsz, flags in target.loads:
+        prot = ((PROT_READ if flags & PF_R else 0) | (PROT_WRITE if flags & PF_W else 0)
+                | (PROT_EXEC if flags & PF_X else 0))
+        v = schema.message_class("vma_entry")()
+        v.CopyFrom(template)
+        v.start, v.end, v.pgoff, v.prot = page_down(vaddr), page_up(vaddr + filesz), \
+            page_down(off), prot
+        new.append(v)
+    for v in new:
+        for o in mm.vmas:
+            if o in exe_vmas:
+                continue
+            if o.start < v.end and v.start < o.end:
+                raise Untranslatable(f"target segment {v.start:#x}-{v.end:#x} overlaps "
+                                     f"{o.start:#x}-{o.end:#x}")
+    keep = [v for v in mm.vmas if v not in exe_vmas]
+    vmas = sorted([*keep, *new], key=lambda v: v.start)
+    del mm.vmas[:]
+    mm.vmas.extend(vmas)
+    x = [(vaddr, vaddr + filesz) for _o, vaddr, filesz, _m, f in target.loads if f & PF_X]
+    mm.mm_start_code = min(a for a, _ in x)
+    mm.mm_end_code = max(b for _, b in x)
+    mm.mm_start_data = max(vaddr for _o, vaddr, *_ in target.loads)
+    mm.mm_end_data = max(vaddr + filesz for _o, vaddr, filesz, *_ in target.loads)
+    reg = imgset.file_object(exe_id)
+    if reg is None or reg.name != program_path:
+        raise Untranslatable(f"process {pid} runs {reg.name if reg else '?'}, not "
+                             f"{program_path}")
+    reg.size = target.size
+
+
+def special_areas(imgset, pid: int) -> dict[str, list]:
+    mm = imgset.mm(pid)
+    return {"vdso": [v for v in mm.vmas if v.status & VMA_AREA_VDSO],
+            "vvar": [v for v in mm.vmas if v.status & VMA_AREA_VVAR],
+            "vsyscall": [v for v in mm.vmas if v.status & VMA_AREA_VSYSCALL]}
+
+
+def rewrite_special(imgset, pid: int, target_maps: dict[str, list[tuple[int, int]]],
+                    vdso_image: bytes | None) -> tuple[int, int]:
+    """Drop [vsyscall]; [vvar] and [vdso] keep the vDSO's address but get the target
+    kernel's sizes, and the dumped vDSO pages are replaced. Returns the source vDSO range
+    (pointers into it must not survive)."""
+    mm = imgset.mm(pid)
+    areas = special_areas(imgset, pid)
+    for v in areas["vsyscall"]:
+        drop_pages(imgset, pid, v.start, v.end)
+    if len(areas["vdso"]) != 1 or len(areas["vvar"]) > 1:
+        raise Untranslatable(f"unexpected vDSO areas in process {pid}")
+    vdso = areas["vdso"][0]
+    vvar = areas["vvar"][0] if areas["vvar"] else None
+    old_lo = min(vdso.start, vvar.start if vvar else vdso.start)
+    old_hi = max(vdso.end, vvar.end if vvar else vdso.end)
+    drop_pages(imgset, pid, old_lo, old_hi)
+    vdso_size = _size(target_maps.get("vdso"), 2 * PAGE_SIZE)
+    vvar_size = _size(target_maps.get("vvar"), 2 * PAGE_SIZE)
+    if vdso_image is not None and len(vdso_image) != vdso_size:
+        raise Untranslatable(f"target vDSO image is {len(vdso_image)} bytes, its area "
+                             f"{vdso_size}")
+    base = vdso.start
+    vdso.end = base + vdso_size
+    if vvar is not None:
+        vvar.start, vvar.end = base - vvar_size, base
+    keep = [v for v in mm.vmas if not v.status & VMA_AREA_VSYSCALL]
+    for v in keep:
+        if v is vdso or v is vvar:
+            continue
+        lo, hi = (vvar.start if vvar else base), vdso.end
+        if v.start < hi and lo < v.end:
+            raise Untranslatable(f"target vDSO/vvar {lo:#x}-{hi:#x} would overlap "
+                                 f"{v.start:#x}-{v.end:#x}")
+    del mm.vmas[:]
+    mm.vmas.extend(sorted(keep, key=lambda v: v.start))
+    mem = imgset.memory(pid)
+    mem.populate(base, vdso_size, flags=PE_PRESENT)
+    mem.write(base, vdso_image if vdso_image is not None else empty_vdso(vdso_size))
+    return old_lo, old_hi
+
+
+def _size(ranges, default: int) -> int:
+    return ranges[0][1] - ranges[0][0] if ranges else default
+
+
+def empty_vdso(size: int) -> bytes:
+    """A valid vDSO-shaped ELF that defines no symbol. CRIU's restorer parses the
+    dumped vDSO and, finding none of the kernel's symbols, keeps it as a proxy; musl
+    finds no clock_gettime in it and uses the system call. Used when the target
+    kernel's own vDSO image is not at hand (the area must not keep source-ISA code)."""
+    # layout: ehdr 0x0, phdrs 0x40 (2), dynamic 0xb0, hash 0x110, symtab 0x120, strtab 0x138
+    dyn, hsh, sym, stt = 0xB0, 0x110, 0x120, 0x138
+    eh = struct.pack("<4sBBBBB7sHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, b"\0" * 7,
+                     3, EM["aarch64"], 1, 0, 0x40, 0, 0, 64, 56, 2, 64, 0, 0)
+    load = struct.pack("<IIQQQQQQ", 1, PF_R | PF_X, 0, 0, 0, size, size, PAGE_SIZE)
+    dynp = struct.pack("<IIQQQQQQ", 2, PF_R, dyn, dyn, dyn, 0x60, 0x60, 8)
+    dyns = struct.pack("<6q", 4, hsh, 5, stt, 6, sym) + struct.pack(
+        "<6q", 10, 1, 11, 24, 0, 0)  # DT_HASH, DT_STRTAB, DT_SYMTAB, DT_STRSZ, DT_SYMENT
+    hashtab = struct.pack("<4I", 1, 1, 0, 0)  # one bucket, one (null) chain entry
+    out = bytearray(size)
+    for at, blob in ((0, eh), (0x40, load), (0x78, dynp), (dyn, dyns), (hsh, hashtab),
+                     (sym, bytes(24)), (stt, b"\0")):
+        out[at:at + len(blob)] = blob
+    return bytes(out)
+
+
+def rewrite_auxv(imgset, pid: int, target: Elf, src_vdso: tuple[int, int]) -> None:
+    """AT_* values a fresh aarch64 process would have, in mm_saved_auxv and in the
+    process's own copy on its stack (musl's libc.auxv points there)."""
+    mm = imgset.mm(pid)
+    old = list(mm.mm_saved_auxv)
+    pairs = [(old[i], old[i + 1]) for i in range(0, len(old) - 1, 2)]
+    values = {AT["AT_PHDR"]: target.phdr_addr, AT["AT_PHNUM"]: target.phnum,
+              AT["AT_PHENT"]: 56, AT["AT_ENTRY"]: target.entry, AT["AT_HWCAP"]: aarch64.HWCAP,
+              AT["AT_HWCAP2"]: aarch64.HWCAP2, AT["AT_MINSIGSTKSZ"]: aarch64.MINSIGSTKSZ}
+    new = [(k, values.get(k, v)) for k, v in pairs]
+    mem = imgset.memory(pid)
+    platform = dict(pairs).get(AT["AT_PLATFORM"])
+    if platform:
+        cur = mem.read(platform, len(aarch64.PLATFORM))
+        # the kernel leaves padding after the platform string: the longer name fits
+        if b"\0" not in cur or any(cur[cur.index(b"\0"):]):
+            raise Untranslatable("no room for the aarch64 AT_PLATFORM string")
+        mem.write(platform, aarch64.PLATFORM)
+    blob_old = b"".join(struct.pack("<QQ", k, v) for k, v in pairs)
+    hits = mem.find(blob_old, mm.mm_start_stack, mm.mm_env_start)
+    if len(hits) != 1:
+        raise Untranslatable(f"the auxiliary vector on the stack of {pid} was not found")
+    mem.write(hits[0], b"".join(struct.pack("<QQ", k, v) for k, v in new))
+    flat = [x for kv in new for x in kv] + old[len(pairs) * 2:]
+    del mm.mm_saved_auxv[:]
+    mm.mm_saved_auxv.extend(flat)
+    lo, hi = src_vdso
+    if not lo <= dict(new).get(AT["AT_SYSINFO_EHDR"], lo) < hi:
+        raise Untranslatable("AT_SYSINFO_EHDR does not point at the vDSO")
+
+
+def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
+                      skip: list[tuple[int, int]]) -> list[str]:
+    """Writable memory holding pointers into the source vDSO/vvar: musl's cached
+    clock_gettime pointer goes back to its lazy initialiser; anything else is refused.
+    Also writes the target HWCAP into musl's __hwcap. Returns what was changed."""
+    mem = imgset.memory(pid)
+    mm = imgset.mm(pid)
+    syms = {s["name"]: s for s in idx.md["symbols"]}
+    changed = []
+    cache = syms.get("clock_gettime.lo::vdso_func") or syms.get("vdso_func")
+    init = syms.get("cgt_init")
+    lo, hi = src_vdso
+    base = next(v.start for v in mm.vmas if v.status & VMA_AREA_VDSO)  # AT_SYSINFO_EHDR
+    if cache and cache.get(idx.dst) and init and init.get(idx.dst):
+        a = cache[idx.src][0]
+        v = mem.read_u64(a) if mem.contains(a, 8) else None
+        if v is not None and v != init[idx.src][0]:
+            if not (lo <= v < hi or v == 0):
+                raise Untranslatable(f"musl's vdso_func holds {v:#x}")
+            mem.write_u64(a, init[idx.dst][0])
+            changed.append(f"vdso_func {v:#x} -> cgt_init")
+    hw = syms.get("__hwcap")
+    if hw and hw.get(idx.src) and hw[idx.src][0] == (hw.get(idx.dst) or [None])[0]:
+        if mem.contains(hw[idx.src][0], 8):
+            mem.write_u64(hw[idx.src][0], aarch64.HWCAP)
+    # any other word pointing into the old vDSO/vvar is a cache we cannot translate
+    for v in mm.vmas:
+        if not v.prot & PROT_WRITE or v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
+            continue
+        for run in mem.runs:
+            if run.offset is None or run.end <= v.start or run.vaddr >= v.end:
+                continue
+            a0, a1 = max(run.vaddr, v.start), min(run.end, v.end)
+            data = mem.read(a0, a1 - a0)
+            words = struct.unpack(f"<{len(data) // 8}Q", data)
+            for i, w in enumerate(words):
+                if lo <= w < hi and w != base:
+                    addr = a0 + 8 * i
+                    if any(s <= addr < e for s, e in skip):
+                        continue
+                    raise Untranslatable(f"memory at {addr:#x} holds a pointer into the "
+                                         f"source vDSO ({w:#x})")
+    return changed
+
+
+def translate_pthread(src_mem, dst_mem, td: int) -> int:
+    """musl's struct pthread from x86-64's layout to aarch64's, at the same address (so
+    pthread_t values, the thread list and robust list heads stay valid). Returns the
+    aarch64 thread pointer (TPIDR_EL0 = just past the struct)."""
+    x, a = x86_64.PTHREAD, aarch64.PTHREAD
+    raw = src_mem.read(td, x86_64.PTHREAD_SIZE)
+
+    def word(off: int) -> int:
+        return int.from_bytes(raw[off:off + 8], "little")
+
+    if word(x["self"]) != td:
+        raise Untranslatable(f"no musl struct pthread at the thread pointer {td:#x}")
+    head = word(x["robust_head"])
+    if head not in (0, td + x["robust_head"]):
+        raise Untranslatable("a thread holds robust mutexes (kernel robust list)")
+    out = bytearray(aarch64.PTHREAD_SIZE)
+    for name in ("self", "prev", "next", "sysinfo", "canary", "dtv"):
+        out[a[name]:a[name] + 8] = raw[x[name]:x[name] + 8]
+    # tid .. stdio_locks: the same fields in the same order (152 bytes)
+    n = x86_64.PTHREAD_SIZE - x["common"]
+    out[a["common"]:a["common"] + n] = raw[x["common"]:]
+    if head:
+        out[a["robust_head"]:a["robust_head"] + 8] = (td + a["robust_head"]).to_bytes(8, "little")
+    dst_mem.write(td, bytes(out))
+    return td + aarch64.PTHREAD_SIZE
+
+
+def translate_sigactions(tc, idx: Index) -> None:
+    """Handlers are aligned functions; x86-64's SA_RESTORER trampoline becomes musl's
+    aarch64 __restore_rt (signal numbers and SA_* flags are the same on both)."""
+    for i, sa in enumerate(tc.sigactions):
+        if sa.sigaction in (0, 1):
+            continue
+        twin = idx.func_twins.get(sa.sigaction)
+        if twin != sa.sigaction:
+            raise Untranslatable(f"signal {i + 1} handler {sa.sigaction:#x} is not an "
+                                 f"aligned function")
+        if sa.flags & SA_RESTORER:
+            r = idx.func_twins.get(sa.restorer)
+            if r is None:
+                raise Untranslatable(f"signal {i + 1} restorer {sa.restorer:#x} unknown")
+            sa.restorer = r

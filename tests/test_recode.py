@@ -1,0 +1,309 @@
+"""Recode units on synthetic inputs: stack unwinding and rebuilding from metadata,
+musl's struct pthread, the empty vDSO, preflight refusals. No daemon needed."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from docker_hmigrate import errors
+from docker_hmigrate.recode import Program, aarch64, frames, process, transform, x86_64
+
+# -- a tiny parked program: main -> work -> __cyg_profile_func_enter -> hmigrate_park
+#    -> hm_futex_wait, with musl's libc_start_main_stage2 at the bottom.
+X, A = "x86-64", "aarch64"
+BOTTOM = {X: 0x405000, A: 0x405010}
+
+
+def site(index, ret, sp, kind="call", live=(), temps=(), target=None):
+    return {"index": index, "call_pc": ret - 4, "return_address": ret, "target": target,
+            "kind": kind, "sp_cfa_offset": sp, "live_callee_saved": list(live),
+            "callee_saved_temps": list(temps), "translatable": True}
+
+
+def fn(name, addr, x86, a64, pairs, park_point=None, instrumented=True):
+    f = {"name": name, "addr": addr, "instrumented": instrumented, "translatable": True,
+         "isa": {X: x86, A: a64}, "call_site_pairs": pairs}
+    if park_point:
+        f["park_point"] = park_point
+    return f
+
+
+def frame(isa, size, saved):
+    if isa == X:
+        return {"frame_size": size, "fp_cfa_offset": -16, "dynamic_sp": False,
+                "cfa": "rbp+16", "saved_regs": {"rip": -8, "rbp": -16, **saved},
+                "return_address_cfa_offset": -8, "saved_fp_cfa_offset": -16}
+    return {"frame_size": size, "fp_cfa_offset": -size, "dynamic_sp": False,
+            "cfa": f"sp+{size}", "saved_regs": {"x29": -size, "x30": -size + 8, **saved},
+            "return_address_cfa_offset": -size + 8, "saved_fp_cfa_offset": -size}
+
+
+def var(name, off, size=8, ptr=False, kind="local"):
+    return {"name": name, "kind": kind, "cfa_offset": off, "scope": None,
+            "type": {"name": "t", "size": size, "kind": "pointer" if ptr else "base",
+                     "pointer_offsets": [0] if ptr else []}}
+
+
+def metadata():
+    funcs = [
+        fn("main", 0x401000,
+           {"addr": 0x401000, "size": 64, "frame": frame(X, 32, {}),
+            "vars": [var("x", -24), var("p", -32, ptr=True)],
+            "call_sites": [site(0, 0x401010, -32, "enter_hook"), site(1, 0x401020, -32)]},
+           {"addr": 0x401000, "size": 80, "frame": frame(A, 32, {}),
+            "vars": [var("x", -8), var("p", -16, ptr=True)],
+            "call_sites": [site(0, 0x401014, -32, "enter_hook"), site(1, 0x401028, -32)]},
+           [[0, 0], [1, 1]]),
+        fn("work", 0x401100,
+           {"addr": 0x401100, "size": 64, "frame": frame(X, 32, {"rbx": -24}),
+            "vars": [var("arg", -32, ptr=True, kind="param")],
+            "call_sites": [site(0, 0x401110, -32, "enter_hook", temps=["rbx"],
+                                live=["rbx"])]},
+           {"addr": 0x401100, "size": 80, "frame": frame(A, 48, {"x19": -32, "x20": -24}),
+            "vars": [var("arg", -8, ptr=True, kind="param")],
+            "call_sites": [site(0, 0x401118, -48, "enter_hook", live=["x19", "x20"],
+                                temps=["x20"])]},
+           [[0, 0]], park_point={"clean": True, "aarch64_lr_copy": "x19"}),
+        fn("__cyg_profile_func_enter", 0x401200,
+           {"addr": 0x401200, "size": 32, "frame": frame(X, 16, {}), "vars": [],
+            "call_sites": [site(0, 0x401210, -16)]},
+           {"addr": 0x401200, "size": 32, "frame": frame(A, 16, {}), "vars": [],
+            "call_sites": [site(0, 0x401214, -16)]}, [[0, 0]], instrumented=False),
+        fn("hmigrate_park", 0x401300,
+           {"addr": 0x401300, "size": 32, "frame": frame(X, 48, {}),
+            "vars": [var("ts", -40, 16)], "call_sites": [site(0, 0x401310, -48)]},
+           {"addr": 0x401300, "size": 32, "frame": frame(A, 64, {}),
+            "vars": [var("ts", -24, 16)], "call_sites": [site(0, 0x401318, -64)]},
+           [[0, 0]], instrumented=False),
+        fn("hm_futex_wait", 0x401400, {"addr": 0x401400, "size": 16, "vars": [],
+                                       "call_sites": []},
+           {"addr": 0x401400, "size": 16, "vars": [], "call_sites": []}, [],
+           instrumented=False),
+    ]
+    return {
+        "schema": "hmigrate-toolchain/1",
+        "binaries": {X: {}, A: {}},
+        "runtime": {
+            "park_functions": ["__cyg_profile_func_enter", "hmigrate_park", "hm_futex_wait"],
+            "park_points": {X: {"blocked_pc": 0x401408, "syscall_pc": 0x401406,
+                                "frame_size": 16},
+                            A: {"blocked_pc": 0x401408, "syscall_pc": 0x401404,
+                                "frame_size": 32}},
+            "bottom_frames": {X: [{"function": "stage2", "return_address": BOTTOM[X],
+                                   "target": None}],
+                              A: [{"function": "stage2", "return_address": BOTTOM[A],
+                                   "target": None}]}},
+        "tls": {X: None, A: None, "symbols": []},
+        "functions": funcs,
+        "symbols": [{"name": n, "kind": "func", X: [a, 16], A: [a, 16], "aligned": True}
+                    for n, a in (("main", 0x401000), ("work", 0x401100))],
+        "checks": {"park_points_clean": True},
+    }
+
+
+class FakeMem:
+    """A flat little-endian memory from base, with the Memory methods frames.py uses."""
+
+    def __init__(self, base: int, size: int):
+        self.base, self.data = base, bytearray(size)
+
+    def read(self, a: int, n: int) -> bytes:
+        assert self.base <= a and a + n <= self.base + len(self.data), hex(a)
+        return bytes(self.data[a - self.base:a - self.base + n])
+
+    def write(self, a: int, b: bytes) -> None:
+        assert self.base <= a and a + len(b) <= self.base + len(self.data), hex(a)
+        self.data[a - self.base:a - self.base + len(b)] = b
+
+    def read_u64(self, a: int) -> int:
+        return int.from_bytes(self.read(a, 8), "little")
+
+    def write_u64(self, a: int, v: int) -> None:
+        self.write(a, v.to_bytes(8, "little"))
+
+
+STACK = 0x7ff000
+OUTER = 0x7ff800  # main's CFA: where musl's stage2 called main
+
+
+def x86_stack():
+    """Lay out the parked x86-64 stack as the program would have."""
+    m = FakeMem(STACK, 0x1000)
+    main_cfa = OUTER
+    m.write_u64(main_cfa - 8, BOTTOM[X])
+    m.write_u64(main_cfa - 16, 0)  # stage2's rbp
+    m.write_u64(main_cfa - 24, 42)  # x
+    work_cfa = main_cfa - 32
+    m.write_u64(main_cfa - 32, work_cfa - 100 + 100)  # p = &work's arg slot? set below
+    m.write_u64(work_cfa - 8, 0x401020)
+    m.write_u64(work_cfa - 16, main_cfa - 16)
+    m.write_u64(work_cfa - 24, 0x5151)  # main's rbx, saved by work
+    m.write_u64(work_cfa - 32, main_cfa - 24)  # arg = &x (main's x)
+    m.write_u64(main_cfa - 32, work_cfa - 32)  # p = &arg
+    enter_cfa = work_cfa - 32
+    m.write_u64(enter_cfa - 8, 0x401110)
+    m.write_u64(enter_cfa - 16, work_cfa - 16)
+    park_cfa = enter_cfa - 16
+    m.write_u64(park_cfa - 8, 0x401210)
+    m.write_u64(park_cfa - 16, enter_cfa - 16)
+    m.write(park_cfa - 40, struct.pack("<QQ", 0, 200_000_000))
+    futex_cfa = park_cfa - 48
+    m.write_u64(futex_cfa - 8, 0x401310)
+    m.write_u64(futex_cfa - 16, park_cfa - 16)
+    sp = futex_cfa - 16
+    regs = x86_64.ThreadRegs(pc=0x401408, sp=sp, fp=sp, tp=0, syscall_nr=202,
+                             result=(1 << 64) - 4, args=(0x600000, 128, 1, park_cfa - 40),
+                             callee_saved={"rbx": 0x7777, "r12": 0, "r13": 0, "r14": 0,
+                                           "r15": 0})
+    return m, regs
+
+
+def test_unwind_and_rebuild_aarch64_stack() -> None:
+    md = metadata()
+    idx = frames.Index(md, X, A)
+    src, regs = x86_stack()
+    stack = frames.unwind_x86(src, regs, idx)
+    assert [f.function["name"] for f in stack.frames] == [
+        "hm_futex_wait", "hmigrate_park", "__cyg_profile_func_enter", "work", "main"]
+    assert stack.outer_cfa == OUTER and stack.bottom_return == BOTTOM[X]
+    frames.source_callee_saved(src, stack, regs, idx)
+    assert stack.frames[3].regs["rbx"] == 0x7777  # work's temp: still in the register
+    frames.plan_aarch64(stack, idx)
+    cfas = [f.dst_cfa for f in stack.frames]
+    assert cfas == [OUTER - 32 - 48 - 16 - 64, OUTER - 32 - 48 - 16, OUTER - 32 - 48,
+                    OUTER - 32, OUTER]
+    dst = FakeMem(STACK, 0x1000)
+    smap = frames.StackMap(stack, idx)
+    out = frames.write_aarch64(src, dst, stack, idx, smap, BOTTOM[A])
+    main_cfa, work_cfa, enter_cfa, park_cfa = OUTER, OUTER - 32, OUTER - 80, OUTER - 96
+    # frame records: saved fp / return address per frame, chain ends with 0
+    assert dst.read_u64(main_cfa - 32) == 0 and dst.read_u64(main_cfa - 24) == BOTTOM[A]
+    assert dst.read_u64(work_cfa - 48) == main_cfa - 32
+    assert dst.read_u64(work_cfa - 40) == 0x401028  # twin of main's call to work
+    assert dst.read_u64(enter_cfa - 16) == work_cfa - 48
+    assert dst.read_u64(enter_cfa - 8) == 0x401118
+    # variables moved slot to slot; pointers into the stack follow their variable
+    assert dst.read_u64(main_cfa - 8) == 42
+    assert dst.read_u64(work_cfa - 8) == main_cfa - 8  # arg = &x, x moved
+    assert dst.read_u64(main_cfa - 16) == work_cfa - 8  # p = &arg, arg moved
+    assert dst.read(park_cfa - 24, 16) == struct.pack("<QQ", 0, 200_000_000)
+    # work saved main's values of x19/x20 (dead in main: 0); inside work x19 is its
+    # own return address (lr copy) and x20 the rbx temporary
+    assert out["x19"] == 0x401028 and out["x20"] == 0x7777
+    assert out["x29"] == park_cfa - 64 and out["x30"] == 0x401318
+    assert frames.lowest_target_sp(stack, idx) == park_cfa - 64 - 32
+
+
+def test_unknown_return_address_is_refused() -> None:
+    idx = frames.Index(metadata(), X, A)
+    src, regs = x86_stack()
+    src.write_u64(OUTER - 32 - 8, 0x409999)  # work returns somewhere unknown
+    with pytest.raises(errors.NotMigratableCrossISA, match="unknown return address"):
+        frames.unwind_x86(src, regs, idx)
+
+
+def test_not_parked_is_refused() -> None:
+    idx = frames.Index(metadata(), X, A)
+    src, regs = x86_stack()
+    regs.pc = 0x401000
+    with pytest.raises(errors.NotMigratableCrossISA, match="not parked"):
+        frames.unwind_x86(src, regs, idx)
+
+
+def test_pointer_into_no_variable_is_refused() -> None:
+    md = metadata()
+    idx = frames.Index(md, X, A)
+    src, regs = x86_stack()
+    src.write_u64(OUTER - 32, OUTER - 12)  # p points into main's saved-rbp slot
+    stack = frames.unwind_x86(src, regs, idx)
+    frames.source_callee_saved(src, stack, regs, idx)
+    frames.plan_aarch64(stack, idx)
+    with pytest.raises(errors.NotMigratableCrossISA, match="matches no variable"):
+        frames.write_aarch64(src, FakeMem(STACK, 0x1000), stack, idx,
+                             frames.StackMap(stack, idx), BOTTOM[A])
+
+
+def test_pthread_translated_in_place() -> None:
+    td = 0x445598
+    src = FakeMem(0x445000, 0x1000)
+    words = {0: td, 8: 0x445580, 16: td, 24: td, 32: 0, 40: 0xCAFE, 48: 0x400000001,
+             136: td + 136, 168: 0x4450B8}
+    for off, v in words.items():
+        src.write_u64(td + off, v)
+    dst = FakeMem(0x445000, 0x1000)
+    tp = process.translate_pthread(src, dst, td)
+    assert tp == td + 200
+    a = aarch64.PTHREAD
+    assert dst.read_u64(td + a["self"]) == td and dst.read_u64(td + a["next"]) == td
+    assert dst.read_u64(td + a["dtv"]) == 0x445580 and dst.read_u64(td + a["canary"]) == 0xCAFE
+    assert dst.read_u64(td + a["common"]) == 0x400000001  # tid, errno
+    assert dst.read_u64(td + a["robust_head"]) == td + a["robust_head"]
+    assert dst.read_u64(td + 152) == 0x4450B8  # locale
+
+
+def test_pthread_missing_is_refused() -> None:
+    with pytest.raises(errors.NotMigratableCrossISA, match="no musl struct pthread"):
+        process.translate_pthread(FakeMem(0x445000, 0x1000), FakeMem(0x445000, 0x1000),
+                                  0x445598)
+
+
+def test_empty_vdso_parses_like_criu() -> None:
+    img = process.empty_vdso(8192)
+    assert img[:4] == b"\x7fELF" and len(img) == 8192
+    phoff, = struct.unpack_from("<Q", img, 32)
+    phnum, = struct.unpack_from("<H", img, 56)
+    types = {}
+    for i in range(phnum):
+        t, _f, off, vaddr, _p, filesz, *_ = struct.unpack_from("<IIQQQQQQ", img,
+                                                               phoff + 56 * i)
+        types[t] = (off, vaddr, filesz)
+    assert set(types) == {1, 2}
+    off, _, filesz = types[2]
+    tags = {}
+    for i in range(filesz // 16):
+        tag, val = struct.unpack_from("<qQ", img, off + 16 * i)
+        if tag == 0:
+            break
+        tags[tag] = val
+    assert {4, 5, 6, 10, 11} <= set(tags)  # HASH, STRTAB, SYMTAB, STRSZ, SYMENT
+    nbucket, nchain, bucket0, chain0 = struct.unpack_from("<4I", img, tags[4])
+    assert (nbucket, nchain, bucket0, chain0) == (1, 1, 0, 0)  # no symbol to find
+
+
+def test_stp_frame_record_detection() -> None:
+    stp_pre = (0xA9BE7BFD).to_bytes(4, "little")  # stp x29, x30, [sp, #-32]!
+    leaf = (0xD10083FF).to_bytes(4, "little") + (0xD65F03C0).to_bytes(4, "little")
+    assert aarch64.saves_frame_record(stp_pre)
+    assert not aarch64.saves_frame_record(leaf)
+
+
+def program(md=None, binaries=None) -> Program:
+    return Program("/p", md or metadata(), binaries or {})
+
+
+def test_preflight_refuses_other_direction() -> None:
+    assert "not implemented" in transform.preflight_problems(program(), A, X)[0]
+
+
+def test_preflight_refuses_tls() -> None:
+    md = metadata()
+    md["tls"][X] = {"memsz": 16, "variant": 2}
+    assert any("thread-local" in p for p in transform.preflight_problems(program(md), X, A))
+
+
+def test_preflight_checks_target_binary_hash() -> None:
+    md = metadata()
+    md["binaries"][A] = {"sha256": "0" * 64}
+    probs = transform.preflight_problems(program(md, {A: b"\x7fELF"}), X, A)
+    assert any("not the one" in p for p in probs)
+
+
+def test_preflight_clean_for_synthetic_program() -> None:
+    assert transform.preflight_problems(program(), X, A) == []
+
+
+def test_recode_refuses_with_problems(tmp_path) -> None:
+    with pytest.raises(errors.NotMigratableCrossISA, match="not implemented"):
+        transform.recode_images(tmp_path, tmp_path / "o", program(), A, X, {})

@@ -21,7 +21,7 @@ from tests.lab import COUNTER_CMD, DOCKER_CLI, counter_values, lab_unavailable, 
 pytestmark = [pytest.mark.lab, pytest.mark.arm64]
 
 ARM_DIR = Path(__file__).resolve().parent.parent / "lab" / "arm64"
-CONTEXT = "hm-arm"
+CONTEXT = os.environ.get("HM_ARM_NAME", "hm-arm")
 URL = f"tcp://127.0.0.1:{os.environ.get('HM_ARM_PORT', '2391')}"
 IMAGE = "hmigrate-lab/busybox:arm64"  # imported at boot from the guest's busybox-static
 REGISTRY_REPO = "localhost:5000/hmlab-arm64/busybox"

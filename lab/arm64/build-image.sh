@@ -13,7 +13,8 @@ mkdir -p "$out.part"
 trap 'rm -rf --one-file-system "$work"' EXIT
 
 hm_log "copying root file system"
-cp -a "$rootfs" "$work"
+mkdir -p "$work"
+cp -a "$rootfs/." "$work/"
 
 hm_log "installing guest files"
 cp -a "$HM_ARM_DIR/guest/." "$work/"
@@ -34,8 +35,11 @@ if [ "$HM_ARM_KERNEL" = bookworm ]; then
   kdir="$HM_ARM_CACHE/kernel-bookworm"
   if [ ! -f "$kdir/ok" ]; then
     rm -rf --one-file-system "$kdir"; mkdir -p "$kdir/debs"
-    dpkg --print-foreign-architectures | grep -qx arm64 \
-      || hm_die "HM_ARM_KERNEL=bookworm needs 'dpkg --add-architecture arm64 && apt-get update' on the host"
+    if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+      hm_log "enabling arm64 as a foreign architecture in the host's apt (to download the kernel)"
+      dpkg --add-architecture arm64
+      apt-get -o DPkg::Lock::Timeout=900 update >&2 || hm_die "apt-get update failed"
+    fi
     pkg=$(apt-cache depends linux-image-arm64:arm64 | awk '/Depends: linux-image-[0-9]/ {print $2; exit}')
     [ -n "$pkg" ] || hm_die "cannot resolve linux-image-arm64:arm64 with apt"
     hm_log "downloading $pkg"

@@ -9,9 +9,13 @@ HM_ARM_STATE=${HM_ARM_STATE:-/var/lib/hmigrate-lab/arm64}
 HM_ARM_SUITE=${HM_ARM_SUITE:-trixie}
 HM_ARM_MIRROR=${HM_ARM_MIRROR:-http://deb.debian.org/debian}
 HM_ARM_CPUS=${HM_ARM_CPUS:-2}
+# CPU model: pointer authentication off: CRIU 4.1.1 hangs restoring PAC keys under TCG
+HM_ARM_CPU=${HM_ARM_CPU:-max,pauth=off}
 HM_ARM_MEM=${HM_ARM_MEM:-3584}                     # MiB
 HM_ARM_DISK_SIZE=${HM_ARM_DISK_SIZE:-10G}          # size of the (sparse) root file system
-HM_ARM_KERNEL=${HM_ARM_KERNEL:-trixie}             # trixie (6.12, rootfs's own) or bookworm (6.1)
+# Guest kernel: bookworm = Debian 12's arm64 6.1 (cgroup v1 memory/cpuset like the x86
+# hosts; checkpoint/restore tested), trixie = the rootfs's own 6.12 (cgroup v2 only).
+HM_ARM_KERNEL=${HM_ARM_KERNEL:-bookworm}
 HM_ARM_INITRD=${HM_ARM_INITRD:-min}               # min (own, fast) or debian (initramfs-tools)
 HM_ARM_BOOT_TIMEOUT=${HM_ARM_BOOT_TIMEOUT:-600}    # seconds to wait for the guest's dockerd
 

@@ -16,7 +16,15 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.lab import COUNTER_CMD, DOCKER_CLI, counter_values, lab_unavailable, unique, wait_until
+from tests.lab import (
+    COUNTER_CMD,
+    DOCKER_CLI,
+    connect,
+    counter_values,
+    lab_unavailable,
+    unique,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.arm64]
 
@@ -92,6 +100,35 @@ def test_arm64_pulls_arm64_image_from_lab_registry(arm):
     assert img.attrs["Architecture"] == "arm64"
     out = arm.containers.run(ref, ["uname", "-m"], remove=True)
     assert out.decode().strip() == "aarch64"
+
+
+def test_arm64_pulls_its_variant_of_a_multi_arch_image(arm):
+    """A manifest list in the lab registry with an amd64 (host a) and an arm64 variant:
+    hm-arm pulls the arm64 one, host a the amd64 one."""
+    host_a = connect("a")  # skips if the x86-64 lab is not up
+    base = host_a.client.images.list()
+    amd64_src = next((t for i in base for t in i.tags
+                      if i.attrs.get("Architecture") == "amd64"), None)
+    if amd64_src is None:
+        lab_unavailable("host a has no amd64 image to build a manifest list from; run lab/up")
+    repo = f"{REGISTRY_REPO}-multi"
+    host_a.client.images.get(amd64_src).tag(repo, "amd64")
+    host_a.docker("push", f"{repo}:amd64")
+    arm.images.get(IMAGE).tag(repo, "arm64")
+    cli("push", f"{repo}:arm64")
+    subprocess.run([DOCKER_CLI, "manifest", "rm", f"{repo}:latest"], capture_output=True)
+    for args in (["create", "--insecure", f"{repo}:latest", "--amend", f"{repo}:amd64",
+                  "--amend", f"{repo}:arm64"],
+                 ["push", "--insecure", "--purge", f"{repo}:latest"]):
+        proc = subprocess.run([DOCKER_CLI, "manifest", *args], capture_output=True, text=True,
+                              timeout=120)
+        assert proc.returncode == 0, proc.stderr
+    with contextlib.suppress(Exception):
+        arm.images.remove(f"{repo}:latest")
+    cli("pull", f"{repo}:latest")
+    assert arm.images.get(f"{repo}:latest").attrs["Architecture"] == "arm64"
+    host_a.docker("pull", f"{repo}:latest")
+    assert host_a.client.images.get(f"{repo}:latest").attrs["Architecture"] == "amd64"
 
 
 def _copy_checkpoint(arm: docker.DockerClient, src_id: str, dst_id: str, name: str) -> None:

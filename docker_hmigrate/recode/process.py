@@ -271,7 +271,10 @@ def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
     cache = syms.get("clock_gettime.lo::vdso_func") or syms.get("vdso_func")
     init = syms.get("cgt_init")
     lo, hi = src_vdso
-    base = next(v.start for v in mm.vmas if v.status & VMA_AREA_VDSO)  # AT_SYSINFO_EHDR
+    vdso = next(v for v in mm.vmas if v.status & VMA_AREA_VDSO)
+    # the source vDSO's code: [base, old end); base itself is AT_SYSINFO_EHDR, valid on
+    # both (a mapping just below ends exactly at the vvar start: not a vDSO pointer)
+    base, vdso_end = vdso.start, max(vdso.end, hi)
     if cache and cache.get(idx.dst) and init and init.get(idx.dst):
         a = cache[idx.src][0]
         v = mem.read_u64(a) if mem.contains(a, 8) else None
@@ -295,7 +298,7 @@ def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
             data = mem.read(a0, a1 - a0)
             words = struct.unpack(f"<{len(data) // 8}Q", data)
             for i, w in enumerate(words):
-                if lo <= w < hi and w != base:
+                if base < w < vdso_end:  # inside the vDSO's code, not its start
                     addr = a0 + 8 * i
                     if any(s <= addr < e for s, e in skip):
                         continue

@@ -292,7 +292,7 @@ def recode_cmd(
     binaries = {isa: (program_dir / f"{stem}_{isa}").read_bytes() for isa in recode.ISAS
                 if (program_dir / f"{stem}_{isa}").is_file()}
     program = recode.Program(path or f"/{stem}", _json.loads(metas[0].read_text()), binaries)
-    from_isa = ISA_NAMES.get(ImageSet.load(images).arch().name.lower(), "unknown")
+    from_isa = ISA_NAMES.get(ImageSet.load(images).arch.name.lower(), "unknown")
     with rep.phase("recode") as ph:
         timings = recode.recode(images, output, program, from_isa, to_isa)
         ph.update(f"{from_isa} -> {to_isa}")

@@ -241,8 +241,6 @@ def test_recode_parked_helloworld(host_a: LabHost, cleanup, workdir: Path,
 
 
 
-@pytest.mark.xfail(strict=True, reason="commands.recode_cmd calls ImageSet.arch(), a property "
-                   "(outside recode's area; reported)")
 def test_recode_command_line(host_a: LabHost, cleanup, workdir: Path,
                              hello_program: Program) -> None:
     name = unique("hm-rc-cli")

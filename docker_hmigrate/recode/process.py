@@ -102,6 +102,20 @@ def drop_pages(imgset, pid: int, start: int, end: int) -> int:
     return dropped
 
 
+def portable_pagemap(imgset, pid: int) -> None:
+    """Give every run both page counts: CRIU 4.2 writes nr_pages (field 5) and leaves
+    compat_nr_pages 0, CRIU 4.1 reads only compat_nr_pages and would restore no page
+    at all (the lab's aarch64 host runs 4.1.1). Both readers accept both fields."""
+    pagemap = imgset.image(f"pagemap-{pid}.img")
+    for e in pagemap.entries[1:]:
+        n = entry_nr_pages(e.msg)
+        if n >= 1 << 32:
+            raise Untranslatable(f"a run of {n} pages does not fit CRIU 4.1's pagemap")
+        if e.msg.compat_nr_pages != n or not e.msg.HasField("nr_pages"):
+            e.msg.compat_nr_pages = n
+            e.msg.nr_pages = n
+
+
 def rewrite_exe(imgset, pid: int, program_path: str, target: Elf) -> None:
     """The executable's VMAs from the target variant's PT_LOADs (addresses are aligned by
     the toolchain; offsets, sizes and the number of segments differ), its file entry's
@@ -155,6 +169,39 @@ def rewrite_exe(imgset, pid: int, program_path: str, target: Elf) -> None:
     reg.size = target.size
 
 
+def isa_only_data(imgset, pid: int, md: dict, target: Elf, binary: bytes) -> list[str]:
+    """The writable regions' per-ISA tails (after the units both ISAs share: the
+    target's .init_array/.fini_array/.got and its ISA-only objects) take the target
+    file's bytes, the bss tail zeros: the dumped bytes there are the source's own."""
+    mem = imgset.memory(pid)
+    done = []
+    regions = (md.get("layout") or {}).get("regions") or {}
+    for name in ("data", "bss"):
+        r = regions.get(name)
+        if not r:
+            continue
+        start = int(r["base"], 16) + r["common_size"]
+        for off, vaddr, filesz, memsz, flags in target.loads:
+            if not flags & PF_W or not vaddr <= start <= vaddr + memsz:
+                continue
+            end = vaddr + memsz if name == "bss" else vaddr + filesz
+            if name == "data":
+                # up to the end of the page: the rest of the source's tail goes too
+                end = max(end, min(page_up(end), int(regions.get("bss", {}).get(
+                    "base", hex(page_up(end))), 16)))
+            for run in mem.runs:
+                a, b = max(start, run.vaddr), min(end, run.end)
+                if a >= b or run.offset is None:
+                    continue
+                blob = bytearray(b - a)
+                lo, hi = max(a, vaddr), min(b, vaddr + filesz)
+                if lo < hi:
+                    blob[lo - a:hi - a] = binary[off + lo - vaddr:off + hi - vaddr]
+                mem.write(a, bytes(blob))
+                done.append(f"{name} {a:#x}-{b:#x}")
+    return done
+
+
 def special_areas(imgset, pid: int) -> dict[str, list]:
     mm = imgset.mm(pid)
     return {"vdso": [v for v in mm.vmas if v.status & VMA_AREA_VDSO],
@@ -185,6 +232,9 @@ def rewrite_special(imgset, pid: int, target_maps: dict[str, list[tuple[int, int
                              f"{vdso_size}")
     base = vdso.start
     vdso.end = base + vdso_size
+    for v in (vdso, vvar):
+        if v is not None:
+            v.ClearField("madv")  # the target kernel's special mappings carry none
     if vvar is not None:
         vvar.start, vvar.end = base - vvar_size, base
     keep = [v for v in mm.vmas if not v.status & VMA_AREA_VSYSCALL]

@@ -112,9 +112,11 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
     lap("stacks")
     for pid in dst.pids:
         process.rewrite_exe(dst, pid, program.path, target)
+        process.isa_only_data(dst, pid, program.metadata, target, program.binaries[dst_isa])
         old_vdso = process.rewrite_special(dst, pid, target_maps, vdso_image)
         process.rewrite_auxv(dst, pid, target, old_vdso)
         process.fix_data_pointers(dst, pid, idx, old_vdso, skip.get(pid, []))
+        process.portable_pagemap(dst, pid)
         core = dst.core(pid)
         if core.HasField("tc"):
             process.translate_sigactions(core.tc, idx)

@@ -392,3 +392,83 @@ def frame_words(d: Path) -> dict:
             "regs": (g.sp - outer, g.regs[29] - outer, g.regs[30], g.regs[19]),
             "tp_minus_td": ti.tls - td if mem.read_u64(td) == td else None,
             "vma_kinds": sorted((v.status, v.prot) for v in s.mm(1).vmas)}
+
+
+# files of an image set that describe the process (recoded); the others describe the
+# host and container set-up (cgroups, mounts, namespaces, open files' mount ids)
+PROCESS_FILES = ("core-", "mm-", "pagemap-", "pages-")
+
+
+def put_checkpoint(arm: docker.DockerClient, cid: str, src: Path) -> None:
+    root = arm.info()["DockerRootDir"]
+    helper_image = next((t for i in arm.images.list() for t in i.tags if "busybox" in t), HELLO)
+    h = arm.containers.create(helper_image, ["true"],
+                              volumes={f"{root}/containers": {"bind": "/c", "mode": "rw"}})
+    try:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w") as tar:
+            d = tarfile.TarInfo("checkpoints")
+            d.type, d.mode = tarfile.DIRTYPE, 0o700
+            tar.addfile(d)
+            tar.add(src, arcname="checkpoints/ck")
+        assert h.put_archive(f"/c/{cid}", buf.getvalue())
+    finally:
+        h.remove(force=True)
+
+
+@pytest.mark.arm64
+def test_recoded_helloworld_resumes_on_aarch64(host_a: LabHost, arm, cleanup, workdir: Path,
+                                               hello_program: Program) -> None:
+    """x86-64 checkpoint -> recode -> restored by Docker+CRIU on the aarch64 host; after
+    the resume signal the counter goes on at the next number.
+
+    The lab's hosts differ in cgroup version (v1 on x86-64, v2 in the VM) and mount
+    layout, which is not the ISA: the host-describing images come from a native
+    checkpoint of the same image on the aarch64 host, the process images from recode."""
+    name = unique("hm-rc-resume")
+    cleanup.append(name)
+    c = host_a.client.containers.run(HELLO, name=name, detach=True,
+                                     security_opt=["seccomp=unconfined"])
+    ck = park_and_checkpoint(host_a.client, host_a.url, c, workdir / "x86",
+                             park_pcs=park_pcs(hello_program))
+    last = int(c.logs().decode().split()[-1])
+    names = [unique("hm-rc-native"), unique("hm-rc-target")]
+    try:
+        nc = arm.containers.run(HELLO, name=names[0], detach=True,
+                                security_opt=["seccomp=unconfined"])
+        try:
+            park_and_checkpoint(arm, ARM_URL, nc, None, timeout=180)
+        except requests.exceptions.ReadTimeout:
+            lab_unavailable("CRIU on the aarch64 host hangs")
+        native = fetch_checkpoint(arm, nc.id, workdir / "native")
+        s = ImageSet.load(native)
+        maps = {k: [(v.start, v.end) for v in vs]
+                for k, vs in process.special_areas(s, s.root_pid).items()}
+        out = workdir / "arm"
+        transform.recode_images(ck, out, hello_program, "x86-64", "aarch64", maps)
+        for f in out.iterdir():
+            if f.name.startswith(PROCESS_FILES):
+                shutil.copy(f, native / f.name)
+        target = arm.containers.create(HELLO, name=names[1],
+                                       security_opt=["seccomp=unconfined"])
+        put_checkpoint(arm, target.id, native)
+        api = docker.APIClient(base_url=ARM_URL, version="auto", timeout=240)
+        try:
+            res = api._post(api._url("/containers/{0}/start", target.id),
+                            params={"checkpoint": "ck"})
+            api._raise_for_status(res)
+        except requests.exceptions.ReadTimeout:
+            lab_unavailable("docker start --checkpoint hangs on the aarch64 host")
+        target.reload()
+        assert target.status == "running", target.attrs["State"]
+        target.kill(signal=41)
+        lines = wait_until(lambda: target.logs().decode().split("\n")[:-1][:3]
+                           if len(target.logs().decode().split("\n")) > 3 else None,
+                           60, "the counter on aarch64")
+        assert lines[0] == f"hello from hmigrate: {last + 1}", lines
+        target.reload()
+        assert target.status == "running"
+    finally:
+        for n in names:
+            with contextlib.suppress(Exception):
+                arm.containers.get(n).remove(force=True)

@@ -472,3 +472,91 @@ def test_recoded_helloworld_resumes_on_aarch64(host_a: LabHost, arm, cleanup, wo
         for n in names:
             with contextlib.suppress(Exception):
                 arm.containers.get(n).remove(force=True)
+
+
+def build_mt(workdir: Path) -> tuple[Path, Program]:
+    if shutil.which("hmigrate-cc") is None:
+        lab_unavailable("hmigrate-cc is not installed (pip install -e .)")
+    src = workdir / "build"
+    src.mkdir(exist_ok=True)
+    (src / "mt.c").write_text(THREADS_C)
+    proc = subprocess.run(["hmigrate-cc", "-O2", "-o", "mt", "mt.c", "-lpthread"], cwd=src,
+                          capture_output=True, text=True, timeout=600)
+    if proc.returncode != 0:
+        lab_unavailable(f"hmigrate-cc cannot build here: {proc.stderr[-300:]}")
+    os.chmod(src, 0o755)
+    return src, Program("/t/mt_x86-64", json.loads((src / "mt.hmigrate.json").read_text()),
+                        {i: (src / f"mt_{i}").read_bytes() for i in ("x86-64", "aarch64")})
+
+
+def arm_container_with(arm: docker.DockerClient, name: str, binary: bytes):
+    """A busybox container on the aarch64 host running /t/mt_x86-64 (the path the
+    x86-64 process had), which holds the aarch64 variant."""
+    image = next(t for i in arm.images.list() for t in i.tags if "busybox" in t)
+    c = arm.containers.create(image, ["/t/mt_x86-64"], name=name,
+                              security_opt=["seccomp=unconfined"])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        ti = tarfile.TarInfo("t/mt_x86-64")
+        ti.size, ti.mode = len(binary), 0o755
+        tar.addfile(ti, io.BytesIO(binary))
+    assert c.put_archive("/", buf.getvalue())
+    return c
+
+
+@pytest.mark.arm64
+def test_recoded_threads_resume_on_aarch64(host_a: LabHost, arm, cleanup,
+                                           workdir: Path) -> None:
+    """Four threads recoded from x86-64 and restored on aarch64: main's tick counter goes
+    on at the next number and the process keeps running with its workers."""
+    src, program = build_mt(workdir)
+    name = unique("hm-rc-mt")
+    cleanup.append(name)
+    c = host_a.client.containers.run("hmlab/busybox:latest", ["/t/mt_x86-64"], name=name,
+                                     detach=True, security_opt=["seccomp=unconfined"],
+                                     volumes={str(src): {"bind": "/t", "mode": "ro"}})
+    ck = park_and_checkpoint(host_a.client, host_a.url, c, workdir / "x86",
+                             park_pcs=park_pcs(program))
+    last = int(c.logs().decode().split()[-1])
+    names = [unique("hm-rc-mt-native"), unique("hm-rc-mt-target")]
+    try:
+        nc = arm_container_with(arm, names[0], program.binaries["aarch64"])
+        nc.start()
+        try:
+            park_and_checkpoint(arm, ARM_URL, nc, None, timeout=180)
+        except requests.exceptions.ReadTimeout:
+            lab_unavailable("CRIU on the aarch64 host hangs")
+        native = fetch_checkpoint(arm, nc.id, workdir / "native")
+        s = ImageSet.load(native)
+        maps = {k: [(v.start, v.end) for v in vs]
+                for k, vs in process.special_areas(s, s.root_pid).items()}
+        out = workdir / "arm"
+        transform.recode_images(ck, out, program, "x86-64", "aarch64", maps)
+        for f in native.iterdir():  # the native set's threads are not ours
+            if f.name.startswith(PROCESS_FILES):
+                f.unlink()
+        for f in out.iterdir():
+            if f.name.startswith(PROCESS_FILES) or f.name == "pstree.img":
+                shutil.copy(f, native / f.name)
+        target = arm_container_with(arm, names[1], program.binaries["aarch64"])
+        put_checkpoint(arm, target.id, native)
+        api = docker.APIClient(base_url=ARM_URL, version="auto", timeout=240)
+        try:
+            res = api._post(api._url("/containers/{0}/start", target.id),
+                            params={"checkpoint": "ck"})
+            api._raise_for_status(res)
+        except requests.exceptions.ReadTimeout:
+            lab_unavailable("docker start --checkpoint hangs on the aarch64 host")
+        target.reload()
+        assert target.status == "running", target.attrs["State"]
+        target.kill(signal=41)
+        lines = wait_until(lambda: target.logs().decode().split("\n")[:-1][:3]
+                           if len(target.logs().decode().split("\n")) > 3 else None,
+                           60, "main's ticks on aarch64")
+        assert lines[0] == f"tick {last + 1}", lines
+        target.reload()
+        assert target.status == "running"
+    finally:
+        for n in names:
+            with contextlib.suppress(Exception):
+                arm.containers.get(n).remove(force=True)

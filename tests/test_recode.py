@@ -307,3 +307,55 @@ def test_preflight_clean_for_synthetic_program() -> None:
 def test_recode_refuses_with_problems(tmp_path) -> None:
     with pytest.raises(errors.NotMigratableCrossISA, match="not implemented"):
         transform.recode_images(tmp_path, tmp_path / "o", program(), A, X, {})
+
+
+# -- pagemap editing, on a synthetic image set --------------------------------------
+
+class FakeSet:
+    """Just what process.drop_pages / portable_pagemap need of an ImageSet."""
+
+    def __init__(self, runs: list[tuple[int, int, int]]):
+        from docker_hmigrate.criu import schema
+        from docker_hmigrate.criu.image import ImageFile
+
+        msgs = [schema.new("pagemap_head", pages_id=1)]
+        data = bytearray()
+        for vaddr, n, flags in runs:
+            msgs.append(schema.new("pagemap_entry", vaddr=vaddr, compat_nr_pages=0,
+                                   flags=flags, nr_pages=n))
+            if flags & 4:
+                for p in range(n):
+                    data += bytes([(vaddr >> 12) + p & 0xFF]) * 4096
+        self.images = {"pagemap-1.img": ImageFile.new("pagemap-1.img", 0x56084025, msgs),
+                       "pages-1.img": ImageFile.from_bytes("pages-1.img", bytes(data))}
+        self._memory: dict = {}
+
+    def image(self, name: str):
+        return self.images[name]
+
+    def memory(self, pid: int):
+        from docker_hmigrate.criu.memory import Memory
+
+        if pid not in self._memory:
+            self._memory[pid] = Memory(self.images["pagemap-1.img"],
+                                       self.images["pages-1.img"])
+        return self._memory[pid]
+
+
+def test_drop_pages_splits_runs_and_keeps_contents() -> None:
+    s = FakeSet([(0x400000, 3, 4), (0x500000, 2, 6)])
+    assert process.drop_pages(s, 1, 0x401000, 0x402000) == 1
+    mem = s.memory(1)
+    assert [(r.vaddr, r.nr_pages) for r in mem.runs] == [(0x400000, 1), (0x402000, 1),
+                                                         (0x500000, 2)]
+    assert mem.read(0x402000, 1) == bytes([0x402 & 0xFF])
+    assert mem.read(0x501000, 1) == bytes([0x501 & 0xFF])
+    assert not mem.contains(0x401000)
+    assert process.drop_pages(s, 1, 0x600000, 0x700000) == 0
+
+
+def test_portable_pagemap_sets_both_counts() -> None:
+    s = FakeSet([(0x400000, 3, 4)])
+    process.portable_pagemap(s, 1)
+    e = s.images["pagemap-1.img"].entries[1].msg
+    assert e.compat_nr_pages == 3 and e.nr_pages == 3

@@ -40,19 +40,25 @@ need_root() {
   [ "$(id -u)" = 0 ] || die "the lab needs root (it starts Docker daemons and network namespaces): run it with sudo"
 }
 
-# pid_alive FILE: true if FILE names a running process.
+# pid_alive FILE: true if FILE names a running process that is still the one recorded
+# (its start time is kept beside the pid: after a reboot a pid may name another process).
 pid_alive() {
-  local f=$1 pid
+  local f=$1 pid start
   [ -s "$f" ] || return 1
-  pid=$(cat "$f" 2>/dev/null) || return 1
-  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null
+  read -r pid start <"$f" || true
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  [ -z "$start" ] || [ "$start" = "$(proc_start "$pid")" ]
+}
+
+proc_start() { # PID: the process's start time, in clock ticks since boot
+  awk '{print $22}' "/proc/$1/stat" 2>/dev/null
 }
 
 # stop_pidfile FILE [SECONDS]: TERM the process in FILE, KILL it after SECONDS, remove FILE.
 stop_pidfile() {
   local f=$1 wait=${2:-20} pid i
   if pid_alive "$f"; then
-    pid=$(cat "$f")
+    read -r pid _ <"$f"
     kill -TERM "$pid" 2>/dev/null || true
     for ((i = 0; i < wait * 10; i++)); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -0 "$pid" 2>/dev/null && { say "pid $pid did not stop, killing it"; kill -KILL "$pid" 2>/dev/null || true; }
@@ -66,7 +72,7 @@ start_bg() {
   shift 2
   mkdir -p "$(dirname "$pidfile")" "$(dirname "$log")"
   setsid "$@" >>"$log" 2>&1 </dev/null &
-  echo $! >"$pidfile"
+  echo "$! $(proc_start $!)" >"$pidfile"
 }
 
 # wait_for SECONDS DESCRIPTION CMD...: poll CMD until it succeeds.

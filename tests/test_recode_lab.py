@@ -560,3 +560,89 @@ def test_recoded_threads_resume_on_aarch64(host_a: LabHost, arm, cleanup,
         for n in names:
             with contextlib.suppress(Exception):
                 arm.containers.get(n).remove(force=True)
+
+
+REDIS = "localhost:5000/hmigrate/redis"
+
+
+def redis_cmd(client: docker.DockerClient, image: str, ip: str, commands: list[str]) -> str:
+    script = "".join(f"{c}\\r\\n" for c in commands) + "QUIT\\r\\n"
+    out = client.containers.run(image, ["sh", "-c", f"printf '{script}' | nc {ip} 6379"],
+                                remove=True)
+    return out.decode(errors="replace")
+
+
+@pytest.mark.arm64
+def test_recoded_redis_serves_on_aarch64(host_a: LabHost, arm, cleanup,
+                                         workdir: Path) -> None:
+    """redis-server 7.0 (4 threads, a listening socket, epoll) with a key set on x86-64,
+    recoded and restored on aarch64: the key is there and the server answers."""
+    try:
+        host_a.client.images.get(f"{REDIS}:amd64")
+    except docker.errors.ImageNotFound:
+        lab_unavailable(f"{REDIS}:amd64 is not on host a")
+    files = host_a.client.containers.create(f"{REDIS}:amd64", ["true"],
+                                            name=unique("hm-rc-redis-files"))
+    try:
+        stream, _ = files.get_archive("/hmigrate")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            tar.extractall(workdir / "redis", filter="data")
+    finally:
+        files.remove(force=True)
+    d = workdir / "redis" / "hmigrate"
+    program = Program("/redis-server", json.loads((d / "redis-server.hmigrate.json").read_text()),
+                      {i: (d / f"redis-server_{i}").read_bytes() for i in ("x86-64", "aarch64")})
+    assert transform.preflight_problems(program, "x86-64", "aarch64") == []
+    name = unique("hm-rc-redis")
+    cleanup.append(name)
+    c = host_a.client.containers.run(f"{REDIS}:amd64", name=name, detach=True,
+                                     security_opt=["seccomp=unconfined"])
+    wait_until(lambda: b"Ready to accept" in c.logs(), 60, "redis on host a")
+    c.reload()
+    ip = c.attrs["NetworkSettings"]["IPAddress"]
+    assert "+OK" in redis_cmd(host_a.client, "hmlab/busybox:latest", ip,
+                              ["SET hm:key from-x86-64"])
+    ck = park_and_checkpoint(host_a.client, host_a.url, c, workdir / "x86",
+                             park_pcs=park_pcs(program))
+    names = [unique("hm-rc-redis-native"), unique("hm-rc-redis-target")]
+    busybox = next(t for i in arm.images.list() for t in i.tags if "busybox" in t)
+    try:
+        nc = arm.containers.run(f"{REDIS}:arm64", name=names[0], detach=True,
+                                security_opt=["seccomp=unconfined"])
+        wait_until(lambda: b"Ready to accept" in nc.logs(), 240, "redis on aarch64")
+        try:
+            park_and_checkpoint(arm, ARM_URL, nc, None, timeout=240)
+        except requests.exceptions.ReadTimeout:
+            lab_unavailable("CRIU on the aarch64 host hangs")
+        native = fetch_checkpoint(arm, nc.id, workdir / "native")
+        s = ImageSet.load(native)
+        maps = {k: [(v.start, v.end) for v in vs]
+                for k, vs in process.special_areas(s, s.root_pid).items()}
+        out = workdir / "arm"
+        transform.recode_images(ck, out, program, "x86-64", "aarch64", maps)
+        for f in native.iterdir():
+            if f.name.startswith(PROCESS_FILES):
+                f.unlink()
+        for f in out.iterdir():
+            if f.name.startswith(PROCESS_FILES) or f.name == "pstree.img":
+                shutil.copy(f, native / f.name)
+        target = arm.containers.create(f"{REDIS}:arm64", name=names[1],
+                                       security_opt=["seccomp=unconfined"])
+        put_checkpoint(arm, target.id, native)
+        api = docker.APIClient(base_url=ARM_URL, version="auto", timeout=240)
+        try:
+            res = api._post(api._url("/containers/{0}/start", target.id),
+                            params={"checkpoint": "ck"})
+            api._raise_for_status(res)
+        except requests.exceptions.ReadTimeout:
+            lab_unavailable("docker start --checkpoint hangs on the aarch64 host")
+        target.kill(signal=41)
+        target.reload()
+        assert target.status == "running", target.attrs["State"]
+        reply = redis_cmd(arm, busybox, target.attrs["NetworkSettings"]["IPAddress"],
+                          ["PING", "GET hm:key", "SET hm:after arm", "GET hm:after"])
+        assert reply.split("\r\n")[:6] == ["+PONG", "$11", "from-x86-64", "+OK", "$3", "arm"]
+    finally:
+        for n in names:
+            with contextlib.suppress(Exception):
+                arm.containers.get(n).remove(force=True)

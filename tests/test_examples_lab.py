@@ -59,16 +59,22 @@ def _redis_answers(address: str, port: int):
     return None
 
 
+def run_variant(host, cleanup, example: str, arch: str, port: int, container_port: int):
+    """Run one platform's variant of an example image with a published port."""
+    name = unique(f"{example}-{arch}")
+    cleanup.append(name)
+    image = f"{REGISTRY}/hmigrate/{example}:{arch}"
+    host.docker("pull", "-q", image)
+    host.docker("run", "-d", "--platform", f"linux/{arch}", "--name", name,
+                "-p", f"{port}:{container_port}", image)
+    return name
+
+
 @pytest.mark.parametrize("arch,port", [("amd64", 16391), ("arm64", 16392)])
 def test_redis_image_serves(host_a, cleanup, arch, port):
     """Redis 7 from Debian's source, built by hmigrate-cc: PING, SET and GET (the arm64
     variant runs under qemu-user emulation on this x86-64 host)."""
-    name = unique(f"redis-{arch}")
-    cleanup.append(name)
-    image = f"{REGISTRY}/hmigrate/redis:{arch}"
-    host_a.docker("pull", "-q", image)
-    host_a.docker("run", "-d", "--platform", f"linux/{arch}", "--name", name,
-                  "-p", f"{port}:6379", image)
+    run_variant(host_a, cleanup, "redis", arch, port, 6379)
     client = wait_until(lambda: _redis_answers("127.0.0.1", port), timeout=90,
                         what=f"redis {arch} to answer")
     assert client.call("SET", "greeting", "hello") == "OK"
@@ -82,12 +88,7 @@ def test_nginx_image_serves_its_page(host_a, cleanup, arch, port):
     """nginx from Debian's source, built by hmigrate-cc: a master and a worker process."""
     import urllib.request
 
-    name = unique(f"nginx-{arch}")
-    cleanup.append(name)
-    image = f"{REGISTRY}/hmigrate/nginx-bin:{arch}"
-    host_a.docker("pull", "-q", image)
-    host_a.docker("run", "-d", "--platform", f"linux/{arch}", "--name", name,
-                  "-p", f"{port}:80", image)
+    name = run_variant(host_a, cleanup, "nginx-bin", arch, port, 80)
 
     def page():
         try:

@@ -17,13 +17,14 @@ import statistics
 import subprocess
 import tarfile
 import tempfile
+import time
 from pathlib import Path
 
 import docker
 
 from docker_hmigrate.recode import Program, transform
 from tests.lab import HOSTS, unique
-from tests.test_recode_lab import HELLO, THREADS_C, park_and_checkpoint, park_pcs
+from tests.test_recode_lab import HELLO, REDIS, THREADS_C, park_and_checkpoint, park_pcs
 
 
 def hello_program(client: docker.DockerClient, work: Path) -> Program:
@@ -37,6 +38,22 @@ def hello_program(client: docker.DockerClient, work: Path) -> Program:
     d = work / "prog" / "hmigrate"
     return Program("/hello", json.loads((d / "hello.hmigrate.json").read_text()),
                    {i: (d / f"hello_{i}").read_bytes() for i in ("x86-64", "aarch64")})
+
+
+def redis_program(client: docker.DockerClient, work: Path) -> Program | None:
+    try:
+        c = client.containers.create(f"{REDIS}:amd64", ["true"], name=unique("hm-bench-files"))
+    except docker.errors.ImageNotFound:
+        return None
+    try:
+        stream, _ = c.get_archive("/hmigrate")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+            tar.extractall(work / "redis", filter="data")
+    finally:
+        c.remove(force=True)
+    d = work / "redis" / "hmigrate"
+    return Program("/redis-server", json.loads((d / "redis-server.hmigrate.json").read_text()),
+                   {i: (d / f"redis-server_{i}").read_bytes() for i in ("x86-64", "aarch64")})
 
 
 def threads_program(work: Path, n: int) -> Program | None:
@@ -81,12 +98,17 @@ def main() -> None:
         if mt is not None:
             cases.append((f"threads ({ns.threads + 1} threads)", mt, "hmlab/busybox:latest",
                           ["/t/mt_x86-64"], {str(work / "mt"): {"bind": "/t", "mode": "ro"}}))
+        redis = redis_program(client, work)
+        if redis is not None:
+            cases.append(("redis-server (4 threads)", redis, f"{REDIS}:amd64", None, None))
         rows = []
         for label, program, image, cmd, volumes in cases:
             name = unique("hm-bench-recode")
             names.append(name)
             c = client.containers.run(image, cmd, name=name, detach=True, volumes=volumes,
                                       security_opt=["seccomp=unconfined"])
+            if program is redis:  # parked before it listens would be a different test
+                time.sleep(2)
             ck = park_and_checkpoint(client, spec["url"], c, work / name,
                                      park_pcs=park_pcs(program))
             size = sum(f.stat().st_size for f in ck.iterdir())

@@ -156,7 +156,7 @@ def check_images(s: ImageSet, src_isa: str) -> None:
                 raise Untranslatable(f"thread {tid} registered a robust futex list")
             if c.HasField("tc") and c.tc.HasField("signals_s") and len(c.tc.signals_s.signals):
                 raise Untranslatable(f"process {pid} has pending signals")
-            if c.HasField("tc") and c.tc.personality & 0x0008:  # ADDR_LIMIT_32BIT etc.
+            if c.HasField("tc") and c.tc.personality & 0xFF == 0x0008:  # PER_LINUX32
                 raise Untranslatable(f"process {pid} has an x86-only personality")
 
 

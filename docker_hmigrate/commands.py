@@ -15,7 +15,7 @@ import typer
 from docker_hmigrate import errors, hosts
 from docker_hmigrate.cli import complete_container, complete_context, get_globals, get_reporter
 from docker_hmigrate.engine import Host, api_error_text
-from docker_hmigrate.migrate import Migration, MigrationOptions
+from docker_hmigrate.migrate import Migration, MigrationOptions, cross_isa_checks
 from docker_hmigrate.spec import target_spec
 from docker_hmigrate.validate import image_check, validate
 
@@ -130,8 +130,10 @@ def check_cmd(
                     ph.skip("the source itself")
                     continue
                 spec = target_spec(inspect, inspect["Name"].lstrip("/"))
+                cross = (cross_isa_checks(src, dst, inspect, spec)[0]
+                         if src.isa != dst.isa else None)
                 validation = validate(src, dst, inspect, spec,
-                                      image_check(src, dst, spec.image, inspect["Image"]))
+                                      image_check(src, dst, spec.image, inspect["Image"]), cross)
             except errors.HmigrateError as exc:
                 results.append({"target": target, "ok": False, "error": exc.message,
                                 "checks": []})

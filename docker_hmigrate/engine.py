@@ -144,8 +144,9 @@ class Host:
         loader, libdir = _host_loader(self.isa)
         name = f"hmigrate-probe-{uuid.uuid4().hex[:12]}"
         host_config = self.api.create_host_config(
-            # The host's root read-only; a private /tmp, where `criu check` makes its dirs.
-            binds=["/:/host:ro"], tmpfs={"/host/tmp": "mode=1777"},
+            # The host's root read-only (recursively so on newer daemons), /proc writable
+            # (criu check writes ns_last_pid), a private /tmp where `criu check` makes dirs.
+            binds=["/:/host:ro", "/proc:/host/proc"], tmpfs={"/host/tmp": "mode=1777"},
             pid_mode="host", network_mode="host",
             # Not --privileged: it asks for every capability, and a host that lacks one
             # (CAP_SYS_RESOURCE in some sandboxes) refuses to start the container.

@@ -54,6 +54,7 @@ class Created:
     networks: list[str] = field(default_factory=list)
     source_frozen: bool = False
     source_parked: bool = False  # cross-ISA: the park request is pending on the source
+    template: str | None = None  # cross-ISA: the target's own checkpoint of the program
 
 
 class Migration:
@@ -109,7 +110,10 @@ class Migration:
     def phase_validate(self) -> None:
         with self.rep.phase("validate") as ph:
             image = image_check(self.src, self.dst, self.spec.image, self.inspect["Image"])
-            cross = self._cross_isa_checks() if self.cross_isa else None
+            cross = None
+            if self.cross_isa:
+                cross, self.program = cross_isa_checks(self.src, self.dst, self.inspect,
+                                                       self.spec)
             self.validation = validate(self.src, self.dst, self.inspect, self.spec, image, cross)
             failed = self.validation.failures
             for check in failed:
@@ -126,6 +130,8 @@ class Migration:
             self._ensure_image(ph)
             self._ensure_networks()
             self._create_volumes()
+            if self.cross_isa:
+                self._template_checkpoint(ph)
             body = self.spec.body
             url = self.dst.api._url("/containers/create")
             res = self.dst.api._result(
@@ -137,6 +143,35 @@ class Migration:
                 self.dst.api.connect_container_to_network(res["Id"], net)
             self._open_links(self.dst.inspect(res["Id"]))
             ph.update(f"created {self.spec.name} ({res['Id'][:12]})")
+
+    def _template_checkpoint(self, ph) -> None:
+        """Cross-ISA: start the program on the target with the same configuration, park it
+        and checkpoint it, before the source is frozen. Its images that describe the host
+        (mount tree, cgroups, namespaces) are what the target's CRIU expects; recode
+        supplies the process itself (recode.merge_into_template). Volumes are still empty
+        then: the source's data is copied over them after the freeze."""
+        ph.update("template checkpoint on the target")
+        self._workdir = Path(tempfile.mkdtemp(prefix="hmigrate-"))  # mode 0700
+        url = self.dst.api._url("/containers/create")
+        name = f"hmigrate-template-{self.checkpoint}"
+        res = self.dst.api._result(
+            self.dst.api._post_json(url, data=self.spec.body, params={"name": name}), json=True)
+        self.created.template = res["Id"]
+        self.dst.api.start(res["Id"])
+        park.park(self.dst, res["Id"], self.program.park_protocol, timeout=120)
+        self.dst.checkpoint_create(res["Id"], "template", exit=True)
+        with self.dst.helper([f"{self.dst.checkpoint_dir(res['Id'])}:{transfer.SRC_MOUNT}:ro"]) \
+                as helper:
+            (self._workdir / "template").mkdir(mode=0o700)
+            transfer.download_folder("template checkpoint", self.dst, helper,
+                                     f"{transfer.SRC_MOUNT}/template", self._workdir / "template")
+        self._remove_template()
+
+    def _remove_template(self) -> None:
+        if self.created.template:
+            with contextlib.suppress(docker.errors.NotFound):
+                self.dst.api.remove_container(self.created.template, force=True)
+            self.created.template = None
 
     def _open_links(self, target: dict[str, Any]) -> None:
         """Helper containers for every stream of the move phase, made before the freeze."""
@@ -198,7 +233,6 @@ class Migration:
                 futures = [pool.submit(link.copy, src_sub, dst_sub, progress)
                            for link, src_sub, dst_sub in self._transfers]
                 if self._checkpoint_link:
-                    self._workdir = Path(tempfile.mkdtemp(prefix="hmigrate-"))  # mode 0700
                     (self._workdir / "source").mkdir(mode=0o700)
                     futures.append(pool.submit(self._checkpoint_link.download,
                                                self.checkpoint, self._workdir / "source"))
@@ -213,12 +247,13 @@ class Migration:
             if not self.cross_isa:
                 ph.skip(f"same ISA ({self.src.isa})")
             else:
-                out = self._workdir / "target"
+                out, template = self._workdir / "target", self._workdir / "template"
+                maps, vdso = recode.template_facts(template)
                 timings = recode.recode(self._workdir / "source", out, self.program,
-                                        self.src.isa, self.dst.isa,
-                                        self.validation.target_facts.special_maps)
+                                        self.src.isa, self.dst.isa, maps, vdso)
+                recode.merge_into_template(out, template)
                 self.rep.set("recode_seconds", {k: round(v, 4) for k, v in timings.items()})
-                moved = self._checkpoint_link.upload(out, self.checkpoint)
+                moved = self._checkpoint_link.upload(template, self.checkpoint)
                 self.bytes_moved += moved.bytes
                 ph.update(f"{self.src.isa} -> {self.dst.isa} in {timings['total']:.3f}s")
         self._links.close()  # the helpers are done; they must not hold the volumes
@@ -261,11 +296,13 @@ class Migration:
     def roll_back(self, cause: BaseException) -> None:
         created = self.created
         if not (created.target_container or created.volumes or created.networks
-                or created.source_frozen or created.source_parked):
+                or created.source_frozen or created.source_parked or created.template):
             return
         self._hook("failed-restore", fatal=False, error=str(cause))
         self._links.close()  # helpers bind the volumes to remove
         problems: list[str] = []
+        with contextlib.suppress(docker.errors.APIError):
+            self._remove_template()
         with self.rep.phase("roll back") as ph:
             if created.target_container:
                 with contextlib.suppress(docker.errors.NotFound):
@@ -311,38 +348,6 @@ class Migration:
     # --- helpers -------------------------------------------------------------------------
     def _target_image(self) -> str:
         return self.inspect["Config"]["Image"]
-
-    def _cross_isa_checks(self) -> list[Check]:
-        """What a move to another ISA needs, checked before anything is frozen."""
-        checks: list[Check] = []
-        try:
-            self.program = recode.load_program(self.src, self.inspect)
-        except errors.HmigrateError as exc:
-            return [Check("built for migration across ISAs", False, exc.message, exc.hint or "",
-                          errors.NotMigratableCrossISA)]
-        problems = recode.preflight(self.program, self.src.isa, self.dst.isa)
-        checks.append(Check(
-            f"recode {self.src.isa} -> {self.dst.isa}", not problems,
-            "; ".join(problems) or f"{self.program.path}: both variants, park points clean",
-            "rebuild with hmigrate-cc, or migrate to a host of the same ISA",
-            errors.NotMigratableCrossISA))
-        platforms = _distribution_platforms(self.dst, self.spec.image)
-        arch = self.dst.platform.split("/")[1]
-        checks.append(Check(
-            f"image variant for {self.dst.platform}", arch in platforms,
-            f"{self.spec.image} offers {', '.join(sorted(platforms)) or 'no platform list'}",
-            f"push a multi-platform image with a {self.dst.platform} variant",
-            errors.ImageUnavailable))
-        seccomp = [o for o in self.inspect["HostConfig"].get("SecurityOpt") or []
-                   if o.startswith("seccomp")]
-        unconfined = any(o.split("=", 1)[-1].split(":", 1)[-1] == "unconfined" for o in seccomp)
-        checks.append(Check(
-            "seccomp", unconfined,
-            "unconfined" if unconfined else
-            "the container has a seccomp filter, compiled for the source ISA's system calls",
-            "run it with --security-opt seccomp=unconfined to migrate it across ISAs",
-            errors.NotMigratableCrossISA))
-        return checks
 
     def _ensure_image(self, ph) -> None:
         ref, image_id = self.spec.image, self.inspect["Image"]
@@ -461,6 +466,40 @@ def _upper_dir(host: Host, inspect: dict[str, Any]) -> str:
             f"{host.name} stores containers with {driver.get('Name')}: only overlay2 is supported",
             hint="configure the daemon with the overlay2 storage driver")
     return upper
+
+
+def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: ContainerSpec,
+                     ) -> tuple[list[Check], recode.Program | None]:
+    """What a move to another ISA needs, checked before anything is frozen."""
+    checks: list[Check] = []
+    try:
+        program = recode.load_program(src, inspect)
+    except errors.HmigrateError as exc:
+        return [Check("built for migration across ISAs", False, exc.message, exc.hint or "",
+                      errors.NotMigratableCrossISA)], None
+    problems = recode.preflight(program, src.isa, dst.isa)
+    checks.append(Check(
+        f"recode {src.isa} -> {dst.isa}", not problems,
+        "; ".join(problems) or f"{program.path}: both variants, park points clean",
+        "rebuild with hmigrate-cc, or migrate to a host of the same ISA",
+        errors.NotMigratableCrossISA))
+    platforms = _distribution_platforms(dst, spec.image)
+    arch = dst.platform.split("/")[1]
+    checks.append(Check(
+        f"image variant for {dst.platform}", arch in platforms,
+        f"{spec.image} offers {', '.join(sorted(platforms)) or 'no platform list'}",
+        f"push a multi-platform image with a {dst.platform} variant",
+        errors.ImageUnavailable))
+    seccomp = [o for o in inspect["HostConfig"].get("SecurityOpt") or []
+               if o.startswith("seccomp")]
+    unconfined = any(o.split("=", 1)[-1].split(":", 1)[-1] == "unconfined" for o in seccomp)
+    checks.append(Check(
+        "seccomp", unconfined,
+        "unconfined" if unconfined else
+        "the container has a seccomp filter, compiled for the source ISA's system calls",
+        "run it with --security-opt seccomp=unconfined to migrate it across ISAs",
+        errors.NotMigratableCrossISA))
+    return checks, program
 
 
 def _distribution_platforms(host: Host, ref: str) -> set[str]:

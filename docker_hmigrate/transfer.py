@@ -98,20 +98,8 @@ class FolderLink:
 
     def download(self, src_subpath: str, local_dir: Path) -> Transferred:
         """Unpack SRC/src_subpath (a folder) into local_dir, for a local transformation."""
-        started = time.monotonic()
-        tally = [0]
-        try:
-            stream, _ = self.src.api.get_archive(self.src_helper, f"{SRC_MOUNT}/{src_subpath}/.",
-                                                 chunk_size=CHUNK)
-            reader = _StreamReader(_counted(stream, tally, None))
-            with tarfile.open(fileobj=reader, mode="r|") as tar:
-                tar.extractall(local_dir, filter="data")
-        except (docker.errors.APIError, requests.RequestException, OSError,
-                tarfile.TarError) as exc:
-            raise TransferInterrupted(
-                f"downloading the {self.what} from {self.src.name} failed after {tally[0]} "
-                f"bytes: {api_error_text(exc)}") from exc
-        return Transferred(self.what, tally[0], time.monotonic() - started)
+        return download_folder(self.what, self.src, self.src_helper,
+                               f"{SRC_MOUNT}/{src_subpath}", local_dir)
 
     def upload(self, local_dir: Path, dst_name: str) -> Transferred:
         """Pack local_dir and unpack it as DST/dst_name."""
@@ -132,6 +120,24 @@ class FolderLink:
         finally:
             packed.unlink(missing_ok=True)
         return Transferred(self.what, size, time.monotonic() - started)
+
+
+def download_folder(what: str, host: Host, helper: str, path: str,
+                    local_dir: Path) -> Transferred:
+    """Unpack the folder `path` of a helper container into local_dir (streamed)."""
+    started = time.monotonic()
+    tally = [0]
+    try:
+        stream, _ = host.api.get_archive(helper, f"{path}/.", chunk_size=CHUNK)
+        reader = _StreamReader(_counted(stream, tally, None))
+        with tarfile.open(fileobj=reader, mode="r|") as tar:
+            tar.extractall(local_dir, filter="data")
+    except (docker.errors.APIError, requests.RequestException, OSError,
+            tarfile.TarError) as exc:
+        raise TransferInterrupted(
+            f"downloading the {what} from {host.name} failed after {tally[0]} "
+            f"bytes: {api_error_text(exc)}") from exc
+    return Transferred(what, tally[0], time.monotonic() - started)
 
 
 class _StreamReader(io.RawIOBase):

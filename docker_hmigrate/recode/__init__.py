@@ -12,6 +12,7 @@ Entry points:
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,8 +98,46 @@ def _engine_problems(program: Program, src_isa: str, dst_isa: str) -> list[str]:
     return transform.preflight_problems(program, src_isa, dst_isa)
 
 
+# Images of the process itself, which recode writes; every other image of a checkpoint
+# (mounts, cgroups, namespaces, files) describes the host and the container around it.
+PROCESS_IMAGES = ("core-", "mm-", "pagemap-", "pages-", "pstree.img")
+
+
+def template_facts(template_dir: Path) -> tuple[dict[str, list[tuple[int, int]]], bytes | None]:
+    """The target kernel's special mappings and vDSO bytes, from a checkpoint taken there."""
+    from docker_hmigrate.criu.imageset import ImageSet
+    from docker_hmigrate.recode import process
+
+    images = ImageSet.load(template_dir)
+    pid = images.root_pid
+    areas = process.special_areas(images, pid)
+    maps = {k: [(v.start, v.end) for v in vs] for k, vs in areas.items()}
+    vdso = None
+    for v in areas["vdso"]:
+        try:
+            vdso = images.memory(pid).read(v.start, v.end - v.start)
+        except LookupError:
+            vdso = None
+    return maps, vdso
+
+
+def merge_into_template(recoded: Path, template: Path) -> None:
+    """Put the recoded process into the target's own checkpoint of the same container.
+
+    The template is a checkpoint of the program started on the target with the same
+    configuration: its host-describing images (mount tree, cgroups, namespaces) are what
+    the target's CRIU expects, whatever the kernels and daemons differ in."""
+    for f in template.iterdir():
+        if f.name.startswith(PROCESS_IMAGES):
+            f.unlink()
+    for f in recoded.iterdir():
+        if f.name.startswith(PROCESS_IMAGES):
+            shutil.copy2(f, template / f.name)
+
+
 def recode(src_dir: Path, dst_dir: Path, program: Program, src_isa: str, dst_isa: str,
-           target_maps: dict[str, list[tuple[int, int]]] | None = None) -> dict[str, float]:
+           target_maps: dict[str, list[tuple[int, int]]] | None = None,
+           vdso_image: bytes | None = None) -> dict[str, float]:
     """Rewrite the image set in src_dir for dst_isa into dst_dir; per-phase seconds.
 
     target_maps: the target kernel's special mappings ([vdso], [vvar] ...) as the probe
@@ -111,6 +150,6 @@ def recode(src_dir: Path, dst_dir: Path, program: Program, src_isa: str, dst_isa
 
     started = time.monotonic()
     timings = transform.recode_images(src_dir, dst_dir, program, src_isa, dst_isa,
-                                      target_maps or {})
+                                      target_maps or {}, vdso_image=vdso_image)
     timings["total"] = time.monotonic() - started
     return timings

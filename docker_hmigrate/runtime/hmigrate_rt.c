@@ -190,7 +190,9 @@ NOINSTR __attribute__((noinline)) void hmigrate_park(void *fn, void *site)
 	hm_maybe_announce();
 	while (hmigrate_requested()) {
 		struct timespec ts = {0, 200 * 1000 * 1000};
-		hm_futex_wait(&s->request, 1, &ts);
+		/* Once every thread is parked and that is announced, wait without a timeout: a
+		 * checkpoint must find each thread inside this futex wait, never between two. */
+		hm_futex_wait(&s->request, 1, s->announced ? 0 : &ts);
 		if (hmigrate_requested()) {
 			/* A thread may have slipped into a blocking call after the first kick. */
 			hm_for_each_task(hm_kick, &self);

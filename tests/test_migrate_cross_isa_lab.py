@@ -1,0 +1,120 @@
+"""`docker hmigrate migrate` from x86-64 (host a) to the aarch64 host (hm-arm): park,
+checkpoint, recode, restore, through the engine API only; and the refusals that must come
+before anything is frozen."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+
+import docker
+import pytest
+
+from tests.lab import (
+    BASE_IMAGE,
+    COUNTER_CMD,
+    DOCKER_CLI,
+    REGISTRY,
+    counter_values,
+    lab_unavailable,
+    unique,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.lab, pytest.mark.arm64]
+
+HELLO = f"{REGISTRY}/hmigrate/helloworld:latest"
+ARM_URL = f"tcp://127.0.0.1:{os.environ.get('HM_ARM_PORT', '2391')}"
+
+
+@pytest.fixture(scope="module")
+def arm() -> docker.DockerClient:
+    try:
+        client = docker.DockerClient(base_url=ARM_URL, version="auto", timeout=300)
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - any failure means the VM is not up
+        lab_unavailable(f"aarch64 lab host does not answer on {ARM_URL} ({exc}); "
+                        "run: sudo HMLAB_ARM64=1 lab/up")
+    return client
+
+
+@pytest.fixture
+def on_arm(arm):
+    names: list[str] = []
+    yield names
+    for name in names:
+        with contextlib.suppress(Exception):
+            arm.containers.get(name).remove(force=True)
+
+
+def hmigrate(*args: str, context: str = "hm-a"):
+    return subprocess.run([DOCKER_CLI, "--context", context, "hmigrate", *args],
+                          capture_output=True, text=True, timeout=600)
+
+
+def ticks(logs: str) -> list[int]:
+    return [int(line.rsplit(":", 1)[1]) for line in logs.splitlines()
+            if line.startswith("hello from hmigrate:")]
+
+
+def test_helloworld_moves_to_aarch64_and_counts_on(host_a, arm, cleanup, on_arm):
+    name = unique("x-hello")
+    cleanup.append(name)
+    on_arm.append(name)
+    host_a.docker("pull", "-q", HELLO)
+    host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined", HELLO)
+    wait_until(lambda: len(ticks(host_a.logs(name))) >= 2, what="helloworld on x86-64")
+
+    proc = hmigrate("migrate", name, "--to", "hm-arm", "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["isa"] == "x86-64 -> aarch64"
+    assert {p["name"] for p in doc["phases"]} >= {"park", "checkpoint", "recode", "restore"}
+    assert doc["recode_seconds"]["total"] > 0
+    assert not host_a.client.containers.list(all=True, filters={"name": f"^/{name}$"})
+
+    target = arm.containers.get(name)
+    assert target.status == "running"
+    assert arm.images.get(target.attrs["Image"]).attrs["Architecture"] == "arm64"
+    wait_until(lambda: len(ticks(target.logs().decode())) >= 3, timeout=60,
+               what="the counter on aarch64")
+    values = ticks(target.logs().decode())
+    # It went on from where it was on x86-64: never from zero, one tick after another.
+    assert values[0] >= 2 and values == list(range(values[0], values[0] + len(values))), values
+    # Nothing left behind: no template, no helpers, no checkpoint.
+    left = [c.name for c in arm.containers.list(all=True)
+            if c.name.startswith(("hmigrate-template-", "hmigrate-helper-", "hmigrate-probe-"))]
+    assert not left, left
+
+
+def test_program_not_built_by_the_toolchain_is_refused_before_freezing(host_a, arm, cleanup):
+    name = unique("x-busybox")
+    cleanup.append(name)
+    host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined",
+                  BASE_IMAGE, *COUNTER_CMD)
+    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter")
+    proc = hmigrate("migrate", name, "--to", "hm-arm")
+    assert proc.returncode == 14, proc.stderr  # NotMigratableCrossISA
+    assert "not built by hmigrate-cc" in proc.stderr and "Traceback" not in proc.stderr
+    assert "checkpoint" not in proc.stderr.split("error:")[0]  # never frozen
+    before = max(counter_values(host_a.logs(name)))
+    wait_until(lambda: max(counter_values(host_a.logs(name))) > before, what="still counting")
+    values = counter_values(host_a.logs(name))
+    assert values == list(range(len(values)))
+    assert not arm.containers.list(all=True, filters={"name": f"^/{name}$"})
+
+
+def test_default_seccomp_profile_is_refused_before_freezing(host_a, arm, cleanup):
+    name = unique("x-seccomp")
+    cleanup.append(name)
+    host_a.docker("pull", "-q", HELLO)
+    host_a.docker("run", "-d", "--name", name, HELLO)  # Docker's default seccomp filter
+    wait_until(lambda: ticks(host_a.logs(name)), what="helloworld")
+    proc = hmigrate("check", name, "--to", "hm-arm", "--json")
+    doc = json.loads(proc.stdout)
+    checks = {c["check"]: c for c in doc["targets"][0]["checks"]}
+    assert checks["seccomp"]["ok"] is False and "seccomp=unconfined" in checks["seccomp"]["hint"]
+    assert proc.returncode == 14
+    assert host_a.client.containers.get(name).status == "running"

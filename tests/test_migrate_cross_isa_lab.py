@@ -118,3 +118,23 @@ def test_default_seccomp_profile_is_refused_before_freezing(host_a, arm, cleanup
     assert checks["seccomp"]["ok"] is False and "seccomp=unconfined" in checks["seccomp"]["hint"]
     assert proc.returncode == 14
     assert host_a.client.containers.get(name).status == "running"
+
+
+def test_helloworld_arm64_variant_checkpoint_restores_on_arm(arm, on_arm, tmp_path):
+    """On the aarch64 host itself: the arm64 variant runs; a checkpoint of it (the plugin's
+    `checkpoint` building block) restores into a new container there (`restore`)."""
+    name, copy = unique("arm-hello"), unique("arm-hello-2")
+    on_arm += [name, copy]
+    arm.images.pull(HELLO, platform="linux/arm64")
+    c = arm.containers.run(HELLO, name=name, detach=True)
+    wait_until(lambda: len(ticks(c.logs().decode())) >= 2, timeout=60, what="arm64 hello")
+    ck = tmp_path / "ck.tar"
+    proc = hmigrate("checkpoint", name, "-o", str(ck), context="hm-arm")
+    assert proc.returncode == 0, proc.stderr
+    last = ticks(c.logs().decode())[-1]
+    arm.containers.create(HELLO, name=copy)
+    proc = hmigrate("restore", copy, "-i", str(ck), context="hm-arm")
+    assert proc.returncode == 0, proc.stderr
+    restored = arm.containers.get(copy)
+    wait_until(lambda: ticks(restored.logs().decode()), timeout=60, what="restored counter")
+    assert ticks(restored.logs().decode())[0] == last + 1

@@ -138,3 +138,41 @@ def test_helloworld_arm64_variant_checkpoint_restores_on_arm(arm, on_arm, tmp_pa
     restored = arm.containers.get(copy)
     wait_until(lambda: ticks(restored.logs().decode()), timeout=60, what="restored counter")
     assert ticks(restored.logs().decode())[0] == last + 1
+
+
+def arm_redis(arm, container: str, *commands: str) -> str:
+    """Inline Redis commands sent from a busybox container sharing the server's network."""
+    script = "printf '" + "".join(c + "\\r\\n" for c in commands) + "' | nc -w 3 127.0.0.1 6379"
+    out = arm.containers.run("hmigrate-lab/busybox:arm64", ["sh", "-c", script], remove=True,
+                             network_mode=f"container:{container}")
+    return out.decode(errors="replace")
+
+
+def test_redis_dataset_moves_to_aarch64(host_a, arm, cleanup, on_arm):
+    from tests.resp import Redis
+
+    name, port = unique("x-redis"), 16395
+    cleanup.append(name)
+    on_arm.append(name)
+    image = f"{REGISTRY}/hmigrate/redis:latest"
+    host_a.docker("pull", "-q", image)
+    host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined",
+                  "-p", f"{port}:6379", image)
+
+    def connect():
+        try:
+            client = Redis("127.0.0.1", port, timeout=5)
+            return client if client.call("PING") == "PONG" else None
+        except (OSError, RuntimeError, ConnectionError):
+            return None
+
+    client = wait_until(connect, timeout=30, what="redis on x86-64")
+    keys = {f"k{i}": f"v{i}" for i in range(300)}
+    assert client.pipeline([("SET", k, v) for k, v in keys.items()]) == ["OK"] * len(keys)
+    client.close()
+
+    proc = hmigrate("migrate", name, "--to", "hm-arm")
+    assert proc.returncode == 0, proc.stderr
+    assert arm.containers.get(name).status == "running"
+    out = arm_redis(arm, name, "DBSIZE", "GET k0", "GET k299", "SET after move", "GET after")
+    assert ":300" in out and "v0" in out and "v299" in out and "move" in out, out

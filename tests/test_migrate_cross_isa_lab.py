@@ -176,3 +176,37 @@ def test_redis_dataset_moves_to_aarch64(host_a, arm, cleanup, on_arm):
     assert arm.containers.get(name).status == "running"
     out = arm_redis(arm, name, "DBSIZE", "GET k0", "GET k299", "SET after move", "GET after")
     assert ":300" in out and "v0" in out and "v299" in out and "move" in out, out
+
+
+def test_nginx_shared_memory_is_refused_and_source_keeps_serving(host_a, arm, cleanup,
+                                                                  on_arm):
+    """nginx's master and worker share anonymous memory, which CRIU dumps as memfd images
+    that this recode does not translate yet: the move must be refused with that reason and
+    the source must serve again (rolled back from its own checkpoint)."""
+    import urllib.request
+
+    name, port = unique("x-nginx"), 18096
+    cleanup.append(name)
+    on_arm.append(name)
+    image = f"{REGISTRY}/hmigrate/nginx-bin:latest"
+    host_a.docker("pull", "-q", image)
+    host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined",
+                  "-p", f"{port}:80", image)
+
+    def page():
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as resp:
+                return resp.read().decode()
+        except OSError:
+            return None
+
+    assert "hmigrate-cc" in wait_until(page, timeout=30, what="nginx on x86-64")
+    proc = hmigrate("migrate", name, "--to", "hm-arm")
+    assert proc.returncode == 14, proc.stderr
+    assert "memfd" in proc.stderr and "Traceback" not in proc.stderr
+    assert "hmigrate-cc" in wait_until(page, timeout=30, what="nginx serving again on x86-64")
+    source = host_a.client.containers.get(name)
+    assert source.status == "running"
+    # Restored from its checkpoint, not started again: nginx started its worker once.
+    assert host_a.logs(name).count("start worker process ") == 1, host_a.logs(name)
+    assert not arm.containers.list(all=True, filters={"name": f"^/{name}$"})

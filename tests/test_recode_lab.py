@@ -314,7 +314,10 @@ def arm() -> docker.DockerClient:
         lab_unavailable("lab tests need root")
     try:
         client = docker.DockerClient(base_url=ARM_URL, version="auto", timeout=300)
-        client.images.get(HELLO)
+        # Pulled, not looked up: a fresh VM has none, and a running one may hold an older
+        # build under the same tag (the variants must come from the same build).
+        client.images.pull(HELLO.rsplit(":", 1)[0], tag="latest", platform="linux/arm64")
+        client.images.pull(REDIS, tag="arm64")
     except Exception as exc:  # noqa: BLE001 - any failure: the VM is not ready
         lab_unavailable(f"aarch64 lab host not ready on {ARM_URL} ({exc})")
     return client

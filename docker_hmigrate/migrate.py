@@ -499,7 +499,28 @@ def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: Contai
         "the container has a seccomp filter, compiled for the source ISA's system calls",
         "run it with --security-opt seccomp=unconfined to migrate it across ISAs",
         errors.NotMigratableCrossISA))
+    shared = _shared_mappings(src, inspect)
+    checks.append(Check(
+        "no shared memory", not shared,
+        "none" if not shared else
+        f"shared mappings the recode does not translate: {'; '.join(shared[:3])}",
+        "migrate it to a host of the same ISA", errors.NotMigratableCrossISA))
     return checks, program
+
+
+def _shared_mappings(host: Host, inspect: dict[str, Any]) -> list[str]:
+    """Shared memory mappings (MAP_SHARED anonymous memory, memfd, SysV) of the container's
+    processes, read on the host by the probe: CRIU dumps them as images the recode cannot
+    translate, so they are refused before the freeze rather than found after it."""
+    try:
+        procs = host.api.top(inspect["Id"], ps_args="-o pid")["Processes"] or []
+    except docker.errors.APIError:
+        return []
+    pids = " ".join(p[0] for p in procs if p and p[0].isdigit())
+    script = (f"for p in {pids}; do awk -v p=$p '$2 ~ /s$/ "
+              "{print \"pid \" p \": \" $1 \" \" $6 \" \" $7}' /proc/$p/maps; done")
+    status, out = host.run_probe(script)
+    return [line for line in out.splitlines() if line.startswith("pid ")]
 
 
 def _distribution_platforms(host: Host, ref: str) -> set[str]:

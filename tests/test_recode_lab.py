@@ -26,7 +26,14 @@ import requests
 
 from docker_hmigrate.criu import ImageSet
 from docker_hmigrate.criu.schema import March
-from docker_hmigrate.recode import Program, aarch64, process, transform
+from docker_hmigrate.recode import (
+    Program,
+    aarch64,
+    merge_into_template,
+    process,
+    template_facts,
+    transform,
+)
 from tests.lab import LabHost, lab_unavailable, unique
 
 pytestmark = pytest.mark.lab
@@ -399,9 +406,6 @@ def frame_words(d: Path) -> dict:
 
 # files of an image set that describe the process (recoded); the others describe the
 # host and container set-up (cgroups, mounts, namespaces, open files' mount ids)
-PROCESS_FILES = ("core-", "mm-", "pagemap-", "pages-")
-
-
 def put_checkpoint(arm: docker.DockerClient, cid: str, src: Path) -> None:
     root = arm.info()["DockerRootDir"]
     helper_image = next((t for i in arm.images.list() for t in i.tags if "busybox" in t), HELLO)
@@ -444,14 +448,10 @@ def test_recoded_helloworld_resumes_on_aarch64(host_a: LabHost, arm, cleanup, wo
         except requests.exceptions.ReadTimeout:
             lab_unavailable("CRIU on the aarch64 host hangs")
         native = fetch_checkpoint(arm, nc.id, workdir / "native")
-        s = ImageSet.load(native)
-        maps = {k: [(v.start, v.end) for v in vs]
-                for k, vs in process.special_areas(s, s.root_pid).items()}
+        maps, _vdso = template_facts(native)
         out = workdir / "arm"
         transform.recode_images(ck, out, hello_program, "x86-64", "aarch64", maps)
-        for f in out.iterdir():
-            if f.name.startswith(PROCESS_FILES):
-                shutil.copy(f, native / f.name)
+        merge_into_template(out, native)  # the native set's own process images are not ours
         target = arm.containers.create(HELLO, name=names[1],
                                        security_opt=["seccomp=unconfined"])
         put_checkpoint(arm, target.id, native)
@@ -530,17 +530,10 @@ def test_recoded_threads_resume_on_aarch64(host_a: LabHost, arm, cleanup,
         except requests.exceptions.ReadTimeout:
             lab_unavailable("CRIU on the aarch64 host hangs")
         native = fetch_checkpoint(arm, nc.id, workdir / "native")
-        s = ImageSet.load(native)
-        maps = {k: [(v.start, v.end) for v in vs]
-                for k, vs in process.special_areas(s, s.root_pid).items()}
+        maps, _vdso = template_facts(native)
         out = workdir / "arm"
         transform.recode_images(ck, out, program, "x86-64", "aarch64", maps)
-        for f in native.iterdir():  # the native set's threads are not ours
-            if f.name.startswith(PROCESS_FILES):
-                f.unlink()
-        for f in out.iterdir():
-            if f.name.startswith(PROCESS_FILES) or f.name == "pstree.img":
-                shutil.copy(f, native / f.name)
+        merge_into_template(out, native)  # the native set's own process images are not ours
         target = arm_container_with(arm, names[1], program.binaries["aarch64"])
         put_checkpoint(arm, target.id, native)
         api = docker.APIClient(base_url=ARM_URL, version="auto", timeout=240)
@@ -618,17 +611,10 @@ def test_recoded_redis_serves_on_aarch64(host_a: LabHost, arm, cleanup,
         except requests.exceptions.ReadTimeout:
             lab_unavailable("CRIU on the aarch64 host hangs")
         native = fetch_checkpoint(arm, nc.id, workdir / "native")
-        s = ImageSet.load(native)
-        maps = {k: [(v.start, v.end) for v in vs]
-                for k, vs in process.special_areas(s, s.root_pid).items()}
+        maps, _vdso = template_facts(native)
         out = workdir / "arm"
         transform.recode_images(ck, out, program, "x86-64", "aarch64", maps)
-        for f in native.iterdir():
-            if f.name.startswith(PROCESS_FILES):
-                f.unlink()
-        for f in out.iterdir():
-            if f.name.startswith(PROCESS_FILES) or f.name == "pstree.img":
-                shutil.copy(f, native / f.name)
+        merge_into_template(out, native)  # the native set's own process images are not ours
         target = arm.containers.create(f"{REDIS}:arm64", name=names[1],
                                        security_opt=["seccomp=unconfined"])
         put_checkpoint(arm, target.id, native)

@@ -468,6 +468,7 @@ class SSHStdioProxy:
         self._listener.listen(16)
         self._procs: list[subprocess.Popen[bytes]] = []
         self._stderr: list[bytes] = []
+        self._collectors: list[threading.Thread] = []  # readers of each ssh's stderr
         self._closed = False
         self._lock = threading.Lock()
         threading.Thread(target=self._accept_loop, name="hmigrate-ssh", daemon=True).start()
@@ -518,7 +519,10 @@ class SSHStdioProxy:
                 self._stderr.append(data)
 
         threading.Thread(target=upstream, daemon=True).start()
-        threading.Thread(target=collect_stderr, daemon=True).start()
+        collector = threading.Thread(target=collect_stderr, daemon=True)
+        collector.start()
+        with self._lock:
+            self._collectors.append(collector)
         try:
             while data := os.read(proc.stdout.fileno(), 65536):
                 conn.sendall(data)
@@ -535,6 +539,12 @@ class SSHStdioProxy:
 
     def failure(self) -> str:
         """ssh's own error output (e.g. permission denied), if any."""
+        # The connection may fail before ssh's stderr has been read: wait for the readers
+        # (they end when ssh exits), briefly.
+        with self._lock:
+            collectors = list(self._collectors)
+        for collector in collectors:
+            collector.join(timeout=2)
         text = b"".join(self._stderr).decode(errors="replace").strip()
         return text.splitlines()[-1] if text else ""
 

@@ -26,6 +26,7 @@ import requests
 
 from docker_hmigrate.criu import ImageSet
 from docker_hmigrate.criu.schema import March
+from docker_hmigrate.engine import Host
 from docker_hmigrate.recode import (
     Program,
     aarch64,
@@ -423,6 +424,24 @@ def put_checkpoint(arm: docker.DockerClient, cid: str, src: Path) -> None:
         h.remove(force=True)
 
 
+def restore_recoded(arm: docker.DockerClient, ck: Path, native: Path, out: Path,
+                    program: Program, target) -> None:
+    """Recode the x86-64 set `ck` into the native aarch64 checkpoint `native` (its
+    host-describing images kept), restore `target` from it and resume the program."""
+    maps, _vdso = template_facts(native)
+    transform.recode_images(ck, out, program, "x86-64", "aarch64", maps)
+    merge_into_template(out, native)  # the native set's own process images are not ours
+    put_checkpoint(arm, target.id, native)
+    host = Host("hm-arm", docker.DockerClient(base_url=ARM_URL, version="auto", timeout=240))
+    try:
+        host.start(target.id, checkpoint="ck")
+    except requests.exceptions.ReadTimeout:
+        lab_unavailable("docker start --checkpoint hangs on the aarch64 host")
+    target.reload()
+    assert target.status == "running", target.attrs["State"]
+    target.kill(signal=41)
+
+
 @pytest.mark.arm64
 def test_recoded_helloworld_resumes_on_aarch64(host_a: LabHost, arm, cleanup, workdir: Path,
                                                hello_program: Program) -> None:
@@ -448,23 +467,9 @@ def test_recoded_helloworld_resumes_on_aarch64(host_a: LabHost, arm, cleanup, wo
         except requests.exceptions.ReadTimeout:
             lab_unavailable("CRIU on the aarch64 host hangs")
         native = fetch_checkpoint(arm, nc.id, workdir / "native")
-        maps, _vdso = template_facts(native)
-        out = workdir / "arm"
-        transform.recode_images(ck, out, hello_program, "x86-64", "aarch64", maps)
-        merge_into_template(out, native)  # the native set's own process images are not ours
         target = arm.containers.create(HELLO, name=names[1],
                                        security_opt=["seccomp=unconfined"])
-        put_checkpoint(arm, target.id, native)
-        api = docker.APIClient(base_url=ARM_URL, version="auto", timeout=240)
-        try:
-            res = api._post(api._url("/containers/{0}/start", target.id),
-                            params={"checkpoint": "ck"})
-            api._raise_for_status(res)
-        except requests.exceptions.ReadTimeout:
-            lab_unavailable("docker start --checkpoint hangs on the aarch64 host")
-        target.reload()
-        assert target.status == "running", target.attrs["State"]
-        target.kill(signal=41)
+        restore_recoded(arm, ck, native, workdir / "arm", hello_program, target)
         lines = wait_until(lambda: target.logs().decode().split("\n")[:-1][:3]
                            if len(target.logs().decode().split("\n")) > 3 else None,
                            60, "the counter on aarch64")
@@ -530,22 +535,8 @@ def test_recoded_threads_resume_on_aarch64(host_a: LabHost, arm, cleanup,
         except requests.exceptions.ReadTimeout:
             lab_unavailable("CRIU on the aarch64 host hangs")
         native = fetch_checkpoint(arm, nc.id, workdir / "native")
-        maps, _vdso = template_facts(native)
-        out = workdir / "arm"
-        transform.recode_images(ck, out, program, "x86-64", "aarch64", maps)
-        merge_into_template(out, native)  # the native set's own process images are not ours
         target = arm_container_with(arm, names[1], program.binaries["aarch64"])
-        put_checkpoint(arm, target.id, native)
-        api = docker.APIClient(base_url=ARM_URL, version="auto", timeout=240)
-        try:
-            res = api._post(api._url("/containers/{0}/start", target.id),
-                            params={"checkpoint": "ck"})
-            api._raise_for_status(res)
-        except requests.exceptions.ReadTimeout:
-            lab_unavailable("docker start --checkpoint hangs on the aarch64 host")
-        target.reload()
-        assert target.status == "running", target.attrs["State"]
-        target.kill(signal=41)
+        restore_recoded(arm, ck, native, workdir / "arm", program, target)
         lines = wait_until(lambda: target.logs().decode().split("\n")[:-1][:3]
                            if len(target.logs().decode().split("\n")) > 3 else None,
                            60, "main's ticks on aarch64")
@@ -611,21 +602,9 @@ def test_recoded_redis_serves_on_aarch64(host_a: LabHost, arm, cleanup,
         except requests.exceptions.ReadTimeout:
             lab_unavailable("CRIU on the aarch64 host hangs")
         native = fetch_checkpoint(arm, nc.id, workdir / "native")
-        maps, _vdso = template_facts(native)
-        out = workdir / "arm"
-        transform.recode_images(ck, out, program, "x86-64", "aarch64", maps)
-        merge_into_template(out, native)  # the native set's own process images are not ours
         target = arm.containers.create(f"{REDIS}:arm64", name=names[1],
                                        security_opt=["seccomp=unconfined"])
-        put_checkpoint(arm, target.id, native)
-        api = docker.APIClient(base_url=ARM_URL, version="auto", timeout=240)
-        try:
-            res = api._post(api._url("/containers/{0}/start", target.id),
-                            params={"checkpoint": "ck"})
-            api._raise_for_status(res)
-        except requests.exceptions.ReadTimeout:
-            lab_unavailable("docker start --checkpoint hangs on the aarch64 host")
-        target.kill(signal=41)
+        restore_recoded(arm, ck, native, workdir / "arm", program, target)
         target.reload()
         assert target.status == "running", target.attrs["State"]
         reply = redis_cmd(arm, busybox, target.attrs["NetworkSettings"]["IPAddress"],

@@ -74,7 +74,7 @@ def measure(ck: Path, program: Program, runs: int, work: Path) -> dict[str, floa
     samples: dict[str, list[float]] = {}
     for i in range(runs):
         out = work / f"out-{i}"
-        t = transform.recode_images(ck, out, program, "x86-64", "aarch64", {})
+        t = transform.recode_images(ck, out, program, "x86-64", "aarch64")
         t["total"] = sum(t.values())
         for k, v in t.items():
             samples.setdefault(k, []).append(v)

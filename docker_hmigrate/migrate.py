@@ -89,7 +89,11 @@ class Migration:
             self._run_phases()
         finally:
             self._links.close()  # helper containers, on both hosts
-            if self._workdir:  # checkpoint images hold process memory
+            if self._workdir and os.environ.get("HMIGRATE_KEEP_IMAGES") == "1":
+                # debugging a recode: the images stay, readable by root only (0700)
+                self.rep.warn(f"cross-ISA images kept in {self._workdir} "
+                              f"(HMIGRATE_KEEP_IMAGES=1): they hold process memory")
+            elif self._workdir:  # checkpoint images hold process memory
                 shutil.rmtree(self._workdir, ignore_errors=True)
         return self._result(time.monotonic() - started)
 
@@ -248,9 +252,9 @@ class Migration:
                 ph.skip(f"same ISA ({self.src.isa})")
             else:
                 out, template = self._workdir / "target", self._workdir / "template"
-                maps, vdso = recode.template_facts(template)
+                facts = recode.template_facts(template)
                 timings = recode.recode(self._workdir / "source", out, self.program,
-                                        self.src.isa, self.dst.isa, maps, vdso)
+                                        self.src.isa, self.dst.isa, facts)
                 recode.merge_into_template(out, template)
                 self.rep.set("recode_seconds", {k: round(v, 4) for k, v in timings.items()})
                 moved = self._checkpoint_link.upload(template, self.checkpoint)
@@ -351,6 +355,9 @@ class Migration:
 
     def _ensure_image(self, ph) -> None:
         ref, image_id = self.spec.image, self.inspect["Image"]
+        if self.cross_isa:  # the source's image is the other ISA's variant: never reuse it
+            self._pull_target_variant(ph, ref)
+            return
         if self.dst.image_present(image_id):
             named = self.dst.image_present(ref)
             if named is None:
@@ -372,6 +379,24 @@ class Migration:
             raise errors.ImageUnavailable(
                 f"{self.dst.name} cannot pull {ref}: {api_error_text(exc)}",
                 hint=f"push {ref} to a registry {self.dst.name} can reach") from exc
+
+    def _pull_target_variant(self, ph, ref: str) -> None:
+        """The target ISA's variant of the image, by name (a target may also hold the
+        source's variant, e.g. loaded by a multi-platform build)."""
+        ph.update(f"pulling {ref} for {self.dst.platform}")
+        try:
+            self.dst.api.pull(ref, platform=self.dst.platform)
+        except docker.errors.APIError as exc:
+            raise errors.ImageUnavailable(
+                f"{self.dst.name} cannot pull {ref}: {api_error_text(exc)}",
+                hint=f"push the {self.dst.platform} variant of {ref} to a registry "
+                     f"{self.dst.name} can reach") from exc
+        got = self.dst.image_present(ref) or {}
+        if got.get("Architecture") != self.dst.platform.split("/")[1]:
+            raise errors.ImageUnavailable(
+                f"{ref} on {self.dst.name} is {got.get('Architecture')}, not "
+                f"{self.dst.platform}", hint="push a manifest list with both variants")
+        self.spec.body["Image"] = ref
 
     def _ensure_networks(self) -> None:
         for net in self.spec.networks:

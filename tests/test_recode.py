@@ -164,19 +164,19 @@ def test_unwind_and_rebuild_aarch64_stack() -> None:
     md = metadata()
     idx = frames.Index(md, X, A)
     src, regs = x86_stack()
-    stack = frames.unwind_x86(src, regs, idx)
+    stack = frames.unwind(src, regs, idx)
     assert [f.function["name"] for f in stack.frames] == [
         "hm_futex_wait", "hmigrate_park", "__cyg_profile_func_enter", "work", "main"]
     assert stack.outer_cfa == OUTER and stack.bottom_return == BOTTOM[X]
     frames.source_callee_saved(src, stack, regs, idx)
     assert stack.frames[3].regs["rbx"] == 0x7777  # work's temp: still in the register
-    frames.plan_aarch64(stack, idx)
+    frames.plan_target(stack, idx)
     cfas = [f.dst_cfa for f in stack.frames]
     assert cfas == [OUTER - 32 - 48 - 16 - 64, OUTER - 32 - 48 - 16, OUTER - 32 - 48,
                     OUTER - 32, OUTER]
     dst = FakeMem(STACK, 0x1000)
     smap = frames.StackMap(stack, idx)
-    out = frames.write_aarch64(src, dst, stack, idx, smap, BOTTOM[A])
+    out = frames.write_target(src, dst, stack, idx, smap, BOTTOM[A])
     main_cfa, work_cfa, enter_cfa, park_cfa = OUTER, OUTER - 32, OUTER - 80, OUTER - 96
     # frame records: saved fp / return address per frame, chain ends with 0
     assert dst.read_u64(main_cfa - 32) == 0 and dst.read_u64(main_cfa - 24) == BOTTOM[A]
@@ -201,7 +201,7 @@ def test_unknown_return_address_is_refused() -> None:
     src, regs = x86_stack()
     src.write_u64(OUTER - 32 - 8, 0x409999)  # work returns somewhere unknown
     with pytest.raises(errors.NotMigratableCrossISA, match="unknown return address"):
-        frames.unwind_x86(src, regs, idx)
+        frames.unwind(src, regs, idx)
 
 
 def test_not_parked_is_refused() -> None:
@@ -209,7 +209,7 @@ def test_not_parked_is_refused() -> None:
     src, regs = x86_stack()
     regs.pc = 0x401000
     with pytest.raises(errors.NotMigratableCrossISA, match="not parked"):
-        frames.unwind_x86(src, regs, idx)
+        frames.unwind(src, regs, idx)
 
 
 def test_pointer_into_no_variable_is_refused() -> None:
@@ -217,11 +217,11 @@ def test_pointer_into_no_variable_is_refused() -> None:
     idx = frames.Index(md, X, A)
     src, regs = x86_stack()
     src.write_u64(OUTER - 32, OUTER - 12)  # p points into main's saved-rbp slot
-    stack = frames.unwind_x86(src, regs, idx)
+    stack = frames.unwind(src, regs, idx)
     frames.source_callee_saved(src, stack, regs, idx)
-    frames.plan_aarch64(stack, idx)
+    frames.plan_target(stack, idx)
     with pytest.raises(errors.NotMigratableCrossISA, match="matches no variable"):
-        frames.write_aarch64(src, FakeMem(STACK, 0x1000), stack, idx,
+        frames.write_target(src, FakeMem(STACK, 0x1000), stack, idx,
                              frames.StackMap(stack, idx), BOTTOM[A])
 
 
@@ -283,8 +283,9 @@ def program(md=None, binaries=None) -> Program:
     return Program("/p", md or metadata(), binaries or {})
 
 
-def test_preflight_refuses_other_direction() -> None:
-    assert "not implemented" in transform.preflight_problems(program(), A, X)[0]
+def test_preflight_both_directions_and_not_same_isa() -> None:
+    assert transform.preflight_problems(program(), A, X) == []
+    assert "not implemented" in transform.preflight_problems(program(), X, X)[0]
 
 
 def test_preflight_refuses_tls() -> None:
@@ -306,7 +307,7 @@ def test_preflight_clean_for_synthetic_program() -> None:
 
 def test_recode_refuses_with_problems(tmp_path) -> None:
     with pytest.raises(errors.NotMigratableCrossISA, match="not implemented"):
-        transform.recode_images(tmp_path, tmp_path / "o", program(), A, X, {})
+        transform.recode_images(tmp_path, tmp_path / "o", program(), X, X)
 
 
 # -- pagemap editing, on a synthetic image set --------------------------------------

@@ -35,6 +35,7 @@ from docker_hmigrate.recode import (
     template_facts,
     transform,
 )
+from docker_hmigrate.recode.process import TargetFacts
 from tests.lab import LabHost, lab_unavailable, unique
 
 pytestmark = pytest.mark.lab
@@ -238,7 +239,8 @@ def test_recode_parked_helloworld(host_a: LabHost, cleanup, workdir: Path,
     out = workdir / "arm"
     assert transform.preflight_problems(hello_program, "x86-64", "aarch64") == []
     times = transform.recode_images(ck, out, hello_program, "x86-64", "aarch64",
-                                    {"vdso": [(0, 8192)], "vvar": [(0, 8192)]})
+                                    TargetFacts(maps={"vdso": [(0, 8192)],
+                                                      "vvar": [(0, 8192)]}))
     assert set(times) >= {"load", "unwind", "stacks", "process", "save"}
     facts = check_recoded(out, hello_program)
     (stack,) = facts["stacks"].values()
@@ -274,7 +276,7 @@ def test_recode_refuses_seccomp_filters(host_a: LabHost, cleanup, workdir: Path,
     c = host_a.client.containers.run(HELLO, name=name, detach=True)
     ck = park_and_checkpoint(host_a.client, host_a.url, c, workdir / "x86")
     with pytest.raises(transform.Untranslatable, match="seccomp"):
-        transform.recode_images(ck, workdir / "arm", hello_program, "x86-64", "aarch64", {})
+        transform.recode_images(ck, workdir / "arm", hello_program, "x86-64", "aarch64")
     assert not (workdir / "arm").exists()
 
 
@@ -304,7 +306,7 @@ def test_recode_multithreaded(host_a: LabHost, cleanup, workdir: Path) -> None:
     s = ImageSet.load(ck)
     assert len(s.threads(1)) == 4
     out = workdir / "arm"
-    transform.recode_images(ck, out, program, "x86-64", "aarch64", {})
+    transform.recode_images(ck, out, program, "x86-64", "aarch64")
     facts = check_recoded(out, program)
     stacks = facts["stacks"]
     assert len(stacks) == 4
@@ -370,7 +372,8 @@ def test_recoded_matches_native_aarch64_checkpoint(host_a: LabHost, arm, cleanup
     out = workdir / "arm"
     vdso = native_vdso(native)
     transform.recode_images(ck, out, hello_program, "x86-64", "aarch64",
-                            {"vdso": [(0, len(vdso))], "vvar": [(0, 8192)]}, vdso)
+                            TargetFacts(maps={"vdso": [(0, len(vdso))], "vvar": [(0, 8192)]},
+                                        vdso=vdso))
     a, b = frame_words(out), frame_words(native)
     assert a["chain"] == b["chain"]
     assert a["regs"] == b["regs"]
@@ -428,8 +431,7 @@ def restore_recoded(arm: docker.DockerClient, ck: Path, native: Path, out: Path,
                     program: Program, target) -> None:
     """Recode the x86-64 set `ck` into the native aarch64 checkpoint `native` (its
     host-describing images kept), restore `target` from it and resume the program."""
-    maps, _vdso = template_facts(native)
-    transform.recode_images(ck, out, program, "x86-64", "aarch64", maps)
+    transform.recode_images(ck, out, program, "x86-64", "aarch64", template_facts(native))
     merge_into_template(out, native)  # the native set's own process images are not ours
     put_checkpoint(arm, target.id, native)
     host = Host("hm-arm", docker.DockerClient(base_url=ARM_URL, version="auto", timeout=240))

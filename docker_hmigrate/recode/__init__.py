@@ -103,22 +103,35 @@ def _engine_problems(program: Program, src_isa: str, dst_isa: str) -> list[str]:
 PROCESS_IMAGES = ("core-", "mm-", "pagemap-", "pages-", "pstree.img")
 
 
-def template_facts(template_dir: Path) -> tuple[dict[str, list[tuple[int, int]]], bytes | None]:
-    """The target kernel's special mappings and vDSO bytes, from a checkpoint taken there."""
+def template_facts(template_dir: Path):
+    """What the target host gives a fresh process (special mappings, vDSO bytes, auxv
+    values, a native thread's register layout), from a checkpoint taken there."""
     from docker_hmigrate.criu.imageset import ImageSet
     from docker_hmigrate.recode import process
 
     images = ImageSet.load(template_dir)
     pid = images.root_pid
     areas = process.special_areas(images, pid)
-    maps = {k: [(v.start, v.end) for v in vs] for k, vs in areas.items()}
-    vdso = None
+    facts = process.TargetFacts(maps={k: [(v.start, v.end) for v in vs]
+                                      for k, vs in areas.items()})
+    mem = images.memory(pid)
     for v in areas["vdso"]:
         try:
-            vdso = images.memory(pid).read(v.start, v.end - v.start)
+            facts.vdso = mem.read(v.start, v.end - v.start)
         except LookupError:
-            vdso = None
-    return maps, vdso
+            facts.vdso = None
+    saved = list(images.mm(pid).mm_saved_auxv)
+    facts.auxv = {saved[i]: saved[i + 1] for i in range(0, len(saved) - 1, 2)}
+    platform = facts.auxv.get(process.AT["AT_PLATFORM"])
+    if platform:
+        try:
+            raw = mem.read(platform, 32)
+            facts.platform = raw[:raw.index(b"\0") + 1]
+        except (LookupError, ValueError):
+            facts.platform = None
+    core = images.core(pid)
+    facts.thread = core.thread_info if core.HasField("thread_info") else None
+    return facts
 
 
 def merge_into_template(recoded: Path, template: Path) -> None:
@@ -136,12 +149,11 @@ def merge_into_template(recoded: Path, template: Path) -> None:
 
 
 def recode(src_dir: Path, dst_dir: Path, program: Program, src_isa: str, dst_isa: str,
-           target_maps: dict[str, list[tuple[int, int]]] | None = None,
-           vdso_image: bytes | None = None) -> dict[str, float]:
+           target=None) -> dict[str, float]:
     """Rewrite the image set in src_dir for dst_isa into dst_dir; per-phase seconds.
 
-    target_maps: the target kernel's special mappings ([vdso], [vvar] ...) as the probe
-    saw them (validate.HostFacts.special_maps), so the images reserve what it needs.
+    target: process.TargetFacts of the target host (template_facts of a checkpoint taken
+    there): its special mappings, vDSO, auxv values and native register layout.
     """
     problems = preflight(program, src_isa, dst_isa)
     if problems:
@@ -149,7 +161,6 @@ def recode(src_dir: Path, dst_dir: Path, program: Program, src_isa: str, dst_isa
     from docker_hmigrate.recode import transform
 
     started = time.monotonic()
-    timings = transform.recode_images(src_dir, dst_dir, program, src_isa, dst_isa,
-                                      target_maps or {}, vdso_image=vdso_image)
+    timings = transform.recode_images(src_dir, dst_dir, program, src_isa, dst_isa, target)
     timings["total"] = time.monotonic() - started
     return timings

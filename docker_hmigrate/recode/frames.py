@@ -20,6 +20,7 @@ from typing import Any
 
 from docker_hmigrate import errors
 from docker_hmigrate.recode import aarch64, x86_64
+from docker_hmigrate.recode.regs import ThreadRegs
 
 
 class Untranslatable(errors.NotMigratableCrossISA):
@@ -104,26 +105,31 @@ def in_scope(var: dict[str, Any], pc: int) -> bool:
     return not var.get("scope") or var["scope"][0] <= pc - 1 < var["scope"][1]
 
 
-def unwind_x86(mem, regs: x86_64.ThreadRegs, idx: Index) -> SourceStack:
-    """Walk a parked x86-64 thread from the futex wait down to musl's bottom frame."""
+def arch(isa: str):
+    """The module with an ISA's register, frame and musl facts."""
+    return {x86_64.ISA: x86_64, aarch64.ISA: aarch64}[isa]
+
+
+def unwind(mem, regs: ThreadRegs, idx: Index) -> SourceStack:
+    """Walk a parked thread from the runtime's futex wait down to musl's bottom frame,
+    with the frame layouts of the metadata (each frame's CFA from its frame pointer, its
+    caller's frame pointer and return address at fixed CFA offsets)."""
+    src = arch(idx.src)
     park = idx.md["runtime"]["park_points"][idx.src]
     if regs.pc not in (park["blocked_pc"], park["syscall_pc"]):
         raise Untranslatable(f"thread is not parked at the runtime's futex wait "
                              f"(pc {regs.pc:#x}, expected {park['blocked_pc']:#x})")
-    if regs.syscall_nr not in (x86_64.SYS_FUTEX, -1, (1 << 64) - 1):
+    if regs.syscall_nr not in (src.SYS_FUTEX, -1, (1 << 64) - 1):
         raise Untranslatable(f"thread is in system call {regs.syscall_nr}, not futex")
-    # hm_futex_wait: push rbp; mov rbp, rsp -> rbp = sp + frame_size - 16
-    if regs.fp != regs.sp + park["frame_size"] - 16:
-        raise Untranslatable(f"unexpected frame at the park point (rbp {regs.fp:#x}, "
-                             f"rsp {regs.sp:#x})")
     top_fn = idx.by_name.get(idx.md["runtime"]["park_functions"][-1])
     if top_fn is None:
         raise Untranslatable("the metadata lacks the runtime's park function")
-    frames = [Frame(top_fn, regs.fp + 16, regs.pc, None, src_sp=regs.sp)]
-    rbp = regs.fp
+    try:
+        cfa, fp, ret = src.park_frame(mem, regs, park["frame_size"])
+    except ValueError as exc:
+        raise Untranslatable(str(exc)) from None
+    frames = [Frame(top_fn, cfa, regs.pc, None, src_sp=regs.sp)]
     for _ in range(100000):
-        ret = mem.read_u64(rbp + 8)
-        caller_rbp = mem.read_u64(rbp)
         if ret in idx.bottoms:
             return SourceStack(frames, ret, frames[-1].src_cfa)
         cs = idx.calls.get(ret)
@@ -138,17 +144,20 @@ def unwind_x86(mem, regs: x86_64.ThreadRegs, idx: Index) -> SourceStack:
             raise Untranslatable(f"{f['name']} is untranslatable: "
                                  f"{f.get('untranslatable_reasons')}")
         frame = f["isa"][idx.src].get("frame") or {}
-        if frame.get("cfa") != "rbp+16" or frame.get("dynamic_sp"):
+        if frame.get("dynamic_sp") or not {"fp_cfa_offset", "saved_fp_cfa_offset",
+                                           "return_address_cfa_offset"} <= frame.keys():
             raise Untranslatable(f"{f['name']}: frame layout {frame.get('cfa')} not supported")
-        cfa = caller_rbp + 16
-        frames.append(Frame(f, cfa, ret, cs, src_sp=cfa + cs.site["sp_cfa_offset"]))
-        if caller_rbp <= rbp:
-            raise Untranslatable(f"broken frame chain at {rbp:#x}")
-        rbp = caller_rbp
+        caller_cfa = fp - frame["fp_cfa_offset"]
+        if caller_cfa <= frames[-1].src_cfa:
+            raise Untranslatable(f"broken frame chain at {fp:#x}")
+        frames.append(Frame(f, caller_cfa, ret, cs,
+                            src_sp=caller_cfa + cs.site["sp_cfa_offset"]))
+        fp = mem.read_u64(caller_cfa + frame["saved_fp_cfa_offset"])
+        ret = mem.read_u64(caller_cfa + frame["return_address_cfa_offset"])
     raise Untranslatable("frame chain too long")
 
 
-def source_callee_saved(mem, stack: SourceStack, regs: x86_64.ThreadRegs, idx: Index) -> None:
+def source_callee_saved(mem, stack: SourceStack, regs: ThreadRegs, idx: Index) -> None:
     """Each frame's callee-saved register values at its call site: in the nearest inner
     frame that saved the register, else still in the register."""
     current = dict(regs.callee_saved)  # values as the innermost frame sees them
@@ -156,7 +165,7 @@ def source_callee_saved(mem, stack: SourceStack, regs: x86_64.ThreadRegs, idx: I
         fr.regs = dict(current)
         saved = (fr.function["isa"][idx.src].get("frame") or {}).get("saved_regs", {})
         for r, off in saved.items():
-            if r in x86_64.CALLEE_SAVED:
+            if r in arch(idx.src).CALLEE_SAVED:
                 current[r] = mem.read_u64(fr.src_cfa + off)
 
 
@@ -227,7 +236,7 @@ def matched_vars(fr: Frame, idx: Index,
     return out
 
 
-def plan_aarch64(stack: SourceStack, idx: Index) -> None:
+def plan_target(stack: SourceStack, idx: Index) -> None:
     """Target CFAs and stop addresses, outermost frame first."""
     cfa = stack.outer_cfa
     if cfa % 16:
@@ -251,23 +260,26 @@ def lowest_target_sp(stack: SourceStack, idx: Index) -> int:
     return stack.frames[0].dst_cfa - park["frame_size"]
 
 
-def write_aarch64(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMap,
-                  bottom_ret: int) -> dict[str, int]:
+def write_target(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMap,
+                 bottom_ret: int) -> dict[str, int]:
     """Write every target frame; returns the callee-saved register values the innermost
-    frame must find in its registers (x19..x28) plus x29/x30 for the leaf park frame."""
+    frame must find in its registers, plus the park frame's frame pointer (and, on
+    aarch64, where that leaf keeps its frame record: x29/x30)."""
+    dst = arch(idx.dst)
     expected: dict[str, int] = {}  # value each callee-saved register must hold now
     frames = stack.frames
     for i in range(len(frames) - 1, -1, -1):
         fr = frames[i]
         caller = frames[i + 1] if i + 1 < len(frames) else None
         own_ret = caller.dst_pc if caller else bottom_ret
-        if fr.site is None:  # leaf park frame: its frame record stays in x29/x30
+        if fr.site is None:  # the park frame
             _copy_vars(src_mem, dst_mem, fr, idx, smap, strict=False)
-            return {**expected, "x29": caller.dst_cfa + _fp_off(caller, idx), "x30": own_ret}
+            return {**expected, **dst.write_park_frame(
+                dst_mem, fr.dst_cfa, caller.dst_cfa + _fp_off(caller, idx), own_ret)}
         meta = fr.function["isa"][idx.dst]
         fmeta = meta.get("frame") or {}
         if fmeta.get("dynamic_sp") or "saved_fp_cfa_offset" not in fmeta:
-            raise Untranslatable(f"{fr.function['name']}: no fixed aarch64 frame layout")
+            raise Untranslatable(f"{fr.function['name']}: no fixed {idx.dst} frame layout")
         # frame record
         caller_fp = caller.dst_cfa + _fp_off(caller, idx) if caller else 0  # 0 ends the chain
         dst_mem.write_u64(fr.dst_cfa + fmeta["saved_fp_cfa_offset"], caller_fp)
@@ -276,15 +288,18 @@ def write_aarch64(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackM
         # caller needs back
         saved = fmeta.get("saved_regs", {})
         for r, off in saved.items():
-            if r in aarch64.CALLEE_SAVED:
+            if r in dst.CALLEE_SAVED:
                 dst_mem.write_u64(fr.dst_cfa + off, expected.get(r, 0))
         # this frame's own live values at its call site
         live = fr.site.twin.get("live_callee_saved", [])
-        lr_copy = (fr.function.get("park_point") or {}).get("aarch64_lr_copy")
+        # aarch64 instrumented functions keep their return address in a callee-saved
+        # register for the exit hook
+        lr_copy = (fr.function.get("park_point") or {}).get("aarch64_lr_copy") \
+            if idx.dst == aarch64.ISA else None
         temps_dst = fr.site.twin.get("callee_saved_temps", [])
         temps_src = fr.site.site.get("callee_saved_temps", [])
         for r in saved:
-            if r in aarch64.CALLEE_SAVED:
+            if r in dst.CALLEE_SAVED:
                 expected[r] = 0  # clobbered here, dead unless live below
         for r in live:
             if r not in saved:

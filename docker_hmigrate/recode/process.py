@@ -5,12 +5,12 @@ signal actions, seccomp, and musl's per-thread struct pthread."""
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from docker_hmigrate.criu import schema
 from docker_hmigrate.criu.memory import PAGE_SIZE, PE_PRESENT, entry_flags, entry_nr_pages
-from docker_hmigrate.recode import aarch64, x86_64
-from docker_hmigrate.recode.frames import Index, Untranslatable
+from docker_hmigrate.recode.frames import Index, Untranslatable, arch
 
 # vma_entry.status bits (CRIU's VMA_AREA_*)
 VMA_AREA_REGULAR = 1 << 0
@@ -27,6 +27,24 @@ PF_X, PF_W, PF_R = 1, 2, 4
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
 EM = {"x86-64": 62, "aarch64": 183}
 SA_RESTORER = 0x04000000
+
+
+@dataclass
+class TargetFacts:
+    """What the target host gives a fresh process, as a checkpoint taken there (the
+    template) shows it. Every field is optional: recode falls back to the ISA's
+    baseline values."""
+
+    maps: dict[str, list[tuple[int, int]]] = field(default_factory=dict)  # [vdso] ...
+    vdso: bytes | None = None  # the target kernel's vDSO image
+    auxv: dict[int, int] = field(default_factory=dict)  # AT_HWCAP, AT_MINSIGSTKSZ ...
+    platform: bytes | None = None  # the AT_PLATFORM string, NUL-terminated
+    thread: Any = None  # a native thread_info of the target ISA (x86-64: FPU layout)
+
+    def aux(self, isa: str, key: str) -> int:
+        default = {"AT_HWCAP": "HWCAP", "AT_HWCAP2": "HWCAP2",
+                   "AT_MINSIGSTKSZ": "MINSIGSTKSZ"}[key]
+        return self.auxv.get(AT[key], getattr(arch(isa), default))
 
 
 def page_down(a: int) -> int:
@@ -210,7 +228,7 @@ def special_areas(imgset, pid: int) -> dict[str, list]:
 
 
 def rewrite_special(imgset, pid: int, target_maps: dict[str, list[tuple[int, int]]],
-                    vdso_image: bytes | None) -> tuple[int, int]:
+                    vdso_image: bytes | None, machine: int = 183) -> tuple[int, int]:
     """Drop [vsyscall]; [vvar] and [vdso] keep the vDSO's address but get the target
     kernel's sizes, and the dumped vDSO pages are replaced. Returns the source vDSO range
     (pointers into it must not survive)."""
@@ -249,7 +267,7 @@ def rewrite_special(imgset, pid: int, target_maps: dict[str, list[tuple[int, int
     mm.vmas.extend(sorted(keep, key=lambda v: v.start))
     mem = imgset.memory(pid)
     mem.populate(base, vdso_size, flags=PE_PRESENT)
-    mem.write(base, vdso_image if vdso_image is not None else empty_vdso(vdso_size))
+    mem.write(base, vdso_image if vdso_image is not None else empty_vdso(vdso_size, machine))
     return old_lo, old_hi
 
 
@@ -257,7 +275,7 @@ def _size(ranges, default: int) -> int:
     return ranges[0][1] - ranges[0][0] if ranges else default
 
 
-def empty_vdso(size: int) -> bytes:
+def empty_vdso(size: int, machine: int = 183) -> bytes:
     """A valid vDSO-shaped ELF that defines no symbol. CRIU's restorer parses the
     dumped vDSO and, finding none of the kernel's symbols, keeps it as a proxy; musl
     finds no clock_gettime in it and uses the system call. Used when the target
@@ -265,7 +283,7 @@ def empty_vdso(size: int) -> bytes:
     # layout: ehdr 0x0, phdrs 0x40 (2), dynamic 0xb0, hash 0x110, symtab 0x120, strtab 0x138
     dyn, hsh, sym, stt = 0xB0, 0x110, 0x120, 0x138
     eh = struct.pack("<4sBBBBB7sHHIQQQIHHHHHH", b"\x7fELF", 2, 1, 1, 0, 0, b"\0" * 7,
-                     3, EM["aarch64"], 1, 0, 0x40, 0, 0, 64, 56, 2, 64, 0, 0)
+                     3, machine, 1, 0, 0x40, 0, 0, 64, 56, 2, 64, 0, 0)
     load = struct.pack("<IIQQQQQQ", 1, PF_R | PF_X, 0, 0, 0, size, size, PAGE_SIZE)
     dynp = struct.pack("<IIQQQQQQ", 2, PF_R, dyn, dyn, dyn, 0x60, 0x60, 8)
     dyns = struct.pack("<6q", 4, hsh, 5, stt, 6, sym) + struct.pack(
@@ -278,30 +296,43 @@ def empty_vdso(size: int) -> bytes:
     return bytes(out)
 
 
-def rewrite_auxv(imgset, pid: int, target: Elf, src_vdso: tuple[int, int]) -> None:
-    """AT_* values a fresh aarch64 process would have, in mm_saved_auxv and in the
-    process's own copy on its stack (musl's libc.auxv points there)."""
+def rewrite_auxv(imgset, pid: int, target: Elf, src_vdso: tuple[int, int], isa: str,
+                 facts: TargetFacts) -> None:
+    """AT_* values a fresh process of the target ISA would have (the target host's own
+    HWCAP when the template shows it), in mm_saved_auxv and in the process's own copy on
+    its stack (musl's libc.auxv points there)."""
     mm = imgset.mm(pid)
     old = list(mm.mm_saved_auxv)
     pairs = [(old[i], old[i + 1]) for i in range(0, len(old) - 1, 2)]
     values = {AT["AT_PHDR"]: target.phdr_addr, AT["AT_PHNUM"]: target.phnum,
-              AT["AT_PHENT"]: 56, AT["AT_ENTRY"]: target.entry, AT["AT_HWCAP"]: aarch64.HWCAP,
-              AT["AT_HWCAP2"]: aarch64.HWCAP2, AT["AT_MINSIGSTKSZ"]: aarch64.MINSIGSTKSZ}
+              AT["AT_PHENT"]: 56, AT["AT_ENTRY"]: target.entry,
+              **{AT[k]: facts.aux(isa, k) for k in ("AT_HWCAP", "AT_HWCAP2", "AT_MINSIGSTKSZ")}}
     new = [(k, values.get(k, v)) for k, v in pairs]
     mem = imgset.memory(pid)
     platform = dict(pairs).get(AT["AT_PLATFORM"])
+    name = facts.platform or arch(isa).PLATFORM
     if platform:
-        cur = mem.read(platform, len(aarch64.PLATFORM))
-        # the kernel leaves padding after the platform string: the longer name fits
-        if b"\0" not in cur or any(cur[cur.index(b"\0"):]):
-            raise Untranslatable("no room for the aarch64 AT_PLATFORM string")
-        mem.write(platform, aarch64.PLATFORM)
+        cur = mem.read(platform, len(name))
+        end = cur.find(b"\0")  # the old string's NUL, if within the new one's length
+        # the kernel leaves padding after the platform string: a longer name fits
+        if end >= 0 and any(cur[end:]):
+            raise Untranslatable(f"no room for the {isa} AT_PLATFORM string")
+        if end < 0:  # a shorter name: clear the rest of the old one
+            rest = mem.read(platform + len(name), 64)
+            name += bytes(rest.index(b"\0") if b"\0" in rest else 0)
+        mem.write(platform, name)
     blob_old = b"".join(struct.pack("<QQ", k, v) for k, v in pairs)
     hits = mem.find(blob_old, mm.mm_start_stack, mm.mm_env_start)
     if len(hits) != 1:
         raise Untranslatable(f"the auxiliary vector on the stack of {pid} was not found")
     mem.write(hits[0], b"".join(struct.pack("<QQ", k, v) for k, v in new))
-    flat = [x for kv in new for x in kv] + old[len(pairs) * 2:]
+    # The saved copy (what /proc/PID/auxv shows) holds the keys a process of the target
+    # has, within its CRIU's AT_VECTOR_SIZE (restore refuses a longer vector); the copy
+    # on the stack, which the program reads, keeps every pair.
+    end = next((i for i, (k, _v) in enumerate(new) if k == 0), len(new))
+    saved = [(k, v) for k, v in new[:end] if not facts.auxv or k in facts.auxv]
+    saved = saved[:arch(isa).CRIU_AUXV_SIZE // 2 - 1] + [(0, 0)]
+    flat = [x for kv in saved for x in kv]
     del mm.mm_saved_auxv[:]
     mm.mm_saved_auxv.extend(flat)
     lo, hi = src_vdso
@@ -310,7 +341,7 @@ def rewrite_auxv(imgset, pid: int, target: Elf, src_vdso: tuple[int, int]) -> No
 
 
 def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
-                      skip: list[tuple[int, int]]) -> list[str]:
+                      skip: list[tuple[int, int]], hwcap: int) -> list[str]:
     """Writable memory holding pointers into the source vDSO/vvar: musl's cached
     clock_gettime pointer goes back to its lazy initialiser; anything else is refused.
     Also writes the target HWCAP into musl's __hwcap. Returns what was changed."""
@@ -336,7 +367,7 @@ def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
     hw = syms.get("__hwcap")
     if hw and hw.get(idx.src) and hw[idx.src][0] == (hw.get(idx.dst) or [None])[0]:
         if mem.contains(hw[idx.src][0], 8):
-            mem.write_u64(hw[idx.src][0], aarch64.HWCAP)
+            mem.write_u64(hw[idx.src][0], hwcap)
     # any other word pointing into the old vDSO/vvar is a cache we cannot translate
     for v in mm.vmas:
         if not v.prot & PROT_WRITE or v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
@@ -357,36 +388,40 @@ def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
     return changed
 
 
-def translate_pthread(src_mem, dst_mem, td: int) -> int:
-    """musl's struct pthread from x86-64's layout to aarch64's, at the same address (so
-    pthread_t values, the thread list and robust list heads stay valid). Returns the
-    aarch64 thread pointer (TPIDR_EL0 = just past the struct)."""
-    x, a = x86_64.PTHREAD, aarch64.PTHREAD
-    raw = src_mem.read(td, x86_64.PTHREAD_SIZE)
+def translate_pthread(src_mem, dst_mem, tp: int, src_isa: str = "x86-64",
+                      dst_isa: str = "aarch64") -> int:
+    """musl's struct pthread from the source ISA's field order to the target's, at the
+    same address (so pthread_t values, the thread list and robust list heads stay
+    valid). Takes the source thread pointer, returns the target's."""
+    s_isa, d_isa = arch(src_isa), arch(dst_isa)
+    x, a = s_isa.PTHREAD, d_isa.PTHREAD
+    td = s_isa.pthread_at(tp)
+    raw = src_mem.read(td, s_isa.PTHREAD_SIZE)
 
     def word(off: int) -> int:
         return int.from_bytes(raw[off:off + 8], "little")
 
     if word(x["self"]) != td:
-        raise Untranslatable(f"no musl struct pthread at the thread pointer {td:#x}")
+        raise Untranslatable(f"no musl struct pthread at the thread pointer {tp:#x}")
     head = word(x["robust_head"])
     if head not in (0, td + x["robust_head"]):
         raise Untranslatable("a thread holds robust mutexes (kernel robust list)")
-    out = bytearray(aarch64.PTHREAD_SIZE)
+    out = bytearray(d_isa.PTHREAD_SIZE)
     for name in ("self", "prev", "next", "sysinfo", "canary", "dtv"):
         out[a[name]:a[name] + 8] = raw[x[name]:x[name] + 8]
-    # tid .. stdio_locks: the same fields in the same order (152 bytes)
-    n = x86_64.PTHREAD_SIZE - x["common"]
-    out[a["common"]:a["common"] + n] = raw[x["common"]:]
+    # tid .. stdio_locks: the same fields in the same order on both ISAs
+    n = s_isa.PTHREAD_COMMON_SIZE
+    out[a["common"]:a["common"] + n] = raw[x["common"]:x["common"] + n]
     if head:
         out[a["robust_head"]:a["robust_head"] + 8] = (td + a["robust_head"]).to_bytes(8, "little")
     dst_mem.write(td, bytes(out))
-    return td + aarch64.PTHREAD_SIZE
+    return d_isa.thread_pointer(td)
 
 
 def translate_sigactions(tc, idx: Index) -> None:
-    """Handlers are aligned functions; x86-64's SA_RESTORER trampoline becomes musl's
-    aarch64 __restore_rt (signal numbers and SA_* flags are the same on both)."""
+    """Handlers are aligned functions; the source's SA_RESTORER trampoline becomes musl's
+    target __restore_rt (signal numbers and SA_* flags are the same on both). x86-64's
+    kernel delivers no signal to a handler without a restorer: it gets musl's."""
     for i, sa in enumerate(tc.sigactions):
         if sa.sigaction in (0, 1):
             continue
@@ -399,3 +434,13 @@ def translate_sigactions(tc, idx: Index) -> None:
             if r is None:
                 raise Untranslatable(f"signal {i + 1} restorer {sa.restorer:#x} unknown")
             sa.restorer = r
+        elif idx.dst == "x86-64":
+            sa.flags |= SA_RESTORER
+            sa.restorer = restore_rt(idx)
+
+
+def restore_rt(idx: Index) -> int:
+    for s in idx.md["symbols"]:
+        if s["name"] == "__restore_rt" and s.get(idx.dst):
+            return s[idx.dst][0]
+    raise Untranslatable(f"musl's __restore_rt is not in the {idx.dst} binary's symbols")

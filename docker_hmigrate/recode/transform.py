@@ -1,9 +1,10 @@
-"""Recode a CRIU image set of a parked hmigrate-cc program from x86-64 to aarch64.
+"""Recode a CRIU image set of a parked hmigrate-cc program between x86-64 and aarch64
+(both ways).
 
 Only the build metadata (program.metadata, hmigrate-toolchain/1) and the target ELF are
-used: no DWARF at migration time. Per thread: unwind the x86-64 stack (frames.py),
-rebuild it frame by frame for aarch64, set the registers at the aarch64 park point and
-the thread pointer (musl's struct pthread translated in place). Per process: the
+used: no DWARF at migration time. Per thread: unwind the source stack (frames.py),
+rebuild it frame by frame for the target, set the registers at the target's park point
+and the thread pointer (musl's struct pthread translated in place). Per process: the
 executable's mappings and file size, mm bounds, auxv, vDSO/vvar (target sizes; the
 vsyscall page goes), cached vDSO pointers, signal actions. Whatever is not understood
 raises NotMigratableCrossISA: nothing passes through untranslated.
@@ -17,11 +18,11 @@ from pathlib import Path
 from typing import Any
 
 from docker_hmigrate.criu import ImageSet, check_supported
-from docker_hmigrate.criu.schema import March
 from docker_hmigrate.recode import aarch64, frames, process, x86_64
-from docker_hmigrate.recode.frames import Index, Untranslatable
+from docker_hmigrate.recode.frames import Index, Untranslatable, arch
+from docker_hmigrate.recode.process import TargetFacts
 
-SUPPORTED = {("x86-64", "aarch64")}
+SUPPORTED = {("x86-64", "aarch64"), ("aarch64", "x86-64")}
 ERESTART = {-512, -513, -514, -516}  # kernel-internal restart codes
 
 
@@ -30,7 +31,7 @@ def preflight_problems(program, src_isa: str, dst_isa: str) -> list[str]:
     Said before the source is frozen; the per-stack checks happen at recode time, but
     the runtime never parks a thread in a frame the metadata calls untranslatable."""
     if (src_isa, dst_isa) not in SUPPORTED:
-        return [f"recode {src_isa} -> {dst_isa} is not implemented (only x86-64 -> aarch64)"]
+        return [f"recode {src_isa} -> {dst_isa} is not implemented"]
     md = program.metadata
     problems: list[str] = []
     tls = md.get("tls") or {}
@@ -60,8 +61,11 @@ def preflight_problems(program, src_isa: str, dst_isa: str) -> list[str]:
         elif park_fn in by_name:
             g = by_name[park_fn]["isa"].get(dst_isa, {})
             code = binary_code(binary, g.get("addr", 0), g.get("size", 0))
-            if code is None or aarch64.saves_frame_record(code):
-                problems.append(f"{park_fn} on {dst_isa} is not the leaf this recode expects")
+            expected = {aarch64.ISA: lambda c: not aarch64.saves_frame_record(c),
+                        x86_64.ISA: x86_64.sets_frame_pointer}[dst_isa]
+            if code is None or not expected(code):
+                problems.append(f"{park_fn} on {dst_isa} does not have the frame this "
+                                f"recode expects")
     return problems
 
 
@@ -77,14 +81,15 @@ def binary_code(elf: bytes, addr: int, size: int) -> bytes | None:
 
 
 def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: str,
-                  target_maps: dict[str, list[tuple[int, int]]],
-                  vdso_image: bytes | None = None) -> dict[str, float]:
+                  target: TargetFacts | None = None) -> dict[str, float]:
     """Rewrite src_dir's image set for dst_isa into dst_dir; per-phase seconds.
 
-    vdso_image: the target kernel's vDSO bytes when known (CRIU then remaps the
-    running vDSO in place); otherwise an empty vDSO is written and the restored
-    process's calls go through system calls (see process.empty_vdso).
+    target: what the target host gives a process (from a template checkpoint). Its vDSO
+    bytes, when known, let CRIU remap the running vDSO in place; otherwise an empty vDSO
+    is written and the restored process's calls go through system calls (see
+    process.empty_vdso).
     """
+    target = target or TargetFacts()
     problems = preflight_problems(program, src_isa, dst_isa)
     if problems:
         raise Untranslatable("cannot recode: " + "; ".join(problems))
@@ -102,20 +107,22 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
     lap("load")
     check_images(src, src_isa)
     idx = Index(program.metadata, src_isa, dst_isa)
-    target = process.Elf.parse(program.binaries[dst_isa])
-    if target.machine != process.EM[dst_isa]:
-        raise Untranslatable(f"the {dst_isa} variant is an ELF for machine {target.machine}")
+    elf = process.Elf.parse(program.binaries[dst_isa])
+    if elf.machine != process.EM[dst_isa]:
+        raise Untranslatable(f"the {dst_isa} variant is an ELF for machine {elf.machine}")
     lap("check")
     plans = unwind_all(src, idx)
     lap("unwind")
-    skip = rebuild_stacks(src, dst, idx, plans)
+    skip = rebuild_stacks(src, dst, idx, plans, target.thread)
     lap("stacks")
     for pid in dst.pids:
-        process.rewrite_exe(dst, pid, program.path, target)
-        process.isa_only_data(dst, pid, program.metadata, target, program.binaries[dst_isa])
-        old_vdso = process.rewrite_special(dst, pid, target_maps, vdso_image)
-        process.rewrite_auxv(dst, pid, target, old_vdso)
-        process.fix_data_pointers(dst, pid, idx, old_vdso, skip.get(pid, []))
+        process.rewrite_exe(dst, pid, program.path, elf)
+        process.isa_only_data(dst, pid, program.metadata, elf, program.binaries[dst_isa])
+        old_vdso = process.rewrite_special(dst, pid, target.maps, target.vdso,
+                                           process.EM[dst_isa])
+        process.rewrite_auxv(dst, pid, elf, old_vdso, dst_isa, target)
+        process.fix_data_pointers(dst, pid, idx, old_vdso, skip.get(pid, []),
+                                  target.aux(dst_isa, "AT_HWCAP"))
         process.portable_pagemap(dst, pid)
         core = dst.core(pid)
         if core.HasField("tc"):
@@ -130,7 +137,8 @@ def check_images(s: ImageSet, src_isa: str) -> None:
     bad = check_supported(s)
     if bad:
         raise Untranslatable("image parts this recode does not understand: " + "; ".join(bad))
-    if s.arch != March.X86_64:
+    src = arch(src_isa)
+    if s.arch != src.MARCH:
         raise Untranslatable(f"images are {s.arch.name}, not {src_isa}")
     for e in s.entries("seccomp.img"):
         if len(e.seccomp_filters):
@@ -141,10 +149,8 @@ def check_images(s: ImageSet, src_isa: str) -> None:
             raise Untranslatable(f"process {pid} is a zombie")
         for tid in s.threads(pid):
             c = s.core(tid)
-            if c.mtype != March.X86_64 or not c.HasField("thread_info"):
-                raise Untranslatable(f"thread {tid} is not an x86-64 thread")
-            if c.thread_info.gpregs.mode not in (0, 1):
-                raise Untranslatable(f"thread {tid} runs 32-bit code")
+            if not src.has_thread(c):
+                raise Untranslatable(f"thread {tid} is not a 64-bit {src_isa} thread")
             tc = c.thread_core
             if tc.seccomp_mode:
                 raise Untranslatable(f"thread {tid} is in seccomp mode {tc.seccomp_mode}")
@@ -161,27 +167,30 @@ def check_images(s: ImageSet, src_isa: str) -> None:
 
 
 def unwind_all(src: ImageSet, idx: Index) -> dict[int, list[tuple[int, Any, Any]]]:
+    read_regs = arch(idx.src).read_regs
     plans: dict[int, list] = {}
     for pid in src.pids:
         mem = src.memory(pid)
         plans[pid] = []
         for tid in src.threads(pid):
-            regs = x86_64.read_regs(src.core(tid))
+            regs = read_regs(src.core(tid))
             try:
-                stack = frames.unwind_x86(mem, regs, idx)
+                stack = frames.unwind(mem, regs, idx)
             except Untranslatable as exc:
                 raise Untranslatable(f"thread {tid}: {exc}") from None
             frames.source_callee_saved(mem, stack, regs, idx)
-            frames.plan_aarch64(stack, idx)
+            frames.plan_target(stack, idx)
             plans[pid].append((tid, regs, stack))
     return plans
 
 
-def rebuild_stacks(src: ImageSet, dst: ImageSet, idx: Index, plans) -> dict[int, list]:
-    """Every thread's frames and registers for aarch64. Returns, per process, the dead
-    stack areas below each thread's SP (stale values there are never read)."""
+def rebuild_stacks(src: ImageSet, dst: ImageSet, idx: Index, plans,
+                   native_thread=None) -> dict[int, list]:
+    """Every thread's frames and registers for the target ISA. Returns, per process, the
+    dead stack areas below each thread's SP (stale values there are never read)."""
     park = idx.md["runtime"]["park_points"][idx.dst]
     src_park = idx.md["runtime"]["park_points"][idx.src]
+    target = arch(idx.dst)
     skip: dict[int, list] = {}
     for pid, threads in plans.items():
         smem, dmem = src.memory(pid), dst.memory(pid)
@@ -190,34 +199,29 @@ def rebuild_stacks(src: ImageSet, dst: ImageSet, idx: Index, plans) -> dict[int,
             sp = frames.lowest_target_sp(stack, idx)
             vma = src.vma_at(pid, regs.sp)
             if vma is None or not vma.start <= sp < vma.end:
-                raise Untranslatable(f"thread {tid}: the aarch64 stack ({sp:#x}) leaves "
+                raise Untranslatable(f"thread {tid}: the {idx.dst} stack ({sp:#x}) leaves "
                                      f"its stack mapping")
             lo = min(sp, regs.sp)
             dmem.populate(lo, stack.outer_cfa - lo)
             dmem = dst.memory(pid)
-            dmem.write(lo, bytes(stack.outer_cfa - lo))  # no stale x86-64 frame remains
+            dmem.write(lo, bytes(stack.outer_cfa - lo))  # no stale source frame remains
             smap = frames.StackMap(stack, idx)
             bottom = idx.bottoms[stack.bottom_return]
-            out = frames.write_aarch64(smem, dmem, stack, idx, smap, bottom)
-            gp = [0] * 31
-            for r, v in out.items():
-                gp[int(r[1:])] = v
+            out = frames.write_target(smem, dmem, stack, idx, smap, bottom)
             if regs.pc == src_park["syscall_pc"]:  # CRIU rewound the futex: restart it
                 pc = park["syscall_pc"]
-                gp[0:4] = [frames.translate_value(a, None, smap, idx) for a in regs.args]
-                gp[8] = aarch64.SYS_FUTEX
+                for r, a in zip(target.ARG_REGS, regs.args, strict=True):
+                    out[r] = frames.translate_value(a, None, smap, idx)
+                out[target.NR_REG] = target.SYS_FUTEX
             else:
                 res = regs.result - (1 << 64) if regs.result >> 63 else regs.result
                 if res in ERESTART:
                     raise Untranslatable(f"thread {tid}: unexpected restart code {res}")
                 pc = park["blocked_pc"]
-                gp[0] = regs.result
-            tls = process.translate_pthread(smem, dmem, regs.tp)
+                out[target.RESULT_REG] = regs.result
+            tp = process.translate_pthread(smem, dmem, regs.tp, idx.src, idx.dst)
             core = dst.core(tid)
-            clear_tid = core.thread_info.clear_tid_addr
-            core.ClearField("thread_info")
-            core.mtype = March.AARCH64
-            core.ti_aarch64.CopyFrom(aarch64.regs_message(clear_tid, tls, gp, sp, pc))
+            clear_tid = arch(idx.src).clear_tid_addr(core)
+            target.set_core(core, clear_tid, tp, out, sp, pc, native_thread)
             skip[pid].append((vma.start, sp))
     return skip
-

@@ -84,6 +84,7 @@ class Migration:
         self.spec = target_spec(self.inspect, name, self._target_image())
         self.rep.set("container", self.inspect["Name"].lstrip("/"))
         self.rep.set("source", self.src.name)
+        self.rep.set("checkpoint", self.checkpoint)
         self.rep.set("target", self.dst.name)
         try:
             self._run_phases()

@@ -59,7 +59,14 @@ def ticks(logs: str) -> list[int]:
             if line.startswith("hello from hmigrate:")]
 
 
-def test_helloworld_moves_to_aarch64_and_counts_on(host_a, arm, cleanup, on_arm):
+def leftovers(client: docker.DockerClient, checkpoint: str) -> list[str]:
+    """This migration's template container if still there (named after its checkpoint:
+    other migrations may run at the same time)."""
+    return [c.name for c in client.containers.list(all=True)
+            if c.name == f"hmigrate-template-{checkpoint}"]
+
+
+def test_helloworld_moves_to_aarch64_and_back_counting_on(host_a, arm, cleanup, on_arm):
     name = unique("x-hello")
     cleanup.append(name)
     on_arm.append(name)
@@ -84,9 +91,23 @@ def test_helloworld_moves_to_aarch64_and_counts_on(host_a, arm, cleanup, on_arm)
     # It went on from where it was on x86-64: never from zero, one tick after another.
     assert values[0] >= 2 and values == list(range(values[0], values[0] + len(values))), values
     # Nothing left behind: no template, no helpers, no checkpoint.
-    left = [c.name for c in arm.containers.list(all=True)
-            if c.name.startswith(("hmigrate-template-", "hmigrate-helper-", "hmigrate-probe-"))]
-    assert not left, left
+    assert not leftovers(arm, doc["checkpoint"])
+
+    # And back to x86-64: the same process, recoded the other way, counts on.
+    proc = hmigrate("migrate", name, "--to", "hm-a", "--keep-source", "--json", context="hm-arm")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["isa"] == "aarch64 -> x86-64" and doc["recode_seconds"]["total"] > 0
+    on_arm_values = ticks(arm.containers.get(name).logs().decode())  # stopped, kept
+    assert arm.containers.get(name).status == "exited"
+    back = host_a.client.containers.get(name)
+    assert host_a.client.images.get(back.attrs["Image"]).attrs["Architecture"] == "amd64"
+    wait_until(lambda: len(ticks(host_a.logs(name))) >= 3, timeout=30,
+               what="the counter back on x86-64")
+    again = ticks(host_a.logs(name))
+    assert again[0] == on_arm_values[-1] + 1, (on_arm_values[-3:], again[:3])
+    assert again == list(range(again[0], again[0] + len(again)))
+    assert not leftovers(host_a.client, doc["checkpoint"])
 
 
 def test_program_not_built_by_the_toolchain_is_refused_before_freezing(host_a, arm, cleanup):

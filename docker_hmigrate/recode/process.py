@@ -296,14 +296,40 @@ def empty_vdso(size: int, machine: int = 183) -> bytes:
     return bytes(out)
 
 
+def stack_auxv(imgset, pid: int) -> tuple[int, list[tuple[int, int]]]:
+    """The auxiliary vector the process reads (on its stack; musl's libc.auxv points
+    there): its address and pairs up to AT_NULL. CRIU's saved copy may be a subset (a
+    restore keeps only what its own ISA's limit allows), so it is matched pair by pair."""
+    mm = imgset.mm(pid)
+    saved = list(mm.mm_saved_auxv)
+    want = {(saved[i], saved[i + 1]) for i in range(0, len(saved) - 1, 2) if saved[i]}
+    if not want:
+        raise Untranslatable(f"process {pid} has no saved auxiliary vector")
+    mem = imgset.memory(pid)
+    first = struct.pack("<QQ", saved[0], saved[1])
+    found = []
+    for at in mem.find(first, mm.mm_start_stack, mm.mm_env_start):
+        pairs, p = [], at
+        while len(pairs) < 64 and mem.contains(p, 16):
+            k, v = struct.unpack("<QQ", mem.read(p, 16))
+            if k == 0:
+                break
+            pairs.append((k, v))
+            p += 16
+        if want <= set(pairs):
+            found.append((at, pairs))
+    if len(found) != 1:
+        raise Untranslatable(f"the auxiliary vector on the stack of {pid} was not found")
+    return found[0]
+
+
 def rewrite_auxv(imgset, pid: int, target: Elf, src_vdso: tuple[int, int], isa: str,
                  facts: TargetFacts) -> None:
     """AT_* values a fresh process of the target ISA would have (the target host's own
-    HWCAP when the template shows it), in mm_saved_auxv and in the process's own copy on
-    its stack (musl's libc.auxv points there)."""
+    HWCAP when the template shows it), in the process's own copy on its stack and in
+    mm_saved_auxv."""
     mm = imgset.mm(pid)
-    old = list(mm.mm_saved_auxv)
-    pairs = [(old[i], old[i + 1]) for i in range(0, len(old) - 1, 2)]
+    at, pairs = stack_auxv(imgset, pid)
     values = {AT["AT_PHDR"]: target.phdr_addr, AT["AT_PHNUM"]: target.phnum,
               AT["AT_PHENT"]: 56, AT["AT_ENTRY"]: target.entry,
               **{AT[k]: facts.aux(isa, k) for k in ("AT_HWCAP", "AT_HWCAP2", "AT_MINSIGSTKSZ")}}
@@ -321,20 +347,14 @@ def rewrite_auxv(imgset, pid: int, target: Elf, src_vdso: tuple[int, int], isa: 
             rest = mem.read(platform + len(name), 64)
             name += bytes(rest.index(b"\0") if b"\0" in rest else 0)
         mem.write(platform, name)
-    blob_old = b"".join(struct.pack("<QQ", k, v) for k, v in pairs)
-    hits = mem.find(blob_old, mm.mm_start_stack, mm.mm_env_start)
-    if len(hits) != 1:
-        raise Untranslatable(f"the auxiliary vector on the stack of {pid} was not found")
-    mem.write(hits[0], b"".join(struct.pack("<QQ", k, v) for k, v in new))
+    mem.write(at, b"".join(struct.pack("<QQ", k, v) for k, v in new))
     # The saved copy (what /proc/PID/auxv shows) holds the keys a process of the target
     # has, within its CRIU's AT_VECTOR_SIZE (restore refuses a longer vector); the copy
     # on the stack, which the program reads, keeps every pair.
-    end = next((i for i, (k, _v) in enumerate(new) if k == 0), len(new))
-    saved = [(k, v) for k, v in new[:end] if not facts.auxv or k in facts.auxv]
+    saved = [(k, v) for k, v in new if not facts.auxv or k in facts.auxv]
     saved = saved[:arch(isa).CRIU_AUXV_SIZE // 2 - 1] + [(0, 0)]
-    flat = [x for kv in saved for x in kv]
     del mm.mm_saved_auxv[:]
-    mm.mm_saved_auxv.extend(flat)
+    mm.mm_saved_auxv.extend(x for kv in saved for x in kv)
     lo, hi = src_vdso
     if not lo <= dict(new).get(AT["AT_SYSINFO_EHDR"], lo) < hi:
         raise Untranslatable("AT_SYSINFO_EHDR does not point at the vDSO")

@@ -41,15 +41,18 @@ ARGS = ("4", "400", "25")
 PROGRESS = re.compile(r"progress (\d+)/(\d+)")
 
 
-def start_threads(host_a: LabHost, cleanup, workdir: Path):
-    src, program = build_mt(workdir, THREADS_C)
+def start_threads(host_a: LabHost, cleanup, workdir: Path, min_progress: int = 1,
+                  source: str = THREADS_C, args: tuple[str, ...] = ARGS):
+    src, program = build_mt(workdir, source)
     name = unique("hm-rc-tls")
     cleanup.append(name)
-    c = host_a.client.containers.run("hmlab/busybox:latest", ["/t/mt_x86-64", *ARGS],
+    c = host_a.client.containers.run("hmlab/busybox:latest", ["/t/mt_x86-64", *args],
                                      name=name, detach=True,
                                      security_opt=["seccomp=unconfined"],
                                      volumes={str(src): {"bind": "/t", "mode": "ro"}})
-    wait_until(lambda: PROGRESS.search(c.logs().decode()), 60, "first progress")
+    wait_until(lambda: any(int(m.group(1)) >= min_progress
+                           for m in PROGRESS.finditer(c.logs().decode())),
+               60, f"progress {min_progress}")
     return program, c
 
 
@@ -95,7 +98,7 @@ def test_recoded_threads_with_tls_finish_on_aarch64(host_a: LabHost, arm, cleanu
                                                     workdir: Path) -> None:
     """Parked mid-run on x86-64, restored on aarch64: the program goes on from where it
     was and prints `result=... expected=... OK`."""
-    program, c = start_threads(host_a, cleanup, workdir)
+    program, c = start_threads(host_a, cleanup, workdir, min_progress=300)
     ck = park_and_checkpoint(host_a.client, host_a.url, c, workdir / "x86",
                              park_pcs=park_pcs(program))
     before = [int(m.group(1)) for m in PROGRESS.finditer(c.logs().decode())]
@@ -118,8 +121,71 @@ def test_recoded_threads_with_tls_finish_on_aarch64(host_a: LabHost, arm, cleanu
         after = [int(m.group(1)) for m in PROGRESS.finditer(logs)]
         assert after and after[0] >= before[-1], (before, logs)  # continued, not restarted
         assert re.search(r"result=([0-9a-f]{16}) expected=\1 OK", logs), logs
+        print(f"x86-64 progress at the checkpoint: {before[-1]}/{total}; on aarch64:\n{logs}")
         target.reload()
         assert target.attrs["State"]["ExitCode"] == 0 or target.status == "running"
+    finally:
+        for n in names:
+            with contextlib.suppress(Exception):
+                arm.containers.get(n).remove(force=True)
+
+
+# Threads created after the migration are laid out by musl's libc.tls_size and
+# main_tls.offset: an initialised __thread (.tdata, copied from the image by __copy_tls)
+# reads its initial value only if they hold the aarch64 numbers.
+SPAWN_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <unistd.h>
+static __thread long seed = 12345;
+static __thread long bumps;
+static void *child(void *arg)
+{
+	bumps += (long)arg;
+	return (void *)(seed + bumps);
+}
+int main(void)
+{
+	seed = 777;  /* main's own copy: must survive too */
+	for (long n = 1;; n++) {
+		pthread_t t;
+		void *r;
+		pthread_create(&t, 0, child, (void *)n);
+		pthread_join(t, &r);
+		printf("progress %ld/0 child=%ld main=%ld %s\n", n, (long)r, seed,
+			(long)r == 12345 + n && seed == 777 ? "OK" : "BAD");
+		fflush(stdout);
+		usleep(200000);
+	}
+}
+"""
+
+
+@pytest.mark.arm64
+def test_threads_created_after_migration_get_aarch64_tls(host_a: LabHost, arm, cleanup,
+                                                         workdir: Path) -> None:
+    program, c = start_threads(host_a, cleanup, workdir, min_progress=3, source=SPAWN_C,
+                               args=())
+    assert program.metadata["tls"]["x86-64"]["filesz"] > 0  # an initialised TLS image
+    ck = park_and_checkpoint(host_a.client, host_a.url, c, workdir / "x86",
+                             park_pcs=park_pcs(program))
+    last = max(int(m.group(1)) for m in PROGRESS.finditer(c.logs().decode()))
+    names = [unique("hm-rc-tls2-native"), unique("hm-rc-tls2-target")]
+    try:
+        nc = arm_container_with(arm, names[0], program.binaries["aarch64"])
+        nc.start()
+        try:
+            park_and_checkpoint(arm, ARM_URL, nc, None, timeout=180)
+        except requests.exceptions.ReadTimeout:
+            lab_unavailable("CRIU on the aarch64 host hangs")
+        native = fetch_checkpoint(arm, nc.id, workdir / "native")
+        target = arm_container_with(arm, names[1], program.binaries["aarch64"])
+        restore_recoded(arm, ck, native, workdir / "arm", program, target)
+        lines = wait_until(lambda: (lambda ls: ls if len(ls) >= 3 else None)(
+            target.logs().decode().splitlines()), 120, "three children on aarch64")
+        print("\n".join(lines))
+        assert lines[0].startswith(f"progress {last + 1}/0 "), (last, lines)
+        assert all(ln.endswith(" OK") for ln in lines[:3]), lines
     finally:
         for n in names:
             with contextlib.suppress(Exception):

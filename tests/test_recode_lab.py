@@ -43,7 +43,7 @@ HELLO = "localhost:5000/hmigrate/helloworld:latest"
 ARM_URL = "tcp://127.0.0.1:2391"
 REPO = Path(__file__).resolve().parent.parent
 
-# A multi-threaded program without thread-local variables (TLS is refused by preflight).
+# A multi-threaded program without thread-local variables (TLS: test_recode_tls_lab.py).
 THREADS_C = r"""
 #include <pthread.h>
 #include <stdio.h>

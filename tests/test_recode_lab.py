@@ -44,7 +44,7 @@ HELLO = "localhost:5000/hmigrate/helloworld:latest"
 ARM_URL = "tcp://127.0.0.1:2391"
 REPO = Path(__file__).resolve().parent.parent
 
-# A multi-threaded program without thread-local variables (TLS is refused by preflight).
+# A multi-threaded program without thread-local variables (TLS: test_recode_tls_lab.py).
 THREADS_C = r"""
 #include <pthread.h>
 #include <stdio.h>
@@ -484,12 +484,12 @@ def test_recoded_helloworld_resumes_on_aarch64(host_a: LabHost, arm, cleanup, wo
                 arm.containers.get(n).remove(force=True)
 
 
-def build_mt(workdir: Path) -> tuple[Path, Program]:
+def build_mt(workdir: Path, source: str = THREADS_C) -> tuple[Path, Program]:
     if shutil.which("hmigrate-cc") is None:
         lab_unavailable("hmigrate-cc is not installed (pip install -e .)")
     src = workdir / "build"
     src.mkdir(exist_ok=True)
-    (src / "mt.c").write_text(THREADS_C)
+    (src / "mt.c").write_text(source)
     proc = subprocess.run(["hmigrate-cc", "-O2", "-o", "mt", "mt.c", "-lpthread"], cwd=src,
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
@@ -499,11 +499,12 @@ def build_mt(workdir: Path) -> tuple[Path, Program]:
                         {i: (src / f"mt_{i}").read_bytes() for i in ("x86-64", "aarch64")})
 
 
-def arm_container_with(arm: docker.DockerClient, name: str, binary: bytes):
+def arm_container_with(arm: docker.DockerClient, name: str, binary: bytes,
+                       args: tuple[str, ...] = ()):
     """A busybox container on the aarch64 host running /t/mt_x86-64 (the path the
     x86-64 process had), which holds the aarch64 variant."""
     image = next(t for i in arm.images.list() for t in i.tags if "busybox" in t)
-    c = arm.containers.create(image, ["/t/mt_x86-64"], name=name,
+    c = arm.containers.create(image, ["/t/mt_x86-64", *args], name=name,
                               security_opt=["seccomp=unconfined"])
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:

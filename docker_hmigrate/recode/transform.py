@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from docker_hmigrate.criu import ImageSet, check_supported
-from docker_hmigrate.recode import aarch64, frames, process, x86_64
+from docker_hmigrate.recode import aarch64, frames, process, tls, x86_64
 from docker_hmigrate.recode.frames import Index, Untranslatable, arch
 from docker_hmigrate.recode.process import TargetFacts
 
@@ -34,11 +34,7 @@ def preflight_problems(program, src_isa: str, dst_isa: str) -> list[str]:
         return [f"recode {src_isa} -> {dst_isa} is not implemented"]
     md = program.metadata
     problems: list[str] = []
-    tls = md.get("tls") or {}
-    size = max(((tls.get(i) or {}).get("memsz", 0) for i in (src_isa, dst_isa)), default=0)
-    if size:
-        problems.append(f"the program has thread-local variables ({size} bytes of PT_TLS): "
-                        f"moving TLS blocks between TLS variants is not implemented")
+    problems += tls.preflight_problems(md, src_isa, dst_isa)
     rt = md.get("runtime") or {}
     for isa in (src_isa, dst_isa):
         if "frame_size" not in (rt.get("park_points") or {}).get(isa, {}):
@@ -114,6 +110,10 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
     plans = unwind_all(src, idx)
     lap("unwind")
     skip = rebuild_stacks(src, dst, idx, plans, target.thread)
+    if tls.has_tls(program.metadata):  # struct pthread and TLS blocks move (tls.py)
+        for pid, threads in plans.items():
+            tls.translate_process(src, dst, pid, program.metadata, src_isa, dst_isa,
+                                  [(t, r.tp, st.outer_cfa) for t, r, st in threads], skip[pid])
     lap("stacks")
     for pid in dst.pids:
         process.rewrite_exe(dst, pid, program.path, elf)

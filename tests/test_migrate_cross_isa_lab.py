@@ -231,3 +231,49 @@ def test_nginx_shared_memory_is_refused_before_freezing(host_a, arm, cleanup,
     assert host_a.client.containers.get(name).status == "running"
     assert host_a.logs(name).count("start worker process ") == 1, host_a.logs(name)
     assert not arm.containers.list(all=True, filters={"name": f"^/{name}$"})
+
+
+THREADS = f"{REGISTRY}/hmigrate/examples/threads:latest"
+
+
+def progress(logs: str) -> int:
+    done = [int(line.split()[1].split("/")[0]) for line in logs.splitlines()
+            if line.startswith("progress ")]
+    return max(done, default=0)
+
+
+def test_threads_move_to_aarch64_and_back_and_finish_with_the_right_result(
+        host_a, arm, cleanup, on_arm):
+    """examples/threads: four workers, each with state in locals, a __thread variable and
+    a shared array. Moved x86-64 -> aarch64 -> x86-64 mid-run; the result it prints at the
+    end combines every thread's state and is checked against a sequential recomputation."""
+    name = unique("x-threads")
+    cleanup.append(name)
+    on_arm.append(name)
+    host_a.docker("pull", "-q", THREADS)
+    # 4 workers x 2000 steps of 20 ms: ~40 s of work, two moves in the middle
+    host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined",
+                  THREADS, "4", "2000", "20")
+    wait_until(lambda: progress(host_a.logs(name)) >= 300, what="threads on x86-64")
+
+    proc = hmigrate("migrate", name, "--to", "hm-arm", "--keep-source", "--json")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["isa"] == "x86-64 -> aarch64"
+    before = progress(host_a.logs(name))
+    assert before < 8000  # moved mid-run
+    host_a.client.containers.get(name).remove(force=True)
+    target = arm.containers.get(name)
+    wait_until(lambda: progress(target.logs().decode()) > before + 200, timeout=120,
+               what="the workers progressing on aarch64")
+    assert "result=" not in target.logs().decode()
+
+    proc = hmigrate("migrate", name, "--to", "hm-a", "--json", context="hm-arm")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["isa"] == "aarch64 -> x86-64"
+    back = host_a.client.containers.get(name)
+    assert host_a.client.images.get(back.attrs["Image"]).attrs["Architecture"] == "amd64"
+    back.wait(timeout=180)
+    logs = back.logs().decode()
+    assert "result=" in logs and logs.rstrip().endswith("OK"), logs[-300:]
+    back.reload()
+    assert back.attrs["State"]["ExitCode"] == 0

@@ -18,7 +18,7 @@ from typing import Any
 
 from docker_hmigrate.criu import ImageSet, check_supported
 from docker_hmigrate.criu.schema import March
-from docker_hmigrate.recode import aarch64, frames, process, x86_64
+from docker_hmigrate.recode import aarch64, frames, process, shared, x86_64
 from docker_hmigrate.recode.frames import Index, Untranslatable
 
 SUPPORTED = {("x86-64", "aarch64")}
@@ -110,6 +110,7 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
     lap("unwind")
     skip = rebuild_stacks(src, dst, idx, plans)
     lap("stacks")
+    shared.recode_shared(src, dst, idx)  # memory the processes share: checked, kept as is
     for pid in dst.pids:
         process.rewrite_exe(dst, pid, program.path, target)
         process.isa_only_data(dst, pid, program.metadata, target, program.binaries[dst_isa])

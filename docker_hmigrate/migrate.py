@@ -157,7 +157,9 @@ class Migration:
         res = self.dst.api._result(
             self.dst.api._post_json(url, data=self.spec.body, params={"name": name}), json=True)
         self.created.template = res["Id"]
+        want = park.fd_counts(self.src, self.inspect["Id"])
         self.dst.api.start(res["Id"])
+        park.wait_like(self.dst, res["Id"], want)  # its processes started, as the source's
         park.park(self.dst, res["Id"], self.program.park_protocol, timeout=120)
         self.dst.checkpoint_create(res["Id"], "template", exit=True)
         with self.dst.helper([f"{self.dst.checkpoint_dir(res['Id'])}:{transfer.SRC_MOUNT}:ro"]) \

@@ -162,7 +162,9 @@ class Migration:
         res = self.dst.api._result(
             self.dst.api._post_json(url, data=self.spec.body, params={"name": name}), json=True)
         self.created.template = res["Id"]
+        want = park.fd_counts(self.src, self.inspect["Id"])
         self.dst.api.start(res["Id"])
+        park.wait_like(self.dst, res["Id"], want)  # its processes started, as the source's
         park.park(self.dst, res["Id"], self.program.park_protocol, timeout=120)
         self.dst.checkpoint_create(res["Id"], "template", exit=True)
         with self.dst.helper([f"{self.dst.checkpoint_dir(res['Id'])}:{transfer.SRC_MOUNT}:ro"]) \
@@ -207,9 +209,10 @@ class Migration:
                 "its image was not built by the multi-ISA toolchain")
         with self.rep.phase("park") as ph:
             self.frozen_at = time.monotonic()  # the program stops making progress here
-            parked = park.park(self.src, self.inspect["Id"], self.program.park_protocol)
+            parked = park.park_all(self.src, self.inspect["Id"], self.program.park_protocol)
             self.created.source_parked = True
-            ph.update(f"{parked.get('threads', '?')} thread(s) parked")
+            ph.update(f"{parked['processes']} processes parked" if "processes" in parked
+                      else f"{parked.get('threads', '?')} thread(s) parked")
 
     def phase_checkpoint(self) -> None:
         with self.rep.phase("checkpoint") as ph:
@@ -275,7 +278,7 @@ class Migration:
                     hint="the source was restored where it was; see the restore.log named above",
                 ) from exc
             if self.cross_isa:  # restored parked, as it was dumped: let it go on
-                park.resume(self.dst, cid, self.program.park_protocol)
+                park.resume_all(self.dst, cid, self.program.park_protocol)
             self.downtime = time.monotonic() - self.frozen_at
             ph.update(f"running on {self.dst.name}")
         with self.rep.phase("verify") as ph:
@@ -328,7 +331,7 @@ class Migration:
                 try:
                     self.src.start(self.inspect["Id"], checkpoint=self.checkpoint)
                     if created.source_parked:
-                        park.resume(self.src, self.inspect["Id"], self.program.park_protocol)
+                        park.resume_all(self.src, self.inspect["Id"], self.program.park_protocol)
                     self._verify_running(self.inspect["Id"], host=self.src)
                     with contextlib.suppress(docker.errors.APIError):
                         self.src.checkpoint_delete(self.inspect["Id"], self.checkpoint)
@@ -338,7 +341,7 @@ class Migration:
                         f"{self.checkpoint}: {api_error_text(exc)}")
             elif created.source_parked:  # never dumped: only the request to withdraw
                 try:
-                    park.resume(self.src, self.inspect["Id"], self.program.park_protocol)
+                    park.resume_all(self.src, self.inspect["Id"], self.program.park_protocol)
                 except errors.HmigrateError as exc:
                     problems.append(exc.message)
             ph.update("source restored" if created.source_frozen else "target cleaned")
@@ -526,18 +529,29 @@ def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: Contai
         "run it with --security-opt seccomp=unconfined to migrate it across ISAs",
         errors.NotMigratableCrossISA))
     shared = _shared_mappings(src, inspect)
+    bad = [m for m in shared if not anonymous_shared(m)]
     checks.append(Check(
-        "no shared memory", not shared,
-        "none" if not shared else
-        f"shared mappings the recode does not translate: {'; '.join(shared[:3])}",
+        "shared memory", not bad,
+        f"shared mappings the recode does not translate: {'; '.join(bad[:3])}" if bad else
+        f"anonymous shared memory, kept as data: {'; '.join(shared[:3])}" if shared else
+        "none",
         "migrate it to a host of the same ISA", errors.NotMigratableCrossISA))
     return checks, program
 
 
+def anonymous_shared(mapping: str) -> bool:
+    """Whether a line of _shared_mappings is anonymous shared memory (MAP_SHARED|
+    MAP_ANONYMOUS or of /dev/zero: the kernel names both "/dev/zero (deleted)"), which
+    recode keeps as data (recode/shared.py); SysV segments ("/SYSV..."), memfd_create()d
+    objects ("/memfd:...") and files are not translated."""
+    parts = mapping.split()
+    return len(parts) >= 4 and parts[3] == "/dev/zero"
+
+
 def _shared_mappings(host: Host, inspect: dict[str, Any]) -> list[str]:
-    """Shared memory mappings (MAP_SHARED anonymous memory, memfd, SysV) of the container's
-    processes, read on the host by the probe: CRIU dumps them as images the recode cannot
-    translate, so they are refused before the freeze rather than found after it."""
+    """Shared memory mappings (MAP_SHARED anonymous memory, memfd, SysV, files) of the
+    container's processes, read on the host by the probe, so that those the recode cannot
+    translate are refused before the freeze rather than found after it."""
     try:
         procs = host.api.top(inspect["Id"], ps_args="-o pid")["Processes"] or []
     except docker.errors.APIError:

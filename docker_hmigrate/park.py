@@ -24,14 +24,18 @@ class ParkProtocol:
     resume_signal: int = 41
     park_file: str = "/run/hmigrate/parked"
     fallback_file: str = "/tmp/.hmigrate-parked"
+    # where a parked thread's futex wait shows in /proc/TID/syscall (either ISA)
+    parked_pcs: tuple[int, ...] = ()
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> ParkProtocol:
         rt = metadata.get("runtime", {})
         sig = rt.get("signals", {})
+        pcs = tuple(sorted({p["blocked_pc"] for p in (rt.get("park_points") or {}).values()
+                            if "blocked_pc" in p}))
         return cls(sig.get("park", 40), sig.get("resume", 41),
                    rt.get("park_file", cls.park_file),
-                   rt.get("park_file_fallback", cls.fallback_file))
+                   rt.get("park_file_fallback", cls.fallback_file), pcs)
 
 
 def read_container_file(host: Host, container: str, path: str) -> bytes | None:
@@ -83,3 +87,95 @@ def resume(host: Host, container: str, proto: ParkProtocol) -> None:
         raise errors.HmigrateError(
             f"cannot send the resume signal to {container}: {api_error_text(exc)}",
             hint=f"send it by hand: docker kill -s {proto.resume_signal} {container}") from exc
+
+
+# Several processes (nginx's master and worker): the engine's kill reaches only the
+# container's first process, and each process's runtime parks only its own threads and
+# writes the same announcement file. So a probe on the host (host pid namespace) signals
+# every process and waits until every thread of each sits in the runtime's futex wait
+# with no timeout, which the runtime uses only once its process announced.
+_PARK_ALL = """pids='{pids}'; pcs=' {pcs} '
+kill -{sig} $pids || exit 3
+end=$(( $(date +%s) + {timeout} ))
+while :; do
+  ok=1
+  for p in $pids; do
+    for t in /proc/$p/task/*; do
+      set -- $(cat $t/syscall 2>/dev/null)
+      case "$5 $pcs" in "0x0 "*" $9 "*) ;; *) ok=0 ;; esac
+    done
+  done
+  [ $ok = 1 ] && {{ echo parked; exit 0; }}
+  [ $(date +%s) -ge $end ] && {{ echo not parked; exit 1; }}
+  sleep 0.05
+done
+"""
+
+
+def container_pids(host: Host, container: str) -> list[int]:
+    """Host pids of the container's processes."""
+    try:
+        procs = host.api.top(container, ps_args="-o pid")["Processes"] or []
+    except docker.errors.APIError as exc:
+        raise errors.NotMigratableCrossISA(
+            f"cannot list the processes of {container}: {api_error_text(exc)}") from exc
+    return [int(p[0]) for p in procs if p and p[0].isdigit()]
+
+
+def park_all(host: Host, container: str, proto: ParkProtocol, timeout: float = 15) -> dict:
+    """park() for a container of any number of processes; withdraws on failure."""
+    pids = container_pids(host, container)
+    if len(pids) <= 1 or not proto.parked_pcs:
+        return park(host, container, proto, timeout)
+    script = _PARK_ALL.format(pids=" ".join(map(str, pids)), sig=proto.park_signal,
+                              pcs=" ".join(hex(p) for p in proto.parked_pcs),
+                              timeout=int(timeout + 0.999))
+    status, out = host.run_probe(script, timeout=timeout + 60)
+    if status != 0:
+        resume_all(host, container, proto, pids)
+        raise errors.NotMigratableCrossISA(
+            f"{container}: its {len(pids)} processes did not all reach their equivalence "
+            f"points within {timeout:g}s ({out.strip()[-200:]})",
+            hint="the request was withdrawn and the container runs on; retry, or migrate "
+                 "to a host of the same ISA")
+    return {"processes": str(len(pids)), "pids": ",".join(map(str, pids))}
+
+
+def resume_all(host: Host, container: str, proto: ParkProtocol,
+               pids: list[int] | None = None) -> None:
+    """resume() for every process of the container."""
+    pids = pids if pids is not None else container_pids(host, container)
+    if len(pids) <= 1:
+        resume(host, container, proto)
+        return
+    status, out = host.run_probe(f"kill -{proto.resume_signal} {' '.join(map(str, pids))}")
+    if status != 0:
+        raise errors.HmigrateError(
+            f"cannot send the resume signal to the processes of {container}: {out.strip()}",
+            hint=f"send it to each by hand: kill -{proto.resume_signal} PID (host pids)")
+
+
+_FD_COUNTS = "for p in {pids}; do ls /proc/$p/fd | wc -l; done"
+
+
+def fd_counts(host: Host, container: str) -> list[int]:
+    """How many files each process of the container has open, sorted (one probe)."""
+    pids = container_pids(host, container)
+    status, out = host.run_probe(_FD_COUNTS.format(pids=" ".join(map(str, pids))))
+    return sorted(int(x) for x in out.split() if x.isdigit()) if status == 0 else []
+
+
+def wait_like(host: Host, container: str, want: list[int], timeout: float = 120) -> None:
+    """Wait until the container runs as many processes with as many open files as `want`
+    (fd_counts of the source): a program started for a template checkpoint must have
+    finished its start-up (nginx forks its worker, which opens its epoll) before it is
+    parked, or the template describes another state than the source's."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if len(container_pids(host, container)) == len(want) and (
+                len(want) <= 1 or fd_counts(host, container) == want):
+            return
+        time.sleep(0.5)
+    raise errors.NotMigratableCrossISA(
+        f"the program started on the target for its template checkpoint did not reach "
+        f"the source's state ({len(want)} processes with {want} open files) in {timeout:g}s")

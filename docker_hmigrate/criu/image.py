@@ -109,7 +109,7 @@ KINDS: list[Kind] = [
     Kind("binfmt-misc", 0x67343323, _U),
     Kind("autofs-%u", 0x49353943, _U),
     Kind("files", 0x56303138, "file_entry"),
-    Kind("memfd", 0x48453499, _U),
+    Kind("memfd", 0x48453499, "memfd_inode_entry"),
     Kind("timens-%u", 0x43114433, "timens_entry"),
     Kind("pidns-%u", 0x61157326, _U),
     Kind("bpfmap-file", 0x57506142, _U),

@@ -343,9 +343,29 @@ MESSAGES: dict[str, list[tuple[Any, ...]]] = {
         ("opt", "bytes", "fifo", 17),
         ("opt", "pipe_entry", "pipe", 18),
         ("opt", "tty_file_entry", "tty", 19),
-        ("opt", "bytes", "memfd", 20),
+        ("opt", "memfd_file_entry", "memfd", 20),
         ("opt", "bytes", "bpf", 21),
         ("opt", "bytes", "pidfd", 22),
+    ],
+    # memfd.img and file_entry.memfd: memfd objects, and (CRIU 4.x) anonymous shared
+    # memory, which CRIU dumps as a memfd named after its "/dev/zero" mapping
+    "memfd_file_entry": [
+        ("req", "uint32", "id", 1),
+        ("req", "uint32", "flags", 2),
+        ("req", "uint64", "pos", 3),
+        ("req", "fown_entry", "fown", 4),
+        ("opt", "uint32", "inode_id", 5),
+    ],
+    "memfd_inode_entry": [
+        ("req", "string", "name", 1),
+        ("req", "uint32", "uid", 2),
+        ("req", "uint32", "gid", 3),
+        ("req", "uint64", "size", 4),
+        ("req", "uint32", "shmid", 5),  # names pagemap-shmem-<shmid>.img (its pages)
+        ("req", "uint32", "seals", 6),
+        ("req", "uint64", "inode_id", 7),
+        ("opt", "bool", "hugetlb", 8),
+        ("opt", "uint32", "mode", 9),
     ],
     "fown_entry": [
         ("req", "uint32", "uid", 1),

@@ -140,6 +140,9 @@ def merge_into_template(recoded: Path, template: Path) -> None:
     The template is a checkpoint of the program started on the target with the same
     configuration: its host-describing images (mount tree, cgroups, namespaces) are what
     the target's CRIU expects, whatever the kernels and daemons differ in."""
+    from docker_hmigrate.recode import template as tpl
+
+    tpl.prepare(recoded, template)  # pids, shared memory ids, epoll data lined up
     for f in template.iterdir():
         if f.name.startswith(PROCESS_IMAGES):
             f.unlink()

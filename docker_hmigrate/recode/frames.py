@@ -231,9 +231,16 @@ def matched_vars(fr: Frame, idx: Index,
             raise Untranslatable(f"{fr.function['name']}: variable {v['name']} has "
                                  f"size {v['type']['size']} on {idx.src}, "
                                  f"{d['type']['size']} on {idx.dst}")
-        if in_scope(v, fr.src_pc) and in_scope(d, fr.dst_pc):
+        if in_scope(v, fr.src_pc) and in_scope(d, fr.dst_pc) and live_at_stop(fr, v):
             out.append((v, d))
     return out
+
+
+def live_at_stop(fr: Frame, var: dict[str, Any]) -> bool:
+    """A frame stopped at its entry hook has stored only its parameters: its locals
+    hold stale bytes (old stack addresses among them) that nothing reads before writing."""
+    return not (fr.site is not None and fr.site.site.get("kind") == "enter_hook"
+                and var.get("kind") == "local")
 
 
 def plan_target(stack: SourceStack, idx: Index) -> None:

@@ -10,6 +10,7 @@ from typing import Any
 
 from docker_hmigrate.criu import schema
 from docker_hmigrate.criu.memory import PAGE_SIZE, PE_PRESENT, entry_flags, entry_nr_pages
+from docker_hmigrate.recode import shared
 from docker_hmigrate.recode.frames import Index, Untranslatable, arch
 
 # vma_entry.status bits (CRIU's VMA_AREA_*)
@@ -145,7 +146,8 @@ def rewrite_exe(imgset, pid: int, program_path: str, target: Elf) -> None:
     if not exe_vmas:
         raise Untranslatable("the executable's mappings are not in the image")
     other_files = {imgset.path_of(v.shmid) for v in mm.vmas
-                   if v.shmid and v.shmid != exe_id and not v.status & VMA_ANON_PRIVATE}
+                   if v.shmid and v.shmid != exe_id and not v.status & VMA_ANON_PRIVATE
+                   and not shared.is_anon_shared(imgset, v)}  # checked by recode_shared
     if other_files:
         names = ", ".join(map(str, other_files))
         raise Untranslatable(f"process {pid} maps other files ({names}): "

@@ -528,7 +528,9 @@ def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: Contai
         "the container has a seccomp filter, compiled for the source ISA's system calls",
         "run it with --security-opt seccomp=unconfined to migrate it across ISAs",
         errors.NotMigratableCrossISA))
-    shared = _shared_mappings(src, inspect)
+    maps = _process_maps(src, inspect)
+    shared = [f"pid {pid}: {f[0]} {f[5] if len(f) > 5 else ''} {f[6] if len(f) > 6 else ''}"
+              .rstrip() for pid, f in maps if len(f) > 1 and f[1].endswith("s")]
     bad = [m for m in shared if not anonymous_shared(m)]
     checks.append(Check(
         "shared memory", not bad,
@@ -536,11 +538,23 @@ def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: Contai
         f"anonymous shared memory, kept as data: {'; '.join(shared[:3])}" if shared else
         "none",
         "migrate it to a host of the same ISA", errors.NotMigratableCrossISA))
+    if dst.isa == "x86-64":
+        # aarch64 gives a process 48 bits of addresses, x86-64 47: what the program mapped
+        # up there (its stack and mmaps when it started on aarch64) has no place on x86-64
+        high = [f"pid {pid}: {f[0]} {f[5] if len(f) > 5 else '(anonymous)'}" for pid, f in maps
+                if int(f[0].split("-")[1], 16) > X86_64_USER_END
+                and not (len(f) > 5 and f[5] in ("[vdso]", "[vvar]"))]
+        checks.append(Check(
+            "address space", not high,
+            f"mappings above x86-64's 47-bit user space: {'; '.join(high[:3])}" if high else
+            "every mapping fits x86-64's 47-bit user space",
+            "a program started on aarch64 cannot move to x86-64 (one that came from "
+            "x86-64 can, until it maps memory up there)", errors.NotMigratableCrossISA))
     return checks, program
 
 
 def anonymous_shared(mapping: str) -> bool:
-    """Whether a line of _shared_mappings is anonymous shared memory (MAP_SHARED|
+    """Whether a shared mapping ("pid P: RANGE PATH") is anonymous shared memory (MAP_SHARED|
     MAP_ANONYMOUS or of /dev/zero: the kernel names both "/dev/zero (deleted)"), which
     recode keeps as data (recode/shared.py); SysV segments ("/SYSV..."), memfd_create()d
     objects ("/memfd:...") and files are not translated."""
@@ -548,19 +562,23 @@ def anonymous_shared(mapping: str) -> bool:
     return len(parts) >= 4 and parts[3] == "/dev/zero"
 
 
-def _shared_mappings(host: Host, inspect: dict[str, Any]) -> list[str]:
-    """Shared memory mappings (MAP_SHARED anonymous memory, memfd, SysV, files) of the
-    container's processes, read on the host by the probe, so that those the recode cannot
-    translate are refused before the freeze rather than found after it."""
+X86_64_USER_END = 0x7FFFFFFFF000  # x86-64's TASK_SIZE with 4-level page tables
+
+
+def _process_maps(host: Host, inspect: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Every mapping of the container's processes (pid, /proc/PID/maps fields), read on
+    the host by the probe, so that what the recode cannot translate (shared memory of
+    other kinds, addresses the target cannot hold) is refused before the freeze rather
+    than found after it."""
     try:
         procs = host.api.top(inspect["Id"], ps_args="-o pid")["Processes"] or []
     except docker.errors.APIError:
         return []
     pids = " ".join(p[0] for p in procs if p and p[0].isdigit())
-    script = (f"for p in {pids}; do awk -v p=$p '$2 ~ /s$/ "
-              "{print \"pid \" p \": \" $1 \" \" $6 \" \" $7}' /proc/$p/maps; done")
-    status, out = host.run_probe(script)
-    return [line for line in out.splitlines() if line.startswith("pid ")]
+    script = f"for p in {pids}; do sed \"s/^/pid $p /\" /proc/$p/maps; done"
+    _status, out = host.run_probe(script)
+    return [(line.split()[1], line.split()[2:]) for line in out.splitlines()
+            if line.startswith("pid ") and len(line.split()) > 2]
 
 
 def _distribution_platforms(host: Host, ref: str) -> set[str]:

@@ -356,3 +356,22 @@ def test_threads_move_to_aarch64_and_back_and_finish_with_the_right_result(
     assert "result=" in logs and logs.rstrip().endswith("OK"), logs[-300:]
     back.reload()
     assert back.attrs["State"]["ExitCode"] == 0
+
+
+def test_program_started_on_aarch64_is_refused_for_x86_64_before_freezing(arm, on_arm):
+    """Started on aarch64, its stack and mmaps live above x86-64's 47-bit user space:
+    `migrate` says so before anything is parked or frozen, and it keeps counting."""
+    name = unique("x-armborn")
+    on_arm.append(name)
+    arm.images.pull(HELLO, platform="linux/arm64")
+    c = arm.containers.run(HELLO, name=name, detach=True, security_opt=["seccomp=unconfined"])
+    wait_until(lambda: len(ticks(c.logs().decode())) >= 2, timeout=60, what="hello on aarch64")
+    proc = hmigrate("migrate", name, "--to", "hm-a", "--json", context="hm-arm")
+    assert proc.returncode == 14, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert "47-bit user space" in doc["error"]["message"], doc["error"]
+    assert [p["name"] for p in doc["phases"]] == ["validate"]  # nothing parked or frozen
+    before = max(ticks(c.logs().decode()))
+    wait_until(lambda: max(ticks(c.logs().decode())) > before, timeout=30, what="still counting")
+    c.reload()
+    assert c.status == "running"

@@ -196,6 +196,43 @@ def test_unwind_and_rebuild_aarch64_stack() -> None:
     assert frames.lowest_target_sp(stack, idx) == park_cfa - 64 - 32
 
 
+def test_stack_round_trip_x86_aarch64_x86() -> None:
+    """x86-64 -> aarch64 -> x86-64 gives back the same frames: CFAs, return addresses,
+    frame records, variables (pointers among them) and the temporary in rbx."""
+    md = metadata()
+    src, regs = x86_stack()
+    fwd = frames.Index(md, X, A)
+    stack = frames.unwind(src, regs, fwd)
+    frames.source_callee_saved(src, stack, regs, fwd)
+    frames.plan_target(stack, fwd)
+    arm = FakeMem(STACK, 0x1000)
+    out = frames.write_target(src, arm, stack, fwd, frames.StackMap(stack, fwd), BOTTOM[A])
+    park = md["runtime"]["park_points"]
+    arm_regs = x86_64.ThreadRegs(
+        pc=park[A]["blocked_pc"], sp=frames.lowest_target_sp(stack, fwd), fp=out["x29"],
+        tp=0, syscall_nr=aarch64.SYS_FUTEX, result=0, args=(0, 0, 0, 0),
+        callee_saved={r: out.get(r, 0) for r in aarch64.CALLEE_SAVED}, lr=out["x30"])
+    back = frames.Index(md, A, X)
+    again = frames.unwind(arm, arm_regs, back)
+    assert [f.function["name"] for f in again.frames] == [f.function["name"]
+                                                          for f in stack.frames]
+    frames.source_callee_saved(arm, again, arm_regs, back)
+    frames.plan_target(again, back)
+    assert [f.dst_cfa for f in again.frames] == [f.src_cfa for f in stack.frames]
+    assert frames.lowest_target_sp(again, back) == regs.sp
+    x86 = FakeMem(STACK, 0x1000)
+    out2 = frames.write_target(arm, x86, again, back, frames.StackMap(again, back), BOTTOM[X])
+    assert out2["rbp"] == regs.fp and out2["rbx"] == 0x7777
+    for fr in stack.frames[1:]:  # frame records and every variable slot, frame by frame
+        assert x86.read_u64(fr.src_cfa - 8) == src.read_u64(fr.src_cfa - 8), fr.function["name"]
+        for v in frames._vars(fr.function, X):
+            a = fr.src_cfa + v["cfa_offset"]
+            assert x86.read(a, v["type"]["size"]) == src.read(a, v["type"]["size"]), v["name"]
+    # frame chain: each saved rbp is the caller's, main's caller's is 0 (musl's frame)
+    assert [x86.read_u64(f.src_cfa - 16) for f in stack.frames[1:]] == \
+        [f.src_cfa - 16 for f in stack.frames[2:]] + [0]
+
+
 def test_unknown_return_address_is_refused() -> None:
     idx = frames.Index(metadata(), X, A)
     src, regs = x86_stack()

@@ -1,5 +1,6 @@
-"""Benchmark: x86-64 -> aarch64 migration against the same-ISA migration (a -> b) of the
-same container, in the same run, for the example images built by the toolchain.
+"""Benchmark: x86-64 -> aarch64 migration (and the way back) against the same-ISA
+migration (a -> b) of the same container, in the same run, for the example images built
+by the toolchain.
 
     sudo HMLAB_ARM64=1 lab/up && sudo python -m bench.cross_isa [--runs 3]
 
@@ -19,7 +20,7 @@ import uuid
 
 from tests.lab import DOCKER_CLI, REGISTRY
 
-EXAMPLES = ("helloworld", "redis")
+EXAMPLES = ("helloworld", "redis", "nginx-bin", "examples/threads")
 
 
 def docker(context: str, *args: str) -> str:
@@ -30,17 +31,26 @@ def docker(context: str, *args: str) -> str:
     return proc.stdout
 
 
-def move(example: str, target: str) -> dict:
-    name = f"bench-x-{example}-{uuid.uuid4().hex[:6]}"
+def figures(doc: dict) -> dict:
+    return {"downtime": doc["downtime_seconds"], "total": doc["total_seconds"],
+            "recode": doc.get("recode_seconds", {})}
+
+
+def move(example: str, target: str) -> list[dict]:
+    """One move a -> target; to the aarch64 host, also the way back (a second dict)."""
+    name = f"bench-x-{example.replace('/', '-')}-{uuid.uuid4().hex[:6]}"
     image = f"{REGISTRY}/hmigrate/{example}:latest"
     docker("hm-a", "pull", "-q", image)
     docker("hm-a", "run", "-d", "--name", name, "--security-opt", "seccomp=unconfined", image)
     time.sleep(2)
     try:
-        doc = json.loads(docker("hm-a", "hmigrate", "migrate", name, "--to", target, "--json",
-                                "--verify-seconds", "0"))
-        return {"downtime": doc["downtime_seconds"], "total": doc["total_seconds"],
-                "recode": doc.get("recode_seconds", {})}
+        out = [figures(json.loads(docker("hm-a", "hmigrate", "migrate", name, "--to", target,
+                                         "--json", "--verify-seconds", "0")))]
+        if target == "hm-arm":
+            time.sleep(2)
+            out.append(figures(json.loads(docker("hm-arm", "hmigrate", "migrate", name, "--to",
+                                                 "hm-a", "--json", "--verify-seconds", "0"))))
+        return out
     finally:
         for ctx in ("hm-a", "hm-b", "hm-arm"):
             subprocess.run([DOCKER_CLI, "--context", ctx, "rm", "-f", name],
@@ -51,24 +61,24 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     ns = parser.parse_args()
-    print(f"{'example':<11} {'move':<22} {'downtime s':>10} {'total s':>8}  (median of {ns.runs})")
+    print(f"{'example':<17} {'move':<22} {'downtime s':>10} {'total s':>8}  "
+          f"(median of {ns.runs})")
     for example in EXAMPLES:
-        same = [move(example, "hm-b") for _ in range(ns.runs)]
-        cross = [move(example, "hm-arm") for _ in range(ns.runs)]
-        med = {label: {k: statistics.median(r[k] for r in rs) for k in ("downtime", "total")}
-               for label, rs in (("same", same), ("cross", cross))}
-        print(f"{example:<11} {'x86-64 -> x86-64 (b)':<22} {med['same']['downtime']:>10.3f} "
-              f"{med['same']['total']:>8.3f}")
-        print(f"{example:<11} {'x86-64 -> aarch64':<22} {med['cross']['downtime']:>10.3f} "
-              f"{med['cross']['total']:>8.3f}")
-        phases = {k: statistics.median(r["recode"][k] for r in cross)
-                  for k in cross[0]["recode"]}
-        listed = ", ".join(f"{k} {v:.4f}" for k, v in phases.items())
-        print(f"{'':<11} recode phases (s): {listed}")
-        print(f"{example:<11} ratio cross/same: downtime "
-              f"{med['cross']['downtime'] / med['same']['downtime']:.2f}, total "
-              f"{med['cross']['total'] / med['same']['total']:.2f}")
-
+        same = [move(example, "hm-b")[0] for _ in range(ns.runs)]
+        trips = [move(example, "hm-arm") for _ in range(ns.runs)]
+        rows = (("x86-64 -> x86-64 (b)", same), ("x86-64 -> aarch64", [t[0] for t in trips]),
+                ("aarch64 -> x86-64", [t[1] for t in trips]))
+        for label, rs in rows:
+            d = statistics.median(r["downtime"] for r in rs)
+            t = statistics.median(r["total"] for r in rs)
+            print(f"{example:<17} {label:<22} {d:>10.3f} {t:>8.3f}  ratio to same-ISA: "
+                  f"downtime {d / statistics.median(r['downtime'] for r in same):.2f}, "
+                  f"total {t / statistics.median(r['total'] for r in same):.2f}")
+            if rs is not same:
+                phases = {k: statistics.median(r["recode"][k] for r in rs)
+                          for k in rs[0]["recode"]}
+                print(f"{'':<17} recode phases (s): "
+                      + ", ".join(f"{k} {v:.4f}" for k, v in phases.items()))
 
 if __name__ == "__main__":
     main()

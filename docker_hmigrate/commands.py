@@ -270,6 +270,10 @@ def recode_cmd(
     to_isa: Annotated[str, typer.Option("--to-isa", help="x86-64 or aarch64")],
     path: Annotated[str, typer.Option(
         "--path", help="The program's path inside the container")] = "",
+    template: Annotated[Path | None, typer.Option(
+        "--template", exists=True, file_okay=False,
+        help="A checkpoint of the same program taken on the target host: its vDSO, auxv "
+             "and register layout are used (migrate always takes one)")] = None,
     json_mode: JsonOpt = False,
 ) -> None:
     """Recode a checkpoint for another ISA (a building block of migrate).
@@ -277,6 +281,9 @@ def recode_cmd(
     Example:
 
       docker hmigrate recode ck/ -o ck-arm/ -p helloworld/ --to-isa aarch64 --path /hello
+
+      docker hmigrate recode ck-arm/ -o ck-x86/ -p helloworld/ --to-isa x86-64 \\
+          --path /hello --template native-x86-ck/
     """
     import json as _json
 
@@ -296,7 +303,8 @@ def recode_cmd(
     program = recode.Program(path or f"/{stem}", _json.loads(metas[0].read_text()), binaries)
     from_isa = ISA_NAMES.get(ImageSet.load(images).arch.name.lower(), "unknown")
     with rep.phase("recode") as ph:
-        timings = recode.recode(images, output, program, from_isa, to_isa)
+        facts = recode.template_facts(template) if template else None
+        timings = recode.recode(images, output, program, from_isa, to_isa, facts)
         ph.update(f"{from_isa} -> {to_isa}")
     rep.summary({"from": from_isa, "to": to_isa, "output": str(output),
                  **{f"phase {k}": f"{v:.4f} s" for k, v in timings.items()}}, title="Recode")

@@ -444,6 +444,34 @@ def restore_recoded(arm: docker.DockerClient, ck: Path, native: Path, out: Path,
     target.kill(signal=41)
 
 
+@contextlib.contextmanager
+def recoded_on_arm(arm: docker.DockerClient, ck: Path, workdir: Path, program: Program,
+                   make, tag: str):
+    """A native run of the program parked and checkpointed on the aarch64 host (its
+    host-describing images are the template), the recoded set `ck` restored into a new
+    container there and resumed; yields that container. make(name, role) creates a
+    container of the program on the aarch64 host, role "native" or "target". Both
+    containers are removed afterwards."""
+    made: list = []
+    try:
+        nc = make(unique(f"{tag}-native"), "native")
+        made.append(nc)
+        nc.start()
+        try:
+            park_and_checkpoint(arm, ARM_URL, nc, None, timeout=180)
+        except requests.exceptions.ReadTimeout:
+            lab_unavailable("CRIU on the aarch64 host hangs")
+        native = fetch_checkpoint(arm, nc.id, workdir / "native")
+        target = make(unique(f"{tag}-target"), "target")
+        made.append(target)
+        restore_recoded(arm, ck, native, workdir / "arm", program, target)
+        yield target
+    finally:
+        for c in made:
+            with contextlib.suppress(Exception):
+                c.remove(force=True)
+
+
 @pytest.mark.arm64
 def test_recoded_helloworld_resumes_on_aarch64(host_a: LabHost, arm, cleanup, workdir: Path,
                                                hello_program: Program) -> None:
@@ -460,28 +488,16 @@ def test_recoded_helloworld_resumes_on_aarch64(host_a: LabHost, arm, cleanup, wo
     ck = park_and_checkpoint(host_a.client, host_a.url, c, workdir / "x86",
                              park_pcs=park_pcs(hello_program))
     last = int(c.logs().decode().split()[-1])
-    names = [unique("hm-rc-native"), unique("hm-rc-target")]
-    try:
-        nc = arm.containers.run(HELLO, name=names[0], detach=True,
-                                security_opt=["seccomp=unconfined"])
-        try:
-            park_and_checkpoint(arm, ARM_URL, nc, None, timeout=180)
-        except requests.exceptions.ReadTimeout:
-            lab_unavailable("CRIU on the aarch64 host hangs")
-        native = fetch_checkpoint(arm, nc.id, workdir / "native")
-        target = arm.containers.create(HELLO, name=names[1],
-                                       security_opt=["seccomp=unconfined"])
-        restore_recoded(arm, ck, native, workdir / "arm", hello_program, target)
+    def make(n: str, _role: str):
+        return arm.containers.create(HELLO, name=n, security_opt=["seccomp=unconfined"])
+
+    with recoded_on_arm(arm, ck, workdir, hello_program, make, "hm-rc") as target:
         lines = wait_until(lambda: target.logs().decode().split("\n")[:-1][:3]
                            if len(target.logs().decode().split("\n")) > 3 else None,
                            60, "the counter on aarch64")
         assert lines[0] == f"hello from hmigrate: {last + 1}", lines
         target.reload()
         assert target.status == "running"
-    finally:
-        for n in names:
-            with contextlib.suppress(Exception):
-                arm.containers.get(n).remove(force=True)
 
 
 def build_mt(workdir: Path, source: str = THREADS_C) -> tuple[Path, Program]:
@@ -529,27 +545,14 @@ def test_recoded_threads_resume_on_aarch64(host_a: LabHost, arm, cleanup,
     ck = park_and_checkpoint(host_a.client, host_a.url, c, workdir / "x86",
                              park_pcs=park_pcs(program))
     last = int(c.logs().decode().split()[-1])
-    names = [unique("hm-rc-mt-native"), unique("hm-rc-mt-target")]
-    try:
-        nc = arm_container_with(arm, names[0], program.binaries["aarch64"])
-        nc.start()
-        try:
-            park_and_checkpoint(arm, ARM_URL, nc, None, timeout=180)
-        except requests.exceptions.ReadTimeout:
-            lab_unavailable("CRIU on the aarch64 host hangs")
-        native = fetch_checkpoint(arm, nc.id, workdir / "native")
-        target = arm_container_with(arm, names[1], program.binaries["aarch64"])
-        restore_recoded(arm, ck, native, workdir / "arm", program, target)
+    with recoded_on_arm(arm, ck, workdir, program, lambda n, _r: arm_container_with(
+            arm, n, program.binaries["aarch64"]), "hm-rc-mt") as target:
         lines = wait_until(lambda: target.logs().decode().split("\n")[:-1][:3]
                            if len(target.logs().decode().split("\n")) > 3 else None,
                            60, "main's ticks on aarch64")
         assert lines[0] == f"tick {last + 1}", lines
         target.reload()
         assert target.status == "running"
-    finally:
-        for n in names:
-            with contextlib.suppress(Exception):
-                arm.containers.get(n).remove(force=True)
 
 
 REDIS = "localhost:5000/hmigrate/redis"

@@ -5,26 +5,22 @@ that only the carried-over state of every thread (stack, TLS, shared array) give
 
 from __future__ import annotations
 
-import contextlib
 import re
 from pathlib import Path
 
 import pytest
-import requests
 
 from docker_hmigrate.criu import ImageSet
 from docker_hmigrate.recode import aarch64, tls, transform
 from tests import test_recode_lab
-from tests.lab import LabHost, lab_unavailable, unique
+from tests.lab import LabHost, unique
 from tests.test_recode_lab import (
-    ARM_URL,
     arm_container_with,
     build_mt,
     check_recoded,
-    fetch_checkpoint,
     park_and_checkpoint,
     park_pcs,
-    restore_recoded,
+    recoded_on_arm,
     wait_until,
 )
 
@@ -104,18 +100,11 @@ def test_recoded_threads_with_tls_finish_on_aarch64(host_a: LabHost, arm, cleanu
     before = [int(m.group(1)) for m in PROGRESS.finditer(c.logs().decode())]
     total = 4 * 400
     assert before and before[-1] < total - 200, before  # well before the end
-    names = [unique("hm-rc-tls-native"), unique("hm-rc-tls-target")]
-    try:
-        nc = arm_container_with(arm, names[0], program.binaries["aarch64"],
-                                ("4", "100000", "25"))
-        nc.start()
-        try:
-            park_and_checkpoint(arm, ARM_URL, nc, None, timeout=180)
-        except requests.exceptions.ReadTimeout:
-            lab_unavailable("CRIU on the aarch64 host hangs")
-        native = fetch_checkpoint(arm, nc.id, workdir / "native")
-        target = arm_container_with(arm, names[1], program.binaries["aarch64"], ARGS)
-        restore_recoded(arm, ck, native, workdir / "arm", program, target)
+    def make(n: str, role: str):  # the native run must not end before its checkpoint
+        args = ("4", "100000", "25") if role == "native" else ARGS
+        return arm_container_with(arm, n, program.binaries["aarch64"], args)
+
+    with recoded_on_arm(arm, ck, workdir, program, make, "hm-rc-tls") as target:
         logs = wait_until(lambda: (lambda t: t if "result=" in t else None)(
             target.logs().decode()), 300, "the result on aarch64")
         after = [int(m.group(1)) for m in PROGRESS.finditer(logs)]
@@ -124,10 +113,6 @@ def test_recoded_threads_with_tls_finish_on_aarch64(host_a: LabHost, arm, cleanu
         print(f"x86-64 progress at the checkpoint: {before[-1]}/{total}; on aarch64:\n{logs}")
         target.reload()
         assert target.attrs["State"]["ExitCode"] == 0 or target.status == "running"
-    finally:
-        for n in names:
-            with contextlib.suppress(Exception):
-                arm.containers.get(n).remove(force=True)
 
 
 # Threads created after the migration are laid out by musl's libc.tls_size and
@@ -170,23 +155,10 @@ def test_threads_created_after_migration_get_aarch64_tls(host_a: LabHost, arm, c
     ck = park_and_checkpoint(host_a.client, host_a.url, c, workdir / "x86",
                              park_pcs=park_pcs(program))
     last = max(int(m.group(1)) for m in PROGRESS.finditer(c.logs().decode()))
-    names = [unique("hm-rc-tls2-native"), unique("hm-rc-tls2-target")]
-    try:
-        nc = arm_container_with(arm, names[0], program.binaries["aarch64"])
-        nc.start()
-        try:
-            park_and_checkpoint(arm, ARM_URL, nc, None, timeout=180)
-        except requests.exceptions.ReadTimeout:
-            lab_unavailable("CRIU on the aarch64 host hangs")
-        native = fetch_checkpoint(arm, nc.id, workdir / "native")
-        target = arm_container_with(arm, names[1], program.binaries["aarch64"])
-        restore_recoded(arm, ck, native, workdir / "arm", program, target)
+    with recoded_on_arm(arm, ck, workdir, program, lambda n, _r: arm_container_with(
+            arm, n, program.binaries["aarch64"]), "hm-rc-tls2") as target:
         lines = wait_until(lambda: (lambda ls: ls if len(ls) >= 3 else None)(
             target.logs().decode().splitlines()), 120, "three children on aarch64")
         print("\n".join(lines))
         assert lines[0].startswith(f"progress {last + 1}/0 "), (last, lines)
         assert all(ln.endswith(" OK") for ln in lines[:3]), lines
-    finally:
-        for n in names:
-            with contextlib.suppress(Exception):
-                arm.containers.get(n).remove(force=True)

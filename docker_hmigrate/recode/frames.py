@@ -45,7 +45,9 @@ class Index:
         for f in md["functions"]:
             if src not in f["isa"] or dst not in f["isa"]:
                 continue
-            pairs = dict(f.get("call_site_pairs", []))
+            # pairs are [x86-64 index, aarch64 index]: oriented source -> target here
+            pairs = {(a if src == x86_64.ISA else b): (b if src == x86_64.ISA else a)
+                     for a, b in f.get("call_site_pairs", [])}
             dst_sites = f["isa"][dst]["call_sites"]
             for c in f["isa"][src]["call_sites"]:
                 t = pairs.get(c["index"])
@@ -222,8 +224,9 @@ def matched_vars(fr: Frame, idx: Index,
         n = seen.get(k, 0)
         seen[k] = n + 1
         d = by_key.get((*k, n))
-        if d is None and not strict:
-            continue
+        if d is None and (not strict or not in_scope(v, fr.src_pc)
+                          or not live_at_stop(fr, v)):
+            continue  # no value to carry: out of scope, or not yet stored
         if d is None:
             raise Untranslatable(f"{fr.function['name']}: variable {v['name']} has no "
                                  f"twin on {idx.dst}")

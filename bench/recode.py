@@ -10,12 +10,10 @@ aarch64 `--runs` times and prints the median seconds of every phase.
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import shutil
 import statistics
 import subprocess
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -24,36 +22,21 @@ import docker
 
 from docker_hmigrate.recode import Program, transform
 from tests.lab import HOSTS, unique
-from tests.test_recode_lab import HELLO, REDIS, THREADS_C, park_and_checkpoint, park_pcs
+from tests.test_recode_lab import (
+    HELLO,
+    REDIS,
+    THREADS_C,
+    park_and_checkpoint,
+    park_pcs,
+    program_of_image,
+)
 
 
-def hello_program(client: docker.DockerClient, work: Path) -> Program:
-    c = client.containers.create(HELLO, ["true"], name=unique("hm-bench-files"))
+def redis_program(client: docker.DockerClient) -> Program | None:
     try:
-        stream, _ = c.get_archive("/hmigrate")
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            tar.extractall(work / "prog", filter="data")
-    finally:
-        c.remove(force=True)
-    d = work / "prog" / "hmigrate"
-    return Program("/hello", json.loads((d / "hello.hmigrate.json").read_text()),
-                   {i: (d / f"hello_{i}").read_bytes() for i in ("x86-64", "aarch64")})
-
-
-def redis_program(client: docker.DockerClient, work: Path) -> Program | None:
-    try:
-        c = client.containers.create(f"{REDIS}:amd64", ["true"], name=unique("hm-bench-files"))
+        return program_of_image(client, f"{REDIS}:amd64")
     except docker.errors.ImageNotFound:
         return None
-    try:
-        stream, _ = c.get_archive("/hmigrate")
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            tar.extractall(work / "redis", filter="data")
-    finally:
-        c.remove(force=True)
-    d = work / "redis" / "hmigrate"
-    return Program("/redis-server", json.loads((d / "redis-server.hmigrate.json").read_text()),
-                   {i: (d / f"redis-server_{i}").read_bytes() for i in ("x86-64", "aarch64")})
 
 
 def threads_program(work: Path, n: int) -> Program | None:
@@ -93,12 +76,12 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="hm-bench-recode-"))  # 0700
     names: list[str] = []
     try:
-        cases = [("helloworld (1 thread)", hello_program(client, work), HELLO, None, None)]
+        cases = [("helloworld (1 thread)", program_of_image(client, HELLO), HELLO, None, None)]
         mt = threads_program(work, ns.threads)
         if mt is not None:
             cases.append((f"threads ({ns.threads + 1} threads)", mt, "hmlab/busybox:latest",
                           ["/t/mt_x86-64"], {str(work / "mt"): {"bind": "/t", "mode": "ro"}}))
-        redis = redis_program(client, work)
+        redis = redis_program(client)
         if redis is not None:
             cases.append(("redis-server (4 threads)", redis, f"{REDIS}:amd64", None, None))
         rows = []

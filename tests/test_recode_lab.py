@@ -30,6 +30,7 @@ from docker_hmigrate.engine import Host
 from docker_hmigrate.recode import (
     Program,
     aarch64,
+    load_program,
     merge_into_template,
     process,
     template_facts,
@@ -139,22 +140,23 @@ def workdir(tmp_path: Path):
     shutil.rmtree(d, ignore_errors=True)  # checkpoints hold process memory
 
 
+def program_of_image(client: docker.DockerClient, image: str) -> Program:
+    """The multi-ISA program an image carries (metadata and both variants), read as
+    migrate reads it: recode.load_program on a container created from the image."""
+    c = client.containers.create(image, ["true"], name=unique("hm-rc-files"))
+    try:
+        return load_program(Host("lab", client), client.api.inspect_container(c.id))
+    finally:
+        c.remove(force=True)
+
+
 @pytest.fixture
-def hello_program(host_a: LabHost, workdir: Path) -> Program:
+def hello_program(host_a: LabHost) -> Program:
     try:
         host_a.client.images.get(HELLO)
     except docker.errors.ImageNotFound:
         lab_unavailable(f"{HELLO} is not on host a (build it: helloworld/Dockerfile)")
-    c = host_a.client.containers.create(HELLO, ["true"], name=unique("hm-rc-files"))
-    try:
-        stream, _ = c.get_archive("/hmigrate")
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            tar.extractall(workdir / "prog", filter="data")
-    finally:
-        c.remove(force=True)
-    d = workdir / "prog" / "hmigrate"
-    return Program("/hello", json.loads((d / "hello.hmigrate.json").read_text()),
-                   {isa: (d / f"hello_{isa}").read_bytes() for isa in ("x86-64", "aarch64")})
+    return program_of_image(host_a.client, HELLO)
 
 
 def check_recoded(out: Path, program: Program) -> dict:
@@ -258,7 +260,11 @@ def test_recode_command_line(host_a: LabHost, cleanup, workdir: Path,
     c = host_a.client.containers.run(HELLO, name=name, detach=True,
                                      security_opt=["seccomp=unconfined"])
     ck = park_and_checkpoint(host_a.client, host_a.url, c, workdir / "x86")
-    prog_dir = workdir / "prog" / "hmigrate"
+    prog_dir = workdir / "prog"  # the layout `recode -p` reads: NAME.hmigrate.json, NAME_ISA
+    prog_dir.mkdir()
+    (prog_dir / "hello.hmigrate.json").write_text(json.dumps(hello_program.metadata))
+    for isa, elf in hello_program.binaries.items():
+        (prog_dir / f"hello_{isa}").write_bytes(elf)
     cli_out = workdir / "arm-cli"
     proc = subprocess.run([sys.executable, "-m", "docker_hmigrate", "recode", str(ck), "-o",
                            str(cli_out), "-p", str(prog_dir), "--to-isa", "aarch64",
@@ -574,17 +580,7 @@ def test_recoded_redis_serves_on_aarch64(host_a: LabHost, arm, cleanup,
         host_a.client.images.get(f"{REDIS}:amd64")
     except docker.errors.ImageNotFound:
         lab_unavailable(f"{REDIS}:amd64 is not on host a")
-    files = host_a.client.containers.create(f"{REDIS}:amd64", ["true"],
-                                            name=unique("hm-rc-redis-files"))
-    try:
-        stream, _ = files.get_archive("/hmigrate")
-        with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
-            tar.extractall(workdir / "redis", filter="data")
-    finally:
-        files.remove(force=True)
-    d = workdir / "redis" / "hmigrate"
-    program = Program("/redis-server", json.loads((d / "redis-server.hmigrate.json").read_text()),
-                      {i: (d / f"redis-server_{i}").read_bytes() for i in ("x86-64", "aarch64")})
+    program = program_of_image(host_a.client, f"{REDIS}:amd64")
     assert transform.preflight_problems(program, "x86-64", "aarch64") == []
     name = unique("hm-rc-redis")
     cleanup.append(name)

@@ -370,31 +370,29 @@ class Migration:
                 # The target knows the name as another image: create from the exact one.
                 self.spec.body["Image"] = image_id
             return
-        if self.src.isa == self.dst.isa and self.src.image_present(image_id):
+        if self.src.image_present(image_id):  # same ISA here: the very image can go over
             ph.update(f"copying image {ref}")
             moved = transfer.copy_image(self.src, self.dst, image_id)
             self.dst.api.tag(image_id, *_split_ref(ref))
             ph.update(f"image copied ({moved.bytes / 1e6:.1f} MB)")
             return
+        self._pull(ph, ref)
+
+    def _pull(self, ph, ref: str) -> None:
+        """ref, in the target platform's variant, from a registry the target reaches."""
         ph.update(f"pulling {ref} for {self.dst.platform}")
         try:
             self.dst.api.pull(ref, platform=self.dst.platform)
         except docker.errors.APIError as exc:
             raise errors.ImageUnavailable(
                 f"{self.dst.name} cannot pull {ref}: {api_error_text(exc)}",
-                hint=f"push {ref} to a registry {self.dst.name} can reach") from exc
+                hint=f"push {ref} (with a {self.dst.platform} variant) to a registry "
+                     f"{self.dst.name} can reach") from exc
 
     def _pull_target_variant(self, ph, ref: str) -> None:
         """The target ISA's variant of the image, by name (a target may also hold the
         source's variant, e.g. loaded by a multi-platform build)."""
-        ph.update(f"pulling {ref} for {self.dst.platform}")
-        try:
-            self.dst.api.pull(ref, platform=self.dst.platform)
-        except docker.errors.APIError as exc:
-            raise errors.ImageUnavailable(
-                f"{self.dst.name} cannot pull {ref}: {api_error_text(exc)}",
-                hint=f"push the {self.dst.platform} variant of {ref} to a registry "
-                     f"{self.dst.name} can reach") from exc
+        self._pull(ph, ref)
         got = self.dst.image_present(ref) or {}
         if got.get("Architecture") != self.dst.platform.split("/")[1]:
             raise errors.ImageUnavailable(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -18,4 +18,3 @@ class ThreadRegs:
     args: tuple[int, int, int, int]  # the syscall's first four arguments
     callee_saved: dict[str, int]
     lr: int = 0  # aarch64's link register (x30): a leaf keeps its return address there
-    extra: dict[str, int] = field(default_factory=dict)

@@ -31,7 +31,6 @@ CACHE = Path("/var/cache/hmigrate-lab/bench")
 BUILDER = "hmlab/builder:bookworm"
 BASELINE_SCRIPT = r"""
 set -e
-echo 'deb-src http://deb.debian.org/debian bookworm main' >/etc/apt/sources.list.d/src.list
 apt-get update -q >/dev/null
 cd /tmp
 apt-get source -q --download-only redis nginx >/dev/null

@@ -5,6 +5,7 @@
 export PATH=/usr/local/sbin:/usr/sbin:/sbin:$PATH
 
 LAB_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+. "$LAB_ROOT/mirror.sh"
 LAB_STATE=/var/lib/hmigrate-lab          # daemons' data roots, registry storage, logs
 LAB_RUN=/var/run/hmigrate-lab            # pid files
 LAB_CACHE=/var/cache/hmigrate-lab        # downloaded packages, built images: survives `down`

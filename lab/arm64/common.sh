@@ -7,7 +7,8 @@ HM_ARM_REGISTRY_PORT=${HM_ARM_REGISTRY_PORT:-5000} # guest localhost:5000 -> hos
 HM_ARM_CACHE=${HM_ARM_CACHE:-/var/cache/hmigrate-lab/arm64}
 HM_ARM_STATE=${HM_ARM_STATE:-/var/lib/hmigrate-lab/arm64}
 HM_ARM_SUITE=${HM_ARM_SUITE:-trixie}
-HM_ARM_MIRROR=${HM_ARM_MIRROR:-http://deb.debian.org/debian}
+. "$(dirname "${BASH_SOURCE[0]}")/../mirror.sh"
+HM_ARM_MIRROR=${HM_ARM_MIRROR:-$(debian_mirror)}
 HM_ARM_CPUS=${HM_ARM_CPUS:-2}
 # CPU model: pointer authentication off: CRIU 4.1.1 hangs restoring PAC keys under TCG
 HM_ARM_CPU=${HM_ARM_CPU:-max,pauth=off}

@@ -25,6 +25,7 @@ code  class                        meaning
 12    ValidationFailed             pre-migration validation failed
 13    RollbackFailed               rollback failed: needs attention
 14    NotMigratableCrossISA        container cannot be moved to another ISA
+15    BuildFailed                  `build`: the toolchain image or the program failed
 130   Interrupted                  interrupted by the user (Ctrl-C)
 ====  ===========================  ==============================================
 """
@@ -137,6 +138,11 @@ class NotMigratableCrossISA(HmigrateError):
     default_hint = "build the program with hmigrate-cc for both ISAs, or migrate to the same ISA"
 
 
+class BuildFailed(HmigrateError):
+    exit_code = 15
+    default_hint = "fix the Dockerfile or the program, then rerun `docker hmigrate build`"
+
+
 class Interrupted(HmigrateError):
     exit_code = 130
     default_hint = None
@@ -158,5 +164,6 @@ EXIT_CODES: dict[int, tuple[type[HmigrateError], ...]] = {
     12: (ValidationFailed,),
     13: (RollbackFailed,),
     14: (NotMigratableCrossISA,),
+    15: (BuildFailed,),
     130: (Interrupted,),
 }

@@ -368,7 +368,7 @@ Say = Callable[[str], None]
 
 def run(client: docker.DockerClient, opts: BuildOptions, say: Say,
         build_output: Callable[[str], None]) -> BuildResult:
-    context, dockerfile = _inputs(opts)
+    context, dockerfile = check_inputs(opts)
     ref = registry.parse_ref(opts.ref)
     reg = None
     if opts.push:
@@ -409,7 +409,9 @@ def run(client: docker.DockerClient, opts: BuildOptions, say: Say,
     return result
 
 
-def _inputs(opts: BuildOptions) -> tuple[Path, Path]:
+def check_inputs(opts: BuildOptions) -> tuple[Path, Path]:
+    """The context folder and the Dockerfile, checked before any daemon is asked."""
+    registry.parse_ref(opts.ref)
     context = opts.context
     if not context.is_dir():
         raise errors.UsageError(f"build context {context} is not a directory",

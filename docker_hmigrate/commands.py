@@ -359,8 +359,9 @@ def build_cmd(
         if not quiet:
             sys.stderr.write(text)
 
-    src = open_source(ctx)
     opts = build.BuildOptions(tag, context, file, program, push, insecure, quiet)
+    build.check_inputs(opts)  # bad input fails before any daemon is asked
+    src = open_source(ctx)
     result = build.run(src.client, opts, say, build_output)
     if quiet:
         typer.echo(result.ref)

@@ -69,6 +69,7 @@ class BuildOptions:
     push: bool = False
     insecure: bool = False
     quiet: bool = False
+    labels: dict[str, str] = field(default_factory=dict)  # --label, on both images
 
 
 @dataclass
@@ -387,7 +388,7 @@ def run(client: docker.DockerClient, opts: BuildOptions, say: Say,
     program = read_program(client, stage_id, path)
     metadata = check_program(program)
     labels = labels_for(path, metadata)
-    config = final_config(stage_config, tool.config, path, labels)
+    config = final_config(stage_config, tool.config, path, {**opts.labels, **labels})
     created = stage.get("Created") or "1970-01-01T00:00:00Z"
     mtime = _epoch(created)
     result = BuildResult(str(ref), path, labels)
@@ -412,6 +413,10 @@ def run(client: docker.DockerClient, opts: BuildOptions, say: Say,
 def check_inputs(opts: BuildOptions) -> tuple[Path, Path]:
     """The context folder and the Dockerfile, checked before any daemon is asked."""
     registry.parse_ref(opts.ref)
+    for key in opts.labels:
+        if key in (LABEL_TOOLCHAIN, LABEL_PROGRAM, LABEL_VARIANTS, LABEL_METADATA) or not key:
+            raise errors.UsageError(f"--label {key!r}: give KEY=VALUE; the program's "
+                                    "org.hmigrate.* labels come from its metadata")
     context = opts.context
     if not context.is_dir():
         raise errors.UsageError(f"build context {context} is not a directory",

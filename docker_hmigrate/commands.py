@@ -332,6 +332,9 @@ def build_cmd(
     ] = False,
     quiet: Annotated[bool, typer.Option(
         "--quiet", "-q", help="No build output; print only the image reference")] = False,
+    label: Annotated[list[str] | None, typer.Option(
+        "--label", metavar="KEY=VALUE", help="Set a label on both images (repeatable)")
+    ] = None,
 ) -> None:
     """Build a C program with hmigrate-cc into a migratable linux/amd64 + linux/arm64 image.
 
@@ -359,7 +362,8 @@ def build_cmd(
         if not quiet:
             sys.stderr.write(text)
 
-    opts = build.BuildOptions(tag, context, file, program, push, insecure, quiet)
+    labels = dict(item.partition("=")[::2] for item in label or [])
+    opts = build.BuildOptions(tag, context, file, program, push, insecure, quiet, labels)
     build.check_inputs(opts)  # bad input fails before any daemon is asked
     src = open_source(ctx)
     result = build.run(src.client, opts, say, build_output)

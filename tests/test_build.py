@@ -363,3 +363,12 @@ def test_toolchain_recipe_covers_the_toolchain_sources() -> None:
     assert base == toolchain_image.recipe_hash("x", sources)
     assert base != toolchain_image.recipe_hash("y", sources)
     assert base != toolchain_image.recipe_hash("x", sources[:-1])
+
+
+def test_label_option_cannot_override_the_program_labels(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM hmigrate/toolchain\n")
+    ok = build.BuildOptions("x", tmp_path, labels={"org.hmigrate.recipe": "r", "team": "a"})
+    assert build.check_inputs(ok)[1] == (tmp_path / "Dockerfile").resolve()
+    for key in ("org.hmigrate.program", ""):
+        with pytest.raises(errors.UsageError, match="KEY=VALUE"):
+            build.check_inputs(build.BuildOptions("x", tmp_path, labels={key: "/x"}))

@@ -4,6 +4,7 @@ for linux/amd64 and linux/arm64, pushed to the lab's registry as one manifest li
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 
 import pytest
@@ -12,7 +13,8 @@ from tests.lab import DOCKER_CLI, REGISTRY, unique, wait_until
 
 pytestmark = pytest.mark.lab
 
-HELLO = f"{REGISTRY}/hmigrate/helloworld"
+# lab/examples pushes under HMLAB_EXAMPLES_PREFIX (default hmigrate)
+HELLO = f"{REGISTRY}/{os.environ.get('HMLAB_EXAMPLES_PREFIX', 'hmigrate')}/helloworld"
 
 
 def test_helloworld_manifest_lists_both_platforms():
@@ -25,17 +27,20 @@ def test_helloworld_manifest_lists_both_platforms():
 
 @pytest.mark.parametrize("platform", ["linux/amd64", "linux/arm64"])
 def test_helloworld_variant_runs_and_counts(host_b, cleanup, platform):
-    """Each platform's variant runs its own ISA's binary (arm64 under qemu-user here) and
-    carries both binaries and the metadata recode needs."""
+    """Each platform's variant (built by `docker hmigrate build`: REF-<arch>) runs its own
+    ISA's binary (arm64 under qemu-user here) and carries both binaries and the metadata
+    recode needs."""
     name = unique("hello")
     cleanup.append(name)
     arch = platform.split("/")[1]
-    host_b.docker("pull", "-q", f"{HELLO}:{arch}")
-    image = host_b.client.images.get(f"{HELLO}:{arch}")
+    ref = f"{HELLO}:latest-{arch}"
+    host_b.docker("pull", "-q", ref)
+    image = host_b.client.images.get(ref)
     assert image.attrs["Architecture"] == arch
     labels = image.attrs["Config"]["Labels"]
     assert labels["org.hmigrate.toolchain"] == "hmigrate-toolchain/1"
-    host_b.docker("run", "-d", "--platform", platform, "--name", name, f"{HELLO}:{arch}")
+    assert labels["org.hmigrate.program"] == "/hello"
+    host_b.docker("run", "-d", "--platform", platform, "--name", name, ref)
     wait_until(lambda: "hello from hmigrate: 2" in host_b.logs(name), timeout=60,
                what=f"{platform} helloworld to count")
     tar = subprocess.run([DOCKER_CLI, "--context", host_b.context, "export", name],

@@ -30,7 +30,7 @@ import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import docker
@@ -510,19 +510,25 @@ def _read_tree(client: docker.DockerClient, cid: str, path: str
     out = []
     with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
         for info in tar:
-            # names are "./x" (or "root/x" on some engines): relative to the folder
-            parts = PurePosixPath(info.name).parts
-            rel = "/".join(parts[1:]) if parts and parts[0] in (".", "root") else info.name
-            if not rel:
+            info.name = _inside(info.name, path)
+            if not info.name:
                 continue
-            info.name = rel
-            if info.islnk():  # hard links name their target by the same prefix
-                lparts = PurePosixPath(info.linkname).parts
-                info.linkname = "/".join(lparts[1:]) if lparts and lparts[0] in (
-                    ".", "root") else info.linkname
+            if info.islnk():  # hard links name their target the same way
+                info.linkname = _inside(info.linkname, path)
             data = tar.extractfile(info).read() if info.isfile() else None
             out.append((info, data))
     return out
+
+
+def _inside(name: str, folder: str) -> str:
+    """A name from GET /archive?path=FOLDER/. relative to FOLDER: the engine names the
+    entries "./x" (or "NAME/x" after the folder's own name on some engines)."""
+    if name.startswith("./"):
+        return name[2:].strip("/")
+    if name == ".":
+        return ""
+    head, _, rest = name.partition("/")
+    return rest.strip("/") if head == posixpath.basename(folder) else name.strip("/")
 
 
 def _load(client: docker.DockerClient, archive) -> None:

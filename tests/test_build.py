@@ -292,6 +292,31 @@ def test_read_program_errors() -> None:
         build.read_program(client, "img", "/counter")
 
 
+def test_read_tree_names_are_relative_to_the_folder() -> None:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, kind in ((".", tarfile.DIRTYPE), ("./root", tarfile.DIRTYPE),
+                           ("./root/.profile", tarfile.REGTYPE), ("./etc", tarfile.DIRTYPE),
+                           ("./etc/passwd", tarfile.REGTYPE), ("./etc/pw", tarfile.LNKTYPE)):
+            info = tarfile.TarInfo(name)
+            info.type = kind
+            if kind == tarfile.LNKTYPE:
+                info.linkname = "./etc/passwd"
+            tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+
+    class Api(FakeApi):
+        def get_archive(self, cid, path):
+            assert path == "/hmigrate/root/."
+            return [buf.getvalue()], {}
+
+    client = FakeClient({})
+    client.api = Api({})
+    got = build._read_tree(client, "c1", "/hmigrate/root")
+    assert [i.name for i, _ in got] == ["root", "root/.profile", "etc", "etc/passwd", "etc/pw"]
+    assert got[-1][0].linkname == "etc/passwd"
+    assert build._inside("root/etc/x", "/hmigrate/root") == "etc/x"  # engines naming the folder
+
+
 # ---- references, registry, inputs -----------------------------------------------------------
 
 

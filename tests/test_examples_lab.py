@@ -14,7 +14,8 @@ from tests.lab import DOCKER_CLI, REGISTRY, unique, wait_until
 pytestmark = pytest.mark.lab
 
 # lab/examples pushes under HMLAB_EXAMPLES_PREFIX (default hmigrate)
-HELLO = f"{REGISTRY}/{os.environ.get('HMLAB_EXAMPLES_PREFIX', 'hmigrate')}/helloworld"
+PREFIX = f"{REGISTRY}/{os.environ.get('HMLAB_EXAMPLES_PREFIX', 'hmigrate')}"
+HELLO = f"{PREFIX}/helloworld"
 
 
 def test_helloworld_manifest_lists_both_platforms():
@@ -68,7 +69,7 @@ def run_variant(host, cleanup, example: str, arch: str, port: int, container_por
     """Run one platform's variant of an example image with a published port."""
     name = unique(f"{example}-{arch}")
     cleanup.append(name)
-    image = f"{REGISTRY}/hmigrate/{example}:{arch}"
+    image = f"{PREFIX}/{example}:latest-{arch}"
     host.docker("pull", "-q", image)
     host.docker("run", "-d", "--platform", f"linux/{arch}", "--name", name,
                 "-p", f"{port}:{container_port}", image)

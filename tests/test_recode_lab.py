@@ -577,14 +577,14 @@ def test_recoded_redis_serves_on_aarch64(host_a: LabHost, arm, cleanup,
     """redis-server 7.0 (4 threads, a listening socket, epoll) with a key set on x86-64,
     recoded and restored on aarch64: the key is there and the server answers."""
     try:
-        host_a.client.images.get(f"{REDIS}:amd64")
+        host_a.client.images.get(f"{REDIS}:latest-amd64")
     except docker.errors.ImageNotFound:
-        lab_unavailable(f"{REDIS}:amd64 is not on host a")
-    program = program_of_image(host_a.client, f"{REDIS}:amd64")
+        lab_unavailable(f"{REDIS}:latest-amd64 is not on host a")
+    program = program_of_image(host_a.client, f"{REDIS}:latest-amd64")
     assert transform.preflight_problems(program, "x86-64", "aarch64") == []
     name = unique("hm-rc-redis")
     cleanup.append(name)
-    c = host_a.client.containers.run(f"{REDIS}:amd64", name=name, detach=True,
+    c = host_a.client.containers.run(f"{REDIS}:latest-amd64", name=name, detach=True,
                                      security_opt=["seccomp=unconfined"])
     wait_until(lambda: b"Ready to accept" in c.logs(), 60, "redis on host a")
     c.reload()
@@ -596,7 +596,7 @@ def test_recoded_redis_serves_on_aarch64(host_a: LabHost, arm, cleanup,
     names = [unique("hm-rc-redis-native"), unique("hm-rc-redis-target")]
     busybox = next(t for i in arm.images.list() for t in i.tags if "busybox" in t)
     try:
-        nc = arm.containers.run(f"{REDIS}:arm64", name=names[0], detach=True,
+        nc = arm.containers.run(f"{REDIS}:latest-arm64", name=names[0], detach=True,
                                 security_opt=["seccomp=unconfined"])
         wait_until(lambda: b"Ready to accept" in nc.logs(), 240, "redis on aarch64")
         try:
@@ -604,7 +604,7 @@ def test_recoded_redis_serves_on_aarch64(host_a: LabHost, arm, cleanup,
         except requests.exceptions.ReadTimeout:
             lab_unavailable("CRIU on the aarch64 host hangs")
         native = fetch_checkpoint(arm, nc.id, workdir / "native")
-        target = arm.containers.create(f"{REDIS}:arm64", name=names[1],
+        target = arm.containers.create(f"{REDIS}:latest-arm64", name=names[1],
                                        security_opt=["seccomp=unconfined"])
         restore_recoded(arm, ck, native, workdir / "arm", program, target)
         target.reload()

@@ -379,6 +379,12 @@ def run(client: docker.DockerClient, opts: BuildOptions, say: Say,
                 "registry written in -t", hint="e.g. -t localhost:5000/me/app:1")
         reg = registry.Registry(ref.registry, insecure=opts.insecure)
         reg.base()  # unreachable: say so before a long build
+    own = (client.version().get("Arch") or "").lower()
+    if own != "amd64":  # hmigrate-cc runs on x86-64 (docs/toolchain.md): no emulated builds
+        raise errors.BuildFailed(
+            f"the daemon is {own or 'of an unknown architecture'}: the toolchain image runs "
+            "on x86-64 (amd64) daemons", hint="build with an x86-64 host's context "
+            "(docker --context NAME hmigrate build ...); the images run on both")
     tool = toolchain_image.ensure(client, say)
     say(f"building {dockerfile} on the toolchain image {tool.image}")
     stage_id = _build_stage(client, context, dockerfile, build_output)
@@ -401,7 +407,6 @@ def run(client: docker.DockerClient, opts: BuildOptions, say: Say,
         if client.api.inspect_image(image_id)["Id"] != image_id:
             raise errors.BuildFailed(f"the daemon loaded another image than {image_id}")
         result.images.append(PlatformImage(f"linux/{arch}", platform_tag(ref, arch), image_id))
-    own = (client.version().get("Arch") or "").lower()
     if own in ids:
         client.api.tag(ids[own], ref.name, ref.tag)
         result.local_tag = str(ref)

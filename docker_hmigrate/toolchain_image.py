@@ -107,7 +107,7 @@ def ensure(client: docker.DockerClient, say: Callable[[str], None]) -> Toolchain
         _tag_latest(client, found)
         return Toolchain(IMAGE, found.id, found.attrs.get("Config") or {})
     base = _base(client, say)
-    say(f"building {IMAGE} (the toolchain image, once per version)")
+    say(f"building the toolchain image {IMAGE} (once: it is kept on the daemon)")
     with tempfile.TemporaryDirectory(prefix="hmigrate-toolchain-") as tmp:
         wheels = Path(tmp) / "wheels"
         _download_wheels(wheels)

@@ -73,7 +73,7 @@ def toolchain_builds(work: Path) -> dict[str, Path]:
     out = {}
     for example, binary in (("redis", "redis-server"), ("nginx-bin", "nginx"),
                             ("helloworld", "hello")):
-        image = f"{REGISTRY}/hmigrate/{example}:amd64"
+        image = f"{REGISTRY}/hmigrate/{example}:latest-amd64"
         cid = sh(DOCKER_CLI, "--context", "hm-a", "create", image).stdout.strip()
         try:
             sh(DOCKER_CLI, "--context", "hm-a", "cp", f"{cid}:/hmigrate/{binary}_x86-64",

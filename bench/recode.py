@@ -34,7 +34,7 @@ from tests.test_recode_lab import (
 
 def redis_program(client: docker.DockerClient) -> Program | None:
     try:
-        return program_of_image(client, f"{REDIS}:amd64")
+        return program_of_image(client, f"{REDIS}:latest-amd64")
     except docker.errors.ImageNotFound:
         return None
 
@@ -83,7 +83,7 @@ def main() -> None:
                           ["/t/mt_x86-64"], {str(work / "mt"): {"bind": "/t", "mode": "ro"}}))
         redis = redis_program(client)
         if redis is not None:
-            cases.append(("redis-server (4 threads)", redis, f"{REDIS}:amd64", None, None))
+            cases.append(("redis-server (4 threads)", redis, f"{REDIS}:latest-amd64", None, None))
         rows = []
         for label, program, image, cmd, volumes in cases:
             name = unique("hm-bench-recode")

@@ -161,6 +161,8 @@ def check_cmd(
             for c in r["checks"]:
                 mark = "ok  " if c["ok"] else ("warn" if c.get("warning") else "FAIL")
                 typer.echo(f"    {mark} {c['check']}: {c['detail']}")
+                if not c["ok"] and c.get("hint"):
+                    typer.echo(f"         hint: {c['hint']}")
     if len(targets) == 1 and first_failure is not None:
         raise first_failure
     if not any(r["ok"] for r in ranked):

@@ -122,7 +122,9 @@ class Migration:
             self.validation = validate(self.src, self.dst, self.inspect, self.spec, image, cross)
             failed = self.validation.failures
             for check in failed:
-                self.rep.warn(f"{check.name}: {check.detail}")
+                # blocking unless --force: an error line; with --force, a warning
+                report = self.rep.warn if self.opts.force else self.rep.error
+                report(f"{check.name}: {check.detail}")
             if failed and self.opts.force:
                 ph.update(f"{len(failed)} failed check(s) ignored (--force)")
             elif not failed:

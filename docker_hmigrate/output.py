@@ -168,6 +168,10 @@ class Reporter:
     def warn(self, text: str) -> None:
         self._message("warning", text)
 
+    def error(self, text: str) -> None:
+        """A problem that stops the command (the final `error:` line follows)."""
+        self._message("error", text)
+
     def debug(self, text: str) -> None:
         if self.debug_enabled:
             self._message("debug", text)

@@ -29,6 +29,7 @@ except ImportError:  # older typer: plain click
     import click  # type: ignore[no-redef]
 
 from docker_hmigrate import __version__, errors, hosts
+from docker_hmigrate.dockerstyle import DockerCommand, DockerGroup, TyperGroup, format_usage_error
 from docker_hmigrate.hosts import GlobalOptions
 from docker_hmigrate.output import Reporter, render_error
 
@@ -73,12 +74,21 @@ _commands_error: BaseException | None = None
 app = typer.Typer(
     name="hmigrate",
     help=HELP,
+    cls=DockerGroup,
     no_args_is_help=True,
-    add_completion=True,
+    # No typer completion installer: it registers `docker hmigrate` as a command name
+    # and breaks docker's own completion. Completion goes through `docker __complete`
+    # (docker_hmigrate/completion.py).
+    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+
+
+def command(name: str, **kwargs: Any) -> Any:
+    """`app.command` with docker-style help; new subcommands register through this."""
+    return app.command(name, cls=DockerCommand, **kwargs)
 
 
 # ---- helpers for commands --------------------------------------------------------------
@@ -97,13 +107,26 @@ def get_globals(ctx: click.Context) -> GlobalOptions:
     return _root_state(ctx).globals
 
 
-def get_reporter(ctx: click.Context, json_mode: bool = False, quiet: bool = False) -> Reporter:
+def get_reporter(ctx: click.Context, json_mode: bool = False, quiet: bool = False,
+                 fmt: str | None = None) -> Reporter:
     """The run's Reporter (created on first call). On failure, run() makes it emit the
-    JSON document (in --json mode) and the error/hint lines."""
+    JSON document (in --json mode) and the error/hint lines. `fmt` is --format's value."""
     state = _root_state(ctx)
     if state.reporter is None:
-        state.reporter = Reporter(json_mode=json_mode, debug=state.globals.debug, quiet=quiet)
+        json_mode = json_mode or fmt == "json"
+        state.reporter = Reporter(json_mode=json_mode, debug=state.globals.debug, quiet=quiet,
+                                  command=ctx.info_name)
+        if fmt not in (None, "json", "text"):
+            raise errors.UsageError(f'invalid argument "{fmt}" for "--format" flag',
+                                    hint='use --format json (or text)')
     return state.reporter
+
+
+# Every command that reports takes both (docs/json.md).
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout "
+                                                      "(docs/json.md)")]
+FormatOpt = Annotated[str | None, typer.Option(
+    "--format", metavar="FORMAT", help='Output format: "json" (as --json) or "text"')]
 
 
 def complete_context(ctx: click.Context, incomplete: str) -> list[str]:
@@ -249,7 +272,7 @@ def _daemon_info(endpoint: hosts.Endpoint) -> dict[str, Any]:
     }
 
 
-@app.command("version")
+@command("version")
 def version_cmd(
     ctx: typer.Context,
     to: Annotated[
@@ -264,7 +287,8 @@ def version_cmd(
     client_only: Annotated[
         bool, typer.Option("--client", help="Only the plugin's version, no daemon")
     ] = False,
-    json_mode: Annotated[bool, typer.Option("--json", help="Print JSON on stdout")] = False,
+    json_mode: JsonOpt = False,
+    fmt: FormatOpt = None,
 ) -> None:
     """Show the plugin's version and the Docker daemons' versions.
 
@@ -277,7 +301,8 @@ def version_cmd(
     import platform
 
     g = get_globals(ctx)
-    rep = get_reporter(ctx, json_mode=json_mode)
+    rep = get_reporter(ctx, json_mode=json_mode, fmt=fmt)
+    json_mode = rep.json_mode
     plugin = {
         "version": __version__,
         "python": platform.python_version(),
@@ -304,6 +329,36 @@ def version_cmd(
     rep.finish()
 
 
+# ---- help ------------------------------------------------------------------------------
+
+
+@command("help")
+def help_cmd(
+    ctx: typer.Context,
+    names: Annotated[
+        list[str] | None, typer.Argument(metavar="COMMAND", help="The command to explain")
+    ] = None,
+) -> None:
+    """Show the help of a command, like `docker hmigrate COMMAND --help`.
+
+    Examples:
+
+      docker hmigrate help migrate
+
+      docker help hmigrate
+    """
+    group_ctx = ctx.parent or ctx
+    group = group_ctx.command
+    if not names:
+        typer.echo(group.get_help(group_ctx))
+        return
+    sub = group.get_command(group_ctx, names[0]) if isinstance(group, TyperGroup) else None
+    if sub is None:
+        raise click.exceptions.UsageError(f"No such command '{names[0]}'.", group_ctx)
+    with click.Context(sub, info_name=names[0], parent=group_ctx) as sub_ctx:
+        typer.echo(sub.get_help(sub_ctx))
+
+
 # ---- install ---------------------------------------------------------------------------
 
 
@@ -327,7 +382,7 @@ def _wrapper_script() -> str:
     return f'#!/bin/sh\nexec "{sys.executable}" -m docker_hmigrate "$@"\n'
 
 
-@app.command("install")
+@command("install")
 def install_cmd(
     ctx: typer.Context,
     system: Annotated[
@@ -427,7 +482,7 @@ docker() {{
 """
 
 
-@app.command("shell-init")
+@command("shell-init")
 def shell_init_cmd(
     shell: Annotated[str, typer.Argument(help="bash or zsh")] = "bash",
 ) -> None:
@@ -479,18 +534,23 @@ def run(argv: list[str], pre_globals: dict[str, object] | None = None) -> int:
         rv = app(args=argv, prog_name=PROG, obj=_state, standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         if code == 130:  # newer typer turns KeyboardInterrupt into a silent Exit(130)
-            _report_failure(errors.Interrupted("interrupted"))
+            _report_failure(errors.Interrupted("interrupted"), argv)
         return code
     except errors.HmigrateError as exc:
-        _report_failure(exc)
+        _report_failure(exc, argv)
         if debug or _debug_enabled():
             traceback.print_exc()
         return exc.exit_code
     except _EXIT_EXCEPTIONS as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
     except _ABORT_EXCEPTIONS:
-        _report_failure(errors.Interrupted("interrupted"))
+        _report_failure(errors.Interrupted("interrupted"), argv)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help())  # `docker hmigrate` alone: the help, as docker does
+        return 0
+    except click.exceptions.UsageError as exc:
+        return _usage_error(exc, argv)
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
@@ -502,16 +562,55 @@ def run(argv: list[str], pre_globals: dict[str, object] | None = None) -> int:
             f"unexpected {type(exc).__name__}" + (f": {first_line}" if first_line else ""),
             hint="rerun with -D (`docker -D hmigrate ...`) for the traceback and report it",
         )
-        _report_failure(err)
+        _report_failure(err, argv)
         return 1
 
 
-def _report_failure(exc: errors.HmigrateError) -> None:
+def wants_json(argv: list[str]) -> bool:
+    """Whether the command line asks for JSON output (--json, --format json)."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--json" or arg == "--format=json" or (
+                arg == "--format" and argv[i + 1 : i + 2] == ["json"]):
+            return True
+    return False
+
+
+def _usage_error(exc: click.exceptions.UsageError, argv: list[str]) -> int:
+    """A command line click cannot parse: docker's two lines on stderr, exit 125; with
+    --json also the error document on stdout (scripts read stdout only)."""
+    text = format_usage_error(exc)
+    err = errors.UsageError(text.splitlines()[0], hint=text.splitlines()[1])
+    if wants_json(argv):
+        from docker_hmigrate.output import Reporter
+
+        command = exc.ctx.info_name if exc.ctx is not None and exc.ctx.parent else None
+        Reporter(json_mode=True, command=command or _command_name(argv)).finish(
+            ok=False, error=err)
+    sys.stderr.write(text)
+    return err.exit_code
+
+
+def _report_failure(exc: errors.HmigrateError, argv: list[str] | None = None) -> None:
     rep = _state.reporter if _state is not None else None
+    if rep is None and argv is not None and wants_json(argv):
+        # failed before the command made its reporter: the JSON error document all the same
+        rep = Reporter(json_mode=True, command=_command_name(argv))
     if rep is not None:
         rep.fail(exc)
     else:
         render_error(exc)
+
+
+def _command_name(argv: list[str]) -> str | None:
+    from docker_hmigrate.plugin import parse_global_flags
+
+    try:
+        rest = parse_global_flags(argv)[1]
+    except Exception:  # noqa: BLE001 - only a label for the document
+        return None
+    return rest[0] if rest and not rest[0].startswith("-") else None
 
 
 def complete(args: list[str]) -> int:

@@ -70,8 +70,10 @@ def test_unknown_context_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.run(["version", "--bogus"]) == 2
-    assert "No such option" in capsys.readouterr().err
+    # docker's (and buildx's) code and two lines for a bad flag
+    assert cli.run(["version", "--bogus"]) == 125
+    assert capsys.readouterr().err == ("unknown flag: --bogus\n"
+                                       "See 'docker hmigrate version --help'.\n")
 
 
 def test_unexpected_exception_is_one_line(monkeypatch, capsys) -> None:
@@ -115,7 +117,7 @@ def test_globals_after_hmigrate_via_typer(monkeypatch) -> None:
 
 
 def test_bad_log_level(capsys) -> None:
-    assert cli.run(["-l", "loud", "version", "--client"]) == 2
+    assert cli.run(["-l", "loud", "version", "--client"]) == 125
     assert "unable to parse logging level" in capsys.readouterr().err
 
 
@@ -202,14 +204,15 @@ def test_reporter_json_mode() -> None:
     with rep.phase("transfer") as ph:
         ph.update("12 MiB")
     rep.info("quiet in json mode")
-    rep.summary({"downtime_s": 0.5})
+    rep.set("downtime_seconds", 0.5)
+    rep.summary({"downtime": "0.500 s"})  # display only: never in the document
     assert out.getvalue() == "" and err.getvalue() == ""
     rep.finish()
     rep.finish()  # only once
     doc = json.loads(out.getvalue())
-    assert doc["ok"] is True
+    assert doc["ok"] is True and doc["schema"] == "hmigrate/v1"
     assert doc["phases"][0]["name"] == "transfer" and doc["phases"][0]["detail"] == "12 MiB"
-    assert doc["downtime_s"] == 0.5
+    assert doc["downtime_seconds"] == 0.5 and "downtime" not in doc
     assert doc["messages"] == [{"level": "info", "message": "quiet in json mode"}]
 
 
@@ -304,5 +307,5 @@ def test_shell_init(tmp_path: Path, capsys, typed: str, expected: str, shell: st
 
 
 def test_shell_init_rejects_unknown_shell(capsys) -> None:
-    assert cli.run(["shell-init", "fish"]) == 2
+    assert cli.run(["shell-init", "fish"]) == 125
     assert "unsupported shell" in capsys.readouterr().err

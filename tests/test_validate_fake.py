@@ -103,7 +103,7 @@ def test_cross_isa_refused_and_cpu_flags():
 
 
 def test_same_daemon_refused():
-    expect(run(FakeHost("a"), FakeHost("a")), errors.UsageError, 2, "same daemon")
+    expect(run(FakeHost("a"), FakeHost("a")), errors.UsageError, 125, "same daemon")
 
 
 class StreamingAPI:

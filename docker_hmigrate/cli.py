@@ -6,7 +6,10 @@ use:
 
 * get_globals(ctx) -> GlobalOptions        docker's global flags for this run
 * get_reporter(ctx, json_mode=...) -> Reporter  progress/summary/JSON output
-* complete_container / complete_context    typer `autocompletion=` callbacks
+* command(name)                            registers a subcommand with docker-style help
+
+Completion (docker's `__complete` protocol) is in docker_hmigrate/completion.py; it
+reads the command tree, so a new subcommand needs nothing there.
 """
 
 from __future__ import annotations
@@ -129,29 +132,6 @@ FormatOpt = Annotated[str | None, typer.Option(
     "--format", metavar="FORMAT", help='Output format: "json" (as --json) or "text"')]
 
 
-def complete_context(ctx: click.Context, incomplete: str) -> list[str]:
-    """Completion: context names (for --to)."""
-    try:
-        names = [e.name for e in hosts.list_contexts(get_globals(ctx))]
-    except Exception:  # completion must never fail loudly
-        return []
-    return [n for n in names if n.startswith(incomplete)]
-
-
-def complete_container(ctx: click.Context, incomplete: str) -> list[str]:
-    """Completion: names of running containers on the source host."""
-    try:
-        endpoint = hosts.resolve_source(get_globals(ctx))
-        client = hosts.connect(endpoint, timeout=5)
-        try:
-            names = [c.name for c in client.containers.list()]
-        finally:
-            client.close()
-    except Exception:
-        return []
-    return sorted(n for n in names if n.startswith(incomplete))
-
-
 # ---- global options --------------------------------------------------------------------
 
 
@@ -166,7 +146,6 @@ def _globals_callback(
             metavar="NAME",
             help="Docker context of the source host (overrides DOCKER_HOST and `docker "
             "context use`)",
-            autocompletion=complete_context,
         ),
     ] = None,
     host: Annotated[
@@ -281,7 +260,6 @@ def version_cmd(
             "--to",
             metavar="CONTEXT|URL",
             help="Also show this target host (context or URL)",
-            autocompletion=complete_context,
         ),
     ] = None,
     client_only: Annotated[
@@ -388,6 +366,10 @@ def install_cmd(
     system: Annotated[
         bool, typer.Option("--system", help=f"Install for all users into {SYSTEM_PLUGIN_DIR}")
     ] = False,
+    user: Annotated[
+        bool,
+        typer.Option("--user", help="Install into this user's <config dir>/cli-plugins only"),
+    ] = False,
     directory: Annotated[
         str | None, typer.Option("--dir", metavar="DIR", help="Install into this plugin directory")
     ] = None,
@@ -397,22 +379,39 @@ def install_cmd(
 ) -> None:
     """Install the plugin so that `docker hmigrate` works (idempotent).
 
-    By default links `docker-hmigrate` into the docker CLI's per-user plugin directory,
-    <config dir>/cli-plugins (~/.docker/cli-plugins, or $DOCKER_CONFIG/cli-plugins).
+    Like buildx and compose, it goes into the docker CLI's system plugin folder,
+    /usr/local/lib/docker/cli-plugins, where docker looks whatever --config or
+    DOCKER_CONFIG says: the default when run as root (or with --system). Otherwise
+    (or with --user) it goes into <config dir>/cli-plugins (~/.docker/cli-plugins, or
+    $DOCKER_CONFIG/cli-plugins), which docker searches only while it uses that config dir.
 
     Examples:
 
-      docker-hmigrate install
+      sudo docker-hmigrate install
 
-      sudo docker-hmigrate install --system
+      docker-hmigrate install --user
     """
     g = get_globals(ctx)
+    if sum((system, user, directory is not None)) > 1:
+        raise errors.UsageError("give only one of --system, --user and --dir")
     if directory:
         dest_dir = Path(directory).expanduser()
-    elif system:
+    elif system or (not user and os.geteuid() == 0):
         dest_dir = Path(SYSTEM_PLUGIN_DIR)
     else:
         dest_dir = hosts.config_dir(g) / "cli-plugins"
+    _install_into(dest_dir, copy)
+    if not directory and dest_dir != Path(SYSTEM_PLUGIN_DIR):
+        typer.echo(
+            f"note: docker finds it only while its config dir is {dest_dir.parent} "
+            "(`docker --config DIR` or DOCKER_CONFIG=DIR elsewhere hide it); to have it "
+            "with any config dir: `sudo docker-hmigrate install` (system-wide, as buildx), "
+            f'or add "cliPluginsExtraDirs": ["{dest_dir}"] to that config.json'
+        )
+    typer.echo("run `docker hmigrate --help` to check")
+
+
+def _install_into(dest_dir: Path, copy: bool) -> None:
     dest = dest_dir / EXECUTABLE
     src = _own_executable()
     try:
@@ -438,9 +437,8 @@ def install_cmd(
     except PermissionError as exc:
         raise errors.HmigrateError(
             f"cannot write to {dest_dir}: permission denied",
-            hint="run with sudo for --system, or install per user without --system",
+            hint="run it with sudo for a system-wide install, or add --user",
         ) from exc
-    typer.echo("run `docker hmigrate --help` to check")
 
 
 def _replace(dest: Path, make: Any) -> None:
@@ -580,7 +578,8 @@ def wants_json(argv: list[str]) -> bool:
 def _usage_error(exc: click.exceptions.UsageError, argv: list[str]) -> int:
     """A command line click cannot parse: docker's two lines on stderr, exit 125; with
     --json also the error document on stdout (scripts read stdout only)."""
-    text = format_usage_error(exc)
+    name = _command_name(argv)
+    text = format_usage_error(exc, f"{PROG} {name}" if name else PROG)
     err = errors.UsageError(text.splitlines()[0], hint=text.splitlines()[1])
     if wants_json(argv):
         from docker_hmigrate.output import Reporter
@@ -614,62 +613,11 @@ def _command_name(argv: list[str]) -> str | None:
 
 
 def complete(args: list[str]) -> int:
-    """Answer the docker CLI's cobra-style completion request.
+    """Answer the docker CLI's completion request (`docker-hmigrate __complete hmigrate
+    ARGS...`): see docker_hmigrate/completion.py."""
+    from docker_hmigrate import completion
 
-    `docker hmigrate mi<TAB>` makes docker run `docker-hmigrate __complete hmigrate mi`;
-    it expects one candidate a line and a final `:<directive>` line
-    (4 = no file completion, 0 = default).
-    """
-    import importlib
-
-    shell_completion = importlib.import_module(click.__name__ + ".shell_completion")
-
-    words, incomplete = (args[:-1], args[-1]) if args else ([], "")
-    try:
-        pre_globals, words = _split_globals(words)
-        state = CliState(pre_globals=pre_globals, globals=GlobalOptions.from_dict(pre_globals))
-        command = typer.main.get_command(app)
-        comp = _cobra_completer(shell_completion)(
-            command, {"obj": state}, PROG, "_DOCKER_HMIGRATE_COMPLETE"
-        )
-        items = comp.get_completions(words, incomplete)
-    except Exception:
-        sys.stdout.write(":1\n")  # ShellCompDirectiveError
-        return 0
-    values = [i.value for i in items if i.type == "plain"]
-    for v in values:
-        sys.stdout.write(v + "\n")
-    files = any(i.type in ("file", "dir") for i in items)
-    sys.stdout.write(":0\n" if files else ":4\n")
-    return 0
-
-
-def _cobra_completer(shell_completion: Any) -> Any:
-    """A ShellComplete that only computes candidates (docker's shell script formats them)."""
-
-    class CobraComplete(shell_completion.ShellComplete):  # type: ignore[misc,name-defined]
-        name = "cobra"
-        source_template = ""
-
-        def source_vars(self) -> dict[str, Any]:
-            return {}
-
-        def get_completion_args(self) -> tuple[list[str], str]:
-            return [], ""
-
-        def format_completion(self, item: Any) -> str:
-            return str(item.value)
-
-    return CobraComplete
-
-
-def _split_globals(words: list[str]) -> tuple[dict[str, object], list[str]]:
-    from docker_hmigrate.plugin import ArgError, parse_global_flags
-
-    try:
-        return parse_global_flags(words)
-    except ArgError:
-        return {}, words
+    return completion.answer(app, args)
 
 
 # ---- hook for the migration commands (docker_hmigrate/commands.py) ----------------------

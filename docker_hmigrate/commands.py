@@ -16,8 +16,6 @@ from docker_hmigrate import errors, hosts
 from docker_hmigrate.cli import (
     FormatOpt,
     JsonOpt,
-    complete_container,
-    complete_context,
     get_globals,
     get_reporter,
 )
@@ -28,8 +26,7 @@ from docker_hmigrate.spec import target_spec
 from docker_hmigrate.validate import image_check, validate
 
 ContainerArg = Annotated[
-    str, typer.Argument(metavar="CONTAINER", help="Container name or id on the source host",
-                        autocompletion=complete_container)]
+    str, typer.Argument(metavar="CONTAINER", help="Container name or id on the source host")]
 
 
 def open_source(ctx: typer.Context) -> Host:
@@ -46,8 +43,7 @@ def migrate_cmd(
     ctx: typer.Context,
     container: ContainerArg,
     to: Annotated[str, typer.Option(
-        "--to", metavar="CONTEXT|URL", help="Target host: a Docker context or a daemon URL",
-        autocompletion=complete_context)],
+        "--to", metavar="CONTEXT|URL", help="Target host: a Docker context or a daemon URL")],
     name: Annotated[str | None, typer.Option(
         "--name", help="Name of the container on the target (default: the same)")] = None,
     keep_source: Annotated[bool, typer.Option(
@@ -109,7 +105,7 @@ def check_cmd(
     ctx: typer.Context,
     container: ContainerArg,
     to: Annotated[list[str] | None, typer.Option(
-        "--to", metavar="CONTEXT|URL", autocompletion=complete_context,
+        "--to", metavar="CONTEXT|URL",
         help="Target to check; repeat it to rank several. Default: every context")] = None,
     json_mode: JsonOpt = False,
     fmt: FormatOpt = None,
@@ -289,7 +285,8 @@ def recode_cmd(
     images: Annotated[Path, typer.Argument(
         help="A CRIU image set (checkpoint folder) taken on the source ISA",
         exists=True, file_okay=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the result")],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR",
+                                         help="Folder for the result")],
     program_dir: Annotated[Path, typer.Option(
         "--program", "-p", exists=True, file_okay=False,
         help="Folder with NAME_x86-64, NAME_aarch64 and NAME.hmigrate.json")],

@@ -219,10 +219,12 @@ def _flag_name(param: Any) -> str:
     return opts[0] if opts else (getattr(param, "opts", None) or ["?"])[0]
 
 
-def usage_error_text(exc: click.exceptions.UsageError) -> tuple[str, str]:
-    """(message, command path) of a click usage error, worded as docker words them."""
+def usage_error_text(exc: click.exceptions.UsageError,
+                     fallback_path: str = "docker hmigrate") -> tuple[str, str]:
+    """(message, command path) of a click usage error, worded as docker words them.
+    `fallback_path` names the command when click's parser gave no context."""
     ctx = exc.ctx
-    path = ctx.command_path if ctx is not None else "docker hmigrate"
+    path = ctx.command_path if ctx is not None else fallback_path
     cmd = ctx.command if ctx is not None else None
     msg = exc.message
     if isinstance(exc, click.exceptions.MissingParameter):
@@ -250,7 +252,7 @@ def usage_error_text(exc: click.exceptions.UsageError) -> tuple[str, str]:
     m = re.match(r"No such command '(.*)'", msg)
     if m:
         return f"docker: unknown command: {path} {m.group(1)}", path
-    m = re.match(r"Got unexpected extra arguments? \((.*)\)", msg)
+    m = re.match(r"Got unexpected extra argument(?:s|\(s\))? \((.*)\)", msg)
     if m:
         n = _required_args(cmd, ctx)
         return (f"docker: '{path}' accepts {n} argument{'s' if n != 1 else ''}, "
@@ -260,7 +262,8 @@ def usage_error_text(exc: click.exceptions.UsageError) -> tuple[str, str]:
     return msg, path
 
 
-def format_usage_error(exc: click.exceptions.UsageError) -> str:
+def format_usage_error(exc: click.exceptions.UsageError,
+                       fallback_path: str = "docker hmigrate") -> str:
     """The two lines docker prints for a usage error (buildx's form)."""
-    message, path = usage_error_text(exc)
+    message, path = usage_error_text(exc, fallback_path)
     return f"{message}\nSee '{path} --help'.\n"

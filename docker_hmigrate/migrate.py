@@ -29,6 +29,7 @@ import docker.errors
 from docker_hmigrate import errors, park, recode, transfer
 from docker_hmigrate.engine import Host, api_error_text
 from docker_hmigrate.output import Reporter
+from docker_hmigrate.polling import watch
 from docker_hmigrate.spec import ContainerSpec, target_spec
 from docker_hmigrate.validate import Check, Validation, image_check, validate
 
@@ -431,17 +432,16 @@ class Migration:
 
     def _verify_running(self, cid: str, host: Host | None = None) -> None:
         host = host or self.dst
-        deadline = time.monotonic() + self.opts.verify_seconds
-        while True:
+
+        def still_running() -> None:
             state = host.api.inspect_container(cid)["State"]
             if not state.get("Running") or state.get("Restarting"):
                 raise errors.RestoreFailed(
                     f"the restored container on {host.name} is {state.get('Status')} "
                     f"(exit code {state.get('ExitCode')}): {state.get('Error') or 'no error'}",
                     hint="the source was restored where it was")
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(0.1)
+
+        watch(still_running, self.opts.verify_seconds, 0.1)
 
     def _hook(self, point: str, fatal: bool = True, error: str = "") -> None:
         command = self.opts.hooks.get(point)

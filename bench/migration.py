@@ -92,7 +92,7 @@ def hmigrate(kind: str, redis_mb: int) -> dict[str, float]:
         total = time.monotonic() - t0
         doc = json.loads(out)
         return {"downtime": doc["downtime_seconds"], "total": total,
-                **{f"phase {k}": v for k, v in doc["phase_seconds"].items()}}
+                **{f"phase {p['name']}": p["seconds"] for p in doc["phases"]}}
     finally:
         for ctx in ("hm-a", "hm-b"):
             subprocess.run([DOCKER_CLI, "--context", ctx, "rm", "-f", name], capture_output=True)

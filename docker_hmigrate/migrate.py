@@ -63,6 +63,7 @@ class Migration:
         self.src, self.dst, self.opts, self.rep = src, dst, opts, reporter
         self.checkpoint = f"hmigrate-{uuid.uuid4().hex[:10]}"
         self.created = Created()
+        self.target_id: str | None = None  # kept for the report once `created` is cleared
         self.inspect: dict[str, Any] = {}
         self.spec: ContainerSpec | None = None
         self.validation: Validation | None = None
@@ -149,7 +150,7 @@ class Migration:
                 self.dst.api._post_json(url, data=body, params={"name": self.spec.name}),
                 json=True,
             )
-            self.created.target_container = res["Id"]
+            self.created.target_container = self.target_id = res["Id"]
             for net in list(self.spec.networks)[1:]:
                 self.dst.api.connect_container_to_network(res["Id"], net)
             self._open_links(self.dst.inspect(res["Id"]))
@@ -478,7 +479,7 @@ class Migration:
             "container": self.inspect["Name"].lstrip("/"),
             "container_id": self.inspect["Id"],
             "target_container": self.spec.name,
-            "target_container_id": self.created.target_container,
+            "target_container_id": self.target_id,
             "source": self.src.name,
             "target": self.dst.name,
             "source_isa": self.src.isa,

@@ -45,11 +45,13 @@ def migrate_cmd(
     to: Annotated[str, typer.Option(
         "--to", metavar="CONTEXT|URL", help="Target host: a Docker context or a daemon URL")],
     name: Annotated[str | None, typer.Option(
-        "--name", help="Name of the container on the target (default: the same)")] = None,
+        "--name", metavar="NAME",
+        help="Name of the container on the target (default: the same)")] = None,
     keep_source: Annotated[bool, typer.Option(
         "--keep-source", help="Leave the stopped source container instead of removing it")] = False,
     force: Annotated[bool, typer.Option(
-        "--force", help="Migrate even if validations fail")] = False,
+        "--force", help="Migrate even if checks fail that forcing can get past (memory and "
+                        "disk estimates, CRIU/cgroup/CPU differences)")] = False,
     hook_pre_restore: Annotated[str | None, typer.Option(
         "--hook-pre-restore", metavar="CMD",
         help="Shell command run before the restore; a failure aborts and rolls back")] = None,
@@ -182,7 +184,8 @@ def checkpoint_cmd(
     ctx: typer.Context,
     container: ContainerArg,
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Write the checkpoint as a tar file here (mode 0600)")],
+        "--output", "-o", metavar="FILE",
+        help="Write the checkpoint as a tar file here (mode 0600)")],
     leave_running: Annotated[bool, typer.Option(
         "--leave-running", help="Keep the container running after the dump")] = False,
     json_mode: JsonOpt = False,
@@ -200,6 +203,14 @@ def checkpoint_cmd(
     """
     rep = get_reporter(ctx, json_mode=json_mode, fmt=fmt)
     json_mode = rep.json_mode
+    # Before anything is frozen: a file that cannot be written would leave the container
+    # stopped with its checkpoint deleted.
+    folder = output.parent if str(output.parent) else Path(".")
+    if output.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise errors.UsageError(
+            f"cannot write the checkpoint to {output}: "
+            + ("it is a folder" if output.is_dir() else f"{folder} is not a writable folder"),
+            hint="name a file in an existing folder you can write to")
     src = open_source(ctx)
     inspect = src.inspect(container)
     name = f"hmigrate-{uuid.uuid4().hex[:10]}"
@@ -235,7 +246,8 @@ def restore_cmd(
     ctx: typer.Context,
     container: ContainerArg,
     input_: Annotated[Path, typer.Option(
-        "--input", "-i", exists=True, dir_okay=False, help="A tar made by `checkpoint`")],
+        "--input", "-i", metavar="FILE", exists=True, dir_okay=False,
+        help="A tar made by `checkpoint`")],
     json_mode: JsonOpt = False,
     fmt: FormatOpt = None,
 ) -> None:
@@ -288,13 +300,13 @@ def recode_cmd(
     output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR",
                                          help="Folder for the result")],
     program_dir: Annotated[Path, typer.Option(
-        "--program", "-p", exists=True, file_okay=False,
+        "--program", "-p", metavar="DIR", exists=True, file_okay=False,
         help="Folder with NAME_x86-64, NAME_aarch64 and NAME.hmigrate.json")],
-    to_isa: Annotated[str, typer.Option("--to-isa", help="x86-64 or aarch64")],
+    to_isa: Annotated[str, typer.Option("--to-isa", metavar="ISA", help="x86-64 or aarch64")],
     path: Annotated[str, typer.Option(
-        "--path", help="The program's path inside the container")] = "",
+        "--path", metavar="PATH", help="The program's path inside the container")] = "",
     template: Annotated[Path | None, typer.Option(
-        "--template", exists=True, file_okay=False,
+        "--template", metavar="DIR", exists=True, file_okay=False,
         help="A checkpoint of the same program taken on the target host: its vDSO, auxv "
              "and register layout are used (migrate always takes one)")] = None,
     json_mode: JsonOpt = False,

@@ -1,4 +1,4 @@
-"""The migration pipeline, phase by phase (DESIGN.md, "The migration, phase by phase").
+"""The migration pipeline, phase by phase (docs/design.md, "The migration, phase by phase").
 
     1 validate   2 prepare target   3 checkpoint (freeze)   4 move   5 recode
     6 restore + verify   7 commit, or roll back

@@ -246,3 +246,17 @@ def test_docker_finds_the_plugin_with_any_config(tmp_path: Path) -> None:
     assert "installed: /usr/local/lib/docker/cli-plugins/docker-hmigrate" in proc.stdout
     assert "docker-hmigrate 0.1.0" in proc.stdout
     assert not Path("/usr/local/lib/docker").exists()  # nothing left outside the namespace
+
+
+@pytest.mark.parametrize("where", ["missing/x.tar", "."])
+def test_checkpoint_refuses_an_unwritable_output_before_freezing(capsys, tmp_path, monkeypatch,
+                                                                 where: str) -> None:
+    """`checkpoint C -o /nonexistent/x.tar` stopped the container, deleted the checkpoint
+    and said "unexpected FileNotFoundError"."""
+    from docker_hmigrate import commands
+
+    opened = []
+    monkeypatch.setattr(commands, "open_source", lambda ctx: opened.append(1))
+    code, _, err = run(capsys, "checkpoint", "web", "-o", str(tmp_path / where))
+    assert code == 125 and opened == []
+    assert "error: cannot write the checkpoint to" in err and "unexpected" not in err

@@ -260,3 +260,25 @@ def test_checkpoint_refuses_an_unwritable_output_before_freezing(capsys, tmp_pat
     code, _, err = run(capsys, "checkpoint", "web", "-o", str(tmp_path / where))
     assert code == 125 and opened == []
     assert "error: cannot write the checkpoint to" in err and "unexpected" not in err
+
+
+def test_reference_documents_every_command_and_flag() -> None:
+    """docs/reference.md: a section per command with each of its flags."""
+    import re
+
+    import typer
+    from typer import _click as click
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text()
+    sections = dict(re.findall(r"^## `docker hmigrate (\S+)`\n(.*?)(?=^## |\Z)", text,
+                               re.S | re.M))
+    group = typer.main.get_command(cli.app)
+    ctx = click.Context(group, info_name="hmigrate")
+    for name in group.list_commands(ctx):
+        assert name in sections, f"docs/reference.md has no section for {name}"
+        cmd = group.get_command(ctx, name)
+        for p in cmd.get_params(ctx):
+            for flag in getattr(p, "opts", []):
+                if flag.startswith("--") and flag != "--help":
+                    assert flag in sections[name], f"{name} {flag}: add it to docs/reference.md"
+        assert "Exit codes:" in sections[name], name

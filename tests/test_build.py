@@ -356,11 +356,12 @@ def test_missing_dockerfile_is_a_usage_error(tmp_path: Path, capsys) -> None:
     code = cli.run(["build", "-t", "localhost:5000/me/x", str(tmp_path)],
                    {"host": ["unix:///nonexistent.sock"]})
     err = capsys.readouterr().err
-    assert code == 2 and f"no Dockerfile at {tmp_path}/Dockerfile" in err and "hint:" in err
+    assert code == errors.UsageError.exit_code  # 125, as docker's own usage errors
+    assert f"no Dockerfile at {tmp_path}/Dockerfile" in err and "hint:" in err
     code = cli.run(["build", "-t", "x", "-f", str(tmp_path / "nope"), str(tmp_path)])
-    assert code == 2 and "no Dockerfile at" in capsys.readouterr().err
+    assert code == errors.UsageError.exit_code and "no Dockerfile at" in capsys.readouterr().err
     code = cli.run(["build", "-t", "x", str(tmp_path / "nothing")])
-    assert code == 2 and "is not a directory" in capsys.readouterr().err
+    assert code == errors.UsageError.exit_code and "is not a directory" in capsys.readouterr().err
 
 
 def test_push_without_registry_in_the_name(tmp_path: Path) -> None:

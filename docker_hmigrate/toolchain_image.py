@@ -42,7 +42,10 @@ SUITE = "bookworm"
 PACKAGES = ("gcc,make,libc6-dev,binutils,gcc-aarch64-linux-gnu,binutils-aarch64-linux-gnu,"
             "libc6-dev-arm64-cross,musl-dev,musl-dev:arm64,musl-tools,python3,python3-pip,"
             "dpkg-dev,xz-utils,patch,pkg-config,file")
-WHEELS = ("pyelftools>=0.31", "capstone>=5.0,<6")
+# What hmigrate-cc imports (a unit test checks it against the toolchain's imports and
+# lab/builder/build's WHEELS).
+WHEELS = ("pyelftools>=0.31", "capstone>=5.0,<6", "tenacity>=8.2")
+WHEEL_MODULES = {"elftools": "pyelftools", "capstone": "capstone", "tenacity": "tenacity"}
 LABEL_ROOTFS = "org.hmigrate.rootfs"
 LABEL_RECIPE = "org.hmigrate.recipe"
 PATH_ENV = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -398,3 +398,23 @@ def test_label_option_cannot_override_the_program_labels(tmp_path: Path) -> None
     for key in ("org.hmigrate.program", ""):
         with pytest.raises(errors.UsageError, match="KEY=VALUE"):
             build.check_inputs(build.BuildOptions("x", tmp_path, labels={key: "/x"}))
+
+
+def test_toolchain_wheels_cover_what_hmigrate_cc_imports() -> None:
+    import ast
+    import sys
+
+    third_party = set()
+    for name, path in toolchain_image.package_sources():
+        if name.endswith(".py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                mods = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                        [node.module] if isinstance(node, ast.ImportFrom) and not node.level
+                        else [])
+                third_party |= {m.split(".")[0] for m in mods or [] if m}
+    third_party -= set(sys.stdlib_module_names) | {"docker_hmigrate", "__future__"}
+    wheels = {w.split(">")[0].split("<")[0].split("=")[0] for w in toolchain_image.WHEELS}
+    assert {toolchain_image.WHEEL_MODULES.get(m, m) for m in third_party} <= wheels
+    text = (REPO / "lab" / "builder" / "build").read_text()
+    lab = re.findall(r'"([^"]+)"', re.search(r"^WHEELS=\((.*)\)", text, re.M).group(1))
+    assert tuple(lab) == toolchain_image.WHEELS

@@ -92,6 +92,8 @@ def migrate_cmd(
         "total": f"{result['total_seconds']:.3f} s",
         "moved": f"{result['bytes_moved'] / 1e6:.1f} MB",
         **{f"phase {k}": f"{v:.3f} s" for k, v in result["phase_seconds"].items()},
+        "checkpoint by": result.get("checkpoint_path", "api"),
+        **({"CRIU dump": result["criu_summary"]} if result.get("criu_summary") else {}),
     }, title="Migration complete")
     rep.finish()
 

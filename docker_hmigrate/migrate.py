@@ -26,7 +26,8 @@ from typing import Any
 
 import docker.errors
 
-from docker_hmigrate import errors, park, recode, transfer
+from docker_hmigrate import errors, fastpath, park, recode, transfer
+from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import Host, api_error_text
 from docker_hmigrate.output import Reporter
 from docker_hmigrate.spec import ContainerSpec, target_spec
@@ -75,6 +76,11 @@ class Migration:
         self.program: recode.Program | None = None
         self._checkpoint_link: transfer.FolderLink | None = None  # cross-ISA: via recode
         self._workdir: Path | None = None  # cross-ISA: the images, locally (mode 0700)
+        # --- fast checkpoint path (fastpath.py, issue 11) ---
+        self._fast: fastpath.FastCheckpoint | None = None
+        self._fast_link = -1  # index of the checkpoint stream in self._transfers
+        self.checkpoint_path = "api"  # or "runc": how the source was dumped
+        self._checkpoint_record = None  # the checkpoint phase, for CRIU's figures
 
     # --- the pipeline --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -90,6 +96,10 @@ class Migration:
             self._run_phases()
         finally:
             self._links.close()  # helper containers, on both hosts
+            if self._fast:  # fast path: CRIU's figures, then the agent and tmpfs images go
+                with contextlib.suppress(docker.errors.APIError):
+                    self._fast.read_stats()
+                self._fast.close()
             if self._workdir and os.environ.get("HMIGRATE_KEEP_IMAGES") == "1":
                 # debugging a recode: the images stay, readable by root only (0700)
                 self.rep.warn(f"cross-ISA images kept in {self._workdir} "
@@ -192,8 +202,11 @@ class Migration:
                 "checkpoint", self.src, self.src.checkpoint_dir(self.inspect["Id"]),
                 self.dst, self.dst.checkpoint_dir(target["Id"])))
         else:
-            link("checkpoint", self.src.checkpoint_dir(self.inspect["Id"]),
-                 self.dst.checkpoint_dir(target["Id"]), self.checkpoint, "")
+            # fast path (issue 11): the images come from a tmpfs folder, not dockerd's
+            src_folder = self._fast_prepare() or self.src.checkpoint_dir(self.inspect["Id"])
+            self._fast_link = len(self._transfers)
+            link("checkpoint", src_folder, self.dst.checkpoint_dir(target["Id"]),
+                 self.checkpoint, "")
         link("filesystem changes", _upper_dir(self.src, self.inspect),
              _upper_dir(self.dst, target), ".", "")
         for vol in self.spec.volumes:
@@ -216,7 +229,10 @@ class Migration:
 
     def phase_checkpoint(self) -> None:
         with self.rep.phase("checkpoint") as ph:
+            self._checkpoint_record = ph.record
             self.frozen_at = self.frozen_at or time.monotonic()
+            if self._fast_checkpoint(ph):  # fast path (issue 11); False: the API's
+                return
             try:
                 self.src.checkpoint_create(self.inspect["Id"], self.checkpoint, exit=True)
             except docker.errors.APIError as exc:
@@ -329,6 +345,8 @@ class Migration:
                     self.dst.api.remove_network(net)
             if created.source_frozen:
                 try:
+                    if self._fast and self._fast.dumped:  # fast path: images in tmpfs
+                        self._fast.stage_for_restore(self.src.checkpoint_dir(self.inspect["Id"]))
                     self.src.start(self.inspect["Id"], checkpoint=self.checkpoint)
                     if created.source_parked:
                         park.resume_all(self.src, self.inspect["Id"], self.program.park_protocol)
@@ -352,6 +370,60 @@ class Migration:
                 hint=f"the checkpoint {self.checkpoint} is kept on {self.src.name}: "
                      f"docker start --checkpoint {self.checkpoint} {self.opts.container}",
             ) from cause
+
+    # --- fast checkpoint path and CRIU's figures (fastpath.py, criu/stats.py; issue 11) ----
+    def _fast_prepare(self) -> str | None:
+        """Before the freeze: the agent for a runc dump into tmpfs; its folder, or None
+        (the API path, with the reason in the result)."""
+        fast = fastpath.FastCheckpoint(self.src, self.inspect, self.checkpoint)
+        try:
+            fast.prepare()
+        except fastpath.FastPathUnavailable as exc:
+            self.rep.set("checkpoint_fast_path", f"not used: {exc}")
+            return None
+        self._fast = fast
+        return fast.folder
+
+    def _fast_checkpoint(self, ph) -> bool:
+        """Dump through runc; False when the API path must do it (the source still runs)."""
+        if self._fast is None:
+            return False
+        try:
+            self._fast.dump()
+        except fastpath.FastPathUnavailable as exc:
+            self.rep.warn(f"fast checkpoint failed, using Docker's checkpoint API: {exc}")
+            self.rep.set("checkpoint_fast_path", f"failed: {exc}")
+            self._fast.close()
+            self._fast = None
+            # the stream now starts in dockerd's checkpoints folder
+            folder = transfer.FolderLink(
+                "checkpoint", self.src, self.src.checkpoint_dir(self.inspect["Id"]),
+                self.dst, self.dst.checkpoint_dir(self.created.target_container))
+            _old, sub, dst_sub = self._transfers[self._fast_link]
+            self._transfers[self._fast_link] = (self._links.enter_context(folder), sub, dst_sub)
+            self.frozen_at = time.monotonic()  # CRIU resumed it: frozen again from here
+            return False
+        self.created.source_frozen = True
+        self.checkpoint_path = "runc"
+        ph.update(f"checkpoint {self.checkpoint} (runc, tmpfs)")
+        return True
+
+    def _criu_figures(self) -> dict[str, Any]:
+        """CRIU's own figures next to the wall time Docker adds (result data, and the
+        checkpoint phase's data). The API path cannot give them: containerd deletes the
+        work folder where CRIU writes stats-dump / stats-restore."""
+        out: dict[str, Any] = {"checkpoint_path": self.checkpoint_path}
+        dump = self._fast.read_stats() if self._fast else None
+        if dump:
+            wall = next((p.seconds for p in self.rep.phases if p.name == "checkpoint"), 0.0)
+            dump = {**dump, "wall_seconds": round(wall, 6),
+                    "outside_criu_seconds": round(wall - dump.get("frozen_seconds", 0), 6),
+                    "bytes_written": dump.get("pages_written", 0) * criu_stats.PAGE_SIZE}
+            out["criu_dump"] = dump
+            out["criu_summary"] = criu_stats.summary(dump)
+            if self._checkpoint_record is not None:
+                _phase_data(self._checkpoint_record)["criu"] = dump
+        return out
 
     # --- helpers -------------------------------------------------------------------------
     def _target_image(self) -> str:
@@ -479,10 +551,16 @@ class Migration:
             "bytes_moved": self.bytes_moved,
             "phase_seconds": phases,
             "source_kept": self.opts.keep_source,
+            **self._criu_figures(),  # issue 11
         }
         for k, v in result.items():
             self.rep.set(k, v)
         return result
+
+
+def _phase_data(record) -> dict[str, Any]:
+    """The data fields of a phase (PhaseRecord.data, rendered by output.py)."""
+    return record.data
 
 
 def _upper_dir(host: Host, inspect: dict[str, Any]) -> str:

@@ -17,12 +17,13 @@ sees it exit as after `docker checkpoint create`). CRIU's work folder (dump.log,
 stats-dump) stays in the same tmpfs folder, so CRIU's own figures can be read.
 
 Docker's view afterwards is what the API path leaves: the source "Exited (137)", then
-removed at commit; the target started by `docker start --checkpoint`, so `ps`,
-`inspect`, `logs`, `stop` and its restart policy are Docker's own. Where the path does
-not apply (another runtime, a restart policy that would restart the dumped source, no
-tmpfs, the agent refused) `FastCheckpoint.prepare` says why and the migration takes the
-API path; a failed dump leaves the container running (CRIU resumes it), and the API path
-is tried next.
+removed at commit (migrate.py holds the source's restart policy at "no" from before the
+freeze, for both paths, or dockerd would restart the dumped source); the target started
+by `docker start --checkpoint`, so `ps`, `inspect`, `logs`, `stop` and its restart policy
+are Docker's own. Where the path does not apply (another runtime, no runc state found,
+the agent refused) `FastCheckpoint.prepare` says why and the migration takes the API
+path; a failed dump leaves the container running (CRIU resumes it), and the API path is
+tried next.
 """
 
 from __future__ import annotations
@@ -65,10 +66,6 @@ def refusal(host: Host, inspect: dict[str, Any]) -> str | None:
     runtime = inspect["HostConfig"].get("Runtime") or host.info.get("DefaultRuntime", "runc")
     if runtime != "runc":
         return f"runtime {runtime}, not runc"
-    policy = (inspect["HostConfig"].get("RestartPolicy") or {}).get("Name") or "no"
-    if policy != "no":
-        # dockerd would restart the dumped source (exit 137) under its policy
-        return f"restart policy {policy}"
     return None
 
 

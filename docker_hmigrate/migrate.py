@@ -81,6 +81,7 @@ class Migration:
         self._fast_link = -1  # index of the checkpoint stream in self._transfers
         self.checkpoint_path = "api"  # or "runc": how the source was dumped
         self._checkpoint_record = None  # the checkpoint phase, for CRIU's figures
+        self._held_policy: dict[str, Any] | None = None  # the source's restart policy
 
     # --- the pipeline --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -157,6 +158,7 @@ class Migration:
             for net in list(self.spec.networks)[1:]:
                 self.dst.api.connect_container_to_network(res["Id"], net)
             self._open_links(self.dst.inspect(res["Id"]))
+            self._hold_restart_policy()  # issue 11: before the freeze
             ph.update(f"created {self.spec.name} ({res['Id'][:12]})")
 
     def _template_checkpoint(self, ph) -> None:
@@ -363,6 +365,7 @@ class Migration:
                 except errors.HmigrateError as exc:
                     problems.append(exc.message)
             ph.update("source restored" if created.source_frozen else "target cleaned")
+        self._release_restart_policy(problems)  # issue 11
         self.created = Created()
         if problems:
             raise errors.RollbackFailed(
@@ -407,6 +410,28 @@ class Migration:
         self.checkpoint_path = "runc"
         ph.update(f"checkpoint {self.checkpoint} (runc, tmpfs)")
         return True
+
+    def _hold_restart_policy(self) -> None:
+        """dockerd applies a container's restart policy to the exit a checkpoint causes
+        (API path and fast path alike: seen on 20.10, `always` restarted a dumped counter
+        from 0): a second, fresh source would run while its state moves, and a rollback's
+        `start --checkpoint` would then fail. So the source runs under "no" from just before
+        the freeze; a rollback gives its policy back, the target has it from the spec."""
+        policy = self.inspect["HostConfig"].get("RestartPolicy") or {}
+        if (policy.get("Name") or "no") == "no":
+            return
+        self.src.api.update_container(self.inspect["Id"], restart_policy={"Name": "no"})
+        self._held_policy = policy
+
+    def _release_restart_policy(self, problems: list[str]) -> None:
+        if self._held_policy is None:
+            return
+        try:
+            self.src.api.update_container(self.inspect["Id"], restart_policy=self._held_policy)
+            self._held_policy = None
+        except docker.errors.APIError as exc:
+            problems.append(f"give {self.opts.container} back its restart policy "
+                            f"{self._held_policy.get('Name')}: {api_error_text(exc)}")
 
     def _criu_figures(self) -> dict[str, Any]:
         """CRIU's own figures next to the wall time Docker adds (result data, and the

@@ -106,7 +106,9 @@ class RawContainer:
         self.state = "running"
         dump = criu_stats.read(work, "dump") or {}
         restore = criu_stats.read(work, "restore") or {}
+        frozen = dump.get("frozen_seconds", 0.0) + dump.get("freezing_seconds", 0.0)
         return {"downtime": t2 - t0, "total": t2 - t0, "dump wall": t1 - t0,
+                "frozen to running": frozen + (t2 - t1),
                 "restore wall": t2 - t1, "criu frozen": dump.get("frozen_seconds", 0.0),
                 "criu restore": restore.get("restore_seconds", 0.0),
                 "MB written": dump.get("pages_written", 0) * criu_stats.PAGE_SIZE / 1e6}

@@ -94,6 +94,8 @@ def migrate_cmd(
         **{f"phase {k}": f"{v:.3f} s" for k, v in result["phase_seconds"].items()},
         "checkpoint by": result.get("checkpoint_path", "api"),
         **({"CRIU dump": result["criu_summary"]} if result.get("criu_summary") else {}),
+        **({"frozen": f"{result['downtime_frozen_seconds']:.3f} s (CRIU's freeze to running "
+                      "on the target)"} if "downtime_frozen_seconds" in result else {}),
     }, title="Migration complete")
     rep.finish()
 

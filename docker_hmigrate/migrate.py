@@ -82,6 +82,7 @@ class Migration:
         self.checkpoint_path = "api"  # or "runc": how the source was dumped
         self._checkpoint_record = None  # the checkpoint phase, for CRIU's figures
         self._held_policy: dict[str, Any] | None = None  # the source's restart policy
+        self._dump_returned = 0.0  # when runc checkpoint returned (fast path)
 
     # --- the pipeline --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -406,6 +407,7 @@ class Migration:
             self._transfers[self._fast_link] = (self._links.enter_context(folder), sub, dst_sub)
             self.frozen_at = time.monotonic()  # CRIU resumed it: frozen again from here
             return False
+        self._dump_returned = time.monotonic()
         self.created.source_frozen = True
         self.checkpoint_path = "runc"
         ph.update(f"checkpoint {self.checkpoint} (runc, tmpfs)")
@@ -445,6 +447,12 @@ class Migration:
                     "outside_criu_seconds": round(wall - dump.get("frozen_seconds", 0), 6),
                     "bytes_written": dump.get("pages_written", 0) * criu_stats.PAGE_SIZE}
             out["criu_dump"] = dump
+            if self.downtime:
+                # The program ran on until CRIU froze it (CRIU's start-up, runc, the exec
+                # into the agent come first): frozen -> running on the target.
+                frozen = dump.get("frozen_seconds", 0) + dump.get("freezing_seconds", 0)
+                before_freeze = self._dump_returned - self.frozen_at - frozen
+                out["downtime_frozen_seconds"] = round(self.downtime - before_freeze, 3)
             out["criu_summary"] = criu_stats.summary(dump)
             if self._checkpoint_record is not None:
                 _phase_data(self._checkpoint_record)["criu"] = dump

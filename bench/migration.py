@@ -150,6 +150,17 @@ def _median(rows: list[dict[str, float]], key: str) -> float:
     return statistics.median(values) if values else float("nan")
 
 
+def _attempt(method: str, run, tries: int = 3) -> dict[str, float]:
+    """One measurement; a run the busy lab made fail (a cgroup freeze that timed out) is
+    said and retried, never counted."""
+    for i in range(tries):
+        try:
+            return run()
+        except RuntimeError as exc:
+            print(f"  ({method}: attempt {i + 1} failed: {str(exc)[-160:]})", flush=True)
+    raise RuntimeError(f"{method} failed {tries} times")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
@@ -157,8 +168,8 @@ def main() -> None:
                         help=f"comma-separated, of {', '.join(WORKLOADS)}")
     ns = parser.parse_args()
     data_root_b = connect("b").data_root
-    print(f"median of {ns.runs} runs; downtime = frozen until running again; raw CRIU = "
-          "runc checkpoint to tmpfs + runc restore on host a, no Docker")
+    print(f"median of {ns.runs} runs; raw CRIU = runc checkpoint to tmpfs + runc restore "
+          "on host a, no Docker")
     print("downtime = from the checkpoint request until running again (what a user "
           "waits); frozen = from CRIU's freeze (stats-dump) until running again, where "
           "CRIU's figures exist")
@@ -169,7 +180,7 @@ def main() -> None:
         runs: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
         for _ in range(ns.runs):  # interleaved, so drift affects every method alike
             for m, fn in METHODS.items():
-                runs[m].append(fn(kind, mb, data_root_b))
+                runs[m].append(_attempt(m, lambda fn=fn, k=kind, n=mb: fn(k, n, data_root_b)))
         med = {m: {k: _median(rs, k) for k in ("downtime", "total", "frozen to running")}
                for m, rs in runs.items()}
         for m in METHODS:

@@ -53,7 +53,7 @@ def fill_redis(port: int, redis_mb: int) -> None:
     deadline = time.monotonic() + 30
     while True:
         try:
-            client = Redis("127.0.0.1", port)
+            client = Redis("127.0.0.1", port, timeout=600)  # populating 1 GB takes a while
             client.call("PING")
             break
         except OSError:
@@ -97,10 +97,10 @@ def raw(kind: str, redis_mb: int) -> dict[str, float]:
 
 def manual(kind: str, redis_mb: int, data_root_b: str) -> dict[str, float]:
     name = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
-    args = start_workload(kind, name, redis_mb)
     ckdir = Path(tempfile.mkdtemp(prefix="bench-ck-"))
     ckdir.chmod(0o700)
     try:
+        args = start_workload(kind, name, redis_mb)
         t0 = time.monotonic()
         docker("hm-a", "checkpoint", "create", "--checkpoint-dir", str(ckdir), name, "ck")
         cid = docker("hm-b", "create", "--name", name, *args).strip()
@@ -117,8 +117,8 @@ def manual(kind: str, redis_mb: int, data_root_b: str) -> dict[str, float]:
 
 def hmigrate(kind: str, redis_mb: int) -> dict[str, float]:
     name = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
-    start_workload(kind, name, redis_mb)
     try:
+        start_workload(kind, name, redis_mb)
         t0 = time.monotonic()
         out = docker("hm-a", "hmigrate", "migrate", name, "--to", "hm-b", "--json",
                      "--verify-seconds", "0")

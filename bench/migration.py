@@ -127,7 +127,7 @@ def hmigrate(kind: str, redis_mb: int) -> dict[str, float]:
         criu = doc.get("criu_dump") or {}
         return {"downtime": doc["downtime_seconds"], "total": total,
                 "frozen to running": doc.get("downtime_frozen_seconds", float("nan")),
-                **{f"phase {k}": v for k, v in doc["phase_seconds"].items()},
+                **{f"phase {p['name']}": p["seconds"] for p in doc["phases"]},
                 "criu frozen": criu.get("frozen_seconds", float("nan")),
                 "criu memdump": criu.get("memdump_seconds", float("nan")),
                 "criu memwrite": criu.get("memwrite_seconds", float("nan")),

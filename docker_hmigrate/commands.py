@@ -14,6 +14,7 @@ import typer
 
 from docker_hmigrate import errors, hosts
 from docker_hmigrate.cli import complete_container, complete_context, get_globals, get_reporter
+from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import Host, api_error_text
 from docker_hmigrate.migrate import Migration, MigrationOptions, cross_isa_checks
 from docker_hmigrate.spec import target_spec
@@ -93,7 +94,8 @@ def migrate_cmd(
         "moved": f"{result['bytes_moved'] / 1e6:.1f} MB",
         **{f"phase {k}": f"{v:.3f} s" for k, v in result["phase_seconds"].items()},
         "checkpoint by": result.get("checkpoint_path", "api"),
-        **({"CRIU dump": result["criu_summary"]} if result.get("criu_summary") else {}),
+        **({"CRIU dump": criu_stats.summary(result["criu_dump"])}
+           if result.get("criu_dump") else {}),
         **({"frozen": f"{result['downtime_frozen_seconds']:.3f} s (CRIU's freeze to running "
                       "on the target)"} if "downtime_frozen_seconds" in result else {}),
     }, title="Migration complete")

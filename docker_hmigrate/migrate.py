@@ -453,7 +453,6 @@ class Migration:
                 frozen = dump.get("frozen_seconds", 0) + dump.get("freezing_seconds", 0)
                 before_freeze = self._dump_returned - self.frozen_at - frozen
                 out["downtime_frozen_seconds"] = round(self.downtime - before_freeze, 3)
-            out["criu_summary"] = criu_stats.summary(dump)
             if self._checkpoint_record is not None:
                 _phase_data(self._checkpoint_record)["criu"] = dump
         return out

@@ -36,6 +36,7 @@ from typing import Any
 
 import docker.errors
 
+from docker_hmigrate import errors
 from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import HELPER_LABEL, PROBE_CAPS, Host, _host_loader
 
@@ -46,10 +47,6 @@ PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 _FIND_ROOT = ("for d in /run/*/runtime-runc/moby /var/run/*/runtime-runc/moby "
               "/run/docker/runtime-runc/moby; do [ -e \"$d/{id}/state.json\" ] && "
               "{{ echo \"$d\"; exit 0; }}; done; exit 1")
-_ANCHOR = ("a=$(tr '\\0' '\\n' < /proc/{shim}/cmdline | sed -n '/^-address$/{{n;p;}}'); "
-           "p=$(cat \"${{a%/*}}/containerd.pid\" 2>/dev/null) || p=$(pidof containerd dockerd); "
-           "echo ${{p%% *}}")
-
 
 class FastPathUnavailable(Exception):
     """Why the fast path does not apply; the migration takes the API path."""
@@ -69,6 +66,93 @@ def refusal(host: Host, inspect: dict[str, Any]) -> str | None:
     return None
 
 
+def _ppid(pid: str) -> str:
+    """Shell text giving the parent pid of `pid` with sh builtins only (the agent's own
+    shell runs from the host's root, before any nsenter)."""
+    return f'$(while read -r k v; do [ "$k" = PPid: ] && echo $v; done < /proc/{pid}/status)'
+
+
+def relative_links(images: str, checkpoint_dir: str, name: str) -> str:
+    """Shell script: `checkpoint_dir/name` (0700) holding a symlink per file of `images`.
+
+    `docker start --checkpoint` tars `<DockerRootDir>/containers/<id>/checkpoints/<name>`
+    into containerd's content store (written, hashed, synced) and unpacks it again into a
+    staging folder for runc: the cost grows with the images. Symlinks make that copy a
+    few hundred bytes; CRIU opens each image through its link and reads it from tmpfs.
+    They are relative (enough ".." to reach / from any folder): CRIU opens images from
+    inside the restored container's mount namespace, where an absolute link would be
+    resolved in the container's root."""
+    up = "../" * 32  # ".." stops at /: more than any folder's depth is harmless
+    return (f"mkdir -p {shlex.quote(checkpoint_dir)} && "
+            f"mkdir -m 0700 {shlex.quote(checkpoint_dir + '/' + name)} && "
+            f"for f in {shlex.quote(images)}/*; do "
+            f"ln -s \"{up.rstrip('/')}$f\" {shlex.quote(checkpoint_dir + '/' + name)}/; done")
+
+
+class Agent:
+    """A running container on a host that runs host commands in the daemon's mount
+    namespace (nsenter through its own shim, which lives there): empty image, the host's
+    loader and binaries, host pid namespace, the probe's capabilities. Made before the
+    freeze; removed with close()."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.id: str | None = None
+        self.anchor = ""  # a pid in the daemon's mount namespace: the agent's shim
+
+    def start(self) -> None:
+        api = self.host.api
+        loader, _libdir = _host_loader(self.host.isa)
+        host_config = api.create_host_config(
+            binds=["/:/host:ro"], pid_mode="host", network_mode="host",
+            cap_add=PROBE_CAPS, security_opt=["seccomp=unconfined", "apparmor=unconfined"])
+        created = api.create_container(
+            self.host.scratch_image, name=f"hmigrate-agent-{uuid.uuid4().hex[:12]}",
+            host_config=host_config, labels={HELPER_LABEL: "agent"},
+            entrypoint=[f"/host{loader}", *self._libpath(), "/host/bin/sleep"],
+            command=["3600"])  # bounded: a crashed plugin does not leave it for ever
+        self.id = created["Id"]
+        api.start(self.id)
+        pid = api.inspect_container(self.id)["State"]["Pid"]
+        status, out = self.sh("echo $PPID", anchor=_ppid(str(pid)))
+        anchor = out.strip().splitlines()[-1] if status == 0 and out.strip() else ""
+        if not anchor.isdigit():
+            raise FastPathUnavailable(f"the daemon's mount namespace not found ({out})")
+        self.anchor = _ppid(str(pid))
+
+    def _libpath(self) -> list[str]:
+        _loader, libdir = _host_loader(self.host.isa)
+        return ["--library-path", f"/host/lib/{libdir}:/host/usr/lib/{libdir}"]
+
+    def run(self, script: str, anchor: str | None = None,
+            stderr: bool = True) -> tuple[int, bytes]:
+        """script in the host's mount namespace, as root with the agent's capabilities.
+        The agent has no shell of its own: the host's sh and nsenter through the host's
+        loader."""
+        loader, _ = _host_loader(self.host.isa)
+        lib = " ".join(self._libpath())
+        wrapped = (f"exec /host{loader} {lib} /host/usr/bin/nsenter -t {anchor or self.anchor}"
+                   f" -m -- /bin/sh -c {shlex.quote('PATH=' + PATH + '; ' + script)}")
+        cmd = [f"/host{loader}", *self._libpath(), "/host/bin/sh", "-c", wrapped]
+        res = self.host.api.exec_create(self.id, cmd, stdout=True, stderr=stderr)
+        out = self.host.api.exec_start(res["Id"])
+        return self.host.api.exec_inspect(res["Id"])["ExitCode"], out
+
+    def sh(self, script: str, anchor: str | None = None) -> tuple[int, str]:
+        status, out = self.run(script, anchor)
+        return status, out.decode(errors="replace")
+
+    def close(self) -> None:
+        if self.id:
+            with contextlib.suppress(docker.errors.APIError):
+                self.host.api.remove_container(self.id, force=True)
+            self.id = None
+
+
+def _tmpfs_folder() -> str:
+    return f"{TMPFS}/hmigrate-{uuid.uuid4().hex[:12]}"  # made 0700: root only
+
+
 class FastCheckpoint:
     """One container's dump through the host's runc, into a tmpfs folder on its host.
 
@@ -78,12 +162,11 @@ class FastCheckpoint:
 
     def __init__(self, host: Host, inspect: dict[str, Any], checkpoint: str):
         self.host, self.inspect, self.checkpoint = host, inspect, checkpoint
-        self.folder = f"{TMPFS}/hmigrate-{uuid.uuid4().hex[:12]}"  # 0700, root only
+        self.folder = _tmpfs_folder()
         self.images = f"{self.folder}/{checkpoint}"  # named like the checkpoint: moved as is
         self.work = f"{self.folder}/work"
-        self.agent: str | None = None
+        self.agent = Agent(host)
         self.runc_root = ""
-        self.anchor = ""  # a pid in the daemon's mount namespace
         self.stats: dict[str, Any] | None = None
         self.dumped = False
 
@@ -93,17 +176,7 @@ class FastCheckpoint:
         if reason:
             raise FastPathUnavailable(reason)
         try:
-            self._start_agent()
-            # A process that lives in the daemon's mount namespace for the whole migration
-            # (the container's shim exits with the dumped container): containerd, whose
-            # pid file sits next to the socket named on the shim's command line.
-            shim = ('$(while read -r k v; do [ "$k" = PPid: ] && echo $v; done '
-                    f"< /proc/{self.inspect['State']['Pid']}/status)")  # sh builtins only
-            status, out = self._sh(_ANCHOR.format(shim=shim), anchor=shim)
-            anchor = out.strip().splitlines()[-1] if status == 0 and out.strip() else ""
-            if not anchor.isdigit():
-                raise FastPathUnavailable(f"the daemon's mount namespace not found ({out})")
-            self.anchor = anchor
+            self.agent.start()
             status, out = self._sh(f"mkdir -m 0700 {self.folder} {self.work} && "
                                    + _FIND_ROOT.format(id=self.inspect["Id"]))
             if status != 0 or not out.strip():
@@ -118,41 +191,11 @@ class FastCheckpoint:
             self.close()
             raise
 
-    def _start_agent(self) -> None:
-        api = self.host.api
-        loader, _libdir = _host_loader(self.host.isa)
-        host_config = api.create_host_config(
-            binds=["/:/host:ro"], pid_mode="host", network_mode="host",
-            cap_add=PROBE_CAPS, security_opt=["seccomp=unconfined", "apparmor=unconfined"])
-        created = api.create_container(
-            self.host.scratch_image, name=f"hmigrate-agent-{uuid.uuid4().hex[:12]}",
-            host_config=host_config, labels={HELPER_LABEL: "agent"},
-            entrypoint=[f"/host{loader}", *self._libpath(), "/host/bin/sleep"],
-            command=["3600"])  # bounded: a crashed plugin does not leave it for ever
-        self.agent = created["Id"]
-        api.start(self.agent)
+    def _exec(self, script: str, stderr: bool = True) -> tuple[int, bytes]:
+        return self.agent.run(script, stderr=stderr)
 
-    def _libpath(self) -> list[str]:
-        _loader, libdir = _host_loader(self.host.isa)
-        return ["--library-path", f"/host/lib/{libdir}:/host/usr/lib/{libdir}"]
-
-    def _exec(self, script: str, anchor: str | None = None,
-              stderr: bool = True) -> tuple[int, bytes]:
-        """script in the host's mount namespace (nsenter into the anchor's), as root with
-        the agent's capabilities. The agent has no shell of its own: the host's sh and
-        nsenter through the host's loader."""
-        loader, _ = _host_loader(self.host.isa)
-        lib = " ".join(self._libpath())
-        wrapped = (f"exec /host{loader} {lib} /host/usr/bin/nsenter -t {anchor or self.anchor}"
-                   f" -m -- /bin/sh -c {shlex.quote('PATH=' + PATH + '; ' + script)}")
-        cmd = [f"/host{loader}", *self._libpath(), "/host/bin/sh", "-c", wrapped]
-        res = self.host.api.exec_create(self.agent, cmd, stdout=True, stderr=stderr)
-        out = self.host.api.exec_start(res["Id"])
-        return self.host.api.exec_inspect(res["Id"])["ExitCode"], out
-
-    def _sh(self, script: str, anchor: str | None = None) -> tuple[int, str]:
-        status, out = self._exec(script, anchor)
-        return status, out.decode(errors="replace")
+    def _sh(self, script: str) -> tuple[int, str]:
+        return self.agent.sh(script)
 
     # --- at the freeze ---------------------------------------------------------------
     def dump(self) -> dict[str, Any] | None:
@@ -166,31 +209,79 @@ class FastCheckpoint:
             state = self.host.api.inspect_container(cid)["State"]
             if state.get("Running"):
                 raise FastPathUnavailable(f"runc checkpoint failed: {out.strip()[-300:]}")
-            raise RuntimeError(f"runc checkpoint failed and {cid[:12]} is no longer "
-                               f"running: {out.strip()[-300:]}")
+            raise errors.CriuError(
+                f"runc checkpoint failed and {cid[:12]} is no longer running: "
+                f"{out.strip()[-300:]}",
+                hint=f"see CRIU's dump.log in {self.work} on {self.host.name}")
         self.dumped = True
         return self.stats
 
     def read_stats(self) -> dict[str, Any] | None:
         """CRIU's stats-dump (after the downtime: an exec costs tens of milliseconds)."""
-        if self.stats is None and self.dumped and self.agent:
+        if self.stats is None and self.dumped and self.agent.id:
             status, out = self._exec(f"cat {self.work}/stats-dump", stderr=False)
             self.stats = criu_stats.parse(out) if status == 0 else None
         return self.stats
 
     # --- on failure ------------------------------------------------------------------
     def stage_for_restore(self, checkpoint_dir: str) -> None:
-        """Copy the images where `docker start --checkpoint` reads them (rollback)."""
-        dest = f"{checkpoint_dir}/{self.checkpoint}"
-        status, out = self._sh(f"mkdir -p {shlex.quote(checkpoint_dir)} && "
-                               f"cp -a {self.images} {shlex.quote(dest)}")
+        """Make the images readable where `docker start --checkpoint` looks (rollback):
+        links into the tmpfs folder, which stays until close()."""
+        status, out = self._sh(relative_links(self.images, checkpoint_dir, self.checkpoint))
         if status != 0:
-            raise RuntimeError(f"copying the checkpoint to {dest} failed: {out.strip()}")
+            raise errors.CriuError(
+                f"the checkpoint could not be put in {checkpoint_dir}: {out.strip()}")
 
     def close(self) -> None:
-        if self.agent:
+        if self.agent.id:
             with contextlib.suppress(docker.errors.APIError):
                 self._sh(f"rm -rf {self.folder}")
+        self.agent.close()
+
+
+class FastRestore:
+    """The target side: the checkpoint lands in a 0700 tmpfs folder on the target, and the
+    target container's checkpoints folder gets links to it (relative_links), so that
+    `docker start --checkpoint` copies links instead of the images. Falls back to the
+    plain folder (FastPathUnavailable) before the freeze; link() failing copies instead."""
+
+    def __init__(self, host: Host, checkpoint: str):
+        self.host, self.checkpoint = host, checkpoint
+        self.folder = _tmpfs_folder()
+        self.agent = Agent(host)
+
+    def prepare(self) -> None:
+        if disabled_by_user():
+            raise FastPathUnavailable("HMIGRATE_FASTPATH=0")
+        try:
+            self.agent.start()
+            status, out = self.agent.sh(f"mkdir -m 0700 {self.folder}")
+            if status != 0:
+                raise FastPathUnavailable(f"no tmpfs folder on {self.host.name}: {out}")
+        except docker.errors.APIError as exc:
+            self.close()
+            raise FastPathUnavailable(f"agent container refused: {exc.explanation or exc}") \
+                from exc
+        except FastPathUnavailable:
+            self.close()
+            raise
+
+    def link(self, checkpoint_dir: str) -> str:
+        """After the move: the restore folder as links (or, failing that, a copy)."""
+        images = f"{self.folder}/{self.checkpoint}"
+        status, out = self.agent.sh(relative_links(images, checkpoint_dir, self.checkpoint))
+        if status == 0:
+            return "links"
+        dest = shlex.quote(f"{checkpoint_dir}/{self.checkpoint}")
+        status, out2 = self.agent.sh(f"rm -rf {dest}; cp -a {images} {dest}")
+        if status != 0:
+            raise errors.TransferInterrupted(
+                f"the checkpoint could not be put in place on {self.host.name}: "
+                f"{out.strip()} {out2.strip()}")
+        return "copy"
+
+    def close(self) -> None:
+        if self.agent.id:
             with contextlib.suppress(docker.errors.APIError):
-                self.host.api.remove_container(self.agent, force=True)
-            self.agent = None
+                self.agent.sh(f"rm -rf {self.folder}")
+        self.agent.close()

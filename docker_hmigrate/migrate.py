@@ -78,6 +78,7 @@ class Migration:
         self._workdir: Path | None = None  # cross-ISA: the images, locally (mode 0700)
         # --- fast checkpoint path (fastpath.py, issue 11) ---
         self._fast: fastpath.FastCheckpoint | None = None
+        self._fast_restore: fastpath.FastRestore | None = None  # target: tmpfs + links
         self._fast_link = -1  # index of the checkpoint stream in self._transfers
         self.checkpoint_path = "api"  # or "runc": how the source was dumped
         self._checkpoint_record = None  # the checkpoint phase, for CRIU's figures
@@ -102,6 +103,8 @@ class Migration:
                 with contextlib.suppress(docker.errors.APIError):
                     self._fast.read_stats()
                 self._fast.close()
+            if self._fast_restore:
+                self._fast_restore.close()
             if self._workdir and os.environ.get("HMIGRATE_KEEP_IMAGES") == "1":
                 # debugging a recode: the images stay, readable by root only (0700)
                 self.rep.warn(f"cross-ISA images kept in {self._workdir} "
@@ -207,9 +210,9 @@ class Migration:
         else:
             # fast path (issue 11): the images come from a tmpfs folder, not dockerd's
             src_folder = self._fast_prepare() or self.src.checkpoint_dir(self.inspect["Id"])
+            dst_folder = self._fast_restore_prepare() or self.dst.checkpoint_dir(target["Id"])
             self._fast_link = len(self._transfers)
-            link("checkpoint", src_folder, self.dst.checkpoint_dir(target["Id"]),
-                 self.checkpoint, "")
+            link("checkpoint", src_folder, dst_folder, self.checkpoint, "")
         link("filesystem changes", _upper_dir(self.src, self.inspect),
              _upper_dir(self.dst, target), ".", "")
         for vol in self.spec.volumes:
@@ -264,6 +267,10 @@ class Migration:
                     futures.append(pool.submit(self._checkpoint_link.download,
                                                self.checkpoint, self._workdir / "source"))
                 moved = [f.result() for f in futures]
+            if self._fast_restore:  # issue 11: the restore folder as links into tmpfs
+                how = self._fast_restore.link(
+                    self.dst.checkpoint_dir(self.created.target_container))
+                self.rep.set("restore_folder", how)
             self.rep.set("transfers", [
                 {"what": t.what, "bytes": t.bytes, "seconds": round(t.seconds, 3)} for t in moved
             ])
@@ -388,6 +395,18 @@ class Migration:
         self._fast = fast
         return fast.folder
 
+    def _fast_restore_prepare(self) -> str | None:
+        """Before the freeze: a tmpfs folder on the target for the images (links to them
+        go in the restore folder after the move); None: the restore folder itself."""
+        fast = fastpath.FastRestore(self.dst, self.checkpoint)
+        try:
+            fast.prepare()
+        except fastpath.FastPathUnavailable as exc:
+            self.rep.set("restore_folder", f"copy ({exc})")
+            return None
+        self._fast_restore = fast
+        return fast.folder
+
     def _fast_checkpoint(self, ph) -> bool:
         """Dump through runc; False when the API path must do it (the source still runs)."""
         if self._fast is None:
@@ -402,7 +421,8 @@ class Migration:
             # the stream now starts in dockerd's checkpoints folder
             folder = transfer.FolderLink(
                 "checkpoint", self.src, self.src.checkpoint_dir(self.inspect["Id"]),
-                self.dst, self.dst.checkpoint_dir(self.created.target_container))
+                self.dst, self._fast_restore.folder if self._fast_restore else
+                self.dst.checkpoint_dir(self.created.target_container))
             _old, sub, dst_sub = self._transfers[self._fast_link]
             self._transfers[self._fast_link] = (self._links.enter_context(folder), sub, dst_sub)
             self.frozen_at = time.monotonic()  # CRIU resumed it: frozen again from here

@@ -9,9 +9,17 @@ from pathlib import Path
 import pytest
 
 from tests.lab import BASE_IMAGE, COUNTER_CMD, counter_values, unique, wait_until
-from tests.test_migrate_lab import _exists, hmigrate, migrate_json, no_helpers_left
+from tests.test_migrate_lab import _exists, hmigrate, migrate_json
 
 pytestmark = pytest.mark.lab
+
+
+def _no_agents_left(*hosts) -> None:
+    # only the fast path's agents: other sessions' helpers share the lab
+    for host in hosts:
+        left = host.client.containers.list(
+            all=True, filters={"label": "org.hmigrate.helper=agent"})
+        assert not left, f"agent containers left on {host.name}: {[c.name for c in left]}"
 
 
 def _no_tmpfs_images_left() -> None:
@@ -32,6 +40,7 @@ def test_fast_path_keeps_dockers_view(host_a, host_b, cleanup):
     dump = doc["criu_dump"]  # CRIU's own figures next to the phase's wall time
     assert 0 < dump["frozen_seconds"] < dump["wall_seconds"]
     assert dump["pages_written"] > 0 and dump["bytes_written"] == dump["pages_written"] * 4096
+    assert doc["restore_folder"] == "links"  # the target's images in tmpfs, linked
     phase = next(p for p in doc["phases"] if p["name"] == "checkpoint")
     assert phase["data"]["criu"]["frozen_seconds"] == dump["frozen_seconds"]
 
@@ -50,7 +59,7 @@ def test_fast_path_keeps_dockers_view(host_a, host_b, cleanup):
     host_b.docker("start", name)  # a plain start: the program from the beginning
     wait_until(lambda: host_b.client.containers.get(name).status == "running",
                what="a plain start on b")
-    no_helpers_left(host_a, host_b)
+    _no_agents_left(host_a, host_b)
     _no_tmpfs_images_left()
 
 
@@ -76,5 +85,5 @@ def test_fast_path_rollback_restores_source_and_policy(host_a, host_b, cleanup):
     assert attrs["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
     assert attrs["RestartCount"] == 0
     assert not _exists(host_b, name)
-    no_helpers_left(host_a, host_b)
+    _no_agents_left(host_a, host_b)
     _no_tmpfs_images_left()

@@ -41,12 +41,27 @@ from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import HELPER_LABEL, PROBE_CAPS, Host, _host_loader
 
 TMPFS = "/dev/shm"  # tmpfs on every Linux host Docker runs on
+# Below this much memory in use, copying the images into the restore folder costs less
+# than the agent and the exec that make links (a shell counter: a few hundred KB).
+LINKS_FROM_BYTES = 16 << 20
 PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 # Where dockerd (through containerd's runc shim) keeps runc's state, for the usual
 # exec-roots (/var/run/docker, or --exec-root DIR): DIR/runtime-runc/moby/<id>.
 _FIND_ROOT = ("for d in /run/*/runtime-runc/moby /var/run/*/runtime-runc/moby "
               "/run/docker/runtime-runc/moby; do [ -e \"$d/{id}/state.json\" ] && "
               "{{ echo \"$d\"; exit 0; }}; done; exit 1")
+
+def memory_in_use(host: Host, container_id: str) -> int:
+    """The container's anonymous memory, about what CRIU will write (its page cache is
+    not dumped): rss on cgroup v1, anon on v2, else the whole usage."""
+    stats = (host.api.stats(container_id, stream=False, one_shot=True)
+             .get("memory_stats") or {})
+    detail = stats.get("stats") or {}
+    for key in ("total_rss", "rss", "anon"):
+        if key in detail:
+            return int(detail[key])
+    return int(stats.get("usage") or 0)
+
 
 class FastPathUnavailable(Exception):
     """Why the fast path does not apply; the migration takes the API path."""

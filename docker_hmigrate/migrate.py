@@ -398,6 +398,13 @@ class Migration:
     def _fast_restore_prepare(self) -> str | None:
         """Before the freeze: a tmpfs folder on the target for the images (links to them
         go in the restore folder after the move); None: the restore folder itself."""
+        try:
+            memory = fastpath.memory_in_use(self.src, self.inspect["Id"])
+        except Exception:  # noqa: BLE001 - unknown size: links are right for big ones
+            memory = fastpath.LINKS_FROM_BYTES
+        if memory < fastpath.LINKS_FROM_BYTES:
+            self.rep.set("restore_folder", f"copy ({memory / 1e6:.0f} MB in use: small)")
+            return None
         fast = fastpath.FastRestore(self.dst, self.checkpoint)
         try:
             fast.prepare()

@@ -1,6 +1,6 @@
 """Benchmark: `docker hmigrate migrate` against the manual baseline, in the same run.
 
-Manual baseline (what a user does by hand, LAB.md): `docker checkpoint create
+Manual baseline (what a user does by hand, docs/lab-facts.md): `docker checkpoint create
 --checkpoint-dir`, `docker create` on the target, copy the checkpoint folder into the
 target container's checkpoints folder, `docker start --checkpoint`. Its downtime is all
 of it (the process is frozen from the dump to the restore). For hmigrate the downtime is

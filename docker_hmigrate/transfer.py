@@ -68,6 +68,8 @@ def prefetched(stream: Iterator[bytes]) -> Iterator[bytes]:
                 _put(chunks, b"".join(pending), stop)
             _put(chunks, done, stop)
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            if pending:  # what was read still goes on, so the count says where it broke
+                _put(chunks, b"".join(pending), stop)
             _put(chunks, exc, stop)
 
     threading.Thread(target=read, name="hmigrate-prefetch", daemon=True).start()

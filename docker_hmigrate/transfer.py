@@ -122,6 +122,27 @@ class FolderLink:
         return Transferred(self.what, size, time.monotonic() - started)
 
 
+def check_private_target(path: Path) -> None:
+    """A file that will hold process memory: never through a symlink, never a folder."""
+    from docker_hmigrate.errors import UsageError
+
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link: refusing to write process memory "
+                         "through it", hint="give the path of a regular file")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{path} exists and is not a regular file",
+                         hint="give the path of a new or regular file")
+
+
+def create_private_file(path: Path) -> int:
+    """Create `path` afresh, mode 0600 (an existing file is replaced, never reused with its
+    old mode), refusing symlinks; returns a file descriptor open for writing."""
+    check_private_target(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
+
 def download_folder(what: str, host: Host, helper: str, path: str,
                     local_dir: Path) -> Transferred:
     """Unpack the folder `path` of a helper container into local_dir (streamed)."""

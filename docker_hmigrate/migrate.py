@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 import docker.errors
+import docker.types
 
 from docker_hmigrate import errors, interrupts, park, recode, transfer
 from docker_hmigrate.engine import LOCK_PREFIX, MIGRATION_LABEL, Host, api_error_text
@@ -326,7 +327,10 @@ class Migration:
                         hint="see the reason above; nothing was frozen") from exc
                 self.created.target_container = res["Id"]
             for net in list(self.spec.networks)[1:]:
-                self.dst.api.connect_container_to_network(res["Id"], net)
+                ep = self.spec.networks[net]
+                self.dst.api.connect_container_to_network(
+                    res["Id"], net, ipv4_address=ep.get("IPAddress") or None,
+                    aliases=ep.get("Aliases") or None)
             self._open_links(self.dst.inspect(res["Id"]))
             self._watch_restore_log(res["Id"])
             ph.update(f"created {self.spec.name} ({res['Id'][:12]})")
@@ -739,9 +743,17 @@ class Migration:
             if self.dst.client.networks.list(names=[net]):
                 continue
             src_net = self.src.api.inspect_network(net)
+            ipam = src_net.get("IPAM") or {}
+            pools = [docker.types.IPAMPool(subnet=c.get("Subnet"), gateway=c.get("Gateway"),
+                                           iprange=c.get("IPRange"))
+                     for c in ipam.get("Config") or [] if c.get("Subnet")]
+            # the same subnet, so that the container keeps its address there
             self.dst.api.create_network(net, driver=src_net.get("Driver"),
                                         options=src_net.get("Options"),
-                                        labels=src_net.get("Labels"))
+                                        labels=src_net.get("Labels"),
+                                        ipam=docker.types.IPAMConfig(
+                                            driver=ipam.get("Driver") or "default",
+                                            pool_configs=pools) if pools else None)
             self.created.networks.append(net)
 
     def _create_volumes(self) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import docker.errors
 import pytest
 import requests
 
@@ -17,23 +18,42 @@ GOOD_PROBE = ("criu_version=4.2.1\ncriu_check=ok\nmem_available_kb=8000000\n"
 
 
 class FakeAPI:
-    def __init__(self, mem_usage: int = 50 << 20):
-        self.mem_usage = mem_usage
+    """The SDK's APIClient as validate uses it, with the real signatures: inspect_container
+    takes no size (the size comes from GET /containers/{id}/json?size=1)."""
+
+    def __init__(self, mem_usage: int = 50 << 20, size_rw: int = 4096, shm: int = 0):
+        self.mem_usage, self.size_rw, self.shm = mem_usage, size_rw, shm
 
     def stats(self, cid, stream, one_shot):
-        return {"memory_stats": {"usage": self.mem_usage}}
+        # cgroup v1 as Docker 20.10 reports it: shared memory is on the anon LRU lists
+        rss = self.mem_usage - self.shm
+        return {"memory_stats": {"usage": self.mem_usage + (200 << 20), "stats": {
+            "total_rss": rss, "total_active_anon": rss // 2 + self.shm,
+            "total_inactive_anon": rss - rss // 2, "total_cache": self.shm + (200 << 20),
+            "total_inactive_file": 200 << 20}}}
 
-    def inspect_container(self, cid, size=False):
-        return {"SizeRw": 4096}
+    def inspect_container(self, cid):
+        return {"Id": cid}
+
+    def _url(self, path, *args):
+        return path.format(*args)
+
+    def _get(self, url, params=None):
+        assert url.endswith("/json") and params == {"size": 1}
+        return {"SizeRw": self.size_rw, "SizeRootFs": 1 << 30}
+
+    def _result(self, response, json=False):
+        return response
 
 
 class FakeHost:
     def __init__(self, name: str, probe: str = GOOD_PROBE, experimental: bool = True,
-                 isa: str = "x86-64", mem_usage: int = 50 << 20, existing: list | None = None):
+                 isa: str = "x86-64", mem_usage: int = 50 << 20, existing: list | None = None,
+                 size_rw: int = 4096, shm: int = 0):
         self.name, self.isa, self.root_dir = name, isa, "/var/lib/docker"
         self.experimental = experimental
         self.info = {"ID": name, "CgroupDriver": "cgroupfs", "CgroupVersion": "1"}
-        self.api = FakeAPI(mem_usage)
+        self.api = FakeAPI(mem_usage, size_rw, shm)
         self._probe = probe
         self.client = SimpleNamespace(
             containers=SimpleNamespace(list=lambda **kw: existing or []))
@@ -88,6 +108,36 @@ def test_tty_refused():
 def test_target_out_of_memory():
     expect(run(FakeHost("a", mem_usage=16 << 30), FakeHost("b")),
            errors.InsufficientResources, 8, "target memory")
+
+
+def test_memory_check_counts_shm():
+    """500 MB in /dev/shm: the memory check fails on a target with 400 MB available (it
+    used to say "0 B needed": the size query raised TypeError, swallowed as (0, 0))."""
+    small = GOOD_PROBE.replace("mem_available_kb=8000000", "mem_available_kb=400000")
+    v = run(FakeHost("a", mem_usage=510 << 20, shm=500 << 20), FakeHost("b", probe=small))
+    expect(v, errors.InsufficientResources, 8, "target memory")
+    mem = next(c for c in v.checks if c.name == "target memory")
+    assert "500.0 MiB of it tmpfs/shm" in mem.detail, mem.detail
+    assert next(c for c in v.checks if c.name == "target disk").ok
+
+
+def test_disk_check_counts_writable_layer():
+    """3 GB in the writable layer, 2 GB free on the target: the disk check fails alone."""
+    small = GOOD_PROBE.replace("disk_free_kb=90000000", "disk_free_kb=2000000")
+    v = run(FakeHost("a", size_rw=3 << 30), FakeHost("b", probe=small))
+    expect(v, errors.InsufficientResources, 8, "target disk")
+    assert [c.name for c in v.failures] == ["target disk"]
+    assert "writable layer 3.0 GiB" in v.failures[0].detail
+
+
+def test_usage_unreadable_is_a_failed_check():
+    class Broken(FakeAPI):
+        def stats(self, cid, stream, one_shot):
+            raise docker.errors.APIError("stats failed")
+
+    a = FakeHost("a")
+    a.api = Broken()
+    expect(run(a, FakeHost("b")), errors.InsufficientResources, 8, "cannot read")
 
 
 def test_image_unavailable():

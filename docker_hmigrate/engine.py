@@ -209,14 +209,16 @@ class Host:
             if cid:
                 self.remove_quietly(cid)
 
-    def remove_checkpoint_staging(self, container_ids: list[str]) -> int:
+    def remove_checkpoint_staging(self, container_ids: list[str], since: float = 0) -> int:
         """Remove containerd's staging copies (/tmp/ctrd-checkpoint*) of the checkpoints
-        of one container: they hold its process memory and containerd may leave them
-        behind. Ours are told apart by the container id in their mount images."""
+        of these containers: they hold process memory, and containerd 1.6 leaves the one
+        of every restore behind. Ours are told apart by the container id in their mount
+        images; only folders made after `since` (epoch seconds) are looked at."""
         pattern = " ".join(f"-e {cid}" for cid in container_ids if cid)
-        script = (f"n=0; for d in /tmp/ctrd-checkpoint*; do [ -d \"$d\" ] || continue; "
-                  f"if grep -rqsF {pattern} \"$d\"; then rm -rf \"$d\"; n=$((n+1)); fi; "
-                  "done; echo removed=$n")
+        newer = f"-newermt @{int(since) - 5}" if since else ""
+        script = (f"n=0; for d in $(find /tmp -maxdepth 1 -type d -name 'ctrd-checkpoint*' "
+                  f"{newer}); do if grep -lqsF {pattern} \"$d\"/mountpoints-*.img; then "
+                  "rm -rf \"$d\"; n=$((n+1)); fi; done; echo removed=$n")
         _status, out = self.run_probe(script, host_tmp=True)
         for line in out.splitlines():
             if line.startswith("removed=") and line[8:].isdigit():

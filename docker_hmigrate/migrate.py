@@ -115,6 +115,7 @@ class Migration:
         self._checkpoint_link: transfer.FolderLink | None = None  # cross-ISA: via recode
         self._workdir: Path | None = None  # cross-ISA: the images, locally (mode 0700)
         self.target_started = False  # the commit point (see _settle)
+        self.started_at = time.time()
         self.committed = False
         self.target_started_at = 0.0
         self._checkpoint_call: Future | None = None  # the dump, running in the daemon
@@ -522,7 +523,7 @@ class Migration:
         ids = [self.inspect["Id"]] + ([self.created.template] if self.created.template else [])
         def clean(host: Host) -> None:
             with contextlib.suppress(Exception):
-                host.remove_checkpoint_staging(ids)
+                host.remove_checkpoint_staging(ids, since=self.started_at)
         threads = [threading.Thread(target=clean, args=(h,)) for h in (self.src, self.dst)]
         for t in threads:
             t.start()

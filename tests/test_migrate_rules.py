@@ -110,7 +110,7 @@ class FakeHost:
         self.api.names = {k: v for k, v in self.api.names.items() if v != cid and k != cid}
         self.api.states.pop(cid, None)
 
-    def remove_checkpoint_staging(self, ids):
+    def remove_checkpoint_staging(self, ids, since=0):
         self.api.calls.append(("staging", tuple(ids)))
         return 0
 

@@ -12,6 +12,7 @@ import contextlib
 import io
 import tarfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -99,7 +100,19 @@ class Host:
     def start(self, container: str, checkpoint: str | None = None) -> None:
         url = self.api._url("/containers/{0}/start", container)
         params = {"checkpoint": checkpoint} if checkpoint else {}
-        self.api._raise_for_status(self.api._post(url, params=params))
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                self.api._raise_for_status(self.api._post(url, params=params))
+                return
+            except docker.errors.APIError as exc:
+                # Restoring right after a dump on the same daemon: the dump's copy in
+                # containerd's content store has the same digest and is only garbage
+                # collected a little later; until then the upload "already exists".
+                if not (checkpoint and "already exists" in api_error_text(exc)
+                        and time.monotonic() < deadline):
+                    raise
+                time.sleep(0.5)
 
     def checkpoint_dir(self, container_id: str) -> str:
         """Where the daemon keeps (and restores from) a container's checkpoints."""

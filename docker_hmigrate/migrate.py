@@ -42,7 +42,13 @@ from docker_hmigrate import errors, interrupts, park, recode, transfer
 from docker_hmigrate.engine import LOCK_PREFIX, MIGRATION_LABEL, Host, api_error_text
 from docker_hmigrate.output import Reporter
 from docker_hmigrate.spec import ContainerSpec, target_spec
-from docker_hmigrate.validate import Check, Validation, image_check, validate
+from docker_hmigrate.validate import (
+    Check,
+    Validation,
+    address_problem,
+    image_check,
+    validate,
+)
 
 HOOK_POINTS = ("pre-restore", "post-restore", "failed-restore")
 # Test-only fault injection (tests/test_faults_lab.py): HMIGRATE_TEST_FAULT=POINT:ACTION,
@@ -123,6 +129,7 @@ class Migration:
         self._lock: str | None = None  # the lock container's id on the source
         self.restore_log: Path | None = None
         self._restore_watch: tuple[Future, threading.Event] | None = None
+        self._keep_ip: dict[str, str] = {}  # network -> the address kept there
         self.warnings: list[str] = []
         for host in (src, dst):  # every helper and probe made for this migration
             host.labels = {MIGRATION_LABEL: self.checkpoint}
@@ -313,6 +320,7 @@ class Migration:
             self._create_volumes()
             if self.cross_isa:
                 self._template_checkpoint(ph)
+            self._addresses()
             body = self.spec.body
             url = self.dst.api._url("/containers/create")
             with interrupts.shielded():  # created and recorded, or neither
@@ -330,7 +338,7 @@ class Migration:
             for net in list(self.spec.networks)[1:]:
                 ep = self.spec.networks[net]
                 self.dst.api.connect_container_to_network(
-                    res["Id"], net, ipv4_address=ep.get("IPAddress") or None,
+                    res["Id"], net, ipv4_address=self._keep_ip.get(net),
                     aliases=ep.get("Aliases") or None)
             self._open_links(self.dst.inspect(res["Id"]))
             self._watch_restore_log(res["Id"])
@@ -409,8 +417,7 @@ class Migration:
             # "Maybe frozen" from before the request: an interrupt can land while the
             # daemon dumps, and the daemon finishes the dump (the source exits) anyway.
             self.created.source_frozen = True
-            self._checkpoint_call = _in_background(
-                self.src.checkpoint_create, self.inspect["Id"], self.checkpoint, exit=True)
+            self._checkpoint_call = _in_background(self._dump)
             self._fault("during:checkpoint")
             try:
                 self._checkpoint_call.result()
@@ -421,6 +428,18 @@ class Migration:
                     hint="read the criu-dump.log named above on the source host",
                 ) from exc
             ph.update(f"checkpoint {self.checkpoint}")
+
+    def _dump(self) -> None:
+        """The checkpoint, retried when runc could not freeze the container (a busy
+        process under cgroup v1's freezer): runc thaws it again, nothing was dumped."""
+        for attempt in range(3):
+            try:
+                self.src.checkpoint_create(self.inspect["Id"], self.checkpoint, exit=True)
+                return
+            except docker.errors.APIError as exc:
+                if "unable to freeze" not in api_error_text(exc) or attempt == 2:
+                    raise
+                time.sleep(0.5)
 
     def phase_move(self) -> None:
         with self.rep.phase("move") as ph:
@@ -748,14 +767,35 @@ class Migration:
             pools = [docker.types.IPAMPool(subnet=c.get("Subnet"), gateway=c.get("Gateway"),
                                            iprange=c.get("IPRange"))
                      for c in ipam.get("Config") or [] if c.get("Subnet")]
-            # the same subnet, so that the container keeps its address there
-            self.dst.api.create_network(net, driver=src_net.get("Driver"),
-                                        options=src_net.get("Options"),
-                                        labels=src_net.get("Labels"),
-                                        ipam=docker.types.IPAMConfig(
-                                            driver=ipam.get("Driver") or "default",
-                                            pool_configs=pools) if pools else None)
+            # the same subnet, so that the container keeps its address there (or any,
+            # when another network of the target has it: the address will change)
+            kwargs = dict(driver=src_net.get("Driver"), options=src_net.get("Options"),
+                          labels=src_net.get("Labels"))
+            try:
+                self.dst.api.create_network(net, **kwargs, ipam=docker.types.IPAMConfig(
+                    driver=ipam.get("Driver") or "default", pool_configs=pools)
+                    if pools else None)
+            except docker.errors.APIError:
+                if not pools:
+                    raise
+                self.dst.api.create_network(net, **kwargs)
             self.created.networks.append(net)
+
+    def _addresses(self) -> None:
+        """Keep each user network's address where the target allows it (validation said
+        whether connections need it); otherwise let the target choose one."""
+        self._keep_ip = {}
+        endpoints = (self.spec.body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        for net, ep in self.spec.networks.items():
+            ip = ep.get("IPAddress")
+            try:
+                problem = address_problem(self.dst.api.inspect_network(net), ip) if ip else "-"
+            except docker.errors.APIError:
+                problem = "-"
+            if not problem:
+                self._keep_ip[net] = ip
+            elif net in endpoints:
+                (endpoints[net].get("IPAMConfig") or {}).pop("IPv4Address", None)
 
     def _create_volumes(self) -> None:
         existing = {v["Name"] for v in (self.dst.api.volumes().get("Volumes") or [])}

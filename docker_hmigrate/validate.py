@@ -240,30 +240,59 @@ def address_checks(src: Host, dst: Host, inspect: dict[str, Any],
                 errors.ValidationFailed))
             continue
         if target_net is None:
-            subnets = [c.get("Subnet") for c in (_network(src, net) or {}).get("IPAM", {})
-                       .get("Config") or [] if c.get("Subnet")]
-            checks.append(Check(title, bool(subnets),
-                                f"{net} will be created on {dst.name} with subnet "
-                                f"{', '.join(subnets)}, keeping {ip}" if subnets else
-                                f"{net} has no subnet to recreate on {dst.name}",
-                                f"create {net} on {dst.name} with the source's subnet"))
+            src_net = _network(src, net) or {}
+            subnets = [c.get("Subnet") for c in (src_net.get("IPAM") or {}).get("Config") or []
+                       if c.get("Subnet")]
+            clash = _subnet_clash(dst, subnets)
+            ok = bool(subnets) and not clash
+            checks.append(Check(
+                title, ok or not conns,
+                f"{net} will be created on {dst.name} with subnet {', '.join(subnets)}, "
+                f"keeping {ip}" if ok else
+                f"{net} cannot get subnet {', '.join(subnets) or '(none)'} on {dst.name}"
+                f"{' (used by ' + clash + ')' if clash else ''}: the address will change"
+                + (f", and {len(conns)} established TCP connection(s) need it" if conns
+                   else ""),
+                f"create {net} on {dst.name} with the source's subnet", errors.ValidationFailed))
             continue
-        subnets = [ipaddress.ip_network(c["Subnet"], strict=False)
-                   for c in target_net.get("IPAM", {}).get("Config") or [] if c.get("Subnet")]
-        inside = any(ipaddress.ip_address(ip) in sn for sn in subnets)
-        users = [c.get("Name", "?") for c in (target_net.get("Containers") or {}).values()
-                 if (c.get("IPv4Address") or "").split("/")[0] == ip]
-        ok = inside and not users
+        problem = address_problem(target_net, ip)
         checks.append(Check(
-            title, ok,
-            f"{ip} is free in {net} on {dst.name}" if ok else
-            f"{ip} is used by {', '.join(users)} in {net} on {dst.name}" if users else
-            f"{net} on {dst.name} has subnet {', '.join(map(str, subnets)) or 'none'}, "
-            f"not holding {ip}",
-            f"free {ip} on {dst.name} or give {net} the same subnet on both hosts"
-            + (f" ({len(conns)} established TCP connection(s) need it)" if conns else ""),
+            title, not problem or not conns,
+            f"{ip} is free in {net} on {dst.name}" if not problem else
+            f"{problem}: the address will change" + (
+                f", and {len(conns)} established TCP connection(s) need it" if conns else ""),
+            f"free {ip} on {dst.name} or give {net} the same subnet on both hosts",
             errors.ValidationFailed))
     return checks
+
+
+def address_problem(target_net: dict[str, Any], ip: str) -> str:
+    """Why a container cannot have `ip` on this (target) network; "" when it can."""
+    subnets = [ipaddress.ip_network(c["Subnet"], strict=False)
+               for c in (target_net.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
+    users = [c.get("Name", "?") for c in (target_net.get("Containers") or {}).values()
+             if (c.get("IPv4Address") or "").split("/")[0] == ip]
+    if users:
+        return f"{ip} is used by {', '.join(users)} in {target_net.get('Name', '')}"
+    if not any(ipaddress.ip_address(ip) in sn for sn in subnets):
+        return (f"{target_net.get('Name', 'the network')} has subnet "
+                f"{', '.join(map(str, subnets)) or 'none'}, not holding {ip}")
+    return ""
+
+
+def _subnet_clash(host: Host, subnets: list[str]) -> str:
+    """The network on `host` whose subnet overlaps one of `subnets`, if any."""
+    want = [ipaddress.ip_network(s, strict=False) for s in subnets]
+    try:
+        nets = host.api.networks()
+    except (docker.errors.APIError, AttributeError):
+        return ""
+    for n in nets:
+        for c in (n.get("IPAM") or {}).get("Config") or []:
+            if c.get("Subnet") and any(
+                    ipaddress.ip_network(c["Subnet"], strict=False).overlaps(w) for w in want):
+                return n.get("Name", "?")
+    return ""
 
 
 def _network(host: Host, name: str) -> dict[str, Any] | None:

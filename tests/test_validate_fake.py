@@ -186,3 +186,72 @@ def test_interrupted_stream_is_reported():
         transfer.copy_folder("checkpoint", HelperHost("a"), "/x", HelperHost("b"), "/y")
     assert exc.value.exit_code == 10
     assert "after 20 bytes" in exc.value.message and "connection reset" in exc.value.message
+
+
+# ---- addresses: CRIU restores established TCP connections only on their own address -----
+
+class NetAPI:
+    def __init__(self, nets: dict):
+        self.nets = nets
+
+    def inspect_network(self, name):
+        if name not in self.nets:
+            raise docker.errors.NotFound("no such network")
+        return self.nets[name]
+
+
+def net_host(name, nets):
+    return SimpleNamespace(name=name, api=NetAPI(nets))
+
+
+def on_net(net: str, ip: str) -> dict:
+    return {"Name": "/redis", "NetworkSettings": {"Networks": {net: {"IPAddress": ip}}}}
+
+
+BRIDGE_B = {"bridge": {"IPAM": {"Config": [{"Subnet": "172.17.0.0/16", "Gateway": "172.17.0.1"}]},
+                       "Containers": {"x": {"Name": "other", "IPv4Address": "172.17.0.2/16"}}}}
+
+
+def test_default_bridge_with_connections_refused_before_the_freeze():
+    from docker_hmigrate.validate import address_checks
+
+    checks = address_checks(net_host("a", {}), net_host("b", BRIDGE_B),
+                            on_net("bridge", "172.17.0.2"), ["172.17.0.2:6379"])
+    assert len(checks) == 1 and not checks[0].ok
+    assert "will give it 172.17.0.3" in checks[0].detail and "user network" in checks[0].hint
+    # without established connections the address may change
+    ok = address_checks(net_host("a", {}), net_host("b", BRIDGE_B),
+                        on_net("bridge", "172.17.0.2"), [])
+    assert ok[0].ok
+
+
+def test_user_network_address_kept_or_taken():
+    from docker_hmigrate.validate import address_checks
+
+    net = {"IPAM": {"Config": [{"Subnet": "172.30.5.0/24"}]}, "Containers": {}}
+    free = address_checks(net_host("a", {"app": net}), net_host("b", {"app": net}),
+                          on_net("app", "172.30.5.2"), ["172.30.5.2:6379"])
+    assert free[0].ok, free[0].detail
+    taken = {**net, "Containers": {"y": {"Name": "squatter", "IPv4Address": "172.30.5.2/24"}}}
+    busy = address_checks(net_host("a", {"app": net}), net_host("b", {"app": taken}),
+                          on_net("app", "172.30.5.2"), ["172.30.5.2:6379"])
+    assert not busy[0].ok and "squatter" in busy[0].detail
+    created = address_checks(net_host("a", {"app": net}), net_host("b", {}),
+                             on_net("app", "172.30.5.2"), [])
+    assert created[0].ok and "will be created" in created[0].detail
+
+
+def test_target_keeps_the_address_on_user_networks():
+    inspect = {**INSPECT, "NetworkSettings": {"Networks": {
+        "app": {"IPAddress": "172.30.5.2", "Aliases": ["r"]}, "bridge": {"IPAddress": "x"}}}}
+    spec = target_spec(inspect, "web")
+    ep = spec.body["NetworkingConfig"]["EndpointsConfig"]["app"]
+    assert ep["IPAMConfig"] == {"IPv4Address": "172.30.5.2"}
+
+
+def test_proc_net_tcp_addresses():
+    from docker_hmigrate.validate import _proc_net_addr, parse_probe
+
+    assert _proc_net_addr("0200A8C0:1F90") == "192.168.0.2:8080"
+    facts = parse_probe("tcp_established=020011AC:18EB\n")
+    assert facts.tcp_established == ["172.17.0.2:6379"]

@@ -380,7 +380,8 @@ class Migration:
     def _open_links(self, target: dict[str, Any]) -> None:
         """Helper containers for every stream of the move phase, made before the freeze."""
         def link(what: str, src_bind: str, dst_bind: str, src_sub: str, dst_sub: str) -> None:
-            folder = transfer.FolderLink(what, self.src, src_bind, self.dst, dst_bind)
+            folder = transfer.FolderLink(what, self.src, src_bind, self.dst, dst_bind,
+                                         private=what == "checkpoint")
             self._transfers.append((self._links.enter_context(folder), src_sub, dst_sub))
 
         # The checkpoint does not exist yet: bind the folder it will appear in.

@@ -53,7 +53,9 @@ def probe_script(root_dir: str, paths: list[str], pid: int = 0,
         checks += f"echo volume_kb=$(du -sk {shlex.quote(p)} 2>/dev/null | cut -f1)\n"
     return rf"""
 echo criu_version=$(criu --version 2>/dev/null | sed -n 's/^Version: //p')
-if criu check >/tmp/criu-check.log 2>&1; then echo criu_check=ok
+# once more after a failure: its kernel probes (kerndat) fail now and then on a busy host
+if criu check >/tmp/criu-check.log 2>&1 || {{ sleep 1; criu check >/tmp/criu-check.log 2>&1; }}
+then echo criu_check=ok
 else echo criu_check=fail; tail -n 5 /tmp/criu-check.log | sed 's/^/criu_log=/'; fi
 echo mem_available_kb=$(awk '/^MemAvailable:/ {{print $2}}' /proc/meminfo)
 echo disk_free_kb=$(df -Pk {shlex.quote(root_dir)} | awk 'NR==2 {{print $4}}')

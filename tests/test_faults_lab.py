@@ -187,3 +187,16 @@ def test_bad_values_refused_before_anything(host_a, host_b, cleanup):
         proc, doc = migrate(name, *args)
         assert proc.returncode == 2 and doc["error"]["exit_code"] == 2, proc.stderr
     assert_end_state(host_a, host_b, name, cid, before, {"checkpoint": "none"}, "a")
+
+
+def test_checkpoint_on_target_is_private(host_a, host_b, cleanup):
+    """The checkpoint copied to the target is 0600 files in 0700 folders (CRIU writes
+    0644): checked by the pre-restore hook, which fails the move otherwise."""
+    name, cid, before = start_counter(host_a, cleanup)
+    ck_dir = (f"{host_b.data_root}/containers/$HMIGRATE_TARGET_CONTAINER_ID/checkpoints/"
+              "$HMIGRATE_CHECKPOINT")
+    hook = (f'test -f "{ck_dir}/inventory.img" && '
+            f'test -z "$(find "{ck_dir}" -perm /077 -print)"')
+    proc, doc = migrate(name, "--hook-pre-restore", hook)
+    assert proc.returncode == 0, proc.stderr
+    assert_end_state(host_a, host_b, name, cid, before, doc, "b")

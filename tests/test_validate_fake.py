@@ -3,6 +3,7 @@ the right exception and exit code, and an interrupted stream is reported as such
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
 import docker.errors
@@ -255,3 +256,37 @@ def test_proc_net_tcp_addresses():
     assert _proc_net_addr("0200A8C0:1F90") == "192.168.0.2:8080"
     facts = parse_probe("tcp_established=020011AC:18EB\n")
     assert facts.tcp_established == ["172.17.0.2:6379"]
+
+
+def test_checkpoint_stream_made_private():
+    """CRIU writes images 0644: the checkpoint stream lands 0600 (folders 0700), byte for
+    byte otherwise, whatever the chunking (long names use pax headers)."""
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, mode in (("ck", None, 0o755), ("ck/pages-1.img", os.urandom(70000), 0o644),
+                                 ("ck/" + "n" * 150 + ".img", b"x" * 513, 0o644),
+                                 ("ck/empty.img", b"", 0o666)):
+            info = tarfile.TarInfo(name)
+            info.mode = mode
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    blob = raw.getvalue()
+    chunks = (blob[i:i + 777] for i in range(0, len(blob), 777))
+    out = b"".join(transfer.private_modes(chunks))
+    assert len(out) == len(blob)
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        members = tar.getmembers()
+        assert {m.name: m.mode for m in members} == {
+            "ck": 0o700, "ck/pages-1.img": 0o600, "ck/" + "n" * 150 + ".img": 0o600,
+            "ck/empty.img": 0o600}
+        with tarfile.open(fileobj=io.BytesIO(blob)) as orig:
+            for m in members:
+                if m.isfile():
+                    assert tar.extractfile(m).read() == orig.extractfile(m.name).read()

@@ -51,10 +51,10 @@ from docker_hmigrate.validate import (
 )
 
 HOOK_POINTS = ("pre-restore", "post-restore", "failed-restore")
-# Test-only fault injection (tests/test_faults_lab.py): HMIGRATE_TEST_FAULT=POINT:ACTION,
-# read in Migration._fault only. POINT is before:PHASE or during:checkpoint|move|restore|
-# rollback; ACTION is sigint, sigint2 (one Ctrl-C as a terminal delivers it: twice),
-# sigterm, fail or kill-target.
+# Test-only fault injection (tests/test_faults_lab.py): HMIGRATE_TEST_FAULT=POINT:ACTION
+# (several, separated by commas), read in Migration._fault only. POINT is before:PHASE or
+# during:checkpoint|move|restore|verify|rollback; ACTION is sigint, sigint2 (one Ctrl-C as
+# a terminal delivers it: twice), sigterm, fail or kill-target.
 FAULT_ENV = "HMIGRATE_TEST_FAULT"
 # Docker's rule for container names.
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
@@ -228,9 +228,10 @@ class Migration:
 
     def _fault(self, point: str) -> None:
         """Test-only fault injection at `point` (FAULT_ENV); nothing unless it is set."""
-        spec = os.environ.get(FAULT_ENV, "")
-        want, _, action = spec.rpartition(":")
-        if not spec or want != point:
+        faults = dict(f.rpartition(":")[::2] for f in os.environ.get(FAULT_ENV, "").split(",")
+                      if ":" in f)
+        action = faults.get(point)
+        if not action:
             return
         if action in ("sigint", "sigint2", "sigterm"):
             sig = signal.SIGTERM if action == "sigterm" else signal.SIGINT

@@ -92,15 +92,23 @@ def assert_end_state(host_a, host_b, name: str, cid: str, before: int, doc: dict
 
 # (fault, exit code, where the container runs afterwards)
 MATRIX = [
+    ("before:validate:sigint", 130, "a"),
     ("before:prepare:sigint", 130, "a"),
+    ("before:checkpoint:sigint2", 130, "a"),
     ("during:checkpoint:sigint2", 130, "a"),  # one Ctrl-C as a terminal delivers it
     ("during:checkpoint:sigterm", 130, "a"),
+    ("before:move:sigint", 130, "a"),
     ("during:move:sigint", 130, "a"),
+    ("before:recode:sigint", 130, "a"),
+    ("before:pre-restore:sigterm", 130, "a"),
     ("before:restore:sigint2", 130, "a"),
     ("during:restore:sigint", 130, "b"),  # the daemon restores anyway: commit point
     ("before:verify:sigint2", 130, "b"),
+    ("before:post-restore:sigint", 130, "b"),
     ("during:verify:kill-target", 11, "a"),  # the target died: the source resumes
     ("before:commit:sigterm", 130, "b"),
+    # a Ctrl-C while rolling back (and its duplicate) does not abort the rollback
+    ("before:restore:fail,during:rollback:sigint2", 1, "a"),
 ]
 
 

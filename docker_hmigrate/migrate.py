@@ -202,7 +202,12 @@ class Migration:
                         and self._running(self.dst, self.created.target_container):
                     self._mark_started()
             if not self.target_started or isinstance(exc, errors.TargetDied):
+                touched = self.created != Created()
                 self.roll_back(exc)
+                if isinstance(exc, KeyboardInterrupt) and touched:
+                    raise errors.Interrupted(
+                        f"interrupted before the commit point: rolled back, "
+                        f"{self.opts.container} runs on {self.src.name}") from exc
                 raise exc
             state = self._target_state()
             if state is not None and not state.get("Running"):

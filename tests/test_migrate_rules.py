@@ -250,7 +250,8 @@ def test_interrupt_before_target_started_rolls_back():
     dst.api.states[TID] = {"Running": False, "Status": "created"}
     m.created = Created(target_container=TID, source_frozen=True)
     exc = settle(m, KeyboardInterrupt())
-    assert isinstance(exc, KeyboardInterrupt)
+    assert isinstance(exc, errors.Interrupted) and exc.exit_code == 130
+    assert "rolled back" in exc.message and "runs on a" in exc.message
     assert TID not in dst.api.states and src.api.states[CID]["Running"]
 
 

@@ -130,6 +130,7 @@ class Migration:
         self.restore_log: Path | None = None
         self._restore_watch: tuple[Future, threading.Event] | None = None
         self._keep_ip: dict[str, str] = {}  # network -> the address kept there
+        self._template_id = ""  # cross-ISA: the template container, even once removed
         self.warnings: list[str] = []
         for host in (src, dst):  # every helper and probe made for this migration
             host.labels = {MIGRATION_LABEL: self.checkpoint}
@@ -364,7 +365,7 @@ class Migration:
             res = self.dst.api._result(
                 self.dst.api._post_json(url, data=self.spec.body, params={"name": name}),
                 json=True)
-            self.created.template = res["Id"]
+            self.created.template = self._template_id = res["Id"]
         want = park.fd_counts(self.src, self.inspect["Id"])
         self.dst.api.start(res["Id"])
         park.wait_like(self.dst, res["Id"], want)  # its processes started, as the source's
@@ -546,7 +547,8 @@ class Migration:
 
     def _remove_staging(self) -> None:
         """containerd's copies of the checkpoint in /tmp, on both hosts (process memory)."""
-        ids = [self.inspect["Id"]] + ([self.created.template] if self.created.template else [])
+        # a cross-ISA restore's images are the template's (its mounts name the template)
+        ids = [self.inspect["Id"]] + ([self._template_id] if self._template_id else [])
         def clean(host: Host) -> None:
             with contextlib.suppress(Exception):
                 host.remove_checkpoint_staging(ids, since=self.started_at)
@@ -657,7 +659,7 @@ class Migration:
                 ph.update("target cleaned")
             else:
                 ph.update("target cleaned")
-            if created.source_frozen or created.template:
+            if created.source_frozen or self._template_id:
                 self._remove_staging()
         self.created = Created()
         if problems:

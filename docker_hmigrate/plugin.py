@@ -248,12 +248,19 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.write(f"error: {exc}\nhint: run `docker hmigrate --help` for usage\n")
         return 2
 
-    from docker_hmigrate import cli
-
     if completing:
+        from docker_hmigrate import cli
+
         return cli.complete(rest)
+    # Before the (slow, on a busy host) imports: a Ctrl-C while they run ends the command
+    # quietly with 130, nothing having been touched yet.
     install_signal_handlers()
-    watch_cli_socket()
+    try:
+        watch_cli_socket()  # early too: the CLI may close it while we import
+        from docker_hmigrate import cli
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
     return cli.run(rest, pre_globals)
 
 

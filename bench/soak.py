@@ -136,7 +136,10 @@ def leftovers(name: str, ids: set[str], checkpoints: list[str]) -> list[str]:
             found += [f"{ctx}: checkpoint {c}" for c in cks]
     for d in glob.glob("/tmp/ctrd-checkpoint*"):  # the lab's hosts share this /tmp
         for f in glob.glob(f"{d}/mountpoints-*.img"):
-            data = Path(f).read_bytes()
+            try:
+                data = Path(f).read_bytes()
+            except OSError:  # another user's copy, removed meanwhile
+                continue
             if any(cid.encode() in data for cid in ids):
                 found.append(f"staging copy {d}")
                 break

@@ -440,14 +440,14 @@ class Migration:
     def _dump(self) -> None:
         """The checkpoint, retried when runc could not freeze the container (a busy
         process under cgroup v1's freezer): runc thaws it again, nothing was dumped."""
-        for attempt in range(3):
+        for attempt in range(5):
             try:
                 self.src.checkpoint_create(self.inspect["Id"], self.checkpoint, exit=True)
                 return
             except docker.errors.APIError as exc:
-                if "unable to freeze" not in api_error_text(exc) or attempt == 2:
+                if "unable to freeze" not in api_error_text(exc) or attempt == 4:
                     raise
-                time.sleep(0.5)
+                time.sleep(0.5 * 2 ** attempt)
 
     def phase_move(self) -> None:
         with self.rep.phase("move") as ph:

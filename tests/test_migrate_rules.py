@@ -391,3 +391,21 @@ def test_private_file_refuses_symlinks_and_is_created_fresh(tmp_path: Path):
     old.chmod(0o644)
     os.close(transfer.create_private_file(old))
     assert old.stat().st_mode & 0o777 == 0o600 and old.stat().st_size == 0
+
+
+def test_dump_retried_when_runc_cannot_freeze(monkeypatch):
+    m, src, dst = migration()
+    tries = []
+
+    def create(cid, name, exit=True):
+        tries.append(name)
+        if len(tries) < 3:
+            raise api_error(text="OCI runtime pause failed: unable to freeze: unknown")
+
+    src.checkpoint_create = create
+    monkeypatch.setattr("docker_hmigrate.migrate.time.sleep", lambda s: None)
+    m._dump()
+    assert len(tries) == 3
+    src.checkpoint_create = lambda *a, **k: (_ for _ in ()).throw(api_error(text="other"))
+    with pytest.raises(docker.errors.APIError):
+        m._dump()

@@ -12,7 +12,6 @@ import contextlib
 import io
 import tarfile
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -21,6 +20,7 @@ from typing import Any
 
 import docker
 import docker.errors
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from docker_hmigrate import interrupts
 from docker_hmigrate.errors import HmigrateError, UnknownContainer
@@ -100,19 +100,14 @@ class Host:
     def start(self, container: str, checkpoint: str | None = None) -> None:
         url = self.api._url("/containers/{0}/start", container)
         params = {"checkpoint": checkpoint} if checkpoint else {}
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                self.api._raise_for_status(self.api._post(url, params=params))
-                return
-            except docker.errors.APIError as exc:
-                # Restoring right after a dump on the same daemon: the dump's copy in
-                # containerd's content store has the same digest and is only garbage
-                # collected a little later; until then the upload "already exists".
-                if not (checkpoint and "already exists" in api_error_text(exc)
-                        and time.monotonic() < deadline):
-                    raise
-                time.sleep(0.5)
+        # Restoring right after a dump on the same daemon: the dump's copy in containerd's
+        # content store has the same digest and is only garbage collected a little later;
+        # until then the upload "already exists". Retried for up to 20 s.
+        retrying = Retrying(
+            stop=stop_after_delay(20), wait=wait_fixed(0.5), reraise=True,
+            retry=retry_if_exception(lambda exc: bool(checkpoint) and isinstance(
+                exc, docker.errors.APIError) and "already exists" in api_error_text(exc)))
+        retrying(lambda: self.api._raise_for_status(self.api._post(url, params=params)))
 
     def checkpoint_dir(self, container_id: str) -> str:
         """Where the daemon keeps (and restores from) a container's checkpoints."""

@@ -1,4 +1,4 @@
-"""The migration pipeline, phase by phase (DESIGN.md, "The migration, phase by phase").
+"""The migration pipeline, phase by phase (docs/design.md, "The migration, phase by phase").
 
     1 validate   2 prepare target   3 checkpoint (freeze)   4 move   5 recode
     6 restore + verify   7 commit, or roll back
@@ -37,10 +37,17 @@ from typing import Any
 
 import docker.errors
 import docker.types
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
 
 from docker_hmigrate import errors, interrupts, park, recode, transfer
 from docker_hmigrate.engine import LOCK_PREFIX, MIGRATION_LABEL, Host, api_error_text
 from docker_hmigrate.output import Reporter
+from docker_hmigrate.polling import watch
 from docker_hmigrate.spec import ContainerSpec, target_spec
 from docker_hmigrate.validate import (
     Check,
@@ -73,7 +80,7 @@ class MigrationOptions:
     hook_timeout: float = 60.0
 
     def check(self) -> None:
-        """Refuse bad option values before anything is touched (exit 2)."""
+        """Refuse bad option values before anything is touched (a usage error)."""
         for opt, value, low in (("--verify-seconds", self.verify_seconds, 0.0),
                                 ("--hook-timeout", self.hook_timeout, 0.001)):
             if not math.isfinite(value) or value < low or value > 86400:
@@ -107,6 +114,7 @@ class Migration:
         self.src, self.dst, self.opts, self.rep = src, dst, opts, reporter
         self.checkpoint = f"hmigrate-{uuid.uuid4().hex[:10]}"
         self.created = Created()
+        self.target_id: str | None = None  # kept for the report once `created` is cleared
         self.inspect: dict[str, Any] = {}
         self.spec: ContainerSpec | None = None
         self.validation: Validation | None = None
@@ -143,9 +151,12 @@ class Migration:
         name = self.opts.target_name or self.inspect["Name"].lstrip("/")
         self.spec = target_spec(self.inspect, name, self._target_image())
         self.rep.set("container", self.inspect["Name"].lstrip("/"))
+        self.rep.set("container_id", self.inspect["Id"])
         self.rep.set("source", self.src.name)
         self.rep.set("checkpoint", self.checkpoint)
         self.rep.set("target", self.dst.name)
+        self.rep.set("source_isa", self.src.isa)
+        self.rep.set("target_isa", self.dst.isa)
         try:
             self._take_lock()
             self._run_phases()
@@ -312,7 +323,9 @@ class Migration:
             self.validation = validate(self.src, self.dst, self.inspect, self.spec, image, cross)
             failed = self.validation.failures
             for check in failed:
-                self.rep.warn(f"{check.name}: {check.detail}")
+                # blocking unless --force: an error line; with --force, a warning
+                report = self.rep.warn if self.opts.force else self.rep.error
+                report(f"{check.name}: {check.detail}")
             if failed and self.opts.force:
                 ph.update(f"{len(failed)} failed check(s) ignored (--force)")
             elif not failed:
@@ -341,7 +354,7 @@ class Migration:
                         f"{self.dst.name} refused to create {self.spec.name}: "
                         f"{api_error_text(exc)}",
                         hint="see the reason above; nothing was frozen") from exc
-                self.created.target_container = res["Id"]
+                self.created.target_container = self.target_id = res["Id"]
             for net in list(self.spec.networks)[1:]:
                 ep = self.spec.networks[net]
                 self.dst.api.connect_container_to_network(
@@ -440,14 +453,12 @@ class Migration:
     def _dump(self) -> None:
         """The checkpoint, retried when runc could not freeze the container (a busy
         process under cgroup v1's freezer): runc thaws it again, nothing was dumped."""
-        for attempt in range(5):
-            try:
-                self.src.checkpoint_create(self.inspect["Id"], self.checkpoint, exit=True)
-                return
-            except docker.errors.APIError as exc:
-                if "unable to freeze" not in api_error_text(exc) or attempt == 4:
-                    raise
-                time.sleep(0.5 * 2 ** attempt)
+        Retrying(
+            stop=stop_after_attempt(5), wait=wait_exponential(multiplier=0.5, max=4),
+            reraise=True, sleep=lambda s: time.sleep(s),
+            retry=retry_if_exception(lambda exc: isinstance(exc, docker.errors.APIError)
+                                     and "unable to freeze" in api_error_text(exc)),
+        )(self.src.checkpoint_create, self.inspect["Id"], self.checkpoint, exit=True)
 
     def phase_move(self) -> None:
         with self.rep.phase("move") as ph:
@@ -822,8 +833,8 @@ class Migration:
 
     def _verify_running(self, cid: str, host: Host | None = None) -> None:
         host = host or self.dst
-        deadline = time.monotonic() + self.opts.verify_seconds
-        while True:
+
+        def still_running() -> None:
             if host is self.dst:
                 self._fault("during:verify")
             state = host.api.inspect_container(cid)["State"]
@@ -834,9 +845,8 @@ class Migration:
                     f"the restored container on {host.name} is {state.get('Status')} "
                     f"(exit code {state.get('ExitCode')}): {state.get('Error') or 'no error'}",
                     hint="the source was restored where it was")
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(0.1)
+
+        watch(still_running, self.opts.verify_seconds, 0.1)
 
     def _hook(self, point: str, fatal: bool = True, error: str = "") -> None:
         """Run a hook with a timeout; its output goes to stderr (stdout may be --json's)."""
@@ -879,17 +889,20 @@ class Migration:
         }
 
     def _result(self, total: float) -> dict[str, Any]:
-        phases = {p.name: round(p.seconds, 3) for p in self.rep.phases}
+        # Machine values only (docs/json.md, schema hmigrate/v1); the per-phase seconds
+        # are in the reporter's "phases" list.
         result = {
             "container": self.inspect["Name"].lstrip("/"),
+            "container_id": self.inspect["Id"],
             "target_container": self.spec.name,
+            "target_container_id": self.target_id,
             "source": self.src.name,
             "target": self.dst.name,
-            "isa": f"{self.src.isa} -> {self.dst.isa}",
+            "source_isa": self.src.isa,
+            "target_isa": self.dst.isa,
             "downtime_seconds": round(self.downtime, 3),
             "total_seconds": round(total, 3),
             "bytes_moved": self.bytes_moved,
-            "phase_seconds": phases,
             "source_kept": self.opts.keep_source,
         }
         for k, v in result.items():

@@ -199,7 +199,7 @@ def test_bad_values_refused_before_anything(host_a, host_b, cleanup):
     for args in (["--verify-seconds", "nan"], ["--verify-seconds", "-1"],
                  ["--name", "bad/name"]):
         proc, doc = migrate(name, *args)
-        assert proc.returncode == 2 and doc["error"]["exit_code"] == 2, proc.stderr
+        assert proc.returncode == 125 and doc["error"]["exit_code"] == 125, proc.stderr
     assert_end_state(host_a, host_b, name, cid, before, {"checkpoint": "none"}, "a")
 
 

@@ -361,6 +361,7 @@ def test_hook_output_goes_to_stderr(capfd):
     (["--name", "bad/name"], "--name"),
 ])
 def test_bad_option_values_refused_up_front(monkeypatch, capsys, args, text):
+    """A usage error (docker's 125), before any host is contacted."""
     from docker_hmigrate import hosts
 
     def never(*a, **k):
@@ -370,9 +371,9 @@ def test_bad_option_values_refused_up_front(monkeypatch, capsys, args, text):
     monkeypatch.setattr(hosts, "resolve_target", never)
     code = cli.run(["migrate", "web", "--to", "hm-b", *args, "--json"])
     out, err = capsys.readouterr()
-    assert code == 2, (out, err)
+    assert code == errors.UsageError.exit_code == 125, (out, err)
     doc = json.loads(out)
-    assert doc["error"]["exit_code"] == 2 and text in doc["error"]["message"]
+    assert doc["error"]["exit_code"] == 125 and text in doc["error"]["message"]
 
 
 # ---- checkpoint -o -----------------------------------------------------------------------

@@ -24,6 +24,8 @@ code  class                        meaning
 12    ValidationFailed             pre-migration validation failed
 13    RollbackFailed               rollback failed: needs attention
 14    NotMigratableCrossISA        container cannot be moved to another ISA
+15    HookFailed                   a hook failed or timed out
+16    ContainerBusy                another migration of the container is running
 125   UsageError                   bad command line (docker's own code for usage errors)
 130   Interrupted                  interrupted by the user (Ctrl-C)
 ====  ===========================  ==============================================
@@ -137,6 +139,20 @@ class NotMigratableCrossISA(HmigrateError):
     default_hint = "build the program with hmigrate-cc for both ISAs, or migrate to the same ISA"
 
 
+class TargetDied(RestoreFailed):
+    """The target stopped during verify, after it had started: the source resumes."""
+
+
+class HookFailed(HmigrateError):
+    exit_code = 15
+    default_hint = "fix the hook command (or raise --hook-timeout), then retry"
+
+
+class ContainerBusy(HmigrateError):
+    exit_code = 16
+    default_hint = "wait for the other migration of this container to finish"
+
+
 class Interrupted(HmigrateError):
     exit_code = 130
     default_hint = None
@@ -157,6 +173,8 @@ EXIT_CODES: dict[int, tuple[type[HmigrateError], ...]] = {
     12: (ValidationFailed,),
     13: (RollbackFailed,),
     14: (NotMigratableCrossISA,),
+    15: (HookFailed,),
+    16: (ContainerBusy,),
     125: (UsageError,),
     130: (Interrupted,),
 }

@@ -242,7 +242,8 @@ class FastCheckpoint:
     def stage_for_restore(self, checkpoint_dir: str) -> None:
         """Make the images readable where `docker start --checkpoint` looks (rollback):
         links into the tmpfs folder, which stays until close()."""
-        status, out = self._sh(relative_links(self.images, checkpoint_dir, self.checkpoint))
+        status, out = self._sh(f"test -e {self.images}/inventory.img && "
+                               + relative_links(self.images, checkpoint_dir, self.checkpoint))
         if status != 0:
             raise errors.CriuError(
                 f"the checkpoint could not be put in {checkpoint_dir}: {out.strip()}")

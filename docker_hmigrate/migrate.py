@@ -459,6 +459,7 @@ class Migration:
             # daemon dumps, and the daemon finishes the dump (the source exits) anyway.
             self.created.source_frozen = True
             if self._fast_checkpoint(ph):  # fast path (issue 11); False: the API's
+                self._fault("during:checkpoint")
                 return
             self._checkpoint_call = _in_background(self._dump)
             self._fault("during:checkpoint")

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -515,3 +516,41 @@ def test_park_and_resume_aarch64_under_qemu(hello: Path, threads: Path, tmp_path
         if p.poll() is None:
             p.kill()
     assert p.returncode == 0 and " OK" in out, out
+
+
+def _symbols(binary: Path) -> dict[str, str]:
+    out = subprocess.run(["nm", str(binary)], capture_output=True, text=True, check=True).stdout
+    return {ln.split()[2]: ln.split()[0] for ln in out.splitlines() if len(ln.split()) == 3}
+
+
+def test_layout_does_not_depend_on_folder_name(tmp_path: Path) -> None:
+    """The same sources built in a short and a long folder give the same aligned binaries.
+
+    ld's map prints an archive member on one line with its referrer when
+    "ARCHIVE(MEMBER)" is shorter than 29 characters: a short folder (like /src/lua/src)
+    once made those members vanish from one ISA's plan (issue 10)."""
+    short = Path(tempfile.mkdtemp(dir="/tmp", prefix="h"))
+    long_ = tmp_path / "a_rather_long_folder_name_for_the_same_sources"
+    try:
+        for d in (short, long_):
+            d.mkdir(exist_ok=True)
+            for n in "abc":  # short member names: "/tmp/hXXXXXXXX/libu.a(a.o)" < 29
+                (d / f"{n}.c").write_text(
+                    f"int v_{n} = 3;\nint f_{n}(int x) {{ return x + v_{n}; }}\n")
+            (d / "main.c").write_text(
+                '#include <stdio.h>\nint f_a(int), f_b(int), f_c(int);\n'
+                'int main(void) { printf("%d\\n", f_a(1) + f_b(2) + f_c(3)); return 0; }\n')
+            (d / "Makefile").write_text(
+                "all: app\nlibu.a: a.o b.o c.o\n\tar rc $@ $^\n"
+                "app: main.o libu.a\n\t$(CC) -o app main.o libu.a\n")
+            res = subprocess.run(["make", "-C", str(d), f"CC={CC}"], capture_output=True,
+                                 text=True, timeout=300)
+            assert res.returncode == 0, res.stdout + res.stderr
+            assert check_align(d / "app_x86-64", d / "app_aarch64").returncode == 0
+        assert len(f"{short}/libu.a(a.o)") < 29 <= len(f"{long_}/libu.a(a.o)")
+        for isa in ("x86-64", "aarch64"):
+            a, b = _symbols(short / f"app_{isa}"), _symbols(long_ / f"app_{isa}")
+            assert {"f_a", "f_b", "f_c", "v_a", "main"} <= a.keys()
+            assert a == b, sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    finally:
+        shutil.rmtree(short)

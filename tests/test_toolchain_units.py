@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,7 @@ MAP = """Archive member included to satisfy reference by file (symbol)
 
 {libc}(printf.lo)
                               /w/hello.o (printf)
+{short}(ldo.o)        /w/lua.o (luaD_call)
 {libc}(a_very_long_member_name_here.lo)
                               {libc}(printf.lo) (x)
 
@@ -155,8 +158,15 @@ def test_parse_map_inputs(tmp_path: Path):
     libc.write_bytes(b"!<arch>\n")
     crt1 = tmp_path / "crt1.o"
     crt1.write_bytes(b"\x7fELF")
-    got = parse_map_inputs(MAP.format(libc=libc, crt1=crt1))
-    assert got == [(str(crt1), None), (str(libc), "printf.lo"),
+    # ld puts a member shorter than 29 characters and its referrer on one line.
+    short = Path(tempfile.mkdtemp(dir="/tmp", prefix="m")) / "l.a"
+    try:
+        short.write_bytes(b"!<arch>\n")
+        assert len(f"{short}(ldo.o)") < 29
+        got = parse_map_inputs(MAP.format(libc=libc, crt1=crt1, short=short))
+    finally:
+        shutil.rmtree(short.parent)
+    assert got == [(str(crt1), None), (str(libc), "printf.lo"), (str(short), "ldo.o"),
                    (str(libc), "a_very_long_member_name_here.lo")]
 
 

@@ -339,6 +339,9 @@ def link_cmd(il: IsaLink, out: str, mapfile: str, ldflags: list[str],
     return cmd
 
 
+_MAP_MEMBER = re.compile(r"^(.+?\.a)\(([^()]+)\)(?:\s+\S.*)?$")
+
+
 def parse_map_inputs(text: str) -> list[tuple[str, str | None]]:
     """Files the linker loaded, from a GNU ld map: plain objects and archive members."""
     members: list[tuple[str, str | None]] = []
@@ -351,9 +354,16 @@ def parse_map_inputs(text: str) -> list[tuple[str, str | None]]:
         if line.startswith(("Discarded input sections", "Memory Configuration", "Merging",
                             "Allocating common symbols", "Linker script and memory map")):
             in_members = False
-        if in_members and line and not line[0].isspace() and line.endswith(")") and "(" in line:
-            path, _, member = line[:-1].partition("(")
-            if not path.endswith(".a") or not os.path.exists(path):
+        if in_members and line and not line[0].isspace():
+            # ld writes "ARCHIVE(MEMBER)" alone on its line when it is 29 characters or
+            # longer, else padded and followed by the referencing "FILE (SYMBOL)" on the
+            # same line: which form appears depends on the path's length, i.e. on the
+            # folder the sources lie in and on our per-ISA work folder.
+            m = _MAP_MEMBER.match(line)
+            if not m:
+                continue
+            path, member = m.group(1), m.group(2)
+            if not os.path.exists(path):
                 continue
             if (path, member) not in members:
                 members.append((path, member))

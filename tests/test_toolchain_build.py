@@ -554,3 +554,77 @@ def test_layout_does_not_depend_on_folder_name(tmp_path: Path) -> None:
             assert a == b, sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
     finally:
         shutil.rmtree(short)
+
+
+SETJMP_C = r"""
+#include <setjmp.h>
+#include <stdio.h>
+#include <unistd.h>
+
+struct guard { struct guard *prev; jmp_buf b; volatile int status; };
+static volatile long n;
+
+static void tick(void) { n++; usleep(1000); }
+
+/* Like lua's luaD_rawrunprotected: a jmp_buf lives in this frame while work runs. */
+static int protected_run(int steps)
+{
+	struct guard g;
+	g.status = 0;
+	if (setjmp(g.b) == 0)
+		for (int i = 0; i < steps; i++)
+			tick();
+	return g.status;
+}
+
+int main(void)
+{
+	setvbuf(stdout, 0, _IOLBF, 0);
+	printf("start\n");
+	protected_run(1500);
+	printf("protected done\n");
+	for (;;)
+		tick();
+}
+"""
+
+
+def test_setjmp_frame_blocks_parking_and_is_named(tmp_path: Path) -> None:
+    """A frame holding a jmp_buf is untranslatable (its registers are one ISA's): the
+    metadata names the construct and file:line, the runtime does not park under it and
+    reports which frame blocks it, and parks once that frame has returned."""
+    from docker_hmigrate.park import ParkProtocol, parse_park_file
+
+    (tmp_path / "sj.c").write_text(SETJMP_C)
+    res = subprocess.run(CC.split() + ["-o", str(tmp_path / "sj"), str(tmp_path / "sj.c")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    md = json.loads((tmp_path / "sj.hmigrate.json").read_text())
+    fn = {f["name"]: f for f in md["functions"]}["protected_run"]
+    assert not fn["translatable"]
+    why = " ".join(fn["untranslatable_reasons"])
+    assert "setjmp/longjmp: variable g (struct guard) holds a jmp_buf" in why, why
+    assert "216 bytes on x86-64, 328 on aarch64" in why and "sj.c:14" in why, why
+    flag = tmp_path / "parked"
+    p = subprocess.Popen([str(tmp_path / "sj_x86-64")], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "HMIGRATE_PARK_FILE": str(flag)})
+    try:
+        assert p.stdout.readline() == "start\n"
+        time.sleep(0.2)
+        t0 = time.time()
+        p.send_signal(40)
+        blocked = Path(str(flag) + ".blocked")
+        wait_for(blocked, 5)
+        info = parse_park_file(blocked.read_text())
+        text = ParkProtocol.from_metadata(md).explain(int(info["ra"], 16))
+        assert text.startswith("protected_run (x86-64, called at sj.c:"), text
+        assert "holds a jmp_buf" in text
+        wait_for(flag, 10)  # parks only once protected_run has returned (~1.5 s)
+        assert time.time() - t0 > 0.8
+        assert p.stdout.readline() == "protected done\n"
+        p.send_signal(41)
+        time.sleep(0.3)
+        assert p.poll() is None and not flag.exists() and not blocked.exists()
+    finally:
+        p.kill()
+        p.wait()

@@ -24,7 +24,9 @@ from docker_hmigrate.recode.regs import ThreadRegs
 
 
 class Untranslatable(errors.NotMigratableCrossISA):
-    pass
+    # The program was built right: what it holds at this moment is what cannot move.
+    default_hint = ("this state is not translated across ISAs yet (docs/toolchain.md, "
+                    "C constructs); migrate to a host of the same ISA")
 
 
 @dataclass

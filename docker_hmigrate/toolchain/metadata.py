@@ -90,6 +90,11 @@ def _ref(die, name="DW_AT_type"):
     return die.get_DIE_from_attribute(name)
 
 
+# musl's jmp_buf and sigjmp_buf are arrays of this struct: the registers of a call site
+# (return address, stack and frame pointers, callee-saved registers) in one ISA's layout.
+JMP_BUF_STRUCTS = ("__jmp_buf_tag",)
+
+
 def describe_type(die, depth: int = 0) -> dict:
     """Type summary recode needs: name, size, and where pointers live inside it."""
     if die is None:
@@ -115,6 +120,7 @@ def describe_type(die, depth: int = 0) -> dict:
     if tag in ("DW_TAG_structure_type", "DW_TAG_union_type"):
         kw = "struct" if tag == "DW_TAG_structure_type" else "union"
         ptrs: list[int] = []
+        holds: set[str] = {"jmp_buf"} if _name(die) in JMP_BUF_STRUCTS else set()
         if depth < 6:
             for m in die.iter_children():
                 if m.tag != "DW_TAG_member":
@@ -122,9 +128,14 @@ def describe_type(die, depth: int = 0) -> dict:
                 off = _attr(m, "DW_AT_data_member_location", 0)
                 if not isinstance(off, int):
                     continue
-                ptrs += [off + p for p in describe_type(_ref(m), depth + 1)["pointer_offsets"]]
-        return {"name": f"{kw} {_name(die) or '<anon>'}", "kind": kw,
-                "size": _attr(die, "DW_AT_byte_size", 0), "pointer_offsets": ptrs[:256]}
+                mt = describe_type(_ref(m), depth + 1)
+                ptrs += [off + p for p in mt["pointer_offsets"]]
+                holds.update(mt.get("holds", ()))
+        out = {"name": f"{kw} {_name(die) or '<anon>'}", "kind": kw,
+               "size": _attr(die, "DW_AT_byte_size", 0), "pointer_offsets": ptrs[:256]}
+        if holds:
+            out["holds"] = sorted(holds)
+        return out
     if tag == "DW_TAG_array_type":
         elem = describe_type(_ref(die), depth + 1)
         count = 1
@@ -136,8 +147,11 @@ def describe_type(die, depth: int = 0) -> dict:
                 count *= n
         ptrs = [i * elem["size"] + p for i in range(min(count, 256)) for p in
                 elem["pointer_offsets"]] if elem["size"] else []
-        return {"name": f"{elem['name']}[{count}]", "kind": "array",
-                "size": elem["size"] * count, "pointer_offsets": ptrs[:256]}
+        out = {"name": f"{elem['name']}[{count}]", "kind": "array",
+               "size": elem["size"] * count, "pointer_offsets": ptrs[:256]}
+        if elem.get("holds"):
+            out["holds"] = elem["holds"]
+        return out
     if tag == "DW_TAG_subroutine_type":
         return {"name": "function", "kind": "function", "size": 0, "pointer_offsets": []}
     return {"name": tag, "kind": "other", "size": _attr(die, "DW_AT_byte_size", 0),
@@ -183,6 +197,8 @@ def _collect_vars(die, out: list[dict], scope: tuple[int, int] | None) -> None:
             entry = {"name": _name(ch), "kind": "param" if ch.tag.endswith("parameter") else
                      "local", "type": describe_type(_ref(ch)), "scope": list(scope) if scope
                      else None}
+            if isinstance(_attr(ch, "DW_AT_decl_line"), int):
+                entry["line"] = _attr(ch, "DW_AT_decl_line")
             if off is not None:
                 entry["cfa_offset"] = off
             elif ind is not None:  # the slot holds the variable's address
@@ -684,9 +700,44 @@ def _bad_var(v: dict) -> str | None:
     return None
 
 
+def _where(f: dict, v: dict) -> str:
+    return f"{f.get('file') or '?'}:{v['line']}" if v.get("line") else f.get("file") or "?"
+
+
+def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:
+    """Stack variables whose contents have another layout on the other ISA: a jmp_buf
+    (setjmp/longjmp state: registers of one ISA), or any type whose size differs."""
+    reasons = []
+    seen: dict[tuple, int] = {}
+    twins: dict[tuple, dict] = {}
+    for v in fa.get("vars", []):
+        k = (v["name"], v["kind"])
+        twins[(*k, seen.get(k, 0))] = v
+        seen[k] = seen.get(k, 0) + 1
+    seen.clear()
+    for v in fx.get("vars", []):
+        if v.get("kind") == "static":
+            continue
+        k = (v["name"], v["kind"])
+        n = seen.get(k, 0)
+        seen[k] = n + 1
+        a = twins.get((*k, n))
+        tname = v["type"]["name"]
+        if "jmp_buf" in v["type"].get("holds", ()) or (a and "jmp_buf" in
+                                                      a["type"].get("holds", ())):
+            sizes = f"{v['type']['size']} bytes on x86-64, " \
+                    f"{a['type']['size'] if a else '?'} on aarch64"
+            reasons.append(f"setjmp/longjmp: variable {v['name']} ({tname}) holds a jmp_buf "
+                           f"(registers in one ISA's layout; {sizes}) at {_where(fx, v)}")
+        elif a and a["type"]["size"] != v["type"]["size"]:
+            reasons.append(f"variable {v['name']} ({tname}) has size {v['type']['size']} on "
+                           f"x86-64, {a['type']['size']} on aarch64 at {_where(fx, v)}")
+    return reasons
+
+
 def function_reasons(fx: dict, fa: dict) -> list[str]:
     """Why no frame of this function can be rebuilt on the other ISA (whole-function)."""
-    reasons = []
+    reasons = cross_isa_var_reasons(fx, fa)
     for isa, f in (("x86-64", fx), ("aarch64", fa)):
         if f.get("variadic"):
             reasons.append(f"{isa}: variadic (va_list state differs per ISA)")

@@ -562,17 +562,28 @@ SETJMP_C = r"""
 #include <unistd.h>
 
 struct guard { struct guard *prev; jmp_buf b; volatile int status; };
+union odd { jmp_buf b; long word; };
 static volatile long n;
 
 static void tick(void) { n++; usleep(1000); }
 
+/* A jmp_buf inside a union: no member-by-member map, the frame stays untranslatable. */
+static int opaque_run(int steps)
+{
+	union odd u;
+	if (setjmp(u.b) == 0)
+		for (int i = 0; i < steps; i++)
+			tick();
+	return 0;
+}
+
 /* Like lua's luaD_rawrunprotected: a jmp_buf lives in this frame while work runs. */
-static int protected_run(int steps)
+static int protected_run(long steps)
 {
 	struct guard g;
 	g.status = 0;
 	if (setjmp(g.b) == 0)
-		for (int i = 0; i < steps; i++)
+		for (long i = 0; i < steps; i++)
 			tick();
 	return g.status;
 }
@@ -581,18 +592,18 @@ int main(void)
 {
 	setvbuf(stdout, 0, _IOLBF, 0);
 	printf("start\n");
-	protected_run(1500);
-	printf("protected done\n");
-	for (;;)
-		tick();
+	opaque_run(1500);
+	printf("opaque done\n");
+	return protected_run(1L << 40);
 }
 """
 
 
-def test_setjmp_frame_blocks_parking_and_is_named(tmp_path: Path) -> None:
-    """A frame holding a jmp_buf is untranslatable (its registers are one ISA's): the
-    metadata names the construct and file:line, the runtime does not park under it and
-    reports which frame blocks it, and parks once that frame has returned."""
+def test_setjmp_frames_translatable_or_blocking_and_named(tmp_path: Path) -> None:
+    """A struct holding a jmp_buf is described member by member on both ISAs (recode
+    translates it, recode/jmpbuf.py), so a thread parks under it. A jmp_buf the metadata
+    cannot map (in a union) makes its function untranslatable, naming the construct and
+    file:line; the runtime does not park under it and reports which frame blocks it."""
     from docker_hmigrate.park import ParkProtocol, parse_park_file
 
     (tmp_path / "sj.c").write_text(SETJMP_C)
@@ -600,11 +611,21 @@ def test_setjmp_frame_blocks_parking_and_is_named(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     md = json.loads((tmp_path / "sj.hmigrate.json").read_text())
-    fn = {f["name"]: f for f in md["functions"]}["protected_run"]
-    assert not fn["translatable"]
-    why = " ".join(fn["untranslatable_reasons"])
-    assert "setjmp/longjmp: variable g (struct guard) holds a jmp_buf" in why, why
-    assert "216 bytes on x86-64, 328 on aarch64" in why and "sj.c:14" in why, why
+    by = {f["name"]: f for f in md["functions"]}
+    good = by["protected_run"]
+    assert good["translatable"], good["untranslatable_reasons"]
+    g = {isa: next(v for v in good["isa"][isa]["vars"] if v["name"] == "g")
+         for isa in ("x86-64", "aarch64")}
+    assert [(f["path"], f["offset"], f["size"], f["kind"]) for f in
+            g["aarch64"]["type"]["fields"]] == [("prev", 0, 8, "pointer"),
+                                                 ("b[0]", 8, 312, "jmp_buf"),
+                                                 ("status", 320, 4, "data")]
+    assert g["x86-64"]["type"]["fields"][2]["offset"] == 208
+    bad = by["opaque_run"]
+    assert not bad["translatable"]
+    why = " ".join(bad["untranslatable_reasons"])
+    assert "setjmp/longjmp: variable u (union odd) holds a jmp_buf" in why, why
+    assert "200 bytes on x86-64, 312 on aarch64" in why and "sj.c:15" in why, why
     flag = tmp_path / "parked"
     p = subprocess.Popen([str(tmp_path / "sj_x86-64")], stdout=subprocess.PIPE, text=True,
                          env={**os.environ, "HMIGRATE_PARK_FILE": str(flag)})
@@ -617,11 +638,16 @@ def test_setjmp_frame_blocks_parking_and_is_named(tmp_path: Path) -> None:
         wait_for(blocked, 5)
         info = parse_park_file(blocked.read_text())
         text = ParkProtocol.from_metadata(md).explain(int(info["ra"], 16))
-        assert text.startswith("protected_run (x86-64, called at sj.c:"), text
+        assert text.startswith("opaque_run (x86-64, called at sj.c:"), text
         assert "holds a jmp_buf" in text
-        wait_for(flag, 10)  # parks only once protected_run has returned (~1.5 s)
+        wait_for(flag, 10)  # parks once opaque_run has returned, inside protected_run
         assert time.time() - t0 > 0.8
-        assert p.stdout.readline() == "protected done\n"
+        assert p.stdout.readline() == "opaque done\n"
+        walk = subprocess.run([sys.executable, "-m", "docker_hmigrate.toolchain", "walk",
+                               str(p.pid), str(tmp_path / "sj.hmigrate.json")],
+                              capture_output=True, text=True, timeout=60)
+        assert "protected_run" in walk.stdout and "untranslatable" not in walk.stdout, \
+            walk.stdout + walk.stderr
         p.send_signal(41)
         time.sleep(0.3)
         assert p.poll() is None and not flag.exists() and not blocked.exists()

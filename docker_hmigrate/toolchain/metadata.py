@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import capstone
 from elftools.elf.elffile import ELFFile
 
+from docker_hmigrate.recode import jmpbuf
+
 SCHEMA = "hmigrate-toolchain/1"
 ENTER_HOOK = "__cyg_profile_func_enter"
 EXIT_HOOK = "__cyg_profile_func_exit"
@@ -135,6 +137,7 @@ def describe_type(die, depth: int = 0) -> dict:
                "size": _attr(die, "DW_AT_byte_size", 0), "pointer_offsets": ptrs[:256]}
         if holds:
             out["holds"] = sorted(holds)
+            out["fields"] = type_fields(die)
         return out
     if tag == "DW_TAG_array_type":
         elem = describe_type(_ref(die), depth + 1)
@@ -151,11 +154,71 @@ def describe_type(die, depth: int = 0) -> dict:
                "size": elem["size"] * count, "pointer_offsets": ptrs[:256]}
         if elem.get("holds"):
             out["holds"] = elem["holds"]
+            out["fields"] = type_fields(die)
         return out
     if tag == "DW_TAG_subroutine_type":
         return {"name": "function", "kind": "function", "size": 0, "pointer_offsets": []}
     return {"name": tag, "kind": "other", "size": _attr(die, "DW_AT_byte_size", 0),
             "pointer_offsets": []}
+
+
+def _strip(die):
+    while die is not None and die.tag in ("DW_TAG_typedef", "DW_TAG_const_type",
+                                          "DW_TAG_volatile_type", "DW_TAG_restrict_type",
+                                          "DW_TAG_atomic_type"):
+        die = _ref(die)
+    return die
+
+
+def type_fields(die, prefix: str = "", base: int = 0, depth: int = 0) -> list[dict]:
+    """The leaves of a type that holds a jmp_buf, for a member-by-member copy between
+    the ISAs' layouts: {path, offset, size, kind: jmp_buf | pointer | data | opaque}."""
+    die = _strip(die)
+    if die is None:
+        return []
+    size = _attr(die, "DW_AT_byte_size", 0)
+    if die.tag == "DW_TAG_structure_type" and _name(die) in JMP_BUF_STRUCTS:
+        return [{"path": prefix, "offset": base, "size": size, "kind": "jmp_buf"}]
+    if die.tag == "DW_TAG_pointer_type":
+        return [{"path": prefix, "offset": base, "size": size or 8, "kind": "pointer"}]
+    if die.tag == "DW_TAG_structure_type" and depth < 8:
+        out = []
+        for m in die.iter_children():
+            off = _attr(m, "DW_AT_data_member_location", 0)
+            if m.tag != "DW_TAG_member" or not isinstance(off, int) or \
+                    "DW_AT_bit_size" in m.attributes:
+                continue
+            name = f"{prefix}.{_name(m)}" if prefix else (_name(m) or "?")
+            out += type_fields(_ref(m), name, base + off, depth + 1)
+        return out
+    if die.tag == "DW_TAG_array_type" and depth < 8:
+        elem, count = describe_type(_ref(die), depth + 1), _array_count(die)
+        if not elem["pointer_offsets"] and "jmp_buf" not in elem.get("holds", ()):
+            return [{"path": prefix, "offset": base, "size": elem["size"] * count,
+                     "kind": "data"}]
+        if count > 64:
+            return [{"path": prefix, "offset": base, "size": 0, "kind": "opaque"}]
+        out = []
+        for i in range(count):
+            out += type_fields(_ref(die), f"{prefix}[{i}]", base + i * elem["size"],
+                               depth + 1)
+        return out
+    if die.tag == "DW_TAG_union_type":  # members overlap: only plain data can be copied
+        members = [describe_type(_ref(m), depth + 1) for m in die.iter_children()
+                   if m.tag == "DW_TAG_member"]
+        plain = not any(m.get("holds") or m["pointer_offsets"] for m in members)
+        return [{"path": prefix, "offset": base, "size": size,
+                 "kind": "data" if plain else "opaque"}]
+    return [{"path": prefix, "offset": base, "size": size, "kind": "data"}]
+
+
+def _array_count(die) -> int:
+    count = 1
+    for sub in die.iter_children():
+        if sub.tag == "DW_TAG_subrange_type":
+            ub, cnt = _attr(sub, "DW_AT_upper_bound"), _attr(sub, "DW_AT_count")
+            count *= cnt if isinstance(cnt, int) else (ub + 1 if isinstance(ub, int) else 0)
+    return count
 
 
 def _fbreg_offset(loc, indirect: bool = False) -> int | None:
@@ -723,6 +786,9 @@ def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:
         seen[k] = n + 1
         a = twins.get((*k, n))
         tname = v["type"]["name"]
+        if "jmp_buf" in v["type"].get("holds", ()) and a and \
+                jmpbuf.fields_match(v["type"], a["type"]):
+            continue  # translated member by member (recode/jmpbuf.py)
         if "jmp_buf" in v["type"].get("holds", ()) or (a and "jmp_buf" in
                                                       a["type"].get("holds", ())):
             sizes = f"{v['type']['size']} bytes on x86-64, " \

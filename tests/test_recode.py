@@ -504,3 +504,29 @@ def test_jmp_buf_of_unknown_code_or_returned_frame_is_refused() -> None:
     with pytest.raises(frames.Untranslatable, match="member by member"):
         jmpbuf.copy_var(bytes(216), {"name": "lj", "type": guard_type(X)},
                         {"name": "lj", "type": bad}, "g", stack, idx, smap, BOTTOM[A])
+
+
+def test_pointers_to_stack_variables_held_in_the_heap_follow_them() -> None:
+    """lua's L->errorJmp (heap) points at a frame's lj: remapped with the stack; a word
+    into the live stack at no variable is left alone and counted as stale."""
+    from types import SimpleNamespace
+
+    from docker_hmigrate.recode import stackrefs
+
+    md = metadata()
+    idx, _, stack, _ = unwound(md)
+    heap = FakeMem(0x600000, 0x100)
+    heap.runs = [SimpleNamespace(vaddr=0x600000, end=0x600100, offset=0)]
+    heap.write_u64(0x600008, OUTER - 24)  # &main's x on x86-64
+    heap.write_u64(0x600010, OUTER - 12)  # main's frame record, no variable: stale
+    heap.write_u64(0x600018, 0x1234)
+    vmas = [SimpleNamespace(start=0x600000, end=0x600100, prot=3, flags=0x22, status=1)]
+    dst = SimpleNamespace(memory=lambda pid: heap,
+                          mm=lambda pid: SimpleNamespace(vmas=vmas))
+    got = stackrefs.remap(dst, {1: [(1, None, stack)]}, idx)
+    assert got == {1: {"remapped": 1, "stale": 1}}
+    assert heap.read_u64(0x600008) == OUTER - 8  # main's x on aarch64
+    assert heap.read_u64(0x600010) == OUTER - 12 and heap.read_u64(0x600018) == 0x1234
+    data = (OUTER - 24).to_bytes(8, "little") * 2 + bytes(4) + (OUTER - 24).to_bytes(8,
+                                                                                      "little")
+    assert list(stackrefs._candidates(data, STACK, OUTER)) == [0, 8]  # not the unaligned one

@@ -654,3 +654,29 @@ def test_setjmp_frames_translatable_or_blocking_and_named(tmp_path: Path) -> Non
     finally:
         p.kill()
         p.wait()
+
+
+def test_register_locals_get_stack_slots(tmp_path: Path) -> None:
+    """GCC keeps `register` locals in callee-saved registers even at -O0 (mawk): the
+    driver drops the keyword, so such frames have slots and stay translatable; a file
+    with an explicit register variable (asm("...")) keeps it and still compiles."""
+    (tmp_path / "r.c").write_text(
+        "#include <stdio.h>\n"
+        "static int sum(int n) { register int i, s = 0; register char *p = \"ab\";\n"
+        "  for (i = 0; i < n; i++) s += i + p[i % 2]; return s; }\n"
+        "int main(void) { printf(\"%d\\n\", sum(10)); return 0; }\n")
+    (tmp_path / "e.c").write_text(
+        "long get(void) {\n#if defined(__x86_64__)\n register long r asm(\"r12\") = 5;\n"
+        "#else\n register long r asm(\"x21\") = 5;\n#endif\n"
+        " __asm__ volatile(\"\" : \"+r\"(r)); return r; }\n")
+    res = subprocess.run(CC.split() + ["-o", str(tmp_path / "r"), str(tmp_path / "r.c"),
+                                       str(tmp_path / "e.c")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    md = json.loads((tmp_path / "r.hmigrate.json").read_text())
+    fn = {f["name"]: f for f in md["functions"]}["sum"]
+    assert fn["translatable"], fn["untranslatable_reasons"]
+    assert {v["name"] for v in fn["isa"]["aarch64"]["vars"] if "cfa_offset" in v} >= \
+        {"i", "s", "p"}
+    assert subprocess.run([str(tmp_path / "r_x86-64")], capture_output=True,
+                          text=True).stdout == "1020\n"

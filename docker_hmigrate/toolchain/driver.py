@@ -167,6 +167,19 @@ def isa_cflags(isa: Isa, cflags: list[str], *, deps: bool) -> list[str]:
     return out + list(FORCED_CFLAGS) + list(isa.extra_cflags) + isa.system_cflags()
 
 
+_EXPLICIT_REG = re.compile(r"\bregister\b[^;{}]*\b(?:__asm__|asm)\s*\(")
+
+
+def _explicit_registers(src: str) -> bool:
+    """The file declares a variable in a named register (`register long x asm("r10")`),
+    which needs the keyword: keep it there."""
+    try:
+        with open(src, errors="replace") as f:
+            return bool(_EXPLICIT_REG.search(f.read()))
+    except OSError:
+        return True
+
+
 def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True) -> None:
     """Compile src for both ISAs into out (x86-64 object with the aarch64 twin inside).
 
@@ -176,10 +189,17 @@ def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True) 
     via_asm = src.endswith((".c", ".i"))
     wa = [f for f in cflags if f.startswith("-Wa,")]
 
+    drop_register = instrument and via_asm and not _explicit_registers(src)
+
     def build(isa: Isa, dest: str, deps: bool) -> None:
         flags = isa_cflags(isa, cflags, deps=deps)
         if not instrument:
             flags = [f for f in flags if f != "-finstrument-functions"]
+        if drop_register:
+            # GCC keeps `register` locals in callee-saved registers even at -O0 (mawk's
+            # interpreter loop): such a frame has no slot to move. Dropping the keyword
+            # is always valid C (a register variable's address is never taken).
+            flags.append("-Dregister=")
         if not via_asm:
             run([isa.gcc, *flags, "-c", src, "-o", dest])
             return

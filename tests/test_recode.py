@@ -530,3 +530,38 @@ def test_pointers_to_stack_variables_held_in_the_heap_follow_them() -> None:
     data = (OUTER - 24).to_bytes(8, "little") * 2 + bytes(4) + (OUTER - 24).to_bytes(8,
                                                                                       "little")
     assert list(stackrefs._candidates(data, STACK, OUTER)) == [0, 8]  # not the unaligned one
+
+
+def test_static_jmp_buf_translated_heap_one_refused_dead_one_zeroed() -> None:
+    from types import SimpleNamespace
+
+    from docker_hmigrate.recode import jmpbuf
+
+    md = jmp_metadata()
+    md["symbols"].append({"name": "env", "kind": "object", X: [0x600040, 200],
+                          A: [0x600040, 312], "aligned": True})
+    idx, _, stack, _ = unwound(md)
+    regs = SimpleNamespace(sp=stack.frames[0].src_sp)
+
+    def fake(raws: dict[int, bytes]):
+        mem = FakeMem(0x600000, 0x400)
+        mem.runs = [SimpleNamespace(vaddr=0x600000, end=0x600400, offset=0)]
+        for a, b in raws.items():
+            mem.write(a, b)
+        vmas = [SimpleNamespace(start=0x600000, end=0x600400, prot=3, flags=0x22, status=1),
+                SimpleNamespace(start=STACK, end=STACK + 0x1000, prot=3, flags=0x22,
+                                status=2)]
+        return mem, SimpleNamespace(memory=lambda pid: mem,
+                                    mm=lambda pid: SimpleNamespace(vmas=vmas))
+
+    mem, dst = fake({0x600040: x86_jmp_buf(OUTER)})
+    assert jmpbuf.outside_stacks(dst, {1: [(1, regs, stack)]}, idx) == {1: 1}
+    assert mem.read_u64(0x600040 + 88) == 0x401034 and mem.read_u64(0x600040 + 104) == OUTER - 32
+    dead = bytearray(x86_jmp_buf(OUTER))
+    struct.pack_into("<Q", dead, 48, OUTER - 512)  # its frame has returned
+    mem, dst = fake({0x600040: bytes(dead)})
+    jmpbuf.outside_stacks(dst, {1: [(1, regs, stack)]}, idx)
+    assert mem.read(0x600040, 176) == bytes(176) and mem.read(0x600040 + 176, 136) == dead[64:]
+    _, dst = fake({0x600100: x86_jmp_buf(OUTER)})  # not a static jmp_buf: heap
+    with pytest.raises(frames.Untranslatable, match="outside the stack and not a static"):
+        jmpbuf.outside_stacks(dst, {1: [(1, regs, stack)]}, idx)

@@ -30,8 +30,8 @@ BEGIN {
     t = s; m = gsub(/[0-9]+:1[0-9]?,/, "#", t)
     h = fnv(h, s)
     f = 0; for (i = 1; i <= 200; i++) f += sin(i * step) / i
-    printf "step %d hash=%d over5=%d gsub=%d fib=%d f=%.6f\n", step, h, n, m, fib(step % 15 + 5), f
+    printf "step %d hash=%.0f over5=%d gsub=%d fib=%d f=%.6f\n", step, h, n, m, fib(step % 15 + 5), f
     fflush()
   }
-  printf "done steps=%d hash=%d\n", steps, h
+  printf "done steps=%d hash=%.0f\n", steps, h
 }

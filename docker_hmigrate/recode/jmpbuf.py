@@ -164,3 +164,78 @@ def map_offset(sv: dict[str, Any], dv: dict[str, Any], off: int) -> int | None:
                 return b["offset"] if off == a["offset"] else None
             return b["offset"] + off - a["offset"]
     return dv["type"]["size"] if off == sv["type"]["size"] else None
+
+
+SETJMP_NAMES = ("setjmp", "_setjmp", "__setjmp")
+SIGSETJMP_NAMES = ("sigsetjmp", "__sigsetjmp")
+PROT_WRITE, MAP_SHARED = 2, 0x01
+VMA_AREA_VDSO, VMA_AREA_VVAR = 1 << 3, 1 << 12
+
+
+def outside_stacks(dst, plans, idx: Index) -> dict[int, int]:
+    """jmp_bufs outside the thread stacks, found by the return address of one of our
+    setjmp calls at their pc slot: a static `jmp_buf` variable (the aligned layout gives
+    it the larger ISA's size, so the target's layout fits in place) is translated like a
+    stack one; a jmp_buf of a frame that has returned is dead (longjmp to it is
+    undefined) and gets zero registers, so a use crashes instead of jumping into wrong
+    state; any other (in the heap, or inside a bigger static object) is refused.
+    Returns per process how many were translated."""
+    from docker_hmigrate.recode.frames import StackMap
+
+    sl, dl = LAYOUTS[idx.src], LAYOUTS[idx.dst]
+    ras = {ra: cs for ra, cs in idx.calls.items() if cs.site.get("target") in SETJMP_NAMES}
+    if not ras:
+        return {}
+    objs = {s[idx.src][0]: s for s in idx.md.get("symbols", [])
+            if s.get("kind") == "object" and s.get(idx.src) and s.get(idx.dst)}
+    done: dict[int, int] = {}
+    for pid, threads in plans.items():
+        mem = dst.memory(pid)
+        vmas = dst.mm(pid).vmas
+        stacks = [next(((v.start, v.end) for v in vmas if v.start <= regs.sp < v.end),
+                       (regs.sp, st.outer_cfa)) for _, regs, st in threads]
+        maps = [(st, StackMap(st, idx)) for _, _, st in threads]
+        done[pid] = 0
+        for v in vmas:
+            if not v.prot & PROT_WRITE or v.flags & MAP_SHARED or \
+                    v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
+                continue
+            if any(lo <= v.start < hi for lo, hi in stacks):
+                continue
+            for run in mem.runs:
+                if run.offset is None or run.end <= v.start or run.vaddr >= v.end:
+                    continue
+                a0, a1 = max(run.vaddr, v.start), min(run.end, v.end)
+                data = mem.read(a0, a1 - a0)
+                for ra, cs in ras.items():
+                    needle = ra.to_bytes(8, "little")
+                    i = data.find(needle)
+                    while i >= 0:
+                        if i % 8 == 0:
+                            base = a0 + i - sl.pc
+                            _static(mem, base, objs.get(base), cs, maps, idx, sl, dl)
+                            done[pid] += 1
+                        i = data.find(needle, i + 1)
+    return done
+
+
+def _static(mem, base: int, sym, cs, maps, idx: Index, sl: Layout, dl: Layout) -> None:
+    from docker_hmigrate.recode.frames import Untranslatable
+
+    at = f"{cs.function['name']} ({cs.function.get('file') or '?'}:{cs.site.get('line')})"
+    if sym is None or sym[idx.src][1] != sl.size or sym[idx.dst][1] != dl.size:
+        raise Untranslatable(f"a jmp_buf saved by setjmp in {at} lies at {base:#x}, outside "
+                             f"the stack and not a static jmp_buf variable (in the heap, or "
+                             f"inside a bigger object): not translated yet")
+    raw = mem.read(base, sl.size)
+    for stack, smap in maps:
+        try:
+            mem.write(base, translate(raw, sym["name"], stack, idx, smap,
+                                      idx.bottoms.get(stack.bottom_return, 0)))
+            return
+        except Untranslatable as exc:
+            if "no longer on the stack" not in str(exc):
+                raise
+    dead = bytearray(dl.size)  # its frame returned: no valid longjmp can use it
+    dead[dl.rest:] = raw[sl.rest:]
+    mem.write(base, bytes(dead))

@@ -804,6 +804,12 @@ def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:
 def function_reasons(fx: dict, fa: dict) -> list[str]:
     """Why no frame of this function can be rebuilt on the other ISA (whole-function)."""
     reasons = cross_isa_var_reasons(fx, fa)
+    for c in fx.get("call_sites", []):
+        if c.get("target") in jmpbuf.SIGSETJMP_NAMES:
+            # musl's sigsetjmp keeps its own return address and a register in the
+            # buffer's signal-mask part: a layout this recode does not translate
+            reasons.append(f"sigsetjmp/siglongjmp: sigsetjmp called at "
+                           f"{fx.get('file') or '?'}:{c.get('line')}")
     for isa, f in (("x86-64", fx), ("aarch64", fa)):
         if f.get("variadic"):
             reasons.append(f"{isa}: variadic (va_list state differs per ISA)")

@@ -43,6 +43,15 @@ class ParkProtocol:
                 why = f.get("untranslatable_reasons") or \
                     (site or {}).get("untranslatable_reasons") or ["(no reason recorded)"]
                 return f"{f['name']} ({isa}, called at {at}): {'; '.join(why)}"
+        for s in (self.metadata or {}).get("symbols", []):
+            for isa in ("x86-64", "aarch64"):
+                a = s.get(isa)
+                # ra == start: a signal handler "returns" to the trampoline's first byte
+                if s.get("kind") == "func" and a and a[0] <= ra <= a[0] + max(a[1], 1):
+                    return (f"{s['name']} ({isa}): code without metadata (libc) in the "
+                            f"middle of the stack, i.e. the program was called back from "
+                            f"it (qsort comparator, signal handler): such a frame cannot "
+                            f"be rebuilt on the other ISA")
         return f"an untranslatable frame (return address {ra:#x})"
 
     @classmethod

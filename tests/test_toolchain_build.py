@@ -680,3 +680,83 @@ def test_register_locals_get_stack_slots(tmp_path: Path) -> None:
         {"i", "s", "p"}
     assert subprocess.run([str(tmp_path / "r_x86-64")], capture_output=True,
                           text=True).stdout == "1020\n"
+
+
+CALLBACKS_C = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static volatile long n;
+static void tick(void) { n++; usleep(300); }
+
+static int cmp(const void *a, const void *b)  /* called back by musl's qsort */
+{
+	tick();
+	return *(const int *)a - *(const int *)b;
+}
+
+static void on_usr1(int sig)  /* a handler that runs a while, calling functions */
+{
+	(void)sig;
+	for (int i = 0; i < 3000; i++)
+		tick();
+}
+
+int main(int argc, char **argv)
+{
+	static int v[600];
+	setvbuf(stdout, 0, _IOLBF, 0);
+	signal(SIGUSR1, on_usr1);
+	for (int i = 0; i < 600; i++)
+		v[i] = (i * 7919) % 600;
+	printf("start\n");
+	if (argc > 1) {
+		raise(SIGUSR1);
+		printf("handled\n");
+	} else {
+		qsort(v, 600, sizeof v[0], cmp);
+		printf("sorted %d %d\n", v[0], v[599]);
+	}
+	for (;;)
+		tick();
+}
+"""
+
+
+@pytest.mark.parametrize("mode", ["qsort", "signal"])
+def test_no_parking_inside_callbacks_from_libc(tmp_path: Path, mode: str) -> None:
+    """A frame of libc code (no metadata) in the middle of the stack (musl's qsort calling
+    a comparator, the signal trampoline below a handler) cannot be rebuilt: the runtime
+    does not park above it, says which code blocks it, and parks once it has returned."""
+    from docker_hmigrate.park import ParkProtocol, parse_park_file
+
+    (tmp_path / "cb.c").write_text(CALLBACKS_C)
+    res = subprocess.run(CC.split() + ["-o", str(tmp_path / "cb"), str(tmp_path / "cb.c")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    md = json.loads((tmp_path / "cb.hmigrate.json").read_text())
+    flag = tmp_path / "parked"
+    args = [str(tmp_path / "cb_x86-64")] + (["sig"] if mode == "signal" else [])
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "HMIGRATE_PARK_FILE": str(flag)})
+    try:
+        assert p.stdout.readline() == "start\n"
+        time.sleep(0.1)
+        p.send_signal(40)
+        blocked = Path(str(flag) + ".blocked")
+        wait_for(blocked, 5)
+        text = ParkProtocol.from_metadata(md).explain(
+            int(parse_park_file(blocked.read_text())["ra"], 16))
+        assert "code without metadata (libc)" in text, text
+        assert not flag.exists()
+        wait_for(flag, 20)  # once qsort / the handler has returned
+        line = p.stdout.readline()
+        assert line == ("handled\n" if mode == "signal" else "sorted 0 599\n"), line
+        p.send_signal(41)
+        time.sleep(0.3)
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()

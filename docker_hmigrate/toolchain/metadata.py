@@ -1038,8 +1038,9 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         "tls": tls,
         "functions": functions,
         "symbols": symbols,
-        "unclean_ranges": {isa: unclean_ranges(functions, isa, instrumented)
-                           for isa in ("x86-64", "aarch64")},
+        "unclean_ranges": {b.arch.name: unclean_ranges(functions, b.arch.name, instrumented,
+                                                       foreign_code(b))
+                           for b in (bx, ba)},
         "checks": {"park_points_clean": not problems, "problems": problems,
                    "untranslatable_functions": sum(not f["translatable"] and f["instrumented"]
                                                    for f in functions),
@@ -1052,7 +1053,32 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
     return md
 
 
-def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str]) -> list[list[int]]:
+def foreign_code(b: Binary) -> list[list[int]]:
+    """Code without metadata (musl, libgcc) other than the bottom frames: a return address
+    there in the middle of a parked stack means our code was called back from it (a qsort
+    comparator, a signal handler returning to the signal trampoline), a frame recode
+    cannot rebuild, so the runtime must not park above it."""
+    # From a - 1: the kernel makes a signal handler "return" to the very first byte of
+    # the trampoline (musl's __restore_rt), which the runtime checks as [ra - 1, ra);
+    # size 0 (aarch64's asm trampoline) still covers that byte.
+    return [[a - 1, a + max(n, 1)] for name, (a, n) in b.funcs.items()
+            if name not in b.dfuncs and name not in BOTTOM_FUNCTIONS]
+
+
+def _merge(ranges: list[list[int]], gap: int = 16) -> list[list[int]]:
+    """Sorted ranges, neighbours closer than `gap` (alignment padding, never a return
+    address) joined, so the runtime's table stays small."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo - out[-1][1] < gap:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return out
+
+
+def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str],
+                   foreign: list[list[int]] | None = None) -> list[list[int]]:
     """Code ranges no parked stack may hold a return address in (the runtime's table).
 
     Whole functions when the function itself is untranslatable; otherwise single
@@ -1072,7 +1098,7 @@ def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str]) -> l
             if not c["translatable"] and (c["kind"] == "enter_hook" or
                                           _may_reach_park(c, instrumented)):
                 out.append([c["return_address"] - 1, c["return_address"]])
-    return sorted(out)
+    return _merge(out + list(foreign or []), gap=1) if foreign else sorted(out)
 
 
 def _align_up(x: int, a: int) -> int:

@@ -99,7 +99,7 @@ def last_step(lines: list[str], progress: str) -> int:
 def run_args(name: str, spec: dict) -> list[str]:
     env = [a for k, v in spec.get("env", {}).items() for a in ("-e", f"{k}={v}")]
     return ["run", "-d", "--name", name, "--security-opt", "seccomp=unconfined", *env,
-            spec["image"]]
+            spec["image"], *spec.get("cmd", [])]
 
 
 def wait_exit(context: str, name: str, timeout: float) -> int:

@@ -760,3 +760,116 @@ def test_no_parking_inside_callbacks_from_libc(tmp_path: Path, mode: str) -> Non
     finally:
         p.kill()
         p.wait()
+
+
+CONSTRUCTS_C = r"""
+#include <alloca.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static int step(int x) { return x * 3 + 1; }
+
+static int by_switch(int op, int x)  /* dense: GCC emits a jump table even at -O0 */
+{
+	switch (op) {
+	case 0: return step(x);
+	case 1: return step(x) + 1;
+	case 2: return step(x) * 2;
+	case 3: return step(x) - 7;
+	case 4: return step(x) ^ 5;
+	case 5: return step(x) / 2;
+	case 6: return step(x) % 11;
+	default: return x;
+	}
+}
+
+static int by_goto(const unsigned char *code)  /* computed goto, like lua's dispatch */
+{
+	static const void *const tab[] = {&&inc, &&dbl, &&end};
+	int acc = 1;
+	goto *tab[*code++];
+inc:	acc = step(acc);
+	goto *tab[*code++];
+dbl:	acc *= 2;
+	goto *tab[*code++];
+end:	return acc;
+}
+
+static int sum_va(int n, ...)  /* a variadic function: its va_list is per ISA */
+{
+	va_list ap;
+	int s = 0;
+	va_start(ap, n);
+	for (int i = 0; i < n; i++)
+		s += step(va_arg(ap, int));
+	va_end(ap);
+	return s;
+}
+
+static int with_alloca(int n)
+{
+	char *p = alloca(n);
+	memset(p, 1, n);
+	return step(p[n - 1]);
+}
+
+static int with_vla(int n)
+{
+	int v[n];
+	for (int i = 0; i < n; i++)
+		v[i] = i;
+	return step(v[n - 1]);
+}
+
+static double floats(int n)
+{
+	double f = 0;
+	for (int i = 1; i <= n; i++)
+		f += sin(i) / step(i);
+	return f;
+}
+
+int main(void)
+{
+	unsigned char code[] = {0, 1, 0, 1, 2};
+	int s = 0;
+	for (int op = 0; op < 8; op++)
+		s += by_switch(op, 10 + op);
+	printf("switch=%d goto=%d va=%d alloca=%d vla=%d float=%.9f\n", s, by_goto(code),
+		sum_va(3, 1, 2, 3), with_alloca(16), with_vla(9), floats(50));
+	return 0;
+}
+"""
+
+
+def test_c_constructs_verdicts_and_both_isas_agree(tmp_path: Path) -> None:
+    """What the build-time analysis says about common C constructs (docs/toolchain.md,
+    "C constructs"): switch tables, computed goto, calls of variadic functions and
+    floating point are translatable frames; a variadic function (va_list), alloca and
+    VLAs (variable-size frames) are not, so the runtime never parks under them; both
+    ISAs' binaries print the same."""
+    (tmp_path / "c.c").write_text(CONSTRUCTS_C)
+    res = subprocess.run(CC.split() + ["-o", str(tmp_path / "c"), str(tmp_path / "c.c"),
+                                       "-lm"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    md = json.loads((tmp_path / "c.hmigrate.json").read_text())
+    by = {f["name"]: f for f in md["functions"]}
+    for name in ("by_switch", "by_goto", "floats", "main"):
+        assert by[name]["translatable"], (name, by[name]["untranslatable_reasons"])
+    reasons = {n: " ".join(by[n]["untranslatable_reasons"])
+               for n in ("sum_va", "with_alloca", "with_vla")}
+    assert "variadic" in reasons["sum_va"], reasons
+    assert "variable-size frame" in reasons["with_alloca"], reasons
+    assert "variable-size frame" in reasons["with_vla"], reasons
+    ranges = md["unclean_ranges"]["x86-64"]
+    for n in ("sum_va", "with_alloca", "with_vla"):
+        a = by[n]["isa"]["x86-64"]["addr"]
+        assert any(lo <= a < hi for lo, hi in ranges), n
+    out = subprocess.run([str(tmp_path / "c_x86-64")], capture_output=True, text=True).stdout
+    assert out.startswith("switch=") and "goto=50 " in out, out
+    if os.path.exists(QEMU):
+        arm = subprocess.run([QEMU, str(tmp_path / "c_aarch64")], capture_output=True,
+                             text=True).stdout
+        assert arm == out

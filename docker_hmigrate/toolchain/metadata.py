@@ -635,6 +635,7 @@ def analyse_function(b: Binary, name: str) -> dict:
     run = PrologueState(sp=-8 if arch is X86 else 0, fp=None, stores=[])
     consts: dict[str, int] = {}
     done = 0
+    dynamic_calls = 0
     for i, insn in enumerate(insns):
         if not _is_call(arch, insn):
             continue
@@ -652,6 +653,7 @@ def analyse_function(b: Binary, name: str) -> dict:
         st = PrologueState(run.sp, run.fp, run.stores, run.dynamic)
         if body_state is None:
             body_state = st
+        dynamic_calls += st.dynamic
         ra = insn.address + insn.size
         row = b.cfi_row(insn.address)
         cs = {"index": len(calls), "call_pc": insn.address, "return_address": ra,
@@ -665,8 +667,10 @@ def analyse_function(b: Binary, name: str) -> dict:
     out: dict = {"addr": addr, "size": size, "call_sites": calls}
     row = b.cfi_row(calls[0]["call_pc"]) if calls else None
     if body_state is not None:
+        # alloca/VLAs move SP after the entry hook: any call made with a moved SP
+        # makes the frame variable-size (its callees' CFAs are not at fixed offsets)
         frame = {"frame_size": -body_state.sp, "fp_cfa_offset": body_state.fp,
-                 "dynamic_sp": body_state.dynamic}
+                 "dynamic_sp": body_state.dynamic or dynamic_calls > 0}
         if row is not None:
             frame["cfa"] = _cfa_rule(arch, row)
             frame["saved_regs"] = {arch.reg(r): rule.arg for r, rule in row.items()

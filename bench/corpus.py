@@ -24,6 +24,7 @@ import json
 import re
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -208,6 +209,112 @@ def moved_run(spec: dict, source: str, target: str, timeout: float,
             docker(ctx, "rm", "-f", name, check=False)
 
 
+def offline_run(spec: dict, context: str, timeout: float,
+                log=print) -> tuple[list[str], list[Move]]:
+    """Without an aarch64 host: at each move point the program is parked and
+    checkpointed on `context`, its images recoded x86-64 -> aarch64 -> x86-64 (every
+    check of both directions applies) and restored in the same container. The aarch64
+    code never runs: this checks the translations, not the aarch64 host."""
+    import shutil
+    from pathlib import Path
+
+    import docker as sdk
+
+    from docker_hmigrate import recode
+    from tests.lab import HOSTS
+    from tests.test_recode_lab import program_of_image
+
+    client = sdk.DockerClient(base_url=HOSTS[context.removeprefix("hm-")]["url"],
+                              version="auto", timeout=600)
+    image = spec["image"]
+    client.images.pull(image, platform="linux/amd64")
+    program = program_of_image(client, image)
+    name = f"corpus-off-{uuid.uuid4().hex[:8]}"
+    c = client.containers.run(image, spec.get("cmd") or None, name=name, detach=True,
+                              environment=spec.get("env", {}),
+                              security_opt=["seccomp=unconfined"])
+    root = Path(client.info()["DockerRootDir"])
+    moves: list[Move] = []
+    deadline = time.monotonic() + timeout
+    try:
+        for k, at in enumerate(spec["moves_at"]):
+            while last_step(c.logs().decode().splitlines(), spec["progress"]) < at:
+                c.reload()
+                if c.status != "running" or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
+            else:
+                step = last_step(c.logs().decode().splitlines(), spec["progress"])
+                t0 = time.monotonic()
+                work = Path(tempfile.mkdtemp(prefix="hm-corpus-"))
+                try:
+                    _park(c, program, time.monotonic() + 30)
+                    api = client.api
+                    api._raise_for_status(api._post_json(
+                        api._url("/containers/{0}/checkpoints", c.id),
+                        data={"CheckpointID": "ck", "Exit": True, "CheckpointDir": str(work)}))
+                    recode.recode(work / "ck", work / "arm", program, "x86-64", "aarch64",
+                                  None)
+                    recode.recode(work / "arm", work / "back", program, "aarch64", "x86-64",
+                                  recode.template_facts(work / "ck"))
+                    shutil.copytree(work / "back", root / "containers" / c.id / "checkpoints"
+                                    / f"rt{k}")
+                    api._raise_for_status(api.post(api._url("/containers/{0}/start", c.id),
+                                                   params={"checkpoint": f"rt{k}"}))
+                    time.sleep(0.3)
+                    c.kill(signal=41)
+                    secs = time.monotonic() - t0
+                    moves += [Move(context, "hm-arm", step, True, secs),
+                              Move("hm-arm", context, step, True, 0.0)]
+                    log(f"  recoded round trip at step {step} in {secs:.1f}s")
+                except Exception as exc:  # noqa: BLE001 - reported in the table
+                    c.reload()
+                    frozen = c.status != "running"
+                    moves.append(Move(context, "hm-arm", step, False, 0.0,
+                                      str(exc).splitlines()[-1][:200], not frozen))
+                    log(f"  refused at step {step}: {exc}")
+                    if frozen:
+                        raise
+                    c.kill(signal=41)
+                finally:
+                    shutil.rmtree(work, ignore_errors=True)
+                continue
+            break
+        code = c.wait(timeout=max(60.0, deadline - time.monotonic()))["StatusCode"]
+        out = c.logs().decode().splitlines()
+        return out + ([f"[exit status {code}]"] if code else []), moves
+    finally:
+        c.remove(force=True)
+
+
+def _park(c, program, deadline: float) -> None:
+    """Park signal, then wait for the announcement (or the runtime's blocked report)."""
+    import io
+    import tarfile
+
+    import docker as sdk
+
+    c.kill(signal=40)
+    while time.monotonic() < deadline:
+        try:
+            bits, _ = c.get_archive("/run/hmigrate/parked")
+            b"".join(bits)
+            return
+        except sdk.errors.NotFound:
+            time.sleep(0.1)
+    try:
+        bits, _ = c.get_archive("/run/hmigrate/parked.blocked")
+        with tarfile.open(fileobj=io.BytesIO(b"".join(bits))) as tar:
+            f = tar.extractfile(tar.getmembers()[0])
+            text = f.read().decode() if f else ""
+        ra = int(dict(x.split("=", 1) for x in text.split()).get("ra", "0"), 16)
+        why = program.park_protocol.explain(ra)
+    except (sdk.errors.NotFound, ValueError):
+        why = "no equivalence point reached"
+    c.kill(signal=41)
+    raise RuntimeError(f"refused before the freeze: {why}")
+
+
 def run_program(program: str, ns: argparse.Namespace, log=print) -> Result:
     res = Result(program)
     spec = load_recipe(program, ns.small)
@@ -223,7 +330,10 @@ def run_program(program: str, ns: argparse.Namespace, log=print) -> Result:
     reference = reference_run(spec, ns.source, ns.timeout)
     res.reference_lines = len(reference)
     log(f"{program}: reference run, {len(reference)} lines")
-    moved, res.moves = moved_run(spec, ns.source, ns.target, ns.timeout, log)
+    if ns.offline:
+        moved, res.moves = offline_run(spec, ns.source, ns.timeout, log)
+    else:
+        moved, res.moves = moved_run(spec, ns.source, ns.target, ns.timeout, log)
     res.identical, res.diff = compare(reference, moved)
     if not res.identical:
         log(f"  OUTPUT DIFFERS: {res.diff}")
@@ -261,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-build", dest="build", action="store_false",
                         help="use the images already in the registry")
     parser.add_argument("--timeout", type=float, default=3600, help="per run, seconds")
+    parser.add_argument("--offline", action="store_true",
+                        help="no aarch64 host: at each point recode the checkpoint to "
+                             "aarch64 and back and restore it on --source")
     ns = parser.parse_args(argv)
     programs = ns.programs or sorted(p.parent.name for p in CORPUS.glob("*/corpus.json"))
     results = []
@@ -272,6 +385,10 @@ def main(argv: list[str] | None = None) -> int:
             results.append(Result(program, builds=True, identical=False, diff=str(exc)[:200]))
     print()
     print(f"$ python -m bench.corpus {' '.join(argv if argv is not None else sys.argv[1:])}")
+    if ns.offline:
+        print("(--offline: each x86-64->aarch64 / aarch64->x86-64 pair is a recode of the "
+              f"checkpoint there and back, restored on {ns.source}; the aarch64 code did "
+              "not run)")
     print(table(results))
     wrong = [r.program for r in results if r.identical is False and any(m.ok for m in r.moves)]
     return 1 if wrong else 0

@@ -565,3 +565,23 @@ def test_static_jmp_buf_translated_heap_one_refused_dead_one_zeroed() -> None:
     _, dst = fake({0x600100: x86_jmp_buf(OUTER)})  # not a static jmp_buf: heap
     with pytest.raises(frames.Untranslatable, match="outside the stack and not a static"):
         jmpbuf.outside_stacks(dst, {1: [(1, regs, stack)]}, idx)
+
+
+def test_stack_pages_never_dumped_read_as_zeros() -> None:
+    """A big local buffer touched only in part: CRIU dumps only its touched pages."""
+    class Holey(FakeMem):
+        def contains(self, a: int, n: int = 1) -> bool:
+            return not (a < 0x7ff000 + 0x200 and a + n > 0x7ff000 + 0x100)  # hole
+
+        def read(self, a: int, n: int) -> bytes:
+            if not self.contains(a, n):
+                raise LookupError("not dumped")
+            return super().read(a, n)
+
+    m = Holey(STACK - 0x1000, 0x2000)
+    m.write(STACK - 8, b"\x01" * 8)
+    assert frames.read_stack(m, STACK - 8, 8) == b"\x01" * 8
+    with pytest.raises(LookupError):
+        m.read(STACK - 8, 0x1000)
+    got = frames.read_stack(m, STACK - 8, 0x1000)
+    assert got[:8] == b"\x01" * 8 and got[8:] == bytes(0x1000 - 8)

@@ -348,7 +348,8 @@ def _copy_vars(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap,
     """Variables slot to slot; pointers inside them (pointer_offsets) translated;
     variables holding a jmp_buf member by member (jmpbuf.py)."""
     for sv, dv in matched_vars(fr, idx, strict):
-        raw = bytearray(src_mem.read(fr.src_cfa + sv["cfa_offset"], sv["type"]["size"]))
+        raw = bytearray(read_stack(src_mem, fr.src_cfa + sv["cfa_offset"],
+                                   sv["type"]["size"]))
         if jmpbuf.holds_jmp_buf(sv):
             if stack is None:
                 raise Untranslatable(f"{fr.function['name']}: jmp_buf {sv['name']} "
@@ -362,6 +363,21 @@ def _copy_vars(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap,
                 v = int.from_bytes(raw[po:po + 8], "little")
                 raw[po:po + 8] = translate_value(v, sv, smap, idx).to_bytes(8, "little")
         dst_mem.write(fr.dst_cfa + dv["cfa_offset"], bytes(raw))
+
+
+def read_stack(mem, addr: int, n: int) -> bytes:
+    """Bytes of the source stack; pages CRIU did not dump were never touched (a big local
+    buffer used only in part) and read as zeros, as the process would see them."""
+    try:
+        return mem.read(addr, n)
+    except LookupError:  # criu.memory.NotDumpedError
+        out = bytearray()
+        a = addr
+        while a < addr + n:
+            k = min(addr + n, (a // 4096 + 1) * 4096) - a
+            out += mem.read(a, k) if mem.contains(a, k) else bytes(k)
+            a += k
+        return bytes(out)
 
 
 def _fp_off(fr: Frame, idx: Index) -> int:

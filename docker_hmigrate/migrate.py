@@ -1,4 +1,4 @@
-"""The migration pipeline, phase by phase (DESIGN.md, "The migration, phase by phase").
+"""The migration pipeline, phase by phase (docs/design.md, "The migration, phase by phase").
 
     1 validate   2 prepare target   3 checkpoint (freeze)   4 move   5 recode
     6 restore + verify   7 commit, or roll back
@@ -29,6 +29,7 @@ import docker.errors
 from docker_hmigrate import errors, park, recode, transfer
 from docker_hmigrate.engine import Host, api_error_text
 from docker_hmigrate.output import Reporter
+from docker_hmigrate.polling import watch
 from docker_hmigrate.spec import ContainerSpec, target_spec
 from docker_hmigrate.validate import Check, Validation, image_check, validate
 
@@ -62,6 +63,7 @@ class Migration:
         self.src, self.dst, self.opts, self.rep = src, dst, opts, reporter
         self.checkpoint = f"hmigrate-{uuid.uuid4().hex[:10]}"
         self.created = Created()
+        self.target_id: str | None = None  # kept for the report once `created` is cleared
         self.inspect: dict[str, Any] = {}
         self.spec: ContainerSpec | None = None
         self.validation: Validation | None = None
@@ -83,9 +85,12 @@ class Migration:
         name = self.opts.target_name or self.inspect["Name"].lstrip("/")
         self.spec = target_spec(self.inspect, name, self._target_image())
         self.rep.set("container", self.inspect["Name"].lstrip("/"))
+        self.rep.set("container_id", self.inspect["Id"])
         self.rep.set("source", self.src.name)
         self.rep.set("checkpoint", self.checkpoint)
         self.rep.set("target", self.dst.name)
+        self.rep.set("source_isa", self.src.isa)
+        self.rep.set("target_isa", self.dst.isa)
         try:
             self._run_phases()
         finally:
@@ -122,7 +127,9 @@ class Migration:
             self.validation = validate(self.src, self.dst, self.inspect, self.spec, image, cross)
             failed = self.validation.failures
             for check in failed:
-                self.rep.warn(f"{check.name}: {check.detail}")
+                # blocking unless --force: an error line; with --force, a warning
+                report = self.rep.warn if self.opts.force else self.rep.error
+                report(f"{check.name}: {check.detail}")
             if failed and self.opts.force:
                 ph.update(f"{len(failed)} failed check(s) ignored (--force)")
             elif not failed:
@@ -143,7 +150,7 @@ class Migration:
                 self.dst.api._post_json(url, data=body, params={"name": self.spec.name}),
                 json=True,
             )
-            self.created.target_container = res["Id"]
+            self.created.target_container = self.target_id = res["Id"]
             for net in list(self.spec.networks)[1:]:
                 self.dst.api.connect_container_to_network(res["Id"], net)
             self._open_links(self.dst.inspect(res["Id"]))
@@ -426,17 +433,16 @@ class Migration:
 
     def _verify_running(self, cid: str, host: Host | None = None) -> None:
         host = host or self.dst
-        deadline = time.monotonic() + self.opts.verify_seconds
-        while True:
+
+        def still_running() -> None:
             state = host.api.inspect_container(cid)["State"]
             if not state.get("Running") or state.get("Restarting"):
                 raise errors.RestoreFailed(
                     f"the restored container on {host.name} is {state.get('Status')} "
                     f"(exit code {state.get('ExitCode')}): {state.get('Error') or 'no error'}",
                     hint="the source was restored where it was")
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(0.1)
+
+        watch(still_running, self.opts.verify_seconds, 0.1)
 
     def _hook(self, point: str, fatal: bool = True, error: str = "") -> None:
         command = self.opts.hooks.get(point)
@@ -467,17 +473,20 @@ class Migration:
         }
 
     def _result(self, total: float) -> dict[str, Any]:
-        phases = {p.name: round(p.seconds, 3) for p in self.rep.phases}
+        # Machine values only (docs/json.md, schema hmigrate/v1); the per-phase seconds
+        # are in the reporter's "phases" list.
         result = {
             "container": self.inspect["Name"].lstrip("/"),
+            "container_id": self.inspect["Id"],
             "target_container": self.spec.name,
+            "target_container_id": self.target_id,
             "source": self.src.name,
             "target": self.dst.name,
-            "isa": f"{self.src.isa} -> {self.dst.isa}",
+            "source_isa": self.src.isa,
+            "target_isa": self.dst.isa,
             "downtime_seconds": round(self.downtime, 3),
             "total_seconds": round(total, 3),
             "bytes_moved": self.bytes_moved,
-            "phase_seconds": phases,
             "source_kept": self.opts.keep_source,
         }
         for k, v in result.items():

@@ -265,8 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pre_globals, rest, completing = split_argv(args)
     except ArgError as exc:
-        sys.stderr.write(f"error: {exc}\nhint: run `docker hmigrate --help` for usage\n")
-        return 2
+        # docker's two lines and exit code for a usage error
+        sys.stderr.write(f"{exc}\nSee 'docker hmigrate --help'.\n")
+        return 125
 
     from docker_hmigrate import cli
 

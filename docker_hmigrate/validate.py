@@ -96,19 +96,39 @@ def probe(host: Host, paths: list[str] | None = None) -> HostFacts:
 
 @dataclass
 class Check:
+    """One validation. `detail` describes what was found: callers give the passing or
+    the failing text according to `ok` (see `Check.of`), never the failure text for a
+    check that passed."""
+
     name: str
     ok: bool
     detail: str
     hint: str = ""
     error: type[errors.HmigrateError] = errors.ValidationFailed
     warning: bool = False  # reported, but does not block the migration
+    # Whether `migrate --force` can get past this failure: true for estimates and
+    # version/config differences, false where the migration itself would then fail
+    # (no checkpoint API, no CRIU, a TTY, the same daemon, a name taken, no image ...).
+    forcible: bool = False
+
+    @classmethod
+    def of(cls, name: str, ok: bool, passed: str, failed: str, hint: str = "",
+           error: type[errors.HmigrateError] = errors.ValidationFailed,
+           forcible: bool = False) -> Check:
+        """A check whose detail is `passed` or `failed` according to `ok`; the hint is
+        kept only for a failure (a passing check needs no advice)."""
+        return cls(name, ok, passed if ok else failed, "" if ok else hint, error,
+                   forcible=forcible)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"check": self.name, "ok": self.ok, "detail": self.detail}
-        if self.hint:
+        if self.hint and not self.ok:
             d["hint"] = self.hint
         if self.warning:
             d["warning"] = True
+        if not self.ok:
+            d["error"] = {"class": self.error.__name__, "exit_code": self.error.exit_code}
+            d["forcible"] = self.forcible
         return d
 
 
@@ -128,11 +148,12 @@ class Validation:
             return
         first = failed[0]
         lines = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+        hint = first.hint or "fix the problem above"
+        # --force is advice only when it can get past every failure.
+        if all(c.forcible for c in failed):
+            hint += "; or skip these checks with --force"
         # The first failure's class gives the exit code; all failures are in the message.
-        raise first.error(
-            f"validation failed ({len(failed)} check(s)): {lines}",
-            hint=(first.hint or "fix the problem above") + "; or skip validation with --force",
-        )
+        raise first.error(f"validation failed ({len(failed)} check(s)): {lines}", hint=hint)
 
 
 def _bytes(n: int) -> str:
@@ -190,72 +211,85 @@ def validate(
         except Exception:  # noqa: BLE001 - stats can fail on a container that just stopped
             mem_used, size_rw = 0, 0
 
-    add(Check("distinct hosts", src.info.get("ID") != dst.info.get("ID"),
-              f"{src.name} and {dst.name} are the same daemon", "name another host with --to",
-              errors.UsageError))
+    add(Check.of("distinct hosts", src.info.get("ID") != dst.info.get("ID"),
+                 f"{src.name} and {dst.name} are different daemons",
+                 f"{src.name} and {dst.name} are the same daemon",
+                 "name another host with --to", errors.UsageError))
     running = bool(state.get("Running")) and not state.get("Paused")
-    add(Check("container running", running, f"{name} is {state.get('Status')}",
-              f"start it first: docker start {name}", errors.UnsupportedContainer))
+    add(Check.of("container running", running, f"{name} is running",
+                 f"{name} is {state.get('Status')}",
+                 f"start it first: docker start {name}" if state.get("Status") != "paused"
+                 else f"unpause it first: docker unpause {name}", errors.UnsupportedContainer))
     tty = bool(inspect["Config"].get("Tty"))
-    add(Check("no TTY", not tty, f"{name} has a TTY (-t): CRIU cannot checkpoint it",
-              "recreate the container without -t", errors.UnsupportedContainer))
+    add(Check.of("no TTY", not tty, f"{name} has no TTY",
+                 f"{name} has a TTY (-t): CRIU cannot checkpoint it",
+                 "recreate the container without -t (keep -i if it reads stdin)",
+                 errors.UnsupportedContainer))
     for host in (src, dst):
-        add(Check(f"experimental daemon on {host.name}", host.experimental,
-                  f"the daemon on {host.name} is not experimental",
-                  'set "experimental": true in its daemon.json and restart it',
-                  errors.DaemonNotExperimental))
+        add(Check.of(f"experimental daemon on {host.name}", host.experimental,
+                     f"the daemon on {host.name} is experimental",
+                     f"the daemon on {host.name} is not experimental (no checkpoint API)",
+                     f'set "experimental": true in its daemon.json and restart dockerd on '
+                     f"{host.name}", errors.DaemonNotExperimental))
     for host, facts in ((src, sf), (dst, tf)):
         if facts.probe_error:
             add(Check(f"probe on {host.name}", False,
                       f"could not inspect {host.name}: {facts.probe_error}",
-                      "check that the daemon can run containers", errors.CriuError))
+                      "check that the daemon can run containers", errors.CriuError,
+                      forcible=True))
             continue
-        add(Check(f"CRIU on {host.name}", bool(facts.criu_version),
-                  f"CRIU {facts.criu_version or 'not found'}",
-                  f"install CRIU (4.x) on {host.name}, on runc's PATH", errors.CriuError))
-        add(Check(f"criu check on {host.name}", facts.criu_check,
-                  "passes" if facts.criu_check else " | ".join(facts.criu_log) or "fails",
-                  f"run `criu check` on {host.name} and fix what it reports", errors.CriuError))
+        add(Check.of(f"CRIU on {host.name}", bool(facts.criu_version),
+                     f"CRIU {facts.criu_version}", "CRIU not found",
+                     f"install CRIU (4.x) on {host.name}, on runc's PATH", errors.CriuError))
+        add(Check.of(f"criu check on {host.name}", facts.criu_check, "passes",
+                     "fails: " + (" | ".join(facts.criu_log) or "no output"),
+                     f"run `criu check` on {host.name} and fix what it reports",
+                     errors.CriuError, forcible=True))
     if sf.criu_version and tf.criu_version:
         same_major = sf.criu_version.split(".")[0] == tf.criu_version.split(".")[0]
-        add(Check("CRIU versions compatible", same_major,
-                  f"{sf.criu_version} -> {tf.criu_version}",
-                  "use the same CRIU major version on both hosts", errors.CriuError))
+        versions = f"{sf.criu_version} -> {tf.criu_version}"
+        add(Check.of("CRIU versions compatible", same_major, f"{versions} (same major)",
+                     f"{versions}: different major versions",
+                     "use the same CRIU major version on both hosts", errors.CriuError,
+                     forcible=True))
     if tf.mem_available:
         need = int(mem_used * MEMORY_HEADROOM)
-        add(Check("target memory", tf.mem_available >= need,
-                  f"{_bytes(tf.mem_available)} available, {_bytes(need)} needed",
-                  f"free memory on {dst.name} or pick another target",
-                  errors.InsufficientResources))
+        amounts = f"{_bytes(tf.mem_available)} available, {_bytes(need)} needed"
+        add(Check.of("target memory", tf.mem_available >= need, amounts,
+                     f"not enough: {amounts}",
+                     f"free memory on {dst.name} or pick another target",
+                     errors.InsufficientResources, forcible=True))
     if tf.disk_free:
         need = mem_used + size_rw
-        add(Check("target disk", tf.disk_free >= need,
-                  f"{_bytes(tf.disk_free)} free, {_bytes(need)} needed",
-                  f"free disk on {dst.name} under {dst.root_dir}", errors.InsufficientResources))
+        amounts = f"{_bytes(tf.disk_free)} free, {_bytes(need)} needed"
+        add(Check.of("target disk", tf.disk_free >= need, amounts, f"not enough: {amounts}",
+                     f"free disk on {dst.name} under {dst.root_dir}",
+                     errors.InsufficientResources, forcible=True))
     for key in ("CgroupDriver", "CgroupVersion"):
         a, b = src.info.get(key), dst.info.get(key)
-        add(Check(f"cgroup {key[6:].lower()}", a == b, f"{a} -> {b}",
-                  "configure both daemons with the same cgroup driver and version"))
+        add(Check.of(f"cgroup {key[6:].lower()}", a == b, f"{a} on both",
+                     f"{a} -> {b}: they differ",
+                     "configure both daemons with the same cgroup driver and version",
+                     forcible=True))
     same_isa = src.isa == dst.isa
     if same_isa and sf.cpu_flags and tf.cpu_flags:
         missing = sorted(sf.cpu_flags - tf.cpu_flags)
-        add(Check("CPU compatibility", not missing,
-                  "target has every CPU feature of the source" if not missing
-                  else f"target lacks {', '.join(missing[:8])}",
-                  "pick a target with the same or a newer CPU"))
+        add(Check.of("CPU compatibility", not missing,
+                     "target has every CPU feature of the source",
+                     f"target lacks {', '.join(missing[:8])}",
+                     "pick a target with the same or a newer CPU", forcible=True))
     if same_isa or cross_isa is None:
-        add(Check("same ISA", same_isa, f"{src.isa} -> {dst.isa}",
-                  "cross-ISA migration needs an image built with hmigrate-cc",
-                  errors.NotMigratableCrossISA))
+        add(Check.of("same ISA", same_isa, f"{src.isa} on both", f"{src.isa} -> {dst.isa}",
+                     "cross-ISA migration needs an image built with hmigrate-cc",
+                     errors.NotMigratableCrossISA))
     else:
         checks += cross_isa
     add(image_ok)
-    add(Check("bind-mount sources on target", not tf.missing_paths,
-              "present" if not tf.missing_paths else f"missing: {', '.join(tf.missing_paths)}",
-              f"create them on {dst.name}", errors.ValidationFailed))
+    add(Check.of("bind-mount sources on target", not tf.missing_paths, "present",
+                 f"missing: {', '.join(tf.missing_paths)}", f"create them on {dst.name}",
+                 errors.ValidationFailed))
     existing = dst.client.containers.list(all=True, filters={"name": f"^/{spec.name}$"})
-    add(Check("target name free", not existing,
-              f"a container named {spec.name} exists on {dst.name}" if existing
-              else f"{spec.name} is free",
-              "remove it, or choose another name with --name", errors.ValidationFailed))
+    add(Check.of("target name free", not existing, f"{spec.name} is free",
+                 f"a container named {spec.name} exists on {dst.name}",
+                 "remove it, or choose another name with --name", errors.ValidationFailed))
     return Validation(checks, sf, tf)

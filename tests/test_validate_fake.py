@@ -103,7 +103,7 @@ def test_cross_isa_refused_and_cpu_flags():
 
 
 def test_same_daemon_refused():
-    expect(run(FakeHost("a"), FakeHost("a")), errors.UsageError, 2, "same daemon")
+    expect(run(FakeHost("a"), FakeHost("a")), errors.UsageError, 125, "same daemon")
 
 
 class StreamingAPI:
@@ -136,3 +136,65 @@ def test_interrupted_stream_is_reported():
         transfer.copy_folder("checkpoint", HelperHost("a"), "/x", HelperHost("b"), "/y")
     assert exc.value.exit_code == 10
     assert "after 20 bytes" in exc.value.message and "connection reset" in exc.value.message
+
+
+# ---- truthful pass/fail (issue 13: `check` printed "ok" next to failure texts) -------
+
+FAILURE_WORDS = ("same daemon", "has a TTY", "not experimental", "not found", "fails",
+                 "not enough", "lacks", "exists on", "missing")
+
+
+def test_passing_checks_describe_what_passed():
+    v = run(FakeHost("a"), FakeHost("b"))
+    for c in v.checks:
+        assert c.ok
+        assert not any(w in c.detail for w in FAILURE_WORDS), c.to_dict()
+        assert "hint" not in c.to_dict(), c.to_dict()
+
+
+def test_failing_checks_describe_the_failure():
+    tty = {**INSPECT, "Config": {"Image": "web", "Tty": True}}
+    v = run(FakeHost("a"), FakeHost("a", experimental=False), inspect=tty)
+    failed = {c.name: c for c in v.failures}
+    assert "same daemon" in failed["distinct hosts"].detail
+    assert "has a TTY" in failed["no TTY"].detail
+    assert "not experimental" in failed["experimental daemon on a"].detail
+    d = failed["no TTY"].to_dict()
+    assert d["ok"] is False and d["error"] == {"class": "UnsupportedContainer", "exit_code": 7}
+
+
+def test_force_hint_only_where_forcing_helps():
+    # A TTY cannot be forced past: the hint must not suggest --force.
+    tty = {**INSPECT, "Config": {"Image": "web", "Tty": True}}
+    with pytest.raises(errors.UnsupportedContainer) as exc:
+        run(FakeHost("a"), FakeHost("b"), inspect=tty).raise_for_failures()
+    assert "--force" not in (exc.value.hint or "")
+    with pytest.raises(errors.UsageError) as exc:
+        run(FakeHost("a"), FakeHost("a")).raise_for_failures()
+    assert "--force" not in (exc.value.hint or "")
+    # Memory is an estimate: --force can help.
+    with pytest.raises(errors.InsufficientResources) as exc:
+        run(FakeHost("a", mem_usage=16 << 30), FakeHost("b")).raise_for_failures()
+    assert "--force" in (exc.value.hint or "")
+
+
+def test_blocking_failures_are_errors_not_warnings(monkeypatch):
+    import io
+
+    from docker_hmigrate import migrate
+    from docker_hmigrate.output import Reporter
+
+    monkeypatch.setattr(migrate, "image_check", lambda *a: IMAGE_OK)
+    tty = {**INSPECT, "Config": {"Image": "web", "Tty": True}}
+    for force, level in ((False, "error"), (True, "warning")):
+        err = io.StringIO()
+        m = migrate.Migration(FakeHost("a"), FakeHost("b"),
+                              migrate.MigrationOptions("web", force=force),
+                              Reporter(err=err, out=io.StringIO(), tty=False))
+        m.inspect, m.spec = tty, target_spec(tty, "web")
+        if force:
+            m.phase_validate()
+        else:
+            with pytest.raises(errors.UnsupportedContainer):
+                m.phase_validate()
+        assert f"{level}: no TTY: web has a TTY" in err.getvalue(), err.getvalue()

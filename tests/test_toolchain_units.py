@@ -265,3 +265,28 @@ def test_parse_map_stubs_and_grow():
     u = layout.Unit("k", stubs[0][0], ".text.__private_cond_signal", "text", 0x228, 16)
     assert grow_for_stubs([u], stubs) == 1 and u.size == 0x238
     assert grow_for_stubs([u], stubs) == 0 and u.size == 0x238
+
+
+def test_sigsetjmp_and_jmp_buf_layout_verdicts() -> None:
+    """sigsetjmp callers are untranslatable (their buffers hold musl's own return address);
+    a jmp_buf-holding variable is translatable only when its leaves map one to one."""
+    from docker_hmigrate.recode import jmpbuf
+    from docker_hmigrate.toolchain.metadata import function_reasons
+
+    def jt(size, extra):
+        return {"name": "struct g", "size": size, "holds": ["jmp_buf"],
+                "fields": [{"path": "b[0]", "offset": 0, "size": size - 8, "kind": "jmp_buf"},
+                           {"path": "s", "offset": size - 8, "size": extra, "kind": "data"}]}
+
+    def f(size, extra, target="setjmp"):
+        return {"file": "x.c", "call_sites": [{"target": target, "line": 9}],
+                "vars": [{"name": "g", "kind": "local", "line": 3, "scope": None,
+                          "type": jt(size, extra)}]}
+
+    assert function_reasons(f(208, 4), f(320, 4)) == []
+    why = function_reasons(f(208, 4), f(320, 8))
+    assert why and why[0].startswith("setjmp/longjmp: variable g (struct g) holds a jmp_buf")
+    assert "x.c:3" in why[0]
+    why = function_reasons(f(208, 4, "sigsetjmp"), f(320, 4, "sigsetjmp"))
+    assert why == ["sigsetjmp/siglongjmp: sigsetjmp called at x.c:9"]
+    assert not jmpbuf.fields_match(jt(208, 4), jt(208, 4))  # not musl's two sizes

@@ -20,6 +20,7 @@ identical | refusals (reason).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
@@ -245,11 +246,16 @@ def offline_run(spec: dict, context: str, timeout: float,
                 time.sleep(0.5)
             else:
                 step = last_step(c.logs().decode().splitlines(), spec["progress"])
+                c.reload()
+                if c.status != "running":
+                    break  # finished before this point: nothing left to move
                 t0 = time.monotonic()
                 work = Path(tempfile.mkdtemp(prefix="hm-corpus-"))
+                checkpointed = False
                 try:
                     _park(c, program, time.monotonic() + 30)
                     api = client.api
+                    checkpointed = True
                     api._raise_for_status(api._post_json(
                         api._url("/containers/{0}/checkpoints", c.id),
                         data={"CheckpointID": "ck", "Exit": True, "CheckpointDir": str(work)}))
@@ -268,14 +274,13 @@ def offline_run(spec: dict, context: str, timeout: float,
                               Move("hm-arm", context, step, True, 0.0)]
                     log(f"  recoded round trip at step {step} in {secs:.1f}s")
                 except Exception as exc:  # noqa: BLE001 - reported in the table
-                    c.reload()
-                    frozen = c.status != "running"
                     moves.append(Move(context, "hm-arm", step, False, 0.0,
-                                      str(exc).splitlines()[-1][:200], not frozen))
+                                      str(exc).splitlines()[-1][:200], not checkpointed))
                     log(f"  refused at step {step}: {exc}")
-                    if frozen:
-                        raise
-                    c.kill(signal=41)
+                    if checkpointed:
+                        raise  # frozen and not restored: the run is lost
+                    with contextlib.suppress(sdk.errors.APIError):
+                        c.kill(signal=41)
                 finally:
                     shutil.rmtree(work, ignore_errors=True)
                 continue
@@ -311,7 +316,8 @@ def _park(c, program, deadline: float) -> None:
         why = program.park_protocol.explain(ra)
     except (sdk.errors.NotFound, ValueError):
         why = "no equivalence point reached"
-    c.kill(signal=41)
+    with contextlib.suppress(sdk.errors.APIError):  # it may have finished meanwhile
+        c.kill(signal=41)
     raise RuntimeError(f"refused before the freeze: {why}")
 
 

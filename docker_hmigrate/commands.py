@@ -12,13 +12,14 @@ from typing import Annotated, Any
 import docker.errors
 import typer
 
-from docker_hmigrate import errors, hosts
+from docker_hmigrate import errors, hosts, transfer
 from docker_hmigrate.cli import (
     FormatOpt,
     JsonOpt,
     get_globals,
     get_reporter,
 )
+from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.dockerstyle import DockerCommand
 from docker_hmigrate.engine import Host, api_error_text
 from docker_hmigrate.migrate import Migration, MigrationOptions, cross_isa_checks
@@ -63,6 +64,9 @@ def migrate_cmd(
         help="Shell command run when the migration fails, before the rollback")] = None,
     verify_seconds: Annotated[float, typer.Option(
         "--verify-seconds", help="How long the restored container must keep running")] = 1.0,
+    hook_timeout: Annotated[float, typer.Option(
+        "--hook-timeout", metavar="SECONDS",
+        help="Kill a hook that runs longer than this; it then counts as failed")] = 60.0,
     json_mode: JsonOpt = False,
     fmt: FormatOpt = None,
 ) -> None:
@@ -85,12 +89,13 @@ def migrate_cmd(
     """
     rep = get_reporter(ctx, json_mode=json_mode, fmt=fmt)
     json_mode = rep.json_mode
-    src, dst = open_source(ctx), open_target(ctx, to)
     hooks = {k: v for k, v in (("pre-restore", hook_pre_restore),
                                ("post-restore", hook_post_restore),
                                ("failed-restore", hook_failed_restore)) if v}
     opts = MigrationOptions(container, target_name=name, keep_source=keep_source, force=force,
-                            hooks=hooks, verify_seconds=verify_seconds)
+                            hooks=hooks, verify_seconds=verify_seconds, hook_timeout=hook_timeout)
+    opts.check()  # bad values are refused before any host is touched
+    src, dst = open_source(ctx), open_target(ctx, to)
     result = Migration(src, dst, opts, rep).run()
     rep.summary({
         "container": f"{result['container']} -> {result['target_container']} on {dst.name}",
@@ -99,6 +104,11 @@ def migrate_cmd(
         "total": f"{result['total_seconds']:.3f} s",
         "moved": f"{result['bytes_moved'] / 1e6:.1f} MB",
         **{f"phase {p.name}": f"{p.seconds:.3f} s" for p in rep.phases},
+        "checkpoint by": result.get("checkpoint_path", "api"),
+        **({"CRIU dump": criu_stats.summary(result["criu_dump"])}
+           if result.get("criu_dump") else {}),
+        **({"frozen": f"{result['downtime_frozen_seconds']:.3f} s (CRIU's freeze to running "
+                      "on the target)"} if "downtime_frozen_seconds" in result else {}),
     }, title="Migration complete")
     rep.finish()
 
@@ -211,6 +221,7 @@ def checkpoint_cmd(
             f"cannot write the checkpoint to {output}: "
             + ("it is a folder" if output.is_dir() else f"{folder} is not a writable folder"),
             hint="name a file in an existing folder you can write to")
+    transfer.check_private_target(output)  # no symlink: refused before the freeze
     src = open_source(ctx)
     inspect = src.inspect(container)
     name = f"hmigrate-{uuid.uuid4().hex[:10]}"
@@ -222,7 +233,7 @@ def checkpoint_cmd(
     size = 0
     try:
         with rep.phase("export") as ph:
-            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = transfer.create_private_file(output)
             with os.fdopen(fd, "wb") as f, src.helper(
                     [f"{src.checkpoint_dir(inspect['Id'])}/{name}:/ck:ro"]) as h:
                 stream, _ = src.api.get_archive(h, "/ck/.", chunk_size=1 << 20)

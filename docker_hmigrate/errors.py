@@ -24,7 +24,9 @@ code  class                        meaning
 12    ValidationFailed             pre-migration validation failed
 13    RollbackFailed               rollback failed: needs attention
 14    NotMigratableCrossISA        container cannot be moved to another ISA
-15    BuildFailed                  `build`: the toolchain image or the program failed
+15    HookFailed                   a hook failed or timed out
+16    ContainerBusy                another migration of the container is running
+17    BuildFailed                  `build`: the toolchain image or the program failed
 125   UsageError                   bad command line (docker's own code for usage errors)
 130   Interrupted                  interrupted by the user (Ctrl-C)
 ====  ===========================  ==============================================
@@ -138,8 +140,22 @@ class NotMigratableCrossISA(HmigrateError):
     default_hint = "build the program with hmigrate-cc for both ISAs, or migrate to the same ISA"
 
 
-class BuildFailed(HmigrateError):
+class TargetDied(RestoreFailed):
+    """The target stopped during verify, after it had started: the source resumes."""
+
+
+class HookFailed(HmigrateError):
     exit_code = 15
+    default_hint = "fix the hook command (or raise --hook-timeout), then retry"
+
+
+class ContainerBusy(HmigrateError):
+    exit_code = 16
+    default_hint = "wait for the other migration of this container to finish"
+
+
+class BuildFailed(HmigrateError):
+    exit_code = 17
     default_hint = "fix the Dockerfile or the program, then rerun `docker hmigrate build`"
 
 
@@ -163,7 +179,9 @@ EXIT_CODES: dict[int, tuple[type[HmigrateError], ...]] = {
     12: (ValidationFailed,),
     13: (RollbackFailed,),
     14: (NotMigratableCrossISA,),
-    15: (BuildFailed,),
+    15: (HookFailed,),
+    16: (ContainerBusy,),
+    17: (BuildFailed,),
     125: (UsageError,),
     130: (Interrupted,),
 }

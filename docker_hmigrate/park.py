@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import docker.errors
 
@@ -26,6 +26,33 @@ class ParkProtocol:
     fallback_file: str = "/tmp/.hmigrate-parked"
     # where a parked thread's futex wait shows in /proc/TID/syscall (either ISA)
     parked_pcs: tuple[int, ...] = ()
+    # return address -> why that frame cannot be translated (the runtime reports the
+    # one that keeps a thread from parking in "<park file>.blocked")
+    metadata: dict | None = field(default=None, repr=False, compare=False)
+
+    def explain(self, ra: int) -> str:
+        """What the frame returned to at `ra` is and why it cannot move to another ISA."""
+        for f in (self.metadata or {}).get("functions", []):
+            for isa, fi in f.get("isa", {}).items():
+                if not fi.get("addr", 0) <= ra - 1 < fi.get("addr", 0) + fi.get("size", 0):
+                    continue
+                site = next((c for c in fi.get("call_sites", [])
+                             if c.get("return_address") == ra), None)
+                at = f"{f.get('file') or '?'}:{site['line']}" if site and site.get("line") \
+                    else f.get("file") or "?"
+                why = f.get("untranslatable_reasons") or \
+                    (site or {}).get("untranslatable_reasons") or ["(no reason recorded)"]
+                return f"{f['name']} ({isa}, called at {at}): {'; '.join(why)}"
+        for s in (self.metadata or {}).get("symbols", []):
+            for isa in ("x86-64", "aarch64"):
+                a = s.get(isa)
+                # ra == start: a signal handler "returns" to the trampoline's first byte
+                if s.get("kind") == "func" and a and a[0] <= ra <= a[0] + max(a[1], 1):
+                    return (f"{s['name']} ({isa}): code without metadata (libc) in the "
+                            f"middle of the stack, i.e. the program was called back from "
+                            f"it (qsort comparator, signal handler): such a frame cannot "
+                            f"be rebuilt on the other ISA")
+        return f"an untranslatable frame (return address {ra:#x})"
 
     @classmethod
     def from_metadata(cls, metadata: dict) -> ParkProtocol:
@@ -35,7 +62,7 @@ class ParkProtocol:
                             if "blocked_pc" in p}))
         return cls(sig.get("park", 40), sig.get("resume", 41),
                    rt.get("park_file", cls.park_file),
-                   rt.get("park_file_fallback", cls.fallback_file), pcs)
+                   rt.get("park_file_fallback", cls.fallback_file), pcs, metadata)
 
 
 def read_container_file(host: Host, container: str, path: str) -> bytes | None:
@@ -74,12 +101,35 @@ def park(host: Host, container: str, proto: ParkProtocol, timeout: float = 15) -
     found = poll(announced, timeout, 0.05)
     if found is not None:
         return found
+    blocked = blocked_by(host, container, proto)
     resume(host, container, proto)
+    if blocked:
+        raise errors.NotMigratableCrossISA(
+            f"{container} did not reach its equivalence points within {timeout:g}s: "
+            f"{blocked}; refused before the freeze",
+            hint="the request was withdrawn and the container runs on; this construct is "
+                 "not translated across ISAs yet (see docs/toolchain.md, C constructs): "
+                 "migrate to a host of the same ISA, or at a moment it is not active")
     raise errors.NotMigratableCrossISA(
         f"{container} did not reach its equivalence points within {timeout:g}s "
         "(a thread that never calls a function, or blocks every signal, cannot park)",
         hint="the request was withdrawn and the container runs on; retry, or migrate to "
              "a host of the same ISA")
+
+
+def blocked_by(host: Host, container: str, proto: ParkProtocol) -> str | None:
+    """The runtime's report of the untranslatable frame that kept a thread from parking,
+    explained with the metadata (read before the withdrawal removes it)."""
+    for path in (proto.park_file, proto.fallback_file):
+        data = read_container_file(host, container, path + ".blocked")
+        if data:
+            info = parse_park_file(data.decode(errors="replace"))
+            try:
+                ra = int(info.get("ra", ""), 16)
+            except ValueError:
+                return None
+            return f"thread {info.get('tid', '?')} stays inside {proto.explain(ra)}"
+    return None
 
 
 def resume(host: Host, container: str, proto: ParkProtocol) -> None:
@@ -135,10 +185,11 @@ def park_all(host: Host, container: str, proto: ParkProtocol, timeout: float = 1
                               timeout=int(timeout + 0.999))
     status, out = host.run_probe(script, timeout=timeout + 60)
     if status != 0:
+        blocked = blocked_by(host, container, proto)
         resume_all(host, container, proto, pids)
         raise errors.NotMigratableCrossISA(
             f"{container}: its {len(pids)} processes did not all reach their equivalence "
-            f"points within {timeout:g}s ({out.strip()[-200:]})",
+            f"points within {timeout:g}s ({blocked or out.strip()[-200:]})",
             hint="the request was withdrawn and the container runs on; retry, or migrate "
                  "to a host of the same ISA")
     return {"processes": str(len(pids)), "pids": ",".join(map(str, pids))}

@@ -7,6 +7,7 @@ container per host (engine.Host.run_probe), both hosts in parallel.
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,13 +37,25 @@ class HostFacts:
     # The kernel's special mappings ([vdso], [vvar], ...) as a process there sees them,
     # name -> list of (start, end): what a recoded image must reserve for the target.
     special_maps: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # Source only: the container's established TCP connections (local "ADDR:PORT") and
+    # the bytes in its named volumes.
+    tcp_established: list[str] = field(default_factory=list)
+    volume_bytes: int = 0
 
 
-def probe_script(root_dir: str, paths: list[str]) -> str:
+def probe_script(root_dir: str, paths: list[str], pid: int = 0,
+                 du_paths: list[str] | None = None) -> str:
     checks = "".join(f"[ -e {shlex.quote(p)} ] || echo missing_path={p}\n" for p in paths)
+    if pid:  # TCP state 01 = ESTABLISHED; the local address is field 2
+        checks += (f"cat /proc/{pid}/net/tcp /proc/{pid}/net/tcp6 2>/dev/null | "
+                   "awk '$4 == \"01\" {print \"tcp_established=\" $2}'\n")
+    for p in du_paths or []:
+        checks += f"echo volume_kb=$(du -sk {shlex.quote(p)} 2>/dev/null | cut -f1)\n"
     return rf"""
 echo criu_version=$(criu --version 2>/dev/null | sed -n 's/^Version: //p')
-if criu check >/tmp/criu-check.log 2>&1; then echo criu_check=ok
+# once more after a failure: its kernel probes (kerndat) fail now and then on a busy host
+if criu check >/tmp/criu-check.log 2>&1 || {{ sleep 1; criu check >/tmp/criu-check.log 2>&1; }}
+then echo criu_check=ok
 else echo criu_check=fail; tail -n 5 /tmp/criu-check.log | sed 's/^/criu_log=/'; fi
 echo mem_available_kb=$(awk '/^MemAvailable:/ {{print $2}}' /proc/meminfo)
 echo disk_free_kb=$(df -Pk {shlex.quote(root_dir)} | awk 'NR==2 {{print $4}}')
@@ -75,6 +88,10 @@ def parse_probe(output: str) -> HostFacts:
             facts.runc_version = value
         elif key == "missing_path":
             facts.missing_paths.append(value)
+        elif key == "tcp_established" and value:
+            facts.tcp_established.append(_proc_net_addr(value))
+        elif key == "volume_kb" and value.isdigit():
+            facts.volume_bytes += int(value) * 1024
         elif key == "special_map" and value:
             fields = value.split()
             lo, _, hi = fields[0].partition("-")
@@ -83,9 +100,21 @@ def parse_probe(output: str) -> HostFacts:
     return facts
 
 
-def probe(host: Host, paths: list[str] | None = None) -> HostFacts:
+def _proc_net_addr(field: str) -> str:
+    """/proc/net/tcp's "0200A8C0:1F90" (little-endian words) as "192.168.0.2:8080"."""
+    addr, _, port = field.partition(":")
+    raw = bytes.fromhex(addr)
+    swapped = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = ipaddress.ip_address(swapped)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return f"{ip}:{int(port, 16)}"
+
+
+def probe(host: Host, paths: list[str] | None = None, pid: int = 0,
+          du_paths: list[str] | None = None) -> HostFacts:
     try:
-        status, out = host.run_probe(probe_script(host.root_dir, paths or []))
+        status, out = host.run_probe(probe_script(host.root_dir, paths or [], pid, du_paths))
     except Exception as exc:  # noqa: BLE001 - reported as a failed check, not a crash
         return HostFacts(probe_error=str(exc))
     facts = parse_probe(out)
@@ -164,12 +193,155 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
-def container_usage(host: Host, container_id: str) -> tuple[int, int]:
-    """(memory in use, bytes in the writable layer) of a running container."""
-    stats = host.api.stats(container_id, stream=False, one_shot=True)
-    mem = int((stats.get("memory_stats") or {}).get("usage") or 0)
-    size_rw = int(host.api.inspect_container(container_id, size=True).get("SizeRw") or 0)
-    return mem, size_rw
+@dataclass
+class Usage:
+    """What a container holds, which the target must have room for."""
+
+    memory: int = 0  # resident memory, tmpfs and /dev/shm included: what CRIU dumps
+    tmpfs: int = 0  # of which shared memory (tmpfs, /dev/shm)
+    size_rw: int = 0  # its writable layer
+    error: str = ""
+
+
+def container_usage(host: Host, container_id: str) -> Usage:
+    """The container's real use: its memory cgroup (anonymous memory plus shmem, the pages
+    of its tmpfs and /dev/shm; file cache is not dumped) and its writable layer's size
+    (GET /containers/{id}/json?size=1; the SDK's inspect_container takes no size)."""
+    try:
+        stats = host.api.stats(container_id, stream=False, one_shot=True)
+        mem = stats.get("memory_stats") or {}
+        detail = mem.get("stats") or {}
+        usage = int(mem.get("usage") or 0)
+        # Shared memory (tmpfs, /dev/shm) sits on the anon LRU lists with the process
+        # memory: their sum is what CRIU dumps (cgroup v1 names them total_*, v2 without).
+        anon = sum(int(detail.get(f"total_{k}", detail.get(k, 0)) or 0)
+                   for k in ("active_anon", "inactive_anon"))
+        rss = int(detail.get("total_rss", detail.get("anon", 0)) or 0)
+        memory = anon if detail else usage
+        shmem = max(0, anon - rss) if "total_rss" in detail else int(detail.get("shmem", 0))
+        url = host.api._url("/containers/{0}/json", container_id)
+        size_rw = int(host.api._result(host.api._get(url, params={"size": 1}),
+                                       json=True).get("SizeRw") or 0)
+    except (docker.errors.APIError, OSError, ValueError) as exc:
+        return Usage(error=api_error_text(exc))
+    return Usage(memory=memory, tmpfs=shmem, size_rw=size_rw)
+
+
+def address_checks(src: Host, dst: Host, inspect: dict[str, Any],
+                   established: list[str]) -> list[Check]:
+    """Can the container keep its addresses on the target? CRIU restores an established
+    TCP connection only on the address it had ("Can't bind inet socket back")."""
+    checks: list[Check] = []
+    name = inspect["Name"].lstrip("/")
+    for net, ep in (inspect.get("NetworkSettings", {}).get("Networks") or {}).items():
+        ip = ep.get("IPAddress")
+        if not ip or net in ("host", "none"):
+            continue
+        conns = [c for c in established if c.rsplit(":", 1)[0] == ip]
+        title = f"address {ip} on {net}"
+        try:
+            target_net = _network(dst, net)
+        except docker.errors.APIError as exc:
+            checks.append(Check(title, False, f"cannot inspect {net} on {dst.name}: "
+                                f"{api_error_text(exc)}", "check the target daemon"))
+            continue
+        if net == "bridge":  # Docker 20.10 refuses --ip on the default bridge
+            if not conns:
+                checks.append(Check(title, True, "no established TCP connections: the "
+                                    "target's bridge may give it another address"))
+                continue
+            nxt = _next_free(target_net)
+            ok = nxt == ip
+            checks.append(Check(
+                title, ok,
+                f"{len(conns)} established TCP connection(s) on {ip}; {dst.name}'s default "
+                f"bridge will give it {nxt or 'an unknown address'}" + (
+                    "" if ok else ", and CRIU cannot restore a connection on another address "
+                    "(Docker does not let a container keep its address on the default bridge)"),
+                f"run {name} on a user network with a subnet that exists on both hosts "
+                "(docker network create --subnet ...), or close its connections first",
+                errors.ValidationFailed))
+            continue
+        if target_net is None:
+            src_net = _network(src, net) or {}
+            subnets = [c.get("Subnet") for c in (src_net.get("IPAM") or {}).get("Config") or []
+                       if c.get("Subnet")]
+            clash = _subnet_clash(dst, subnets)
+            ok = bool(subnets) and not clash
+            checks.append(Check(
+                title, ok or not conns,
+                f"{net} will be created on {dst.name} with subnet {', '.join(subnets)}, "
+                f"keeping {ip}" if ok else
+                f"{net} cannot get subnet {', '.join(subnets) or '(none)'} on {dst.name}"
+                f"{' (used by ' + clash + ')' if clash else ''}: the address will change"
+                + (f", and {len(conns)} established TCP connection(s) need it" if conns
+                   else ""),
+                f"create {net} on {dst.name} with the source's subnet", errors.ValidationFailed))
+            continue
+        problem = address_problem(target_net, ip)
+        checks.append(Check(
+            title, not problem or not conns,
+            f"{ip} is free in {net} on {dst.name}" if not problem else
+            f"{problem}: the address will change" + (
+                f", and {len(conns)} established TCP connection(s) need it" if conns else ""),
+            f"free {ip} on {dst.name} or give {net} the same subnet on both hosts",
+            errors.ValidationFailed))
+    return checks
+
+
+def address_problem(target_net: dict[str, Any], ip: str) -> str:
+    """Why a container cannot have `ip` on this (target) network; "" when it can."""
+    subnets = [ipaddress.ip_network(c["Subnet"], strict=False)
+               for c in (target_net.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
+    users = [c.get("Name", "?") for c in (target_net.get("Containers") or {}).values()
+             if (c.get("IPv4Address") or "").split("/")[0] == ip]
+    if users:
+        return f"{ip} is used by {', '.join(users)} in {target_net.get('Name', '')}"
+    if not any(ipaddress.ip_address(ip) in sn for sn in subnets):
+        return (f"{target_net.get('Name', 'the network')} has subnet "
+                f"{', '.join(map(str, subnets)) or 'none'}, not holding {ip}")
+    return ""
+
+
+def _subnet_clash(host: Host, subnets: list[str]) -> str:
+    """The network on `host` whose subnet overlaps one of `subnets`, if any."""
+    want = [ipaddress.ip_network(s, strict=False) for s in subnets]
+    try:
+        nets = host.api.networks()
+    except (docker.errors.APIError, AttributeError):
+        return ""
+    for n in nets:
+        for c in (n.get("IPAM") or {}).get("Config") or []:
+            if c.get("Subnet") and any(
+                    ipaddress.ip_network(c["Subnet"], strict=False).overlaps(w) for w in want):
+                return n.get("Name", "?")
+    return ""
+
+
+def _network(host: Host, name: str) -> dict[str, Any] | None:
+    try:
+        return host.api.inspect_network(name)
+    except docker.errors.NotFound:
+        return None
+
+
+def _next_free(net: dict[str, Any] | None) -> str | None:
+    """The address Docker's default IPAM gives next: the lowest free one of the subnet."""
+    if not net:
+        return None
+    configs = net.get("IPAM", {}).get("Config") or []
+    if not configs or not configs[0].get("Subnet"):
+        return None
+    subnet = ipaddress.ip_network(configs[0]["Subnet"], strict=False)
+    used = {(c.get("IPv4Address") or "").split("/")[0]
+            for c in (net.get("Containers") or {}).values()}
+    used.add(configs[0].get("Gateway") or str(next(subnet.hosts())))
+    for n, addr in enumerate(subnet.hosts()):
+        if str(addr) not in used:
+            return str(addr)
+        if n > 65536:
+            break
+    return None
 
 
 def image_check(src: Host, dst: Host, ref: str, image_id: str) -> Check:
@@ -201,15 +373,14 @@ def validate(
     checks: list[Check] = []
     add = checks.append
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        src_future = pool.submit(probe, src)
+    volume_paths = [m["Source"] for m in inspect.get("Mounts", [])
+                    if m.get("Type") == "volume" and m.get("Source")]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        src_future = pool.submit(probe, src, None, int(state.get("Pid") or 0), volume_paths)
         dst_future = pool.submit(probe, dst, spec.binds)
         usage_future = pool.submit(container_usage, src, inspect["Id"])
         sf, tf = src_future.result(), dst_future.result()
-        try:
-            mem_used, size_rw = usage_future.result()
-        except Exception:  # noqa: BLE001 - stats can fail on a container that just stopped
-            mem_used, size_rw = 0, 0
+        usage = usage_future.result()
 
     add(Check.of("distinct hosts", src.info.get("ID") != dst.info.get("ID"),
                  f"{src.name} and {dst.name} are different daemons",
@@ -252,19 +423,28 @@ def validate(
                      f"{versions}: different major versions",
                      "use the same CRIU major version on both hosts", errors.CriuError,
                      forcible=True))
-    if tf.mem_available:
-        need = int(mem_used * MEMORY_HEADROOM)
-        amounts = f"{_bytes(tf.mem_available)} available, {_bytes(need)} needed"
+    if usage.error and running:
+        add(Check("container usage", False, f"cannot read {name}'s memory and disk use: "
+                  f"{usage.error}", "retry", errors.InsufficientResources, forcible=True))
+    if tf.mem_available and not usage.error:
+        need = int(usage.memory * MEMORY_HEADROOM)
+        shm = f", {_bytes(usage.tmpfs)} of it tmpfs/shm" if usage.tmpfs else ""
+        amounts = (f"{_bytes(tf.mem_available)} available, {_bytes(need)} needed "
+                   f"({_bytes(usage.memory)} in use{shm}, +{MEMORY_HEADROOM - 1:.0%})")
         add(Check.of("target memory", tf.mem_available >= need, amounts,
                      f"not enough: {amounts}",
                      f"free memory on {dst.name} or pick another target",
                      errors.InsufficientResources, forcible=True))
-    if tf.disk_free:
-        need = mem_used + size_rw
-        amounts = f"{_bytes(tf.disk_free)} free, {_bytes(need)} needed"
+    if tf.disk_free and not usage.error:
+        # the checkpoint (its memory), the writable layer and the volumes land on the disk
+        need = usage.memory + usage.size_rw + sf.volume_bytes
+        amounts = (f"{_bytes(tf.disk_free)} free, {_bytes(need)} needed (checkpoint "
+                   f"{_bytes(usage.memory)}, writable layer {_bytes(usage.size_rw)}, volumes "
+                   f"{_bytes(sf.volume_bytes)})")
         add(Check.of("target disk", tf.disk_free >= need, amounts, f"not enough: {amounts}",
                      f"free disk on {dst.name} under {dst.root_dir}",
                      errors.InsufficientResources, forcible=True))
+    checks.extend(address_checks(src, dst, inspect, sf.tcp_established))
     for key in ("CgroupDriver", "CgroupVersion"):
         a, b = src.info.get(key), dst.info.get(key)
         add(Check.of(f"cgroup {key[6:].lower()}", a == b, f"{a} on both",

@@ -283,7 +283,7 @@ def test_read_program_errors() -> None:
     client = FakeClient({})
     with pytest.raises(errors.BuildFailed, match="program /counter not found") as exc:
         build.read_program(client, "img", "/counter")
-    assert exc.value.exit_code == 15 and client.api.removed == ["c1"]
+    assert exc.value.exit_code == 17 and client.api.removed == ["c1"]
     client = FakeClient({"/counter": X86})  # a plain gcc build
     with pytest.raises(errors.NotMigratableCrossISA, match="not built with hmigrate-cc"):
         build.read_program(client, "img", "/counter")

@@ -94,5 +94,6 @@ def test_verify_running_fails_when_the_target_dies() -> None:
         inspect_container=lambda cid: {"State": next(states)}))
     m = Migration.__new__(Migration)
     m.dst, m.opts = host, MigrationOptions("web", verify_seconds=5)
+    m.target_started = False  # a restore that never ran: RestoreFailed, not TargetDied
     with pytest.raises(errors.RestoreFailed, match="exited \\(exit code 137\\)"):
         m._verify_running("cid")

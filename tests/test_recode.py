@@ -397,3 +397,191 @@ def test_portable_pagemap_sets_both_counts() -> None:
     process.portable_pagemap(s, 1)
     e = s.images["pagemap-1.img"].entries[1].msg
     assert e.compat_nr_pages == 3 and e.nr_pages == 3
+
+
+# -- setjmp/longjmp: a jmp_buf saved by main's setjmp call, translated like main's frame
+def jmp_metadata():
+    md = metadata()
+    main = md["functions"][0]
+    main["isa"][X]["call_sites"].append(site(2, 0x401030, -32, target="setjmp"))
+    main["isa"][A]["call_sites"].append(site(2, 0x401034, -32, target="setjmp",
+                                             live=["x19"]))
+    main["call_site_pairs"].append([2, 2])
+    main["park_point"] = {"clean": True, "aarch64_lr_copy": "x19"}
+    return md
+
+
+def guard_type(isa):
+    jb = 200 if isa == X else 312
+    return {"name": "struct lua_longjmp", "size": jb + 16, "kind": "struct",
+            "pointer_offsets": [0], "holds": ["jmp_buf"],
+            "fields": [{"path": "previous", "offset": 0, "size": 8, "kind": "pointer"},
+                       {"path": "b[0]", "offset": 8, "size": jb, "kind": "jmp_buf"},
+                       {"path": "status", "offset": jb + 8, "size": 4, "kind": "data"}]}
+
+
+def x86_jmp_buf(main_cfa):
+    raw = bytearray(200)
+    struct.pack_into("<8Q", raw, 0, 0x11, main_cfa - 16, 0, 0, 0, 0, main_cfa - 32, 0x401030)
+    raw[64:200] = bytes(range(136))  # __fl and the signal mask: copied as they are
+    return bytes(raw)
+
+
+def unwound(md, src_isa=X, dst_isa=A):
+    idx = frames.Index(md, src_isa, dst_isa)
+    src, regs = x86_stack()
+    stack = frames.unwind(src, regs, idx)
+    frames.source_callee_saved(src, stack, regs, idx)
+    frames.plan_target(stack, idx)
+    return idx, src, stack, frames.StackMap(stack, idx)
+
+
+def test_jmp_buf_translated_like_its_frame_and_back() -> None:
+    from docker_hmigrate.recode import jmpbuf
+
+    md = jmp_metadata()
+    idx, _, stack, smap = unwound(md)
+    raw = x86_jmp_buf(OUTER)
+    a64 = jmpbuf.translate(raw, "main: lj", stack, idx, smap, BOTTOM[A])
+    regs = struct.unpack_from("<14Q", a64, 0)
+    assert regs[0] == BOTTOM[A]  # x19: main's own return address (GCC's lr copy)
+    assert regs[1:10] == (0,) * 9  # dead at -O0
+    assert regs[10] == OUTER - 32  # x29: main's frame record on aarch64
+    assert regs[11] == 0x401034  # x30: the twin of the setjmp call's return address
+    assert regs[13] == OUTER - 32  # sp: main's SP at that call
+    assert a64[112:176] == bytes(64) and a64[176:] == raw[64:]
+    # and back: the aarch64 jmp_buf of the rebuilt stack gives the x86-64 one again
+    arm = FakeMem(STACK, 0x1000)
+    out = frames.write_target(x86_stack()[0], arm, stack, idx, smap, BOTTOM[A])
+    park = md["runtime"]["park_points"]
+    arm_regs = x86_64.ThreadRegs(
+        pc=park[A]["blocked_pc"], sp=frames.lowest_target_sp(stack, idx), fp=out["x29"],
+        tp=0, syscall_nr=aarch64.SYS_FUTEX, result=0, args=(0, 0, 0, 0),
+        callee_saved={r: out.get(r, 0) for r in aarch64.CALLEE_SAVED}, lr=out["x30"])
+    back = frames.Index(md, A, X)
+    again = frames.unwind(arm, arm_regs, back)
+    frames.source_callee_saved(arm, again, arm_regs, back)
+    frames.plan_target(again, back)
+    x86 = jmpbuf.translate(a64, "main: lj", again, back, frames.StackMap(again, back),
+                           BOTTOM[X])
+    assert x86[:8] == bytes(8)  # rbx: dead after the call on x86-64 (the source's 0x11)
+    assert x86[8:] == raw[8:]
+
+
+def test_variable_holding_a_jmp_buf_moves_member_by_member() -> None:
+    from docker_hmigrate.recode import jmpbuf
+
+    md = jmp_metadata()
+    idx, _, stack, smap = unwound(md)
+    sv = {"name": "lj", "type": guard_type(X)}
+    dv = {"name": "lj", "type": guard_type(A)}
+    raw = (OUTER - 24).to_bytes(8, "little") + x86_jmp_buf(OUTER) + struct.pack("<II", 7, 0)
+    out = jmpbuf.copy_var(raw, sv, dv, "main: lj", stack, idx, smap, BOTTOM[A])
+    assert len(out) == 328
+    assert int.from_bytes(out[:8], "little") == OUTER - 8  # previous -> main's x, moved
+    assert struct.unpack_from("<Q", out, 8 + 88)[0] == 0x401034
+    assert struct.unpack_from("<I", out, 320)[0] == 7  # status after the bigger jmp_buf
+    assert jmpbuf.map_offset(sv, dv, 208) == 320 and jmpbuf.map_offset(sv, dv, 8) == 8
+    assert jmpbuf.map_offset(sv, dv, 60) is None  # inside the registers: no meaning
+
+
+def test_jmp_buf_of_unknown_code_or_returned_frame_is_refused() -> None:
+    from docker_hmigrate.recode import jmpbuf
+
+    md = jmp_metadata()
+    idx, _, stack, smap = unwound(md)
+    raw = bytearray(x86_jmp_buf(OUTER))
+    struct.pack_into("<Q", raw, 56, 0x401ffe)  # a pc that is no call site of ours
+    with pytest.raises(frames.Untranslatable, match="not a call site"):
+        jmpbuf.translate(bytes(raw), "g", stack, idx, smap, BOTTOM[A])
+    raw = bytearray(x86_jmp_buf(OUTER))
+    struct.pack_into("<Q", raw, 48, OUTER - 512)  # SP of a frame that has returned
+    with pytest.raises(frames.Untranslatable, match="no longer on the stack"):
+        jmpbuf.translate(bytes(raw), "g", stack, idx, smap, BOTTOM[A])
+    assert jmpbuf.translate(bytes(200), "g", stack, idx, smap, BOTTOM[A]) == bytes(312)
+    bad = guard_type(A)
+    bad["fields"][2]["size"] = 8
+    with pytest.raises(frames.Untranslatable, match="member by member"):
+        jmpbuf.copy_var(bytes(216), {"name": "lj", "type": guard_type(X)},
+                        {"name": "lj", "type": bad}, "g", stack, idx, smap, BOTTOM[A])
+
+
+def test_pointers_to_stack_variables_held_in_the_heap_follow_them() -> None:
+    """lua's L->errorJmp (heap) points at a frame's lj: remapped with the stack; a word
+    into the live stack at no variable is left alone and counted as stale."""
+    from types import SimpleNamespace
+
+    from docker_hmigrate.recode import stackrefs
+
+    md = metadata()
+    idx, _, stack, _ = unwound(md)
+    heap = FakeMem(0x600000, 0x100)
+    heap.runs = [SimpleNamespace(vaddr=0x600000, end=0x600100, offset=0)]
+    heap.write_u64(0x600008, OUTER - 24)  # &main's x on x86-64
+    heap.write_u64(0x600010, OUTER - 12)  # main's frame record, no variable: stale
+    heap.write_u64(0x600018, 0x1234)
+    vmas = [SimpleNamespace(start=0x600000, end=0x600100, prot=3, flags=0x22, status=1)]
+    dst = SimpleNamespace(memory=lambda pid: heap,
+                          mm=lambda pid: SimpleNamespace(vmas=vmas))
+    got = stackrefs.remap(dst, {1: [(1, None, stack)]}, idx)
+    assert got == {1: {"remapped": 1, "stale": 1}}
+    assert heap.read_u64(0x600008) == OUTER - 8  # main's x on aarch64
+    assert heap.read_u64(0x600010) == OUTER - 12 and heap.read_u64(0x600018) == 0x1234
+    data = (OUTER - 24).to_bytes(8, "little") * 2 + bytes(4) + (OUTER - 24).to_bytes(8,
+                                                                                      "little")
+    assert list(stackrefs._candidates(data, STACK, OUTER)) == [0, 8]  # not the unaligned one
+
+
+def test_static_jmp_buf_translated_heap_one_refused_dead_one_zeroed() -> None:
+    from types import SimpleNamespace
+
+    from docker_hmigrate.recode import jmpbuf
+
+    md = jmp_metadata()
+    md["symbols"].append({"name": "env", "kind": "object", X: [0x600040, 200],
+                          A: [0x600040, 312], "aligned": True})
+    idx, _, stack, _ = unwound(md)
+    regs = SimpleNamespace(sp=stack.frames[0].src_sp)
+
+    def fake(raws: dict[int, bytes]):
+        mem = FakeMem(0x600000, 0x400)
+        mem.runs = [SimpleNamespace(vaddr=0x600000, end=0x600400, offset=0)]
+        for a, b in raws.items():
+            mem.write(a, b)
+        vmas = [SimpleNamespace(start=0x600000, end=0x600400, prot=3, flags=0x22, status=1),
+                SimpleNamespace(start=STACK, end=STACK + 0x1000, prot=3, flags=0x22,
+                                status=2)]
+        return mem, SimpleNamespace(memory=lambda pid: mem,
+                                    mm=lambda pid: SimpleNamespace(vmas=vmas))
+
+    mem, dst = fake({0x600040: x86_jmp_buf(OUTER)})
+    assert jmpbuf.outside_stacks(dst, {1: [(1, regs, stack)]}, idx) == {1: 1}
+    assert mem.read_u64(0x600040 + 88) == 0x401034 and mem.read_u64(0x600040 + 104) == OUTER - 32
+    dead = bytearray(x86_jmp_buf(OUTER))
+    struct.pack_into("<Q", dead, 48, OUTER - 512)  # its frame has returned
+    mem, dst = fake({0x600040: bytes(dead)})
+    jmpbuf.outside_stacks(dst, {1: [(1, regs, stack)]}, idx)
+    assert mem.read(0x600040, 176) == bytes(176) and mem.read(0x600040 + 176, 136) == dead[64:]
+    _, dst = fake({0x600100: x86_jmp_buf(OUTER)})  # not a static jmp_buf: heap
+    with pytest.raises(frames.Untranslatable, match="outside the stack and not a static"):
+        jmpbuf.outside_stacks(dst, {1: [(1, regs, stack)]}, idx)
+
+
+def test_stack_pages_never_dumped_read_as_zeros() -> None:
+    """A big local buffer touched only in part: CRIU dumps only its touched pages."""
+    class Holey(FakeMem):
+        def contains(self, a: int, n: int = 1) -> bool:
+            return not (a < 0x7ff000 + 0x200 and a + n > 0x7ff000 + 0x100)  # hole
+
+        def read(self, a: int, n: int) -> bytes:
+            if not self.contains(a, n):
+                raise LookupError("not dumped")
+            return super().read(a, n)
+
+    m = Holey(STACK - 0x1000, 0x2000)
+    m.write(STACK - 8, b"\x01" * 8)
+    assert frames.read_stack(m, STACK - 8, 8) == b"\x01" * 8
+    with pytest.raises(LookupError):
+        m.read(STACK - 8, 0x1000)
+    got = frames.read_stack(m, STACK - 8, 0x1000)
+    assert got[:8] == b"\x01" * 8 and got[8:] == bytes(0x1000 - 8)

@@ -8,6 +8,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -515,3 +516,360 @@ def test_park_and_resume_aarch64_under_qemu(hello: Path, threads: Path, tmp_path
         if p.poll() is None:
             p.kill()
     assert p.returncode == 0 and " OK" in out, out
+
+
+def _symbols(binary: Path) -> dict[str, str]:
+    out = subprocess.run(["nm", str(binary)], capture_output=True, text=True, check=True).stdout
+    return {ln.split()[2]: ln.split()[0] for ln in out.splitlines() if len(ln.split()) == 3}
+
+
+def test_layout_does_not_depend_on_folder_name(tmp_path: Path) -> None:
+    """The same sources built in a short and a long folder give the same aligned binaries.
+
+    ld's map prints an archive member on one line with its referrer when
+    "ARCHIVE(MEMBER)" is shorter than 29 characters: a short folder (like /src/lua/src)
+    once made those members vanish from one ISA's plan (issue 10)."""
+    short = Path(tempfile.mkdtemp(dir="/tmp", prefix="h"))
+    long_ = tmp_path / "a_rather_long_folder_name_for_the_same_sources"
+    try:
+        for d in (short, long_):
+            d.mkdir(exist_ok=True)
+            for n in "abc":  # short member names: "/tmp/hXXXXXXXX/libu.a(a.o)" < 29
+                (d / f"{n}.c").write_text(
+                    f"int v_{n} = 3;\nint f_{n}(int x) {{ return x + v_{n}; }}\n")
+            (d / "main.c").write_text(
+                '#include <stdio.h>\nint f_a(int), f_b(int), f_c(int);\n'
+                'int main(void) { printf("%d\\n", f_a(1) + f_b(2) + f_c(3)); return 0; }\n')
+            (d / "Makefile").write_text(
+                "all: app\nlibu.a: a.o b.o c.o\n\tar rc $@ $^\n"
+                "app: main.o libu.a\n\t$(CC) -o app main.o libu.a\n")
+            res = subprocess.run(["make", "-C", str(d), f"CC={CC}"], capture_output=True,
+                                 text=True, timeout=300)
+            assert res.returncode == 0, res.stdout + res.stderr
+            assert check_align(d / "app_x86-64", d / "app_aarch64").returncode == 0
+        assert len(f"{short}/libu.a(a.o)") < 29 <= len(f"{long_}/libu.a(a.o)")
+        for isa in ("x86-64", "aarch64"):
+            a, b = _symbols(short / f"app_{isa}"), _symbols(long_ / f"app_{isa}")
+            assert {"f_a", "f_b", "f_c", "v_a", "main"} <= a.keys()
+            assert a == b, sorted(k for k in a.keys() | b.keys() if a.get(k) != b.get(k))
+    finally:
+        shutil.rmtree(short)
+
+
+SETJMP_C = r"""
+#include <setjmp.h>
+#include <stdio.h>
+#include <unistd.h>
+
+struct guard { struct guard *prev; jmp_buf b; volatile int status; };
+union odd { jmp_buf b; long word; };
+static volatile long n;
+
+static void tick(void) { n++; usleep(1000); }
+
+/* A jmp_buf inside a union: no member-by-member map, the frame stays untranslatable. */
+static int opaque_run(int steps)
+{
+	union odd u;
+	if (setjmp(u.b) == 0)
+		for (int i = 0; i < steps; i++)
+			tick();
+	return 0;
+}
+
+/* Like lua's luaD_rawrunprotected: a jmp_buf lives in this frame while work runs. */
+static int protected_run(long steps)
+{
+	struct guard g;
+	g.status = 0;
+	if (setjmp(g.b) == 0)
+		for (long i = 0; i < steps; i++)
+			tick();
+	return g.status;
+}
+
+int main(void)
+{
+	setvbuf(stdout, 0, _IOLBF, 0);
+	printf("start\n");
+	opaque_run(1500);
+	printf("opaque done\n");
+	return protected_run(1L << 40);
+}
+"""
+
+
+def test_setjmp_frames_translatable_or_blocking_and_named(tmp_path: Path) -> None:
+    """A struct holding a jmp_buf is described member by member on both ISAs (recode
+    translates it, recode/jmpbuf.py), so a thread parks under it. A jmp_buf the metadata
+    cannot map (in a union) makes its function untranslatable, naming the construct and
+    file:line; the runtime does not park under it and reports which frame blocks it."""
+    from docker_hmigrate.park import ParkProtocol, parse_park_file
+
+    (tmp_path / "sj.c").write_text(SETJMP_C)
+    res = subprocess.run(CC.split() + ["-o", str(tmp_path / "sj"), str(tmp_path / "sj.c")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    md = json.loads((tmp_path / "sj.hmigrate.json").read_text())
+    by = {f["name"]: f for f in md["functions"]}
+    good = by["protected_run"]
+    assert good["translatable"], good["untranslatable_reasons"]
+    g = {isa: next(v for v in good["isa"][isa]["vars"] if v["name"] == "g")
+         for isa in ("x86-64", "aarch64")}
+    assert [(f["path"], f["offset"], f["size"], f["kind"]) for f in
+            g["aarch64"]["type"]["fields"]] == [("prev", 0, 8, "pointer"),
+                                                 ("b[0]", 8, 312, "jmp_buf"),
+                                                 ("status", 320, 4, "data")]
+    assert g["x86-64"]["type"]["fields"][2]["offset"] == 208
+    bad = by["opaque_run"]
+    assert not bad["translatable"]
+    why = " ".join(bad["untranslatable_reasons"])
+    assert "setjmp/longjmp: variable u (union odd) holds a jmp_buf" in why, why
+    assert "200 bytes on x86-64, 312 on aarch64" in why and "sj.c:15" in why, why
+    flag = tmp_path / "parked"
+    p = subprocess.Popen([str(tmp_path / "sj_x86-64")], stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "HMIGRATE_PARK_FILE": str(flag)})
+    try:
+        assert p.stdout.readline() == "start\n"
+        time.sleep(0.2)
+        t0 = time.time()
+        p.send_signal(40)
+        blocked = Path(str(flag) + ".blocked")
+        wait_for(blocked, 5)
+        info = parse_park_file(blocked.read_text())
+        text = ParkProtocol.from_metadata(md).explain(int(info["ra"], 16))
+        assert text.startswith("opaque_run (x86-64, called at sj.c:"), text
+        assert "holds a jmp_buf" in text
+        wait_for(flag, 10)  # parks once opaque_run has returned, inside protected_run
+        assert time.time() - t0 > 0.8
+        assert p.stdout.readline() == "opaque done\n"
+        walk = subprocess.run([sys.executable, "-m", "docker_hmigrate.toolchain", "walk",
+                               str(p.pid), str(tmp_path / "sj.hmigrate.json")],
+                              capture_output=True, text=True, timeout=60)
+        assert "protected_run" in walk.stdout and "untranslatable" not in walk.stdout, \
+            walk.stdout + walk.stderr
+        p.send_signal(41)
+        time.sleep(0.3)
+        assert p.poll() is None and not flag.exists() and not blocked.exists()
+    finally:
+        p.kill()
+        p.wait()
+
+
+def test_register_locals_get_stack_slots(tmp_path: Path) -> None:
+    """GCC keeps `register` locals in callee-saved registers even at -O0 (mawk): the
+    driver drops the keyword, so such frames have slots and stay translatable; a file
+    with an explicit register variable (asm("...")) keeps it and still compiles."""
+    (tmp_path / "r.c").write_text(
+        "#include <stdio.h>\n"
+        "static int sum(int n) { register int i, s = 0; register char *p = \"ab\";\n"
+        "  for (i = 0; i < n; i++) s += i + p[i % 2]; return s; }\n"
+        "int main(void) { printf(\"%d\\n\", sum(10)); return 0; }\n")
+    (tmp_path / "e.c").write_text(
+        "long get(void) {\n#if defined(__x86_64__)\n register long r asm(\"r12\") = 5;\n"
+        "#else\n register long r asm(\"x21\") = 5;\n#endif\n"
+        " __asm__ volatile(\"\" : \"+r\"(r)); return r; }\n")
+    res = subprocess.run(CC.split() + ["-o", str(tmp_path / "r"), str(tmp_path / "r.c"),
+                                       str(tmp_path / "e.c")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    md = json.loads((tmp_path / "r.hmigrate.json").read_text())
+    fn = {f["name"]: f for f in md["functions"]}["sum"]
+    assert fn["translatable"], fn["untranslatable_reasons"]
+    assert {v["name"] for v in fn["isa"]["aarch64"]["vars"] if "cfa_offset" in v} >= \
+        {"i", "s", "p"}
+    assert subprocess.run([str(tmp_path / "r_x86-64")], capture_output=True,
+                          text=True).stdout == "1020\n"
+
+
+CALLBACKS_C = r"""
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+
+static volatile long n;
+static void tick(void) { n++; usleep(300); }
+
+static int cmp(const void *a, const void *b)  /* called back by musl's qsort */
+{
+	tick();
+	return *(const int *)a - *(const int *)b;
+}
+
+static void on_usr1(int sig)  /* a handler that runs a while, calling functions */
+{
+	(void)sig;
+	for (int i = 0; i < 3000; i++)
+		tick();
+}
+
+int main(int argc, char **argv)
+{
+	static int v[600];
+	setvbuf(stdout, 0, _IOLBF, 0);
+	signal(SIGUSR1, on_usr1);
+	for (int i = 0; i < 600; i++)
+		v[i] = (i * 7919) % 600;
+	printf("start\n");
+	if (argc > 1) {
+		raise(SIGUSR1);
+		printf("handled\n");
+	} else {
+		qsort(v, 600, sizeof v[0], cmp);
+		printf("sorted %d %d\n", v[0], v[599]);
+	}
+	for (;;)
+		tick();
+}
+"""
+
+
+@pytest.mark.parametrize("mode", ["qsort", "signal"])
+def test_no_parking_inside_callbacks_from_libc(tmp_path: Path, mode: str) -> None:
+    """A frame of libc code (no metadata) in the middle of the stack (musl's qsort calling
+    a comparator, the signal trampoline below a handler) cannot be rebuilt: the runtime
+    does not park above it, says which code blocks it, and parks once it has returned."""
+    from docker_hmigrate.park import ParkProtocol, parse_park_file
+
+    (tmp_path / "cb.c").write_text(CALLBACKS_C)
+    res = subprocess.run(CC.split() + ["-o", str(tmp_path / "cb"), str(tmp_path / "cb.c")],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    md = json.loads((tmp_path / "cb.hmigrate.json").read_text())
+    flag = tmp_path / "parked"
+    args = [str(tmp_path / "cb_x86-64")] + (["sig"] if mode == "signal" else [])
+    p = subprocess.Popen(args, stdout=subprocess.PIPE, text=True,
+                         env={**os.environ, "HMIGRATE_PARK_FILE": str(flag)})
+    try:
+        assert p.stdout.readline() == "start\n"
+        time.sleep(0.1)
+        p.send_signal(40)
+        blocked = Path(str(flag) + ".blocked")
+        wait_for(blocked, 5)
+        text = ParkProtocol.from_metadata(md).explain(
+            int(parse_park_file(blocked.read_text())["ra"], 16))
+        assert "code without metadata (libc)" in text, text
+        assert not flag.exists()
+        wait_for(flag, 20)  # once qsort / the handler has returned
+        line = p.stdout.readline()
+        assert line == ("handled\n" if mode == "signal" else "sorted 0 599\n"), line
+        p.send_signal(41)
+        time.sleep(0.3)
+        assert p.poll() is None
+    finally:
+        p.kill()
+        p.wait()
+
+
+CONSTRUCTS_C = r"""
+#include <alloca.h>
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <string.h>
+
+static int step(int x) { return x * 3 + 1; }
+
+static int by_switch(int op, int x)  /* dense: GCC emits a jump table even at -O0 */
+{
+	switch (op) {
+	case 0: return step(x);
+	case 1: return step(x) + 1;
+	case 2: return step(x) * 2;
+	case 3: return step(x) - 7;
+	case 4: return step(x) ^ 5;
+	case 5: return step(x) / 2;
+	case 6: return step(x) % 11;
+	default: return x;
+	}
+}
+
+static int by_goto(const unsigned char *code)  /* computed goto, like lua's dispatch */
+{
+	static const void *const tab[] = {&&inc, &&dbl, &&end};
+	int acc = 1;
+	goto *tab[*code++];
+inc:	acc = step(acc);
+	goto *tab[*code++];
+dbl:	acc *= 2;
+	goto *tab[*code++];
+end:	return acc;
+}
+
+static int sum_va(int n, ...)  /* a variadic function: its va_list is per ISA */
+{
+	va_list ap;
+	int s = 0;
+	va_start(ap, n);
+	for (int i = 0; i < n; i++)
+		s += step(va_arg(ap, int));
+	va_end(ap);
+	return s;
+}
+
+static int with_alloca(int n)
+{
+	char *p = alloca(n);
+	memset(p, 1, n);
+	return step(p[n - 1]);
+}
+
+static int with_vla(int n)
+{
+	int v[n];
+	for (int i = 0; i < n; i++)
+		v[i] = i;
+	return step(v[n - 1]);
+}
+
+static double floats(int n)
+{
+	double f = 0;
+	for (int i = 1; i <= n; i++)
+		f += sin(i) / step(i);
+	return f;
+}
+
+int main(void)
+{
+	unsigned char code[] = {0, 1, 0, 1, 2};
+	int s = 0;
+	for (int op = 0; op < 8; op++)
+		s += by_switch(op, 10 + op);
+	printf("switch=%d goto=%d va=%d alloca=%d vla=%d float=%.9f\n", s, by_goto(code),
+		sum_va(3, 1, 2, 3), with_alloca(16), with_vla(9), floats(50));
+	return 0;
+}
+"""
+
+
+def test_c_constructs_verdicts_and_both_isas_agree(tmp_path: Path) -> None:
+    """What the build-time analysis says about common C constructs (docs/toolchain.md,
+    "C constructs"): switch tables, computed goto, calls of variadic functions and
+    floating point are translatable frames; a variadic function (va_list), alloca and
+    VLAs (variable-size frames) are not, so the runtime never parks under them; both
+    ISAs' binaries print the same."""
+    (tmp_path / "c.c").write_text(CONSTRUCTS_C)
+    res = subprocess.run(CC.split() + ["-o", str(tmp_path / "c"), str(tmp_path / "c.c"),
+                                       "-lm"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    md = json.loads((tmp_path / "c.hmigrate.json").read_text())
+    by = {f["name"]: f for f in md["functions"]}
+    for name in ("by_switch", "by_goto", "floats", "main"):
+        assert by[name]["translatable"], (name, by[name]["untranslatable_reasons"])
+    reasons = {n: " ".join(by[n]["untranslatable_reasons"])
+               for n in ("sum_va", "with_alloca", "with_vla")}
+    assert "variadic" in reasons["sum_va"], reasons
+    assert "variable-size frame" in reasons["with_alloca"], reasons
+    assert "variable-size frame" in reasons["with_vla"], reasons
+    ranges = md["unclean_ranges"]["x86-64"]
+    for n in ("sum_va", "with_alloca", "with_vla"):
+        a = by[n]["isa"]["x86-64"]["addr"]
+        assert any(lo <= a < hi for lo, hi in ranges), n
+    out = subprocess.run([str(tmp_path / "c_x86-64")], capture_output=True, text=True).stdout
+    assert out.startswith("switch=") and "goto=50 " in out, out
+    if os.path.exists(QEMU):
+        arm = subprocess.run([QEMU, str(tmp_path / "c_aarch64")], capture_output=True,
+                             text=True).stdout
+        assert arm == out

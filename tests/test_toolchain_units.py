@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -134,6 +136,7 @@ MAP = """Archive member included to satisfy reference by file (symbol)
 
 {libc}(printf.lo)
                               /w/hello.o (printf)
+{short}(ldo.o)        /w/lua.o (luaD_call)
 {libc}(a_very_long_member_name_here.lo)
                               {libc}(printf.lo) (x)
 
@@ -155,8 +158,15 @@ def test_parse_map_inputs(tmp_path: Path):
     libc.write_bytes(b"!<arch>\n")
     crt1 = tmp_path / "crt1.o"
     crt1.write_bytes(b"\x7fELF")
-    got = parse_map_inputs(MAP.format(libc=libc, crt1=crt1))
-    assert got == [(str(crt1), None), (str(libc), "printf.lo"),
+    # ld puts a member shorter than 29 characters and its referrer on one line.
+    short = Path(tempfile.mkdtemp(dir="/tmp", prefix="m")) / "l.a"
+    try:
+        short.write_bytes(b"!<arch>\n")
+        assert len(f"{short}(ldo.o)") < 29
+        got = parse_map_inputs(MAP.format(libc=libc, crt1=crt1, short=short))
+    finally:
+        shutil.rmtree(short.parent)
+    assert got == [(str(crt1), None), (str(libc), "printf.lo"), (str(short), "ldo.o"),
                    (str(libc), "a_very_long_member_name_here.lo")]
 
 
@@ -255,3 +265,28 @@ def test_parse_map_stubs_and_grow():
     u = layout.Unit("k", stubs[0][0], ".text.__private_cond_signal", "text", 0x228, 16)
     assert grow_for_stubs([u], stubs) == 1 and u.size == 0x238
     assert grow_for_stubs([u], stubs) == 0 and u.size == 0x238
+
+
+def test_sigsetjmp_and_jmp_buf_layout_verdicts() -> None:
+    """sigsetjmp callers are untranslatable (their buffers hold musl's own return address);
+    a jmp_buf-holding variable is translatable only when its leaves map one to one."""
+    from docker_hmigrate.recode import jmpbuf
+    from docker_hmigrate.toolchain.metadata import function_reasons
+
+    def jt(size, extra):
+        return {"name": "struct g", "size": size, "holds": ["jmp_buf"],
+                "fields": [{"path": "b[0]", "offset": 0, "size": size - 8, "kind": "jmp_buf"},
+                           {"path": "s", "offset": size - 8, "size": extra, "kind": "data"}]}
+
+    def f(size, extra, target="setjmp"):
+        return {"file": "x.c", "call_sites": [{"target": target, "line": 9}],
+                "vars": [{"name": "g", "kind": "local", "line": 3, "scope": None,
+                          "type": jt(size, extra)}]}
+
+    assert function_reasons(f(208, 4), f(320, 4)) == []
+    why = function_reasons(f(208, 4), f(320, 8))
+    assert why and why[0].startswith("setjmp/longjmp: variable g (struct g) holds a jmp_buf")
+    assert "x.c:3" in why[0]
+    why = function_reasons(f(208, 4, "sigsetjmp"), f(320, 4, "sigsetjmp"))
+    assert why == ["sigsetjmp/siglongjmp: sigsetjmp called at x.c:9"]
+    assert not jmpbuf.fields_match(jt(208, 4), jt(208, 4))  # not musl's two sizes

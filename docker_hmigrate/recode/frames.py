@@ -19,12 +19,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from docker_hmigrate import errors
-from docker_hmigrate.recode import aarch64, x86_64
+from docker_hmigrate.recode import aarch64, jmpbuf, x86_64
 from docker_hmigrate.recode.regs import ThreadRegs
 
 
 class Untranslatable(errors.NotMigratableCrossISA):
-    pass
+    # The program was built right: what it holds at this moment is what cannot move.
+    default_hint = ("this state is not translated across ISAs yet (docs/toolchain.md, "
+                    "C constructs); migrate to a host of the same ISA")
 
 
 @dataclass
@@ -179,12 +181,15 @@ class StackMap:
         self.lo = min(f.src_sp for f in stack.frames)
         self.hi = stack.outer_cfa
         self.spans: list[tuple[int, int, int]] = []  # (src start, src end, dst start)
+        self.fields: dict[int, tuple[dict, dict]] = {}  # src start -> (src var, dst var)
         for fr in stack.frames:
             if fr.site is None:
                 continue
             for sv, dv in matched_vars(fr, idx):
                 a = fr.src_cfa + sv["cfa_offset"]
                 self.spans.append((a, a + sv["type"]["size"], fr.dst_cfa + dv["cfa_offset"]))
+                if jmpbuf.holds_jmp_buf(sv):  # members sit elsewhere in the target
+                    self.fields[a] = (sv, dv)
         self.spans.sort()
         self._starts = [s[0] for s in self.spans]
 
@@ -200,6 +205,12 @@ class StackMap:
             if 0 <= j < len(self.spans):
                 s, e, d = self.spans[j]
                 if s <= addr <= e:
+                    if s in self.fields:
+                        off = jmpbuf.map_offset(*self.fields[s], addr - s)
+                        if off is None:
+                            raise Untranslatable(f"a pointer to stack address {addr:#x} "
+                                                 f"points inside a jmp_buf")
+                        return d + off
                     return d + (addr - s)
         raise Untranslatable(f"a pointer to stack address {addr:#x} matches no variable slot")
 
@@ -230,7 +241,8 @@ def matched_vars(fr: Frame, idx: Index,
         if d is None:
             raise Untranslatable(f"{fr.function['name']}: variable {v['name']} has no "
                                  f"twin on {idx.dst}")
-        if d["type"]["size"] != v["type"]["size"]:
+        if d["type"]["size"] != v["type"]["size"] and not (
+                jmpbuf.holds_jmp_buf(v) and jmpbuf.fields_match(v["type"], d["type"])):
             raise Untranslatable(f"{fr.function['name']}: variable {v['name']} has "
                                  f"size {v['type']['size']} on {idx.src}, "
                                  f"{d['type']['size']} on {idx.dst}")
@@ -283,7 +295,8 @@ def write_target(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMa
         caller = frames[i + 1] if i + 1 < len(frames) else None
         own_ret = caller.dst_pc if caller else bottom_ret
         if fr.site is None:  # the park frame
-            _copy_vars(src_mem, dst_mem, fr, idx, smap, strict=False)
+            _copy_vars(src_mem, dst_mem, fr, idx, smap, strict=False, stack=stack,
+                       bottom_ret=bottom_ret)
             return {**expected, **dst.write_park_frame(
                 dst_mem, fr.dst_cfa, caller.dst_cfa + _fp_off(caller, idx), own_ret)}
         meta = fr.function["isa"][idx.dst]
@@ -325,20 +338,46 @@ def write_target(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMa
             else:
                 raise Untranslatable(f"{fr.function['name']}: unknown live value in {r} "
                                      f"at {fr.dst_pc:#x}")
-        _copy_vars(src_mem, dst_mem, fr, idx, smap)
+        _copy_vars(src_mem, dst_mem, fr, idx, smap, stack=stack, bottom_ret=bottom_ret)
     raise Untranslatable("stack has no park frame")
 
 
 def _copy_vars(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap,
-               strict: bool = True) -> None:
-    """Variables slot to slot; pointers inside them (pointer_offsets) translated."""
+               strict: bool = True, stack: SourceStack | None = None,
+               bottom_ret: int = 0) -> None:
+    """Variables slot to slot; pointers inside them (pointer_offsets) translated;
+    variables holding a jmp_buf member by member (jmpbuf.py)."""
     for sv, dv in matched_vars(fr, idx, strict):
-        raw = bytearray(src_mem.read(fr.src_cfa + sv["cfa_offset"], sv["type"]["size"]))
+        raw = bytearray(read_stack(src_mem, fr.src_cfa + sv["cfa_offset"],
+                                   sv["type"]["size"]))
+        if jmpbuf.holds_jmp_buf(sv):
+            if stack is None:
+                raise Untranslatable(f"{fr.function['name']}: jmp_buf {sv['name']} "
+                                     f"without its stack")
+            dst_mem.write(fr.dst_cfa + dv["cfa_offset"], jmpbuf.copy_var(
+                bytes(raw), sv, dv, f"{fr.function['name']}: {sv['name']}", stack, idx,
+                smap, bottom_ret))
+            continue
         for po in sv["type"].get("pointer_offsets", []):
             if po + 8 <= len(raw):
                 v = int.from_bytes(raw[po:po + 8], "little")
                 raw[po:po + 8] = translate_value(v, sv, smap, idx).to_bytes(8, "little")
         dst_mem.write(fr.dst_cfa + dv["cfa_offset"], bytes(raw))
+
+
+def read_stack(mem, addr: int, n: int) -> bytes:
+    """Bytes of the source stack; pages CRIU did not dump were never touched (a big local
+    buffer used only in part) and read as zeros, as the process would see them."""
+    try:
+        return mem.read(addr, n)
+    except LookupError:  # criu.memory.NotDumpedError
+        out = bytearray()
+        a = addr
+        while a < addr + n:
+            k = min(addr + n, (a // 4096 + 1) * 4096) - a
+            out += mem.read(a, k) if mem.contains(a, k) else bytes(k)
+            a += k
+        return bytes(out)
 
 
 def _fp_off(fr: Frame, idx: Index) -> int:

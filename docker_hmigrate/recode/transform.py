@@ -18,7 +18,16 @@ from pathlib import Path
 from typing import Any
 
 from docker_hmigrate.criu import ImageSet, check_supported
-from docker_hmigrate.recode import aarch64, frames, process, shared, tls, x86_64
+from docker_hmigrate.recode import (
+    aarch64,
+    frames,
+    jmpbuf,
+    process,
+    shared,
+    stackrefs,
+    tls,
+    x86_64,
+)
 from docker_hmigrate.recode.frames import Index, Untranslatable, arch
 from docker_hmigrate.recode.process import TargetFacts
 
@@ -114,6 +123,8 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
         for pid, threads in plans.items():
             tls.translate_process(src, dst, pid, program.metadata, src_isa, dst_isa,
                                   [(t, r.tp, st.outer_cfa) for t, r, st in threads], skip[pid])
+    stackrefs.remap(dst, plans, idx)  # pointers to stack variables held elsewhere
+    jmpbuf.outside_stacks(dst, plans, idx)  # static jmp_bufs; heap ones refused
     lap("stacks")
     shared.recode_shared(src, dst, idx)  # memory the processes share: checked, kept as is
     for pid in dst.pids:

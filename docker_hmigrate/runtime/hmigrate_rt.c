@@ -222,8 +222,9 @@ NOINSTR static int hm_is_unclean(unsigned long pc)
 }
 
 /* Walks the frame-pointer chain (every instrumented frame has one; the record is
- * {saved fp, return address} on both ISAs) looking for an untranslatable frame. */
-NOINSTR static int hm_unclean_on_stack(void)
+ * {saved fp, return address} on both ISAs) looking for an untranslatable frame; returns
+ * the return address into it (0: none). */
+NOINSTR static unsigned long hm_unclean_on_stack(void)
 {
 	if (!hmigrate_unclean.count)
 		return 0;
@@ -234,7 +235,7 @@ NOINSTR static int hm_unclean_on_stack(void)
 		if (ra <= (unsigned long)__executable_start || ra > (unsigned long)__etext)
 			break; /* left our code: a libc bottom frame or the end of the chain */
 		if (hm_is_unclean(ra - 1))
-			return 1;
+			return ra;
 		if (next <= fp || (unsigned long)((char *)next - (char *)fp) > (64ul << 20))
 			break;
 		fp = next;
@@ -244,10 +245,48 @@ NOINSTR static int hm_unclean_on_stack(void)
 
 /* The equivalence point: at function entry all arguments are already in their stack
  * slots and no callee-saved register holds an unknown value (see docs/toolchain.md). */
+NOINSTR static void hm_blocked_path(char *out, size_t cap)
+{
+	size_t n = 0;
+	hm_append(out, &n, cap, hmigrate_state.path);
+	hm_append(out, &n, cap, ".blocked");
+}
+
+/* Says (once per request) which untranslatable frame keeps this thread from parking. */
+NOINSTR static void hm_report_blocked(unsigned long ra)
+{
+	struct hmigrate_state *s = &hmigrate_state;
+	s->blocked_ra = ra;
+	if (__atomic_exchange_n(&s->blocked_written, 1, __ATOMIC_SEQ_CST))
+		return;
+	char path[300], text[128], num[24];
+	size_t n = 0;
+	hm_blocked_path(path, sizeof path);
+	hm_append(text, &n, sizeof text, "tid=");
+	hm_utoa((unsigned)hm_gettid(), num);
+	hm_append(text, &n, sizeof text, num);
+	hm_append(text, &n, sizeof text, "\nra=0x");
+	int i = 0;
+	for (int shift = 60; shift >= 0; shift -= 4) {
+		int d = (int)((ra >> shift) & 15);
+		if (d || i || !shift)
+			num[i++] = (char)(d < 10 ? '0' + d : 'a' + d - 10);
+	}
+	num[i] = 0;
+	hm_append(text, &n, sizeof text, num);
+	hm_append(text, &n, sizeof text, "\n");
+	hm_write_file(path, text, n);
+}
+
 NOINSTR void __cyg_profile_func_enter(void *fn, void *site)
 {
-	if (__builtin_expect(hmigrate_state.request, 0) && !hm_unclean_on_stack())
-		hmigrate_park(fn, site);
+	if (__builtin_expect(hmigrate_state.request, 0)) {
+		unsigned long ra = hm_unclean_on_stack();
+		if (!ra)
+			hmigrate_park(fn, site);
+		else
+			hm_report_blocked(ra);
+	}
 }
 
 NOINSTR void __cyg_profile_func_exit(void *fn, void *site)
@@ -277,6 +316,11 @@ NOINSTR static void hm_on_resume(int sig)
 	if (hmigrate_state.announced) {
 		syscall(SYS_unlinkat, AT_FDCWD, hmigrate_state.path, 0);
 		hmigrate_state.announced = 0;
+	}
+	if (__atomic_exchange_n(&hmigrate_state.blocked_written, 0, __ATOMIC_SEQ_CST)) {
+		char path[300];
+		hm_blocked_path(path, sizeof path);
+		syscall(SYS_unlinkat, AT_FDCWD, path, 0);
 	}
 	syscall(SYS_futex, &hmigrate_state.request, FUTEX_WAKE_PRIVATE, 0x7fffffff, 0, 0, 0);
 	errno = saved;

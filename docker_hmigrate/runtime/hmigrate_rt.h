@@ -21,6 +21,11 @@ struct hmigrate_state {
 	int foreign_tasks;       /* tasks that are not program threads ($HMIGRATE_FOREIGN_TASKS) */
 	volatile int tids[HMIGRATE_MAX_THREADS]; /* parked threads (0 = free slot) */
 	char path[256];          /* the parked file */
+	/* The return address of the last untranslatable frame that kept a thread from
+	 * parking, written once per request to "<path>.blocked" so that a tool that times
+	 * out can name the construct (the metadata maps it to a function and file:line). */
+	volatile unsigned long blocked_ra;
+	volatile int blocked_written;
 };
 
 extern struct hmigrate_state hmigrate_state;

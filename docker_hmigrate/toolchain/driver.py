@@ -169,6 +169,19 @@ def isa_cflags(isa: Isa, cflags: list[str], *, deps: bool) -> list[str]:
     return out + list(FORCED_CFLAGS) + list(isa.extra_cflags) + isa.system_cflags()
 
 
+_EXPLICIT_REG = re.compile(r"\bregister\b[^;{}]*\b(?:__asm__|asm)\s*\(")
+
+
+def _explicit_registers(src: str) -> bool:
+    """The file declares a variable in a named register (`register long x asm("r10")`),
+    which needs the keyword: keep it there."""
+    try:
+        with open(src, errors="replace") as f:
+            return bool(_EXPLICIT_REG.search(f.read()))
+    except OSError:
+        return True
+
+
 def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True) -> None:
     """Compile src for both ISAs into out (x86-64 object with the aarch64 twin inside).
 
@@ -178,10 +191,17 @@ def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True) 
     via_asm = src.endswith((".c", ".i"))
     wa = [f for f in cflags if f.startswith("-Wa,")]
 
+    drop_register = instrument and via_asm and not _explicit_registers(src)
+
     def build(isa: Isa, dest: str, deps: bool) -> None:
         flags = isa_cflags(isa, cflags, deps=deps)
         if not instrument:
             flags = [f for f in flags if f != "-finstrument-functions"]
+        if drop_register:
+            # GCC keeps `register` locals in callee-saved registers even at -O0 (mawk's
+            # interpreter loop): such a frame has no slot to move. Dropping the keyword
+            # is always valid C (a register variable's address is never taken).
+            flags.append("-Dregister=")
         if not via_asm:
             run([isa.gcc, *flags, "-c", src, "-o", dest])
             return
@@ -341,6 +361,9 @@ def link_cmd(il: IsaLink, out: str, mapfile: str, ldflags: list[str],
     return cmd
 
 
+_MAP_MEMBER = re.compile(r"^(.+?\.a)\(([^()]+)\)(?:\s+\S.*)?$")
+
+
 def parse_map_inputs(text: str) -> list[tuple[str, str | None]]:
     """Files the linker loaded, from a GNU ld map: plain objects and archive members."""
     members: list[tuple[str, str | None]] = []
@@ -353,9 +376,16 @@ def parse_map_inputs(text: str) -> list[tuple[str, str | None]]:
         if line.startswith(("Discarded input sections", "Memory Configuration", "Merging",
                             "Allocating common symbols", "Linker script and memory map")):
             in_members = False
-        if in_members and line and not line[0].isspace() and line.endswith(")") and "(" in line:
-            path, _, member = line[:-1].partition("(")
-            if not path.endswith(".a") or not os.path.exists(path):
+        if in_members and line and not line[0].isspace():
+            # ld writes "ARCHIVE(MEMBER)" alone on its line when it is 29 characters or
+            # longer, else padded and followed by the referencing "FILE (SYMBOL)" on the
+            # same line: which form appears depends on the path's length, i.e. on the
+            # folder the sources lie in and on our per-ISA work folder.
+            m = _MAP_MEMBER.match(line)
+            if not m:
+                continue
+            path, member = m.group(1), m.group(2)
+            if not os.path.exists(path):
                 continue
             if (path, member) not in members:
                 members.append((path, member))

@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 import capstone
 from elftools.elf.elffile import ELFFile
 
+from docker_hmigrate.recode import jmpbuf
+
 SCHEMA = "hmigrate-toolchain/1"
 ENTER_HOOK = "__cyg_profile_func_enter"
 EXIT_HOOK = "__cyg_profile_func_exit"
@@ -90,6 +92,11 @@ def _ref(die, name="DW_AT_type"):
     return die.get_DIE_from_attribute(name)
 
 
+# musl's jmp_buf and sigjmp_buf are arrays of this struct: the registers of a call site
+# (return address, stack and frame pointers, callee-saved registers) in one ISA's layout.
+JMP_BUF_STRUCTS = ("__jmp_buf_tag",)
+
+
 def describe_type(die, depth: int = 0) -> dict:
     """Type summary recode needs: name, size, and where pointers live inside it."""
     if die is None:
@@ -115,6 +122,7 @@ def describe_type(die, depth: int = 0) -> dict:
     if tag in ("DW_TAG_structure_type", "DW_TAG_union_type"):
         kw = "struct" if tag == "DW_TAG_structure_type" else "union"
         ptrs: list[int] = []
+        holds: set[str] = {"jmp_buf"} if _name(die) in JMP_BUF_STRUCTS else set()
         if depth < 6:
             for m in die.iter_children():
                 if m.tag != "DW_TAG_member":
@@ -122,9 +130,15 @@ def describe_type(die, depth: int = 0) -> dict:
                 off = _attr(m, "DW_AT_data_member_location", 0)
                 if not isinstance(off, int):
                     continue
-                ptrs += [off + p for p in describe_type(_ref(m), depth + 1)["pointer_offsets"]]
-        return {"name": f"{kw} {_name(die) or '<anon>'}", "kind": kw,
-                "size": _attr(die, "DW_AT_byte_size", 0), "pointer_offsets": ptrs[:256]}
+                mt = describe_type(_ref(m), depth + 1)
+                ptrs += [off + p for p in mt["pointer_offsets"]]
+                holds.update(mt.get("holds", ()))
+        out = {"name": f"{kw} {_name(die) or '<anon>'}", "kind": kw,
+               "size": _attr(die, "DW_AT_byte_size", 0), "pointer_offsets": ptrs[:256]}
+        if holds:
+            out["holds"] = sorted(holds)
+            out["fields"] = type_fields(die)
+        return out
     if tag == "DW_TAG_array_type":
         elem = describe_type(_ref(die), depth + 1)
         count = 1
@@ -136,12 +150,75 @@ def describe_type(die, depth: int = 0) -> dict:
                 count *= n
         ptrs = [i * elem["size"] + p for i in range(min(count, 256)) for p in
                 elem["pointer_offsets"]] if elem["size"] else []
-        return {"name": f"{elem['name']}[{count}]", "kind": "array",
-                "size": elem["size"] * count, "pointer_offsets": ptrs[:256]}
+        out = {"name": f"{elem['name']}[{count}]", "kind": "array",
+               "size": elem["size"] * count, "pointer_offsets": ptrs[:256]}
+        if elem.get("holds"):
+            out["holds"] = elem["holds"]
+            out["fields"] = type_fields(die)
+        return out
     if tag == "DW_TAG_subroutine_type":
         return {"name": "function", "kind": "function", "size": 0, "pointer_offsets": []}
     return {"name": tag, "kind": "other", "size": _attr(die, "DW_AT_byte_size", 0),
             "pointer_offsets": []}
+
+
+def _strip(die):
+    while die is not None and die.tag in ("DW_TAG_typedef", "DW_TAG_const_type",
+                                          "DW_TAG_volatile_type", "DW_TAG_restrict_type",
+                                          "DW_TAG_atomic_type"):
+        die = _ref(die)
+    return die
+
+
+def type_fields(die, prefix: str = "", base: int = 0, depth: int = 0) -> list[dict]:
+    """The leaves of a type that holds a jmp_buf, for a member-by-member copy between
+    the ISAs' layouts: {path, offset, size, kind: jmp_buf | pointer | data | opaque}."""
+    die = _strip(die)
+    if die is None:
+        return []
+    size = _attr(die, "DW_AT_byte_size", 0)
+    if die.tag == "DW_TAG_structure_type" and _name(die) in JMP_BUF_STRUCTS:
+        return [{"path": prefix, "offset": base, "size": size, "kind": "jmp_buf"}]
+    if die.tag == "DW_TAG_pointer_type":
+        return [{"path": prefix, "offset": base, "size": size or 8, "kind": "pointer"}]
+    if die.tag == "DW_TAG_structure_type" and depth < 8:
+        out = []
+        for m in die.iter_children():
+            off = _attr(m, "DW_AT_data_member_location", 0)
+            if m.tag != "DW_TAG_member" or not isinstance(off, int) or \
+                    "DW_AT_bit_size" in m.attributes:
+                continue
+            name = f"{prefix}.{_name(m)}" if prefix else (_name(m) or "?")
+            out += type_fields(_ref(m), name, base + off, depth + 1)
+        return out
+    if die.tag == "DW_TAG_array_type" and depth < 8:
+        elem, count = describe_type(_ref(die), depth + 1), _array_count(die)
+        if not elem["pointer_offsets"] and "jmp_buf" not in elem.get("holds", ()):
+            return [{"path": prefix, "offset": base, "size": elem["size"] * count,
+                     "kind": "data"}]
+        if count > 64:
+            return [{"path": prefix, "offset": base, "size": 0, "kind": "opaque"}]
+        out = []
+        for i in range(count):
+            out += type_fields(_ref(die), f"{prefix}[{i}]", base + i * elem["size"],
+                               depth + 1)
+        return out
+    if die.tag == "DW_TAG_union_type":  # members overlap: only plain data can be copied
+        members = [describe_type(_ref(m), depth + 1) for m in die.iter_children()
+                   if m.tag == "DW_TAG_member"]
+        plain = not any(m.get("holds") or m["pointer_offsets"] for m in members)
+        return [{"path": prefix, "offset": base, "size": size,
+                 "kind": "data" if plain else "opaque"}]
+    return [{"path": prefix, "offset": base, "size": size, "kind": "data"}]
+
+
+def _array_count(die) -> int:
+    count = 1
+    for sub in die.iter_children():
+        if sub.tag == "DW_TAG_subrange_type":
+            ub, cnt = _attr(sub, "DW_AT_upper_bound"), _attr(sub, "DW_AT_count")
+            count *= cnt if isinstance(cnt, int) else (ub + 1 if isinstance(ub, int) else 0)
+    return count
 
 
 def _fbreg_offset(loc, indirect: bool = False) -> int | None:
@@ -183,6 +260,8 @@ def _collect_vars(die, out: list[dict], scope: tuple[int, int] | None) -> None:
             entry = {"name": _name(ch), "kind": "param" if ch.tag.endswith("parameter") else
                      "local", "type": describe_type(_ref(ch)), "scope": list(scope) if scope
                      else None}
+            if isinstance(_attr(ch, "DW_AT_decl_line"), int):
+                entry["line"] = _attr(ch, "DW_AT_decl_line")
             if off is not None:
                 entry["cfa_offset"] = off
             elif ind is not None:  # the slot holds the variable's address
@@ -556,6 +635,7 @@ def analyse_function(b: Binary, name: str) -> dict:
     run = PrologueState(sp=-8 if arch is X86 else 0, fp=None, stores=[])
     consts: dict[str, int] = {}
     done = 0
+    dynamic_calls = 0
     for i, insn in enumerate(insns):
         if not _is_call(arch, insn):
             continue
@@ -573,6 +653,7 @@ def analyse_function(b: Binary, name: str) -> dict:
         st = PrologueState(run.sp, run.fp, run.stores, run.dynamic)
         if body_state is None:
             body_state = st
+        dynamic_calls += st.dynamic
         ra = insn.address + insn.size
         row = b.cfi_row(insn.address)
         cs = {"index": len(calls), "call_pc": insn.address, "return_address": ra,
@@ -586,8 +667,10 @@ def analyse_function(b: Binary, name: str) -> dict:
     out: dict = {"addr": addr, "size": size, "call_sites": calls}
     row = b.cfi_row(calls[0]["call_pc"]) if calls else None
     if body_state is not None:
+        # alloca/VLAs move SP after the entry hook: any call made with a moved SP
+        # makes the frame variable-size (its callees' CFAs are not at fixed offsets)
         frame = {"frame_size": -body_state.sp, "fp_cfa_offset": body_state.fp,
-                 "dynamic_sp": body_state.dynamic}
+                 "dynamic_sp": body_state.dynamic or dynamic_calls > 0}
         if row is not None:
             frame["cfa"] = _cfa_rule(arch, row)
             frame["saved_regs"] = {arch.reg(r): rule.arg for r, rule in row.items()
@@ -684,9 +767,53 @@ def _bad_var(v: dict) -> str | None:
     return None
 
 
+def _where(f: dict, v: dict) -> str:
+    return f"{f.get('file') or '?'}:{v['line']}" if v.get("line") else f.get("file") or "?"
+
+
+def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:
+    """Stack variables whose contents have another layout on the other ISA: a jmp_buf
+    (setjmp/longjmp state: registers of one ISA), or any type whose size differs."""
+    reasons = []
+    seen: dict[tuple, int] = {}
+    twins: dict[tuple, dict] = {}
+    for v in fa.get("vars", []):
+        k = (v["name"], v["kind"])
+        twins[(*k, seen.get(k, 0))] = v
+        seen[k] = seen.get(k, 0) + 1
+    seen.clear()
+    for v in fx.get("vars", []):
+        if v.get("kind") == "static":
+            continue
+        k = (v["name"], v["kind"])
+        n = seen.get(k, 0)
+        seen[k] = n + 1
+        a = twins.get((*k, n))
+        tname = v["type"]["name"]
+        if "jmp_buf" in v["type"].get("holds", ()) and a and \
+                jmpbuf.fields_match(v["type"], a["type"]):
+            continue  # translated member by member (recode/jmpbuf.py)
+        if "jmp_buf" in v["type"].get("holds", ()) or (a and "jmp_buf" in
+                                                      a["type"].get("holds", ())):
+            sizes = f"{v['type']['size']} bytes on x86-64, " \
+                    f"{a['type']['size'] if a else '?'} on aarch64"
+            reasons.append(f"setjmp/longjmp: variable {v['name']} ({tname}) holds a jmp_buf "
+                           f"(registers in one ISA's layout; {sizes}) at {_where(fx, v)}")
+        elif a and a["type"]["size"] != v["type"]["size"]:
+            reasons.append(f"variable {v['name']} ({tname}) has size {v['type']['size']} on "
+                           f"x86-64, {a['type']['size']} on aarch64 at {_where(fx, v)}")
+    return reasons
+
+
 def function_reasons(fx: dict, fa: dict) -> list[str]:
     """Why no frame of this function can be rebuilt on the other ISA (whole-function)."""
-    reasons = []
+    reasons = cross_isa_var_reasons(fx, fa)
+    for c in fx.get("call_sites", []):
+        if c.get("target") in jmpbuf.SIGSETJMP_NAMES:
+            # musl's sigsetjmp keeps its own return address and a register in the
+            # buffer's signal-mask part: a layout this recode does not translate
+            reasons.append(f"sigsetjmp/siglongjmp: sigsetjmp called at "
+                           f"{fx.get('file') or '?'}:{c.get('line')}")
     for isa, f in (("x86-64", fx), ("aarch64", fa)):
         if f.get("variadic"):
             reasons.append(f"{isa}: variadic (va_list state differs per ISA)")
@@ -915,8 +1042,9 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         "tls": tls,
         "functions": functions,
         "symbols": symbols,
-        "unclean_ranges": {isa: unclean_ranges(functions, isa, instrumented)
-                           for isa in ("x86-64", "aarch64")},
+        "unclean_ranges": {b.arch.name: unclean_ranges(functions, b.arch.name, instrumented,
+                                                       foreign_code(b))
+                           for b in (bx, ba)},
         "checks": {"park_points_clean": not problems, "problems": problems,
                    "untranslatable_functions": sum(not f["translatable"] and f["instrumented"]
                                                    for f in functions),
@@ -929,7 +1057,32 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
     return md
 
 
-def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str]) -> list[list[int]]:
+def foreign_code(b: Binary) -> list[list[int]]:
+    """Code without metadata (musl, libgcc) other than the bottom frames: a return address
+    there in the middle of a parked stack means our code was called back from it (a qsort
+    comparator, a signal handler returning to the signal trampoline), a frame recode
+    cannot rebuild, so the runtime must not park above it."""
+    # From a - 1: the kernel makes a signal handler "return" to the very first byte of
+    # the trampoline (musl's __restore_rt), which the runtime checks as [ra - 1, ra);
+    # size 0 (aarch64's asm trampoline) still covers that byte.
+    return [[a - 1, a + max(n, 1)] for name, (a, n) in b.funcs.items()
+            if name not in b.dfuncs and name not in BOTTOM_FUNCTIONS]
+
+
+def _merge(ranges: list[list[int]], gap: int = 16) -> list[list[int]]:
+    """Sorted ranges, neighbours closer than `gap` (alignment padding, never a return
+    address) joined, so the runtime's table stays small."""
+    out: list[list[int]] = []
+    for lo, hi in sorted(ranges):
+        if out and lo - out[-1][1] < gap:
+            out[-1][1] = max(out[-1][1], hi)
+        else:
+            out.append([lo, hi])
+    return out
+
+
+def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str],
+                   foreign: list[list[int]] | None = None) -> list[list[int]]:
     """Code ranges no parked stack may hold a return address in (the runtime's table).
 
     Whole functions when the function itself is untranslatable; otherwise single
@@ -949,7 +1102,7 @@ def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str]) -> l
             if not c["translatable"] and (c["kind"] == "enter_hook" or
                                           _may_reach_park(c, instrumented)):
                 out.append([c["return_address"] - 1, c["return_address"]])
-    return sorted(out)
+    return _merge(out + list(foreign or []), gap=1) if foreign else sorted(out)
 
 
 def _align_up(x: int, a: int) -> int:

@@ -1,0 +1,57 @@
+"""The corpus runner's pure parts: output comparison, refusal classification, table."""
+
+from __future__ import annotations
+
+import json
+
+from bench import corpus
+
+
+def test_compare_finds_missing_doubled_and_changed_lines() -> None:
+    ref = ["step 1 a", "step 2 b", "done"]
+    assert corpus.compare(ref, list(ref)) == (True, "")
+    ok, why = corpus.compare(ref, ["step 1 a", "step 2 b", "step 2 b", "done"])
+    assert not ok and "line 3" in why and "step 2 b" in why  # doubled
+    ok, why = corpus.compare(ref, ["step 1 a", "step 2 b"])
+    assert not ok and "1 lines missing" in why
+    ok, why = corpus.compare(ref, ref + ["[exit status 139]"])
+    assert not ok and "extra" in why
+
+
+def test_refusal_before_or_after_the_freeze() -> None:
+    before = {"ok": False, "phases": [{"name": "validate", "status": "ok"},
+                                      {"name": "park", "status": "failed"}],
+              "error": {"message": "lua did not reach its equivalence points"}}
+    assert corpus.classify(before, "") == ("lua did not reach its equivalence points", True)
+    after = {"ok": False, "phases": [{"name": "checkpoint", "status": "ok"},
+                                     {"name": "recode", "status": "failed"}],
+             "error": {"message": "x"}}
+    assert corpus.classify(after, "") == ("x", False)
+    assert corpus.classify({}, "error: boom\n") == ("error: boom", True)
+
+
+def test_last_step_and_table() -> None:
+    assert corpus.last_step(["step 3 x", "step 4 y", "noise"], r"^step (\d+) ") == 4
+    assert corpus.last_step([], r"^step (\d+) ") == 0
+    r = corpus.Result("lua5.4", builds=True, identical=True, moves=[
+        corpus.Move("hm-a", "hm-arm", 6, True, 40.0),
+        corpus.Move("hm-arm", "hm-a", 12, True, 30.0),
+        corpus.Move("hm-a", "hm-arm", 20, False, 9.0, "refused: setjmp", True)])
+    bad = corpus.Result("mawk", builds=False, build_error="make failed")
+    text = corpus.table([r, bad])
+    lines = text.splitlines()
+    assert lines[0].split(" | ")[0].strip() == "program"
+    row = [c.strip() for c in lines[2].split(" | ")]
+    assert row == ["lua5.4", "yes", "1/2", "1/1", "yes", "1 (refused: setjmp)"]
+    assert "no (make failed)" in lines[3]
+
+
+def test_every_recipe_is_complete() -> None:
+    for spec_file in corpus.CORPUS.glob("*/corpus.json"):
+        spec = json.loads(spec_file.read_text())
+        assert {"package", "image", "progress", "done", "moves_at"} <= spec.keys(), spec_file
+        assert spec["image"].startswith("localhost:5000/hmigrate/corpus/")
+        assert (spec_file.parent / "Dockerfile").exists()
+        assert len(spec["moves_at"]) >= 6 and spec["moves_at"] == sorted(spec["moves_at"])
+        dockerfile = (spec_file.parent / "Dockerfile").read_text()
+        assert "apt-get source" in dockerfile and "hmigrate-cc" in dockerfile

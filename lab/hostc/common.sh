@@ -1,0 +1,70 @@
+# Shared settings for the lab's host c: an x86-64 VM under KVM, Debian trixie, cgroup v2
+# only, the newest Docker Engine and CRIU Debian offers, two daemons inside (hm-c, hm-c2).
+# Sourced by up/down/status/build-*.sh; every setting can be overridden by HM_C_* variables.
+# shellcheck shell=bash
+
+HM_C_NAME=${HM_C_NAME:-hm-c}                    # guest host name, context of the first daemon
+HM_C2_NAME=${HM_C2_NAME:-hm-c2}                 # context of the second daemon (netns inside)
+HM_C_PORT=${HM_C_PORT:-2393}                    # 127.0.0.1:PORT on this machine -> guest dockerd c
+HM_C2_PORT=${HM_C2_PORT:-2394}                  # 127.0.0.1:PORT -> guest :2376 -> dockerd c2
+HM_C_CACHE=${HM_C_CACHE:-/var/cache/hmigrate-lab/hostc}
+HM_C_STATE=${HM_C_STATE:-/var/lib/hmigrate-lab/hostc}
+HM_C_SUITE=${HM_C_SUITE:-trixie}                # root file system and kernel
+# Docker Engine, containerd, runc and CRIU from this suite (sid: the newest Debian has;
+# trixie's would be docker.io 26.1, containerd 1.7, runc 1.1, criu 4.1).
+HM_C_ENGINE_SUITE=${HM_C_ENGINE_SUITE:-sid}
+. "$(dirname "${BASH_SOURCE[0]}")/../mirror.sh"
+HM_C_MIRROR=${HM_C_MIRROR:-$(debian_mirror)}
+HM_C_CPUS=${HM_C_CPUS:-2}
+HM_C_MEM=${HM_C_MEM:-2560}                      # MiB
+HM_C_DISK_SIZE=${HM_C_DISK_SIZE:-12G}           # sparse ext4 root file system
+HM_C_BOOT_TIMEOUT=${HM_C_BOOT_TIMEOUT:-180}     # seconds to wait for both daemons
+
+# Engine packages are taken from HM_C_ENGINE_SUITE (apt's PKG/SUITE), the rest from HM_C_SUITE.
+HM_C_ENGINE_PACKAGES=(docker.io containerd runc criu)
+HM_C_PACKAGES=(
+  linux-image-amd64 kmod
+  iproute2 iptables procps socat ca-certificates busybox-static util-linux mount
+)
+
+HM_C_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+hm_log() { printf '[hostc %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+hm_die() { printf '[hostc] ERROR: %s\n' "$*" >&2; exit 1; }
+hm_need_root() { [ "$(id -u)" = 0 ] || hm_die "must run as root"; }
+
+# Hash of what goes into the mmdebstrap root file system (stage 1).
+hm_rootfs_recipe_hash() {
+  {
+    echo "suite=$HM_C_SUITE engine=$HM_C_ENGINE_SUITE mirror=$HM_C_MIRROR"
+    printf '%s\n' "${HM_C_ENGINE_PACKAGES[@]}" -- "${HM_C_PACKAGES[@]}"
+    cat "$HM_C_DIR/build-rootfs.sh"
+  } | sha256sum | cut -d' ' -f1
+}
+
+# Hash of the bootable image (stage 1 + image script + initramfs script + guest files).
+hm_image_recipe_hash() {
+  {
+    hm_rootfs_recipe_hash
+    echo "disk=$HM_C_DISK_SIZE"
+    cat "$HM_C_DIR/build-image.sh" "$HM_C_DIR/../arm64/build-initramfs.sh"
+    (cd "$HM_C_DIR/guest" && find . -type f | LC_ALL=C sort | xargs sha256sum)
+  } | sha256sum | cut -d' ' -f1
+}
+
+hm_pid() { # the VM's qemu pid, only if that process really is ours
+  local pf="$HM_C_STATE/qemu.pid" pid
+  [ -s "$pf" ] || return 1
+  pid=$(cat "$pf")
+  [ -n "$pid" ] && kill -0 "$pid" 2>/dev/null || return 1
+  tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q -- "$HM_C_STATE/disk.qcow2" || return 1
+  echo "$pid"
+}
+
+hm_docker_bin() {
+  local d=/usr/local/bin/docker
+  [ -x "$d" ] || d=$(command -v docker) || hm_die "no docker client found"
+  echo "$d"
+}
+hm_docker_c() { "$(hm_docker_bin)" -H "tcp://127.0.0.1:$HM_C_PORT" "$@"; }
+hm_docker_c2() { "$(hm_docker_bin)" -H "tcp://127.0.0.1:$HM_C2_PORT" "$@"; }

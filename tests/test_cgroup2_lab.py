@@ -1,0 +1,156 @@
+"""Migrations on cgroup v2 hosts with a current Docker Engine: the lab's host c (lab/hostc).
+
+Host c is an x86-64 VM (KVM) with cgroup v2 only and Debian's newest docker.io/containerd/
+runc/CRIU; it runs two daemons, hm-c and hm-c2 (the second in its own network namespace and
+data root), like hosts a and b on the lab machine. Opt-in: skipped unless HMLAB_CGROUP2=1
+(`sudo HMLAB_CGROUP2=1 lab/up` brings host c up). About a minute in all.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import subprocess
+
+import pytest
+
+from tests.lab import (
+    BASE_IMAGE,
+    COUNTER_CMD,
+    DOCKER_CLI,
+    REDIS_IMAGE,
+    REGISTRY,
+    LabHost,
+    connect,
+    counter_values,
+    unique,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.lab, pytest.mark.cgroup2]
+
+# hmlab/redis (built by lab/images on hosts a and b) as host c gets it: from the registry.
+REDIS_REMOTE = f"{REGISTRY}/hmigrate/hostc/redis:latest"
+
+
+@pytest.fixture(scope="module")
+def host_c() -> LabHost:
+    return connect("c")
+
+
+@pytest.fixture(scope="module")
+def host_c2() -> LabHost:
+    return connect("c2")
+
+
+@pytest.fixture
+def names(request):
+    """Container names to remove from every host the test touched when it ends."""
+    made: list[tuple[LabHost, str]] = []
+    yield made
+    for host, name in made:
+        with contextlib.suppress(Exception):
+            host.client.containers.get(name).remove(force=True, v=True)
+
+
+def hmigrate(*args: str, context: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess,
+                                                                       dict]:
+    """`docker --context CONTEXT hmigrate ARGS --json`, as a user runs it."""
+    proc = subprocess.run([DOCKER_CLI, "--context", context, "hmigrate", *args, "--json"],
+                          capture_output=True, text=True, timeout=timeout)
+    try:
+        doc = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON on stdout: {proc.stdout!r} {proc.stderr!r}") from None
+    return proc, doc
+
+
+def _exists(host: LabHost, name: str) -> bool:
+    return bool(host.client.containers.list(all=True, filters={"name": f"^/{name}$"}))
+
+
+def _assert_counter_continues(host: LabHost, name: str, after: int) -> None:
+    wait_until(lambda: len(counter_values(host.logs(name))) >= 2, what=f"counter on {host.name}")
+    values = counter_values(host.logs(name))
+    # Restored, not restarted: it starts past the last value the source printed, and
+    # counts on without a gap or a repeat.
+    assert values[0] >= after and 0 not in values, values
+    assert values == list(range(values[0], values[0] + len(values))), values
+
+
+def test_host_c_is_cgroup_v2_only(host_c, host_c2):
+    for host in (host_c, host_c2):
+        info = host.client.info()
+        assert info["CgroupVersion"] == "2", (host.name, info["CgroupVersion"])
+        assert info["ExperimentalBuild"] is True
+    # No v1 hierarchy is mounted in the VM (the kernel runs with cgroup_no_v1=all).
+    mounts = host_c.docker("run", "--rm", "--pid=host", BASE_IMAGE, "cat", "/proc/1/mounts")
+    kinds = {line.split()[2] for line in mounts.splitlines() if "cgroup" in line.split()[2]}
+    assert kinds == {"cgroup2"}, mounts
+    assert host_c.client.info()["ID"] != host_c2.client.info()["ID"]
+
+
+def test_counter_moves_between_v2_daemons(host_c, host_c2, names):
+    name = unique("c2-counter")
+    names += [(host_c, name), (host_c2, name)]
+    host_c.docker("run", "-d", "--name", name, "--label", "hm.test=cgroup2", BASE_IMAGE,
+                  *COUNTER_CMD)
+    wait_until(lambda: len(counter_values(host_c.logs(name))) >= 3, what="counter on c")
+
+    proc, doc = hmigrate("migrate", name, "--to", "hm-c2", context="hm-c")
+    assert proc.returncode == 0, proc.stderr
+    assert doc["ok"] is True and doc["target"] == "hm-c2"
+    assert not _exists(host_c, name), "the source must be gone after a migration"
+    assert host_c2.client.containers.get(name).status == "running"
+    _assert_counter_continues(host_c2, name, after=3)
+    assert host_c2.client.containers.get(name).attrs["Config"]["Labels"]["hm.test"] == "cgroup2"
+
+
+def _redis_image_on(host: LabHost, host_a: LabHost) -> None:
+    """hmlab/redis on host c: pushed from host a to the registry, pulled by host c."""
+    if host.client.images.list(name=REDIS_IMAGE):
+        return
+    host_a.docker("tag", REDIS_IMAGE, REDIS_REMOTE)
+    host_a.docker("push", "-q", REDIS_REMOTE, timeout=300)
+    host.docker("pull", "-q", REDIS_REMOTE, timeout=300)
+    host.docker("tag", REDIS_REMOTE, REDIS_IMAGE)
+
+
+def _redis(host: LabHost, name: str, *args: str) -> str:
+    return host.docker("exec", name, "redis-cli", "--raw", *args).rstrip("\n")
+
+
+@pytest.mark.slow
+def test_redis_moves_between_v2_daemons(host_c, host_c2, host_a, names):
+    _redis_image_on(host_c, host_a)
+    name = unique("c2-redis")
+    names += [(host_c, name), (host_c2, name)]
+    host_c.docker("run", "-d", "--name", name, REDIS_IMAGE, "redis-server", "--save", "",
+                  "--appendonly", "no", "--protected-mode", "no")
+    wait_until(lambda: _try(lambda: _redis(host_c, name, "PING")) == "PONG", what="redis on c")
+    n = 2000
+    # Values of several lengths, written by the server itself (one round trip).
+    script = ("for i=1,tonumber(ARGV[1]) do "
+              "redis.call('SET','key:'..i,'value-'..i..'-'..string.rep('x', i % 50)) end "
+              "return redis.call('DBSIZE')")
+    assert _redis(host_c, name, "EVAL", script, "0", str(n)) == str(n)
+
+    proc, doc = hmigrate("migrate", name, "--to", "hm-c2", context="hm-c")
+    assert proc.returncode == 0, proc.stderr
+    assert not _exists(host_c, name)
+    assert _redis(host_c2, name, "DBSIZE") == str(n)
+    got = _redis(host_c2, name, "MGET", *[f"key:{i}" for i in range(1, n + 1)]).split("\n")
+    assert got == [f"value-{i}-" + "x" * (i % 50) for i in range(1, n + 1)]
+    assert _redis(host_c2, name, "SET", "after", "move") == "OK"
+
+
+def _try(fn):
+    try:
+        return fn()
+    except AssertionError:
+        return None
+
+
+@pytest.fixture(scope="module")
+def host_a() -> LabHost:
+    return connect("a")

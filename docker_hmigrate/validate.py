@@ -143,6 +143,35 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
+def _major(version: str) -> int:
+    head = version.lstrip("v").split(".")[0]
+    return int(head) if head.isdigit() else 0
+
+
+def restore_blocker(host: Host) -> str:
+    """Why this host's engine cannot restore a checkpoint at all ('' when it can, as known).
+
+    Docker 28 with containerd 2.x: containerd creates a restored task without a process
+    (the restore runs at start), and dockerd then bind-mounts that task's /proc/0/ns/net as
+    the container's network namespace: every `docker start --checkpoint` fails with
+    "bind-mount /proc/0/ns/net ...: no such file or directory" (seen with Docker 28.5.2 and
+    containerd 2.1.9, lab host c; Docker 28.5.2 with containerd 1.7.24 restores).
+    """
+    try:
+        version = host.version
+    except Exception:  # noqa: BLE001 - unknown versions block nothing
+        return ""
+    engine = str(version.get("Version") or "")
+    components = {c.get("Name"): str(c.get("Version") or "")
+                  for c in version.get("Components") or []}
+    containerd = components.get("containerd", "")
+    if _major(engine) >= 28 and _major(containerd) >= 2:
+        return (f"Docker {engine} with containerd {containerd} cannot restore checkpoints "
+                "(the restored task has no pid when dockerd binds its network namespace: "
+                "/proc/0/ns/net)")
+    return ""
+
+
 def container_usage(host: Host, container_id: str) -> tuple[int, int]:
     """(memory in use, bytes in the writable layer) of a running container."""
     stats = host.api.stats(container_id, stream=False, one_shot=True)
@@ -232,6 +261,13 @@ def validate(
         add(Check("target disk", tf.disk_free >= need,
                   f"{_bytes(tf.disk_free)} free, {_bytes(need)} needed",
                   f"free disk on {dst.name} under {dst.root_dir}", errors.InsufficientResources))
+    # The target restores the checkpoint; the source must be able to restore its own to
+    # roll back a failed move.
+    for host, role in ((dst, "restore"), (src, "roll back to")):
+        blocker = restore_blocker(host)
+        add(Check(f"checkpoint restore on {host.name}", not blocker, blocker or "supported",
+                  f"use containerd 1.7 on {host.name} (its engine could not {role} the "
+                  "container)", errors.CriuError))
     for key in ("CgroupDriver", "CgroupVersion"):
         a, b = src.info.get(key), dst.info.get(key)
         add(Check(f"cgroup {key[6:].lower()}", a == b, f"{a} -> {b}",

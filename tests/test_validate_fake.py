@@ -33,6 +33,8 @@ class FakeHost:
         self.name, self.isa, self.root_dir = name, isa, "/var/lib/docker"
         self.experimental = experimental
         self.info = {"ID": name, "CgroupDriver": "cgroupfs", "CgroupVersion": "1"}
+        self.version = {"Version": "20.10.24",
+                        "Components": [{"Name": "containerd", "Version": "1.6.20"}]}
         self.api = FakeAPI(mem_usage)
         self._probe = probe
         self.client = SimpleNamespace(
@@ -136,3 +138,22 @@ def test_interrupted_stream_is_reported():
         transfer.copy_folder("checkpoint", HelperHost("a"), "/x", HelperHost("b"), "/y")
     assert exc.value.exit_code == 10
     assert "after 20 bytes" in exc.value.message and "connection reset" in exc.value.message
+
+
+def _engine(host: FakeHost, docker: str, containerd: str) -> FakeHost:
+    host.version = {"Version": docker, "Components": [{"Name": "containerd",
+                                                       "Version": containerd}]}
+    return host
+
+
+def test_engine_that_cannot_restore_refused_both_ways():
+    """Docker 28 + containerd 2.x cannot restore (lab host c): refused as target, and as
+    source (no rollback possible); Docker 28 + containerd 1.7 and 26 + 2.x are not."""
+    broken = ("28.5.2+dfsg4", "2.1.9+unknown")
+    expect(run(FakeHost("a"), _engine(FakeHost("c"), *broken)), errors.CriuError, 6,
+           "checkpoint restore on c: Docker 28.5.2+dfsg4 with containerd 2.1.9+unknown")
+    expect(run(_engine(FakeHost("c"), *broken), FakeHost("b")), errors.CriuError, 6,
+           "checkpoint restore on c:")
+    for ok in (("28.5.2+dfsg4", "1.7.24~ds1"), ("26.1.5+dfsg1", "2.0.0")):
+        v = run(FakeHost("a"), _engine(FakeHost("c"), *ok))
+        assert not v.failures, [c.to_dict() for c in v.failures]

@@ -18,7 +18,7 @@ cp -a "$rootfs/." "$work/"
 
 hm_log "installing guest files"
 cp -a "$HM_C_DIR/guest/." "$work/"
-chown -R 0:0 "$work/usr/sbin/hmigrate-init" "$work/etc/criu" "$work/etc/docker"
+chown -R 0:0 "$work/usr/sbin/hmigrate-init" "$work/etc/criu" "$work/etc/docker" "$work/etc/containerd"
 chmod 755 "$work/usr/sbin/hmigrate-init"
 echo "$HM_C_NAME" >"$work/etc/hostname"
 cat >"$work/etc/hosts" <<HOSTS

@@ -8,10 +8,13 @@ hm_need_root
 out=$1
 
 include=$(IFS=,; echo "${HM_C_PACKAGES[*]}")
-for p in "${HM_C_ENGINE_PACKAGES[@]}"; do include+=",$p/$HM_C_ENGINE_SUITE"; done
 sources=("deb $HM_C_MIRROR $HM_C_SUITE main")
-[ "$HM_C_ENGINE_SUITE" = "$HM_C_SUITE" ] || sources+=("deb $HM_C_MIRROR $HM_C_ENGINE_SUITE main")
-hm_log "mmdebstrap $HM_C_SUITE amd64 (engine from $HM_C_ENGINE_SUITE): $include"
+for p in "${HM_C_ENGINE_PACKAGES[@]}"; do
+  include+=",$p"
+  s=${p#*/}
+  [[ " ${sources[*]} " == *" $s main"* ]] || sources+=("deb $HM_C_MIRROR $s main")
+done
+hm_log "mmdebstrap $HM_C_SUITE amd64 (${HM_C_ENGINE_PACKAGES[*]}): $include"
 # Never rm -rf a chroot that still has /proc, /sys or /dev mounted in it.
 hm_umount_under() {
   local m

@@ -10,18 +10,30 @@ HM_C2_PORT=${HM_C2_PORT:-2394}                  # 127.0.0.1:PORT -> guest :2376 
 HM_C_CACHE=${HM_C_CACHE:-/var/cache/hmigrate-lab/hostc}
 HM_C_STATE=${HM_C_STATE:-/var/lib/hmigrate-lab/hostc}
 HM_C_SUITE=${HM_C_SUITE:-trixie}                # root file system and kernel
-# Docker Engine, containerd, runc and CRIU from this suite (sid: the newest Debian has;
-# trixie's would be docker.io 26.1, containerd 1.7, runc 1.1, criu 4.1).
+# Docker Engine, runc and CRIU from this suite (sid: the newest Debian has; trixie's would
+# be docker.io 26.1, runc 1.1, criu 4.1). containerd from HM_C_CONTAINERD_SUITE: sid's 2.x
+# cannot restore a checkpoint under Docker 28 (the task has no pid until it is started,
+# and dockerd bind-mounts /proc/0/ns/net: "no such file or directory"); trixie's 1.7 can.
 HM_C_ENGINE_SUITE=${HM_C_ENGINE_SUITE:-sid}
+HM_C_CONTAINERD_SUITE=${HM_C_CONTAINERD_SUITE:-trixie}
 . "$(dirname "${BASH_SOURCE[0]}")/../mirror.sh"
 HM_C_MIRROR=${HM_C_MIRROR:-$(debian_mirror)}
+# Accelerator: kvm needs a /dev/kvm that runs ordinary guest kernels. This lab machine's
+# /dev/kvm is PVM (module kvm_pvm, for nested guests): it creates VMs but a stock Debian
+# kernel hangs at its switch to long mode (only PVM-enabled guest kernels boot there), so
+# "auto" picks TCG (software emulation, -cpu max) on such machines and KVM elsewhere.
+HM_C_ACCEL=${HM_C_ACCEL:-auto}
+if [ "$HM_C_ACCEL" = auto ]; then
+  if [ -w /dev/kvm ] && [ ! -d /sys/module/kvm_pvm ]; then HM_C_ACCEL=kvm; else HM_C_ACCEL=tcg; fi
+fi
 HM_C_CPUS=${HM_C_CPUS:-2}
 HM_C_MEM=${HM_C_MEM:-2560}                      # MiB
 HM_C_DISK_SIZE=${HM_C_DISK_SIZE:-12G}           # sparse ext4 root file system
-HM_C_BOOT_TIMEOUT=${HM_C_BOOT_TIMEOUT:-180}     # seconds to wait for both daemons
+HM_C_BOOT_TIMEOUT=${HM_C_BOOT_TIMEOUT:-600}     # seconds to wait for both daemons (TCG: slow)
 
-# Engine packages are taken from HM_C_ENGINE_SUITE (apt's PKG/SUITE), the rest from HM_C_SUITE.
-HM_C_ENGINE_PACKAGES=(docker.io containerd runc criu)
+# Packages as apt's PKG/SUITE; the rest come from HM_C_SUITE.
+HM_C_ENGINE_PACKAGES=(docker.io/"$HM_C_ENGINE_SUITE" runc/"$HM_C_ENGINE_SUITE"
+                      criu/"$HM_C_ENGINE_SUITE" containerd/"$HM_C_CONTAINERD_SUITE")
 HM_C_PACKAGES=(
   linux-image-amd64 kmod
   iproute2 iptables procps socat ca-certificates busybox-static util-linux mount
@@ -36,7 +48,7 @@ hm_need_root() { [ "$(id -u)" = 0 ] || hm_die "must run as root"; }
 # Hash of what goes into the mmdebstrap root file system (stage 1).
 hm_rootfs_recipe_hash() {
   {
-    echo "suite=$HM_C_SUITE engine=$HM_C_ENGINE_SUITE mirror=$HM_C_MIRROR"
+    echo "suite=$HM_C_SUITE mirror=$HM_C_MIRROR"
     printf '%s\n' "${HM_C_ENGINE_PACKAGES[@]}" -- "${HM_C_PACKAGES[@]}"
     cat "$HM_C_DIR/build-rootfs.sh"
   } | sha256sum | cut -d' ' -f1

@@ -154,3 +154,25 @@ def _try(fn):
 @pytest.fixture(scope="module")
 def host_a() -> LabHost:
     return connect("a")
+
+
+def test_v1_to_v2_move_is_refused_before_the_freeze(host_a, host_c, names):
+    """Host a (cgroup v1, Docker 20.10) -> host c (cgroup v2, Docker 28): refused by the
+    validation, and the source never stopped counting (it was not frozen)."""
+    name = unique("c2-v1v2")
+    names += [(host_a, name), (host_c, name)]
+    host_a.docker("run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
+    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
+
+    proc, doc = hmigrate("migrate", name, "--to", "hm-c", context="hm-a")
+    assert proc.returncode == 12, (proc.returncode, proc.stderr)
+    assert doc["ok"] is False
+    assert "cgroup version: 1 -> 2" in doc["error"]["message"], doc
+    assert not _exists(host_c, name), "nothing may be left on the target"
+    src = host_a.client.containers.get(name)
+    assert src.status == "running"
+    before = counter_values(host_a.logs(name))
+    wait_until(lambda: len(counter_values(host_a.logs(name))) > len(before) + 1,
+               what="counter on a going on")
+    values = counter_values(host_a.logs(name))
+    assert values == list(range(len(values))), "the source was interrupted"

@@ -10,12 +10,13 @@ HM_C2_PORT=${HM_C2_PORT:-2394}                  # 127.0.0.1:PORT -> guest :2376 
 HM_C_CACHE=${HM_C_CACHE:-/var/cache/hmigrate-lab/hostc}
 HM_C_STATE=${HM_C_STATE:-/var/lib/hmigrate-lab/hostc}
 HM_C_SUITE=${HM_C_SUITE:-trixie}                # root file system and kernel
-# Docker Engine, runc and CRIU from this suite (sid: the newest Debian has; trixie's would
-# be docker.io 26.1, runc 1.1, criu 4.1). containerd from HM_C_CONTAINERD_SUITE: sid's 2.x
-# cannot restore a checkpoint under Docker 28 (the task has no pid until it is started,
-# and dockerd bind-mounts /proc/0/ns/net: "no such file or directory"); trixie's 1.7 can.
-HM_C_ENGINE_SUITE=${HM_C_ENGINE_SUITE:-sid}
-HM_C_CONTAINERD_SUITE=${HM_C_CONTAINERD_SUITE:-trixie}
+# Docker Engine (with its containerd and runc) from HM_C_DOCKER_SUITE, CRIU from
+# HM_C_CRIU_SUITE. sid's docker.io 28.5.2 is the newest Debian has, but it cannot restore
+# any checkpoint (dockerd bind-mounts the restored task's /proc/0/ns/net: "no such file or
+# directory", with containerd 1.7.24 and 2.1.9 alike): the default is trixie's 26.1.5,
+# which can. HM_C_DOCKER_SUITE=sid builds the 28.5.2 host (the plugin refuses it).
+HM_C_DOCKER_SUITE=${HM_C_DOCKER_SUITE:-trixie}
+HM_C_CRIU_SUITE=${HM_C_CRIU_SUITE:-sid}
 . "$(dirname "${BASH_SOURCE[0]}")/../mirror.sh"
 HM_C_MIRROR=${HM_C_MIRROR:-$(debian_mirror)}
 # Accelerator: kvm needs a /dev/kvm that runs ordinary guest kernels. This lab machine's
@@ -32,8 +33,8 @@ HM_C_DISK_SIZE=${HM_C_DISK_SIZE:-12G}           # sparse ext4 root file system
 HM_C_BOOT_TIMEOUT=${HM_C_BOOT_TIMEOUT:-600}     # seconds to wait for both daemons (TCG: slow)
 
 # Packages as apt's PKG/SUITE; the rest come from HM_C_SUITE.
-HM_C_ENGINE_PACKAGES=(docker.io/"$HM_C_ENGINE_SUITE" runc/"$HM_C_ENGINE_SUITE"
-                      criu/"$HM_C_ENGINE_SUITE" containerd/"$HM_C_CONTAINERD_SUITE")
+HM_C_ENGINE_PACKAGES=(docker.io/"$HM_C_DOCKER_SUITE" containerd/"$HM_C_DOCKER_SUITE"
+                      runc/"$HM_C_DOCKER_SUITE" criu/"$HM_C_CRIU_SUITE")
 HM_C_PACKAGES=(
   linux-image-amd64 kmod
   iproute2 iptables procps socat ca-certificates busybox-static util-linux mount

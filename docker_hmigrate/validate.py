@@ -265,10 +265,18 @@ def validate(
         add(Check(f"checkpoint restore on {host.name}", not blocker, blocker or "supported",
                   f"use a Docker Engine before 28 on {host.name} (26.1 works): it could "
                   f"not {role} the container", errors.CriuError))
-    for key in ("CgroupDriver", "CgroupVersion"):
-        a, b = src.info.get(key), dst.info.get(key)
-        add(Check(f"cgroup {key[6:].lower()}", a == b, f"{a} -> {b}",
-                  "configure both daemons with the same cgroup driver and version"))
+    # Not a formality: CRIU restores the cgroups a checkpoint records, and it cannot across
+    # versions. Lab hosts a (v1) and c (v2), forced: v1 -> v2 fails mounting the image's v1
+    # controllers ("cg: Can't mount controller dir .criu.cgyard.../pids"), v2 -> v1 fails
+    # too (runc: "criu failed: type NOTIFY"); the source was restored both times.
+    a, b = src.info.get("CgroupDriver"), dst.info.get("CgroupDriver")
+    add(Check("cgroup driver", a == b, f"{a} -> {b}",
+              "configure both daemons with the same cgroup driver"))
+    a, b = src.info.get("CgroupVersion"), dst.info.get("CgroupVersion")
+    add(Check("cgroup version", a == b,
+              f"{a} -> {b}" + ("" if a == b else
+                               ": CRIU cannot restore a checkpoint on another cgroup version"),
+              f"pick a target with cgroup v{a} like {src.name} (docker info: CgroupVersion)"))
     same_isa = src.isa == dst.isa
     if same_isa and sf.cpu_flags and tf.cpu_flags:
         missing = sorted(sf.cpu_flags - tf.cpu_flags)

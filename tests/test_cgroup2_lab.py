@@ -167,7 +167,7 @@ def test_v1_to_v2_move_is_refused_before_the_freeze(host_a, host_c, names):
     proc, doc = hmigrate("migrate", name, "--to", "hm-c", context="hm-a")
     assert proc.returncode == 12, (proc.returncode, proc.stderr)
     assert doc["ok"] is False
-    assert "cgroup version: 1 -> 2" in doc["error"]["message"], doc
+    assert "cgroup version: 1 -> 2: CRIU cannot restore" in doc["error"]["message"], doc
     assert not _exists(host_c, name), "nothing may be left on the target"
     src = host_a.client.containers.get(name)
     assert src.status == "running"

@@ -156,3 +156,14 @@ def test_engine_that_cannot_restore_refused_both_ways():
     for ok in (("26.1.5+dfsg1", "1.7.24~ds1"), ("20.10.24+dfsg1", "1.6.20~ds1")):
         v = run(FakeHost("a"), _engine(FakeHost("c"), *ok))
         assert not v.failures, [c.to_dict() for c in v.failures]
+
+
+def test_cgroup_version_mismatch_refused_with_the_reason():
+    v2 = FakeHost("c")
+    v2.info["CgroupVersion"] = "2"
+    expect(run(FakeHost("a"), v2), errors.ValidationFailed, 12,
+           "cgroup version: 1 -> 2: CRIU cannot restore a checkpoint on another cgroup version")
+    expect(run(v2, FakeHost("a")), errors.ValidationFailed, 12, "cgroup version: 2 -> 1")
+    other = FakeHost("d")
+    other.info["CgroupVersion"] = "2"
+    assert not run(v2, other).failures

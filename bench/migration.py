@@ -1,6 +1,6 @@
 """Benchmark: `docker hmigrate migrate` against the manual baseline, in the same run.
 
-Manual baseline (what a user does by hand, LAB.md): `docker checkpoint create
+Manual baseline (what a user does by hand, docs/lab-facts.md): `docker checkpoint create
 --checkpoint-dir`, `docker create` on the target, copy the checkpoint folder into the
 target container's checkpoints folder, `docker start --checkpoint`. Its downtime is all
 of it (the process is frozen from the dump to the restore). For hmigrate the downtime is
@@ -92,7 +92,7 @@ def hmigrate(kind: str, redis_mb: int) -> dict[str, float]:
         total = time.monotonic() - t0
         doc = json.loads(out)
         return {"downtime": doc["downtime_seconds"], "total": total,
-                **{f"phase {k}": v for k, v in doc["phase_seconds"].items()}}
+                **{f"phase {p['name']}": p["seconds"] for p in doc["phases"]}}
     finally:
         for ctx in ("hm-a", "hm-b"):
             subprocess.run([DOCKER_CLI, "--context", ctx, "rm", "-f", name], capture_output=True)

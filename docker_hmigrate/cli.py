@@ -6,7 +6,10 @@ use:
 
 * get_globals(ctx) -> GlobalOptions        docker's global flags for this run
 * get_reporter(ctx, json_mode=...) -> Reporter  progress/summary/JSON output
-* complete_container / complete_context    typer `autocompletion=` callbacks
+* command(name)                            registers a subcommand with docker-style help
+
+Completion (docker's `__complete` protocol) is in docker_hmigrate/completion.py; it
+reads the command tree, so a new subcommand needs nothing there.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ except ImportError:  # older typer: plain click
     import click  # type: ignore[no-redef]
 
 from docker_hmigrate import __version__, errors, hosts
+from docker_hmigrate.dockerstyle import DockerCommand, DockerGroup, TyperGroup, format_usage_error
 from docker_hmigrate.hosts import GlobalOptions
 from docker_hmigrate.output import Reporter, render_error
 
@@ -73,12 +77,21 @@ _commands_error: BaseException | None = None
 app = typer.Typer(
     name="hmigrate",
     help=HELP,
+    cls=DockerGroup,
     no_args_is_help=True,
-    add_completion=True,
+    # No typer completion installer: it registers `docker hmigrate` as a command name
+    # and breaks docker's own completion. Completion goes through `docker __complete`
+    # (docker_hmigrate/completion.py).
+    add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode=None,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
+
+
+def command(name: str, **kwargs: Any) -> Any:
+    """`app.command` with docker-style help; new subcommands register through this."""
+    return app.command(name, cls=DockerCommand, **kwargs)
 
 
 # ---- helpers for commands --------------------------------------------------------------
@@ -97,36 +110,26 @@ def get_globals(ctx: click.Context) -> GlobalOptions:
     return _root_state(ctx).globals
 
 
-def get_reporter(ctx: click.Context, json_mode: bool = False, quiet: bool = False) -> Reporter:
+def get_reporter(ctx: click.Context, json_mode: bool = False, quiet: bool = False,
+                 fmt: str | None = None) -> Reporter:
     """The run's Reporter (created on first call). On failure, run() makes it emit the
-    JSON document (in --json mode) and the error/hint lines."""
+    JSON document (in --json mode) and the error/hint lines. `fmt` is --format's value."""
     state = _root_state(ctx)
     if state.reporter is None:
-        state.reporter = Reporter(json_mode=json_mode, debug=state.globals.debug, quiet=quiet)
+        json_mode = json_mode or fmt == "json"
+        state.reporter = Reporter(json_mode=json_mode, debug=state.globals.debug, quiet=quiet,
+                                  command=ctx.info_name)
+        if fmt not in (None, "json", "text"):
+            raise errors.UsageError(f'invalid argument "{fmt}" for "--format" flag',
+                                    hint='use --format json (or text)')
     return state.reporter
 
 
-def complete_context(ctx: click.Context, incomplete: str) -> list[str]:
-    """Completion: context names (for --to)."""
-    try:
-        names = [e.name for e in hosts.list_contexts(get_globals(ctx))]
-    except Exception:  # completion must never fail loudly
-        return []
-    return [n for n in names if n.startswith(incomplete)]
-
-
-def complete_container(ctx: click.Context, incomplete: str) -> list[str]:
-    """Completion: names of running containers on the source host."""
-    try:
-        endpoint = hosts.resolve_source(get_globals(ctx))
-        client = hosts.connect(endpoint, timeout=5)
-        try:
-            names = [c.name for c in client.containers.list()]
-        finally:
-            client.close()
-    except Exception:
-        return []
-    return sorted(n for n in names if n.startswith(incomplete))
+# Every command that reports takes both (docs/json.md).
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout "
+                                                      "(docs/json.md)")]
+FormatOpt = Annotated[str | None, typer.Option(
+    "--format", metavar="FORMAT", help='Output format: "json" (as --json) or "text"')]
 
 
 # ---- global options --------------------------------------------------------------------
@@ -143,7 +146,6 @@ def _globals_callback(
             metavar="NAME",
             help="Docker context of the source host (overrides DOCKER_HOST and `docker "
             "context use`)",
-            autocompletion=complete_context,
         ),
     ] = None,
     host: Annotated[
@@ -249,7 +251,7 @@ def _daemon_info(endpoint: hosts.Endpoint) -> dict[str, Any]:
     }
 
 
-@app.command("version")
+@command("version")
 def version_cmd(
     ctx: typer.Context,
     to: Annotated[
@@ -258,13 +260,13 @@ def version_cmd(
             "--to",
             metavar="CONTEXT|URL",
             help="Also show this target host (context or URL)",
-            autocompletion=complete_context,
         ),
     ] = None,
     client_only: Annotated[
         bool, typer.Option("--client", help="Only the plugin's version, no daemon")
     ] = False,
-    json_mode: Annotated[bool, typer.Option("--json", help="Print JSON on stdout")] = False,
+    json_mode: JsonOpt = False,
+    fmt: FormatOpt = None,
 ) -> None:
     """Show the plugin's version and the Docker daemons' versions.
 
@@ -277,7 +279,8 @@ def version_cmd(
     import platform
 
     g = get_globals(ctx)
-    rep = get_reporter(ctx, json_mode=json_mode)
+    rep = get_reporter(ctx, json_mode=json_mode, fmt=fmt)
+    json_mode = rep.json_mode
     plugin = {
         "version": __version__,
         "python": platform.python_version(),
@@ -304,6 +307,36 @@ def version_cmd(
     rep.finish()
 
 
+# ---- help ------------------------------------------------------------------------------
+
+
+@command("help")
+def help_cmd(
+    ctx: typer.Context,
+    names: Annotated[
+        list[str] | None, typer.Argument(metavar="COMMAND", help="The command to explain")
+    ] = None,
+) -> None:
+    """Show the help of a command, like `docker hmigrate COMMAND --help`.
+
+    Examples:
+
+      docker hmigrate help migrate
+
+      docker help hmigrate
+    """
+    group_ctx = ctx.parent or ctx
+    group = group_ctx.command
+    if not names:
+        typer.echo(group.get_help(group_ctx))
+        return
+    sub = group.get_command(group_ctx, names[0]) if isinstance(group, TyperGroup) else None
+    if sub is None:
+        raise click.exceptions.UsageError(f"No such command '{names[0]}'.", group_ctx)
+    with click.Context(sub, info_name=names[0], parent=group_ctx) as sub_ctx:
+        typer.echo(sub.get_help(sub_ctx))
+
+
 # ---- install ---------------------------------------------------------------------------
 
 
@@ -327,11 +360,15 @@ def _wrapper_script() -> str:
     return f'#!/bin/sh\nexec "{sys.executable}" -m docker_hmigrate "$@"\n'
 
 
-@app.command("install")
+@command("install")
 def install_cmd(
     ctx: typer.Context,
     system: Annotated[
         bool, typer.Option("--system", help=f"Install for all users into {SYSTEM_PLUGIN_DIR}")
+    ] = False,
+    user: Annotated[
+        bool,
+        typer.Option("--user", help="Install into this user's <config dir>/cli-plugins only"),
     ] = False,
     directory: Annotated[
         str | None, typer.Option("--dir", metavar="DIR", help="Install into this plugin directory")
@@ -342,22 +379,39 @@ def install_cmd(
 ) -> None:
     """Install the plugin so that `docker hmigrate` works (idempotent).
 
-    By default links `docker-hmigrate` into the docker CLI's per-user plugin directory,
-    <config dir>/cli-plugins (~/.docker/cli-plugins, or $DOCKER_CONFIG/cli-plugins).
+    Like buildx and compose, it goes into the docker CLI's system plugin folder,
+    /usr/local/lib/docker/cli-plugins, where docker looks whatever --config or
+    DOCKER_CONFIG says: the default when run as root (or with --system). Otherwise
+    (or with --user) it goes into <config dir>/cli-plugins (~/.docker/cli-plugins, or
+    $DOCKER_CONFIG/cli-plugins), which docker searches only while it uses that config dir.
 
     Examples:
 
-      docker-hmigrate install
+      sudo docker-hmigrate install
 
-      sudo docker-hmigrate install --system
+      docker-hmigrate install --user
     """
     g = get_globals(ctx)
+    if sum((system, user, directory is not None)) > 1:
+        raise errors.UsageError("give only one of --system, --user and --dir")
     if directory:
         dest_dir = Path(directory).expanduser()
-    elif system:
+    elif system or (not user and os.geteuid() == 0):
         dest_dir = Path(SYSTEM_PLUGIN_DIR)
     else:
         dest_dir = hosts.config_dir(g) / "cli-plugins"
+    _install_into(dest_dir, copy)
+    if not directory and dest_dir != Path(SYSTEM_PLUGIN_DIR):
+        typer.echo(
+            f"note: docker finds it only while its config dir is {dest_dir.parent} "
+            "(`docker --config DIR` or DOCKER_CONFIG=DIR elsewhere hide it); to have it "
+            "with any config dir: `sudo docker-hmigrate install` (system-wide, as buildx), "
+            f'or add "cliPluginsExtraDirs": ["{dest_dir}"] to that config.json'
+        )
+    typer.echo("run `docker hmigrate --help` to check")
+
+
+def _install_into(dest_dir: Path, copy: bool) -> None:
     dest = dest_dir / EXECUTABLE
     src = _own_executable()
     try:
@@ -383,9 +437,8 @@ def install_cmd(
     except PermissionError as exc:
         raise errors.HmigrateError(
             f"cannot write to {dest_dir}: permission denied",
-            hint="run with sudo for --system, or install per user without --system",
+            hint="run it with sudo for a system-wide install, or add --user",
         ) from exc
-    typer.echo("run `docker hmigrate --help` to check")
 
 
 def _replace(dest: Path, make: Any) -> None:
@@ -427,7 +480,7 @@ docker() {{
 """
 
 
-@app.command("shell-init")
+@command("shell-init")
 def shell_init_cmd(
     shell: Annotated[str, typer.Argument(help="bash or zsh")] = "bash",
 ) -> None:
@@ -479,18 +532,23 @@ def run(argv: list[str], pre_globals: dict[str, object] | None = None) -> int:
         rv = app(args=argv, prog_name=PROG, obj=_state, standalone_mode=False)
         code = rv if isinstance(rv, int) else 0
         if code == 130:  # newer typer turns KeyboardInterrupt into a silent Exit(130)
-            _report_failure(errors.Interrupted("interrupted"))
+            _report_failure(errors.Interrupted("interrupted"), argv)
         return code
     except errors.HmigrateError as exc:
-        _report_failure(exc)
+        _report_failure(exc, argv)
         if debug or _debug_enabled():
             traceback.print_exc()
         return exc.exit_code
     except _EXIT_EXCEPTIONS as exc:
         return int(getattr(exc, "exit_code", 0) or 0)
     except _ABORT_EXCEPTIONS:
-        _report_failure(errors.Interrupted("interrupted"))
+        _report_failure(errors.Interrupted("interrupted"), argv)
         return 130
+    except click.exceptions.NoArgsIsHelpError as exc:
+        typer.echo(exc.ctx.get_help())  # `docker hmigrate` alone: the help, as docker does
+        return 0
+    except click.exceptions.UsageError as exc:
+        return _usage_error(exc, argv)
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
@@ -502,75 +560,64 @@ def run(argv: list[str], pre_globals: dict[str, object] | None = None) -> int:
             f"unexpected {type(exc).__name__}" + (f": {first_line}" if first_line else ""),
             hint="rerun with -D (`docker -D hmigrate ...`) for the traceback and report it",
         )
-        _report_failure(err)
+        _report_failure(err, argv)
         return 1
 
 
-def _report_failure(exc: errors.HmigrateError) -> None:
+def wants_json(argv: list[str]) -> bool:
+    """Whether the command line asks for JSON output (--json, --format json)."""
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            break
+        if arg == "--json" or arg == "--format=json" or (
+                arg == "--format" and argv[i + 1 : i + 2] == ["json"]):
+            return True
+    return False
+
+
+def _usage_error(exc: click.exceptions.UsageError, argv: list[str]) -> int:
+    """A command line click cannot parse: docker's two lines on stderr, exit 125; with
+    --json also the error document on stdout (scripts read stdout only)."""
+    name = _command_name(argv)
+    text = format_usage_error(exc, f"{PROG} {name}" if name else PROG)
+    err = errors.UsageError(text.splitlines()[0], hint=text.splitlines()[1])
+    if wants_json(argv):
+        from docker_hmigrate.output import Reporter
+
+        command = exc.ctx.info_name if exc.ctx is not None and exc.ctx.parent else None
+        Reporter(json_mode=True, command=command or _command_name(argv)).finish(
+            ok=False, error=err)
+    sys.stderr.write(text)
+    return err.exit_code
+
+
+def _report_failure(exc: errors.HmigrateError, argv: list[str] | None = None) -> None:
     rep = _state.reporter if _state is not None else None
+    if rep is None and argv is not None and wants_json(argv):
+        # failed before the command made its reporter: the JSON error document all the same
+        rep = Reporter(json_mode=True, command=_command_name(argv))
     if rep is not None:
         rep.fail(exc)
     else:
         render_error(exc)
 
 
+def _command_name(argv: list[str]) -> str | None:
+    from docker_hmigrate.plugin import parse_global_flags
+
+    try:
+        rest = parse_global_flags(argv)[1]
+    except Exception:  # noqa: BLE001 - only a label for the document
+        return None
+    return rest[0] if rest and not rest[0].startswith("-") else None
+
+
 def complete(args: list[str]) -> int:
-    """Answer the docker CLI's cobra-style completion request.
+    """Answer the docker CLI's completion request (`docker-hmigrate __complete hmigrate
+    ARGS...`): see docker_hmigrate/completion.py."""
+    from docker_hmigrate import completion
 
-    `docker hmigrate mi<TAB>` makes docker run `docker-hmigrate __complete hmigrate mi`;
-    it expects one candidate a line and a final `:<directive>` line
-    (4 = no file completion, 0 = default).
-    """
-    import importlib
-
-    shell_completion = importlib.import_module(click.__name__ + ".shell_completion")
-
-    words, incomplete = (args[:-1], args[-1]) if args else ([], "")
-    try:
-        pre_globals, words = _split_globals(words)
-        state = CliState(pre_globals=pre_globals, globals=GlobalOptions.from_dict(pre_globals))
-        command = typer.main.get_command(app)
-        comp = _cobra_completer(shell_completion)(
-            command, {"obj": state}, PROG, "_DOCKER_HMIGRATE_COMPLETE"
-        )
-        items = comp.get_completions(words, incomplete)
-    except Exception:
-        sys.stdout.write(":1\n")  # ShellCompDirectiveError
-        return 0
-    values = [i.value for i in items if i.type == "plain"]
-    for v in values:
-        sys.stdout.write(v + "\n")
-    files = any(i.type in ("file", "dir") for i in items)
-    sys.stdout.write(":0\n" if files else ":4\n")
-    return 0
-
-
-def _cobra_completer(shell_completion: Any) -> Any:
-    """A ShellComplete that only computes candidates (docker's shell script formats them)."""
-
-    class CobraComplete(shell_completion.ShellComplete):  # type: ignore[misc,name-defined]
-        name = "cobra"
-        source_template = ""
-
-        def source_vars(self) -> dict[str, Any]:
-            return {}
-
-        def get_completion_args(self) -> tuple[list[str], str]:
-            return [], ""
-
-        def format_completion(self, item: Any) -> str:
-            return str(item.value)
-
-    return CobraComplete
-
-
-def _split_globals(words: list[str]) -> tuple[dict[str, object], list[str]]:
-    from docker_hmigrate.plugin import ArgError, parse_global_flags
-
-    try:
-        return parse_global_flags(words)
-    except ArgError:
-        return {}, words
+    return completion.answer(app, args)
 
 
 # ---- hook for the migration commands (docker_hmigrate/commands.py) ----------------------

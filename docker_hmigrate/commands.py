@@ -12,17 +12,21 @@ from typing import Annotated, Any
 import docker.errors
 import typer
 
-from docker_hmigrate import errors, hosts
-from docker_hmigrate.cli import complete_container, complete_context, get_globals, get_reporter
+from docker_hmigrate import errors, hosts, transfer
+from docker_hmigrate.cli import (
+    FormatOpt,
+    JsonOpt,
+    get_globals,
+    get_reporter,
+)
+from docker_hmigrate.dockerstyle import DockerCommand
 from docker_hmigrate.engine import Host, api_error_text
 from docker_hmigrate.migrate import Migration, MigrationOptions, cross_isa_checks
 from docker_hmigrate.spec import target_spec
 from docker_hmigrate.validate import image_check, validate
 
 ContainerArg = Annotated[
-    str, typer.Argument(metavar="CONTAINER", help="Container name or id on the source host",
-                        autocompletion=complete_container)]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document on stdout")]
+    str, typer.Argument(metavar="CONTAINER", help="Container name or id on the source host")]
 
 
 def open_source(ctx: typer.Context) -> Host:
@@ -39,14 +43,15 @@ def migrate_cmd(
     ctx: typer.Context,
     container: ContainerArg,
     to: Annotated[str, typer.Option(
-        "--to", metavar="CONTEXT|URL", help="Target host: a Docker context or a daemon URL",
-        autocompletion=complete_context)],
+        "--to", metavar="CONTEXT|URL", help="Target host: a Docker context or a daemon URL")],
     name: Annotated[str | None, typer.Option(
-        "--name", help="Name of the container on the target (default: the same)")] = None,
+        "--name", metavar="NAME",
+        help="Name of the container on the target (default: the same)")] = None,
     keep_source: Annotated[bool, typer.Option(
         "--keep-source", help="Leave the stopped source container instead of removing it")] = False,
     force: Annotated[bool, typer.Option(
-        "--force", help="Migrate even if validations fail")] = False,
+        "--force", help="Migrate even if checks fail that forcing can get past (memory and "
+                        "disk estimates, CRIU/cgroup/CPU differences)")] = False,
     hook_pre_restore: Annotated[str | None, typer.Option(
         "--hook-pre-restore", metavar="CMD",
         help="Shell command run before the restore; a failure aborts and rolls back")] = None,
@@ -58,7 +63,11 @@ def migrate_cmd(
         help="Shell command run when the migration fails, before the rollback")] = None,
     verify_seconds: Annotated[float, typer.Option(
         "--verify-seconds", help="How long the restored container must keep running")] = 1.0,
+    hook_timeout: Annotated[float, typer.Option(
+        "--hook-timeout", metavar="SECONDS",
+        help="Kill a hook that runs longer than this; it then counts as failed")] = 60.0,
     json_mode: JsonOpt = False,
+    fmt: FormatOpt = None,
 ) -> None:
     """Live-migrate a running container to another Docker host.
 
@@ -77,21 +86,23 @@ def migrate_cmd(
       docker hmigrate migrate web --to hm-b --name web2 --keep-source
         --hook-post-restore 'curl -fsS http://lb/reload'
     """
-    rep = get_reporter(ctx, json_mode=json_mode)
-    src, dst = open_source(ctx), open_target(ctx, to)
+    rep = get_reporter(ctx, json_mode=json_mode, fmt=fmt)
+    json_mode = rep.json_mode
     hooks = {k: v for k, v in (("pre-restore", hook_pre_restore),
                                ("post-restore", hook_post_restore),
                                ("failed-restore", hook_failed_restore)) if v}
     opts = MigrationOptions(container, target_name=name, keep_source=keep_source, force=force,
-                            hooks=hooks, verify_seconds=verify_seconds)
+                            hooks=hooks, verify_seconds=verify_seconds, hook_timeout=hook_timeout)
+    opts.check()  # bad values are refused before any host is touched
+    src, dst = open_source(ctx), open_target(ctx, to)
     result = Migration(src, dst, opts, rep).run()
     rep.summary({
         "container": f"{result['container']} -> {result['target_container']} on {dst.name}",
-        "ISA": result["isa"],
+        "ISA": f"{result['source_isa']} -> {result['target_isa']}",
         "downtime": f"{result['downtime_seconds']:.3f} s (freeze to running on the target)",
         "total": f"{result['total_seconds']:.3f} s",
         "moved": f"{result['bytes_moved'] / 1e6:.1f} MB",
-        **{f"phase {k}": f"{v:.3f} s" for k, v in result["phase_seconds"].items()},
+        **{f"phase {p.name}": f"{p.seconds:.3f} s" for p in rep.phases},
     }, title="Migration complete")
     rep.finish()
 
@@ -100,9 +111,10 @@ def check_cmd(
     ctx: typer.Context,
     container: ContainerArg,
     to: Annotated[list[str] | None, typer.Option(
-        "--to", metavar="CONTEXT|URL", autocompletion=complete_context,
+        "--to", metavar="CONTEXT|URL",
         help="Target to check; repeat it to rank several. Default: every context")] = None,
     json_mode: JsonOpt = False,
+    fmt: FormatOpt = None,
 ) -> None:
     """Run the pre-migration validations only: nothing is frozen or created.
 
@@ -116,7 +128,8 @@ def check_cmd(
 
       docker hmigrate check web            # rank every context as a target
     """
-    rep = get_reporter(ctx, json_mode=json_mode)
+    rep = get_reporter(ctx, json_mode=json_mode, fmt=fmt)
+    json_mode = rep.json_mode
     src = open_source(ctx)
     inspect = src.inspect(container)
     targets = to or [e.name for e in hosts.list_contexts(get_globals(ctx))]
@@ -135,7 +148,7 @@ def check_cmd(
                 validation = validate(src, dst, inspect, spec,
                                       image_check(src, dst, spec.image, inspect["Image"]), cross)
             except errors.HmigrateError as exc:
-                results.append({"target": target, "ok": False, "error": exc.message,
+                results.append({"target": target, "ok": False, "error": exc.to_dict(),
                                 "checks": []})
                 first_failure = first_failure or exc
                 continue
@@ -143,7 +156,7 @@ def check_cmd(
             ph.update("all checks pass" if not failed else f"{len(failed)} failed")
             results.append({
                 "target": target, "ok": not failed,
-                "mem_available": validation.target_facts.mem_available,
+                "mem_available_bytes": validation.target_facts.mem_available,
                 "checks": [c.to_dict() for c in validation.checks],
             })
             if failed and first_failure is None:
@@ -151,16 +164,19 @@ def check_cmd(
                     validation.raise_for_failures()
                 except errors.HmigrateError as exc:
                     first_failure = exc
-    ranked = sorted(results, key=lambda r: (not r["ok"], -r.get("mem_available", 0)))
+    ranked = sorted(results, key=lambda r: (not r["ok"], -r.get("mem_available_bytes", 0)))
     rep.set("container", inspect["Name"].lstrip("/"))
+    rep.set("container_id", inspect["Id"])
     rep.set("targets", ranked)
     if not json_mode:
         for r in ranked:
             typer.echo(f"{'OK  ' if r['ok'] else 'FAIL'} {r['target']}"
-                       + (f": {r['error']}" if r.get("error") else ""))
+                       + (f": {r['error']['message']}" if r.get("error") else ""))
             for c in r["checks"]:
                 mark = "ok  " if c["ok"] else ("warn" if c.get("warning") else "FAIL")
                 typer.echo(f"    {mark} {c['check']}: {c['detail']}")
+                if not c["ok"] and c.get("hint"):
+                    typer.echo(f"         hint: {c['hint']}")
     if len(targets) == 1 and first_failure is not None:
         raise first_failure
     if not any(r["ok"] for r in ranked):
@@ -172,10 +188,12 @@ def checkpoint_cmd(
     ctx: typer.Context,
     container: ContainerArg,
     output: Annotated[Path, typer.Option(
-        "--output", "-o", help="Write the checkpoint as a tar file here (mode 0600)")],
+        "--output", "-o", metavar="FILE",
+        help="Write the checkpoint as a tar file here (mode 0600)")],
     leave_running: Annotated[bool, typer.Option(
         "--leave-running", help="Keep the container running after the dump")] = False,
     json_mode: JsonOpt = False,
+    fmt: FormatOpt = None,
 ) -> None:
     """Checkpoint a running container into a local tar file (a building block of migrate).
 
@@ -187,7 +205,17 @@ def checkpoint_cmd(
 
       docker hmigrate checkpoint web -o web.ckpt.tar --leave-running
     """
-    rep = get_reporter(ctx, json_mode=json_mode)
+    rep = get_reporter(ctx, json_mode=json_mode, fmt=fmt)
+    json_mode = rep.json_mode
+    # Before anything is frozen: a file that cannot be written would leave the container
+    # stopped with its checkpoint deleted.
+    folder = output.parent if str(output.parent) else Path(".")
+    if output.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise errors.UsageError(
+            f"cannot write the checkpoint to {output}: "
+            + ("it is a folder" if output.is_dir() else f"{folder} is not a writable folder"),
+            hint="name a file in an existing folder you can write to")
+    transfer.check_private_target(output)  # no symlink: refused before the freeze
     src = open_source(ctx)
     inspect = src.inspect(container)
     name = f"hmigrate-{uuid.uuid4().hex[:10]}"
@@ -199,7 +227,7 @@ def checkpoint_cmd(
     size = 0
     try:
         with rep.phase("export") as ph:
-            fd = os.open(output, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            fd = transfer.create_private_file(output)
             with os.fdopen(fd, "wb") as f, src.helper(
                     [f"{src.checkpoint_dir(inspect['Id'])}/{name}:/ck:ro"]) as h:
                 stream, _ = src.api.get_archive(h, "/ck/.", chunk_size=1 << 20)
@@ -210,8 +238,12 @@ def checkpoint_cmd(
     finally:
         with contextlib.suppress(docker.errors.APIError):
             src.checkpoint_delete(inspect["Id"], name)
-    rep.summary({"container": inspect["Name"].lstrip("/"), "file": str(output), "bytes": size,
-                 "state": "running" if leave_running else "stopped"}, title="Checkpoint")
+    values = {"container": inspect["Name"].lstrip("/"), "container_id": inspect["Id"],
+              "file": str(output), "bytes": size,
+              "state": "running" if leave_running else "stopped"}
+    for k, v in values.items():
+        rep.set(k, v)
+    rep.summary(values, title="Checkpoint")
     rep.finish()
 
 
@@ -219,8 +251,10 @@ def restore_cmd(
     ctx: typer.Context,
     container: ContainerArg,
     input_: Annotated[Path, typer.Option(
-        "--input", "-i", exists=True, dir_okay=False, help="A tar made by `checkpoint`")],
+        "--input", "-i", metavar="FILE", exists=True, dir_okay=False,
+        help="A tar made by `checkpoint`")],
     json_mode: JsonOpt = False,
+    fmt: FormatOpt = None,
 ) -> None:
     """Restore a created or stopped container from a checkpoint tar (a building block).
 
@@ -230,7 +264,8 @@ def restore_cmd(
 
       docker hmigrate restore web -i web.ckpt.tar
     """
-    rep = get_reporter(ctx, json_mode=json_mode)
+    rep = get_reporter(ctx, json_mode=json_mode, fmt=fmt)
+    json_mode = rep.json_mode
     host = open_source(ctx)
     inspect = host.inspect(container)
     if inspect["State"].get("Running"):
@@ -254,7 +289,11 @@ def restore_cmd(
         finally:
             with contextlib.suppress(docker.errors.APIError):
                 host.checkpoint_delete(inspect["Id"], name)
-    rep.summary({"container": inspect["Name"].lstrip("/"), "state": "running"}, title="Restore")
+    values = {"container": inspect["Name"].lstrip("/"), "container_id": inspect["Id"],
+              "state": "running"}
+    for k, v in values.items():
+        rep.set(k, v)
+    rep.summary(values, title="Restore")
     rep.finish()
 
 
@@ -263,18 +302,20 @@ def recode_cmd(
     images: Annotated[Path, typer.Argument(
         help="A CRIU image set (checkpoint folder) taken on the source ISA",
         exists=True, file_okay=False)],
-    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the result")],
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="DIR",
+                                         help="Folder for the result")],
     program_dir: Annotated[Path, typer.Option(
-        "--program", "-p", exists=True, file_okay=False,
+        "--program", "-p", metavar="DIR", exists=True, file_okay=False,
         help="Folder with NAME_x86-64, NAME_aarch64 and NAME.hmigrate.json")],
-    to_isa: Annotated[str, typer.Option("--to-isa", help="x86-64 or aarch64")],
+    to_isa: Annotated[str, typer.Option("--to-isa", metavar="ISA", help="x86-64 or aarch64")],
     path: Annotated[str, typer.Option(
-        "--path", help="The program's path inside the container")] = "",
+        "--path", metavar="PATH", help="The program's path inside the container")] = "",
     template: Annotated[Path | None, typer.Option(
-        "--template", exists=True, file_okay=False,
+        "--template", metavar="DIR", exists=True, file_okay=False,
         help="A checkpoint of the same program taken on the target host: its vDSO, auxv "
              "and register layout are used (migrate always takes one)")] = None,
     json_mode: JsonOpt = False,
+    fmt: FormatOpt = None,
 ) -> None:
     """Recode a checkpoint for another ISA (a building block of migrate).
 
@@ -291,7 +332,8 @@ def recode_cmd(
     from docker_hmigrate.criu.imageset import ImageSet
     from docker_hmigrate.engine import ISA_NAMES
 
-    rep = get_reporter(ctx, json_mode=json_mode)
+    rep = get_reporter(ctx, json_mode=json_mode, fmt=fmt)
+    json_mode = rep.json_mode
     if to_isa not in recode.ISAS:
         raise errors.UsageError(f"unknown ISA {to_isa!r}", hint="use x86-64 or aarch64")
     metas = sorted(program_dir.glob("*.hmigrate.json"))
@@ -306,14 +348,17 @@ def recode_cmd(
         facts = recode.template_facts(template) if template else None
         timings = recode.recode(images, output, program, from_isa, to_isa, facts)
         ph.update(f"{from_isa} -> {to_isa}")
+    rep.set("from_isa", from_isa)
+    rep.set("to_isa", to_isa)
+    rep.set("output", str(output))
+    rep.set("recode_seconds", {k: round(v, 4) for k, v in timings.items()})
     rep.summary({"from": from_isa, "to": to_isa, "output": str(output),
-                 **{f"phase {k}": f"{v:.4f} s" for k, v in timings.items()}}, title="Recode")
+                 **{f"step {k}": f"{v:.4f} s" for k, v in timings.items()}}, title="Recode")
     rep.finish()
 
 
 def register(app: typer.Typer) -> None:
-    app.command("migrate")(migrate_cmd)
-    app.command("check")(check_cmd)
-    app.command("checkpoint")(checkpoint_cmd)
-    app.command("restore")(restore_cmd)
-    app.command("recode")(recode_cmd)
+    for name, func in (("migrate", migrate_cmd), ("check", check_cmd),
+                       ("checkpoint", checkpoint_cmd), ("restore", restore_cmd),
+                       ("recode", recode_cmd)):
+        app.command(name, cls=DockerCommand)(func)

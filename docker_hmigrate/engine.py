@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import io
 import tarfile
+import threading
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,10 +20,16 @@ from typing import Any
 
 import docker
 import docker.errors
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
+from docker_hmigrate import interrupts
 from docker_hmigrate.errors import HmigrateError, UnknownContainer
 
 HELPER_LABEL = "org.hmigrate.helper"
+# On helpers, probes and locks: the migration (its checkpoint name) that made them, so
+# that whatever an interrupt left behind can be found and removed by that label.
+MIGRATION_LABEL = "org.hmigrate.migration"
+LOCK_PREFIX = "hmigrate-lock-"
 SCRATCH_IMAGE = "hmigrate/scratch:1"
 # What `criu check` needs to inspect the kernel from inside the probe container.
 PROBE_CAPS = ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "DAC_READ_SEARCH", "SYS_CHROOT", "IPC_LOCK"]
@@ -37,6 +44,8 @@ class Host:
 
     name: str
     client: docker.DockerClient = field(repr=False)
+    # Labels put on every helper and probe this host makes (the migration's own label).
+    labels: dict[str, str] = field(default_factory=dict)
 
     @property
     def api(self) -> docker.APIClient:
@@ -91,7 +100,14 @@ class Host:
     def start(self, container: str, checkpoint: str | None = None) -> None:
         url = self.api._url("/containers/{0}/start", container)
         params = {"checkpoint": checkpoint} if checkpoint else {}
-        self.api._raise_for_status(self.api._post(url, params=params))
+        # Restoring right after a dump on the same daemon: the dump's copy in containerd's
+        # content store has the same digest and is only garbage collected a little later;
+        # until then the upload "already exists". Retried for up to 20 s.
+        retrying = Retrying(
+            stop=stop_after_delay(20), wait=wait_fixed(0.5), reraise=True,
+            retry=retry_if_exception(lambda exc: bool(checkpoint) and isinstance(
+                exc, docker.errors.APIError) and "already exists" in api_error_text(exc)))
+        retrying(lambda: self.api._raise_for_status(self.api._post(url, params=params)))
 
     def checkpoint_dir(self, container_id: str) -> str:
         """Where the daemon keeps (and restores from) a container's checkpoints."""
@@ -124,51 +140,98 @@ class Host:
         """
         name = f"hmigrate-helper-{uuid.uuid4().hex[:12]}"
         host_config = self.api.create_host_config(binds=binds, network_mode="none")
-        created = self.api.create_container(
-            self.scratch_image, command=["hmigrate-helper-never-started"], name=name,
-            host_config=host_config, labels={HELPER_LABEL: "1"}, network_disabled=True,
-        )
+        cid = ""
         try:
-            yield created["Id"]
+            with interrupts.shielded():  # created and recorded, or neither
+                cid = self.api.create_container(
+                    self.scratch_image, command=["hmigrate-helper-never-started"], name=name,
+                    host_config=host_config, labels={HELPER_LABEL: "1", **self.labels},
+                    network_disabled=True,
+                )["Id"]
+            yield cid
         finally:
-            with contextlib.suppress(docker.errors.APIError):
-                self.api.remove_container(created["Id"], force=True)
+            if cid:
+                self.remove_quietly(cid)
 
-    def run_probe(self, script: str, timeout: float = 120) -> tuple[int, str]:
+    def remove_quietly(self, cid: str) -> None:
+        """Remove a container of ours; an interrupt waits until it is gone."""
+        with interrupts.shielded(), contextlib.suppress(docker.errors.APIError):
+            self.api.remove_container(cid, force=True, v=True)
+
+    def remove_labelled(self, label: str, value: str) -> list[str]:
+        """Remove every container with label=value (what an interrupt may have left)."""
+        removed = []
+        with interrupts.shielded():
+            for c in self.api.containers(all=True, filters={"label": f"{label}={value}"}):
+                self.remove_quietly(c["Id"])
+                removed.append(c["Id"])
+        return removed
+
+    def run_probe(self, script: str, timeout: float = 120, host_tmp: bool = False,
+                  stop: threading.Event | None = None) -> tuple[int, str]:
         """Run `script` with the host's own /bin/sh, chrooted into the host's root.
 
         The probe container has the capabilities CRIU needs, shares the host's pid namespace
         and binds the host's / at /host; its entrypoint is the host's dynamic loader running the
-        host's chroot, so its image can be empty.
+        host's chroot, so its image can be empty. `host_tmp`: the host's own /tmp, writable
+        (to remove containerd's staging copies), instead of a private one. `stop`: when
+        set, the probe is killed (a watcher) and what it printed so far is returned.
         """
         loader, libdir = _host_loader(self.isa)
         name = f"hmigrate-probe-{uuid.uuid4().hex[:12]}"
+        tmp = {} if host_tmp else {"/host/tmp": "mode=1777"}
         host_config = self.api.create_host_config(
             # The host's root read-only (recursively so on newer daemons), /proc writable
             # (criu check writes ns_last_pid), a private /tmp where `criu check` makes dirs.
-            binds=["/:/host:ro", "/proc:/host/proc"], tmpfs={"/host/tmp": "mode=1777"},
+            binds=["/:/host:ro", "/proc:/host/proc"] + (["/tmp:/host/tmp"] if host_tmp else []),
+            tmpfs=tmp,
             pid_mode="host", network_mode="host",
             # Not --privileged: it asks for every capability, and a host that lacks one
             # (CAP_SYS_RESOURCE in some sandboxes) refuses to start the container.
             cap_add=PROBE_CAPS, security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         )
-        created = self.api.create_container(
-            self.scratch_image, name=name, host_config=host_config,
-            labels={HELPER_LABEL: "probe"},
-            entrypoint=[f"/host{loader}", "--library-path",
-                        f"/host/lib/{libdir}:/host/usr/lib/{libdir}", "/host/usr/sbin/chroot"],
-            command=["/host", "/bin/sh", "-c", script],
-            environment={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"},
-        )
-        cid = created["Id"]
+        cid = ""
         try:
+            with interrupts.shielded():  # created and recorded, or neither
+                cid = self.api.create_container(
+                    self.scratch_image, name=name, host_config=host_config,
+                    labels={HELPER_LABEL: "probe", **self.labels},
+                    entrypoint=[f"/host{loader}", "--library-path",
+                                f"/host/lib/{libdir}:/host/usr/lib/{libdir}",
+                                "/host/usr/sbin/chroot"],
+                    command=["/host", "/bin/sh", "-c", script],
+                    environment={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
+                                         "/sbin:/bin"},
+                )["Id"]
             self.api.start(cid)
-            status = self.api.wait(cid, timeout=timeout)["StatusCode"]
+            if stop is not None:
+                def killer() -> None:
+                    stop.wait(timeout)
+                    with contextlib.suppress(docker.errors.APIError):
+                        self.api.kill(cid)
+                threading.Thread(target=killer, daemon=True).start()
+            status = self.api.wait(cid, timeout=timeout + 30)["StatusCode"]
             out = self.api.logs(cid, stdout=True, stderr=True).decode(errors="replace")
             return status, out
         finally:
-            with contextlib.suppress(docker.errors.APIError):
-                self.api.remove_container(cid, force=True)
+            if cid:
+                self.remove_quietly(cid)
+
+    def remove_checkpoint_staging(self, container_ids: list[str], since: float = 0) -> int:
+        """Remove containerd's staging copies (/tmp/ctrd-checkpoint*) of the checkpoints
+        of these containers: they hold process memory, and containerd 1.6 leaves the one
+        of every restore behind. Ours are told apart by the container id in their mount
+        images; only folders made after `since` (epoch seconds) are looked at."""
+        pattern = " ".join(f"-e {cid}" for cid in container_ids if cid)
+        newer = f"-newermt @{int(since) - 5}" if since else ""
+        script = (f"n=0; for d in $(find /tmp -maxdepth 1 -type d -name 'ctrd-checkpoint*' "
+                  f"{newer}); do if grep -lqsF {pattern} \"$d\"/mountpoints-*.img; then "
+                  "rm -rf \"$d\"; n=$((n+1)); fi; done; echo removed=$n")
+        _status, out = self.run_probe(script, host_tmp=True)
+        for line in out.splitlines():
+            if line.startswith("removed=") and line[8:].isdigit():
+                return int(line[8:])
+        return 0
 
     def image_present(self, ref: str) -> dict[str, Any] | None:
         try:

@@ -11,7 +11,6 @@ code  class                        meaning
 ====  ===========================  ==============================================
 0     -                            success
 1     HmigrateError                generic failure
-2     UsageError                   bad command line
 3     UnknownContainer,            container or Docker context does not exist
       UnknownContext
 4     HostUnreachable              a Docker daemon cannot be reached
@@ -25,6 +24,9 @@ code  class                        meaning
 12    ValidationFailed             pre-migration validation failed
 13    RollbackFailed               rollback failed: needs attention
 14    NotMigratableCrossISA        container cannot be moved to another ISA
+15    HookFailed                   a hook failed or timed out
+16    ContainerBusy                another migration of the container is running
+125   UsageError                   bad command line (docker's own code for usage errors)
 130   Interrupted                  interrupted by the user (Ctrl-C)
 ====  ===========================  ==============================================
 """
@@ -51,7 +53,7 @@ class HmigrateError(Exception):
     def to_dict(self) -> dict[str, object]:
         """JSON-friendly form, used by ``--json`` output."""
         return {
-            "error": type(self).__name__,
+            "class": type(self).__name__,
             "message": self.message,
             "hint": self.hint,
             "exit_code": self.exit_code,
@@ -59,7 +61,7 @@ class HmigrateError(Exception):
 
 
 class UsageError(HmigrateError):
-    exit_code = 2
+    exit_code = 125  # what the docker CLI and buildx return for a bad command line
     default_hint = "run `docker hmigrate --help` for usage"
 
 
@@ -137,6 +139,20 @@ class NotMigratableCrossISA(HmigrateError):
     default_hint = "build the program with hmigrate-cc for both ISAs, or migrate to the same ISA"
 
 
+class TargetDied(RestoreFailed):
+    """The target stopped during verify, after it had started: the source resumes."""
+
+
+class HookFailed(HmigrateError):
+    exit_code = 15
+    default_hint = "fix the hook command (or raise --hook-timeout), then retry"
+
+
+class ContainerBusy(HmigrateError):
+    exit_code = 16
+    default_hint = "wait for the other migration of this container to finish"
+
+
 class Interrupted(HmigrateError):
     exit_code = 130
     default_hint = None
@@ -145,7 +161,6 @@ class Interrupted(HmigrateError):
 # Exit code -> classes; the docs table and the tests are checked against this.
 EXIT_CODES: dict[int, tuple[type[HmigrateError], ...]] = {
     1: (HmigrateError,),
-    2: (UsageError,),
     3: (UnknownContainer, UnknownContext),
     4: (HostUnreachable,),
     5: (DaemonNotExperimental,),
@@ -158,5 +173,8 @@ EXIT_CODES: dict[int, tuple[type[HmigrateError], ...]] = {
     12: (ValidationFailed,),
     13: (RollbackFailed,),
     14: (NotMigratableCrossISA,),
+    15: (HookFailed,),
+    16: (ContainerBusy,),
+    125: (UsageError,),
     130: (Interrupted,),
 }

@@ -1,38 +1,72 @@
-"""The migration pipeline, phase by phase (DESIGN.md, "The migration, phase by phase").
+"""The migration pipeline, phase by phase (docs/design.md, "The migration, phase by phase").
 
     1 validate   2 prepare target   3 checkpoint (freeze)   4 move   5 recode
     6 restore + verify   7 commit, or roll back
 
-`Migration.run` is the one place where the phases are put in order; each phase is a
-method below it. Whatever the migration creates is recorded in `Created`, so that a
-failure at any point removes it and, once the source is frozen, restores the source from
-its own checkpoint: after every attempt the container runs somewhere.
+`Migration._run_phases` is the one place where the phases are put in order; each phase
+is a method below it. Whatever the migration creates is recorded in `Created`, so that a
+failure at any point removes it and, once the source may be frozen, restores the source
+from its own checkpoint: after every attempt the container runs somewhere.
+
+The commit point (docs/plugin.md, "The commit point"), enforced in `_settle` only: before
+the target container has started, every failure or interrupt rolls back and the source
+resumes; once it has started it is the truth: an interrupt, a failing or hanging
+post-restore hook or any other failure keeps the target and cleans up the source. Only a
+target that dies during verify makes the source resume (what it accepted is lost).
 """
 
 from __future__ import annotations
 
 import contextlib
+import math
 import os
+import re
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import docker.errors
+import docker.types
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential,
+)
 
-from docker_hmigrate import errors, park, recode, transfer
-from docker_hmigrate.engine import Host, api_error_text
+from docker_hmigrate import errors, interrupts, park, recode, transfer
+from docker_hmigrate.engine import LOCK_PREFIX, MIGRATION_LABEL, Host, api_error_text
 from docker_hmigrate.output import Reporter
+from docker_hmigrate.polling import watch
 from docker_hmigrate.spec import ContainerSpec, target_spec
-from docker_hmigrate.validate import Check, Validation, image_check, validate
+from docker_hmigrate.validate import (
+    Check,
+    Validation,
+    address_problem,
+    image_check,
+    validate,
+)
 
 HOOK_POINTS = ("pre-restore", "post-restore", "failed-restore")
+# Test-only fault injection (tests/test_faults_lab.py): HMIGRATE_TEST_FAULT=POINT:ACTION
+# (several, separated by commas), read in Migration._fault only. POINT is before:PHASE or
+# during:checkpoint|move|restore|verify|rollback; ACTION is sigint, sigint2 (one Ctrl-C as
+# a terminal delivers it: twice), sigterm, fail or kill-target.
+FAULT_ENV = "HMIGRATE_TEST_FAULT"
+# Docker's rule for container names.
+NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
+# How long a rollback waits for a daemon call still in flight (a dump, a restore).
+DAEMON_CALL_WAIT = 600.0
 
 
 @dataclass
@@ -43,6 +77,24 @@ class MigrationOptions:
     force: bool = False
     hooks: dict[str, str] = field(default_factory=dict)  # hook point -> shell command
     verify_seconds: float = 1.0
+    hook_timeout: float = 60.0
+
+    def check(self) -> None:
+        """Refuse bad option values before anything is touched (a usage error)."""
+        for opt, value, low in (("--verify-seconds", self.verify_seconds, 0.0),
+                                ("--hook-timeout", self.hook_timeout, 0.001)):
+            if not math.isfinite(value) or value < low or value > 86400:
+                raise errors.UsageError(
+                    f"{opt} {value!r} is not a valid number of seconds",
+                    hint=f"give {opt} a finite number of seconds from {low:g} to 86400")
+        if self.target_name is not None and not NAME_RE.match(self.target_name):
+            raise errors.UsageError(
+                f"--name {self.target_name!r} is not a valid container name",
+                hint="use letters, digits and _ . - (starting with a letter or digit), "
+                     "at least 2 characters")
+        bad = [p for p in self.hooks if p not in HOOK_POINTS]
+        if bad:
+            raise errors.UsageError(f"unknown hook point(s): {', '.join(bad)}")
 
 
 @dataclass
@@ -52,7 +104,7 @@ class Created:
     target_container: str | None = None
     volumes: list[str] = field(default_factory=list)
     networks: list[str] = field(default_factory=list)
-    source_frozen: bool = False
+    source_frozen: bool = False  # set BEFORE the dump is asked for: "maybe frozen"
     source_parked: bool = False  # cross-ISA: the park request is pending on the source
     template: str | None = None  # cross-ISA: the target's own checkpoint of the program
 
@@ -62,6 +114,7 @@ class Migration:
         self.src, self.dst, self.opts, self.rep = src, dst, opts, reporter
         self.checkpoint = f"hmigrate-{uuid.uuid4().hex[:10]}"
         self.created = Created()
+        self.target_id: str | None = None  # kept for the report once `created` is cleared
         self.inspect: dict[str, Any] = {}
         self.spec: ContainerSpec | None = None
         self.validation: Validation | None = None
@@ -75,42 +128,190 @@ class Migration:
         self.program: recode.Program | None = None
         self._checkpoint_link: transfer.FolderLink | None = None  # cross-ISA: via recode
         self._workdir: Path | None = None  # cross-ISA: the images, locally (mode 0700)
+        self.target_started = False  # the commit point (see _settle)
+        self.started_at = time.time()
+        self.committed = False
+        self.target_started_at = 0.0
+        self._checkpoint_call: Future | None = None  # the dump, running in the daemon
+        self._restore_call: Future | None = None  # the restore, running in the daemon
+        self._lock: str | None = None  # the lock container's id on the source
+        self.restore_log: Path | None = None
+        self._restore_watch: tuple[Future, threading.Event] | None = None
+        self._keep_ip: dict[str, str] = {}  # network -> the address kept there
+        self._template_id = ""  # cross-ISA: the template container, even once removed
+        self.warnings: list[str] = []
+        for host in (src, dst):  # every helper and probe made for this migration
+            host.labels = {MIGRATION_LABEL: self.checkpoint}
 
     # --- the pipeline --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
+        self.opts.check()
         started = time.monotonic()
         self.inspect = self.src.inspect(self.opts.container)
         name = self.opts.target_name or self.inspect["Name"].lstrip("/")
         self.spec = target_spec(self.inspect, name, self._target_image())
         self.rep.set("container", self.inspect["Name"].lstrip("/"))
+        self.rep.set("container_id", self.inspect["Id"])
         self.rep.set("source", self.src.name)
         self.rep.set("checkpoint", self.checkpoint)
         self.rep.set("target", self.dst.name)
+        self.rep.set("source_isa", self.src.isa)
+        self.rep.set("target_isa", self.dst.isa)
         try:
+            self._take_lock()
             self._run_phases()
         finally:
-            self._links.close()  # helper containers, on both hosts
-            if self._workdir and os.environ.get("HMIGRATE_KEEP_IMAGES") == "1":
-                # debugging a recode: the images stay, readable by root only (0700)
-                self.rep.warn(f"cross-ISA images kept in {self._workdir} "
-                              f"(HMIGRATE_KEEP_IMAGES=1): they hold process memory")
-            elif self._workdir:  # checkpoint images hold process memory
-                shutil.rmtree(self._workdir, ignore_errors=True)
+            with interrupts.shielded():
+                self._stop_restore_watch()
+                self._links.close()  # helper containers, on both hosts
+                for host in (self.src, self.dst):  # whatever an interrupt may have left
+                    with contextlib.suppress(docker.errors.APIError):
+                        host.remove_labelled(MIGRATION_LABEL, self.checkpoint)
+                self._release_lock()
+                if self._workdir and os.environ.get("HMIGRATE_KEEP_IMAGES") == "1":
+                    # debugging a recode: the images stay, readable by root only (0700)
+                    self.rep.warn(f"cross-ISA images kept in {self._workdir} "
+                                  f"(HMIGRATE_KEEP_IMAGES=1): they hold process memory")
+                elif self._workdir:  # checkpoint images hold process memory
+                    shutil.rmtree(self._workdir, ignore_errors=True)
         return self._result(time.monotonic() - started)
 
     def _run_phases(self) -> None:
+        """The phases, in order. `_settle` decides what a failure means."""
+        steps: list[tuple[str, Callable[[], None]]] = [
+            ("validate", self.phase_validate),
+            ("prepare", self.phase_prepare_target),
+            ("park", self.phase_park),
+            ("checkpoint", self.phase_checkpoint),
+            ("move", self.phase_move),
+            ("recode", self.phase_recode),
+            ("pre-restore", lambda: self._hook("pre-restore")),
+            ("restore", self.phase_restore),  # the commit point: the target has started
+            ("verify", self.phase_verify),
+            ("post-restore", lambda: self._hook("post-restore")),
+            ("commit", self.phase_commit),
+        ]
         try:
-            self.phase_validate()
-            self.phase_prepare_target()
-            self.phase_park()
-            self.phase_checkpoint()
-            self.phase_move()
-            self.phase_recode()
-            self.phase_restore()
+            for name, step in steps:
+                self._fault(f"before:{name}")
+                step()
+        except BaseException as exc:  # noqa: BLE001 - interrupts too: they are settled here
+            self._settle(exc)
+
+    def _settle(self, exc: BaseException) -> None:
+        """The commit rule, in this one place; always raises.
+
+        Before the target has started: roll back, the source resumes. Once it has started,
+        it is the truth: keep it, clean up the source, and report what went wrong (an
+        interrupt, a hook, an error) with its own exit code. Only a target that died
+        during verify rolls back, and the message says what is lost.
+        """
+        with interrupts.shielded(consume=True):
+            if not self.target_started and self._restore_call is not None:
+                # interrupted while the daemon restores: its outcome decides
+                self._await(self._restore_call, "restore")
+                if self._restore_call.done() and self._restore_call.exception() is None \
+                        and self._running(self.dst, self.created.target_container):
+                    self._mark_started()
+            if not self.target_started or isinstance(exc, errors.TargetDied):
+                touched = self.created != Created()
+                self.roll_back(exc)
+                if isinstance(exc, KeyboardInterrupt) and touched:
+                    raise errors.Interrupted(
+                        f"interrupted before the commit point: rolled back, "
+                        f"{self.opts.container} runs on {self.src.name}") from exc
+                raise exc
+            state = self._target_state()
+            if state is not None and not state.get("Running"):
+                died = errors.TargetDied(self._died_message(state))
+                self.roll_back(died)
+                raise died from exc
+            if state is None:
+                raise errors.RollbackFailed(
+                    f"the migration failed after the container started on {self.dst.name} "
+                    f"({_describe(exc)}) and {self.dst.name} does not answer: the source is "
+                    f"kept stopped with its checkpoint {self.checkpoint}",
+                    hint=f"if it does not run on {self.dst.name}: docker start --checkpoint "
+                         f"{self.checkpoint} {self.opts.container} (on {self.src.name})",
+                ) from exc
             self.phase_commit()
-        except BaseException as exc:
-            self.roll_back(exc)
-            raise
+        where = f"the container runs on {self.dst.name} (source cleaned up)"
+        if isinstance(exc, KeyboardInterrupt):
+            raise errors.Interrupted(f"interrupted after the commit point: {where}") from exc
+        if isinstance(exc, errors.HmigrateError):
+            raise type(exc)(f"{exc.message}; {where}",
+                            hint=exc.hint, exit_code=exc.exit_code) from exc
+        raise errors.HmigrateError(f"{_describe(exc)}; {where}") from exc
+
+    def _fault(self, point: str) -> None:
+        """Test-only fault injection at `point` (FAULT_ENV); nothing unless it is set."""
+        faults = dict(f.rpartition(":")[::2] for f in os.environ.get(FAULT_ENV, "").split(",")
+                      if ":" in f)
+        action = faults.get(point)
+        if not action:
+            return
+        if action in ("sigint", "sigint2", "sigterm"):
+            sig = signal.SIGTERM if action == "sigterm" else signal.SIGINT
+            for _ in range(2 if action == "sigint2" else 1):
+                os.kill(os.getpid(), sig)
+            time.sleep(0.5)  # the handler runs here (and raises, unless shielded)
+        elif action == "fail":
+            raise errors.HmigrateError(f"fault injected at {point}")
+        elif action == "kill-target" and self.created.target_container:
+            self.dst.api.kill(self.created.target_container)
+            time.sleep(0.3)
+
+    def _take_lock(self) -> None:
+        """A per-container lock: a never-started container on the source named after the
+        container's id. Creating it is atomic (409 when it exists)."""
+        cid = self.inspect["Id"]
+        name = f"{LOCK_PREFIX}{cid[:32]}"
+        labels = {MIGRATION_LABEL + ".lock": cid, "org.hmigrate.lock.pid": str(os.getpid()),
+                  "org.hmigrate.lock.host": os.uname().nodename,
+                  "org.hmigrate.lock.since": str(int(time.time()))}
+        for attempt in (1, 2):
+            try:
+                with interrupts.shielded():
+                    self._lock = self.src.api.create_container(
+                        self.src.scratch_image, command=["hmigrate-lock-never-started"],
+                        name=name, labels={**labels, "org.hmigrate.helper": "lock"},
+                        host_config=self.src.api.create_host_config(network_mode="none"),
+                        network_disabled=True)["Id"]
+                return
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409 or attempt == 2:
+                    raise
+                held = self._lock_holder(name)
+                if held is not None:
+                    raise errors.ContainerBusy(
+                        f"{self.opts.container} is being migrated already ({held})",
+                        hint="wait for that migration to end; if it is gone, remove the "
+                             f"lock: docker rm {name}") from None
+                self.src.remove_quietly(name)  # stale: its migration is gone
+
+    def _lock_holder(self, name: str) -> str | None:
+        """Who holds the lock, or None when it is stale (its process is gone)."""
+        try:
+            labels = self.src.api.inspect_container(name)["Config"].get("Labels") or {}
+        except docker.errors.NotFound:
+            return None
+        pid, host = labels.get("org.hmigrate.lock.pid", ""), labels.get("org.hmigrate.lock.host")
+        since = int(labels.get("org.hmigrate.lock.since", "0") or 0)
+        if host == os.uname().nodename and pid.isdigit():
+            try:
+                os.kill(int(pid), 0)
+            except ProcessLookupError:
+                return None
+            except PermissionError:
+                pass
+        elif time.time() - since > 24 * 3600:  # another machine's, a day old
+            return None
+        return f"pid {pid} on {host}, since {time.strftime('%H:%M:%S', time.localtime(since))}"
+
+    def _release_lock(self) -> None:
+        if self._lock:
+            self.src.remove_quietly(self._lock)
+            self._lock = None
 
     def phase_validate(self) -> None:
         with self.rep.phase("validate") as ph:
@@ -122,7 +323,9 @@ class Migration:
             self.validation = validate(self.src, self.dst, self.inspect, self.spec, image, cross)
             failed = self.validation.failures
             for check in failed:
-                self.rep.warn(f"{check.name}: {check.detail}")
+                # blocking unless --force: an error line; with --force, a warning
+                report = self.rep.warn if self.opts.force else self.rep.error
+                report(f"{check.name}: {check.detail}")
             if failed and self.opts.force:
                 ph.update(f"{len(failed)} failed check(s) ignored (--force)")
             elif not failed:
@@ -137,16 +340,28 @@ class Migration:
             self._create_volumes()
             if self.cross_isa:
                 self._template_checkpoint(ph)
+            self._addresses()
             body = self.spec.body
             url = self.dst.api._url("/containers/create")
-            res = self.dst.api._result(
-                self.dst.api._post_json(url, data=body, params={"name": self.spec.name}),
-                json=True,
-            )
-            self.created.target_container = res["Id"]
+            with interrupts.shielded():  # created and recorded, or neither
+                try:
+                    res = self.dst.api._result(
+                        self.dst.api._post_json(url, data=body, params={"name": self.spec.name}),
+                        json=True,
+                    )
+                except docker.errors.APIError as exc:
+                    raise errors.ValidationFailed(
+                        f"{self.dst.name} refused to create {self.spec.name}: "
+                        f"{api_error_text(exc)}",
+                        hint="see the reason above; nothing was frozen") from exc
+                self.created.target_container = self.target_id = res["Id"]
             for net in list(self.spec.networks)[1:]:
-                self.dst.api.connect_container_to_network(res["Id"], net)
+                ep = self.spec.networks[net]
+                self.dst.api.connect_container_to_network(
+                    res["Id"], net, ipv4_address=self._keep_ip.get(net),
+                    aliases=ep.get("Aliases") or None)
             self._open_links(self.dst.inspect(res["Id"]))
+            self._watch_restore_log(res["Id"])
             ph.update(f"created {self.spec.name} ({res['Id'][:12]})")
 
     def _template_checkpoint(self, ph) -> None:
@@ -159,9 +374,11 @@ class Migration:
         self._workdir = Path(tempfile.mkdtemp(prefix="hmigrate-"))  # mode 0700
         url = self.dst.api._url("/containers/create")
         name = f"hmigrate-template-{self.checkpoint}"
-        res = self.dst.api._result(
-            self.dst.api._post_json(url, data=self.spec.body, params={"name": name}), json=True)
-        self.created.template = res["Id"]
+        with interrupts.shielded():
+            res = self.dst.api._result(
+                self.dst.api._post_json(url, data=self.spec.body, params={"name": name}),
+                json=True)
+            self.created.template = self._template_id = res["Id"]
         want = park.fd_counts(self.src, self.inspect["Id"])
         self.dst.api.start(res["Id"])
         park.wait_like(self.dst, res["Id"], want)  # its processes started, as the source's
@@ -183,7 +400,8 @@ class Migration:
     def _open_links(self, target: dict[str, Any]) -> None:
         """Helper containers for every stream of the move phase, made before the freeze."""
         def link(what: str, src_bind: str, dst_bind: str, src_sub: str, dst_sub: str) -> None:
-            folder = transfer.FolderLink(what, self.src, src_bind, self.dst, dst_bind)
+            folder = transfer.FolderLink(what, self.src, src_bind, self.dst, dst_bind,
+                                         private=what == "checkpoint")
             self._transfers.append((self._links.enter_context(folder), src_sub, dst_sub))
 
         # The checkpoint does not exist yet: bind the folder it will appear in.
@@ -217,16 +435,30 @@ class Migration:
     def phase_checkpoint(self) -> None:
         with self.rep.phase("checkpoint") as ph:
             self.frozen_at = self.frozen_at or time.monotonic()
+            # "Maybe frozen" from before the request: an interrupt can land while the
+            # daemon dumps, and the daemon finishes the dump (the source exits) anyway.
+            self.created.source_frozen = True
+            self._checkpoint_call = _in_background(self._dump)
+            self._fault("during:checkpoint")
             try:
-                self.src.checkpoint_create(self.inspect["Id"], self.checkpoint, exit=True)
+                self._checkpoint_call.result()
             except docker.errors.APIError as exc:
                 # The source keeps running when the dump fails: CRIU resumes it.
                 raise errors.CriuError(
                     f"checkpoint of {self.opts.container} failed: {api_error_text(exc)}",
                     hint="read the criu-dump.log named above on the source host",
                 ) from exc
-            self.created.source_frozen = True
             ph.update(f"checkpoint {self.checkpoint}")
+
+    def _dump(self) -> None:
+        """The checkpoint, retried when runc could not freeze the container (a busy
+        process under cgroup v1's freezer): runc thaws it again, nothing was dumped."""
+        Retrying(
+            stop=stop_after_attempt(5), wait=wait_exponential(multiplier=0.5, max=4),
+            reraise=True, sleep=lambda s: time.sleep(s),
+            retry=retry_if_exception(lambda exc: isinstance(exc, docker.errors.APIError)
+                                     and "unable to freeze" in api_error_text(exc)),
+        )(self.src.checkpoint_create, self.inspect["Id"], self.checkpoint, exit=True)
 
     def phase_move(self) -> None:
         with self.rep.phase("move") as ph:
@@ -237,14 +469,19 @@ class Migration:
                     ph.update(f"{self.bytes_moved / 1e6:.1f} MB")
 
             # Independent streams, in parallel: the downtime is the longest, not the sum.
-            with ThreadPoolExecutor(max_workers=4) as pool:
+            pool = ThreadPoolExecutor(max_workers=4)
+            try:
                 futures = [pool.submit(link.copy, src_sub, dst_sub, progress)
                            for link, src_sub, dst_sub in self._transfers]
                 if self._checkpoint_link:
                     (self._workdir / "source").mkdir(mode=0o700)
                     futures.append(pool.submit(self._checkpoint_link.download,
                                                self.checkpoint, self._workdir / "source"))
+                self._fault("during:move")
                 moved = [f.result() for f in futures]
+            finally:
+                # On a failure the rollback removes the helpers, which ends the streams.
+                pool.shutdown(wait=False, cancel_futures=True)
             self.rep.set("transfers", [
                 {"what": t.what, "bytes": t.bytes, "seconds": round(t.seconds, 3)} for t in moved
             ])
@@ -267,27 +504,43 @@ class Migration:
         self._links.close()  # the helpers are done; they must not hold the volumes
 
     def phase_restore(self) -> None:
-        self._hook("pre-restore")
         with self.rep.phase("restore") as ph:
             cid = self.created.target_container
+            self._restore_call = _in_background(self.dst.start, cid, checkpoint=self.checkpoint)
+            self._fault("during:restore")
             try:
-                self.dst.start(cid, checkpoint=self.checkpoint)
+                self._restore_call.result()
             except docker.errors.APIError as exc:
+                with contextlib.suppress(OSError):
+                    self._keep_restore_log()
+                where = (f"CRIU's restore log is kept in {self.restore_log}"
+                         if self.restore_log else "CRIU's restore log could not be kept")
                 raise errors.RestoreFailed(
                     f"restore on {self.dst.name} failed: {api_error_text(exc)}",
-                    hint="the source was restored where it was; see the restore.log named above",
+                    hint=f"the source was restored where it was; {where}",
                 ) from exc
+            finally:
+                self._stop_restore_watch()
+            self._mark_started()
             if self.cross_isa:  # restored parked, as it was dumped: let it go on
                 park.resume_all(self.dst, cid, self.program.park_protocol)
             self.downtime = time.monotonic() - self.frozen_at
             ph.update(f"running on {self.dst.name}")
+
+    def _mark_started(self) -> None:
+        """The commit point: from here on the target is the truth (see _settle)."""
+        self.target_started = True
+        self.target_started_at = time.monotonic()
+
+    def phase_verify(self) -> None:
         with self.rep.phase("verify") as ph:
-            self._verify_running(cid)
+            self._verify_running(self.created.target_container)
             ph.update(f"still running after {self.opts.verify_seconds:g}s")
-        self._hook("post-restore", fatal=False)
 
     def phase_commit(self) -> None:
-        with self.rep.phase("commit") as ph:
+        if self.committed:
+            return
+        with self.rep.phase("commit") as ph, interrupts.shielded():
             # The restored container no longer needs its checkpoint: it holds process memory.
             with contextlib.suppress(docker.errors.APIError):
                 self.dst.checkpoint_delete(self.created.target_container, self.checkpoint)
@@ -296,45 +549,115 @@ class Migration:
             if self.opts.keep_source:
                 ph.update("source kept (stopped)")
             else:
-                self.src.api.remove_container(self.inspect["Id"], force=True)
+                with contextlib.suppress(docker.errors.NotFound):
+                    self.src.api.remove_container(self.inspect["Id"], force=True)
                 ph.update("source removed")
+            self._remove_staging()
             self.created = Created()  # nothing to undo any more
+            self.committed = True
+
+    def _remove_staging(self) -> None:
+        """containerd's copies of the checkpoint in /tmp, on both hosts (process memory)."""
+        # a cross-ISA restore's images are the template's (its mounts name the template)
+        ids = [self.inspect["Id"]] + ([self._template_id] if self._template_id else [])
+        def clean(host: Host) -> None:
+            with contextlib.suppress(Exception):
+                host.remove_checkpoint_staging(ids, since=self.started_at)
+        threads = [threading.Thread(target=clean, args=(h,)) for h in (self.src, self.dst)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+
+    # --- CRIU's restore log: containerd deletes it with the task, before start returns ----
+    def _watch_restore_log(self, cid: str) -> None:
+        """Follow the target task's restore.log from a probe started before the freeze
+        (the log only exists while the restore runs), to keep it if the restore fails."""
+        script = (
+            "for d in /run/*/containerd/daemon/io.containerd.runtime.v2.task/moby "
+            "/run/containerd/io.containerd.runtime.v2.task/moby; do [ -d \"$d\" ] && "
+            f"set -- \"$@\" \"$d/{cid}/work/restore.log\"; done; "
+            "exec tail -q -n +1 -s 0.05 -F \"$@\" 2>/dev/null")
+        stop = threading.Event()
+        self._restore_watch = (_in_background(self.dst.run_probe, script, 3600, stop=stop),
+                               stop)
+
+    def _stop_restore_watch(self) -> str:
+        """End the watch; what it saw (a failed restore's log)."""
+        if self._restore_watch is None:
+            return ""
+        future, stop = self._restore_watch
+        self._restore_watch = None
+        stop.set()
+        try:
+            return future.result(timeout=30)[1]
+        except Exception:  # noqa: BLE001 - the log is a help, never a new failure
+            return ""
+
+    def _keep_restore_log(self) -> None:
+        """Copy the failed restore's log to a local 0600 file, before the rollback."""
+        time.sleep(0.3)  # tail's last poll
+        text = self._stop_restore_watch()
+        if not text.strip():
+            return
+        folder = Path(tempfile.gettempdir()) / f"hmigrate-logs-{os.getuid()}"
+        folder.mkdir(mode=0o700, exist_ok=True)
+        if folder.is_symlink() or folder.stat().st_uid != os.getuid():
+            return
+        os.chmod(folder, 0o700)
+        path = folder / f"{self.checkpoint}-restore.log"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        self.restore_log = path
 
     # --- rollback ------------------------------------------------------------------------
     def roll_back(self, cause: BaseException) -> None:
+        """Undo what was created and make the source run again (shielded: a duplicate or a
+        second Ctrl-C cannot abort it)."""
+        with interrupts.shielded(consume=True):
+            self._roll_back(cause)
+
+    def _roll_back(self, cause: BaseException) -> None:
         created = self.created
         if not (created.target_container or created.volumes or created.networks
                 or created.source_frozen or created.source_parked or created.template):
             return
-        self._hook("failed-restore", fatal=False, error=str(cause))
+        self._stop_restore_watch()
+        with contextlib.suppress(errors.HmigrateError):
+            self._hook("failed-restore", fatal=False, error=_describe(cause))
         self._links.close()  # helpers bind the volumes to remove
         problems: list[str] = []
         with contextlib.suppress(docker.errors.APIError):
             self._remove_template()
         with self.rep.phase("roll back") as ph:
+            self._fault("during:rollback")
             if created.target_container:
-                with contextlib.suppress(docker.errors.NotFound):
-                    try:
-                        self.dst.api.remove_container(created.target_container, force=True)
-                    except docker.errors.APIError as exc:
-                        problems.append(f"remove target container: {api_error_text(exc)}")
+                try:
+                    self.dst.api.remove_container(created.target_container, force=True)
+                except docker.errors.NotFound:
+                    pass  # already gone: nothing to undo
+                except docker.errors.APIError as exc:
+                    problems.append(f"remove target container: {api_error_text(exc)}")
             for vol in created.volumes:
-                with contextlib.suppress(docker.errors.NotFound):
-                    try:
-                        self.dst.api.remove_volume(vol, force=True)
-                    except docker.errors.APIError as exc:
-                        problems.append(f"remove volume {vol}: {api_error_text(exc)}")
+                try:
+                    self.dst.api.remove_volume(vol, force=True)
+                except docker.errors.NotFound:
+                    pass
+                except docker.errors.APIError as exc:
+                    problems.append(f"remove volume {vol}: {api_error_text(exc)}")
             for net in created.networks:
                 with contextlib.suppress(docker.errors.APIError):
                     self.dst.api.remove_network(net)
             if created.source_frozen:
                 try:
-                    self.src.start(self.inspect["Id"], checkpoint=self.checkpoint)
+                    how = self._resume_source()
                     if created.source_parked:
                         park.resume_all(self.src, self.inspect["Id"], self.program.park_protocol)
                     self._verify_running(self.inspect["Id"], host=self.src)
                     with contextlib.suppress(docker.errors.APIError):
                         self.src.checkpoint_delete(self.inspect["Id"], self.checkpoint)
+                    ph.update(how)
                 except (docker.errors.APIError, errors.HmigrateError) as exc:
                     problems.append(
                         f"restore source {self.opts.container} from checkpoint "
@@ -344,14 +667,69 @@ class Migration:
                     park.resume_all(self.src, self.inspect["Id"], self.program.park_protocol)
                 except errors.HmigrateError as exc:
                     problems.append(exc.message)
-            ph.update("source restored" if created.source_frozen else "target cleaned")
+                ph.update("target cleaned")
+            else:
+                ph.update("target cleaned")
+            if created.source_frozen or self._template_id:
+                self._remove_staging()
         self.created = Created()
         if problems:
             raise errors.RollbackFailed(
-                f"migration failed ({cause}) and the rollback too: {'; '.join(problems)}",
+                f"migration failed ({_describe(cause)}) and the rollback too: "
+                f"{'; '.join(problems)}",
                 hint=f"the checkpoint {self.checkpoint} is kept on {self.src.name}: "
                      f"docker start --checkpoint {self.checkpoint} {self.opts.container}",
             ) from cause
+
+    def _resume_source(self) -> str:
+        """The source may be frozen: wait for a dump still in flight, then make it run again
+        the way its state allows. Returns what was done."""
+        if self._checkpoint_call is not None:
+            self._await(self._checkpoint_call, "checkpoint")
+        cid = self.inspect["Id"]
+        state = self.src.api.inspect_container(cid)["State"]
+        if state.get("Paused"):
+            self.src.api.unpause(cid)
+            return "source unpaused"
+        if state.get("Running"):
+            return "source kept running (it was never stopped)"
+        if self.checkpoint in self.src.checkpoint_list(cid):
+            self.src.start(cid, checkpoint=self.checkpoint)
+            return "source restored from its checkpoint"
+        self.src.api.start(cid)  # no checkpoint to come back from: at least it runs
+        msg = f"{self.opts.container} had stopped without a checkpoint: started afresh"
+        self.rep.warn(msg)
+        self.warnings.append(msg)
+        return "source started (its memory state was lost)"
+
+    def _await(self, call: Future, what: str) -> None:
+        """Wait (shielded) for a daemon call an interrupt left running."""
+        with contextlib.suppress(Exception):
+            call.exception(timeout=DAEMON_CALL_WAIT)
+        if not call.done():
+            self.rep.warn(f"the {what} still runs in the daemon after {DAEMON_CALL_WAIT:g}s")
+
+    def _running(self, host: Host, cid: str | None) -> bool:
+        try:
+            state = host.api.inspect_container(cid)["State"] if cid else {}
+        except docker.errors.APIError:
+            return False
+        return bool(state.get("Running")) and not state.get("Restarting")
+
+    def _target_state(self) -> dict[str, Any] | None:
+        try:
+            return self.dst.api.inspect_container(self.created.target_container)["State"]
+        except docker.errors.NotFound:
+            return {"Running": False, "Status": "removed"}
+        except Exception:  # noqa: BLE001 - unreachable: unknown
+            return None
+
+    def _died_message(self, state: dict[str, Any]) -> str:
+        window = time.monotonic() - self.target_started_at if self.target_started_at else 0
+        return (f"the container stopped on {self.dst.name} {window:.1f}s after it started "
+                f"({state.get('Status')}, exit code {state.get('ExitCode')}"
+                f"{': ' + state['Error'] if state.get('Error') else ''}): the source resumes "
+                "from its checkpoint; writes the target accepted in that window are lost")
 
     # --- helpers -------------------------------------------------------------------------
     def _target_image(self) -> str:
@@ -405,10 +783,39 @@ class Migration:
             if self.dst.client.networks.list(names=[net]):
                 continue
             src_net = self.src.api.inspect_network(net)
-            self.dst.api.create_network(net, driver=src_net.get("Driver"),
-                                        options=src_net.get("Options"),
-                                        labels=src_net.get("Labels"))
+            ipam = src_net.get("IPAM") or {}
+            pools = [docker.types.IPAMPool(subnet=c.get("Subnet"), gateway=c.get("Gateway"),
+                                           iprange=c.get("IPRange"))
+                     for c in ipam.get("Config") or [] if c.get("Subnet")]
+            # the same subnet, so that the container keeps its address there (or any,
+            # when another network of the target has it: the address will change)
+            kwargs = dict(driver=src_net.get("Driver"), options=src_net.get("Options"),
+                          labels=src_net.get("Labels"))
+            try:
+                self.dst.api.create_network(net, **kwargs, ipam=docker.types.IPAMConfig(
+                    driver=ipam.get("Driver") or "default", pool_configs=pools)
+                    if pools else None)
+            except docker.errors.APIError:
+                if not pools:
+                    raise
+                self.dst.api.create_network(net, **kwargs)
             self.created.networks.append(net)
+
+    def _addresses(self) -> None:
+        """Keep each user network's address where the target allows it (validation said
+        whether connections need it); otherwise let the target choose one."""
+        self._keep_ip = {}
+        endpoints = (self.spec.body.get("NetworkingConfig") or {}).get("EndpointsConfig") or {}
+        for net, ep in self.spec.networks.items():
+            ip = ep.get("IPAddress")
+            try:
+                problem = address_problem(self.dst.api.inspect_network(net), ip) if ip else "-"
+            except docker.errors.APIError:
+                problem = "-"
+            if not problem:
+                self._keep_ip[net] = ip
+            elif net in endpoints:
+                (endpoints[net].get("IPAMConfig") or {}).pop("IPv4Address", None)
 
     def _create_volumes(self) -> None:
         existing = {v["Name"] for v in (self.dst.api.volumes().get("Volumes") or [])}
@@ -426,19 +833,23 @@ class Migration:
 
     def _verify_running(self, cid: str, host: Host | None = None) -> None:
         host = host or self.dst
-        deadline = time.monotonic() + self.opts.verify_seconds
-        while True:
+
+        def still_running() -> None:
+            if host is self.dst:
+                self._fault("during:verify")
             state = host.api.inspect_container(cid)["State"]
             if not state.get("Running") or state.get("Restarting"):
+                if host is self.dst and self.target_started:
+                    raise errors.TargetDied(self._died_message(state))
                 raise errors.RestoreFailed(
                     f"the restored container on {host.name} is {state.get('Status')} "
                     f"(exit code {state.get('ExitCode')}): {state.get('Error') or 'no error'}",
                     hint="the source was restored where it was")
-            if time.monotonic() >= deadline:
-                return
-            time.sleep(0.1)
+
+        watch(still_running, self.opts.verify_seconds, 0.1)
 
     def _hook(self, point: str, fatal: bool = True, error: str = "") -> None:
+        """Run a hook with a timeout; its output goes to stderr (stdout may be --json's)."""
         command = self.opts.hooks.get(point)
         if not command:
             return
@@ -446,11 +857,22 @@ class Migration:
         if error:
             env["HMIGRATE_ERROR"] = error
         with self.rep.phase(f"hook {point}"):
-            proc = subprocess.run(command, shell=True, env=env)
-            if proc.returncode != 0:
-                msg = f"the {point} hook exited with {proc.returncode}"
+            proc = subprocess.Popen(command, shell=True, env=env, stdout=sys.stderr.fileno(),
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            try:
+                code = proc.wait(timeout=self.opts.hook_timeout)
+                msg = f"the {point} hook exited with {code}" if code else ""
+            except subprocess.TimeoutExpired:
+                msg = f"the {point} hook did not finish within {self.opts.hook_timeout:g}s"
+                code = -1
+            finally:
+                if proc.poll() is None or code == -1:  # its whole process group
+                    with contextlib.suppress(ProcessLookupError):
+                        os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+            if msg:
                 if fatal:
-                    raise errors.HmigrateError(msg, hint=f"fix the hook: {command}")
+                    raise errors.HookFailed(msg, hint=f"fix the hook: {command}")
                 self.rep.warn(msg)
 
     def _facts(self) -> dict[str, str]:
@@ -467,22 +889,48 @@ class Migration:
         }
 
     def _result(self, total: float) -> dict[str, Any]:
-        phases = {p.name: round(p.seconds, 3) for p in self.rep.phases}
+        # Machine values only (docs/json.md, schema hmigrate/v1); the per-phase seconds
+        # are in the reporter's "phases" list.
         result = {
             "container": self.inspect["Name"].lstrip("/"),
+            "container_id": self.inspect["Id"],
             "target_container": self.spec.name,
+            "target_container_id": self.target_id,
             "source": self.src.name,
             "target": self.dst.name,
-            "isa": f"{self.src.isa} -> {self.dst.isa}",
+            "source_isa": self.src.isa,
+            "target_isa": self.dst.isa,
             "downtime_seconds": round(self.downtime, 3),
             "total_seconds": round(total, 3),
             "bytes_moved": self.bytes_moved,
-            "phase_seconds": phases,
             "source_kept": self.opts.keep_source,
         }
         for k, v in result.items():
             self.rep.set(k, v)
         return result
+
+
+def _in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
+    """Run a long daemon call in a daemon thread: the main thread waits on the Future, so
+    an interrupt reaches it at once while the call goes on and its outcome stays known."""
+    future: Future = Future()
+
+    def run() -> None:
+        if not future.set_running_or_notify_cancel():
+            return
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as exc:  # noqa: BLE001 - handed to the waiter
+            future.set_exception(exc)
+
+    threading.Thread(target=run, daemon=True).start()
+    return future
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, KeyboardInterrupt):
+        return "interrupted"
+    return str(exc) or type(exc).__name__
 
 
 def _upper_dir(host: Host, inspect: dict[str, Any]) -> str:

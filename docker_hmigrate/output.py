@@ -16,6 +16,9 @@ from typing import IO, Any
 
 from docker_hmigrate.errors import HmigrateError
 
+# Version of the --json document's shape (docs/json.md); bump on incompatible changes.
+SCHEMA = "hmigrate/v1"
+
 
 @dataclass
 class PhaseRecord:
@@ -74,8 +77,10 @@ class Reporter:
         tty: bool | None = None,
         debug: bool = False,
         quiet: bool = False,
+        command: str | None = None,
     ) -> None:
         self.json_mode = json_mode
+        self.command = command
         self.err = err if err is not None else sys.stderr
         self.out = out if out is not None else sys.stdout
         self.tty = tty if tty is not None else _isatty(self.err)
@@ -168,6 +173,10 @@ class Reporter:
     def warn(self, text: str) -> None:
         self._message("warning", text)
 
+    def error(self, text: str) -> None:
+        """A problem that stops the command (the final `error:` line follows)."""
+        self._message("error", text)
+
     def debug(self, text: str) -> None:
         if self.debug_enabled:
             self._message("debug", text)
@@ -179,8 +188,8 @@ class Reporter:
         self.data[key] = value
 
     def summary(self, data: dict[str, Any], title: str = "Summary") -> None:
-        """Show a key/value table (human mode) or merge into the JSON document."""
-        self.data.update(data)
+        """Show a key/value table for people (human mode only). Display strings never
+        reach the JSON document: commands record machine values with set()."""
         if self.json_mode:
             return
         rows = [(str(k), _fmt_value(v)) for k, v in data.items()]
@@ -203,16 +212,14 @@ class Reporter:
             self.out.flush()
 
     def document(self, ok: bool = True, error: HmigrateError | None = None) -> dict[str, Any]:
-        doc: dict[str, Any] = {
-            "ok": ok,
-            "phases": [p.to_dict() for p in self.phases],
-            "total_seconds": round(sum(p.seconds for p in self.phases), 6),
-        }
+        """The one JSON document of a run (docs/json.md): the common keys, then what the
+        command recorded with set()."""
+        doc: dict[str, Any] = {"schema": SCHEMA, "command": self.command, "ok": ok}
         doc.update(self.data)
-        if self.messages:
-            doc["messages"] = self.messages
-        if error is not None:
-            doc["error"] = error.to_dict()
+        doc["phases"] = [p.to_dict() for p in self.phases]
+        doc.setdefault("total_seconds", round(sum(p.seconds for p in self.phases), 6))
+        doc["messages"] = self.messages
+        doc["error"] = error.to_dict() if error is not None else None
         return doc
 
     def finish(self, ok: bool = True, error: HmigrateError | None = None) -> None:

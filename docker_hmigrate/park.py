@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import tarfile
-import time
 from dataclasses import dataclass
 
 import docker.errors
 
 from docker_hmigrate import errors
 from docker_hmigrate.engine import Host, api_error_text
+from docker_hmigrate.polling import poll
 
 
 @dataclass
@@ -64,13 +64,16 @@ def park(host: Host, container: str, proto: ParkProtocol, timeout: float = 15) -
     except docker.errors.APIError as exc:
         raise errors.NotMigratableCrossISA(
             f"cannot send the park signal to {container}: {api_error_text(exc)}") from exc
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def announced() -> dict | None:
         for path in (proto.park_file, proto.fallback_file):
             data = read_container_file(host, container, path)
             if data:
                 return parse_park_file(data.decode(errors="replace"))
-        time.sleep(0.05)
+        return None
+
+    found = poll(announced, timeout, 0.05)
+    if found is not None:
+        return found
     resume(host, container, proto)
     raise errors.NotMigratableCrossISA(
         f"{container} did not reach its equivalence points within {timeout:g}s "
@@ -170,12 +173,12 @@ def wait_like(host: Host, container: str, want: list[int], timeout: float = 120)
     (fd_counts of the source): a program started for a template checkpoint must have
     finished its start-up (nginx forks its worker, which opens its epoll) before it is
     parked, or the template describes another state than the source's."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if len(container_pids(host, container)) == len(want) and (
-                len(want) <= 1 or fd_counts(host, container) == want):
-            return
-        time.sleep(0.5)
+    def reached() -> bool | None:
+        return True if len(container_pids(host, container)) == len(want) and (
+            len(want) <= 1 or fd_counts(host, container) == want) else None
+
+    if poll(reached, timeout, 0.5):
+        return
     raise errors.NotMigratableCrossISA(
         f"the program started on the target for its template checkpoint did not reach "
         f"the source's state ({len(want)} processes with {want} open files) in {timeout:g}s")

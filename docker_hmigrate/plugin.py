@@ -189,31 +189,11 @@ def print_metadata() -> None:
 
 # ---- cooperation with the docker CLI process -------------------------------------------
 
-_interrupts = 0
-
-
-def _on_interrupt(signum: int, frame: object) -> None:
-    """First Ctrl-C: raise KeyboardInterrupt so the command can roll back cleanly.
-
-    Later ones do not interrupt the rollback; the third forces an exit, as docker's own
-    plugin framework does (the CLI itself SIGKILLs a plugin after three signals).
-    """
-    global _interrupts
-    _interrupts += 1
-    if _interrupts == 1:
-        raise KeyboardInterrupt
-    if _interrupts == 2:
-        sys.stderr.write("\nstill cleaning up; interrupt once more to force exit\n")
-        return
-    sys.stderr.write("\nforced exit\n")
-    os._exit(130)
-
-
 def install_signal_handlers() -> None:
-    import signal
+    """SIGINT/SIGTERM: see interrupts.py (duplicates merged, rollbacks shielded)."""
+    from docker_hmigrate import interrupts
 
-    signal.signal(signal.SIGINT, _on_interrupt)
-    signal.signal(signal.SIGTERM, _on_interrupt)
+    interrupts.install()
 
 
 def watch_cli_socket() -> None:
@@ -265,15 +245,23 @@ def main(argv: list[str] | None = None) -> int:
     try:
         pre_globals, rest, completing = split_argv(args)
     except ArgError as exc:
-        sys.stderr.write(f"error: {exc}\nhint: run `docker hmigrate --help` for usage\n")
-        return 2
-
-    from docker_hmigrate import cli
+        # docker's two lines and exit code for a usage error
+        sys.stderr.write(f"{exc}\nSee 'docker hmigrate --help'.\n")
+        return 125
 
     if completing:
+        from docker_hmigrate import cli
+
         return cli.complete(rest)
+    # Before the (slow, on a busy host) imports: a Ctrl-C while they run ends the command
+    # quietly with 130, nothing having been touched yet.
     install_signal_handlers()
-    watch_cli_socket()
+    try:
+        watch_cli_socket()  # early too: the CLI may close it while we import
+        from docker_hmigrate import cli
+    except KeyboardInterrupt:
+        sys.stderr.write("error: interrupted\n")
+        return 130
     return cli.run(rest, pre_globals)
 
 

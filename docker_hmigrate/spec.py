@@ -62,6 +62,12 @@ def target_spec(inspect: dict[str, Any], name: str, image: str | None = None) ->
         endpoints[net_name] = {
             k: ep[k] for k in ("IPAMConfig", "Links", "Aliases", "DriverOpts") if ep.get(k)
         }
+        if ep.get("IPAddress"):
+            # The same address on the target: CRIU restores established TCP connections
+            # only on the address they had (validate.address_checks sees that it is free).
+            ipam = dict(endpoints[net_name].get("IPAMConfig") or {})
+            ipam["IPv4Address"] = ep["IPAddress"]
+            endpoints[net_name]["IPAMConfig"] = ipam
     body: dict[str, Any] = {**config, "HostConfig": host_config}
     if endpoints:
         # The create call attaches one network; the others are connected before start.

@@ -44,6 +44,47 @@ def _counted(stream: Iterator[bytes], tally: list[int], progress: Progress | Non
         yield chunk
 
 
+def private_modes(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """A tar stream with every regular file made 0600 and every folder 0700, on the fly:
+    checkpoint images hold process memory, and CRIU writes them 0644."""
+    buf = b""
+    skip = 0  # bytes of file data (with padding) still to pass through untouched
+    for chunk in chunks:
+        buf += chunk
+        out: list[bytes] = []
+        pos = 0
+        while True:
+            if skip:
+                n = min(skip, len(buf) - pos)
+                out.append(buf[pos:pos + n])
+                pos, skip = pos + n, skip - n
+                if skip:
+                    break
+            if len(buf) - pos < 512:
+                break
+            hdr = bytearray(buf[pos:pos + 512])
+            pos += 512
+            if not any(hdr):  # the end-of-archive blocks
+                out.append(bytes(hdr))
+                continue
+            raw = bytes(hdr[124:136])
+            size = (int.from_bytes(raw[1:], "big") if raw[0] & 0x80
+                    else int(raw.strip(b"\0 ") or b"0", 8))
+            kind = bytes(hdr[156:157])
+            mode = 0o600 if kind in (b"0", b"\0", b"7") else 0o700 if kind == b"5" else None
+            if mode is not None:
+                hdr[100:108] = b"%07o\0" % mode
+                hdr[148:156] = b" " * 8
+                hdr[148:156] = b"%06o\0 " % sum(hdr)
+            out.append(bytes(hdr))
+            skip = -(-size // 512) * 512
+        buf = buf[pos:]
+        if out:
+            yield b"".join(out)
+    if buf:
+        yield buf
+
+
 class FolderLink:
     """A pair of helper containers, one per host, binding a folder (or volume) on each.
 
@@ -52,8 +93,10 @@ class FolderLink:
     worker thread.
     """
 
-    def __init__(self, what: str, src: Host, src_bind: str, dst: Host, dst_bind: str):
+    def __init__(self, what: str, src: Host, src_bind: str, dst: Host, dst_bind: str,
+                 private: bool = False):
         self.what, self.src, self.dst = what, src, dst
+        self.private = private  # process memory: files 0600, folders 0700 on the target
         self._binds = (src_bind, dst_bind)
         self._stack = contextlib.ExitStack()
         self.src_helper = self.dst_helper = ""
@@ -83,8 +126,9 @@ class FolderLink:
         dst_path = f"{DST_MOUNT}/{dst_subpath}".rstrip("/")
         try:
             stream, _stat = self.src.api.get_archive(self.src_helper, src_path, chunk_size=CHUNK)
+            data = _counted(stream, tally, progress)
             ok = self.dst.api.put_archive(self.dst_helper, dst_path,
-                                          _counted(stream, tally, progress))
+                                          private_modes(data) if self.private else data)
             if not ok:
                 raise TransferInterrupted(f"{self.dst.name} refused the {self.what} archive")
         except (docker.errors.APIError, requests.RequestException, OSError) as exc:
@@ -108,7 +152,8 @@ class FolderLink:
         try:
             fd = os.open(packed, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
             with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
-                tar.add(local_dir, arcname=dst_name)
+                tar.add(local_dir, arcname=dst_name, filter=lambda m: m.replace(
+                    mode=0o700 if m.isdir() else 0o600, deep=False))
             size = packed.stat().st_size
             with packed.open("rb") as f:
                 if not self.dst.api.put_archive(self.dst_helper, DST_MOUNT, f):
@@ -122,6 +167,35 @@ class FolderLink:
         return Transferred(self.what, size, time.monotonic() - started)
 
 
+def check_private_target(path: Path) -> None:
+    """A file that will hold process memory: never through a symlink, never a folder."""
+    from docker_hmigrate.errors import UsageError
+
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symbolic link: refusing to write process memory "
+                         "through it", hint="give the path of a regular file")
+    if path.exists() and not path.is_file():
+        raise UsageError(f"{path} exists and is not a regular file",
+                         hint="give the path of a new or regular file")
+
+
+def create_private_file(path: Path) -> int:
+    """Create `path` afresh, mode 0600 (an existing file is replaced, never reused with its
+    old mode), refusing symlinks; returns a file descriptor open for writing."""
+    check_private_target(path)
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+
+
+def _private_filter(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+    """tarfile's "data" filter, and checkpoint images readable by their owner only."""
+    member = tarfile.data_filter(member, path)
+    if member is not None and member.mode is not None:
+        member = member.replace(mode=0o700 if member.isdir() else 0o600, deep=False)
+    return member
+
+
 def download_folder(what: str, host: Host, helper: str, path: str,
                     local_dir: Path) -> Transferred:
     """Unpack the folder `path` of a helper container into local_dir (streamed)."""
@@ -131,7 +205,7 @@ def download_folder(what: str, host: Host, helper: str, path: str,
         stream, _ = host.api.get_archive(helper, f"{path}/.", chunk_size=CHUNK)
         reader = _StreamReader(_counted(stream, tally, None))
         with tarfile.open(fileobj=reader, mode="r|") as tar:
-            tar.extractall(local_dir, filter="data")
+            tar.extractall(local_dir, filter=_private_filter)
     except (docker.errors.APIError, requests.RequestException, OSError,
             tarfile.TarError) as exc:
         raise TransferInterrupted(

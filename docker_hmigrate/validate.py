@@ -7,6 +7,7 @@ container per host (engine.Host.run_probe), both hosts in parallel.
 
 from __future__ import annotations
 
+import ipaddress
 import shlex
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,13 +37,25 @@ class HostFacts:
     # The kernel's special mappings ([vdso], [vvar], ...) as a process there sees them,
     # name -> list of (start, end): what a recoded image must reserve for the target.
     special_maps: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # Source only: the container's established TCP connections (local "ADDR:PORT") and
+    # the bytes in its named volumes.
+    tcp_established: list[str] = field(default_factory=list)
+    volume_bytes: int = 0
 
 
-def probe_script(root_dir: str, paths: list[str]) -> str:
+def probe_script(root_dir: str, paths: list[str], pid: int = 0,
+                 du_paths: list[str] | None = None) -> str:
     checks = "".join(f"[ -e {shlex.quote(p)} ] || echo missing_path={p}\n" for p in paths)
+    if pid:  # TCP state 01 = ESTABLISHED; the local address is field 2
+        checks += (f"cat /proc/{pid}/net/tcp /proc/{pid}/net/tcp6 2>/dev/null | "
+                   "awk '$4 == \"01\" {print \"tcp_established=\" $2}'\n")
+    for p in du_paths or []:
+        checks += f"echo volume_kb=$(du -sk {shlex.quote(p)} 2>/dev/null | cut -f1)\n"
     return rf"""
 echo criu_version=$(criu --version 2>/dev/null | sed -n 's/^Version: //p')
-if criu check >/tmp/criu-check.log 2>&1; then echo criu_check=ok
+# once more after a failure: its kernel probes (kerndat) fail now and then on a busy host
+if criu check >/tmp/criu-check.log 2>&1 || {{ sleep 1; criu check >/tmp/criu-check.log 2>&1; }}
+then echo criu_check=ok
 else echo criu_check=fail; tail -n 5 /tmp/criu-check.log | sed 's/^/criu_log=/'; fi
 echo mem_available_kb=$(awk '/^MemAvailable:/ {{print $2}}' /proc/meminfo)
 echo disk_free_kb=$(df -Pk {shlex.quote(root_dir)} | awk 'NR==2 {{print $4}}')
@@ -75,6 +88,10 @@ def parse_probe(output: str) -> HostFacts:
             facts.runc_version = value
         elif key == "missing_path":
             facts.missing_paths.append(value)
+        elif key == "tcp_established" and value:
+            facts.tcp_established.append(_proc_net_addr(value))
+        elif key == "volume_kb" and value.isdigit():
+            facts.volume_bytes += int(value) * 1024
         elif key == "special_map" and value:
             fields = value.split()
             lo, _, hi = fields[0].partition("-")
@@ -83,9 +100,21 @@ def parse_probe(output: str) -> HostFacts:
     return facts
 
 
-def probe(host: Host, paths: list[str] | None = None) -> HostFacts:
+def _proc_net_addr(field: str) -> str:
+    """/proc/net/tcp's "0200A8C0:1F90" (little-endian words) as "192.168.0.2:8080"."""
+    addr, _, port = field.partition(":")
+    raw = bytes.fromhex(addr)
+    swapped = b"".join(raw[i:i + 4][::-1] for i in range(0, len(raw), 4))
+    ip = ipaddress.ip_address(swapped)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped:
+        ip = ip.ipv4_mapped
+    return f"{ip}:{int(port, 16)}"
+
+
+def probe(host: Host, paths: list[str] | None = None, pid: int = 0,
+          du_paths: list[str] | None = None) -> HostFacts:
     try:
-        status, out = host.run_probe(probe_script(host.root_dir, paths or []))
+        status, out = host.run_probe(probe_script(host.root_dir, paths or [], pid, du_paths))
     except Exception as exc:  # noqa: BLE001 - reported as a failed check, not a crash
         return HostFacts(probe_error=str(exc))
     facts = parse_probe(out)
@@ -96,19 +125,39 @@ def probe(host: Host, paths: list[str] | None = None) -> HostFacts:
 
 @dataclass
 class Check:
+    """One validation. `detail` describes what was found: callers give the passing or
+    the failing text according to `ok` (see `Check.of`), never the failure text for a
+    check that passed."""
+
     name: str
     ok: bool
     detail: str
     hint: str = ""
     error: type[errors.HmigrateError] = errors.ValidationFailed
     warning: bool = False  # reported, but does not block the migration
+    # Whether `migrate --force` can get past this failure: true for estimates and
+    # version/config differences, false where the migration itself would then fail
+    # (no checkpoint API, no CRIU, a TTY, the same daemon, a name taken, no image ...).
+    forcible: bool = False
+
+    @classmethod
+    def of(cls, name: str, ok: bool, passed: str, failed: str, hint: str = "",
+           error: type[errors.HmigrateError] = errors.ValidationFailed,
+           forcible: bool = False) -> Check:
+        """A check whose detail is `passed` or `failed` according to `ok`; the hint is
+        kept only for a failure (a passing check needs no advice)."""
+        return cls(name, ok, passed if ok else failed, "" if ok else hint, error,
+                   forcible=forcible)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {"check": self.name, "ok": self.ok, "detail": self.detail}
-        if self.hint:
+        if self.hint and not self.ok:
             d["hint"] = self.hint
         if self.warning:
             d["warning"] = True
+        if not self.ok:
+            d["error"] = {"class": self.error.__name__, "exit_code": self.error.exit_code}
+            d["forcible"] = self.forcible
         return d
 
 
@@ -128,11 +177,12 @@ class Validation:
             return
         first = failed[0]
         lines = "; ".join(f"{c.name}: {c.detail}" for c in failed)
+        hint = first.hint or "fix the problem above"
+        # --force is advice only when it can get past every failure.
+        if all(c.forcible for c in failed):
+            hint += "; or skip these checks with --force"
         # The first failure's class gives the exit code; all failures are in the message.
-        raise first.error(
-            f"validation failed ({len(failed)} check(s)): {lines}",
-            hint=(first.hint or "fix the problem above") + "; or skip validation with --force",
-        )
+        raise first.error(f"validation failed ({len(failed)} check(s)): {lines}", hint=hint)
 
 
 def _bytes(n: int) -> str:
@@ -169,12 +219,155 @@ def restore_blocker(host: Host) -> str:
     return ""
 
 
-def container_usage(host: Host, container_id: str) -> tuple[int, int]:
-    """(memory in use, bytes in the writable layer) of a running container."""
-    stats = host.api.stats(container_id, stream=False, one_shot=True)
-    mem = int((stats.get("memory_stats") or {}).get("usage") or 0)
-    size_rw = int(host.api.inspect_container(container_id, size=True).get("SizeRw") or 0)
-    return mem, size_rw
+@dataclass
+class Usage:
+    """What a container holds, which the target must have room for."""
+
+    memory: int = 0  # resident memory, tmpfs and /dev/shm included: what CRIU dumps
+    tmpfs: int = 0  # of which shared memory (tmpfs, /dev/shm)
+    size_rw: int = 0  # its writable layer
+    error: str = ""
+
+
+def container_usage(host: Host, container_id: str) -> Usage:
+    """The container's real use: its memory cgroup (anonymous memory plus shmem, the pages
+    of its tmpfs and /dev/shm; file cache is not dumped) and its writable layer's size
+    (GET /containers/{id}/json?size=1; the SDK's inspect_container takes no size)."""
+    try:
+        stats = host.api.stats(container_id, stream=False, one_shot=True)
+        mem = stats.get("memory_stats") or {}
+        detail = mem.get("stats") or {}
+        usage = int(mem.get("usage") or 0)
+        # Shared memory (tmpfs, /dev/shm) sits on the anon LRU lists with the process
+        # memory: their sum is what CRIU dumps (cgroup v1 names them total_*, v2 without).
+        anon = sum(int(detail.get(f"total_{k}", detail.get(k, 0)) or 0)
+                   for k in ("active_anon", "inactive_anon"))
+        rss = int(detail.get("total_rss", detail.get("anon", 0)) or 0)
+        memory = anon if detail else usage
+        shmem = max(0, anon - rss) if "total_rss" in detail else int(detail.get("shmem", 0))
+        url = host.api._url("/containers/{0}/json", container_id)
+        size_rw = int(host.api._result(host.api._get(url, params={"size": 1}),
+                                       json=True).get("SizeRw") or 0)
+    except (docker.errors.APIError, OSError, ValueError) as exc:
+        return Usage(error=api_error_text(exc))
+    return Usage(memory=memory, tmpfs=shmem, size_rw=size_rw)
+
+
+def address_checks(src: Host, dst: Host, inspect: dict[str, Any],
+                   established: list[str]) -> list[Check]:
+    """Can the container keep its addresses on the target? CRIU restores an established
+    TCP connection only on the address it had ("Can't bind inet socket back")."""
+    checks: list[Check] = []
+    name = inspect["Name"].lstrip("/")
+    for net, ep in (inspect.get("NetworkSettings", {}).get("Networks") or {}).items():
+        ip = ep.get("IPAddress")
+        if not ip or net in ("host", "none"):
+            continue
+        conns = [c for c in established if c.rsplit(":", 1)[0] == ip]
+        title = f"address {ip} on {net}"
+        try:
+            target_net = _network(dst, net)
+        except docker.errors.APIError as exc:
+            checks.append(Check(title, False, f"cannot inspect {net} on {dst.name}: "
+                                f"{api_error_text(exc)}", "check the target daemon"))
+            continue
+        if net == "bridge":  # Docker 20.10 refuses --ip on the default bridge
+            if not conns:
+                checks.append(Check(title, True, "no established TCP connections: the "
+                                    "target's bridge may give it another address"))
+                continue
+            nxt = _next_free(target_net)
+            ok = nxt == ip
+            checks.append(Check(
+                title, ok,
+                f"{len(conns)} established TCP connection(s) on {ip}; {dst.name}'s default "
+                f"bridge will give it {nxt or 'an unknown address'}" + (
+                    "" if ok else ", and CRIU cannot restore a connection on another address "
+                    "(Docker does not let a container keep its address on the default bridge)"),
+                f"run {name} on a user network with a subnet that exists on both hosts "
+                "(docker network create --subnet ...), or close its connections first",
+                errors.ValidationFailed))
+            continue
+        if target_net is None:
+            src_net = _network(src, net) or {}
+            subnets = [c.get("Subnet") for c in (src_net.get("IPAM") or {}).get("Config") or []
+                       if c.get("Subnet")]
+            clash = _subnet_clash(dst, subnets)
+            ok = bool(subnets) and not clash
+            checks.append(Check(
+                title, ok or not conns,
+                f"{net} will be created on {dst.name} with subnet {', '.join(subnets)}, "
+                f"keeping {ip}" if ok else
+                f"{net} cannot get subnet {', '.join(subnets) or '(none)'} on {dst.name}"
+                f"{' (used by ' + clash + ')' if clash else ''}: the address will change"
+                + (f", and {len(conns)} established TCP connection(s) need it" if conns
+                   else ""),
+                f"create {net} on {dst.name} with the source's subnet", errors.ValidationFailed))
+            continue
+        problem = address_problem(target_net, ip)
+        checks.append(Check(
+            title, not problem or not conns,
+            f"{ip} is free in {net} on {dst.name}" if not problem else
+            f"{problem}: the address will change" + (
+                f", and {len(conns)} established TCP connection(s) need it" if conns else ""),
+            f"free {ip} on {dst.name} or give {net} the same subnet on both hosts",
+            errors.ValidationFailed))
+    return checks
+
+
+def address_problem(target_net: dict[str, Any], ip: str) -> str:
+    """Why a container cannot have `ip` on this (target) network; "" when it can."""
+    subnets = [ipaddress.ip_network(c["Subnet"], strict=False)
+               for c in (target_net.get("IPAM") or {}).get("Config") or [] if c.get("Subnet")]
+    users = [c.get("Name", "?") for c in (target_net.get("Containers") or {}).values()
+             if (c.get("IPv4Address") or "").split("/")[0] == ip]
+    if users:
+        return f"{ip} is used by {', '.join(users)} in {target_net.get('Name', '')}"
+    if not any(ipaddress.ip_address(ip) in sn for sn in subnets):
+        return (f"{target_net.get('Name', 'the network')} has subnet "
+                f"{', '.join(map(str, subnets)) or 'none'}, not holding {ip}")
+    return ""
+
+
+def _subnet_clash(host: Host, subnets: list[str]) -> str:
+    """The network on `host` whose subnet overlaps one of `subnets`, if any."""
+    want = [ipaddress.ip_network(s, strict=False) for s in subnets]
+    try:
+        nets = host.api.networks()
+    except (docker.errors.APIError, AttributeError):
+        return ""
+    for n in nets:
+        for c in (n.get("IPAM") or {}).get("Config") or []:
+            if c.get("Subnet") and any(
+                    ipaddress.ip_network(c["Subnet"], strict=False).overlaps(w) for w in want):
+                return n.get("Name", "?")
+    return ""
+
+
+def _network(host: Host, name: str) -> dict[str, Any] | None:
+    try:
+        return host.api.inspect_network(name)
+    except docker.errors.NotFound:
+        return None
+
+
+def _next_free(net: dict[str, Any] | None) -> str | None:
+    """The address Docker's default IPAM gives next: the lowest free one of the subnet."""
+    if not net:
+        return None
+    configs = net.get("IPAM", {}).get("Config") or []
+    if not configs or not configs[0].get("Subnet"):
+        return None
+    subnet = ipaddress.ip_network(configs[0]["Subnet"], strict=False)
+    used = {(c.get("IPv4Address") or "").split("/")[0]
+            for c in (net.get("Containers") or {}).values()}
+    used.add(configs[0].get("Gateway") or str(next(subnet.hosts())))
+    for n, addr in enumerate(subnet.hosts()):
+        if str(addr) not in used:
+            return str(addr)
+        if n > 65536:
+            break
+    return None
 
 
 def image_check(src: Host, dst: Host, ref: str, image_id: str) -> Check:
@@ -206,97 +399,116 @@ def validate(
     checks: list[Check] = []
     add = checks.append
 
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        src_future = pool.submit(probe, src)
+    volume_paths = [m["Source"] for m in inspect.get("Mounts", [])
+                    if m.get("Type") == "volume" and m.get("Source")]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        src_future = pool.submit(probe, src, None, int(state.get("Pid") or 0), volume_paths)
         dst_future = pool.submit(probe, dst, spec.binds)
         usage_future = pool.submit(container_usage, src, inspect["Id"])
         sf, tf = src_future.result(), dst_future.result()
-        try:
-            mem_used, size_rw = usage_future.result()
-        except Exception:  # noqa: BLE001 - stats can fail on a container that just stopped
-            mem_used, size_rw = 0, 0
+        usage = usage_future.result()
 
-    add(Check("distinct hosts", src.info.get("ID") != dst.info.get("ID"),
-              f"{src.name} and {dst.name} are the same daemon", "name another host with --to",
-              errors.UsageError))
+    add(Check.of("distinct hosts", src.info.get("ID") != dst.info.get("ID"),
+                 f"{src.name} and {dst.name} are different daemons",
+                 f"{src.name} and {dst.name} are the same daemon",
+                 "name another host with --to", errors.UsageError))
     running = bool(state.get("Running")) and not state.get("Paused")
-    add(Check("container running", running, f"{name} is {state.get('Status')}",
-              f"start it first: docker start {name}", errors.UnsupportedContainer))
+    add(Check.of("container running", running, f"{name} is running",
+                 f"{name} is {state.get('Status')}",
+                 f"start it first: docker start {name}" if state.get("Status") != "paused"
+                 else f"unpause it first: docker unpause {name}", errors.UnsupportedContainer))
     tty = bool(inspect["Config"].get("Tty"))
-    add(Check("no TTY", not tty, f"{name} has a TTY (-t): CRIU cannot checkpoint it",
-              "recreate the container without -t", errors.UnsupportedContainer))
+    add(Check.of("no TTY", not tty, f"{name} has no TTY",
+                 f"{name} has a TTY (-t): CRIU cannot checkpoint it",
+                 "recreate the container without -t (keep -i if it reads stdin)",
+                 errors.UnsupportedContainer))
     for host in (src, dst):
-        add(Check(f"experimental daemon on {host.name}", host.experimental,
-                  f"the daemon on {host.name} is not experimental",
-                  'set "experimental": true in its daemon.json and restart it',
-                  errors.DaemonNotExperimental))
+        add(Check.of(f"experimental daemon on {host.name}", host.experimental,
+                     f"the daemon on {host.name} is experimental",
+                     f"the daemon on {host.name} is not experimental (no checkpoint API)",
+                     f'set "experimental": true in its daemon.json and restart dockerd on '
+                     f"{host.name}", errors.DaemonNotExperimental))
     for host, facts in ((src, sf), (dst, tf)):
         if facts.probe_error:
             add(Check(f"probe on {host.name}", False,
                       f"could not inspect {host.name}: {facts.probe_error}",
-                      "check that the daemon can run containers", errors.CriuError))
+                      "check that the daemon can run containers", errors.CriuError,
+                      forcible=True))
             continue
-        add(Check(f"CRIU on {host.name}", bool(facts.criu_version),
-                  f"CRIU {facts.criu_version or 'not found'}",
-                  f"install CRIU (4.x) on {host.name}, on runc's PATH", errors.CriuError))
-        add(Check(f"criu check on {host.name}", facts.criu_check,
-                  "passes" if facts.criu_check else " | ".join(facts.criu_log) or "fails",
-                  f"run `criu check` on {host.name} and fix what it reports", errors.CriuError))
+        add(Check.of(f"CRIU on {host.name}", bool(facts.criu_version),
+                     f"CRIU {facts.criu_version}", "CRIU not found",
+                     f"install CRIU (4.x) on {host.name}, on runc's PATH", errors.CriuError))
+        add(Check.of(f"criu check on {host.name}", facts.criu_check, "passes",
+                     "fails: " + (" | ".join(facts.criu_log) or "no output"),
+                     f"run `criu check` on {host.name} and fix what it reports",
+                     errors.CriuError, forcible=True))
     if sf.criu_version and tf.criu_version:
         same_major = sf.criu_version.split(".")[0] == tf.criu_version.split(".")[0]
-        add(Check("CRIU versions compatible", same_major,
-                  f"{sf.criu_version} -> {tf.criu_version}",
-                  "use the same CRIU major version on both hosts", errors.CriuError))
-    if tf.mem_available:
-        need = int(mem_used * MEMORY_HEADROOM)
-        add(Check("target memory", tf.mem_available >= need,
-                  f"{_bytes(tf.mem_available)} available, {_bytes(need)} needed",
-                  f"free memory on {dst.name} or pick another target",
-                  errors.InsufficientResources))
-    if tf.disk_free:
-        need = mem_used + size_rw
-        add(Check("target disk", tf.disk_free >= need,
-                  f"{_bytes(tf.disk_free)} free, {_bytes(need)} needed",
-                  f"free disk on {dst.name} under {dst.root_dir}", errors.InsufficientResources))
+        versions = f"{sf.criu_version} -> {tf.criu_version}"
+        add(Check.of("CRIU versions compatible", same_major, f"{versions} (same major)",
+                     f"{versions}: different major versions",
+                     "use the same CRIU major version on both hosts", errors.CriuError,
+                     forcible=True))
+    if usage.error and running:
+        add(Check("container usage", False, f"cannot read {name}'s memory and disk use: "
+                  f"{usage.error}", "retry", errors.InsufficientResources, forcible=True))
+    if tf.mem_available and not usage.error:
+        need = int(usage.memory * MEMORY_HEADROOM)
+        shm = f", {_bytes(usage.tmpfs)} of it tmpfs/shm" if usage.tmpfs else ""
+        amounts = (f"{_bytes(tf.mem_available)} available, {_bytes(need)} needed "
+                   f"({_bytes(usage.memory)} in use{shm}, +{MEMORY_HEADROOM - 1:.0%})")
+        add(Check.of("target memory", tf.mem_available >= need, amounts,
+                     f"not enough: {amounts}",
+                     f"free memory on {dst.name} or pick another target",
+                     errors.InsufficientResources, forcible=True))
+    if tf.disk_free and not usage.error:
+        # the checkpoint (its memory), the writable layer and the volumes land on the disk
+        need = usage.memory + usage.size_rw + sf.volume_bytes
+        amounts = (f"{_bytes(tf.disk_free)} free, {_bytes(need)} needed (checkpoint "
+                   f"{_bytes(usage.memory)}, writable layer {_bytes(usage.size_rw)}, volumes "
+                   f"{_bytes(sf.volume_bytes)})")
+        add(Check.of("target disk", tf.disk_free >= need, amounts, f"not enough: {amounts}",
+                     f"free disk on {dst.name} under {dst.root_dir}",
+                     errors.InsufficientResources, forcible=True))
+    checks.extend(address_checks(src, dst, inspect, sf.tcp_established))
     # The target restores the checkpoint; the source must be able to restore its own to
     # roll back a failed move.
     for host, role in ((dst, "restore"), (src, "roll back to")):
         blocker = restore_blocker(host)
-        add(Check(f"checkpoint restore on {host.name}", not blocker, blocker or "supported",
-                  f"use a Docker Engine before 28 on {host.name} (26.1 works): it could "
-                  f"not {role} the container", errors.CriuError))
+        add(Check.of(f"checkpoint restore on {host.name}", not blocker, "supported", blocker,
+                     f"use a Docker Engine before 28 on {host.name} (26.1 works): it could "
+                     f"not {role} the container", errors.CriuError, forcible=True))
     # Not a formality: CRIU restores the cgroups a checkpoint records, and it cannot across
     # versions. Lab hosts a (v1) and c (v2), forced: v1 -> v2 fails mounting the image's v1
     # controllers ("cg: Can't mount controller dir .criu.cgyard.../pids"), v2 -> v1 fails
     # too (runc: "criu failed: type NOTIFY"); the source was restored both times.
     a, b = src.info.get("CgroupDriver"), dst.info.get("CgroupDriver")
-    add(Check("cgroup driver", a == b, f"{a} -> {b}",
-              "configure both daemons with the same cgroup driver"))
+    add(Check.of("cgroup driver", a == b, f"{a} on both", f"{a} -> {b}: they differ",
+                 "configure both daemons with the same cgroup driver", forcible=True))
     a, b = src.info.get("CgroupVersion"), dst.info.get("CgroupVersion")
-    add(Check("cgroup version", a == b,
-              f"{a} -> {b}" + ("" if a == b else
-                               ": CRIU cannot restore a checkpoint on another cgroup version"),
-              f"pick a target with cgroup v{a} like {src.name} (docker info: CgroupVersion)"))
+    add(Check.of("cgroup version", a == b, f"{a} on both",
+                 f"{a} -> {b}: CRIU cannot restore a checkpoint on another cgroup version",
+                 f"pick a target with cgroup v{a} like {src.name} (docker info: CgroupVersion)",
+                 forcible=True))
     same_isa = src.isa == dst.isa
     if same_isa and sf.cpu_flags and tf.cpu_flags:
         missing = sorted(sf.cpu_flags - tf.cpu_flags)
-        add(Check("CPU compatibility", not missing,
-                  "target has every CPU feature of the source" if not missing
-                  else f"target lacks {', '.join(missing[:8])}",
-                  "pick a target with the same or a newer CPU"))
+        add(Check.of("CPU compatibility", not missing,
+                     "target has every CPU feature of the source",
+                     f"target lacks {', '.join(missing[:8])}",
+                     "pick a target with the same or a newer CPU", forcible=True))
     if same_isa or cross_isa is None:
-        add(Check("same ISA", same_isa, f"{src.isa} -> {dst.isa}",
-                  "cross-ISA migration needs an image built with hmigrate-cc",
-                  errors.NotMigratableCrossISA))
+        add(Check.of("same ISA", same_isa, f"{src.isa} on both", f"{src.isa} -> {dst.isa}",
+                     "cross-ISA migration needs an image built with hmigrate-cc",
+                     errors.NotMigratableCrossISA))
     else:
         checks += cross_isa
     add(image_ok)
-    add(Check("bind-mount sources on target", not tf.missing_paths,
-              "present" if not tf.missing_paths else f"missing: {', '.join(tf.missing_paths)}",
-              f"create them on {dst.name}", errors.ValidationFailed))
+    add(Check.of("bind-mount sources on target", not tf.missing_paths, "present",
+                 f"missing: {', '.join(tf.missing_paths)}", f"create them on {dst.name}",
+                 errors.ValidationFailed))
     existing = dst.client.containers.list(all=True, filters={"name": f"^/{spec.name}$"})
-    add(Check("target name free", not existing,
-              f"a container named {spec.name} exists on {dst.name}" if existing
-              else f"{spec.name} is free",
-              "remove it, or choose another name with --name", errors.ValidationFailed))
+    add(Check.of("target name free", not existing, f"{spec.name} is free",
+                 f"a container named {spec.name} exists on {dst.name}",
+                 "remove it, or choose another name with --name", errors.ValidationFailed))
     return Validation(checks, sf, tf)

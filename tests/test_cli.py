@@ -9,9 +9,7 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import types
-from http.server import HTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,7 +17,6 @@ import typer
 
 from docker_hmigrate import cli, errors, hosts
 from docker_hmigrate.output import Reporter, render_error
-from tests.test_hosts import FakeDaemon
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -70,8 +67,10 @@ def test_unknown_context_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
-    assert cli.run(["version", "--bogus"]) == 2
-    assert "No such option" in capsys.readouterr().err
+    # docker's (and buildx's) code and two lines for a bad flag
+    assert cli.run(["version", "--bogus"]) == 125
+    assert capsys.readouterr().err == ("unknown flag: --bogus\n"
+                                       "See 'docker hmigrate version --help'.\n")
 
 
 def test_unexpected_exception_is_one_line(monkeypatch, capsys) -> None:
@@ -115,7 +114,7 @@ def test_globals_after_hmigrate_via_typer(monkeypatch) -> None:
 
 
 def test_bad_log_level(capsys) -> None:
-    assert cli.run(["-l", "loud", "version", "--client"]) == 2
+    assert cli.run(["-l", "loud", "version", "--client"]) == 125
     assert "unable to parse logging level" in capsys.readouterr().err
 
 
@@ -123,33 +122,6 @@ def test_version_client_json(capsys) -> None:
     assert cli.run(["version", "--client", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["ok"] is True and doc["plugin"]["version"] == "0.1.0"
-
-
-def test_complete_contexts(clean_docker_env: Path, capsys) -> None:
-    cfg = clean_docker_env / ".docker"
-    meta = cfg / "contexts" / "meta" / hosts.context_dir_name("hm-b")
-    meta.mkdir(parents=True)
-    ep = {"docker": {"Host": "tcp://x:1"}}
-    (meta / "meta.json").write_text(json.dumps({"Name": "hm-b", "Endpoints": ep}))
-    assert cli.complete(["version", "--to", "hm"]) == 0
-    assert capsys.readouterr().out == "hm-b\n:4\n"
-    cli.complete(["ver"])
-    assert capsys.readouterr().out == "version\n:4\n"
-
-
-def test_complete_containers(monkeypatch, capsys) -> None:
-    server = HTTPServer(("127.0.0.1", 0), FakeDaemon)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        monkeypatch.setenv("DOCKER_HOST", f"tcp://127.0.0.1:{server.server_port}")
-        ctx = types.SimpleNamespace(find_root=lambda: ctx, obj=None)
-        assert cli.complete_container(ctx, "w") == ["web"]  # type: ignore[arg-type]
-        assert cli.complete_container(ctx, "x") == []  # type: ignore[arg-type]
-    finally:
-        server.shutdown()
-    # Unreachable source: no candidates, no error.
-    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:1")
-    assert cli.complete_container(ctx, "") == []  # type: ignore[arg-type]
 
 
 def test_commands_hook(monkeypatch) -> None:
@@ -202,14 +174,15 @@ def test_reporter_json_mode() -> None:
     with rep.phase("transfer") as ph:
         ph.update("12 MiB")
     rep.info("quiet in json mode")
-    rep.summary({"downtime_s": 0.5})
+    rep.set("downtime_seconds", 0.5)
+    rep.summary({"downtime": "0.500 s"})  # display only: never in the document
     assert out.getvalue() == "" and err.getvalue() == ""
     rep.finish()
     rep.finish()  # only once
     doc = json.loads(out.getvalue())
-    assert doc["ok"] is True
+    assert doc["ok"] is True and doc["schema"] == "hmigrate/v1"
     assert doc["phases"][0]["name"] == "transfer" and doc["phases"][0]["detail"] == "12 MiB"
-    assert doc["downtime_s"] == 0.5
+    assert doc["downtime_seconds"] == 0.5 and "downtime" not in doc
     assert doc["messages"] == [{"level": "info", "message": "quiet in json mode"}]
 
 
@@ -236,12 +209,31 @@ def test_reporter_tty_renders(monkeypatch) -> None:
 
 
 def test_install_idempotent(clean_docker_env: Path, capsys) -> None:
-    assert cli.run(["install"]) == 0
+    assert cli.run(["install", "--user"]) == 0
     dest = clean_docker_env / ".docker" / "cli-plugins" / "docker-hmigrate"
     assert dest.is_symlink() or dest.is_file()
-    assert f"installed: {dest}" in capsys.readouterr().out
-    assert cli.run(["install"]) == 0
+    out = capsys.readouterr().out
+    assert f"installed: {dest}" in out
+    assert "note: docker finds it only while its config dir is" in out  # explained
+    assert cli.run(["install", "--user"]) == 0
     assert "already installed" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("root", [True, False])
+def test_install_default_is_where_docker_always_looks(clean_docker_env: Path, tmp_path: Path,
+                                                      monkeypatch, capsys, root: bool) -> None:
+    """As root, the default is the system plugin folder (found with any --config), as
+    buildx; otherwise the per-user folder, with the explanation."""
+    system = tmp_path / "system-cli-plugins"
+    monkeypatch.setattr(cli, "SYSTEM_PLUGIN_DIR", str(system))
+    monkeypatch.setattr(cli.os, "geteuid", lambda: 0 if root else 1000)
+    assert cli.run(["install"]) == 0
+    out = capsys.readouterr().out
+    user_dest = clean_docker_env / ".docker" / "cli-plugins" / "docker-hmigrate"
+    assert (system / "docker-hmigrate").exists() is root
+    assert user_dest.exists() is not root
+    assert ("note: docker finds it only" in out) is not root
+    assert cli.run(["install", "--user", "--system"]) == 125
 
 
 def test_install_copy_and_dir(tmp_path: Path, capsys) -> None:
@@ -304,5 +296,5 @@ def test_shell_init(tmp_path: Path, capsys, typed: str, expected: str, shell: st
 
 
 def test_shell_init_rejects_unknown_shell(capsys) -> None:
-    assert cli.run(["shell-init", "fish"]) == 2
+    assert cli.run(["shell-init", "fish"]) == 125
     assert "unsupported shell" in capsys.readouterr().err

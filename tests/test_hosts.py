@@ -127,7 +127,7 @@ def test_context_and_host_conflict(cfg: Path) -> None:
     with pytest.raises(errors.UsageError) as ei:
         hosts.resolve_source(GlobalOptions(context="x", hosts=["tcp://a:1"]))
     assert "cannot specify both --host and --context" in ei.value.message
-    assert ei.value.exit_code == 2
+    assert ei.value.exit_code == 125
 
 
 def test_config_flag_overrides_env_config_dir(cfg: Path, tmp_path: Path) -> None:

@@ -40,9 +40,12 @@ def migrate_json(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
     return proc, doc
 
 
-def no_helpers_left(*hosts) -> None:
+def no_helpers_left(*hosts, migration: str = "") -> None:
+    """No helper/probe container left; with `migration` (its checkpoint name), only that
+    migration's are looked at (other people's migrations may run on the lab meanwhile)."""
+    label = f"org.hmigrate.migration={migration}" if migration else "org.hmigrate.helper"
     for host in hosts:
-        left = host.client.containers.list(all=True, filters={"label": "org.hmigrate.helper"})
+        left = host.client.containers.list(all=True, filters={"label": label})
         assert not left, f"helper containers left on {host.name}: {[c.name for c in left]}"
 
 
@@ -71,7 +74,7 @@ def test_counter_continues_on_target(host_a, host_b, cleanup):
     assert cfg["Config"]["Labels"]["hm.test"] == "counter"
     # The restored container holds no checkpoint any more (it is process memory).
     assert host_b.docker("checkpoint", "ls", name).strip().splitlines()[1:] == []
-    no_helpers_left(host_a, host_b)
+    no_helpers_left(host_a, host_b, migration=doc["checkpoint"])
 
 
 def test_filesystem_changes_and_named_volume_move(host_a, host_b, cleanup):

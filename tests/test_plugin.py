@@ -64,12 +64,6 @@ def test_metadata_file_in_sync() -> None:
     assert on_disk == plugin.METADATA
 
 
-def test_metadata_is_fast() -> None:
-    exe = str(plugin_executable())
-    best = min(_timed([exe, "docker-cli-plugin-metadata"]) for _ in range(3))
-    assert best < 0.3, f"metadata took {best:.3f}s"
-
-
 def test_metadata_via_python_m() -> None:
     out = subprocess.run(
         [sys.executable, "-m", "docker_hmigrate", "docker-cli-plugin-metadata"],
@@ -87,12 +81,6 @@ def test_metadata_imports_nothing_heavy() -> None:
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
     for heavy in ("docker", "typer", "rich", "click", "requests", "docker_hmigrate.cli"):
         assert heavy not in imported, f"{heavy} imported on the metadata path"
-
-
-def _timed(cmd: list[str]) -> float:
-    t0 = time.monotonic()
-    subprocess.run(cmd, capture_output=True, check=True, timeout=30)
-    return time.monotonic() - t0
 
 
 # ---- argv --------------------------------------------------------------------------------
@@ -157,8 +145,9 @@ def test_split_argv(argv, opts, rest, completing) -> None:
 
 
 def test_bad_global_flag_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
-    assert plugin.main(["--context"]) == 2
-    assert "error: flag needs an argument: --context" in capsys.readouterr().err
+    assert plugin.main(["--context"]) == 125  # docker's code for a usage error
+    assert capsys.readouterr().err == ("flag needs an argument: --context\n"
+                                       "See 'docker hmigrate --help'.\n")
 
 
 # ---- the docker CLI's socket -------------------------------------------------------------
@@ -181,6 +170,14 @@ class _HangingDaemon:
                 self.conns.append(self.sock.accept()[0])
         except OSError:
             pass
+
+    def wait_connected(self, timeout: float = 30) -> None:
+        """Until the plugin has connected (it has started and installed its handlers):
+        a fixed sleep raced with a slow start on a loaded machine."""
+        deadline = time.monotonic() + timeout
+        while not self.conns and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.2)
 
     def close(self) -> None:
         for c in self.conns:
@@ -227,7 +224,7 @@ def test_sigint_exits_130(tmp_path: Path) -> None:
             env=clean_env(DOCKER_CONFIG=str(tmp_path)),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        time.sleep(1.0)
+        hang.wait_connected()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 130
@@ -247,7 +244,7 @@ def docker_home(tmp_path: Path) -> dict[str, str]:
     home.mkdir()
     env = clean_env(HOME=str(home), DOCKER_CONFIG=str(home / ".docker"))
     out = subprocess.run(
-        [str(plugin_executable()), "install"], env=env, capture_output=True, text=True,
+        [str(plugin_executable()), "install", "--user"], env=env, capture_output=True, text=True,
         timeout=30,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
@@ -290,14 +287,24 @@ def test_docker_unknown_context(docker_home: dict[str, str]) -> None:
 @needs_docker_cli
 def test_docker_help_and_completion(docker_home: dict[str, str]) -> None:
     out = _run_docker(docker_home, "help", "hmigrate")
-    assert "Usage: docker hmigrate" in out.stdout
+    assert out.stdout.startswith("Usage:  docker hmigrate [OPTIONS] COMMAND\n")
     assert "docker hmigrate migrate web --to hm-b" in out.stdout
     out = _run_docker(docker_home, "hmigrate", "--help")
-    assert "Usage: docker hmigrate" in out.stdout
+    assert out.stdout.startswith("Usage:  docker hmigrate [OPTIONS] COMMAND\n")
+    out = _run_docker(docker_home, "hmigrate", "help", "migrate")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("Usage:  docker hmigrate migrate [OPTIONS] CONTAINER\n")
+    out = _run_docker(docker_home, "hmigrate", "migrate")
+    assert (out.returncode, out.stderr) == (125, "docker: 'docker hmigrate migrate' requires "
+                                            "1 argument\nSee 'docker hmigrate migrate --help'.\n")
+    # completion through the real CLI: commands with descriptions, files for a path
     out = _run_docker(docker_home, "__complete", "hmigrate", "")
     lines = out.stdout.splitlines()
-    assert {"version", "install", "shell-init"} <= set(lines)
+    assert {"version", "install", "shell-init"} <= {line.split("\t")[0] for line in lines}
+    assert "migrate\tLive-migrate a running container to another Docker host." in lines
     assert lines[-1] == ":4"
+    out = _run_docker(docker_home, "__complete", "hmigrate", "checkpoint", "web", "-o", "")
+    assert out.stdout.splitlines()[-1] == ":0"
 
 
 @needs_docker_cli
@@ -309,7 +316,7 @@ def test_docker_interrupt_via_cli(docker_home: dict[str, str]) -> None:
             [DOCKER, "-H", f"tcp://127.0.0.1:{hang.port}", "hmigrate", "version"],
             env=docker_home, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        time.sleep(1.5)
+        hang.wait_connected()
         proc.send_signal(signal.SIGINT)
         out, err = proc.communicate(timeout=10)
         assert proc.returncode == 130
@@ -324,7 +331,7 @@ def test_docker_passes_global_flags(docker_home: dict[str, str], tmp_path: Path)
     other = tmp_path / "other"
     env = dict(docker_home)
     out = subprocess.run(
-        [str(plugin_executable()), "--config", str(other), "install"], env=env,
+        [str(plugin_executable()), "--config", str(other), "install", "--user"], env=env,
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr

@@ -3,8 +3,10 @@ the right exception and exit code, and an interrupted stream is reported as such
 
 from __future__ import annotations
 
+import os
 from types import SimpleNamespace
 
+import docker.errors
 import pytest
 import requests
 
@@ -17,31 +19,66 @@ GOOD_PROBE = ("criu_version=4.2.1\ncriu_check=ok\nmem_available_kb=8000000\n"
 
 
 class FakeAPI:
-    def __init__(self, mem_usage: int = 50 << 20):
-        self.mem_usage = mem_usage
+    """The SDK's APIClient as validate uses it, with the real signatures: inspect_container
+    takes no size (the size comes from GET /containers/{id}/json?size=1)."""
+
+    def __init__(self, mem_usage: int = 50 << 20, size_rw: int = 4096, shm: int = 0):
+        self.mem_usage, self.size_rw, self.shm = mem_usage, size_rw, shm
 
     def stats(self, cid, stream, one_shot):
-        return {"memory_stats": {"usage": self.mem_usage}}
+        # cgroup v1 as Docker 20.10 reports it: shared memory is on the anon LRU lists
+        rss = self.mem_usage - self.shm
+        return {"memory_stats": {"usage": self.mem_usage + (200 << 20), "stats": {
+            "total_rss": rss, "total_active_anon": rss // 2 + self.shm,
+            "total_inactive_anon": rss - rss // 2, "total_cache": self.shm + (200 << 20),
+            "total_inactive_file": 200 << 20}}}
 
-    def inspect_container(self, cid, size=False):
-        return {"SizeRw": 4096}
+    def inspect_container(self, cid):
+        return {"Id": cid}
+
+    def _url(self, path, *args):
+        return path.format(*args)
+
+    def _get(self, url, params=None):
+        assert url.endswith("/json") and params == {"size": 1}
+        return {"SizeRw": self.size_rw, "SizeRootFs": 1 << 30}
+
+    def _result(self, response, json=False):
+        return response
+
+    # the migration's lock (a never-started container) and its removal
+    def create_host_config(self, **kw):
+        return kw
+
+    def create_container(self, image, **kw):
+        return {"Id": "lock-" + kw.get("name", "")}
 
 
 class FakeHost:
     def __init__(self, name: str, probe: str = GOOD_PROBE, experimental: bool = True,
-                 isa: str = "x86-64", mem_usage: int = 50 << 20, existing: list | None = None):
+                 isa: str = "x86-64", mem_usage: int = 50 << 20, existing: list | None = None,
+                 size_rw: int = 4096, shm: int = 0):
         self.name, self.isa, self.root_dir = name, isa, "/var/lib/docker"
         self.experimental = experimental
         self.info = {"ID": name, "CgroupDriver": "cgroupfs", "CgroupVersion": "1"}
         self.version = {"Version": "20.10.24",
                         "Components": [{"Name": "containerd", "Version": "1.6.20"}]}
-        self.api = FakeAPI(mem_usage)
+        self.api = FakeAPI(mem_usage, size_rw, shm)
         self._probe = probe
         self.client = SimpleNamespace(
             containers=SimpleNamespace(list=lambda **kw: existing or []))
 
     def run_probe(self, script, timeout=120):
         return 0, self._probe
+
+    scratch_image = "hmigrate/scratch:1"
+    labels: dict = {}
+
+    def remove_quietly(self, cid):
+        pass
+
+    def remove_labelled(self, label, value):
+        return []
 
 
 INSPECT = {
@@ -92,6 +129,36 @@ def test_target_out_of_memory():
            errors.InsufficientResources, 8, "target memory")
 
 
+def test_memory_check_counts_shm():
+    """500 MB in /dev/shm: the memory check fails on a target with 400 MB available (it
+    used to say "0 B needed": the size query raised TypeError, swallowed as (0, 0))."""
+    small = GOOD_PROBE.replace("mem_available_kb=8000000", "mem_available_kb=400000")
+    v = run(FakeHost("a", mem_usage=510 << 20, shm=500 << 20), FakeHost("b", probe=small))
+    expect(v, errors.InsufficientResources, 8, "target memory")
+    mem = next(c for c in v.checks if c.name == "target memory")
+    assert "500.0 MiB of it tmpfs/shm" in mem.detail, mem.detail
+    assert next(c for c in v.checks if c.name == "target disk").ok
+
+
+def test_disk_check_counts_writable_layer():
+    """3 GB in the writable layer, 2 GB free on the target: the disk check fails alone."""
+    small = GOOD_PROBE.replace("disk_free_kb=90000000", "disk_free_kb=2000000")
+    v = run(FakeHost("a", size_rw=3 << 30), FakeHost("b", probe=small))
+    expect(v, errors.InsufficientResources, 8, "target disk")
+    assert [c.name for c in v.failures] == ["target disk"]
+    assert "writable layer 3.0 GiB" in v.failures[0].detail
+
+
+def test_usage_unreadable_is_a_failed_check():
+    class Broken(FakeAPI):
+        def stats(self, cid, stream, one_shot):
+            raise docker.errors.APIError("stats failed")
+
+    a = FakeHost("a")
+    a.api = Broken()
+    expect(run(a, FakeHost("b")), errors.InsufficientResources, 8, "cannot read")
+
+
 def test_image_unavailable():
     missing = Check("image on target", False, "web is nowhere", "push it", errors.ImageUnavailable)
     expect(run(FakeHost("a"), FakeHost("b"), image=missing), errors.ImageUnavailable, 9, "nowhere")
@@ -105,7 +172,7 @@ def test_cross_isa_refused_and_cpu_flags():
 
 
 def test_same_daemon_refused():
-    expect(run(FakeHost("a"), FakeHost("a")), errors.UsageError, 2, "same daemon")
+    expect(run(FakeHost("a"), FakeHost("a")), errors.UsageError, 125, "same daemon")
 
 
 class StreamingAPI:
@@ -138,6 +205,171 @@ def test_interrupted_stream_is_reported():
         transfer.copy_folder("checkpoint", HelperHost("a"), "/x", HelperHost("b"), "/y")
     assert exc.value.exit_code == 10
     assert "after 20 bytes" in exc.value.message and "connection reset" in exc.value.message
+
+
+# ---- addresses: CRIU restores established TCP connections only on their own address -----
+
+class NetAPI:
+    def __init__(self, nets: dict):
+        self.nets = nets
+
+    def inspect_network(self, name):
+        if name not in self.nets:
+            raise docker.errors.NotFound("no such network")
+        return self.nets[name]
+
+
+def net_host(name, nets):
+    return SimpleNamespace(name=name, api=NetAPI(nets))
+
+
+def on_net(net: str, ip: str) -> dict:
+    return {"Name": "/redis", "NetworkSettings": {"Networks": {net: {"IPAddress": ip}}}}
+
+
+BRIDGE_B = {"bridge": {"IPAM": {"Config": [{"Subnet": "172.17.0.0/16", "Gateway": "172.17.0.1"}]},
+                       "Containers": {"x": {"Name": "other", "IPv4Address": "172.17.0.2/16"}}}}
+
+
+def test_default_bridge_with_connections_refused_before_the_freeze():
+    from docker_hmigrate.validate import address_checks
+
+    checks = address_checks(net_host("a", {}), net_host("b", BRIDGE_B),
+                            on_net("bridge", "172.17.0.2"), ["172.17.0.2:6379"])
+    assert len(checks) == 1 and not checks[0].ok
+    assert "will give it 172.17.0.3" in checks[0].detail and "user network" in checks[0].hint
+    # without established connections the address may change
+    ok = address_checks(net_host("a", {}), net_host("b", BRIDGE_B),
+                        on_net("bridge", "172.17.0.2"), [])
+    assert ok[0].ok
+
+
+def test_user_network_address_kept_or_taken():
+    from docker_hmigrate.validate import address_checks
+
+    net = {"IPAM": {"Config": [{"Subnet": "172.30.5.0/24"}]}, "Containers": {}}
+    free = address_checks(net_host("a", {"app": net}), net_host("b", {"app": net}),
+                          on_net("app", "172.30.5.2"), ["172.30.5.2:6379"])
+    assert free[0].ok, free[0].detail
+    taken = {**net, "Containers": {"y": {"Name": "squatter", "IPv4Address": "172.30.5.2/24"}}}
+    busy = address_checks(net_host("a", {"app": net}), net_host("b", {"app": taken}),
+                          on_net("app", "172.30.5.2"), ["172.30.5.2:6379"])
+    assert not busy[0].ok and "squatter" in busy[0].detail
+    created = address_checks(net_host("a", {"app": net}), net_host("b", {}),
+                             on_net("app", "172.30.5.2"), [])
+    assert created[0].ok and "will be created" in created[0].detail
+
+
+def test_target_keeps_the_address_on_user_networks():
+    inspect = {**INSPECT, "NetworkSettings": {"Networks": {
+        "app": {"IPAddress": "172.30.5.2", "Aliases": ["r"]}, "bridge": {"IPAddress": "x"}}}}
+    spec = target_spec(inspect, "web")
+    ep = spec.body["NetworkingConfig"]["EndpointsConfig"]["app"]
+    assert ep["IPAMConfig"] == {"IPv4Address": "172.30.5.2"}
+
+
+def test_proc_net_tcp_addresses():
+    from docker_hmigrate.validate import _proc_net_addr, parse_probe
+
+    assert _proc_net_addr("0200A8C0:1F90") == "192.168.0.2:8080"
+    facts = parse_probe("tcp_established=020011AC:18EB\n")
+    assert facts.tcp_established == ["172.17.0.2:6379"]
+
+
+def test_checkpoint_stream_made_private():
+    """CRIU writes images 0644: the checkpoint stream lands 0600 (folders 0700), byte for
+    byte otherwise, whatever the chunking (long names use pax headers)."""
+    import io
+    import tarfile
+
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for name, data, mode in (("ck", None, 0o755), ("ck/pages-1.img", os.urandom(70000), 0o644),
+                                 ("ck/" + "n" * 150 + ".img", b"x" * 513, 0o644),
+                                 ("ck/empty.img", b"", 0o666)):
+            info = tarfile.TarInfo(name)
+            info.mode = mode
+            if data is None:
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    blob = raw.getvalue()
+    chunks = (blob[i:i + 777] for i in range(0, len(blob), 777))
+    out = b"".join(transfer.private_modes(chunks))
+    assert len(out) == len(blob)
+    with tarfile.open(fileobj=io.BytesIO(out)) as tar:
+        members = tar.getmembers()
+        assert {m.name: m.mode for m in members} == {
+            "ck": 0o700, "ck/pages-1.img": 0o600, "ck/" + "n" * 150 + ".img": 0o600,
+            "ck/empty.img": 0o600}
+        with tarfile.open(fileobj=io.BytesIO(blob)) as orig:
+            for m in members:
+                if m.isfile():
+                    assert tar.extractfile(m).read() == orig.extractfile(m.name).read()
+
+
+# ---- truthful pass/fail (issue 13: `check` printed "ok" next to failure texts) -------
+
+FAILURE_WORDS = ("same daemon", "has a TTY", "not experimental", "not found", "fails",
+                 "not enough", "lacks", "exists on", "missing")
+
+
+def test_passing_checks_describe_what_passed():
+    v = run(FakeHost("a"), FakeHost("b"))
+    for c in v.checks:
+        assert c.ok
+        assert not any(w in c.detail for w in FAILURE_WORDS), c.to_dict()
+        assert "hint" not in c.to_dict(), c.to_dict()
+
+
+def test_failing_checks_describe_the_failure():
+    tty = {**INSPECT, "Config": {"Image": "web", "Tty": True}}
+    v = run(FakeHost("a"), FakeHost("a", experimental=False), inspect=tty)
+    failed = {c.name: c for c in v.failures}
+    assert "same daemon" in failed["distinct hosts"].detail
+    assert "has a TTY" in failed["no TTY"].detail
+    assert "not experimental" in failed["experimental daemon on a"].detail
+    d = failed["no TTY"].to_dict()
+    assert d["ok"] is False and d["error"] == {"class": "UnsupportedContainer", "exit_code": 7}
+
+
+def test_force_hint_only_where_forcing_helps():
+    # A TTY cannot be forced past: the hint must not suggest --force.
+    tty = {**INSPECT, "Config": {"Image": "web", "Tty": True}}
+    with pytest.raises(errors.UnsupportedContainer) as exc:
+        run(FakeHost("a"), FakeHost("b"), inspect=tty).raise_for_failures()
+    assert "--force" not in (exc.value.hint or "")
+    with pytest.raises(errors.UsageError) as exc:
+        run(FakeHost("a"), FakeHost("a")).raise_for_failures()
+    assert "--force" not in (exc.value.hint or "")
+    # Memory is an estimate: --force can help.
+    with pytest.raises(errors.InsufficientResources) as exc:
+        run(FakeHost("a", mem_usage=16 << 30), FakeHost("b")).raise_for_failures()
+    assert "--force" in (exc.value.hint or "")
+
+
+def test_blocking_failures_are_errors_not_warnings(monkeypatch):
+    import io
+
+    from docker_hmigrate import migrate
+    from docker_hmigrate.output import Reporter
+
+    monkeypatch.setattr(migrate, "image_check", lambda *a: IMAGE_OK)
+    tty = {**INSPECT, "Config": {"Image": "web", "Tty": True}}
+    for force, level in ((False, "error"), (True, "warning")):
+        err = io.StringIO()
+        m = migrate.Migration(FakeHost("a"), FakeHost("b"),
+                              migrate.MigrationOptions("web", force=force),
+                              Reporter(err=err, out=io.StringIO(), tty=False))
+        m.inspect, m.spec = tty, target_spec(tty, "web")
+        if force:
+            m.phase_validate()
+        else:
+            with pytest.raises(errors.UnsupportedContainer):
+                m.phase_validate()
+        assert f"{level}: no TTY: web has a TTY" in err.getvalue(), err.getvalue()
 
 
 def _engine(host: FakeHost, docker: str, containerd: str) -> FakeHost:

@@ -18,6 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 
+from tenacity import Retrying, retry_if_result, stop_after_attempt
+
 from . import asmfix, layout
 from .config import (
     AARCH64,
@@ -456,22 +458,34 @@ def link(args: Args) -> int:
         # sections depending on their addresses; grow those units and relink until no
         # new stub appears.
         outs: dict[str, str] = {}
-        for attempt in range(5):
-            plan = layout.plan_layout(units, (X86_64.name, AARCH64.name))
+        plans: list[layout.Plan] = []
+
+        def aligned_link() -> int:
+            """One aligned link of both ISAs; how many units new stubs made grow."""
+            plans.append(layout.plan_layout(units, (X86_64.name, AARCH64.name)))
             grown = 0
             for name, il in links.items():
                 script = os.path.join(work, f"layout_{name}.ld")
                 with open(script, "w") as f:
-                    f.write(layout.linker_script(plan, name))
+                    f.write(layout.linker_script(plans[-1], name))
                 dest = f"{out}_{name}"
                 mp = os.path.join(work, f"final_{name}.map")
                 run(link_cmd(il, dest, mp, args.ldflags, script))
                 outs[name] = dest
                 with open(mp) as f:
                     grown += grow_for_stubs(units[name], parse_map_stubs(f.read()))
-            if not grown:
-                break
-            log(f"linker stubs: {grown} units grown, relinking (attempt {attempt + 2})")
+            return grown
+
+        # At most 5 links, relinking while stubs appear (the last link stands, as before).
+        Retrying(
+            stop=stop_after_attempt(5),
+            retry=retry_if_result(lambda grown: grown > 0),
+            before_sleep=lambda state: log(
+                f"linker stubs: {state.outcome.result()} units grown, relinking "
+                f"(attempt {state.attempt_number + 1})"),
+            retry_error_callback=lambda state: state.outcome.result(),
+        )(aligned_link)
+        plan = plans[-1]
         from . import check, metadata, patch
 
         report = check.check_alignment(outs[X86_64.name], outs[AARCH64.name],

@@ -6,8 +6,15 @@ target container's checkpoints folder, `docker start --checkpoint`. Its downtime
 of it (the process is frozen from the dump to the restore). For hmigrate the downtime is
 what the plugin reports: freeze to running on the target.
 
-Workloads: a shell counter, and Redis holding a few hundred MB (DEBUG POPULATE).
-Run as root with the lab up:   python -m bench.migration [--redis-mb 300] [--runs 3]
+Raw CRIU (bench/rawcriu.py) is the floor: the same image and program run by runc alone,
+dumped to tmpfs and restored on the same host, no Docker or containerd around it.
+
+Workloads: a shell counter, and Redis holding 64 MB / 300 MB / 1 GB (DEBUG POPULATE).
+Each line gives the median downtime and total, with ratios of the downtime to raw CRIU
+and to the manual baseline; then hmigrate's phases and CRIU's own figures (stats-dump of
+the fast checkpoint path) and raw CRIU's dump and restore, wall and CRIU's own.
+Run as root with the lab up:
+    python -m bench.migration [--runs 3] [--workloads counter,redis64,redis300,redis1024]
 """
 
 from __future__ import annotations
@@ -22,10 +29,12 @@ import time
 import uuid
 from pathlib import Path
 
+from bench.rawcriu import RawContainer
 from tests.lab import BASE_IMAGE, COUNTER_CMD, DOCKER_CLI, REDIS_IMAGE, connect
 from tests.resp import Redis
 
 REDIS_PORT = 16400
+RAW_REDIS_PORT = 16401  # the raw runc container uses the host's network
 
 
 def docker(context: str, *args: str) -> str:
@@ -36,6 +45,25 @@ def docker(context: str, *args: str) -> str:
     return proc.stdout
 
 
+REDIS_ARGS = ["redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no",
+              "--enable-debug-command", "yes"]
+
+
+def fill_redis(port: int, redis_mb: int) -> None:
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            client = Redis("127.0.0.1", port, timeout=600)  # populating 1 GB takes a while
+            client.call("PING")
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    client.call("DEBUG", "POPULATE", redis_mb * 1024, "key", 1024)  # 1 KiB values
+    client.close()
+
+
 def start_workload(kind: str, name: str, redis_mb: int) -> list[str]:
     """Start the workload on host a; return the run arguments (for the manual create)."""
     if kind == "counter":
@@ -43,31 +71,36 @@ def start_workload(kind: str, name: str, redis_mb: int) -> list[str]:
         docker("hm-a", "run", "-d", "--name", name, *args)
         time.sleep(2)
         return args
-    args = ["-p", f"{REDIS_PORT}:6379", REDIS_IMAGE, "redis-server", "--save", "",
-            "--appendonly", "no", "--protected-mode", "no", "--enable-debug-command", "yes"]
+    args = ["-p", f"{REDIS_PORT}:6379", REDIS_IMAGE, *REDIS_ARGS]
     docker("hm-a", "run", "-d", "--name", name, *args)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            client = Redis("127.0.0.1", REDIS_PORT)
-            client.call("PING")
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.2)
-    value_size = 1024
-    client.call("DEBUG", "POPULATE", redis_mb * 1024, "key", value_size)
-    client.close()
+    fill_redis(REDIS_PORT, redis_mb)
     return args
+
+
+def raw(kind: str, redis_mb: int) -> dict[str, float]:
+    """The floor: runc + CRIU alone, dump to tmpfs and restore, same host (rawcriu.py)."""
+    if kind == "counter":
+        c = RawContainer([DOCKER_CLI, "--context", "hm-a"], BASE_IMAGE, COUNTER_CMD)
+    else:
+        c = RawContainer([DOCKER_CLI, "--context", "hm-a"], REDIS_IMAGE,
+                         [*REDIS_ARGS, "--port", str(RAW_REDIS_PORT)])
+    try:
+        c.start()
+        if kind == "counter":
+            time.sleep(2)
+        else:
+            fill_redis(RAW_REDIS_PORT, redis_mb)
+        return c.checkpoint_restore()
+    finally:
+        c.close()
 
 
 def manual(kind: str, redis_mb: int, data_root_b: str) -> dict[str, float]:
     name = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
-    args = start_workload(kind, name, redis_mb)
     ckdir = Path(tempfile.mkdtemp(prefix="bench-ck-"))
     ckdir.chmod(0o700)
     try:
+        args = start_workload(kind, name, redis_mb)
         t0 = time.monotonic()
         docker("hm-a", "checkpoint", "create", "--checkpoint-dir", str(ckdir), name, "ck")
         cid = docker("hm-b", "create", "--name", name, *args).strip()
@@ -84,47 +117,84 @@ def manual(kind: str, redis_mb: int, data_root_b: str) -> dict[str, float]:
 
 def hmigrate(kind: str, redis_mb: int) -> dict[str, float]:
     name = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
-    start_workload(kind, name, redis_mb)
     try:
+        start_workload(kind, name, redis_mb)
         t0 = time.monotonic()
         out = docker("hm-a", "hmigrate", "migrate", name, "--to", "hm-b", "--json",
                      "--verify-seconds", "0")
         total = time.monotonic() - t0
         doc = json.loads(out)
+        criu = doc.get("criu_dump") or {}
         return {"downtime": doc["downtime_seconds"], "total": total,
-                **{f"phase {p['name']}": p["seconds"] for p in doc["phases"]}}
+                "frozen to running": doc.get("downtime_frozen_seconds", float("nan")),
+                **{f"phase {p['name']}": p["seconds"] for p in doc["phases"]},
+                "criu frozen": criu.get("frozen_seconds", float("nan")),
+                "criu memdump": criu.get("memdump_seconds", float("nan")),
+                "criu memwrite": criu.get("memwrite_seconds", float("nan")),
+                "MB written": criu.get("pages_written", 0) * 4096 / 1e6,
+                "fast path": 1.0 if doc.get("checkpoint_path") == "runc" else 0.0}
     finally:
         for ctx in ("hm-a", "hm-b"):
             subprocess.run([DOCKER_CLI, "--context", ctx, "rm", "-f", name], capture_output=True)
 
 
+WORKLOADS = {"counter": ("counter", 0), "redis64": ("redis", 64), "redis300": ("redis", 300),
+             "redis1024": ("redis", 1024)}
+METHODS = {"hmigrate": lambda kind, mb, root: hmigrate(kind, mb),
+           "manual": lambda kind, mb, root: manual(kind, mb, root),
+           "raw CRIU": lambda kind, mb, root: raw(kind, mb)}
+
+
+def _median(rows: list[dict[str, float]], key: str) -> float:
+    values = [r[key] for r in rows if key in r]
+    return statistics.median(values) if values else float("nan")
+
+
+def _attempt(method: str, run, tries: int = 3) -> dict[str, float]:
+    """One measurement; a run the busy lab made fail (a cgroup freeze that timed out) is
+    said and retried, never counted."""
+    for i in range(tries):
+        try:
+            return run()
+        except RuntimeError as exc:
+            print(f"  ({method}: attempt {i + 1} failed: {str(exc)[-160:]})", flush=True)
+    raise RuntimeError(f"{method} failed {tries} times")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--redis-mb", type=int, default=300)
-    parser.add_argument("--only", choices=["counter", "redis"])
+    parser.add_argument("--workloads", default="counter,redis64,redis300",
+                        help=f"comma-separated, of {', '.join(WORKLOADS)}")
     ns = parser.parse_args()
     data_root_b = connect("b").data_root
-    print(f"{'workload':<10} {'method':<9} {'downtime s':>11} {'total s':>9}   (median of "
-          f"{ns.runs}; redis {ns.redis_mb} MB)")
-    for kind in ("counter", "redis"):
-        if ns.only and kind != ns.only:
-            continue
-        runs = {"manual": [], "hmigrate": []}
-        for _ in range(ns.runs):  # interleaved, so drift affects both alike
-            runs["manual"].append(manual(kind, ns.redis_mb, data_root_b))
-            runs["hmigrate"].append(hmigrate(kind, ns.redis_mb))
-        med = {m: {k: statistics.median(r[k] for r in rs) for k in ("downtime", "total")}
+    print(f"median of {ns.runs} runs; raw CRIU = runc checkpoint to tmpfs + runc restore "
+          "on host a, no Docker")
+    print("downtime = from the checkpoint request until running again (what a user "
+          "waits); frozen = from CRIU's freeze (stats-dump) until running again, where "
+          "CRIU's figures exist")
+    print(f"{'workload':<10} {'method':<9} {'downtime s':>11} {'total s':>9} "
+          f"{'/raw':>6} {'/manual':>8} {'frozen s':>9} {'/raw':>6}")
+    for wl in ns.workloads.split(","):
+        kind, mb = WORKLOADS[wl]
+        runs: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
+        for _ in range(ns.runs):  # interleaved, so drift affects every method alike
+            for m, fn in METHODS.items():
+                runs[m].append(_attempt(m, lambda fn=fn, k=kind, n=mb: fn(k, n, data_root_b)))
+        med = {m: {k: _median(rs, k) for k in ("downtime", "total", "frozen to running")}
                for m, rs in runs.items()}
-        for m in ("manual", "hmigrate"):
-            print(f"{kind:<10} {m:<9} {med[m]['downtime']:>11.3f} {med[m]['total']:>9.3f}")
-        phases = {k: statistics.median(r[k] for r in runs["hmigrate"])
-                  for k in runs["hmigrate"][0] if k.startswith("phase ")}
-        print(f"{'':<10} phases:   " + ", ".join(f"{k[6:]} {v:.3f}" for k, v in phases.items()))
-        print(f"{kind:<10} ratio hmigrate/manual: downtime "
-              f"{med['hmigrate']['downtime'] / med['manual']['downtime']:.2f}, total "
-              f"{med['hmigrate']['total'] / med['manual']['total']:.2f} "
-              "(total includes validation, image and volume handling the manual way skips)")
+        for m in METHODS:
+            d, f = med[m]["downtime"], med[m]["frozen to running"]
+            print(f"{wl:<10} {m:<9} {d:>11.3f} {med[m]['total']:>9.3f} "
+                  f"{d / med['raw CRIU']['downtime']:>6.2f} {d / med['manual']['downtime']:>8.2f}"
+                  f" {f:>9.3f} {f / med['raw CRIU']['frozen to running']:>6.2f}")
+        hm = runs["hmigrate"]
+        keys = [k for k in hm[0] if k.startswith(("phase ", "criu ", "MB ", "fast "))]
+        print(f"{'':<10} hmigrate: " + ", ".join(f"{k} {_median(hm, k):.3f}" for k in keys))
+        rw = runs["raw CRIU"]
+        print(f"{'':<10} raw CRIU: " + ", ".join(
+            f"{k} {_median(rw, k):.3f}" for k in ("dump wall", "criu frozen", "restore wall",
+                                                   "criu restore", "MB written")))
 
 
 if __name__ == "__main__":

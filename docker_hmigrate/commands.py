@@ -19,6 +19,7 @@ from docker_hmigrate.cli import (
     get_globals,
     get_reporter,
 )
+from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.dockerstyle import DockerCommand
 from docker_hmigrate.engine import Host, api_error_text
 from docker_hmigrate.migrate import Migration, MigrationOptions, cross_isa_checks
@@ -103,6 +104,11 @@ def migrate_cmd(
         "total": f"{result['total_seconds']:.3f} s",
         "moved": f"{result['bytes_moved'] / 1e6:.1f} MB",
         **{f"phase {p.name}": f"{p.seconds:.3f} s" for p in rep.phases},
+        "checkpoint by": result.get("checkpoint_path", "api"),
+        **({"CRIU dump": criu_stats.summary(result["criu_dump"])}
+           if result.get("criu_dump") else {}),
+        **({"frozen": f"{result['downtime_frozen_seconds']:.3f} s (CRIU's freeze to running "
+                      "on the target)"} if "downtime_frozen_seconds" in result else {}),
     }, title="Migration complete")
     rep.finish()
 

@@ -44,7 +44,8 @@ from tenacity import (
     wait_exponential,
 )
 
-from docker_hmigrate import errors, interrupts, park, recode, transfer
+from docker_hmigrate import errors, fastpath, interrupts, park, recode, transfer
+from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import LOCK_PREFIX, MIGRATION_LABEL, Host, api_error_text
 from docker_hmigrate.output import Reporter
 from docker_hmigrate.polling import watch
@@ -128,6 +129,14 @@ class Migration:
         self.program: recode.Program | None = None
         self._checkpoint_link: transfer.FolderLink | None = None  # cross-ISA: via recode
         self._workdir: Path | None = None  # cross-ISA: the images, locally (mode 0700)
+        # --- fast checkpoint path (fastpath.py, issue 11) ---
+        self._fast: fastpath.FastCheckpoint | None = None
+        self._fast_restore: fastpath.FastRestore | None = None  # target: tmpfs + links
+        self._fast_link = -1  # index of the checkpoint stream in self._transfers
+        self.checkpoint_path = "api"  # or "runc": how the source was dumped
+        self._checkpoint_record = None  # the checkpoint phase, for CRIU's figures
+        self._held_policy: dict[str, Any] | None = None  # the source's restart policy
+        self._dump_returned = 0.0  # when runc checkpoint returned (fast path)
         self.target_started = False  # the commit point (see _settle)
         self.started_at = time.time()
         self.committed = False
@@ -164,6 +173,12 @@ class Migration:
             with interrupts.shielded():
                 self._stop_restore_watch()
                 self._links.close()  # helper containers, on both hosts
+                if self._fast:  # fast path (issue 11): CRIU's figures, then agent and images
+                    with contextlib.suppress(docker.errors.APIError):
+                        self._fast.read_stats()
+                    self._fast.close()
+                if self._fast_restore:
+                    self._fast_restore.close()
                 for host in (self.src, self.dst):  # whatever an interrupt may have left
                     with contextlib.suppress(docker.errors.APIError):
                         host.remove_labelled(MIGRATION_LABEL, self.checkpoint)
@@ -361,6 +376,7 @@ class Migration:
                     res["Id"], net, ipv4_address=self._keep_ip.get(net),
                     aliases=ep.get("Aliases") or None)
             self._open_links(self.dst.inspect(res["Id"]))
+            self._hold_restart_policy()  # issue 11: before the freeze
             self._watch_restore_log(res["Id"])
             ph.update(f"created {self.spec.name} ({res['Id'][:12]})")
 
@@ -410,8 +426,11 @@ class Migration:
                 "checkpoint", self.src, self.src.checkpoint_dir(self.inspect["Id"]),
                 self.dst, self.dst.checkpoint_dir(target["Id"])))
         else:
-            link("checkpoint", self.src.checkpoint_dir(self.inspect["Id"]),
-                 self.dst.checkpoint_dir(target["Id"]), self.checkpoint, "")
+            # fast path (issue 11): the images come from a tmpfs folder, not dockerd's
+            src_folder = self._fast_prepare() or self.src.checkpoint_dir(self.inspect["Id"])
+            dst_folder = self._fast_restore_prepare() or self.dst.checkpoint_dir(target["Id"])
+            self._fast_link = len(self._transfers)
+            link("checkpoint", src_folder, dst_folder, self.checkpoint, "")
         link("filesystem changes", _upper_dir(self.src, self.inspect),
              _upper_dir(self.dst, target), ".", "")
         for vol in self.spec.volumes:
@@ -434,10 +453,14 @@ class Migration:
 
     def phase_checkpoint(self) -> None:
         with self.rep.phase("checkpoint") as ph:
+            self._checkpoint_record = ph.record
             self.frozen_at = self.frozen_at or time.monotonic()
             # "Maybe frozen" from before the request: an interrupt can land while the
             # daemon dumps, and the daemon finishes the dump (the source exits) anyway.
             self.created.source_frozen = True
+            if self._fast_checkpoint(ph):  # fast path (issue 11); False: the API's
+                self._fault("during:checkpoint")
+                return
             self._checkpoint_call = _in_background(self._dump)
             self._fault("during:checkpoint")
             try:
@@ -482,6 +505,10 @@ class Migration:
             finally:
                 # On a failure the rollback removes the helpers, which ends the streams.
                 pool.shutdown(wait=False, cancel_futures=True)
+            if self._fast_restore:  # issue 11: the restore folder as links into tmpfs
+                how = self._fast_restore.link(
+                    self.dst.checkpoint_dir(self.created.target_container))
+                self.rep.set("restore_folder", how)
             self.rep.set("transfers", [
                 {"what": t.what, "bytes": t.bytes, "seconds": round(t.seconds, 3)} for t in moved
             ])
@@ -651,6 +678,11 @@ class Migration:
                     self.dst.api.remove_network(net)
             if created.source_frozen:
                 try:
+                    if self._fast:  # fast path: links to the tmpfs images where docker looks
+                        # (none if the dump never finished: _resume_source then decides)
+                        with contextlib.suppress(errors.HmigrateError, docker.errors.APIError):
+                            self._fast.stage_for_restore(
+                                self.src.checkpoint_dir(self.inspect["Id"]))
                     how = self._resume_source()
                     if created.source_parked:
                         park.resume_all(self.src, self.inspect["Id"], self.program.park_protocol)
@@ -672,6 +704,7 @@ class Migration:
                 ph.update("target cleaned")
             if created.source_frozen or self._template_id:
                 self._remove_staging()
+        self._release_restart_policy(problems)  # issue 11
         self.created = Created()
         if problems:
             raise errors.RollbackFailed(
@@ -680,6 +713,108 @@ class Migration:
                 hint=f"the checkpoint {self.checkpoint} is kept on {self.src.name}: "
                      f"docker start --checkpoint {self.checkpoint} {self.opts.container}",
             ) from cause
+
+    # --- fast checkpoint path and CRIU's figures (fastpath.py, criu/stats.py; issue 11) ----
+    def _fast_prepare(self) -> str | None:
+        """Before the freeze: the agent for a runc dump into tmpfs; its folder, or None
+        (the API path, with the reason in the result)."""
+        fast = fastpath.FastCheckpoint(self.src, self.inspect, self.checkpoint)
+        try:
+            fast.prepare()
+        except fastpath.FastPathUnavailable as exc:
+            self.rep.set("checkpoint_fast_path", f"not used: {exc}")
+            return None
+        self._fast = fast
+        return fast.folder
+
+    def _fast_restore_prepare(self) -> str | None:
+        """Before the freeze: a tmpfs folder on the target for the images (links to them
+        go in the restore folder after the move); None: the restore folder itself."""
+        try:
+            memory = fastpath.memory_in_use(self.src, self.inspect["Id"])
+        except Exception:  # noqa: BLE001 - unknown size: links are right for big ones
+            memory = fastpath.LINKS_FROM_BYTES
+        if memory < fastpath.LINKS_FROM_BYTES:
+            self.rep.set("restore_folder", f"copy ({memory / 1e6:.0f} MB in use: small)")
+            return None
+        fast = fastpath.FastRestore(self.dst, self.checkpoint)
+        try:
+            fast.prepare()
+        except fastpath.FastPathUnavailable as exc:
+            self.rep.set("restore_folder", f"copy ({exc})")
+            return None
+        self._fast_restore = fast
+        return fast.folder
+
+    def _fast_checkpoint(self, ph) -> bool:
+        """Dump through runc; False when the API path must do it (the source still runs)."""
+        if self._fast is None:
+            return False
+        try:
+            self._fast.dump()
+        except fastpath.FastPathUnavailable as exc:
+            self.rep.warn(f"fast checkpoint failed, using Docker's checkpoint API: {exc}")
+            self.rep.set("checkpoint_fast_path", f"failed: {exc}")
+            self._fast.close()
+            self._fast = None
+            # the stream now starts in dockerd's checkpoints folder
+            folder = transfer.FolderLink(
+                "checkpoint", self.src, self.src.checkpoint_dir(self.inspect["Id"]),
+                self.dst, self._fast_restore.folder if self._fast_restore else
+                self.dst.checkpoint_dir(self.created.target_container))
+            _old, sub, dst_sub = self._transfers[self._fast_link]
+            self._transfers[self._fast_link] = (self._links.enter_context(folder), sub, dst_sub)
+            self.frozen_at = time.monotonic()  # CRIU resumed it: frozen again from here
+            return False
+        self._dump_returned = time.monotonic()
+        self.created.source_frozen = True
+        self.checkpoint_path = "runc"
+        ph.update(f"checkpoint {self.checkpoint} (runc, tmpfs)")
+        return True
+
+    def _hold_restart_policy(self) -> None:
+        """dockerd applies a container's restart policy to the exit a checkpoint causes
+        (API path and fast path alike: seen on 20.10, `always` restarted a dumped counter
+        from 0): a second, fresh source would run while its state moves, and a rollback's
+        `start --checkpoint` would then fail. So the source runs under "no" from just before
+        the freeze; a rollback gives its policy back, the target has it from the spec."""
+        policy = self.inspect["HostConfig"].get("RestartPolicy") or {}
+        if (policy.get("Name") or "no") == "no":
+            return
+        self.src.api.update_container(self.inspect["Id"], restart_policy={"Name": "no"})
+        self._held_policy = policy
+
+    def _release_restart_policy(self, problems: list[str]) -> None:
+        if self._held_policy is None:
+            return
+        try:
+            self.src.api.update_container(self.inspect["Id"], restart_policy=self._held_policy)
+            self._held_policy = None
+        except docker.errors.APIError as exc:
+            problems.append(f"give {self.opts.container} back its restart policy "
+                            f"{self._held_policy.get('Name')}: {api_error_text(exc)}")
+
+    def _criu_figures(self) -> dict[str, Any]:
+        """CRIU's own figures next to the wall time Docker adds (result data, and the
+        checkpoint phase's data). The API path cannot give them: containerd deletes the
+        work folder where CRIU writes stats-dump / stats-restore."""
+        out: dict[str, Any] = {"checkpoint_path": self.checkpoint_path}
+        dump = self._fast.read_stats() if self._fast else None
+        if dump:
+            wall = next((p.seconds for p in self.rep.phases if p.name == "checkpoint"), 0.0)
+            dump = {**dump, "wall_seconds": round(wall, 6),
+                    "outside_criu_seconds": round(wall - dump.get("frozen_seconds", 0), 6),
+                    "bytes_written": dump.get("pages_written", 0) * criu_stats.PAGE_SIZE}
+            out["criu_dump"] = dump
+            if self.downtime:
+                # The program ran on until CRIU froze it (CRIU's start-up, runc, the exec
+                # into the agent come first): frozen -> running on the target.
+                frozen = dump.get("frozen_seconds", 0) + dump.get("freezing_seconds", 0)
+                before_freeze = self._dump_returned - self.frozen_at - frozen
+                out["downtime_frozen_seconds"] = round(self.downtime - before_freeze, 3)
+            if self._checkpoint_record is not None:
+                _phase_data(self._checkpoint_record)["criu"] = dump
+        return out
 
     def _resume_source(self) -> str:
         """The source may be frozen: wait for a dump still in flight, then make it run again
@@ -904,10 +1039,16 @@ class Migration:
             "total_seconds": round(total, 3),
             "bytes_moved": self.bytes_moved,
             "source_kept": self.opts.keep_source,
+            **self._criu_figures(),  # issue 11
         }
         for k, v in result.items():
             self.rep.set(k, v)
         return result
+
+
+def _phase_data(record) -> dict[str, Any]:
+    """The data fields of a phase (PhaseRecord.data, rendered by output.py)."""
+    return record.data
 
 
 def _in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:

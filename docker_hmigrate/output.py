@@ -28,6 +28,7 @@ class PhaseRecord:
     status: str = "running"  # running | ok | failed | skipped
     detail: str = ""
     error: str = ""
+    data: dict[str, Any] = field(default_factory=dict)  # figures of the phase (CRIU's stats)
 
     def to_dict(self) -> dict[str, Any]:
         d: dict[str, Any] = {
@@ -39,6 +40,8 @@ class PhaseRecord:
             d["detail"] = self.detail
         if self.error:
             d["error"] = self.error
+        if self.data:
+            d["data"] = self.data
         return d
 
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import queue
 import tarfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -34,6 +36,60 @@ class Transferred:
     what: str
     bytes: int
     seconds: float
+
+
+PREFETCH_CHUNKS = 16  # up to 16 coalesced chunks read ahead: the two daemons work at once
+COALESCE = 4 << 20  # bytes per chunk sent: fewer, larger writes into the PUT
+
+
+def prefetched(stream: Iterator[bytes]) -> Iterator[bytes]:
+    """The source's archive read by a thread while the target's PUT is being written.
+
+    Read and write in one thread take the sum of both daemons' times (measured: GET
+    alone 2.2 s, PUT alone 2.7 s, GET->PUT 6.1 s for 420 MB); overlapped, about the
+    longer of the two. Chunks are coalesced to COALESCE bytes (requests sends each
+    chunk of a generator body as its own chunked-encoding write)."""
+    chunks: queue.Queue = queue.Queue(maxsize=PREFETCH_CHUNKS)
+    done = object()
+    stop = threading.Event()
+
+    def read() -> None:
+        pending: list[bytes] = []
+        size = 0
+        try:
+            for chunk in stream:
+                pending.append(chunk)
+                size += len(chunk)
+                if size >= COALESCE:
+                    if not _put(chunks, b"".join(pending), stop):
+                        return
+                    pending, size = [], 0
+            if pending:
+                _put(chunks, b"".join(pending), stop)
+            _put(chunks, done, stop)
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            if pending:  # what was read still goes on, so the count says where it broke
+                _put(chunks, b"".join(pending), stop)
+            _put(chunks, exc, stop)
+
+    threading.Thread(target=read, name="hmigrate-prefetch", daemon=True).start()
+    try:
+        while (item := chunks.get()) is not done:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()  # the consumer gave up: let the reader end
+
+
+def _put(chunks: queue.Queue, item, stop: threading.Event) -> bool:
+    while not stop.is_set():
+        try:
+            chunks.put(item, timeout=0.2)
+            return True
+        except queue.Full:
+            continue
+    return False
 
 
 def _counted(stream: Iterator[bytes], tally: list[int], progress: Progress | None):
@@ -126,7 +182,7 @@ class FolderLink:
         dst_path = f"{DST_MOUNT}/{dst_subpath}".rstrip("/")
         try:
             stream, _stat = self.src.api.get_archive(self.src_helper, src_path, chunk_size=CHUNK)
-            data = _counted(stream, tally, progress)
+            data = _counted(prefetched(stream), tally, progress)
             ok = self.dst.api.put_archive(self.dst_helper, dst_path,
                                           private_modes(data) if self.private else data)
             if not ok:

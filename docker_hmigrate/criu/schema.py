@@ -574,6 +574,35 @@ MESSAGES: dict[str, list[tuple[Any, ...]]] = {
         ("rep", "bytes", "dirs", 2),  # cgroup_dir_entry trees: restored as they are
         ("opt", "bool", "is_threaded", 3),
     ],
+    # stats-dump / stats-restore (service images; times in microseconds). Declared
+    # optional here: read for reporting only, a missing field must not fail a migration.
+    "stats_entry": [
+        ("opt", "dump_stats_entry", "dump", 1),
+        ("opt", "restore_stats_entry", "restore", 2),
+    ],
+    "dump_stats_entry": [
+        ("opt", "uint32", "freezing_time", 1),
+        ("opt", "uint32", "frozen_time", 2),
+        ("opt", "uint32", "memdump_time", 3),
+        ("opt", "uint32", "memwrite_time", 4),
+        ("opt", "uint64", "pages_scanned", 5),
+        ("opt", "uint64", "pages_skipped_parent", 6),
+        ("opt", "uint64", "pages_written", 7),
+        ("opt", "uint32", "irmap_resolve", 8),
+        ("opt", "uint64", "pages_lazy", 9),
+        ("opt", "uint64", "page_pipes", 10),
+        ("opt", "uint64", "page_pipe_bufs", 11),
+        ("opt", "uint64", "shpages_scanned", 12),
+        ("opt", "uint64", "shpages_skipped_parent", 13),
+        ("opt", "uint64", "shpages_written", 14),
+    ],
+    "restore_stats_entry": [
+        ("opt", "uint64", "pages_compared", 1),
+        ("opt", "uint64", "pages_skipped_cow", 2),
+        ("opt", "uint32", "forking_time", 3),
+        ("opt", "uint32", "restore_time", 4),
+        ("opt", "uint64", "pages_restored", 5),
+    ],
 }
 
 

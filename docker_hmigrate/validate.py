@@ -193,6 +193,32 @@ def _bytes(n: int) -> str:
     return str(n)
 
 
+def _major(version: str) -> int:
+    head = version.lstrip("v").split(".")[0]
+    return int(head) if head.isdigit() else 0
+
+
+def restore_blocker(host: Host) -> str:
+    """Why this host's engine cannot restore a checkpoint at all ('' when it can, as known).
+
+    Docker 28 binds a restored container's network namespace from its task's process right
+    after creating the task, but a task created from a checkpoint has no process until it
+    is started (CRIU runs then): every `docker start --checkpoint` fails with
+    "bind-mount /proc/0/ns/net ...: no such file or directory". Seen with Docker 28.5.2 on
+    containerd 1.7.24 and on 2.1.9 (lab host c built with HM_C_DOCKER_SUITE=sid); Docker
+    20.10 and 26.1 restore.
+    """
+    try:
+        version = host.version
+    except Exception:  # noqa: BLE001 - unknown versions block nothing
+        return ""
+    engine = str(version.get("Version") or "")
+    if _major(engine) >= 28:
+        return (f"Docker {engine} cannot restore checkpoints (it binds the restored task's "
+                "network namespace before the task has a process: /proc/0/ns/net)")
+    return ""
+
+
 @dataclass
 class Usage:
     """What a container holds, which the target must have room for."""
@@ -445,12 +471,25 @@ def validate(
                      f"free disk on {dst.name} under {dst.root_dir}",
                      errors.InsufficientResources, forcible=True))
     checks.extend(address_checks(src, dst, inspect, sf.tcp_established))
-    for key in ("CgroupDriver", "CgroupVersion"):
-        a, b = src.info.get(key), dst.info.get(key)
-        add(Check.of(f"cgroup {key[6:].lower()}", a == b, f"{a} on both",
-                     f"{a} -> {b}: they differ",
-                     "configure both daemons with the same cgroup driver and version",
-                     forcible=True))
+    # The target restores the checkpoint; the source must be able to restore its own to
+    # roll back a failed move.
+    for host, role in ((dst, "restore"), (src, "roll back to")):
+        blocker = restore_blocker(host)
+        add(Check.of(f"checkpoint restore on {host.name}", not blocker, "supported", blocker,
+                     f"use a Docker Engine before 28 on {host.name} (26.1 works): it could "
+                     f"not {role} the container", errors.CriuError, forcible=True))
+    # Not a formality: CRIU restores the cgroups a checkpoint records, and it cannot across
+    # versions. Lab hosts a (v1) and c (v2), forced: v1 -> v2 fails mounting the image's v1
+    # controllers ("cg: Can't mount controller dir .criu.cgyard.../pids"), v2 -> v1 fails
+    # too (runc: "criu failed: type NOTIFY"); the source was restored both times.
+    a, b = src.info.get("CgroupDriver"), dst.info.get("CgroupDriver")
+    add(Check.of("cgroup driver", a == b, f"{a} on both", f"{a} -> {b}: they differ",
+                 "configure both daemons with the same cgroup driver", forcible=True))
+    a, b = src.info.get("CgroupVersion"), dst.info.get("CgroupVersion")
+    add(Check.of("cgroup version", a == b, f"{a} on both",
+                 f"{a} -> {b}: CRIU cannot restore a checkpoint on another cgroup version",
+                 f"pick a target with cgroup v{a} like {src.name} (docker info: CgroupVersion)",
+                 forcible=True))
     same_isa = src.isa == dst.isa
     if same_isa and sf.cpu_flags and tf.cpu_flags:
         missing = sorted(sf.cpu_flags - tf.cpu_flags)

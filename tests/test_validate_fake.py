@@ -61,6 +61,8 @@ class FakeHost:
         self.name, self.isa, self.root_dir = name, isa, "/var/lib/docker"
         self.experimental = experimental
         self.info = {"ID": name, "CgroupDriver": "cgroupfs", "CgroupVersion": "1"}
+        self.version = {"Version": "20.10.24",
+                        "Components": [{"Name": "containerd", "Version": "1.6.20"}]}
         self.api = FakeAPI(mem_usage, size_rw, shm)
         self._probe = probe
         self.client = SimpleNamespace(
@@ -368,3 +370,32 @@ def test_blocking_failures_are_errors_not_warnings(monkeypatch):
             with pytest.raises(errors.UnsupportedContainer):
                 m.phase_validate()
         assert f"{level}: no TTY: web has a TTY" in err.getvalue(), err.getvalue()
+
+
+def _engine(host: FakeHost, docker: str, containerd: str) -> FakeHost:
+    host.version = {"Version": docker, "Components": [{"Name": "containerd",
+                                                       "Version": containerd}]}
+    return host
+
+
+def test_engine_that_cannot_restore_refused_both_ways():
+    """Docker 28 cannot restore (lab host c with sid's engine): refused as target, and as
+    source (no rollback possible); Docker 26 and 20.10 are not."""
+    expect(run(FakeHost("a"), _engine(FakeHost("c"), "28.5.2+dfsg4", "1.7.24~ds1")),
+           errors.CriuError, 6, "checkpoint restore on c: Docker 28.5.2+dfsg4 cannot restore")
+    expect(run(_engine(FakeHost("c"), "28.5.2+dfsg4", "2.1.9+unknown"), FakeHost("b")),
+           errors.CriuError, 6, "checkpoint restore on c:")
+    for ok in (("26.1.5+dfsg1", "1.7.24~ds1"), ("20.10.24+dfsg1", "1.6.20~ds1")):
+        v = run(FakeHost("a"), _engine(FakeHost("c"), *ok))
+        assert not v.failures, [c.to_dict() for c in v.failures]
+
+
+def test_cgroup_version_mismatch_refused_with_the_reason():
+    v2 = FakeHost("c")
+    v2.info["CgroupVersion"] = "2"
+    expect(run(FakeHost("a"), v2), errors.ValidationFailed, 12,
+           "cgroup version: 1 -> 2: CRIU cannot restore a checkpoint on another cgroup version")
+    expect(run(v2, FakeHost("a")), errors.ValidationFailed, 12, "cgroup version: 2 -> 1")
+    other = FakeHost("d")
+    other.info["CgroupVersion"] = "2"
+    assert not run(v2, other).failures

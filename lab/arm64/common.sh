@@ -1,6 +1,17 @@
 # Shared settings for the aarch64 lab host (sourced by up/down/status/build).
 # shellcheck shell=bash
 
+# HM_ARM_CGROUP=2: a second aarch64 host on cgroup v2 only (trixie's 6.12 kernel booted with
+# cgroup_no_v1=all), with its own name, port and state so that it runs beside the v1 one;
+# it shares the mmdebstrap stage (the expensive one) and keeps its own disk image.
+HM_ARM_CGROUP=${HM_ARM_CGROUP:-1}
+if [ "$HM_ARM_CGROUP" = 2 ]; then
+  HM_ARM_NAME=${HM_ARM_NAME:-hm-arm2}
+  HM_ARM_PORT=${HM_ARM_PORT:-2392}
+  HM_ARM_STATE=${HM_ARM_STATE:-/var/lib/hmigrate-lab/arm64-v2}
+  HM_ARM_KERNEL=${HM_ARM_KERNEL:-trixie}
+  [ "$HM_ARM_KERNEL" = trixie ] || { echo "HM_ARM_CGROUP=2 needs HM_ARM_KERNEL=trixie" >&2; exit 1; }
+fi
 HM_ARM_NAME=${HM_ARM_NAME:-hm-arm}                 # guest host name and docker context name
 HM_ARM_PORT=${HM_ARM_PORT:-2391}                   # 127.0.0.1:PORT on the x86 host -> guest :2375
 HM_ARM_REGISTRY_PORT=${HM_ARM_REGISTRY_PORT:-5000} # guest localhost:5000 -> host 127.0.0.1:5000

@@ -418,3 +418,22 @@ def test_toolchain_wheels_cover_what_hmigrate_cc_imports() -> None:
     text = (REPO / "lab" / "builder" / "build").read_text()
     lab = re.findall(r'"([^"]+)"', re.search(r"^WHEELS=\((.*)\)", text, re.M).group(1))
     assert tuple(lab) == toolchain_image.WHEELS
+
+
+def test_toolchain_imports_only_what_its_image_carries() -> None:
+    """hmigrate-cc runs in hmigrate/toolchain, which holds docker_hmigrate/toolchain and
+    runtime only: an import of another part of the package (recode/ once) breaks every
+    build there with ModuleNotFoundError."""
+    import ast
+
+    carried = {name.removesuffix(".py").replace("/", ".")
+               for name, _ in toolchain_image.package_sources() if name.endswith(".py")}
+    for name, path in toolchain_image.package_sources():
+        if not name.endswith(".py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and not node.level and node.module \
+                    and node.module.startswith("docker_hmigrate"):
+                targets = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+                assert any(t in carried or f"{t}.__init__" in carried for t in targets), \
+                    f"{name} imports {node.module}, which hmigrate/toolchain does not carry"

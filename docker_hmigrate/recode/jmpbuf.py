@@ -28,43 +28,16 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from docker_hmigrate.recode.frames import Frame, Index, SourceStack, StackMap
 
-# Plain names, no import of the ISA modules: the toolchain (in the builder image, without
-# the CRIU protobuf modules) uses fields_match too.
-X86_64, AARCH64 = "x86-64", "aarch64"
-X86_REGS = ("rbx", "rbp", "r12", "r13", "r14", "r15")
-
-
-class Layout:
-    def __init__(self, size: int, regs: dict[str, int], pc: int, sp: int, fp: int,
-                 rest: int, fp_regs: tuple[int, int] | None = None):
-        self.size, self.regs, self.pc, self.sp, self.fp = size, regs, pc, sp, fp
-        self.rest = rest  # offset of __fl; __fl and __ss follow to the end
-        self.fp_regs = fp_regs  # [start, end) of floating-point callee-saved registers
-
-
-LAYOUTS = {
-    X86_64: Layout(200, {r: 8 * i for i, r in enumerate(X86_REGS)}, pc=56, sp=48, fp=8,
-                       rest=64),
-    AARCH64: Layout(312, {f"x{19 + i}": 8 * i for i in range(12)}, pc=88, sp=104, fp=80,
-                        rest=176, fp_regs=(112, 176)),
-}
-
-
-def fields_match(tx: dict[str, Any], ta: dict[str, Any]) -> bool:
-    """Both ISAs' layouts of a type holding a jmp_buf have the same leaves (paths, kinds,
-    sizes of everything but the jmp_bufs), none opaque, every jmp_buf of musl's size."""
-    fx, fa = tx.get("fields") or [], ta.get("fields") or []
-    if not fx or len(fx) != len(fa):
-        return False
-    for a, b in zip(fx, fa, strict=True):
-        if a["path"] != b["path"] or a["kind"] != b["kind"] or a["kind"] == "opaque":
-            return False
-        if a["kind"] == "jmp_buf":
-            if (a["size"], b["size"]) not in ((200, 312), (312, 200)):
-                return False
-        elif a["size"] != b["size"]:
-            return False
-    return True
+from docker_hmigrate.toolchain.jmpbuf_layout import (  # noqa: F401 - re-exported
+    AARCH64,
+    LAYOUTS,
+    SETJMP_NAMES,
+    SIGSETJMP_NAMES,
+    X86_64,
+    X86_REGS,
+    Layout,
+    fields_match,
+)
 
 
 def holds_jmp_buf(var: dict[str, Any]) -> bool:
@@ -166,8 +139,6 @@ def map_offset(sv: dict[str, Any], dv: dict[str, Any], off: int) -> int | None:
     return dv["type"]["size"] if off == sv["type"]["size"] else None
 
 
-SETJMP_NAMES = ("setjmp", "_setjmp", "__setjmp")
-SIGSETJMP_NAMES = ("sigsetjmp", "__sigsetjmp")
 PROT_WRITE, MAP_SHARED = 2, 0x01
 VMA_AREA_VDSO, VMA_AREA_VVAR = 1 << 3, 1 << 12
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import capstone
 from elftools.elf.elffile import ELFFile
 
-from docker_hmigrate.recode import jmpbuf
+from docker_hmigrate.toolchain import jmpbuf_layout as jmpbuf
 
 SCHEMA = "hmigrate-toolchain/1"
 ENTER_HOOK = "__cyg_profile_func_enter"

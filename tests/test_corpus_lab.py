@@ -51,17 +51,48 @@ def lua_image(lua_built) -> dict:
 
 @pytest.mark.arm64
 def test_lua_round_trip_mid_script_output_equals_reference(host_a, lua_image) -> None:
-    spec = {**lua_image, "moves_at": lua_image["moves_at"][:2]}
+    """Moved mid-script to aarch64 (jmp_bufs live on its stack), then back. Every line
+    printed on each host must be the reference's next line. The way back may be refused
+    (today: memory lua allocates on aarch64 lies above x86-64's 47-bit user space), but
+    only before the freeze, naming the reason; then the lines printed on aarch64 are
+    compared as a prefix of the reference (the emulated host would take many minutes
+    to finish the script)."""
+    spec = lua_image
+    steps = int(spec["env"]["STEPS"])
     reference = corpus.reference_run(spec, "hm-a", timeout=900)
-    assert reference[-1].startswith(f"done steps={spec['env']['STEPS']} ")
-    moved, moves = corpus.moved_run(spec, "hm-a", "hm-arm", timeout=1800, log=lambda _: None)
-    assert [(m.direction, m.ok) for m in moves] == [("x86-64->aarch64", True),
-                                                    ("aarch64->x86-64", True)], \
-        [m.reason for m in moves]
-    assert 0 < moves[0].at_step < moves[1].at_step < 40
-    same, diff = corpus.compare(reference, moved)
-    assert same, diff
-
+    assert reference[-1].startswith(f"done steps={steps} ")
+    name = unique("corpus-lua")
+    corpus.docker("hm-a", "pull", "-q", spec["image"])
+    corpus.docker("hm-a", *corpus.run_args(name, spec))
+    try:
+        wait_until(lambda: corpus.last_step(corpus.logs("hm-a", name), spec["progress"]) >= 4,
+                   timeout=300, what="lua's first steps on x86-64")
+        ok, _, doc, err = corpus.migrate("hm-a", "hm-arm", name)
+        assert ok, corpus.classify(doc, err)
+        output = corpus.logs("hm-a", name)  # the source, stopped and kept: its part
+        corpus.docker("hm-a", "rm", "-f", name)
+        at = corpus.last_step(output, spec["progress"])
+        assert 0 < at < steps, at  # moved mid-script
+        wait_until(lambda: corpus.last_step(corpus.logs("hm-arm", name), spec["progress"])
+                   >= at + 5, timeout=600, what="lua progressing on aarch64")
+        ok, _, doc, err = corpus.migrate("hm-arm", "hm-a", name)
+        if ok:
+            output += corpus.logs("hm-arm", name)
+            corpus.docker("hm-arm", "rm", "-f", name)
+            assert corpus.wait_exit("hm-a", name, 900) == 0
+            output += corpus.logs("hm-a", name)
+            same, diff = corpus.compare(reference, output)
+            assert same, diff
+        else:
+            reason, before_freeze = corpus.classify(doc, err)
+            assert before_freeze and reason, reason
+            output += corpus.logs("hm-arm", name)
+            assert len(output) > at + 5
+            assert output == reference[:len(output)], \
+                corpus.compare(reference[:len(output)], output)[1]
+    finally:
+        for ctx in ("hm-a", "hm-arm"):
+            corpus.docker(ctx, "rm", "-f", name, check=False)
 
 
 def _jmp_bufs(images: Path, program, isa: str) -> list[int]:

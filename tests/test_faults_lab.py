@@ -179,7 +179,7 @@ def test_concurrent_moves_of_one_container(host_a, host_b, cleanup):
         results.append(migrate(name, *hook))
 
     # the first holds the lock while its pre-restore hook sleeps
-    first = threading.Thread(target=one, args=(["--hook-pre-restore", "sleep 4"],))
+    first = threading.Thread(target=one, args=(["--hook-pre-restore", "sleep 15"],))
     first.start()
     wait_until(lambda: host_a.client.containers.list(
         all=True, filters={"name": f"hmigrate-lock-{cid[:32]}"}), timeout=60,

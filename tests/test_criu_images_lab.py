@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -77,8 +78,19 @@ def restore_copy(host: LabHost, images: Path, name: str, env: list[str], cleanup
     target = Path(host.data_root) / "containers" / cid / "checkpoints" / "ck"
     target.parent.mkdir(parents=True, exist_ok=True)
     shutil.copytree(images, target)
-    host.docker("start", "--checkpoint", "ck", name)
-    return cid
+    # Images byte-identical to a dump just taken on this daemon (same files, same mtimes)
+    # tar to the same digest as the dump's copy in containerd's content store, which is
+    # garbage collected a little later; until then the upload "already exists" (the
+    # plugin's Engine.start retries the same way).
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            host.docker("start", "--checkpoint", "ck", name)
+            return cid
+        except AssertionError as exc:
+            if "already exists" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(1)
 
 
 def test_busybox_counter_images(host_a: LabHost, cleanup, workdir: Path) -> None:

@@ -8,7 +8,9 @@ import struct
 import pytest
 
 from docker_hmigrate import errors
-from docker_hmigrate.recode import Program, aarch64, frames, process, transform, x86_64
+from docker_hmigrate.isa import AARCH64, ThreadRegs
+from docker_hmigrate.isa.aarch64 import saves_frame_record
+from docker_hmigrate.recode import Program, frames, process, transform
 
 # -- a tiny parked program: main -> work -> __cyg_profile_func_enter -> hmigrate_park
 #    -> hm_futex_wait, with musl's libc_start_main_stage2 at the bottom.
@@ -153,7 +155,7 @@ def x86_stack():
     m.write_u64(futex_cfa - 8, 0x401310)
     m.write_u64(futex_cfa - 16, park_cfa - 16)
     sp = futex_cfa - 16
-    regs = x86_64.ThreadRegs(pc=0x401408, sp=sp, fp=sp, tp=0, syscall_nr=202,
+    regs = ThreadRegs(pc=0x401408, sp=sp, fp=sp, tp=0, syscall_nr=202,
                              result=(1 << 64) - 4, args=(0x600000, 128, 1, park_cfa - 40),
                              callee_saved={"rbx": 0x7777, "r12": 0, "r13": 0, "r14": 0,
                                            "r15": 0})
@@ -208,10 +210,10 @@ def test_stack_round_trip_x86_aarch64_x86() -> None:
     arm = FakeMem(STACK, 0x1000)
     out = frames.write_target(src, arm, stack, fwd, frames.StackMap(stack, fwd), BOTTOM[A])
     park = md["runtime"]["park_points"]
-    arm_regs = x86_64.ThreadRegs(
+    arm_regs = ThreadRegs(
         pc=park[A]["blocked_pc"], sp=frames.lowest_target_sp(stack, fwd), fp=out["x29"],
-        tp=0, syscall_nr=aarch64.SYS_FUTEX, result=0, args=(0, 0, 0, 0),
-        callee_saved={r: out.get(r, 0) for r in aarch64.CALLEE_SAVED}, lr=out["x30"])
+        tp=0, syscall_nr=AARCH64.sys_futex, result=0, args=(0, 0, 0, 0),
+        callee_saved={r: out.get(r, 0) for r in AARCH64.callee_saved}, lr=out["x30"])
     back = frames.Index(md, A, X)
     again = frames.unwind(arm, arm_regs, back)
     assert [f.function["name"] for f in again.frames] == [f.function["name"]
@@ -270,9 +272,9 @@ def test_pthread_translated_in_place() -> None:
     for off, v in words.items():
         src.write_u64(td + off, v)
     dst = FakeMem(0x445000, 0x1000)
-    tp = process.translate_pthread(src, dst, td)
+    tp = process.translate_pthread(src, dst, td, "x86-64", "aarch64")
     assert tp == td + 200
-    a = aarch64.PTHREAD
+    a = AARCH64.pthread
     assert dst.read_u64(td + a["self"]) == td and dst.read_u64(td + a["next"]) == td
     assert dst.read_u64(td + a["dtv"]) == 0x445580 and dst.read_u64(td + a["canary"]) == 0xCAFE
     assert dst.read_u64(td + a["common"]) == 0x400000001  # tid, errno
@@ -283,11 +285,11 @@ def test_pthread_translated_in_place() -> None:
 def test_pthread_missing_is_refused() -> None:
     with pytest.raises(errors.NotMigratableCrossISA, match="no musl struct pthread"):
         process.translate_pthread(FakeMem(0x445000, 0x1000), FakeMem(0x445000, 0x1000),
-                                  0x445598)
+                                  0x445598, "x86-64", "aarch64")
 
 
 def test_empty_vdso_parses_like_criu() -> None:
-    img = process.empty_vdso(8192)
+    img = process.empty_vdso(8192, AARCH64.elf_machine)
     assert img[:4] == b"\x7fELF" and len(img) == 8192
     phoff, = struct.unpack_from("<Q", img, 32)
     phnum, = struct.unpack_from("<H", img, 56)
@@ -312,8 +314,8 @@ def test_empty_vdso_parses_like_criu() -> None:
 def test_stp_frame_record_detection() -> None:
     stp_pre = (0xA9BE7BFD).to_bytes(4, "little")  # stp x29, x30, [sp, #-32]!
     leaf = (0xD10083FF).to_bytes(4, "little") + (0xD65F03C0).to_bytes(4, "little")
-    assert aarch64.saves_frame_record(stp_pre)
-    assert not aarch64.saves_frame_record(leaf)
+    assert saves_frame_record(stp_pre)
+    assert not saves_frame_record(leaf)
 
 
 def program(md=None, binaries=None) -> Program:
@@ -454,10 +456,10 @@ def test_jmp_buf_translated_like_its_frame_and_back() -> None:
     arm = FakeMem(STACK, 0x1000)
     out = frames.write_target(x86_stack()[0], arm, stack, idx, smap, BOTTOM[A])
     park = md["runtime"]["park_points"]
-    arm_regs = x86_64.ThreadRegs(
+    arm_regs = ThreadRegs(
         pc=park[A]["blocked_pc"], sp=frames.lowest_target_sp(stack, idx), fp=out["x29"],
-        tp=0, syscall_nr=aarch64.SYS_FUTEX, result=0, args=(0, 0, 0, 0),
-        callee_saved={r: out.get(r, 0) for r in aarch64.CALLEE_SAVED}, lr=out["x30"])
+        tp=0, syscall_nr=AARCH64.sys_futex, result=0, args=(0, 0, 0, 0),
+        callee_saved={r: out.get(r, 0) for r in AARCH64.callee_saved}, lr=out["x30"])
     back = frames.Index(md, A, X)
     again = frames.unwind(arm, arm_regs, back)
     frames.source_callee_saved(arm, again, arm_regs, back)

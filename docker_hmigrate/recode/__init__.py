@@ -19,13 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from docker_hmigrate import errors
+from docker_hmigrate.isa import NAMES as ISAS
 
 TOOLCHAIN_SCHEMA = "hmigrate-toolchain/1"
 LABEL_TOOLCHAIN = "org.hmigrate.toolchain"
 LABEL_PROGRAM = "org.hmigrate.program"
 LABEL_VARIANTS = "org.hmigrate.variants"
 LABEL_METADATA = "org.hmigrate.metadata"
-ISAS = ("x86-64", "aarch64")
 
 
 @dataclass

@@ -18,9 +18,9 @@ import bisect
 from dataclasses import dataclass, field
 from typing import Any
 
-from docker_hmigrate import errors
-from docker_hmigrate.recode import aarch64, jmpbuf, x86_64
-from docker_hmigrate.recode.regs import ThreadRegs
+from docker_hmigrate import errors, isa
+from docker_hmigrate.isa import Isa, ThreadRegs
+from docker_hmigrate.recode import jmpbuf
 
 
 class Untranslatable(errors.NotMigratableCrossISA):
@@ -41,14 +41,16 @@ class Index:
 
     def __init__(self, md: dict[str, Any], src: str, dst: str):
         self.md, self.src, self.dst = md, src, dst
+        self.src_isa, self.dst_isa = arch(src), arch(dst)
         self.by_name = {f["name"]: f for f in md["functions"]}
         self.calls: dict[int, CallSite] = {}
         self.return_twins: dict[int, int] = {}  # src return address -> dst
         for f in md["functions"]:
             if src not in f["isa"] or dst not in f["isa"]:
                 continue
-            # pairs are [x86-64 index, aarch64 index]: oriented source -> target here
-            pairs = {(a if src == x86_64.ISA else b): (b if src == x86_64.ISA else a)
+            # pairs are [index on NAMES[0], index on NAMES[1]]: oriented src -> dst here
+            flip = src != isa.NAMES[0]
+            pairs = {(b if flip else a): (a if flip else b)
                      for a, b in f.get("call_site_pairs", [])}
             dst_sites = f["isa"][dst]["call_sites"]
             for c in f["isa"][src]["call_sites"]:
@@ -109,21 +111,24 @@ def in_scope(var: dict[str, Any], pc: int) -> bool:
     return not var.get("scope") or var["scope"][0] <= pc - 1 < var["scope"][1]
 
 
-def arch(isa: str):
-    """The module with an ISA's register, frame and musl facts."""
-    return {x86_64.ISA: x86_64, aarch64.ISA: aarch64}[isa]
+def arch(name: str) -> Isa:
+    """The ISA object with an ISA's register, frame and musl facts."""
+    try:
+        return isa.get(name)
+    except KeyError as exc:
+        raise Untranslatable(str(exc.args[0])) from None
 
 
 def unwind(mem, regs: ThreadRegs, idx: Index) -> SourceStack:
     """Walk a parked thread from the runtime's futex wait down to musl's bottom frame,
     with the frame layouts of the metadata (each frame's CFA from its frame pointer, its
     caller's frame pointer and return address at fixed CFA offsets)."""
-    src = arch(idx.src)
+    src = idx.src_isa
     park = idx.md["runtime"]["park_points"][idx.src]
     if regs.pc not in (park["blocked_pc"], park["syscall_pc"]):
         raise Untranslatable(f"thread is not parked at the runtime's futex wait "
                              f"(pc {regs.pc:#x}, expected {park['blocked_pc']:#x})")
-    if regs.syscall_nr not in (src.SYS_FUTEX, -1, (1 << 64) - 1):
+    if regs.syscall_nr not in (src.sys_futex, -1, (1 << 64) - 1):
         raise Untranslatable(f"thread is in system call {regs.syscall_nr}, not futex")
     top_fn = idx.by_name.get(idx.md["runtime"]["park_functions"][-1])
     if top_fn is None:
@@ -169,7 +174,7 @@ def source_callee_saved(mem, stack: SourceStack, regs: ThreadRegs, idx: Index) -
         fr.regs = dict(current)
         saved = (fr.function["isa"][idx.src].get("frame") or {}).get("saved_regs", {})
         for r, off in saved.items():
-            if r in arch(idx.src).CALLEE_SAVED:
+            if r in idx.src_isa.callee_saved:
                 current[r] = mem.read_u64(fr.src_cfa + off)
 
 
@@ -242,7 +247,8 @@ def matched_vars(fr: Frame, idx: Index,
             raise Untranslatable(f"{fr.function['name']}: variable {v['name']} has no "
                                  f"twin on {idx.dst}")
         if d["type"]["size"] != v["type"]["size"] and not (
-                jmpbuf.holds_jmp_buf(v) and jmpbuf.fields_match(v["type"], d["type"])):
+                jmpbuf.holds_jmp_buf(v) and jmpbuf.fields_match(v["type"], d["type"], idx.src_isa,
+                                                              idx.dst_isa)):
             raise Untranslatable(f"{fr.function['name']}: variable {v['name']} has "
                                  f"size {v['type']['size']} on {idx.src}, "
                                  f"{d['type']['size']} on {idx.dst}")
@@ -286,8 +292,8 @@ def write_target(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMa
                  bottom_ret: int) -> dict[str, int]:
     """Write every target frame; returns the callee-saved register values the innermost
     frame must find in its registers, plus the park frame's frame pointer (and, on
-    aarch64, where that leaf keeps its frame record: x29/x30)."""
-    dst = arch(idx.dst)
+    an ISA whose park function is a leaf, the registers holding its frame record)."""
+    dst = idx.dst_isa
     expected: dict[str, int] = {}  # value each callee-saved register must hold now
     frames = stack.frames
     for i in range(len(frames) - 1, -1, -1):
@@ -311,18 +317,17 @@ def write_target(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMa
         # caller needs back
         saved = fmeta.get("saved_regs", {})
         for r, off in saved.items():
-            if r in dst.CALLEE_SAVED:
+            if r in dst.callee_saved:
                 dst_mem.write_u64(fr.dst_cfa + off, expected.get(r, 0))
         # this frame's own live values at its call site
         live = fr.site.twin.get("live_callee_saved", [])
-        # aarch64 instrumented functions keep their return address in a callee-saved
-        # register for the exit hook
-        lr_copy = (fr.function.get("park_point") or {}).get("aarch64_lr_copy") \
-            if idx.dst == aarch64.ISA else None
+        # a register in which the target's instrumented functions keep their own return
+        # address for the exit hook (aarch64), if any
+        lr_copy = dst.lr_copy(fr.function.get("park_point") or {})
         temps_dst = fr.site.twin.get("callee_saved_temps", [])
         temps_src = fr.site.site.get("callee_saved_temps", [])
         for r in saved:
-            if r in dst.CALLEE_SAVED:
+            if r in dst.callee_saved:
                 expected[r] = 0  # clobbered here, dead unless live below
         for r in live:
             if r not in saved:

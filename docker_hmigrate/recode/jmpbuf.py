@@ -9,12 +9,9 @@ address, the rebuilt frame's SP and FP, and the callee-saved values the target c
 expects there (aarch64 GCC's copy of the frame's own return address, temporaries
 matched like a parked frame's, everything else dead at -O0).
 
-musl 1.2's layouts (facts read off its setjmp/longjmp code, both ISAs):
-- x86-64 `__jb` (8 words): rbx, rbp, r12, r13, r14, r15, rsp (after the return), rip.
-- aarch64 `__jb` (22 words): x19..x28, x29, x30 (the return address), an unused word,
-  sp, d8..d15.
-Then `__fl` (sigsetjmp's "mask saved" flag) and `__ss` (the signal mask, 128 bytes) on
-both: copied as they are.
+musl 1.2's `__jb` layouts are facts of each ISA object (isa/*.py: `jmpbuf`); `__fl`
+(sigsetjmp's "mask saved" flag) and `__ss` (the signal mask) follow on every ISA and are
+copied as they are.
 
 The variable holding the jmp_buf (lua's `struct lua_longjmp`) has another size and
 member offsets per ISA: the toolchain's metadata lists its leaves (type "fields") on
@@ -29,12 +26,8 @@ if TYPE_CHECKING:
     from docker_hmigrate.recode.frames import Frame, Index, SourceStack, StackMap
 
 from docker_hmigrate.toolchain.jmpbuf_layout import (  # noqa: F401 - re-exported
-    AARCH64,
-    LAYOUTS,
     SETJMP_NAMES,
     SIGSETJMP_NAMES,
-    X86_64,
-    X86_REGS,
     Layout,
     fields_match,
 )
@@ -53,7 +46,7 @@ def translate(raw: bytes, where: str, stack: SourceStack, idx: Index, smap: Stac
     """One jmp_buf from idx.src's layout to idx.dst's."""
     from docker_hmigrate.recode.frames import Untranslatable, _fp_off, translate_value
 
-    sl, dl = LAYOUTS[idx.src], LAYOUTS[idx.dst]
+    sl, dl = idx.src_isa.jmpbuf, idx.dst_isa.jmpbuf
     if len(raw) != sl.size:
         raise Untranslatable(f"{where}: a jmp_buf of {len(raw)} bytes is not musl's "
                              f"{idx.src} layout")
@@ -84,8 +77,7 @@ def translate(raw: bytes, where: str, stack: SourceStack, idx: Index, smap: Stac
     own_ret = frames[k + 1].dst_pc if k + 1 < len(frames) else bottom_ret
     twin = cs.twin
     src_regs = {r: _u64(raw, o) for r, o in sl.regs.items()}
-    lr_copy = (cs.function.get("park_point") or {}).get("aarch64_lr_copy") \
-        if idx.dst == AARCH64 else None
+    lr_copy = idx.dst_isa.lr_copy(cs.function.get("park_point") or {})
     temps_src = cs.site.get("callee_saved_temps", [])
     temps_dst = twin.get("callee_saved_temps", [])
     vals: dict[str, int] = {}
@@ -95,7 +87,7 @@ def translate(raw: bytes, where: str, stack: SourceStack, idx: Index, smap: Stac
         elif r in temps_dst and temps_dst.index(r) < len(temps_src):
             vals[r] = translate_value(src_regs[temps_src[temps_dst.index(r)]], None, smap,
                                       idx)
-        elif r not in ("rbp", "x29"):  # the frame pointer, set below
+        elif r != idx.dst_isa.fp:  # the frame pointer, set below
             raise Untranslatable(f"{where}: {idx.dst} code after setjmp in {fname} ({at}) "
                                  f"needs {r}, which has no source value")
     dst_fp = fr.dst_cfa + _fp_off(fr, idx)
@@ -112,7 +104,7 @@ def copy_var(raw: bytes, sv: dict[str, Any], dv: dict[str, Any], where: str,
     """A variable whose type holds jmp_bufs, leaf by leaf into the target's layout."""
     from docker_hmigrate.recode.frames import Untranslatable, translate_value
 
-    if not fields_match(sv["type"], dv["type"]):
+    if not fields_match(sv["type"], dv["type"], idx.src_isa, idx.dst_isa):
         raise Untranslatable(f"{where}: {sv['type']['name']} holds a jmp_buf in a layout "
                              f"this recode cannot map member by member")
     out = bytearray(dv["type"]["size"])
@@ -153,7 +145,7 @@ def outside_stacks(dst, plans, idx: Index) -> dict[int, int]:
     Returns per process how many were translated."""
     from docker_hmigrate.recode.frames import StackMap
 
-    sl, dl = LAYOUTS[idx.src], LAYOUTS[idx.dst]
+    sl, dl = idx.src_isa.jmpbuf, idx.dst_isa.jmpbuf
     ras = {ra: cs for ra, cs in idx.calls.items() if cs.site.get("target") in SETJMP_NAMES}
     if not ras:
         return {}

@@ -10,6 +10,7 @@ from typing import Any
 
 from docker_hmigrate.criu import schema
 from docker_hmigrate.criu.memory import PAGE_SIZE, PE_PRESENT, entry_flags, entry_nr_pages
+from docker_hmigrate.isa import PTHREAD_COMMON_SIZE
 from docker_hmigrate.recode import shared
 from docker_hmigrate.recode.frames import Index, Untranslatable, arch
 
@@ -26,7 +27,6 @@ AT = {"AT_PHDR": 3, "AT_PHENT": 4, "AT_PHNUM": 5, "AT_ENTRY": 9, "AT_HWCAP": 16,
       "AT_PLATFORM": 15, "AT_SYSINFO_EHDR": 33, "AT_HWCAP2": 26, "AT_MINSIGSTKSZ": 51}
 PF_X, PF_W, PF_R = 1, 2, 4
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
-EM = {"x86-64": 62, "aarch64": 183}
 SA_RESTORER = 0x04000000
 
 
@@ -43,9 +43,9 @@ class TargetFacts:
     thread: Any = None  # a native thread_info of the target ISA (x86-64: FPU layout)
 
     def aux(self, isa: str, key: str) -> int:
-        default = {"AT_HWCAP": "HWCAP", "AT_HWCAP2": "HWCAP2",
-                   "AT_MINSIGSTKSZ": "MINSIGSTKSZ"}[key]
-        return self.auxv.get(AT[key], getattr(arch(isa), default))
+        default = {"AT_HWCAP": "hwcap", "AT_HWCAP2": "hwcap2",
+                   "AT_MINSIGSTKSZ": "minsigstksz"}[key]
+        return self.auxv.get(AT[key], getattr(arch(isa).auxv, default))
 
 
 def page_down(a: int) -> int:
@@ -230,7 +230,7 @@ def special_areas(imgset, pid: int) -> dict[str, list]:
 
 
 def rewrite_special(imgset, pid: int, target_maps: dict[str, list[tuple[int, int]]],
-                    vdso_image: bytes | None, machine: int = 183) -> tuple[int, int]:
+                    vdso_image: bytes | None, machine: int) -> tuple[int, int]:
     """Drop [vsyscall]; [vvar] and [vdso] keep the vDSO's address but get the target
     kernel's sizes, and the dumped vDSO pages are replaced. Returns the source vDSO range
     (pointers into it must not survive)."""
@@ -277,7 +277,7 @@ def _size(ranges, default: int) -> int:
     return ranges[0][1] - ranges[0][0] if ranges else default
 
 
-def empty_vdso(size: int, machine: int = 183) -> bytes:
+def empty_vdso(size: int, machine: int) -> bytes:
     """A valid vDSO-shaped ELF that defines no symbol. CRIU's restorer parses the
     dumped vDSO and, finding none of the kernel's symbols, keeps it as a proxy; musl
     finds no clock_gettime in it and uses the system call. Used when the target
@@ -338,7 +338,7 @@ def rewrite_auxv(imgset, pid: int, target: Elf, src_vdso: tuple[int, int], isa: 
     new = [(k, values.get(k, v)) for k, v in pairs]
     mem = imgset.memory(pid)
     platform = dict(pairs).get(AT["AT_PLATFORM"])
-    name = facts.platform or arch(isa).PLATFORM
+    name = facts.platform or arch(isa).auxv.platform
     if platform:
         cur = mem.read(platform, len(name))
         end = cur.find(b"\0")  # the old string's NUL, if within the new one's length
@@ -354,7 +354,7 @@ def rewrite_auxv(imgset, pid: int, target: Elf, src_vdso: tuple[int, int], isa: 
     # has, within its CRIU's AT_VECTOR_SIZE (restore refuses a longer vector); the copy
     # on the stack, which the program reads, keeps every pair.
     saved = [(k, v) for k, v in new if not facts.auxv or k in facts.auxv]
-    saved = saved[:arch(isa).CRIU_AUXV_SIZE // 2 - 1] + [(0, 0)]
+    saved = saved[:arch(isa).auxv.criu_auxv_size // 2 - 1] + [(0, 0)]
     del mm.mm_saved_auxv[:]
     mm.mm_saved_auxv.extend(x for kv in saved for x in kv)
     lo, hi = src_vdso
@@ -410,15 +410,14 @@ def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
     return changed
 
 
-def translate_pthread(src_mem, dst_mem, tp: int, src_isa: str = "x86-64",
-                      dst_isa: str = "aarch64") -> int:
+def translate_pthread(src_mem, dst_mem, tp: int, src_isa: str, dst_isa: str) -> int:
     """musl's struct pthread from the source ISA's field order to the target's, at the
     same address (so pthread_t values, the thread list and robust list heads stay
     valid). Takes the source thread pointer, returns the target's."""
     s_isa, d_isa = arch(src_isa), arch(dst_isa)
-    x, a = s_isa.PTHREAD, d_isa.PTHREAD
+    x, a = s_isa.pthread, d_isa.pthread
     td = s_isa.pthread_at(tp)
-    raw = src_mem.read(td, s_isa.PTHREAD_SIZE)
+    raw = src_mem.read(td, x.size)
 
     def word(off: int) -> int:
         return int.from_bytes(raw[off:off + 8], "little")
@@ -428,11 +427,11 @@ def translate_pthread(src_mem, dst_mem, tp: int, src_isa: str = "x86-64",
     head = word(x["robust_head"])
     if head not in (0, td + x["robust_head"]):
         raise Untranslatable("a thread holds robust mutexes (kernel robust list)")
-    out = bytearray(d_isa.PTHREAD_SIZE)
+    out = bytearray(a.size)
     for name in ("self", "prev", "next", "sysinfo", "canary", "dtv"):
         out[a[name]:a[name] + 8] = raw[x[name]:x[name] + 8]
-    # tid .. stdio_locks: the same fields in the same order on both ISAs
-    n = s_isa.PTHREAD_COMMON_SIZE
+    # tid .. stdio_locks: the same fields in the same order on every ISA
+    n = PTHREAD_COMMON_SIZE
     out[a["common"]:a["common"] + n] = raw[x["common"]:x["common"] + n]
     if head:
         out[a["robust_head"]:a["robust_head"] + 8] = (td + a["robust_head"]).to_bytes(8, "little")
@@ -442,8 +441,8 @@ def translate_pthread(src_mem, dst_mem, tp: int, src_isa: str = "x86-64",
 
 def translate_sigactions(tc, idx: Index) -> None:
     """Handlers are aligned functions; the source's SA_RESTORER trampoline becomes musl's
-    target __restore_rt (signal numbers and SA_* flags are the same on both). x86-64's
-    kernel delivers no signal to a handler without a restorer: it gets musl's."""
+    target __restore_rt (signal numbers and SA_* flags are the same on both). A kernel
+    that delivers no signal to a handler without a restorer (x86-64's) gets musl's."""
     for i, sa in enumerate(tc.sigactions):
         if sa.sigaction in (0, 1):
             continue
@@ -456,7 +455,7 @@ def translate_sigactions(tc, idx: Index) -> None:
             if r is None:
                 raise Untranslatable(f"signal {i + 1} restorer {sa.restorer:#x} unknown")
             sa.restorer = r
-        elif idx.dst == "x86-64":
+        elif idx.dst_isa.needs_sa_restorer:
             sa.flags |= SA_RESTORER
             sa.restorer = restore_rt(idx)
 

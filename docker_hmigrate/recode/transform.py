@@ -1,5 +1,5 @@
-"""Recode a CRIU image set of a parked hmigrate-cc program between x86-64 and aarch64
-(both ways).
+"""Recode a CRIU image set of a parked hmigrate-cc program between two ISAs (x86-64 and
+aarch64, both ways; every fact of either ISA comes from its isa/ object).
 
 Only the build metadata (program.metadata, hmigrate-toolchain/1) and the target ELF are
 used: no DWARF at migration time. Per thread: unwind the source stack (frames.py),
@@ -17,21 +17,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from docker_hmigrate.criu import ImageSet, check_supported
-from docker_hmigrate.recode import (
-    aarch64,
-    frames,
-    jmpbuf,
-    process,
-    shared,
-    stackrefs,
-    tls,
-    x86_64,
-)
+from docker_hmigrate.criu import ImageSet, check_supported, schema
+from docker_hmigrate.isa import NAMES as ISA_NAMES
+from docker_hmigrate.recode import frames, jmpbuf, process, shared, stackrefs, tls
 from docker_hmigrate.recode.frames import Index, Untranslatable, arch
 from docker_hmigrate.recode.process import TargetFacts
 
-SUPPORTED = {("x86-64", "aarch64"), ("aarch64", "x86-64")}
+# every ordered pair of two different ISAs of isa/
+SUPPORTED = {(a, b) for a in ISA_NAMES for b in ISA_NAMES if a != b}
 ERESTART = {-512, -513, -514, -516}  # kernel-internal restart codes
 
 
@@ -66,9 +59,7 @@ def preflight_problems(program, src_isa: str, dst_isa: str) -> list[str]:
         elif park_fn in by_name:
             g = by_name[park_fn]["isa"].get(dst_isa, {})
             code = binary_code(binary, g.get("addr", 0), g.get("size", 0))
-            expected = {aarch64.ISA: lambda c: not aarch64.saves_frame_record(c),
-                        x86_64.ISA: x86_64.sets_frame_pointer}[dst_isa]
-            if code is None or not expected(code):
+            if code is None or not arch(dst_isa).park_function_ok(code):
                 problems.append(f"{park_fn} on {dst_isa} does not have the frame this "
                                 f"recode expects")
     return problems
@@ -113,7 +104,7 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
     check_images(src, src_isa)
     idx = Index(program.metadata, src_isa, dst_isa)
     elf = process.Elf.parse(program.binaries[dst_isa])
-    if elf.machine != process.EM[dst_isa]:
+    if elf.machine != idx.dst_isa.elf_machine:
         raise Untranslatable(f"the {dst_isa} variant is an ELF for machine {elf.machine}")
     lap("check")
     plans = unwind_all(src, idx)
@@ -131,7 +122,7 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
         process.rewrite_exe(dst, pid, program.path, elf)
         process.isa_only_data(dst, pid, program.metadata, elf, program.binaries[dst_isa])
         old_vdso = process.rewrite_special(dst, pid, target.maps, target.vdso,
-                                           process.EM[dst_isa])
+                                           idx.dst_isa.elf_machine)
         process.rewrite_auxv(dst, pid, elf, old_vdso, dst_isa, target)
         process.fix_data_pointers(dst, pid, idx, old_vdso, skip.get(pid, []),
                                   target.aux(dst_isa, "AT_HWCAP"))
@@ -150,7 +141,7 @@ def check_images(s: ImageSet, src_isa: str) -> None:
     if bad:
         raise Untranslatable("image parts this recode does not understand: " + "; ".join(bad))
     src = arch(src_isa)
-    if s.arch != src.MARCH:
+    if s.arch != src.criu_march:
         raise Untranslatable(f"images are {s.arch.name}, not {src_isa}")
     for e in s.entries("seccomp.img"):
         if len(e.seccomp_filters):
@@ -179,7 +170,7 @@ def check_images(s: ImageSet, src_isa: str) -> None:
 
 
 def unwind_all(src: ImageSet, idx: Index) -> dict[int, list[tuple[int, Any, Any]]]:
-    read_regs = arch(idx.src).read_regs
+    read_regs = idx.src_isa.read_regs
     plans: dict[int, list] = {}
     for pid in src.pids:
         mem = src.memory(pid)
@@ -202,7 +193,7 @@ def rebuild_stacks(src: ImageSet, dst: ImageSet, idx: Index, plans,
     dead stack areas below each thread's SP (stale values there are never read)."""
     park = idx.md["runtime"]["park_points"][idx.dst]
     src_park = idx.md["runtime"]["park_points"][idx.src]
-    target = arch(idx.dst)
+    target = idx.dst_isa
     skip: dict[int, list] = {}
     for pid, threads in plans.items():
         smem, dmem = src.memory(pid), dst.memory(pid)
@@ -222,18 +213,18 @@ def rebuild_stacks(src: ImageSet, dst: ImageSet, idx: Index, plans,
             out = frames.write_target(smem, dmem, stack, idx, smap, bottom)
             if regs.pc == src_park["syscall_pc"]:  # CRIU rewound the futex: restart it
                 pc = park["syscall_pc"]
-                for r, a in zip(target.ARG_REGS, regs.args, strict=True):
+                for r, a in zip(target.arg_regs, regs.args, strict=True):
                     out[r] = frames.translate_value(a, None, smap, idx)
-                out[target.NR_REG] = target.SYS_FUTEX
+                out[target.nr_reg] = target.sys_futex
             else:
                 res = regs.result - (1 << 64) if regs.result >> 63 else regs.result
                 if res in ERESTART:
                     raise Untranslatable(f"thread {tid}: unexpected restart code {res}")
                 pc = park["blocked_pc"]
-                out[target.RESULT_REG] = regs.result
+                out[target.result_reg] = regs.result
             tp = process.translate_pthread(smem, dmem, regs.tp, idx.src, idx.dst)
             core = dst.core(tid)
-            clear_tid = arch(idx.src).clear_tid_addr(core)
-            target.set_core(core, clear_tid, tp, out, sp, pc, native_thread)
+            clear_tid = idx.src_isa.clear_tid_addr(core)
+            target.set_core(core, schema.new, clear_tid, tp, out, sp, pc, native_thread)
             skip[pid].append((vma.start, sp))
     return skip

@@ -187,7 +187,7 @@ def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True) 
 
     C goes through assembly so string literals can get one section each (asmfix).
     """
-    tmp = f"{out}.hmigrate-aarch64.tmp"
+    tmp = f"{out}.hmigrate-{AARCH64.name}.tmp"
     via_asm = src.endswith((".c", ".i"))
     wa = [f for f in cflags if f.startswith("-Wa,")]
 
@@ -314,13 +314,13 @@ def prepare_inputs(args: Args, work: str, rt_objs: list[str]) -> dict[str, IsaLi
             raise ToolchainError(f"{val}: no such file")
         n += 1
         if kind == "obj":
-            dest = os.path.join(work, "aarch64", f"{n}_{os.path.basename(p)}")
+            dest = os.path.join(work, AARCH64.name, f"{n}_{os.path.basename(p)}")
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             extract_twin(p, dest)
             name = "obj:" + os.path.basename(p) if p.startswith(work) else "obj:" + p
         else:
-            dest = os.path.join(work, "aarch64", f"{n}_{os.path.basename(p)}")
-            twin_archive(p, dest, os.path.join(work, "aarch64", f"{n}_members"))
+            dest = os.path.join(work, AARCH64.name, f"{n}_{os.path.basename(p)}")
+            twin_archive(p, dest, os.path.join(work, AARCH64.name, f"{n}_members"))
             name = "ar:" + p
         layout.check_path(p)
         x.files.append(p)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import capstone
 from elftools.elf.elffile import ELFFile
 
+from docker_hmigrate.isa import AARCH64, X86_64, Isa
 from docker_hmigrate.toolchain import jmpbuf_layout as jmpbuf
 
 SCHEMA = "hmigrate-toolchain/1"
@@ -30,26 +31,37 @@ PARK_FUNCTIONS = ("__cyg_profile_func_enter", "hmigrate_park", "hm_futex_wait")
 
 @dataclass(frozen=True)
 class Arch:
-    name: str
+    """An ISA (its facts: isa/) with the disassembler that reads its machine code."""
+
+    isa: Isa
     cs_arch: int
     cs_mode: int
-    dwarf_regs: dict[int, str]
-    callee_saved: tuple[str, ...]  # excluding the frame pointer, described by the frame
-    fp: str
-    sp: str
+
+    @property
+    def name(self) -> str:
+        return self.isa.name
+
+    @property
+    def callee_saved(self) -> tuple[str, ...]:  # without the frame pointer
+        return self.isa.callee_saved
+
+    @property
+    def fp(self) -> str:
+        return self.isa.fp
+
+    @property
+    def sp(self) -> str:
+        return self.isa.sp
 
     def reg(self, n: int) -> str:
-        return self.dwarf_regs.get(n, f"r{n}")
+        return self.isa.dwarf_reg(n)
 
 
-_X86_DWARF = {0: "rax", 1: "rdx", 2: "rcx", 3: "rbx", 4: "rsi", 5: "rdi", 6: "rbp", 7: "rsp",
-              **{i: f"r{i}" for i in range(8, 16)}, 16: "rip"}
-X86 = Arch("x86-64", capstone.CS_ARCH_X86, capstone.CS_MODE_64, _X86_DWARF,
-           ("rbx", "r12", "r13", "r14", "r15"), "rbp", "rsp")
-A64 = Arch("aarch64", capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM,
-           {**{i: f"x{i}" for i in range(31)}, 31: "sp"},
-           tuple(f"x{i}" for i in range(19, 29)), "x29", "sp")
-ARCHES = {"EM_X86_64": X86, "EM_AARCH64": A64}
+# The two ISAs hmigrate-cc builds for: X the host's (objects carry A's twin), A the other.
+X86 = Arch(X86_64, capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+A64 = Arch(AARCH64, capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+ARCHES = {a.isa.elf_machine_name: a for a in (X86, A64)}
+X, A = X86.name, A64.name
 
 _X86_ALIASES = {}
 for full, parts in {"rbx": ("ebx", "bx", "bl", "bh"), "rbp": ("ebp", "bp", "bpl"),
@@ -791,17 +803,17 @@ def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:
         a = twins.get((*k, n))
         tname = v["type"]["name"]
         if "jmp_buf" in v["type"].get("holds", ()) and a and \
-                jmpbuf.fields_match(v["type"], a["type"]):
+                jmpbuf.fields_match(v["type"], a["type"], X86_64, AARCH64):
             continue  # translated member by member (recode/jmpbuf.py)
         if "jmp_buf" in v["type"].get("holds", ()) or (a and "jmp_buf" in
                                                       a["type"].get("holds", ())):
-            sizes = f"{v['type']['size']} bytes on x86-64, " \
-                    f"{a['type']['size'] if a else '?'} on aarch64"
+            sizes = f"{v['type']['size']} bytes on {X}, " \
+                    f"{a['type']['size'] if a else '?'} on {A}"
             reasons.append(f"setjmp/longjmp: variable {v['name']} ({tname}) holds a jmp_buf "
                            f"(registers in one ISA's layout; {sizes}) at {_where(fx, v)}")
         elif a and a["type"]["size"] != v["type"]["size"]:
             reasons.append(f"variable {v['name']} ({tname}) has size {v['type']['size']} on "
-                           f"x86-64, {a['type']['size']} on aarch64 at {_where(fx, v)}")
+                           f"{X}, {a['type']['size']} on {A} at {_where(fx, v)}")
     return reasons
 
 
@@ -814,7 +826,7 @@ def function_reasons(fx: dict, fa: dict) -> list[str]:
             # buffer's signal-mask part: a layout this recode does not translate
             reasons.append(f"sigsetjmp/siglongjmp: sigsetjmp called at "
                            f"{fx.get('file') or '?'}:{c.get('line')}")
-    for isa, f in (("x86-64", fx), ("aarch64", fa)):
+    for isa, f in ((X, fx), (A, fa)):
         if f.get("variadic"):
             reasons.append(f"{isa}: variadic (va_list state differs per ISA)")
         if f.get("frame", {}).get("dynamic_sp"):
@@ -936,26 +948,26 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         pairs, ux, ua = match_call_sites(fx["call_sites"], fa["call_sites"])
         entry = {"name": name, "addr": fx["addr"], "file": fx.get("file"),
                  "instrumented": name in instrumented,
-                 "isa": {"x86-64": fx, "aarch64": fa},
-                 "call_site_pairs": pairs, "unmatched_call_sites": {"x86-64": ux, "aarch64": ua}}
+                 "isa": {X: fx, A: fa},
+                 "call_site_pairs": pairs, "unmatched_call_sites": {X: ux, A: ua}}
         if fx["addr"] != fa["addr"]:
             problems.append(f"{name}: not aligned (0x{fx['addr']:x} vs 0x{fa['addr']:x})")
         reasons = function_reasons(fx, fa)
-        lr = {"x86-64": None, "aarch64": _lr_copy_reg(ba, fa)}
+        lr = {X: None, A: _lr_copy_reg(ba, fa)}
         # Per call site: both members of a pair share their verdict.
-        per: dict[str, dict[int, list[str]]] = {"x86-64": {}, "aarch64": {}}
-        for isa, f, other, unm in (("x86-64", fx, fa, ux), ("aarch64", fa, fx, ua)):
+        per: dict[str, dict[int, list[str]]] = {X: {}, A: {}}
+        for isa, f, other, unm in ((X, fx, fa, ux), (A, fa, fx, ua)):
             for c in f["call_sites"]:
                 per[isa][c["index"]] = call_site_reasons(isa, f, other, c, lr[isa],
                                                          c["index"] not in unm, instrumented)
-        hook_probs: dict[str, list[str]] = {"x86-64": [], "aarch64": []}
+        hook_probs: dict[str, list[str]] = {X: [], A: []}
         if entry["instrumented"]:
             for b, f, arch in ((bx, fx, X86), (ba, fa, A64)):
                 hook_probs[arch.name] = [f"{arch.name}: {p}" for p in
                                          check_park_point(b, f) + _params_stored(b, name, f)]
         for ix, ia in pairs:
             cx, ca = fx["call_sites"][ix], fa["call_sites"][ia]
-            both = per["x86-64"][ix] + per["aarch64"][ia]
+            both = per[X][ix] + per[A][ia]
             from_x, from_a = list(both), list(both)
             # -O0 GCC keeps some expression temporaries in callee-saved registers
             # across calls (a->end < ustime(): a->end in rbx / x20). Equal counts pair up
@@ -963,68 +975,66 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
             # target evaluates that operand after the call: another valid C order); one
             # only the target needs cannot be made up.
             lx = list(cx["live_callee_saved"])
-            la = [r for r in ca["live_callee_saved"] if r != lr["aarch64"]]
+            la = [r for r in ca["live_callee_saved"] if r != lr[A]]
             if cx["kind"] != "exit_hook" and (lx or la):
                 cx["callee_saved_temps"], ca["callee_saved_temps"] = lx, la
                 if lx and la and len(lx) != len(la):
                     from_x.append(f"callee-saved temporaries differ: {lx} vs {la}")
                     from_a.append(f"callee-saved temporaries differ: {lx} vs {la}")
                 elif la and not lx:
-                    from_x.append(f"aarch64 needs temporaries {la} x86-64 does not keep")
+                    from_x.append(f"{A} needs temporaries {la} {X} does not keep")
                 elif lx and not la:
-                    from_a.append(f"x86-64 needs temporaries {lx} aarch64 does not keep")
-            per["x86-64"][ix], per["aarch64"][ia] = from_x, from_a
-        for isa, f in (("x86-64", fx), ("aarch64", fa)):
+                    from_a.append(f"{X} needs temporaries {lx} {A} does not keep")
+            per[X][ix], per[A][ia] = from_x, from_a
+        for isa, f in ((X, fx), (A, fa)):
             for c in f["call_sites"]:
                 why = per[isa][c["index"]]
                 if c["kind"] == "enter_hook":
-                    why = why + hook_probs["x86-64"] + hook_probs["aarch64"]
+                    why = why + hook_probs[X] + hook_probs[A]
                 # translatable: a parked frame stopped here on THIS ISA can be rebuilt
                 # on the other one (the runtime table of this ISA's binary).
                 c["translatable"] = not why and not reasons
                 if why:
                     c["untranslatable_reasons"] = sorted(set(why))
         if entry["instrumented"]:
-            fprobs = hook_probs["x86-64"] + hook_probs["aarch64"]
+            fprobs = hook_probs[X] + hook_probs[A]
             entry["park_point"] = {
                 "clean": not fprobs, "problems": fprobs,
-                "x86-64": next(c["return_address"] for c in fx["call_sites"]
+                X: next(c["return_address"] for c in fx["call_sites"]
                                if c["kind"] == "enter_hook"),
-                "aarch64": next(c["return_address"] for c in fa["call_sites"]
+                A: next(c["return_address"] for c in fa["call_sites"]
                                 if c["kind"] == "enter_hook"),
                 # aarch64 GCC keeps the function's own return address in a callee-saved
                 # register (x19 or x20) for the exit hook: recode must restore it.
-                "aarch64_lr_copy": lr["aarch64"],
+                "aarch64_lr_copy": lr[A],
             }
         entry["translatable"] = not reasons
         entry["untranslatable_reasons"] = reasons
         functions.append(entry)
     tls_x, tls_a = bx.tls(), ba.tls()
-    tls: dict = {"x86-64": tls_x, "aarch64": tls_a, "symbols": []}
-    if tls_x:
-        tls_x["variant"] = 2  # block ends at the thread pointer
-        tls_x["block_tp_offset"] = -_align_up(tls_x["memsz"], tls_x["align"])
-    if tls_a:
-        tls_a["variant"] = 1  # block starts 16 bytes above the thread pointer
-        tls_a["block_tp_offset"] = _align_up(16, tls_a["align"])
+    tls: dict = {X: tls_x, A: tls_a, "symbols": []}
+    for t, arch in ((tls_x, X86), (tls_a, A64)):
+        if t:
+            t["variant"] = arch.isa.tls_variant
+            t["block_tp_offset"] = _block_tp_offset(arch.isa, t)
     for n in sorted(set(bx.tls_syms) | set(ba.tls_syms)):
-        tls["symbols"].append({"name": n, "offset": {"x86-64": bx.tls_syms.get(n, (None,))[0],
-                                                     "aarch64": ba.tls_syms.get(n, (None,))[0]},
+        tls["symbols"].append({"name": n, "offset": {X: bx.tls_syms.get(n, (None,))[0],
+                                                     A: ba.tls_syms.get(n, (None,))[0]},
                                "size": (bx.tls_syms.get(n) or ba.tls_syms[n])[1]})
     symbols = []
     for n in sorted(set(bx.funcs) | set(ba.funcs) | set(bx.objects) | set(ba.objects)):
         x = bx.funcs.get(n) or bx.objects.get(n)
         a = ba.funcs.get(n) or ba.objects.get(n)
         symbols.append({"name": n, "kind": "func" if n in bx.funcs or n in ba.funcs else "object",
-                        "x86-64": list(x) if x else None, "aarch64": list(a) if a else None,
+                        X: list(x) if x else None, A: list(a) if a else None,
                         "aligned": bool(x and a and x[0] == a[0])})
     state = bx.objects.get("hmigrate_state")
     md = {
         "schema": SCHEMA,
         "binaries": {
-            "x86-64": {"file": os.path.basename(bx.path), "sha256": _sha256(bx.path),
+            X: {"file": os.path.basename(bx.path), "sha256": _sha256(bx.path),
                        "entry": bx.elf["e_entry"]},
-            "aarch64": {"file": os.path.basename(ba.path), "sha256": _sha256(ba.path),
+            A: {"file": os.path.basename(ba.path), "sha256": _sha256(ba.path),
                         "entry": ba.elf["e_entry"]},
         },
         "layout": plan.summary() if plan is not None else None,
@@ -1036,8 +1046,8 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
             "state": {"symbol": "hmigrate_state", "addr": state[0] if state else None,
                       "size": state[1] if state else None},
             "park_functions": list(PARK_FUNCTIONS),
-            "park_points": {"x86-64": _park_points(bx), "aarch64": _park_points(ba)},
-            "bottom_frames": {"x86-64": _bottom_frames(bx), "aarch64": _bottom_frames(ba)},
+            "park_points": {X: _park_points(bx), A: _park_points(ba)},
+            "bottom_frames": {X: _bottom_frames(bx), A: _bottom_frames(ba)},
         },
         "tls": tls,
         "functions": functions,
@@ -1052,7 +1062,7 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
                        isa: sum(1 for f in functions if f["instrumented"] and f["translatable"]
                                 for c in f["isa"][isa]["call_sites"]
                                 if not c["translatable"] and c["kind"] != "exit_hook")
-                       for isa in ("x86-64", "aarch64")}},
+                       for isa in (X, A)}},
     }
     return md
 
@@ -1103,6 +1113,14 @@ def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str],
                                           _may_reach_park(c, instrumented)):
                 out.append([c["return_address"] - 1, c["return_address"]])
     return _merge(out + list(foreign or []), gap=1) if foreign else sorted(out)
+
+
+def _block_tp_offset(isa: Isa, seg: dict) -> int:
+    """Where the TLS block starts relative to the thread pointer: it ends there in
+    variant 2, it starts tls_gap_above_tp above it (aligned) in variant 1."""
+    if isa.tls_variant == 2:
+        return -_align_up(seg["memsz"], seg["align"])
+    return _align_up(isa.tls_gap_above_tp, seg["align"])
 
 
 def _align_up(x: int, a: int) -> int:

@@ -18,8 +18,10 @@ import os
 import struct
 import sys
 
-ISA = "x86-64"
-OTHER = "aarch64"
+from docker_hmigrate.isa import AARCH64, X86_64
+
+ISA = X86_64.name
+OTHER = AARCH64.name
 
 
 class Index:

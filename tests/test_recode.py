@@ -531,7 +531,7 @@ def test_pointers_to_stack_variables_held_in_the_heap_follow_them() -> None:
     assert heap.read_u64(0x600010) == OUTER - 12 and heap.read_u64(0x600018) == 0x1234
     data = (OUTER - 24).to_bytes(8, "little") * 2 + bytes(4) + (OUTER - 24).to_bytes(8,
                                                                                       "little")
-    assert list(stackrefs._candidates(data, STACK, OUTER)) == [0, 8]  # not the unaligned one
+    assert list(stackrefs.words_in(data, STACK, OUTER)) == [0, 8]  # not the unaligned one
 
 
 def test_static_jmp_buf_translated_heap_one_refused_dead_one_zeroed() -> None:

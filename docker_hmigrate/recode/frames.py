@@ -37,7 +37,22 @@ class CallSite:
 
 
 class Index:
-    """The metadata, indexed for one direction (src -> dst)."""
+    """The metadata, indexed for one direction (src -> dst). Build it with `Index.of`:
+    indexing a large program (Redis: ~20k call sites) costs tens of milliseconds, so it is
+    done once per program and direction (the preflight, before the freeze, does it) and
+    the recode after the freeze finds it cached."""
+
+    _cache: list[tuple[dict[str, Any], str, str, Index]] = []
+    _CACHED = 4
+
+    @classmethod
+    def of(cls, md: dict[str, Any], src: str, dst: str) -> Index:
+        for m, s, d, idx in cls._cache:
+            if m is md and (s, d) == (src, dst):
+                return idx
+        idx = cls(md, src, dst)
+        cls._cache[:] = [(md, src, dst, idx)] + cls._cache[:cls._CACHED - 1]
+        return idx
 
     def __init__(self, md: dict[str, Any], src: str, dst: str):
         self.md, self.src, self.dst = md, src, dst
@@ -45,20 +60,25 @@ class Index:
         self.by_name = {f["name"]: f for f in md["functions"]}
         self.calls: dict[int, CallSite] = {}
         self.return_twins: dict[int, int] = {}  # src return address -> dst
+        calls, twins = self.calls, self.return_twins
+        # pairs are [index on NAMES[0], index on NAMES[1]]: oriented src -> dst here
+        flip = src != isa.NAMES[0]
         for f in md["functions"]:
-            if src not in f["isa"] or dst not in f["isa"]:
+            fi = f["isa"]
+            if src not in fi or dst not in fi:
                 continue
-            # pairs are [index on NAMES[0], index on NAMES[1]]: oriented src -> dst here
-            flip = src != isa.NAMES[0]
             pairs = {(b if flip else a): (a if flip else b)
-                     for a, b in f.get("call_site_pairs", [])}
-            dst_sites = f["isa"][dst]["call_sites"]
-            for c in f["isa"][src]["call_sites"]:
+                     for a, b in f.get("call_site_pairs", ())}
+            dst_sites = fi[dst]["call_sites"]
+            for c in fi[src]["call_sites"]:
                 t = pairs.get(c["index"])
-                twin = dst_sites[t] if t is not None else None
-                self.calls[c["return_address"]] = CallSite(f, c, twin)
-                if twin is not None:
-                    self.return_twins[c["return_address"]] = twin["return_address"]
+                ra = c["return_address"]
+                if t is None:
+                    calls[ra] = CallSite(f, c, None)
+                else:
+                    twin = dst_sites[t]
+                    calls[ra] = CallSite(f, c, twin)
+                    twins[ra] = twin["return_address"]
         rt = md["runtime"]
         self.bottoms: dict[int, int] = {}
         bs, bd = rt["bottom_frames"].get(src, []), rt["bottom_frames"].get(dst, [])
@@ -70,15 +90,32 @@ class Index:
             a, b = s.get(src), s.get(dst)
             if s["kind"] == "func" and a and b:
                 self.func_twins[a[0]] = b[0]
-        self._ret_sorted = sorted(self.return_twins)
+        self._setjmp_calls: dict[int, CallSite] | None = None
+        self._symbols: dict[str, dict[str, Any]] | None = None
+        self._objects: dict[int, dict[str, Any]] | None = None
 
-    def code_twin(self, addr: int) -> int | None:
-        """The target address of a source code pointer we can translate."""
-        if addr in self.return_twins:
-            return self.return_twins[addr]
-        if addr in self.bottoms:
-            return self.bottoms[addr]
-        return self.func_twins.get(addr)
+    @property
+    def objects(self) -> dict[int, dict[str, Any]]:
+        """Data objects on both ISAs, by source address."""
+        if self._objects is None:
+            src, dst = self.src, self.dst
+            self._objects = {s[src][0]: s for s in self.md.get("symbols", [])
+                             if s.get("kind") == "object" and s.get(src) and s.get(dst)}
+        return self._objects
+
+    @property
+    def symbols(self) -> dict[str, dict[str, Any]]:
+        """The metadata's symbols by name."""
+        if self._symbols is None:
+            self._symbols = {s["name"]: s for s in self.md["symbols"]}
+        return self._symbols
+
+    def setjmp_calls(self, names: tuple[str, ...]) -> dict[int, CallSite]:
+        """Call sites of setjmp (names): return address -> site, found once."""
+        if self._setjmp_calls is None:
+            self._setjmp_calls = {ra: cs for ra, cs in self.calls.items()
+                                  if cs.site.get("target") in names}
+        return self._setjmp_calls
 
 
 @dataclass
@@ -100,6 +137,15 @@ class SourceStack:
     frames: list[Frame]  # innermost first
     bottom_return: int  # the return address into musl's bottom frame (source)
     outer_cfa: int  # CFA of the outermost frame of ours: stays where it is
+    smap: StackMap | None = field(default=None, repr=False)  # once planned: stack_map()
+
+
+def stack_map(stack: SourceStack, idx: Index) -> StackMap:
+    """The stack's StackMap, made once its target frames are planned (plan_target) and
+    shared by the stack rebuild, the pointer remap and the jmp_buf translation."""
+    if stack.smap is None:
+        stack.smap = StackMap(stack, idx)
+    return stack.smap
 
 
 def _vars(function: dict[str, Any], isa: str) -> list[dict[str, Any]]:

@@ -143,21 +143,20 @@ def outside_stacks(dst, plans, idx: Index) -> dict[int, int]:
     undefined) and gets zero registers, so a use crashes instead of jumping into wrong
     state; any other (in the heap, or inside a bigger static object) is refused.
     Returns per process how many were translated."""
-    from docker_hmigrate.recode.frames import StackMap
+    from docker_hmigrate.recode.frames import stack_map
 
     sl, dl = idx.src_isa.jmpbuf, idx.dst_isa.jmpbuf
-    ras = {ra: cs for ra, cs in idx.calls.items() if cs.site.get("target") in SETJMP_NAMES}
+    ras = idx.setjmp_calls(SETJMP_NAMES)
     if not ras:
         return {}
-    objs = {s[idx.src][0]: s for s in idx.md.get("symbols", [])
-            if s.get("kind") == "object" and s.get(idx.src) and s.get(idx.dst)}
+    objs = idx.objects
     done: dict[int, int] = {}
     for pid, threads in plans.items():
         mem = dst.memory(pid)
         vmas = dst.mm(pid).vmas
         stacks = [next(((v.start, v.end) for v in vmas if v.start <= regs.sp < v.end),
                        (regs.sp, st.outer_cfa)) for _, regs, st in threads]
-        maps = [(st, StackMap(st, idx)) for _, _, st in threads]
+        maps = [(st, stack_map(st, idx)) for _, _, st in threads]
         done[pid] = 0
         for v in vmas:
             if not v.prot & PROT_WRITE or v.flags & MAP_SHARED or \
@@ -171,10 +170,12 @@ def outside_stacks(dst, plans, idx: Index) -> dict[int, int]:
                 a0, a1 = max(run.vaddr, v.start), min(run.end, v.end)
                 data = mem.read(a0, a1 - a0)
                 for ra, cs in ras.items():
-                    needle = ra.to_bytes(8, "little")
+                    word = ra.to_bytes(8, "little")
+                    # the address's significant bytes only (find skips on the last one)
+                    needle = word[:max(1, (ra.bit_length() + 7) // 8)]
                     i = data.find(needle)
                     while i >= 0:
-                        if i % 8 == 0:
+                        if i % 8 == 0 and data[i:i + 8] == word:
                             base = a0 + i - sl.pc
                             _static(mem, base, objs.get(base), cs, maps, idx, sl, dl)
                             done[pid] += 1

@@ -11,7 +11,7 @@ from typing import Any
 from docker_hmigrate.criu import schema
 from docker_hmigrate.criu.memory import PAGE_SIZE, PE_PRESENT, entry_flags, entry_nr_pages
 from docker_hmigrate.isa import PTHREAD_COMMON_SIZE
-from docker_hmigrate.recode import shared
+from docker_hmigrate.recode import shared, stackrefs
 from docker_hmigrate.recode.frames import Index, Untranslatable, arch
 
 # vma_entry.status bits (CRIU's VMA_AREA_*)
@@ -369,7 +369,7 @@ def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
     Also writes the target HWCAP into musl's __hwcap. Returns what was changed."""
     mem = imgset.memory(pid)
     mm = imgset.mm(pid)
-    syms = {s["name"]: s for s in idx.md["symbols"]}
+    syms = idx.symbols
     changed = []
     cache = syms.get("clock_gettime.lo::vdso_func") or syms.get("vdso_func")
     init = syms.get("cgt_init")
@@ -399,14 +399,13 @@ def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
                 continue
             a0, a1 = max(run.vaddr, v.start), min(run.end, v.end)
             data = mem.read(a0, a1 - a0)
-            words = struct.unpack(f"<{len(data) // 8}Q", data)
-            for i, w in enumerate(words):
-                if base < w < vdso_end:  # inside the vDSO's code, not its start
-                    addr = a0 + 8 * i
-                    if any(s <= addr < e for s, e in skip):
-                        continue
-                    raise Untranslatable(f"memory at {addr:#x} holds a pointer into the "
-                                         f"source vDSO ({w:#x})")
+            for off in stackrefs.words_in(data, base + 1, vdso_end):  # not its start
+                addr = a0 + off
+                if any(s <= addr < e for s, e in skip):
+                    continue
+                w = int.from_bytes(data[off:off + 8], "little")
+                raise Untranslatable(f"memory at {addr:#x} holds a pointer into the "
+                                     f"source vDSO ({w:#x})")
     return changed
 
 

@@ -47,13 +47,16 @@ def preflight_problems(program, src_isa: str, dst_isa: str) -> list[str]:
             [(b["function"], b["target"]) for b in bd]:
         problems.append("musl's bottom frames differ between the ISAs in the metadata")
     park_fn = (rt.get("park_functions") or [None])[-1]
-    by_name = {f["name"]: f for f in md.get("functions", [])}
+    try:  # indexed here, before the freeze: the recode after it finds the index cached
+        by_name = Index.of(md, src_isa, dst_isa).by_name
+    except (KeyError, TypeError, IndexError, Untranslatable):  # too broken: said below
+        by_name = {f["name"]: f for f in md.get("functions", [])}
     if park_fn not in by_name:
         problems.append(f"metadata lacks the runtime function {park_fn}")
     binary = program.binaries.get(dst_isa)
     want = ((md.get("binaries") or {}).get(dst_isa) or {}).get("sha256")
     if binary is not None:
-        if want and hashlib.sha256(binary).hexdigest() != want:
+        if want and _sha256(binary) != want:
             problems.append(f"the image's {dst_isa} binary is not the one the metadata "
                             f"describes")
         elif park_fn in by_name:
@@ -63,6 +66,20 @@ def preflight_problems(program, src_isa: str, dst_isa: str) -> list[str]:
                 problems.append(f"{park_fn} on {dst_isa} does not have the frame this "
                                 f"recode expects")
     return problems
+
+
+_digests: list[tuple[bytes, str]] = []
+
+
+def _sha256(data: bytes) -> str:
+    """A binary's digest, computed once (the preflight before the freeze and the recode
+    after it check the same bytes)."""
+    for d, h in _digests:
+        if d is data:
+            return h
+    h = hashlib.sha256(data).hexdigest()
+    _digests[:] = [(data, h)] + _digests[:3]
+    return h
 
 
 def binary_code(elf: bytes, addr: int, size: int) -> bytes | None:
@@ -102,7 +119,7 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
     dst = ImageSet.load(src_dir)  # edited copy; src stays the pristine source
     lap("load")
     check_images(src, src_isa)
-    idx = Index(program.metadata, src_isa, dst_isa)
+    idx = Index.of(program.metadata, src_isa, dst_isa)
     elf = process.Elf.parse(program.binaries[dst_isa])
     if elf.machine != idx.dst_isa.elf_machine:
         raise Untranslatable(f"the {dst_isa} variant is an ELF for machine {elf.machine}")
@@ -208,7 +225,7 @@ def rebuild_stacks(src: ImageSet, dst: ImageSet, idx: Index, plans,
             dmem.populate(lo, stack.outer_cfa - lo)
             dmem = dst.memory(pid)
             dmem.write(lo, bytes(stack.outer_cfa - lo))  # no stale source frame remains
-            smap = frames.StackMap(stack, idx)
+            smap = frames.stack_map(stack, idx)
             bottom = idx.bottoms[stack.bottom_return]
             out = frames.write_target(smem, dmem, stack, idx, smap, bottom)
             if regs.pc == src_park["syscall_pc"]:  # CRIU rewound the futex: restart it

@@ -113,11 +113,11 @@ def _jmp_bufs(images: Path, program, isa: str) -> list[int]:
             frames.plan_target(st, idx)
             smap = frames.StackMap(st, idx)
             for fr in st.frames:
-                if fr.function["name"] != "luaD_rawrunprotected":
+                if fr.function.name != "luaD_rawrunprotected":
                     continue
-                lj = next(v for v in fr.function["isa"][isa]["vars"] if v["name"] == "lj")
-                b = next(f for f in lj["type"]["fields"] if f["kind"] == "jmp_buf")
-                raw = mem.read(fr.src_cfa + lj["cfa_offset"] + b["offset"], b["size"])
+                lj = next(v for v in fr.function.isa[isa].vars if v.name == "lj")
+                b = next(f for f in lj.type.fields if f.kind == "jmp_buf")
+                raw = mem.read(fr.src_cfa + lj.cfa_offset + b.offset, b.size)
                 lay = get_isa(isa).jmpbuf
                 pcs.append(int.from_bytes(raw[lay.pc:lay.pc + 8], "little"))
                 jmpbuf.translate(raw, "lj", st, idx, smap, 0)  # raises if inconsistent

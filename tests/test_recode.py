@@ -11,6 +11,7 @@ from docker_hmigrate import errors
 from docker_hmigrate.isa import AARCH64, ThreadRegs
 from docker_hmigrate.isa.aarch64 import saves_frame_record
 from docker_hmigrate.recode import Program, frames, process, transform
+from docker_hmigrate.toolchain import contract
 
 # -- a tiny parked program: main -> work -> __cyg_profile_func_enter -> hmigrate_park
 #    -> hm_futex_wait, with musl's libc_start_main_stage2 at the bottom.
@@ -167,7 +168,7 @@ def test_unwind_and_rebuild_aarch64_stack() -> None:
     idx = frames.Index(md, X, A)
     src, regs = x86_stack()
     stack = frames.unwind(src, regs, idx)
-    assert [f.function["name"] for f in stack.frames] == [
+    assert [f.function.name for f in stack.frames] == [
         "hm_futex_wait", "hmigrate_park", "__cyg_profile_func_enter", "work", "main"]
     assert stack.outer_cfa == OUTER and stack.bottom_return == BOTTOM[X]
     frames.source_callee_saved(src, stack, regs, idx)
@@ -216,7 +217,7 @@ def test_stack_round_trip_x86_aarch64_x86() -> None:
         callee_saved={r: out.get(r, 0) for r in AARCH64.callee_saved}, lr=out["x30"])
     back = frames.Index(md, A, X)
     again = frames.unwind(arm, arm_regs, back)
-    assert [f.function["name"] for f in again.frames] == [f.function["name"]
+    assert [f.function.name for f in again.frames] == [f.function.name
                                                           for f in stack.frames]
     frames.source_callee_saved(arm, again, arm_regs, back)
     frames.plan_target(again, back)
@@ -226,10 +227,10 @@ def test_stack_round_trip_x86_aarch64_x86() -> None:
     out2 = frames.write_target(arm, x86, again, back, frames.StackMap(again, back), BOTTOM[X])
     assert out2["rbp"] == regs.fp and out2["rbx"] == 0x7777
     for fr in stack.frames[1:]:  # frame records and every variable slot, frame by frame
-        assert x86.read_u64(fr.src_cfa - 8) == src.read_u64(fr.src_cfa - 8), fr.function["name"]
+        assert x86.read_u64(fr.src_cfa - 8) == src.read_u64(fr.src_cfa - 8), fr.function.name
         for v in frames._vars(fr.function, X):
-            a = fr.src_cfa + v["cfa_offset"]
-            assert x86.read(a, v["type"]["size"]) == src.read(a, v["type"]["size"]), v["name"]
+            a = fr.src_cfa + v.cfa_offset
+            assert x86.read(a, v.type.size) == src.read(a, v.type.size), v.name
     # frame chain: each saved rbp is the caller's, main's caller's is 0 (musl's frame)
     assert [x86.read_u64(f.src_cfa - 16) for f in stack.frames[1:]] == \
         [f.src_cfa - 16 for f in stack.frames[2:]] + [0]
@@ -475,8 +476,8 @@ def test_variable_holding_a_jmp_buf_moves_member_by_member() -> None:
 
     md = jmp_metadata()
     idx, _, stack, smap = unwound(md)
-    sv = {"name": "lj", "type": guard_type(X)}
-    dv = {"name": "lj", "type": guard_type(A)}
+    sv = contract.Var({"name": "lj", "type": guard_type(X)})
+    dv = contract.Var({"name": "lj", "type": guard_type(A)})
     raw = (OUTER - 24).to_bytes(8, "little") + x86_jmp_buf(OUTER) + struct.pack("<II", 7, 0)
     out = jmpbuf.copy_var(raw, sv, dv, "main: lj", stack, idx, smap, BOTTOM[A])
     assert len(out) == 328
@@ -504,8 +505,9 @@ def test_jmp_buf_of_unknown_code_or_returned_frame_is_refused() -> None:
     bad = guard_type(A)
     bad["fields"][2]["size"] = 8
     with pytest.raises(frames.Untranslatable, match="member by member"):
-        jmpbuf.copy_var(bytes(216), {"name": "lj", "type": guard_type(X)},
-                        {"name": "lj", "type": bad}, "g", stack, idx, smap, BOTTOM[A])
+        jmpbuf.copy_var(bytes(216), contract.Var({"name": "lj", "type": guard_type(X)}),
+                        contract.Var({"name": "lj", "type": bad}), "g", stack, idx, smap,
+                        BOTTOM[A])
 
 
 def test_pointers_to_stack_variables_held_in_the_heap_follow_them() -> None:

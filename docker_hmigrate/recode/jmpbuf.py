@@ -20,10 +20,11 @@ both ISAs and the copy goes leaf by leaf.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from docker_hmigrate.recode.frames import Frame, Index, SourceStack, StackMap
+    from docker_hmigrate.toolchain.contract import Var
 
 from docker_hmigrate.toolchain.jmpbuf_layout import (  # noqa: F401 - re-exported
     SETJMP_NAMES,
@@ -33,8 +34,8 @@ from docker_hmigrate.toolchain.jmpbuf_layout import (  # noqa: F401 - re-exporte
 )
 
 
-def holds_jmp_buf(var: dict[str, Any]) -> bool:
-    return "jmp_buf" in var["type"].get("holds", ())
+def holds_jmp_buf(var: Var) -> bool:
+    return var.type.holds_jmp_buf
 
 
 def _u64(raw: bytes, off: int) -> int:
@@ -59,29 +60,28 @@ def translate(raw: bytes, where: str, stack: SourceStack, idx: Index, smap: Stac
     if cs is None or cs.twin is None:
         raise Untranslatable(f"{where}: jmp_buf saved at {pc:#x}, not a call site with a "
                              f"{idx.dst} twin (setjmp from code without metadata?)")
-    fname = cs.function["name"]
-    at = f"{cs.function.get('file') or '?'}:{cs.site.get('line')}"
+    fname = cs.function.name
+    at = f"{cs.function.file or '?'}:{cs.site.line}"
     frames = stack.frames
     k = next((i for i, fr in enumerate(frames) if fr.site is not None
-              and fr.function is cs.function and fr.src_cfa + cs.site["sp_cfa_offset"] == sp),
+              and fr.function is cs.function and fr.src_cfa + cs.site.sp_cfa_offset == sp),
              None)
     if k is None:
         raise Untranslatable(f"{where}: jmp_buf of setjmp in {fname} ({at}) belongs to a "
                              f"frame no longer on the stack")
     fr: Frame = frames[k]
-    src_fp = fr.src_cfa + (fr.function["isa"][idx.src].get("frame") or {}).get(
-        "fp_cfa_offset", 0)
+    src_fp = fr.src_cfa + (fr.function.isa[idx.src].frame.fp_cfa_offset or 0)
     if fp != src_fp:
         raise Untranslatable(f"{where}: jmp_buf of {fname} ({at}) holds frame pointer "
                              f"{fp:#x}, the frame's is {src_fp:#x}")
     own_ret = frames[k + 1].dst_pc if k + 1 < len(frames) else bottom_ret
     twin = cs.twin
     src_regs = {r: _u64(raw, o) for r, o in sl.regs.items()}
-    lr_copy = idx.dst_isa.lr_copy(cs.function.get("park_point") or {})
-    temps_src = cs.site.get("callee_saved_temps", [])
-    temps_dst = twin.get("callee_saved_temps", [])
+    lr_copy = cs.function.park_point.lr_copy(idx.dst)
+    temps_src = cs.site.callee_saved_temps
+    temps_dst = twin.callee_saved_temps
     vals: dict[str, int] = {}
-    for r in twin.get("live_callee_saved", []):
+    for r in twin.live_callee_saved:
         if r == lr_copy:
             vals[r] = own_ret
         elif r in temps_dst and temps_dst.index(r) < len(temps_src):
@@ -94,41 +94,40 @@ def translate(raw: bytes, where: str, stack: SourceStack, idx: Index, smap: Stac
     for r, o in dl.regs.items():
         out[o:o + 8] = vals.get(r, 0).to_bytes(8, "little")
     out[dl.fp:dl.fp + 8] = dst_fp.to_bytes(8, "little")
-    out[dl.pc:dl.pc + 8] = twin["return_address"].to_bytes(8, "little")
-    out[dl.sp:dl.sp + 8] = (fr.dst_cfa + twin["sp_cfa_offset"]).to_bytes(8, "little")
+    out[dl.pc:dl.pc + 8] = twin.return_address.to_bytes(8, "little")
+    out[dl.sp:dl.sp + 8] = (fr.dst_cfa + twin.sp_cfa_offset).to_bytes(8, "little")
     return bytes(out)
 
 
-def copy_var(raw: bytes, sv: dict[str, Any], dv: dict[str, Any], where: str,
+def copy_var(raw: bytes, sv: Var, dv: Var, where: str,
              stack: SourceStack, idx: Index, smap: StackMap, bottom_ret: int) -> bytes:
     """A variable whose type holds jmp_bufs, leaf by leaf into the target's layout."""
     from docker_hmigrate.recode.frames import Untranslatable, translate_value
 
-    if not fields_match(sv["type"], dv["type"], idx.src_isa, idx.dst_isa):
-        raise Untranslatable(f"{where}: {sv['type']['name']} holds a jmp_buf in a layout "
+    if not fields_match(sv.type, dv.type, idx.src_isa, idx.dst_isa):
+        raise Untranslatable(f"{where}: {sv.type.name} holds a jmp_buf in a layout "
                              f"this recode cannot map member by member")
-    out = bytearray(dv["type"]["size"])
-    for a, b in zip(sv["type"]["fields"], dv["type"]["fields"], strict=True):
-        chunk = raw[a["offset"]:a["offset"] + a["size"]]
-        if a["kind"] == "jmp_buf":
-            chunk = translate(chunk, f"{where}.{a['path']}", stack, idx, smap, bottom_ret)
-        elif a["kind"] == "pointer" and a["size"] == 8:
+    out = bytearray(dv.type.size)
+    for a, b in zip(sv.type.fields, dv.type.fields, strict=True):
+        chunk = raw[a.offset:a.offset + a.size]
+        if a.kind == "jmp_buf":
+            chunk = translate(chunk, f"{where}.{a.path}", stack, idx, smap, bottom_ret)
+        elif a.kind == "pointer" and a.size == 8:
             chunk = translate_value(int.from_bytes(chunk, "little"), None, smap,
                                     idx).to_bytes(8, "little")
-        out[b["offset"]:b["offset"] + len(chunk)] = chunk
+        out[b.offset:b.offset + len(chunk)] = chunk
     return bytes(out)
 
 
-def map_offset(sv: dict[str, Any], dv: dict[str, Any], off: int) -> int | None:
+def map_offset(sv: Var, dv: Var, off: int) -> int | None:
     """Where byte `off` of a source variable holding jmp_bufs lies in the target's
     variable (a pointer to one of its members), or None inside a jmp_buf's registers."""
-    for a, b in zip(sv["type"].get("fields") or [], dv["type"].get("fields") or [],
-                    strict=False):
-        if a["offset"] <= off < a["offset"] + max(a["size"], 1):
-            if a["kind"] == "jmp_buf":
-                return b["offset"] if off == a["offset"] else None
-            return b["offset"] + off - a["offset"]
-    return dv["type"]["size"] if off == sv["type"]["size"] else None
+    for a, b in zip(sv.type.fields, dv.type.fields, strict=False):
+        if a.offset <= off < a.offset + max(a.size, 1):
+            if a.kind == "jmp_buf":
+                return b.offset if off == a.offset else None
+            return b.offset + off - a.offset
+    return dv.type.size if off == sv.type.size else None
 
 
 PROT_WRITE, MAP_SHARED = 2, 0x01
@@ -186,15 +185,16 @@ def outside_stacks(dst, plans, idx: Index) -> dict[int, int]:
 def _static(mem, base: int, sym, cs, maps, idx: Index, sl: Layout, dl: Layout) -> None:
     from docker_hmigrate.recode.frames import Untranslatable
 
-    at = f"{cs.function['name']} ({cs.function.get('file') or '?'}:{cs.site.get('line')})"
-    if sym is None or sym[idx.src][1] != sl.size or sym[idx.dst][1] != dl.size:
+    at = f"{cs.function.name} ({cs.function.file or '?'}:{cs.site.line})"
+    if sym is None or (sym.at(idx.src) or (0, 0))[1] != sl.size \
+            or (sym.at(idx.dst) or (0, 0))[1] != dl.size:
         raise Untranslatable(f"a jmp_buf saved by setjmp in {at} lies at {base:#x}, outside "
                              f"the stack and not a static jmp_buf variable (in the heap, or "
                              f"inside a bigger object): not translated yet")
     raw = mem.read(base, sl.size)
     for stack, smap in maps:
         try:
-            mem.write(base, translate(raw, sym["name"], stack, idx, smap,
+            mem.write(base, translate(raw, sym.name, stack, idx, smap,
                                       idx.bottoms.get(stack.bottom_return, 0)))
             return
         except Untranslatable as exc:

@@ -13,6 +13,7 @@ from docker_hmigrate.criu.memory import PAGE_SIZE, PE_PRESENT, entry_flags, entr
 from docker_hmigrate.isa import PTHREAD_COMMON_SIZE
 from docker_hmigrate.recode import shared, stackrefs
 from docker_hmigrate.recode.frames import Index, Untranslatable, arch
+from docker_hmigrate.toolchain.contract import Metadata
 
 # vma_entry.status bits (CRIU's VMA_AREA_*)
 VMA_AREA_REGULAR = 1 << 0
@@ -189,26 +190,26 @@ def rewrite_exe(imgset, pid: int, program_path: str, target: Elf) -> None:
     reg.size = target.size
 
 
-def isa_only_data(imgset, pid: int, md: dict, target: Elf, binary: bytes) -> list[str]:
+def isa_only_data(imgset, pid: int, md: Metadata, target: Elf, binary: bytes) -> list[str]:
     """The writable regions' per-ISA tails (after the units both ISAs share: the
     target's .init_array/.fini_array/.got and its ISA-only objects) take the target
     file's bytes, the bss tail zeros: the dumped bytes there are the source's own."""
     mem = imgset.memory(pid)
     done = []
-    regions = (md.get("layout") or {}).get("regions") or {}
+    regions = md.layout.regions
     for name in ("data", "bss"):
         r = regions.get(name)
         if not r:
             continue
-        start = int(r["base"], 16) + r["common_size"]
+        start = r.base + r.common_size
         for off, vaddr, filesz, memsz, flags in target.loads:
             if not flags & PF_W or not vaddr <= start <= vaddr + memsz:
                 continue
             end = vaddr + memsz if name == "bss" else vaddr + filesz
             if name == "data":
                 # up to the end of the page: the rest of the source's tail goes too
-                end = max(end, min(page_up(end), int(regions.get("bss", {}).get(
-                    "base", hex(page_up(end))), 16)))
+                bss = regions.get("bss")
+                end = max(end, min(page_up(end), bss.base if bss else page_up(end)))
             for run in mem.runs:
                 a, b = max(start, run.vaddr), min(end, run.end)
                 if a >= b or run.offset is None:
@@ -369,27 +370,28 @@ def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
     Also writes the target HWCAP into musl's __hwcap. Returns what was changed."""
     mem = imgset.memory(pid)
     mm = imgset.mm(pid)
-    syms = idx.symbols
+    sym = idx.md.symbol
     changed = []
-    cache = syms.get("clock_gettime.lo::vdso_func") or syms.get("vdso_func")
-    init = syms.get("cgt_init")
+    cache = sym("clock_gettime.lo::vdso_func") or sym("vdso_func")
+    init = sym("cgt_init")
     lo, hi = src_vdso
     vdso = next(v for v in mm.vmas if v.status & VMA_AREA_VDSO)
     # the source vDSO's code: [base, old end); base itself is AT_SYSINFO_EHDR, valid on
     # both (a mapping just below ends exactly at the vvar start: not a vDSO pointer)
     base, vdso_end = vdso.start, max(vdso.end, hi)
-    if cache and cache.get(idx.dst) and init and init.get(idx.dst):
-        a = cache[idx.src][0]
+    a = cache.addr(idx.src) if cache else None
+    if cache and cache.at(idx.dst) and init and init.at(idx.dst) and a is not None:
         v = mem.read_u64(a) if mem.contains(a, 8) else None
-        if v is not None and v != init[idx.src][0]:
+        if v is not None and v != init.addr(idx.src):
             if not (lo <= v < hi or v == 0):
                 raise Untranslatable(f"musl's vdso_func holds {v:#x}")
-            mem.write_u64(a, init[idx.dst][0])
+            mem.write_u64(a, init.addr(idx.dst))
             changed.append(f"vdso_func {v:#x} -> cgt_init")
-    hw = syms.get("__hwcap")
-    if hw and hw.get(idx.src) and hw[idx.src][0] == (hw.get(idx.dst) or [None])[0]:
-        if mem.contains(hw[idx.src][0], 8):
-            mem.write_u64(hw[idx.src][0], hwcap)
+    hw = sym("__hwcap")
+    hw_at = hw.addr(idx.src) if hw else None
+    if hw_at is not None and hw_at == hw.addr(idx.dst):  # type: ignore[union-attr]
+        if mem.contains(hw_at, 8):
+            mem.write_u64(hw_at, hwcap)
     # any other word pointing into the old vDSO/vvar is a cache we cannot translate
     for v in mm.vmas:
         if not v.prot & PROT_WRITE or v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
@@ -460,7 +462,7 @@ def translate_sigactions(tc, idx: Index) -> None:
 
 
 def restore_rt(idx: Index) -> int:
-    for s in idx.md["symbols"]:
-        if s["name"] == "__restore_rt" and s.get(idx.dst):
-            return s[idx.dst][0]
+    s = idx.md.symbol("__restore_rt")
+    if s is not None and s.at(idx.dst):
+        return s.addr(idx.dst)  # type: ignore[return-value]
     raise Untranslatable(f"musl's __restore_rt is not in the {idx.dst} binary's symbols")

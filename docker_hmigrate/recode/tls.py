@@ -30,6 +30,8 @@ from docker_hmigrate import isa as isas
 from docker_hmigrate.isa import PTHREAD_COMMON as COMMON
 from docker_hmigrate.isa import PTHREAD_COMMON_SIZE as COMMON_SIZE
 from docker_hmigrate.recode.frames import Untranslatable, arch
+from docker_hmigrate.toolchain import contract
+from docker_hmigrate.toolchain.contract import Metadata, TlsSegment
 
 MASK = (1 << 64) - 1
 MIN_TLS_ALIGN = 8  # offsetof(struct builtin_tls, pt) on LP64
@@ -63,10 +65,10 @@ class Params:
     tls_size: int  # libc.tls_size: bytes of one thread's area
 
     @classmethod
-    def from_segment(cls, isa: str, seg: dict[str, Any] | None) -> Params:
-        seg = seg or {}
-        image, flen = seg.get("vaddr", 0), seg.get("filesz", 0)
-        size, align = seg.get("memsz", 0), seg.get("align", 0)
+    def from_segment(cls, isa: str, seg: TlsSegment | dict[str, Any] | None) -> Params:
+        if not isinstance(seg, TlsSegment):
+            seg = TlsSegment(seg or {})
+        image, flen, size, align = seg.vaddr, seg.filesz, seg.memsz, seg.align
         mask = (align - 1) & MASK  # p_align 0 (no PT_TLS) wraps like musl's size_t
         size = (size + ((-size - image) & mask)) & MASK
         a = arch(isa)
@@ -112,39 +114,35 @@ def layout(p: Params, mem: int, cnt: int = 1) -> Area:
     return Area(mem, p.tls_size, td, a.thread_pointer(td), block, dtv)
 
 
-def has_tls(md: dict[str, Any]) -> bool:
-    tls = md.get("tls") or {}
-    return any((tls.get(i) or {}).get("memsz", 0) for i in isas.NAMES)
+def has_tls(md: Metadata | dict[str, Any]) -> bool:
+    return contract.load(md).has_tls
 
 
-def _symbols(md: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["name"]: s for s in md.get("symbols", [])}
-
-
-def preflight_problems(md: dict[str, Any], src: str, dst: str) -> list[str]:
+def preflight_problems(md: Metadata | dict[str, Any], src: str, dst: str) -> list[str]:
     """What keeps this program's TLS from being moved src -> dst (static facts only)."""
-    if not has_tls(md):
+    md = contract.load(md)
+    if not md.has_tls:
         return []
     if src == dst or not {src, dst} <= set(isas.NAMES):
         return [f"TLS translation {src} -> {dst} is not implemented"]
-    tls = md.get("tls") or {}
-    a, b = tls.get(src) or {}, tls.get(dst) or {}
+    a, b = md.tls.segment(src), md.tls.segment(dst)
     problems = []
     for k in ("vaddr", "memsz", "align"):
-        if a.get(k) != b.get(k):
-            problems.append(f"the TLS segments differ in {k} ({a.get(k)} vs {b.get(k)}): "
+        va, vb = getattr(a, k) if a else None, getattr(b, k) if b else None
+        if va != vb:
+            problems.append(f"the TLS segments differ in {k} ({va} vs {vb}): "
                             f"thread-local variables cannot keep their offsets")
-    for s in tls.get("symbols", []):
-        if s["offset"].get(src) is None or s["offset"].get(src) != s["offset"].get(dst):
-            problems.append(f"thread-local {s['name']} is at block offset "
-                            f"{s['offset'].get(src)} on {src}, {s['offset'].get(dst)} on {dst}")
-    syms = _symbols(md)
+    for s in md.tls.symbols:
+        if s.offset.get(src) is None or s.offset.get(src) != s.offset.get(dst):
+            problems.append(f"thread-local {s.name} is at block offset "
+                            f"{s.offset.get(src)} on {src}, {s.offset.get(dst)} on {dst}")
     for name, size in ((LIBC_SYM, None), (MAIN_TLS_SYM, 48), (BUILTIN_SYM, BUILTIN_TLS_SIZE)):
-        s = syms.get(name) or {}
-        if not s.get(src) or s.get(src) != s.get(dst):
+        sym = md.symbol(name)
+        at = sym.at(src) if sym else None
+        if not at or at != sym.at(dst):  # type: ignore[union-attr]
             problems.append(f"musl's {name} is not at the same address on both ISAs")
-        elif size is not None and s[src][1] != size:
-            problems.append(f"musl's {name} is {s[src][1]} bytes, not musl 1.2.3's {size}")
+        elif size is not None and at[1] != size:
+            problems.append(f"musl's {name} is {at[1]} bytes, not musl 1.2.3's {size}")
     return problems
 
 
@@ -158,19 +156,21 @@ class ThreadPlan:
 class TlsTranslation:
     """The TLS areas of one process, source and target, and their writing."""
 
-    def __init__(self, md: dict[str, Any], src_isa: str, dst_isa: str):
+    def __init__(self, md: Metadata | dict[str, Any], src_isa: str, dst_isa: str):
+        md = contract.load(md)
         problems = preflight_problems(md, src_isa, dst_isa)
         if problems:
             raise Untranslatable("; ".join(problems))
         self.src_isa, self.dst_isa = src_isa, dst_isa
         self.si, self.di = arch(src_isa), arch(dst_isa)
-        tls = md.get("tls") or {}
-        self.ps = Params.from_segment(src_isa, tls.get(src_isa))
-        self.pd = Params.from_segment(dst_isa, tls.get(dst_isa))
-        syms = _symbols(md)
-        self.libc = syms[LIBC_SYM][src_isa][0]
-        self.main_tls = syms[MAIN_TLS_SYM][src_isa][0]
-        self.builtin = syms[BUILTIN_SYM][src_isa][0]
+        self.ps = Params.from_segment(src_isa, md.tls.segment(src_isa))
+        self.pd = Params.from_segment(dst_isa, md.tls.segment(dst_isa))
+
+        def addr(name: str) -> int:
+            return md.symbol(name).addr(src_isa)  # type: ignore[union-attr,return-value]
+
+        self.libc, self.main_tls, self.builtin = addr(LIBC_SYM), addr(MAIN_TLS_SYM), \
+            addr(BUILTIN_SYM)
         self.plans: list[ThreadPlan] = []
 
     # -- source --------------------------------------------------------------------
@@ -373,7 +373,7 @@ def remap_registers(core, isa: str, tr: TlsTranslation) -> None:
     arch(isa).remap_registers(core, tr.remap_value)
 
 
-def translate_process(src_images, dst_images, pid: int, md: dict[str, Any], src_isa: str,
+def translate_process(src_images, dst_images, pid: int, md: Metadata, src_isa: str,
                       dst_isa: str, threads: list[tuple[int, int, int]],
                       skip: list[tuple[int, int]]) -> TlsTranslation:
     """Move every thread's TLS area of process pid to the target layout (dst_images:

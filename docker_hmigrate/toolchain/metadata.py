@@ -18,9 +18,11 @@ import capstone
 from elftools.elf.elffile import ELFFile
 
 from docker_hmigrate.isa import AARCH64, X86_64, Isa
+from docker_hmigrate.toolchain import contract
 from docker_hmigrate.toolchain import jmpbuf_layout as jmpbuf
+from docker_hmigrate.toolchain.contract import TypeInfo
 
-SCHEMA = "hmigrate-toolchain/1"
+SCHEMA = contract.SCHEMA
 ENTER_HOOK = "__cyg_profile_func_enter"
 EXIT_HOOK = "__cyg_profile_func_exit"
 # musl frames under every thread's stack (no DWARF): where they call user code.
@@ -803,7 +805,7 @@ def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:
         a = twins.get((*k, n))
         tname = v["type"]["name"]
         if "jmp_buf" in v["type"].get("holds", ()) and a and \
-                jmpbuf.fields_match(v["type"], a["type"], X86_64, AARCH64):
+                jmpbuf.fields_match(TypeInfo(v["type"]), TypeInfo(a["type"]), X86_64, AARCH64):
             continue  # translated member by member (recode/jmpbuf.py)
         if "jmp_buf" in v["type"].get("holds", ()) or (a and "jmp_buf" in
                                                       a["type"].get("holds", ())):
@@ -1006,7 +1008,7 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
                                 if c["kind"] == "enter_hook"),
                 # aarch64 GCC keeps the function's own return address in a callee-saved
                 # register (x19 or x20) for the exit hook: recode must restore it.
-                "aarch64_lr_copy": lr[A],
+                A + contract.LR_COPY_SUFFIX: lr[A],
             }
         entry["translatable"] = not reasons
         entry["untranslatable_reasons"] = reasons
@@ -1039,10 +1041,10 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         },
         "layout": plan.summary() if plan is not None else None,
         "runtime": {
-            "signals": {"park": 40, "resume": 41},
-            "park_file": "/run/hmigrate/parked",
-            "park_file_fallback": "/tmp/.hmigrate-parked",
-            "park_file_env": "HMIGRATE_PARK_FILE",
+            "signals": {"park": contract.SIG_PARK, "resume": contract.SIG_RESUME},
+            "park_file": contract.PARK_FILE,
+            "park_file_fallback": contract.PARK_FILE_FALLBACK,
+            "park_file_env": contract.PARK_FILE_ENV,
             "state": {"symbol": "hmigrate_state", "addr": state[0] if state else None,
                       "size": state[1] if state else None},
             "park_functions": list(PARK_FUNCTIONS),

@@ -113,16 +113,15 @@ class AArch64Isa(IsaBase):
         caller's frame pointer is still in x29 and the return address in x30."""
         return regs.sp + frame_size, regs.fp, regs.lr
 
+    def park_frame_pointer(self, sp: int, frame_size: int) -> int | None:
+        """None: the leaf park function leaves the caller's x29 in the register."""
+        return None
+
     def write_park_frame(self, mem, cfa: int, caller_fp: int, own_ret: int) -> dict[str, int]:
         return {"x29": caller_fp, "x30": own_ret}
 
     def park_function_ok(self, code: bytes) -> bool:
         return not saves_frame_record(code)
-
-    def lr_copy(self, park_point: dict[str, Any]) -> str | None:
-        """GCC's instrumented functions keep their own return address in a callee-saved
-        register for the exit hook (the metadata names it)."""
-        return (park_point or {}).get("aarch64_lr_copy")
 
 
 def saves_frame_record(code: bytes) -> bool:

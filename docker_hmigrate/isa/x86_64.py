@@ -127,10 +127,14 @@ class X86_64Isa(IsaBase):
     def park_frame(self, mem, regs: ThreadRegs, frame_size: int) -> tuple[int, int, int]:
         """The runtime's futex wait (push rbp; mov rbp, rsp): its CFA, and the caller's
         frame pointer and return address from its frame record."""
-        if regs.fp != regs.sp + frame_size - 16:
+        if regs.fp != self.park_frame_pointer(regs.sp, frame_size):
             raise ValueError(f"unexpected frame at the park point (rbp {regs.fp:#x}, "
                              f"rsp {regs.sp:#x})")
         return regs.fp + 16, mem.read_u64(regs.fp), mem.read_u64(regs.fp + 8)
+
+    def park_frame_pointer(self, sp: int, frame_size: int) -> int | None:
+        """The park frame's frame pointer from its SP alone (push rbp; mov rbp, rsp)."""
+        return sp + frame_size - 16
 
     def write_park_frame(self, mem, cfa: int, caller_fp: int, own_ret: int) -> dict[str, int]:
         """The futex wait's frame record on the stack; rbp points at it."""

@@ -10,7 +10,7 @@ import pytest
 from docker_hmigrate import errors
 from docker_hmigrate.isa import AARCH64, ThreadRegs
 from docker_hmigrate.isa.aarch64 import saves_frame_record
-from docker_hmigrate.recode import Program, frames, process, transform
+from docker_hmigrate.recode import Program, frames, process, rebuild, transform
 from docker_hmigrate.toolchain import contract
 
 # -- a tiny parked program: main -> work -> __cyg_profile_func_enter -> hmigrate_park
@@ -179,7 +179,7 @@ def test_unwind_and_rebuild_aarch64_stack() -> None:
                     OUTER - 32, OUTER]
     dst = FakeMem(STACK, 0x1000)
     smap = frames.StackMap(stack, idx)
-    out = frames.write_target(src, dst, stack, idx, smap, BOTTOM[A])
+    out = rebuild.write_target(src, dst, stack, idx, smap, BOTTOM[A])
     main_cfa, work_cfa, enter_cfa, park_cfa = OUTER, OUTER - 32, OUTER - 80, OUTER - 96
     # frame records: saved fp / return address per frame, chain ends with 0
     assert dst.read_u64(main_cfa - 32) == 0 and dst.read_u64(main_cfa - 24) == BOTTOM[A]
@@ -209,7 +209,7 @@ def test_stack_round_trip_x86_aarch64_x86() -> None:
     frames.source_callee_saved(src, stack, regs, fwd)
     frames.plan_target(stack, fwd)
     arm = FakeMem(STACK, 0x1000)
-    out = frames.write_target(src, arm, stack, fwd, frames.StackMap(stack, fwd), BOTTOM[A])
+    out = rebuild.write_target(src, arm, stack, fwd, frames.StackMap(stack, fwd), BOTTOM[A])
     park = md["runtime"]["park_points"]
     arm_regs = ThreadRegs(
         pc=park[A]["blocked_pc"], sp=frames.lowest_target_sp(stack, fwd), fp=out["x29"],
@@ -224,7 +224,7 @@ def test_stack_round_trip_x86_aarch64_x86() -> None:
     assert [f.dst_cfa for f in again.frames] == [f.src_cfa for f in stack.frames]
     assert frames.lowest_target_sp(again, back) == regs.sp
     x86 = FakeMem(STACK, 0x1000)
-    out2 = frames.write_target(arm, x86, again, back, frames.StackMap(again, back), BOTTOM[X])
+    out2 = rebuild.write_target(arm, x86, again, back, frames.StackMap(again, back), BOTTOM[X])
     assert out2["rbp"] == regs.fp and out2["rbx"] == 0x7777
     for fr in stack.frames[1:]:  # frame records and every variable slot, frame by frame
         assert x86.read_u64(fr.src_cfa - 8) == src.read_u64(fr.src_cfa - 8), fr.function.name
@@ -261,7 +261,7 @@ def test_pointer_into_no_variable_is_refused() -> None:
     frames.source_callee_saved(src, stack, regs, idx)
     frames.plan_target(stack, idx)
     with pytest.raises(errors.NotMigratableCrossISA, match="matches no variable"):
-        frames.write_target(src, FakeMem(STACK, 0x1000), stack, idx,
+        rebuild.write_target(src, FakeMem(STACK, 0x1000), stack, idx,
                              frames.StackMap(stack, idx), BOTTOM[A])
 
 
@@ -455,7 +455,7 @@ def test_jmp_buf_translated_like_its_frame_and_back() -> None:
     assert a64[112:176] == bytes(64) and a64[176:] == raw[64:]
     # and back: the aarch64 jmp_buf of the rebuilt stack gives the x86-64 one again
     arm = FakeMem(STACK, 0x1000)
-    out = frames.write_target(x86_stack()[0], arm, stack, idx, smap, BOTTOM[A])
+    out = rebuild.write_target(x86_stack()[0], arm, stack, idx, smap, BOTTOM[A])
     park = md["runtime"]["park_points"]
     arm_regs = ThreadRegs(
         pc=park[A]["blocked_pc"], sp=frames.lowest_target_sp(stack, idx), fp=out["x29"],

@@ -20,22 +20,24 @@ both ISAs and the copy goes leaf by leaf.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from docker_hmigrate.recode.frames import Frame, Index, SourceStack, StackMap
-    from docker_hmigrate.toolchain.contract import Var
-
+from docker_hmigrate.recode.frames import (  # noqa: F401 - map_offset re-exported
+    Frame,
+    Index,
+    SourceStack,
+    StackMap,
+    Untranslatable,
+    fp_offset,
+    map_offset,
+    stack_map,
+    translate_value,
+)
+from docker_hmigrate.toolchain.contract import Var
 from docker_hmigrate.toolchain.jmpbuf_layout import (  # noqa: F401 - re-exported
     SETJMP_NAMES,
     SIGSETJMP_NAMES,
     Layout,
     fields_match,
 )
-
-
-def holds_jmp_buf(var: Var) -> bool:
-    return var.type.holds_jmp_buf
 
 
 def _u64(raw: bytes, off: int) -> int:
@@ -45,8 +47,6 @@ def _u64(raw: bytes, off: int) -> int:
 def translate(raw: bytes, where: str, stack: SourceStack, idx: Index, smap: StackMap,
               bottom_ret: int) -> bytes:
     """One jmp_buf from idx.src's layout to idx.dst's."""
-    from docker_hmigrate.recode.frames import Untranslatable, _fp_off, translate_value
-
     sl, dl = idx.src_isa.jmpbuf, idx.dst_isa.jmpbuf
     if len(raw) != sl.size:
         raise Untranslatable(f"{where}: a jmp_buf of {len(raw)} bytes is not musl's "
@@ -90,7 +90,7 @@ def translate(raw: bytes, where: str, stack: SourceStack, idx: Index, smap: Stac
         elif r != idx.dst_isa.fp:  # the frame pointer, set below
             raise Untranslatable(f"{where}: {idx.dst} code after setjmp in {fname} ({at}) "
                                  f"needs {r}, which has no source value")
-    dst_fp = fr.dst_cfa + _fp_off(fr, idx)
+    dst_fp = fr.dst_cfa + fp_offset(fr, idx)
     for r, o in dl.regs.items():
         out[o:o + 8] = vals.get(r, 0).to_bytes(8, "little")
     out[dl.fp:dl.fp + 8] = dst_fp.to_bytes(8, "little")
@@ -102,8 +102,6 @@ def translate(raw: bytes, where: str, stack: SourceStack, idx: Index, smap: Stac
 def copy_var(raw: bytes, sv: Var, dv: Var, where: str,
              stack: SourceStack, idx: Index, smap: StackMap, bottom_ret: int) -> bytes:
     """A variable whose type holds jmp_bufs, leaf by leaf into the target's layout."""
-    from docker_hmigrate.recode.frames import Untranslatable, translate_value
-
     if not fields_match(sv.type, dv.type, idx.src_isa, idx.dst_isa):
         raise Untranslatable(f"{where}: {sv.type.name} holds a jmp_buf in a layout "
                              f"this recode cannot map member by member")
@@ -119,17 +117,6 @@ def copy_var(raw: bytes, sv: Var, dv: Var, where: str,
     return bytes(out)
 
 
-def map_offset(sv: Var, dv: Var, off: int) -> int | None:
-    """Where byte `off` of a source variable holding jmp_bufs lies in the target's
-    variable (a pointer to one of its members), or None inside a jmp_buf's registers."""
-    for a, b in zip(sv.type.fields, dv.type.fields, strict=False):
-        if a.offset <= off < a.offset + max(a.size, 1):
-            if a.kind == "jmp_buf":
-                return b.offset if off == a.offset else None
-            return b.offset + off - a.offset
-    return dv.type.size if off == sv.type.size else None
-
-
 PROT_WRITE, MAP_SHARED = 2, 0x01
 VMA_AREA_VDSO, VMA_AREA_VVAR = 1 << 3, 1 << 12
 
@@ -142,8 +129,6 @@ def outside_stacks(dst, plans, idx: Index) -> dict[int, int]:
     undefined) and gets zero registers, so a use crashes instead of jumping into wrong
     state; any other (in the heap, or inside a bigger static object) is refused.
     Returns per process how many were translated."""
-    from docker_hmigrate.recode.frames import stack_map
-
     sl, dl = idx.src_isa.jmpbuf, idx.dst_isa.jmpbuf
     ras = idx.setjmp_calls(SETJMP_NAMES)
     if not ras:
@@ -183,8 +168,6 @@ def outside_stacks(dst, plans, idx: Index) -> dict[int, int]:
 
 
 def _static(mem, base: int, sym, cs, maps, idx: Index, sl: Layout, dl: Layout) -> None:
-    from docker_hmigrate.recode.frames import Untranslatable
-
     at = f"{cs.function.name} ({cs.function.file or '?'}:{cs.site.line})"
     if sym is None or (sym.at(idx.src) or (0, 0))[1] != sl.size \
             or (sym.at(idx.dst) or (0, 0))[1] != dl.size:

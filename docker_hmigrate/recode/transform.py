@@ -20,7 +20,7 @@ from typing import Any
 
 from docker_hmigrate.criu import ImageSet, check_supported, schema
 from docker_hmigrate.isa import NAMES as ISA_NAMES
-from docker_hmigrate.recode import frames, jmpbuf, process, shared, stackrefs, tls
+from docker_hmigrate.recode import frames, jmpbuf, process, rebuild, shared, stackrefs, tls
 from docker_hmigrate.recode.frames import Index, Untranslatable, arch
 from docker_hmigrate.recode.process import TargetFacts
 from docker_hmigrate.toolchain.contract import FunctionIsa
@@ -224,7 +224,7 @@ def rebuild_stacks(src: ImageSet, dst: ImageSet, idx: Index, plans,
             dmem.write(lo, bytes(stack.outer_cfa - lo))  # no stale source frame remains
             smap = frames.stack_map(stack, idx)
             bottom = idx.bottoms[stack.bottom_return]
-            out = frames.write_target(smem, dmem, stack, idx, smap, bottom)
+            out = rebuild.write_target(smem, dmem, stack, idx, smap, bottom)
             if regs.pc == src_park.syscall_pc:  # CRIU rewound the futex: restart it
                 pc = park.syscall_pc
                 for r, a in zip(target.arg_regs, regs.args, strict=True):

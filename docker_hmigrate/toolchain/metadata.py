@@ -13,12 +13,13 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import capstone
 from elftools.elf.elffile import ELFFile
 
 from docker_hmigrate.isa import AARCH64, X86_64, Isa
-from docker_hmigrate.toolchain import contract
+from docker_hmigrate.toolchain import contract, machine_aarch64, machine_x86_64
 from docker_hmigrate.toolchain import jmpbuf_layout as jmpbuf
 from docker_hmigrate.toolchain.contract import TypeInfo
 
@@ -33,11 +34,21 @@ PARK_FUNCTIONS = ("__cyg_profile_func_enter", "hmigrate_park", "hm_futex_wait")
 
 @dataclass(frozen=True)
 class Arch:
-    """An ISA (its facts: isa/) with the disassembler that reads its machine code."""
+    """An ISA: its facts (isa/) and how its machine code reads (machine_<isa>.py)."""
 
-    isa: Isa
-    cs_arch: int
-    cs_mode: int
+    mc: ModuleType  # toolchain/machine_<isa>.py
+
+    @property
+    def isa(self) -> Isa:
+        return self.mc.ISA
+
+    @property
+    def cs_arch(self) -> int:
+        return self.mc.CS_ARCH
+
+    @property
+    def cs_mode(self) -> int:
+        return self.mc.CS_MODE
 
     @property
     def name(self) -> str:
@@ -60,31 +71,13 @@ class Arch:
 
 
 # The two ISAs hmigrate-cc builds for: X the host's (objects carry A's twin), A the other.
-X86 = Arch(X86_64, capstone.CS_ARCH_X86, capstone.CS_MODE_64)
-A64 = Arch(AARCH64, capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+X86 = Arch(machine_x86_64)
+A64 = Arch(machine_aarch64)
 ARCHES = {a.isa.elf_machine_name: a for a in (X86, A64)}
 X, A = X86.name, A64.name
 
-_X86_ALIASES = {}
-for full, parts in {"rbx": ("ebx", "bx", "bl", "bh"), "rbp": ("ebp", "bp", "bpl"),
-                    "rsp": ("esp", "sp", "spl")}.items():
-    for p in parts:
-        _X86_ALIASES[p] = full
-for n in range(8, 16):
-    for suf in ("d", "w", "b"):
-        _X86_ALIASES[f"r{n}{suf}"] = f"r{n}"
-
-
 def norm_reg(arch: Arch, name: str) -> str:
-    if arch is A64:
-        if name.startswith("w") and name[1:].isdigit():
-            return "x" + name[1:]
-        if name in ("fp",):
-            return "x29"
-        if name in ("lr",):
-            return "x30"
-        return name
-    return _X86_ALIASES.get(name, name)
+    return arch.mc.norm_reg(name)
 
 
 # ---------------------------------------------------------------- DWARF helpers
@@ -437,18 +430,11 @@ class Binary:
 
 
 def _is_call(arch: Arch, insn) -> bool:
-    return insn.mnemonic == "call" if arch is X86 else insn.mnemonic in ("bl", "blr")
+    return arch.mc.is_call(insn)
 
 
 def _call_target(arch: Arch, insn) -> int | None:
-    op = insn.operands[0] if insn.operands else None
-    if op is None:
-        return None
-    if arch is X86 and op.type == capstone.x86.X86_OP_IMM:
-        return op.imm
-    if arch is A64 and insn.mnemonic == "bl" and op.type == capstone.arm64.ARM64_OP_IMM:
-        return op.imm
-    return None
+    return None if not insn.operands else arch.mc.call_target(insn)
 
 
 def _regs(arch: Arch, insn) -> tuple[set[str], set[str]]:
@@ -462,28 +448,7 @@ def _regs(arch: Arch, insn) -> tuple[set[str], set[str]]:
 
 def _branch(arch: Arch, insn) -> tuple[str, int | None]:
     """('jump'|'cond'|'ret'|'indirect'|'none', direct target)."""
-    m = insn.mnemonic
-    if arch is X86:
-        if m in ("ret", "retq"):
-            return "ret", None
-        if m.startswith("j"):
-            op = insn.operands[0] if insn.operands else None
-            tgt = op.imm if op is not None and op.type == capstone.x86.X86_OP_IMM else None
-            if m == "jmp":
-                return ("jump" if tgt is not None else "indirect"), tgt
-            return "cond", tgt
-        if "jmp" in m:  # notrack jmp / bnd jmp
-            return "indirect", None
-        return "none", None
-    if m == "ret":
-        return "ret", None
-    if m == "br":
-        return "indirect", None
-    if m == "b" or m.startswith("b.") or m in ("cbz", "cbnz", "tbz", "tbnz"):
-        imms = [o.imm for o in insn.operands if o.type == capstone.arm64.ARM64_OP_IMM]
-        tgt = imms[-1] if imms else None
-        return ("jump" if m == "b" else "cond"), tgt
-    return "none", None
+    return arch.mc.branch(insn)
 
 
 def liveness(arch: Arch, insns: list) -> list[set[str]]:
@@ -547,82 +512,12 @@ class PrologueState:
 
 
 def _step(arch: Arch, st: PrologueState, consts: dict[str, int], insn) -> None:
-    """Apply one instruction to the SP/FP/stack-store tracking state."""
-    m, ops = insn.mnemonic, insn.operands
-    if arch is A64 and m == "mov" and len(ops) == 2 and \
-            ops[1].type == capstone.arm64.ARM64_OP_IMM:
-        consts[insn.reg_name(ops[0].reg)] = ops[1].imm
-        return
-    if arch is X86:
-        if m == "push":
-            st.sp -= 8
-            st.stores.append((st.sp, 8))
-        elif m == "pop":
-            st.sp += 8
-        elif m == "add" and len(ops) == 2 and ops[0].type == capstone.x86.X86_OP_REG and \
-                insn.reg_name(ops[0].reg) == "rsp" and ops[1].type == capstone.x86.X86_OP_IMM:
-            st.sp += ops[1].imm  # stack arguments popped after a call
-        elif m == "mov" and len(ops) == 2 and ops[0].type == capstone.x86.X86_OP_REG \
-                and insn.reg_name(ops[0].reg) == "rbp" and ops[1].type == \
-                capstone.x86.X86_OP_REG and insn.reg_name(ops[1].reg) == "rsp":
-            st.fp = st.sp
-        elif m == "sub" and ops and ops[0].type == capstone.x86.X86_OP_REG and \
-                insn.reg_name(ops[0].reg) == "rsp":
-            if ops[1].type == capstone.x86.X86_OP_IMM:
-                st.sp -= ops[1].imm
-            else:
-                st.dynamic = True
-        elif ops and ops[0].type == capstone.x86.X86_OP_MEM and m.startswith("mov"):
-            mem = ops[0].mem
-            base = insn.reg_name(mem.base) if mem.base else None
-            ref = st.fp if base == "rbp" else st.sp if base == "rsp" else None
-            if ref is not None and not mem.index:
-                st.stores.append((ref + mem.disp, ops[0].size))
-    else:
-        if m in ("stp", "str", "stur", "strb", "strh", "sturb", "sturh") and ops:
-            mem_ops = [o for o in ops if o.type == capstone.arm64.ARM64_OP_MEM]
-            if not mem_ops:
-                return
-            mem = mem_ops[0].mem
-            base = insn.reg_name(mem.base)
-            size = {"strb": 1, "sturb": 1, "strh": 2, "sturh": 2}.get(m, 0)
-            if not size:
-                size = 4 if insn.reg_name(ops[0].reg).startswith(("w", "s")) else 8
-                if insn.reg_name(ops[0].reg).startswith("q"):
-                    size = 16
-            nregs = 2 if m == "stp" else 1
-            if base == "sp":
-                if insn.writeback and len(ops) == 3 + 0 and False:
-                    pass
-                if insn.writeback:
-                    # stp x29, x30, [sp, #-N]! pre-indexed; post-index not used in prologues
-                    st.sp += mem.disp
-                    st.stores.append((st.sp, size * nregs))
-                else:
-                    st.stores.append((st.sp + mem.disp, size * nregs))
-            elif base in ("x29", "fp") and st.fp is not None:
-                st.stores.append((st.fp + mem.disp, size * nregs))
-        elif m == "sub" and len(ops) == 3 and insn.reg_name(ops[0].reg) == "sp" and \
-                insn.reg_name(ops[1].reg) == "sp":
-            if ops[2].type == capstone.arm64.ARM64_OP_IMM:
-                st.sp -= ops[2].imm << (ops[2].shift.value if ops[2].shift.type else 0)
-            elif insn.reg_name(ops[2].reg) in consts:
-                st.sp -= consts[insn.reg_name(ops[2].reg)]
-            else:
-                st.dynamic = True
-        elif m == "mov" and len(ops) == 2 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
-                and ops[1].type == capstone.arm64.ARM64_OP_REG and \
-                insn.reg_name(ops[1].reg) == "sp":
-            st.fp = st.sp
-        elif m == "add" and len(ops) == 3 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
-                and insn.reg_name(ops[1].reg) == "sp" and \
-                ops[2].type == capstone.arm64.ARM64_OP_IMM:
-            st.fp = st.sp + ops[2].imm
+    arch.mc.step(st, consts, insn)
 
 
 def simulate(arch: Arch, insns: list, until: int) -> PrologueState:
     """Track SP/FP and stack stores from function entry up to instruction index `until`."""
-    st = PrologueState(sp=-8 if arch is X86 else 0, fp=None, stores=[])
+    st = PrologueState(sp=arch.mc.ENTRY_SP, fp=None, stores=[])
     consts: dict[str, int] = {}  # aarch64 large frames: mov x12, #5200; sub sp, sp, x12
     for insn in insns[:until]:
         _step(arch, st, consts, insn)
@@ -646,7 +541,7 @@ def analyse_function(b: Binary, name: str) -> dict:
     body_state = None
     live_in = liveness(arch, insns)
     # One pass of the SP/FP tracker, snapshotted at each call (not one pass per call).
-    run = PrologueState(sp=-8 if arch is X86 else 0, fp=None, stores=[])
+    run = PrologueState(sp=arch.mc.ENTRY_SP, fp=None, stores=[])
     consts: dict[str, int] = {}
     done = 0
     dynamic_calls = 0
@@ -690,13 +585,8 @@ def analyse_function(b: Binary, name: str) -> dict:
             frame["saved_regs"] = {arch.reg(r): rule.arg for r, rule in row.items()
                                    if isinstance(r, int) and getattr(rule, "type", "") == "OFFSET"}
         # Where this ISA keeps the return address and the caller's frame pointer.
-        if arch is X86:
-            frame["return_address_cfa_offset"] = -8
-            frame["saved_fp_cfa_offset"] = -16
-        else:
-            regs = frame.get("saved_regs", {})
-            frame["return_address_cfa_offset"] = regs.get("x30")
-            frame["saved_fp_cfa_offset"] = regs.get("x29")
+        frame["return_address_cfa_offset"], frame["saved_fp_cfa_offset"] = \
+            arch.mc.frame_record(frame)
         out["frame"] = frame
     if df is not None:
         out["vars"] = df.vars
@@ -741,15 +631,9 @@ def check_park_point(b: Binary, fn: dict) -> list[str]:
 
 
 def _lr_copy_reg(b: Binary, fn: dict) -> str | None:
-    """aarch64 GCC copies the return address into a callee-saved register for the exit hook."""
-    if b.arch is not A64:
-        return None
-    for insn in b.disasm(fn["addr"], fn["size"])[:16]:
-        ops = insn.op_str.replace(" ", "").split(",")
-        if insn.mnemonic == "mov" and len(ops) == 2 and ops[1] in ("x30", "lr") and \
-                ops[0] in A64.callee_saved:
-            return ops[0]
-    return None
+    """The callee-saved register holding the function's own return address for the exit
+    hook, if its ISA's GCC keeps one (aarch64)."""
+    return b.arch.mc.lr_copy_reg(b.disasm(fn["addr"], fn["size"]))
 
 
 def _params_stored(b: Binary, name: str, fn: dict) -> list[str]:
@@ -920,7 +804,7 @@ def _park_points(b: Binary) -> dict:
         addr, size = b.funcs["hm_futex_wait"]
         insns = b.disasm(addr, size)
         for i, insn in enumerate(insns):
-            if insn.mnemonic in ("syscall", "svc"):
+            if insn.mnemonic == b.arch.mc.SYSCALL:
                 info["blocked_pc"] = insn.address + insn.size
                 info["syscall_pc"] = insn.address
                 # CFA - SP while blocked: with SP from /proc/PID/task/TID/syscall this

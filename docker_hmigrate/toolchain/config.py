@@ -70,6 +70,7 @@ class Isa:
     elf_machine: str  # pyelftools e_machine
     extra_cflags: tuple[str, ...]
     keeps_machine_flags: bool  # whether user -m/-march flags apply to this ISA
+    extra_link_flags: tuple[str, ...] = ()
 
     def tool(self, name: str) -> str:
         return f"{self.gnu_prefix}{name}"
@@ -128,6 +129,10 @@ AARCH64 = Isa(
     # Outline atomics would call libgcc helpers that depend on hwcap probing.
     extra_cflags=("-mno-outline-atomics",),
     keeps_machine_flags=False,
+    # Debian's aarch64 gcc asks ld for Cortex-A53 erratum 843419 stubs; ld inserts them
+    # where adrp lands at page offset 0xff8/0xffc, which moves everything behind them by
+    # a page in a late relaxation pass and breaks the layout.
+    extra_link_flags=("-mno-fix-cortex-a53-843419",),
 )
 ISAS = (X86_64, AARCH64)
 HOST = X86_64

@@ -349,11 +349,7 @@ def link_cmd(il: IsaLink, out: str, mapfile: str, ldflags: list[str],
     cmd += start + il.files
     cmd += ["-Wl,--start-group", *libs, "-Wl,--end-group", *end]
     cmd += [f"-Wl,--wrap={s}" for s in WRAPPED]
-    if il.isa is AARCH64:
-        # Debian's aarch64 gcc asks ld for Cortex-A53 erratum 843419 stubs; ld inserts
-        # them where adrp lands at page offset 0xff8/0xffc, which moves everything
-        # behind them by a page in a late relaxation pass and breaks the layout.
-        cmd += ["-mno-fix-cortex-a53-843419"]
+    cmd += list(il.isa.extra_link_flags)
     cmd += [f for f in ldflags if "--gc-sections" not in f and "-Map" not in f]
     cmd += [f"-Wl,-Map={mapfile}", "-o", out]
     if script:

@@ -36,45 +36,18 @@ PARK_FUNCTIONS = ("__cyg_profile_func_enter", "hmigrate_park", "hm_futex_wait")
 class Arch:
     """An ISA: its facts (isa/) and how its machine code reads (machine_<isa>.py)."""
 
+    isa: Isa
     mc: ModuleType  # toolchain/machine_<isa>.py
-
-    @property
-    def isa(self) -> Isa:
-        return self.mc.ISA
-
-    @property
-    def cs_arch(self) -> int:
-        return self.mc.CS_ARCH
-
-    @property
-    def cs_mode(self) -> int:
-        return self.mc.CS_MODE
-
-    @property
-    def name(self) -> str:
-        return self.isa.name
-
-    @property
-    def callee_saved(self) -> tuple[str, ...]:  # without the frame pointer
-        return self.isa.callee_saved
-
-    @property
-    def fp(self) -> str:
-        return self.isa.fp
-
-    @property
-    def sp(self) -> str:
-        return self.isa.sp
 
     def reg(self, n: int) -> str:
         return self.isa.dwarf_reg(n)
 
 
 # The two ISAs hmigrate-cc builds for: X the host's (objects carry A's twin), A the other.
-X86 = Arch(machine_x86_64)
-A64 = Arch(machine_aarch64)
+X86 = Arch(X86_64, machine_x86_64)
+A64 = Arch(AARCH64, machine_aarch64)
 ARCHES = {a.isa.elf_machine_name: a for a in (X86, A64)}
-X, A = X86.name, A64.name
+X, A = X86_64.name, AARCH64.name
 
 def norm_reg(arch: Arch, name: str) -> str:
     return arch.mc.norm_reg(name)
@@ -336,7 +309,7 @@ class Binary:
         if self.dwarf:
             self._load_dwarf()
             self._load_cfi()
-        self.cs = capstone.Cs(self.arch.cs_arch, self.arch.cs_mode)
+        self.cs = capstone.Cs(self.arch.mc.CS_ARCH, self.arch.mc.CS_MODE)
         self.cs.detail = True
 
     def close(self) -> None:
@@ -472,7 +445,7 @@ def liveness(arch: Arch, insns: list) -> list[set[str]]:
             succ.append(sorted(s for s in starts if s < n))
         else:
             succ.append(nxt)
-    cs = set(arch.callee_saved)
+    cs = set(arch.isa.callee_saved)
     use, defs = [], []
     for x in insns:
         r, w = _regs(arch, x)
@@ -500,7 +473,7 @@ def live_callee_saved(arch: Arch, insns: list, start: int,
         live_in = liveness(arch, insns)
     if start >= len(insns):
         return []
-    return [r for r in arch.callee_saved if r in live_in[start]]
+    return [r for r in arch.isa.callee_saved if r in live_in[start]]
 
 
 @dataclass
@@ -621,7 +594,7 @@ def check_park_point(b: Binary, fn: dict) -> list[str]:
     hook_i = next(i for i, x in enumerate(insns) if x.address == hooks[0]["call_pc"])
     defined: set[str] = set()
     for x in insns[:hook_i]:
-        defined |= _regs(arch, x)[1] & set(arch.callee_saved)
+        defined |= _regs(arch, x)[1] & set(arch.isa.callee_saved)
     lr_copy = _lr_copy_reg(b, fn)
     live = set(hooks[0]["live_callee_saved"])
     bad = sorted((defined & live) - {lr_copy})
@@ -849,7 +822,7 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         hook_probs: dict[str, list[str]] = {X: [], A: []}
         if entry["instrumented"]:
             for b, f, arch in ((bx, fx, X86), (ba, fa, A64)):
-                hook_probs[arch.name] = [f"{arch.name}: {p}" for p in
+                hook_probs[arch.isa.name] = [f"{arch.isa.name}: {p}" for p in
                                          check_park_point(b, f) + _params_stored(b, name, f)]
         for ix, ia in pairs:
             cx, ca = fx["call_sites"][ix], fa["call_sites"][ia]
@@ -938,7 +911,7 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         "tls": tls,
         "functions": functions,
         "symbols": symbols,
-        "unclean_ranges": {b.arch.name: unclean_ranges(functions, b.arch.name, instrumented,
+        "unclean_ranges": {b.arch.isa.name: unclean_ranges(functions, b.arch.isa.name, instrumented,
                                                        foreign_code(b))
                            for b in (bx, ba)},
         "checks": {"park_points_clean": not problems, "problems": problems,

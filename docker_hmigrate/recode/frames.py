@@ -15,6 +15,7 @@ bottom frames, argv, envp, auxv) keeps its address.
 from __future__ import annotations
 
 import bisect
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -53,7 +54,15 @@ class Index:
         for m, s, d, idx in cls._cache:
             if m.raw is raw and (s, d) == (src, dst):
                 return idx
-        idx = cls(md, src, dst)
+        # Tens of thousands of small objects at once: the collector's full passes over the
+        # whole metadata (every JSON object is tracked) would cost more than the index.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            idx = cls(md, src, dst)
+        finally:
+            if enabled:
+                gc.enable()
         cls._cache[:] = [(idx.md, src, dst, idx)] + cls._cache[:cls._CACHED - 1]
         return idx
 

@@ -99,6 +99,10 @@ class AArch64Isa(IsaBase):
             fpsimd=new("user_aarch64_fpsimd_context_entry", vregs=[0] * 64, fpsr=0,
                        fpcr=0)))
 
+    def native_thread(self, core):
+        """Nothing of a native thread is needed (set_core ignores `native`)."""
+        return None
+
     def describe_regs(self, core) -> str:
         t = core.ti_aarch64
         g = t.gpregs

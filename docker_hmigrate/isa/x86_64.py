@@ -118,6 +118,10 @@ class X86_64Isa(IsaBase):
         ti.tls.extend(tls)
         core.thread_info.CopyFrom(ti)
 
+    def native_thread(self, core):
+        """What set_core takes as `native` from a template's thread: its thread_info."""
+        return core.thread_info if core.HasField("thread_info") else None
+
     def describe_regs(self, core) -> str:
         g = core.thread_info.gpregs
         return f"pc={g.ip:#x} sp={g.sp:#x} bp={g.bp:#x} fs_base={g.fs_base:#x} ax={g.ax:#x}"

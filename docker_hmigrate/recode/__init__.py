@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docker_hmigrate import errors
+from docker_hmigrate import errors, isa
 from docker_hmigrate.isa import NAMES as ISAS
 from docker_hmigrate.toolchain import contract
 
@@ -136,7 +136,8 @@ def template_facts(template_dir: Path):
         except (LookupError, ValueError):
             facts.platform = None
     core = images.core(pid)
-    facts.thread = core.thread_info if core.HasField("thread_info") else None
+    own = by_criu_march(core.mtype)
+    facts.thread = own.native_thread(core) if own else None
     return facts
 
 

@@ -187,8 +187,8 @@ def check_contents(imgset, idx: Index) -> list[str]:
     ranges = sorted(_forbidden_ranges(imgset, idx))
     for pid in imgset.pids:
         for tid in imgset.threads(pid):
-            g = imgset.core(tid).thread_info
-            for what, a in (("stack pointer", g.gpregs.sp), ("thread pointer", g.gpregs.fs_base)):
+            regs = idx.src_isa.read_regs(imgset.core(tid))
+            for what, a in (("stack pointer", regs.sp), ("thread pointer", regs.tp)):
                 for obj in objs.values():
                     for _p, v in obj.vmas:
                         if v.start <= a < v.end:

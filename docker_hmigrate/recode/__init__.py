@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docker_hmigrate import errors, isa
+from docker_hmigrate import errors
 from docker_hmigrate.isa import NAMES as ISAS
+from docker_hmigrate.isa import by_criu_march
 from docker_hmigrate.toolchain import contract
 
 TOOLCHAIN_SCHEMA = contract.SCHEMA

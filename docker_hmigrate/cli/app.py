@@ -45,7 +45,6 @@ Examples:
   docker hmigrate version --to hm-b
 """
 
-
 app = typer.Typer(
     name="hmigrate",
     help=HELP,
@@ -60,9 +59,14 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
 
-for _family in (migrate, blocks, build, about, install):
-    for _name, _func in _family.COMMANDS.items():
-        app.command(_name, cls=DockerCommand)(_func)  # help pages in docker's style
+
+def _register_commands() -> None:
+    for family in (migrate, blocks, build, about, install):
+        for name, func in family.COMMANDS.items():
+            app.command(name, cls=DockerCommand)(func)  # help pages in docker's style
+
+
+_register_commands()
 
 
 # ---- global options --------------------------------------------------------------------

@@ -7,9 +7,10 @@ import sys
 from typing import Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from docker_hmigrate import __version__, hosts
-from docker_hmigrate.cli.dockerstyle import TyperGroup, click
+from docker_hmigrate.cli.dockerstyle import click
 from docker_hmigrate.cli.state import FormatOpt, JsonOpt, get_globals, get_reporter
 
 

@@ -8,7 +8,7 @@ How the docker CLI (28.x) runs a plugin, as observed with a probe plugin:
 * run: the CLI execs the plugin with *its own* argv unchanged, e.g.
   ``docker --context b -D hmigrate migrate web`` runs
   ``docker-hmigrate --context b -D hmigrate migrate web``; global flags are not turned into
-  environment variables, so we parse them here. ``docker help hmigrate`` runs
+  environment variables, so we parse them here (cli/flags.py). ``docker help hmigrate`` runs
   ``docker-hmigrate help hmigrate``.
 * env: DOCKER_CLI_PLUGIN_ORIGINAL_CLI_COMMAND (path of docker), DOCKER_CLI_PLUGIN_SOCKET
   (an abstract unix socket ``@docker_cli_<hex>``; the CLI closes it when it receives
@@ -40,6 +40,7 @@ METADATA: dict[str, str] = {
     ),
     "URL": "https://github.com/docker-hmigrate/docker-hmigrate",
 }
+
 
 def split_argv(argv: list[str]) -> tuple[dict[str, object], list[str], bool]:
     """Split the plugin's argv (without argv[0]) into (docker globals, app args, completing).

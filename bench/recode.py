@@ -21,8 +21,7 @@ from pathlib import Path
 import docker
 
 from docker_hmigrate.recode import Program, transform
-from tests.lab import HOSTS, unique
-from tests.test_recode_lab import (
+from tests.lab.test_recode_lab import (
     HELLO,
     REDIS,
     THREADS_C,
@@ -30,6 +29,7 @@ from tests.test_recode_lab import (
     park_pcs,
     program_of_image,
 )
+from tests.support.lab import HOSTS, unique
 
 
 def redis_program(client: docker.DockerClient) -> Program | None:

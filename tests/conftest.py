@@ -6,7 +6,7 @@ import contextlib
 
 import pytest
 
-from tests.lab import LabHost, connect
+from tests.support.lab import LabHost, connect
 
 
 @pytest.fixture(scope="session")

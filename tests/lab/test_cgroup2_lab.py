@@ -15,7 +15,7 @@ import subprocess
 
 import pytest
 
-from tests.lab import (
+from tests.support.lab import (
     BASE_IMAGE,
     COUNTER_CMD,
     DOCKER_CLI,
@@ -26,7 +26,7 @@ from tests.lab import (
     unique,
     wait_until,
 )
-from tests.resp import Redis
+from tests.support.resp import Redis
 
 pytestmark = [pytest.mark.lab, pytest.mark.cgroup2]
 

@@ -22,8 +22,8 @@ from bench import corpus
 from docker_hmigrate import recode
 from docker_hmigrate.criu.imageset import ImageSet
 from docker_hmigrate.recode import frames, jmpbuf
-from tests.lab import lab_unavailable, unique, wait_until
-from tests.test_recode_lab import program_of_image
+from tests.lab.test_recode_lab import program_of_image
+from tests.support.lab import lab_unavailable, unique, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.toolchain]
 

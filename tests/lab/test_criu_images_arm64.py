@@ -23,8 +23,8 @@ import pytest
 import requests
 
 from docker_hmigrate.criu import ImageSet, March, check_supported, isa_specific_parts
-from tests.lab import COUNTER_CMD, counter_values, lab_unavailable, unique, wait_until
-from tests.test_criu_images_lab import assert_identical, assert_schema_covers, workdir
+from tests.lab.test_criu_images_lab import assert_identical, assert_schema_covers, workdir
+from tests.support.lab import COUNTER_CMD, counter_values, lab_unavailable, unique, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.arm64]
 __all__ = ["workdir"]  # the fixture, shared with the x86-64 lab tests

@@ -26,7 +26,7 @@ from docker_hmigrate.criu import (
     unknown_fields,
 )
 from docker_hmigrate.criu.isa import vma_kind
-from tests.lab import (
+from tests.support.lab import (
     BASE_IMAGE,
     COUNTER_CMD,
     REDIS_IMAGE,

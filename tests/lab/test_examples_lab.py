@@ -9,7 +9,7 @@ import subprocess
 
 import pytest
 
-from tests.lab import DOCKER_CLI, REGISTRY, unique, wait_until
+from tests.support.lab import DOCKER_CLI, REGISTRY, unique, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -52,7 +52,7 @@ def test_helloworld_variant_runs_and_counts(host_b, cleanup, platform):
 
 
 def _redis_answers(address: str, port: int):
-    from tests.resp import Redis
+    from tests.support.resp import Redis
 
     try:
         client = Redis(address, port, timeout=5)

@@ -8,8 +8,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import BASE_IMAGE, COUNTER_CMD, REDIS_IMAGE, counter_values, unique, wait_until
-from tests.test_migrate_lab import _exists, _try_redis, hmigrate, migrate_json
+from tests.lab.test_migrate_lab import _exists, _try_redis, hmigrate, migrate_json
+from tests.support.lab import (
+    BASE_IMAGE,
+    COUNTER_CMD,
+    REDIS_IMAGE,
+    counter_values,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.lab
 

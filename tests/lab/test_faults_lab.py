@@ -21,8 +21,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import BASE_IMAGE, COUNTER_CMD, DOCKER_CLI, counter_values, unique, wait_until
-from tests.netfault import Cut, FaultyProxy
+from tests.support.lab import (
+    BASE_IMAGE,
+    COUNTER_CMD,
+    DOCKER_CLI,
+    counter_values,
+    unique,
+    wait_until,
+)
+from tests.support.netfault import Cut, FaultyProxy
 
 pytestmark = pytest.mark.lab
 
@@ -219,7 +226,7 @@ def test_checkpoint_on_target_is_private(host_a, host_b, cleanup):
     assert_end_state(host_a, host_b, name, cid, before, doc, "b")
 
 
-# --- the network to the target fails (tests/netfault.py: a proxy that cuts it) -------------
+# --- the network to the target fails (tests/support/netfault.py: a proxy that cuts it) ----------
 @pytest.fixture
 def cut_target(host_b):
     """A context `hm-bcut-*` reaching host b through a FaultyProxy; yields a function

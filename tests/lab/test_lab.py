@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import BASE_IMAGE, COUNTER_CMD, LAB_DIR, counter_values, unique, wait_until
+from tests.support.lab import BASE_IMAGE, COUNTER_CMD, LAB_DIR, counter_values, unique, wait_until
 
 pytestmark = pytest.mark.lab
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import docker
 import pytest
 
-from tests.lab import (
+from tests.support.lab import (
     COUNTER_CMD,
     DOCKER_CLI,
     connect,
@@ -28,7 +28,7 @@ from tests.lab import (
 
 pytestmark = [pytest.mark.lab, pytest.mark.arm64]
 
-ARM_DIR = Path(__file__).resolve().parent.parent / "lab" / "arm64"
+ARM_DIR = Path(__file__).resolve().parents[2] / "lab" / "arm64"
 CONTEXT = os.environ.get("HM_ARM_NAME", "hm-arm")
 URL = f"tcp://127.0.0.1:{os.environ.get('HM_ARM_PORT', '2391')}"
 IMAGE = "hmigrate-lab/busybox:arm64"  # imported at boot from the guest's busybox-static

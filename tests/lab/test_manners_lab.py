@@ -10,8 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from tests import jsondoc
-from tests.lab import BASE_IMAGE, COUNTER_CMD, DOCKER_CLI, counter_values, unique, wait_until
+from tests.support import jsondoc
+from tests.support.lab import (
+    BASE_IMAGE,
+    COUNTER_CMD,
+    DOCKER_CLI,
+    counter_values,
+    unique,
+    wait_until,
+)
 
 pytestmark = pytest.mark.lab
 

@@ -12,7 +12,7 @@ import subprocess
 import docker
 import pytest
 
-from tests.lab import (
+from tests.support.lab import (
     BASE_IMAGE,
     COUNTER_CMD,
     DOCKER_CLI,
@@ -171,7 +171,7 @@ def arm_redis(arm, container: str, *commands: str) -> str:
 
 
 def test_redis_dataset_moves_to_aarch64(host_a, arm, cleanup, on_arm):
-    from tests.resp import Redis
+    from tests.support.resp import Redis
 
     name, port = unique("x-redis"), 16395
     cleanup.append(name)

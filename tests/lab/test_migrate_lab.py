@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab import (
+from tests.support.lab import (
     BASE_IMAGE,
     COUNTER_CMD,
     DOCKER_CLI,
@@ -20,7 +20,7 @@ from tests.lab import (
     unique,
     wait_until,
 )
-from tests.resp import Redis
+from tests.support.resp import Redis
 
 pytestmark = pytest.mark.lab
 

@@ -10,7 +10,7 @@ import pytest
 
 from docker_hmigrate.engine import Host
 from docker_hmigrate.park import ParkProtocol, park, read_container_file, resume
-from tests.lab import REGISTRY, unique, wait_until
+from tests.support.lab import REGISTRY, unique, wait_until
 
 pytestmark = pytest.mark.lab
 

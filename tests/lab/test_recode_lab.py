@@ -37,13 +37,13 @@ from docker_hmigrate.recode import (
     transform,
 )
 from docker_hmigrate.recode.process import TargetFacts
-from tests.lab import LabHost, lab_unavailable, unique
+from tests.support.lab import LabHost, lab_unavailable, unique
 
 pytestmark = pytest.mark.lab
 
 HELLO = "localhost:5000/hmigrate/helloworld:latest"
 ARM_URL = "tcp://127.0.0.1:2391"
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 # A multi-threaded program without thread-local variables (TLS: test_recode_tls_lab.py).
 THREADS_C = r"""

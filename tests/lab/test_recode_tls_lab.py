@@ -12,9 +12,8 @@ import pytest
 
 from docker_hmigrate.criu import ImageSet
 from docker_hmigrate.recode import aarch64, tls, transform
-from tests import test_recode_lab
-from tests.lab import LabHost, unique
-from tests.test_recode_lab import (
+from tests.lab import test_recode_lab
+from tests.lab.test_recode_lab import (
     arm_container_with,
     build_mt,
     check_recoded,
@@ -23,6 +22,7 @@ from tests.test_recode_lab import (
     recoded_on_arm,
     wait_until,
 )
+from tests.support.lab import LabHost, unique
 
 # the fixtures of the recode lab tests, shared
 arm = test_recode_lab.arm
@@ -30,7 +30,7 @@ workdir = test_recode_lab.workdir
 
 pytestmark = pytest.mark.lab
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 THREADS_C = (REPO / "examples" / "threads" / "threads.c").read_text()
 # 4 workers x 400 steps of 25 ms: ~10 s on x86-64, parked after a few hundred steps
 ARGS = ("4", "400", "25")

@@ -16,7 +16,7 @@ import pytest
 
 from docker_hmigrate.toolchain.config import AARCH64, missing_tools
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 QEMU = "/usr/bin/qemu-aarch64-static"
 CC = f"{sys.executable} -m docker_hmigrate.toolchain cc"
 

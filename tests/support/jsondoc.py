@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-DOC = Path(__file__).resolve().parent.parent / "docs" / "json.md"
+DOC = Path(__file__).resolve().parents[2] / "docs" / "json.md"
 
 
 def sections() -> dict[str, dict[str, Any]]:

@@ -17,7 +17,7 @@ import docker
 import pytest
 
 DOCKER_CLI = "/usr/local/bin/docker" if Path("/usr/local/bin/docker").exists() else "docker"
-LAB_DIR = Path(__file__).resolve().parent.parent / "lab"
+LAB_DIR = Path(__file__).resolve().parents[2] / "lab"
 BASE_IMAGE = "hmlab/busybox:latest"
 REDIS_IMAGE = "hmlab/redis:latest"
 REGISTRY = "localhost:5000"

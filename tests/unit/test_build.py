@@ -17,7 +17,7 @@ import pytest
 from docker_hmigrate import build, errors, registry, toolchain_image
 from docker_hmigrate.cli import app as cli
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 SCHEMA = "hmigrate-toolchain/1"
 
 

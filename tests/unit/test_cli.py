@@ -17,7 +17,7 @@ from docker_hmigrate.cli import app as cli
 from docker_hmigrate.cli.commands import install
 from docker_hmigrate.output import Reporter, render_error
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)

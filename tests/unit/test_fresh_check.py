@@ -7,7 +7,7 @@ import importlib.machinery
 import importlib.util
 from pathlib import Path
 
-LAB = Path(__file__).resolve().parent.parent / "lab"
+LAB = Path(__file__).resolve().parents[2] / "lab"
 
 
 def load():

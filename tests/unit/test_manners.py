@@ -18,8 +18,8 @@ import pytest
 from docker_hmigrate import errors, hosts
 from docker_hmigrate.cli import app as cli
 from docker_hmigrate.cli import completion
-from tests.test_hosts import FakeDaemon
-from tests.test_plugin import DOCKER, clean_env, needs_docker_cli, plugin_executable
+from tests.unit.test_hosts import FakeDaemon
+from tests.unit.test_plugin import DOCKER, clean_env, needs_docker_cli, plugin_executable
 
 
 @pytest.fixture(autouse=True)
@@ -273,7 +273,7 @@ def test_reference_documents_every_command_and_flag() -> None:
     import typer
     from typer import _click as click
 
-    text = (Path(__file__).resolve().parent.parent / "docs" / "reference.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "reference.md").read_text()
     sections = dict(re.findall(r"^## `docker hmigrate (\S+)`\n(.*?)(?=^## |\Z)", text,
                                re.S | re.M))
     group = typer.main.get_command(cli.app)

@@ -1,6 +1,6 @@
 """The migration's failure rules against a fake engine (no daemon): the commit point, the
 rollback of a maybe-frozen source, interrupts (duplicates, shields), the lock, hooks and
-option values. What needs real CRIU is in tests/test_faults_lab.py."""
+option values. What needs real CRIU is in tests/lab/test_faults_lab.py."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from docker_hmigrate.cli import flags, plugin
 from docker_hmigrate.cli.flags import ArgError, parse_global_flags
 from docker_hmigrate.cli.plugin import split_argv
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 DOCKER = "/usr/local/bin/docker"
 needs_docker_cli = pytest.mark.skipif(
     not os.access(DOCKER, os.X_OK), reason="docker CLI not at /usr/local/bin/docker"

@@ -13,7 +13,7 @@ import pytest
 from docker_hmigrate import errors, park
 from docker_hmigrate.polling import poll, watch
 
-PACKAGE = Path(__file__).resolve().parent.parent / "docker_hmigrate"
+PACKAGE = Path(__file__).resolve().parents[2] / "docker_hmigrate"
 
 
 def test_no_hand_written_deadline_loops() -> None:

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 PACKAGE = "docker_hmigrate"
-ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 
 # Cycles known and owned by another part of issue 12 (delete the entry once it is gone).
 # Only an exact match is tolerated: anything else in or around those modules still fails.

@@ -9,18 +9,15 @@ import shutil
 import socket
 import subprocess
 import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import HTTPServer
 from pathlib import Path
 
 import pytest
 
 from docker_hmigrate import errors, hosts
 from docker_hmigrate.hosts import Endpoint, GlobalOptions, TLSConfig
-
-DOCKER = "/usr/local/bin/docker"
-needs_docker_cli = pytest.mark.skipif(
-    not os.access(DOCKER, os.X_OK), reason="docker CLI not at /usr/local/bin/docker"
-)
+from tests.support.dockercli import DOCKER, needs_docker_cli
+from tests.support.fakes import FakeDaemon
 
 DOCKER_ENV = (
     "DOCKER_HOST",
@@ -343,38 +340,6 @@ def test_current_context_matches_docker_context_show(cfg: Path) -> None:
 
 
 # ---- connecting --------------------------------------------------------------------------
-
-
-class FakeDaemon(BaseHTTPRequestHandler):
-    """Answers just enough of the engine API for DockerClient(version="auto")."""
-
-    def do_GET(self) -> None:  # noqa: N802
-        path = self.path.split("?")[0]
-        if path.endswith("/_ping"):
-            body, ctype = b"OK", "text/plain"
-        elif path.endswith("/containers/json"):
-            body = json.dumps([{"Id": "c0ffee", "Names": ["/web"]}]).encode()
-            ctype = "application/json"
-        elif path.endswith("/containers/c0ffee/json"):
-            body = json.dumps({"Id": "c0ffee", "Name": "/web", "State": {}}).encode()
-            ctype = "application/json"
-        elif path.endswith("/version"):
-            body = json.dumps(
-                {"Version": "99.0.0", "ApiVersion": "1.41", "Os": "linux", "Arch": "amd64"}
-            ).encode()
-            ctype = "application/json"
-        else:
-            self.send_response(404)
-            self.end_headers()
-            return
-        self.send_response(200)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        pass
 
 
 def test_connect_tcp_negotiates_version(cfg: Path) -> None:

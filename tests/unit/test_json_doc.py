@@ -15,8 +15,7 @@ from docker_hmigrate.cli import app as cli
 from docker_hmigrate.cli.commands import migrate as commands
 from docker_hmigrate.output import Reporter
 from tests.support import jsondoc
-from tests.unit.test_hosts import FakeDaemon
-from tests.unit.test_validate_fake import IMAGE_OK, INSPECT, FakeHost
+from tests.support.fakes import IMAGE_OK, INSPECT, FakeDaemon, FakeHost
 
 
 @pytest.fixture(autouse=True)

@@ -18,8 +18,8 @@ import pytest
 from docker_hmigrate import errors, hosts
 from docker_hmigrate.cli import app as cli
 from docker_hmigrate.cli import completion
-from tests.unit.test_hosts import FakeDaemon
-from tests.unit.test_plugin import DOCKER, clean_env, needs_docker_cli, plugin_executable
+from tests.support.dockercli import DOCKER, clean_env, needs_docker_cli, plugin_executable
+from tests.support.fakes import FakeDaemon
 
 
 @pytest.fixture(autouse=True)

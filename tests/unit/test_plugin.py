@@ -17,28 +17,9 @@ import pytest
 from docker_hmigrate.cli import flags, plugin
 from docker_hmigrate.cli.flags import ArgError, parse_global_flags
 from docker_hmigrate.cli.plugin import split_argv
+from tests.support.dockercli import DOCKER, clean_env, needs_docker_cli, plugin_executable
 
 REPO = Path(__file__).resolve().parents[2]
-DOCKER = "/usr/local/bin/docker"
-needs_docker_cli = pytest.mark.skipif(
-    not os.access(DOCKER, os.X_OK), reason="docker CLI not at /usr/local/bin/docker"
-)
-CLEAN_ENV_DROP = ("DOCKER_HOST", "DOCKER_CONTEXT", "DOCKER_CONFIG", "DOCKER_TLS_VERIFY",
-                  "DOCKER_TLS", "DOCKER_CERT_PATH", "DOCKER_CLI_PLUGIN_SOCKET")  # fmt: skip
-
-
-def plugin_executable() -> Path:
-    """The installed console script (not a pyenv shim), next to this interpreter."""
-    exe = Path(sys.executable).parent / "docker-hmigrate"
-    if not exe.exists():
-        pytest.skip("docker-hmigrate console script not installed (pip install -e .)")
-    return exe
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in CLEAN_ENV_DROP}
-    env.update(extra)
-    return env
 
 
 # ---- metadata --------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from docker_hmigrate.criu.memory import PE_PRESENT
 from docker_hmigrate.migrate import anonymous_shared
 from docker_hmigrate.recode import shared, template
 from docker_hmigrate.recode.frames import Untranslatable
-from tests.unit.test_criu_images import (
+from tests.support.criu_images import (
     CORE,
     FDINFO,
     FILES,

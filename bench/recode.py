@@ -21,7 +21,8 @@ from pathlib import Path
 import docker
 
 from docker_hmigrate.recode import Program, transform
-from tests.lab.test_recode_lab import (
+from tests.support.lab import HOSTS, unique
+from tests.support.recode_lab import (
     HELLO,
     REDIS,
     THREADS_C,
@@ -29,7 +30,6 @@ from tests.lab.test_recode_lab import (
     park_pcs,
     program_of_image,
 )
-from tests.support.lab import HOSTS, unique
 
 
 def redis_program(client: docker.DockerClient) -> Program | None:

@@ -10,11 +10,9 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from tests.lab import test_migrate_cross_isa_lab as cross_isa
-from tests.support.lab import DOCKER_CLI, REGISTRY, unique, wait_until
+from tests.support.lab import DOCKER_CLI, REGISTRY, hmigrate, unique, wait_until
 
 pytestmark = pytest.mark.lab
-arm, on_arm, hmigrate = cross_isa.arm, cross_isa.on_arm, cross_isa.hmigrate  # fixtures, helper
 
 IMAGE = f"{REGISTRY}/hmigrate/build-test/counter:latest"
 

@@ -8,21 +8,18 @@ data root), like hosts a and b on the lab machine. Opt-in: skipped unless HMLAB_
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import json
-import subprocess
 
 import pytest
 
 from tests.support.lab import (
     BASE_IMAGE,
     COUNTER_CMD,
-    DOCKER_CLI,
     REGISTRY,
     LabHost,
-    connect,
     counter_values,
+    exists,
+    migrate_json,
     unique,
     wait_until,
 )
@@ -32,42 +29,6 @@ pytestmark = [pytest.mark.lab, pytest.mark.cgroup2]
 
 # The project's Redis (redis/Dockerfile, multi-ISA, ~8 MB), pushed by lab/examples.
 REDIS_MULTI = f"{REGISTRY}/hmigrate/redis:latest"
-
-
-@pytest.fixture(scope="module")
-def host_c() -> LabHost:
-    return connect("c")
-
-
-@pytest.fixture(scope="module")
-def host_c2() -> LabHost:
-    return connect("c2")
-
-
-@pytest.fixture
-def names(request):
-    """Container names to remove from every host the test touched when it ends."""
-    made: list[tuple[LabHost, str]] = []
-    yield made
-    for host, name in made:
-        with contextlib.suppress(Exception):
-            host.client.containers.get(name).remove(force=True, v=True)
-
-
-def hmigrate(*args: str, context: str, timeout: float = 300) -> tuple[subprocess.CompletedProcess,
-                                                                       dict]:
-    """`docker --context CONTEXT hmigrate ARGS --json`, as a user runs it."""
-    proc = subprocess.run([DOCKER_CLI, "--context", context, "hmigrate", *args, "--json"],
-                          capture_output=True, text=True, timeout=timeout)
-    try:
-        doc = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"no JSON on stdout: {proc.stdout!r} {proc.stderr!r}") from None
-    return proc, doc
-
-
-def _exists(host: LabHost, name: str) -> bool:
-    return bool(host.client.containers.list(all=True, filters={"name": f"^/{name}$"}))
 
 
 def _assert_counter_continues(host: LabHost, name: str, after: int) -> None:
@@ -91,17 +52,17 @@ def test_host_c_is_cgroup_v2_only(host_c, host_c2):
     assert host_c.client.info()["ID"] != host_c2.client.info()["ID"]
 
 
-def test_counter_moves_between_v2_daemons(host_c, host_c2, names):
+def test_counter_moves_between_v2_daemons(host_c, host_c2, cleanup_on):
     name = unique("c2-counter")
-    names += [(host_c, name), (host_c2, name)]
+    cleanup_on += [(host_c, name), (host_c2, name)]
     host_c.docker("run", "-d", "--name", name, "--label", "hm.test=cgroup2", BASE_IMAGE,
                   *COUNTER_CMD)
     wait_until(lambda: len(counter_values(host_c.logs(name))) >= 3, what="counter on c")
 
-    proc, doc = hmigrate("migrate", name, "--to", "hm-c2", context="hm-c")
+    proc, doc = migrate_json(name, "--to", "hm-c2", context="hm-c")
     assert proc.returncode == 0, proc.stderr
     assert doc["ok"] is True and doc["target"] == "hm-c2"
-    assert not _exists(host_c, name), "the source must be gone after a migration"
+    assert not exists(host_c, name), "the source must be gone after a migration"
     assert host_c2.client.containers.get(name).status == "running"
     _assert_counter_continues(host_c2, name, after=3)
     assert host_c2.client.containers.get(name).attrs["Config"]["Labels"]["hm.test"] == "cgroup2"
@@ -132,12 +93,12 @@ def _redis(host: LabHost, name: str, *args: str) -> str:
 
 
 @pytest.mark.slow
-def test_redis_moves_between_v2_daemons(host_c, host_c2, names):
+def test_redis_moves_between_v2_daemons(host_c, host_c2, cleanup_on):
     """The project's Redis (multi-ISA image from the lab registry) with 2000 keys of several
     lengths: every value is on the target, byte for byte (a SHA-1 over all of them)."""
     host_c.docker("pull", "-q", REDIS_MULTI, timeout=600)
     name = unique("c2-redis")
-    names += [(host_c, name), (host_c2, name)]
+    cleanup_on += [(host_c, name), (host_c2, name)]
     host_c.docker("run", "-d", "--name", name, REDIS_MULTI)
     wait_until(lambda: _try(lambda: _redis(host_c, name, "PING")) == "PONG", timeout=120,
                what="redis on c")
@@ -153,9 +114,9 @@ def test_redis_moves_between_v2_daemons(host_c, host_c2, names):
     expected = hashlib.sha1("\n".join(values).encode()).hexdigest()
     assert _redis(host_c, name, "EVAL", digest, "0", str(n)) == expected
 
-    proc, doc = hmigrate("migrate", name, "--to", "hm-c2", context="hm-c")
+    proc, doc = migrate_json(name, "--to", "hm-c2", context="hm-c")
     assert proc.returncode == 0, proc.stderr
-    assert not _exists(host_c, name)
+    assert not exists(host_c, name)
     assert _redis(host_c2, name, "DBSIZE") == str(n)
     assert _redis(host_c2, name, "EVAL", digest, "0", str(n)) == expected
     assert _redis(host_c2, name, "SET", "after", "move") == "OK"
@@ -168,24 +129,19 @@ def _try(fn):
         return None
 
 
-@pytest.fixture(scope="module")
-def host_a() -> LabHost:
-    return connect("a")
-
-
-def test_v1_to_v2_move_is_refused_before_the_freeze(host_a, host_c, names):
+def test_v1_to_v2_move_is_refused_before_the_freeze(host_a, host_c, cleanup_on):
     """Host a (cgroup v1, Docker 20.10) -> host c (cgroup v2, Docker 28): refused by the
     validation, and the source never stopped counting (it was not frozen)."""
     name = unique("c2-v1v2")
-    names += [(host_a, name), (host_c, name)]
+    cleanup_on += [(host_a, name), (host_c, name)]
     host_a.docker("run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
     wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
 
-    proc, doc = hmigrate("migrate", name, "--to", "hm-c", context="hm-a")
+    proc, doc = migrate_json(name, "--to", "hm-c", context="hm-a")
     assert proc.returncode == 12, (proc.returncode, proc.stderr)
     assert doc["ok"] is False
     assert "cgroup version: 1 -> 2: CRIU cannot restore" in doc["error"]["message"], doc
-    assert not _exists(host_c, name), "nothing may be left on the target"
+    assert not exists(host_c, name), "nothing may be left on the target"
     src = host_a.client.containers.get(name)
     assert src.status == "running"
     before = counter_values(host_a.logs(name))

@@ -10,7 +10,6 @@ jmp_buf's saved pc an aarch64 setjmp call site of a frame on the rebuilt stack).
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -22,13 +21,10 @@ from bench import corpus
 from docker_hmigrate import recode
 from docker_hmigrate.criu.imageset import ImageSet
 from docker_hmigrate.recode import frames, jmpbuf
-from tests.lab.test_recode_lab import program_of_image
-from tests.support.lab import lab_unavailable, unique, wait_until
+from tests.support.lab import unique, wait_until
+from tests.support.recode_lab import program_of_image
 
 pytestmark = [pytest.mark.lab, pytest.mark.toolchain]
-
-ARM_URL = f"tcp://127.0.0.1:{os.environ.get('HM_ARM_PORT', '2391')}"
-
 
 LUA = "localhost:5000/hmigrate/corpus/lua5.4"
 
@@ -40,12 +36,7 @@ def lua_built() -> None:
 
 
 @pytest.fixture(scope="module")
-def lua_image(lua_built) -> dict:
-    try:
-        docker.DockerClient(base_url=ARM_URL, version="auto", timeout=300).ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means the VM is not up
-        lab_unavailable(f"aarch64 lab host does not answer on {ARM_URL} ({exc}); "
-                        "run: sudo HMLAB_ARM64=1 lab/up")
+def lua_image(lua_built, arm) -> dict:
     return corpus.load_recipe("lua5.4", small=True)
 
 

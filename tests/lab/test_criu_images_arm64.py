@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import tarfile
 from pathlib import Path
 
@@ -23,45 +22,28 @@ import pytest
 import requests
 
 from docker_hmigrate.criu import ImageSet, March, check_supported, isa_specific_parts
-from tests.lab.test_criu_images_lab import assert_identical, assert_schema_covers, workdir
-from tests.support.lab import COUNTER_CMD, counter_values, lab_unavailable, unique, wait_until
+from tests.support.criu_images import assert_identical, assert_schema_covers
+from tests.support.lab import (
+    ARM_IMAGE,
+    ARM_URL,
+    COUNTER_CMD,
+    counter_values,
+    lab_unavailable,
+    unique,
+    wait_until,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.arm64]
-__all__ = ["workdir"]  # the fixture, shared with the x86-64 lab tests
-
-URL = f"tcp://127.0.0.1:{os.environ.get('HM_ARM_PORT', '2391')}"
-IMAGE = "hmigrate-lab/busybox:arm64"  # imported by lab/arm64/up
 CHECKPOINT_TIMEOUT = 150  # s; a checkpoint takes ~5 s on the emulated guest
 
 
-@pytest.fixture(scope="module")
-def arm() -> docker.DockerClient:
-    if os.geteuid() != 0:
-        lab_unavailable("lab tests need root (the lab's daemons and checkpoints are root's)")
-    try:
-        client = docker.DockerClient(base_url=URL, version="auto", timeout=300)
-        client.images.get(IMAGE)
-    except Exception as exc:  # noqa: BLE001 - any failure means the VM is not ready
-        lab_unavailable(f"aarch64 lab host not ready on {URL} ({exc}); run: sudo lab/arm64/up")
-    return client
-
-
-@pytest.fixture
-def names(arm: docker.DockerClient):
-    created: list[str] = []
-    yield created
-    for name in created:
-        with contextlib.suppress(Exception):
-            arm.containers.get(name).remove(force=True, v=True)
-
-
 @contextlib.contextmanager
-def containers_dir(arm: docker.DockerClient, names: list[str]):
+def containers_dir(arm: docker.DockerClient, on_arm: list[str]):
     """A helper container whose /c is the host's <DockerRootDir>/containers."""
     root = arm.info()["DockerRootDir"]
     name = unique("hm-criu-cp")
-    names.append(name)
-    helper = arm.containers.create(IMAGE, ["true"], name=name,
+    on_arm.append(name)
+    helper = arm.containers.create(ARM_IMAGE, ["true"], name=name,
                                    volumes={f"{root}/containers": {"bind": "/c", "mode": "rw"}})
     try:
         yield helper
@@ -79,14 +61,14 @@ def fetch(helper, cid: str, name: str, dest: Path) -> Path:
 def guest_sh(arm: docker.DockerClient, script: str) -> str:
     """Run a shell script in the guest's own namespaces (root, full PATH)."""
     out = arm.containers.run(
-        IMAGE, ["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--", "/bin/sh", "-c",
-                "export PATH=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin\n" + script],
+        ARM_IMAGE, ["nsenter", "-t", "1", "-m", "-u", "-i", "-n", "-p", "--", "/bin/sh", "-c",
+                    "export PATH=/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin\n" + script],
         privileged=True, pid_mode="host", network_mode="host", remove=True)
     return out.decode(errors="replace")
 
 
 def guest_get(arm: docker.DockerClient, folder: str, dest: Path) -> Path:
-    c = arm.containers.create(IMAGE, ["true"], volumes={folder: {"bind": "/d", "mode": "ro"}})
+    c = arm.containers.create(ARM_IMAGE, ["true"], volumes={folder: {"bind": "/d", "mode": "ro"}})
     try:
         stream, _ = c.get_archive("/d")
         with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
@@ -97,7 +79,7 @@ def guest_get(arm: docker.DockerClient, folder: str, dest: Path) -> Path:
 
 
 def guest_put(arm: docker.DockerClient, src: Path, parent: str, name: str) -> None:
-    c = arm.containers.create(IMAGE, ["true"], volumes={parent: {"bind": "/p", "mode": "rw"}})
+    c = arm.containers.create(ARM_IMAGE, ["true"], volumes={parent: {"bind": "/p", "mode": "rw"}})
     try:
         buf = io.BytesIO()
         with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -167,7 +149,7 @@ def logs(arm: docker.DockerClient, name: str) -> list[int]:
     return counter_values(arm.containers.get(name).logs().decode(errors="replace"))
 
 
-def test_aarch64_docker_checkpoint_images(arm, names, workdir: Path) -> None:
+def test_aarch64_docker_checkpoint_images(arm, on_arm, workdir: Path) -> None:
     """Images of `docker checkpoint create` on aarch64: read and written back identically.
 
     No `docker start --checkpoint` here: on the emulated guest every Docker restore
@@ -176,11 +158,11 @@ def test_aarch64_docker_checkpoint_images(arm, names, workdir: Path) -> None:
     """
     src = unique("criu-arm-counter")
     marker = unique("hm-arm-marker")
-    names.append(src)
-    c = arm.containers.run(IMAGE, COUNTER_CMD, name=src, detach=True,
+    on_arm.append(src)
+    c = arm.containers.run(ARM_IMAGE, COUNTER_CMD, name=src, detach=True,
                            environment={"HM_MARKER": marker})
     wait_until(lambda: len(logs(arm, src)) >= 3, timeout=180, what="the arm64 counter")
-    api = docker.APIClient(base_url=URL, version="auto", timeout=CHECKPOINT_TIMEOUT)
+    api = docker.APIClient(base_url=ARM_URL, version="auto", timeout=CHECKPOINT_TIMEOUT)
     try:
         res = api._post_json(api._url("/containers/{0}/checkpoints", c.id),
                              data={"CheckpointID": "ck", "Exit": True})
@@ -191,7 +173,7 @@ def test_aarch64_docker_checkpoint_images(arm, names, workdir: Path) -> None:
         lab_unavailable(f"CRIU on the aarch64 host hangs: no checkpoint in {CHECKPOINT_TIMEOUT} s")
     except docker.errors.APIError as exc:  # the lab host's runc/CRIU set-up, not images
         lab_unavailable(f"aarch64 host cannot checkpoint containers: {exc}")
-    with containers_dir(arm, names) as helper:
+    with containers_dir(arm, on_arm) as helper:
         ck = fetch(helper, c.id, "ck", workdir)
 
         s = ImageSet.load(ck)

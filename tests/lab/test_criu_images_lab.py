@@ -8,11 +8,8 @@ one whose memory the library changed (the restored process shows the change).
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,9 +20,9 @@ from docker_hmigrate.criu import (
     March,
     check_supported,
     isa_specific_parts,
-    unknown_fields,
 )
 from docker_hmigrate.criu.isa import vma_kind
+from tests.support.criu_images import assert_identical, assert_schema_covers
 from tests.support.lab import (
     BASE_IMAGE,
     COUNTER_CMD,
@@ -39,35 +36,9 @@ from tests.support.lab import (
 pytestmark = pytest.mark.lab
 
 
-@pytest.fixture
-def workdir() -> Iterator[Path]:
-    """A private temp dir (0700: checkpoints hold process memory), always deleted."""
-    d = Path(tempfile.mkdtemp(prefix="hm-criu-"))
-    os.chmod(d, 0o700)
-    try:
-        yield d
-    finally:
-        shutil.rmtree(d, ignore_errors=True)
-
-
 def checkpoint(host: LabHost, container: str, workdir: Path, name: str = "ck") -> Path:
     host.docker("checkpoint", "create", "--checkpoint-dir", str(workdir), container, name)
     return workdir / name
-
-
-def assert_schema_covers(s: ImageSet) -> None:
-    """Every entry CRIU wrote re-serializes to its own bytes, with no unknown field: our
-    schema covers what this CRIU writes, so recode's changed entries stay canonical."""
-    for name, img in s.images.items():
-        for i, e in enumerate(img.entries):
-            assert e.msg.SerializeToString() == e.raw, f"{name}[{i}] not canonical"
-            assert unknown_fields(e.msg) == [], f"{name}[{i}]: {unknown_fields(e.msg)}"
-
-
-def assert_identical(a: Path, b: Path) -> None:
-    assert sorted(os.listdir(a)) == sorted(os.listdir(b))
-    for name in os.listdir(a):
-        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs"
 
 
 def restore_copy(host: LabHost, images: Path, name: str, env: list[str], cleanup) -> str:

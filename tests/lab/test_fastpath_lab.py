@@ -8,15 +8,18 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab.test_migrate_lab import _exists, _try_redis, hmigrate, migrate_json
 from tests.support.lab import (
     BASE_IMAGE,
     COUNTER_CMD,
     REDIS_IMAGE,
     counter_values,
+    exists,
+    hmigrate,
+    migrate_json,
     unique,
     wait_until,
 )
+from tests.support.resp import try_redis
 
 pytestmark = pytest.mark.lab
 
@@ -52,7 +55,7 @@ def test_fast_path_keeps_dockers_view(host_a, host_b, cleanup):
     assert phase["data"]["criu"]["frozen_seconds"] == dump["frozen_seconds"]
 
     # Source host: gone for Docker, not restarted by its policy after the dump.
-    assert not _exists(host_a, name)
+    assert not exists(host_a, name)
     # Target host: ps, inspect, logs, restart policy, stop, start are Docker's own.
     assert name in host_b.docker("ps", "--filter", f"name={name}", "--format", "{{.Names}}")
     attrs = host_b.client.containers.get(name).attrs
@@ -91,7 +94,7 @@ def test_fast_path_rollback_restores_source_and_policy(host_a, host_b, cleanup):
     attrs = host_a.client.containers.get(name).attrs
     assert attrs["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
     assert attrs["RestartCount"] == 0
-    assert not _exists(host_b, name)
+    assert not exists(host_b, name)
     _no_agents_left(host_a, host_b)
     _no_tmpfs_images_left()
 
@@ -103,7 +106,7 @@ def test_fast_path_redis_restored_through_links(host_a, host_b, cleanup):
     cleanup.append(name)
     host_a.docker("run", "-d", "--name", name, "-p", f"{port}:6379", REDIS_IMAGE,
                   "redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no")
-    client = wait_until(lambda: _try_redis("127.0.0.1", port), what="redis on a")
+    client = wait_until(lambda: try_redis("127.0.0.1", port), what="redis on a")
     value = "v" * 4000  # 10000 keys of ~4 KB: well above LINKS_FROM_BYTES
     for start in range(0, 10000, 1000):
         client.pipeline([("SET", f"key:{i}", f"{i}:{value}") for i in range(start, start + 1000)])
@@ -114,7 +117,7 @@ def test_fast_path_redis_restored_through_links(host_a, host_b, cleanup):
     assert doc["checkpoint_path"] == "runc" and doc["restore_folder"] == "links"
     assert doc["criu_dump"]["bytes_written"] > 40e6
 
-    client = wait_until(lambda: _try_redis(host_b.address, port), what="redis on b")
+    client = wait_until(lambda: try_redis(host_b.address, port), what="redis on b")
     assert client.call("DBSIZE") == 10000
     got = client.pipeline([("GET", f"key:{i}") for i in range(0, 10000, 7)])
     assert [g.decode() for g in got] == [f"{i}:{value}" for i in range(0, 10000, 7)]

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 import subprocess
 import tarfile
 from pathlib import Path
@@ -17,6 +16,8 @@ import docker
 import pytest
 
 from tests.support.lab import (
+    ARM_CONTEXT,
+    ARM_IMAGE,
     COUNTER_CMD,
     DOCKER_CLI,
     connect,
@@ -29,40 +30,13 @@ from tests.support.lab import (
 pytestmark = [pytest.mark.lab, pytest.mark.arm64]
 
 ARM_DIR = Path(__file__).resolve().parents[2] / "lab" / "arm64"
-CONTEXT = os.environ.get("HM_ARM_NAME", "hm-arm")
-URL = f"tcp://127.0.0.1:{os.environ.get('HM_ARM_PORT', '2391')}"
-IMAGE = "hmigrate-lab/busybox:arm64"  # imported at boot from the guest's busybox-static
 REGISTRY_REPO = "localhost:5000/hmlab-arm64/busybox"
 
 
-@pytest.fixture(scope="module")
-def arm() -> docker.DockerClient:
-    if os.geteuid() != 0:
-        lab_unavailable("lab tests need root (the lab's daemons and checkpoints are root's)")
-    try:
-        client = docker.DockerClient(base_url=URL, version="auto", timeout=300)
-        client.ping()
-        client.images.get(IMAGE)
-    except Exception as exc:  # noqa: BLE001 - any failure means the VM is not up
-        lab_unavailable(
-            f"aarch64 lab host does not answer on {URL} ({exc}); run: sudo lab/arm64/up"
-        )
-    return client
-
-
-@pytest.fixture
-def names(arm: docker.DockerClient):
-    created: list[str] = []
-    yield created
-    for name in created:
-        with contextlib.suppress(Exception):
-            arm.containers.get(name).remove(force=True, v=True)
-
-
 def cli(*args: str, timeout: float = 300) -> str:
-    proc = subprocess.run([DOCKER_CLI, "--context", CONTEXT, *args],
+    proc = subprocess.run([DOCKER_CLI, "--context", ARM_CONTEXT, *args],
                           capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"docker --context {CONTEXT} {' '.join(args)}: {proc.stderr}"
+    assert proc.returncode == 0, f"docker --context {ARM_CONTEXT} {' '.join(args)}: {proc.stderr}"
     return proc.stdout
 
 
@@ -89,7 +63,7 @@ def test_arm64_status_reports_criu_check_good(arm):
 def test_arm64_pulls_arm64_image_from_lab_registry(arm):
     """The guest reaches the lab registry (x86 host 127.0.0.1:5000) as localhost:5000."""
     ref = f"{REGISTRY_REPO}:latest"
-    arm.images.get(IMAGE).tag(REGISTRY_REPO, "latest")
+    arm.images.get(ARM_IMAGE).tag(REGISTRY_REPO, "latest")
     try:
         cli("push", ref)
     except AssertionError as exc:
@@ -114,7 +88,7 @@ def test_arm64_pulls_its_variant_of_a_multi_arch_image(arm):
     repo = f"{REGISTRY_REPO}-multi"
     host_a.client.images.get(amd64_src).tag(repo, "amd64")
     host_a.docker("push", f"{repo}:amd64")
-    arm.images.get(IMAGE).tag(repo, "arm64")
+    arm.images.get(ARM_IMAGE).tag(repo, "arm64")
     cli("push", f"{repo}:arm64")
     subprocess.run([DOCKER_CLI, "manifest", "rm", f"{repo}:latest"], capture_output=True)
     for args in (["create", "--insecure", f"{repo}:latest", "--amend", f"{repo}:amd64",
@@ -136,7 +110,7 @@ def _copy_checkpoint(arm: docker.DockerClient, src_id: str, dst_id: str, name: s
     a created-never-started helper container bind-mounts the containers folder and we
     GET/PUT its archive (what a cross-host move does, here on one host)."""
     root = arm.info()["DockerRootDir"]
-    helper = arm.containers.create(IMAGE, ["true"], name=unique("hm-arm-cp"),
+    helper = arm.containers.create(ARM_IMAGE, ["true"], name=unique("hm-arm-cp"),
                                    volumes={f"{root}/containers": {"bind": "/c", "mode": "rw"}})
     try:
         stream, _ = helper.get_archive(f"/c/{src_id}/checkpoints/{name}")
@@ -152,10 +126,10 @@ def _copy_checkpoint(arm: docker.DockerClient, src_id: str, dst_id: str, name: s
         helper.remove(force=True)
 
 
-def test_arm64_counter_checkpoint_restores_into_new_container(arm, names):
+def test_arm64_counter_checkpoint_restores_into_new_container(arm, on_arm):
     src, dst = unique("hm-arm-counter"), unique("hm-arm-restored")
-    names += [src, dst]
-    cli("run", "-d", "--name", src, IMAGE, *COUNTER_CMD)
+    on_arm += [src, dst]
+    cli("run", "-d", "--name", src, ARM_IMAGE, *COUNTER_CMD)
     wait_until(lambda: len(counter_values(arm.containers.get(src).logs().decode())) >= 3,
                timeout=120, what="the arm64 counter to print")
 
@@ -170,7 +144,7 @@ def test_arm64_counter_checkpoint_restores_into_new_container(arm, names):
     assert before and before[-1] >= 2
 
     # a NEW container with the same config, restored from the copied checkpoint
-    new = arm.containers.create(IMAGE, COUNTER_CMD, name=dst)
+    new = arm.containers.create(ARM_IMAGE, COUNTER_CMD, name=dst)
     _copy_checkpoint(arm, c.id, new.id, "cp1")
     cli("start", "--checkpoint", "cp1", dst)
 

@@ -4,7 +4,6 @@ tells pass from fail, --json documents match docs/json.md, completion through
 
 from __future__ import annotations
 
-import json
 import subprocess
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from tests.support.lab import (
     COUNTER_CMD,
     DOCKER_CLI,
     counter_values,
+    json_of,
     unique,
     wait_until,
 )
@@ -25,13 +25,6 @@ pytestmark = pytest.mark.lab
 
 def docker(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run([DOCKER_CLI, *args], capture_output=True, text=True, timeout=timeout)
-
-
-def document(proc: subprocess.CompletedProcess) -> dict:
-    try:
-        return json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"no JSON on stdout: {proc.stdout!r} {proc.stderr!r}") from None
 
 
 @pytest.fixture
@@ -57,7 +50,7 @@ def test_check_reports_pass_and_fail_truthfully(counter, host_a) -> None:
                                                "has a TTY", "not found")), line
     # the same host as target: a blocking failure, as an error, without a --force hint
     proc = docker("--context", "hm-a", "hmigrate", "check", counter, "--to", "hm-a", "--json")
-    doc = document(proc)
+    doc = json_of(proc)
     jsondoc.check_keys("check", doc)
     assert proc.returncode == 125 and doc["ok"] is False
     checks = {c["check"]: c for c in doc["targets"][0]["checks"]}
@@ -72,22 +65,22 @@ def test_json_documents_match_the_docs(counter, host_a, host_b, cleanup, tmp_pat
     proc = docker("--context", "hm-a", "hmigrate", "checkpoint", counter, "-o", str(tar),
                   "--leave-running", "--json")
     assert proc.returncode == 0, proc.stderr
-    jsondoc.check_keys("checkpoint", document(proc))
+    jsondoc.check_keys("checkpoint", json_of(proc))
     host_a.docker("stop", "-t", "1", counter)
     proc = docker("--context", "hm-a", "hmigrate", "restore", counter, "-i", str(tar),
                   "--format", "json")
     assert proc.returncode == 0, proc.stderr
-    jsondoc.check_keys("restore", document(proc))
+    jsondoc.check_keys("restore", json_of(proc))
     proc = docker("--context", "hm-a", "hmigrate", "migrate", counter, "--to", "hm-b", "--json")
     assert proc.returncode == 0, proc.stderr
-    doc = document(proc)
+    doc = json_of(proc)
     jsondoc.check_keys("migrate", doc)
     assert doc["container_id"] != doc["target_container_id"]
     assert doc["target_container_id"] == host_b.client.containers.get(counter).id
     assert (doc["source_isa"], doc["target_isa"]) == ("x86-64", "x86-64")
     assert [p["name"] for p in doc["phases"]][:2] == ["validate", "prepare target"]
     proc = docker("--context", "hm-a", "hmigrate", "version", "--to", "hm-b", "--json")
-    jsondoc.check_keys("version", document(proc))
+    jsondoc.check_keys("version", json_of(proc))
 
 
 def test_completion_through_the_docker_cli(counter, host_a) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import subprocess
 
 import docker
@@ -15,10 +14,9 @@ import pytest
 from tests.support.lab import (
     BASE_IMAGE,
     COUNTER_CMD,
-    DOCKER_CLI,
     REGISTRY,
     counter_values,
-    lab_unavailable,
+    hmigrate,
     unique,
     wait_until,
 )
@@ -26,32 +24,6 @@ from tests.support.lab import (
 pytestmark = [pytest.mark.lab, pytest.mark.arm64]
 
 HELLO = f"{REGISTRY}/hmigrate/helloworld:latest"
-ARM_URL = f"tcp://127.0.0.1:{os.environ.get('HM_ARM_PORT', '2391')}"
-
-
-@pytest.fixture(scope="module")
-def arm() -> docker.DockerClient:
-    try:
-        client = docker.DockerClient(base_url=ARM_URL, version="auto", timeout=300)
-        client.ping()
-    except Exception as exc:  # noqa: BLE001 - any failure means the VM is not up
-        lab_unavailable(f"aarch64 lab host does not answer on {ARM_URL} ({exc}); "
-                        "run: sudo HMLAB_ARM64=1 lab/up")
-    return client
-
-
-@pytest.fixture
-def on_arm(arm):
-    names: list[str] = []
-    yield names
-    for name in names:
-        with contextlib.suppress(Exception):
-            arm.containers.get(name).remove(force=True)
-
-
-def hmigrate(*args: str, context: str = "hm-a"):
-    return subprocess.run([DOCKER_CLI, "--context", context, "hmigrate", *args],
-                          capture_output=True, text=True, timeout=600)
 
 
 def ticks(logs: str) -> list[int]:

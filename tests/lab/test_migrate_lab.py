@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import stat
-import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -14,30 +12,17 @@ import pytest
 from tests.support.lab import (
     BASE_IMAGE,
     COUNTER_CMD,
-    DOCKER_CLI,
     REDIS_IMAGE,
     counter_values,
+    exists,
+    hmigrate,
+    migrate_json,
     unique,
     wait_until,
 )
-from tests.support.resp import Redis
+from tests.support.resp import try_redis
 
 pytestmark = pytest.mark.lab
-
-
-def hmigrate(*args: str, context: str = "hm-a", timeout: float = 300):
-    """Run the plugin through the real docker CLI, as a user would."""
-    return subprocess.run([DOCKER_CLI, "--context", context, "hmigrate", *args],
-                          capture_output=True, text=True, timeout=timeout)
-
-
-def migrate_json(*args: str) -> tuple[subprocess.CompletedProcess, dict]:
-    proc = hmigrate("migrate", *args, "--json")
-    try:
-        doc = json.loads(proc.stdout)
-    except json.JSONDecodeError:
-        raise AssertionError(f"no JSON on stdout: {proc.stdout!r} {proc.stderr!r}") from None
-    return proc, doc
 
 
 def no_helpers_left(*hosts, migration: str = "") -> None:
@@ -60,7 +45,7 @@ def test_counter_continues_on_target(host_a, host_b, cleanup):
     assert proc.returncode == 0, proc.stderr
     assert doc["ok"] is True and doc["target"] == "hm-b"
     assert 0 < doc["downtime_seconds"] < doc["total_seconds"]
-    assert not _exists(host_a, name), "the source must be gone after a migration"
+    assert not exists(host_a, name), "the source must be gone after a migration"
 
     target = host_b.client.containers.get(name)
     assert target.status == "running"
@@ -108,7 +93,7 @@ def test_redis_keeps_every_key_and_port(host_a, host_b, cleanup):
     cleanup.append(name)
     host_a.docker("run", "-d", "--name", name, "-p", f"{port}:6379", REDIS_IMAGE,
                   "redis-server", "--save", "", "--appendonly", "no", "--protected-mode", "no")
-    client = wait_until(lambda: _try_redis("127.0.0.1", port), what="redis on a")
+    client = wait_until(lambda: try_redis("127.0.0.1", port), what="redis on a")
     keys = {f"key:{i}": f"value-{i}-" + "x" * (i % 50) for i in range(2000)}
     assert client.pipeline([("SET", k, v) for k, v in keys.items()]) == ["OK"] * len(keys)
     client.close()
@@ -117,7 +102,7 @@ def test_redis_keeps_every_key_and_port(host_a, host_b, cleanup):
     assert proc.returncode == 0, proc.stderr
 
     # Same published port, now on host b's address.
-    client = wait_until(lambda: _try_redis(host_b.address, port), what="redis on b")
+    client = wait_until(lambda: try_redis(host_b.address, port), what="redis on b")
     assert client.call("DBSIZE") == len(keys)
     got = client.pipeline([("GET", k) for k in keys])
     assert [g.decode() for g in got] == list(keys.values())
@@ -153,7 +138,7 @@ def test_failed_restore_leaves_source_running(host_a, host_b, cleanup):
     values = counter_values(host_a.logs(name))
     # One run of numbers: the source was restored from its checkpoint, not restarted.
     assert values == list(range(len(values))), values
-    assert not _exists(host_b, name), "the target container must be removed"
+    assert not exists(host_b, name), "the target container must be removed"
     assert vol not in host_b.docker("volume", "ls", "-q").split(), "target volume left behind"
     assert host_a.docker("checkpoint", "ls", name).strip().splitlines()[1:] == []
     no_helpers_left(host_a, host_b)
@@ -207,20 +192,6 @@ def test_checkpoint_and_restore_building_blocks(host_a, host_b, cleanup, tmp_pat
     assert proc.returncode == 0, proc.stderr
     wait_until(lambda: counter_values(host_b.logs(name)), what="restored counter")
     assert counter_values(host_b.logs(name))[0] == last + 1
-
-
-def _exists(host, name: str) -> bool:
-    return bool(host.client.containers.list(all=True, filters={"name": f"^/{name}$"}))
-
-
-def _try_redis(address: str, port: int):
-    try:
-        client = Redis(address, port, timeout=2)
-        if client.call("PING") == "PONG":
-            return client
-    except (OSError, RuntimeError):
-        time.sleep(0.2)
-    return None
 
 
 def test_image_network_name_and_keep_source(host_a, host_b, cleanup):

@@ -12,21 +12,15 @@ import pytest
 
 from docker_hmigrate.criu import ImageSet
 from docker_hmigrate.recode import aarch64, tls, transform
-from tests.lab import test_recode_lab
-from tests.lab.test_recode_lab import (
+from tests.support.lab import LabHost, unique, wait_until
+from tests.support.recode_lab import (
     arm_container_with,
     build_mt,
     check_recoded,
     park_and_checkpoint,
     park_pcs,
     recoded_on_arm,
-    wait_until,
 )
-from tests.support.lab import LabHost, unique
-
-# the fixtures of the recode lab tests, shared
-arm = test_recode_lab.arm
-workdir = test_recode_lab.workdir
 
 pytestmark = pytest.mark.lab
 
@@ -48,7 +42,7 @@ def start_threads(host_a: LabHost, cleanup, workdir: Path, min_progress: int = 1
                                      volumes={str(src): {"bind": "/t", "mode": "ro"}})
     wait_until(lambda: any(int(m.group(1)) >= min_progress
                            for m in PROGRESS.finditer(c.logs().decode())),
-               60, f"progress {min_progress}")
+               60, what=f"progress {min_progress}")
     return program, c
 
 
@@ -106,7 +100,7 @@ def test_recoded_threads_with_tls_finish_on_aarch64(host_a: LabHost, arm, cleanu
 
     with recoded_on_arm(arm, ck, workdir, program, make, "hm-rc-tls") as target:
         logs = wait_until(lambda: (lambda t: t if "result=" in t else None)(
-            target.logs().decode()), 300, "the result on aarch64")
+            target.logs().decode()), 300, what="the result on aarch64")
         after = [int(m.group(1)) for m in PROGRESS.finditer(logs)]
         assert after and after[0] >= before[-1], (before, logs)  # continued, not restarted
         assert re.search(r"result=([0-9a-f]{16}) expected=\1 OK", logs), logs
@@ -158,7 +152,7 @@ def test_threads_created_after_migration_get_aarch64_tls(host_a: LabHost, arm, c
     with recoded_on_arm(arm, ck, workdir, program, lambda n, _r: arm_container_with(
             arm, n, program.binaries["aarch64"]), "hm-rc-tls2") as target:
         lines = wait_until(lambda: (lambda ls: ls if len(ls) >= 3 else None)(
-            target.logs().decode().splitlines()), 120, "three children on aarch64")
+            target.logs().decode().splitlines()), 120, what="three children on aarch64")
         print("\n".join(lines))
         assert lines[0].startswith(f"progress {last + 1}/0 "), (last, lines)
         assert all(ln.endswith(" OK") for ln in lines[:3]), lines

@@ -1,11 +1,12 @@
-"""Synthetic CRIU image sets for unit tests (no daemon, no CRIU): magics, cores, VMAs and
-a one-process set shaped like what CRIU writes."""
+"""CRIU image sets for tests: synthetic ones for unit tests (no daemon, no CRIU): magics,
+cores, VMAs and a one-process set shaped like what CRIU writes; and checks of real ones."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-from docker_hmigrate.criu import FdType, ImageFile, March, new
+from docker_hmigrate.criu import FdType, ImageFile, ImageSet, March, new, unknown_fields
 from docker_hmigrate.criu.image import INVENTORY_MAGIC
 from docker_hmigrate.criu.memory import PE_PRESENT
 
@@ -114,3 +115,18 @@ def write_set(d: Path, core=None) -> None:
     }
     for name, img in images.items():
         img.save(d / name)
+
+
+def assert_schema_covers(s: ImageSet) -> None:
+    """Every entry CRIU wrote re-serializes to its own bytes, with no unknown field: our
+    schema covers what this CRIU writes, so recode's changed entries stay canonical."""
+    for name, img in s.images.items():
+        for i, e in enumerate(img.entries):
+            assert e.msg.SerializeToString() == e.raw, f"{name}[{i}] not canonical"
+            assert unknown_fields(e.msg) == [], f"{name}[{i}]: {unknown_fields(e.msg)}"
+
+
+def assert_identical(a: Path, b: Path) -> None:
+    assert sorted(os.listdir(a)) == sorted(os.listdir(b))
+    for name in os.listdir(a):
+        assert (a / name).read_bytes() == (b / name).read_bytes(), f"{name} differs"

@@ -6,6 +6,8 @@ HMLAB_REQUIRED=1 (set by .ci/run) they fail instead, so CI cannot pass by skippi
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import subprocess
 import time
@@ -61,6 +63,11 @@ HOSTS = {
 # Hosts that exist only when the lab was brought up with HMLAB_CGROUP2=1.
 CGROUP2_HOSTS = {"c", "c2"}
 
+# The aarch64 host (lab/arm64/up): its context name and port follow lab/arm64/common.sh.
+ARM_CONTEXT = os.environ.get("HM_ARM_NAME", "hm-arm")
+ARM_URL = f"tcp://127.0.0.1:{os.environ.get('HM_ARM_PORT', '2391')}"
+ARM_IMAGE = "hmigrate-lab/busybox:arm64"  # imported by lab/arm64/up (Debian's busybox-static)
+
 
 def lab_unavailable(reason: str) -> None:
     if os.environ.get("HMLAB_REQUIRED") == "1":
@@ -85,6 +92,51 @@ def connect(name: str) -> LabHost:
             + ("HMLAB_CGROUP2=1 " if name in CGROUP2_HOSTS else "") + "lab/up"
         )
     return LabHost(name=name, client=client, data_root=info["DockerRootDir"], **spec)
+
+
+def connect_arm() -> docker.DockerClient:
+    """A client of the aarch64 host, once it answers and has its helper image."""
+    if os.geteuid() != 0:
+        lab_unavailable("lab tests need root (the lab's daemons and checkpoints are root's)")
+    try:
+        client = docker.DockerClient(base_url=ARM_URL, version="auto", timeout=300)
+        client.ping()
+        client.images.get(ARM_IMAGE)
+    except Exception as exc:  # noqa: BLE001 - any failure means the VM is not up
+        lab_unavailable(f"aarch64 lab host does not answer on {ARM_URL} ({exc}); "
+                        "run: sudo HMLAB_ARM64=1 lab/up")
+    return client
+
+
+def remove_containers(client: docker.DockerClient, names: list[str]) -> None:
+    """Remove these containers (and their anonymous volumes) if they exist."""
+    for name in names:
+        with contextlib.suppress(Exception):
+            client.containers.get(name).remove(force=True, v=True)
+
+
+def hmigrate(*args: str, context: str = "hm-a", timeout: float = 600
+             ) -> subprocess.CompletedProcess:
+    """Run the plugin through the real docker CLI, as a user would."""
+    return subprocess.run([DOCKER_CLI, "--context", context, "hmigrate", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def json_of(proc: subprocess.CompletedProcess) -> dict:
+    """The --json document a command printed on stdout."""
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON on stdout: {proc.stdout!r} {proc.stderr!r}") from None
+
+
+def migrate_json(*args: str, context: str = "hm-a") -> tuple[subprocess.CompletedProcess, dict]:
+    proc = hmigrate("migrate", *args, "--json", context=context)
+    return proc, json_of(proc)
+
+
+def exists(host: LabHost, name: str) -> bool:
+    return bool(host.client.containers.list(all=True, filters={"name": f"^/{name}$"}))
 
 
 def unique(prefix: str) -> str:

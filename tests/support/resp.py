@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import time
 
 
 class Redis:
@@ -50,3 +51,15 @@ class Redis:
     def pipeline(self, commands: list[tuple]) -> list:
         self.sock.sendall(b"".join(self.encode(*c) for c in commands))
         return [self.read() for _ in commands]
+
+
+def try_redis(address: str, port: int) -> Redis | None:
+    """A client of the Redis server at address:port if it answers PING, else None (after a
+    short pause: for wait_until)."""
+    try:
+        client = Redis(address, port, timeout=2)
+        if client.call("PING") == "PONG":
+            return client
+    except (OSError, RuntimeError):
+        time.sleep(0.2)
+    return None

@@ -32,6 +32,9 @@ from docker_hmigrate.recode.frames import Index, Untranslatable, arch
 from docker_hmigrate.recode.process import TargetFacts
 
 SUPPORTED = {("x86-64", "aarch64"), ("aarch64", "x86-64")}
+# Images kept as bytes that hold nothing ISA-specific, carried as they are: an
+# established TCP connection's state (sequence numbers, windows, options, queued bytes).
+ISA_NEUTRAL_OPAQUE = ("tcp-stream-",)
 ERESTART = {-512, -513, -514, -516}  # kernel-internal restart codes
 
 
@@ -146,7 +149,7 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
 
 
 def check_images(s: ImageSet, src_isa: str) -> None:
-    bad = check_supported(s)
+    bad = [p for p in check_supported(s) if not p.startswith(ISA_NEUTRAL_OPAQUE)]
     if bad:
         raise Untranslatable("image parts this recode does not understand: " + "; ".join(bad))
     src = arch(src_isa)

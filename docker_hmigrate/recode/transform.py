@@ -6,8 +6,9 @@ used: no DWARF at migration time. Per thread: unwind the source stack (frames.py
 rebuild it frame by frame for the target, set the registers at the target's park point
 and the thread pointer (musl's struct pthread translated in place). Per process: the
 executable's mappings and file size, mm bounds, auxv, vDSO/vvar (target sizes; the
-vsyscall page goes), cached vDSO pointers, signal actions. Whatever is not understood
-raises NotMigratableCrossISA: nothing passes through untranslated.
+vsyscall page goes), cached vDSO pointers, signal actions, the O_* flags of open files
+(fileflags.py). Whatever is not understood raises NotMigratableCrossISA: nothing passes
+through untranslated.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any
 from docker_hmigrate.criu import ImageSet, check_supported
 from docker_hmigrate.recode import (
     aarch64,
+    fileflags,
     frames,
     jmpbuf,
     process,
@@ -142,6 +144,7 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
         core = dst.core(pid)
         if core.HasField("tc"):
             process.translate_sigactions(core.tc, idx)
+    fileflags.translate_files(dst, src_isa, dst_isa)  # O_* bits that differ per ISA
     lap("process")
     dst.save(dst_dir)
     lap("save")

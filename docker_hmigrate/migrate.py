@@ -107,7 +107,7 @@ class Created:
     networks: list[str] = field(default_factory=list)
     source_frozen: bool = False  # set BEFORE the dump is asked for: "maybe frozen"
     source_parked: bool = False  # cross-ISA: the park request is pending on the source
-    template: list[str] | None = None  # cross-ISA: the inert template container
+    template: str | None = None  # cross-ISA: the inert template container (template.py)
 
 
 class Migration:
@@ -129,7 +129,6 @@ class Migration:
         self.program: recode.Program | None = None
         self._checkpoint_link: transfer.FolderLink | None = None  # cross-ISA: via recode
         self._workdir: Path | None = None  # cross-ISA: the images, locally (mode 0700)
-        self._template_key: str | None = None  # cross-ISA: the template's cache entry
         # --- fast checkpoint path (fastpath.py, issue 11) ---
         self._fast: fastpath.FastCheckpoint | None = None
         self._fast_restore: fastpath.FastRestore | None = None  # target: tmpfs + links
@@ -149,6 +148,7 @@ class Migration:
         self._restore_watch: tuple[Future, threading.Event] | None = None
         self._keep_ip: dict[str, str] = {}  # network -> the address kept there
         self._template_id = ""  # cross-ISA: the template container, even once removed
+        self._template: template.Facts | None = None  # cross-ISA: the target's facts
         self.warnings: list[str] = []
         for host in (src, dst):  # every helper and probe made for this migration
             host.labels = {MIGRATION_LABEL: self.checkpoint}
@@ -354,77 +354,53 @@ class Migration:
             self._ensure_image(ph)
             self._ensure_networks()
             self._create_volumes()
+            if self.cross_isa:
+                self._template_checkpoint(ph)
             self._addresses()
-            with ThreadPoolExecutor(max_workers=1) as pool:
-                # the template (cross-ISA) is taken while the target container and the
-                # helpers are made: the target daemon works on both at once
-                tpl = pool.submit(self._template_checkpoint) if self.cross_isa else None
+            body = self.spec.body
+            url = self.dst.api._url("/containers/create")
+            with interrupts.shielded():  # created and recorded, or neither
                 try:
-                    self._create_target(ph)
-                except BaseException:
-                    if tpl is not None:  # its own error matters less than this one
-                        with contextlib.suppress(Exception):
-                            tpl.result()
-                    raise
-                if tpl is not None:
-                    tpl.result()
-                    ph.update(f"target facts: template {self.rep.data.get('template')}")
+                    res = self.dst.api._result(
+                        self.dst.api._post_json(url, data=body, params={"name": self.spec.name}),
+                        json=True,
+                    )
+                except docker.errors.APIError as exc:
+                    raise errors.ValidationFailed(
+                        f"{self.dst.name} refused to create {self.spec.name}: "
+                        f"{api_error_text(exc)}",
+                        hint="see the reason above; nothing was frozen") from exc
+                self.created.target_container = self.target_id = res["Id"]
+            for net in list(self.spec.networks)[1:]:
+                ep = self.spec.networks[net]
+                self.dst.api.connect_container_to_network(
+                    res["Id"], net, ipv4_address=self._keep_ip.get(net),
+                    aliases=ep.get("Aliases") or None)
+            self._open_links(self.dst.inspect(res["Id"]))
+            self._hold_restart_policy()  # issue 11: before the freeze
+            self._watch_restore_log(res["Id"])
+            ph.update(f"created {self.spec.name} ({res['Id'][:12]})")
 
-    def _create_target(self, ph) -> None:
-        body = self.spec.body
-        url = self.dst.api._url("/containers/create")
-        with interrupts.shielded():  # created and recorded, or neither
-            try:
-                res = self.dst.api._result(
-                    self.dst.api._post_json(url, data=body, params={"name": self.spec.name}),
-                    json=True,
-                )
-            except docker.errors.APIError as exc:
-                raise errors.ValidationFailed(
-                    f"{self.dst.name} refused to create {self.spec.name}: "
-                    f"{api_error_text(exc)}",
-                    hint="see the reason above; nothing was frozen") from exc
-            self.created.target_container = self.target_id = res["Id"]
-        for net in list(self.spec.networks)[1:]:
-            ep = self.spec.networks[net]
-            self.dst.api.connect_container_to_network(
-                res["Id"], net, ipv4_address=self._keep_ip.get(net),
-                aliases=ep.get("Aliases") or None)
-        self._open_links(self.dst.inspect(res["Id"]))
-        self._hold_restart_policy()  # issue 11: before the freeze
-        self._watch_restore_log(res["Id"])
-        ph.update(f"created {self.spec.name} ({res['Id'][:12]})")
-
-    def _template_checkpoint(self) -> None:
+    def _template_checkpoint(self, ph) -> None:
         """Cross-ISA: the target host's facts (mount tree, cgroups, vDSO, auxv, register
         layout) from a checkpoint of the inert template (template.py): the source's
-        configuration with scratch volumes, no network, a stub of the target ISA as its
-        only process. No user code runs on the target. Cached per (target, image,
-        configuration): a second move reads it from the cache."""
+        configuration with empty volumes, no network, a stub of the target ISA as its only
+        process. Nothing of the user's program runs on the target; the process itself,
+        its files and sockets come from the source's checkpoint (recode.merge_host_facts).
+        Cached per (target, image, configuration): a second move pays nothing."""
+        ph.update("target facts (inert template)")
         self._workdir = Path(tempfile.mkdtemp(prefix="hmigrate-"))  # mode 0700
-        body = template.template_body(self.spec.body, self.inspect.get("Mounts") or [])
-        image = self.dst.image_present(self.spec.body["Image"]) or {}
-        key = template.cache_key(self.dst, body, image.get("Id", self.spec.body["Image"]))
-        hit = template.cached(key)
-        self._template_key = key
-        if hit is not None:
-            shutil.copytree(hit, self._workdir / "template")
-            self._template_id = template.container_id(self._workdir / "template")
-            self.rep.set("template", "cached")
-            return
-        created: list[str] = []
-        self.created.template = created  # the rollback removes it if we are interrupted
-        self._template_id = template.take_checkpoint(
-            self.dst, body, self._workdir / "template", f"hmigrate-template-{self.checkpoint}",
-            created)
-        self.created.template = None
-        template.store(key, self._workdir / "template")
-        self.rep.set("template", "taken")
+        self._template = template.target_facts(
+            self.dst, self.spec.body, self.inspect, self._workdir / "template",
+            f"hmigrate-template-{self.checkpoint}",
+            record=lambda cid: setattr(self.created, "template", cid))
+        self._template_id = self._template.container_id
+        self.rep.set("template", "cached" if self._template.cached else "taken")
 
     def _remove_template(self) -> None:
-        for cid in self.created.template or []:
-            template.remove(self.dst, cid)
-        self.created.template = None
+        if self.created.template:
+            template.remove(self.dst, self.created.template)  # with its scratch volumes
+            self.created.template = None
 
     def _open_links(self, target: dict[str, Any]) -> None:
         """Helper containers for every stream of the move phase, made before the freeze."""
@@ -536,10 +512,8 @@ class Migration:
                 facts = recode.template_facts(tpl)
                 timings = recode.recode(self._workdir / "source", out, self.program,
                                         self.src.isa, self.dst.isa, facts)
-                merged = self._workdir / "merged"
-                users = [m["Destination"] for m in self.inspect.get("Mounts") or []
-                         if m.get("Type") in ("bind", "volume")]
-                recode.merge_host_facts(out, tpl, merged, users)
+                merged = self._workdir / "merged"  # the source's images + the target's facts
+                recode.merge_host_facts(out, tpl, merged, self.inspect)
                 self.rep.set("recode_seconds", {k: round(v, 4) for k, v in timings.items()})
                 moved = self._checkpoint_link.upload(merged, self.checkpoint)
                 self.bytes_moved += moved.bytes
@@ -554,8 +528,8 @@ class Migration:
             try:
                 self._restore_call.result()
             except docker.errors.APIError as exc:
-                if self._template_key:  # not trusted again: the next move takes a new one
-                    template.forget(self._template_key)
+                if self._template:  # not trusted again: the next move takes a new one
+                    template.forget(self._template.key)
                 with contextlib.suppress(OSError):
                     self._keep_restore_log()
                 where = (f"CRIU's restore log is kept in {self.restore_log}"

@@ -29,12 +29,14 @@ import struct
 import tarfile
 import tempfile
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import docker.errors
 
-from docker_hmigrate import errors, transfer
+from docker_hmigrate import errors, interrupts, transfer
 from docker_hmigrate.engine import Host, api_error_text
 from docker_hmigrate.polling import poll
 
@@ -107,6 +109,9 @@ def template_body(body: dict[str, Any], inspect_mounts: list[dict[str, Any]]) ->
     hc["Init"] = False
     t["Entrypoint"], t["Cmd"] = [STUB_PATH], []
     t["Env"] = []  # the user's secrets have nothing to do in it
+    # the process's own uts namespace comes from the source: the template's name is not
+    # used, and leaving it out lets containers of one image share a cached template
+    t["Hostname"], t["Domainname"] = "", ""
     t["Healthcheck"] = {"Test": ["NONE"]}
     t["OnBuild"] = None
     t["Labels"] = {LABEL: str(VERSION)}
@@ -175,20 +180,24 @@ def container_id(images: Path) -> str:
 
 
 def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
-                    created: list[str]) -> str:
+                    record: Callable[[str | None], None] = lambda cid: None) -> str:
     """Create, inject, start and checkpoint the inert template on dst; its images into
     `into` (0700). The container (and its anonymous volumes) is removed before returning
-    its id; `created` holds the id meanwhile so that a rollback can remove it."""
+    its id; record(id) is called as it is created and record(None) once it is removed, so
+    that a rollback meanwhile can remove it."""
     url = dst.api._url("/containers/create")
-    try:
-        res = dst.api._result(dst.api._post_json(url, data=body, params={"name": name}),
-                              json=True)
-    except docker.errors.APIError as exc:
-        raise errors.HmigrateError(
-            f"cannot create the template container on {dst.name}: {api_error_text(exc)}",
-            hint="the target must accept the source's configuration") from exc
-    cid = res["Id"]
-    created.append(cid)
+    body = dict(body, Labels={**(body.get("Labels") or {}), **dst.labels})
+    with interrupts.shielded():  # created and recorded, or neither
+        try:
+            res = dst.api._result(dst.api._post_json(url, data=body, params={"name": name}),
+                                  json=True)
+        except docker.errors.APIError as exc:
+            raise errors.HmigrateError(
+                f"cannot create the template container on {dst.name}: "
+                f"{api_error_text(exc)}",
+                hint="the target must accept the source's configuration") from exc
+        cid = res["Id"]
+        record(cid)
     try:
         dst.api.put_archive(cid, "/", stub_archive(dst.isa))
         dst.api.start(cid)
@@ -208,7 +217,7 @@ def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
             hint="see the criu-dump.log named above on the target host") from exc
     finally:
         remove(dst, cid)
-        created.remove(cid)
+        record(None)
 
 
 def _wait_blocked(dst: Host, cid: str, timeout: float = 30) -> None:
@@ -227,3 +236,32 @@ def _wait_blocked(dst: Host, cid: str, timeout: float = 30) -> None:
 def remove(dst: Host, cid: str) -> None:
     with contextlib.suppress(docker.errors.NotFound):
         dst.api.remove_container(cid, force=True, v=True)
+
+
+@dataclass
+class Facts:
+    """The target host's facts for one move: a checkpoint of the inert template."""
+
+    images: Path  # its CRIU images (0700): recode.template_facts, recode.merge_host_facts
+    container_id: str  # the template container's id (containerd's staging copies name it)
+    key: str  # its cache entry (forget() it when a restore with it fails)
+    cached: bool  # read from the cache: nothing was run on the target
+
+
+def target_facts(dst: Host, target_body: dict[str, Any], inspect: dict[str, Any],
+                 into: Path, name: str,
+                 record: Callable[[str | None], None] = lambda cid: None) -> Facts:
+    """The target's facts for a container to be created there with `target_body` (the
+    source's configuration, spec.py) from the source's `inspect`: from the cache, or from
+    a checkpoint of the inert template taken now (then cached). `into`: a new folder for
+    the images; `name`: the template container's name; `record`: see take_checkpoint."""
+    body = template_body(target_body, inspect.get("Mounts") or [])
+    image = dst.image_present(target_body["Image"]) or {}
+    key = cache_key(dst, body, image.get("Id", target_body["Image"]))
+    hit = cached(key)
+    if hit is not None:
+        _private_copy(hit, into)
+        return Facts(into, container_id(into), key, cached=True)
+    cid = take_checkpoint(dst, body, into, name, record)
+    store(key, into)
+    return Facts(into, cid, key, cached=False)

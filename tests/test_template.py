@@ -164,6 +164,7 @@ def test_template_body_runs_nothing_of_the_user():
     assert t["Volumes"] == {} and "NetworkingConfig" not in t
     assert hc["SecurityOpt"] == ["seccomp=unconfined"]  # what shapes the mount tree stays
     assert body["Entrypoint"] == ["/app"]  # the target's own body is untouched
+    assert t["Hostname"] == "" and t["Labels"] == {template.LABEL: str(template.VERSION)}
 
 
 @pytest.mark.parametrize("isa,machine", [("x86-64", 62), ("aarch64", 183)])
@@ -209,3 +210,36 @@ def test_cache_is_private_and_keyed(tmp_path, monkeypatch):
     assert (hit / "inventory.img").stat().st_mode & 0o777 == 0o600
     assert hit.stat().st_mode & 0o777 == 0o700
     assert (tmp_path / "cache" / "templates").stat().st_mode & 0o777 == 0o700
+
+
+def test_target_facts_from_the_cache_create_nothing_on_the_target(tmp_path, monkeypatch):
+    """A second move to the same target: the images come from the cache, and the target
+    daemon is asked nothing but the image's id (any other call would fail here)."""
+    monkeypatch.setenv("HMIGRATE_CACHE", str(tmp_path / "cache"))
+
+    class NoApi:
+        def __getattr__(self, name):
+            raise AssertionError(f"the target's API was called: {name}")
+
+    class Dst:
+        name, info, labels, api = "arm", {"ID": "E1", "KernelVersion": "6.12"}, {}, NoApi()
+
+        @staticmethod
+        def image_present(ref):
+            return {"Id": "sha256:img"} if ref == "reg/app:1" else None
+
+    body = {"Image": "reg/app:1", "HostConfig": {}}
+    inspect = {"Mounts": [{"Type": "bind", "Destination": "/data", "RW": True}]}
+    key = template.cache_key(Dst, template.template_body(body, inspect["Mounts"]), "sha256:img")
+    imgs = tmp_path / "taken"
+    imgs.mkdir()
+    (imgs / "inventory.img").write_bytes(b"inv")
+    (imgs / template.ID_FILE).write_text("c0ffee")
+    template.store(key, imgs)
+
+    facts = template.target_facts(Dst, body, inspect, tmp_path / "work" / "template", "t")
+    assert facts.cached and facts.key == key and facts.container_id == "c0ffee"
+    assert (facts.images / "inventory.img").read_bytes() == b"inv"
+    assert (facts.images / "inventory.img").stat().st_mode & 0o777 == 0o600
+    template.forget(key)
+    assert template.cached(key) is None

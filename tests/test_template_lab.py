@@ -193,7 +193,7 @@ def test_source_images_with_host_b_template_restore_on_b(host_a, host_b, cleanup
     inspect = a.api.inspect_container(src.id)
     body = template.template_body(target_spec(inspect, name).body, inspect["Mounts"])
     work = tmp_path / "work"
-    template.take_checkpoint(b, body, work / "template", f"{name}-template", [])
+    template.take_checkpoint(b, body, work / "template", f"{name}-template")
 
     a.checkpoint_create(src.id, "ck", exit=True)
     before = src.logs().decode()
@@ -201,7 +201,7 @@ def test_source_images_with_host_b_template_restore_on_b(host_a, host_b, cleanup
         (work / "source").mkdir(mode=0o700)
         transfer.download_folder("checkpoint", a, helper, f"{transfer.SRC_MOUNT}/ck",
                                  work / "source")
-    got = merge_host_facts(work / "source", work / "template", work / "merged", ["/tmp"])
+    got = merge_host_facts(work / "source", work / "template", work / "merged", inspect)
     assert got["user_mounts"] == 1 and got["mount_ids"] >= 1
     src.remove(force=True)
     dst = b.api.create_container(TCPFILE, name=name, host_config=b.api.create_host_config(

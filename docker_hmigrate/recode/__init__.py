@@ -152,12 +152,14 @@ def merge_into_template(recoded: Path, template: Path) -> None:
 
 
 def merge_host_facts(recoded: Path, template: Path, out: Path,
-                     user_paths: list[str] | None = None) -> dict[str, int]:
+                     inspect: dict[str, Any]) -> dict[str, int]:
     """The recoded source set with the target host's facts (mount tree, cgroups) taken
-    from the inert template's checkpoint, into `out` (recode/hostimages.py)."""
+    from the inert template's checkpoint (template.py), into `out`; inspect: the source
+    container's (its bind mounts and volumes). See recode/hostimages.py."""
     from docker_hmigrate.recode import hostimages
 
-    return hostimages.merge_host_facts(recoded, template, out, user_paths)
+    return hostimages.merge_host_facts(recoded, template, out,
+                                       hostimages.user_paths(inspect))
 
 
 def recode(src_dir: Path, dst_dir: Path, program: Program, src_isa: str, dst_isa: str,

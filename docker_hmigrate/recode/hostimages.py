@@ -135,6 +135,13 @@ def user_mounts(src_mounts: list, tpl_mounts: list, mounts: dict[int, object],
     return n
 
 
+def user_paths(inspect: dict) -> list[str]:
+    """Where the container's own data is mounted (bind mounts and volumes): the template
+    has empty volumes there, the target container the user's mounts."""
+    return [m["Destination"] for m in inspect.get("Mounts") or []
+            if m.get("Type") in ("bind", "volume")]
+
+
 def merge_host_facts(recoded: Path, template: Path, out: Path,
                      user_paths: list[str] | None = None) -> dict[str, int]:
     """Write into `out` the recoded source set with the target's host images (see the

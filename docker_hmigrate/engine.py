@@ -20,6 +20,7 @@ from typing import Any
 
 import docker
 import docker.errors
+import requests.exceptions
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from docker_hmigrate import interrupts
@@ -36,6 +37,27 @@ PROBE_CAPS = ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "DAC_READ_SEARCH", "SYS_CH
 # Go/Docker architecture names -> ISA names used by the toolchain and recode.
 ISA_NAMES = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "aarch64", "arm64": "aarch64"}
 PLATFORMS = {"x86-64": "linux/amd64", "aarch64": "linux/arm64"}
+
+
+class DaemonUnreachable(docker.errors.APIError):
+    """The daemon did not answer (connection refused, reset or timed out): the outcome of
+    the call is unknown. An APIError, so that every clean-up path that tolerates a failed
+    call tolerates this one too; code that must know whether a call took effect (did the
+    restore start the container?) tells it apart."""
+
+
+def raise_unreachable_as_api_errors(api: docker.APIClient, host: str) -> None:
+    """Make `api` raise DaemonUnreachable instead of requests' network exceptions."""
+    send = api.send
+
+    def guarded_send(request, **kwargs):
+        try:
+            return send(request, **kwargs)
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise DaemonUnreachable(f"the daemon at {host} does not answer: {exc}",
+                                    explanation=f"{host} does not answer") from exc
+
+    api.send = guarded_send  # type: ignore[method-assign]
 
 
 @dataclass

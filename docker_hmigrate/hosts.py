@@ -42,7 +42,8 @@ CONNECT_TIMEOUT = 15.0
 
 @dataclass
 class GlobalOptions:
-    """The docker CLI's global flags, as given before or after `hmigrate`.
+    """The docker CLI's global flags, as given before or after `hmigrate` (flags given
+    twice are merged by cli/flags.py's rule).
 
     None means "not given", so that environment defaults apply as in the CLI.
     """
@@ -65,21 +66,6 @@ class GlobalOptions:
         opts.hosts = list(opts.hosts)
         return opts
 
-    def merged(self, override: GlobalOptions) -> GlobalOptions:
-        """Options given later (after `hmigrate`) win over earlier ones."""
-        out = GlobalOptions(**self.__dict__)
-        out.hosts = list(self.hosts)
-        for name in self.__dataclass_fields__:
-            value = getattr(override, name)
-            if name == "hosts":
-                if value:
-                    out.hosts = list(value)
-            elif name == "debug":
-                out.debug = self.debug or override.debug
-            elif value is not None:
-                setattr(out, name, value)
-        return out
-
 
 @dataclass(frozen=True)
 class TLSConfig:
@@ -98,10 +84,6 @@ class Endpoint:
     tls: TLSConfig | None
     source: str  # why this endpoint was chosen, e.g. "--context flag", "DOCKER_HOST"
     description: str = ""
-
-    @property
-    def transport(self) -> str:
-        return self.host.split("://", 1)[0]
 
 
 # ---- config dir and config.json -----------------------------------------------------
@@ -366,6 +348,8 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
     import docker.tls
     import requests.exceptions
 
+    from docker_hmigrate.engine import raise_unreachable_as_api_errors
+
     tls_cfg: docker.tls.TLSConfig | bool = False
     if endpoint.tls is not None:
         t = endpoint.tls
@@ -405,6 +389,7 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
             ),
         ) from exc
     client.api.timeout = int(timeout)
+    raise_unreachable_as_api_errors(client.api, endpoint.host)
     if proxy is not None:
         # Keep the proxy alive as long as the client; close both together.
         client._hmigrate_ssh_proxy = proxy  # type: ignore[attr-defined]

@@ -17,7 +17,7 @@ from docker_hmigrate.criu import ImageFile, ImageSet, new
 from docker_hmigrate.criu.image import INVENTORY_MAGIC
 from docker_hmigrate.recode import hostimages
 from docker_hmigrate.recode.frames import Untranslatable
-from tests.test_criu_images import CORE, FILES, PSTREE, reg, x86_core
+from tests.support.criu_images import CORE, FILES, PSTREE, reg, x86_core
 
 MOUNTPOINTS, CGROUP = 0x55563928, 0x59383330
 

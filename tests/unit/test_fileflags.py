@@ -14,7 +14,7 @@ from docker_hmigrate.criu import ImageFile, ImageSet, new
 from docker_hmigrate.criu.schema import FdType
 from docker_hmigrate.recode import fileflags
 from docker_hmigrate.recode.frames import Untranslatable
-from tests.test_criu_images import FILES, reg, write_set
+from tests.support.criu_images import FILES, reg, write_set
 
 O_WRONLY, O_RDWR, O_NONBLOCK, O_APPEND, O_CLOEXEC = 0o1, 0o2, 0o4000, 0o2000, 0o2000000
 ON_X86_64 = platform.machine() == "x86_64"

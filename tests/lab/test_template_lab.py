@@ -5,8 +5,10 @@ facts come from the inert template, everything of the process from the source.
   start-up (a bind mount present on both hosts): x86-64 -> aarch64 -> x86-64 leaves both
   targets' log and queue as they were, and its counter goes on exactly.
 - examples/tcpfile: a server and its (forked) client over an established TCP connection,
-  and a file written through one descriptor: after the move the client goes on over the
-  same connection and the file's offset is the source's.
+  and a file written through one descriptor: host a's checkpoint with host b's template
+  facts restores on b, the client going on over the same connection, the offset kept (the
+  merge on real CRIU without recode: seconds). Kept to these two for CI's budget; the
+  cross-ISA move of tcpfile runs in `python -m bench.cross_isa`.
 """
 
 from __future__ import annotations
@@ -20,15 +22,12 @@ from pathlib import Path
 
 import pytest
 
-from tests import test_migrate_cross_isa_lab as cross
-from tests.lab import REGISTRY, unique, wait_until
+from tests.support.lab import ARM_IMAGE, REGISTRY, hmigrate, unique, wait_until
 
 pytestmark = [pytest.mark.lab]
-arm, on_arm, hmigrate = cross.arm, cross.on_arm, cross.hmigrate  # the same fixtures
 
 STARTJOBS = f"{REGISTRY}/hmigrate/examples/startjobs:latest"
 TCPFILE = f"{REGISTRY}/hmigrate/examples/tcpfile:latest"
-ARM_BUSYBOX = "hmigrate-lab/busybox:arm64"
 
 
 def figures(doc: dict) -> str:
@@ -49,7 +48,7 @@ def consecutive(values: list[int]) -> bool:
 def arm_sh(arm, script: str, folder: str) -> str:
     """A shell command in a busybox container on the aarch64 host with `folder` (a host
     path there) bind-mounted at /d: the only way into that host's filesystem."""
-    out = arm.containers.run(ARM_BUSYBOX, ["sh", "-c", script], remove=True,
+    out = arm.containers.run(ARM_IMAGE, ["sh", "-c", script], remove=True,
                              volumes={folder: {"bind": "/d", "mode": "rw"}})
     return out.decode(errors="replace")
 
@@ -138,35 +137,6 @@ def pongs(logs: str) -> list[int]:
 def offsets(logs: str) -> list[int]:
     return [int(line.split()[-1]) for line in logs.splitlines()
             if line.startswith("server offset ")]
-
-
-@pytest.mark.arm64
-def test_established_connection_and_file_offset_move_to_aarch64(host_a, arm, cleanup,
-                                                                on_arm):
-    name = unique("x-tcpfile")
-    cleanup.append(name)
-    on_arm.append(name)
-    host_a.docker("pull", "-q", TCPFILE)
-    host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined", TCPFILE)
-    wait_until(lambda: len(pongs(host_a.logs(name))) >= 3, what="tcpfile on x86-64")
-
-    proc = hmigrate("migrate", name, "--to", "hm-arm", "--keep-source", "--json")
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    doc = json.loads(proc.stdout)
-    print("tcpfile x86-64 -> aarch64:", figures(doc))
-    before = host_a.logs(name)
-    last = pongs(before)[-1]
-    target = arm.containers.get(name)
-    wait_until(lambda: len(pongs(target.logs().decode())) >= 3, timeout=90,
-               what="the client talking on aarch64")
-    after = target.logs().decode()
-    # the same connection: no new connect, nothing lost, the next ping's answer
-    assert "connected" not in after and "lost" not in after, after[-400:]
-    assert pongs(after)[0] == last + 1 and consecutive(pongs(after)), after[-400:]
-    # the same file descriptor: the offset goes on from the source's
-    assert offsets(after)[0] == offsets(before)[-1] + len(f"{last + 1}\n")
-    lines = record(arm, name).splitlines()  # every number once, in order, none lost
-    assert lines == [str(n) for n in range(len(lines))] and len(lines) > last + 1, lines
 
 
 def test_source_images_with_host_b_template_restore_on_b(host_a, host_b, cleanup, tmp_path):

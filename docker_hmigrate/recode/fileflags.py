@@ -6,7 +6,8 @@ reopen of the inherited stdio pipe fails with ELOOP ("Unable to reopen the pipe
 /proc/self/fd/1: Too many levels of symbolic links"). x86-64's O_LARGEFILE (0o100000),
 the other way, is aarch64's O_NOFOLLOW.
 
-`translate_files` rewrites every flags field of files.img that holds O_* values (and the
+Each ISA object (isa/) lists those bits as `open_flags`. `translate_files` rewrites
+every flags field of files.img that holds O_* values (and the
 open flags of file mappings in mm-*.img) from the source ISA's bits to the target's.
 Kinds kept as opaque bytes (signalfd, timerfd, packet/netlink sockets, tun, bpf, pidfd,
 fifo, inotify/fanotify, ext) are restored by their own system call plus F_SETFL, which
@@ -16,17 +17,9 @@ they cannot carry one, and they pass as they are.
 
 from __future__ import annotations
 
+from docker_hmigrate import isa as isas
 from docker_hmigrate.criu import ImageSet
 from docker_hmigrate.recode.frames import Untranslatable
-
-# The bits whose values differ (Linux uapi: asm-generic/fcntl.h, which x86-64 uses, and
-# arch/arm64/include/uapi/asm/fcntl.h). Every other O_* bit is the same on both.
-OPEN_FLAGS = {
-    "x86-64": {"O_DIRECT": 0o40000, "O_LARGEFILE": 0o100000, "O_DIRECTORY": 0o200000,
-               "O_NOFOLLOW": 0o400000},
-    "aarch64": {"O_DIRECTORY": 0o40000, "O_NOFOLLOW": 0o100000, "O_DIRECT": 0o200000,
-                "O_LARGEFILE": 0o400000},
-}
 
 # file_entry sub-messages (schema.py) whose `flags` field holds O_* status flags
 TYPED_KINDS = ("reg", "pipe", "isk", "usk", "nsf", "efd", "epfd", "tty", "memfd")
@@ -34,7 +27,7 @@ TYPED_KINDS = ("reg", "pipe", "isk", "usk", "nsf", "efd", "epfd", "tty", "memfd"
 
 def translate(flags: int, src_isa: str, dst_isa: str) -> int:
     """flags with each ISA-specific O_* bit of src_isa moved to dst_isa's value."""
-    src, dst = OPEN_FLAGS[src_isa], OPEN_FLAGS[dst_isa]
+    src, dst = isas.get(src_isa).open_flags, isas.get(dst_isa).open_flags
     mask = 0
     for bit in src.values():
         mask |= bit
@@ -50,9 +43,13 @@ def translate_files(s: ImageSet, src_isa: str, dst_isa: str) -> int:
     mapping (mm-*.img fdflags) for dst_isa. Returns how many fields changed."""
     if src_isa == dst_isa:
         return 0
-    for isa in (src_isa, dst_isa):
-        if isa not in OPEN_FLAGS:
-            raise Untranslatable(f"open-file flags of {isa} are not known")
+    try:
+        src, dst = isas.get(src_isa).open_flags, isas.get(dst_isa).open_flags
+    except KeyError as exc:
+        raise Untranslatable(f"open-file flags: {exc.args[0]}") from None
+    if set(src) != set(dst):
+        raise Untranslatable(f"open-file flags: {src_isa} and {dst_isa} name different "
+                             f"ISA-specific bits")
     n = 0
     if "files.img" in s.images:
         for entry in s.entries("files.img"):

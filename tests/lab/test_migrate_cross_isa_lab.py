@@ -33,9 +33,11 @@ def ticks(logs: str) -> list[int]:
 
 def leftovers(client: docker.DockerClient, checkpoint: str) -> list[str]:
     """This migration's template container if still there (named after its checkpoint:
-    other migrations may run at the same time)."""
-    return [c.name for c in client.containers.list(all=True)
-            if c.name == f"hmigrate-template-{checkpoint}"]
+    other migrations may run at the same time; only those matching are inspected, as
+    others' containers may go between the listing and the inspection)."""
+    name = f"hmigrate-template-{checkpoint}"
+    return [c.name for c in client.containers.list(all=True, filters={"name": f"^/{name}$"})
+            if c.name == name]
 
 
 def test_helloworld_moves_to_aarch64_and_back_counting_on(host_a, arm, cleanup, on_arm):

@@ -12,6 +12,7 @@ import pytest
 
 from docker_hmigrate.criu import ImageFile, ImageSet, new
 from docker_hmigrate.criu.schema import FdType
+from docker_hmigrate.isa import AARCH64, X86_64
 from docker_hmigrate.recode import fileflags
 from docker_hmigrate.recode.frames import Untranslatable
 from tests.support.criu_images import FILES, reg, write_set
@@ -26,12 +27,12 @@ def test_values_seen_in_the_lab_checkpoints():
     # /dev/null opened on x86-64 (0100002): O_LARGEFILE, not aarch64's O_NOFOLLOW
     assert fileflags.translate(0o100002, "x86-64", "aarch64") == 0o400002
     # untranslated, the aarch64 bit is x86-64's O_NOFOLLOW and the other way round
-    x86, arm = fileflags.OPEN_FLAGS["x86-64"], fileflags.OPEN_FLAGS["aarch64"]
+    x86, arm = X86_64.open_flags, AARCH64.open_flags
     assert arm["O_LARGEFILE"] == x86["O_NOFOLLOW"] and x86["O_LARGEFILE"] == arm["O_NOFOLLOW"]
 
 
 def test_every_combination_round_trips_and_common_bits_stay():
-    bits = list(fileflags.OPEN_FLAGS["x86-64"].values())
+    bits = list(X86_64.open_flags.values())
     common = O_RDWR | O_NONBLOCK | O_APPEND | O_CLOEXEC
     for i in range(16):
         flags = common | sum(b for k, b in enumerate(bits) if i >> k & 1)
@@ -44,7 +45,7 @@ def test_every_combination_round_trips_and_common_bits_stay():
 
 @pytest.mark.skipif(not ON_X86_64, reason="x86-64 values of the running system")
 def test_x86_64_table_is_this_systems():
-    x86 = fileflags.OPEN_FLAGS["x86-64"]
+    x86 = X86_64.open_flags
     assert (x86["O_DIRECTORY"], x86["O_NOFOLLOW"], x86["O_DIRECT"]) == \
         (os.O_DIRECTORY, os.O_NOFOLLOW, os.O_DIRECT)
 

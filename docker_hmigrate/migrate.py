@@ -1208,7 +1208,8 @@ def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: Contai
         # up there (its stack and mmaps when it started on aarch64) has no place on x86-64
         high = [f"pid {pid}: {f[0]} {f[5] if len(f) > 5 else '(anonymous)'}" for pid, f in maps
                 if int(f[0].split("-")[1], 16) > X86_64_USER_END
-                and not (len(f) > 5 and f[5] in ("[vdso]", "[vvar]"))]
+                and not (len(f) > 5 and f[5] in ("[vdso]", "[vvar]"))
+                and not holds_nothing(f)]
         checks.append(Check(
             "address space", not high,
             f"mappings above x86-64's 47-bit user space: {'; '.join(high[:3])}" if high else
@@ -1216,6 +1217,14 @@ def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: Contai
             "a program started on aarch64 cannot move to x86-64 (one that came from "
             "x86-64 can, until it maps memory up there)", errors.NotMigratableCrossISA))
     return checks, program
+
+
+def holds_nothing(fields: list[str]) -> bool:
+    """An anonymous PROT_NONE mapping (/proc/PID/maps fields): a guard area or the
+    recode's reservation of aarch64's upper addresses (recode/process.fit_address_space),
+    which the recode drops on the way to x86-64."""
+    return len(fields) > 1 and fields[1].startswith("---") and (
+        len(fields) < 6 or not fields[5] or fields[4] == "0")
 
 
 def anonymous_shared(mapping: str) -> bool:

@@ -74,8 +74,8 @@ def test_startup_side_effects_never_happen_on_the_targets(host_a, arm, cleanup, 
     on_arm.append(name)
     folder = Path(f"/srv/jobs-{name}")
     jobs = "job-1\njob-2\njob-3\n"
-    jobs_folder(arm, folder, jobs)
     try:
+        jobs_folder(arm, folder, jobs)  # inside: a failure there still cleans both hosts
         host_a.docker("pull", "-q", STARTJOBS)
         host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined",
                       "-v", f"{folder}:/data", STARTJOBS)

@@ -20,7 +20,7 @@ import uuid
 
 from tests.support.lab import DOCKER_CLI, REGISTRY
 
-EXAMPLES = ("helloworld", "redis", "nginx-bin", "examples/threads")
+EXAMPLES = ("helloworld", "redis", "nginx-bin", "examples/threads", "examples/tcpfile")
 
 
 def docker(context: str, *args: str) -> str:
@@ -33,7 +33,9 @@ def docker(context: str, *args: str) -> str:
 
 def figures(doc: dict) -> dict:
     return {"downtime": doc["downtime_seconds"], "total": doc["total_seconds"],
-            "recode": doc.get("recode_seconds", {})}
+            "prepare": next((p.get("seconds", 0.0) for p in doc.get("phases", [])
+                             if p.get("name") == "prepare target"), 0.0),
+            "template": doc.get("template", "-"), "recode": doc.get("recode_seconds", {})}
 
 
 def move(example: str, target: str) -> list[dict]:
@@ -65,8 +67,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
     ns = parser.parse_args()
-    print(f"{'example':<17} {'move':<22} {'downtime s':>10} {'total s':>8}  "
-          f"(median of {ns.runs})")
+    print(f"{'example':<17} {'move':<22} {'downtime s':>10} {'total s':>8} "
+          f"{'prepare s':>9}  (median of {ns.runs}; prepare: first move [template taken], "
+          f"then median of the rest [cached])")
     for example in EXAMPLES:
         same = [move(example, "hm-b")[0] for _ in range(ns.runs)]
         trips = [move(example, "hm-arm") for _ in range(ns.runs)]
@@ -79,7 +82,11 @@ def main() -> None:
                 continue
             d = statistics.median(r["downtime"] for r in rs)
             t = statistics.median(r["total"] for r in rs)
-            print(f"{example:<17} {label:<22} {d:>10.3f} {t:>8.3f}  ratio to same-ISA: "
+            prep = f"{rs[0]['prepare']:.2f}[{rs[0]['template'][0]}]"
+            if len(rs) > 1:
+                prep += f"/{statistics.median(r['prepare'] for r in rs[1:]):.2f}"
+            print(f"{example:<17} {label:<22} {d:>10.3f} {t:>8.3f} {prep:>9}  "
+                  f"ratio to same-ISA: "
                   f"downtime {d / statistics.median(r['downtime'] for r in same):.2f}, "
                   f"total {t / statistics.median(r['total'] for r in same):.2f}")
             if rs is not same:

@@ -47,7 +47,7 @@ from tenacity import (
     wait_fixed,
 )
 
-from docker_hmigrate import errors, fastpath, interrupts, park, recode, transfer
+from docker_hmigrate import errors, fastpath, interrupts, park, recode, template, transfer
 from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import (
     LOCK_PREFIX,
@@ -119,7 +119,7 @@ class Created:
     networks: list[str] = field(default_factory=list)
     source_frozen: bool = False  # set BEFORE the dump is asked for: "maybe frozen"
     source_parked: bool = False  # cross-ISA: the park request is pending on the source
-    template: str | None = None  # cross-ISA: the target's own checkpoint of the program
+    template: str | None = None  # cross-ISA: the inert template container (template.py)
 
 
 class Migration:
@@ -161,6 +161,7 @@ class Migration:
         self._restore_watch: tuple[Future, threading.Event] | None = None
         self._keep_ip: dict[str, str] = {}  # network -> the address kept there
         self._template_id = ""  # cross-ISA: the template container, even once removed
+        self._template: template.Facts | None = None  # cross-ISA: the target's facts
         self.warnings: list[str] = []
         for host in (src, dst):  # every helper and probe made for this migration
             host.labels = {MIGRATION_LABEL: self.checkpoint}
@@ -399,36 +400,24 @@ class Migration:
             ph.update(f"created {self.spec.name} ({res['Id'][:12]})")
 
     def _template_checkpoint(self, ph) -> None:
-        """Cross-ISA: start the program on the target with the same configuration, park it
-        and checkpoint it, before the source is frozen. Its images that describe the host
-        (mount tree, cgroups, namespaces) are what the target's CRIU expects; recode
-        supplies the process itself (recode.merge_into_template). Volumes are still empty
-        then: the source's data is copied over them after the freeze."""
-        ph.update("template checkpoint on the target")
+        """Cross-ISA: the target host's facts (mount tree, cgroups, vDSO, auxv, register
+        layout) from a checkpoint of the inert template (template.py): the source's
+        configuration with empty volumes, no network, a stub of the target ISA as its only
+        process. Nothing of the user's program runs on the target; the process itself,
+        its files and sockets come from the source's checkpoint (recode.merge_host_facts).
+        Cached per (target, image, configuration): a second move pays nothing."""
+        ph.update("target facts (inert template)")
         self._workdir = Path(tempfile.mkdtemp(prefix="hmigrate-"))  # mode 0700
-        url = self.dst.api._url("/containers/create")
-        name = f"hmigrate-template-{self.checkpoint}"
-        with interrupts.shielded():
-            res = self.dst.api._result(
-                self.dst.api._post_json(url, data=self.spec.body, params={"name": name}),
-                json=True)
-            self.created.template = self._template_id = res["Id"]
-        want = park.fd_counts(self.src, self.inspect["Id"])
-        self.dst.api.start(res["Id"])
-        park.wait_like(self.dst, res["Id"], want)  # its processes started, as the source's
-        park.park(self.dst, res["Id"], self.program.park_protocol, timeout=120)
-        self.dst.checkpoint_create(res["Id"], "template", exit=True)
-        with self.dst.helper([f"{self.dst.checkpoint_dir(res['Id'])}:{transfer.SRC_MOUNT}:ro"]) \
-                as helper:
-            (self._workdir / "template").mkdir(mode=0o700)
-            transfer.download_folder("template checkpoint", self.dst, helper,
-                                     f"{transfer.SRC_MOUNT}/template", self._workdir / "template")
-        self._remove_template()
+        self._template = template.target_facts(
+            self.dst, self.spec.body, self.inspect, self._workdir / "template",
+            f"hmigrate-template-{self.checkpoint}",
+            record=lambda cid: setattr(self.created, "template", cid))
+        self._template_id = self._template.container_id
+        self.rep.set("template", "cached" if self._template.cached else "taken")
 
     def _remove_template(self) -> None:
         if self.created.template:
-            with contextlib.suppress(docker.errors.NotFound):
-                self.dst.api.remove_container(self.created.template, force=True)
+            template.remove(self.dst, self.created.template)  # with its scratch volumes
             self.created.template = None
 
     def _open_links(self, target: dict[str, Any]) -> None:
@@ -537,13 +526,14 @@ class Migration:
             if not self.cross_isa:
                 ph.skip(f"same ISA ({self.src.isa})")
             else:
-                out, template = self._workdir / "target", self._workdir / "template"
-                facts = recode.template_facts(template)
+                out, tpl = self._workdir / "target", self._workdir / "template"
+                facts = recode.template_facts(tpl)
                 timings = recode.recode(self._workdir / "source", out, self.program,
                                         self.src.isa, self.dst.isa, facts)
-                recode.merge_into_template(out, template)
+                merged = self._workdir / "merged"  # the source's images + the target's facts
+                recode.merge_host_facts(out, tpl, merged, self.inspect)
                 self.rep.set("recode_seconds", {k: round(v, 4) for k, v in timings.items()})
-                moved = self._checkpoint_link.upload(template, self.checkpoint)
+                moved = self._checkpoint_link.upload(merged, self.checkpoint)
                 self.bytes_moved += moved.bytes
                 ph.update(f"{self.src.isa} -> {self.dst.isa} in {timings['total']:.3f}s")
         self._links.close()  # the helpers are done; they must not hold the volumes
@@ -568,6 +558,8 @@ class Migration:
                 self.rep.warn(msg)
                 self.warnings.append(msg)
             except docker.errors.APIError as exc:
+                if self._template:  # not trusted again: the next move takes a new one
+                    template.forget(self._template.key)
                 with contextlib.suppress(OSError):
                     self._keep_restore_log()
                 where = (f"CRIU's restore log is kept in {self.restore_log}"

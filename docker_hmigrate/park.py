@@ -207,29 +207,3 @@ def resume_all(host: Host, container: str, proto: ParkProtocol,
         raise errors.HmigrateError(
             f"cannot send the resume signal to the processes of {container}: {out.strip()}",
             hint=f"send it to each by hand: kill -{proto.resume_signal} PID (host pids)")
-
-
-_FD_COUNTS = "for p in {pids}; do ls /proc/$p/fd | wc -l; done"
-
-
-def fd_counts(host: Host, container: str) -> list[int]:
-    """How many files each process of the container has open, sorted (one probe)."""
-    pids = container_pids(host, container)
-    status, out = host.run_probe(_FD_COUNTS.format(pids=" ".join(map(str, pids))))
-    return sorted(int(x) for x in out.split() if x.isdigit()) if status == 0 else []
-
-
-def wait_like(host: Host, container: str, want: list[int], timeout: float = 120) -> None:
-    """Wait until the container runs as many processes with as many open files as `want`
-    (fd_counts of the source): a program started for a template checkpoint must have
-    finished its start-up (nginx forks its worker, which opens its epoll) before it is
-    parked, or the template describes another state than the source's."""
-    def reached() -> bool | None:
-        return True if len(container_pids(host, container)) == len(want) and (
-            len(want) <= 1 or fd_counts(host, container) == want) else None
-
-    if poll(reached, timeout, 0.5):
-        return
-    raise errors.NotMigratableCrossISA(
-        f"the program started on the target for its template checkpoint did not reach "
-        f"the source's state ({len(want)} processes with {want} open files) in {timeout:g}s")

@@ -53,8 +53,8 @@ def isa_specific_parts(s: ImageSet) -> list[str]:
     """Every image/field of this set whose contents depend on the ISA, one line each.
 
     Recode must rewrite (or refuse) each of them for a target of another ISA; what is
-    not listed (pstree, ids, fdinfo, fs, creds, namespaces, mounts, cgroups, pipes,
-    sockets, the tmpfs tarballs) is the same on x86-64 and aarch64.
+    not listed (pstree, ids, fdinfo, fs, creds, namespaces, mounts, cgroups, pipe and
+    socket state, the tmpfs tarballs) is the same on x86-64 and aarch64.
     """
     own = isa.by_criu_march(s.arch)
     others = [i for i in isa.ISAS if i is not own]
@@ -112,6 +112,9 @@ def isa_specific_parts(s: ImageSet) -> list[str]:
                          "TLS block at the thread pointer")
         if any(vma_kind(v.status) == "vdso" for v in mm.vmas):
             parts.append(f"{pages}: dumped vDSO pages (source kernel's code)")
+    if "files.img" in s.images:
+        parts.append("files.img: flags of every open file (O_DIRECT, O_LARGEFILE, O_DIRECTORY, "
+                     "O_NOFOLLOW have other values on each ISA; also mm vmas' fdflags)")
     if "seccomp.img" in s.images:
         parts.append("seccomp.img: BPF filters test seccomp_data.arch (AUDIT_ARCH_*) and "
                      "syscall numbers, both per-ISA")

@@ -34,6 +34,9 @@ class AArch64Isa(IsaBase):
     sys_futex = 98
     result_reg, nr_reg = "x0", "x8"
     arg_regs = ("x0", "x1", "x2", "x3")
+    # arch/arm64/include/uapi/asm/fcntl.h: four bits of its own
+    open_flags = {"O_DIRECTORY": 0o40000, "O_NOFOLLOW": 0o100000, "O_DIRECT": 0o200000,
+                  "O_LARGEFILE": 0o400000}
 
     tls_variant = 1
     tls_gap_above_tp = 16

@@ -90,6 +90,9 @@ class Isa(Protocol):
     nr_reg: str
     result_reg: str
     arg_regs: tuple[str, ...]
+    # the O_* open flags whose values differ between ISAs (CRIU stores f_flags as is):
+    # O_DIRECT, O_LARGEFILE, O_DIRECTORY, O_NOFOLLOW -> this ISA's bit (recode/fileflags.py)
+    open_flags: dict[str, int]
     # musl
     tls_variant: int  # 1: TLS above the thread pointer, 2: below
     tls_gap_above_tp: int

@@ -45,6 +45,9 @@ class X86_64Isa(IsaBase):
     sys_futex = 202
     result_reg = nr_reg = "rax"
     arg_regs = ("rdi", "rsi", "rdx", "r10")
+    # asm-generic/fcntl.h (x86-64 uses it as is)
+    open_flags = {"O_DIRECT": 0o40000, "O_LARGEFILE": 0o100000, "O_DIRECTORY": 0o200000,
+                  "O_NOFOLLOW": 0o400000}
 
     tls_variant = 2
     tls_gap_above_tp = 0

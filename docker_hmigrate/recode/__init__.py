@@ -159,6 +159,17 @@ def merge_into_template(recoded: Path, template: Path) -> None:
             shutil.copy2(f, template / f.name)
 
 
+def merge_host_facts(recoded: Path, template: Path, out: Path,
+                     inspect: dict[str, Any]) -> dict[str, int]:
+    """The recoded source set with the target host's facts (mount tree, cgroups) taken
+    from the inert template's checkpoint (template.py), into `out`; inspect: the source
+    container's (its bind mounts and volumes). See recode/hostimages.py."""
+    from docker_hmigrate.recode import hostimages
+
+    return hostimages.merge_host_facts(recoded, template, out,
+                                       hostimages.user_paths(inspect))
+
+
 def recode(src_dir: Path, dst_dir: Path, program: Program, src_isa: str, dst_isa: str,
            target=None) -> dict[str, float]:
     """Rewrite the image set in src_dir for dst_isa into dst_dir; per-phase seconds.

@@ -7,8 +7,8 @@ the source stack (frames.py), rebuild it frame by frame for the target, set the
 registers at the target's park point and the thread pointer (musl's struct pthread
 translated in place). Per process: the executable's mappings and file size, mm bounds,
 auxv, vDSO/vvar (target sizes; the vsyscall page goes), cached vDSO pointers, signal
-actions. Whatever is not understood raises NotMigratableCrossISA: nothing passes through
-untranslated.
+actions, the O_* flags of open files (fileflags.py). Whatever is not understood raises
+NotMigratableCrossISA: nothing passes through untranslated.
 """
 
 from __future__ import annotations
@@ -20,13 +20,25 @@ from typing import Any
 
 from docker_hmigrate.criu import ImageSet, check_supported, schema
 from docker_hmigrate.isa import NAMES as ISA_NAMES
-from docker_hmigrate.recode import frames, jmpbuf, process, rebuild, shared, stackrefs, tls
+from docker_hmigrate.recode import (
+    fileflags,
+    frames,
+    jmpbuf,
+    process,
+    rebuild,
+    shared,
+    stackrefs,
+    tls,
+)
 from docker_hmigrate.recode.frames import Index, Untranslatable, arch
 from docker_hmigrate.recode.process import TargetFacts
 from docker_hmigrate.toolchain.contract import FunctionIsa
 
 # every ordered pair of two different ISAs of isa/
 SUPPORTED = {(a, b) for a in ISA_NAMES for b in ISA_NAMES if a != b}
+# Images kept as bytes that hold nothing ISA-specific, carried as they are: an
+# established TCP connection's state (sequence numbers, windows, options, queued bytes).
+ISA_NEUTRAL_OPAQUE = ("tcp-stream-",)
 ERESTART = {-512, -513, -514, -516}  # kernel-internal restart codes
 
 
@@ -146,6 +158,7 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
         core = dst.core(pid)
         if core.HasField("tc"):
             process.translate_sigactions(core.tc, idx)
+    fileflags.translate_files(dst, src_isa, dst_isa)  # O_* bits that differ per ISA
     lap("process")
     dst.save(dst_dir)
     lap("save")
@@ -153,7 +166,7 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
 
 
 def check_images(s: ImageSet, src_isa: str) -> None:
-    bad = check_supported(s)
+    bad = [p for p in check_supported(s) if not p.startswith(ISA_NEUTRAL_OPAQUE)]
     if bad:
         raise Untranslatable("image parts this recode does not understand: " + "; ".join(bad))
     src = arch(src_isa)

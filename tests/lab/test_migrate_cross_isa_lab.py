@@ -224,8 +224,10 @@ def test_nginx_master_and_worker_move_to_aarch64_and_serve(host_a, arm, cleanup,
     assert target.status == "running"
 
     def nothing_left():  # other sessions share the lab: their helpers come and go
-        return not [c.name for c in arm.containers.list(all=True) if c.name.startswith(
-            ("hmigrate-template-", "hmigrate-helper-", "hmigrate-probe-"))]
+        # one list call (no inspect per container: theirs may be gone meanwhile)
+        return not [n for c in arm.api.containers(all=True) for n in c["Names"]
+                    if n.lstrip("/").startswith(
+                        ("hmigrate-template-", "hmigrate-helper-", "hmigrate-probe-"))]
 
     wait_until(nothing_left, timeout=60, what="no template, helper or probe left")
 

@@ -1,0 +1,213 @@
+"""The source's own checkpoint, recoded, with the target host's facts put in
+(`merge_host_facts`): what a same-ISA move restores, plus what only the target host can
+say. See docs/recode.md, "Source images and target facts".
+
+Image by image (CRIU 4.x, the images a Docker checkpoint holds):
+- from the **source** (recoded where ISA-specific: core, mm, pagemap, pages): pstree,
+  ids, fs, files, fdinfo, pipes(-data), unixsk/inetsk, tcp-stream, sk-queues, eventfd,
+  eventpoll(-tfd), timens, utsns, ipcns-var, seccomp, creds/sigacts/rlimit/itimers,
+  descriptors.json (runc's stdio names, which match the source's files.img), and the
+  tmpfs contents of user tmpfs mounts and /dev/shm. None of these has an ISA-specific
+  field (ids, flags, offsets, addresses and ports, sequence numbers, queued bytes);
+- from the **target** (the inert template's checkpoint, template.py): the mount tree
+  (mountpoints-*.img: masked and read-only paths, cgroup mounts, the runtime's own
+  mounts differ between daemons and kernels), the tmpfs contents under /dev, /sys and
+  /proc, cgroup.img (controllers and the container's cgroup paths), and the
+  inventory's lsmtype and network_lock_method.
+The source's references into the replaced images are renumbered: every mount id (open
+files, unix sockets bound to a path) to the target mount at the same path, every task's
+cgroup set to the target's.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+
+from docker_hmigrate.criu import ImageSet
+from docker_hmigrate.criu.schema import FdType
+from docker_hmigrate.recode.frames import Untranslatable
+
+TMPFS_IMAGE = re.compile(r"tmpfs-dev-(\d+)\.tar\.gz\.img")
+HOST_TREES = ("/dev", "/sys", "/proc")  # tmpfs below these: the runtime's, not the user's
+USER_TMPFS = ("/dev/shm",)
+
+
+def _mounts(s: ImageSet) -> tuple[str, list]:
+    names = [n for n in s.images if n.startswith("mountpoints-")]
+    if len(names) != 1:
+        raise Untranslatable(f"expected one mount namespace image, found {names or 'none'}")
+    return names[0], s.entries(names[0])
+
+
+def _by_path(mounts: list) -> dict[tuple[str, int], object]:
+    """(mount point, n-th mount on that path in mount-id order) -> entry."""
+    out: dict[tuple[str, int], object] = {}
+    seen: dict[str, int] = {}
+    for m in sorted(mounts, key=lambda m: m.mnt_id):
+        n = seen.get(m.mountpoint, 0)
+        seen[m.mountpoint] = n + 1
+        out[(m.mountpoint, n)] = m
+    return out
+
+
+def mount_map(src: list, tpl: list) -> dict[int, object]:
+    """Source mount id -> the target's mount entry at the same place (None: no such
+    mount on the target)."""
+    a, b = _by_path(src), _by_path(tpl)
+    return {m.mnt_id: b.get(k) for k, m in a.items()}
+
+
+def user_tmpfs(mountpoint: str) -> bool:
+    return mountpoint in USER_TMPFS or not any(
+        mountpoint == p or mountpoint.startswith(p + "/") for p in HOST_TREES)
+
+
+def _renumber_files(s: ImageSet, mounts: dict[int, object]) -> int:
+    """Every mnt_id in files.img to the target's; refuses a file on a mount the target
+    does not have. Returns the number of entries changed."""
+    n = 0
+    for entry in s.entries("files.img"):
+        if entry.HasField("ify") or entry.HasField("ffy"):
+            raise Untranslatable("inotify/fanotify watches name the source host's devices "
+                                 "and file handles")
+        for kind in ("reg", "usk"):
+            if not entry.HasField(kind):
+                continue
+            obj = getattr(entry, kind)
+            if not obj.HasField("mnt_id") or obj.mnt_id < 0:
+                continue
+            target = mounts.get(obj.mnt_id)
+            if target is None:
+                what = obj.name if kind == "reg" else obj.name.decode(errors="replace")
+                raise Untranslatable(f"{what!s} is open on a mount ({obj.mnt_id}) the "
+                                     f"target container does not have")
+            if obj.mnt_id != target.mnt_id:
+                obj.mnt_id = target.mnt_id
+                n += 1
+    return n
+
+
+def _cgroup_sets(src: ImageSet, tpl: ImageSet) -> dict[int, int]:
+    """Source cgroup set id -> the target's: the root set and the container's."""
+    out = {src.inventory.root_cg_set: tpl.inventory.root_cg_set}
+    want = tpl.core(tpl.root_pid).tc.cg_set
+    for pid in src.pids:
+        for tid in src.threads(pid):
+            c = src.core(tid)
+            for cs in (c.tc.cg_set if c.HasField("tc") else 0, c.thread_core.cg_set):
+                if cs and out.setdefault(cs, want) != want and cs != src.inventory.root_cg_set:
+                    raise Untranslatable(f"thread {tid} is in another cgroup than its "
+                                         f"container's")
+    return out
+
+
+# What a user mount (bind or volume) looks like, taken from the source's entry: the
+# template has an anonymous volume there (docker mounts those as slaves, relatime), the
+# target container the user's own mount, configured as on the source.
+USER_MOUNT_FIELDS = ("fstype", "flags", "sb_flags", "root", "source", "options",
+                     "shared_id", "master_id", "ext_key")
+
+
+def user_mounts(src_mounts: list, tpl_mounts: list, mounts: dict[int, object],
+                paths: list[str]) -> int:
+    """The source's description of each user mount into the template's entry at the same
+    path (which keeps its own mount id and parent). Returns how many."""
+    n = 0
+    for m in src_mounts:
+        if m.mountpoint not in paths:
+            continue
+        t = mounts.get(m.mnt_id)
+        if t is None or not (m.ext_key and t.ext_key):
+            raise Untranslatable(f"the mount at {m.mountpoint} is not an external bind mount "
+                                 f"on both hosts")
+        if m.shared_id or m.master_id:
+            raise Untranslatable(f"the mount at {m.mountpoint} has shared or slave "
+                                 f"propagation: only private bind mounts are carried across")
+        for f in USER_MOUNT_FIELDS:
+            if m.HasField(f):
+                setattr(t, f, getattr(m, f))
+            else:
+                t.ClearField(f)
+        n += 1
+    return n
+
+
+def user_paths(inspect: dict) -> list[str]:
+    """Where the container's own data is mounted (bind mounts and volumes): the template
+    has empty volumes there, the target container the user's mounts."""
+    return [m["Destination"] for m in inspect.get("Mounts") or []
+            if m.get("Type") in ("bind", "volume")]
+
+
+def merge_host_facts(recoded: Path, template: Path, out: Path,
+                     user_paths: list[str] | None = None) -> dict[str, int]:
+    """Write into `out` the recoded source set with the target's host images (see the
+    module doc); user_paths: the container's bind mount and volume destinations. Returns
+    counts of what was renumbered, for the report."""
+    src, tpl = ImageSet.load(recoded), ImageSet.load(template)
+    src_name, src_mounts = _mounts(src)
+    tpl_name, tpl_mounts = _mounts(tpl)
+    mounts = mount_map(src_mounts, tpl_mounts)
+    changed = _renumber_files(src, mounts)
+    users = user_mounts(src_mounts, tpl_mounts, mounts, user_paths or [])
+
+    # the mount tree: the target's, under the source's mount namespace id
+    del src.images[src_name]
+    img = tpl.images[tpl_name]
+    img.name = src_name
+    src.images[src_name] = img
+    src.modes[src_name] = 0o600
+
+    # tmpfs contents (named by the mount's device): the user's from the source, renamed to
+    # the target mount's device; the runtime's from the target
+    tmpfs: dict[str, bytes] = {}
+    src_dev = {m.root_dev: m for m in src_mounts}
+    for name in list(src.images):
+        m = TMPFS_IMAGE.fullmatch(name)
+        if not m:
+            continue
+        raw = src.images.pop(name).to_bytes()
+        src.modes.pop(name, None)
+        mount = src_dev.get(int(m.group(1)))
+        if mount is not None and user_tmpfs(mount.mountpoint):
+            target = mounts.get(mount.mnt_id)
+            if target is None:
+                raise Untranslatable(f"the tmpfs at {mount.mountpoint} has no place on the "
+                                     f"target")
+            tmpfs[f"tmpfs-dev-{target.root_dev}.tar.gz.img"] = raw
+    tpl_dev = {m.root_dev: m for m in tpl_mounts}
+    for name in tpl.images:
+        m = TMPFS_IMAGE.fullmatch(name)
+        if m and name not in tmpfs:
+            mount = tpl_dev.get(int(m.group(1)))
+            if mount is None or not user_tmpfs(mount.mountpoint):
+                tmpfs[name] = tpl.images[name].to_bytes()
+
+    # cgroups: the target's controllers and paths; tasks point at its sets
+    sets = _cgroup_sets(src, tpl)
+    src.images["cgroup.img"] = tpl.images["cgroup.img"]
+    src.modes["cgroup.img"] = 0o600
+    for pid in src.pids:
+        for tid in src.threads(pid):
+            c = src.core(tid)
+            if c.HasField("tc") and c.tc.cg_set:
+                c.tc.cg_set = sets[c.tc.cg_set]
+            if c.thread_core.cg_set:
+                c.thread_core.cg_set = sets[c.thread_core.cg_set]
+    inv = src.inventory
+    inv.root_cg_set = tpl.inventory.root_cg_set
+    inv.lsmtype = tpl.inventory.lsmtype
+    inv.network_lock_method = tpl.inventory.network_lock_method
+
+    if out.exists():
+        shutil.rmtree(out)
+    src.save(out)
+    for name, raw in tmpfs.items():
+        fd = os.open(out / name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(raw)
+    return {"mount_ids": changed, "tmpfs": len(tmpfs), "user_mounts": users,
+            "files": sum(1 for e in src.entries("files.img") if e.type != FdType.REG)}

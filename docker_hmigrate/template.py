@@ -1,0 +1,267 @@
+"""The inert template: what the target host gives a container, learnt without running
+any of the user's code there (cross-ISA moves; docs/recode.md, "Target facts").
+
+A cross-ISA restore needs a few facts only the target host has: its mount tree, cgroups
+and namespaces as the target's CRIU dumps them, its vDSO/vvar layout and bytes, its auxv
+(HWCAP, platform) and, on x86-64, the register fields CRIU checks (segment selectors,
+FPU/xsave layout). They are taken from a checkpoint of a *template* container: the
+source's configuration with
+- every bind mount and volume replaced by an anonymous volume at the same path (the
+  same mount tree shape, none of the user's data: nothing can be read or changed);
+- no network (`none`: the same mount tree as a bridged container, no ports, nothing
+  reachable), no restart policy, no health check, no log;
+- the entrypoint replaced by a stub of the target ISA that blocks in one system call at
+  once (`stub_elf`), copied in with PUT /archive before the start.
+The checkpoint is cached per (target daemon, image, configuration) in the user's cache
+folder (0700, files 0600): a second move to the same target pays nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import io
+import json
+import os
+import shutil
+import struct
+import tarfile
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import docker.errors
+
+from docker_hmigrate import errors, interrupts, transfer
+from docker_hmigrate.engine import Host, api_error_text
+from docker_hmigrate.polling import poll
+
+STUB_PATH = "/.hmigrate-template-stub"
+LABEL = "org.hmigrate.template"
+VERSION = 1  # of the template recipe: part of the cache key
+
+# The stub's whole program, per ISA: block in a system call that only a signal ends, and
+# block again after one. Hand-encoded (a few instructions), so no compiler is needed on
+# the machine that runs the migration.
+_CODE = {
+    # loop: mov eax, 34 (pause); syscall; jmp loop
+    "x86-64": bytes.fromhex("b822000000" "0f05" "ebf7"),
+    # loop: mov x0..x3, #0; mov x8, #73 (ppoll: no fds, no timeout); svc #0; b loop
+    "aarch64": struct.pack("<7I", 0xD2800000, 0xD2800001, 0xD2800002, 0xD2800003,
+                           0xD2800928, 0xD4000001, 0x17FFFFFA),
+}
+_MACHINE = {"x86-64": 62, "aarch64": 183}  # EM_X86_64, EM_AARCH64
+_BASE = 0x400000
+
+
+def stub_elf(isa: str) -> bytes:
+    """A static ELF64 executable for isa: one read+execute PT_LOAD holding the headers and
+    the code; the entry point is the code right after the program header."""
+    code = _CODE[isa]
+    ehsize, phsize = 64, 56
+    entry = _BASE + ehsize + phsize
+    size = ehsize + phsize + len(code)
+    ident = b"\x7fELF" + bytes([2, 1, 1, 0]) + bytes(8)  # 64-bit, little-endian, SysV
+    ehdr = ident + struct.pack("<HHIQQQIHHHHHH", 2, _MACHINE[isa], 1, entry, ehsize, 0, 0,
+                               ehsize, phsize, 1, 0, 0, 0)
+    phdr = struct.pack("<IIQQQQQQ", 1, 5, 0, _BASE, _BASE, size, size, 0x1000)
+    return ehdr + phdr + code
+
+
+def stub_archive(isa: str) -> bytes:
+    """The stub as a tar stream for PUT /containers/{id}/archive at /."""
+    data = stub_elf(isa)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(STUB_PATH.lstrip("/"))
+        info.size, info.mode, info.mtime = len(data), 0o755, int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def template_body(body: dict[str, Any], inspect_mounts: list[dict[str, Any]]) -> dict[str, Any]:
+    """The create body of the inert template for a target container's create body."""
+    t = copy.deepcopy(body)
+    hc = t.setdefault("HostConfig", {})
+    # Every place the user's data appears (bind mounts, named and anonymous volumes)
+    # becomes an empty anonymous volume: the same external bind mount for CRIU.
+    mounts = [{"Type": "volume", "Target": m["Destination"],
+               "ReadOnly": not m.get("RW", True)}
+              for m in inspect_mounts if m.get("Type") in ("bind", "volume")]
+    targets = {m["Target"] for m in mounts}
+    mounts += [m for m in hc.get("Mounts") or []
+               if m.get("Type") not in ("bind", "volume") and m.get("Target") not in targets]
+    hc["Binds"], hc["Mounts"], hc["VolumesFrom"] = None, mounts, None
+    t["Volumes"] = {k: v for k, v in (t.get("Volumes") or {}).items() if k not in targets}
+    mode = hc.get("NetworkMode") or "default"
+    if mode != "host" and not mode.startswith("container:"):
+        hc["NetworkMode"] = "none"  # same mounts as bridge mode; nothing reachable
+    hc["PortBindings"], hc["PublishAllPorts"], hc["Links"] = {}, False, None
+    t.pop("NetworkingConfig", None)
+    t.pop("ExposedPorts", None)
+    hc["RestartPolicy"] = {"Name": "no"}
+    hc["AutoRemove"] = False
+    hc["LogConfig"] = {"Type": "none", "Config": {}}
+    hc["Init"] = False
+    t["Entrypoint"], t["Cmd"] = [STUB_PATH], []
+    t["Env"] = []  # the user's secrets have nothing to do in it
+    # the process's own uts namespace comes from the source: the template's name is not
+    # used, and leaving it out lets containers of one image share a cached template
+    t["Hostname"], t["Domainname"] = "", ""
+    t["Healthcheck"] = {"Test": ["NONE"]}
+    t["OnBuild"] = None
+    t["Labels"] = {LABEL: str(VERSION)}
+    t["AttachStdin"] = t["AttachStdout"] = t["AttachStderr"] = False
+    return t
+
+
+def cache_dir() -> Path:
+    base = os.environ.get("HMIGRATE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "docker-hmigrate")
+    return Path(base) / "templates"
+
+
+def cache_key(dst: Host, body: dict[str, Any], image_id: str) -> str:
+    """What makes two templates the same: the target daemon and its kernel, runtime and
+    version, the image, the template's configuration and this recipe."""
+    info = dst.info
+    facts = {"engine": info.get("ID"), "kernel": info.get("KernelVersion"),
+             "server": info.get("ServerVersion"), "runc": (info.get("RuncCommit") or {}).get("ID"),
+             "cgroup": [info.get("CgroupDriver"), info.get("CgroupVersion")],
+             "image": image_id, "body": body, "version": VERSION}
+    return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
+
+
+def _private_copy(src: Path, dst: Path) -> None:
+    dst.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for f in src.iterdir():
+        if f.is_file():
+            fd = os.open(dst / f.name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "wb") as out:
+                out.write(f.read_bytes())
+
+
+def cached(key: str) -> Path | None:
+    d = cache_dir() / key
+    return d if (d / "inventory.img").is_file() else None
+
+
+def forget(key: str) -> None:
+    """Drop a cached template (a restore with it failed: the next move takes a new one)."""
+    shutil.rmtree(cache_dir() / key, ignore_errors=True)
+
+
+def store(key: str, images: Path) -> None:
+    """Into the cache, atomically (another migration may store the same key)."""
+    root = cache_dir()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(root, 0o700)
+    tmp = Path(tempfile.mkdtemp(prefix=".new-", dir=root))
+    _private_copy(images, tmp)
+    try:
+        os.rename(tmp, root / key)
+    except OSError:  # already stored by another run
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+ID_FILE = "hmigrate-template-container"  # beside the images: whose mounts they name
+
+
+def container_id(images: Path) -> str:
+    """The template container's id (its mount images name it: containerd's staging copies
+    of a restore from them are found by it)."""
+    with contextlib.suppress(OSError):
+        return (images / ID_FILE).read_text().strip()
+    return ""
+
+
+def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
+                    record: Callable[[str | None], None] = lambda cid: None) -> str:
+    """Create, inject, start and checkpoint the inert template on dst; its images into
+    `into` (0700). The container (and its anonymous volumes) is removed before returning
+    its id; record(id) is called as it is created and record(None) once it is removed, so
+    that a rollback meanwhile can remove it."""
+    url = dst.api._url("/containers/create")
+    body = dict(body, Labels={**(body.get("Labels") or {}), **dst.labels})
+    with interrupts.shielded():  # created and recorded, or neither
+        try:
+            res = dst.api._result(dst.api._post_json(url, data=body, params={"name": name}),
+                                  json=True)
+        except docker.errors.APIError as exc:
+            raise errors.HmigrateError(
+                f"cannot create the template container on {dst.name}: "
+                f"{api_error_text(exc)}",
+                hint="the target must accept the source's configuration") from exc
+        cid = res["Id"]
+        record(cid)
+    try:
+        dst.api.put_archive(cid, "/", stub_archive(dst.isa))
+        dst.api.start(cid)
+        _wait_blocked(dst, cid)
+        dst.checkpoint_create(cid, "template", exit=True)
+        with dst.helper([f"{dst.checkpoint_dir(cid)}:{transfer.SRC_MOUNT}:ro"]) as helper:
+            into.mkdir(mode=0o700, parents=True, exist_ok=True)
+            transfer.download_folder("template checkpoint", dst, helper,
+                                     f"{transfer.SRC_MOUNT}/template", into)
+        fd = os.open(into / ID_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(cid)
+        return cid
+    except docker.errors.APIError as exc:
+        raise errors.CriuError(
+            f"the template checkpoint on {dst.name} failed: {api_error_text(exc)}",
+            hint="see the criu-dump.log named above on the target host") from exc
+    finally:
+        remove(dst, cid)
+        record(None)
+
+
+def _wait_blocked(dst: Host, cid: str, timeout: float = 30) -> None:
+    """Until the stub sleeps in its system call: the freezer cannot freeze a process that
+    the runtime is still starting ("unable to freeze")."""
+    def blocked() -> bool | None:
+        procs = dst.api.top(cid, ps_args="-o pid,stat,args").get("Processes") or []
+        ok = len(procs) == 1 and procs[0][1].startswith("S") and STUB_PATH in procs[0][-1]
+        return True if ok else None
+
+    if not poll(blocked, timeout, 0.1):
+        raise errors.HmigrateError(f"the template stub on {dst.name} did not start in "
+                                   f"{timeout:g}s")
+
+
+def remove(dst: Host, cid: str) -> None:
+    with contextlib.suppress(docker.errors.NotFound):
+        dst.api.remove_container(cid, force=True, v=True)
+
+
+@dataclass
+class Facts:
+    """The target host's facts for one move: a checkpoint of the inert template."""
+
+    images: Path  # its CRIU images (0700): recode.template_facts, recode.merge_host_facts
+    container_id: str  # the template container's id (containerd's staging copies name it)
+    key: str  # its cache entry (forget() it when a restore with it fails)
+    cached: bool  # read from the cache: nothing was run on the target
+
+
+def target_facts(dst: Host, target_body: dict[str, Any], inspect: dict[str, Any],
+                 into: Path, name: str,
+                 record: Callable[[str | None], None] = lambda cid: None) -> Facts:
+    """The target's facts for a container to be created there with `target_body` (the
+    source's configuration, spec.py) from the source's `inspect`: from the cache, or from
+    a checkpoint of the inert template taken now (then cached). `into`: a new folder for
+    the images; `name`: the template container's name; `record`: see take_checkpoint."""
+    body = template_body(target_body, inspect.get("Mounts") or [])
+    image = dst.image_present(target_body["Image"]) or {}
+    key = cache_key(dst, body, image.get("Id", target_body["Image"]))
+    hit = cached(key)
+    if hit is not None:
+        _private_copy(hit, into)
+        return Facts(into, container_id(into), key, cached=True)
+    cid = take_checkpoint(dst, body, into, name, record)
+    store(key, into)
+    return Facts(into, cid, key, cached=False)

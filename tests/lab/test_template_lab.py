@@ -1,0 +1,190 @@
+"""Cross-ISA moves without a second run of the user's program (issue 16): the target's
+facts come from the inert template, everything of the process from the source.
+
+- examples/startjobs appends to /data/starts.log and takes a job from /data/queue at
+  start-up (a bind mount present on both hosts): x86-64 -> aarch64 -> x86-64 leaves both
+  targets' log and queue as they were, and its counter goes on exactly.
+- examples/tcpfile: a server and its (forked) client over an established TCP connection,
+  and a file written through one descriptor: host a's checkpoint with host b's template
+  facts restores on b, the client going on over the same connection, the offset kept (the
+  merge on real CRIU without recode: seconds). Kept to these two for CI's budget; the
+  cross-ISA move of tcpfile runs in `python -m bench.cross_isa`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from tests.support.lab import ARM_IMAGE, REGISTRY, hmigrate, unique, wait_until
+
+pytestmark = [pytest.mark.lab]
+
+STARTJOBS = f"{REGISTRY}/hmigrate/examples/startjobs:latest"
+TCPFILE = f"{REGISTRY}/hmigrate/examples/tcpfile:latest"
+
+
+def figures(doc: dict) -> str:
+    phases = {p["name"]: p.get("seconds") for p in doc.get("phases", [])}
+    return json.dumps({"downtime_seconds": doc.get("downtime_seconds"),
+                       "prepare target": phases.get("prepare target"),
+                       "template": doc.get("template"), "phases": phases})
+
+
+def ticks(logs: str) -> list[int]:
+    return [int(line.split()[1]) for line in logs.splitlines() if line.startswith("tick ")]
+
+
+def consecutive(values: list[int]) -> bool:
+    return bool(values) and values == list(range(values[0], values[0] + len(values)))
+
+
+def arm_sh(arm, script: str, folder: str) -> str:
+    """A shell command in a busybox container on the aarch64 host with `folder` (a host
+    path there) bind-mounted at /d: the only way into that host's filesystem."""
+    out = arm.containers.run(ARM_IMAGE, ["sh", "-c", script], remove=True,
+                             volumes={folder: {"bind": "/d", "mode": "rw"}})
+    return out.decode(errors="replace")
+
+
+def jobs_folder(arm, folder: Path, jobs: str) -> None:
+    folder.mkdir(mode=0o755)
+    (folder / "queue").write_text(jobs)
+    (folder / "starts.log").write_text("")
+    arm_sh(arm, f"printf '{jobs.replace(chr(10), chr(92) + 'n')}' > /d/queue; : > /d/starts.log",
+           str(folder))
+
+
+def arm_files(arm, folder: Path) -> tuple[str, str]:
+    out = arm_sh(arm, "cat /d/starts.log; echo ===; cat /d/queue", str(folder))
+    log, _, queue = out.partition("===\n")
+    return log, queue
+
+
+@pytest.mark.arm64
+def test_startup_side_effects_never_happen_on_the_targets(host_a, arm, cleanup, on_arm):
+    name = unique("x-startjobs")
+    cleanup.append(name)
+    on_arm.append(name)
+    folder = Path(f"/srv/jobs-{name}")
+    jobs = "job-1\njob-2\njob-3\n"
+    try:
+        jobs_folder(arm, folder, jobs)  # inside: a failure there still cleans both hosts
+        host_a.docker("pull", "-q", STARTJOBS)
+        host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined",
+                      "-v", f"{folder}:/data", STARTJOBS)
+        wait_until(lambda: len(ticks(host_a.logs(name))) >= 2, what="startjobs on x86-64")
+        assert "took job: job-1" in host_a.logs(name)
+        log_a, queue_a = (folder / "starts.log").read_text(), (folder / "queue").read_text()
+        assert log_a.count("started on") == 1 and queue_a == "job-2\njob-3\n"
+
+        proc = hmigrate("migrate", name, "--to", "hm-arm", "--keep-source", "--json")
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        doc = json.loads(proc.stdout)
+        assert (doc["source_isa"], doc["target_isa"]) == ("x86-64", "aarch64")
+        print("x86-64 -> aarch64:", figures(doc))
+        on_a = ticks(host_a.logs(name))  # stopped, kept: its last tick is final
+        host_a.client.containers.get(name).remove(force=True)
+        # nothing of the program ran on the target before the restore
+        assert arm_files(arm, folder) == ("", jobs)
+        target = arm.containers.get(name)
+        wait_until(lambda: len(ticks(target.logs().decode())) >= 2, timeout=60,
+                   what="startjobs on aarch64")
+        logs = target.logs().decode()
+        assert "took job" not in logs and consecutive(ticks(logs)), logs[-300:]
+        assert ticks(logs)[0] == on_a[-1] + 1, (on_a[-3:], logs[:200])
+
+        proc = hmigrate("migrate", name, "--to", "hm-a", "--keep-source", "--json",
+                        context="hm-arm")
+        assert proc.returncode == 0, proc.stderr + proc.stdout
+        doc = json.loads(proc.stdout)
+        assert (doc["source_isa"], doc["target_isa"]) == ("aarch64", "x86-64")
+        print("aarch64 -> x86-64:", figures(doc))
+        on_arm_ticks = ticks(arm.containers.get(name).logs().decode())
+        arm.containers.get(name).remove(force=True)
+        back = host_a.client.containers.get(name)
+        wait_until(lambda: len(ticks(back.logs().decode())) >= 2, what="startjobs back")
+        again = back.logs().decode()
+        assert "took job" not in again and consecutive(ticks(again)), again[-300:]
+        assert ticks(again)[0] == on_arm_ticks[-1] + 1, (on_arm_ticks[-3:], again[:200])
+        # host a's files as the first (and only) start left them; the aarch64 host's intact
+        assert (folder / "starts.log").read_text() == log_a
+        assert (folder / "queue").read_text() == queue_a
+        assert arm_files(arm, folder) == ("", jobs)
+    finally:
+        with contextlib.suppress(Exception):
+            arm_sh(arm, "rm -rf /d/queue /d/starts.log", str(folder))
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def record(client, name: str) -> str:
+    stream, _ = client.api.get_archive(name, "/tmp/record.txt")
+    with tarfile.open(fileobj=io.BytesIO(b"".join(stream))) as tar:
+        return tar.extractfile(tar.getmembers()[0]).read().decode()
+
+
+def pongs(logs: str) -> list[int]:
+    return [int(line.split()[-1]) for line in logs.splitlines()
+            if line.startswith("client got pong ")]
+
+
+def offsets(logs: str) -> list[int]:
+    return [int(line.split()[-1]) for line in logs.splitlines()
+            if line.startswith("server offset ")]
+
+
+def test_source_images_with_host_b_template_restore_on_b(host_a, host_b, cleanup, tmp_path):
+    """The merge itself on real CRIU, without recode: host a's checkpoint of tcpfile (two
+    processes, an established connection, a file) with host b's inert-template facts is
+    restored on b; the client goes on over the same connection, the offset is kept."""
+    from docker_hmigrate import template, transfer
+    from docker_hmigrate.engine import Host
+    from docker_hmigrate.recode import merge_host_facts
+    from docker_hmigrate.spec import target_spec
+
+    a, b = Host("hm-a", host_a.client), Host("hm-b", host_b.client)
+    name = unique("tpl-merge")
+    cleanup.append(name)
+    folder = tmp_path / "data"  # its /tmp (record.txt): a bind mount both hosts see
+    folder.mkdir()
+    folder.chmod(0o1777)
+    for h in (host_a, host_b):
+        h.docker("pull", "-q", TCPFILE)
+    src = a.client.containers.run(TCPFILE, name=name, detach=True,
+                                  security_opt=["seccomp=unconfined"],
+                                  volumes={str(folder): {"bind": "/tmp", "mode": "rw"}})
+    wait_until(lambda: len(pongs(src.logs().decode())) >= 3, what="tcpfile on host a")
+    inspect = a.api.inspect_container(src.id)
+    body = template.template_body(target_spec(inspect, name).body, inspect["Mounts"])
+    work = tmp_path / "work"
+    template.take_checkpoint(b, body, work / "template", f"{name}-template")
+
+    a.checkpoint_create(src.id, "ck", exit=True)
+    before = src.logs().decode()
+    with a.helper([f"{a.checkpoint_dir(src.id)}:{transfer.SRC_MOUNT}:ro"]) as helper:
+        (work / "source").mkdir(mode=0o700)
+        transfer.download_folder("checkpoint", a, helper, f"{transfer.SRC_MOUNT}/ck",
+                                 work / "source")
+    got = merge_host_facts(work / "source", work / "template", work / "merged", inspect)
+    assert got["user_mounts"] == 1 and got["mount_ids"] >= 1
+    src.remove(force=True)
+    dst = b.api.create_container(TCPFILE, name=name, host_config=b.api.create_host_config(
+        binds=[f"{folder}:/tmp"], security_opt=["seccomp=unconfined"]))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(work / "merged", arcname="ck")
+    with b.helper([f"{b.checkpoint_dir(dst['Id'])}:/dst"]) as helper:
+        b.api.put_archive(helper, "/dst", buf.getvalue())
+    b.start(dst["Id"], checkpoint="ck")
+    target = b.client.containers.get(dst["Id"])
+    wait_until(lambda: len(pongs(target.logs().decode())) >= 2, what="tcpfile on host b")
+    after = target.logs().decode()
+    assert "connected" not in after and "lost" not in after, after[-300:]
+    assert pongs(after)[0] == pongs(before)[-1] + 1 and consecutive(pongs(after))
+    assert offsets(after)[0] == offsets(before)[-1] + len(f"{pongs(after)[0]}\n")

@@ -68,6 +68,8 @@ FAULT_ENV = "HMIGRATE_TEST_FAULT"
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 # How long a rollback waits for a daemon call still in flight (a dump, a restore).
 DAEMON_CALL_WAIT = 600.0
+# How long a rollback waits for a target its own daemon is removing (a --rm container).
+REMOVAL_WAIT = 30.0
 
 
 @dataclass
@@ -659,20 +661,19 @@ class Migration:
             self._remove_template()
         with self.rep.phase("roll back") as ph:
             self._fault("during:rollback")
+            going = True  # the target container is gone or going: its volumes free up
             if created.target_container:
-                try:
-                    self.dst.api.remove_container(created.target_container, force=True)
-                except docker.errors.NotFound:
-                    pass  # already gone: nothing to undo
-                except docker.errors.APIError as exc:
-                    problems.append(f"remove target container: {api_error_text(exc)}")
+                tid = created.target_container
+                problem = _removed(lambda: self.dst.api.remove_container(tid, force=True),
+                                   lambda: self._gone(tid))
+                if problem:
+                    problems.append(f"remove target container: {problem}")
+                    going = False
             for vol in created.volumes:
-                try:
-                    self.dst.api.remove_volume(vol, force=True)
-                except docker.errors.NotFound:
-                    pass
-                except docker.errors.APIError as exc:
-                    problems.append(f"remove volume {vol}: {api_error_text(exc)}")
+                problem = _removed(lambda v=vol: self.dst.api.remove_volume(v, force=True),
+                                   lambda: False, wait=going)
+                if problem:
+                    problems.append(f"remove volume {vol}: {problem}")
             for net in created.networks:
                 with contextlib.suppress(docker.errors.APIError):
                     self.dst.api.remove_network(net)
@@ -850,6 +851,13 @@ class Migration:
         except docker.errors.APIError:
             return False
         return bool(state.get("Running")) and not state.get("Restarting")
+
+    def _gone(self, cid: str) -> bool:
+        try:
+            self.dst.api.inspect_container(cid)
+        except docker.errors.NotFound:
+            return True
+        return False
 
     def _target_state(self) -> dict[str, Any] | None:
         try:
@@ -1066,6 +1074,29 @@ def _in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
 
     threading.Thread(target=run, daemon=True).start()
     return future
+
+
+def _removed(remove: Callable[[], None], gone: Callable[[], bool], wait: bool = True) -> str:
+    """Undo one thing the migration made: "" once it is removed or gone already, else the
+    daemon's reason. NotFound is an APIError: it is caught first. A 409 while `wait`
+    means its daemon removes it already (a --rm target that died: "removal ... already
+    in progress"), or it is held by such a container (a volume "in use"): retried until
+    it is gone, for up to REMOVAL_WAIT seconds."""
+    deadline = time.monotonic() + REMOVAL_WAIT
+    while True:
+        try:
+            remove()
+            return ""
+        except docker.errors.NotFound:
+            return ""  # already gone: nothing to undo
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409 or not wait:
+                return api_error_text(exc)
+            if gone():
+                return ""
+            if time.monotonic() >= deadline:
+                return f"{api_error_text(exc)} (still being removed after {REMOVAL_WAIT:g}s)"
+        time.sleep(0.2)
 
 
 def _describe(exc: BaseException) -> str:

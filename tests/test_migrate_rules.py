@@ -15,7 +15,7 @@ import docker.errors
 import pytest
 import requests
 
-from docker_hmigrate import cli, errors, interrupts, transfer
+from docker_hmigrate import cli, errors, interrupts, migrate, transfer
 from docker_hmigrate.migrate import Created, Migration, MigrationOptions
 from docker_hmigrate.output import Reporter
 
@@ -141,6 +141,54 @@ def test_rollback_target_already_gone_is_not_a_failure():
     m.created = Created(target_container=TID)  # never existed on dst: NotFound
     m.roll_back(RuntimeError("cause"))
     assert ("remove", TID) in dst.api.calls
+
+
+def test_rollback_volume_already_gone_is_not_a_failure():
+    m, src, dst = migration()
+
+    def remove_volume(name, force=False):
+        dst.api.calls.append(("remove_volume", name))
+        raise api_error(docker.errors.NotFound, 404, f"get {name}: no such volume")
+
+    dst.api.remove_volume = remove_volume
+    m.created = Created(volumes=["data"])
+    m.roll_back(RuntimeError("cause"))
+    assert ("remove_volume", "data") in dst.api.calls
+
+
+def test_rollback_target_being_removed_by_its_daemon_is_not_a_failure():
+    """A target started with --rm (AutoRemove from the source's config) that died is
+    removed by its own daemon: our removal meets 409 "removal ... already in progress",
+    and then its volume is still "in use" for a moment. Both mean "going away": the
+    rollback waits for it to be gone instead of reporting exit 13."""
+    m, src, dst = migration()
+    dst.api.states[TID] = {"Running": False, "Status": "removing"}
+    dst.api.remove_error = api_error(
+        code=409, text=f"removal of container {TID} is already in progress")
+    polls = []
+
+    def inspect_container(cid):
+        polls.append(cid)
+        if len(polls) >= 3:  # the daemon finishes the removal
+            dst.api.states.pop(TID, None)
+        return FakeAPI.inspect_container(dst.api, cid)
+
+    dst.api.inspect_container = inspect_container
+    m.created = Created(target_container=TID)
+    m.roll_back(RuntimeError("cause"))
+    assert ("remove", TID) in dst.api.calls and TID not in dst.api.states
+
+
+def test_rollback_target_stuck_in_removal_is_reported(monkeypatch):
+    monkeypatch.setattr(migrate, "REMOVAL_WAIT", 0.3)
+    m, src, dst = migration()
+    dst.api.states[TID] = {"Running": False, "Status": "removing"}
+    dst.api.remove_error = api_error(
+        code=409, text=f"removal of container {TID} is already in progress")
+    m.created = Created(target_container=TID)
+    with pytest.raises(errors.RollbackFailed) as exc:
+        m.roll_back(RuntimeError("cause"))
+    assert exc.value.exit_code == 13 and "still being removed" in exc.value.message
 
 
 def test_rollback_other_errors_still_reported():

@@ -366,6 +366,8 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
     import docker.tls
     import requests.exceptions
 
+    from docker_hmigrate.engine import EngineClient
+
     tls_cfg: docker.tls.TLSConfig | bool = False
     if endpoint.tls is not None:
         t = endpoint.tls
@@ -384,7 +386,7 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
         proxy = SSHStdioProxy(endpoint.host)
         base_url = "unix://" + proxy.path
     try:
-        client = docker.DockerClient(
+        client = EngineClient(
             base_url=base_url,
             version="auto",
             timeout=int(min(timeout, CONNECT_TIMEOUT)),

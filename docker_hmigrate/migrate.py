@@ -48,7 +48,7 @@ from docker_hmigrate import errors, fastpath, interrupts, park, recode, transfer
 from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import LOCK_PREFIX, MIGRATION_LABEL, Host, api_error_text
 from docker_hmigrate.output import Reporter
-from docker_hmigrate.polling import watch
+from docker_hmigrate.polling import poll, watch
 from docker_hmigrate.spec import ContainerSpec, target_spec
 from docker_hmigrate.validate import (
     Check,
@@ -358,14 +358,10 @@ class Migration:
             if self.cross_isa:
                 self._template_checkpoint(ph)
             self._addresses()
-            body = self.spec.body
-            url = self.dst.api._url("/containers/create")
             with interrupts.shielded():  # created and recorded, or neither
                 try:
-                    res = self.dst.api._result(
-                        self.dst.api._post_json(url, data=body, params={"name": self.spec.name}),
-                        json=True,
-                    )
+                    res = self.dst.api.create_container_from_config(self.spec.body,
+                                                                    name=self.spec.name)
                 except docker.errors.APIError as exc:
                     raise errors.ValidationFailed(
                         f"{self.dst.name} refused to create {self.spec.name}: "
@@ -390,12 +386,9 @@ class Migration:
         then: the source's data is copied over them after the freeze."""
         ph.update("template checkpoint on the target")
         self._workdir = Path(tempfile.mkdtemp(prefix="hmigrate-"))  # mode 0700
-        url = self.dst.api._url("/containers/create")
         name = f"hmigrate-template-{self.checkpoint}"
         with interrupts.shielded():
-            res = self.dst.api._result(
-                self.dst.api._post_json(url, data=self.spec.body, params={"name": name}),
-                json=True)
+            res = self.dst.api.create_container_from_config(self.spec.body, name=name)
             self.created.template = self._template_id = res["Id"]
         want = park.fd_counts(self.src, self.inspect["Id"])
         self.dst.api.start(res["Id"])
@@ -923,7 +916,7 @@ class Migration:
 
     def _ensure_networks(self) -> None:
         for net in self.spec.networks:
-            if self.dst.client.networks.list(names=[net]):
+            if self.dst.api.networks(names=[net]):
                 continue
             src_net = self.src.api.inspect_network(net)
             ipam = src_net.get("IPAM") or {}
@@ -1082,11 +1075,11 @@ def _removed(remove: Callable[[], None], gone: Callable[[], bool], wait: bool = 
     means its daemon removes it already (a --rm target that died: "removal ... already
     in progress"), or it is held by such a container (a volume "in use"): retried until
     it is gone, for up to REMOVAL_WAIT seconds."""
-    deadline = time.monotonic() + REMOVAL_WAIT
-    while True:
+    conflict = [""]
+
+    def attempt() -> str | None:
         try:
             remove()
-            return ""
         except docker.errors.NotFound:
             return ""  # already gone: nothing to undo
         except docker.errors.APIError as exc:
@@ -1094,9 +1087,14 @@ def _removed(remove: Callable[[], None], gone: Callable[[], bool], wait: bool = 
                 return api_error_text(exc)
             if gone():
                 return ""
-            if time.monotonic() >= deadline:
-                return f"{api_error_text(exc)} (still being removed after {REMOVAL_WAIT:g}s)"
-        time.sleep(0.2)
+            conflict[0] = api_error_text(exc)
+            return None  # going: try again
+        return ""
+
+    problem = poll(attempt, REMOVAL_WAIT, 0.2)
+    if problem is None:
+        return f"{conflict[0]} (still being removed after {REMOVAL_WAIT:g}s)"
+    return problem
 
 
 def _describe(exc: BaseException) -> str:

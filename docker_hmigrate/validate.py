@@ -232,7 +232,7 @@ class Usage:
 def container_usage(host: Host, container_id: str) -> Usage:
     """The container's real use: its memory cgroup (anonymous memory plus shmem, the pages
     of its tmpfs and /dev/shm; file cache is not dumped) and its writable layer's size
-    (GET /containers/{id}/json?size=1; the SDK's inspect_container takes no size)."""
+    (GET /containers/{id}/json?size=1: EngineAPIClient.inspect_container_size)."""
     try:
         stats = host.api.stats(container_id, stream=False, one_shot=True)
         mem = stats.get("memory_stats") or {}
@@ -245,9 +245,7 @@ def container_usage(host: Host, container_id: str) -> Usage:
         rss = int(detail.get("total_rss", detail.get("anon", 0)) or 0)
         memory = anon if detail else usage
         shmem = max(0, anon - rss) if "total_rss" in detail else int(detail.get("shmem", 0))
-        url = host.api._url("/containers/{0}/json", container_id)
-        size_rw = int(host.api._result(host.api._get(url, params={"size": 1}),
-                                       json=True).get("SizeRw") or 0)
+        size_rw = int(host.api.inspect_container_size(container_id).get("SizeRw") or 0)
     except (docker.errors.APIError, OSError, ValueError) as exc:
         return Usage(error=api_error_text(exc))
     return Usage(memory=memory, tmpfs=shmem, size_rw=size_rw)
@@ -507,7 +505,7 @@ def validate(
     add(Check.of("bind-mount sources on target", not tf.missing_paths, "present",
                  f"missing: {', '.join(tf.missing_paths)}", f"create them on {dst.name}",
                  errors.ValidationFailed))
-    existing = dst.client.containers.list(all=True, filters={"name": f"^/{spec.name}$"})
+    existing = dst.api.containers(all=True, filters={"name": f"^/{spec.name}$"})
     add(Check.of("target name free", not existing, f"{spec.name} is free",
                  f"a container named {spec.name} exists on {dst.name}",
                  "remove it, or choose another name with --name", errors.ValidationFailed))

@@ -15,7 +15,7 @@ from typing import Any
 
 import docker.errors
 
-from docker_hmigrate import errors
+from docker_hmigrate import errors, park, recode
 from docker_hmigrate.engine import Host, api_error_text
 from docker_hmigrate.spec import ContainerSpec
 
@@ -383,14 +383,118 @@ def image_check(src: Host, dst: Host, ref: str, image_id: str) -> Check:
                      f"push {ref} to a registry {dst.name} can reach", errors.ImageUnavailable)
 
 
+# ---- moves across ISAs -------------------------------------------------------------------
+
+
+def load_program(host: Host, inspect: dict[str, Any]) -> recode.Program:
+    """The program hmigrate-cc put in the container's image (metadata and both variants),
+    read from the (running) container through the engine API."""
+    labels = (host.api.inspect_image(inspect["Image"]).get("Config") or {}).get("Labels") or {}
+    return recode.program_from_image(
+        labels, lambda path: park.read_container_file(host, inspect["Id"], path),
+        inspect["Name"].lstrip("/"))
+
+
+def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: ContainerSpec,
+                     ) -> tuple[list[Check], recode.Program | None]:
+    """What a move to another ISA needs, checked before anything is frozen."""
+    checks: list[Check] = []
+    try:
+        program = load_program(src, inspect)
+    except errors.HmigrateError as exc:
+        return [Check("built for migration across ISAs", False, exc.message, exc.hint or "",
+                      errors.NotMigratableCrossISA)], None
+    problems = recode.preflight(program, src.isa, dst.isa)
+    checks.append(Check(
+        f"recode {src.isa} -> {dst.isa}", not problems,
+        "; ".join(problems) or f"{program.path}: both variants, park points clean",
+        "rebuild with hmigrate-cc, or migrate to a host of the same ISA",
+        errors.NotMigratableCrossISA))
+    platforms = _distribution_platforms(dst, spec.image)
+    arch = dst.platform.split("/")[1]
+    checks.append(Check(
+        f"image variant for {dst.platform}", arch in platforms,
+        f"{spec.image} offers {', '.join(sorted(platforms)) or 'no platform list'}",
+        f"push a multi-platform image with a {dst.platform} variant",
+        errors.ImageUnavailable))
+    seccomp = [o for o in inspect["HostConfig"].get("SecurityOpt") or []
+               if o.startswith("seccomp")]
+    unconfined = any(o.split("=", 1)[-1].split(":", 1)[-1] == "unconfined" for o in seccomp)
+    checks.append(Check(
+        "seccomp", unconfined,
+        "unconfined" if unconfined else
+        "the container has a seccomp filter, compiled for the source ISA's system calls",
+        "run it with --security-opt seccomp=unconfined to migrate it across ISAs",
+        errors.NotMigratableCrossISA))
+    maps = _process_maps(src, inspect)
+    shared = [f"pid {pid}: {f[0]} {f[5] if len(f) > 5 else ''} {f[6] if len(f) > 6 else ''}"
+              .rstrip() for pid, f in maps if len(f) > 1 and f[1].endswith("s")]
+    bad = [m for m in shared if not anonymous_shared(m)]
+    checks.append(Check(
+        "shared memory", not bad,
+        f"shared mappings the recode does not translate: {'; '.join(bad[:3])}" if bad else
+        f"anonymous shared memory, kept as data: {'; '.join(shared[:3])}" if shared else
+        "none",
+        "migrate it to a host of the same ISA", errors.NotMigratableCrossISA))
+    if dst.isa == "x86-64":
+        # aarch64 gives a process 48 bits of addresses, x86-64 47: what the program mapped
+        # up there (its stack and mmaps when it started on aarch64) has no place on x86-64
+        high = [f"pid {pid}: {f[0]} {f[5] if len(f) > 5 else '(anonymous)'}" for pid, f in maps
+                if int(f[0].split("-")[1], 16) > X86_64_USER_END
+                and not (len(f) > 5 and f[5] in ("[vdso]", "[vvar]"))]
+        checks.append(Check(
+            "address space", not high,
+            f"mappings above x86-64's 47-bit user space: {'; '.join(high[:3])}" if high else
+            "every mapping fits x86-64's 47-bit user space",
+            "a program started on aarch64 cannot move to x86-64 (one that came from "
+            "x86-64 can, until it maps memory up there)", errors.NotMigratableCrossISA))
+    return checks, program
+
+
+def anonymous_shared(mapping: str) -> bool:
+    """Whether a shared mapping ("pid P: RANGE PATH") is anonymous shared memory (MAP_SHARED|
+    MAP_ANONYMOUS or of /dev/zero: the kernel names both "/dev/zero (deleted)"), which
+    recode keeps as data (recode/shared.py); SysV segments ("/SYSV..."), memfd_create()d
+    objects ("/memfd:...") and files are not translated."""
+    parts = mapping.split()
+    return len(parts) >= 4 and parts[3] == "/dev/zero"
+
+
+X86_64_USER_END = 0x7FFFFFFFF000  # x86-64's TASK_SIZE with 4-level page tables
+
+
+def _process_maps(host: Host, inspect: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Every mapping of the container's processes (pid, /proc/PID/maps fields), read on
+    the host by the probe, so that what the recode cannot translate (shared memory of
+    other kinds, addresses the target cannot hold) is refused before the freeze rather
+    than found after it."""
+    try:
+        pids = " ".join(map(str, park.container_pids(host, inspect["Id"])))
+    except errors.NotMigratableCrossISA:  # not listed: nothing to refuse here
+        return []
+    script = f"for p in {pids}; do sed \"s/^/pid $p /\" /proc/$p/maps; done"
+    _status, out = host.run_probe(script)
+    return [(line.split()[1], line.split()[2:]) for line in out.splitlines()
+            if line.startswith("pid ") and len(line.split()) > 2]
+
+
+def _distribution_platforms(host: Host, ref: str) -> set[str]:
+    """Architectures the registry offers for ref, asked by the target daemon."""
+    try:
+        info = host.api.inspect_distribution(ref)
+    except docker.errors.APIError:
+        return set()
+    return {p.get("architecture", "") for p in info.get("Platforms") or []}
+
+
 def validate(
     src: Host, dst: Host, inspect: dict[str, Any], spec: ContainerSpec, image_ok: Check,
     cross_isa: list[Check] | None = None,
 ) -> Validation:
     """Run every check; never raises for a failed check (see Validation.raise_for_failures).
 
-    `cross_isa`: the checks of a move to another ISA (migrate.Migration makes them); without
-    them a move between ISAs fails the "same ISA" check.
+    `cross_isa`: the checks of a move to another ISA (cross_isa_checks, which also loads the
+    program); without them a move between ISAs fails the "same ISA" check.
     """
     state = inspect["State"]
     name = inspect["Name"].lstrip("/")

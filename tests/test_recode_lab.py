@@ -30,13 +30,13 @@ from docker_hmigrate.engine import Host
 from docker_hmigrate.recode import (
     Program,
     aarch64,
-    load_program,
     merge_into_template,
     process,
     template_facts,
     transform,
 )
 from docker_hmigrate.recode.process import TargetFacts
+from docker_hmigrate.validate import load_program
 from tests.lab import LabHost, lab_unavailable, unique
 
 pytestmark = pytest.mark.lab
@@ -142,7 +142,7 @@ def workdir(tmp_path: Path):
 
 def program_of_image(client: docker.DockerClient, image: str) -> Program:
     """The multi-ISA program an image carries (metadata and both variants), read as
-    migrate reads it: recode.load_program on a container created from the image."""
+    migrate reads it: validate.load_program on a container created from the image."""
     c = client.containers.create(image, ["true"], name=unique("hm-rc-files"))
     try:
         return load_program(Host("lab", client), client.api.inspect_container(c.id))

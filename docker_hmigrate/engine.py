@@ -244,7 +244,7 @@ class Host:
         (to remove containerd's staging copies), instead of a private one. `stop`: when
         set, the probe is killed (a watcher) and what it printed so far is returned.
         """
-        loader, libdir = _host_loader(self.isa)
+        loader, libdir = host_loader(self.isa)
         name = f"hmigrate-probe-{uuid.uuid4().hex[:12]}"
         tmp = {} if host_tmp else {"/host/tmp": "mode=1777"}
         host_config = self.api.create_host_config(
@@ -309,7 +309,7 @@ class Host:
             raise HmigrateError(f"cannot inspect image {ref} on {self.name}: {exc}") from exc
 
 
-def _host_loader(isa: str) -> tuple[str, str]:
+def host_loader(isa: str) -> tuple[str, str]:
     # The real files, not /lib64's absolute symlink, which would resolve in the container.
     if isa == "aarch64":
         return "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", "aarch64-linux-gnu"

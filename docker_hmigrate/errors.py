@@ -164,24 +164,18 @@ class Interrupted(HmigrateError):
     default_hint = None
 
 
+def _declared_exit_codes() -> dict[int, tuple[type[HmigrateError], ...]]:
+    """Exit code -> the classes above that declare it (not those that inherit it, such as
+    TargetDied), in the order they are written."""
+    table: dict[int, list[type[HmigrateError]]] = {}
+    todo: list[type[HmigrateError]] = [HmigrateError]
+    while todo:
+        cls = todo.pop(0)
+        if "exit_code" in vars(cls):
+            table.setdefault(cls.exit_code, []).append(cls)
+        todo[:0] = cls.__subclasses__()
+    return {code: tuple(classes) for code, classes in sorted(table.items())}
+
+
 # Exit code -> classes; the docs table and the tests are checked against this.
-EXIT_CODES: dict[int, tuple[type[HmigrateError], ...]] = {
-    1: (HmigrateError,),
-    3: (UnknownContainer, UnknownContext),
-    4: (HostUnreachable,),
-    5: (DaemonNotExperimental,),
-    6: (CriuError,),
-    7: (UnsupportedContainer,),
-    8: (InsufficientResources,),
-    9: (ImageUnavailable,),
-    10: (TransferInterrupted,),
-    11: (RestoreFailed,),
-    12: (ValidationFailed,),
-    13: (RollbackFailed,),
-    14: (NotMigratableCrossISA,),
-    15: (HookFailed,),
-    16: (ContainerBusy,),
-    17: (BuildFailed,),
-    125: (UsageError,),
-    130: (Interrupted,),
-}
+EXIT_CODES: dict[int, tuple[type[HmigrateError], ...]] = _declared_exit_codes()

@@ -38,7 +38,7 @@ import docker.errors
 
 from docker_hmigrate import errors
 from docker_hmigrate.criu import stats as criu_stats
-from docker_hmigrate.engine import HELPER_LABEL, PROBE_CAPS, Host, _host_loader
+from docker_hmigrate.engine import HELPER_LABEL, PROBE_CAPS, Host, host_loader
 
 TMPFS = "/dev/shm"  # tmpfs on every Linux host Docker runs on
 # Below this much memory in use, copying the images into the restore folder costs less
@@ -117,7 +117,7 @@ class Agent:
 
     def start(self) -> None:
         api = self.host.api
-        loader, _libdir = _host_loader(self.host.isa)
+        loader, _libdir = host_loader(self.host.isa)
         host_config = api.create_host_config(
             binds=["/:/host:ro"], pid_mode="host", network_mode="host",
             cap_add=PROBE_CAPS, security_opt=["seccomp=unconfined", "apparmor=unconfined"])
@@ -136,7 +136,7 @@ class Agent:
         self.anchor = _ppid(str(pid))
 
     def _libpath(self) -> list[str]:
-        _loader, libdir = _host_loader(self.host.isa)
+        _loader, libdir = host_loader(self.host.isa)
         return ["--library-path", f"/host/lib/{libdir}:/host/usr/lib/{libdir}"]
 
     def run(self, script: str, anchor: str | None = None,
@@ -144,7 +144,7 @@ class Agent:
         """script in the host's mount namespace, as root with the agent's capabilities.
         The agent has no shell of its own: the host's sh and nsenter through the host's
         loader."""
-        loader, _ = _host_loader(self.host.isa)
+        loader, _ = host_loader(self.host.isa)
         lib = " ".join(self._libpath())
         wrapped = (f"exec /host{loader} {lib} /host/usr/bin/nsenter -t {anchor or self.anchor}"
                    f" -m -- /bin/sh -c {shlex.quote('PATH=' + PATH + '; ' + script)}")

@@ -99,10 +99,6 @@ class Endpoint:
     source: str  # why this endpoint was chosen, e.g. "--context flag", "DOCKER_HOST"
     description: str = ""
 
-    @property
-    def transport(self) -> str:
-        return self.host.split("://", 1)[0]
-
 
 # ---- config dir and config.json -----------------------------------------------------
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from docker_hmigrate import errors
-from docker_hmigrate.strategy import split_ref
 from docker_hmigrate.spec import target_spec
+from docker_hmigrate.strategy import split_ref
 from docker_hmigrate.validate import Check, HostFacts, Validation, parse_probe, probe_script
 
 INSPECT = {

@@ -32,6 +32,7 @@ import contextlib
 import os
 import shlex
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import docker.errors
@@ -164,11 +165,37 @@ class Agent:
             self.id = None
 
 
-def _tmpfs_folder() -> str:
-    return f"{TMPFS}/hmigrate-{uuid.uuid4().hex[:12]}"  # made 0700: root only
+class _TmpfsSide:
+    """A 0700 folder on a host's tmpfs (it will hold process memory) and the agent that
+    works in it; close() removes both."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.folder = f"{TMPFS}/hmigrate-{uuid.uuid4().hex[:12]}"  # made 0700: root only
+        self.agent = Agent(host)
+
+    @contextlib.contextmanager
+    def _or_closed(self) -> Iterator[None]:
+        """Setting up: on failure everything made is removed, and the reason is a
+        FastPathUnavailable (the migration takes the API path)."""
+        try:
+            yield
+        except docker.errors.APIError as exc:
+            self.close()
+            raise FastPathUnavailable(f"agent container refused: {exc.explanation or exc}") \
+                from exc
+        except FastPathUnavailable:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.agent.id:
+            with contextlib.suppress(docker.errors.APIError):
+                self.agent.sh(f"rm -rf {self.folder}")
+        self.agent.close()
 
 
-class FastCheckpoint:
+class FastCheckpoint(_TmpfsSide):
     """One container's dump through the host's runc, into a tmpfs folder on its host.
 
     prepare() before the freeze (raises FastPathUnavailable), dump() at the freeze,
@@ -176,11 +203,10 @@ class FastCheckpoint:
     they hold process memory, and the agent)."""
 
     def __init__(self, host: Host, inspect: dict[str, Any], checkpoint: str):
-        self.host, self.inspect, self.checkpoint = host, inspect, checkpoint
-        self.folder = _tmpfs_folder()
+        super().__init__(host)
+        self.inspect, self.checkpoint = inspect, checkpoint
         self.images = f"{self.folder}/{checkpoint}"  # named like the checkpoint: moved as is
         self.work = f"{self.folder}/work"
-        self.agent = Agent(host)
         self.runc_root = ""
         self.stats: dict[str, Any] | None = None
         self.dumped = False
@@ -190,7 +216,7 @@ class FastCheckpoint:
         reason = refusal(self.host, self.inspect)
         if reason:
             raise FastPathUnavailable(reason)
-        try:
+        with self._or_closed():
             self.agent.start()
             status, out = self._sh(f"mkdir -m 0700 {self.folder} {self.work} && "
                                    + _FIND_ROOT.format(id=self.inspect["Id"]))
@@ -198,13 +224,6 @@ class FastCheckpoint:
                 raise FastPathUnavailable(
                     f"runc state of the container not found ({out.strip()})")
             self.runc_root = out.strip().splitlines()[-1]
-        except docker.errors.APIError as exc:
-            self.close()
-            raise FastPathUnavailable(f"agent container refused: {exc.explanation or exc}") \
-                from exc
-        except FastPathUnavailable:
-            self.close()
-            raise
 
     def _exec(self, script: str, stderr: bool = True) -> tuple[int, bytes]:
         return self.agent.run(script, stderr=stderr)
@@ -248,39 +267,25 @@ class FastCheckpoint:
             raise errors.CriuError(
                 f"the checkpoint could not be put in {checkpoint_dir}: {out.strip()}")
 
-    def close(self) -> None:
-        if self.agent.id:
-            with contextlib.suppress(docker.errors.APIError):
-                self._sh(f"rm -rf {self.folder}")
-        self.agent.close()
 
-
-class FastRestore:
+class FastRestore(_TmpfsSide):
     """The target side: the checkpoint lands in a 0700 tmpfs folder on the target, and the
     target container's checkpoints folder gets links to it (relative_links), so that
     `docker start --checkpoint` copies links instead of the images. Falls back to the
     plain folder (FastPathUnavailable) before the freeze; link() failing copies instead."""
 
     def __init__(self, host: Host, checkpoint: str):
-        self.host, self.checkpoint = host, checkpoint
-        self.folder = _tmpfs_folder()
-        self.agent = Agent(host)
+        super().__init__(host)
+        self.checkpoint = checkpoint
 
     def prepare(self) -> None:
         if disabled_by_user():
             raise FastPathUnavailable("HMIGRATE_FASTPATH=0")
-        try:
+        with self._or_closed():
             self.agent.start()
             status, out = self.agent.sh(f"mkdir -m 0700 {self.folder}")
             if status != 0:
                 raise FastPathUnavailable(f"no tmpfs folder on {self.host.name}: {out}")
-        except docker.errors.APIError as exc:
-            self.close()
-            raise FastPathUnavailable(f"agent container refused: {exc.explanation or exc}") \
-                from exc
-        except FastPathUnavailable:
-            self.close()
-            raise
 
     def link(self, checkpoint_dir: str) -> str:
         """After the move: the restore folder as links (or, failing that, a copy)."""
@@ -295,9 +300,3 @@ class FastRestore:
                 f"the checkpoint could not be put in place on {self.host.name}: "
                 f"{out.strip()} {out2.strip()}")
         return "copy"
-
-    def close(self) -> None:
-        if self.agent.id:
-            with contextlib.suppress(docker.errors.APIError):
-                self.agent.sh(f"rm -rf {self.folder}")
-        self.agent.close()

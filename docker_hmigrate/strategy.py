@@ -24,21 +24,50 @@ import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import docker.errors
 
 from docker_hmigrate import errors, interrupts, park, recode, transfer
+from docker_hmigrate.engine import Host
+from docker_hmigrate.output import Reporter
+from docker_hmigrate.spec import ContainerSpec
 from docker_hmigrate.validate import Check, cross_isa_checks
 
-if TYPE_CHECKING:
-    from docker_hmigrate.migrate import Migration
+
+class Moving(Protocol):
+    """What a strategy uses of the migration it serves (migrate.Migration), so that this
+    module needs nothing of migrate's."""
+
+    src: Host
+    dst: Host
+    opts: Any  # MigrationOptions
+    rep: Reporter
+    inspect: dict[str, Any]
+    spec: ContainerSpec
+    checkpoint: str
+    created: Any  # Created: what a rollback undoes
+    frozen_at: float
+    bytes_moved: int
+    transfers: list[tuple[transfer.FolderLink, str, str]]
+    fast_link: int
+
+    def pull(self, ph: Any, ref: str) -> None: ...
+
+    def open_link(self, what: str, src_bind: str, dst_bind: str, src_sub: str,
+                  dst_sub: str) -> None: ...
+
+    def enter_link(self, link: transfer.FolderLink) -> transfer.FolderLink: ...
+
+    def fast_prepare(self) -> str | None: ...
+
+    def fast_restore_prepare(self) -> str | None: ...
 
 
 class SameIsa:
     """A move between hosts of the same ISA: the images go over as they are."""
 
-    def __init__(self, m: Migration):
+    def __init__(self, m: Moving):
         self.m = m
 
     def checks(self) -> list[Check] | None:
@@ -108,7 +137,7 @@ class SameIsa:
 class CrossIsa(SameIsa):
     """A move to another ISA: a program built by hmigrate-cc, parked, recoded here."""
 
-    def __init__(self, m: Migration):
+    def __init__(self, m: Moving):
         super().__init__(m)
         self.program: recode.Program | None = None
         self.link: transfer.FolderLink | None = None  # downloaded, recoded, uploaded
@@ -225,7 +254,7 @@ class CrossIsa(SameIsa):
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def for_hosts(m: Migration) -> SameIsa:
+def for_hosts(m: Moving) -> SameIsa:
     """The strategy for the migration's two hosts."""
     return CrossIsa(m) if m.src.isa != m.dst.isa else SameIsa(m)
 

@@ -458,3 +458,53 @@ def test_dump_retried_when_runc_cannot_freeze(monkeypatch):
     src.checkpoint_create = lambda *a, **k: (_ for _ in ()).throw(api_error(text="other"))
     with pytest.raises(docker.errors.APIError):
         m._dump()
+
+
+# ---- strategies: what a cross-ISA move does more, at fixed points ------------------------
+
+
+def test_strategy_follows_the_hosts_isas():
+    from docker_hmigrate import strategy
+
+    m, src, dst = migration()
+    assert type(m.strategy) is strategy.SameIsa
+    dst.isa = "aarch64"
+    m2 = Migration(src, dst, MigrationOptions("web"), m.rep)
+    assert type(m2.strategy) is strategy.CrossIsa
+
+
+def test_same_isa_move_skips_recode_and_parks_nothing():
+    m, src, dst = migration()
+    m.strategy.before_freeze()
+    m.strategy.transform()
+    phases = {p.name: p for p in m.rep.phases}
+    assert "park" not in phases and phases["recode"].status == "skipped"
+    assert not m.created.source_parked
+
+
+def test_cross_isa_without_a_program_is_refused_before_the_freeze():
+    """--force gets past the failed checks, never past a program recode cannot read."""
+    m, src, dst = migration()
+    dst.isa = "aarch64"
+    m = Migration(src, dst, MigrationOptions("web", force=True), m.rep)
+    m.inspect = {"Id": CID, "Name": "/web"}
+    with pytest.raises(errors.NotMigratableCrossISA):
+        m.strategy.before_freeze()
+    assert not m.created.source_parked and not m.created.source_frozen
+
+
+def test_rollback_withdraws_a_pending_park_request(monkeypatch):
+    from docker_hmigrate import park
+
+    m, src, dst = migration()
+    dst.isa = "aarch64"
+    m = Migration(src, dst, MigrationOptions("web", verify_seconds=0), m.rep)
+    m.inspect = {"Id": CID, "Name": "/web"}
+    m.strategy.program = type("P", (), {"park_protocol": park.ParkProtocol()})()
+    resumed = []
+    monkeypatch.setattr(park, "resume_all", lambda host, cid, proto: resumed.append((host, cid)))
+    m.created = Created(source_parked=True, template="tmpl")
+    dst.api.states["tmpl"] = {"Running": False}
+    m.roll_back(KeyboardInterrupt())
+    assert resumed == [(src, CID)]  # the source's threads go on
+    assert ("remove", "tmpl") in dst.api.calls and m.created == Created()

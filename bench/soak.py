@@ -10,6 +10,12 @@ writes lost, anything left behind; the baseline is the client's own rate without
 measured in the same run.
 
 Run as root with the lab up:   python -m bench.soak [--moves 50] [--redis-mb 0]
+
+Cross-ISA (`--cross-isa N`, needs HMLAB_ARM64=1 lab/up): the toolchain-built helloworld,
+a counter printing one numbered line a second, moved x86-64 -> aarch64 -> x86-64 N round
+trips. Its lines, gathered from every host it ran on, must count on with no number missing
+or repeated (its memory state moved each time, it never restarted). Printed: success
+rate, downtime percentiles per direction, the counter's continuity, anything left behind.
 """
 
 from __future__ import annotations
@@ -240,14 +246,98 @@ def soak(moves: int, redis_mb: int = 0, baseline_seconds: float = 5.0,
     }
 
 
+HELLO = "localhost:5000/hmigrate/helloworld:latest"
+
+
+def hello_ticks(logs: str) -> list[int]:
+    return [int(line.rsplit(":", 1)[1]) for line in logs.splitlines()
+            if line.startswith("hello from hmigrate:")]
+
+
+def soak_cross_isa(round_trips: int, verbose: bool = True) -> dict:
+    """helloworld moved hm-a <-> hm-arm; each source is kept (stopped) until its lines are
+    read, so the record of what the counter printed has no hole of our own making."""
+    name = f"soak-x-{uuid.uuid4().hex[:6]}"
+    docker("hm-a", "pull", "-q", HELLO)
+    docker("hm-a", "run", "-d", "--name", name, "--security-opt", "seccomp=unconfined", HELLO)
+    deadline = time.monotonic() + 60
+    while len(hello_ticks(docker("hm-a", "logs", name))) < 2:
+        if time.monotonic() > deadline:
+            raise RuntimeError("helloworld does not count on hm-a")
+        time.sleep(0.5)
+    ticks: list[int] = []
+    rows: list[dict] = []
+    checkpoints: list[str] = []
+    here = "hm-a"
+    try:
+        for i in range(2 * round_trips):
+            there = "hm-arm" if here == "hm-a" else "hm-a"
+            t0 = time.monotonic()
+            proc = subprocess.run([DOCKER_CLI, "--context", here, "hmigrate", "migrate", name,
+                                   "--to", there, "--keep-source", "--json"],
+                                  capture_output=True, text=True, timeout=1800)
+            try:
+                doc = json.loads(proc.stdout)
+            except json.JSONDecodeError:
+                doc = {}
+            checkpoints.append(doc.get("checkpoint", ""))
+            row = {"move": i + 1, "from": here, "to": there, "exit": proc.returncode,
+                   "downtime": doc.get("downtime_seconds"),
+                   "total": round(time.monotonic() - t0, 2),
+                   "error": (doc.get("error") or {}).get("message", proc.stderr[-300:])}
+            rows.append(row)
+            if verbose:
+                print(f"move {i + 1:3d} {here:>6} -> {there:<6} exit {proc.returncode}  "
+                      f"downtime {row['downtime']}  total {row['total']}s", flush=True)
+            if proc.returncode != 0:
+                break  # the source runs on (checked below); a soak stops at the first failure
+            ticks += hello_ticks(docker(here, "logs", name))
+            docker(here, "rm", "-f", name)
+            here = there
+        time.sleep(3)
+        ticks += hello_ticks(docker(here, "logs", name))
+    finally:
+        for ctx in ("hm-a", "hm-arm"):
+            docker(ctx, "rm", "-f", name, check=False)
+    expected = list(range(ticks[0], ticks[0] + len(ticks))) if ticks else []
+    gaps = [(a, b) for a, b in zip(ticks, ticks[1:], strict=False) if b != a + 1]
+    left = []
+    for ctx in ("hm-a", "hm-arm"):
+        for ck in filter(None, checkpoints):
+            out = docker(ctx, "ps", "-aq", "--filter", f"label=org.hmigrate.migration={ck}")
+            left += [f"{ctx}: helper {c}" for c in out.split()]
+            left += [f"{ctx}: template {c}" for c in docker(
+                ctx, "ps", "-aq", "--filter", f"name=hmigrate-template-{ck}").split()]
+    ok = [r for r in rows if r["exit"] == 0]
+    out_dt = [r["downtime"] for r in ok if r["from"] == "hm-a" and r["downtime"] is not None]
+    back_dt = [r["downtime"] for r in ok if r["from"] == "hm-arm" and r["downtime"] is not None]
+    return {
+        "round_trips": round_trips, "moves": len(rows), "succeeded": len(ok),
+        "success_rate": len(ok) / max(1, 2 * round_trips),
+        "downtime_to_aarch64_p50": percentile(out_dt, 50),
+        "downtime_to_aarch64_max": max(out_dt, default=float("nan")),
+        "downtime_to_x86_64_p50": percentile(back_dt, 50),
+        "downtime_to_x86_64_max": max(back_dt, default=float("nan")),
+        "lines": len(ticks), "continuous": ticks == expected, "gaps": gaps[:10],
+        "leftovers": left, "failures": [r for r in rows if r["exit"] != 0],
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--moves", type=int, default=50)
     ap.add_argument("--redis-mb", type=int, default=0, help="data loaded before the moves")
+    ap.add_argument("--cross-isa", type=int, default=0, metavar="N",
+                    help="instead: N round trips x86-64 <-> aarch64 of helloworld")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (the lab's daemons are root's)")
+    if args.cross_isa:
+        res = soak_cross_isa(args.cross_isa)
+        print(json.dumps(res, indent=2) if args.json else "\n".join(
+            f"{k:24} {v}" for k, v in res.items()))
+        return
     res = soak(args.moves, args.redis_mb)
     if args.json:
         print(json.dumps(res, indent=2))

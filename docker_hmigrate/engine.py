@@ -25,6 +25,7 @@ from typing import Any
 import docker
 import docker.errors
 import docker.utils
+import requests.exceptions
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from docker_hmigrate import interrupts
@@ -112,6 +113,27 @@ def engine_api(api: Any) -> Any:
     if type(api) is docker.APIClient:
         api.__class__ = EngineAPIClient
     return api
+
+
+class DaemonUnreachable(docker.errors.APIError):
+    """The daemon did not answer (connection refused, reset or timed out): the outcome of
+    the call is unknown. An APIError, so that every clean-up path that tolerates a failed
+    call tolerates this one too; code that must know whether a call took effect (did the
+    restore start the container?) tells it apart."""
+
+
+def raise_unreachable_as_api_errors(api: docker.APIClient, host: str) -> None:
+    """Make `api` raise DaemonUnreachable instead of requests' network exceptions."""
+    send = api.send
+
+    def guarded_send(request, **kwargs):
+        try:
+            return send(request, **kwargs)
+        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+            raise DaemonUnreachable(f"the daemon at {host} does not answer: {exc}",
+                                    explanation=f"{host} does not answer") from exc
+
+    api.send = guarded_send  # type: ignore[method-assign]
 
 
 @dataclass

@@ -42,13 +42,22 @@ import docker.types
 from tenacity import (
     Retrying,
     retry_if_exception,
+    retry_if_exception_type,
     stop_after_attempt,
+    stop_after_delay,
     wait_exponential,
+    wait_fixed,
 )
 
 from docker_hmigrate import errors, fastpath, interrupts, strategy, transfer
 from docker_hmigrate.criu import stats as criu_stats
-from docker_hmigrate.engine import LOCK_PREFIX, MIGRATION_LABEL, Host, api_error_text
+from docker_hmigrate.engine import (
+    LOCK_PREFIX,
+    MIGRATION_LABEL,
+    DaemonUnreachable,
+    Host,
+    api_error_text,
+)
 from docker_hmigrate.output import Reporter
 from docker_hmigrate.polling import poll, watch
 from docker_hmigrate.spec import ContainerSpec, target_spec
@@ -73,6 +82,9 @@ NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 DAEMON_CALL_WAIT = 600.0
 # How long a rollback waits for a target its own daemon is removing (a --rm container).
 REMOVAL_WAIT = 30.0
+# How long a target that stopped answering is waited for, when what it did decides what
+# happens next (did the restore start the container?) or what it holds must be removed.
+TARGET_ANSWER_WAIT = 30.0
 
 
 @dataclass
@@ -145,6 +157,7 @@ class Migration:
         self.target_started_at = 0.0
         self._checkpoint_call: Future | None = None  # the dump, running in the daemon
         self._restore_call: Future | None = None  # the restore, running in the daemon
+        self._restore_unknown: errors.RollbackFailed | None = None  # target never answered
         self._lock: str | None = None  # the lock container's id on the source
         self.restore_log: Path | None = None
         self._restore_watch: tuple[Future, threading.Event] | None = None
@@ -221,7 +234,11 @@ class Migration:
             if not self.target_started and self._restore_call is not None:
                 # interrupted while the daemon restores: its outcome decides
                 self._await(self._restore_call, "restore")
-                if self._restore_call.done() and self._restore_call.exception() is None \
+                if self._restore_call.done() and isinstance(
+                        self._restore_call.exception(), DaemonUnreachable):
+                    # the request was sent, its answer lost: the container may run there
+                    self._learn_restore_outcome()
+                elif self._restore_call.done() and self._restore_call.exception() is None \
                         and self._running(self.dst, self.created.target_container):
                     self._mark_started()
             if not self.target_started or isinstance(exc, errors.TargetDied):
@@ -238,6 +255,7 @@ class Migration:
                 self.roll_back(died)
                 raise died from exc
             if state is None:
+                self._keep_source_checkpoint()
                 raise errors.RollbackFailed(
                     f"the migration failed after the container started on {self.dst.name} "
                     f"({_describe(exc)}) and {self.dst.name} does not answer: the source is "
@@ -459,6 +477,18 @@ class Migration:
             self._fault("during:restore")
             try:
                 self._restore_call.result()
+            except DaemonUnreachable as exc:
+                self._learn_restore_outcome()  # raises if it stays unknown
+                if not self.target_started:
+                    raise errors.RestoreFailed(
+                        f"{self.dst.name} stopped answering during the restore and did not "
+                        f"start {self.opts.container} ({api_error_text(exc)})",
+                        hint="the source was restored where it was; check the network to "
+                             f"{self.dst.name}, then retry") from exc
+                msg = (f"{self.dst.name}'s answer to the restore was lost; asked again, it "
+                       f"runs {self.opts.container}")
+                self.rep.warn(msg)
+                self.warnings.append(msg)
             except docker.errors.APIError as exc:
                 with contextlib.suppress(OSError):
                     self._keep_restore_log()
@@ -474,6 +504,43 @@ class Migration:
             self.strategy.after_restore(cid)  # cross-ISA: restored parked, let go on
             self.downtime = time.monotonic() - self.frozen_at
             ph.update(f"running on {self.dst.name}")
+
+    def _learn_restore_outcome(self) -> None:
+        """The target stopped answering while it restored. Whether the container runs
+        there decides everything (resuming the source while it does would run it twice):
+        ask until the target answers. Still unknown: the source stays stopped with its
+        checkpoint and the user is told how to finish by hand."""
+        if self._restore_unknown is not None:  # asked already: the same answer
+            raise self._restore_unknown
+        try:
+            state = self._on_target(self.dst.api.inspect_container,
+                                    self.created.target_container)["State"]
+        except docker.errors.NotFound:
+            return  # never created or removed: the source resumes
+        except docker.errors.APIError as exc:
+            self._keep_source_checkpoint()
+            self._restore_unknown = errors.RollbackFailed(
+                f"{self.dst.name} stopped answering while it restored "
+                f"{self.opts.container} and still does not after {TARGET_ANSWER_WAIT:g}s "
+                f"({api_error_text(exc)}): whether it runs there is unknown, so the source "
+                f"is kept stopped with its checkpoint {self.checkpoint}",
+                hint=f"when {self.dst.name} answers: if `docker --context {self.dst.name} "
+                     f"ps` shows {self.opts.container} running, remove the source; if not, "
+                     f"`docker --context {self.src.name} start --checkpoint {self.checkpoint}"
+                     f" {self.opts.container}`",
+            )
+            raise self._restore_unknown from exc
+        if state.get("Running") or state.get("Restarting"):
+            self._mark_started()
+
+    def _keep_source_checkpoint(self) -> None:
+        """The source stays stopped for the user to decide: its checkpoint must outlive
+        this run where `docker start --checkpoint` looks (the fast path's is on tmpfs)."""
+        if self._fast is not None:
+            try:
+                self._fast.persist(self.src.checkpoint_dir(self.inspect["Id"]))
+            except (errors.HmigrateError, docker.errors.APIError) as exc:
+                self.rep.warn(f"the source's checkpoint could not be kept: {exc}")
 
     def _mark_started(self) -> None:
         """The commit point: from here on the target is the truth (see _settle)."""
@@ -574,7 +641,8 @@ class Migration:
         with contextlib.suppress(errors.HmigrateError):
             self._hook("failed-restore", fatal=False, error=_describe(cause))
         self._links.close()  # helpers bind the volumes to remove
-        problems: list[str] = []
+        problems: list[str] = []  # the source could not be made to run again
+        leftovers: list[str] = []  # what stays on the target (unreachable, say)
         with contextlib.suppress(docker.errors.APIError):
             self.strategy.undo()  # cross-ISA: the template container
         with self.rep.phase("roll back") as ph:
@@ -582,19 +650,21 @@ class Migration:
             going = True  # the target container is gone or going: its volumes free up
             if created.target_container:
                 tid = created.target_container
-                problem = _removed(lambda: self.dst.api.remove_container(tid, force=True),
-                                   lambda: self._gone(tid))
+                problem = _removed(
+                    lambda: self._on_target(self.dst.api.remove_container, tid, force=True),
+                    lambda: self._gone(tid))
                 if problem:
-                    problems.append(f"remove target container: {problem}")
+                    leftovers.append(f"remove target container: {problem}")
                     going = False
             for vol in created.volumes:
-                problem = _removed(lambda v=vol: self.dst.api.remove_volume(v, force=True),
-                                   lambda: False, wait=going)
+                problem = _removed(
+                    lambda v=vol: self._on_target(self.dst.api.remove_volume, v, force=True),
+                    lambda: False, wait=going)
                 if problem:
-                    problems.append(f"remove volume {vol}: {problem}")
+                    leftovers.append(f"remove volume {vol}: {problem}")
             for net in created.networks:
                 with contextlib.suppress(docker.errors.APIError):
-                    self.dst.api.remove_network(net)
+                    self._on_target(self.dst.api.remove_network, net)
             if created.source_frozen:
                 try:
                     if self._fast:  # fast path: links to the tmpfs images where docker looks
@@ -627,10 +697,27 @@ class Migration:
         if problems:
             raise errors.RollbackFailed(
                 f"migration failed ({_describe(cause)}) and the rollback too: "
-                f"{'; '.join(problems)}",
+                f"{'; '.join(problems + leftovers)}",
                 hint=f"the checkpoint {self.checkpoint} is kept on {self.src.name}: "
                      f"docker start --checkpoint {self.checkpoint} {self.opts.container}",
             ) from cause
+        if leftovers:
+            raise errors.RollbackFailed(
+                f"migration failed ({_describe(cause)}); {self.opts.container} runs again on "
+                f"{self.src.name}, but {self.dst.name} could not be cleaned: "
+                f"{'; '.join(leftovers)}",
+                hint=f"when {self.dst.name} answers again, remove what the migration made "
+                     f"there: docker --context {self.dst.name} rm -f "
+                     f"{created.target_container or '(none)'}; docker --context "
+                     f"{self.dst.name} ps -a --filter label={MIGRATION_LABEL}={self.checkpoint}",
+            ) from cause
+
+    def _on_target(self, call: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """A clean-up call on the target, retried while the target does not answer (a
+        network blip must not leave a container behind)."""
+        return Retrying(stop=stop_after_delay(TARGET_ANSWER_WAIT), wait=wait_fixed(1),
+                        retry=retry_if_exception_type(DaemonUnreachable), reraise=True)(
+            call, *args, **kwargs)
 
     # --- fast checkpoint path and CRIU's figures (fastpath.py, criu/stats.py; issue 11) ----
     def fast_prepare(self) -> str | None:
@@ -770,10 +857,13 @@ class Migration:
         return bool(state.get("Running")) and not state.get("Restarting")
 
     def _gone(self, cid: str) -> bool:
+        """Whether the target container no longer exists (unknown: not gone)."""
         try:
             self.dst.api.inspect_container(cid)
         except docker.errors.NotFound:
             return True
+        except docker.errors.APIError:
+            return False
         return False
 
     def _target_state(self) -> dict[str, Any] | None:

@@ -22,17 +22,20 @@ from pathlib import Path
 import pytest
 
 from tests.lab import BASE_IMAGE, COUNTER_CMD, DOCKER_CLI, counter_values, unique, wait_until
+from tests.netfault import Cut, FaultyProxy
 
 pytestmark = pytest.mark.lab
 
+LAB_B_TCP = ("10.77.0.2", 2375)  # host b's daemon on the lab's own network (hm-b-tcp)
 
-def migrate(name: str, *args: str, fault: str = "", timeout: float = 300):
+
+def migrate(name: str, *args: str, fault: str = "", to: str = "hm-b", timeout: float = 300):
     env = {**os.environ}
     env.pop("HMIGRATE_TEST_FAULT", None)
     if fault:
         env["HMIGRATE_TEST_FAULT"] = fault
     proc = subprocess.run(
-        [DOCKER_CLI, "--context", "hm-a", "hmigrate", "migrate", name, "--to", "hm-b",
+        [DOCKER_CLI, "--context", "hm-a", "hmigrate", "migrate", name, "--to", to,
          "--verify-seconds", "0.5", *args, "--json"],
         capture_output=True, text=True, timeout=timeout, env=env)
     try:
@@ -214,3 +217,76 @@ def test_checkpoint_on_target_is_private(host_a, host_b, cleanup):
     proc, doc = migrate(name, "--hook-pre-restore", hook)
     assert proc.returncode == 0, proc.stderr
     assert_end_state(host_a, host_b, name, cid, before, doc, "b")
+
+
+# --- the network to the target fails (tests/netfault.py: a proxy that cuts it) -------------
+@pytest.fixture
+def cut_target(host_b):
+    """A context `hm-bcut-*` reaching host b through a FaultyProxy; yields a function
+    that starts the proxy with a given Cut and returns (context, proxy)."""
+    made: list = []
+
+    def make(cut: Cut) -> tuple[str, FaultyProxy]:
+        proxy = FaultyProxy(LAB_B_TCP, cut).__enter__()
+        ctx = unique("hm-bcut")
+        subprocess.run([DOCKER_CLI, "context", "create", ctx, "--docker",
+                        f"host={proxy.url}"], check=True, capture_output=True)
+        made.append((ctx, proxy))
+        return ctx, proxy
+
+    yield make
+    for ctx, proxy in made:
+        proxy.__exit__(None, None, None)
+        subprocess.run([DOCKER_CLI, "context", "rm", "-f", ctx], capture_output=True)
+
+
+NET_CUTS = [
+    # the checkpoint stream is cut and the target unreachable for 3 s: the source resumes,
+    # the target is cleaned once it answers again (exit 10: the move failed)
+    (Cut(after_bytes=64 << 10, outage=3), 10, "a"),
+    # the restore request never reaches the target: the source resumes (exit 11)
+    (Cut(restore="drop", outage=3), 11, "a"),
+    # the target restores but its answer is lost; it answers again 3 s later: the plugin
+    # asks, learns that the container runs there, and completes the move (with a warning)
+    (Cut(restore="lose-answer", outage=3), 0, "b"),
+]
+
+
+@pytest.mark.parametrize("cut,code,where", NET_CUTS, ids=["transfer-cut", "restore-dropped",
+                                                          "restore-answer-lost"])
+def test_network_cut_to_target(host_a, host_b, cleanup, cut_target, cut, code, where):
+    name, cid, before = start_counter(host_a, cleanup)
+    ctx, proxy = cut_target(cut)
+    proc, doc = migrate(name, to=ctx)
+    assert proxy.cut_at, "the cut never happened (the trigger did not match the requests)"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    if code:
+        assert doc["ok"] is False and doc["error"]["exit_code"] == code, doc
+        assert "does not answer" in doc["error"]["message"], doc
+    else:
+        assert any("answer to the restore was lost" in m["message"] for m in doc["messages"]
+                   if m["level"] == "warning"), doc
+    assert_end_state(host_a, host_b, name, cid, before, doc, where)
+
+
+def test_target_gone_for_good_during_restore(host_a, host_b, cleanup, cut_target):
+    """The target restores, then does not answer for longer than the plugin waits: it
+    cannot know whether the container runs there, so it never resumes the source (that
+    could run it twice): the source stays stopped with its checkpoint, exit 13 says so
+    and how to finish. Here the container does run on b."""
+    name, cid, before = start_counter(host_a, cleanup)
+    ctx, proxy = cut_target(Cut(restore="lose-answer", outage=45))
+    proc, doc = migrate(name, to=ctx)
+    assert proxy.cut_at and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 13, (proc.stdout, proc.stderr)
+    ck = doc["checkpoint"]
+    assert "is kept stopped with its checkpoint" in doc["error"]["message"], doc
+    assert f"start --checkpoint {ck}" in doc["error"]["hint"], doc
+    st_b = state_of(host_b, name)
+    assert st_b and st_b["Running"], st_b
+    st_a = state_of(host_a, name)
+    assert st_a and not st_a["Running"], st_a  # never twice
+    assert ck in host_a.docker("checkpoint", "ls", name)
+    values = counter_values(host_b.logs(name))
+    assert values and values[0] > before - 2, values[:5]

@@ -2,6 +2,6 @@
 
 import sys
 
-from docker_hmigrate.plugin import main
+from docker_hmigrate.cli.plugin import main
 
 sys.exit(main())

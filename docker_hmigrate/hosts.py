@@ -42,7 +42,8 @@ CONNECT_TIMEOUT = 15.0
 
 @dataclass
 class GlobalOptions:
-    """The docker CLI's global flags, as given before or after `hmigrate`.
+    """The docker CLI's global flags, as given before or after `hmigrate` (flags given
+    twice are merged by cli/flags.py's rule).
 
     None means "not given", so that environment defaults apply as in the CLI.
     """
@@ -64,21 +65,6 @@ class GlobalOptions:
         opts = cls(**known)  # type: ignore[arg-type]
         opts.hosts = list(opts.hosts)
         return opts
-
-    def merged(self, override: GlobalOptions) -> GlobalOptions:
-        """Options given later (after `hmigrate`) win over earlier ones."""
-        out = GlobalOptions(**self.__dict__)
-        out.hosts = list(self.hosts)
-        for name in self.__dataclass_fields__:
-            value = getattr(override, name)
-            if name == "hosts":
-                if value:
-                    out.hosts = list(value)
-            elif name == "debug":
-                out.debug = self.debug or override.debug
-            elif value is not None:
-                setattr(out, name, value)
-        return out
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,8 @@ from pathlib import Path
 import docker.errors
 import pytest
 
-from docker_hmigrate import build, cli, errors, registry, toolchain_image
+from docker_hmigrate import build, errors, registry, toolchain_image
+from docker_hmigrate.cli import app as cli
 
 REPO = Path(__file__).resolve().parent.parent
 SCHEMA = "hmigrate-toolchain/1"

@@ -8,14 +8,13 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import types
 from pathlib import Path
 
 import pytest
-import typer
 
-from docker_hmigrate import cli, errors, hosts
+from docker_hmigrate import errors, hosts
+from docker_hmigrate.cli import app as cli
+from docker_hmigrate.cli.commands import install
 from docker_hmigrate.output import Reporter, render_error
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,24 +123,14 @@ def test_version_client_json(capsys) -> None:
     assert doc["ok"] is True and doc["plugin"]["version"] == "0.1.0"
 
 
-def test_commands_hook(monkeypatch) -> None:
-    """docker_hmigrate.commands.register(app) is called; a broken module is tolerated."""
-    fresh = typer.Typer()
-    monkeypatch.setattr(cli, "app", fresh)
-    calls: list[typer.Typer] = []
-    mod = types.ModuleType("docker_hmigrate.commands")
-    mod.register = calls.append  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "docker_hmigrate.commands", mod)
-    cli._register_commands()
-    assert calls == [fresh]
-
-    def broken(app: typer.Typer) -> None:
-        raise RuntimeError("half-written")
-
-    mod.register = broken  # type: ignore[attr-defined]
-    monkeypatch.setattr(cli, "_commands_error", None)
-    cli._register_commands()
-    assert isinstance(cli._commands_error, RuntimeError)
+def test_every_command_family_is_registered(capsys) -> None:
+    """The families of cli/commands/ are all on the app, each command with docker's help."""
+    assert cli.run(["--help"]) == 0
+    listed = capsys.readouterr().out.split("Commands:\n")[1].split("\n\n")[0]
+    names = [line.split()[0] for line in listed.splitlines() if line.startswith("  ")
+             and not line.startswith("   ")]
+    assert names == ["build", "check", "checkpoint", "help", "install", "migrate", "recode",
+                     "restore", "shell-init", "version"]
 
 
 # ---- Reporter ----------------------------------------------------------------------------
@@ -225,8 +214,8 @@ def test_install_default_is_where_docker_always_looks(clean_docker_env: Path, tm
     """As root, the default is the system plugin folder (found with any --config), as
     buildx; otherwise the per-user folder, with the explanation."""
     system = tmp_path / "system-cli-plugins"
-    monkeypatch.setattr(cli, "SYSTEM_PLUGIN_DIR", str(system))
-    monkeypatch.setattr(cli.os, "geteuid", lambda: 0 if root else 1000)
+    monkeypatch.setattr(install, "SYSTEM_PLUGIN_DIR", str(system))
+    monkeypatch.setattr(install.os, "geteuid", lambda: 0 if root else 1000)
     assert cli.run(["install"]) == 0
     out = capsys.readouterr().out
     user_dest = clean_docker_env / ".docker" / "cli-plugins" / "docker-hmigrate"

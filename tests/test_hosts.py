@@ -422,13 +422,6 @@ def test_connect_refused_named_context(cfg: Path) -> None:
     assert "docker --context down version" in (ei.value.hint or "")
 
 
-def test_global_options_merge() -> None:
-    before = GlobalOptions.from_dict({"context": "a", "debug": True, "hosts": []})
-    after = GlobalOptions(context="b", log_level="info")
-    merged = before.merged(after)
-    assert (merged.context, merged.debug, merged.log_level) == ("b", True, "info")
-
-
 # ---- ssh:// --------------------------------------------------------------------------------
 
 FAKE_SSH = """#!{python}

@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from docker_hmigrate import cli, commands, errors
+from docker_hmigrate import errors
+from docker_hmigrate.cli import app as cli
+from docker_hmigrate.cli.commands import migrate as commands
 from docker_hmigrate.output import Reporter
 from tests import jsondoc
 from tests.test_hosts import FakeDaemon

@@ -15,7 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from docker_hmigrate import cli, completion, errors, hosts
+from docker_hmigrate import errors, hosts
+from docker_hmigrate.cli import app as cli
+from docker_hmigrate.cli import completion
 from tests.test_hosts import FakeDaemon
 from tests.test_plugin import DOCKER, clean_env, needs_docker_cli, plugin_executable
 
@@ -255,10 +257,10 @@ def test_checkpoint_refuses_an_unwritable_output_before_freezing(capsys, tmp_pat
                                                                  where: str) -> None:
     """`checkpoint C -o /nonexistent/x.tar` stopped the container, deleted the checkpoint
     and said "unexpected FileNotFoundError"."""
-    from docker_hmigrate import commands
+    from docker_hmigrate.cli.commands import blocks
 
     opened = []
-    monkeypatch.setattr(commands, "open_source", lambda ctx: opened.append(1))
+    monkeypatch.setattr(blocks, "open_source", lambda ctx: opened.append(1))
     code, _, err = run(capsys, "checkpoint", "web", "-o", str(tmp_path / where))
     assert code == 125 and opened == []
     assert "error: cannot write the checkpoint to" in err and "unexpected" not in err

@@ -15,7 +15,8 @@ import docker.errors
 import pytest
 import requests
 
-from docker_hmigrate import cli, errors, interrupts, migrate, transfer
+from docker_hmigrate import errors, interrupts, migrate, transfer
+from docker_hmigrate.cli import app as cli
 from docker_hmigrate.migrate import Created, Migration, MigrationOptions
 from docker_hmigrate.output import Reporter
 

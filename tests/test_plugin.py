@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from docker_hmigrate import plugin
-from docker_hmigrate.plugin import ArgError, parse_global_flags, split_argv
+from docker_hmigrate.cli import flags, plugin
+from docker_hmigrate.cli.flags import ArgError, parse_global_flags
+from docker_hmigrate.cli.plugin import split_argv
 
 REPO = Path(__file__).resolve().parent.parent
 DOCKER = "/usr/local/bin/docker"
@@ -79,7 +80,8 @@ def test_metadata_imports_nothing_heavy() -> None:
         capture_output=True, text=True, check=True, timeout=30,
     )  # fmt: skip
     imported = {line.split("|")[-1].strip() for line in out.stderr.splitlines() if "|" in line}
-    for heavy in ("docker", "typer", "rich", "click", "requests", "docker_hmigrate.cli"):
+    for heavy in ("docker", "typer", "rich", "click", "requests", "docker_hmigrate.cli.app",
+                  "docker_hmigrate.hosts"):
         assert heavy not in imported, f"{heavy} imported on the metadata path"
 
 
@@ -142,6 +144,17 @@ def test_parse_global_flags_errors(argv: list[str]) -> None:
 )  # fmt: skip
 def test_split_argv(argv, opts, rest, completing) -> None:
     assert split_argv(argv) == (opts, rest, completing)
+
+
+def test_flags_given_twice_follow_one_rule() -> None:
+    """Later flags win, a later -H replaces every earlier one, -D sticks: flags.merge, used
+    for docker's argv, the app's own global options and completion alike."""
+    first = {"context": "a", "debug": True, "hosts": ["tcp://x:1"], "log_level": "info"}
+    later = {"context": "b", "debug": False, "hosts": ["unix:///s"]}
+    assert flags.merge(first, later) == {"context": "b", "debug": True,
+                                         "hosts": ["unix:///s"], "log_level": "info"}
+    assert flags.merge({}, {"debug": True}) == {"debug": True}
+    assert first["context"] == "a"  # neither input is changed
 
 
 def test_bad_global_flag_exit_code(capsys: pytest.CaptureFixture[str]) -> None:

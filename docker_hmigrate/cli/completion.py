@@ -13,71 +13,27 @@ The answer is cobra's: one candidate a line, optionally `<TAB>description`, then
 Candidates come from the command tree itself (typer/click), so a new subcommand
 completes with no change here: subcommand names and flags with their help, container
 names of the source host (`CONTAINER`), context names (`--to`, `--context`), file names
-for path parameters, folders for path parameters that must be folders.
+for path parameters, folders for path parameters that must be folders (the value
+sources, by parameter name, are in cli/state.py).
 """
 
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any, TextIO
 
 import typer
 from typer.core import TyperArgument, TyperGroup, TyperOption
 
-try:
-    from typer import _click as click
-except ImportError:  # older typer: plain click
-    import click  # type: ignore[no-redef]
-
-from docker_hmigrate import hosts
-from docker_hmigrate.dockerstyle import dirs_only, short_description, value_type
+from docker_hmigrate.cli.dockerstyle import click, dirs_only, short_description, value_type
+from docker_hmigrate.cli.flags import ArgError, merge, parse_global_flags
+from docker_hmigrate.cli.state import CHOICES, VALUE_SOURCES, Candidates
 from docker_hmigrate.hosts import GlobalOptions
 
 DEFAULT = 0  # cobra's ShellCompDirectiveDefault: the shell completes files
 ERROR = 1
 NO_FILES = 4
 DIRS = 16
-
-Candidates = list[tuple[str, str]]
-
-
-def contexts(g: GlobalOptions) -> Candidates:
-    """Docker context names, described by their endpoint."""
-    return [(e.name, e.host) for e in hosts.list_contexts(g)]
-
-
-def containers(g: GlobalOptions, command: str = "") -> Candidates:
-    """Containers of the source host (the current context), described by image and state:
-    the running ones, except for `restore`, which wants a stopped or created one."""
-    endpoint = hosts.resolve_source(g)
-    client = hosts.connect(endpoint, timeout=5)
-    try:
-        found = client.api.containers(all=True)
-        running = command != "restore"
-        found = [c for c in found if (c.get("State") == "running") == running]
-    finally:
-        client.close()
-    out = []
-    for c in found:
-        names = [n.lstrip("/") for n in c.get("Names") or [] if n.count("/") == 1]
-        if names:
-            out.append((names[0], f"{c.get('Image', '')} ({c.get('Status', '')})"))
-    return sorted(out)
-
-
-# Parameters whose values come from the docker side, by name.
-VALUE_SOURCES: dict[str, Callable[[GlobalOptions, str], Candidates]] = {
-    "container": containers,
-    "to": lambda g, _command: contexts(g),
-    "context": lambda g, _command: contexts(g),
-}
-CHOICES: dict[str, Candidates] = {
-    "to_isa": [("x86-64", "Intel/AMD 64-bit"), ("aarch64", "Arm 64-bit")],
-    "shell": [("bash", ""), ("zsh", "")],
-    "log_level": [(v, "") for v in ("debug", "info", "warn", "error", "fatal")],
-    "fmt": [("json", "one JSON document (docs/json.md)"), ("text", "for people")],
-}
 
 
 def _options(cmd: Any, ctx: Any) -> list[Any]:
@@ -108,8 +64,6 @@ def _values(param: Any, g: GlobalOptions, command: str = "") -> tuple[Candidates
 
 def candidates(app: typer.Typer, args: list[str]) -> tuple[Candidates, int]:
     """What to offer for `docker hmigrate ARGS...` (the last arg is being typed)."""
-    from docker_hmigrate.plugin import ArgError, parse_global_flags
-
     words, incomplete = (args[:-1], args[-1]) if args else ([], "")
     try:
         pre, words = parse_global_flags(words)
@@ -125,7 +79,7 @@ def candidates(app: typer.Typer, args: list[str]) -> tuple[Candidates, int]:
             if expecting.name in ("context", "config", "host", "log_level"):
                 # docker's globals after `hmigrate` select the source like before it
                 extra, _ = parse_global_flags([expecting.opts[0], word])
-                g = GlobalOptions.from_dict({**pre, **extra})
+                g = GlobalOptions.from_dict(merge(pre, extra))
             expecting = None
             continue
         if word.startswith("-") and word != "-":

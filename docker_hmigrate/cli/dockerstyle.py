@@ -10,7 +10,7 @@ usage-error box, `{CONTAINER}` and `<str>` in the usage, command descriptions cu
     See 'docker hmigrate migrate --help'.
 
 and the exit code of docker's usage errors, 125 (errors.UsageError.exit_code).
-Commands opt in with `cls=DockerCommand` (the app uses `cls=DockerGroup`).
+Commands are registered with `cls=DockerCommand` (cli/app.py; the app uses `cls=DockerGroup`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from typing import Any
 from typer.core import TyperArgument, TyperCommand, TyperGroup, TyperOption
 
 try:
+    # typer >= 0.2x vendors its own click; its exceptions and contexts live there. The
+    # rest of the cli package takes `click` from here.
     from typer import _click as click
 except ImportError:  # older typer: plain click
     import click  # type: ignore[no-redef]

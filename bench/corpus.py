@@ -222,8 +222,8 @@ def offline_run(spec: dict, context: str, timeout: float,
     import docker as sdk
 
     from docker_hmigrate import recode
-    from tests.lab import HOSTS
-    from tests.test_recode_lab import program_of_image
+    from tests.support.lab import HOSTS
+    from tests.support.recode_lab import program_of_image
 
     client = sdk.DockerClient(base_url=HOSTS[context.removeprefix("hm-")]["url"],
                               version="auto", timeout=600)

@@ -18,7 +18,7 @@ import subprocess
 import time
 import uuid
 
-from tests.lab import DOCKER_CLI, REGISTRY
+from tests.support.lab import DOCKER_CLI, REGISTRY
 
 EXAMPLES = ("helloworld", "redis", "nginx-bin", "examples/threads")
 

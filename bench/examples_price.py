@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from tests.lab import DOCKER_CLI, REGISTRY
+from tests.support.lab import DOCKER_CLI, REGISTRY
 
 CACHE = Path("/var/cache/hmigrate-lab/bench")
 BUILDER = "hmlab/builder:bookworm"

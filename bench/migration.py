@@ -30,8 +30,8 @@ import uuid
 from pathlib import Path
 
 from bench.rawcriu import RawContainer
-from tests.lab import BASE_IMAGE, COUNTER_CMD, DOCKER_CLI, REDIS_IMAGE, connect
-from tests.resp import Redis
+from tests.support.lab import BASE_IMAGE, COUNTER_CMD, DOCKER_CLI, REDIS_IMAGE, connect
+from tests.support.resp import Redis
 
 REDIS_PORT = 16400
 RAW_REDIS_PORT = 16401  # the raw runc container uses the host's network

@@ -21,8 +21,8 @@ from pathlib import Path
 import docker
 
 from docker_hmigrate.recode import Program, transform
-from tests.lab import HOSTS, unique
-from tests.test_recode_lab import (
+from tests.support.lab import HOSTS, unique
+from tests.support.recode_lab import (
     HELLO,
     REDIS,
     THREADS_C,

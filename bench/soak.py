@@ -33,8 +33,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.lab import DOCKER_CLI, REDIS_IMAGE, connect
-from tests.resp import Redis
+from tests.support.lab import DOCKER_CLI, REDIS_IMAGE, connect
+from tests.support.resp import Redis
 
 HOSTS = {"hm-a": "127.0.0.1", "hm-b": "10.77.0.2"}  # where a published port answers
 

@@ -1,12 +1,19 @@
-"""Fixtures shared by the test suite: lab hosts and clean-up of what tests create."""
+"""Fixtures shared by the test suite: lab hosts, clean-up of what tests create, and a
+private folder for checkpoints. Lab fixtures skip (or fail under HMLAB_REQUIRED=1) when
+the lab is not usable: tests/support/lab.py."""
 
 from __future__ import annotations
 
-import contextlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
 
+import docker
 import pytest
 
-from tests.lab import LabHost, connect
+from tests.support.lab import LabHost, connect, connect_arm, remove_containers
 
 
 @pytest.fixture(scope="session")
@@ -19,12 +26,54 @@ def host_b() -> LabHost:
     return connect("b")
 
 
+@pytest.fixture(scope="session")
+def host_c() -> LabHost:
+    return connect("c")
+
+
+@pytest.fixture(scope="session")
+def host_c2() -> LabHost:
+    return connect("c2")
+
+
+@pytest.fixture(scope="session")
+def arm() -> docker.DockerClient:
+    """The aarch64 host (HM_ARM_PORT, default 2391)."""
+    return connect_arm()
+
+
 @pytest.fixture
-def cleanup(host_a: LabHost, host_b: LabHost):
-    """Register container names to remove from both hosts when the test ends."""
+def cleanup(host_a: LabHost, host_b: LabHost) -> Iterator[list[str]]:
+    """Register container names to remove from hosts a and b when the test ends."""
     names: list[str] = []
     yield names
     for host in (host_a, host_b):
-        for name in names:
-            with contextlib.suppress(Exception):
-                host.client.containers.get(name).remove(force=True, v=True)
+        remove_containers(host.client, names)
+
+
+@pytest.fixture
+def on_arm(arm: docker.DockerClient) -> Iterator[list[str]]:
+    """Register container names to remove from the aarch64 host when the test ends."""
+    names: list[str] = []
+    yield names
+    remove_containers(arm, names)
+
+
+@pytest.fixture
+def cleanup_on() -> Iterator[list[tuple[LabHost, str]]]:
+    """Register (host, container name) pairs to remove when the test ends."""
+    made: list[tuple[LabHost, str]] = []
+    yield made
+    for host, name in made:
+        remove_containers(host.client, [name])
+
+
+@pytest.fixture
+def workdir() -> Iterator[Path]:
+    """A private temp dir (0700: checkpoints hold process memory), always deleted."""
+    d = Path(tempfile.mkdtemp(prefix="hm-test-"))
+    os.chmod(d, 0o700)
+    try:
+        yield d
+    finally:
+        shutil.rmtree(d, ignore_errors=True)

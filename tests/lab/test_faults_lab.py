@@ -1,0 +1,299 @@
+"""The fault matrix of a same-ISA move a -> b, with real daemons and real CRIU.
+
+Each case injects one fault at a phase boundary (or inside a long phase) through the
+test-only hook point HMIGRATE_TEST_FAULT=POINT:ACTION (read in migrate.Migration._fault
+only: no racing sleeps), then asserts the end state: the counter runs on exactly one
+host and keeps counting (its state moved or stayed, never restarted), nothing of the
+migration is left on either host (helpers, probes, the lock, checkpoints, containerd's
+staging copies), and the documented exit code (docs/plugin.md, "The commit point").
+Everything is scoped to the test's own container and migration.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import stat
+import subprocess
+import threading
+from pathlib import Path
+
+import pytest
+
+from tests.support.lab import (
+    BASE_IMAGE,
+    COUNTER_CMD,
+    DOCKER_CLI,
+    counter_values,
+    unique,
+    wait_until,
+)
+from tests.support.netfault import Cut, FaultyProxy
+
+pytestmark = pytest.mark.lab
+
+LAB_B_TCP = ("10.77.0.2", 2375)  # host b's daemon on the lab's own network (hm-b-tcp)
+
+
+def migrate(name: str, *args: str, fault: str = "", to: str = "hm-b", timeout: float = 300):
+    env = {**os.environ}
+    env.pop("HMIGRATE_TEST_FAULT", None)
+    if fault:
+        env["HMIGRATE_TEST_FAULT"] = fault
+    proc = subprocess.run(
+        [DOCKER_CLI, "--context", "hm-a", "hmigrate", "migrate", name, "--to", to,
+         "--verify-seconds", "0.5", *args, "--json"],
+        capture_output=True, text=True, timeout=timeout, env=env)
+    try:
+        doc = json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"stdout is not one JSON document: {proc.stdout!r}\n"
+                             f"stderr: {proc.stderr}") from None
+    return proc, doc
+
+
+def start_counter(host, cleanup) -> tuple[str, str, int]:
+    name = unique("fault")
+    cleanup.append(name)
+    host.docker("run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
+    wait_until(lambda: len(counter_values(host.logs(name))) >= 2, what="counter on a")
+    cid = host.client.containers.get(name).id
+    return name, cid, max(counter_values(host.logs(name)))
+
+
+def state_of(host, name):
+    try:
+        return host.client.containers.get(name).attrs["State"]
+    except Exception:  # noqa: BLE001 - not there
+        return None
+
+
+def assert_end_state(host_a, host_b, name: str, cid: str, before: int, doc: dict,
+                     where: str) -> None:
+    here, other = (host_a, host_b) if where == "a" else (host_b, host_a)
+    st = state_of(here, name)
+    assert st and st["Running"] and not st["Paused"], f"{name} does not run on {where}: {st}"
+    assert state_of(other, name) is None, f"{name} is also on {other.name}"
+    # its state: the counter goes on from where it was (restored, not restarted)
+    wait_until(lambda: max(counter_values(here.logs(name)) or [0]) > before + 1,
+               timeout=30, what="the counter to go on")
+    values = counter_values(here.logs(name))
+    if where == "b":
+        assert values[0] > before - 2, f"restarted on b: {values[:5]}"
+    else:
+        assert values == sorted(values), f"the counter went back on a: {values}"
+    ck = doc.get("checkpoint", "")
+    for host in (host_a, host_b):
+        left = host.client.containers.list(
+            all=True, filters={"label": f"org.hmigrate.migration={ck}"})
+        assert not left, f"helpers left on {host.name}: {[c.name for c in left]}"
+        lock = host.client.containers.list(all=True, filters={"name": f"hmigrate-lock-{cid[:32]}"})
+        assert not lock, f"lock left on {host.name}"
+    if where == "a":
+        ls = here.docker("checkpoint", "ls", name)
+        assert ck not in ls, f"checkpoint left on a: {ls}"
+    # containerd's staging copies (the lab's hosts share this machine's /tmp)
+    staged = [d for d in glob.glob("/tmp/ctrd-checkpoint*")
+              if any(cid.encode() in _read(f) for f in glob.glob(f"{d}/mountpoints-*.img"))]
+    assert not staged, f"staging copies of {name} left: {staged}"
+
+
+def _read(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError:  # another test's staging copy, removed meanwhile
+        return b""
+
+
+# (fault, exit code, where the container runs afterwards)
+MATRIX = [
+    ("before:validate:sigint", 130, "a"),
+    ("before:prepare:sigint", 130, "a"),
+    ("before:checkpoint:sigint2", 130, "a"),
+    ("during:checkpoint:sigint2", 130, "a"),  # one Ctrl-C as a terminal delivers it
+    ("during:checkpoint:sigterm", 130, "a"),
+    ("before:move:sigint", 130, "a"),
+    ("during:move:sigint", 130, "a"),
+    ("before:recode:sigint", 130, "a"),
+    ("before:pre-restore:sigterm", 130, "a"),
+    ("before:restore:sigint2", 130, "a"),
+    ("during:restore:sigint", 130, "b"),  # the daemon restores anyway: commit point
+    ("before:verify:sigint2", 130, "b"),
+    ("before:post-restore:sigint", 130, "b"),
+    ("during:verify:kill-target", 11, "a"),  # the target died: the source resumes
+    ("before:commit:sigterm", 130, "b"),
+    # a Ctrl-C while rolling back (and its duplicate) does not abort the rollback
+    ("before:restore:fail,during:rollback:sigint2", 1, "a"),
+]
+
+
+@pytest.mark.parametrize("fault,code,where", MATRIX, ids=[m[0] for m in MATRIX])
+def test_fault_matrix(host_a, host_b, cleanup, fault, code, where):
+    name, cid, before = start_counter(host_a, cleanup)
+    proc, doc = migrate(name, fault=fault)
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    assert doc["ok"] is False and doc["error"]["exit_code"] == code
+    if code == 130 and where == "b":
+        assert "runs on hm-b" in doc["error"]["message"]
+    if code == 11:
+        assert "lost" in doc["error"]["message"]
+    assert "forced exit" not in proc.stderr and "Traceback" not in proc.stderr
+    assert_end_state(host_a, host_b, name, cid, before, doc, where)
+
+
+@pytest.mark.parametrize("hook,code,where", [
+    (["--hook-pre-restore", "echo PRE; exit 4"], 15, "a"),
+    (["--hook-post-restore", "echo POST; exit 3"], 15, "b"),
+    (["--hook-post-restore", "sleep 60", "--hook-timeout", "1"], 15, "b"),
+], ids=["pre-fails", "post-fails", "post-hangs"])
+def test_hooks(host_a, host_b, cleanup, hook, code, where):
+    name, cid, before = start_counter(host_a, cleanup)
+    proc, doc = migrate(name, *hook)  # JSON parses: hook output went to stderr
+    assert proc.returncode == code, proc.stderr
+    if "echo" in hook[1]:
+        assert hook[1].split()[1].rstrip(";") in proc.stderr
+    assert_end_state(host_a, host_b, name, cid, before, doc, where)
+
+
+def test_failed_restore_keeps_log_and_source(host_a, host_b, cleanup):
+    """A file the process holds open vanishes from the target's writable layer (the
+    pre-restore hook removes it there): CRIU's restore fails, its log is kept (0600),
+    the source resumes."""
+    name = unique("fault")
+    cleanup.append(name)
+    host_a.docker("run", "-d", "--name", name, BASE_IMAGE, "sh", "-c",
+                  "echo x > /held; exec 3</held; " + COUNTER_CMD[2])
+    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
+    cid = host_a.client.containers.get(name).id
+    before = max(counter_values(host_a.logs(name)))
+    hook = (f"rm -f \"$({DOCKER_CLI} --context hm-b inspect -f "
+            "'{{.GraphDriver.Data.UpperDir}}' $HMIGRATE_TARGET_CONTAINER_ID)/held\"")
+    proc, doc = migrate(name, "--hook-pre-restore", hook)
+    assert proc.returncode == 11, proc.stderr
+    hint = doc["error"]["hint"]
+    assert "restore log is kept in" in hint, hint
+    log = Path(hint.split("kept in ")[1].split()[0].rstrip(";"))
+    assert stat.S_IMODE(log.stat().st_mode) == 0o600
+    assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+    assert "held" in log.read_text() or "Error" in log.read_text()
+    log.unlink()
+    assert_end_state(host_a, host_b, name, cid, before, doc, "a")
+
+
+def test_concurrent_moves_of_one_container(host_a, host_b, cleanup):
+    name, cid, before = start_counter(host_a, cleanup)
+    results: list = []
+
+    def one(hook: list[str]) -> None:
+        results.append(migrate(name, *hook))
+
+    # the first holds the lock while its pre-restore hook sleeps
+    first = threading.Thread(target=one, args=(["--hook-pre-restore", "sleep 15"],))
+    first.start()
+    wait_until(lambda: host_a.client.containers.list(
+        all=True, filters={"name": f"hmigrate-lock-{cid[:32]}"}), timeout=60,
+        interval=0.05, what="the first migration's lock")
+    one([])
+    first.join(timeout=300)
+    codes = sorted(p.returncode for p, _ in results)
+    assert codes == [0, 16], [(p.returncode, p.stderr[-300:]) for p, _ in results]
+    busy = next(d for p, d in results if p.returncode == 16)
+    assert "being migrated" in busy["error"]["message"]
+    ok = next(d for p, d in results if p.returncode == 0)
+    assert_end_state(host_a, host_b, name, cid, before, ok, "b")
+
+
+def test_bad_values_refused_before_anything(host_a, host_b, cleanup):
+    name, cid, before = start_counter(host_a, cleanup)
+    for args in (["--verify-seconds", "nan"], ["--verify-seconds", "-1"],
+                 ["--name", "bad/name"]):
+        proc, doc = migrate(name, *args)
+        assert proc.returncode == 125 and doc["error"]["exit_code"] == 125, proc.stderr
+    assert_end_state(host_a, host_b, name, cid, before, {"checkpoint": "none"}, "a")
+
+
+def test_checkpoint_on_target_is_private(host_a, host_b, cleanup):
+    """The checkpoint copied to the target is 0600 files in 0700 folders (CRIU writes
+    0644): checked by the pre-restore hook, which fails the move otherwise."""
+    name, cid, before = start_counter(host_a, cleanup)
+    ck_dir = (f"{host_b.data_root}/containers/$HMIGRATE_TARGET_CONTAINER_ID/checkpoints/"
+              "$HMIGRATE_CHECKPOINT")
+    hook = (f'test -f "{ck_dir}/inventory.img" && '
+            f'test -z "$(find "{ck_dir}" -perm /077 -print)"')
+    proc, doc = migrate(name, "--hook-pre-restore", hook)
+    assert proc.returncode == 0, proc.stderr
+    assert_end_state(host_a, host_b, name, cid, before, doc, "b")
+
+
+# --- the network to the target fails (tests/support/netfault.py: a proxy that cuts it) ----------
+@pytest.fixture
+def cut_target(host_b):
+    """A context `hm-bcut-*` reaching host b through a FaultyProxy; yields a function
+    that starts the proxy with a given Cut and returns (context, proxy)."""
+    made: list = []
+
+    def make(cut: Cut) -> tuple[str, FaultyProxy]:
+        proxy = FaultyProxy(LAB_B_TCP, cut).__enter__()
+        ctx = unique("hm-bcut")
+        subprocess.run([DOCKER_CLI, "context", "create", ctx, "--docker",
+                        f"host={proxy.url}"], check=True, capture_output=True)
+        made.append((ctx, proxy))
+        return ctx, proxy
+
+    yield make
+    for ctx, proxy in made:
+        proxy.__exit__(None, None, None)
+        subprocess.run([DOCKER_CLI, "context", "rm", "-f", ctx], capture_output=True)
+
+
+NET_CUTS = [
+    # the checkpoint stream is cut and the target unreachable for 3 s: the source resumes,
+    # the target is cleaned once it answers again (exit 10: the move failed)
+    (Cut(after_bytes=64 << 10, outage=3), 10, "a"),
+    # the restore request never reaches the target: the source resumes (exit 11)
+    (Cut(restore="drop", outage=3), 11, "a"),
+    # the target restores but its answer is lost; it answers again 3 s later: the plugin
+    # asks, learns that the container runs there, and completes the move (with a warning)
+    (Cut(restore="lose-answer", outage=3), 0, "b"),
+]
+
+
+@pytest.mark.parametrize("cut,code,where", NET_CUTS, ids=["transfer-cut", "restore-dropped",
+                                                          "restore-answer-lost"])
+def test_network_cut_to_target(host_a, host_b, cleanup, cut_target, cut, code, where):
+    name, cid, before = start_counter(host_a, cleanup)
+    ctx, proxy = cut_target(cut)
+    proc, doc = migrate(name, to=ctx)
+    assert proxy.cut_at, "the cut never happened (the trigger did not match the requests)"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == code, (proc.stdout, proc.stderr)
+    if code:
+        assert doc["ok"] is False and doc["error"]["exit_code"] == code, doc
+        assert "does not answer" in doc["error"]["message"], doc
+    else:
+        assert any("answer to the restore was lost" in m["message"] for m in doc["messages"]
+                   if m["level"] == "warning"), doc
+    assert_end_state(host_a, host_b, name, cid, before, doc, where)
+
+
+def test_target_gone_for_good_during_restore(host_a, host_b, cleanup, cut_target):
+    """The target restores, then does not answer for longer than the plugin waits: it
+    cannot know whether the container runs there, so it never resumes the source (that
+    could run it twice): the source stays stopped with its checkpoint, exit 13 says so
+    and how to finish. Here the container does run on b."""
+    name, cid, before = start_counter(host_a, cleanup)
+    ctx, proxy = cut_target(Cut(restore="lose-answer", outage=45))
+    proc, doc = migrate(name, to=ctx)
+    assert proxy.cut_at and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 13, (proc.stdout, proc.stderr)
+    ck = doc["checkpoint"]
+    assert "is kept stopped with its checkpoint" in doc["error"]["message"], doc
+    assert f"start --checkpoint {ck}" in doc["error"]["hint"], doc
+    st_b = state_of(host_b, name)
+    assert st_b and st_b["Running"], st_b
+    st_a = state_of(host_a, name)
+    assert st_a and not st_a["Running"], st_a  # never twice
+    assert ck in host_a.docker("checkpoint", "ls", name)
+    values = counter_values(host_b.logs(name))
+    assert values and values[0] > before - 2, values[:5]

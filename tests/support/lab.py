@@ -1,0 +1,159 @@
+"""Handles on the lab's Docker hosts for tests (see lab/lib.sh for the names used here).
+
+Lab tests skip with a reason when the lab is not usable (not root, lab not up); with
+HMLAB_REQUIRED=1 (set by .ci/run) they fail instead, so CI cannot pass by skipping.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import docker
+import pytest
+
+DOCKER_CLI = "/usr/local/bin/docker" if Path("/usr/local/bin/docker").exists() else "docker"
+LAB_DIR = Path(__file__).resolve().parents[2] / "lab"
+BASE_IMAGE = "hmlab/busybox:latest"
+REDIS_IMAGE = "hmlab/redis:latest"
+REGISTRY = "localhost:5000"
+
+COUNTER_CMD = ["sh", "-c", "i=0; while true; do echo $i; i=$((i+1)); sleep 1; done"]
+
+
+@dataclass
+class LabHost:
+    """One lab Docker host: its context name, socket and where its published ports answer."""
+
+    name: str
+    context: str
+    url: str
+    data_root: str
+    address: str  # where a port published on this host is reached from the test process
+    client: docker.DockerClient = field(repr=False)
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 120) -> str:
+        """Run the real docker CLI against this host and return its stdout."""
+        proc = subprocess.run(
+            [DOCKER_CLI, "--context", self.context, *args],
+            capture_output=True, text=True, timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(f"docker {' '.join(args)} failed on {self.name}: {proc.stderr}")
+        return proc.stdout
+
+    def logs(self, container: str) -> str:
+        return self.client.containers.get(container).logs().decode(errors="replace")
+
+
+HOSTS = {
+    "a": dict(context="hm-a", url="unix:///var/run/hmlab-a.sock", address="127.0.0.1"),
+    "b": dict(context="hm-b", url="unix:///var/run/hmlab-b.sock", address="10.77.0.2"),
+    # Host c (lab/hostc): two cgroup v2 daemons in an x86-64 VM; their published ports are
+    # inside the VM, so tests reach servers with `docker exec` (address left empty).
+    "c": dict(context="hm-c", url="tcp://127.0.0.1:2393", address=""),
+    "c2": dict(context="hm-c2", url="tcp://127.0.0.1:2394", address=""),
+}
+# Hosts that exist only when the lab was brought up with HMLAB_CGROUP2=1.
+CGROUP2_HOSTS = {"c", "c2"}
+
+# The aarch64 host (lab/arm64/up): its context name and port follow lab/arm64/common.sh.
+ARM_CONTEXT = os.environ.get("HM_ARM_NAME", "hm-arm")
+ARM_URL = f"tcp://127.0.0.1:{os.environ.get('HM_ARM_PORT', '2391')}"
+ARM_IMAGE = "hmigrate-lab/busybox:arm64"  # imported by lab/arm64/up (Debian's busybox-static)
+
+
+def lab_unavailable(reason: str) -> None:
+    if os.environ.get("HMLAB_REQUIRED") == "1":
+        pytest.fail(f"lab required (HMLAB_REQUIRED=1) but unusable: {reason}")
+    pytest.skip(reason)
+
+
+def connect(name: str) -> LabHost:
+    if name in CGROUP2_HOSTS and os.environ.get("HMLAB_CGROUP2") != "1":
+        # Not a lab failure even under HMLAB_REQUIRED: host c is opt-in.
+        pytest.skip("host c (cgroup v2) tests run with HMLAB_CGROUP2=1 "
+                    "(sudo HMLAB_CGROUP2=1 lab/up)")
+    if os.geteuid() != 0:
+        lab_unavailable("lab tests need root (the lab's daemons and checkpoints are root's)")
+    spec = HOSTS[name]
+    try:
+        client = docker.DockerClient(base_url=spec["url"], version="auto", timeout=120)
+        info = client.info()
+    except Exception as exc:  # noqa: BLE001 - any failure means the lab is not up
+        lab_unavailable(
+            f"lab host {name} does not answer on {spec['url']} ({exc}); run: sudo "
+            + ("HMLAB_CGROUP2=1 " if name in CGROUP2_HOSTS else "") + "lab/up"
+        )
+    return LabHost(name=name, client=client, data_root=info["DockerRootDir"], **spec)
+
+
+def connect_arm() -> docker.DockerClient:
+    """A client of the aarch64 host, once it answers and has its helper image."""
+    if os.geteuid() != 0:
+        lab_unavailable("lab tests need root (the lab's daemons and checkpoints are root's)")
+    try:
+        client = docker.DockerClient(base_url=ARM_URL, version="auto", timeout=300)
+        client.ping()
+        client.images.get(ARM_IMAGE)
+    except Exception as exc:  # noqa: BLE001 - any failure means the VM is not up
+        lab_unavailable(f"aarch64 lab host does not answer on {ARM_URL} ({exc}); "
+                        "run: sudo HMLAB_ARM64=1 lab/up")
+    return client
+
+
+def remove_containers(client: docker.DockerClient, names: list[str]) -> None:
+    """Remove these containers (and their anonymous volumes) if they exist."""
+    for name in names:
+        with contextlib.suppress(Exception):
+            client.containers.get(name).remove(force=True, v=True)
+
+
+def hmigrate(*args: str, context: str = "hm-a", timeout: float = 600
+             ) -> subprocess.CompletedProcess:
+    """Run the plugin through the real docker CLI, as a user would."""
+    return subprocess.run([DOCKER_CLI, "--context", context, "hmigrate", *args],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def json_of(proc: subprocess.CompletedProcess) -> dict:
+    """The --json document a command printed on stdout."""
+    try:
+        return json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        raise AssertionError(f"no JSON on stdout: {proc.stdout!r} {proc.stderr!r}") from None
+
+
+def migrate_json(*args: str, context: str = "hm-a") -> tuple[subprocess.CompletedProcess, dict]:
+    proc = hmigrate("migrate", *args, "--json", context=context)
+    return proc, json_of(proc)
+
+
+def exists(host: LabHost, name: str) -> bool:
+    return bool(host.client.containers.list(all=True, filters={"name": f"^/{name}$"}))
+
+
+def unique(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:8]}"
+
+
+def wait_until(predicate, timeout: float = 30, interval: float = 0.2, what: str = "condition"):
+    """Poll predicate until it returns a truthy value; fail the test with `what` on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
+
+
+def counter_values(text: str) -> list[int]:
+    return [int(line) for line in text.split() if line.isdigit()]

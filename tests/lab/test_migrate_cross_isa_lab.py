@@ -34,8 +34,11 @@ def ticks(logs: str) -> list[int]:
 def leftovers(client: docker.DockerClient, checkpoint: str) -> list[str]:
     """This migration's template container if still there (named after its checkpoint:
     other migrations may run at the same time)."""
-    return [c.name for c in client.containers.list(all=True)
-            if c.name == f"hmigrate-template-{checkpoint}"]
+    name = f"hmigrate-template-{checkpoint}"
+    # filtered by the daemon: listing every container inspects each, and another session's
+    # short-lived probe removed meanwhile made that fail with NotFound
+    return [c.name for c in client.containers.list(all=True, filters={"name": name})
+            if c.name == name]
 
 
 def test_helloworld_moves_to_aarch64_and_back_counting_on(host_a, arm, cleanup, on_arm):

@@ -37,6 +37,7 @@ import docker
 import docker.errors
 
 from docker_hmigrate import errors, registry, toolchain_image
+from docker_hmigrate import isa as isas
 from docker_hmigrate.recode import (
     LABEL_METADATA,
     LABEL_PROGRAM,
@@ -44,15 +45,15 @@ from docker_hmigrate.recode import (
     LABEL_VARIANTS,
     TOOLCHAIN_SCHEMA,
 )
+from docker_hmigrate.toolchain import contract
 
 log = logging.getLogger("docker_hmigrate.build")
 
 # Docker platform -> the toolchain's ISA name, and what a platform entry says about it.
 PLATFORMS: dict[str, dict[str, str]] = {
-    "amd64": {"isa": "x86-64", "architecture": "amd64", "os": "linux"},
-    "arm64": {"isa": "aarch64", "architecture": "arm64", "os": "linux", "variant": "v8"},
-}
-ELF_MACHINE = {"x86-64": 62, "aarch64": 183}
+    i.docker_arch: {"isa": i.name, "architecture": i.docker_arch, "os": "linux",
+                    **({"variant": i.docker_variant} if i.docker_variant else {})}
+    for i in isas.ISAS}
 IMAGE_DIR = "/hmigrate"  # both variants and the metadata, in every platform's image
 ROOT_DIR = "/hmigrate/root"  # the Dockerfile's extra files for the final images' /
 # Image settings the final images take from the user's stage (the rest is the toolchain's).
@@ -107,8 +108,7 @@ class Program:
 
 def variant_paths(program: str) -> dict[str, str]:
     """Where hmigrate-cc -o PROGRAM wrote its outputs, in the stage image."""
-    return {"x86-64": f"{program}_x86-64", "aarch64": f"{program}_aarch64",
-            "metadata": f"{program}.hmigrate.json"}
+    return {**{i: f"{program}_{i}" for i in isas.NAMES}, "metadata": f"{program}.hmigrate.json"}
 
 
 def labels_for(program: str, metadata: dict[str, Any]) -> dict[str, str]:
@@ -122,7 +122,7 @@ def labels_for(program: str, metadata: dict[str, Any]) -> dict[str, str]:
     return {
         LABEL_TOOLCHAIN: metadata["schema"],
         LABEL_PROGRAM: program,
-        LABEL_VARIANTS: f"{IMAGE_DIR}/{base}_x86-64 {IMAGE_DIR}/{base}_aarch64",
+        LABEL_VARIANTS: " ".join(f"{IMAGE_DIR}/{base}_{i}" for i in isas.NAMES),
         LABEL_METADATA: f"{IMAGE_DIR}/{base}.hmigrate.json",
     }
 
@@ -227,16 +227,16 @@ def check_program(program: Program) -> dict[str, Any]:
             f"{program.path}.hmigrate.json is not valid JSON ({exc})",
             hint="relink the program with hmigrate-cc") from exc
     labels_for(program.path, metadata)  # the schema
-    for isa, data in program.variants.items():
+    for name, data in program.variants.items():
         machine = int.from_bytes(data[18:20], "little") if data[:4] == b"\x7fELF" else None
-        if machine != ELF_MACHINE[isa]:
+        if machine != isas.get(name).elf_machine:
             raise errors.NotMigratableCrossISA(
-                f"{program.path}_{isa} is not an {isa} executable",
+                f"{program.path}_{name} is not an {name} executable",
                 hint="relink the program with hmigrate-cc")
-        want = ((metadata.get("binaries") or {}).get(isa) or {}).get("sha256")
+        want = contract.load(metadata).binary(name).sha256
         if want and hashlib.sha256(data).hexdigest() != want:
             raise errors.NotMigratableCrossISA(
-                f"{program.path}_{isa} is not the binary its metadata describes (changed after "
+                f"{program.path}_{name} is not the binary its metadata describes (changed after "
                 "the link: stripped or patched?)",
                 hint="install the outputs of hmigrate-cc unchanged (no strip)")
     return metadata
@@ -380,7 +380,8 @@ def run(client: docker.DockerClient, opts: BuildOptions, say: Say,
         reg = registry.Registry(ref.registry, insecure=opts.insecure)
         reg.base()  # unreachable: say so before a long build
     own = (client.version().get("Arch") or "").lower()
-    if own != "amd64":  # hmigrate-cc runs on x86-64 (docs/toolchain.md): no emulated builds
+    # hmigrate-cc runs on x86-64 (docs/toolchain.md): no emulated builds
+    if own != isas.X86_64.docker_arch:
         raise errors.BuildFailed(
             f"the daemon is {own or 'of an unknown architecture'}: the toolchain image runs "
             "on x86-64 (amd64) daemons", hint="build with an x86-64 host's context "
@@ -474,14 +475,14 @@ def read_program(client: docker.DockerClient, image_id: str, path: str) -> Progr
                 hint=f"make the Dockerfile write it (RUN hmigrate-cc -o {path} ...), or name "
                      "the right one with --program")
         variants, modes = {}, {}
-        for isa in ("x86-64", "aarch64"):
-            got = _read_file(client, cid, paths[isa])
+        for name in isas.NAMES:
+            got = _read_file(client, cid, paths[name])
             if got is None:
                 raise errors.NotMigratableCrossISA(
-                    f"{path} was not built with hmigrate-cc: no {paths[isa]} beside it",
+                    f"{path} was not built with hmigrate-cc: no {paths[name]} beside it",
                     hint=f"link it with hmigrate-cc (RUN hmigrate-cc -o {path} ... or make "
                          "CC=hmigrate-cc), which writes both variants and the metadata")
-            variants[isa], modes[isa] = got
+            variants[name], modes[name] = got
         meta = _read_file(client, cid, paths["metadata"])
         if meta is None:
             raise errors.NotMigratableCrossISA(

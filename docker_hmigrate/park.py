@@ -15,54 +15,54 @@ import docker.errors
 
 from docker_hmigrate import errors
 from docker_hmigrate.engine import Host, api_error_text
+from docker_hmigrate.isa import NAMES as ISAS
 from docker_hmigrate.polling import poll
+from docker_hmigrate.toolchain import contract
 
 
 @dataclass
 class ParkProtocol:
-    park_signal: int = 40
-    resume_signal: int = 41
-    park_file: str = "/run/hmigrate/parked"
-    fallback_file: str = "/tmp/.hmigrate-parked"
+    park_signal: int = contract.SIG_PARK
+    resume_signal: int = contract.SIG_RESUME
+    park_file: str = contract.PARK_FILE
+    fallback_file: str = contract.PARK_FILE_FALLBACK
     # where a parked thread's futex wait shows in /proc/TID/syscall (either ISA)
     parked_pcs: tuple[int, ...] = ()
     # return address -> why that frame cannot be translated (the runtime reports the
     # one that keeps a thread from parking in "<park file>.blocked")
-    metadata: dict | None = field(default=None, repr=False, compare=False)
+    metadata: contract.Metadata | None = field(default=None, repr=False, compare=False)
 
     def explain(self, ra: int) -> str:
         """What the frame returned to at `ra` is and why it cannot move to another ISA."""
-        for f in (self.metadata or {}).get("functions", []):
-            for isa, fi in f.get("isa", {}).items():
-                if not fi.get("addr", 0) <= ra - 1 < fi.get("addr", 0) + fi.get("size", 0):
+        md = self.metadata or contract.load({})
+        for f in md.functions:
+            for isa, fi in f.isa.items():
+                if not fi.addr <= ra - 1 < fi.addr + fi.size:
                     continue
-                site = next((c for c in fi.get("call_sites", [])
-                             if c.get("return_address") == ra), None)
-                at = f"{f.get('file') or '?'}:{site['line']}" if site and site.get("line") \
-                    else f.get("file") or "?"
-                why = f.get("untranslatable_reasons") or \
-                    (site or {}).get("untranslatable_reasons") or ["(no reason recorded)"]
-                return f"{f['name']} ({isa}, called at {at}): {'; '.join(why)}"
-        for s in (self.metadata or {}).get("symbols", []):
-            for isa in ("x86-64", "aarch64"):
-                a = s.get(isa)
+                site = next((c for c in fi.call_sites if c.return_address == ra), None)
+                at = f"{f.file or '?'}:{site.line}" if site and site.line else f.file or "?"
+                why = f.untranslatable_reasons or \
+                    (site.untranslatable_reasons if site else None) or ["(no reason recorded)"]
+                return f"{f.name} ({isa}, called at {at}): {'; '.join(why)}"
+        for s in md.symbols:
+            for isa in ISAS:
+                a = s.at(isa)
                 # ra == start: a signal handler "returns" to the trampoline's first byte
-                if s.get("kind") == "func" and a and a[0] <= ra <= a[0] + max(a[1], 1):
-                    return (f"{s['name']} ({isa}): code without metadata (libc) in the "
+                if s.kind == "func" and a and a[0] <= ra <= a[0] + max(a[1], 1):
+                    return (f"{s.name} ({isa}): code without metadata (libc) in the "
                             f"middle of the stack, i.e. the program was called back from "
                             f"it (qsort comparator, signal handler): such a frame cannot "
                             f"be rebuilt on the other ISA")
         return f"an untranslatable frame (return address {ra:#x})"
 
     @classmethod
-    def from_metadata(cls, metadata: dict) -> ParkProtocol:
-        rt = metadata.get("runtime", {})
-        sig = rt.get("signals", {})
-        pcs = tuple(sorted({p["blocked_pc"] for p in (rt.get("park_points") or {}).values()
-                            if "blocked_pc" in p}))
-        return cls(sig.get("park", 40), sig.get("resume", 41),
-                   rt.get("park_file", cls.park_file),
-                   rt.get("park_file_fallback", cls.fallback_file), pcs, metadata)
+    def from_metadata(cls, metadata: dict | contract.Metadata) -> ParkProtocol:
+        md = contract.load(metadata)
+        rt = md.runtime
+        pcs = tuple(sorted({p.blocked_pc for p in rt.park_points.values()
+                            if p.blocked_pc is not None}))
+        return cls(rt.park_signal, rt.resume_signal, rt.park_file, rt.park_file_fallback,
+                   pcs, md)
 
 
 def read_container_file(host: Host, container: str, path: str) -> bytes | None:

@@ -75,10 +75,11 @@ def rootfs_label() -> str:
 
 def package_sources() -> list[tuple[str, Path]]:
     """(path in the image under docker_hmigrate/, file) for what hmigrate-cc runs: the
-    package's own toolchain and runtime, from wherever this plugin is installed."""
+    package's own toolchain and runtime and the ISA facts they use (isa/), from wherever
+    this plugin is installed."""
     root = Path(__file__).resolve().parent
     files = [("docker_hmigrate/__init__.py", root / "__init__.py")]
-    for sub in ("toolchain", "runtime"):
+    for sub in ("isa", "toolchain", "runtime"):
         for f in sorted((root / sub).iterdir()):
             if f.is_file() and f.suffix in (".py", ".c", ".h", ".S"):
                 files.append((f"docker_hmigrate/{sub}/{f.name}", f))

@@ -17,6 +17,7 @@ import docker.errors
 
 from docker_hmigrate import errors, park, recode
 from docker_hmigrate.engine import Host, api_error_text
+from docker_hmigrate.isa import X86_64
 from docker_hmigrate.spec import ContainerSpec
 
 # Headroom over the container's current memory use, for the restore's own needs.
@@ -440,7 +441,7 @@ def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: Contai
         # aarch64 gives a process 48 bits of addresses, x86-64 47: what the program mapped
         # up there (its stack and mmaps when it started on aarch64) has no place on x86-64
         high = [f"pid {pid}: {f[0]} {f[5] if len(f) > 5 else '(anonymous)'}" for pid, f in maps
-                if int(f[0].split("-")[1], 16) > X86_64_USER_END
+                if int(f[0].split("-")[1], 16) > X86_64.user_end
                 and not (len(f) > 5 and f[5] in ("[vdso]", "[vvar]"))]
         checks.append(Check(
             "address space", not high,
@@ -458,9 +459,6 @@ def anonymous_shared(mapping: str) -> bool:
     objects ("/memfd:...") and files are not translated."""
     parts = mapping.split()
     return len(parts) >= 4 and parts[3] == "/dev/zero"
-
-
-X86_64_USER_END = 0x7FFFFFFFF000  # x86-64's TASK_SIZE with 4-level page tables
 
 
 def _process_maps(host: Host, inspect: dict[str, Any]) -> list[tuple[str, list[str]]]:

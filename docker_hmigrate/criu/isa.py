@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from docker_hmigrate import isa
 from docker_hmigrate.criu.image import unknown_fields
 from docker_hmigrate.criu.imageset import ImageSet
 from docker_hmigrate.criu.memory import PE_PARENT
@@ -26,7 +27,7 @@ VMA_AREA_SHSTK = 1 << 15
 VMA_AREA_GUARD = 1 << 16
 VMA_AREA_UPROBES = 1 << 17
 
-SUPPORTED_ARCHES = (March.X86_64, March.AARCH64)
+SUPPORTED_ARCHES = tuple(March(i.criu_march) for i in isa.ISAS)
 
 # auxv keys that describe the machine or the kernel's mappings
 AT_NAMES = {3: "AT_PHDR", 7: "AT_BASE", 9: "AT_ENTRY", 15: "AT_PLATFORM", 16: "AT_HWCAP",
@@ -55,17 +56,10 @@ def isa_specific_parts(s: ImageSet) -> list[str]:
     not listed (pstree, ids, fdinfo, fs, creds, namespaces, mounts, cgroups, pipes,
     sockets, the tmpfs tarballs) is the same on x86-64 and aarch64.
     """
-    arch = s.arch
+    own = isa.by_criu_march(s.arch)
+    others = [i for i in isa.ISAS if i is not own]
+    regs = " -> ".join(i.criu_regs_summary for i in ([own] if own else []) + others[:1])
     parts: list[str] = []
-    if arch == March.X86_64:
-        regs = ("core_entry.thread_info (thread_info_x86: gpregs ip/sp/bp/ax.., fs_base = "
-                "thread pointer, fpregs x87/SSE/xsave, tls GDT user_desc_t entries) -> "
-                "core_entry.ti_aarch64 (gpregs regs[31]/sp/pc/pstate, fpsimd vregs/fpsr/fpcr, "
-                "tls = TPIDR_EL0)")
-    else:
-        regs = ("core_entry.ti_aarch64 (gpregs regs[31]/sp/pc/pstate, fpsimd, tls = TPIDR_EL0, "
-                "pac_keys) -> core_entry.thread_info (thread_info_x86: gpregs incl. fs_base, "
-                "fpregs, tls user_desc_t)")
     for pid in s.pids:
         for tid in s.threads(pid):
             core = s.core(tid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from docker_hmigrate import isa
 from docker_hmigrate.criu.imageset import ImageSet
 from docker_hmigrate.criu.isa import AT_NAMES, check_supported, vma_kind
 from docker_hmigrate.criu.schema import FdType, March
@@ -14,16 +15,10 @@ def _prot(p: int) -> str:
 
 
 def _regs(core) -> str:
-    if core.mtype == March.X86_64:
-        g = core.thread_info.gpregs
-        return f"pc={g.ip:#x} sp={g.sp:#x} bp={g.bp:#x} fs_base={g.fs_base:#x} ax={g.ax:#x}"
-    if core.mtype == March.AARCH64:
-        t = core.ti_aarch64
-        g = t.gpregs
-        fp = g.regs[29] if len(g.regs) > 29 else 0
-        lr = g.regs[30] if len(g.regs) > 30 else 0
-        return f"pc={g.pc:#x} sp={g.sp:#x} fp={fp:#x} lr={lr:#x} tls={t.tls:#x}"
-    return "(registers of this machine not decoded)"
+    own = isa.by_criu_march(core.mtype)
+    if own is None:
+        return "(registers of this machine not decoded)"
+    return own.describe_regs(core)
 
 
 def summary(s: ImageSet) -> str:

@@ -12,6 +12,7 @@ Entry points:
 
 from __future__ import annotations
 
+import functools
 import json
 import shutil
 import time
@@ -21,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 from docker_hmigrate import errors
+from docker_hmigrate.isa import NAMES as ISAS
+from docker_hmigrate.isa import by_criu_march
+from docker_hmigrate.toolchain import contract
 
-TOOLCHAIN_SCHEMA = "hmigrate-toolchain/1"
+TOOLCHAIN_SCHEMA = contract.SCHEMA
 LABEL_TOOLCHAIN = "org.hmigrate.toolchain"
 LABEL_PROGRAM = "org.hmigrate.program"
 LABEL_VARIANTS = "org.hmigrate.variants"
 LABEL_METADATA = "org.hmigrate.metadata"
-ISAS = ("x86-64", "aarch64")
 
 
 @dataclass
@@ -35,8 +38,13 @@ class Program:
     """A program built by hmigrate-cc, as its multi-ISA image describes it."""
 
     path: str  # the executable inside the container (the local ISA's variant)
-    metadata: dict[str, Any]
+    metadata: dict[str, Any]  # the parsed NAME.hmigrate.json
     binaries: dict[str, bytes] = field(repr=False)  # ISA -> ELF
+
+    @functools.cached_property
+    def md(self) -> contract.Metadata:
+        """The metadata as the toolchain -> recode contract's typed records."""
+        return contract.load(self.metadata)
 
     @property
     def park_protocol(self):
@@ -73,13 +81,12 @@ def program_from_image(labels: dict[str, str], read_file: Callable[[str], bytes 
 def preflight(program: Program, src_isa: str, dst_isa: str) -> list[str]:
     """Reasons why this program cannot be recoded from src_isa to dst_isa (empty: it can)."""
     problems: list[str] = []
-    if program.metadata.get("schema") != TOOLCHAIN_SCHEMA:
-        problems.append(f"metadata schema {program.metadata.get('schema')!r} is not "
-                        f"{TOOLCHAIN_SCHEMA}")
+    if program.md.schema != TOOLCHAIN_SCHEMA:
+        problems.append(f"metadata schema {program.md.schema!r} is not {TOOLCHAIN_SCHEMA}")
     for isa in (src_isa, dst_isa):
         if isa not in program.binaries:
             problems.append(f"the image lacks the {isa} variant of {program.path}")
-    if not program.metadata.get("checks", {}).get("park_points_clean", False):
+    if not program.md.checks.park_points_clean:
         problems.append("the toolchain's build-time check of the park points failed")
     problems += _engine_problems(program, src_isa, dst_isa)
     return problems
@@ -127,7 +134,8 @@ def template_facts(template_dir: Path):
         except (LookupError, ValueError):
             facts.platform = None
     core = images.core(pid)
-    facts.thread = core.thread_info if core.HasField("thread_info") else None
+    own = by_criu_march(core.mtype)
+    facts.thread = own.native_thread(core) if own else None
     return facts
 
 

@@ -15,12 +15,15 @@ bottom frames, argv, envp, auxv) keeps its address.
 from __future__ import annotations
 
 import bisect
+import gc
 from dataclasses import dataclass, field
 from typing import Any
 
-from docker_hmigrate import errors
-from docker_hmigrate.recode import aarch64, jmpbuf, x86_64
-from docker_hmigrate.recode.regs import ThreadRegs
+from docker_hmigrate import errors, isa
+from docker_hmigrate.isa import Isa, ThreadRegs
+from docker_hmigrate.toolchain import contract
+from docker_hmigrate.toolchain.contract import Function, Metadata, Var
+from docker_hmigrate.toolchain.jmpbuf_layout import fields_match
 
 
 class Untranslatable(errors.NotMigratableCrossISA):
@@ -31,59 +34,101 @@ class Untranslatable(errors.NotMigratableCrossISA):
 
 @dataclass
 class CallSite:
-    function: dict[str, Any]
-    site: dict[str, Any]  # the source ISA's call site
-    twin: dict[str, Any] | None  # the target ISA's
+    function: Function
+    site: contract.CallSite  # the source ISA's call site
+    twin: contract.CallSite | None  # the target ISA's
 
 
 class Index:
-    """The metadata, indexed for one direction (src -> dst)."""
+    """The metadata, indexed for one direction (src -> dst). Build it with `Index.of`:
+    indexing a large program (Redis: ~20k call sites) costs tens of milliseconds, so it is
+    done once per program and direction (the preflight, before the freeze, does it) and
+    the recode after the freeze finds it cached."""
 
-    def __init__(self, md: dict[str, Any], src: str, dst: str):
-        self.md, self.src, self.dst = md, src, dst
-        self.by_name = {f["name"]: f for f in md["functions"]}
+    _cache: list[tuple[Metadata, str, str, Index]] = []
+    _CACHED = 4
+
+    @classmethod
+    def of(cls, md: dict[str, Any] | Metadata, src: str, dst: str) -> Index:
+        raw = md.raw if isinstance(md, Metadata) else md
+        for m, s, d, idx in cls._cache:
+            if m.raw is raw and (s, d) == (src, dst):
+                return idx
+        # Tens of thousands of small objects at once: the collector's full passes over the
+        # whole metadata (every JSON object is tracked) would cost more than the index.
+        enabled = gc.isenabled()
+        gc.disable()
+        try:
+            idx = cls(md, src, dst)
+        finally:
+            if enabled:
+                gc.enable()
+        cls._cache[:] = [(idx.md, src, dst, idx)] + cls._cache[:cls._CACHED - 1]
+        return idx
+
+    def __init__(self, md: dict[str, Any] | Metadata, src: str, dst: str):
+        self.md = md = contract.load(md)
+        self.src, self.dst = src, dst
+        self.src_isa, self.dst_isa = arch(src), arch(dst)
+        functions = md.functions
+        self.by_name: dict[str, Function] = {f.name: f for f in functions}
         self.calls: dict[int, CallSite] = {}
         self.return_twins: dict[int, int] = {}  # src return address -> dst
-        for f in md["functions"]:
-            if src not in f["isa"] or dst not in f["isa"]:
+        calls, twins = self.calls, self.return_twins
+        # pairs are [index on NAMES[0], index on NAMES[1]]: oriented src -> dst here
+        flip = src != isa.NAMES[0]
+        for f in functions:
+            fi = f.isa
+            if src not in fi or dst not in fi:
                 continue
-            # pairs are [x86-64 index, aarch64 index]: oriented source -> target here
-            pairs = {(a if src == x86_64.ISA else b): (b if src == x86_64.ISA else a)
-                     for a, b in f.get("call_site_pairs", [])}
-            dst_sites = f["isa"][dst]["call_sites"]
-            for c in f["isa"][src]["call_sites"]:
-                t = pairs.get(c["index"])
-                twin = dst_sites[t] if t is not None else None
-                self.calls[c["return_address"]] = CallSite(f, c, twin)
-                if twin is not None:
-                    self.return_twins[c["return_address"]] = twin["return_address"]
-        rt = md["runtime"]
+            pairs = {(b if flip else a): (a if flip else b) for a, b in f.call_site_pairs}
+            dst_sites = fi[dst].call_sites
+            for c in fi[src].call_sites:
+                t = pairs.get(c.index)
+                ra = c.return_address
+                if t is None:
+                    calls[ra] = CallSite(f, c, None)
+                else:
+                    twin = dst_sites[t]
+                    calls[ra] = CallSite(f, c, twin)
+                    twins[ra] = twin.return_address
+        rt = md.runtime
+        self.park_function = rt.park_function
+        self.src_park, self.dst_park = rt.park_pc(src), rt.park_pc(dst)
         self.bottoms: dict[int, int] = {}
-        bs, bd = rt["bottom_frames"].get(src, []), rt["bottom_frames"].get(dst, [])
-        for a, b in zip(bs, bd, strict=False):
-            if (a["function"], a["target"]) == (b["function"], b["target"]):
-                self.bottoms[a["return_address"]] = b["return_address"]
+        for a, b in zip(rt.bottoms(src), rt.bottoms(dst), strict=False):
+            if (a.function, a.target) == (b.function, b.target):
+                self.bottoms[a.return_address] = b.return_address
         self.func_twins: dict[int, int] = {}  # code addresses of functions, src -> dst
-        for s in md["symbols"]:
-            a, b = s.get(src), s.get(dst)
-            if s["kind"] == "func" and a and b:
-                self.func_twins[a[0]] = b[0]
-        self._ret_sorted = sorted(self.return_twins)
+        self._objects: dict[int, contract.Symbol] | None = None
+        for sym in md.symbols:
+            a, b = sym.addr(src), sym.addr(dst)
+            if sym.kind == "func" and a is not None and b is not None:
+                self.func_twins[a] = b
+        self._setjmp_calls: dict[int, CallSite] | None = None
 
-    def code_twin(self, addr: int) -> int | None:
-        """The target address of a source code pointer we can translate."""
-        if addr in self.return_twins:
-            return self.return_twins[addr]
-        if addr in self.bottoms:
-            return self.bottoms[addr]
-        return self.func_twins.get(addr)
+    @property
+    def objects(self) -> dict[int, contract.Symbol]:
+        """Data objects on both ISAs, by source address."""
+        if self._objects is None:
+            src, dst = self.src, self.dst
+            self._objects = {s.addr(src): s for s in self.md.symbols  # type: ignore[misc]
+                             if s.kind == "object" and s.at(src) and s.at(dst)}
+        return self._objects
+
+    def setjmp_calls(self, names: tuple[str, ...]) -> dict[int, CallSite]:
+        """Call sites of setjmp (names): return address -> site, found once."""
+        if self._setjmp_calls is None:
+            self._setjmp_calls = {ra: cs for ra, cs in self.calls.items()
+                                  if cs.site.target in names}
+        return self._setjmp_calls
 
 
 @dataclass
 class Frame:
     """One frame of ours on the source stack (and, once planned, on the target)."""
 
-    function: dict[str, Any]
+    function: Function
     src_cfa: int
     src_pc: int  # where this frame is stopped (a return address, or the park pc)
     site: CallSite | None  # None for the innermost (park) frame
@@ -98,38 +143,49 @@ class SourceStack:
     frames: list[Frame]  # innermost first
     bottom_return: int  # the return address into musl's bottom frame (source)
     outer_cfa: int  # CFA of the outermost frame of ours: stays where it is
+    smap: StackMap | None = field(default=None, repr=False)  # once planned: stack_map()
 
 
-def _vars(function: dict[str, Any], isa: str) -> list[dict[str, Any]]:
-    return [v for v in function["isa"][isa].get("vars", []) if "cfa_offset" in v]
+def stack_map(stack: SourceStack, idx: Index) -> StackMap:
+    """The stack's StackMap, made once its target frames are planned (plan_target) and
+    shared by the stack rebuild, the pointer remap and the jmp_buf translation."""
+    if stack.smap is None:
+        stack.smap = StackMap(stack, idx)
+    return stack.smap
 
 
-def in_scope(var: dict[str, Any], pc: int) -> bool:
-    # pc is a return address or the park pc: the stopped instruction is before it
-    return not var.get("scope") or var["scope"][0] <= pc - 1 < var["scope"][1]
+def _vars(function: Function, isa: str) -> list[Var]:
+    return function.isa[isa].stack_vars
 
 
-def arch(isa: str):
-    """The module with an ISA's register, frame and musl facts."""
-    return {x86_64.ISA: x86_64, aarch64.ISA: aarch64}[isa]
+def in_scope(var: Var, pc: int) -> bool:
+    return var.in_scope(pc)
+
+
+def arch(name: str) -> Isa:
+    """The ISA object with an ISA's register, frame and musl facts."""
+    try:
+        return isa.get(name)
+    except KeyError as exc:
+        raise Untranslatable(str(exc.args[0])) from None
 
 
 def unwind(mem, regs: ThreadRegs, idx: Index) -> SourceStack:
     """Walk a parked thread from the runtime's futex wait down to musl's bottom frame,
     with the frame layouts of the metadata (each frame's CFA from its frame pointer, its
     caller's frame pointer and return address at fixed CFA offsets)."""
-    src = arch(idx.src)
-    park = idx.md["runtime"]["park_points"][idx.src]
-    if regs.pc not in (park["blocked_pc"], park["syscall_pc"]):
+    src = idx.src_isa
+    park = idx.src_park
+    if regs.pc not in (park.blocked_pc, park.syscall_pc):
         raise Untranslatable(f"thread is not parked at the runtime's futex wait "
-                             f"(pc {regs.pc:#x}, expected {park['blocked_pc']:#x})")
-    if regs.syscall_nr not in (src.SYS_FUTEX, -1, (1 << 64) - 1):
+                             f"(pc {regs.pc:#x}, expected {park.blocked_pc or 0:#x})")
+    if regs.syscall_nr not in (src.sys_futex, -1, (1 << 64) - 1):
         raise Untranslatable(f"thread is in system call {regs.syscall_nr}, not futex")
-    top_fn = idx.by_name.get(idx.md["runtime"]["park_functions"][-1])
+    top_fn = idx.by_name.get(idx.park_function or "")
     if top_fn is None:
         raise Untranslatable("the metadata lacks the runtime's park function")
     try:
-        cfa, fp, ret = src.park_frame(mem, regs, park["frame_size"])
+        cfa, fp, ret = src.park_frame(mem, regs, park.frame_size or 0)
     except ValueError as exc:
         raise Untranslatable(str(exc)) from None
     frames = [Frame(top_fn, cfa, regs.pc, None, src_sp=regs.sp)]
@@ -141,23 +197,22 @@ def unwind(mem, regs: ThreadRegs, idx: Index) -> SourceStack:
             raise Untranslatable(f"unknown return address {ret:#x} on the stack (a frame "
                                  f"without metadata)")
         f = cs.function
-        if not cs.site.get("translatable", True) or cs.twin is None:
-            raise Untranslatable(f"{f['name']}: call site at {ret:#x} has no translatable "
-                                 f"twin on {idx.dst}: {cs.site.get('untranslatable_reasons')}")
-        if f.get("instrumented") and not f.get("translatable", True):
-            raise Untranslatable(f"{f['name']} is untranslatable: "
-                                 f"{f.get('untranslatable_reasons')}")
-        frame = f["isa"][idx.src].get("frame") or {}
-        if frame.get("dynamic_sp") or not {"fp_cfa_offset", "saved_fp_cfa_offset",
-                                           "return_address_cfa_offset"} <= frame.keys():
-            raise Untranslatable(f"{f['name']}: frame layout {frame.get('cfa')} not supported")
-        caller_cfa = fp - frame["fp_cfa_offset"]
+        if not cs.site.translatable or cs.twin is None:
+            raise Untranslatable(f"{f.name}: call site at {ret:#x} has no translatable "
+                                 f"twin on {idx.dst}: {cs.site.untranslatable_reasons}")
+        if f.instrumented and not f.translatable:
+            raise Untranslatable(f"{f.name} is untranslatable: "
+                                 f"{f.untranslatable_reasons}")
+        frame = f.isa[idx.src].frame
+        if not frame.has_frame_record:
+            raise Untranslatable(f"{f.name}: frame layout {frame.cfa} not supported")
+        caller_cfa = fp - frame.fp_cfa_offset  # type: ignore[operator]
         if caller_cfa <= frames[-1].src_cfa:
             raise Untranslatable(f"broken frame chain at {fp:#x}")
         frames.append(Frame(f, caller_cfa, ret, cs,
-                            src_sp=caller_cfa + cs.site["sp_cfa_offset"]))
-        fp = mem.read_u64(caller_cfa + frame["saved_fp_cfa_offset"])
-        ret = mem.read_u64(caller_cfa + frame["return_address_cfa_offset"])
+                            src_sp=caller_cfa + cs.site.sp_cfa_offset))
+        fp = mem.read_u64(caller_cfa + frame.saved_fp_cfa_offset)  # type: ignore[operator]
+        ret = mem.read_u64(caller_cfa + frame.return_address_cfa_offset)  # type: ignore[operator]
     raise Untranslatable("frame chain too long")
 
 
@@ -167,9 +222,9 @@ def source_callee_saved(mem, stack: SourceStack, regs: ThreadRegs, idx: Index) -
     current = dict(regs.callee_saved)  # values as the innermost frame sees them
     for fr in stack.frames:  # innermost first
         fr.regs = dict(current)
-        saved = (fr.function["isa"][idx.src].get("frame") or {}).get("saved_regs", {})
+        saved = fr.function.isa[idx.src].frame.saved_regs
         for r, off in saved.items():
-            if r in arch(idx.src).CALLEE_SAVED:
+            if r in idx.src_isa.callee_saved:
                 current[r] = mem.read_u64(fr.src_cfa + off)
 
 
@@ -181,14 +236,14 @@ class StackMap:
         self.lo = min(f.src_sp for f in stack.frames)
         self.hi = stack.outer_cfa
         self.spans: list[tuple[int, int, int]] = []  # (src start, src end, dst start)
-        self.fields: dict[int, tuple[dict, dict]] = {}  # src start -> (src var, dst var)
+        self.fields: dict[int, tuple[Var, Var]] = {}  # src start -> (src var, dst var)
         for fr in stack.frames:
             if fr.site is None:
                 continue
             for sv, dv in matched_vars(fr, idx):
-                a = fr.src_cfa + sv["cfa_offset"]
-                self.spans.append((a, a + sv["type"]["size"], fr.dst_cfa + dv["cfa_offset"]))
-                if jmpbuf.holds_jmp_buf(sv):  # members sit elsewhere in the target
+                a = fr.src_cfa + sv.cfa_offset
+                self.spans.append((a, a + sv.type.size, fr.dst_cfa + dv.cfa_offset))
+                if sv.type.holds_jmp_buf:  # members sit elsewhere in the target
                     self.fields[a] = (sv, dv)
         self.spans.sort()
         self._starts = [s[0] for s in self.spans]
@@ -206,7 +261,7 @@ class StackMap:
                 s, e, d = self.spans[j]
                 if s <= addr <= e:
                     if s in self.fields:
-                        off = jmpbuf.map_offset(*self.fields[s], addr - s)
+                        off = map_offset(*self.fields[s], addr - s)
                         if off is None:
                             raise Untranslatable(f"a pointer to stack address {addr:#x} "
                                                  f"points inside a jmp_buf")
@@ -215,8 +270,18 @@ class StackMap:
         raise Untranslatable(f"a pointer to stack address {addr:#x} matches no variable slot")
 
 
-def matched_vars(fr: Frame, idx: Index,
-                 strict: bool = True) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+def map_offset(sv: Var, dv: Var, off: int) -> int | None:
+    """Where byte `off` of a source variable holding jmp_bufs lies in the target's
+    variable (a pointer to one of its members), or None inside a jmp_buf's registers."""
+    for a, b in zip(sv.type.fields, dv.type.fields, strict=False):
+        if a.offset <= off < a.offset + max(a.size, 1):
+            if a.kind == "jmp_buf":
+                return b.offset if off == a.offset else None
+            return b.offset + off - a.offset
+    return dv.type.size if off == sv.type.size else None
+
+
+def matched_vars(fr: Frame, idx: Index, strict: bool = True) -> list[tuple[Var, Var]]:
     """Pairs (source var, target var) live at this frame's stop, matched by name and
     occurrence (-O0 DWARF lists them in declaration order on both ISAs). Not strict:
     variables without a twin are left out (the runtime's syscall frame keeps some in
@@ -224,14 +289,14 @@ def matched_vars(fr: Frame, idx: Index,
     out = []
     src_vars, dst_vars = _vars(fr.function, idx.src), _vars(fr.function, idx.dst)
     seen: dict[tuple[str, str], int] = {}
-    by_key: dict[tuple[str, str, int], dict[str, Any]] = {}
+    by_key: dict[tuple[str, str, int], Var] = {}
     for v in dst_vars:
-        k = (v["name"], v["kind"])
+        k = (v.name, v.kind)
         by_key[(*k, seen.get(k, 0))] = v
         seen[k] = seen.get(k, 0) + 1
     seen.clear()
     for v in src_vars:
-        k = (v["name"], v["kind"])
+        k = (v.name, v.kind)
         n = seen.get(k, 0)
         seen[k] = n + 1
         d = by_key.get((*k, n))
@@ -239,23 +304,24 @@ def matched_vars(fr: Frame, idx: Index,
                           or not live_at_stop(fr, v)):
             continue  # no value to carry: out of scope, or not yet stored
         if d is None:
-            raise Untranslatable(f"{fr.function['name']}: variable {v['name']} has no "
+            raise Untranslatable(f"{fr.function.name}: variable {v.name} has no "
                                  f"twin on {idx.dst}")
-        if d["type"]["size"] != v["type"]["size"] and not (
-                jmpbuf.holds_jmp_buf(v) and jmpbuf.fields_match(v["type"], d["type"])):
-            raise Untranslatable(f"{fr.function['name']}: variable {v['name']} has "
-                                 f"size {v['type']['size']} on {idx.src}, "
-                                 f"{d['type']['size']} on {idx.dst}")
+        if d.type.size != v.type.size and not (
+                v.type.holds_jmp_buf and fields_match(v.type, d.type, idx.src_isa,
+                                                                idx.dst_isa)):
+            raise Untranslatable(f"{fr.function.name}: variable {v.name} has "
+                                 f"size {v.type.size} on {idx.src}, "
+                                 f"{d.type.size} on {idx.dst}")
         if in_scope(v, fr.src_pc) and in_scope(d, fr.dst_pc) and live_at_stop(fr, v):
             out.append((v, d))
     return out
 
 
-def live_at_stop(fr: Frame, var: dict[str, Any]) -> bool:
+def live_at_stop(fr: Frame, var: Var) -> bool:
     """A frame stopped at its entry hook has stored only its parameters: its locals
     hold stale bytes (old stack addresses among them) that nothing reads before writing."""
-    return not (fr.site is not None and fr.site.site.get("kind") == "enter_hook"
-                and var.get("kind") == "local")
+    return not (fr.site is not None and fr.site.site.kind == "enter_hook"
+                and var.kind == "local")
 
 
 def plan_target(stack: SourceStack, idx: Index) -> None:
@@ -268,101 +334,19 @@ def plan_target(stack: SourceStack, idx: Index) -> None:
         fr = frames[i]
         fr.dst_cfa = cfa
         if fr.site is None:  # the park frame: stopped at the park pc
-            fr.dst_pc = idx.md["runtime"]["park_points"][idx.dst]["blocked_pc"]
+            fr.dst_pc = idx.dst_park.blocked_pc or 0
             break
-        fr.dst_pc = fr.site.twin["return_address"]
-        sp = cfa + fr.site.twin["sp_cfa_offset"]
+        twin = fr.site.twin
+        assert twin is not None  # unwind refuses a call site without one
+        fr.dst_pc = twin.return_address
+        sp = cfa + twin.sp_cfa_offset
         if sp % 16:
-            raise Untranslatable(f"{fr.function['name']}: target SP {sp:#x} misaligned")
+            raise Untranslatable(f"{fr.function.name}: target SP {sp:#x} misaligned")
         cfa = sp  # the callee's CFA is the caller's SP at the call
 
 
 def lowest_target_sp(stack: SourceStack, idx: Index) -> int:
-    park = idx.md["runtime"]["park_points"][idx.dst]
-    return stack.frames[0].dst_cfa - park["frame_size"]
-
-
-def write_target(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMap,
-                 bottom_ret: int) -> dict[str, int]:
-    """Write every target frame; returns the callee-saved register values the innermost
-    frame must find in its registers, plus the park frame's frame pointer (and, on
-    aarch64, where that leaf keeps its frame record: x29/x30)."""
-    dst = arch(idx.dst)
-    expected: dict[str, int] = {}  # value each callee-saved register must hold now
-    frames = stack.frames
-    for i in range(len(frames) - 1, -1, -1):
-        fr = frames[i]
-        caller = frames[i + 1] if i + 1 < len(frames) else None
-        own_ret = caller.dst_pc if caller else bottom_ret
-        if fr.site is None:  # the park frame
-            _copy_vars(src_mem, dst_mem, fr, idx, smap, strict=False, stack=stack,
-                       bottom_ret=bottom_ret)
-            return {**expected, **dst.write_park_frame(
-                dst_mem, fr.dst_cfa, caller.dst_cfa + _fp_off(caller, idx), own_ret)}
-        meta = fr.function["isa"][idx.dst]
-        fmeta = meta.get("frame") or {}
-        if fmeta.get("dynamic_sp") or "saved_fp_cfa_offset" not in fmeta:
-            raise Untranslatable(f"{fr.function['name']}: no fixed {idx.dst} frame layout")
-        # frame record
-        caller_fp = caller.dst_cfa + _fp_off(caller, idx) if caller else 0  # 0 ends the chain
-        dst_mem.write_u64(fr.dst_cfa + fmeta["saved_fp_cfa_offset"], caller_fp)
-        dst_mem.write_u64(fr.dst_cfa + fmeta["return_address_cfa_offset"], own_ret)
-        # callee-saved registers this function saved in its prologue: the values its
-        # caller needs back
-        saved = fmeta.get("saved_regs", {})
-        for r, off in saved.items():
-            if r in dst.CALLEE_SAVED:
-                dst_mem.write_u64(fr.dst_cfa + off, expected.get(r, 0))
-        # this frame's own live values at its call site
-        live = fr.site.twin.get("live_callee_saved", [])
-        # aarch64 instrumented functions keep their return address in a callee-saved
-        # register for the exit hook
-        lr_copy = (fr.function.get("park_point") or {}).get("aarch64_lr_copy") \
-            if idx.dst == aarch64.ISA else None
-        temps_dst = fr.site.twin.get("callee_saved_temps", [])
-        temps_src = fr.site.site.get("callee_saved_temps", [])
-        for r in saved:
-            if r in dst.CALLEE_SAVED:
-                expected[r] = 0  # clobbered here, dead unless live below
-        for r in live:
-            if r not in saved:
-                raise Untranslatable(f"{fr.function['name']}: {r} live but not saved")
-            if r == lr_copy:
-                expected[r] = own_ret
-            elif r in temps_dst:
-                k = temps_dst.index(r)
-                if k >= len(temps_src):
-                    raise Untranslatable(f"{fr.function['name']}: temporary in {r} has "
-                                         f"no source value")
-                expected[r] = translate_value(fr.regs[temps_src[k]], None, smap, idx)
-            else:
-                raise Untranslatable(f"{fr.function['name']}: unknown live value in {r} "
-                                     f"at {fr.dst_pc:#x}")
-        _copy_vars(src_mem, dst_mem, fr, idx, smap, stack=stack, bottom_ret=bottom_ret)
-    raise Untranslatable("stack has no park frame")
-
-
-def _copy_vars(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap,
-               strict: bool = True, stack: SourceStack | None = None,
-               bottom_ret: int = 0) -> None:
-    """Variables slot to slot; pointers inside them (pointer_offsets) translated;
-    variables holding a jmp_buf member by member (jmpbuf.py)."""
-    for sv, dv in matched_vars(fr, idx, strict):
-        raw = bytearray(read_stack(src_mem, fr.src_cfa + sv["cfa_offset"],
-                                   sv["type"]["size"]))
-        if jmpbuf.holds_jmp_buf(sv):
-            if stack is None:
-                raise Untranslatable(f"{fr.function['name']}: jmp_buf {sv['name']} "
-                                     f"without its stack")
-            dst_mem.write(fr.dst_cfa + dv["cfa_offset"], jmpbuf.copy_var(
-                bytes(raw), sv, dv, f"{fr.function['name']}: {sv['name']}", stack, idx,
-                smap, bottom_ret))
-            continue
-        for po in sv["type"].get("pointer_offsets", []):
-            if po + 8 <= len(raw):
-                v = int.from_bytes(raw[po:po + 8], "little")
-                raw[po:po + 8] = translate_value(v, sv, smap, idx).to_bytes(8, "little")
-        dst_mem.write(fr.dst_cfa + dv["cfa_offset"], bytes(raw))
+    return stack.frames[0].dst_cfa - (idx.dst_park.frame_size or 0)
 
 
 def read_stack(mem, addr: int, n: int) -> bytes:
@@ -380,11 +364,12 @@ def read_stack(mem, addr: int, n: int) -> bytes:
         return bytes(out)
 
 
-def _fp_off(fr: Frame, idx: Index) -> int:
-    return (fr.function["isa"][idx.dst].get("frame") or {}).get("fp_cfa_offset", 0)
+def fp_offset(fr: Frame, idx: Index) -> int:
+    """Where a frame's frame pointer points on the target, from its CFA."""
+    return fr.function.isa[idx.dst].frame.fp_cfa_offset or 0
 
 
-def translate_value(v: int, var: dict[str, Any] | None, smap: StackMap, idx: Index) -> int:
+def translate_value(v: int, var: Var | None, smap: StackMap, idx: Index) -> int:
     """A pointer-sized value: stack addresses move with their variable; return
     addresses go to their twins; everything else (heap, data, function addresses:
     aligned by the toolchain) stays."""

@@ -9,12 +9,9 @@ address, the rebuilt frame's SP and FP, and the callee-saved values the target c
 expects there (aarch64 GCC's copy of the frame's own return address, temporaries
 matched like a parked frame's, everything else dead at -O0).
 
-musl 1.2's layouts (facts read off its setjmp/longjmp code, both ISAs):
-- x86-64 `__jb` (8 words): rbx, rbp, r12, r13, r14, r15, rsp (after the return), rip.
-- aarch64 `__jb` (22 words): x19..x28, x29, x30 (the return address), an unused word,
-  sp, d8..d15.
-Then `__fl` (sigsetjmp's "mask saved" flag) and `__ss` (the signal mask, 128 bytes) on
-both: copied as they are.
+musl 1.2's `__jb` layouts are facts of each ISA object (isa/*.py: `jmpbuf`); `__fl`
+(sigsetjmp's "mask saved" flag) and `__ss` (the signal mask) follow on every ISA and are
+copied as they are.
 
 The variable holding the jmp_buf (lua's `struct lua_longjmp`) has another size and
 member offsets per ISA: the toolchain's metadata lists its leaves (type "fields") on
@@ -23,25 +20,24 @@ both ISAs and the copy goes leaf by leaf.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from docker_hmigrate.recode.frames import Frame, Index, SourceStack, StackMap
-
+from docker_hmigrate.recode.frames import (  # noqa: F401 - map_offset re-exported
+    Frame,
+    Index,
+    SourceStack,
+    StackMap,
+    Untranslatable,
+    fp_offset,
+    map_offset,
+    stack_map,
+    translate_value,
+)
+from docker_hmigrate.toolchain.contract import Var
 from docker_hmigrate.toolchain.jmpbuf_layout import (  # noqa: F401 - re-exported
-    AARCH64,
-    LAYOUTS,
     SETJMP_NAMES,
     SIGSETJMP_NAMES,
-    X86_64,
-    X86_REGS,
     Layout,
     fields_match,
 )
-
-
-def holds_jmp_buf(var: dict[str, Any]) -> bool:
-    return "jmp_buf" in var["type"].get("holds", ())
 
 
 def _u64(raw: bytes, off: int) -> int:
@@ -51,9 +47,7 @@ def _u64(raw: bytes, off: int) -> int:
 def translate(raw: bytes, where: str, stack: SourceStack, idx: Index, smap: StackMap,
               bottom_ret: int) -> bytes:
     """One jmp_buf from idx.src's layout to idx.dst's."""
-    from docker_hmigrate.recode.frames import Untranslatable, _fp_off, translate_value
-
-    sl, dl = LAYOUTS[idx.src], LAYOUTS[idx.dst]
+    sl, dl = idx.src_isa.jmpbuf, idx.dst_isa.jmpbuf
     if len(raw) != sl.size:
         raise Untranslatable(f"{where}: a jmp_buf of {len(raw)} bytes is not musl's "
                              f"{idx.src} layout")
@@ -66,77 +60,61 @@ def translate(raw: bytes, where: str, stack: SourceStack, idx: Index, smap: Stac
     if cs is None or cs.twin is None:
         raise Untranslatable(f"{where}: jmp_buf saved at {pc:#x}, not a call site with a "
                              f"{idx.dst} twin (setjmp from code without metadata?)")
-    fname = cs.function["name"]
-    at = f"{cs.function.get('file') or '?'}:{cs.site.get('line')}"
+    fname = cs.function.name
+    at = f"{cs.function.file or '?'}:{cs.site.line}"
     frames = stack.frames
     k = next((i for i, fr in enumerate(frames) if fr.site is not None
-              and fr.function is cs.function and fr.src_cfa + cs.site["sp_cfa_offset"] == sp),
+              and fr.function is cs.function and fr.src_cfa + cs.site.sp_cfa_offset == sp),
              None)
     if k is None:
         raise Untranslatable(f"{where}: jmp_buf of setjmp in {fname} ({at}) belongs to a "
                              f"frame no longer on the stack")
     fr: Frame = frames[k]
-    src_fp = fr.src_cfa + (fr.function["isa"][idx.src].get("frame") or {}).get(
-        "fp_cfa_offset", 0)
+    src_fp = fr.src_cfa + (fr.function.isa[idx.src].frame.fp_cfa_offset or 0)
     if fp != src_fp:
         raise Untranslatable(f"{where}: jmp_buf of {fname} ({at}) holds frame pointer "
                              f"{fp:#x}, the frame's is {src_fp:#x}")
     own_ret = frames[k + 1].dst_pc if k + 1 < len(frames) else bottom_ret
     twin = cs.twin
     src_regs = {r: _u64(raw, o) for r, o in sl.regs.items()}
-    lr_copy = (cs.function.get("park_point") or {}).get("aarch64_lr_copy") \
-        if idx.dst == AARCH64 else None
-    temps_src = cs.site.get("callee_saved_temps", [])
-    temps_dst = twin.get("callee_saved_temps", [])
+    lr_copy = cs.function.park_point.lr_copy(idx.dst)
+    temps_src = cs.site.callee_saved_temps
+    temps_dst = twin.callee_saved_temps
     vals: dict[str, int] = {}
-    for r in twin.get("live_callee_saved", []):
+    for r in twin.live_callee_saved:
         if r == lr_copy:
             vals[r] = own_ret
         elif r in temps_dst and temps_dst.index(r) < len(temps_src):
             vals[r] = translate_value(src_regs[temps_src[temps_dst.index(r)]], None, smap,
                                       idx)
-        elif r not in ("rbp", "x29"):  # the frame pointer, set below
+        elif r != idx.dst_isa.fp:  # the frame pointer, set below
             raise Untranslatable(f"{where}: {idx.dst} code after setjmp in {fname} ({at}) "
                                  f"needs {r}, which has no source value")
-    dst_fp = fr.dst_cfa + _fp_off(fr, idx)
+    dst_fp = fr.dst_cfa + fp_offset(fr, idx)
     for r, o in dl.regs.items():
         out[o:o + 8] = vals.get(r, 0).to_bytes(8, "little")
     out[dl.fp:dl.fp + 8] = dst_fp.to_bytes(8, "little")
-    out[dl.pc:dl.pc + 8] = twin["return_address"].to_bytes(8, "little")
-    out[dl.sp:dl.sp + 8] = (fr.dst_cfa + twin["sp_cfa_offset"]).to_bytes(8, "little")
+    out[dl.pc:dl.pc + 8] = twin.return_address.to_bytes(8, "little")
+    out[dl.sp:dl.sp + 8] = (fr.dst_cfa + twin.sp_cfa_offset).to_bytes(8, "little")
     return bytes(out)
 
 
-def copy_var(raw: bytes, sv: dict[str, Any], dv: dict[str, Any], where: str,
+def copy_var(raw: bytes, sv: Var, dv: Var, where: str,
              stack: SourceStack, idx: Index, smap: StackMap, bottom_ret: int) -> bytes:
     """A variable whose type holds jmp_bufs, leaf by leaf into the target's layout."""
-    from docker_hmigrate.recode.frames import Untranslatable, translate_value
-
-    if not fields_match(sv["type"], dv["type"]):
-        raise Untranslatable(f"{where}: {sv['type']['name']} holds a jmp_buf in a layout "
+    if not fields_match(sv.type, dv.type, idx.src_isa, idx.dst_isa):
+        raise Untranslatable(f"{where}: {sv.type.name} holds a jmp_buf in a layout "
                              f"this recode cannot map member by member")
-    out = bytearray(dv["type"]["size"])
-    for a, b in zip(sv["type"]["fields"], dv["type"]["fields"], strict=True):
-        chunk = raw[a["offset"]:a["offset"] + a["size"]]
-        if a["kind"] == "jmp_buf":
-            chunk = translate(chunk, f"{where}.{a['path']}", stack, idx, smap, bottom_ret)
-        elif a["kind"] == "pointer" and a["size"] == 8:
+    out = bytearray(dv.type.size)
+    for a, b in zip(sv.type.fields, dv.type.fields, strict=True):
+        chunk = raw[a.offset:a.offset + a.size]
+        if a.kind == "jmp_buf":
+            chunk = translate(chunk, f"{where}.{a.path}", stack, idx, smap, bottom_ret)
+        elif a.kind == "pointer" and a.size == 8:
             chunk = translate_value(int.from_bytes(chunk, "little"), None, smap,
                                     idx).to_bytes(8, "little")
-        out[b["offset"]:b["offset"] + len(chunk)] = chunk
+        out[b.offset:b.offset + len(chunk)] = chunk
     return bytes(out)
-
-
-def map_offset(sv: dict[str, Any], dv: dict[str, Any], off: int) -> int | None:
-    """Where byte `off` of a source variable holding jmp_bufs lies in the target's
-    variable (a pointer to one of its members), or None inside a jmp_buf's registers."""
-    for a, b in zip(sv["type"].get("fields") or [], dv["type"].get("fields") or [],
-                    strict=False):
-        if a["offset"] <= off < a["offset"] + max(a["size"], 1):
-            if a["kind"] == "jmp_buf":
-                return b["offset"] if off == a["offset"] else None
-            return b["offset"] + off - a["offset"]
-    return dv["type"]["size"] if off == sv["type"]["size"] else None
 
 
 PROT_WRITE, MAP_SHARED = 2, 0x01
@@ -151,21 +129,18 @@ def outside_stacks(dst, plans, idx: Index) -> dict[int, int]:
     undefined) and gets zero registers, so a use crashes instead of jumping into wrong
     state; any other (in the heap, or inside a bigger static object) is refused.
     Returns per process how many were translated."""
-    from docker_hmigrate.recode.frames import StackMap
-
-    sl, dl = LAYOUTS[idx.src], LAYOUTS[idx.dst]
-    ras = {ra: cs for ra, cs in idx.calls.items() if cs.site.get("target") in SETJMP_NAMES}
+    sl, dl = idx.src_isa.jmpbuf, idx.dst_isa.jmpbuf
+    ras = idx.setjmp_calls(SETJMP_NAMES)
     if not ras:
         return {}
-    objs = {s[idx.src][0]: s for s in idx.md.get("symbols", [])
-            if s.get("kind") == "object" and s.get(idx.src) and s.get(idx.dst)}
+    objs = idx.objects
     done: dict[int, int] = {}
     for pid, threads in plans.items():
         mem = dst.memory(pid)
         vmas = dst.mm(pid).vmas
         stacks = [next(((v.start, v.end) for v in vmas if v.start <= regs.sp < v.end),
                        (regs.sp, st.outer_cfa)) for _, regs, st in threads]
-        maps = [(st, StackMap(st, idx)) for _, _, st in threads]
+        maps = [(st, stack_map(st, idx)) for _, _, st in threads]
         done[pid] = 0
         for v in vmas:
             if not v.prot & PROT_WRITE or v.flags & MAP_SHARED or \
@@ -179,10 +154,12 @@ def outside_stacks(dst, plans, idx: Index) -> dict[int, int]:
                 a0, a1 = max(run.vaddr, v.start), min(run.end, v.end)
                 data = mem.read(a0, a1 - a0)
                 for ra, cs in ras.items():
-                    needle = ra.to_bytes(8, "little")
+                    word = ra.to_bytes(8, "little")
+                    # the address's significant bytes only (find skips on the last one)
+                    needle = word[:max(1, (ra.bit_length() + 7) // 8)]
                     i = data.find(needle)
                     while i >= 0:
-                        if i % 8 == 0:
+                        if i % 8 == 0 and data[i:i + 8] == word:
                             base = a0 + i - sl.pc
                             _static(mem, base, objs.get(base), cs, maps, idx, sl, dl)
                             done[pid] += 1
@@ -191,17 +168,16 @@ def outside_stacks(dst, plans, idx: Index) -> dict[int, int]:
 
 
 def _static(mem, base: int, sym, cs, maps, idx: Index, sl: Layout, dl: Layout) -> None:
-    from docker_hmigrate.recode.frames import Untranslatable
-
-    at = f"{cs.function['name']} ({cs.function.get('file') or '?'}:{cs.site.get('line')})"
-    if sym is None or sym[idx.src][1] != sl.size or sym[idx.dst][1] != dl.size:
+    at = f"{cs.function.name} ({cs.function.file or '?'}:{cs.site.line})"
+    if sym is None or (sym.at(idx.src) or (0, 0))[1] != sl.size \
+            or (sym.at(idx.dst) or (0, 0))[1] != dl.size:
         raise Untranslatable(f"a jmp_buf saved by setjmp in {at} lies at {base:#x}, outside "
                              f"the stack and not a static jmp_buf variable (in the heap, or "
                              f"inside a bigger object): not translated yet")
     raw = mem.read(base, sl.size)
     for stack, smap in maps:
         try:
-            mem.write(base, translate(raw, sym["name"], stack, idx, smap,
+            mem.write(base, translate(raw, sym.name, stack, idx, smap,
                                       idx.bottoms.get(stack.bottom_return, 0)))
             return
         except Untranslatable as exc:

@@ -10,8 +10,10 @@ from typing import Any
 
 from docker_hmigrate.criu import schema
 from docker_hmigrate.criu.memory import PAGE_SIZE, PE_PRESENT, entry_flags, entry_nr_pages
-from docker_hmigrate.recode import shared
+from docker_hmigrate.isa import PTHREAD_COMMON_SIZE
+from docker_hmigrate.recode import shared, stackrefs
 from docker_hmigrate.recode.frames import Index, Untranslatable, arch
+from docker_hmigrate.toolchain.contract import Metadata
 
 # vma_entry.status bits (CRIU's VMA_AREA_*)
 VMA_AREA_REGULAR = 1 << 0
@@ -26,7 +28,6 @@ AT = {"AT_PHDR": 3, "AT_PHENT": 4, "AT_PHNUM": 5, "AT_ENTRY": 9, "AT_HWCAP": 16,
       "AT_PLATFORM": 15, "AT_SYSINFO_EHDR": 33, "AT_HWCAP2": 26, "AT_MINSIGSTKSZ": 51}
 PF_X, PF_W, PF_R = 1, 2, 4
 PROT_READ, PROT_WRITE, PROT_EXEC = 1, 2, 4
-EM = {"x86-64": 62, "aarch64": 183}
 SA_RESTORER = 0x04000000
 
 
@@ -43,9 +44,9 @@ class TargetFacts:
     thread: Any = None  # a native thread_info of the target ISA (x86-64: FPU layout)
 
     def aux(self, isa: str, key: str) -> int:
-        default = {"AT_HWCAP": "HWCAP", "AT_HWCAP2": "HWCAP2",
-                   "AT_MINSIGSTKSZ": "MINSIGSTKSZ"}[key]
-        return self.auxv.get(AT[key], getattr(arch(isa), default))
+        default = {"AT_HWCAP": "hwcap", "AT_HWCAP2": "hwcap2",
+                   "AT_MINSIGSTKSZ": "minsigstksz"}[key]
+        return self.auxv.get(AT[key], getattr(arch(isa).auxv, default))
 
 
 def page_down(a: int) -> int:
@@ -189,26 +190,26 @@ def rewrite_exe(imgset, pid: int, program_path: str, target: Elf) -> None:
     reg.size = target.size
 
 
-def isa_only_data(imgset, pid: int, md: dict, target: Elf, binary: bytes) -> list[str]:
+def isa_only_data(imgset, pid: int, md: Metadata, target: Elf, binary: bytes) -> list[str]:
     """The writable regions' per-ISA tails (after the units both ISAs share: the
     target's .init_array/.fini_array/.got and its ISA-only objects) take the target
     file's bytes, the bss tail zeros: the dumped bytes there are the source's own."""
     mem = imgset.memory(pid)
     done = []
-    regions = (md.get("layout") or {}).get("regions") or {}
+    regions = md.layout.regions
     for name in ("data", "bss"):
         r = regions.get(name)
         if not r:
             continue
-        start = int(r["base"], 16) + r["common_size"]
+        start = r.base + r.common_size
         for off, vaddr, filesz, memsz, flags in target.loads:
             if not flags & PF_W or not vaddr <= start <= vaddr + memsz:
                 continue
             end = vaddr + memsz if name == "bss" else vaddr + filesz
             if name == "data":
                 # up to the end of the page: the rest of the source's tail goes too
-                end = max(end, min(page_up(end), int(regions.get("bss", {}).get(
-                    "base", hex(page_up(end))), 16)))
+                bss = regions.get("bss")
+                end = max(end, min(page_up(end), bss.base if bss else page_up(end)))
             for run in mem.runs:
                 a, b = max(start, run.vaddr), min(end, run.end)
                 if a >= b or run.offset is None:
@@ -230,7 +231,7 @@ def special_areas(imgset, pid: int) -> dict[str, list]:
 
 
 def rewrite_special(imgset, pid: int, target_maps: dict[str, list[tuple[int, int]]],
-                    vdso_image: bytes | None, machine: int = 183) -> tuple[int, int]:
+                    vdso_image: bytes | None, machine: int) -> tuple[int, int]:
     """Drop [vsyscall]; [vvar] and [vdso] keep the vDSO's address but get the target
     kernel's sizes, and the dumped vDSO pages are replaced. Returns the source vDSO range
     (pointers into it must not survive)."""
@@ -277,7 +278,7 @@ def _size(ranges, default: int) -> int:
     return ranges[0][1] - ranges[0][0] if ranges else default
 
 
-def empty_vdso(size: int, machine: int = 183) -> bytes:
+def empty_vdso(size: int, machine: int) -> bytes:
     """A valid vDSO-shaped ELF that defines no symbol. CRIU's restorer parses the
     dumped vDSO and, finding none of the kernel's symbols, keeps it as a proxy; musl
     finds no clock_gettime in it and uses the system call. Used when the target
@@ -338,7 +339,7 @@ def rewrite_auxv(imgset, pid: int, target: Elf, src_vdso: tuple[int, int], isa: 
     new = [(k, values.get(k, v)) for k, v in pairs]
     mem = imgset.memory(pid)
     platform = dict(pairs).get(AT["AT_PLATFORM"])
-    name = facts.platform or arch(isa).PLATFORM
+    name = facts.platform or arch(isa).auxv.platform
     if platform:
         cur = mem.read(platform, len(name))
         end = cur.find(b"\0")  # the old string's NUL, if within the new one's length
@@ -354,7 +355,7 @@ def rewrite_auxv(imgset, pid: int, target: Elf, src_vdso: tuple[int, int], isa: 
     # has, within its CRIU's AT_VECTOR_SIZE (restore refuses a longer vector); the copy
     # on the stack, which the program reads, keeps every pair.
     saved = [(k, v) for k, v in new if not facts.auxv or k in facts.auxv]
-    saved = saved[:arch(isa).CRIU_AUXV_SIZE // 2 - 1] + [(0, 0)]
+    saved = saved[:arch(isa).auxv.criu_auxv_size // 2 - 1] + [(0, 0)]
     del mm.mm_saved_auxv[:]
     mm.mm_saved_auxv.extend(x for kv in saved for x in kv)
     lo, hi = src_vdso
@@ -369,27 +370,28 @@ def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
     Also writes the target HWCAP into musl's __hwcap. Returns what was changed."""
     mem = imgset.memory(pid)
     mm = imgset.mm(pid)
-    syms = {s["name"]: s for s in idx.md["symbols"]}
+    sym = idx.md.symbol
     changed = []
-    cache = syms.get("clock_gettime.lo::vdso_func") or syms.get("vdso_func")
-    init = syms.get("cgt_init")
+    cache = sym("clock_gettime.lo::vdso_func") or sym("vdso_func")
+    init = sym("cgt_init")
     lo, hi = src_vdso
     vdso = next(v for v in mm.vmas if v.status & VMA_AREA_VDSO)
     # the source vDSO's code: [base, old end); base itself is AT_SYSINFO_EHDR, valid on
     # both (a mapping just below ends exactly at the vvar start: not a vDSO pointer)
     base, vdso_end = vdso.start, max(vdso.end, hi)
-    if cache and cache.get(idx.dst) and init and init.get(idx.dst):
-        a = cache[idx.src][0]
+    a = cache.addr(idx.src) if cache else None
+    if cache and cache.at(idx.dst) and init and init.at(idx.dst) and a is not None:
         v = mem.read_u64(a) if mem.contains(a, 8) else None
-        if v is not None and v != init[idx.src][0]:
+        if v is not None and v != init.addr(idx.src):
             if not (lo <= v < hi or v == 0):
                 raise Untranslatable(f"musl's vdso_func holds {v:#x}")
-            mem.write_u64(a, init[idx.dst][0])
+            mem.write_u64(a, init.addr(idx.dst))
             changed.append(f"vdso_func {v:#x} -> cgt_init")
-    hw = syms.get("__hwcap")
-    if hw and hw.get(idx.src) and hw[idx.src][0] == (hw.get(idx.dst) or [None])[0]:
-        if mem.contains(hw[idx.src][0], 8):
-            mem.write_u64(hw[idx.src][0], hwcap)
+    hw = sym("__hwcap")
+    hw_at = hw.addr(idx.src) if hw else None
+    if hw_at is not None and hw_at == hw.addr(idx.dst):  # type: ignore[union-attr]
+        if mem.contains(hw_at, 8):
+            mem.write_u64(hw_at, hwcap)
     # any other word pointing into the old vDSO/vvar is a cache we cannot translate
     for v in mm.vmas:
         if not v.prot & PROT_WRITE or v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
@@ -399,26 +401,24 @@ def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
                 continue
             a0, a1 = max(run.vaddr, v.start), min(run.end, v.end)
             data = mem.read(a0, a1 - a0)
-            words = struct.unpack(f"<{len(data) // 8}Q", data)
-            for i, w in enumerate(words):
-                if base < w < vdso_end:  # inside the vDSO's code, not its start
-                    addr = a0 + 8 * i
-                    if any(s <= addr < e for s, e in skip):
-                        continue
-                    raise Untranslatable(f"memory at {addr:#x} holds a pointer into the "
-                                         f"source vDSO ({w:#x})")
+            for off in stackrefs.words_in(data, base + 1, vdso_end):  # not its start
+                addr = a0 + off
+                if any(s <= addr < e for s, e in skip):
+                    continue
+                w = int.from_bytes(data[off:off + 8], "little")
+                raise Untranslatable(f"memory at {addr:#x} holds a pointer into the "
+                                     f"source vDSO ({w:#x})")
     return changed
 
 
-def translate_pthread(src_mem, dst_mem, tp: int, src_isa: str = "x86-64",
-                      dst_isa: str = "aarch64") -> int:
+def translate_pthread(src_mem, dst_mem, tp: int, src_isa: str, dst_isa: str) -> int:
     """musl's struct pthread from the source ISA's field order to the target's, at the
     same address (so pthread_t values, the thread list and robust list heads stay
     valid). Takes the source thread pointer, returns the target's."""
     s_isa, d_isa = arch(src_isa), arch(dst_isa)
-    x, a = s_isa.PTHREAD, d_isa.PTHREAD
+    x, a = s_isa.pthread, d_isa.pthread
     td = s_isa.pthread_at(tp)
-    raw = src_mem.read(td, s_isa.PTHREAD_SIZE)
+    raw = src_mem.read(td, x.size)
 
     def word(off: int) -> int:
         return int.from_bytes(raw[off:off + 8], "little")
@@ -428,11 +428,11 @@ def translate_pthread(src_mem, dst_mem, tp: int, src_isa: str = "x86-64",
     head = word(x["robust_head"])
     if head not in (0, td + x["robust_head"]):
         raise Untranslatable("a thread holds robust mutexes (kernel robust list)")
-    out = bytearray(d_isa.PTHREAD_SIZE)
+    out = bytearray(a.size)
     for name in ("self", "prev", "next", "sysinfo", "canary", "dtv"):
         out[a[name]:a[name] + 8] = raw[x[name]:x[name] + 8]
-    # tid .. stdio_locks: the same fields in the same order on both ISAs
-    n = s_isa.PTHREAD_COMMON_SIZE
+    # tid .. stdio_locks: the same fields in the same order on every ISA
+    n = PTHREAD_COMMON_SIZE
     out[a["common"]:a["common"] + n] = raw[x["common"]:x["common"] + n]
     if head:
         out[a["robust_head"]:a["robust_head"] + 8] = (td + a["robust_head"]).to_bytes(8, "little")
@@ -442,8 +442,8 @@ def translate_pthread(src_mem, dst_mem, tp: int, src_isa: str = "x86-64",
 
 def translate_sigactions(tc, idx: Index) -> None:
     """Handlers are aligned functions; the source's SA_RESTORER trampoline becomes musl's
-    target __restore_rt (signal numbers and SA_* flags are the same on both). x86-64's
-    kernel delivers no signal to a handler without a restorer: it gets musl's."""
+    target __restore_rt (signal numbers and SA_* flags are the same on both). A kernel
+    that delivers no signal to a handler without a restorer (x86-64's) gets musl's."""
     for i, sa in enumerate(tc.sigactions):
         if sa.sigaction in (0, 1):
             continue
@@ -456,13 +456,13 @@ def translate_sigactions(tc, idx: Index) -> None:
             if r is None:
                 raise Untranslatable(f"signal {i + 1} restorer {sa.restorer:#x} unknown")
             sa.restorer = r
-        elif idx.dst == "x86-64":
+        elif idx.dst_isa.needs_sa_restorer:
             sa.flags |= SA_RESTORER
             sa.restorer = restore_rt(idx)
 
 
 def restore_rt(idx: Index) -> int:
-    for s in idx.md["symbols"]:
-        if s["name"] == "__restore_rt" and s.get(idx.dst):
-            return s[idx.dst][0]
+    s = idx.md.symbol("__restore_rt")
+    if s is not None and s.at(idx.dst):
+        return s.addr(idx.dst)  # type: ignore[return-value]
     raise Untranslatable(f"musl's __restore_rt is not in the {idx.dst} binary's symbols")

@@ -161,8 +161,7 @@ def _forbidden_ranges(imgset, idx: Index) -> list[tuple[int, int, str]]:
         mm = imgset.mm(pid)
         sps = set()
         for tid in imgset.threads(pid):
-            ti = imgset.core(tid).thread_info
-            sps.add(ti.gpregs.sp)
+            sps.add(idx.src_isa.read_regs(imgset.core(tid)).sp)
         for v in mm.vmas:
             if v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR | VMA_AREA_VSYSCALL):
                 out.append((v.start, v.end, "the vDSO/vvar"))
@@ -171,9 +170,9 @@ def _forbidden_ranges(imgset, idx: Index) -> list[tuple[int, int, str]]:
                 out.append((v.start, v.end, "a thread stack"))
             elif v.shmid == mm.exe_file_id and v.prot & PROT_EXEC:
                 out.append((v.start, v.end, "code"))
-    for name, r in ((idx.md.get("layout") or {}).get("regions") or {}).items():
-        lo = int(r["base"], 16) + r["common_size"]
-        hi = int(r["base"], 16) + r["max_size"]
+    for name, r in idx.md.layout.regions.items():
+        lo = r.base + r.common_size
+        hi = r.base + r.max_size
         if lo < hi:
             out.append((lo, hi, f"the ISA-only part of .{name}"))
     return out
@@ -188,8 +187,8 @@ def check_contents(imgset, idx: Index) -> list[str]:
     ranges = sorted(_forbidden_ranges(imgset, idx))
     for pid in imgset.pids:
         for tid in imgset.threads(pid):
-            g = imgset.core(tid).thread_info
-            for what, a in (("stack pointer", g.gpregs.sp), ("thread pointer", g.gpregs.fs_base)):
+            regs = idx.src_isa.read_regs(imgset.core(tid))
+            for what, a in (("stack pointer", regs.sp), ("thread pointer", regs.tp)):
                 for obj in objs.values():
                     for _p, v in obj.vmas:
                         if v.start <= a < v.end:

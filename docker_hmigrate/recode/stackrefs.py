@@ -26,7 +26,7 @@ def remap(dst, plans, idx: frames.Index) -> dict[int, dict[str, int]]:
     them, after the stacks are rebuilt (their target CFAs are planned)."""
     report: dict[int, dict[str, int]] = {}
     for pid, threads in plans.items():
-        maps = [frames.StackMap(stack, idx) for _, _, stack in threads]
+        maps = [frames.stack_map(stack, idx) for _, _, stack in threads]
         # rebuilt areas: from the lowest SP of either layout to the outermost CFA
         rebuilt = [(min(m.lo, frames.lowest_target_sp(st, idx)), m.hi)
                    for m, (_, _, st) in zip(maps, threads, strict=True)]
@@ -42,7 +42,7 @@ def remap(dst, plans, idx: frames.Index) -> dict[int, dict[str, int]]:
                 a0, a1 = max(run.vaddr, v.start), min(run.end, v.end)
                 data = mem.read(a0, a1 - a0)
                 for smap in maps:
-                    for off in _candidates(data, smap.lo, smap.hi):
+                    for off in words_in(data, smap.lo, smap.hi):
                         addr = a0 + off
                         if any(lo <= addr < hi for lo, hi in rebuilt):
                             continue
@@ -59,15 +59,22 @@ def remap(dst, plans, idx: frames.Index) -> dict[int, dict[str, int]]:
     return report
 
 
-def _candidates(data: bytes, lo: int, hi: int):
-    """Offsets of 8-aligned words in [lo, hi): found by their upper 32 bits (a stack
-    spans far less than 4 GiB), with bytes.find instead of a loop over every word."""
-    for top in range(lo >> 32, ((hi - 1) >> 32) + 1):
-        needle = top.to_bytes(4, "little")
-        i = data.find(needle, 4)
+def words_in(data: bytes, lo: int, hi: int):
+    """Offsets of 8-aligned words in [lo, hi), with bytes.find instead of a loop over
+    every word: found by their upper bits, as many as leave at most a few needles (the
+    frames of one stack span a few pages: the upper 48 bits, which heap pointers near
+    the stack mapping do not share)."""
+    shift = next((b for b in (16, 24, 32) if ((hi - 1) >> b) - (lo >> b) < 4), 40)
+    k = shift // 8
+    # A user address's top two bytes are 0: left out of the needle (bytes.find skips
+    # ahead on the needle's last byte, and zero bytes are everywhere); checked below.
+    width = 6 if hi <= 1 << 48 else 8
+    for top in range(lo >> shift, ((hi - 1) >> shift) + 1):
+        needle = top.to_bytes(width - k, "little")
+        i = data.find(needle, k)
         while i >= 0:
-            if i % 8 == 4:
-                off = i - 4
+            if i % 8 == k:
+                off = i - k
                 w = int.from_bytes(data[off:off + 8], "little")
                 if lo <= w < hi:
                     yield off

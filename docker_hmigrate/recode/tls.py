@@ -2,14 +2,15 @@
 
 x86-64 is TLS variant 2 (thread pointer = struct pthread, TLS block just below it, dtv
 at the start of the thread's TLS area); aarch64 is variant 1 (thread pointer = just past
-struct pthread, TLS block GAP_ABOVE_TP=16 bytes above it rounded to the block's
+struct pthread, TLS block tls_gap_above_tp=16 bytes above it rounded to the block's
 alignment, dtv at the end of the area). musl lays each thread's area [mem,
 mem+libc.tls_size) out from a few numbers computed at start-up (static_init_tls) and
 placed by __copy_tls; this module redoes that arithmetic for both ISAs, finds every
 thread's source area, lays the target area out, moves struct pthread and the TLS block
 there, rebuilds the dtv, gives musl's globals (libc.tls_size, main_tls) the target's
 values (threads created after the migration are laid out by them) and remaps the
-pointers to the moved structs. Both directions; x86-64 <-> aarch64 only.
+pointers to the moved structs. Both directions, between any two ISAs of isa/ (their
+`pthread`, `tls_variant` and `tls_gap_above_tp` facts).
 
 Where the target area goes: the main thread's area starts where it started (musl's
 static builtin_tls, or the area's own mmap) and must fit there. A pthread_create'd
@@ -25,21 +26,15 @@ import struct
 from dataclasses import dataclass
 from typing import Any
 
-from docker_hmigrate.recode import aarch64, x86_64
-from docker_hmigrate.recode.frames import Untranslatable
+from docker_hmigrate import isa as isas
+from docker_hmigrate.isa import PTHREAD_COMMON as COMMON
+from docker_hmigrate.isa import PTHREAD_COMMON_SIZE as COMMON_SIZE
+from docker_hmigrate.recode.frames import Untranslatable, arch
+from docker_hmigrate.toolchain import contract
+from docker_hmigrate.toolchain.contract import Metadata, TlsSegment
 
 MASK = (1 << 64) - 1
-ISAS = ("x86-64", "aarch64")
-VARIANT = {"x86-64": 2, "aarch64": 1}
-GAP_ABOVE_TP = {"x86-64": 0, "aarch64": 16}
 MIN_TLS_ALIGN = 8  # offsetof(struct builtin_tls, pt) on LP64
-PTHREAD = {"x86-64": x86_64.PTHREAD, "aarch64": aarch64.PTHREAD}
-PTHREAD_SIZE = {"x86-64": x86_64.PTHREAD_SIZE, "aarch64": aarch64.PTHREAD_SIZE}
-# Part 2 of musl's struct pthread (tid .. stdio_locks) is the same on both ISAs; offsets
-# relative to its start (the "common" entry of PTHREAD).
-COMMON = {"tid": 0, "map_base": 24, "stack": 40, "cancelbuf": 72, "tsd": 80,
-          "robust_head": 88}
-COMMON_SIZE = 152
 # musl 1.2.3 globals (LP64): struct __libc and struct tls_module field offsets.
 LIBC_SYM, MAIN_TLS_SYM, BUILTIN_SYM = "__libc", "__init_tls.lo::main_tls", \
     "__init_tls.lo::builtin_tls"
@@ -48,19 +43,13 @@ TLS_MODULE = {"image": 8, "len": 16, "size": 24, "align": 32, "offset": 40}
 BUILTIN_TLS_SIZE = 336  # char c; struct pthread pt; void *space[16]
 
 
-def isa_mod(isa: str):
-    if isa not in ISAS:
-        raise Untranslatable(f"TLS of {isa} programs is not known")
-    return x86_64 if isa == "x86-64" else aarch64
-
-
 def thread_pointer(isa: str, td: int) -> int:
     """musl's TP_ADJ: the thread pointer register's value for struct pthread at td."""
-    return td + (PTHREAD_SIZE[isa] if VARIANT[isa] == 1 else 0)
+    return arch(isa).thread_pointer(td)
 
 
 def struct_address(isa: str, tp: int) -> int:
-    return tp - (PTHREAD_SIZE[isa] if VARIANT[isa] == 1 else 0)
+    return arch(isa).pthread_at(tp)
 
 
 @dataclass(frozen=True)
@@ -76,19 +65,20 @@ class Params:
     tls_size: int  # libc.tls_size: bytes of one thread's area
 
     @classmethod
-    def from_segment(cls, isa: str, seg: dict[str, Any] | None) -> Params:
-        seg = seg or {}
-        image, flen = seg.get("vaddr", 0), seg.get("filesz", 0)
-        size, align = seg.get("memsz", 0), seg.get("align", 0)
+    def from_segment(cls, isa: str, seg: TlsSegment | dict[str, Any] | None) -> Params:
+        if not isinstance(seg, TlsSegment):
+            seg = TlsSegment(seg or {})
+        image, flen, size, align = seg.vaddr, seg.filesz, seg.memsz, seg.align
         mask = (align - 1) & MASK  # p_align 0 (no PT_TLS) wraps like musl's size_t
         size = (size + ((-size - image) & mask)) & MASK
-        if VARIANT[isa] == 1:
-            gap = GAP_ABOVE_TP[isa]
+        a = arch(isa)
+        if a.tls_variant == 1:
+            gap = a.tls_gap_above_tp
             offset = (gap + ((image - gap) & mask)) & MASK
         else:
             offset = size
         align = max(align, MIN_TLS_ALIGN)
-        total = 2 * 8 + PTHREAD_SIZE[isa] + (offset if VARIANT[isa] == 1 else 0) \
+        total = 2 * 8 + a.pthread.size + (offset if a.tls_variant == 1 else 0) \
             + size + align
         tls_size = (total + MIN_TLS_ALIGN - 1) & -MIN_TLS_ALIGN
         return cls(isa, image, flen, size, align, offset, tls_size)
@@ -111,8 +101,9 @@ class Area:
 
 
 def layout(p: Params, mem: int, cnt: int = 1) -> Area:
-    sz = PTHREAD_SIZE[p.isa]
-    if VARIANT[p.isa] == 1:
+    a = arch(p.isa)
+    sz = a.pthread.size
+    if a.tls_variant == 1:
         td = mem + ((-(mem + sz)) & (p.align - 1))
         block = td + sz + p.offset
         dtv = mem + p.tls_size - (cnt + 1) * 8
@@ -120,42 +111,38 @@ def layout(p: Params, mem: int, cnt: int = 1) -> Area:
         td = (mem + p.tls_size - sz) & -p.align
         block = td - p.offset
         dtv = mem
-    return Area(mem, p.tls_size, td, thread_pointer(p.isa, td), block, dtv)
+    return Area(mem, p.tls_size, td, a.thread_pointer(td), block, dtv)
 
 
-def has_tls(md: dict[str, Any]) -> bool:
-    tls = md.get("tls") or {}
-    return any((tls.get(i) or {}).get("memsz", 0) for i in ISAS)
+def has_tls(md: Metadata | dict[str, Any]) -> bool:
+    return contract.load(md).has_tls
 
 
-def _symbols(md: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {s["name"]: s for s in md.get("symbols", [])}
-
-
-def preflight_problems(md: dict[str, Any], src: str, dst: str) -> list[str]:
+def preflight_problems(md: Metadata | dict[str, Any], src: str, dst: str) -> list[str]:
     """What keeps this program's TLS from being moved src -> dst (static facts only)."""
-    if not has_tls(md):
+    md = contract.load(md)
+    if not md.has_tls:
         return []
-    if {src, dst} != set(ISAS):
+    if src == dst or not {src, dst} <= set(isas.NAMES):
         return [f"TLS translation {src} -> {dst} is not implemented"]
-    tls = md.get("tls") or {}
-    a, b = tls.get(src) or {}, tls.get(dst) or {}
+    a, b = md.tls.segment(src), md.tls.segment(dst)
     problems = []
     for k in ("vaddr", "memsz", "align"):
-        if a.get(k) != b.get(k):
-            problems.append(f"the TLS segments differ in {k} ({a.get(k)} vs {b.get(k)}): "
+        va, vb = getattr(a, k) if a else None, getattr(b, k) if b else None
+        if va != vb:
+            problems.append(f"the TLS segments differ in {k} ({va} vs {vb}): "
                             f"thread-local variables cannot keep their offsets")
-    for s in tls.get("symbols", []):
-        if s["offset"].get(src) is None or s["offset"].get(src) != s["offset"].get(dst):
-            problems.append(f"thread-local {s['name']} is at block offset "
-                            f"{s['offset'].get(src)} on {src}, {s['offset'].get(dst)} on {dst}")
-    syms = _symbols(md)
+    for s in md.tls.symbols:
+        if s.offset.get(src) is None or s.offset.get(src) != s.offset.get(dst):
+            problems.append(f"thread-local {s.name} is at block offset "
+                            f"{s.offset.get(src)} on {src}, {s.offset.get(dst)} on {dst}")
     for name, size in ((LIBC_SYM, None), (MAIN_TLS_SYM, 48), (BUILTIN_SYM, BUILTIN_TLS_SIZE)):
-        s = syms.get(name) or {}
-        if not s.get(src) or s.get(src) != s.get(dst):
+        sym = md.symbol(name)
+        at = sym.at(src) if sym else None
+        if not at or at != sym.at(dst):  # type: ignore[union-attr]
             problems.append(f"musl's {name} is not at the same address on both ISAs")
-        elif size is not None and s[src][1] != size:
-            problems.append(f"musl's {name} is {s[src][1]} bytes, not musl 1.2.3's {size}")
+        elif size is not None and at[1] != size:
+            problems.append(f"musl's {name} is {at[1]} bytes, not musl 1.2.3's {size}")
     return problems
 
 
@@ -169,20 +156,21 @@ class ThreadPlan:
 class TlsTranslation:
     """The TLS areas of one process, source and target, and their writing."""
 
-    def __init__(self, md: dict[str, Any], src_isa: str, dst_isa: str):
+    def __init__(self, md: Metadata | dict[str, Any], src_isa: str, dst_isa: str):
+        md = contract.load(md)
         problems = preflight_problems(md, src_isa, dst_isa)
         if problems:
             raise Untranslatable("; ".join(problems))
-        isa_mod(src_isa)
-        isa_mod(dst_isa)
         self.src_isa, self.dst_isa = src_isa, dst_isa
-        tls = md.get("tls") or {}
-        self.ps = Params.from_segment(src_isa, tls.get(src_isa))
-        self.pd = Params.from_segment(dst_isa, tls.get(dst_isa))
-        syms = _symbols(md)
-        self.libc = syms[LIBC_SYM][src_isa][0]
-        self.main_tls = syms[MAIN_TLS_SYM][src_isa][0]
-        self.builtin = syms[BUILTIN_SYM][src_isa][0]
+        self.si, self.di = arch(src_isa), arch(dst_isa)
+        self.ps = Params.from_segment(src_isa, md.tls.segment(src_isa))
+        self.pd = Params.from_segment(dst_isa, md.tls.segment(dst_isa))
+
+        def addr(name: str) -> int:
+            return md.symbol(name).addr(src_isa)  # type: ignore[union-attr,return-value]
+
+        self.libc, self.main_tls, self.builtin = addr(LIBC_SYM), addr(MAIN_TLS_SYM), \
+            addr(BUILTIN_SYM)
         self.plans: list[ThreadPlan] = []
 
     # -- source --------------------------------------------------------------------
@@ -204,8 +192,8 @@ class TlsTranslation:
     def source_area(self, mem, tid: int, is_main: bool, td: int, vma) -> Area:
         """The source thread's area: main's is builtin_tls (or its own mmap when larger),
         a created thread's ends at its tsd."""
-        raw = mem.read(td, PTHREAD_SIZE[self.src_isa])
-        f = PTHREAD[self.src_isa]
+        raw = mem.read(td, self.si.pthread.size)
+        f = self.si.pthread
         if _u64(raw, f["self"]) != td:
             raise Untranslatable(f"thread {tid}: no musl struct pthread at {td:#x}")
         if is_main:
@@ -242,7 +230,7 @@ class TlsTranslation:
         mem = images.memory(pid)
         self.check_globals(mem)
         for tid, tp, outer_cfa in threads:
-            td = struct_address(self.src_isa, tp)
+            td = self.si.pthread_at(tp)
             vma = images.vma_at(pid, td)
             if vma is None:
                 raise Untranslatable(f"thread {tid}: thread pointer {tp:#x} is not mapped")
@@ -262,10 +250,10 @@ class TlsTranslation:
     def struct_bytes(self, src_mem, p: ThreadPlan) -> bytes:
         """struct pthread in the target's field order, its pointers to thread structs
         (self, prev, next) and into itself (robust list head) remapped."""
-        fs, fd = PTHREAD[self.src_isa], PTHREAD[self.dst_isa]
-        raw = src_mem.read(p.src.td, PTHREAD_SIZE[self.src_isa])
+        fs, fd = self.si.pthread, self.di.pthread
+        raw = src_mem.read(p.src.td, fs.size)
         tds = self.td_map()
-        out = bytearray(PTHREAD_SIZE[self.dst_isa])
+        out = bytearray(fd.size)
         n = COMMON_SIZE
         out[fd["common"]:fd["common"] + n] = raw[fs["common"]:fs["common"] + n]
         for name in ("sysinfo", "canary"):
@@ -325,10 +313,10 @@ class TlsTranslation:
         Dead stack below each SP (skip) and the rewritten structs/dtvs are left out."""
         exact = self.td_map()
         blocks = [(p.src.block, p.src.block + self.ps.size, p.dst.block) for p in self.plans]
-        inside = [(p.src.td + 1, p.src.td + PTHREAD_SIZE[self.src_isa]) for p in self.plans]
+        inside = [(p.src.td + 1, p.src.td + self.si.pthread.size) for p in self.plans]
         lo = min([a for a, _ in inside] + [a for a, _b, _d in blocks] + list(exact))
         hi = max([b for _a, b in inside] + [b for _a, b, _d in blocks] + list(exact)) + 1
-        own = [(p.dst.td, p.dst.td + PTHREAD_SIZE[self.dst_isa]) for p in self.plans] + \
+        own = [(p.dst.td, p.dst.td + self.di.pthread.size) for p in self.plans] + \
             [(p.dst.dtv, p.dst.dtv + 16) for p in self.plans]
         excluded = sorted(skip + own)
         changed = 0
@@ -377,28 +365,15 @@ class TlsTranslation:
 
 def set_thread_pointer(core, isa: str, tp: int) -> None:
     """The thread pointer register of a target core entry (TPIDR_EL0 / fs_base)."""
-    if isa == "aarch64":
-        core.ti_aarch64.tls = tp
-    else:
-        core.thread_info.gpregs.fs_base = tp
+    arch(isa).set_tp(core, tp)
 
 
 def remap_registers(core, isa: str, tr: TlsTranslation) -> None:
     """Callee-saved temporaries may hold a pthread_t or &tls_var across a call."""
-    if isa == "aarch64":
-        g = core.ti_aarch64.gpregs
-        regs = list(g.regs)
-        new = [tr.remap_value(v) for v in regs]
-        if new != regs:
-            del g.regs[:]
-            g.regs.extend(new)
-    else:
-        g = core.thread_info.gpregs
-        for name in ("bx", "r12", "r13", "r14", "r15", "di", "si", "dx", "r10", "ax"):
-            setattr(g, name, tr.remap_value(getattr(g, name)))
+    arch(isa).remap_registers(core, tr.remap_value)
 
 
-def translate_process(src_images, dst_images, pid: int, md: dict[str, Any], src_isa: str,
+def translate_process(src_images, dst_images, pid: int, md: Metadata, src_isa: str,
                       dst_isa: str, threads: list[tuple[int, int, int]],
                       skip: list[tuple[int, int]]) -> TlsTranslation:
     """Move every thread's TLS area of process pid to the target layout (dst_images:

@@ -1,13 +1,14 @@
-"""Recode a CRIU image set of a parked hmigrate-cc program between x86-64 and aarch64
-(both ways).
+"""Recode a CRIU image set of a parked hmigrate-cc program between two ISAs (x86-64 and
+aarch64, both ways; every fact of either ISA comes from its isa/ object).
 
-Only the build metadata (program.metadata, hmigrate-toolchain/1) and the target ELF are
-used: no DWARF at migration time. Per thread: unwind the source stack (frames.py),
-rebuild it frame by frame for the target, set the registers at the target's park point
-and the thread pointer (musl's struct pthread translated in place). Per process: the
-executable's mappings and file size, mm bounds, auxv, vDSO/vvar (target sizes; the
-vsyscall page goes), cached vDSO pointers, signal actions. Whatever is not understood
-raises NotMigratableCrossISA: nothing passes through untranslated.
+Only the build metadata (program.md: toolchain/contract.py's records of
+"hmigrate-toolchain/1") and the target ELF are used: no DWARF at migration time. Per thread: unwind
+the source stack (frames.py), rebuild it frame by frame for the target, set the
+registers at the target's park point and the thread pointer (musl's struct pthread
+translated in place). Per process: the executable's mappings and file size, mm bounds,
+auxv, vDSO/vvar (target sizes; the vsyscall page goes), cached vDSO pointers, signal
+actions. Whatever is not understood raises NotMigratableCrossISA: nothing passes through
+untranslated.
 """
 
 from __future__ import annotations
@@ -17,21 +18,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from docker_hmigrate.criu import ImageSet, check_supported
-from docker_hmigrate.recode import (
-    aarch64,
-    frames,
-    jmpbuf,
-    process,
-    shared,
-    stackrefs,
-    tls,
-    x86_64,
-)
+from docker_hmigrate.criu import ImageSet, check_supported, schema
+from docker_hmigrate.isa import NAMES as ISA_NAMES
+from docker_hmigrate.recode import frames, jmpbuf, process, rebuild, shared, stackrefs, tls
 from docker_hmigrate.recode.frames import Index, Untranslatable, arch
 from docker_hmigrate.recode.process import TargetFacts
+from docker_hmigrate.toolchain.contract import FunctionIsa
 
-SUPPORTED = {("x86-64", "aarch64"), ("aarch64", "x86-64")}
+# every ordered pair of two different ISAs of isa/
+SUPPORTED = {(a, b) for a in ISA_NAMES for b in ISA_NAMES if a != b}
 ERESTART = {-512, -513, -514, -516}  # kernel-internal restart codes
 
 
@@ -41,37 +36,48 @@ def preflight_problems(program, src_isa: str, dst_isa: str) -> list[str]:
     the runtime never parks a thread in a frame the metadata calls untranslatable."""
     if (src_isa, dst_isa) not in SUPPORTED:
         return [f"recode {src_isa} -> {dst_isa} is not implemented"]
-    md = program.metadata
+    md = program.md
     problems: list[str] = []
     problems += tls.preflight_problems(md, src_isa, dst_isa)
-    rt = md.get("runtime") or {}
+    rt = md.runtime
     for isa in (src_isa, dst_isa):
-        if "frame_size" not in (rt.get("park_points") or {}).get(isa, {}):
+        if rt.park_pc(isa).frame_size is None:
             problems.append(f"metadata has no {isa} park point frame size (relink)")
-    bs = (rt.get("bottom_frames") or {}).get(src_isa, [])
-    bd = (rt.get("bottom_frames") or {}).get(dst_isa, [])
-    if not bs or [(b["function"], b["target"]) for b in bs] != \
-            [(b["function"], b["target"]) for b in bd]:
+    bs, bd = rt.bottoms(src_isa), rt.bottoms(dst_isa)
+    if not bs or [(b.function, b.target) for b in bs] != [(b.function, b.target) for b in bd]:
         problems.append("musl's bottom frames differ between the ISAs in the metadata")
-    park_fn = (rt.get("park_functions") or [None])[-1]
-    by_name = {f["name"]: f for f in md.get("functions", [])}
+    park_fn = rt.park_function
+    # indexed here, before the freeze: the recode after it finds the index cached
+    by_name = Index.of(md, src_isa, dst_isa).by_name
     if park_fn not in by_name:
         problems.append(f"metadata lacks the runtime function {park_fn}")
     binary = program.binaries.get(dst_isa)
-    want = ((md.get("binaries") or {}).get(dst_isa) or {}).get("sha256")
+    want = md.binary(dst_isa).sha256
     if binary is not None:
-        if want and hashlib.sha256(binary).hexdigest() != want:
+        if want and _sha256(binary) != want:
             problems.append(f"the image's {dst_isa} binary is not the one the metadata "
                             f"describes")
         elif park_fn in by_name:
-            g = by_name[park_fn]["isa"].get(dst_isa, {})
-            code = binary_code(binary, g.get("addr", 0), g.get("size", 0))
-            expected = {aarch64.ISA: lambda c: not aarch64.saves_frame_record(c),
-                        x86_64.ISA: x86_64.sets_frame_pointer}[dst_isa]
-            if code is None or not expected(code):
+            g = by_name[park_fn].isa.get(dst_isa) or FunctionIsa({})
+            code = binary_code(binary, g.addr, g.size)
+            if code is None or not arch(dst_isa).park_function_ok(code):
                 problems.append(f"{park_fn} on {dst_isa} does not have the frame this "
                                 f"recode expects")
     return problems
+
+
+_digests: list[tuple[bytes, str]] = []
+
+
+def _sha256(data: bytes) -> str:
+    """A binary's digest, computed once (the preflight before the freeze and the recode
+    after it check the same bytes)."""
+    for d, h in _digests:
+        if d is data:
+            return h
+    h = hashlib.sha256(data).hexdigest()
+    _digests[:] = [(data, h)] + _digests[:3]
+    return h
 
 
 def binary_code(elf: bytes, addr: int, size: int) -> bytes | None:
@@ -111,17 +117,17 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
     dst = ImageSet.load(src_dir)  # edited copy; src stays the pristine source
     lap("load")
     check_images(src, src_isa)
-    idx = Index(program.metadata, src_isa, dst_isa)
+    idx = Index.of(program.md, src_isa, dst_isa)
     elf = process.Elf.parse(program.binaries[dst_isa])
-    if elf.machine != process.EM[dst_isa]:
+    if elf.machine != idx.dst_isa.elf_machine:
         raise Untranslatable(f"the {dst_isa} variant is an ELF for machine {elf.machine}")
     lap("check")
     plans = unwind_all(src, idx)
     lap("unwind")
     skip = rebuild_stacks(src, dst, idx, plans, target.thread)
-    if tls.has_tls(program.metadata):  # struct pthread and TLS blocks move (tls.py)
+    if program.md.has_tls:  # struct pthread and TLS blocks move (tls.py)
         for pid, threads in plans.items():
-            tls.translate_process(src, dst, pid, program.metadata, src_isa, dst_isa,
+            tls.translate_process(src, dst, pid, program.md, src_isa, dst_isa,
                                   [(t, r.tp, st.outer_cfa) for t, r, st in threads], skip[pid])
     stackrefs.remap(dst, plans, idx)  # pointers to stack variables held elsewhere
     jmpbuf.outside_stacks(dst, plans, idx)  # static jmp_bufs; heap ones refused
@@ -129,9 +135,9 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
     shared.recode_shared(src, dst, idx)  # memory the processes share: checked, kept as is
     for pid in dst.pids:
         process.rewrite_exe(dst, pid, program.path, elf)
-        process.isa_only_data(dst, pid, program.metadata, elf, program.binaries[dst_isa])
+        process.isa_only_data(dst, pid, program.md, elf, program.binaries[dst_isa])
         old_vdso = process.rewrite_special(dst, pid, target.maps, target.vdso,
-                                           process.EM[dst_isa])
+                                           idx.dst_isa.elf_machine)
         process.rewrite_auxv(dst, pid, elf, old_vdso, dst_isa, target)
         process.fix_data_pointers(dst, pid, idx, old_vdso, skip.get(pid, []),
                                   target.aux(dst_isa, "AT_HWCAP"))
@@ -150,7 +156,7 @@ def check_images(s: ImageSet, src_isa: str) -> None:
     if bad:
         raise Untranslatable("image parts this recode does not understand: " + "; ".join(bad))
     src = arch(src_isa)
-    if s.arch != src.MARCH:
+    if s.arch != src.criu_march:
         raise Untranslatable(f"images are {s.arch.name}, not {src_isa}")
     for e in s.entries("seccomp.img"):
         if len(e.seccomp_filters):
@@ -179,7 +185,7 @@ def check_images(s: ImageSet, src_isa: str) -> None:
 
 
 def unwind_all(src: ImageSet, idx: Index) -> dict[int, list[tuple[int, Any, Any]]]:
-    read_regs = arch(idx.src).read_regs
+    read_regs = idx.src_isa.read_regs
     plans: dict[int, list] = {}
     for pid in src.pids:
         mem = src.memory(pid)
@@ -200,9 +206,8 @@ def rebuild_stacks(src: ImageSet, dst: ImageSet, idx: Index, plans,
                    native_thread=None) -> dict[int, list]:
     """Every thread's frames and registers for the target ISA. Returns, per process, the
     dead stack areas below each thread's SP (stale values there are never read)."""
-    park = idx.md["runtime"]["park_points"][idx.dst]
-    src_park = idx.md["runtime"]["park_points"][idx.src]
-    target = arch(idx.dst)
+    park, src_park = idx.dst_park, idx.src_park
+    target = idx.dst_isa
     skip: dict[int, list] = {}
     for pid, threads in plans.items():
         smem, dmem = src.memory(pid), dst.memory(pid)
@@ -217,23 +222,23 @@ def rebuild_stacks(src: ImageSet, dst: ImageSet, idx: Index, plans,
             dmem.populate(lo, stack.outer_cfa - lo)
             dmem = dst.memory(pid)
             dmem.write(lo, bytes(stack.outer_cfa - lo))  # no stale source frame remains
-            smap = frames.StackMap(stack, idx)
+            smap = frames.stack_map(stack, idx)
             bottom = idx.bottoms[stack.bottom_return]
-            out = frames.write_target(smem, dmem, stack, idx, smap, bottom)
-            if regs.pc == src_park["syscall_pc"]:  # CRIU rewound the futex: restart it
-                pc = park["syscall_pc"]
-                for r, a in zip(target.ARG_REGS, regs.args, strict=True):
+            out = rebuild.write_target(smem, dmem, stack, idx, smap, bottom)
+            if regs.pc == src_park.syscall_pc:  # CRIU rewound the futex: restart it
+                pc = park.syscall_pc
+                for r, a in zip(target.arg_regs, regs.args, strict=True):
                     out[r] = frames.translate_value(a, None, smap, idx)
-                out[target.NR_REG] = target.SYS_FUTEX
+                out[target.nr_reg] = target.sys_futex
             else:
                 res = regs.result - (1 << 64) if regs.result >> 63 else regs.result
                 if res in ERESTART:
                     raise Untranslatable(f"thread {tid}: unexpected restart code {res}")
-                pc = park["blocked_pc"]
-                out[target.RESULT_REG] = regs.result
+                pc = park.blocked_pc
+                out[target.result_reg] = regs.result
             tp = process.translate_pthread(smem, dmem, regs.tp, idx.src, idx.dst)
             core = dst.core(tid)
-            clear_tid = arch(idx.src).clear_tid_addr(core)
-            target.set_core(core, clear_tid, tp, out, sp, pc, native_thread)
+            clear_tid = idx.src_isa.clear_tid_addr(core)
+            target.set_core(core, schema.new, clear_tid, tp, out, sp, pc, native_thread)
             skip[pid].append((vma.start, sp))
     return skip

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 
 from elftools.elf.elffile import ELFFile
 
+from docker_hmigrate.isa import AARCH64, X86_64
+
 CHECKED_TYPES = ("STT_FUNC", "STT_OBJECT", "STT_TLS")
 # Symbols that cannot share an address and never matter at an equivalence point:
 # GCC's crtstuff/crtend (startup/teardown, frame registration) and musl's x86-64 signal
@@ -27,7 +29,7 @@ class AlignReport:
     exempt: list[str] = field(default_factory=list)
     allowed: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
-    names: tuple[str, str] = ("x86-64", "aarch64")
+    names: tuple[str, str] = (X86_64.name, AARCH64.name)
 
     @property
     def ok(self) -> bool:
@@ -83,7 +85,7 @@ def symbol_table(path: str) -> tuple[dict[str, list[int]], dict]:
     return {k: sorted(v) for k, v in out.items()}, info
 
 
-def check_alignment(bin_a: str, bin_b: str, names: tuple[str, str] = ("x86-64", "aarch64"),
+def check_alignment(bin_a: str, bin_b: str, names: tuple[str, str] = (X86_64.name, AARCH64.name),
                     allowed: set[str] | None = None) -> AlignReport:
     sa, ia = symbol_table(bin_a)
     sb, ib = symbol_table(bin_b)
@@ -128,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
     ns = ap.parse_args(argv)
     allowed = set(ns.allow)
     md_path = ns.metadata
-    if md_path is None and ns.x86_64_binary.endswith("_x86-64"):
-        guess = ns.x86_64_binary[: -len("_x86-64")] + ".hmigrate.json"
+    suffix = f"_{X86_64.name}"
+    if md_path is None and ns.x86_64_binary.endswith(suffix):
+        guess = ns.x86_64_binary[: -len(suffix)] + ".hmigrate.json"
         md_path = guess if os.path.exists(guess) else None
     if md_path:
         with open(md_path) as f:

@@ -1,4 +1,5 @@
-"""Per-ISA toolchain facts: compilers, musl locations, forced flags."""
+"""Per-ISA toolchain configuration: compilers, musl locations, forced flags (the ISAs'
+own facts are in isa/)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import shutil
 import subprocess
 from dataclasses import dataclass
+
+from docker_hmigrate import isa
 
 # Section that carries the aarch64 twin inside every x86-64 object we produce.
 # SHF_EXCLUDE ("exclude") makes ld drop it from linked output automatically.
@@ -67,6 +70,7 @@ class Isa:
     elf_machine: str  # pyelftools e_machine
     extra_cflags: tuple[str, ...]
     keeps_machine_flags: bool  # whether user -m/-march flags apply to this ISA
+    extra_link_flags: tuple[str, ...] = ()
 
     def tool(self, name: str) -> str:
         return f"{self.gnu_prefix}{name}"
@@ -110,21 +114,25 @@ def _print_file_name(gcc: str, name: str) -> str:
 
 
 X86_64 = Isa(
-    name="x86-64",
-    gnu_prefix="" if os.uname().machine == "x86_64" else "x86_64-linux-gnu-",
+    name=isa.X86_64.name,
+    gnu_prefix="" if os.uname().machine in isa.X86_64.uname_machines else "x86_64-linux-gnu-",
     musl_triple="x86_64-linux-musl",
-    elf_machine="EM_X86_64",
+    elf_machine=isa.X86_64.elf_machine_name,
     extra_cflags=(),
     keeps_machine_flags=True,
 )
 AARCH64 = Isa(
-    name="aarch64",
+    name=isa.AARCH64.name,
     gnu_prefix="aarch64-linux-gnu-",
     musl_triple="aarch64-linux-musl",
-    elf_machine="EM_AARCH64",
+    elf_machine=isa.AARCH64.elf_machine_name,
     # Outline atomics would call libgcc helpers that depend on hwcap probing.
     extra_cflags=("-mno-outline-atomics",),
     keeps_machine_flags=False,
+    # Debian's aarch64 gcc asks ld for Cortex-A53 erratum 843419 stubs; ld inserts them
+    # where adrp lands at page offset 0xff8/0xffc, which moves everything behind them by
+    # a page in a late relaxation pass and breaks the layout.
+    extra_link_flags=("-mno-fix-cortex-a53-843419",),
 )
 ISAS = (X86_64, AARCH64)
 HOST = X86_64

@@ -187,7 +187,7 @@ def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True) 
 
     C goes through assembly so string literals can get one section each (asmfix).
     """
-    tmp = f"{out}.hmigrate-aarch64.tmp"
+    tmp = f"{out}.hmigrate-{AARCH64.name}.tmp"
     via_asm = src.endswith((".c", ".i"))
     wa = [f for f in cflags if f.startswith("-Wa,")]
 
@@ -314,13 +314,13 @@ def prepare_inputs(args: Args, work: str, rt_objs: list[str]) -> dict[str, IsaLi
             raise ToolchainError(f"{val}: no such file")
         n += 1
         if kind == "obj":
-            dest = os.path.join(work, "aarch64", f"{n}_{os.path.basename(p)}")
+            dest = os.path.join(work, AARCH64.name, f"{n}_{os.path.basename(p)}")
             os.makedirs(os.path.dirname(dest), exist_ok=True)
             extract_twin(p, dest)
             name = "obj:" + os.path.basename(p) if p.startswith(work) else "obj:" + p
         else:
-            dest = os.path.join(work, "aarch64", f"{n}_{os.path.basename(p)}")
-            twin_archive(p, dest, os.path.join(work, "aarch64", f"{n}_members"))
+            dest = os.path.join(work, AARCH64.name, f"{n}_{os.path.basename(p)}")
+            twin_archive(p, dest, os.path.join(work, AARCH64.name, f"{n}_members"))
             name = "ar:" + p
         layout.check_path(p)
         x.files.append(p)
@@ -349,11 +349,7 @@ def link_cmd(il: IsaLink, out: str, mapfile: str, ldflags: list[str],
     cmd += start + il.files
     cmd += ["-Wl,--start-group", *libs, "-Wl,--end-group", *end]
     cmd += [f"-Wl,--wrap={s}" for s in WRAPPED]
-    if il.isa is AARCH64:
-        # Debian's aarch64 gcc asks ld for Cortex-A53 erratum 843419 stubs; ld inserts
-        # them where adrp lands at page offset 0xff8/0xffc, which moves everything
-        # behind them by a page in a late relaxation pass and breaks the layout.
-        cmd += ["-mno-fix-cortex-a53-843419"]
+    cmd += list(il.isa.extra_link_flags)
     cmd += [f for f in ldflags if "--gc-sections" not in f and "-Map" not in f]
     cmd += [f"-Wl,-Map={mapfile}", "-o", out]
     if script:

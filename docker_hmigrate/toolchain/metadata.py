@@ -13,13 +13,17 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
+from types import ModuleType
 
 import capstone
 from elftools.elf.elffile import ELFFile
 
+from docker_hmigrate.isa import AARCH64, X86_64, Isa
+from docker_hmigrate.toolchain import contract, machine_aarch64, machine_x86_64
 from docker_hmigrate.toolchain import jmpbuf_layout as jmpbuf
+from docker_hmigrate.toolchain.contract import TypeInfo
 
-SCHEMA = "hmigrate-toolchain/1"
+SCHEMA = contract.SCHEMA
 ENTER_HOOK = "__cyg_profile_func_enter"
 EXIT_HOOK = "__cyg_profile_func_exit"
 # musl frames under every thread's stack (no DWARF): where they call user code.
@@ -30,47 +34,23 @@ PARK_FUNCTIONS = ("__cyg_profile_func_enter", "hmigrate_park", "hm_futex_wait")
 
 @dataclass(frozen=True)
 class Arch:
-    name: str
-    cs_arch: int
-    cs_mode: int
-    dwarf_regs: dict[int, str]
-    callee_saved: tuple[str, ...]  # excluding the frame pointer, described by the frame
-    fp: str
-    sp: str
+    """An ISA: its facts (isa/) and how its machine code reads (machine_<isa>.py)."""
+
+    isa: Isa
+    mc: ModuleType  # toolchain/machine_<isa>.py
 
     def reg(self, n: int) -> str:
-        return self.dwarf_regs.get(n, f"r{n}")
+        return self.isa.dwarf_reg(n)
 
 
-_X86_DWARF = {0: "rax", 1: "rdx", 2: "rcx", 3: "rbx", 4: "rsi", 5: "rdi", 6: "rbp", 7: "rsp",
-              **{i: f"r{i}" for i in range(8, 16)}, 16: "rip"}
-X86 = Arch("x86-64", capstone.CS_ARCH_X86, capstone.CS_MODE_64, _X86_DWARF,
-           ("rbx", "r12", "r13", "r14", "r15"), "rbp", "rsp")
-A64 = Arch("aarch64", capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM,
-           {**{i: f"x{i}" for i in range(31)}, 31: "sp"},
-           tuple(f"x{i}" for i in range(19, 29)), "x29", "sp")
-ARCHES = {"EM_X86_64": X86, "EM_AARCH64": A64}
-
-_X86_ALIASES = {}
-for full, parts in {"rbx": ("ebx", "bx", "bl", "bh"), "rbp": ("ebp", "bp", "bpl"),
-                    "rsp": ("esp", "sp", "spl")}.items():
-    for p in parts:
-        _X86_ALIASES[p] = full
-for n in range(8, 16):
-    for suf in ("d", "w", "b"):
-        _X86_ALIASES[f"r{n}{suf}"] = f"r{n}"
-
+# The two ISAs hmigrate-cc builds for: X the host's (objects carry A's twin), A the other.
+X86 = Arch(X86_64, machine_x86_64)
+A64 = Arch(AARCH64, machine_aarch64)
+ARCHES = {a.isa.elf_machine_name: a for a in (X86, A64)}
+X, A = X86_64.name, AARCH64.name
 
 def norm_reg(arch: Arch, name: str) -> str:
-    if arch is A64:
-        if name.startswith("w") and name[1:].isdigit():
-            return "x" + name[1:]
-        if name in ("fp",):
-            return "x29"
-        if name in ("lr",):
-            return "x30"
-        return name
-    return _X86_ALIASES.get(name, name)
+    return arch.mc.norm_reg(name)
 
 
 # ---------------------------------------------------------------- DWARF helpers
@@ -329,7 +309,7 @@ class Binary:
         if self.dwarf:
             self._load_dwarf()
             self._load_cfi()
-        self.cs = capstone.Cs(self.arch.cs_arch, self.arch.cs_mode)
+        self.cs = capstone.Cs(self.arch.mc.CS_ARCH, self.arch.mc.CS_MODE)
         self.cs.detail = True
 
     def close(self) -> None:
@@ -423,18 +403,11 @@ class Binary:
 
 
 def _is_call(arch: Arch, insn) -> bool:
-    return insn.mnemonic == "call" if arch is X86 else insn.mnemonic in ("bl", "blr")
+    return arch.mc.is_call(insn)
 
 
 def _call_target(arch: Arch, insn) -> int | None:
-    op = insn.operands[0] if insn.operands else None
-    if op is None:
-        return None
-    if arch is X86 and op.type == capstone.x86.X86_OP_IMM:
-        return op.imm
-    if arch is A64 and insn.mnemonic == "bl" and op.type == capstone.arm64.ARM64_OP_IMM:
-        return op.imm
-    return None
+    return None if not insn.operands else arch.mc.call_target(insn)
 
 
 def _regs(arch: Arch, insn) -> tuple[set[str], set[str]]:
@@ -448,28 +421,7 @@ def _regs(arch: Arch, insn) -> tuple[set[str], set[str]]:
 
 def _branch(arch: Arch, insn) -> tuple[str, int | None]:
     """('jump'|'cond'|'ret'|'indirect'|'none', direct target)."""
-    m = insn.mnemonic
-    if arch is X86:
-        if m in ("ret", "retq"):
-            return "ret", None
-        if m.startswith("j"):
-            op = insn.operands[0] if insn.operands else None
-            tgt = op.imm if op is not None and op.type == capstone.x86.X86_OP_IMM else None
-            if m == "jmp":
-                return ("jump" if tgt is not None else "indirect"), tgt
-            return "cond", tgt
-        if "jmp" in m:  # notrack jmp / bnd jmp
-            return "indirect", None
-        return "none", None
-    if m == "ret":
-        return "ret", None
-    if m == "br":
-        return "indirect", None
-    if m == "b" or m.startswith("b.") or m in ("cbz", "cbnz", "tbz", "tbnz"):
-        imms = [o.imm for o in insn.operands if o.type == capstone.arm64.ARM64_OP_IMM]
-        tgt = imms[-1] if imms else None
-        return ("jump" if m == "b" else "cond"), tgt
-    return "none", None
+    return arch.mc.branch(insn)
 
 
 def liveness(arch: Arch, insns: list) -> list[set[str]]:
@@ -493,7 +445,7 @@ def liveness(arch: Arch, insns: list) -> list[set[str]]:
             succ.append(sorted(s for s in starts if s < n))
         else:
             succ.append(nxt)
-    cs = set(arch.callee_saved)
+    cs = set(arch.isa.callee_saved)
     use, defs = [], []
     for x in insns:
         r, w = _regs(arch, x)
@@ -521,7 +473,7 @@ def live_callee_saved(arch: Arch, insns: list, start: int,
         live_in = liveness(arch, insns)
     if start >= len(insns):
         return []
-    return [r for r in arch.callee_saved if r in live_in[start]]
+    return [r for r in arch.isa.callee_saved if r in live_in[start]]
 
 
 @dataclass
@@ -533,82 +485,12 @@ class PrologueState:
 
 
 def _step(arch: Arch, st: PrologueState, consts: dict[str, int], insn) -> None:
-    """Apply one instruction to the SP/FP/stack-store tracking state."""
-    m, ops = insn.mnemonic, insn.operands
-    if arch is A64 and m == "mov" and len(ops) == 2 and \
-            ops[1].type == capstone.arm64.ARM64_OP_IMM:
-        consts[insn.reg_name(ops[0].reg)] = ops[1].imm
-        return
-    if arch is X86:
-        if m == "push":
-            st.sp -= 8
-            st.stores.append((st.sp, 8))
-        elif m == "pop":
-            st.sp += 8
-        elif m == "add" and len(ops) == 2 and ops[0].type == capstone.x86.X86_OP_REG and \
-                insn.reg_name(ops[0].reg) == "rsp" and ops[1].type == capstone.x86.X86_OP_IMM:
-            st.sp += ops[1].imm  # stack arguments popped after a call
-        elif m == "mov" and len(ops) == 2 and ops[0].type == capstone.x86.X86_OP_REG \
-                and insn.reg_name(ops[0].reg) == "rbp" and ops[1].type == \
-                capstone.x86.X86_OP_REG and insn.reg_name(ops[1].reg) == "rsp":
-            st.fp = st.sp
-        elif m == "sub" and ops and ops[0].type == capstone.x86.X86_OP_REG and \
-                insn.reg_name(ops[0].reg) == "rsp":
-            if ops[1].type == capstone.x86.X86_OP_IMM:
-                st.sp -= ops[1].imm
-            else:
-                st.dynamic = True
-        elif ops and ops[0].type == capstone.x86.X86_OP_MEM and m.startswith("mov"):
-            mem = ops[0].mem
-            base = insn.reg_name(mem.base) if mem.base else None
-            ref = st.fp if base == "rbp" else st.sp if base == "rsp" else None
-            if ref is not None and not mem.index:
-                st.stores.append((ref + mem.disp, ops[0].size))
-    else:
-        if m in ("stp", "str", "stur", "strb", "strh", "sturb", "sturh") and ops:
-            mem_ops = [o for o in ops if o.type == capstone.arm64.ARM64_OP_MEM]
-            if not mem_ops:
-                return
-            mem = mem_ops[0].mem
-            base = insn.reg_name(mem.base)
-            size = {"strb": 1, "sturb": 1, "strh": 2, "sturh": 2}.get(m, 0)
-            if not size:
-                size = 4 if insn.reg_name(ops[0].reg).startswith(("w", "s")) else 8
-                if insn.reg_name(ops[0].reg).startswith("q"):
-                    size = 16
-            nregs = 2 if m == "stp" else 1
-            if base == "sp":
-                if insn.writeback and len(ops) == 3 + 0 and False:
-                    pass
-                if insn.writeback:
-                    # stp x29, x30, [sp, #-N]! pre-indexed; post-index not used in prologues
-                    st.sp += mem.disp
-                    st.stores.append((st.sp, size * nregs))
-                else:
-                    st.stores.append((st.sp + mem.disp, size * nregs))
-            elif base in ("x29", "fp") and st.fp is not None:
-                st.stores.append((st.fp + mem.disp, size * nregs))
-        elif m == "sub" and len(ops) == 3 and insn.reg_name(ops[0].reg) == "sp" and \
-                insn.reg_name(ops[1].reg) == "sp":
-            if ops[2].type == capstone.arm64.ARM64_OP_IMM:
-                st.sp -= ops[2].imm << (ops[2].shift.value if ops[2].shift.type else 0)
-            elif insn.reg_name(ops[2].reg) in consts:
-                st.sp -= consts[insn.reg_name(ops[2].reg)]
-            else:
-                st.dynamic = True
-        elif m == "mov" and len(ops) == 2 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
-                and ops[1].type == capstone.arm64.ARM64_OP_REG and \
-                insn.reg_name(ops[1].reg) == "sp":
-            st.fp = st.sp
-        elif m == "add" and len(ops) == 3 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
-                and insn.reg_name(ops[1].reg) == "sp" and \
-                ops[2].type == capstone.arm64.ARM64_OP_IMM:
-            st.fp = st.sp + ops[2].imm
+    arch.mc.step(st, consts, insn)
 
 
 def simulate(arch: Arch, insns: list, until: int) -> PrologueState:
     """Track SP/FP and stack stores from function entry up to instruction index `until`."""
-    st = PrologueState(sp=-8 if arch is X86 else 0, fp=None, stores=[])
+    st = PrologueState(sp=arch.mc.ENTRY_SP, fp=None, stores=[])
     consts: dict[str, int] = {}  # aarch64 large frames: mov x12, #5200; sub sp, sp, x12
     for insn in insns[:until]:
         _step(arch, st, consts, insn)
@@ -632,7 +514,7 @@ def analyse_function(b: Binary, name: str) -> dict:
     body_state = None
     live_in = liveness(arch, insns)
     # One pass of the SP/FP tracker, snapshotted at each call (not one pass per call).
-    run = PrologueState(sp=-8 if arch is X86 else 0, fp=None, stores=[])
+    run = PrologueState(sp=arch.mc.ENTRY_SP, fp=None, stores=[])
     consts: dict[str, int] = {}
     done = 0
     dynamic_calls = 0
@@ -676,13 +558,8 @@ def analyse_function(b: Binary, name: str) -> dict:
             frame["saved_regs"] = {arch.reg(r): rule.arg for r, rule in row.items()
                                    if isinstance(r, int) and getattr(rule, "type", "") == "OFFSET"}
         # Where this ISA keeps the return address and the caller's frame pointer.
-        if arch is X86:
-            frame["return_address_cfa_offset"] = -8
-            frame["saved_fp_cfa_offset"] = -16
-        else:
-            regs = frame.get("saved_regs", {})
-            frame["return_address_cfa_offset"] = regs.get("x30")
-            frame["saved_fp_cfa_offset"] = regs.get("x29")
+        frame["return_address_cfa_offset"], frame["saved_fp_cfa_offset"] = \
+            arch.mc.frame_record(frame)
         out["frame"] = frame
     if df is not None:
         out["vars"] = df.vars
@@ -717,7 +594,7 @@ def check_park_point(b: Binary, fn: dict) -> list[str]:
     hook_i = next(i for i, x in enumerate(insns) if x.address == hooks[0]["call_pc"])
     defined: set[str] = set()
     for x in insns[:hook_i]:
-        defined |= _regs(arch, x)[1] & set(arch.callee_saved)
+        defined |= _regs(arch, x)[1] & set(arch.isa.callee_saved)
     lr_copy = _lr_copy_reg(b, fn)
     live = set(hooks[0]["live_callee_saved"])
     bad = sorted((defined & live) - {lr_copy})
@@ -727,15 +604,9 @@ def check_park_point(b: Binary, fn: dict) -> list[str]:
 
 
 def _lr_copy_reg(b: Binary, fn: dict) -> str | None:
-    """aarch64 GCC copies the return address into a callee-saved register for the exit hook."""
-    if b.arch is not A64:
-        return None
-    for insn in b.disasm(fn["addr"], fn["size"])[:16]:
-        ops = insn.op_str.replace(" ", "").split(",")
-        if insn.mnemonic == "mov" and len(ops) == 2 and ops[1] in ("x30", "lr") and \
-                ops[0] in A64.callee_saved:
-            return ops[0]
-    return None
+    """The callee-saved register holding the function's own return address for the exit
+    hook, if its ISA's GCC keeps one (aarch64)."""
+    return b.arch.mc.lr_copy_reg(b.disasm(fn["addr"], fn["size"]))
 
 
 def _params_stored(b: Binary, name: str, fn: dict) -> list[str]:
@@ -791,17 +662,17 @@ def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:
         a = twins.get((*k, n))
         tname = v["type"]["name"]
         if "jmp_buf" in v["type"].get("holds", ()) and a and \
-                jmpbuf.fields_match(v["type"], a["type"]):
+                jmpbuf.fields_match(TypeInfo(v["type"]), TypeInfo(a["type"]), X86_64, AARCH64):
             continue  # translated member by member (recode/jmpbuf.py)
         if "jmp_buf" in v["type"].get("holds", ()) or (a and "jmp_buf" in
                                                       a["type"].get("holds", ())):
-            sizes = f"{v['type']['size']} bytes on x86-64, " \
-                    f"{a['type']['size'] if a else '?'} on aarch64"
+            sizes = f"{v['type']['size']} bytes on {X}, " \
+                    f"{a['type']['size'] if a else '?'} on {A}"
             reasons.append(f"setjmp/longjmp: variable {v['name']} ({tname}) holds a jmp_buf "
                            f"(registers in one ISA's layout; {sizes}) at {_where(fx, v)}")
         elif a and a["type"]["size"] != v["type"]["size"]:
             reasons.append(f"variable {v['name']} ({tname}) has size {v['type']['size']} on "
-                           f"x86-64, {a['type']['size']} on aarch64 at {_where(fx, v)}")
+                           f"{X}, {a['type']['size']} on {A} at {_where(fx, v)}")
     return reasons
 
 
@@ -814,7 +685,7 @@ def function_reasons(fx: dict, fa: dict) -> list[str]:
             # buffer's signal-mask part: a layout this recode does not translate
             reasons.append(f"sigsetjmp/siglongjmp: sigsetjmp called at "
                            f"{fx.get('file') or '?'}:{c.get('line')}")
-    for isa, f in (("x86-64", fx), ("aarch64", fa)):
+    for isa, f in ((X, fx), (A, fa)):
         if f.get("variadic"):
             reasons.append(f"{isa}: variadic (va_list state differs per ISA)")
         if f.get("frame", {}).get("dynamic_sp"):
@@ -906,7 +777,7 @@ def _park_points(b: Binary) -> dict:
         addr, size = b.funcs["hm_futex_wait"]
         insns = b.disasm(addr, size)
         for i, insn in enumerate(insns):
-            if insn.mnemonic in ("syscall", "svc"):
+            if insn.mnemonic == b.arch.mc.SYSCALL:
                 info["blocked_pc"] = insn.address + insn.size
                 info["syscall_pc"] = insn.address
                 # CFA - SP while blocked: with SP from /proc/PID/task/TID/syscall this
@@ -936,26 +807,26 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         pairs, ux, ua = match_call_sites(fx["call_sites"], fa["call_sites"])
         entry = {"name": name, "addr": fx["addr"], "file": fx.get("file"),
                  "instrumented": name in instrumented,
-                 "isa": {"x86-64": fx, "aarch64": fa},
-                 "call_site_pairs": pairs, "unmatched_call_sites": {"x86-64": ux, "aarch64": ua}}
+                 "isa": {X: fx, A: fa},
+                 "call_site_pairs": pairs, "unmatched_call_sites": {X: ux, A: ua}}
         if fx["addr"] != fa["addr"]:
             problems.append(f"{name}: not aligned (0x{fx['addr']:x} vs 0x{fa['addr']:x})")
         reasons = function_reasons(fx, fa)
-        lr = {"x86-64": None, "aarch64": _lr_copy_reg(ba, fa)}
+        lr = {X: None, A: _lr_copy_reg(ba, fa)}
         # Per call site: both members of a pair share their verdict.
-        per: dict[str, dict[int, list[str]]] = {"x86-64": {}, "aarch64": {}}
-        for isa, f, other, unm in (("x86-64", fx, fa, ux), ("aarch64", fa, fx, ua)):
+        per: dict[str, dict[int, list[str]]] = {X: {}, A: {}}
+        for isa, f, other, unm in ((X, fx, fa, ux), (A, fa, fx, ua)):
             for c in f["call_sites"]:
                 per[isa][c["index"]] = call_site_reasons(isa, f, other, c, lr[isa],
                                                          c["index"] not in unm, instrumented)
-        hook_probs: dict[str, list[str]] = {"x86-64": [], "aarch64": []}
+        hook_probs: dict[str, list[str]] = {X: [], A: []}
         if entry["instrumented"]:
             for b, f, arch in ((bx, fx, X86), (ba, fa, A64)):
-                hook_probs[arch.name] = [f"{arch.name}: {p}" for p in
+                hook_probs[arch.isa.name] = [f"{arch.isa.name}: {p}" for p in
                                          check_park_point(b, f) + _params_stored(b, name, f)]
         for ix, ia in pairs:
             cx, ca = fx["call_sites"][ix], fa["call_sites"][ia]
-            both = per["x86-64"][ix] + per["aarch64"][ia]
+            both = per[X][ix] + per[A][ia]
             from_x, from_a = list(both), list(both)
             # -O0 GCC keeps some expression temporaries in callee-saved registers
             # across calls (a->end < ustime(): a->end in rbx / x20). Equal counts pair up
@@ -963,86 +834,84 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
             # target evaluates that operand after the call: another valid C order); one
             # only the target needs cannot be made up.
             lx = list(cx["live_callee_saved"])
-            la = [r for r in ca["live_callee_saved"] if r != lr["aarch64"]]
+            la = [r for r in ca["live_callee_saved"] if r != lr[A]]
             if cx["kind"] != "exit_hook" and (lx or la):
                 cx["callee_saved_temps"], ca["callee_saved_temps"] = lx, la
                 if lx and la and len(lx) != len(la):
                     from_x.append(f"callee-saved temporaries differ: {lx} vs {la}")
                     from_a.append(f"callee-saved temporaries differ: {lx} vs {la}")
                 elif la and not lx:
-                    from_x.append(f"aarch64 needs temporaries {la} x86-64 does not keep")
+                    from_x.append(f"{A} needs temporaries {la} {X} does not keep")
                 elif lx and not la:
-                    from_a.append(f"x86-64 needs temporaries {lx} aarch64 does not keep")
-            per["x86-64"][ix], per["aarch64"][ia] = from_x, from_a
-        for isa, f in (("x86-64", fx), ("aarch64", fa)):
+                    from_a.append(f"{X} needs temporaries {lx} {A} does not keep")
+            per[X][ix], per[A][ia] = from_x, from_a
+        for isa, f in ((X, fx), (A, fa)):
             for c in f["call_sites"]:
                 why = per[isa][c["index"]]
                 if c["kind"] == "enter_hook":
-                    why = why + hook_probs["x86-64"] + hook_probs["aarch64"]
+                    why = why + hook_probs[X] + hook_probs[A]
                 # translatable: a parked frame stopped here on THIS ISA can be rebuilt
                 # on the other one (the runtime table of this ISA's binary).
                 c["translatable"] = not why and not reasons
                 if why:
                     c["untranslatable_reasons"] = sorted(set(why))
         if entry["instrumented"]:
-            fprobs = hook_probs["x86-64"] + hook_probs["aarch64"]
+            fprobs = hook_probs[X] + hook_probs[A]
             entry["park_point"] = {
                 "clean": not fprobs, "problems": fprobs,
-                "x86-64": next(c["return_address"] for c in fx["call_sites"]
+                X: next(c["return_address"] for c in fx["call_sites"]
                                if c["kind"] == "enter_hook"),
-                "aarch64": next(c["return_address"] for c in fa["call_sites"]
+                A: next(c["return_address"] for c in fa["call_sites"]
                                 if c["kind"] == "enter_hook"),
                 # aarch64 GCC keeps the function's own return address in a callee-saved
                 # register (x19 or x20) for the exit hook: recode must restore it.
-                "aarch64_lr_copy": lr["aarch64"],
+                A + contract.LR_COPY_SUFFIX: lr[A],
             }
         entry["translatable"] = not reasons
         entry["untranslatable_reasons"] = reasons
         functions.append(entry)
     tls_x, tls_a = bx.tls(), ba.tls()
-    tls: dict = {"x86-64": tls_x, "aarch64": tls_a, "symbols": []}
-    if tls_x:
-        tls_x["variant"] = 2  # block ends at the thread pointer
-        tls_x["block_tp_offset"] = -_align_up(tls_x["memsz"], tls_x["align"])
-    if tls_a:
-        tls_a["variant"] = 1  # block starts 16 bytes above the thread pointer
-        tls_a["block_tp_offset"] = _align_up(16, tls_a["align"])
+    tls: dict = {X: tls_x, A: tls_a, "symbols": []}
+    for t, arch in ((tls_x, X86), (tls_a, A64)):
+        if t:
+            t["variant"] = arch.isa.tls_variant
+            t["block_tp_offset"] = _block_tp_offset(arch.isa, t)
     for n in sorted(set(bx.tls_syms) | set(ba.tls_syms)):
-        tls["symbols"].append({"name": n, "offset": {"x86-64": bx.tls_syms.get(n, (None,))[0],
-                                                     "aarch64": ba.tls_syms.get(n, (None,))[0]},
+        tls["symbols"].append({"name": n, "offset": {X: bx.tls_syms.get(n, (None,))[0],
+                                                     A: ba.tls_syms.get(n, (None,))[0]},
                                "size": (bx.tls_syms.get(n) or ba.tls_syms[n])[1]})
     symbols = []
     for n in sorted(set(bx.funcs) | set(ba.funcs) | set(bx.objects) | set(ba.objects)):
         x = bx.funcs.get(n) or bx.objects.get(n)
         a = ba.funcs.get(n) or ba.objects.get(n)
         symbols.append({"name": n, "kind": "func" if n in bx.funcs or n in ba.funcs else "object",
-                        "x86-64": list(x) if x else None, "aarch64": list(a) if a else None,
+                        X: list(x) if x else None, A: list(a) if a else None,
                         "aligned": bool(x and a and x[0] == a[0])})
     state = bx.objects.get("hmigrate_state")
     md = {
         "schema": SCHEMA,
         "binaries": {
-            "x86-64": {"file": os.path.basename(bx.path), "sha256": _sha256(bx.path),
+            X: {"file": os.path.basename(bx.path), "sha256": _sha256(bx.path),
                        "entry": bx.elf["e_entry"]},
-            "aarch64": {"file": os.path.basename(ba.path), "sha256": _sha256(ba.path),
+            A: {"file": os.path.basename(ba.path), "sha256": _sha256(ba.path),
                         "entry": ba.elf["e_entry"]},
         },
         "layout": plan.summary() if plan is not None else None,
         "runtime": {
-            "signals": {"park": 40, "resume": 41},
-            "park_file": "/run/hmigrate/parked",
-            "park_file_fallback": "/tmp/.hmigrate-parked",
-            "park_file_env": "HMIGRATE_PARK_FILE",
+            "signals": {"park": contract.SIG_PARK, "resume": contract.SIG_RESUME},
+            "park_file": contract.PARK_FILE,
+            "park_file_fallback": contract.PARK_FILE_FALLBACK,
+            "park_file_env": contract.PARK_FILE_ENV,
             "state": {"symbol": "hmigrate_state", "addr": state[0] if state else None,
                       "size": state[1] if state else None},
             "park_functions": list(PARK_FUNCTIONS),
-            "park_points": {"x86-64": _park_points(bx), "aarch64": _park_points(ba)},
-            "bottom_frames": {"x86-64": _bottom_frames(bx), "aarch64": _bottom_frames(ba)},
+            "park_points": {X: _park_points(bx), A: _park_points(ba)},
+            "bottom_frames": {X: _bottom_frames(bx), A: _bottom_frames(ba)},
         },
         "tls": tls,
         "functions": functions,
         "symbols": symbols,
-        "unclean_ranges": {b.arch.name: unclean_ranges(functions, b.arch.name, instrumented,
+        "unclean_ranges": {b.arch.isa.name: unclean_ranges(functions, b.arch.isa.name, instrumented,
                                                        foreign_code(b))
                            for b in (bx, ba)},
         "checks": {"park_points_clean": not problems, "problems": problems,
@@ -1052,7 +921,7 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
                        isa: sum(1 for f in functions if f["instrumented"] and f["translatable"]
                                 for c in f["isa"][isa]["call_sites"]
                                 if not c["translatable"] and c["kind"] != "exit_hook")
-                       for isa in ("x86-64", "aarch64")}},
+                       for isa in (X, A)}},
     }
     return md
 
@@ -1103,6 +972,14 @@ def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str],
                                           _may_reach_park(c, instrumented)):
                 out.append([c["return_address"] - 1, c["return_address"]])
     return _merge(out + list(foreign or []), gap=1) if foreign else sorted(out)
+
+
+def _block_tp_offset(isa: Isa, seg: dict) -> int:
+    """Where the TLS block starts relative to the thread pointer: it ends there in
+    variant 2, it starts tls_gap_above_tp above it (aligned) in variant 1."""
+    if isa.tls_variant == 2:
+        return -_align_up(seg["memsz"], seg["align"])
+    return _align_up(isa.tls_gap_above_tp, seg["align"])
 
 
 def _align_up(x: int, a: int) -> int:

@@ -1,4 +1,4 @@
-"""Read the stacks of a parked x86-64 process with nothing but the metadata.
+"""Read the stacks of a parked process (the x86-64 variant) with nothing but the metadata.
 
 A dry run of what recode does first: for every thread parked by the runtime, walk
 its frames from the futex syscall down to musl's start frame, map every return
@@ -18,27 +18,34 @@ import os
 import struct
 import sys
 
-ISA = "x86-64"
-OTHER = "aarch64"
+from docker_hmigrate.isa import AARCH64, X86_64, ThreadRegs
+from docker_hmigrate.toolchain import contract
+from docker_hmigrate.toolchain.contract import CallSite, Function, Metadata
+
+# hmigrate-cc runs on x86-64 hosts: the walked process is the x86-64 variant. Reading its
+# frames from /proc needs a park function with a frame record (a leaf would keep the
+# caller's frame pointer and return address in registers /proc does not show).
+HOST, OTHER_ISA = X86_64, AARCH64
+ISA, OTHER = HOST.name, OTHER_ISA.name
 
 
 class Index:
-    def __init__(self, md: dict):
+    def __init__(self, md: Metadata):
         self.md = md
-        self.calls: dict[int, tuple[dict, dict, dict | None]] = {}
+        self.calls: dict[int, tuple[Function, CallSite, CallSite | None]] = {}
         starts = []
-        for f in md["functions"]:
-            g = f["isa"][ISA]
-            starts.append((g["addr"], g["addr"] + g["size"], f["name"]))
-            twins = {ix: ia for ix, ia in f["call_site_pairs"]}
-            for c in g["call_sites"]:
-                t = twins.get(c["index"])
-                tc = f["isa"][OTHER]["call_sites"][t] if t is not None else None
-                self.calls[c["return_address"]] = (f, c, tc)
-        for s in md["symbols"]:
-            x = s.get(ISA)
-            if s["kind"] == "func" and x and x[1]:
-                starts.append((x[0], x[0] + x[1], s["name"]))
+        for f in md.functions:
+            g = f.isa[ISA]
+            starts.append((g.addr, g.addr + g.size, f.name))
+            twins = {ix: ia for ix, ia in f.call_site_pairs}
+            other = f.isa[OTHER].call_sites if OTHER in f.isa else []
+            for c in g.call_sites:
+                t = twins.get(c.index)
+                self.calls[c.return_address] = (f, c, other[t] if t is not None else None)
+        for s in md.symbols:
+            x = s.at(ISA)
+            if s.kind == "func" and x and x[1]:
+                starts.append((x[0], x[0] + x[1], s.name))
         starts.sort()
         self.starts = starts
         self.keys = [s[0] for s in starts]
@@ -50,73 +57,82 @@ class Index:
         return None
 
 
-def read_word(mem, addr: int) -> int:
-    mem.seek(addr)
-    return struct.unpack("<Q", mem.read(8))[0]
+class ProcMem:
+    """A process's memory through /proc/PID/mem, as the ISA objects read it."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def read(self, addr: int, n: int) -> bytes:
+        self.f.seek(addr)
+        return self.f.read(n)
+
+    def read_u64(self, addr: int) -> int:
+        return struct.unpack("<Q", self.read(addr, 8))[0]
 
 
 def walk_thread(pid: int, tid: int, idx: Index) -> dict:
     with open(f"/proc/{pid}/task/{tid}/syscall") as f:
         fields = f.read().split()
-    park = idx.md["runtime"]["park_points"][ISA]
+    rt = idx.md.runtime
+    park = rt.park_pc(ISA)
     out: dict = {"tid": tid, "frames": [], "ok": True, "problems": []}
-    if fields[0] != "202" or int(fields[-1], 16) != park["blocked_pc"]:
+    if fields[0] != str(HOST.sys_futex) or int(fields[-1], 16) != park.blocked_pc:
         out["ok"] = False
         out["problems"].append(f"not parked at the runtime's futex wait ({fields[0]}, pc "
                                f"{fields[-1]})")
         return out
-    if "frame_size" not in park:
+    if park.frame_size is None:
         raise SystemExit("walk: metadata has no runtime.park_points frame_size; relink "
                          "with this hmigrate-cc")
     sp = int(fields[-2], 16)
-    # hm_futex_wait: rbp = sp + its frame size - 16 (a fixed frame, see metadata).
-    rbp = sp + park["frame_size"] - 16
-    pc = park["blocked_pc"]
-    with open(f"/proc/{pid}/mem", "rb") as mem:
+    fp = HOST.park_frame_pointer(sp, park.frame_size)
+    if fp is None:
+        raise SystemExit(f"walk: on {ISA} the park frame's registers are not readable "
+                         f"through /proc")
+    bottoms = {b.return_address for b in rt.bottoms(ISA)}
+    with open(f"/proc/{pid}/mem", "rb") as f:
+        mem = ProcMem(f)
+        regs = ThreadRegs(pc=park.blocked_pc or 0, sp=sp, fp=fp, tp=0, syscall_nr=-1,
+                          result=0, args=(0, 0, 0, 0), callee_saved={})
+        cfa, fp, ret = HOST.park_frame(mem, regs, park.frame_size)
+        out["frames"].append({"pc": regs.pc, "function": idx.function_at(regs.pc)})
         for _ in range(4096):
-            name = idx.function_at(pc)
-            frame: dict = {"pc": pc, "function": name}
-            entry = idx.calls.get(pc)
-            cfa = rbp + 16
-            if entry is not None:
-                f, c, twin = entry
-                frame.update({"call_site": c["index"], "kind": c["kind"],
-                              "target": c["target"], "translatable": c["translatable"],
-                              "twin_return_address": twin["return_address"] if twin else None})
-                if not c["translatable"] or (not f["translatable"] and f["instrumented"]):
-                    out["problems"].append(f"{name}: call site {c['index']} untranslatable")
-                vals = {}
-                for v in f["isa"][ISA].get("vars", []):
-                    if "cfa_offset" not in v or v["type"]["size"] not in (1, 2, 4, 8):
-                        continue
-                    if v["scope"] and not (v["scope"][0] <= pc - 1 < v["scope"][1]):
-                        continue
-                    mem.seek(cfa + v["cfa_offset"])
-                    raw = mem.read(v["type"]["size"])
-                    vals[v["name"]] = int.from_bytes(raw, "little")
-                frame["vars"] = vals
-            out["frames"].append(frame)
-            if rbp == 0:
-                break
-            next_pc = read_word(mem, rbp + 8)
-            next_rbp = read_word(mem, rbp)
-            caller = idx.function_at(next_pc)
-            if next_pc not in idx.calls:
+            entry = idx.calls.get(ret)
+            name = idx.function_at(ret)
+            if entry is None:
                 # A frame without metadata: musl's start code at the bottom.
-                out["frames"].append({"pc": next_pc, "function": caller, "bottom": True})
-                bottoms = {b["return_address"] for b in
-                           idx.md["runtime"]["bottom_frames"][ISA]}
-                if next_pc not in bottoms:
+                out["frames"].append({"pc": ret, "function": name, "bottom": True})
+                if ret not in bottoms:
                     out["ok"] = False
-                    out["problems"].append(f"unknown frame at 0x{next_pc:x} ({caller})")
+                    out["problems"].append(f"unknown frame at 0x{ret:x} ({name})")
                 break
-            pc, rbp = next_pc, next_rbp
+            fn, c, twin = entry
+            frame: dict = {"pc": ret, "function": name, "call_site": c.index, "kind": c.kind,
+                           "target": c.target, "translatable": c.translatable,
+                           "twin_return_address": twin.return_address if twin else None}
+            if not c.translatable or (not fn.translatable and fn.instrumented):
+                out["problems"].append(f"{name}: call site {c.index} untranslatable")
+            layout = fn.isa[ISA].frame
+            if not layout.has_frame_record:
+                out["ok"] = False
+                out["problems"].append(f"{name}: no frame record in the metadata")
+                out["frames"].append(frame)
+                break
+            cfa = fp - layout.fp_cfa_offset  # type: ignore[operator]
+            frame["vars"] = {v.name: int.from_bytes(mem.read(cfa + v.cfa_offset,  # type: ignore[operator]
+                                                             v.type.size), "little")
+                             for v in fn.isa[ISA].stack_vars
+                             if v.type.size in (1, 2, 4, 8) and v.in_scope(ret)}
+            out["frames"].append(frame)
+            fp = mem.read_u64(cfa + layout.saved_fp_cfa_offset)  # type: ignore[operator]
+            ret = mem.read_u64(cfa + layout.return_address_cfa_offset)  # type: ignore[operator]
     out["ok"] = out["ok"] and not out["problems"]
     return out
 
 
-def walk(pid: int, md: dict) -> list[dict]:
-    idx = Index(md)
+def walk(pid: int, md: dict | Metadata) -> list[dict]:
+    idx = Index(contract.load(md))
     return [walk_thread(pid, int(t), idx) for t in sorted(os.listdir(f"/proc/{pid}/task"))]
 
 

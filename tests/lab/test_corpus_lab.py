@@ -20,6 +20,7 @@ import pytest
 from bench import corpus
 from docker_hmigrate import recode
 from docker_hmigrate.criu.imageset import ImageSet
+from docker_hmigrate.isa import get as get_isa
 from docker_hmigrate.recode import frames, jmpbuf
 from tests.support.lab import unique, wait_until
 from tests.support.recode_lab import program_of_image
@@ -120,12 +121,12 @@ def _jmp_bufs(images: Path, program, isa: str) -> list[int]:
             frames.plan_target(st, idx)
             smap = frames.StackMap(st, idx)
             for fr in st.frames:
-                if fr.function["name"] != "luaD_rawrunprotected":
+                if fr.function.name != "luaD_rawrunprotected":
                     continue
-                lj = next(v for v in fr.function["isa"][isa]["vars"] if v["name"] == "lj")
-                b = next(f for f in lj["type"]["fields"] if f["kind"] == "jmp_buf")
-                raw = mem.read(fr.src_cfa + lj["cfa_offset"] + b["offset"], b["size"])
-                lay = jmpbuf.LAYOUTS[isa]
+                lj = next(v for v in fr.function.isa[isa].vars if v.name == "lj")
+                b = next(f for f in lj.type.fields if f.kind == "jmp_buf")
+                raw = mem.read(fr.src_cfa + lj.cfa_offset + b.offset, b.size)
+                lay = get_isa(isa).jmpbuf
                 pcs.append(int.from_bytes(raw[lay.pc:lay.pc + 8], "little"))
                 jmpbuf.translate(raw, "lj", st, idx, smap, 0)  # raises if inconsistent
     return pcs

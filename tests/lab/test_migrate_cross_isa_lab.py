@@ -33,11 +33,10 @@ def ticks(logs: str) -> list[int]:
 
 def leftovers(client: docker.DockerClient, checkpoint: str) -> list[str]:
     """This migration's template container if still there (named after its checkpoint:
-    other migrations may run at the same time)."""
+    other migrations may run at the same time; only those matching are inspected, as
+    others' containers may go between the listing and the inspection)."""
     name = f"hmigrate-template-{checkpoint}"
-    # filtered by the daemon: listing every container inspects each, and another session's
-    # short-lived probe removed meanwhile made that fail with NotFound
-    return [c.name for c in client.containers.list(all=True, filters={"name": name})
+    return [c.name for c in client.containers.list(all=True, filters={"name": f"^/{name}$"})
             if c.name == name]
 
 

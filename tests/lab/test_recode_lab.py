@@ -23,9 +23,9 @@ import requests
 
 from docker_hmigrate.criu import ImageSet
 from docker_hmigrate.criu.schema import March
+from docker_hmigrate.isa import AARCH64
 from docker_hmigrate.recode import (
     Program,
-    aarch64,
     process,
     transform,
 )
@@ -197,7 +197,7 @@ def test_recoded_matches_native_aarch64_checkpoint(host_a: LabHost, arm, cleanup
     a, b = frame_words(out), frame_words(native)
     assert a["chain"] == b["chain"]
     assert a["regs"] == b["regs"]
-    assert a["tp_minus_td"] == b["tp_minus_td"] == aarch64.PTHREAD_SIZE
+    assert a["tp_minus_td"] == b["tp_minus_td"] == AARCH64.pthread.size
     assert a["vma_kinds"] == b["vma_kinds"]
 
 
@@ -221,7 +221,7 @@ def frame_words(d: Path) -> dict:
             break
         fp = nfp
     outer = chain[-1][0] + 16  # main's CFA
-    td = ti.tls - aarch64.PTHREAD_SIZE
+    td = ti.tls - AARCH64.pthread.size
     return {"chain": [(f - outer, ra) for f, ra in chain],
             "regs": (g.sp - outer, g.regs[29] - outer, g.regs[30], g.regs[19]),
             "tp_minus_td": ti.tls - td if mem.read_u64(td) == td else None,

@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from docker_hmigrate.criu import ImageSet
-from docker_hmigrate.recode import aarch64, tls, transform
+from docker_hmigrate.isa import AARCH64
+from docker_hmigrate.recode import tls, transform
 from tests.support.lab import LabHost, unique, wait_until
 from tests.support.recode_lab import (
     arm_container_with,
@@ -68,18 +69,18 @@ def test_recode_threads_with_tls(host_a: LabHost, cleanup, workdir: Path) -> Non
     for tid in s.threads(1):
         td_src = s.core(tid).thread_info.gpregs.fs_base
         tp = d.core(tid).ti_aarch64.tls
-        td = tp - aarch64.PTHREAD_SIZE
+        td = tp - AARCH64.pthread.size
         tds[td_src] = td
         assert dmem.read_u64(td) == td
-        dtv = dmem.read_u64(td + aarch64.PTHREAD["dtv"])
-        block = td + aarch64.PTHREAD_SIZE + pd.offset
+        dtv = dmem.read_u64(td + AARCH64.pthread["dtv"])
+        block = td + AARCH64.pthread.size + pd.offset
         assert (dmem.read_u64(dtv), dmem.read_u64(dtv + 8)) == (1, block)
         # tls_mix (offset 0 in the block on both ISAs) keeps its value
         assert dmem.read(block, ps.size) == smem.read(td_src - ps.offset, ps.size)
     # musl's thread list is a ring over the moved structs
     for td_src, td in tds.items():
         nxt = smem.read_u64(td_src + 24)  # x86-64 next
-        assert dmem.read_u64(td + aarch64.PTHREAD["next"]) == tds[nxt]
+        assert dmem.read_u64(td + AARCH64.pthread["next"]) == tds[nxt]
     assert len(set(tds.values())) == 5  # main and four workers
 
 

@@ -270,7 +270,10 @@ def test_parse_map_stubs_and_grow():
 def test_sigsetjmp_and_jmp_buf_layout_verdicts() -> None:
     """sigsetjmp callers are untranslatable (their buffers hold musl's own return address);
     a jmp_buf-holding variable is translatable only when its leaves map one to one."""
+    from docker_hmigrate.isa import AARCH64 as AARCH64_ISA
+    from docker_hmigrate.isa import X86_64 as X86_64_ISA
     from docker_hmigrate.recode import jmpbuf
+    from docker_hmigrate.toolchain import contract
     from docker_hmigrate.toolchain.metadata import function_reasons
 
     def jt(size, extra):
@@ -289,4 +292,6 @@ def test_sigsetjmp_and_jmp_buf_layout_verdicts() -> None:
     assert "x.c:3" in why[0]
     why = function_reasons(f(208, 4, "sigsetjmp"), f(320, 4, "sigsetjmp"))
     assert why == ["sigsetjmp/siglongjmp: sigsetjmp called at x.c:9"]
-    assert not jmpbuf.fields_match(jt(208, 4), jt(208, 4))  # not musl's two sizes
+    t = contract.TypeInfo
+    assert not jmpbuf.fields_match(t(jt(208, 4)), t(jt(208, 4)), X86_64_ISA, AARCH64_ISA)
+    assert jmpbuf.fields_match(t(jt(208, 4)), t(jt(320, 4)), X86_64_ISA, AARCH64_ISA)

@@ -20,9 +20,9 @@ import requests
 from docker_hmigrate.criu import ImageSet
 from docker_hmigrate.criu.schema import March
 from docker_hmigrate.engine import Host
+from docker_hmigrate.isa import AARCH64
 from docker_hmigrate.recode import (
     Program,
-    aarch64,
     merge_into_template,
     process,
     template_facts,
@@ -165,9 +165,9 @@ def check_recoded(out: Path, program: Program) -> dict:
                 fp = nfp
             facts.setdefault("stacks", {})[tid] = names
             # TLS: musl's struct pthread just below TPIDR_EL0, self pointer
-            td = ti.tls - aarch64.PTHREAD_SIZE
+            td = ti.tls - AARCH64.pthread.size
             assert mem.read_u64(td) == td
-            assert mem.read_u64(td + aarch64.PTHREAD["common"]) & 0xFFFFFFFF == tid
+            assert mem.read_u64(td + AARCH64.pthread["common"]) & 0xFFFFFFFF == tid
         # the executable: the aarch64 variant's segments
         exe = [v for v in mm.vmas if v.shmid == mm.exe_file_id and not v.status & 0x200]
         want = [(process.page_down(va), process.page_up(va + fs)) for _o, va, fs, _m, _f
@@ -183,8 +183,8 @@ def check_recoded(out: Path, program: Program) -> dict:
         assert auxv[process.AT["AT_ENTRY"]] == target.entry
         assert auxv[process.AT["AT_PHDR"]] == target.phdr_addr
         assert auxv[process.AT["AT_PHNUM"]] == target.phnum
-        assert auxv[process.AT["AT_HWCAP"]] == aarch64.HWCAP
-        assert mem.read(auxv[process.AT["AT_PLATFORM"]], 8) == aarch64.PLATFORM
+        assert auxv[process.AT["AT_HWCAP"]] == AARCH64.auxv.hwcap
+        assert mem.read(auxv[process.AT["AT_PLATFORM"]], 8) == AARCH64.auxv.platform
         vdso = next(v for v in mm.vmas if v.status & process.VMA_AREA_VDSO)
         assert vdso.start == auxv[process.AT["AT_SYSINFO_EHDR"]]
         assert mem.read(vdso.start, 4) == b"\x7fELF"

@@ -422,8 +422,8 @@ def test_toolchain_wheels_cover_what_hmigrate_cc_imports() -> None:
 
 
 def test_toolchain_imports_only_what_its_image_carries() -> None:
-    """hmigrate-cc runs in hmigrate/toolchain, which holds docker_hmigrate/toolchain and
-    runtime only: an import of another part of the package (recode/ once) breaks every
+    """hmigrate-cc runs in hmigrate/toolchain, which holds docker_hmigrate/toolchain,
+    runtime and isa only: an import of another part of the package (recode/ once) breaks every
     build there with ModuleNotFoundError."""
     import ast
 

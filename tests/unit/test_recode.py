@@ -8,7 +8,10 @@ import struct
 import pytest
 
 from docker_hmigrate import errors
-from docker_hmigrate.recode import Program, aarch64, frames, process, transform, x86_64
+from docker_hmigrate.isa import AARCH64, ThreadRegs
+from docker_hmigrate.isa.aarch64 import saves_frame_record
+from docker_hmigrate.recode import Program, frames, process, rebuild, transform
+from docker_hmigrate.toolchain import contract
 
 # -- a tiny parked program: main -> work -> __cyg_profile_func_enter -> hmigrate_park
 #    -> hm_futex_wait, with musl's libc_start_main_stage2 at the bottom.
@@ -153,7 +156,7 @@ def x86_stack():
     m.write_u64(futex_cfa - 8, 0x401310)
     m.write_u64(futex_cfa - 16, park_cfa - 16)
     sp = futex_cfa - 16
-    regs = x86_64.ThreadRegs(pc=0x401408, sp=sp, fp=sp, tp=0, syscall_nr=202,
+    regs = ThreadRegs(pc=0x401408, sp=sp, fp=sp, tp=0, syscall_nr=202,
                              result=(1 << 64) - 4, args=(0x600000, 128, 1, park_cfa - 40),
                              callee_saved={"rbx": 0x7777, "r12": 0, "r13": 0, "r14": 0,
                                            "r15": 0})
@@ -165,7 +168,7 @@ def test_unwind_and_rebuild_aarch64_stack() -> None:
     idx = frames.Index(md, X, A)
     src, regs = x86_stack()
     stack = frames.unwind(src, regs, idx)
-    assert [f.function["name"] for f in stack.frames] == [
+    assert [f.function.name for f in stack.frames] == [
         "hm_futex_wait", "hmigrate_park", "__cyg_profile_func_enter", "work", "main"]
     assert stack.outer_cfa == OUTER and stack.bottom_return == BOTTOM[X]
     frames.source_callee_saved(src, stack, regs, idx)
@@ -176,7 +179,7 @@ def test_unwind_and_rebuild_aarch64_stack() -> None:
                     OUTER - 32, OUTER]
     dst = FakeMem(STACK, 0x1000)
     smap = frames.StackMap(stack, idx)
-    out = frames.write_target(src, dst, stack, idx, smap, BOTTOM[A])
+    out = rebuild.write_target(src, dst, stack, idx, smap, BOTTOM[A])
     main_cfa, work_cfa, enter_cfa, park_cfa = OUTER, OUTER - 32, OUTER - 80, OUTER - 96
     # frame records: saved fp / return address per frame, chain ends with 0
     assert dst.read_u64(main_cfa - 32) == 0 and dst.read_u64(main_cfa - 24) == BOTTOM[A]
@@ -206,28 +209,28 @@ def test_stack_round_trip_x86_aarch64_x86() -> None:
     frames.source_callee_saved(src, stack, regs, fwd)
     frames.plan_target(stack, fwd)
     arm = FakeMem(STACK, 0x1000)
-    out = frames.write_target(src, arm, stack, fwd, frames.StackMap(stack, fwd), BOTTOM[A])
+    out = rebuild.write_target(src, arm, stack, fwd, frames.StackMap(stack, fwd), BOTTOM[A])
     park = md["runtime"]["park_points"]
-    arm_regs = x86_64.ThreadRegs(
+    arm_regs = ThreadRegs(
         pc=park[A]["blocked_pc"], sp=frames.lowest_target_sp(stack, fwd), fp=out["x29"],
-        tp=0, syscall_nr=aarch64.SYS_FUTEX, result=0, args=(0, 0, 0, 0),
-        callee_saved={r: out.get(r, 0) for r in aarch64.CALLEE_SAVED}, lr=out["x30"])
+        tp=0, syscall_nr=AARCH64.sys_futex, result=0, args=(0, 0, 0, 0),
+        callee_saved={r: out.get(r, 0) for r in AARCH64.callee_saved}, lr=out["x30"])
     back = frames.Index(md, A, X)
     again = frames.unwind(arm, arm_regs, back)
-    assert [f.function["name"] for f in again.frames] == [f.function["name"]
+    assert [f.function.name for f in again.frames] == [f.function.name
                                                           for f in stack.frames]
     frames.source_callee_saved(arm, again, arm_regs, back)
     frames.plan_target(again, back)
     assert [f.dst_cfa for f in again.frames] == [f.src_cfa for f in stack.frames]
     assert frames.lowest_target_sp(again, back) == regs.sp
     x86 = FakeMem(STACK, 0x1000)
-    out2 = frames.write_target(arm, x86, again, back, frames.StackMap(again, back), BOTTOM[X])
+    out2 = rebuild.write_target(arm, x86, again, back, frames.StackMap(again, back), BOTTOM[X])
     assert out2["rbp"] == regs.fp and out2["rbx"] == 0x7777
     for fr in stack.frames[1:]:  # frame records and every variable slot, frame by frame
-        assert x86.read_u64(fr.src_cfa - 8) == src.read_u64(fr.src_cfa - 8), fr.function["name"]
+        assert x86.read_u64(fr.src_cfa - 8) == src.read_u64(fr.src_cfa - 8), fr.function.name
         for v in frames._vars(fr.function, X):
-            a = fr.src_cfa + v["cfa_offset"]
-            assert x86.read(a, v["type"]["size"]) == src.read(a, v["type"]["size"]), v["name"]
+            a = fr.src_cfa + v.cfa_offset
+            assert x86.read(a, v.type.size) == src.read(a, v.type.size), v.name
     # frame chain: each saved rbp is the caller's, main's caller's is 0 (musl's frame)
     assert [x86.read_u64(f.src_cfa - 16) for f in stack.frames[1:]] == \
         [f.src_cfa - 16 for f in stack.frames[2:]] + [0]
@@ -258,7 +261,7 @@ def test_pointer_into_no_variable_is_refused() -> None:
     frames.source_callee_saved(src, stack, regs, idx)
     frames.plan_target(stack, idx)
     with pytest.raises(errors.NotMigratableCrossISA, match="matches no variable"):
-        frames.write_target(src, FakeMem(STACK, 0x1000), stack, idx,
+        rebuild.write_target(src, FakeMem(STACK, 0x1000), stack, idx,
                              frames.StackMap(stack, idx), BOTTOM[A])
 
 
@@ -270,9 +273,9 @@ def test_pthread_translated_in_place() -> None:
     for off, v in words.items():
         src.write_u64(td + off, v)
     dst = FakeMem(0x445000, 0x1000)
-    tp = process.translate_pthread(src, dst, td)
+    tp = process.translate_pthread(src, dst, td, "x86-64", "aarch64")
     assert tp == td + 200
-    a = aarch64.PTHREAD
+    a = AARCH64.pthread
     assert dst.read_u64(td + a["self"]) == td and dst.read_u64(td + a["next"]) == td
     assert dst.read_u64(td + a["dtv"]) == 0x445580 and dst.read_u64(td + a["canary"]) == 0xCAFE
     assert dst.read_u64(td + a["common"]) == 0x400000001  # tid, errno
@@ -283,11 +286,11 @@ def test_pthread_translated_in_place() -> None:
 def test_pthread_missing_is_refused() -> None:
     with pytest.raises(errors.NotMigratableCrossISA, match="no musl struct pthread"):
         process.translate_pthread(FakeMem(0x445000, 0x1000), FakeMem(0x445000, 0x1000),
-                                  0x445598)
+                                  0x445598, "x86-64", "aarch64")
 
 
 def test_empty_vdso_parses_like_criu() -> None:
-    img = process.empty_vdso(8192)
+    img = process.empty_vdso(8192, AARCH64.elf_machine)
     assert img[:4] == b"\x7fELF" and len(img) == 8192
     phoff, = struct.unpack_from("<Q", img, 32)
     phnum, = struct.unpack_from("<H", img, 56)
@@ -312,8 +315,8 @@ def test_empty_vdso_parses_like_criu() -> None:
 def test_stp_frame_record_detection() -> None:
     stp_pre = (0xA9BE7BFD).to_bytes(4, "little")  # stp x29, x30, [sp, #-32]!
     leaf = (0xD10083FF).to_bytes(4, "little") + (0xD65F03C0).to_bytes(4, "little")
-    assert aarch64.saves_frame_record(stp_pre)
-    assert not aarch64.saves_frame_record(leaf)
+    assert saves_frame_record(stp_pre)
+    assert not saves_frame_record(leaf)
 
 
 def program(md=None, binaries=None) -> Program:
@@ -452,12 +455,12 @@ def test_jmp_buf_translated_like_its_frame_and_back() -> None:
     assert a64[112:176] == bytes(64) and a64[176:] == raw[64:]
     # and back: the aarch64 jmp_buf of the rebuilt stack gives the x86-64 one again
     arm = FakeMem(STACK, 0x1000)
-    out = frames.write_target(x86_stack()[0], arm, stack, idx, smap, BOTTOM[A])
+    out = rebuild.write_target(x86_stack()[0], arm, stack, idx, smap, BOTTOM[A])
     park = md["runtime"]["park_points"]
-    arm_regs = x86_64.ThreadRegs(
+    arm_regs = ThreadRegs(
         pc=park[A]["blocked_pc"], sp=frames.lowest_target_sp(stack, idx), fp=out["x29"],
-        tp=0, syscall_nr=aarch64.SYS_FUTEX, result=0, args=(0, 0, 0, 0),
-        callee_saved={r: out.get(r, 0) for r in aarch64.CALLEE_SAVED}, lr=out["x30"])
+        tp=0, syscall_nr=AARCH64.sys_futex, result=0, args=(0, 0, 0, 0),
+        callee_saved={r: out.get(r, 0) for r in AARCH64.callee_saved}, lr=out["x30"])
     back = frames.Index(md, A, X)
     again = frames.unwind(arm, arm_regs, back)
     frames.source_callee_saved(arm, again, arm_regs, back)
@@ -473,8 +476,8 @@ def test_variable_holding_a_jmp_buf_moves_member_by_member() -> None:
 
     md = jmp_metadata()
     idx, _, stack, smap = unwound(md)
-    sv = {"name": "lj", "type": guard_type(X)}
-    dv = {"name": "lj", "type": guard_type(A)}
+    sv = contract.Var({"name": "lj", "type": guard_type(X)})
+    dv = contract.Var({"name": "lj", "type": guard_type(A)})
     raw = (OUTER - 24).to_bytes(8, "little") + x86_jmp_buf(OUTER) + struct.pack("<II", 7, 0)
     out = jmpbuf.copy_var(raw, sv, dv, "main: lj", stack, idx, smap, BOTTOM[A])
     assert len(out) == 328
@@ -502,8 +505,9 @@ def test_jmp_buf_of_unknown_code_or_returned_frame_is_refused() -> None:
     bad = guard_type(A)
     bad["fields"][2]["size"] = 8
     with pytest.raises(frames.Untranslatable, match="member by member"):
-        jmpbuf.copy_var(bytes(216), {"name": "lj", "type": guard_type(X)},
-                        {"name": "lj", "type": bad}, "g", stack, idx, smap, BOTTOM[A])
+        jmpbuf.copy_var(bytes(216), contract.Var({"name": "lj", "type": guard_type(X)}),
+                        contract.Var({"name": "lj", "type": bad}), "g", stack, idx, smap,
+                        BOTTOM[A])
 
 
 def test_pointers_to_stack_variables_held_in_the_heap_follow_them() -> None:
@@ -529,7 +533,7 @@ def test_pointers_to_stack_variables_held_in_the_heap_follow_them() -> None:
     assert heap.read_u64(0x600010) == OUTER - 12 and heap.read_u64(0x600018) == 0x1234
     data = (OUTER - 24).to_bytes(8, "little") * 2 + bytes(4) + (OUTER - 24).to_bytes(8,
                                                                                       "little")
-    assert list(stackrefs._candidates(data, STACK, OUTER)) == [0, 8]  # not the unaligned one
+    assert list(stackrefs.words_in(data, STACK, OUTER)) == [0, 8]  # not the unaligned one
 
 
 def test_static_jmp_buf_translated_heap_one_refused_dead_one_zeroed() -> None:

@@ -8,7 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from docker_hmigrate.recode import aarch64, tls, x86_64
+from docker_hmigrate.isa import AARCH64, X86_64
+from docker_hmigrate.isa import get as get_isa
+from docker_hmigrate.recode import tls
 from docker_hmigrate.recode.frames import Untranslatable
 
 X, A = "x86-64", "aarch64"
@@ -44,7 +46,7 @@ def test_layout_invariants(align: int, mem: int) -> None:
     for isa in (X, A):
         p = tls.Params.from_segment(isa, seg)
         a = tls.layout(p, mem)
-        sz = tls.PTHREAD_SIZE[isa]
+        sz = get_isa(isa).pthread.size
         assert mem <= a.td and a.td + sz <= a.end
         assert a.block % align == 0 and mem <= a.block and a.block + p.size <= a.end
         assert tls.struct_address(isa, a.tp) == a.td
@@ -53,7 +55,7 @@ def test_layout_invariants(align: int, mem: int) -> None:
             assert a.td % align == 0
         else:  # variant 1: TP past the struct, block 16+ above, dtv at the end
             assert a.tp == a.td + sz and a.tp % align == 0
-            assert a.block >= a.tp + tls.GAP_ABOVE_TP[A]
+            assert a.block >= a.tp + get_isa(A).tls_gap_above_tp
             assert a.dtv + 16 == a.end and a.block + p.size <= a.dtv
 
 
@@ -145,7 +147,7 @@ def x86_process() -> tuple[FakeImages, FakeImages, dict[str, int]]:
         both.write_u64(LIBC + off, v)
     for f in ("image", "len", "size", "align", "offset"):
         both.write_u64(MAIN_TLS + tls.TLS_MODULE[f], getattr(p, f))
-    f = x86_64.PTHREAD
+    f = X86_64.pthread
     for a, other, tsd, mix in ((main, thr, 0x441200, 0x1111), (thr, main, TSD, 0x2222)):
         td = a.td
         both.write_u64(td + f["self"], td)
@@ -225,24 +227,24 @@ def test_round_trip_x86_aarch64_x86() -> None:
     tr = translate(src, dst, X, A, {1: at["main"], 2: at["thr"]})
     m = dst.mem
     pa = tls.Params.from_segment(A, SEG)
-    td_main = dst.core(1).ti_aarch64.tls - aarch64.PTHREAD_SIZE
-    td_thr = dst.core(2).ti_aarch64.tls - aarch64.PTHREAD_SIZE
+    td_main = dst.core(1).ti_aarch64.tls - AARCH64.pthread.size
+    td_thr = dst.core(2).ti_aarch64.tls - AARCH64.pthread.size
     assert td_main == BUILTIN  # main's area starts where it started
     assert td_thr == TSD - pa.tls_size  # a thread's ends where it ended
-    f = aarch64.PTHREAD
+    f = AARCH64.pthread
     for td, other, mix in ((td_main, td_thr, 0x1111), (td_thr, td_main, 0x2222)):
         assert m.read_u64(td + f["self"]) == td
         assert m.read_u64(td + f["next"]) == m.read_u64(td + f["prev"]) == other
         assert m.read_u64(td + f["canary"]) == 0xC0FFEE
         assert m.read_u64(td + f["robust_head"]) == td + f["robust_head"]
-        block = td + aarch64.PTHREAD_SIZE + pa.offset
+        block = td + AARCH64.pthread.size + pa.offset
         assert m.read_u64(block) == mix
         dtv = m.read_u64(td + f["dtv"])
         assert (m.read_u64(dtv), m.read_u64(dtv + 8)) == (1, block)
     assert m.read_u64(LIBC + tls.LIBC["tls_size"]) == pa.tls_size == 248
     assert m.read_u64(MAIN_TLS + tls.TLS_MODULE["offset"]) == 16
     assert m.read_u64(HEAP) == td_thr  # the program's pthread_t
-    assert m.read_u64(HEAP + 8) == td_thr + aarch64.PTHREAD_SIZE + 16  # &tls_mix
+    assert m.read_u64(HEAP + 8) == td_thr + AARCH64.pthread.size + 16  # &tls_mix
     assert tr.td_map() == {at["main"]: td_main, at["thr"]: td_thr}
     # and back: everything musl and the program see is as it was on x86-64
     back = FakeImages2(m.copy(), A)

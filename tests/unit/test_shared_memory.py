@@ -12,9 +12,11 @@ import pytest
 from docker_hmigrate.criu import FdType, ImageFile, ImageSet, new
 from docker_hmigrate.criu.image import INVENTORY_MAGIC
 from docker_hmigrate.criu.memory import PE_PRESENT
+from docker_hmigrate.isa import X86_64
 from docker_hmigrate.migrate import anonymous_shared
 from docker_hmigrate.recode import shared, template
 from docker_hmigrate.recode.frames import Untranslatable
+from docker_hmigrate.toolchain import contract
 from tests.support.criu_images import (
     CORE,
     FDINFO,
@@ -41,8 +43,9 @@ class FakeIndex:
 
     def __init__(self, funcs=()):
         self.func_twins = {f: f for f in funcs}
-        self.md = {"layout": {"regions": {"text": {"base": "0x401000", "common_size": 0x800,
-                                                   "max_size": 0x900}}}}
+        self.src_isa = X86_64
+        self.md = contract.load({"layout": {"regions": {"text": {
+            "base": "0x401000", "common_size": 0x800, "max_size": 0x900}}}})
 
 
 def image_set(worker: int = 7, shmid: int = 22151, shared_words: bytes = b"",

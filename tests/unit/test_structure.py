@@ -18,10 +18,7 @@ ROOT = Path(__file__).resolve().parents[2] / PACKAGE
 
 # Cycles known and owned by another part of issue 12 (delete the entry once it is gone).
 # Only an exact match is tolerated: anything else in or around those modules still fails.
-KNOWN_CYCLES: dict[frozenset[str], str] = {
-    frozenset({"docker_hmigrate.recode.frames", "docker_hmigrate.recode.jmpbuf"}):
-        "issue 12, recode part: jmpbuf's function-level imports of frames",
-}
+KNOWN_CYCLES: dict[frozenset[str], str] = {}
 
 
 def module_name(path: Path) -> str:

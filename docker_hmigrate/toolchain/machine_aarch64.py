@@ -1,0 +1,112 @@
+"""aarch64 machine code as metadata.py reads it (capstone): calls, branches, register
+names, the prologue's SP/FP/stack stores, where a frame keeps its record, GCC's copy of
+the return address. The ISA's facts themselves (registers, ABI) are in isa/aarch64.py."""
+
+from __future__ import annotations
+
+import capstone
+
+from docker_hmigrate.isa import AARCH64
+
+ISA = AARCH64
+CS_ARCH, CS_MODE = capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM
+ENTRY_SP = 0  # SP - CFA at a function's first instruction: bl keeps the RA in x30
+SYSCALL = "svc"
+
+
+def norm_reg(name: str) -> str:
+    if name.startswith("w") and name[1:].isdigit():
+        return "x" + name[1:]
+    if name in ("fp",):
+        return "x29"
+    if name in ("lr",):
+        return "x30"
+    return name
+
+
+def is_call(insn) -> bool:
+    return insn.mnemonic in ("bl", "blr")
+
+
+def call_target(insn) -> int | None:
+    op = insn.operands[0] if insn.operands else None
+    if op is not None and insn.mnemonic == "bl" and op.type == capstone.arm64.ARM64_OP_IMM:
+        return op.imm
+    return None
+
+
+def branch(insn) -> tuple[str, int | None]:
+    """('jump'|'cond'|'ret'|'indirect'|'none', direct target)."""
+    m = insn.mnemonic
+    if m == "ret":
+        return "ret", None
+    if m == "br":
+        return "indirect", None
+    if m == "b" or m.startswith("b.") or m in ("cbz", "cbnz", "tbz", "tbnz"):
+        imms = [o.imm for o in insn.operands if o.type == capstone.arm64.ARM64_OP_IMM]
+        tgt = imms[-1] if imms else None
+        return ("jump" if m == "b" else "cond"), tgt
+    return "none", None
+
+
+def step(st, consts: dict[str, int], insn) -> None:
+    """Apply one instruction to the SP/FP/stack-store tracking state (PrologueState)."""
+    m, ops = insn.mnemonic, insn.operands
+    if m == "mov" and len(ops) == 2 and ops[1].type == capstone.arm64.ARM64_OP_IMM:
+        consts[insn.reg_name(ops[0].reg)] = ops[1].imm
+        return
+    if m in ("stp", "str", "stur", "strb", "strh", "sturb", "sturh") and ops:
+        mem_ops = [o for o in ops if o.type == capstone.arm64.ARM64_OP_MEM]
+        if not mem_ops:
+            return
+        mem = mem_ops[0].mem
+        base = insn.reg_name(mem.base)
+        size = {"strb": 1, "sturb": 1, "strh": 2, "sturh": 2}.get(m, 0)
+        if not size:
+            size = 4 if insn.reg_name(ops[0].reg).startswith(("w", "s")) else 8
+            if insn.reg_name(ops[0].reg).startswith("q"):
+                size = 16
+        nregs = 2 if m == "stp" else 1
+        if base == "sp":
+            if insn.writeback:
+                # stp x29, x30, [sp, #-N]! pre-indexed; post-index not used in prologues
+                st.sp += mem.disp
+                st.stores.append((st.sp, size * nregs))
+            else:
+                st.stores.append((st.sp + mem.disp, size * nregs))
+        elif base in ("x29", "fp") and st.fp is not None:
+            st.stores.append((st.fp + mem.disp, size * nregs))
+    elif m == "sub" and len(ops) == 3 and insn.reg_name(ops[0].reg) == "sp" and \
+            insn.reg_name(ops[1].reg) == "sp":
+        if ops[2].type == capstone.arm64.ARM64_OP_IMM:
+            st.sp -= ops[2].imm << (ops[2].shift.value if ops[2].shift.type else 0)
+        elif insn.reg_name(ops[2].reg) in consts:
+            st.sp -= consts[insn.reg_name(ops[2].reg)]
+        else:
+            st.dynamic = True
+    elif m == "mov" and len(ops) == 2 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
+            and ops[1].type == capstone.arm64.ARM64_OP_REG and \
+            insn.reg_name(ops[1].reg) == "sp":
+        st.fp = st.sp
+    elif m == "add" and len(ops) == 3 and insn.reg_name(ops[0].reg) in ("x29", "fp") \
+            and insn.reg_name(ops[1].reg) == "sp" and \
+            ops[2].type == capstone.arm64.ARM64_OP_IMM:
+        st.fp = st.sp + ops[2].imm
+
+
+def frame_record(frame: dict) -> tuple[int | None, int | None]:
+    """(return address, caller's frame pointer) CFA offsets: where the prologue's
+    stp x29, x30 put them (the CFI's saved registers)."""
+    regs = frame.get("saved_regs", {})
+    return regs.get(ISA.lr), regs.get(ISA.fp)
+
+
+def lr_copy_reg(insns: list) -> str | None:
+    """GCC's instrumented functions copy the return address into a callee-saved register
+    for the exit hook (in their first instructions): which one."""
+    for insn in insns[:16]:
+        ops = insn.op_str.replace(" ", "").split(",")
+        if insn.mnemonic == "mov" and len(ops) == 2 and ops[1] in ("x30", "lr") and \
+                ops[0] in ISA.callee_saved:
+            return ops[0]
+    return None

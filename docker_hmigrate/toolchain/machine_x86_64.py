@@ -1,0 +1,94 @@
+"""x86-64 machine code as metadata.py reads it (capstone): calls, branches, register
+names, the prologue's SP/FP/stack stores, where a frame keeps its record. The ISA's
+facts themselves (registers, ABI) are in isa/x86_64.py."""
+
+from __future__ import annotations
+
+import capstone
+
+from docker_hmigrate.isa import X86_64
+
+ISA = X86_64
+CS_ARCH, CS_MODE = capstone.CS_ARCH_X86, capstone.CS_MODE_64
+ENTRY_SP = -8  # SP - CFA at a function's first instruction: the call pushed the RA
+SYSCALL = "syscall"
+
+_ALIASES: dict[str, str] = {}
+for full, parts in {"rbx": ("ebx", "bx", "bl", "bh"), "rbp": ("ebp", "bp", "bpl"),
+                    "rsp": ("esp", "sp", "spl")}.items():
+    for p in parts:
+        _ALIASES[p] = full
+for n in range(8, 16):
+    for suf in ("d", "w", "b"):
+        _ALIASES[f"r{n}{suf}"] = f"r{n}"
+
+
+def norm_reg(name: str) -> str:
+    return _ALIASES.get(name, name)
+
+
+def is_call(insn) -> bool:
+    return insn.mnemonic == "call"
+
+
+def call_target(insn) -> int | None:
+    op = insn.operands[0] if insn.operands else None
+    if op is not None and op.type == capstone.x86.X86_OP_IMM:
+        return op.imm
+    return None
+
+
+def branch(insn) -> tuple[str, int | None]:
+    """('jump'|'cond'|'ret'|'indirect'|'none', direct target)."""
+    m = insn.mnemonic
+    if m in ("ret", "retq"):
+        return "ret", None
+    if m.startswith("j"):
+        op = insn.operands[0] if insn.operands else None
+        tgt = op.imm if op is not None and op.type == capstone.x86.X86_OP_IMM else None
+        if m == "jmp":
+            return ("jump" if tgt is not None else "indirect"), tgt
+        return "cond", tgt
+    if "jmp" in m:  # notrack jmp / bnd jmp
+        return "indirect", None
+    return "none", None
+
+
+def step(st, consts: dict[str, int], insn) -> None:
+    """Apply one instruction to the SP/FP/stack-store tracking state (PrologueState)."""
+    m, ops = insn.mnemonic, insn.operands
+    if m == "push":
+        st.sp -= 8
+        st.stores.append((st.sp, 8))
+    elif m == "pop":
+        st.sp += 8
+    elif m == "add" and len(ops) == 2 and ops[0].type == capstone.x86.X86_OP_REG and \
+            insn.reg_name(ops[0].reg) == "rsp" and ops[1].type == capstone.x86.X86_OP_IMM:
+        st.sp += ops[1].imm  # stack arguments popped after a call
+    elif m == "mov" and len(ops) == 2 and ops[0].type == capstone.x86.X86_OP_REG \
+            and insn.reg_name(ops[0].reg) == "rbp" and ops[1].type == \
+            capstone.x86.X86_OP_REG and insn.reg_name(ops[1].reg) == "rsp":
+        st.fp = st.sp
+    elif m == "sub" and ops and ops[0].type == capstone.x86.X86_OP_REG and \
+            insn.reg_name(ops[0].reg) == "rsp":
+        if ops[1].type == capstone.x86.X86_OP_IMM:
+            st.sp -= ops[1].imm
+        else:
+            st.dynamic = True
+    elif ops and ops[0].type == capstone.x86.X86_OP_MEM and m.startswith("mov"):
+        mem = ops[0].mem
+        base = insn.reg_name(mem.base) if mem.base else None
+        ref = st.fp if base == "rbp" else st.sp if base == "rsp" else None
+        if ref is not None and not mem.index:
+            st.stores.append((ref + mem.disp, ops[0].size))
+
+
+def frame_record(frame: dict) -> tuple[int | None, int | None]:
+    """(return address, caller's frame pointer) CFA offsets: push rbp right after the
+    call's pushed return address."""
+    return -8, -16
+
+
+def lr_copy_reg(insns: list) -> str | None:
+    """The return address lives on the stack: no register copy of it."""
+    return None

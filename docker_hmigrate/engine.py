@@ -28,7 +28,7 @@ import docker.utils
 import requests.exceptions
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
-from docker_hmigrate import interrupts
+from docker_hmigrate import interrupts, isa
 from docker_hmigrate.errors import HmigrateError, UnknownContainer
 
 HELPER_LABEL = "org.hmigrate.helper"
@@ -40,8 +40,8 @@ SCRATCH_IMAGE = "hmigrate/scratch:1"
 # What `criu check` needs to inspect the kernel from inside the probe container.
 PROBE_CAPS = ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "DAC_READ_SEARCH", "SYS_CHROOT", "IPC_LOCK"]
 # Go/Docker architecture names -> ISA names used by the toolchain and recode.
-ISA_NAMES = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "aarch64", "arm64": "aarch64"}
-PLATFORMS = {"x86-64": "linux/amd64", "aarch64": "linux/arm64"}
+ISA_NAMES = isa.ALIASES
+PLATFORMS = isa.PLATFORMS
 
 
 class CheckpointApiMixin:
@@ -331,11 +331,12 @@ class Host:
             raise HmigrateError(f"cannot inspect image {ref} on {self.name}: {exc}") from exc
 
 
-def host_loader(isa: str) -> tuple[str, str]:
+def host_loader(name: str) -> tuple[str, str]:
+    """The host's dynamic loader and library folder name, for running its own binaries
+    from a container with the host's / bound (an unknown ISA: x86-64's, as before)."""
     # The real files, not /lib64's absolute symlink, which would resolve in the container.
-    if isa == "aarch64":
-        return "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", "aarch64-linux-gnu"
-    return "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "x86_64-linux-gnu"
+    host_isa = isa.BY_NAME.get(isa.ALIASES.get(name, ""), isa.X86_64)
+    return host_isa.dynamic_loader, host_isa.gnu_triple
 
 
 def api_error_text(exc: Exception) -> str:

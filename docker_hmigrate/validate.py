@@ -15,9 +15,8 @@ from typing import Any
 
 import docker.errors
 
-from docker_hmigrate import errors, park, recode
+from docker_hmigrate import errors, isa, park, recode
 from docker_hmigrate.engine import Host, api_error_text
-from docker_hmigrate.isa import X86_64
 from docker_hmigrate.spec import ContainerSpec
 
 # Headroom over the container's current memory use, for the restore's own needs.
@@ -437,18 +436,20 @@ def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: Contai
         f"anonymous shared memory, kept as data: {'; '.join(shared[:3])}" if shared else
         "none",
         "migrate it to a host of the same ISA", errors.NotMigratableCrossISA))
-    if dst.isa == "x86-64":
+    src_isa, dst_isa = (isa.BY_NAME.get(isa.ALIASES.get(h.isa, "")) for h in (src, dst))
+    if src_isa and dst_isa and src_isa.user_end > dst_isa.user_end:
         # aarch64 gives a process 48 bits of addresses, x86-64 47: what the program mapped
         # up there (its stack and mmaps when it started on aarch64) has no place on x86-64
+        bits = f"{(dst_isa.user_end - 1).bit_length()}-bit"
         high = [f"pid {pid}: {f[0]} {f[5] if len(f) > 5 else '(anonymous)'}" for pid, f in maps
-                if int(f[0].split("-")[1], 16) > X86_64.user_end
+                if int(f[0].split("-")[1], 16) > dst_isa.user_end
                 and not (len(f) > 5 and f[5] in ("[vdso]", "[vvar]"))]
         checks.append(Check(
             "address space", not high,
-            f"mappings above x86-64's 47-bit user space: {'; '.join(high[:3])}" if high else
-            "every mapping fits x86-64's 47-bit user space",
-            "a program started on aarch64 cannot move to x86-64 (one that came from "
-            "x86-64 can, until it maps memory up there)", errors.NotMigratableCrossISA))
+            f"mappings above {dst.isa}'s {bits} user space: {'; '.join(high[:3])}" if high
+            else f"every mapping fits {dst.isa}'s {bits} user space",
+            f"a program started on {src.isa} cannot move to {dst.isa} (one that came from "
+            f"{dst.isa} can, until it maps memory up there)", errors.NotMigratableCrossISA))
     return checks, program
 
 

@@ -443,7 +443,8 @@ def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: Contai
         bits = f"{(dst_isa.user_end - 1).bit_length()}-bit"
         high = [f"pid {pid}: {f[0]} {f[5] if len(f) > 5 else '(anonymous)'}" for pid, f in maps
                 if int(f[0].split("-")[1], 16) > dst_isa.user_end
-                and not (len(f) > 5 and f[5] in ("[vdso]", "[vvar]"))]
+                and not (len(f) > 5 and f[5] in ("[vdso]", "[vvar]"))
+                and not holds_nothing(f)]
         checks.append(Check(
             "address space", not high,
             f"mappings above {dst.isa}'s {bits} user space: {'; '.join(high[:3])}" if high
@@ -451,6 +452,14 @@ def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: Contai
             f"a program started on {src.isa} cannot move to {dst.isa} (one that came from "
             f"{dst.isa} can, until it maps memory up there)", errors.NotMigratableCrossISA))
     return checks, program
+
+
+def holds_nothing(fields: list[str]) -> bool:
+    """An anonymous PROT_NONE mapping (/proc/PID/maps fields): a guard area or the
+    recode's reservation of aarch64's upper addresses (recode/process.fit_address_space),
+    which the recode drops on the way to x86-64."""
+    return len(fields) > 1 and fields[1].startswith("---") and (
+        len(fields) < 6 or not fields[5] or fields[4] == "0")
 
 
 def anonymous_shared(mapping: str) -> bool:

@@ -223,6 +223,47 @@ def isa_only_data(imgset, pid: int, md: Metadata, target: Elf, binary: bytes) ->
     return done
 
 
+# Flags of the reservation below (CRIU stores mmap flags as given to mmap)
+MAP_PRIVATE, MAP_ANONYMOUS, MAP_NORESERVE = 0x02, 0x20, 0x4000
+
+
+def fit_address_space(imgset, pid: int, src_end: int, dst_end: int) -> None:
+    """Keep a process within the smaller of the two ISAs' user address spaces, so that it
+    can always move back (x86-64: 47 bits; aarch64: 48).
+
+    Onto the larger space: a PROT_NONE, MAP_NORESERVE reservation of [src_end, dst_end)
+    with no pages (no memory, no commit charge): the kernel's mmap finds no room up there
+    and places the program's new mappings where the source ISA could hold them too. Back
+    onto the smaller space: mappings above `dst_end` that hold nothing (PROT_NONE,
+    anonymous, no dumped page: that reservation, or any guard area) are dropped; anything
+    else up there is untranslatable (validation refuses it before the freeze)."""
+    mm = imgset.mm(pid)
+    start = page_up(src_end)
+    if dst_end > src_end:
+        if any(v.end > start for v in mm.vmas):
+            return  # the source itself maps up there: nothing to keep free
+        anon = next((v for v in mm.vmas if v.status & VMA_ANON_PRIVATE
+                     and v.status & VMA_AREA_REGULAR), None)
+        if anon is None:
+            return
+        v = schema.message_class("vma_entry")()
+        v.CopyFrom(anon)
+        v.start, v.end, v.pgoff, v.prot = start, page_down(dst_end), 0, 0
+        v.flags = MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE
+        v.ClearField("madv")
+        mm.vmas.append(v)
+        return
+    mem = imgset.memory(pid)
+    keep = []
+    for v in mm.vmas:
+        if v.end > dst_end and v.prot == 0 and v.status & VMA_ANON_PRIVATE \
+                and not any(r.vaddr < v.end and v.start < r.end for r in mem.runs):
+            continue
+        keep.append(v)
+    del mm.vmas[:]
+    mm.vmas.extend(keep)
+
+
 def special_areas(imgset, pid: int) -> dict[str, list]:
     mm = imgset.mm(pid)
     return {"vdso": [v for v in mm.vmas if v.status & VMA_AREA_VDSO],

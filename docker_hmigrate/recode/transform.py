@@ -141,6 +141,7 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
         process.rewrite_auxv(dst, pid, elf, old_vdso, dst_isa, target)
         process.fix_data_pointers(dst, pid, idx, old_vdso, skip.get(pid, []),
                                   target.aux(dst_isa, "AT_HWCAP"))
+        process.fit_address_space(dst, pid, idx.src_isa.user_end, idx.dst_isa.user_end)
         process.portable_pagemap(dst, pid)
         core = dst.core(pid)
         if core.HasField("tc"):

@@ -85,13 +85,12 @@ def test_lua_round_trip_mid_script_output_equals_reference(host_a, lua_image) ->
         if ok:
             output += corpus.logs("hm-arm", name)
             corpus.docker("hm-arm", "rm", "-f", name)
-            assert corpus.wait_exit("hm-a", name, 1800) == 0
+            back = corpus.last_step(output, spec["progress"])
+            wait_until(lambda: corpus.last_step(corpus.logs("hm-a", name), spec["progress"])
+                       >= back + 20, timeout=600, what="lua progressing back on x86-64")
             output += corpus.logs("hm-a", name)
-            assert corpus.wait_exit("hm-a", ref, 1800) == 0
-            full = corpus.logs("hm-a", ref)
-            assert full[-1].startswith(f"done steps={steps} ")
-            same, diff = corpus.compare(full, output)
-            assert same, diff
+            expected = reference(len(output))
+            assert output == expected, corpus.compare(expected, output)[1]
         else:
             reason, before_freeze = corpus.classify(doc, err)
             assert before_freeze and reason, reason

@@ -589,3 +589,31 @@ def test_stack_pages_never_dumped_read_as_zeros() -> None:
         m.read(STACK - 8, 0x1000)
     got = frames.read_stack(m, STACK - 8, 0x1000)
     assert got[:8] == b"\x01" * 8 and got[8:] == bytes(0x1000 - 8)
+
+
+# -- the address space: aarch64's upper half kept free so that the process can go back
+def test_upper_addresses_reserved_on_aarch64_and_dropped_on_the_way_back(tmp_path) -> None:
+    from docker_hmigrate.criu.imageset import ImageSet
+    from docker_hmigrate.isa import X86_64
+    from tests.support.criu_images import write_set
+
+    write_set(tmp_path / "x")
+    s = ImageSet.load(tmp_path / "x")
+    before = [(v.start, v.end) for v in s.mm(1).vmas]
+    process.fit_address_space(s, 1, X86_64.user_end, AARCH64.user_end)
+    vmas = s.mm(1).vmas
+    res = [v for v in vmas if (v.start, v.end) not in before]
+    assert len(res) == 1
+    r = res[0]
+    assert (r.start, r.end) == (X86_64.user_end, 1 << 48) and r.prot == 0
+    assert r.flags & process.MAP_NORESERVE and r.status & process.VMA_ANON_PRIVATE
+    assert not any(run.end > X86_64.user_end for run in s.memory(1).runs)  # no pages
+    s.save(tmp_path / "a")
+    back = ImageSet.load(tmp_path / "a")
+    process.fit_address_space(back, 1, AARCH64.user_end, X86_64.user_end)
+    assert [(v.start, v.end) for v in back.mm(1).vmas] == before
+    # what holds data up there is not dropped (validation refuses it before the freeze)
+    process.fit_address_space(s, 1, X86_64.user_end, AARCH64.user_end)  # already high: kept
+    r.prot = 3
+    process.fit_address_space(s, 1, AARCH64.user_end, X86_64.user_end)
+    assert any(v.start == X86_64.user_end for v in s.mm(1).vmas)

@@ -1,9 +1,13 @@
-"""A Docker host as the migration sees it: the engine API calls the SDK does not wrap.
+"""A Docker host as the migration sees it, and the engine API calls the SDK does not wrap.
 
-Everything here goes through the Engine API only: checkpoints (experimental routes),
-helper containers that are created but never started and bind-mount a host folder so
-that its files can be read or written with the archive endpoints, and a probe container
-that runs the host's own tools (CRIU) under chroot.
+Two levels, both here: `EngineAPIClient` is docker-py's `APIClient` plus, in its own
+style, the routes it lacks (the experimental checkpoint routes, `start` from a
+checkpoint, inspect with sizes); it is the only code that touches the SDK's private
+helpers. `Host` is one daemon as the migration uses it: its facts (ISA, root folder),
+checkpoints by name, helper containers that are created but never started and bind-mount
+a host folder so that its files can be read or written with the archive endpoints, and a
+probe container that runs the host's own tools (CRIU) under chroot. Everything goes
+through the Engine API only.
 """
 
 from __future__ import annotations
@@ -20,10 +24,11 @@ from typing import Any
 
 import docker
 import docker.errors
+import docker.utils
 import requests.exceptions
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
-from docker_hmigrate import interrupts
+from docker_hmigrate import interrupts, isa
 from docker_hmigrate.errors import HmigrateError, UnknownContainer
 
 HELPER_LABEL = "org.hmigrate.helper"
@@ -35,8 +40,79 @@ SCRATCH_IMAGE = "hmigrate/scratch:1"
 # What `criu check` needs to inspect the kernel from inside the probe container.
 PROBE_CAPS = ["SYS_ADMIN", "SYS_PTRACE", "NET_ADMIN", "DAC_READ_SEARCH", "SYS_CHROOT", "IPC_LOCK"]
 # Go/Docker architecture names -> ISA names used by the toolchain and recode.
-ISA_NAMES = {"x86_64": "x86-64", "amd64": "x86-64", "aarch64": "aarch64", "arm64": "aarch64"}
-PLATFORMS = {"x86-64": "linux/amd64", "aarch64": "linux/arm64"}
+ISA_NAMES = isa.ALIASES
+PLATFORMS = isa.PLATFORMS
+
+
+class CheckpointApiMixin:
+    """`POST/GET/DELETE /containers/{id}/checkpoints` and `POST /containers/{id}/start
+    ?checkpoint=` (experimental daemons), written like docker-py's own API mixins."""
+
+    @docker.utils.check_resource("container")
+    def create_checkpoint(self, container: str, checkpoint_id: str,
+                          checkpoint_dir: str | None = None, exit: bool = False) -> None:
+        """Dump the container with CRIU; `exit` ends it (the API's default: it runs on)."""
+        data: dict[str, Any] = {"CheckpointID": checkpoint_id, "Exit": exit}
+        if checkpoint_dir:
+            data["CheckpointDir"] = checkpoint_dir
+        url = self._url("/containers/{0}/checkpoints", container)
+        self._raise_for_status(self._post_json(url, data=data))
+
+    @docker.utils.check_resource("container")
+    def checkpoints(self, container: str,
+                    checkpoint_dir: str | None = None) -> list[dict[str, Any]]:
+        """The container's checkpoints ([{"Name": ...}])."""
+        params = {"dir": checkpoint_dir} if checkpoint_dir else {}
+        url = self._url("/containers/{0}/checkpoints", container)
+        return self._result(self._get(url, params=params), json=True) or []
+
+    @docker.utils.check_resource("container")
+    def remove_checkpoint(self, container: str, checkpoint_id: str,
+                          checkpoint_dir: str | None = None) -> None:
+        params = {"dir": checkpoint_dir} if checkpoint_dir else {}
+        url = self._url("/containers/{0}/checkpoints/{1}", container, checkpoint_id)
+        self._raise_for_status(self._delete(url, params=params))
+
+    @docker.utils.check_resource("container")
+    def start(self, container: str, checkpoint: str | None = None) -> None:
+        """Start the container, from `checkpoint` when given (a CRIU restore).
+
+        Restoring right after a dump on the same daemon: the dump's copy in containerd's
+        content store has the same digest and is only garbage collected a little later;
+        until then the upload "already exists". Retried for up to 20 s."""
+        url = self._url("/containers/{0}/start", container)
+        params = {"checkpoint": checkpoint} if checkpoint else {}
+        retrying = Retrying(
+            stop=stop_after_delay(20), wait=wait_fixed(0.5), reraise=True,
+            retry=retry_if_exception(lambda exc: bool(checkpoint) and isinstance(
+                exc, docker.errors.APIError) and "already exists" in api_error_text(exc)))
+        retrying(lambda: self._raise_for_status(self._post(url, params=params)))
+
+    @docker.utils.check_resource("container")
+    def inspect_container_size(self, container: str) -> dict[str, Any]:
+        """inspect_container with the sizes (SizeRw, SizeRootFs): `GET .../json?size=1`."""
+        url = self._url("/containers/{0}/json", container)
+        return self._result(self._get(url, params={"size": 1}), json=True)
+
+
+class EngineAPIClient(CheckpointApiMixin, docker.APIClient):
+    """docker-py's low-level client with the checkpoint routes."""
+
+
+class EngineClient(docker.DockerClient):
+    """docker.DockerClient whose `.api` is an EngineAPIClient (hosts.connect makes these)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.api = EngineAPIClient(*args, **kwargs)
+
+
+def engine_api(api: Any) -> Any:
+    """The checkpoint routes on the APIClient of a client made elsewhere (a plain
+    docker.DockerClient): EngineAPIClient only adds methods, so the same connection is
+    used as is. Anything else (a test's fake) is returned untouched."""
+    if type(api) is docker.APIClient:
+        api.__class__ = EngineAPIClient
+    return api
 
 
 class DaemonUnreachable(docker.errors.APIError):
@@ -69,8 +145,11 @@ class Host:
     # Labels put on every helper and probe this host makes (the migration's own label).
     labels: dict[str, str] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        engine_api(self.client.api)
+
     @property
-    def api(self) -> docker.APIClient:
+    def api(self) -> EngineAPIClient:
         return self.client.api
 
     @cached_property
@@ -104,32 +183,20 @@ class Host:
         except docker.errors.NotFound:
             raise UnknownContainer(f"no container '{container}' on {self.name}") from None
 
-    # --- checkpoints: POST/GET/DELETE /containers/{id}/checkpoints (experimental) ----------
+    # --- checkpoints, by name (EngineAPIClient's routes) ---------------------------------
     def checkpoint_create(self, container: str, name: str, exit: bool = True) -> None:
-        url = self.api._url("/containers/{0}/checkpoints", container)
-        body = {"CheckpointID": name, "Exit": exit}
-        self.api._raise_for_status(self.api._post_json(url, data=body))
+        self.api.create_checkpoint(container, name, exit=exit)
 
     def checkpoint_list(self, container: str) -> list[str]:
-        url = self.api._url("/containers/{0}/checkpoints", container)
-        res = self.api._result(self.api._get(url), json=True)
-        return [c["Name"] for c in res or []]
+        return [c["Name"] for c in self.api.checkpoints(container)]
 
     def checkpoint_delete(self, container: str, name: str) -> None:
-        url = self.api._url("/containers/{0}/checkpoints/{1}", container, name)
-        self.api._raise_for_status(self.api._delete(url))
+        self.api.remove_checkpoint(container, name)
 
     def start(self, container: str, checkpoint: str | None = None) -> None:
-        url = self.api._url("/containers/{0}/start", container)
-        params = {"checkpoint": checkpoint} if checkpoint else {}
-        # Restoring right after a dump on the same daemon: the dump's copy in containerd's
-        # content store has the same digest and is only garbage collected a little later;
-        # until then the upload "already exists". Retried for up to 20 s.
-        retrying = Retrying(
-            stop=stop_after_delay(20), wait=wait_fixed(0.5), reraise=True,
-            retry=retry_if_exception(lambda exc: bool(checkpoint) and isinstance(
-                exc, docker.errors.APIError) and "already exists" in api_error_text(exc)))
-        retrying(lambda: self.api._raise_for_status(self.api._post(url, params=params)))
+        """Start the container, restoring `checkpoint` when given (retried while
+        containerd still holds a fresh dump's copy: EngineAPIClient.start)."""
+        self.api.start(container, checkpoint=checkpoint)
 
     def checkpoint_dir(self, container_id: str) -> str:
         """Where the daemon keeps (and restores from) a container's checkpoints."""
@@ -199,7 +266,7 @@ class Host:
         (to remove containerd's staging copies), instead of a private one. `stop`: when
         set, the probe is killed (a watcher) and what it printed so far is returned.
         """
-        loader, libdir = _host_loader(self.isa)
+        loader, libdir = host_loader(self.isa)
         name = f"hmigrate-probe-{uuid.uuid4().hex[:12]}"
         tmp = {} if host_tmp else {"/host/tmp": "mode=1777"}
         host_config = self.api.create_host_config(
@@ -264,11 +331,12 @@ class Host:
             raise HmigrateError(f"cannot inspect image {ref} on {self.name}: {exc}") from exc
 
 
-def _host_loader(isa: str) -> tuple[str, str]:
+def host_loader(name: str) -> tuple[str, str]:
+    """The host's dynamic loader and library folder name, for running its own binaries
+    from a container with the host's / bound (an unknown ISA: x86-64's, as before)."""
     # The real files, not /lib64's absolute symlink, which would resolve in the container.
-    if isa == "aarch64":
-        return "/lib/aarch64-linux-gnu/ld-linux-aarch64.so.1", "aarch64-linux-gnu"
-    return "/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2", "x86_64-linux-gnu"
+    host_isa = isa.BY_NAME.get(isa.ALIASES.get(name, ""), isa.X86_64)
+    return host_isa.dynamic_loader, host_isa.gnu_triple
 
 
 def api_error_text(exc: Exception) -> str:

@@ -41,6 +41,15 @@ class HmigrateError(Exception):
     exit_code: int = 1
     default_hint: str | None = None
 
+    def __init_subclass__(cls, code: int | None = None, hint: str | None = None,
+                          **kwargs: object) -> None:
+        """`class X(HmigrateError, code=N, hint="...")`: X's exit code and default hint."""
+        super().__init_subclass__(**kwargs)
+        if code is not None:
+            cls.exit_code = code
+        if hint is not None:
+            cls.default_hint = hint
+
     def __init__(self, message: str, hint: str | None = None, exit_code: int | None = None):
         super().__init__(message)
         self.message = message
@@ -61,127 +70,113 @@ class HmigrateError(Exception):
         }
 
 
-class UsageError(HmigrateError):
-    exit_code = 125  # what the docker CLI and buildx return for a bad command line
-    default_hint = "run `docker hmigrate --help` for usage"
+class UsageError(HmigrateError, code=125, hint="run `docker hmigrate --help` for usage"):
+    """A bad command line: docker's own code for usage errors (the CLI, buildx)."""
 
 
-class UnknownContainer(HmigrateError):
-    exit_code = 3
-    default_hint = "run `docker ps` on the source host to list running containers"
+class UnknownContainer(HmigrateError, code=3, hint=(
+        "run `docker ps` on the source host to list running containers")):
+    """No such container on the source."""
 
 
-class UnknownContext(HmigrateError):
-    exit_code = 3
-    default_hint = (
-        "create it with `docker context create NAME --docker host=URL`, "
-        "or pass a URL (tcp://, ssh://)"
-    )
+class UnknownContext(HmigrateError, code=3, hint=(
+        "create it with `docker context create NAME --docker host=URL`, or pass a URL "
+        "(tcp://, ssh://)")):
+    """No such Docker context."""
 
 
-class HostUnreachable(HmigrateError):
-    exit_code = 4
-    default_hint = "check that the daemon runs and that `docker --context NAME info` works"
+class HostUnreachable(HmigrateError, code=4, hint=(
+        "check that the daemon runs and that `docker --context NAME info` works")):
+    """A Docker daemon does not answer."""
 
 
-class DaemonNotExperimental(HmigrateError):
-    exit_code = 5
-    default_hint = (
+class DaemonNotExperimental(HmigrateError, code=5, hint=(
         'enable experimental features: add "experimental": true to the daemon\'s '
-        "daemon.json and restart dockerd"
-    )
+        "daemon.json and restart dockerd")):
+    """Checkpoints need an experimental daemon."""
 
 
-class CriuError(HmigrateError):
-    exit_code = 6
-    default_hint = "install CRIU >= 4 on the host and check that `criu check` says 'Looks good.'"
+class CriuError(HmigrateError, code=6, hint=(
+        "install CRIU >= 4 on the host and check that `criu check` says 'Looks good.'")):
+    """CRIU is missing or failing."""
 
 
-class UnsupportedContainer(HmigrateError):
-    exit_code = 7
-    default_hint = "containers with a TTY (-t) cannot be checkpointed; recreate it without -t"
+class UnsupportedContainer(HmigrateError, code=7, hint=(
+        "containers with a TTY (-t) cannot be checkpointed; recreate it without -t")):
+    """The container cannot be checkpointed (a TTY, ...)."""
 
 
-class InsufficientResources(HmigrateError):
-    exit_code = 8
-    default_hint = "free memory/disk on the target or choose another target with --to"
+class InsufficientResources(HmigrateError, code=8, hint=(
+        "free memory/disk on the target or choose another target with --to")):
+    """The target lacks memory, disk, ..."""
 
 
-class ImageUnavailable(HmigrateError):
-    exit_code = 9
-    default_hint = "build or push the image for the target's platform, then retry"
+class ImageUnavailable(HmigrateError, code=9, hint=(
+        "build or push the image for the target's platform, then retry")):
+    """The image (its variant for the target) is not available there."""
 
 
-class TransferInterrupted(HmigrateError):
-    exit_code = 10
-    default_hint = "check the connection between the hosts and retry; the source was kept"
+class TransferInterrupted(HmigrateError, code=10, hint=(
+        "check the connection between the hosts and retry; the source was kept")):
+    """Moving state between the hosts failed."""
 
 
-class RestoreFailed(HmigrateError):
-    exit_code = 11
-    default_hint = "the container runs again on the source; rerun with -D for CRIU's log"
+class RestoreFailed(HmigrateError, code=11, hint=(
+        "the container runs again on the source; rerun with -D for CRIU's log")):
+    """The restore failed on the target; the source was restored."""
 
 
-class ValidationFailed(HmigrateError):
-    exit_code = 12
-    default_hint = "fix the reported problems, or pass --force to skip validation"
+class ValidationFailed(HmigrateError, code=12, hint=(
+        "fix the reported problems, or pass --force to skip validation")):
+    """A pre-migration validation failed."""
 
 
-class RollbackFailed(HmigrateError):
-    exit_code = 13
-    default_hint = (
-        "the container may not be running anywhere: inspect both hosts with `docker ps -a` "
-        "and the checkpoint kept on the source"
-    )
+class RollbackFailed(HmigrateError, code=13, hint=(
+        "the container may not be running anywhere: inspect both hosts with `docker ps "
+        "-a` and the checkpoint kept on the source")):
+    """The rollback failed too: needs attention."""
 
 
-class NotMigratableCrossISA(HmigrateError):
-    exit_code = 14
-    default_hint = "build the program with hmigrate-cc for both ISAs, or migrate to the same ISA"
+class NotMigratableCrossISA(HmigrateError, code=14, hint=(
+        "build the program with hmigrate-cc for both ISAs, or migrate to the same ISA")):
+    """The container cannot move to another ISA."""
 
 
 class TargetDied(RestoreFailed):
     """The target stopped during verify, after it had started: the source resumes."""
 
 
-class HookFailed(HmigrateError):
-    exit_code = 15
-    default_hint = "fix the hook command (or raise --hook-timeout), then retry"
+class HookFailed(HmigrateError, code=15, hint=(
+        "fix the hook command (or raise --hook-timeout), then retry")):
+    """A hook failed or timed out."""
 
 
-class ContainerBusy(HmigrateError):
-    exit_code = 16
-    default_hint = "wait for the other migration of this container to finish"
+class ContainerBusy(HmigrateError, code=16, hint=(
+        "wait for the other migration of this container to finish")):
+    """Another migration of the container is running."""
 
 
-class BuildFailed(HmigrateError):
-    exit_code = 17
-    default_hint = "fix the Dockerfile or the program, then rerun `docker hmigrate build`"
+class BuildFailed(HmigrateError, code=17, hint=(
+        "fix the Dockerfile or the program, then rerun `docker hmigrate build`")):
+    """`build`: the toolchain image or the program failed."""
 
 
-class Interrupted(HmigrateError):
-    exit_code = 130
-    default_hint = None
+class Interrupted(HmigrateError, code=130):
+    """Interrupted by the user (Ctrl-C)."""
+
+
+def _declared_exit_codes() -> dict[int, tuple[type[HmigrateError], ...]]:
+    """Exit code -> the classes above that declare it (not those that inherit it, such as
+    TargetDied), in the order they are written."""
+    table: dict[int, list[type[HmigrateError]]] = {}
+    todo: list[type[HmigrateError]] = [HmigrateError]
+    while todo:
+        cls = todo.pop(0)
+        if "exit_code" in vars(cls):
+            table.setdefault(cls.exit_code, []).append(cls)
+        todo[:0] = cls.__subclasses__()
+    return {code: tuple(classes) for code, classes in sorted(table.items())}
 
 
 # Exit code -> classes; the docs table and the tests are checked against this.
-EXIT_CODES: dict[int, tuple[type[HmigrateError], ...]] = {
-    1: (HmigrateError,),
-    3: (UnknownContainer, UnknownContext),
-    4: (HostUnreachable,),
-    5: (DaemonNotExperimental,),
-    6: (CriuError,),
-    7: (UnsupportedContainer,),
-    8: (InsufficientResources,),
-    9: (ImageUnavailable,),
-    10: (TransferInterrupted,),
-    11: (RestoreFailed,),
-    12: (ValidationFailed,),
-    13: (RollbackFailed,),
-    14: (NotMigratableCrossISA,),
-    15: (HookFailed,),
-    16: (ContainerBusy,),
-    17: (BuildFailed,),
-    125: (UsageError,),
-    130: (Interrupted,),
-}
+EXIT_CODES: dict[int, tuple[type[HmigrateError], ...]] = _declared_exit_codes()

@@ -32,13 +32,14 @@ import contextlib
 import os
 import shlex
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 import docker.errors
 
 from docker_hmigrate import errors
 from docker_hmigrate.criu import stats as criu_stats
-from docker_hmigrate.engine import HELPER_LABEL, PROBE_CAPS, Host, _host_loader
+from docker_hmigrate.engine import HELPER_LABEL, PROBE_CAPS, Host, host_loader
 
 TMPFS = "/dev/shm"  # tmpfs on every Linux host Docker runs on
 # Below this much memory in use, copying the images into the restore folder costs less
@@ -117,7 +118,7 @@ class Agent:
 
     def start(self) -> None:
         api = self.host.api
-        loader, _libdir = _host_loader(self.host.isa)
+        loader, _libdir = host_loader(self.host.isa)
         host_config = api.create_host_config(
             binds=["/:/host:ro"], pid_mode="host", network_mode="host",
             cap_add=PROBE_CAPS, security_opt=["seccomp=unconfined", "apparmor=unconfined"])
@@ -136,7 +137,7 @@ class Agent:
         self.anchor = _ppid(str(pid))
 
     def _libpath(self) -> list[str]:
-        _loader, libdir = _host_loader(self.host.isa)
+        _loader, libdir = host_loader(self.host.isa)
         return ["--library-path", f"/host/lib/{libdir}:/host/usr/lib/{libdir}"]
 
     def run(self, script: str, anchor: str | None = None,
@@ -144,7 +145,7 @@ class Agent:
         """script in the host's mount namespace, as root with the agent's capabilities.
         The agent has no shell of its own: the host's sh and nsenter through the host's
         loader."""
-        loader, _ = _host_loader(self.host.isa)
+        loader, _ = host_loader(self.host.isa)
         lib = " ".join(self._libpath())
         wrapped = (f"exec /host{loader} {lib} /host/usr/bin/nsenter -t {anchor or self.anchor}"
                    f" -m -- /bin/sh -c {shlex.quote('PATH=' + PATH + '; ' + script)}")
@@ -164,11 +165,37 @@ class Agent:
             self.id = None
 
 
-def _tmpfs_folder() -> str:
-    return f"{TMPFS}/hmigrate-{uuid.uuid4().hex[:12]}"  # made 0700: root only
+class _TmpfsSide:
+    """A 0700 folder on a host's tmpfs (it will hold process memory) and the agent that
+    works in it; close() removes both."""
+
+    def __init__(self, host: Host):
+        self.host = host
+        self.folder = f"{TMPFS}/hmigrate-{uuid.uuid4().hex[:12]}"  # made 0700: root only
+        self.agent = Agent(host)
+
+    @contextlib.contextmanager
+    def _or_closed(self) -> Iterator[None]:
+        """Setting up: on failure everything made is removed, and the reason is a
+        FastPathUnavailable (the migration takes the API path)."""
+        try:
+            yield
+        except docker.errors.APIError as exc:
+            self.close()
+            raise FastPathUnavailable(f"agent container refused: {exc.explanation or exc}") \
+                from exc
+        except FastPathUnavailable:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        if self.agent.id:
+            with contextlib.suppress(docker.errors.APIError):
+                self.agent.sh(f"rm -rf {self.folder}")
+        self.agent.close()
 
 
-class FastCheckpoint:
+class FastCheckpoint(_TmpfsSide):
     """One container's dump through the host's runc, into a tmpfs folder on its host.
 
     prepare() before the freeze (raises FastPathUnavailable), dump() at the freeze,
@@ -176,11 +203,10 @@ class FastCheckpoint:
     they hold process memory, and the agent)."""
 
     def __init__(self, host: Host, inspect: dict[str, Any], checkpoint: str):
-        self.host, self.inspect, self.checkpoint = host, inspect, checkpoint
-        self.folder = _tmpfs_folder()
+        super().__init__(host)
+        self.inspect, self.checkpoint = inspect, checkpoint
         self.images = f"{self.folder}/{checkpoint}"  # named like the checkpoint: moved as is
         self.work = f"{self.folder}/work"
-        self.agent = Agent(host)
         self.runc_root = ""
         self.stats: dict[str, Any] | None = None
         self.dumped = False
@@ -190,7 +216,7 @@ class FastCheckpoint:
         reason = refusal(self.host, self.inspect)
         if reason:
             raise FastPathUnavailable(reason)
-        try:
+        with self._or_closed():
             self.agent.start()
             status, out = self._sh(f"mkdir -m 0700 {self.folder} {self.work} && "
                                    + _FIND_ROOT.format(id=self.inspect["Id"]))
@@ -198,13 +224,6 @@ class FastCheckpoint:
                 raise FastPathUnavailable(
                     f"runc state of the container not found ({out.strip()})")
             self.runc_root = out.strip().splitlines()[-1]
-        except docker.errors.APIError as exc:
-            self.close()
-            raise FastPathUnavailable(f"agent container refused: {exc.explanation or exc}") \
-                from exc
-        except FastPathUnavailable:
-            self.close()
-            raise
 
     def _exec(self, script: str, stderr: bool = True) -> tuple[int, bytes]:
         return self.agent.run(script, stderr=stderr)
@@ -261,39 +280,25 @@ class FastCheckpoint:
             raise errors.CriuError(
                 f"the checkpoint could not be kept in {checkpoint_dir}: {out.strip()}")
 
-    def close(self) -> None:
-        if self.agent.id:
-            with contextlib.suppress(docker.errors.APIError):
-                self._sh(f"rm -rf {self.folder}")
-        self.agent.close()
 
-
-class FastRestore:
+class FastRestore(_TmpfsSide):
     """The target side: the checkpoint lands in a 0700 tmpfs folder on the target, and the
     target container's checkpoints folder gets links to it (relative_links), so that
     `docker start --checkpoint` copies links instead of the images. Falls back to the
     plain folder (FastPathUnavailable) before the freeze; link() failing copies instead."""
 
     def __init__(self, host: Host, checkpoint: str):
-        self.host, self.checkpoint = host, checkpoint
-        self.folder = _tmpfs_folder()
-        self.agent = Agent(host)
+        super().__init__(host)
+        self.checkpoint = checkpoint
 
     def prepare(self) -> None:
         if disabled_by_user():
             raise FastPathUnavailable("HMIGRATE_FASTPATH=0")
-        try:
+        with self._or_closed():
             self.agent.start()
             status, out = self.agent.sh(f"mkdir -m 0700 {self.folder}")
             if status != 0:
                 raise FastPathUnavailable(f"no tmpfs folder on {self.host.name}: {out}")
-        except docker.errors.APIError as exc:
-            self.close()
-            raise FastPathUnavailable(f"agent container refused: {exc.explanation or exc}") \
-                from exc
-        except FastPathUnavailable:
-            self.close()
-            raise
 
     def link(self, checkpoint_dir: str) -> str:
         """After the move: the restore folder as links (or, failing that, a copy)."""
@@ -308,9 +313,3 @@ class FastRestore:
                 f"the checkpoint could not be put in place on {self.host.name}: "
                 f"{out.strip()} {out2.strip()}")
         return "copy"
-
-    def close(self) -> None:
-        if self.agent.id:
-            with contextlib.suppress(docker.errors.APIError):
-                self.agent.sh(f"rm -rf {self.folder}")
-        self.agent.close()

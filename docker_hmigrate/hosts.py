@@ -348,7 +348,7 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
     import docker.tls
     import requests.exceptions
 
-    from docker_hmigrate.engine import raise_unreachable_as_api_errors
+    from docker_hmigrate.engine import EngineClient, raise_unreachable_as_api_errors
 
     tls_cfg: docker.tls.TLSConfig | bool = False
     if endpoint.tls is not None:
@@ -368,7 +368,7 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
         proxy = SSHStdioProxy(endpoint.host)
         base_url = "unix://" + proxy.path
     try:
-        client = docker.DockerClient(
+        client = EngineClient(
             base_url=base_url,
             version="auto",
             timeout=int(min(timeout, CONNECT_TIMEOUT)),

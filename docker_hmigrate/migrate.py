@@ -4,9 +4,12 @@
     6 restore + verify   7 commit, or roll back
 
 `Migration._run_phases` is the one place where the phases are put in order; each phase
-is a method below it. Whatever the migration creates is recorded in `Created`, so that a
-failure at any point removes it and, once the source may be frozen, restores the source
-from its own checkpoint: after every attempt the container runs somewhere.
+is a method below it. What differs between a move to the same ISA and to another one
+(park, template checkpoint, recode) is the strategy's (strategy.py: SameIsa, CrossIsa),
+called at fixed points: no phase asks which kind of move it is. Whatever the migration
+creates is recorded in `Created`, so that a failure at any point removes it and, once the
+source may be frozen, restores the source from its own checkpoint: after every attempt
+the container runs somewhere.
 
 The commit point (docs/plugin.md, "The commit point"), enforced in `_settle` only: before
 the target container has started, every failure or interrupt rolls back and the source
@@ -21,7 +24,6 @@ import contextlib
 import math
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -47,7 +49,7 @@ from tenacity import (
     wait_fixed,
 )
 
-from docker_hmigrate import errors, fastpath, interrupts, park, recode, template, transfer
+from docker_hmigrate import errors, fastpath, interrupts, strategy, transfer
 from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import (
     LOCK_PREFIX,
@@ -57,12 +59,13 @@ from docker_hmigrate.engine import (
     api_error_text,
 )
 from docker_hmigrate.output import Reporter
-from docker_hmigrate.polling import watch
+from docker_hmigrate.polling import poll, watch
 from docker_hmigrate.spec import ContainerSpec, target_spec
-from docker_hmigrate.validate import (
-    Check,
+from docker_hmigrate.validate import (  # cross-ISA checks moved there: kept for one release
     Validation,
     address_problem,
+    anonymous_shared,  # noqa: F401
+    cross_isa_checks,  # noqa: F401
     image_check,
     validate,
 )
@@ -77,6 +80,8 @@ FAULT_ENV = "HMIGRATE_TEST_FAULT"
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 # How long a rollback waits for a daemon call still in flight (a dump, a restore).
 DAEMON_CALL_WAIT = 600.0
+# How long a rollback waits for a target its own daemon is removing (a --rm container).
+REMOVAL_WAIT = 30.0
 # How long a target that stopped answering is waited for, when what it did decides what
 # happens next (did the restore start the container?) or what it holds must be removed.
 TARGET_ANSWER_WAIT = 30.0
@@ -135,16 +140,13 @@ class Migration:
         self.frozen_at = 0.0
         self.downtime = 0.0
         self._links = contextlib.ExitStack()
-        self._transfers: list[tuple[transfer.FolderLink, str, str]] = []
+        self.transfers: list[tuple[transfer.FolderLink, str, str]] = []  # the move's streams
         self._progress_lock = threading.Lock()
-        self.cross_isa = src.isa != dst.isa
-        self.program: recode.Program | None = None
-        self._checkpoint_link: transfer.FolderLink | None = None  # cross-ISA: via recode
-        self._workdir: Path | None = None  # cross-ISA: the images, locally (mode 0700)
+        self.strategy = strategy.for_hosts(self)  # same ISA, or across ISAs
         # --- fast checkpoint path (fastpath.py, issue 11) ---
         self._fast: fastpath.FastCheckpoint | None = None
         self._fast_restore: fastpath.FastRestore | None = None  # target: tmpfs + links
-        self._fast_link = -1  # index of the checkpoint stream in self._transfers
+        self.fast_link = -1  # index of the checkpoint stream in self.transfers
         self.checkpoint_path = "api"  # or "runc": how the source was dumped
         self._checkpoint_record = None  # the checkpoint phase, for CRIU's figures
         self._held_policy: dict[str, Any] | None = None  # the source's restart policy
@@ -160,8 +162,6 @@ class Migration:
         self.restore_log: Path | None = None
         self._restore_watch: tuple[Future, threading.Event] | None = None
         self._keep_ip: dict[str, str] = {}  # network -> the address kept there
-        self._template_id = ""  # cross-ISA: the template container, even once removed
-        self._template: template.Facts | None = None  # cross-ISA: the target's facts
         self.warnings: list[str] = []
         for host in (src, dst):  # every helper and probe made for this migration
             host.labels = {MIGRATION_LABEL: self.checkpoint}
@@ -197,12 +197,7 @@ class Migration:
                     with contextlib.suppress(docker.errors.APIError):
                         host.remove_labelled(MIGRATION_LABEL, self.checkpoint)
                 self._release_lock()
-                if self._workdir and os.environ.get("HMIGRATE_KEEP_IMAGES") == "1":
-                    # debugging a recode: the images stay, readable by root only (0700)
-                    self.rep.warn(f"cross-ISA images kept in {self._workdir} "
-                                  f"(HMIGRATE_KEEP_IMAGES=1): they hold process memory")
-                elif self._workdir:  # checkpoint images hold process memory
-                    shutil.rmtree(self._workdir, ignore_errors=True)
+                self.strategy.close()  # cross-ISA: the local images (process memory)
         return self._result(time.monotonic() - started)
 
     def _run_phases(self) -> None:
@@ -210,7 +205,7 @@ class Migration:
         steps: list[tuple[str, Callable[[], None]]] = [
             ("validate", self.phase_validate),
             ("prepare", self.phase_prepare_target),
-            ("park", self.phase_park),
+            ("park", self.strategy.before_freeze),  # cross-ISA: threads to equivalence points
             ("checkpoint", self.phase_checkpoint),
             ("move", self.phase_move),
             ("recode", self.phase_recode),
@@ -350,11 +345,8 @@ class Migration:
     def phase_validate(self) -> None:
         with self.rep.phase("validate") as ph:
             image = image_check(self.src, self.dst, self.spec.image, self.inspect["Image"])
-            cross = None
-            if self.cross_isa:
-                cross, self.program = cross_isa_checks(self.src, self.dst, self.inspect,
-                                                       self.spec)
-            self.validation = validate(self.src, self.dst, self.inspect, self.spec, image, cross)
+            self.validation = validate(self.src, self.dst, self.inspect, self.spec, image,
+                                       self.strategy.checks())
             failed = self.validation.failures
             for check in failed:
                 # blocking unless --force: an error line; with --force, a warning
@@ -369,20 +361,15 @@ class Migration:
 
     def phase_prepare_target(self) -> None:
         with self.rep.phase("prepare target") as ph:
-            self._ensure_image(ph)
+            self.strategy.image(ph)
             self._ensure_networks()
             self._create_volumes()
-            if self.cross_isa:
-                self._template_checkpoint(ph)
+            self.strategy.prepare(ph)  # cross-ISA: the template checkpoint
             self._addresses()
-            body = self.spec.body
-            url = self.dst.api._url("/containers/create")
             with interrupts.shielded():  # created and recorded, or neither
                 try:
-                    res = self.dst.api._result(
-                        self.dst.api._post_json(url, data=body, params={"name": self.spec.name}),
-                        json=True,
-                    )
+                    res = self.dst.api.create_container_from_config(self.spec.body,
+                                                                    name=self.spec.name)
                 except docker.errors.APIError as exc:
                     raise errors.ValidationFailed(
                         f"{self.dst.name} refused to create {self.spec.name}: "
@@ -399,64 +386,25 @@ class Migration:
             self._watch_restore_log(res["Id"])
             ph.update(f"created {self.spec.name} ({res['Id'][:12]})")
 
-    def _template_checkpoint(self, ph) -> None:
-        """Cross-ISA: the target host's facts (mount tree, cgroups, vDSO, auxv, register
-        layout) from a checkpoint of the inert template (template.py): the source's
-        configuration with empty volumes, no network, a stub of the target ISA as its only
-        process. Nothing of the user's program runs on the target; the process itself,
-        its files and sockets come from the source's checkpoint (recode.merge_host_facts).
-        Cached per (target, image, configuration): a second move pays nothing."""
-        ph.update("target facts (inert template)")
-        self._workdir = Path(tempfile.mkdtemp(prefix="hmigrate-"))  # mode 0700
-        self._template = template.target_facts(
-            self.dst, self.spec.body, self.inspect, self._workdir / "template",
-            f"hmigrate-template-{self.checkpoint}",
-            record=lambda cid: setattr(self.created, "template", cid))
-        self._template_id = self._template.container_id
-        self.rep.set("template", "cached" if self._template.cached else "taken")
-
-    def _remove_template(self) -> None:
-        if self.created.template:
-            template.remove(self.dst, self.created.template)  # with its scratch volumes
-            self.created.template = None
-
     def _open_links(self, target: dict[str, Any]) -> None:
-        """Helper containers for every stream of the move phase, made before the freeze."""
-        def link(what: str, src_bind: str, dst_bind: str, src_sub: str, dst_sub: str) -> None:
-            folder = transfer.FolderLink(what, self.src, src_bind, self.dst, dst_bind,
-                                         private=what == "checkpoint")
-            self._transfers.append((self._links.enter_context(folder), src_sub, dst_sub))
-
-        # The checkpoint does not exist yet: bind the folder it will appear in.
-        if self.cross_isa:  # downloaded, recoded here, then uploaded
-            self._checkpoint_link = self._links.enter_context(transfer.FolderLink(
-                "checkpoint", self.src, self.src.checkpoint_dir(self.inspect["Id"]),
-                self.dst, self.dst.checkpoint_dir(target["Id"])))
-        else:
-            # fast path (issue 11): the images come from a tmpfs folder, not dockerd's
-            src_folder = self._fast_prepare() or self.src.checkpoint_dir(self.inspect["Id"])
-            dst_folder = self._fast_restore_prepare() or self.dst.checkpoint_dir(target["Id"])
-            self._fast_link = len(self._transfers)
-            link("checkpoint", src_folder, dst_folder, self.checkpoint, "")
-        link("filesystem changes", _upper_dir(self.src, self.inspect),
-             _upper_dir(self.dst, target), ".", "")
+        """Helper containers for every stream of the move phase, made before the freeze.
+        The checkpoint does not exist yet: its stream binds the folder it will appear in."""
+        self.strategy.open_checkpoint_link(target)
+        self.open_link("filesystem changes", _upper_dir(self.src, self.inspect),
+                       _upper_dir(self.dst, target), ".", "")
         for vol in self.spec.volumes:
-            link(f"volume {vol.name}", vol.name, vol.name, ".", "")
+            self.open_link(f"volume {vol.name}", vol.name, vol.name, ".", "")
 
-    def phase_park(self) -> None:
-        """Cross-ISA: bring every thread to an equivalence point before the dump."""
-        if not self.cross_isa:
-            return
-        if self.program is None:  # --force cannot make up for a program recode can't read
-            raise errors.NotMigratableCrossISA(
-                f"{self.opts.container} cannot move from {self.src.isa} to {self.dst.isa}: "
-                "its image was not built by the multi-ISA toolchain")
-        with self.rep.phase("park") as ph:
-            self.frozen_at = time.monotonic()  # the program stops making progress here
-            parked = park.park_all(self.src, self.inspect["Id"], self.program.park_protocol)
-            self.created.source_parked = True
-            ph.update(f"{parked['processes']} processes parked" if "processes" in parked
-                      else f"{parked.get('threads', '?')} thread(s) parked")
+    def open_link(self, what: str, src_bind: str, dst_bind: str, src_sub: str,
+                  dst_sub: str) -> None:
+        """One stream of the move phase: src_bind/src_sub into dst_bind/dst_sub."""
+        folder = transfer.FolderLink(what, self.src, src_bind, self.dst, dst_bind,
+                                     private=what == "checkpoint")
+        self.transfers.append((self.enter_link(folder), src_sub, dst_sub))
+
+    def enter_link(self, link: transfer.FolderLink) -> transfer.FolderLink:
+        """Its helpers live until the move is done (or the migration ends)."""
+        return self._links.enter_context(link)
 
     def phase_checkpoint(self) -> None:
         with self.rep.phase("checkpoint") as ph:
@@ -502,11 +450,8 @@ class Migration:
             pool = ThreadPoolExecutor(max_workers=4)
             try:
                 futures = [pool.submit(link.copy, src_sub, dst_sub, progress)
-                           for link, src_sub, dst_sub in self._transfers]
-                if self._checkpoint_link:
-                    (self._workdir / "source").mkdir(mode=0o700)
-                    futures.append(pool.submit(self._checkpoint_link.download,
-                                               self.checkpoint, self._workdir / "source"))
+                           for link, src_sub, dst_sub in self.transfers]
+                futures += self.strategy.move_checkpoint(pool)  # cross-ISA: to recode here
                 self._fault("during:move")
                 moved = [f.result() for f in futures]
             finally:
@@ -522,20 +467,7 @@ class Migration:
             ph.update(f"{self.bytes_moved / 1e6:.1f} MB in {len(moved)} stream(s)")
 
     def phase_recode(self) -> None:
-        with self.rep.phase("recode") as ph:
-            if not self.cross_isa:
-                ph.skip(f"same ISA ({self.src.isa})")
-            else:
-                out, tpl = self._workdir / "target", self._workdir / "template"
-                facts = recode.template_facts(tpl)
-                timings = recode.recode(self._workdir / "source", out, self.program,
-                                        self.src.isa, self.dst.isa, facts)
-                merged = self._workdir / "merged"  # the source's images + the target's facts
-                recode.merge_host_facts(out, tpl, merged, self.inspect)
-                self.rep.set("recode_seconds", {k: round(v, 4) for k, v in timings.items()})
-                moved = self._checkpoint_link.upload(merged, self.checkpoint)
-                self.bytes_moved += moved.bytes
-                ph.update(f"{self.src.isa} -> {self.dst.isa} in {timings['total']:.3f}s")
+        self.strategy.transform()  # cross-ISA: recoded here and uploaded
         self._links.close()  # the helpers are done; they must not hold the volumes
 
     def phase_restore(self) -> None:
@@ -558,8 +490,7 @@ class Migration:
                 self.rep.warn(msg)
                 self.warnings.append(msg)
             except docker.errors.APIError as exc:
-                if self._template:  # not trusted again: the next move takes a new one
-                    template.forget(self._template.key)
+                self.strategy.restore_failed()  # cross-ISA: its template is not trusted again
                 with contextlib.suppress(OSError):
                     self._keep_restore_log()
                 where = (f"CRIU's restore log is kept in {self.restore_log}"
@@ -571,8 +502,7 @@ class Migration:
             finally:
                 self._stop_restore_watch()
             self._mark_started()
-            if self.cross_isa:  # restored parked, as it was dumped: let it go on
-                park.resume_all(self.dst, cid, self.program.park_protocol)
+            self.strategy.after_restore(cid)  # cross-ISA: restored parked, let go on
             self.downtime = time.monotonic() - self.frozen_at
             ph.update(f"running on {self.dst.name}")
 
@@ -644,8 +574,7 @@ class Migration:
 
     def _remove_staging(self) -> None:
         """containerd's copies of the checkpoint in /tmp, on both hosts (process memory)."""
-        # a cross-ISA restore's images are the template's (its mounts name the template)
-        ids = [self.inspect["Id"]] + ([self._template_id] if self._template_id else [])
+        ids = [self.inspect["Id"], *self.strategy.staging_ids()]
         def clean(host: Host) -> None:
             with contextlib.suppress(Exception):
                 host.remove_checkpoint_staging(ids, since=self.started_at)
@@ -716,24 +645,24 @@ class Migration:
         problems: list[str] = []  # the source could not be made to run again
         leftovers: list[str] = []  # what stays on the target (unreachable, say)
         with contextlib.suppress(docker.errors.APIError):
-            self._remove_template()
+            self.strategy.undo()  # cross-ISA: the template container
         with self.rep.phase("roll back") as ph:
             self._fault("during:rollback")
+            going = True  # the target container is gone or going: its volumes free up
             if created.target_container:
-                try:
-                    self._on_target(self.dst.api.remove_container,
-                                    created.target_container, force=True)
-                except docker.errors.NotFound:
-                    pass  # already gone: nothing to undo
-                except docker.errors.APIError as exc:
-                    leftovers.append(f"remove target container: {api_error_text(exc)}")
+                tid = created.target_container
+                problem = _removed(
+                    lambda: self._on_target(self.dst.api.remove_container, tid, force=True),
+                    lambda: self._gone(tid))
+                if problem:
+                    leftovers.append(f"remove target container: {problem}")
+                    going = False
             for vol in created.volumes:
-                try:
-                    self._on_target(self.dst.api.remove_volume, vol, force=True)
-                except docker.errors.NotFound:
-                    pass
-                except docker.errors.APIError as exc:
-                    leftovers.append(f"remove volume {vol}: {api_error_text(exc)}")
+                problem = _removed(
+                    lambda v=vol: self._on_target(self.dst.api.remove_volume, v, force=True),
+                    lambda: False, wait=going)
+                if problem:
+                    leftovers.append(f"remove volume {vol}: {problem}")
             for net in created.networks:
                 with contextlib.suppress(docker.errors.APIError):
                     self._on_target(self.dst.api.remove_network, net)
@@ -745,8 +674,7 @@ class Migration:
                             self._fast.stage_for_restore(
                                 self.src.checkpoint_dir(self.inspect["Id"]))
                     how = self._resume_source()
-                    if created.source_parked:
-                        park.resume_all(self.src, self.inspect["Id"], self.program.park_protocol)
+                    self.strategy.release_source()  # cross-ISA: the park request withdrawn
                     self._verify_running(self.inspect["Id"], host=self.src)
                     with contextlib.suppress(docker.errors.APIError):
                         self.src.checkpoint_delete(self.inspect["Id"], self.checkpoint)
@@ -757,13 +685,13 @@ class Migration:
                         f"{self.checkpoint}: {api_error_text(exc)}")
             elif created.source_parked:  # never dumped: only the request to withdraw
                 try:
-                    park.resume_all(self.src, self.inspect["Id"], self.program.park_protocol)
+                    self.strategy.release_source()
                 except errors.HmigrateError as exc:
                     problems.append(exc.message)
                 ph.update("target cleaned")
             else:
                 ph.update("target cleaned")
-            if created.source_frozen or self._template_id:
+            if created.source_frozen or self.strategy.staging_ids():
                 self._remove_staging()
         self._release_restart_policy(problems)  # issue 11
         self.created = Created()
@@ -793,7 +721,7 @@ class Migration:
             call, *args, **kwargs)
 
     # --- fast checkpoint path and CRIU's figures (fastpath.py, criu/stats.py; issue 11) ----
-    def _fast_prepare(self) -> str | None:
+    def fast_prepare(self) -> str | None:
         """Before the freeze: the agent for a runc dump into tmpfs; its folder, or None
         (the API path, with the reason in the result)."""
         fast = fastpath.FastCheckpoint(self.src, self.inspect, self.checkpoint)
@@ -805,7 +733,7 @@ class Migration:
         self._fast = fast
         return fast.folder
 
-    def _fast_restore_prepare(self) -> str | None:
+    def fast_restore_prepare(self) -> str | None:
         """Before the freeze: a tmpfs folder on the target for the images (links to them
         go in the restore folder after the move); None: the restore folder itself."""
         try:
@@ -840,8 +768,8 @@ class Migration:
                 "checkpoint", self.src, self.src.checkpoint_dir(self.inspect["Id"]),
                 self.dst, self._fast_restore.folder if self._fast_restore else
                 self.dst.checkpoint_dir(self.created.target_container))
-            _old, sub, dst_sub = self._transfers[self._fast_link]
-            self._transfers[self._fast_link] = (self._links.enter_context(folder), sub, dst_sub)
+            _old, sub, dst_sub = self.transfers[self.fast_link]
+            self.transfers[self.fast_link] = (self.enter_link(folder), sub, dst_sub)
             self.frozen_at = time.monotonic()  # CRIU resumed it: frozen again from here
             return False
         self._dump_returned = time.monotonic()
@@ -929,6 +857,16 @@ class Migration:
             return False
         return bool(state.get("Running")) and not state.get("Restarting")
 
+    def _gone(self, cid: str) -> bool:
+        """Whether the target container no longer exists (unknown: not gone)."""
+        try:
+            self.dst.api.inspect_container(cid)
+        except docker.errors.NotFound:
+            return True
+        except docker.errors.APIError:
+            return False
+        return False
+
     def _target_state(self) -> dict[str, Any] | None:
         try:
             return self.dst.api.inspect_container(self.created.target_container)["State"]
@@ -948,28 +886,7 @@ class Migration:
     def _target_image(self) -> str:
         return self.inspect["Config"]["Image"]
 
-    def _ensure_image(self, ph) -> None:
-        ref, image_id = self.spec.image, self.inspect["Image"]
-        if self.cross_isa:  # the source's image is the other ISA's variant: never reuse it
-            self._pull_target_variant(ph, ref)
-            return
-        if self.dst.image_present(image_id):
-            named = self.dst.image_present(ref)
-            if named is None:
-                self.dst.api.tag(image_id, *_split_ref(ref))
-            elif named["Id"] != image_id:
-                # The target knows the name as another image: create from the exact one.
-                self.spec.body["Image"] = image_id
-            return
-        if self.src.image_present(image_id):  # same ISA here: the very image can go over
-            ph.update(f"copying image {ref}")
-            moved = transfer.copy_image(self.src, self.dst, image_id)
-            self.dst.api.tag(image_id, *_split_ref(ref))
-            ph.update(f"image copied ({moved.bytes / 1e6:.1f} MB)")
-            return
-        self._pull(ph, ref)
-
-    def _pull(self, ph, ref: str) -> None:
+    def pull(self, ph, ref: str) -> None:
         """ref, in the target platform's variant, from a registry the target reaches."""
         ph.update(f"pulling {ref} for {self.dst.platform}")
         try:
@@ -980,20 +897,9 @@ class Migration:
                 hint=f"push {ref} (with a {self.dst.platform} variant) to a registry "
                      f"{self.dst.name} can reach") from exc
 
-    def _pull_target_variant(self, ph, ref: str) -> None:
-        """The target ISA's variant of the image, by name (a target may also hold the
-        source's variant, e.g. loaded by a multi-platform build)."""
-        self._pull(ph, ref)
-        got = self.dst.image_present(ref) or {}
-        if got.get("Architecture") != self.dst.platform.split("/")[1]:
-            raise errors.ImageUnavailable(
-                f"{ref} on {self.dst.name} is {got.get('Architecture')}, not "
-                f"{self.dst.platform}", hint="push a manifest list with both variants")
-        self.spec.body["Image"] = ref
-
     def _ensure_networks(self) -> None:
         for net in self.spec.networks:
-            if self.dst.client.networks.list(names=[net]):
+            if self.dst.api.networks(names=[net]):
                 continue
             src_net = self.src.api.inspect_network(net)
             ipam = src_net.get("IPAM") or {}
@@ -1146,6 +1052,34 @@ def _in_background(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Future:
     return future
 
 
+def _removed(remove: Callable[[], None], gone: Callable[[], bool], wait: bool = True) -> str:
+    """Undo one thing the migration made: "" once it is removed or gone already, else the
+    daemon's reason. NotFound is an APIError: it is caught first. A 409 while `wait`
+    means its daemon removes it already (a --rm target that died: "removal ... already
+    in progress"), or it is held by such a container (a volume "in use"): retried until
+    it is gone, for up to REMOVAL_WAIT seconds."""
+    conflict = [""]
+
+    def attempt() -> str | None:
+        try:
+            remove()
+        except docker.errors.NotFound:
+            return ""  # already gone: nothing to undo
+        except docker.errors.APIError as exc:
+            if exc.status_code != 409 or not wait:
+                return api_error_text(exc)
+            if gone():
+                return ""
+            conflict[0] = api_error_text(exc)
+            return None  # going: try again
+        return ""
+
+    problem = poll(attempt, REMOVAL_WAIT, 0.2)
+    if problem is None:
+        return f"{conflict[0]} (still being removed after {REMOVAL_WAIT:g}s)"
+    return problem
+
+
 def _describe(exc: BaseException) -> str:
     if isinstance(exc, KeyboardInterrupt):
         return "interrupted"
@@ -1160,112 +1094,3 @@ def _upper_dir(host: Host, inspect: dict[str, Any]) -> str:
             f"{host.name} stores containers with {driver.get('Name')}: only overlay2 is supported",
             hint="configure the daemon with the overlay2 storage driver")
     return upper
-
-
-def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: ContainerSpec,
-                     ) -> tuple[list[Check], recode.Program | None]:
-    """What a move to another ISA needs, checked before anything is frozen."""
-    checks: list[Check] = []
-    try:
-        program = recode.load_program(src, inspect)
-    except errors.HmigrateError as exc:
-        return [Check("built for migration across ISAs", False, exc.message, exc.hint or "",
-                      errors.NotMigratableCrossISA)], None
-    problems = recode.preflight(program, src.isa, dst.isa)
-    checks.append(Check(
-        f"recode {src.isa} -> {dst.isa}", not problems,
-        "; ".join(problems) or f"{program.path}: both variants, park points clean",
-        "rebuild with hmigrate-cc, or migrate to a host of the same ISA",
-        errors.NotMigratableCrossISA))
-    platforms = _distribution_platforms(dst, spec.image)
-    arch = dst.platform.split("/")[1]
-    checks.append(Check(
-        f"image variant for {dst.platform}", arch in platforms,
-        f"{spec.image} offers {', '.join(sorted(platforms)) or 'no platform list'}",
-        f"push a multi-platform image with a {dst.platform} variant",
-        errors.ImageUnavailable))
-    seccomp = [o for o in inspect["HostConfig"].get("SecurityOpt") or []
-               if o.startswith("seccomp")]
-    unconfined = any(o.split("=", 1)[-1].split(":", 1)[-1] == "unconfined" for o in seccomp)
-    checks.append(Check(
-        "seccomp", unconfined,
-        "unconfined" if unconfined else
-        "the container has a seccomp filter, compiled for the source ISA's system calls",
-        "run it with --security-opt seccomp=unconfined to migrate it across ISAs",
-        errors.NotMigratableCrossISA))
-    maps = _process_maps(src, inspect)
-    shared = [f"pid {pid}: {f[0]} {f[5] if len(f) > 5 else ''} {f[6] if len(f) > 6 else ''}"
-              .rstrip() for pid, f in maps if len(f) > 1 and f[1].endswith("s")]
-    bad = [m for m in shared if not anonymous_shared(m)]
-    checks.append(Check(
-        "shared memory", not bad,
-        f"shared mappings the recode does not translate: {'; '.join(bad[:3])}" if bad else
-        f"anonymous shared memory, kept as data: {'; '.join(shared[:3])}" if shared else
-        "none",
-        "migrate it to a host of the same ISA", errors.NotMigratableCrossISA))
-    if dst.isa == "x86-64":
-        # aarch64 gives a process 48 bits of addresses, x86-64 47: what the program mapped
-        # up there (its stack and mmaps when it started on aarch64) has no place on x86-64
-        high = [f"pid {pid}: {f[0]} {f[5] if len(f) > 5 else '(anonymous)'}" for pid, f in maps
-                if int(f[0].split("-")[1], 16) > X86_64_USER_END
-                and not (len(f) > 5 and f[5] in ("[vdso]", "[vvar]"))
-                and not holds_nothing(f)]
-        checks.append(Check(
-            "address space", not high,
-            f"mappings above x86-64's 47-bit user space: {'; '.join(high[:3])}" if high else
-            "every mapping fits x86-64's 47-bit user space",
-            "a program started on aarch64 cannot move to x86-64 (one that came from "
-            "x86-64 can, until it maps memory up there)", errors.NotMigratableCrossISA))
-    return checks, program
-
-
-def holds_nothing(fields: list[str]) -> bool:
-    """An anonymous PROT_NONE mapping (/proc/PID/maps fields): a guard area or the
-    recode's reservation of aarch64's upper addresses (recode/process.fit_address_space),
-    which the recode drops on the way to x86-64."""
-    return len(fields) > 1 and fields[1].startswith("---") and (
-        len(fields) < 6 or not fields[5] or fields[4] == "0")
-
-
-def anonymous_shared(mapping: str) -> bool:
-    """Whether a shared mapping ("pid P: RANGE PATH") is anonymous shared memory (MAP_SHARED|
-    MAP_ANONYMOUS or of /dev/zero: the kernel names both "/dev/zero (deleted)"), which
-    recode keeps as data (recode/shared.py); SysV segments ("/SYSV..."), memfd_create()d
-    objects ("/memfd:...") and files are not translated."""
-    parts = mapping.split()
-    return len(parts) >= 4 and parts[3] == "/dev/zero"
-
-
-X86_64_USER_END = 0x7FFFFFFFF000  # x86-64's TASK_SIZE with 4-level page tables
-
-
-def _process_maps(host: Host, inspect: dict[str, Any]) -> list[tuple[str, list[str]]]:
-    """Every mapping of the container's processes (pid, /proc/PID/maps fields), read on
-    the host by the probe, so that what the recode cannot translate (shared memory of
-    other kinds, addresses the target cannot hold) is refused before the freeze rather
-    than found after it."""
-    try:
-        procs = host.api.top(inspect["Id"], ps_args="-o pid")["Processes"] or []
-    except docker.errors.APIError:
-        return []
-    pids = " ".join(p[0] for p in procs if p and p[0].isdigit())
-    script = f"for p in {pids}; do sed \"s/^/pid $p /\" /proc/$p/maps; done"
-    _status, out = host.run_probe(script)
-    return [(line.split()[1], line.split()[2:]) for line in out.splitlines()
-            if line.startswith("pid ") and len(line.split()) > 2]
-
-
-def _distribution_platforms(host: Host, ref: str) -> set[str]:
-    """Architectures the registry offers for ref, asked by the target daemon."""
-    try:
-        info = host.api.inspect_distribution(ref)
-    except docker.errors.APIError:
-        return set()
-    return {p.get("architecture", "") for p in info.get("Platforms") or []}
-
-
-def _split_ref(ref: str) -> tuple[str, str]:
-    name, _, tag = ref.rpartition(":")
-    if not name or "/" in tag:
-        return ref, "latest"
-    return name, tag

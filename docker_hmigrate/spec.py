@@ -75,7 +75,3 @@ def target_spec(inspect: dict[str, Any], name: str, image: str | None = None) ->
         body["NetworkingConfig"] = {"EndpointsConfig": {first: endpoints[first]}}
     return ContainerSpec(name=name, image=image, body=body, volumes=volumes,
                          networks=networks, binds=binds)
-
-
-def published_ports(inspect: dict[str, Any]) -> dict[str, list[dict[str, str]]]:
-    return inspect.get("HostConfig", {}).get("PortBindings") or {}

@@ -290,13 +290,6 @@ class _StreamReader(io.RawIOBase):
         return n
 
 
-def copy_folder(what: str, src: Host, src_bind: str, dst: Host, dst_bind: str,
-                progress: Progress | None = None) -> Transferred:
-    """Copy the contents of src_bind (a host path or a volume name) into dst_bind."""
-    with FolderLink(what, src, src_bind, dst, dst_bind) as link:
-        return link.copy(".", "", progress)
-
-
 def copy_image(src: Host, dst: Host, ref: str, progress: Progress | None = None) -> Transferred:
     """Stream an image from one daemon to the other (docker save | docker load)."""
     started = time.monotonic()

@@ -15,7 +15,7 @@ from typing import Any
 
 import docker.errors
 
-from docker_hmigrate import errors
+from docker_hmigrate import errors, isa, park, recode
 from docker_hmigrate.engine import Host, api_error_text
 from docker_hmigrate.spec import ContainerSpec
 
@@ -232,7 +232,7 @@ class Usage:
 def container_usage(host: Host, container_id: str) -> Usage:
     """The container's real use: its memory cgroup (anonymous memory plus shmem, the pages
     of its tmpfs and /dev/shm; file cache is not dumped) and its writable layer's size
-    (GET /containers/{id}/json?size=1; the SDK's inspect_container takes no size)."""
+    (GET /containers/{id}/json?size=1: EngineAPIClient.inspect_container_size)."""
     try:
         stats = host.api.stats(container_id, stream=False, one_shot=True)
         mem = stats.get("memory_stats") or {}
@@ -245,9 +245,7 @@ def container_usage(host: Host, container_id: str) -> Usage:
         rss = int(detail.get("total_rss", detail.get("anon", 0)) or 0)
         memory = anon if detail else usage
         shmem = max(0, anon - rss) if "total_rss" in detail else int(detail.get("shmem", 0))
-        url = host.api._url("/containers/{0}/json", container_id)
-        size_rw = int(host.api._result(host.api._get(url, params={"size": 1}),
-                                       json=True).get("SizeRw") or 0)
+        size_rw = int(host.api.inspect_container_size(container_id).get("SizeRw") or 0)
     except (docker.errors.APIError, OSError, ValueError) as exc:
         return Usage(error=api_error_text(exc))
     return Usage(memory=memory, tmpfs=shmem, size_rw=size_rw)
@@ -385,14 +383,126 @@ def image_check(src: Host, dst: Host, ref: str, image_id: str) -> Check:
                      f"push {ref} to a registry {dst.name} can reach", errors.ImageUnavailable)
 
 
+# ---- moves across ISAs -------------------------------------------------------------------
+
+
+def load_program(host: Host, inspect: dict[str, Any]) -> recode.Program:
+    """The program hmigrate-cc put in the container's image (metadata and both variants),
+    read from the (running) container through the engine API."""
+    labels = (host.api.inspect_image(inspect["Image"]).get("Config") or {}).get("Labels") or {}
+    return recode.program_from_image(
+        labels, lambda path: park.read_container_file(host, inspect["Id"], path),
+        inspect["Name"].lstrip("/"))
+
+
+def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: ContainerSpec,
+                     ) -> tuple[list[Check], recode.Program | None]:
+    """What a move to another ISA needs, checked before anything is frozen."""
+    checks: list[Check] = []
+    try:
+        program = load_program(src, inspect)
+    except errors.HmigrateError as exc:
+        return [Check("built for migration across ISAs", False, exc.message, exc.hint or "",
+                      errors.NotMigratableCrossISA)], None
+    problems = recode.preflight(program, src.isa, dst.isa)
+    checks.append(Check(
+        f"recode {src.isa} -> {dst.isa}", not problems,
+        "; ".join(problems) or f"{program.path}: both variants, park points clean",
+        "rebuild with hmigrate-cc, or migrate to a host of the same ISA",
+        errors.NotMigratableCrossISA))
+    platforms = _distribution_platforms(dst, spec.image)
+    arch = dst.platform.split("/")[1]
+    checks.append(Check(
+        f"image variant for {dst.platform}", arch in platforms,
+        f"{spec.image} offers {', '.join(sorted(platforms)) or 'no platform list'}",
+        f"push a multi-platform image with a {dst.platform} variant",
+        errors.ImageUnavailable))
+    seccomp = [o for o in inspect["HostConfig"].get("SecurityOpt") or []
+               if o.startswith("seccomp")]
+    unconfined = any(o.split("=", 1)[-1].split(":", 1)[-1] == "unconfined" for o in seccomp)
+    checks.append(Check(
+        "seccomp", unconfined,
+        "unconfined" if unconfined else
+        "the container has a seccomp filter, compiled for the source ISA's system calls",
+        "run it with --security-opt seccomp=unconfined to migrate it across ISAs",
+        errors.NotMigratableCrossISA))
+    maps = _process_maps(src, inspect)
+    shared = [f"pid {pid}: {f[0]} {f[5] if len(f) > 5 else ''} {f[6] if len(f) > 6 else ''}"
+              .rstrip() for pid, f in maps if len(f) > 1 and f[1].endswith("s")]
+    bad = [m for m in shared if not anonymous_shared(m)]
+    checks.append(Check(
+        "shared memory", not bad,
+        f"shared mappings the recode does not translate: {'; '.join(bad[:3])}" if bad else
+        f"anonymous shared memory, kept as data: {'; '.join(shared[:3])}" if shared else
+        "none",
+        "migrate it to a host of the same ISA", errors.NotMigratableCrossISA))
+    src_isa, dst_isa = (isa.BY_NAME.get(isa.ALIASES.get(h.isa, "")) for h in (src, dst))
+    if src_isa and dst_isa and src_isa.user_end > dst_isa.user_end:
+        # aarch64 gives a process 48 bits of addresses, x86-64 47: what the program mapped
+        # up there (its stack and mmaps when it started on aarch64) has no place on x86-64
+        bits = f"{(dst_isa.user_end - 1).bit_length()}-bit"
+        high = [f"pid {pid}: {f[0]} {f[5] if len(f) > 5 else '(anonymous)'}" for pid, f in maps
+                if int(f[0].split("-")[1], 16) > dst_isa.user_end
+                and not (len(f) > 5 and f[5] in ("[vdso]", "[vvar]"))
+                and not holds_nothing(f)]
+        checks.append(Check(
+            "address space", not high,
+            f"mappings above {dst.isa}'s {bits} user space: {'; '.join(high[:3])}" if high
+            else f"every mapping fits {dst.isa}'s {bits} user space",
+            f"a program started on {src.isa} cannot move to {dst.isa} (one that came from "
+            f"{dst.isa} can, until it maps memory up there)", errors.NotMigratableCrossISA))
+    return checks, program
+
+
+def holds_nothing(fields: list[str]) -> bool:
+    """An anonymous PROT_NONE mapping (/proc/PID/maps fields): a guard area or the
+    recode's reservation of aarch64's upper addresses (recode/process.fit_address_space),
+    which the recode drops on the way to x86-64."""
+    return len(fields) > 1 and fields[1].startswith("---") and (
+        len(fields) < 6 or not fields[5] or fields[4] == "0")
+
+
+def anonymous_shared(mapping: str) -> bool:
+    """Whether a shared mapping ("pid P: RANGE PATH") is anonymous shared memory (MAP_SHARED|
+    MAP_ANONYMOUS or of /dev/zero: the kernel names both "/dev/zero (deleted)"), which
+    recode keeps as data (recode/shared.py); SysV segments ("/SYSV..."), memfd_create()d
+    objects ("/memfd:...") and files are not translated."""
+    parts = mapping.split()
+    return len(parts) >= 4 and parts[3] == "/dev/zero"
+
+
+def _process_maps(host: Host, inspect: dict[str, Any]) -> list[tuple[str, list[str]]]:
+    """Every mapping of the container's processes (pid, /proc/PID/maps fields), read on
+    the host by the probe, so that what the recode cannot translate (shared memory of
+    other kinds, addresses the target cannot hold) is refused before the freeze rather
+    than found after it."""
+    try:
+        pids = " ".join(map(str, park.container_pids(host, inspect["Id"])))
+    except errors.NotMigratableCrossISA:  # not listed: nothing to refuse here
+        return []
+    script = f"for p in {pids}; do sed \"s/^/pid $p /\" /proc/$p/maps; done"
+    _status, out = host.run_probe(script)
+    return [(line.split()[1], line.split()[2:]) for line in out.splitlines()
+            if line.startswith("pid ") and len(line.split()) > 2]
+
+
+def _distribution_platforms(host: Host, ref: str) -> set[str]:
+    """Architectures the registry offers for ref, asked by the target daemon."""
+    try:
+        info = host.api.inspect_distribution(ref)
+    except docker.errors.APIError:
+        return set()
+    return {p.get("architecture", "") for p in info.get("Platforms") or []}
+
+
 def validate(
     src: Host, dst: Host, inspect: dict[str, Any], spec: ContainerSpec, image_ok: Check,
     cross_isa: list[Check] | None = None,
 ) -> Validation:
     """Run every check; never raises for a failed check (see Validation.raise_for_failures).
 
-    `cross_isa`: the checks of a move to another ISA (migrate.Migration makes them); without
-    them a move between ISAs fails the "same ISA" check.
+    `cross_isa`: the checks of a move to another ISA (cross_isa_checks, which also loads the
+    program); without them a move between ISAs fails the "same ISA" check.
     """
     state = inspect["State"]
     name = inspect["Name"].lstrip("/")
@@ -507,7 +617,7 @@ def validate(
     add(Check.of("bind-mount sources on target", not tf.missing_paths, "present",
                  f"missing: {', '.join(tf.missing_paths)}", f"create them on {dst.name}",
                  errors.ValidationFailed))
-    existing = dst.client.containers.list(all=True, filters={"name": f"^/{spec.name}$"})
+    existing = dst.api.containers(all=True, filters={"name": f"^/{spec.name}$"})
     add(Check.of("target name free", not existing, f"{spec.name} is free",
                  f"a container named {spec.name} exists on {dst.name}",
                  "remove it, or choose another name with --name", errors.ValidationFailed))

@@ -1,8 +1,9 @@
 """Recode: rewrite a CRIU image set taken on one ISA so that it restores on the other.
 
 Entry points:
-- `load_program(host, inspect)`: what the toolchain put in the container's image (its
-  metadata and both binaries), read through the engine API.
+- `program_from_image(labels, read_file, container)`: what the toolchain put in the
+  container's image (its metadata and both binaries), from its files (the engine side,
+  validate.load_program, reads them from the container).
 - `preflight(program, images?)`: every reason the recode would fail, found before the
   source is frozen (and again on the dumped images, before anything is restored).
 - `recode(src_dir, dst_dir, program, src_isa, dst_isa)`: the transformation itself,
@@ -15,6 +16,7 @@ import functools
 import json
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,23 +53,18 @@ class Program:
         return ParkProtocol.from_metadata(self.metadata)
 
 
-def image_labels(host, image_id: str) -> dict[str, str]:
-    return (host.api.inspect_image(image_id).get("Config") or {}).get("Labels") or {}
-
-
-def load_program(host, inspect: dict[str, Any]) -> Program:
-    """Read the program's metadata and both variants from the (running) container."""
-    from docker_hmigrate.park import read_container_file
-
-    labels = image_labels(host, inspect["Image"])
+def program_from_image(labels: dict[str, str], read_file: Callable[[str], bytes | None],
+                       container: str) -> Program:
+    """The program hmigrate-cc put in an image: its labels name the metadata file and each
+    ISA's variant, `read_file(path)` gives a file's bytes (None when absent). No engine
+    here: validate.load_program reads a container's files through it."""
     if labels.get(LABEL_TOOLCHAIN) != TOOLCHAIN_SCHEMA:
         raise errors.NotMigratableCrossISA(
-            f"the image of {inspect['Name'].lstrip('/')} was not built by hmigrate-cc "
+            f"the image of {container} was not built by hmigrate-cc "
             f"(no {LABEL_TOOLCHAIN}={TOOLCHAIN_SCHEMA} label)",
             hint="build the program with the multi-ISA toolchain (see docs/toolchain.md), "
                  "or migrate to a host of the same ISA")
-    cid = inspect["Id"]
-    meta_raw = read_container_file(host, cid, labels.get(LABEL_METADATA, ""))
+    meta_raw = read_file(labels.get(LABEL_METADATA, ""))
     if not meta_raw:
         raise errors.NotMigratableCrossISA(
             f"the toolchain metadata {labels.get(LABEL_METADATA)} is missing from the container")
@@ -75,7 +72,7 @@ def load_program(host, inspect: dict[str, Any]) -> Program:
     binaries: dict[str, bytes] = {}
     for path in labels.get(LABEL_VARIANTS, "").split():
         isa = next((i for i in ISAS if path.endswith("_" + i)), None)
-        data = read_container_file(host, cid, path)
+        data = read_file(path)
         if isa and data:
             binaries[isa] = data
     return Program(labels.get(LABEL_PROGRAM, ""), metadata, binaries)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from http.server import BaseHTTPRequestHandler
-from types import SimpleNamespace
 
 from docker_hmigrate.validate import Check
 
@@ -48,8 +47,8 @@ GOOD_PROBE = ("criu_version=4.2.1\ncriu_check=ok\nmem_available_kb=8000000\n"
 
 
 class FakeAPI:
-    """The SDK's APIClient as validate uses it, with the real signatures: inspect_container
-    takes no size (the size comes from GET /containers/{id}/json?size=1)."""
+    """engine.EngineAPIClient as validate uses it, with the real signatures: inspect_container
+    takes no size (the size comes from inspect_container_size)."""
 
     def __init__(self, mem_usage: int = 50 << 20, size_rw: int = 4096, shm: int = 0):
         self.mem_usage, self.size_rw, self.shm = mem_usage, size_rw, shm
@@ -65,15 +64,8 @@ class FakeAPI:
     def inspect_container(self, cid):
         return {"Id": cid}
 
-    def _url(self, path, *args):
-        return path.format(*args)
-
-    def _get(self, url, params=None):
-        assert url.endswith("/json") and params == {"size": 1}
-        return {"SizeRw": self.size_rw, "SizeRootFs": 1 << 30}
-
-    def _result(self, response, json=False):
-        return response
+    def inspect_container_size(self, cid):  # engine.EngineAPIClient's GET .../json?size=1
+        return {"Id": cid, "SizeRw": self.size_rw, "SizeRootFs": 1 << 30}
 
     # the migration's lock (a never-started container) and its removal
     def create_host_config(self, **kw):
@@ -94,8 +86,7 @@ class FakeHost:
                         "Components": [{"Name": "containerd", "Version": "1.6.20"}]}
         self.api = FakeAPI(mem_usage, size_rw, shm)
         self._probe = probe
-        self.client = SimpleNamespace(
-            containers=SimpleNamespace(list=lambda **kw: existing or []))
+        self.api.containers = lambda **kw: existing or []
 
     def run_probe(self, script, timeout=120):
         return 0, self._probe

@@ -23,12 +23,12 @@ from docker_hmigrate.engine import Host
 from docker_hmigrate.isa import AARCH64
 from docker_hmigrate.recode import (
     Program,
-    load_program,
     merge_into_template,
     process,
     template_facts,
     transform,
 )
+from docker_hmigrate.validate import load_program
 from tests.support.lab import ARM_URL, lab_unavailable, unique, wait_until
 
 HELLO = "localhost:5000/hmigrate/helloworld:latest"
@@ -116,7 +116,7 @@ def park_pcs(program: Program) -> set[int]:
 
 def program_of_image(client: docker.DockerClient, image: str) -> Program:
     """The multi-ISA program an image carries (metadata and both variants), read as
-    migrate reads it: recode.load_program on a container created from the image."""
+    migrate reads it: validate.load_program on a container created from the image."""
     c = client.containers.create(image, ["true"], name=unique("hm-rc-files"))
     try:
         return load_program(Host("lab", client), client.api.inspect_container(c.id))

@@ -15,7 +15,7 @@ import docker.errors
 import pytest
 import requests
 
-from docker_hmigrate import errors, interrupts, transfer
+from docker_hmigrate import errors, interrupts, migrate, transfer
 from docker_hmigrate.cli import app as cli
 from docker_hmigrate.migrate import Created, Migration, MigrationOptions
 from docker_hmigrate.output import Reporter
@@ -142,6 +142,54 @@ def test_rollback_target_already_gone_is_not_a_failure():
     m.created = Created(target_container=TID)  # never existed on dst: NotFound
     m.roll_back(RuntimeError("cause"))
     assert ("remove", TID) in dst.api.calls
+
+
+def test_rollback_volume_already_gone_is_not_a_failure():
+    m, src, dst = migration()
+
+    def remove_volume(name, force=False):
+        dst.api.calls.append(("remove_volume", name))
+        raise api_error(docker.errors.NotFound, 404, f"get {name}: no such volume")
+
+    dst.api.remove_volume = remove_volume
+    m.created = Created(volumes=["data"])
+    m.roll_back(RuntimeError("cause"))
+    assert ("remove_volume", "data") in dst.api.calls
+
+
+def test_rollback_target_being_removed_by_its_daemon_is_not_a_failure():
+    """A target started with --rm (AutoRemove from the source's config) that died is
+    removed by its own daemon: our removal meets 409 "removal ... already in progress",
+    and then its volume is still "in use" for a moment. Both mean "going away": the
+    rollback waits for it to be gone instead of reporting exit 13."""
+    m, src, dst = migration()
+    dst.api.states[TID] = {"Running": False, "Status": "removing"}
+    dst.api.remove_error = api_error(
+        code=409, text=f"removal of container {TID} is already in progress")
+    polls = []
+
+    def inspect_container(cid):
+        polls.append(cid)
+        if len(polls) >= 3:  # the daemon finishes the removal
+            dst.api.states.pop(TID, None)
+        return FakeAPI.inspect_container(dst.api, cid)
+
+    dst.api.inspect_container = inspect_container
+    m.created = Created(target_container=TID)
+    m.roll_back(RuntimeError("cause"))
+    assert ("remove", TID) in dst.api.calls and TID not in dst.api.states
+
+
+def test_rollback_target_stuck_in_removal_is_reported(monkeypatch):
+    monkeypatch.setattr(migrate, "REMOVAL_WAIT", 0.3)
+    m, src, dst = migration()
+    dst.api.states[TID] = {"Running": False, "Status": "removing"}
+    dst.api.remove_error = api_error(
+        code=409, text=f"removal of container {TID} is already in progress")
+    m.created = Created(target_container=TID)
+    with pytest.raises(errors.RollbackFailed) as exc:
+        m.roll_back(RuntimeError("cause"))
+    assert exc.value.exit_code == 13 and "still being removed" in exc.value.message
 
 
 def test_rollback_other_errors_still_reported():
@@ -411,3 +459,53 @@ def test_dump_retried_when_runc_cannot_freeze(monkeypatch):
     src.checkpoint_create = lambda *a, **k: (_ for _ in ()).throw(api_error(text="other"))
     with pytest.raises(docker.errors.APIError):
         m._dump()
+
+
+# ---- strategies: what a cross-ISA move does more, at fixed points ------------------------
+
+
+def test_strategy_follows_the_hosts_isas():
+    from docker_hmigrate import strategy
+
+    m, src, dst = migration()
+    assert type(m.strategy) is strategy.SameIsa
+    dst.isa = "aarch64"
+    m2 = Migration(src, dst, MigrationOptions("web"), m.rep)
+    assert type(m2.strategy) is strategy.CrossIsa
+
+
+def test_same_isa_move_skips_recode_and_parks_nothing():
+    m, src, dst = migration()
+    m.strategy.before_freeze()
+    m.strategy.transform()
+    phases = {p.name: p for p in m.rep.phases}
+    assert "park" not in phases and phases["recode"].status == "skipped"
+    assert not m.created.source_parked
+
+
+def test_cross_isa_without_a_program_is_refused_before_the_freeze():
+    """--force gets past the failed checks, never past a program recode cannot read."""
+    m, src, dst = migration()
+    dst.isa = "aarch64"
+    m = Migration(src, dst, MigrationOptions("web", force=True), m.rep)
+    m.inspect = {"Id": CID, "Name": "/web"}
+    with pytest.raises(errors.NotMigratableCrossISA):
+        m.strategy.before_freeze()
+    assert not m.created.source_parked and not m.created.source_frozen
+
+
+def test_rollback_withdraws_a_pending_park_request(monkeypatch):
+    from docker_hmigrate import park
+
+    m, src, dst = migration()
+    dst.isa = "aarch64"
+    m = Migration(src, dst, MigrationOptions("web", verify_seconds=0), m.rep)
+    m.inspect = {"Id": CID, "Name": "/web"}
+    m.strategy.program = type("P", (), {"park_protocol": park.ParkProtocol()})()
+    resumed = []
+    monkeypatch.setattr(park, "resume_all", lambda host, cid, proto: resumed.append((host, cid)))
+    m.created = Created(source_parked=True, template="tmpl")
+    dst.api.states["tmpl"] = {"Running": False}
+    m.roll_back(KeyboardInterrupt())
+    assert resumed == [(src, CID)]  # the source's threads go on
+    assert ("remove", "tmpl") in dst.api.calls and m.created == Created()

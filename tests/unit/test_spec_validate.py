@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from docker_hmigrate import errors
-from docker_hmigrate.migrate import _split_ref
 from docker_hmigrate.spec import target_spec
+from docker_hmigrate.strategy import split_ref
 from docker_hmigrate.validate import Check, HostFacts, Validation, parse_probe, probe_script
 
 INSPECT = {
@@ -104,4 +104,4 @@ def test_passing_validation_raises_nothing():
     ("localhost:5000/x", ("localhost:5000/x", "latest")),
 ])
 def test_split_ref(ref, expected):
-    assert _split_ref(ref) == expected
+    assert split_ref(ref) == expected

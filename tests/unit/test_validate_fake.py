@@ -128,7 +128,9 @@ class HelperHost:
 
 def test_interrupted_stream_is_reported():
     with pytest.raises(errors.TransferInterrupted) as exc:
-        transfer.copy_folder("checkpoint", HelperHost("a"), "/x", HelperHost("b"), "/y")
+        with transfer.FolderLink("checkpoint", HelperHost("a"), "/x",
+                                 HelperHost("b"), "/y") as link:
+            link.copy(".", "")
     assert exc.value.exit_code == 10
     assert "after 20 bytes" in exc.value.message and "connection reset" in exc.value.message
 

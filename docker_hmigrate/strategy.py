@@ -1,0 +1,266 @@
+"""What a migration does differently between hosts of one ISA and of two.
+
+`Migration` (migrate.py) keeps the phases in one list and calls these hooks at fixed
+points; no phase asks which ISA it moves to. `SameIsa`: the checkpoint streams from host
+to host (by the fast path where it applies) and nothing is transformed. `CrossIsa`
+(docs/design.md, "Heterogeneous ISA"): the program's own checks, the target's variant of
+the image, a template checkpoint taken on the target, every thread parked at an
+equivalence point before the dump, the images recoded here and merged into the template,
+the restored threads let go.
+
+The hooks, in the order the phases call them: checks (validate), image and prepare
+(prepare target), open_checkpoint_link (the move's helpers, before the freeze),
+before_freeze (park), move_checkpoint (move), transform (recode), after_restore
+(restore), and on a rollback undo and release_source; staging_ids and close at the end.
+What a hook makes that a rollback must undo is recorded in the migration's `Created`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+from docker_hmigrate import errors, park, recode, template, transfer
+from docker_hmigrate.engine import Host
+from docker_hmigrate.output import Reporter
+from docker_hmigrate.spec import ContainerSpec
+from docker_hmigrate.validate import Check, cross_isa_checks
+
+
+class Moving(Protocol):
+    """What a strategy uses of the migration it serves (migrate.Migration), so that this
+    module needs nothing of migrate's."""
+
+    src: Host
+    dst: Host
+    opts: Any  # MigrationOptions
+    rep: Reporter
+    inspect: dict[str, Any]
+    spec: ContainerSpec
+    checkpoint: str
+    created: Any  # Created: what a rollback undoes
+    frozen_at: float
+    bytes_moved: int
+    transfers: list[tuple[transfer.FolderLink, str, str]]
+    fast_link: int
+
+    def pull(self, ph: Any, ref: str) -> None: ...
+
+    def open_link(self, what: str, src_bind: str, dst_bind: str, src_sub: str,
+                  dst_sub: str) -> None: ...
+
+    def enter_link(self, link: transfer.FolderLink) -> transfer.FolderLink: ...
+
+    def fast_prepare(self) -> str | None: ...
+
+    def fast_restore_prepare(self) -> str | None: ...
+
+
+class SameIsa:
+    """A move between hosts of the same ISA: the images go over as they are."""
+
+    def __init__(self, m: Moving):
+        self.m = m
+
+    def checks(self) -> list[Check] | None:
+        """Validations of this kind of move (None: validate's own "same ISA" check)."""
+        return None
+
+    def image(self, ph) -> None:
+        """The very image on the target: there already, copied from the source, or pulled."""
+        m = self.m
+        ref, image_id = m.spec.image, m.inspect["Image"]
+        if m.dst.image_present(image_id):
+            named = m.dst.image_present(ref)
+            if named is None:
+                m.dst.api.tag(image_id, *split_ref(ref))
+            elif named["Id"] != image_id:
+                # The target knows the name as another image: create from the exact one.
+                m.spec.body["Image"] = image_id
+            return
+        if m.src.image_present(image_id):
+            ph.update(f"copying image {ref}")
+            moved = transfer.copy_image(m.src, m.dst, image_id)
+            m.dst.api.tag(image_id, *split_ref(ref))
+            ph.update(f"image copied ({moved.bytes / 1e6:.1f} MB)")
+            return
+        m.pull(ph, ref)
+
+    def prepare(self, ph) -> None:
+        """On the target, before its container is created (networks and volumes exist)."""
+
+    def open_checkpoint_link(self, target: dict[str, Any]) -> None:
+        """The checkpoint's stream, one of the move's: from a tmpfs folder of the source
+        (fast path, issue 11) or dockerd's checkpoints folder, into the target's."""
+        m = self.m
+        src_folder = m.fast_prepare() or m.src.checkpoint_dir(m.inspect["Id"])
+        dst_folder = m.fast_restore_prepare() or m.dst.checkpoint_dir(target["Id"])
+        m.fast_link = len(m.transfers)
+        m.open_link("checkpoint", src_folder, dst_folder, m.checkpoint, "")
+
+    def before_freeze(self) -> None:
+        """Bring the program to where it can be dumped (nothing to do here)."""
+
+    def move_checkpoint(self, pool: ThreadPoolExecutor) -> list[Future]:
+        """Streams of the checkpoint beside the move's transfers (none: it is one)."""
+        return []
+
+    def transform(self) -> None:
+        with self.m.rep.phase("recode") as ph:
+            ph.skip(f"same ISA ({self.m.src.isa})")
+
+    def restore_failed(self) -> None:
+        """The target's restore failed (before the rollback)."""
+
+    def after_restore(self, cid: str) -> None:
+        """The target container runs: what it needs to go on (nothing here)."""
+
+    def undo(self) -> None:
+        """Rollback: remove what prepare made on the target."""
+
+    def release_source(self) -> None:
+        """Rollback: whatever before_freeze asked of the source, withdrawn."""
+
+    def staging_ids(self) -> list[str]:
+        """Containers besides the source whose checkpoints containerd stages."""
+        return []
+
+    def close(self) -> None:
+        """Always, at the end: local files."""
+
+
+class CrossIsa(SameIsa):
+    """A move to another ISA: a program built by hmigrate-cc, parked, recoded here."""
+
+    def __init__(self, m: Moving):
+        super().__init__(m)
+        self.program: recode.Program | None = None
+        self.link: transfer.FolderLink | None = None  # downloaded, recoded, uploaded
+        self.workdir: Path | None = None  # the images, locally (mode 0700)
+        self.template_id = ""  # the template container, even once removed
+        self.facts: template.Facts | None = None  # the target's facts (template.py)
+
+    def checks(self) -> list[Check] | None:
+        m = self.m
+        checks, self.program = cross_isa_checks(m.src, m.dst, m.inspect, m.spec)
+        return checks
+
+    def image(self, ph) -> None:
+        """The target ISA's variant of the image, by name (the source's image is the other
+        ISA's variant: never reused; a target may hold both, e.g. loaded by a
+        multi-platform build)."""
+        m = self.m
+        ref = m.spec.image
+        m.pull(ph, ref)
+        got = m.dst.image_present(ref) or {}
+        if got.get("Architecture") != m.dst.platform.split("/")[1]:
+            raise errors.ImageUnavailable(
+                f"{ref} on {m.dst.name} is {got.get('Architecture')}, not "
+                f"{m.dst.platform}", hint="push a manifest list with both variants")
+        m.spec.body["Image"] = ref
+
+    def prepare(self, ph) -> None:
+        """The target host's facts (mount tree, cgroups, vDSO, auxv, register layout)
+        from a checkpoint of the inert template (template.py): the source's configuration
+        with empty volumes, no network, a stub of the target ISA as its only process.
+        Nothing of the user's program runs on the target; the process itself, its files
+        and sockets come from the source's checkpoint (recode.merge_host_facts). Cached
+        per (target, image, configuration): a second move pays nothing."""
+        m = self.m
+        ph.update("target facts (inert template)")
+        self.workdir = Path(tempfile.mkdtemp(prefix="hmigrate-"))  # mode 0700
+        self.facts = template.target_facts(
+            m.dst, m.spec.body, m.inspect, self.workdir / "template",
+            f"hmigrate-template-{m.checkpoint}",
+            record=lambda cid: setattr(m.created, "template", cid))
+        self.template_id = self.facts.container_id
+        m.rep.set("template", "cached" if self.facts.cached else "taken")
+
+    def open_checkpoint_link(self, target: dict[str, Any]) -> None:
+        m = self.m
+        self.link = m.enter_link(transfer.FolderLink(
+            "checkpoint", m.src, m.src.checkpoint_dir(m.inspect["Id"]),
+            m.dst, m.dst.checkpoint_dir(target["Id"])))
+
+    def before_freeze(self) -> None:
+        """Bring every thread to an equivalence point before the dump."""
+        m = self.m
+        if self.program is None:  # --force cannot make up for a program recode can't read
+            raise errors.NotMigratableCrossISA(
+                f"{m.opts.container} cannot move from {m.src.isa} to {m.dst.isa}: "
+                "its image was not built by the multi-ISA toolchain")
+        with m.rep.phase("park") as ph:
+            m.frozen_at = time.monotonic()  # the program stops making progress here
+            parked = park.park_all(m.src, m.inspect["Id"], self.program.park_protocol)
+            m.created.source_parked = True
+            ph.update(f"{parked['processes']} processes parked" if "processes" in parked
+                      else f"{parked.get('threads', '?')} thread(s) parked")
+
+    def move_checkpoint(self, pool: ThreadPoolExecutor) -> list[Future]:
+        """The source's images, downloaded here to be recoded."""
+        (self.workdir / "source").mkdir(mode=0o700)
+        return [pool.submit(self.link.download, self.m.checkpoint, self.workdir / "source")]
+
+    def transform(self) -> None:
+        m = self.m
+        with m.rep.phase("recode") as ph:
+            out, tpl = self.workdir / "target", self.workdir / "template"
+            facts = recode.template_facts(tpl)
+            timings = recode.recode(self.workdir / "source", out, self.program,
+                                    m.src.isa, m.dst.isa, facts)
+            merged = self.workdir / "merged"  # the source's images + the target's facts
+            recode.merge_host_facts(out, tpl, merged, m.inspect)
+            m.rep.set("recode_seconds", {k: round(v, 4) for k, v in timings.items()})
+            moved = self.link.upload(merged, m.checkpoint)
+            m.bytes_moved += moved.bytes
+            ph.update(f"{m.src.isa} -> {m.dst.isa} in {timings['total']:.3f}s")
+
+    def after_restore(self, cid: str) -> None:
+        """Restored parked, as it was dumped: let it go on."""
+        park.resume_all(self.m.dst, cid, self.program.park_protocol)
+
+    def undo(self) -> None:
+        """The template container (its checkpoint was downloaded, or the move failed)."""
+        created = self.m.created
+        if created.template:
+            template.remove(self.m.dst, created.template)  # with its scratch volumes
+            created.template = None
+
+    def restore_failed(self) -> None:
+        """A template whose facts a restore failed with is not trusted again: the next
+        move takes a new one."""
+        if self.facts is not None:
+            template.forget(self.facts.key)
+
+    def release_source(self) -> None:
+        if self.m.created.source_parked:
+            park.resume_all(self.m.src, self.m.inspect["Id"], self.program.park_protocol)
+
+    def staging_ids(self) -> list[str]:
+        # a cross-ISA restore's images are the template's (its mounts name the template)
+        return [self.template_id] if self.template_id else []
+
+    def close(self) -> None:
+        if self.workdir and os.environ.get("HMIGRATE_KEEP_IMAGES") == "1":
+            # debugging a recode: the images stay, readable by root only (0700)
+            self.m.rep.warn(f"cross-ISA images kept in {self.workdir} "
+                            f"(HMIGRATE_KEEP_IMAGES=1): they hold process memory")
+        elif self.workdir:  # checkpoint images hold process memory
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def for_hosts(m: Moving) -> SameIsa:
+    """The strategy for the migration's two hosts."""
+    return CrossIsa(m) if m.src.isa != m.dst.isa else SameIsa(m)
+
+
+def split_ref(ref: str) -> tuple[str, str]:
+    name, _, tag = ref.rpartition(":")
+    if not name or "/" in tag:
+        return ref, "latest"
+    return name, tag

@@ -528,7 +528,9 @@ class Migration:
                 hint=f"when {self.dst.name} answers: if `docker --context {self.dst.name} "
                      f"ps` shows {self.opts.container} running, remove the source; if not, "
                      f"`docker --context {self.src.name} start --checkpoint {self.checkpoint}"
-                     f" {self.opts.container}`",
+                     f" {self.opts.container}`; then remove the migration's helpers there: "
+                     f"`docker --context {self.dst.name} ps -aq --filter "
+                     f"label={MIGRATION_LABEL}={self.checkpoint}`",
             )
             raise self._restore_unknown from exc
         if state.get("Running") or state.get("Restarting"):

@@ -297,3 +297,8 @@ def test_target_gone_for_good_during_restore(host_a, host_b, cleanup, cut_target
     assert ck in host_a.docker("checkpoint", "ls", name)
     values = counter_values(host_b.logs(name))
     assert values and values[0] > before - 2, values[:5]
+    # what could not be removed from b while it did not answer is named by the hint
+    label = f"org.hmigrate.migration={ck}"
+    assert label in doc["error"]["hint"], doc
+    for c in host_b.client.containers.list(all=True, filters={"label": label}):
+        c.remove(force=True)

@@ -25,12 +25,22 @@ from tests.support.resp import try_redis
 pytestmark = pytest.mark.lab
 
 
-def no_helpers_left(*hosts, migration: str = "") -> None:
+def helper_ids(*hosts) -> set[str]:
+    """Every helper/probe container on these hosts now (to tell ours from older ones)."""
+    return {c.id for host in hosts
+            for c in host.client.containers.list(all=True,
+                                                 filters={"label": "org.hmigrate.helper"})}
+
+
+def no_helpers_left(*hosts, migration: str = "", besides: frozenset[str] = frozenset()
+                    ) -> None:
     """No helper/probe container left; with `migration` (its checkpoint name), only that
-    migration's are looked at (other people's migrations may run on the lab meanwhile)."""
+    migration's are looked at, else only those not in `besides` (taken before the test:
+    other people's migrations may run on the lab meanwhile, or have left theirs)."""
     label = f"org.hmigrate.migration={migration}" if migration else "org.hmigrate.helper"
     for host in hosts:
-        left = host.client.containers.list(all=True, filters={"label": label})
+        left = [c for c in host.client.containers.list(all=True, filters={"label": label})
+                if c.id not in besides]
         assert not left, f"helper containers left on {host.name}: {[c.name for c in left]}"
 
 
@@ -117,6 +127,7 @@ def test_failed_restore_leaves_source_running(host_a, host_b, cleanup):
     real, and the source must be restored from its own checkpoint with its state."""
     name, vol = unique("mig-fail"), unique("mig-fail-vol")
     cleanup.append(name)
+    older = frozenset(helper_ids(host_a, host_b))
     host_a.docker("run", "-d", "--name", name, "-v", f"{vol}:/data", BASE_IMAGE, *COUNTER_CMD)
     wait_until(lambda: len(counter_values(host_a.logs(name))) >= 3, what="counter on a")
     marker = Path(f"/tmp/{name}.hook")
@@ -141,7 +152,7 @@ def test_failed_restore_leaves_source_running(host_a, host_b, cleanup):
     assert not exists(host_b, name), "the target container must be removed"
     assert vol not in host_b.docker("volume", "ls", "-q").split(), "target volume left behind"
     assert host_a.docker("checkpoint", "ls", name).strip().splitlines()[1:] == []
-    no_helpers_left(host_a, host_b)
+    no_helpers_left(host_a, host_b, besides=older)
     host_a.docker("rm", "-f", name)
     host_a.docker("volume", "rm", vol)
 
@@ -149,6 +160,7 @@ def test_failed_restore_leaves_source_running(host_a, host_b, cleanup):
 def test_refusals_say_what_and_exit_per_class(host_a, host_b, cleanup):
     tty, taken = unique("mig-tty"), unique("mig-taken")
     cleanup += [tty, taken]
+    older = frozenset(helper_ids(host_a, host_b))
     host_a.docker("run", "-d", "-t", "--name", tty, BASE_IMAGE, *COUNTER_CMD)
     proc = hmigrate("migrate", tty, "--to", "hm-b")
     assert proc.returncode == 7 and "TTY" in proc.stderr, proc.stderr
@@ -173,7 +185,7 @@ def test_refusals_say_what_and_exit_per_class(host_a, host_b, cleanup):
     checks = {c["check"]: c["ok"] for c in doc["targets"][0]["checks"]}
     assert checks["criu check on hm-b"] is True and checks["target name free"] is False
     assert host_a.client.containers.get(taken).status == "running"
-    no_helpers_left(host_a, host_b)
+    no_helpers_left(host_a, host_b, besides=older)
 
 
 def test_checkpoint_and_restore_building_blocks(host_a, host_b, cleanup, tmp_path):

@@ -92,11 +92,8 @@ class FaultyProxy:
     def _close_all(self) -> None:
         with self._lock:
             conns, self._conns = self._conns, []
+        _shut(*conns)
         for s in conns:
-            try:
-                s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             s.close()
 
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
@@ -106,11 +103,7 @@ class FaultyProxy:
         except OSError:
             pass
         finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut(src, dst)
 
     def _upstream(self, client: socket.socket, server: socket.socket) -> None:
         """Client -> daemon, watching the requests for the trigger."""
@@ -142,8 +135,13 @@ class FaultyProxy:
         except OSError:
             pass
         finally:
-            for s in (client, server):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            _shut(client, server)
+
+
+def _shut(*socks: socket.socket) -> None:
+    """Both directions of each socket, whatever state it is in."""
+    for s in socks:
+        try:
+            s.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

@@ -33,7 +33,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tests.support.lab import DOCKER_CLI, REDIS_IMAGE, connect
+from tests.support.lab import DOCKER_CLI, REDIS_IMAGE, connect, hello_ticks
+from tests.support.recode_lab import HELLO
 from tests.support.resp import Redis
 
 HOSTS = {"hm-a": "127.0.0.1", "hm-b": "10.77.0.2"}  # where a published port answers
@@ -244,14 +245,6 @@ def soak(moves: int, redis_mb: int = 0, baseline_seconds: float = 5.0,
         "baseline_incr_per_s": round(baseline_rate, 1),
         "leftovers": left, "failures": [r for r in rows if r["exit"] != 0],
     }
-
-
-HELLO = "localhost:5000/hmigrate/helloworld:latest"
-
-
-def hello_ticks(logs: str) -> list[int]:
-    return [int(line.rsplit(":", 1)[1]) for line in logs.splitlines()
-            if line.startswith("hello from hmigrate:")]
 
 
 def soak_cross_isa(round_trips: int, verbose: bool = True) -> dict:

@@ -20,15 +20,13 @@ from tests.support.lab import (
     unique,
     wait_until,
 )
+from tests.support.lab import (
+    hello_ticks as ticks,
+)
 
 pytestmark = [pytest.mark.lab, pytest.mark.arm64]
 
 HELLO = f"{REGISTRY}/hmigrate/helloworld:latest"
-
-
-def ticks(logs: str) -> list[int]:
-    return [int(line.rsplit(":", 1)[1]) for line in logs.splitlines()
-            if line.startswith("hello from hmigrate:")]
 
 
 def leftovers(client: docker.DockerClient, checkpoint: str) -> list[str]:

@@ -157,3 +157,9 @@ def wait_until(predicate, timeout: float = 30, interval: float = 0.2, what: str 
 
 def counter_values(text: str) -> list[int]:
     return [int(line) for line in text.split() if line.isdigit()]
+
+
+def hello_ticks(logs: str) -> list[int]:
+    """The numbers helloworld (the toolchain-built counter) printed, in order."""
+    return [int(line.rsplit(":", 1)[1]) for line in logs.splitlines()
+            if line.startswith("hello from hmigrate:")]

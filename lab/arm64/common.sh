@@ -59,9 +59,23 @@ hm_image_recipe_hash() {
   {
     hm_rootfs_recipe_hash
     echo "disk=$HM_ARM_DISK_SIZE kernel=$HM_ARM_KERNEL"
+    # the v2 variant's image holds its own host name (v1's hash stays as it was, so a
+    # running hm-arm is not seen as outdated)
+    [ "$HM_ARM_CGROUP" != 2 ] || echo "cgroup=2 name=$HM_ARM_NAME"
     cat "$HM_ARM_DIR/build-image.sh" "$HM_ARM_DIR/build-initramfs.sh"
     (cd "$HM_ARM_DIR/guest" && find . -type f | LC_ALL=C sort | xargs sha256sum)
   } | sha256sum | cut -d' ' -f1
+}
+
+# The current image hash of the other variant (HM_ARM_CGROUP 1 <-> 2), with its defaults:
+# both variants' images are cached side by side, and neither build removes the other's.
+hm_other_image_hash() {
+  local other=1
+  [ "$HM_ARM_CGROUP" = 2 ] || other=2
+  (unset HM_ARM_NAME HM_ARM_PORT HM_ARM_STATE HM_ARM_KERNEL
+   HM_ARM_CGROUP=$other
+   . "$HM_ARM_DIR/common.sh"
+   hm_image_recipe_hash)
 }
 
 hm_pid() {

@@ -37,6 +37,12 @@ def host_c2() -> LabHost:
 
 
 @pytest.fixture(scope="session")
+def arm2() -> LabHost:
+    """The aarch64 host on cgroup v2 (hm-arm2; HMLAB_CGROUP2=1 HMLAB_ARM64=1)."""
+    return connect("arm2")
+
+
+@pytest.fixture(scope="session")
 def arm() -> docker.DockerClient:
     """The aarch64 host (HM_ARM_PORT, default 2391)."""
     return connect_arm()

@@ -13,12 +13,15 @@ import hashlib
 import pytest
 
 from tests.support.lab import (
+    ARM64_HOSTS,
+    ARM_IMAGE,
     BASE_IMAGE,
     COUNTER_CMD,
     REGISTRY,
     LabHost,
     counter_values,
     exists,
+    hello_ticks,
     migrate_json,
     unique,
     wait_until,
@@ -68,6 +71,12 @@ def test_counter_moves_between_v2_daemons(host_c, host_c2, cleanup_on):
     assert host_c2.client.containers.get(name).attrs["Config"]["Labels"]["hm.test"] == "cgroup2"
 
 
+def _helper(host: LabHost) -> str:
+    """A busybox image of the host's ISA: host c pulls hmlab/busybox, lab/arm64/up imports
+    Debian's arm64 busybox-static."""
+    return ARM_IMAGE if host.name in ARM64_HOSTS else BASE_IMAGE
+
+
 def _redis(host: LabHost, name: str, *args: str) -> str:
     """One command to the Redis in container `name`, through busybox nc in its network
     namespace (published ports of host c are inside the VM): the reply's value.
@@ -76,7 +85,7 @@ def _redis(host: LabHost, name: str, *args: str) -> str:
     without its output on these daemons (docs/cgroup2-hosts.md).
     """
     payload = Redis.encode(*args).decode()
-    cid = host.docker("run", "-d", "--network", f"container:{name}", BASE_IMAGE, "sh", "-c",
+    cid = host.docker("run", "-d", "--network", f"container:{name}", _helper(host), "sh", "-c",
                       'printf "%s" "$1" | nc -w 5 127.0.0.1 6379', "sh", payload).strip()
     try:
         host.docker("wait", cid, timeout=180)
@@ -149,3 +158,110 @@ def test_v1_to_v2_move_is_refused_before_the_freeze(host_a, host_c, cleanup_on):
                what="counter on a going on")
     values = counter_values(host_a.logs(name))
     assert values == list(range(len(values))), "the source was interrupted"
+
+
+# --- cross-ISA on cgroup v2: host c (x86-64) <-> hm-arm2 (aarch64), both v2 only -----------
+# Opt-in twice over: HMLAB_CGROUP2=1 and HMLAB_ARM64=1 (two TCG VMs: minutes per move).
+
+HELLO = f"{REGISTRY}/hmigrate/helloworld:latest"
+MOVE_TIMEOUT = 1500  # one cross-ISA move between two TCG VMs (phase times: support matrix)
+
+
+def _phases(doc: dict) -> str:
+    return ", ".join(f"{p['name']} {p['seconds']:.1f}s" for p in doc.get("phases", []))
+
+
+def _cross(name: str, src: LabHost, dst: LabHost, *extra: str) -> dict:
+    proc, doc = migrate_json(name, "--to", dst.context, *extra, context=src.context,
+                             timeout=MOVE_TIMEOUT)
+    assert proc.returncode == 0, proc.stderr
+    assert doc["ok"] is True and doc["target"] == dst.context
+    isas = {"c": "x86-64", "arm2": "aarch64"}
+    assert (doc["source_isa"], doc["target_isa"]) == (isas[src.name], isas[dst.name])
+    assert {p["name"] for p in doc["phases"]} >= {"park", "checkpoint", "recode", "restore"}
+    print(f"{src.context} -> {dst.context}: {doc['total_seconds']:.1f}s ({_phases(doc)})")
+    return doc
+
+
+def test_arm2_is_an_aarch64_host_on_cgroup_v2_only(arm2):
+    info = arm2.client.info()
+    assert (info["Architecture"], info["CgroupVersion"]) == ("aarch64", "2"), info
+    mounts = arm2.docker("run", "--rm", "--pid=host", ARM_IMAGE, "cat", "/proc/1/mounts")
+    kinds = {line.split()[2] for line in mounts.splitlines() if "cgroup" in line.split()[2]}
+    assert kinds == {"cgroup2"}, mounts
+
+
+@pytest.mark.slow
+def test_helloworld_moves_c_to_arm2_and_back_counting_on(host_c, arm2, cleanup_on):
+    name = unique("c2x-hello")
+    cleanup_on += [(host_c, name), (arm2, name)]
+    host_c.docker("pull", "-q", HELLO, timeout=600)
+    host_c.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined", HELLO)
+    wait_until(lambda: len(hello_ticks(host_c.logs(name))) >= 2, timeout=120,
+               what="helloworld on c")
+
+    _cross(name, host_c, arm2)
+    assert not exists(host_c, name)
+    target = arm2.client.containers.get(name)
+    assert target.status == "running"
+    assert arm2.client.images.get(target.attrs["Image"]).attrs["Architecture"] == "arm64"
+    wait_until(lambda: len(hello_ticks(arm2.logs(name))) >= 3, timeout=120,
+               what="the counter on arm2")
+    values = hello_ticks(arm2.logs(name))
+    # restored, not restarted: never from zero, one tick after another
+    assert values[0] >= 2 and values == list(range(values[0], values[0] + len(values))), values
+
+    # and back to x86-64 (the aarch64 copy kept, stopped, to read its last tick)
+    _cross(name, arm2, host_c, "--keep-source")
+    on_arm = hello_ticks(arm2.logs(name))
+    assert arm2.client.containers.get(name).status == "exited"
+    back = host_c.client.containers.get(name)
+    assert host_c.client.images.get(back.attrs["Image"]).attrs["Architecture"] == "amd64"
+    wait_until(lambda: len(hello_ticks(host_c.logs(name))) >= 3, timeout=120,
+               what="the counter back on c")
+    again = hello_ticks(host_c.logs(name))
+    assert again[0] == on_arm[-1] + 1, (on_arm[-3:], again[:3])
+    assert again == list(range(again[0], again[0] + len(again))), again
+
+
+@pytest.mark.slow
+def test_redis_moves_c_to_arm2_and_back_with_every_key(host_c, arm2, cleanup_on):
+    """The project's Redis with 2000 keys, x86-64 -> aarch64 -> x86-64: after each move
+    DBSIZE and a server-side SHA-1 over every value are the source's, and it takes writes
+    (the key written on aarch64 comes back too)."""
+    host_c.docker("pull", "-q", REDIS_MULTI, timeout=600)
+    name = unique("c2x-redis")
+    cleanup_on += [(host_c, name), (arm2, name)]
+    host_c.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined",
+                  REDIS_MULTI)
+    wait_until(lambda: _try(lambda: _redis(host_c, name, "PING")) == "PONG", timeout=120,
+               what="redis on c")
+    n = 2000
+    expected, digest = _fill_redis(host_c, name, n)
+
+    _cross(name, host_c, arm2)
+    assert not exists(host_c, name)
+    assert _redis(arm2, name, "DBSIZE") == str(n)
+    assert _redis(arm2, name, "EVAL", digest, "0", str(n)) == expected
+    assert _redis(arm2, name, "SET", "written-on", "aarch64") == "OK"
+
+    _cross(name, arm2, host_c)
+    assert not exists(arm2, name)
+    assert _redis(host_c, name, "DBSIZE") == str(n + 1)
+    assert _redis(host_c, name, "EVAL", digest, "0", str(n)) == expected
+    assert _redis(host_c, name, "GET", "written-on") == "aarch64"
+
+
+def _fill_redis(host: LabHost, name: str, n: int) -> tuple[str, str]:
+    """n keys of several lengths, written by the server itself; (their SHA-1, the Lua that
+    computes it server-side)."""
+    values = [f"value-{i}-" + "x" * (i % 50) for i in range(1, n + 1)]
+    fill = ("for i=1,tonumber(ARGV[1]) do "
+            "redis.call('SET','key:'..i,'value-'..i..'-'..string.rep('x', i % 50)) end "
+            "return redis.call('DBSIZE')")
+    digest = ("local t={} for i=1,tonumber(ARGV[1]) do t[i]=redis.call('GET','key:'..i) end "
+              "return redis.sha1hex(table.concat(t, '\\n'))")
+    assert _redis(host, name, "EVAL", fill, "0", str(n)) == str(n)
+    expected = hashlib.sha1("\n".join(values).encode()).hexdigest()
+    assert _redis(host, name, "EVAL", digest, "0", str(n)) == expected
+    return expected, digest

@@ -59,9 +59,13 @@ HOSTS = {
     # inside the VM, so tests reach servers with `docker exec` (address left empty).
     "c": dict(context="hm-c", url="tcp://127.0.0.1:2393", address=""),
     "c2": dict(context="hm-c2", url="tcp://127.0.0.1:2394", address=""),
+    # The aarch64 host on cgroup v2 (HM_ARM_CGROUP=2 lab/arm64/up): a second TCG VM.
+    "arm2": dict(context="hm-arm2", url="tcp://127.0.0.1:2392", address=""),
 }
-# Hosts that exist only when the lab was brought up with HMLAB_CGROUP2=1.
-CGROUP2_HOSTS = {"c", "c2"}
+# Hosts that exist only when the lab was brought up with HMLAB_CGROUP2=1 (arm2: with
+# HMLAB_ARM64=1 too).
+CGROUP2_HOSTS = {"c", "c2", "arm2"}
+ARM64_HOSTS = {"arm2"}
 
 # The aarch64 host (lab/arm64/up): its context name and port follow lab/arm64/common.sh.
 ARM_CONTEXT = os.environ.get("HM_ARM_NAME", "hm-arm")
@@ -80,6 +84,9 @@ def connect(name: str) -> LabHost:
         # Not a lab failure even under HMLAB_REQUIRED: host c is opt-in.
         pytest.skip("host c (cgroup v2) tests run with HMLAB_CGROUP2=1 "
                     "(sudo HMLAB_CGROUP2=1 lab/up)")
+    if name in ARM64_HOSTS and os.environ.get("HMLAB_ARM64") != "1":
+        pytest.skip("the aarch64 host on cgroup v2 runs with HMLAB_CGROUP2=1 HMLAB_ARM64=1 "
+                    "(sudo HMLAB_CGROUP2=1 HMLAB_ARM64=1 lab/up)")
     if os.geteuid() != 0:
         lab_unavailable("lab tests need root (the lab's daemons and checkpoints are root's)")
     spec = HOSTS[name]
@@ -89,7 +96,8 @@ def connect(name: str) -> LabHost:
     except Exception as exc:  # noqa: BLE001 - any failure means the lab is not up
         lab_unavailable(
             f"lab host {name} does not answer on {spec['url']} ({exc}); run: sudo "
-            + ("HMLAB_CGROUP2=1 " if name in CGROUP2_HOSTS else "") + "lab/up"
+            + ("HMLAB_CGROUP2=1 " if name in CGROUP2_HOSTS else "")
+            + ("HMLAB_ARM64=1 " if name in ARM64_HOSTS else "") + "lab/up"
         )
     return LabHost(name=name, client=client, data_root=info["DockerRootDir"], **spec)
 
@@ -130,8 +138,9 @@ def json_of(proc: subprocess.CompletedProcess) -> dict:
         raise AssertionError(f"no JSON on stdout: {proc.stdout!r} {proc.stderr!r}") from None
 
 
-def migrate_json(*args: str, context: str = "hm-a") -> tuple[subprocess.CompletedProcess, dict]:
-    proc = hmigrate("migrate", *args, "--json", context=context)
+def migrate_json(*args: str, context: str = "hm-a", timeout: float = 600
+                 ) -> tuple[subprocess.CompletedProcess, dict]:
+    proc = hmigrate("migrate", *args, "--json", context=context, timeout=timeout)
     return proc, json_of(proc)
 
 

@@ -30,6 +30,7 @@ HM_ARM_DISK_SIZE=${HM_ARM_DISK_SIZE:-10G}          # size of the (sparse) root f
 HM_ARM_KERNEL=${HM_ARM_KERNEL:-bookworm}
 HM_ARM_INITRD=${HM_ARM_INITRD:-min}               # min (own, fast) or debian (initramfs-tools)
 HM_ARM_BOOT_TIMEOUT=${HM_ARM_BOOT_TIMEOUT:-600}    # seconds to wait for the guest's dockerd
+HM_ARM_BOOT_TRIES=${HM_ARM_BOOT_TRIES:-3}          # boots of a VM whose dockerd exits at start
 
 # Packages of the guest root file system (arm64, from Debian).
 HM_ARM_PACKAGES=(

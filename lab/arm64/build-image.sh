@@ -18,7 +18,7 @@ cp -a "$rootfs/." "$work/"
 
 hm_log "installing guest files"
 cp -a "$HM_ARM_DIR/guest/." "$work/"
-chown -R 0:0 "$work/usr/sbin/hmigrate-init" "$work/etc/criu" "$work/etc/docker"
+chown -R 0:0 "$work/usr/sbin/hmigrate-init" "$work/etc/criu" "$work/etc/docker" "$work/etc/containerd"
 echo "$HM_ARM_NAME" > "$work/etc/hostname"
 cat > "$work/etc/hosts" <<HOSTS
 127.0.0.1	localhost

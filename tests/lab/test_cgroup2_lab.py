@@ -1,9 +1,14 @@
-"""Migrations on cgroup v2 hosts with a current Docker Engine: the lab's host c (lab/hostc).
+"""Migrations on cgroup v2 hosts with a current Docker Engine: the lab's host c (lab/hostc)
+and the aarch64 host on cgroup v2, hm-arm2 (HM_ARM_CGROUP=2 lab/arm64/up).
 
-Host c is an x86-64 VM (KVM) with cgroup v2 only and Debian's newest docker.io/containerd/
-runc/CRIU; it runs two daemons, hm-c and hm-c2 (the second in its own network namespace and
-data root), like hosts a and b on the lab machine. Opt-in: skipped unless HMLAB_CGROUP2=1
-(`sudo HMLAB_CGROUP2=1 lab/up` brings host c up). About a minute in all.
+Host c is an x86-64 VM with cgroup v2 only and Debian trixie's docker.io/containerd/runc
+and sid's CRIU; it runs two daemons, hm-c and hm-c2 (the second in its own network
+namespace and data root), like hosts a and b on the lab machine. hm-arm2 is a second
+aarch64 VM beside hm-arm, booted with cgroup v2 only. Opt-in: skipped unless
+HMLAB_CGROUP2=1 (`sudo HMLAB_CGROUP2=1 lab/up` brings host c up); the cross-ISA tests also
+need HMLAB_ARM64=1 (`sudo HMLAB_CGROUP2=1 HMLAB_ARM64=1 lab/up`). Both VMs run under TCG
+here: the same-ISA tests take minutes, the cross-ISA ones tens of minutes (phase times in
+docs/support-matrix.md).
 """
 
 from __future__ import annotations

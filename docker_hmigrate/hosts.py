@@ -348,7 +348,11 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
     import docker.tls
     import requests.exceptions
 
-    from docker_hmigrate.engine import EngineClient, raise_unreachable_as_api_errors
+    from docker_hmigrate.engine import (
+        EngineClient,
+        raise_unreachable_as_api_errors,
+        share_one_connection_pool,
+    )
 
     tls_cfg: docker.tls.TLSConfig | bool = False
     if endpoint.tls is not None:
@@ -393,6 +397,7 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
         ) from exc
     client.api.timeout = int(timeout)
     raise_unreachable_as_api_errors(client.api, endpoint.host)
+    share_one_connection_pool(client.api)
     if proxy is not None:
         # Keep the proxy alive as long as the client; close both together.
         client._hmigrate_ssh_proxy = proxy  # type: ignore[attr-defined]

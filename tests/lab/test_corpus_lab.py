@@ -27,7 +27,7 @@ from tests.support.recode_lab import program_of_image
 
 pytestmark = [pytest.mark.lab, pytest.mark.toolchain]
 
-LUA = "localhost:5000/hmigrate/corpus/lua5.4"
+LUA = corpus.image_name("localhost:5000/hmigrate/corpus/lua5.4")
 
 
 @pytest.fixture(scope="module")

@@ -59,6 +59,7 @@ def test_every_recipe_is_complete() -> None:
 
 def test_image_folder_from_the_environment(monkeypatch) -> None:
     monkeypatch.setenv("HMIGRATE_CORPUS_REPO", "hmigrate/me/corpus")
-    assert corpus.load_recipe("lua5.4")["image"] == "localhost:5000/hmigrate/me/corpus/lua5.4:latest"
+    image = corpus.load_recipe("lua5.4")["image"]
+    assert image == "localhost:5000/hmigrate/me/corpus/lua5.4:latest"
     monkeypatch.delenv("HMIGRATE_CORPUS_REPO")
     assert corpus.load_recipe("lua5.4")["image"] == "localhost:5000/hmigrate/corpus/lua5.4:latest"

@@ -481,3 +481,47 @@ def test_connect_silent_daemon_times_out(cfg: Path, monkeypatch) -> None:
         assert "timed out" in ei.value.message
     finally:
         listener.close()
+
+
+# ---- connections kept alive over a unix socket ------------------------------------------
+
+
+def test_one_connection_serves_every_url(tmp_path: Path) -> None:
+    """docker-py opens a connection per distinct URL on a unix socket; connect() makes
+    requests share one kept-alive connection (each one is an ssh channel over ssh://)."""
+    import socketserver
+
+    from tests.support.fakes import FakeDaemon
+
+    connections: list[int] = []
+
+    class KeepAlive(FakeDaemon):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            connections.append(1)
+            super().setup()
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self):  # BaseHTTPRequestHandler wants a (host, port) address
+            conn, _ = self.socket.accept()
+            return conn, ("local", 0)
+
+    sock = tmp_path / "d.sock"
+    server = Server(str(sock), KeepAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ep = hosts.resolve_target(f"unix://{sock}", GlobalOptions())
+        client = hosts.connect(ep, timeout=10)
+        opened = len(connections)
+        for _ in range(3):
+            client.version()
+            client.containers.list()
+            client.api.inspect_container("c0ffee")
+        assert len(connections) - opened <= 1, len(connections)
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()

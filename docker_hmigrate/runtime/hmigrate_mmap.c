@@ -48,7 +48,13 @@
  * 128 MiB); bounded so that an unlimited stack does not eat the address space. */
 #define HM_STACK_GAP_MIN (128UL << 20)
 #define HM_STACK_GAP_MAX (4UL << 30)
+/* Room kept around the vDSO and vvar areas: the recode gives them the target kernel's
+ * sizes at the same base (x86-64's vvar is larger than aarch64's), and anything placed
+ * where they grow would make the move back fail. */
+#define HM_SPECIAL_MARGIN (1UL << 20)
 #define HM_TRIES 4
+#define HM_STACK 1
+#define HM_SPECIAL 2
 
 void *__real___mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off);
 void *__real___mremap(void *old, size_t old_len, size_t new_len, int flags, ...);
@@ -56,6 +62,7 @@ void *__real___mremap(void *old, size_t old_len, size_t new_len, int flags, ...)
 static unsigned long hm_limit, hm_page;
 static volatile unsigned long hm_cursor; /* start of the last mapping placed here */
 static volatile int hm_seen_high;        /* the kernel has placed a mapping above the limit */
+static unsigned long hm_special_lo, hm_special_hi; /* vDSO and vvar, with their margin */
 
 NOINSTR static void hm_setup(void)
 {
@@ -83,14 +90,16 @@ NOINSTR static int hm_high(void *p, unsigned long len)
 	return (unsigned long)p + len > hm_limit;
 }
 
-/* Reads /proc/self/maps line by line, calling fn(start, end, is_main_stack, arg). */
+/* Reads /proc/self/maps line by line, calling fn(start, end, kind, arg): kind has
+ * HM_STACK for the main stack, HM_SPECIAL for the vDSO and vvar areas ("[v..."). */
 NOINSTR static int hm_each_mapping(void (*fn)(unsigned long, unsigned long, int, void *),
 				   void *arg)
 {
 	static const char stack[] = "[stack]";
 	char buf[4096];
 	unsigned long v[2] = {0, 0};
-	int field = 0, matched = 0, found = 0;
+	int field = 0, matched = 0, found = 0, special = 0;
+	char prev = 0;
 	int fd = (int)syscall(SYS_openat, AT_FDCWD, "/proc/self/maps", O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -1;
@@ -104,19 +113,23 @@ NOINSTR static int hm_each_mapping(void (*fn)(unsigned long, unsigned long, int,
 			char c = buf[i];
 			if (c == '\n') {
 				if (field >= 1)
-					fn(v[0], v[1], matched == (int)sizeof stack - 1, arg);
+					fn(v[0], v[1], (matched == (int)sizeof stack - 1 ? HM_STACK : 0) |
+					       (special ? HM_SPECIAL : 0), arg);
 				found++;
 				v[0] = v[1] = 0;
-				field = matched = 0;
+				field = matched = special = 0;
 			} else if (field < 2) {
 				int d = c >= '0' && c <= '9' ? c - '0' : c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
 				if (d >= 0)
 					v[field] = v[field] * 16 + (unsigned long)d;
 				else
 					field++; /* '-' after the start, ' ' after the end */
-			} else if (matched < (int)sizeof stack - 1) {
-				matched = c == stack[matched] ? matched + 1 : c == '[';
+			} else {
+				if (matched < (int)sizeof stack - 1)
+					matched = c == stack[matched] ? matched + 1 : c == '[';
+				special |= prev == '[' && c == 'v';
 			}
+			prev = c;
 		}
 	}
 	syscall(SYS_close, fd);
@@ -124,25 +137,52 @@ NOINSTR static int hm_each_mapping(void (*fn)(unsigned long, unsigned long, int,
 }
 
 struct hm_search {
-	unsigned long len, ceiling, prev_end, best, stack_end;
+	unsigned long len, ceiling, prev_end, best, stack_end, special_lo, special_hi;
 };
 
-NOINSTR static void hm_find_stack(unsigned long start, unsigned long end, int is_stack, void *arg)
+NOINSTR static void hm_widen(unsigned long *start, unsigned long *end)
 {
-	(void)start;
-	if (is_stack)
-		((struct hm_search *)arg)->stack_end = end;
+	*start = *start > HM_SPECIAL_MARGIN ? *start - HM_SPECIAL_MARGIN : 0;
+	*end += HM_SPECIAL_MARGIN;
 }
 
-/* The highest start below the ceiling where len bytes fit in a gap (lines come sorted). */
-NOINSTR static void hm_fit(unsigned long start, unsigned long end, int is_stack, void *arg)
+NOINSTR static void hm_find_stack(unsigned long start, unsigned long end, int kind, void *arg)
 {
 	struct hm_search *s = arg;
-	(void)is_stack;
+	if (kind & HM_STACK)
+		s->stack_end = end;
+	if (kind & HM_SPECIAL) {
+		hm_widen(&start, &end);
+		if (!s->special_hi || start < s->special_lo)
+			s->special_lo = start;
+		if (end > s->special_hi)
+			s->special_hi = end;
+	}
+}
+
+NOINSTR static void hm_try(struct hm_search *s, unsigned long lo, unsigned long hi)
+{
+	if (hi > lo && hi - lo >= s->len) {
+		unsigned long at = (hi - s->len) & ~(hm_page - 1);
+		if (at >= lo && at > s->best)
+			s->best = at;
+	}
+}
+
+/* The highest start below the ceiling where len bytes fit in a gap (lines come sorted),
+ * outside the vDSO/vvar margin found by the first pass. */
+NOINSTR static void hm_fit(unsigned long start, unsigned long end, int kind, void *arg)
+{
+	struct hm_search *s = arg;
+	(void)kind;
 	unsigned long lo = s->prev_end > HM_FLOOR ? s->prev_end : HM_FLOOR;
 	unsigned long hi = start < s->ceiling ? start : s->ceiling;
-	if (hi > lo && hi - lo >= s->len)
-		s->best = (hi - s->len) & ~(hm_page - 1);
+	if (s->special_hi && lo < s->special_hi && hi > s->special_lo) {
+		hm_try(s, lo, hi < s->special_lo ? hi : s->special_lo);
+		hm_try(s, lo > s->special_hi ? lo : s->special_hi, hi);
+	} else {
+		hm_try(s, lo, hi);
+	}
 	if (end > s->prev_end)
 		s->prev_end = end;
 }
@@ -150,9 +190,11 @@ NOINSTR static void hm_fit(unsigned long start, unsigned long end, int is_stack,
 /* A free start for len bytes below the limit, or 0. */
 NOINSTR static unsigned long hm_find_gap(unsigned long len)
 {
-	struct hm_search s = {len, hm_limit, 0, 0, 0};
+	struct hm_search s = {len, hm_limit, 0, 0, 0, 0, 0};
 	if (hm_each_mapping(hm_find_stack, &s) < 0)
 		return 0;
+	hm_special_lo = s.special_lo;
+	hm_special_hi = s.special_hi;
 	if (s.stack_end) {
 		struct rlimit rl;
 		unsigned long gap = HM_STACK_GAP_MIN;
@@ -175,9 +217,9 @@ NOINSTR static void *hm_place_low(unsigned long len, int prot, int flags, int fd
 	for (int i = 0; i <= HM_TRIES; i++) {
 		unsigned long spot;
 		if (i == 0) {
-			if (cursor <= HM_FLOOR + len)
-				continue;
 			spot = cursor - len;
+			if (cursor <= HM_FLOOR + len || (spot < hm_special_hi && cursor > hm_special_lo))
+				continue;
 		} else if (!(spot = hm_find_gap(len))) {
 			break;
 		}

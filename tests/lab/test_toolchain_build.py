@@ -942,25 +942,42 @@ def test_new_mappings_stay_below_the_limit(tmp_path: Path) -> None:
     limit = 0x7000_0000_0000
     special = ("[stack]", "[vdso]", "[vvar]", "[vvar_vclock]", "[vsyscall]")
 
-    def run(env: dict[str, str]) -> tuple[list[int], list[tuple[int, int]]]:
-        p = subprocess.run([str(tmp_path / "maps_x86-64")], capture_output=True, text=True,
-                           env={**os.environ, **env}, timeout=60)
+    def run(env: dict[str, str], fixed: bool = False
+            ) -> tuple[list[int], list[tuple[int, int]], int]:
+        """(pointers the program printed, its mappings but the kernel's own, vvar start)"""
+        cmd = [str(tmp_path / "maps_x86-64")]
+        p = subprocess.run(["setarch", "-R", *cmd] if fixed else cmd, capture_output=True,
+                           text=True, env={**os.environ, **env}, timeout=60)
         assert p.returncode == 0 and p.stdout.startswith("ok "), (p.returncode, p.stdout)
         lines = p.stdout.splitlines()
         pointers = [int(x, 16) for x in lines[0].split()[1:]]
-        areas = []
+        areas, vvar = [], 0
         for line in lines[1:]:
             fields = line.split()
+            lo, hi = (int(x, 16) for x in fields[0].split("-"))
             if fields[-1] not in special:
-                lo, hi = (int(x, 16) for x in fields[0].split("-"))
                 areas.append((lo, hi))
-        return pointers, areas
+            elif fields[-1] == "[vvar]":
+                vvar = lo
+        return pointers, areas, vvar
 
     # The kernel's own choice lies above that limit: the test below can fail.
-    pointers, areas = run({})
+    pointers, areas, _ = run({})
     assert all(p > limit for p in pointers), [hex(p) for p in pointers]
-    pointers, areas = run({"HMIGRATE_MMAP_LIMIT": hex(limit)})
+    pointers, areas, _ = run({"HMIGRATE_MMAP_LIMIT": hex(limit)})
     assert all(1 << 32 < p < limit for p in pointers), [hex(p) for p in pointers]
     high = [f"{lo:#x}-{hi:#x}" for lo, hi in areas if hi > limit]
     assert not high, high
     assert sum(1 for lo, hi in areas if lo > 1 << 32) >= 5, areas
+    # Nothing is placed within 1 MiB of the vDSO/vvar (the recode gives them the target
+    # kernel's sizes at the same base). Without address randomization the kernel's top
+    # gap ends at the vvar: with the limit just below it, that gap is where placement goes.
+    if subprocess.run(["setarch", "-R", "true"], capture_output=True).returncode:
+        pytest.skip("setarch -R (no address randomization) is not permitted here")
+    _, _, vvar = run({}, fixed=True)
+    assert vvar > limit, hex(vvar)
+    _, areas, _ = run({"HMIGRATE_MMAP_LIMIT": hex(vvar - 4096)}, fixed=True)
+    placed = [(lo, hi) for lo, hi in areas if lo > 1 << 32]
+    assert len(placed) >= 5, areas
+    near = [f"{lo:#x}-{hi:#x}" for lo, hi in placed if hi > vvar - (1 << 20)]
+    assert not near, (hex(vvar), near)

@@ -884,10 +884,13 @@ MAPS_C = r"""
 #include <sys/mman.h>
 #include <unistd.h>
 
+static void *thread_stack;
+
 static void *worker(void *arg)
 {
 	char *p = malloc(300000);
 	memset(p, 1, 300000);
+	thread_stack = &p;
 	return p;
 }
 
@@ -918,7 +921,8 @@ int main(int argc, char **argv)
 		pthread_create(&t[i], 0, worker, 0);
 	for (int i = 0; i < 3; i++)
 		pthread_join(t[i], &res[i]);
-	printf("ok %p %p %p %p %p\n", (void *)big[1], (void *)r, m, (void *)f, res[0]);
+	printf("ok %p %p %p %p %p %p\n", (void *)big[1], (void *)r, m, (void *)f, res[0],
+	       thread_stack);
 	FILE *maps = fopen("/proc/self/maps", "r");
 	char line[512];
 	while (fgets(line, sizeof line, maps))

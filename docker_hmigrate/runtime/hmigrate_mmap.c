@@ -238,9 +238,16 @@ NOINSTR static void *hm_place_low(unsigned long len, int prot, int flags, int fd
 	return MAP_FAILED;
 }
 
+/* Placed by the kernel as asked: an address, or a constraint of its own (x86-64's
+ * MAP_32BIT, huge pages' alignment). */
+#ifndef MAP_32BIT
+#define MAP_32BIT 0
+#endif
+#define HM_KERNEL_PLACES (MAP_FIXED | MAP_FIXED_NOREPLACE | MAP_32BIT | MAP_HUGETLB)
+
 NOINSTR void *__wrap___mmap(void *addr, size_t len, int prot, int flags, int fd, off_t off)
 {
-	if (addr || (flags & (MAP_FIXED | MAP_FIXED_NOREPLACE)) || !len)
+	if (addr || (flags & HM_KERNEL_PLACES) || !len)
 		return __real___mmap(addr, len, prot, flags, fd, off);
 	hm_setup();
 	unsigned long rlen = hm_round(len);

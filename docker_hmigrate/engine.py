@@ -98,6 +98,15 @@ class CheckpointApiMixin:
 class EngineAPIClient(CheckpointApiMixin, docker.APIClient):
     """docker-py's low-level client with the checkpoint routes."""
 
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: ANN001, ANN201
+        """The context's CA verifies its daemon even when REQUESTS_CA_BUNDLE is set:
+        requests lets that variable override a session's own `verify` (requests issue
+        3829), which made every TLS context fail "self-signed certificate in chain"."""
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and isinstance(self.verify, str):
+            settings["verify"] = self.verify
+        return settings
+
 
 class EngineClient(docker.DockerClient):
     """docker.DockerClient whose `.api` is an EngineAPIClient (hosts.connect makes these)."""

@@ -285,3 +285,20 @@ def test_move_to_a_target_reached_over_ssh(host_a, host_b, cleanup):
     # with the plugin.
     assert _ssh_processes() - ssh_before == set()
     assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("hmigrate-ssh-*")) <= tmp_before
+
+
+def test_move_to_a_target_reached_over_mutual_tls(host_a, host_b, cleanup):
+    """The target is a context with TLS data (the lab's CA and client certificate,
+    lab/tls): the plugin takes them from the context, as the docker CLI does."""
+    name = unique("mig-tls")
+    cleanup.append(name)
+    host_a.docker("run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
+    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 3, what="counter on a")
+    proc, doc = migrate_json(name, "--to", "hm-b-tls")
+    assert proc.returncode == 0, proc.stderr
+    assert doc["ok"] is True and doc["target"] == "hm-b-tls"
+    assert not exists(host_a, name)
+    wait_until(lambda: len(counter_values(host_b.logs(name))) >= 2, what="counter on b")
+    values = counter_values(host_b.logs(name))
+    assert values[0] >= 3 and values == list(range(values[0], values[0] + len(values)))
+    no_helpers_left(host_a, host_b, migration=doc["checkpoint"])

@@ -525,3 +525,23 @@ def test_one_connection_serves_every_url(tmp_path: Path) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_context_ca_wins_over_requests_ca_bundle(tmp_path: Path, monkeypatch) -> None:
+    """A TLS context's CA verifies its daemon even with REQUESTS_CA_BUNDLE set (requests
+    would otherwise verify against the bundle: every lab TLS move failed so)."""
+    import docker.tls
+
+    from docker_hmigrate.engine import EngineAPIClient
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read here")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    api = EngineAPIClient(base_url="tcp://127.0.0.1:1", version="1.41",
+                          tls=docker.tls.TLSConfig(verify=str(ca)))
+    settings = api.merge_environment_settings("https://127.0.0.1:1/version", {}, False,
+                                              None, None)
+    assert settings["verify"] == str(ca)
+    # a caller's explicit choice still wins
+    assert api.merge_environment_settings("https://127.0.0.1:1/", {}, False, False,
+                                          None)["verify"] is False

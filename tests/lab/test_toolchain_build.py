@@ -921,8 +921,8 @@ int main(int argc, char **argv)
 		pthread_create(&t[i], 0, worker, 0);
 	for (int i = 0; i < 3; i++)
 		pthread_join(t[i], &res[i]);
-	printf("ok %p %p %p %p %p %p\n", (void *)big[1], (void *)r, m, (void *)f, res[0],
-	       thread_stack);
+	printf("ok %p %p %p %p %p", (void *)big[1], (void *)r, m, (void *)f, res[0]);
+	printf(" %p\n", thread_stack);
 	FILE *maps = fopen("/proc/self/maps", "r");
 	char line[512];
 	while (fgets(line, sizeof line, maps))

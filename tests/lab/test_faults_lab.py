@@ -394,3 +394,25 @@ def test_criu_refuses_to_dump(host_a, host_b, cleanup, tmp_path, extsock_bin, fa
         peer.close()
     finally:
         listener.close()
+
+
+def test_target_disk_too_small(host_a, host_b, cleanup):
+    """The writable layer holds an 8 TiB sparse file: a few blocks on the source, but the
+    move streams it as a tar (all 8 TiB of it) into the target's data root, which has far
+    less. Validation says so before anything is frozen (exit 8) and the source counts on."""
+    name = unique("fault-disk")
+    cleanup.append(name)
+    host_a.docker("run", "-d", "--name", name, BASE_IMAGE, "sh", "-c",
+                  f"truncate -s {8 << 40} /big && " + COUNTER_CMD[2])
+    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
+    cid = host_a.client.containers.get(name).id
+    before = max(counter_values(host_a.logs(name)))
+    proc, doc = migrate(name)
+    assert proc.returncode == 8, (proc.stdout, proc.stderr)
+    err = doc["error"]
+    assert err["class"] == "InsufficientResources" and err["exit_code"] == 8, err
+    assert "target disk: not enough" in err["message"], err
+    assert "8.0 TiB needed" in err["message"] and "writable layer 8.0 TiB" in err["message"]
+    assert f"free disk on hm-b under {host_b.data_root}" in err["hint"], err
+    assert [p["name"] for p in doc["phases"]] == ["validate"], doc["phases"]  # never frozen
+    assert_end_state(host_a, host_b, name, cid, before, doc, "a")

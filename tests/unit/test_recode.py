@@ -609,3 +609,19 @@ def test_empty_areas_above_the_target_address_space_are_dropped(tmp_path) -> Non
         *before, (high + (2 << 20), high + (3 << 20))]
     process.drop_empty_high_areas(s, 1, AARCH64.user_end)  # all fits: nothing changes
     assert len(s.mm(1).vmas) == len(before) + 1
+
+
+def test_conntrack_images_are_carried_other_raw_images_refused(tmp_path) -> None:
+    """A Redis with live clients dumps its netns's conntrack entries (netns-ct-*,
+    netns-exp-*: netlink messages, ISA-neutral): a cross-ISA move carries them; a raw
+    image recode knows nothing about (iptables-*) is still refused."""
+    from docker_hmigrate.criu import ImageSet
+    from tests.support.criu_images import write_set
+
+    write_set(tmp_path)
+    for name in ("netns-ct-10.img", "netns-exp-10.img", "tcp-stream-1f3.img"):
+        (tmp_path / name).write_bytes(struct.pack("<IHHII", 16, 0x100, 0, 0, 0))
+    assert transform.not_understood(ImageSet.load(tmp_path)) == []
+    (tmp_path / "iptables-10.img").write_bytes(b"*filter\n")
+    assert transform.not_understood(ImageSet.load(tmp_path)) == [
+        "iptables-10.img: raw image not interpreted by this library"]

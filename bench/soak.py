@@ -11,7 +11,13 @@ measured in the same run.
 
 Run as root with the lab up:   python -m bench.soak [--moves 50] [--redis-mb 0]
 
-Cross-ISA (`--cross-isa N`, needs HMLAB_ARM64=1 lab/up): the toolchain-built helloworld,
+Cross-ISA (`--cross-isa N`, needs HMLAB_ARM64=1 lab/up): the hmigrate-cc Redis under the
+same client, moved x86-64 (hm-a) -> aarch64 (hm-arm) -> x86-64 N round trips; on the
+emulated host the client reaches it through a relay (ArmRelay). Printed: round trips,
+downtime per direction, the client's gaps, acknowledged writes lost, anything left behind
+(helpers, templates, locks, checkpoints, containerd's staging copies on both hosts).
+
+`--cross-isa N --app helloworld`: the toolchain-built helloworld,
 a counter printing one numbered line a second, moved x86-64 -> aarch64 -> x86-64 N round
 trips. Its lines, gathered from every host it ran on, must count on with no number missing
 or repeated (its memory state moved each time, it never restarted). Printed: success

@@ -321,10 +321,12 @@ def arm_staging_copies(ids: set[str]) -> list[str]:
 
 
 def soak_cross_isa_redis(round_trips: int, baseline_seconds: float = 5.0,
-                         verbose: bool = True) -> dict:
+                         verbose: bool = True, stop_after: float = 0) -> dict:
     """Redis built by hmigrate-cc, under acknowledged INCRs, moved x86-64 (hm-a) ->
     aarch64 (hm-arm) -> x86-64 `round_trips` times; acknowledged writes counted exactly as
-    in the same-ISA soak (the client reconnects to whichever host serves)."""
+    in the same-ISA soak (the client reconnects to whichever host serves). `stop_after`
+    (seconds, 0: none): no round trip starts after that long (the result says how many
+    were done)."""
     contexts = ("hm-a", ARM)
     tag = uuid.uuid4().hex[:6]
     name, net = f"soak-xredis-{tag}", f"soak-xnet-{tag}"
@@ -339,6 +341,7 @@ def soak_cross_isa_redis(round_trips: int, baseline_seconds: float = 5.0,
     rows: list[dict] = []
     client = Client([published(HOSTS["hm-a"], port), relay.connect])
     value = 0
+    stopped = ""
     try:
         docker("hm-a", "pull", "-q", MULTI_REDIS)
         docker("hm-a", "run", "-d", "--name", name, "--network", net, "--ip", address,
@@ -361,8 +364,12 @@ def soak_cross_isa_redis(round_trips: int, baseline_seconds: float = 5.0,
         time.sleep(baseline_seconds)  # the baseline: INCRs acknowledged without moves
         baseline_rate = client.acks / baseline_seconds
         here = "hm-a"
+        started = time.monotonic()
         for i in range(2 * round_trips):
             there = ARM if here == "hm-a" else "hm-a"
+            if there == ARM and stop_after and time.monotonic() - started > stop_after:
+                stopped = f"time limit: no round trip started after {stop_after / 60:g} min"
+                break
             acks_before = client.acks
             t0 = time.monotonic()
             proc = subprocess.run(
@@ -413,9 +420,10 @@ def soak_cross_isa_redis(round_trips: int, baseline_seconds: float = 5.0,
     to_arm = [r["downtime"] for r in ok_rows if r["to"] == ARM and r["downtime"] is not None]
     to_x86 = [r["downtime"] for r in ok_rows if r["to"] != ARM and r["downtime"] is not None]
     return {
-        "round_trips": round_trips, "moves": 2 * round_trips, "succeeded": len(ok_rows),
+        "round_trips": round_trips, "moves": len(rows), "succeeded": len(ok_rows),
         "round_trips_done": sum(1 for r in ok_rows if r["to"] == "hm-a"),
-        "success_rate": len(ok_rows) / (2 * round_trips),
+        "round_trips_tried": sum(1 for r in rows if r["to"] == ARM),
+        "success_rate": len(ok_rows) / max(1, len(rows)), "stopped": stopped,
         "downtime_to_aarch64": [percentile(to_arm, q) for q in (50, 90)]
         + [max(to_arm, default=float("nan"))],
         "downtime_to_x86_64": [percentile(to_x86, q) for q in (50, 90)]
@@ -505,8 +513,9 @@ def print_cross_isa_redis(res: dict) -> None:
         return f"p50 {v[0]:.2f} s  p90 {v[1]:.2f} s  max {v[2]:.2f} s"
 
     print()
-    print(f"round trips           {res['round_trips_done']}/{res['round_trips']} "
-          f"(moves {res['succeeded']}/{res['moves']} succeeded, {res['success_rate']:.0%})")
+    print(f"round trips           {res['round_trips_done']}/{res['round_trips_tried']} "
+          f"succeeded (moves {res['succeeded']}/{res['moves']}, {res['success_rate']:.0%}); "
+          f"{res['round_trips']} asked" + (f", {res['stopped']}" if res["stopped"] else ""))
     print(f"downtime -> aarch64   {trio(res['downtime_to_aarch64'])}")
     print(f"downtime -> x86-64    {trio(res['downtime_to_x86_64'])}")
     print(f"move (whole command)  p50 {res['total_p50']:.1f} s")
@@ -530,12 +539,14 @@ def main() -> None:
                     help="instead: N round trips x86-64 <-> aarch64")
     ap.add_argument("--app", choices=("redis", "helloworld"), default="redis",
                     help="what --cross-isa moves (default redis)")
+    ap.add_argument("--stop-after", type=float, default=0, metavar="MIN",
+                    help="--cross-isa: start no round trip after MIN minutes")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     if os.geteuid() != 0:
         raise SystemExit("run as root (the lab's daemons are root's)")
     if args.cross_isa and args.app == "redis":
-        res = soak_cross_isa_redis(args.cross_isa)
+        res = soak_cross_isa_redis(args.cross_isa, stop_after=args.stop_after * 60)
         if args.json:
             print(json.dumps(res, indent=2))
         else:

@@ -320,6 +320,25 @@ def arm_staging_copies(ids: set[str]) -> list[str]:
     return [f"{ARM}: staging copy {Path(f).parent.name}" for f in out.split()]
 
 
+def final_value(endpoint: Callable[[], Redis], timeout: float = 120) -> int:
+    """The counter as the server that runs it says, once the client has stopped (the
+    relay on the emulated host takes seconds to dial again after the client's last
+    connection closed)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            conn = endpoint()
+            try:
+                return int(conn.call("GET", "soak:counter"))
+            finally:
+                with _quiet():
+                    conn.close()
+        except (OSError, ConnectionError, RuntimeError, ValueError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def soak_cross_isa_redis(round_trips: int, baseline_seconds: float = 5.0,
                          verbose: bool = True, stop_after: float = 0) -> dict:
     """Redis built by hmigrate-cc, under acknowledged INCRs, moved x86-64 (hm-a) ->
@@ -406,9 +425,7 @@ def soak_cross_isa_redis(round_trips: int, baseline_seconds: float = 5.0,
         time.sleep(2)
         client.stop.set()
         worker.join(timeout=30)
-        final = Redis(HOSTS["hm-a"], port) if here == "hm-a" else relay.connect()
-        value = int(final.call("GET", "soak:counter"))
-        final.close()
+        value = final_value(client.endpoints[0] if here == "hm-a" else relay.connect)
         left = leftovers(name, ids, checkpoints, contexts) + arm_staging_copies(ids)
     finally:
         client.stop.set()

@@ -38,6 +38,7 @@ from typing import Any
 import docker.errors
 
 from docker_hmigrate import errors
+from docker_hmigrate.criu import log as criu_log
 from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import HELPER_LABEL, PROBE_CAPS, Host, host_loader
 
@@ -65,7 +66,13 @@ def memory_in_use(host: Host, container_id: str) -> int:
 
 
 class FastPathUnavailable(Exception):
-    """Why the fast path does not apply; the migration takes the API path."""
+    """Why the fast path does not apply; the migration takes the API path. `criu_log`:
+    CRIU's dump.log when CRIU itself failed the dump (the caller decides whether the API
+    path could do better: not when the process's state is what CRIU refuses)."""
+
+    def __init__(self, message: str, criu_log: str = ""):
+        super().__init__(message)
+        self.criu_log = criu_log
 
 
 def disabled_by_user() -> bool:
@@ -240,13 +247,18 @@ class FastCheckpoint(_TmpfsSide):
             f"runc --root {shlex.quote(self.runc_root)} checkpoint "
             f"--image-path {self.images} --work-path {self.work} {cid}")
         if status != 0:
+            # read before close() removes the work folder with the agent
+            _st, log = self._sh(f"cat {self.work}/dump.log 2>/dev/null")
+            log = log if criu_log.failed(log) else ""
+            why = criu_log.reason(log) or out.strip()[-300:]
             state = self.host.api.inspect_container(cid)["State"]
             if state.get("Running"):
-                raise FastPathUnavailable(f"runc checkpoint failed: {out.strip()[-300:]}")
+                raise FastPathUnavailable(f"runc checkpoint failed: {why}", criu_log=log)
+            kept = criu_log.keep(log, f"{self.checkpoint}-dump.log")
             raise errors.CriuError(
-                f"runc checkpoint failed and {cid[:12]} is no longer running: "
-                f"{out.strip()[-300:]}",
-                hint=f"see CRIU's dump.log in {self.work} on {self.host.name}")
+                f"runc checkpoint failed and {cid[:12]} is no longer running: {why}",
+                hint=f"CRIU's dump log is kept in {kept}" if kept else
+                "CRIU left no dump log")
         self.dumped = True
         return self.stats
 

@@ -24,10 +24,10 @@ import contextlib
 import math
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -50,6 +50,7 @@ from tenacity import (
 )
 
 from docker_hmigrate import errors, fastpath, interrupts, strategy, transfer
+from docker_hmigrate.criu import log as criu_log
 from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import (
     LOCK_PREFIX,
@@ -422,11 +423,41 @@ class Migration:
                 self._checkpoint_call.result()
             except docker.errors.APIError as exc:
                 # The source keeps running when the dump fails: CRIU resumes it.
-                raise errors.CriuError(
-                    f"checkpoint of {self.opts.container} failed: {api_error_text(exc)}",
-                    hint="read the criu-dump.log named above on the source host",
-                ) from exc
+                text = api_error_text(exc)
+                log = self._read_dump_log(criu_log.log_path(text))
+                why = criu_log.reason(log)
+                if not why:
+                    raise errors.CriuError(
+                        f"checkpoint of {self.opts.container} failed: {text}",
+                        hint="read the criu-dump.log named above on the source host",
+                    ) from exc
+                meaning, _ = criu_log.explain(log)
+                raise self._dump_refused(why, meaning, criu_log.keep(
+                    log, f"{self.checkpoint}-dump.log"), "Docker's checkpoint API") from exc
             ph.update(f"checkpoint {self.checkpoint}")
+
+    def _read_dump_log(self, path: str) -> str:
+        """CRIU's dump log named by a failed checkpoint, read on the source host as its
+        daemon sees it (through the probe's shim), while the task that holds it lives."""
+        if not path:
+            return ""
+        try:
+            _st, out = self.src.run_probe(f"cat \"/proc/$PPID/root\"{shlex.quote(path)}",
+                                          timeout=60)
+        except Exception:  # noqa: BLE001 - the log is a help, never a new failure
+            return ""
+        return out if criu_log.failed(out) else ""
+
+    def _dump_refused(self, why: str, meaning: str, kept: Path | None,
+                      how: str) -> errors.CriuError:
+        """CRIU refused to dump the source (which it resumed): its reason, what that
+        means, where its log is kept."""
+        where = (f"CRIU's dump log is kept in {kept}" if kept
+                 else "CRIU's dump log could not be kept")
+        return errors.CriuError(
+            f"checkpoint of {self.opts.container} failed ({how}): CRIU: {why}",
+            hint=(f"{meaning}. " if meaning else "")
+            + f"{self.opts.container} still runs on {self.src.name}, where it was; {where}")
 
     def _dump(self) -> None:
         """The checkpoint, retried when runc could not freeze the container (a busy
@@ -615,18 +646,7 @@ class Migration:
         """Copy the failed restore's log to a local 0600 file, before the rollback."""
         time.sleep(0.3)  # tail's last poll
         text = self._stop_restore_watch()
-        if not text.strip():
-            return
-        folder = Path(tempfile.gettempdir()) / f"hmigrate-logs-{os.getuid()}"
-        folder.mkdir(mode=0o700, exist_ok=True)
-        if folder.is_symlink() or folder.stat().st_uid != os.getuid():
-            return
-        os.chmod(folder, 0o700)
-        path = folder / f"{self.checkpoint}-restore.log"
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        self.restore_log = path
+        self.restore_log = criu_log.keep(text, f"{self.checkpoint}-restore.log")
 
     # --- rollback ------------------------------------------------------------------------
     def roll_back(self, cause: BaseException) -> None:
@@ -761,6 +781,14 @@ class Migration:
         try:
             self._fast.dump()
         except fastpath.FastPathUnavailable as exc:
+            meaning, permanent = criu_log.explain(exc.criu_log)
+            if permanent:  # the process's state: the API path's CRIU would refuse it too
+                self._fast.close()
+                self._fast = None
+                raise self._dump_refused(criu_log.reason(exc.criu_log), meaning,
+                                         criu_log.keep(exc.criu_log,
+                                                       f"{self.checkpoint}-dump.log"),
+                                         "runc, fast path") from exc
             self.rep.warn(f"fast checkpoint failed, using Docker's checkpoint API: {exc}")
             self.rep.set("checkpoint_fast_path", f"failed: {exc}")
             self._fast.close()

@@ -45,7 +45,12 @@ class HostFacts:
 
 def probe_script(root_dir: str, paths: list[str], pid: int = 0,
                  du_paths: list[str] | None = None) -> str:
-    checks = "".join(f"[ -e {shlex.quote(p)} ] || echo missing_path={p}\n" for p in paths)
+    # Paths as the daemon sees them: through the root of the probe's shim (it lives in the
+    # daemon's mount namespace), since the probe's own /tmp is a private tmpfs that hides
+    # the host's (a bind source under /tmp was reported missing).
+    checks = "hr=/proc/$PPID/root; [ -d \"$hr/\" ] || hr=\n" if paths else ""
+    checks += "".join(f"[ -e \"$hr\"{shlex.quote(p)} ] || echo missing_path={p}\n"
+                      for p in paths)
     if pid:  # TCP state 01 = ESTABLISHED; the local address is field 2
         checks += (f"cat /proc/{pid}/net/tcp /proc/{pid}/net/tcp6 2>/dev/null | "
                    "awk '$4 == \"01\" {print \"tcp_established=\" $2}'\n")

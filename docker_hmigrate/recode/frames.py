@@ -319,9 +319,19 @@ def matched_vars(fr: Frame, idx: Index, strict: bool = True) -> list[tuple[Var, 
 
 def live_at_stop(fr: Frame, var: Var) -> bool:
     """A frame stopped at its entry hook has stored only its parameters: its locals
-    hold stale bytes (old stack addresses among them) that nothing reads before writing."""
-    return not (fr.site is not None and fr.site.site.kind == "enter_hook"
-                and var.kind == "local")
+    hold stale bytes (old stack addresses among them) that nothing reads before writing.
+    Likewise a local declared on a later line than the call the frame is stopped at: its
+    declaration has not been reached in this run of its block, C gives it no value yet
+    (Redis's handleClientsWithPendingWritesUsingThreads returns through
+    handleClientsWithPendingWrites() above `listIter li;`, whose slot holds a dead frame's
+    address). Only a backward goto inside one block could make such a variable hold a
+    value at that call; its slot is then left out, and a pointer to it is refused."""
+    if fr.site is None or var.kind != "local":
+        return True
+    site = fr.site.site
+    if site.kind == "enter_hook":
+        return False
+    return var.line is None or site.line is None or var.line <= site.line
 
 
 def plan_target(stack: SourceStack, idx: Index) -> None:

@@ -37,8 +37,11 @@ from docker_hmigrate.toolchain.contract import FunctionIsa
 # every ordered pair of two different ISAs of isa/
 SUPPORTED = {(a, b) for a in ISA_NAMES for b in ISA_NAMES if a != b}
 # Images kept as bytes that hold nothing ISA-specific, carried as they are: an
-# established TCP connection's state (sequence numbers, windows, options, queued bytes).
-ISA_NEUTRAL_OPAQUE = ("tcp-stream-",)
+# established TCP connection's state (sequence numbers, windows, options, queued bytes);
+# the network namespace's conntrack entries and expectations (CRIU dumps them with
+# established connections: netlink messages, 4-byte aligned on every ISA, host-order
+# headers and network-order values; isa/ has only little-endian ISAs).
+ISA_NEUTRAL_OPAQUE = ("tcp-stream-", "netns-ct-", "netns-exp-")
 ERESTART = {-512, -513, -514, -516}  # kernel-internal restart codes
 
 
@@ -165,8 +168,15 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
     return t
 
 
+def not_understood(s: ImageSet) -> list[str]:
+    """The parts of an image set a recode would have to carry without understanding
+    them and that may hold ISA-specific state (what check_supported lists, less the
+    ISA-neutral ones)."""
+    return [p for p in check_supported(s) if not p.startswith(ISA_NEUTRAL_OPAQUE)]
+
+
 def check_images(s: ImageSet, src_isa: str) -> None:
-    bad = [p for p in check_supported(s) if not p.startswith(ISA_NEUTRAL_OPAQUE)]
+    bad = not_understood(s)
     if bad:
         raise Untranslatable("image parts this recode does not understand: " + "; ".join(bad))
     src = arch(src_isa)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import socket
 import stat
 import subprocess
 import threading
@@ -36,8 +37,9 @@ pytestmark = pytest.mark.lab
 LAB_B_TCP = ("10.77.0.2", 2375)  # host b's daemon on the lab's own network (hm-b-tcp)
 
 
-def migrate(name: str, *args: str, fault: str = "", to: str = "hm-b", timeout: float = 300):
-    env = {**os.environ}
+def migrate(name: str, *args: str, fault: str = "", to: str = "hm-b", timeout: float = 300,
+            env_extra: dict[str, str] | None = None):
+    env = {**os.environ, **(env_extra or {})}
     env.pop("HMIGRATE_TEST_FAULT", None)
     if fault:
         env["HMIGRATE_TEST_FAULT"] = fault
@@ -302,3 +304,115 @@ def test_target_gone_for_good_during_restore(host_a, host_b, cleanup, cut_target
     assert label in doc["error"]["hint"], doc
     for c in host_b.client.containers.list(all=True, filters={"label": label}):
         c.remove(force=True)
+
+
+# --- CRIU really refuses to dump the source ---------------------------------------------
+BUILDER_IMAGE = "hmlab/builder:bookworm"  # lab/lib.sh: compilers, made by lab/up
+
+# Connects to a unix socket (a peer outside the container, through a bind mount), keeps
+# the connection as fd 3 and runs the rest of its arguments: CRIU cannot dump a unix
+# socket whose peer is not in the dump ("External socket is used").
+EXTSOCK_C = r"""
+#include <stdio.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+	struct sockaddr_un sa = {.sun_family = AF_UNIX};
+	int fd = socket(AF_UNIX, SOCK_STREAM, 0);
+	if (argc < 3 || fd < 0)
+		return 2;
+	strncpy(sa.sun_path, argv[1], sizeof(sa.sun_path) - 1);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		perror("connect");
+		return 1;
+	}
+	if (fd != 3 && (dup2(fd, 3) < 0 || close(fd) != 0))
+		return 1;
+	execv(argv[2], argv + 2);
+	perror("execv");
+	return 1;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def extsock_bin(tmp_path_factory, host_a) -> Path:
+    """extsock, compiled static in the lab's builder image (nothing on the host)."""
+    folder = tmp_path_factory.mktemp("extsock")
+    (folder / "extsock.c").write_text(EXTSOCK_C)
+    host_a.docker("run", "--rm", "-v", f"{folder}:/src", "-w", "/src", BUILDER_IMAGE,
+                  "gcc", "-static", "-O1", "-o", "extsock", "extsock.c", timeout=300)
+    return folder / "extsock"
+
+
+@pytest.mark.parametrize("fastpath", ["1", "0"], ids=["fast-path", "api-path"])
+def test_criu_refuses_to_dump(host_a, host_b, cleanup, tmp_path, extsock_bin, fastpath):
+    """The source holds a unix connection to a peer on the host (a bind-mounted socket):
+    CRIU refuses the dump, on the fast path (runc into tmpfs) and through Docker's API
+    alike. The source runs on with its state and its connection, nothing is left, exit 6
+    names CRIU's reason and the kept dump log; the fast path does not try the API path
+    after a refusal that is about the process's state (it would freeze it twice)."""
+    os.link(extsock_bin, tmp_path / "extsock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(tmp_path / "sock"))
+    listener.listen(1)
+    listener.settimeout(60)
+    name = unique("fault-criu")
+    cleanup.append(name)
+    try:
+        host_a.docker("run", "-d", "--name", name, "-v", f"{tmp_path}:/ext", BASE_IMAGE,
+                      "/ext/extsock", "/ext/sock", "/bin/sh", *COUNTER_CMD[1:])
+        peer, _ = listener.accept()
+        wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
+        cid = host_a.client.containers.get(name).id
+        before = max(counter_values(host_a.logs(name)))
+        proc, doc = migrate(name, env_extra={"HMIGRATE_FASTPATH": fastpath})
+        assert proc.returncode == 6, (proc.stdout, proc.stderr)
+        err = doc["error"]
+        assert err["exit_code"] == 6 and "Traceback" not in proc.stderr
+        how = "runc, fast path" if fastpath == "1" else "Docker's checkpoint API"
+        assert f"({how}): CRIU: unix: External socket is used" in err["message"], err
+        assert "unix socket connected to a peer outside the container" in err["hint"], err
+        assert "still runs on hm-a" in err["hint"], err
+        log = Path(err["hint"].split("dump log is kept in ")[1].split()[0])
+        assert stat.S_IMODE(log.stat().st_mode) == 0o600
+        assert stat.S_IMODE(log.parent.stat().st_mode) == 0o700
+        assert "External socket is used" in log.read_text()
+        log.unlink()
+        phases = [(p["name"], p["status"]) for p in doc["phases"]]
+        assert ("checkpoint", "failed") in phases and ("restore", "ok") not in phases, phases
+        assert not [m for m in doc["messages"] if "using Docker's checkpoint API" in
+                    m["message"]], doc["messages"]  # one refusal, one freeze
+        assert_end_state(host_a, host_b, name, cid, before, doc, "a")
+        # and its connection: still open at both ends (no EOF to the peer)
+        peer.settimeout(0)
+        with pytest.raises(BlockingIOError):
+            peer.recv(1)
+        peer.close()
+    finally:
+        listener.close()
+
+
+def test_target_disk_too_small(host_a, host_b, cleanup):
+    """The writable layer holds an 8 TiB sparse file: a few blocks on the source, but the
+    move streams it as a tar (all 8 TiB of it) into the target's data root, which has far
+    less. Validation says so before anything is frozen (exit 8) and the source counts on."""
+    name = unique("fault-disk")
+    cleanup.append(name)
+    host_a.docker("run", "-d", "--name", name, BASE_IMAGE, "sh", "-c",
+                  f"truncate -s {8 << 40} /big && " + COUNTER_CMD[2])
+    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
+    cid = host_a.client.containers.get(name).id
+    before = max(counter_values(host_a.logs(name)))
+    proc, doc = migrate(name)
+    assert proc.returncode == 8, (proc.stdout, proc.stderr)
+    err = doc["error"]
+    assert err["class"] == "InsufficientResources" and err["exit_code"] == 8, err
+    assert "target disk: not enough" in err["message"], err
+    assert "8.0 TiB needed" in err["message"] and "writable layer 8.0 TiB" in err["message"]
+    assert f"free disk on hm-b under {host_b.data_root}" in err["hint"], err
+    assert [p["name"] for p in doc["phases"]] == ["validate"], doc["phases"]  # never frozen
+    assert_end_state(host_a, host_b, name, cid, before, doc, "a")

@@ -11,6 +11,15 @@ class Redis:
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.buf = self.sock.makefile("rb")
 
+    @classmethod
+    def over(cls, sock: socket.socket, timeout: float = 10) -> Redis:
+        """A client on an already connected socket (a relay's, for a server not reachable
+        directly)."""
+        self = cls.__new__(cls)
+        sock.settimeout(timeout)
+        self.sock, self.buf = sock, sock.makefile("rb")
+        return self
+
     def close(self) -> None:
         self.buf.close()
         self.sock.close()

@@ -265,6 +265,31 @@ def test_pointer_into_no_variable_is_refused() -> None:
                              frames.StackMap(stack, idx), BOTTOM[A])
 
 
+def test_local_declared_below_the_stop_is_not_carried() -> None:
+    """The same stale stack address, in a local declared on a line below the call its
+    frame is stopped at (C gives it no value there): not translated, not refused; its
+    slot on the target is left as the target stack has it."""
+    md = metadata()
+    main = md["functions"][0]
+    for isa in (X, A):
+        main["isa"][isa]["vars"][1]["line"] = 12  # p
+        main["isa"][isa]["vars"][0]["line"] = 9  # x: declared above, carried
+        for cs in main["isa"][isa]["call_sites"]:
+            cs["line"] = 10
+    idx = frames.Index(md, X, A)
+    src, regs = x86_stack()
+    src.write_u64(OUTER - 32, OUTER - 12)  # p: a dead frame's address, in main's slot
+    stack = frames.unwind(src, regs, idx)
+    frames.source_callee_saved(src, stack, regs, idx)
+    frames.plan_target(stack, idx)
+    dst = FakeMem(STACK, 0x1000)
+    rebuild.write_target(src, dst, stack, idx, frames.StackMap(stack, idx), BOTTOM[A])
+    main_frame = stack.frames[-1]
+    assert main_frame.function.name == "main"
+    assert dst.read_u64(main_frame.dst_cfa - 16) == 0  # p: not written
+    assert dst.read_u64(main_frame.dst_cfa - 8) == src.read_u64(OUTER - 24)  # x: carried
+
+
 def test_pthread_translated_in_place() -> None:
     td = 0x445598
     src = FakeMem(0x445000, 0x1000)
@@ -609,3 +634,19 @@ def test_empty_areas_above_the_target_address_space_are_dropped(tmp_path) -> Non
         *before, (high + (2 << 20), high + (3 << 20))]
     process.drop_empty_high_areas(s, 1, AARCH64.user_end)  # all fits: nothing changes
     assert len(s.mm(1).vmas) == len(before) + 1
+
+
+def test_conntrack_images_are_carried_other_raw_images_refused(tmp_path) -> None:
+    """A Redis with live clients dumps its netns's conntrack entries (netns-ct-*,
+    netns-exp-*: netlink messages, ISA-neutral): a cross-ISA move carries them; a raw
+    image recode knows nothing about (iptables-*) is still refused."""
+    from docker_hmigrate.criu import ImageSet
+    from tests.support.criu_images import write_set
+
+    write_set(tmp_path)
+    for name in ("netns-ct-10.img", "netns-exp-10.img", "tcp-stream-1f3.img"):
+        (tmp_path / name).write_bytes(struct.pack("<IHHII", 16, 0x100, 0, 0, 0))
+    assert transform.not_understood(ImageSet.load(tmp_path)) == []
+    (tmp_path / "iptables-10.img").write_bytes(b"*filter\n")
+    assert transform.not_understood(ImageSet.load(tmp_path)) == [
+        "iptables-10.img: raw image not interpreted by this library"]

@@ -75,7 +75,20 @@ def test_parse_probe():
 
 def test_probe_script_quotes_paths():
     script = probe_script("/var/lib/docker", ["/a b", "/c;rm -rf /"])
-    assert "[ -e '/a b' ]" in script and "'/c;rm -rf /'" in script
+    assert "[ -e \"$hr\"'/a b' ]" in script and "'/c;rm -rf /'" in script
+
+
+def test_probe_path_checks_see_paths_through_the_parent_root(tmp_path):
+    """The path checks, run by a real shell: a path under /tmp is found (the probe's own
+    /tmp is private: they look through its parent's root), a missing one reported."""
+    import subprocess
+
+    there = tmp_path / "bind source"
+    there.mkdir()
+    script = probe_script("/", [str(there), str(tmp_path / "gone")])
+    checks = script[script.index("hr=/proc/$PPID/root"):]
+    out = subprocess.run(["sh", "-c", checks], capture_output=True, text=True).stdout
+    assert out.split("\n")[0] == f"missing_path={tmp_path / 'gone'}", out
 
 
 def test_first_failure_decides_exit_code_and_all_are_listed():

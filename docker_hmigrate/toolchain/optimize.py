@@ -97,7 +97,8 @@ _X86_CALL = re.compile(r"^\s+call[lq]?\s+(\S+)")
 _X86_BRANCH = re.compile(r"^\s+j\w+\s+(\.L\w+)\s*$")
 _A64_CALL = re.compile(r"^\s+bl\s+(\S+)")
 _A64_ICALL = re.compile(r"^\s+blr\s")
-_A64_BRANCH = re.compile(r"^\s+(?:b|b\.?(?:eq|ne|cs|hs|cc|lo|mi|pl|vs|vc|hi|ls|ge|lt|gt|le|al)|cbn?z|tbn?z)\s+(?:.*,\s*)?(\.L\w+)\s*$")
+_A64_COND = "eq|ne|cs|hs|cc|lo|mi|pl|vs|vc|hi|ls|ge|lt|gt|le|al"
+_A64_BRANCH = re.compile(rf"^\s+(?:b|b\.?(?:{_A64_COND})|cbn?z|tbn?z)\s+(?:.*,\s*)?(\.L\w+)\s*$")
 
 
 def parse_asm(text: str, isa: Isa) -> tuple[dict[str, AsmFunction], set[str]]:

@@ -4,9 +4,10 @@ three ways, timed in one run, as ratios against the ordinary -O2 build (same mus
     sudo python -m bench.optimize_price [--runs 3] [--redis-iterations 30000000]
 
 - `-O2`: musl-gcc -O2 -static (the baseline)
-- `-O0 all`: hmigrate-cc as it builds by default (every function -O0 and instrumented)
-- `optimize-leaves`: hmigrate-cc --optimize-leaves (functions that can never be on a
-  parked stack at -O2 without hooks)
+- `-O0 all`: hmigrate-cc --no-optimize-leaves (every function -O0 and instrumented, as
+  before issue 15)
+- `optimize-leaves`: hmigrate-cc's default since issue 15 (functions that can never be on
+  a parked stack at -O2 without hooks)
 
 Workloads: Redis's CPU-bound Lua loop (EVAL, Lua 5.1 inside redis-server 7.0.15) and the
 lua5.4 interpreter running a loop script (Debian's lua5.4 5.4.4 source). Sources come
@@ -71,7 +72,7 @@ def cc_wrapper(work: Path, optimize: bool) -> str:
     p = work / ("hmcc-opt" if optimize else "hmcc")
     p.write_text("#!/bin/sh\n"
                  f"PYTHONPATH={ROOT} exec {sys.executable} -m docker_hmigrate.toolchain cc "
-                 + ("--optimize-leaves " if optimize else "") + '"$@"\n')
+                 + ("--optimize-leaves " if optimize else "--no-optimize-leaves ") + '"$@"\n')
     p.chmod(0o755)
     return str(p)
 

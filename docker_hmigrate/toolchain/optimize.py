@@ -1,4 +1,5 @@
-"""Optimize what can never be a suspended frame (`--optimize-leaves`, HMIGRATE_OPTIMIZE=1).
+"""Optimize what can never be a suspended frame (hmigrate-cc's default; off with
+`--no-optimize-leaves` or HMIGRATE_OPTIMIZE=0).
 
 A thread parks only at the entry hook of an instrumented (-O0) function, or in a
 runtime wrapper. A function that cannot reach either through its callees is never on a
@@ -39,6 +40,8 @@ from .config import AARCH64, WRAPPED, X86_64, Isa
 
 ENV = "HMIGRATE_OPTIMIZE"
 FLAG = "--optimize-leaves"
+NO_FLAG = "--no-optimize-leaves"
+DEFAULT = True  # measured and tested: docs/toolchain.md, bench/optimize_price.py
 
 # The attribute put in front of each selected function's definition. Frame pointers keep
 # the runtime's frame walk through these frames (the safety net); no sibling calls so no
@@ -70,10 +73,14 @@ UNSAFE_LIBC = set(WRAPPED) | CALLBACK_LIBC | BLOCKING_LIBC | SETJMP
 
 
 def enabled(argv: list[str]) -> tuple[bool, list[str]]:
-    """(optimize?, argv without our flag): the flag or HMIGRATE_OPTIMIZE=1 turn it on."""
-    rest = [a for a in argv if a != FLAG]
-    on = len(rest) != len(argv) or os.environ.get(ENV, "") not in ("", "0")
-    return on, rest
+    """(optimize?, argv without our flags): the last of --optimize-leaves /
+    --no-optimize-leaves, else HMIGRATE_OPTIMIZE=1/0, else the default."""
+    flags = [a for a in argv if a in (FLAG, NO_FLAG)]
+    rest = [a for a in argv if a not in (FLAG, NO_FLAG)]
+    if flags:
+        return flags[-1] == FLAG, rest
+    env = os.environ.get(ENV, "")
+    return (env != "0") if env else DEFAULT, rest
 
 
 # ---------------------------------------------------------------- assembly reading

@@ -128,6 +128,12 @@ def test_summary_counts_reason_kinds():
     assert optimize.summarize(notes) == (3, 3, {"indirect call": 2, "calls -O0": 1})
 
 
-def test_flag_and_environment():
+def test_flag_and_environment(monkeypatch):
+    monkeypatch.setenv(optimize.ENV, "0")
     on, rest = optimize.enabled(["-c", "--optimize-leaves", "a.c"])
     assert on and rest == ["-c", "a.c"]
+    assert optimize.enabled(["-c", "a.c"]) == (False, ["-c", "a.c"])
+    monkeypatch.setenv(optimize.ENV, "1")
+    assert optimize.enabled(["--no-optimize-leaves", "a.c"]) == (False, ["a.c"])
+    monkeypatch.delenv(optimize.ENV)
+    assert optimize.enabled(["a.c"]) == (optimize.DEFAULT, ["a.c"])

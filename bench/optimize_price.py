@@ -1,7 +1,7 @@
 """What `hmigrate-cc --optimize-leaves` buys on CPU-bound work: the same sources built
 three ways, timed in one run, as ratios against the ordinary -O2 build (same musl libc):
 
-    sudo python -m bench.optimize_price [--runs 3] [--redis-iterations 30000000]
+    sudo python -m bench.optimize_price [--runs 3] [--lua-iterations N] [--cache-key K]
 
 - `-O2`: musl-gcc -O2 -static (the baseline)
 - `-O0 all`: hmigrate-cc --no-optimize-leaves (every function -O0 and instrumented, as
@@ -77,9 +77,9 @@ def cc_wrapper(work: Path, optimize: bool) -> str:
     return str(p)
 
 
-def build(kind: str, work: Path) -> dict[str, Path]:
-    """(redis-server, lua) built one way, cached."""
-    key = "O2" if kind == "-O2" else f"{kind.replace(' ', '-')}-{toolchain_key()}"
+def build(kind: str, work: Path, tkey: str | None = None) -> dict[str, Path]:
+    """(redis-server, lua) built one way, cached (tkey: the toolchain's cache key)."""
+    key = "O2" if kind == "-O2" else f"{kind.replace(' ', '-')}-{tkey or toolchain_key()}"
     dest = CACHE / key
     want = {"redis-server": dest / "redis-server", "lua": dest / "lua"}
     if all(p.exists() for p in want.values()):
@@ -117,13 +117,13 @@ def lua_loop(binary: Path, n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--redis-iterations", type=int, default=30_000_000,
-                    help="(documentation only: bench_redis_cpu's loop is fixed)")
     ap.add_argument("--lua-iterations", type=int, default=30_000_000)
+    ap.add_argument("--cache-key", help="use the builds cached under this toolchain key "
+                    "(default: the hash of this checkout's toolchain sources)")
     ns = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="hm-optprice-"))
     try:
-        bins = {k: build(k, work) for k in BUILDS}
+        bins = {k: build(k, work, ns.cache_key) for k in BUILDS}
         rows = {"redis Lua loop (s)": lambda b: bench_redis_cpu(b["redis-server"]),
                 "lua5.4 loop (s)": lambda b: lua_loop(b["lua"], ns.lua_iterations)}
         results: dict[str, dict[str, float]] = {}

@@ -302,10 +302,16 @@ def _optimize_leaves(src: str, out: str, asms: list[str], assemble, to_asm,
                 for n in sel:
                     inject[n] = "attribute not taken"
                 continue
+            hooked = {n for f, _ in parsed for n, fn in f.items() if fn.instrumented}
             bad = optimize.verify([optimize.parse_asm(new[0], X86_64),
-                                   optimize.parse_asm(new[1], AARCH64)], sel, libc)
+                                   optimize.parse_asm(new[1], AARCH64)], sel, libc, hooked)
             if not bad:
                 return new, optimize.note(sel, why)
+            if any(r.startswith("attribute misplaced") for r in bad.values()):
+                # another function of a selected line took the attribute: keep all -O0
+                log(f"{src}: {bad}; all -O0")
+                return asms, optimize.note(set(), {**why, **{n: "attribute misplaced"
+                                                             for n in sel}})
             for n, r in bad.items():
                 inject[n] = r
         return asms, optimize.note(set(), why)

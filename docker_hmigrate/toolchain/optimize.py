@@ -330,11 +330,17 @@ def _no_cycles(funcs: dict[str, AsmFunction], defined: set[str], no) -> None:
 
 
 def verify(per_isa: list[tuple[dict[str, AsmFunction], set[str]]], sel: set[str],
-           libc: set[str]) -> dict[str, str]:
+           libc: set[str], before: set[str] | None = None) -> dict[str, str]:
     """Selected functions whose optimized code breaks the rule (GCC ignored the attribute,
-    or its code calls something that can park): name -> why."""
+    or its code calls something that can park): name -> why. before: the functions that
+    had hooks in the -O0 compile (each must keep them unless selected)."""
+    before = before or set()
     bad: dict[str, str] = {}
     for funcs, _ in per_isa:
+        for name, fn in funcs.items():
+            if name not in sel and not fn.instrumented and name in before:
+                # the attribute landed on another declaration of the same line
+                bad.setdefault(next(iter(sorted(sel))), f"attribute misplaced: {name}")
         for name in sorted(sel):
             fn = funcs.get(name)
             if fn is None:

@@ -137,3 +137,13 @@ def test_flag_and_environment(monkeypatch):
     assert optimize.enabled(["--no-optimize-leaves", "a.c"]) == (False, ["a.c"])
     monkeypatch.delenv(optimize.ENV)
     assert optimize.enabled(["a.c"]) == (optimize.DEFAULT, ["a.c"])
+
+
+def test_verify_catches_an_attribute_that_landed_on_another_function():
+    x, a = program()
+    # sq lost its hook although only leaf was selected (both on one line of the source)
+    x2 = x.replace(fn_x86("sq", "\timull\t%edi, %edi\n"),
+                   fn_x86("sq", "\timull\t%edi, %edi\n", hook=False))
+    hooked = set(optimize.parse_asm(x, X86_64)[0])
+    bad = optimize.verify(parsed(x2, a), {"leaf"}, LIBC, hooked)
+    assert bad["leaf"] == "attribute misplaced: sq"

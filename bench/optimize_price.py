@@ -6,8 +6,8 @@ three ways, timed in one run, as ratios against the ordinary -O2 build (same mus
 - `-O2`: musl-gcc -O2 -static (the baseline)
 - `-O0 all`: hmigrate-cc --no-optimize-leaves (every function -O0 and instrumented, as
   before issue 15)
-- `optimize-leaves`: hmigrate-cc's default since issue 15 (functions that can never be on
-  a parked stack at -O2 without hooks)
+- `optimize-leaves`: hmigrate-cc --optimize-leaves (functions that can never be on a
+  parked stack at -O2 without hooks)
 
 Workloads: Redis's CPU-bound Lua loop (EVAL, Lua 5.1 inside redis-server 7.0.15) and the
 lua5.4 interpreter running a loop script (Debian's lua5.4 5.4.4 source). Sources come

@@ -1,5 +1,5 @@
-"""Optimize what can never be a suspended frame (hmigrate-cc's default; off with
-`--no-optimize-leaves` or HMIGRATE_OPTIMIZE=0).
+"""Optimize what can never be a suspended frame (`hmigrate-cc --optimize-leaves` or
+HMIGRATE_OPTIMIZE=1; `--no-optimize-leaves` / HMIGRATE_OPTIMIZE=0 force it off).
 
 A thread parks only at the entry hook of an instrumented (-O0) function, or in a
 runtime wrapper. A function that cannot reach either through its callees is never on a
@@ -41,7 +41,9 @@ from .config import AARCH64, WRAPPED, X86_64, Isa
 ENV = "HMIGRATE_OPTIMIZE"
 FLAG = "--optimize-leaves"
 NO_FLAG = "--no-optimize-leaves"
-DEFAULT = True  # measured and tested: docs/toolchain.md, bench/optimize_price.py
+# Off until the cross-ISA lab suite has passed with it (docs/toolchain.md): the lab runs
+# of that suite timed out under load when it was measured; every other check passed.
+DEFAULT = False
 
 # The attribute put in front of each selected function's definition. Frame pointers keep
 # the runtime's frame walk through these frames (the safety net); no sibling calls so no

@@ -52,6 +52,13 @@ def hello(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def hello_opt(tmp_path_factory) -> Path:
+    """helloworld with --optimize-leaves (tick, printf and fflush only, goes -O2)."""
+    return make(ROOT / "helloworld", tmp_path_factory.mktemp("b") / "hello", "hello",
+                f"{CC} --optimize-leaves")
+
+
+@pytest.fixture(scope="module")
 def hello_o0(tmp_path_factory) -> Path:
     """helloworld with every function -O0 and instrumented (tick keeps its frame)."""
     return make(ROOT / "helloworld", tmp_path_factory.mktemp("b") / "hello", "hello",
@@ -184,10 +191,10 @@ def test_park_and_resume_threads(threads: Path, tmp_path: Path) -> None:
     assert "result=" in out and " OK" in out, out
 
 
-def test_metadata(hello: Path, hello_o0: Path, threads: Path) -> None:
-    # By default tick (printf and fflush only) is optimized: no hook, never parked in.
+def test_metadata(hello_opt: Path, hello_o0: Path, threads: Path) -> None:
+    # With --optimize-leaves tick (printf and fflush only) is -O2: no hook, never parked in.
     tick = {f["name"]: f for f in json.loads(
-        (hello / "hello.hmigrate.json").read_text())["functions"]}["tick"]
+        (hello_opt / "hello.hmigrate.json").read_text())["functions"]}["tick"]
     assert tick["optimized"] and not tick["instrumented"] and not tick["translatable"]
     md = json.loads((hello_o0 / "hello.hmigrate.json").read_text())
     assert md["schema"] == "hmigrate-toolchain/1"

@@ -14,6 +14,13 @@ import re
 
 _LABEL = re.compile(r"^\.LC\d+:\s*$")
 _STRING = re.compile(r"^\s*\.(string|ascii|asciz)\b")
+# Code optimized per function (optimize.py) puts its literals in mergeable
+# .rodata.<fn>.str1.<align> sections, which ld places itself: split those too.
+_MERGED_STR = re.compile(r"^\.rodata(\.[\w.$]+)?\.str1\.\d+$")
+
+
+def _literal_section(sec: str | None) -> bool:
+    return sec == ".rodata" or bool(sec and _MERGED_STR.match(sec))
 
 
 def _section_name(line: str) -> str | None:
@@ -32,6 +39,7 @@ def split_string_literals(asm: str) -> str:
     lines = asm.splitlines()
     out: list[str] = []
     cur: str | None = None
+    cur_line = ""
     displaced = False
     used: dict[str, int] = {}
     i = 0
@@ -39,11 +47,11 @@ def split_string_literals(asm: str) -> str:
         line = lines[i]
         sec = _section_name(line)
         if sec is not None:
-            cur, displaced = sec, False
+            cur, cur_line, displaced = sec, line, False
             out.append(line)
             i += 1
             continue
-        if cur == ".rodata" and _LABEL.match(line):
+        if _literal_section(cur) and _LABEL.match(line):
             j = i + 1
             while j < len(lines) and _STRING.match(lines[j]):
                 j += 1
@@ -59,8 +67,8 @@ def split_string_literals(asm: str) -> str:
                 displaced = True
                 i = j
                 continue
-        if displaced and cur == ".rodata" and line.strip() and not line.lstrip().startswith("#"):
-            out.append("\t.section\t.rodata")
+        if displaced and line.strip() and not line.lstrip().startswith("#"):
+            out.append(cur_line)
             displaced = False
         out.append(line)
         i += 1

@@ -14,6 +14,8 @@ from docker_hmigrate import isa
 # Section that carries the aarch64 twin inside every x86-64 object we produce.
 # SHF_EXCLUDE ("exclude") makes ld drop it from linked output automatically.
 BUNDLE_SECTION = ".hmigrate.aarch64"
+# Which functions of an object were optimized and why the others were not (JSON).
+NOTE_SECTION = ".hmigrate.opt"
 
 # Address plan shared by both ISAs (64 KiB granules so 64K-page kernels work too).
 IMAGE_BASE = 0x400000

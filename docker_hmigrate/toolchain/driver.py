@@ -20,7 +20,7 @@ from importlib import resources
 
 from tenacity import Retrying, retry_if_result, stop_after_attempt
 
-from . import asmfix, layout
+from . import asmfix, layout, optimize
 from .config import (
     AARCH64,
     DROPPED_EXACT,
@@ -37,7 +37,9 @@ from .objects import (
     embed_twin,
     extract_twin,
     is_archive,
+    iter_ar,
     read_file_sections,
+    read_note,
     twin_archive,
 )
 
@@ -79,6 +81,7 @@ class Args:
     cflags: list[str] = field(default_factory=list)  # passed to compiles (kept order)
     ldflags: list[str] = field(default_factory=list)  # -Wl,... and friends
     passthrough: bool = False  # -v, -print-*, --version: ask the host gcc
+    optimize: bool = False  # --optimize-leaves / HMIGRATE_OPTIMIZE=1 (optimize.py)
 
 
 def parse(argv: list[str]) -> Args:
@@ -182,10 +185,12 @@ def _explicit_registers(src: str) -> bool:
         return True
 
 
-def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True) -> None:
+def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True,
+                optimize: bool = False) -> None:
     """Compile src for both ISAs into out (x86-64 object with the aarch64 twin inside).
 
     C goes through assembly so string literals can get one section each (asmfix).
+    optimize: functions that can never be on a parked stack get -O2 (optimize.py).
     """
     tmp = f"{out}.hmigrate-{AARCH64.name}.tmp"
     via_asm = src.endswith((".c", ".i"))
@@ -193,7 +198,7 @@ def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True) 
 
     drop_register = instrument and via_asm and not _explicit_registers(src)
 
-    def build(isa: Isa, dest: str, deps: bool) -> None:
+    def isa_flags(isa: Isa, deps: bool) -> list[str]:
         flags = isa_cflags(isa, cflags, deps=deps)
         if not instrument:
             flags = [f for f in flags if f != "-finstrument-functions"]
@@ -202,42 +207,117 @@ def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True) 
             # interpreter loop): such a frame has no slot to move. Dropping the keyword
             # is always valid C (a register variable's address is never taken).
             flags.append("-Dregister=")
-        if not via_asm:
-            run([isa.gcc, *flags, "-c", src, "-o", dest])
-            return
-        asm = f"{dest}.hmigrate.s"
         if deps and ("-MD" in flags or "-MMD" in flags):
             # GCC would name the dependency file and target after the .s we ask for.
             if "-MF" not in flags:
                 flags += ["-MF", os.path.splitext(out)[0] + ".d"]
             if "-MT" not in flags and "-MQ" not in flags:
                 flags += ["-MT", out]
+        return flags
+
+    def to_asm(isa: Isa, dest: str, deps: bool, source: str = src,
+               pre: tuple[str, ...] = ()) -> str:
+        asm = f"{dest}.hmigrate.s"
         try:
-            run([isa.gcc, *flags, "-S", src, "-o", asm])
+            run([isa.gcc, *pre, *isa_flags(isa, deps), "-S", source, "-o", asm])
             with open(asm) as f:
-                text = asmfix.split_string_literals(f.read())
-            with open(asm, "w") as f:
-                f.write(text)
+                return f.read()
+        finally:
+            if os.path.exists(asm) and not os.environ.get("HMIGRATE_KEEP_TMP"):
+                os.unlink(asm)
+
+    def assemble(isa: Isa, text: str, dest: str) -> None:
+        asm = f"{dest}.hmigrate.s"
+        with open(asm, "w") as f:
+            f.write(asmfix.split_string_literals(text))
+        try:
             run([isa.gcc, *wa, "-c", asm, "-o", dest])
         finally:
             if os.path.exists(asm) and not os.environ.get("HMIGRATE_KEEP_TMP"):
                 os.unlink(asm)
 
-    with ThreadPoolExecutor(max_workers=2) as ex:
-        futs = [ex.submit(build, X86_64, out, True), ex.submit(build, AARCH64, tmp, False)]
-        errors = []
-        for fut in futs:
-            try:
-                fut.result()
-            except ToolchainError as e:
-                errors.append(e)
-    try:
+    def both(fn, *per_isa_args) -> list:
+        with ThreadPoolExecutor(max_workers=2) as ex:
+            futs = [ex.submit(fn, *a) for a in per_isa_args]
+            errors, res = [], []
+            for fut in futs:
+                try:
+                    res.append(fut.result())
+                except ToolchainError as e:
+                    errors.append(e)
         if errors:
             raise errors[0]
-        embed_twin(out, tmp)
+        return res
+
+    note = None
+    try:
+        if not via_asm:
+            both(lambda isa, dest, deps: run([isa.gcc, *isa_flags(isa, deps), "-c", src,
+                                              "-o", dest]),
+                 (X86_64, out, True), (AARCH64, tmp, False))
+        else:
+            asms = both(to_asm, (X86_64, out, True), (AARCH64, tmp, False))
+            if optimize and instrument and src.endswith(".c"):
+                asms, note = _optimize_leaves(src, out, asms, assemble, to_asm, both)
+            both(assemble, (X86_64, asms[0], out), (AARCH64, asms[1], tmp))
+        embed_twin(out, tmp, note)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def _optimize_leaves(src: str, out: str, asms: list[str], assemble, to_asm,
+                     both) -> tuple[list[str], bytes]:
+    """The two ISAs' assembly with the functions that can never be on a parked stack
+    compiled at -O2 (a second compile of a rewritten copy of src), and the note that
+    says which and why the others stay -O0. Falls back to the -O0 assembly."""
+    parsed = [optimize.parse_asm(asms[0], X86_64), optimize.parse_asm(asms[1], AARCH64)]
+    libc = optimize.libc_names()
+    everything = {n: None for n in parsed[0][0]}
+    sel, why = optimize.select(parsed, libc, everything)
+    if not sel:
+        return asms, optimize.note(sel, why)
+    work = tempfile.mkdtemp(prefix="hmigrate-opt-")
+    try:
+        probe = os.path.join(work, "o0.o")
+        assemble(X86_64, asms[0], probe)
+        decl = optimize.decl_lines(probe, src)
+        inject: dict[str, str | None] = {n: (None if isinstance(v, int) else v)
+                                         for n, v in decl.items()}
+        with open(src, errors="surrogateescape") as f:
+            text = f.read()
+        for _ in range(3):
+            sel, why = optimize.select(parsed, libc, inject)
+            if not sel:
+                break
+            copy = os.path.join(work, os.path.basename(src))
+            with open(copy, "w", errors="surrogateescape") as f:
+                f.write(optimize.rewrite(text, src, {n: decl[n] for n in sel}))
+            pre = ("-iquote", os.path.dirname(os.path.abspath(src)))
+            try:
+                new = both(to_asm, (X86_64, os.path.join(work, "x"), False, copy, pre),
+                           (AARCH64, os.path.join(work, "a"), False, copy, pre))
+            except ToolchainError as e:
+                log(f"{src}: optimized compile failed, all -O0: {e}")
+                for n in sel:
+                    inject[n] = "attribute not taken"
+                continue
+            hooked = {n for f, _ in parsed for n, fn in f.items() if fn.instrumented}
+            bad = optimize.verify([optimize.parse_asm(new[0], X86_64),
+                                   optimize.parse_asm(new[1], AARCH64)], sel, libc, hooked)
+            if not bad:
+                return new, optimize.note(sel, why)
+            if any(r.startswith("attribute misplaced") for r in bad.values()):
+                # another function of a selected line took the attribute: keep all -O0
+                log(f"{src}: {bad}; all -O0")
+                return asms, optimize.note(set(), {**why, **{n: "attribute misplaced"
+                                                             for n in sel}})
+            for n, r in bad.items():
+                inject[n] = r
+        return asms, optimize.note(set(), why)
+    finally:
+        if not os.environ.get("HMIGRATE_KEEP_TMP"):
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def default_object_name(src: str) -> str:
@@ -295,7 +375,7 @@ def prepare_inputs(args: Args, work: str, rt_objs: list[str]) -> dict[str, IsaLi
         if kind == "src":
             os.makedirs(srcdir, exist_ok=True)
             obj = os.path.join(srcdir, f"{len(entries)}_{default_object_name(val)}")
-            compile_one(val, obj, args.cflags)
+            compile_one(val, obj, args.cflags, optimize=args.optimize)
             entries.append(("obj", obj))
         elif kind == "lib":
             found = find_lib(val, args.lib_dirs)
@@ -465,6 +545,29 @@ def units_for(inputs: list[tuple[str, str | None]], logical: dict[str, str]) -> 
     return [units[k] for k in order]
 
 
+def report_optimization(out: str, loaded: list[tuple[str, str | None]]) -> None:
+    """Per binary: how many of its functions --optimize-leaves compiled at -O2 and why
+    the others keep the -O0 translatable frame (from the notes of the objects used)."""
+    notes = []
+    for path, member in loaded:
+        try:
+            if member is None:
+                with open(path, "rb") as f:
+                    bodies = [f.read()]
+            else:
+                bodies = [b for n, b in iter_ar(path) if n == member]
+            notes += [n for b in bodies if b.startswith(b"\x7fELF")
+                      for n in [read_note(b)] if n is not None]
+        except (OSError, ValueError, ToolchainError):
+            continue
+    if not notes:
+        return
+    opt, o0, kinds = optimize.summarize(notes)
+    why = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    print(f"hmigrate-cc: {os.path.basename(out)}: {opt} functions optimized (-O2, no hooks), "
+          f"{o0} -O0 instrumented ({why}); {len(notes)} objects", file=sys.stderr)
+
+
 def link(args: Args) -> int:
     out = args.output or "a.out"
     keep = bool(os.environ.get("HMIGRATE_KEEP_TMP"))
@@ -480,7 +583,10 @@ def link(args: Args) -> int:
             mp = os.path.join(work, f"pass1_{name}.map")
             run(link_cmd(il, os.path.join(work, f"pass1_{name}"), mp, args.ldflags, None))
             with open(mp) as f:
-                units[name] = units_for(parse_map_inputs(f.read()), il.logical)
+                loaded = parse_map_inputs(f.read())
+            units[name] = units_for(loaded, il.logical)
+            if name == X86_64.name:
+                report_optimization(out, loaded)
         # Pass 2: aligned links. The aarch64 linker adds erratum-843419 stubs after some
         # sections depending on their addresses; grow those units and relink until no
         # new stub appears.
@@ -559,7 +665,9 @@ def cc(argv: list[str]) -> int:
         from . import check
 
         return check.main(argv[1:])
+    opt, argv = optimize.enabled(argv)
     args = parse(argv)
+    args.optimize = opt
     if args.passthrough or args.mode in ("preprocess", "asm"):
         return subprocess.call(host_cmd(args, argv))
     miss = missing_tools()
@@ -573,7 +681,8 @@ def cc(argv: list[str]) -> int:
         if not args.sources:
             raise ToolchainError("no source file")
         for src in args.sources:
-            compile_one(src, args.output or default_object_name(src), args.cflags)
+            compile_one(src, args.output or default_object_name(src), args.cflags,
+                        optimize=args.optimize)
         return 0
     if not args.inputs:
         raise ToolchainError("no input files")

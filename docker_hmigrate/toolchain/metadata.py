@@ -30,6 +30,7 @@ EXIT_HOOK = "__cyg_profile_func_exit"
 BOTTOM_FUNCTIONS = ("libc_start_main_stage2", "__libc_start_main", "start", "start_c")
 # Frames of parked threads end in these runtime functions (see runtime/hmigrate_rt.c).
 PARK_FUNCTIONS = ("__cyg_profile_func_enter", "hmigrate_park", "hm_futex_wait")
+OPTIMIZED = "optimized (-O2, no entry hook): never on a parked stack"
 
 
 @dataclass(frozen=True)
@@ -265,6 +266,7 @@ class DwarfFunc:
     file: str
     vars: list[dict] = field(default_factory=list)
     variadic: bool = False
+    hooked_cu: bool = False  # its file was compiled with -finstrument-functions
 
 
 class Binary:
@@ -319,6 +321,9 @@ class Binary:
         for cu in self.dwarf.iter_CUs():
             top = cu.get_top_DIE()
             cu_name = _name(top) or ""
+            producer = _attr(top, "DW_AT_producer") or b""
+            hooked = b"-finstrument-functions" in (producer if isinstance(producer, bytes)
+                                                   else str(producer).encode())
             for die in top.iter_children():
                 if die.tag != "DW_TAG_subprogram" or _attr(die, "DW_AT_frame_base") is None:
                     continue
@@ -326,7 +331,8 @@ class Binary:
                 name = _name(die)
                 if rng is None or name is None:
                     continue
-                fn = DwarfFunc(name, rng[0], rng[1], os.path.basename(cu_name))
+                fn = DwarfFunc(name, rng[0], rng[1], os.path.basename(cu_name),
+                               hooked_cu=hooked)
                 _collect_vars(die, fn.vars, None)
                 fn.variadic = any(c.tag == "DW_TAG_unspecified_parameters"
                                   for c in die.iter_children())
@@ -812,6 +818,12 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         if fx["addr"] != fa["addr"]:
             problems.append(f"{name}: not aligned (0x{fx['addr']:x} vs 0x{fa['addr']:x})")
         reasons = function_reasons(fx, fa)
+        # Code without hooks in a file built with them (hmigrate-cc --optimize-leaves, or
+        # no_instrument_function) cannot be under a park point: its frames and call sites
+        # are never rebuilt. (The runtime's and musl's files are built without hooks.)
+        if not entry["instrumented"] and bx.dfuncs[name].hooked_cu:
+            entry["optimized"] = True
+            reasons = [OPTIMIZED]
         lr = {X: None, A: _lr_copy_reg(ba, fa)}
         # Per call site: both members of a pair share their verdict.
         per: dict[str, dict[int, list[str]]] = {X: {}, A: {}}
@@ -912,11 +924,13 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         "functions": functions,
         "symbols": symbols,
         "unclean_ranges": {b.arch.isa.name: unclean_ranges(functions, b.arch.isa.name, instrumented,
-                                                       foreign_code(b))
+                                                       foreign_code(b) + one_isa_code(b, names))
                            for b in (bx, ba)},
         "checks": {"park_points_clean": not problems, "problems": problems,
                    "untranslatable_functions": sum(not f["translatable"] and f["instrumented"]
                                                    for f in functions),
+                   "optimized_functions": sum(bool(f.get("optimized")) for f in functions),
+                   "instrumented_functions": sum(bool(f["instrumented"]) for f in functions),
                    "untranslatable_call_sites": {
                        isa: sum(1 for f in functions if f["instrumented"] and f["translatable"]
                                 for c in f["isa"][isa]["call_sites"]
@@ -936,6 +950,14 @@ def foreign_code(b: Binary) -> list[list[int]]:
     # size 0 (aarch64's asm trampoline) still covers that byte.
     return [[a - 1, a + max(n, 1)] for name, (a, n) in b.funcs.items()
             if name not in b.dfuncs and name not in BOTTOM_FUNCTIONS]
+
+
+def one_isa_code(b: Binary, names: list[str]) -> list[list[int]]:
+    """Our functions with DWARF in this binary only (an optimized static function inlined
+    away on the other ISA): no twin, so no thread may park above one."""
+    both = set(names)
+    return [[f.low, f.high] for n, f in b.dfuncs.items()
+            if n not in both and f.hooked_cu]
 
 
 def _merge(ranges: list[list[int]], gap: int = 16) -> list[list[int]]:
@@ -961,9 +983,12 @@ def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str],
     """
     out = []
     for f in functions:
+        g = f["isa"][isa]
+        if f.get("optimized"):
+            out.append([g["addr"], g["addr"] + g["size"]])
+            continue
         if not f["instrumented"]:
             continue
-        g = f["isa"][isa]
         if not f["translatable"]:
             out.append([g["addr"], g["addr"] + g["size"]])
             continue

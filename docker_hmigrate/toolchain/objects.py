@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import os
 import subprocess
 from collections.abc import Iterator
@@ -11,7 +12,7 @@ from dataclasses import dataclass
 from elftools.elf.constants import SH_FLAGS
 from elftools.elf.elffile import ELFFile
 
-from .config import AARCH64, BUNDLE_SECTION, X86_64
+from .config import AARCH64, BUNDLE_SECTION, NOTE_SECTION, X86_64
 
 AR_MAGIC = b"!<arch>\n"
 
@@ -57,19 +58,38 @@ def is_archive(path: str) -> bool:
         return f.read(8) == AR_MAGIC
 
 
-def embed_twin(x86_obj: str, a64_obj: str) -> None:
-    """Store the aarch64 object inside the x86-64 one (single file survives mv/cp/ar)."""
-    subprocess.run(
-        [
-            X86_64.tool("objcopy"),
-            "--add-section",
-            f"{BUNDLE_SECTION}={a64_obj}",
-            "--set-section-flags",
-            f"{BUNDLE_SECTION}=readonly,exclude",
-            x86_obj,
-        ],
-        check=True,
-    )
+def embed_twin(x86_obj: str, a64_obj: str, note: bytes | None = None) -> None:
+    """Store the aarch64 object inside the x86-64 one (single file survives mv/cp/ar),
+    with optimize.py's note on its functions when there is one."""
+    extra: list[str] = []
+    if note is not None:
+        note_file = f"{x86_obj}.hmigrate-note.tmp"
+        with open(note_file, "wb") as f:
+            f.write(note)
+        extra = ["--add-section", f"{NOTE_SECTION}={note_file}",
+                 "--set-section-flags", f"{NOTE_SECTION}=readonly,exclude"]
+    try:
+        subprocess.run(
+            [
+                X86_64.tool("objcopy"),
+                "--add-section",
+                f"{BUNDLE_SECTION}={a64_obj}",
+                "--set-section-flags",
+                f"{BUNDLE_SECTION}=readonly,exclude",
+                *extra,
+                x86_obj,
+            ],
+            check=True,
+        )
+    finally:
+        if note is not None:
+            os.unlink(note_file)
+
+
+def read_note(data: bytes) -> dict | None:
+    """optimize.py's note of one object (None: compiled without --optimize-leaves)."""
+    sec = ELFFile(io.BytesIO(data)).get_section_by_name(NOTE_SECTION)
+    return json.loads(sec.data()) if sec is not None else None
 
 
 def twin_bytes(data: bytes, what: str) -> bytes:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 
 import docker
@@ -26,7 +27,10 @@ from tests.support.lab import (
 
 pytestmark = [pytest.mark.lab, pytest.mark.arm64]
 
-HELLO = f"{REGISTRY}/hmigrate/helloworld:latest"
+# lab/examples pushes under HMLAB_EXAMPLES_PREFIX (default hmigrate): builds of another
+# toolchain (e.g. hmigrate-cc --optimize-leaves) are tested by pointing it elsewhere.
+PREFIX = f"{REGISTRY}/{os.environ.get('HMLAB_EXAMPLES_PREFIX', 'hmigrate')}"
+HELLO = f"{PREFIX}/helloworld:latest"
 
 
 def leftovers(client: docker.DockerClient, checkpoint: str) -> list[str]:
@@ -148,7 +152,7 @@ def test_redis_dataset_moves_to_aarch64(host_a, arm, cleanup, on_arm):
     name, port = unique("x-redis"), 16395
     cleanup.append(name)
     on_arm.append(name)
-    image = f"{REGISTRY}/hmigrate/redis:latest"
+    image = f"{PREFIX}/redis:latest"
     host_a.docker("pull", "-q", image)
     host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined",
                   "-p", f"{port}:6379", image)
@@ -189,7 +193,7 @@ def test_nginx_master_and_worker_move_to_aarch64_and_serve(host_a, arm, cleanup,
     name, port = unique("x-nginx"), 18096
     cleanup.append(name)
     on_arm.append(name)
-    image = f"{REGISTRY}/hmigrate/nginx-bin:latest"
+    image = f"{PREFIX}/nginx-bin:latest"
     host_a.docker("pull", "-q", image)
     host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined",
                   "-p", f"{port}:80", image)
@@ -287,7 +291,7 @@ def test_sysv_shared_memory_is_refused_before_freezing(host_a, tmp_path, cleanup
             host_a.client.images.remove(image, force=True)
 
 
-THREADS = f"{REGISTRY}/hmigrate/examples/threads:latest"
+THREADS = f"{PREFIX}/examples/threads:latest"
 
 
 def progress(logs: str) -> int:

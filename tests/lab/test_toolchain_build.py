@@ -35,12 +35,12 @@ def qemu() -> str:
     return QEMU if os.path.exists(QEMU) else str(shutil.which("qemu-aarch64-static"))
 
 
-def make(src: Path, dest: Path, target: str) -> Path:
+def make(src: Path, dest: Path, target: str, cc: str = CC) -> Path:
     dest.mkdir(parents=True)
     for f in src.iterdir():  # sources only: never reuse outputs of a build in the tree
         if f.name == "Makefile" or f.suffix in (".c", ".h"):
             shutil.copy(f, dest / f.name)
-    res = subprocess.run(["make", "-C", str(dest), f"CC={CC}", target],
+    res = subprocess.run(["make", "-C", str(dest), f"CC={cc}", target],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stdout + res.stderr
     return dest
@@ -49,6 +49,20 @@ def make(src: Path, dest: Path, target: str) -> Path:
 @pytest.fixture(scope="module")
 def hello(tmp_path_factory) -> Path:
     return make(ROOT / "helloworld", tmp_path_factory.mktemp("b") / "hello", "hello")
+
+
+@pytest.fixture(scope="module")
+def hello_opt(tmp_path_factory) -> Path:
+    """helloworld with --optimize-leaves (tick, printf and fflush only, goes -O2)."""
+    return make(ROOT / "helloworld", tmp_path_factory.mktemp("b") / "hello", "hello",
+                f"{CC} --optimize-leaves")
+
+
+@pytest.fixture(scope="module")
+def hello_o0(tmp_path_factory) -> Path:
+    """helloworld with every function -O0 and instrumented (tick keeps its frame)."""
+    return make(ROOT / "helloworld", tmp_path_factory.mktemp("b") / "hello", "hello",
+                f"{CC} --no-optimize-leaves")
 
 
 @pytest.fixture(scope="module")
@@ -177,8 +191,12 @@ def test_park_and_resume_threads(threads: Path, tmp_path: Path) -> None:
     assert "result=" in out and " OK" in out, out
 
 
-def test_metadata(hello: Path, threads: Path) -> None:
-    md = json.loads((hello / "hello.hmigrate.json").read_text())
+def test_metadata(hello_opt: Path, hello_o0: Path, threads: Path) -> None:
+    # With --optimize-leaves tick (printf and fflush only) is -O2: no hook, never parked in.
+    tick = {f["name"]: f for f in json.loads(
+        (hello_opt / "hello.hmigrate.json").read_text())["functions"]}["tick"]
+    assert tick["optimized"] and not tick["instrumented"] and not tick["translatable"]
+    md = json.loads((hello_o0 / "hello.hmigrate.json").read_text())
     assert md["schema"] == "hmigrate-toolchain/1"
     assert md["checks"]["park_points_clean"], md["checks"]["problems"]
     assert md["checks"]["align"].startswith("check-align: OK")
@@ -669,7 +687,9 @@ def test_register_locals_get_stack_slots(tmp_path: Path) -> None:
         "long get(void) {\n#if defined(__x86_64__)\n register long r asm(\"r12\") = 5;\n"
         "#else\n register long r asm(\"x21\") = 5;\n#endif\n"
         " __asm__ volatile(\"\" : \"+r\"(r)); return r; }\n")
-    res = subprocess.run(CC.split() + ["-o", str(tmp_path / "r"), str(tmp_path / "r.c"),
+    # (-O0 everywhere: sum's frame is what this is about, not whether it could be -O2)
+    res = subprocess.run(CC.split() + ["--no-optimize-leaves", "-o", str(tmp_path / "r"),
+                                       str(tmp_path / "r.c"),
                                        str(tmp_path / "e.c")],
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr

@@ -345,8 +345,10 @@ class Migration:
     def phase_validate(self) -> None:
         with self.rep.phase("validate") as ph:
             image = image_check(self.src, self.dst, self.spec.image, self.inspect["Image"])
+            checks = self.strategy.checks()
+            self.strategy.start()  # cross-ISA: the template, while the hosts are validated
             self.validation = validate(self.src, self.dst, self.inspect, self.spec, image,
-                                       self.strategy.checks())
+                                       checks)
             failed = self.validation.failures
             for check in failed:
                 # blocking unless --force: an error line; with --force, a warning

@@ -182,7 +182,8 @@ def test_established_connection_and_file_offset_move_across_isas(host_a, arm, cl
     ports = connections(host_a.client, BASE_IMAGE, name)
     assert len(ports) == 2, ports  # the client's end and the server's
 
-    proc = hmigrate("migrate", name, "--to", "hm-arm", "--keep-source", "--json")
+    proc = hmigrate("migrate", name, "--to", "hm-arm", "--keep-source", "--json",
+                    timeout=1200)  # the emulated host, shared
     assert proc.returncode == 0, proc.stderr + proc.stdout
     doc = json.loads(proc.stdout)
     assert (doc["source_isa"], doc["target_isa"]) == ("x86-64", "aarch64")
@@ -196,7 +197,7 @@ def test_established_connection_and_file_offset_move_across_isas(host_a, arm, cl
     assert connections(arm, ARM_IMAGE, name) == ports  # the very connection
 
     proc = hmigrate("migrate", name, "--to", "hm-a", "--keep-source", "--json",
-                    context="hm-arm")
+                    context="hm-arm", timeout=1200)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     doc = json.loads(proc.stdout)
     assert (doc["source_isa"], doc["target_isa"]) == ("aarch64", "x86-64")

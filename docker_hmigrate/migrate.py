@@ -964,6 +964,8 @@ class Migration:
                 (endpoints[net].get("IPAMConfig") or {}).pop("IPv4Address", None)
 
     def _create_volumes(self) -> None:
+        if not self.spec.volumes:
+            return  # no listing of the target's volumes (a call on a slow target)
         existing = {v["Name"] for v in (self.dst.api.volumes().get("Volumes") or [])}
         for vol in self.spec.volumes:
             if vol.name in existing:

@@ -32,7 +32,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,7 @@ class Migration:
         self.frozen_at = 0.0
         self.downtime = 0.0
         self._links = contextlib.ExitStack()
+        self._entering: list[Future] | None = None  # links being opened (_open_links)
         self.transfers: list[tuple[transfer.FolderLink, str, str]] = []  # the move's streams
         self._progress_lock = threading.Lock()
         self.strategy = strategy.for_hosts(self)  # same ISA, or across ISAs
@@ -346,8 +347,10 @@ class Migration:
     def phase_validate(self) -> None:
         with self.rep.phase("validate") as ph:
             image = image_check(self.src, self.dst, self.spec.image, self.inspect["Image"])
+            checks = self.strategy.checks()
+            self.strategy.start()  # cross-ISA: the template, while the hosts are validated
             self.validation = validate(self.src, self.dst, self.inspect, self.spec, image,
-                                       self.strategy.checks())
+                                       checks)
             failed = self.validation.failures
             for check in failed:
                 # blocking unless --force: an error line; with --force, a warning
@@ -389,12 +392,22 @@ class Migration:
 
     def _open_links(self, target: dict[str, Any]) -> None:
         """Helper containers for every stream of the move phase, made before the freeze.
-        The checkpoint does not exist yet: its stream binds the folder it will appear in."""
-        self.strategy.open_checkpoint_link(target)
-        self.open_link("filesystem changes", _upper_dir(self.src, self.inspect),
-                       _upper_dir(self.dst, target), ".", "")
-        for vol in self.spec.volumes:
-            self.open_link(f"volume {vol.name}", vol.name, vol.name, ".", "")
+        The checkpoint does not exist yet: its stream binds the folder it will appear in.
+        They are created side by side (a container create on a slow target takes seconds);
+        this returns once all exist, or raises the first failure."""
+        self._entering = []
+        try:
+            self.strategy.open_checkpoint_link(target)
+            self.open_link("filesystem changes", _upper_dir(self.src, self.inspect),
+                           _upper_dir(self.dst, target), ".", "")
+            for vol in self.spec.volumes:
+                self.open_link(f"volume {vol.name}", vol.name, vol.name, ".", "")
+        finally:
+            done = [f.exception() for f in self._entering]  # every one ended, then
+            self._entering = []
+        for exc in done:
+            if exc is not None:
+                raise exc
 
     def open_link(self, what: str, src_bind: str, dst_bind: str, src_sub: str,
                   dst_sub: str) -> None:
@@ -404,8 +417,20 @@ class Migration:
         self.transfers.append((self.enter_link(folder), src_sub, dst_sub))
 
     def enter_link(self, link: transfer.FolderLink) -> transfer.FolderLink:
-        """Its helpers live until the move is done (or the migration ends)."""
-        return self._links.enter_context(link)
+        """Its helpers live until the move is done (or the migration ends); within
+        _open_links they are being created in the background when this returns."""
+        if self._entering is None:
+            return self._links.enter_context(link)
+        entered = _in_background(link.__enter__)
+        self._entering.append(entered)
+
+        def leave(*exc: object) -> None:
+            wait([entered])
+            if entered.exception() is None:
+                link.__exit__(*exc)
+
+        self._links.push(leave)
+        return link
 
     def phase_checkpoint(self) -> None:
         with self.rep.phase("checkpoint") as ph:
@@ -967,6 +992,8 @@ class Migration:
                 (endpoints[net].get("IPAMConfig") or {}).pop("IPv4Address", None)
 
     def _create_volumes(self) -> None:
+        if not self.spec.volumes:
+            return  # no listing of the target's volumes (a call on a slow target)
         existing = {v["Name"] for v in (self.dst.api.volumes().get("Volumes") or [])}
         for vol in self.spec.volumes:
             if vol.name in existing:

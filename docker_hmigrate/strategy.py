@@ -8,8 +8,8 @@ the image, a template checkpoint taken on the target, every thread parked at an
 equivalence point before the dump, the images recoded here and merged into the template,
 the restored threads let go.
 
-The hooks, in the order the phases call them: checks (validate), image and prepare
-(prepare target), open_checkpoint_link (the move's helpers, before the freeze),
+The hooks, in the order the phases call them: start and checks (validate), image and
+prepare (prepare target), open_checkpoint_link (the move's helpers, before the freeze),
 before_freeze (park), move_checkpoint (move), transform (recode), after_restore
 (restore), and on a rollback undo and release_source; staging_ids and close at the end.
 What a hook makes that a rollback must undo is recorded in the migration's `Created`.
@@ -17,11 +17,13 @@ What a hook makes that a rollback must undo is recorded in the migration's `Crea
 
 from __future__ import annotations
 
+import copy
 import os
 import shutil
 import tempfile
+import threading
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,6 +32,10 @@ from docker_hmigrate.engine import Host
 from docker_hmigrate.output import Reporter
 from docker_hmigrate.spec import ContainerSpec
 from docker_hmigrate.validate import Check, cross_isa_checks
+
+# How long a rollback waits for a template step in flight (a container start or a dump on a
+# slow, emulated target) before it goes on; close() removes the container once it exists.
+FACTS_GRACE = 300.0
 
 
 class Moving(Protocol):
@@ -66,6 +72,9 @@ class SameIsa:
 
     def __init__(self, m: Moving):
         self.m = m
+
+    def start(self) -> None:
+        """As validation begins: work on the target that may overlap it (none here)."""
 
     def checks(self) -> list[Check] | None:
         """Validations of this kind of move (None: validate's own "same ISA" check)."""
@@ -144,10 +153,14 @@ class CrossIsa(SameIsa):
         self.workdir: Path | None = None  # the images, locally (mode 0700)
         self.template_id = ""  # the template container, even once removed
         self.facts: template.Facts | None = None  # the target's facts (template.py)
+        self._facts_call: Future | None = None  # taking them, from start()
+        self._facts_stop = threading.Event()  # a rollback gives the template up
+        self._movable = False  # the program's own checks passed: worth a template
 
     def checks(self) -> list[Check] | None:
         m = self.m
         checks, self.program = cross_isa_checks(m.src, m.dst, m.inspect, m.spec)
+        self._movable = self.program is not None and all(c.ok or c.warning for c in checks)
         return checks
 
     def image(self, ph) -> None:
@@ -164,22 +177,42 @@ class CrossIsa(SameIsa):
                 f"{m.dst.platform}", hint="push a manifest list with both variants")
         m.spec.body["Image"] = ref
 
-    def prepare(self, ph) -> None:
+    def start(self) -> None:
         """The target host's facts (mount tree, cgroups, vDSO, auxv, register layout)
         from a checkpoint of the inert template (template.py): the source's configuration
-        with empty volumes, no network, a stub of the target ISA as its only process.
-        Nothing of the user's program runs on the target; the process itself, its files
-        and sockets come from the source's checkpoint (recode.merge_host_facts). Cached
-        per (target, image, configuration): a second move pays nothing."""
+        with empty volumes, no network, an empty image, a stub of the target ISA as its
+        only process. Nothing of the user's program runs on the target; the process
+        itself, its files and sockets come from the source's checkpoint
+        (recode.merge_host_facts). Taken in the background while the hosts are validated
+        (it needs neither the image nor anything validation decides; prepare waits for
+        it) and cached per (target, configuration): a second move pays nothing."""
         m = self.m
-        ph.update("target facts (inert template)")
+        if self._facts_call is not None or not self._movable:
+            return  # a move refused by its own checks makes nothing on the target
         self.workdir = Path(tempfile.mkdtemp(prefix="hmigrate-"))  # mode 0700
-        self.facts = template.target_facts(
-            m.dst, m.spec.body, m.inspect, self.workdir / "template",
+        body = copy.deepcopy(m.spec.body)  # the main thread edits the spec meanwhile
+        pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="template")
+        self._facts_call = pool.submit(
+            template.target_facts, m.dst, body, m.inspect, self.workdir / "template",
             f"hmigrate-template-{m.checkpoint}",
-            record=lambda cid: setattr(m.created, "template", cid))
+            record=lambda cid: setattr(m.created, "template", cid), stop=self._facts_stop)
+        pool.shutdown(wait=False)
+
+    def prepare(self, ph) -> None:
+        """The target's facts, as start() takes them (or now, if it was not called)."""
+        m = self.m
+        if self._facts_call is None:  # --force past a failed check of the program
+            self._movable = True
+            self.start()
+        ph.update("target facts (inert template)")
+        waited = time.monotonic()
+        self.facts = self._facts_call.result()
         self.template_id = self.facts.container_id
         m.rep.set("template", "cached" if self.facts.cached else "taken")
+        # what taking them cost, and what of it prepare waited for (the rest overlapped
+        # validation)
+        m.rep.set("template_seconds", {"total": round(self.facts.seconds, 3),
+                                       "waited": round(time.monotonic() - waited, 3)})
 
     def open_checkpoint_link(self, target: dict[str, Any]) -> None:
         m = self.m
@@ -224,8 +257,16 @@ class CrossIsa(SameIsa):
         """Restored parked, as it was dumped: let it go on."""
         park.resume_all(self.m.dst, cid, self.program.park_protocol)
 
+    def _end_facts(self) -> None:
+        """The background template, if still being taken: no further step begun, its
+        step in flight waited for (its container is then removed by it, or below)."""
+        if self._facts_call is not None and not self._facts_call.done():
+            self._facts_stop.set()
+            wait([self._facts_call], timeout=FACTS_GRACE)
+
     def undo(self) -> None:
         """The template container (its checkpoint was downloaded, or the move failed)."""
+        self._end_facts()
         created = self.m.created
         if created.template:
             template.remove(self.m.dst, created.template)  # with its scratch volumes
@@ -246,6 +287,10 @@ class CrossIsa(SameIsa):
         return [self.template_id] if self.template_id else []
 
     def close(self) -> None:
+        self._end_facts()
+        if self.m.created.template:  # taken after a rollback had looked (grace exceeded)
+            template.remove(self.m.dst, self.m.created.template)
+            self.m.created.template = None
         if self.workdir and os.environ.get("HMIGRATE_KEEP_IMAGES") == "1":
             # debugging a recode: the images stay, readable by root only (0700)
             self.m.rep.warn(f"cross-ISA images kept in {self.workdir} "

@@ -11,9 +11,15 @@ source's configuration with
 - no network (`none`: the same mount tree as a bridged container, no ports, nothing
   reachable), no restart policy, no health check, no log;
 - the entrypoint replaced by a stub of the target ISA that blocks in one system call at
-  once (`stub_elf`), copied in with PUT /archive before the start.
-The checkpoint is cached per (target daemon, image, configuration) in the user's cache
-folder (0700, files 0600): a second move to the same target pays nothing.
+  once (`stub_elf`), copied in with PUT /archive before the start;
+- the helpers' empty image instead of the user's, run as root in / (what the image gives
+  a container, its files, user and working folder, shapes neither the mount tree nor the
+  cgroups; the process's creds and cwd come from the source): one template serves every
+  image of the same configuration, rebuilt images included, and needs no pull.
+The checkpoint is cached per (target daemon, configuration) in the user's cache folder
+(0700, files 0600): a second move to the same target pays nothing. A migration takes it
+while the hosts are validated (strategy.CrossIsa.start), so a first move waits for what is
+left of it only.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import shutil
 import struct
 import tarfile
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -37,12 +44,12 @@ from typing import Any
 import docker.errors
 
 from docker_hmigrate import errors, interrupts, transfer
-from docker_hmigrate.engine import Host, api_error_text
+from docker_hmigrate.engine import HELPER_LABEL, SCRATCH_IMAGE, Host, api_error_text
 from docker_hmigrate.polling import poll
 
 STUB_PATH = "/.hmigrate-template-stub"
 LABEL = "org.hmigrate.template"
-VERSION = 1  # of the template recipe: part of the cache key
+VERSION = 2  # of the template recipe: part of the cache key (2: the empty image)
 
 # The stub's whole program, per ISA: block in a system call that only a signal ends, and
 # block again after one. Hand-encoded (a few instructions), so no compiler is needed on
@@ -109,12 +116,14 @@ def template_body(body: dict[str, Any], inspect_mounts: list[dict[str, Any]]) ->
     hc["Init"] = False
     t["Entrypoint"], t["Cmd"] = [STUB_PATH], []
     t["Env"] = []  # the user's secrets have nothing to do in it
+    # no file of the user's image is needed: the empty image (Host.scratch_image), root, /
+    t["Image"], t["User"], t["WorkingDir"] = SCRATCH_IMAGE, "", ""
     # the process's own uts namespace comes from the source: the template's name is not
     # used, and leaving it out lets containers of one image share a cached template
     t["Hostname"], t["Domainname"] = "", ""
     t["Healthcheck"] = {"Test": ["NONE"]}
     t["OnBuild"] = None
-    t["Labels"] = {LABEL: str(VERSION)}
+    t["Labels"] = {LABEL: str(VERSION), HELPER_LABEL: "template"}
     t["AttachStdin"] = t["AttachStdout"] = t["AttachStderr"] = False
     return t
 
@@ -125,14 +134,14 @@ def cache_dir() -> Path:
     return Path(base) / "templates"
 
 
-def cache_key(dst: Host, body: dict[str, Any], image_id: str) -> str:
+def cache_key(dst: Host, body: dict[str, Any]) -> str:
     """What makes two templates the same: the target daemon and its kernel, runtime and
-    version, the image, the template's configuration and this recipe."""
+    version, the template's configuration (the empty image in it) and this recipe."""
     info = dst.info
     facts = {"engine": info.get("ID"), "kernel": info.get("KernelVersion"),
              "server": info.get("ServerVersion"), "runc": (info.get("RuncCommit") or {}).get("ID"),
              "cgroup": [info.get("CgroupDriver"), info.get("CgroupVersion")],
-             "image": image_id, "body": body, "version": VERSION}
+             "body": body, "version": VERSION}
     return hashlib.sha256(json.dumps(facts, sort_keys=True).encode()).hexdigest()[:32]
 
 
@@ -179,13 +188,26 @@ def container_id(images: Path) -> str:
     return ""
 
 
+class Stopped(errors.HmigrateError):
+    """The migration that asked for the template gave up on it (stop was set)."""
+
+
 def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
-                    record: Callable[[str | None], None] = lambda cid: None) -> str:
+                    record: Callable[[str | None], None] = lambda cid: None,
+                    stop: threading.Event | None = None) -> str:
     """Create, inject, start and checkpoint the inert template on dst; its images into
     `into` (0700). The container (and its anonymous volumes) is removed before returning
     its id; record(id) is called as it is created and record(None) once it is removed, so
-    that a rollback meanwhile can remove it."""
+    that a rollback meanwhile can remove it. `stop` set: no further step is begun (raises
+    Stopped; a step in flight ends first)."""
+    def step() -> None:
+        if stop is not None and stop.is_set():
+            raise Stopped("the template was given up")
+
+    step()
     url = dst.api._url("/containers/create")
+    if body.get("Image") == SCRATCH_IMAGE:
+        dst.scratch_image  # noqa: B018 - imported there when missing
     body = dict(body, Labels={**(body.get("Labels") or {}), **dst.labels})
     with interrupts.shielded():  # created and recorded, or neither
         try:
@@ -200,8 +222,10 @@ def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
         record(cid)
     try:
         dst.api.put_archive(cid, "/", stub_archive(dst.isa))
+        step()
         dst.api.start(cid)
         _wait_blocked(dst, cid)
+        step()
         dst.checkpoint_create(cid, "template", exit=True)
         with dst.helper([f"{dst.checkpoint_dir(cid)}:{transfer.SRC_MOUNT}:ro"]) as helper:
             into.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -246,22 +270,26 @@ class Facts:
     container_id: str  # the template container's id (containerd's staging copies name it)
     key: str  # its cache entry (forget() it when a restore with it fails)
     cached: bool  # read from the cache: nothing was run on the target
+    seconds: float = 0.0  # to read the cache or take the template
 
 
 def target_facts(dst: Host, target_body: dict[str, Any], inspect: dict[str, Any],
                  into: Path, name: str,
-                 record: Callable[[str | None], None] = lambda cid: None) -> Facts:
+                 record: Callable[[str | None], None] = lambda cid: None,
+                 stop: threading.Event | None = None) -> Facts:
     """The target's facts for a container to be created there with `target_body` (the
     source's configuration, spec.py) from the source's `inspect`: from the cache, or from
     a checkpoint of the inert template taken now (then cached). `into`: a new folder for
-    the images; `name`: the template container's name; `record`: see take_checkpoint."""
+    the images; `name`: the template container's name; `record`, `stop`: see
+    take_checkpoint. Needs nothing of the target but its info when cached."""
+    started = time.monotonic()
     body = template_body(target_body, inspect.get("Mounts") or [])
-    image = dst.image_present(target_body["Image"]) or {}
-    key = cache_key(dst, body, image.get("Id", target_body["Image"]))
+    key = cache_key(dst, body)
     hit = cached(key)
     if hit is not None:
         _private_copy(hit, into)
-        return Facts(into, container_id(into), key, cached=True)
-    cid = take_checkpoint(dst, body, into, name, record)
+        return Facts(into, container_id(into), key, cached=True,
+                     seconds=time.monotonic() - started)
+    cid = take_checkpoint(dst, body, into, name, record, stop)
     store(key, into)
-    return Facts(into, cid, key, cached=False)
+    return Facts(into, cid, key, cached=False, seconds=time.monotonic() - started)

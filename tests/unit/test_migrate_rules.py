@@ -509,3 +509,76 @@ def test_rollback_withdraws_a_pending_park_request(monkeypatch):
     m.roll_back(KeyboardInterrupt())
     assert resumed == [(src, CID)]  # the source's threads go on
     assert ("remove", "tmpl") in dst.api.calls and m.created == Created()
+
+
+def cross_migration(monkeypatch, take):
+    """A cross-ISA migration whose template is `take(stop)` (template.target_facts)."""
+    from docker_hmigrate import template
+
+    m, src, dst = migration()
+    dst.isa = "aarch64"
+    m = Migration(src, dst, MigrationOptions("web", verify_seconds=0), m.rep)
+    m.inspect = {"Id": CID, "Name": "/web", "Mounts": []}
+    m.spec = type("S", (), {"body": {"Image": "app", "HostConfig": {}}})()
+
+    def facts(dst_, body, inspect, into, name, record, stop):
+        return take(record, stop, into)
+
+    monkeypatch.setattr(template, "target_facts", facts)
+    return m, src, dst
+
+
+def test_template_is_taken_while_validating_and_prepare_waits_for_it(monkeypatch):
+    import threading
+
+    from docker_hmigrate import template
+
+    go = threading.Event()
+
+    def take(record, stop, into):
+        go.wait(5)
+        return template.Facts(into, "t1", "k", cached=False, seconds=1.5)
+
+    m, _src, _dst = cross_migration(monkeypatch, take)
+    m.strategy._movable = True  # the program's own checks passed
+    m.strategy.start()
+    assert not m.strategy._facts_call.done()  # running beside validation
+    go.set()
+    with m.rep.phase("prepare target") as ph:
+        m.strategy.prepare(ph)
+    assert m.strategy.template_id == "t1"
+    assert m.rep.data["template"] == "taken" and m.rep.data["template_seconds"]["total"] == 1.5
+    m.strategy.close()
+
+
+def test_a_move_refused_by_its_checks_takes_no_template(monkeypatch):
+    taken = []
+    m, _src, _dst = cross_migration(monkeypatch, lambda *a: taken.append(a))
+    m.strategy.start()  # _movable is False: the program's checks failed
+    assert m.strategy._facts_call is None and not taken
+    m.strategy.close()
+
+
+def test_rollback_stops_the_background_template_and_removes_it(monkeypatch):
+    import threading
+
+    from docker_hmigrate import template
+
+    inside = threading.Event()
+
+    def take(record, stop, into):
+        record("tmpl")  # created on the target
+        inside.set()
+        while not stop.wait(0.01):  # a step in flight, until told to stop
+            pass
+        raise template.Stopped("given up")
+
+    m, _src, dst = cross_migration(monkeypatch, take)
+    m.strategy._movable = True
+    m.strategy.start()
+    assert inside.wait(5)
+    dst.api.states["tmpl"] = {"Running": True}
+    m.roll_back(errors.ValidationFailed("a check failed"))
+    assert m.strategy._facts_call.done()
+    assert ("remove", "tmpl") in dst.api.calls and m.created.template is None
+    m.strategy.close()

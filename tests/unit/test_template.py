@@ -15,6 +15,7 @@ import pytest
 from docker_hmigrate import template
 from docker_hmigrate.criu import ImageFile, ImageSet, new
 from docker_hmigrate.criu.image import INVENTORY_MAGIC
+from docker_hmigrate.engine import SCRATCH_IMAGE
 from docker_hmigrate.recode import hostimages
 from docker_hmigrate.recode.frames import Untranslatable
 from tests.support.criu_images import CORE, FILES, PSTREE, reg, x86_core
@@ -164,7 +165,13 @@ def test_template_body_runs_nothing_of_the_user():
     assert t["Volumes"] == {} and "NetworkingConfig" not in t
     assert hc["SecurityOpt"] == ["seccomp=unconfined"]  # what shapes the mount tree stays
     assert body["Entrypoint"] == ["/app"]  # the target's own body is untouched
-    assert t["Hostname"] == "" and t["Labels"] == {template.LABEL: str(template.VERSION)}
+    assert t["Hostname"] == "" and t["Labels"][template.LABEL] == str(template.VERSION)
+    # none of the user's image: the empty one, as root in /; so one template serves every
+    # image of this configuration
+    assert (t["Image"], t["User"], t["WorkingDir"]) == (SCRATCH_IMAGE, "", "")
+    other = template.template_body({**body, "Image": "reg/other:2", "User": "app",
+                                    "WorkingDir": "/srv"}, mounts)
+    assert other == t
 
 
 @pytest.mark.parametrize("isa,machine", [("x86-64", 62), ("aarch64", 183)])
@@ -198,8 +205,13 @@ def test_cache_is_private_and_keyed(tmp_path, monkeypatch):
     class Dst:
         info = {"ID": "E1", "KernelVersion": "6.12", "ServerVersion": "26"}
 
-    k1 = template.cache_key(Dst, {"Image": "a"}, "sha256:1")
-    assert k1 != template.cache_key(Dst, {"Image": "a"}, "sha256:2")
+    k1 = template.cache_key(Dst, {"HostConfig": {"ShmSize": 1}})
+    assert k1 != template.cache_key(Dst, {"HostConfig": {"ShmSize": 2}})
+
+    class Other:
+        info = {**Dst.info, "ID": "E2"}
+
+    assert k1 != template.cache_key(Other, {"HostConfig": {"ShmSize": 1}})
     assert template.cached(k1) is None
     imgs = tmp_path / "imgs"
     imgs.mkdir()
@@ -214,7 +226,7 @@ def test_cache_is_private_and_keyed(tmp_path, monkeypatch):
 
 def test_target_facts_from_the_cache_create_nothing_on_the_target(tmp_path, monkeypatch):
     """A second move to the same target: the images come from the cache, and the target
-    daemon is asked nothing but the image's id (any other call would fail here)."""
+    daemon is asked nothing (any call would fail here; its info is known already)."""
     monkeypatch.setenv("HMIGRATE_CACHE", str(tmp_path / "cache"))
 
     class NoApi:
@@ -224,20 +236,19 @@ def test_target_facts_from_the_cache_create_nothing_on_the_target(tmp_path, monk
     class Dst:
         name, info, labels, api = "arm", {"ID": "E1", "KernelVersion": "6.12"}, {}, NoApi()
 
-        @staticmethod
-        def image_present(ref):
-            return {"Id": "sha256:img"} if ref == "reg/app:1" else None
+        def __getattr__(self, name):
+            raise AssertionError(f"the target was asked: {name}")
 
     body = {"Image": "reg/app:1", "HostConfig": {}}
     inspect = {"Mounts": [{"Type": "bind", "Destination": "/data", "RW": True}]}
-    key = template.cache_key(Dst, template.template_body(body, inspect["Mounts"]), "sha256:img")
+    key = template.cache_key(Dst, template.template_body(body, inspect["Mounts"]))
     imgs = tmp_path / "taken"
     imgs.mkdir()
     (imgs / "inventory.img").write_bytes(b"inv")
     (imgs / template.ID_FILE).write_text("c0ffee")
     template.store(key, imgs)
 
-    facts = template.target_facts(Dst, body, inspect, tmp_path / "work" / "template", "t")
+    facts = template.target_facts(Dst(), body, inspect, tmp_path / "work" / "template", "t")
     assert facts.cached and facts.key == key and facts.container_id == "c0ffee"
     assert (facts.images / "inventory.img").read_bytes() == b"inv"
     assert (facts.images / "inventory.img").stat().st_mode & 0o777 == 0o600

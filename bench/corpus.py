@@ -86,7 +86,12 @@ def docker(context: str, *args: str, timeout: float = 900, check: bool = True
 
 
 def logs(context: str, name: str) -> list[str]:
-    return docker(context, "logs", name).stdout.splitlines()
+    """stdout and stderr as the program wrote them (compressors report on stderr)."""
+    proc = subprocess.run([DOCKER_CLI, "--context", context, "logs", name], text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    if proc.returncode:
+        raise RuntimeError(f"docker --context {context} logs {name}: {proc.stdout[-400:]}")
+    return proc.stdout.splitlines()
 
 
 def last_step(lines: list[str], progress: str) -> int:

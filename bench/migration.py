@@ -13,8 +13,12 @@ Workloads: a shell counter, and Redis holding 64 MB / 300 MB / 1 GB (DEBUG POPUL
 Each line gives the median downtime and total, with ratios of the downtime to raw CRIU
 and to the manual baseline; then hmigrate's phases and CRIU's own figures (stats-dump of
 the fast checkpoint path) and raw CRIU's dump and restore, wall and CRIU's own.
+With --ssh, the counter is also moved host b -> host a twice per run, once over the unix
+socket (context hm-a) and once over the lab's real sshd (context hm-a-ssh, lab/ssh), and
+the ssh figure is given as a ratio to the unix one.
 Run as root with the lab up:
     python -m bench.migration [--runs 3] [--workloads counter,redis64,redis300,redis1024]
+                              [--ssh]
 """
 
 from __future__ import annotations
@@ -115,12 +119,17 @@ def manual(kind: str, redis_mb: int, data_root_b: str) -> dict[str, float]:
             subprocess.run([DOCKER_CLI, "--context", ctx, "rm", "-f", name], capture_output=True)
 
 
-def hmigrate(kind: str, redis_mb: int) -> dict[str, float]:
+def hmigrate(kind: str, redis_mb: int, source: str = "hm-a",
+             target: str = "hm-b") -> dict[str, float]:
     name = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     try:
-        start_workload(kind, name, redis_mb)
+        if source == "hm-a":
+            start_workload(kind, name, redis_mb)
+        else:  # the counter only: Redis's published port is reached on host a
+            docker(source, "run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
+            time.sleep(2)
         t0 = time.monotonic()
-        out = docker("hm-a", "hmigrate", "migrate", name, "--to", "hm-b", "--json",
+        out = docker(source, "hmigrate", "migrate", name, "--to", target, "--json",
                      "--verify-seconds", "0")
         total = time.monotonic() - t0
         doc = json.loads(out)
@@ -136,6 +145,26 @@ def hmigrate(kind: str, redis_mb: int) -> dict[str, float]:
     finally:
         for ctx in ("hm-a", "hm-b"):
             subprocess.run([DOCKER_CLI, "--context", ctx, "rm", "-f", name], capture_output=True)
+
+
+def ssh_versus_unix(runs: int) -> None:
+    """The counter moved b -> a over a unix socket and over ssh, interleaved."""
+    pairs = {"unix": "hm-a", "ssh": "hm-a-ssh"}
+    rows: dict[str, list[dict[str, float]]] = {k: [] for k in pairs}
+    for _ in range(runs):
+        for way, target in pairs.items():
+            rows[way].append(_attempt(f"hmigrate b->{target}", lambda t=target: hmigrate(
+                "counter", 0, source="hm-b", target=t)))
+    med = {w: {k: _median(r, k) for k in ("downtime", "total")} for w, r in rows.items()}
+    print(f"{'counter b->a':<14} {'transport':<9} {'downtime s':>11} {'total s':>9} "
+          f"{'/unix':>6}")
+    for way in pairs:
+        d = med[way]["downtime"]
+        print(f"{'':<14} {way:<9} {d:>11.3f} {med[way]['total']:>9.3f} "
+              f"{d / med['unix']['downtime']:>6.2f}")
+    for way, rs in rows.items():
+        keys = [k for k in rs[0] if k.startswith("phase ")]
+        print(f"{'':<14} {way}: " + ", ".join(f"{k} {_median(rs, k):.3f}" for k in keys))
 
 
 WORKLOADS = {"counter": ("counter", 0), "redis64": ("redis", 64), "redis300": ("redis", 300),
@@ -166,6 +195,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--workloads", default="counter,redis64,redis300",
                         help=f"comma-separated, of {', '.join(WORKLOADS)}")
+    parser.add_argument("--ssh", action="store_true",
+                        help="also the counter moved b -> a over ssh vs the unix socket")
     ns = parser.parse_args()
     data_root_b = connect("b").data_root
     print(f"median of {ns.runs} runs; raw CRIU = runc checkpoint to tmpfs + runc restore "
@@ -175,7 +206,7 @@ def main() -> None:
           "CRIU's figures exist")
     print(f"{'workload':<10} {'method':<9} {'downtime s':>11} {'total s':>9} "
           f"{'/raw':>6} {'/manual':>8} {'frozen s':>9} {'/raw':>6}")
-    for wl in ns.workloads.split(","):
+    for wl in filter(None, ns.workloads.split(",")):
         kind, mb = WORKLOADS[wl]
         runs: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
         for _ in range(ns.runs):  # interleaved, so drift affects every method alike
@@ -195,6 +226,8 @@ def main() -> None:
         print(f"{'':<10} raw CRIU: " + ", ".join(
             f"{k} {_median(rw, k):.3f}" for k in ("dump wall", "criu frozen", "restore wall",
                                                    "criu restore", "MB written")))
+    if ns.ssh:
+        ssh_versus_unix(ns.runs)
 
 
 if __name__ == "__main__":

@@ -98,6 +98,15 @@ class CheckpointApiMixin:
 class EngineAPIClient(CheckpointApiMixin, docker.APIClient):
     """docker-py's low-level client with the checkpoint routes."""
 
+    def merge_environment_settings(self, url, proxies, stream, verify, cert):  # noqa: ANN001, ANN201
+        """The context's CA verifies its daemon even when REQUESTS_CA_BUNDLE is set:
+        requests lets that variable override a session's own `verify` (requests issue
+        3829), which made every TLS context fail "self-signed certificate in chain"."""
+        settings = super().merge_environment_settings(url, proxies, stream, verify, cert)
+        if verify is None and isinstance(self.verify, str):
+            settings["verify"] = self.verify
+        return settings
+
 
 class EngineClient(docker.DockerClient):
     """docker.DockerClient whose `.api` is an EngineAPIClient (hosts.connect makes these)."""
@@ -134,6 +143,28 @@ def raise_unreachable_as_api_errors(api: docker.APIClient, host: str) -> None:
                                     explanation=f"{host} does not answer") from exc
 
     api.send = guarded_send  # type: ignore[method-assign]
+
+
+def share_one_connection_pool(api: docker.APIClient) -> None:
+    """Reuse kept-alive connections across requests to a unix socket.
+
+    docker-py's unix adapter keeps one pool per request URL, so every container id or
+    query string opens a new connection (15 calls made 11). Free on a local socket; over
+    ssh:// each connection is a remote `docker system dial-stdio`. Every URL reaches the
+    same socket, so one pool serves them all, as requests' own adapter does for tcp://
+    (where attach and exec streams already share it).
+    """
+    from docker.transport.unixconn import UnixHTTPAdapter
+
+    adapter = getattr(api, "_custom_adapter", None)
+    if not isinstance(adapter, UnixHTTPAdapter):
+        return
+    get_connection = adapter.get_connection
+
+    def one_pool(url, proxies=None):  # noqa: ANN001, ANN202 - requests' adapter signature
+        return get_connection("http+docker://localhost", proxies)
+
+    adapter.get_connection = one_pool  # type: ignore[method-assign]
 
 
 @dataclass

@@ -348,7 +348,11 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
     import docker.tls
     import requests.exceptions
 
-    from docker_hmigrate.engine import EngineClient, raise_unreachable_as_api_errors
+    from docker_hmigrate.engine import (
+        EngineClient,
+        raise_unreachable_as_api_errors,
+        share_one_connection_pool,
+    )
 
     tls_cfg: docker.tls.TLSConfig | bool = False
     if endpoint.tls is not None:
@@ -365,7 +369,10 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
     base_url = endpoint.host
     proxy: SSHStdioProxy | None = None
     if endpoint.host.startswith("ssh://"):
+        import atexit
+
         proxy = SSHStdioProxy(endpoint.host)
+        atexit.register(proxy.close)  # clients the command never closes: ssh and its folder
         base_url = "unix://" + proxy.path
     try:
         client = EngineClient(
@@ -390,6 +397,7 @@ def connect(endpoint: Endpoint, timeout: float = DEFAULT_TIMEOUT) -> docker.Dock
         ) from exc
     client.api.timeout = int(timeout)
     raise_unreachable_as_api_errors(client.api, endpoint.host)
+    share_one_connection_pool(client.api)
     if proxy is not None:
         # Keep the proxy alive as long as the client; close both together.
         client._hmigrate_ssh_proxy = proxy  # type: ignore[attr-defined]
@@ -431,8 +439,15 @@ class SSHStdioProxy:
     `ssh HOST docker system dial-stdio`, the way the docker CLI reaches ssh:// hosts.
 
     This needs only the system ssh client (and its ~/.ssh/config, agent, known_hosts),
-    not paramiko. Each HTTP connection of the docker SDK gets its own ssh process.
+    not paramiko. Each HTTP connection of the docker SDK gets its own ssh process; so
+    that a connection costs a channel rather than a handshake, one master connection
+    (OpenSSH's ControlMaster, socket in a private 0700 folder) carries them all, and a
+    few channels are opened ahead (SPARES) so that a connection made while the container
+    is frozen finds its remote `docker system dial-stdio` already running.
     """
+
+    SPARES = 4
+    MASTER_WAIT = 15.0  # seconds a master may take to log in before channels stop waiting
 
     def __init__(self, url: str) -> None:
         import shutil
@@ -440,23 +455,101 @@ class SSHStdioProxy:
         import tempfile
         import threading
 
-        self.argv = ssh_command(url)
-        if shutil.which(self.argv[0]) is None:
+        base = ssh_command(url)
+        if shutil.which(base[0]) is None:
             raise errors.HostUnreachable(
                 f"cannot reach {url}: no `ssh` client on PATH",
                 hint="install an OpenSSH client (Debian: apt-get install openssh-client)",
             )
         self._dir = tempfile.mkdtemp(prefix="hmigrate-ssh-")
         self.path = os.path.join(self._dir, "docker.sock")
+        self.control = os.path.join(self._dir, "master")
+        mux = ["-o", f"ControlPath={self.control}"]
+        # A channel uses the master when it is up and logs in by itself otherwise.
+        self.argv = [base[0], *mux, "-o", "ControlMaster=no", *base[1:]]
         self._listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._listener.bind(self.path)
         self._listener.listen(16)
         self._procs: list[subprocess.Popen[bytes]] = []
+        self._spares: list[subprocess.Popen[bytes]] = []
         self._stderr: list[bytes] = []
         self._collectors: list[threading.Thread] = []  # readers of each ssh's stderr
         self._closed = False
         self._lock = threading.Lock()
+        self._master = self._start_master(base, mux)
         threading.Thread(target=self._accept_loop, name="hmigrate-ssh", daemon=True).start()
+        if self._master is not None:
+            threading.Thread(target=self._fill_spares_when_ready, daemon=True).start()
+
+    def _start_master(self, base: list[str], mux: list[str]) -> subprocess.Popen[bytes] | None:
+        """`ssh -M -N`: logs in once and stays, without a remote command, until closed."""
+        host_at = base.index("--")
+        argv = [base[0], *mux, "-o", "ControlMaster=yes", "-o", "ControlPersist=no", "-N",
+                *base[1:host_at + 2]]
+        try:
+            return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=_die_with_parent())
+        except OSError:
+            return None  # each channel logs in by itself; its own error says why
+
+    def _fill_spares_when_ready(self) -> None:
+        from docker_hmigrate.polling import poll
+
+        def master_state() -> bool | None:  # True: up; False: gone; None: logging in
+            if os.path.exists(self.control):
+                return True
+            if self._closed or self._master is None or self._master.poll() is not None:
+                return False
+            return None
+
+        if poll(master_state, timeout=self.MASTER_WAIT, interval=0.02):
+            self._refill()
+
+    def _refill(self) -> None:
+        with self._lock:
+            if self._closed:
+                return
+            self._spares = [p for p in self._spares if p.poll() is None]
+            missing = self.SPARES - len(self._spares)
+        for _ in range(missing):
+            proc = self._spawn()
+            if proc is None:
+                return
+            with self._lock:
+                if self._closed:
+                    proc.terminate()
+                    return
+                self._spares.append(proc)
+
+    def _spawn(self) -> subprocess.Popen[bytes] | None:
+        try:
+            proc = subprocess.Popen(
+                self.argv,
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                bufsize=0,
+                start_new_session=True,  # Ctrl-C must not kill the transport mid-rollback
+            )
+        except OSError as exc:
+            self._stderr.append(str(exc).encode())
+            return None
+        with self._lock:
+            self._procs.append(proc)
+        return proc
+
+    def _take(self) -> subprocess.Popen[bytes] | None:
+        """A channel opened ahead if one is alive, else a new one."""
+        import threading
+
+        with self._lock:
+            while self._spares:
+                proc = self._spares.pop(0)
+                if proc.poll() is None:
+                    threading.Thread(target=self._refill, daemon=True).start()
+                    return proc
+        return self._spawn()
 
     def _accept_loop(self) -> None:
         import threading
@@ -471,21 +564,10 @@ class SSHStdioProxy:
     def _serve(self, conn: socket.socket) -> None:
         import threading
 
-        try:
-            proc = subprocess.Popen(
-                self.argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                bufsize=0,
-                start_new_session=True,  # Ctrl-C must not kill the transport mid-rollback
-            )
-        except OSError as exc:
-            self._stderr.append(str(exc).encode())
+        proc = self._take()
+        if proc is None:
             conn.close()
             return
-        with self._lock:
-            self._procs.append(proc)
         assert proc.stdin and proc.stdout and proc.stderr
 
         def upstream() -> None:
@@ -540,13 +622,38 @@ class SSHStdioProxy:
         with contextlib.suppress(OSError):
             self._listener.close()
         with self._lock:
-            for proc in self._procs:
-                if proc.poll() is None:
-                    proc.terminate()
-        with contextlib.suppress(OSError):
-            os.unlink(self.path)
+            procs = [*self._procs, *([self._master] if self._master else [])]
+        for proc in procs:
+            if proc.poll() is None:
+                proc.terminate()
+        if self._master is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self._master.wait(timeout=5)  # it removes its control socket
+        for leftover in (self.path, self.control):
+            with contextlib.suppress(OSError):
+                os.unlink(leftover)
         with contextlib.suppress(OSError):
             os.rmdir(self._dir)
+
+
+def _die_with_parent():  # noqa: ANN202 - a preexec_fn or None
+    """For a helper process that must not outlive the plugin (killed with -9 included):
+    the kernel sends it SIGTERM when the thread that started it ends, so only when that
+    thread is the main one."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def arm() -> None:
+        import ctypes
+        import signal
+
+        pr_set_pdeathsig = 1
+        with contextlib.suppress(OSError, AttributeError):
+            ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
+
+    return arm
 
 
 def _short_reason(exc: BaseException) -> str:

@@ -86,3 +86,14 @@ wait_for() {
 
 docker_a() { "$DOCKER" -H "unix://$HOST_A_SOCK" "$@"; }
 docker_b() { "$DOCKER" -H "unix://$HOST_B_SOCK" "$@"; }
+
+# A real sshd on loopback that reaches host a's daemon, as users reach remote daemons:
+# `docker --context hm-a-ssh` runs `ssh hmlab-a-ssh docker system dial-stdio`.
+SSH_PORT=2222
+SSH_ALIAS=hmlab-a-ssh                    # a Host block of ~/.ssh/config (Include'd)
+CTX_A_SSH=hm-a-ssh
+
+# Host b behind mutual TLS (lab/tls): socat terminates TLS on the lab's address inside
+# host b's namespace and hands the stream to b's socket; clients need the lab CA's cert.
+HOST_B_TLS_PORT=2376
+CTX_B_TLS=hm-b-tls

@@ -240,3 +240,65 @@ def test_image_network_name_and_keep_source(host_a, host_b, cleanup):
                 host.docker("rm", "-f", c, check=False)
             host.docker("network", "rm", net, check=False)
             host.docker("rmi", image, check=False)
+
+
+def _ssh_processes() -> set[int]:
+    """Every ssh client process of this machine whose command names the lab's ssh host."""
+    pids = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                argv = (entry / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if argv[0] == b"ssh" and b"hmlab-a-ssh" in argv:
+                pids.add(int(entry.name))
+    return pids
+
+
+def test_move_to_a_target_reached_over_ssh(host_a, host_b, cleanup):
+    """The target is a context on ssh:// (the lab's real sshd, lab/ssh): every engine call
+    goes through `ssh ... docker system dial-stdio`, over one master connection."""
+    import subprocess
+
+    from tests.support.lab import DOCKER_CLI
+
+    answer = subprocess.run([DOCKER_CLI, "--context", "hm-a-ssh", "version"],
+                            capture_output=True, text=True, timeout=60)
+    assert answer.returncode == 0, f"context hm-a-ssh does not answer (run lab/up): {answer.stderr}"
+    name = unique("mig-ssh")
+    cleanup.append(name)
+    ssh_before = _ssh_processes()
+    tmp_before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("hmigrate-ssh-*"))
+    host_b.docker("run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
+    wait_until(lambda: len(counter_values(host_b.logs(name))) >= 3, what="counter on b")
+
+    proc, doc = migrate_json(name, "--to", "hm-a-ssh", context="hm-b")
+    assert proc.returncode == 0, proc.stderr
+    assert doc["ok"] is True and doc["target"] == "hm-a-ssh"
+    assert not exists(host_b, name)
+    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
+    values = counter_values(host_a.logs(name))
+    assert values[0] >= 3 and values == list(range(values[0], values[0] + len(values)))
+    no_helpers_left(host_a, host_b, migration=doc["checkpoint"])
+    # The master connection, the channels opened ahead and the private socket folder end
+    # with the plugin.
+    assert _ssh_processes() - ssh_before == set()
+    assert set(Path(os.environ.get("TMPDIR", "/tmp")).glob("hmigrate-ssh-*")) <= tmp_before
+
+
+def test_move_to_a_target_reached_over_mutual_tls(host_a, host_b, cleanup):
+    """The target is a context with TLS data (the lab's CA and client certificate,
+    lab/tls): the plugin takes them from the context, as the docker CLI does."""
+    name = unique("mig-tls")
+    cleanup.append(name)
+    host_a.docker("run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
+    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 3, what="counter on a")
+    proc, doc = migrate_json(name, "--to", "hm-b-tls")
+    assert proc.returncode == 0, proc.stderr
+    assert doc["ok"] is True and doc["target"] == "hm-b-tls"
+    assert not exists(host_a, name)
+    wait_until(lambda: len(counter_values(host_b.logs(name))) >= 2, what="counter on b")
+    values = counter_values(host_b.logs(name))
+    assert values[0] >= 3 and values == list(range(values[0], values[0] + len(values)))
+    no_helpers_left(host_a, host_b, migration=doc["checkpoint"])

@@ -481,3 +481,67 @@ def test_connect_silent_daemon_times_out(cfg: Path, monkeypatch) -> None:
         assert "timed out" in ei.value.message
     finally:
         listener.close()
+
+
+# ---- connections kept alive over a unix socket ------------------------------------------
+
+
+def test_one_connection_serves_every_url(tmp_path: Path) -> None:
+    """docker-py opens a connection per distinct URL on a unix socket; connect() makes
+    requests share one kept-alive connection (each one is an ssh channel over ssh://)."""
+    import socketserver
+
+    from tests.support.fakes import FakeDaemon
+
+    connections: list[int] = []
+
+    class KeepAlive(FakeDaemon):
+        protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            connections.append(1)
+            super().setup()
+
+    class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+        daemon_threads = True
+
+        def get_request(self):  # BaseHTTPRequestHandler wants a (host, port) address
+            conn, _ = self.socket.accept()
+            return conn, ("local", 0)
+
+    sock = tmp_path / "d.sock"
+    server = Server(str(sock), KeepAlive)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        ep = hosts.resolve_target(f"unix://{sock}", GlobalOptions())
+        client = hosts.connect(ep, timeout=10)
+        opened = len(connections)
+        for _ in range(3):
+            client.version()
+            client.containers.list()
+            client.api.inspect_container("c0ffee")
+        assert len(connections) - opened <= 1, len(connections)
+        client.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_context_ca_wins_over_requests_ca_bundle(tmp_path: Path, monkeypatch) -> None:
+    """A TLS context's CA verifies its daemon even with REQUESTS_CA_BUNDLE set (requests
+    would otherwise verify against the bundle: every lab TLS move failed so)."""
+    import docker.tls
+
+    from docker_hmigrate.engine import EngineAPIClient
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("not read here")
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt")
+    api = EngineAPIClient(base_url="tcp://127.0.0.1:1", version="1.41",
+                          tls=docker.tls.TLSConfig(verify=str(ca)))
+    settings = api.merge_environment_settings("https://127.0.0.1:1/version", {}, False,
+                                              None, None)
+    assert settings["verify"] == str(ca)
+    # a caller's explicit choice still wins
+    assert api.merge_environment_settings("https://127.0.0.1:1/", {}, False, False,
+                                          None)["verify"] is False

@@ -276,6 +276,9 @@ def runtime_cache_dir() -> str:
     for f in files:
         if f.is_file():
             h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for isa in (X86_64, AARCH64):  # a compiler upgraded in place gets a new folder
+        gcc = shutil.which(isa.gcc)
+        h.update(f"{gcc}:{os.stat(gcc).st_mtime_ns if gcc else 0}".encode())
     base = os.environ.get("HMIGRATE_CACHE") or os.path.join(
         os.path.expanduser("~"), ".cache", "hmigrate-cc")
     return os.path.join(base, "rt-" + h.hexdigest()[:16])

@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -64,12 +65,21 @@ class Result:
     reference_lines: int = 0
 
 
+def image_name(image: str) -> str:
+    """The recipe's image, in $HMIGRATE_CORPUS_REPO's registry folder when that is set
+    (corpus/build pushes there: a toolchain change tried in the shared lab)."""
+    folder = os.environ.get("HMIGRATE_CORPUS_REPO", "").strip("/")
+    default = "/hmigrate/corpus/"
+    return image.replace(default, f"/{folder}/", 1) if folder and default in image else image
+
+
 def load_recipe(program: str, small: bool = False) -> dict:
     path = CORPUS / program / "corpus.json"
     if not path.exists():
         raise SystemExit(f"error: {path} is missing: every corpus program needs one "
                          f"(see corpus/README.md)")
     spec = json.loads(path.read_text())
+    spec["image"] = image_name(spec["image"])
     if small:
         spec = {**spec, **spec.get("small", {})}
     return spec

@@ -449,15 +449,16 @@ def cross_isa_checks(src: Host, dst: Host, inspect: dict[str, Any], spec: Contai
             "address space", not high,
             f"mappings above {dst.isa}'s {bits} user space: {'; '.join(high[:3])}" if high
             else f"every mapping fits {dst.isa}'s {bits} user space",
-            f"a program started on {src.isa} cannot move to {dst.isa} (one that came from "
-            f"{dst.isa} can, until it maps memory up there)", errors.NotMigratableCrossISA))
+            f"a program started on {src.isa} cannot move to {dst.isa}; one that came from "
+            f"{dst.isa} can when hmigrate-cc's runtime keeps its new mappings low: rebuild "
+            f"it with this version's hmigrate-cc (docs/toolchain.md, \"Address space\")",
+            errors.NotMigratableCrossISA))
     return checks, program
 
 
 def holds_nothing(fields: list[str]) -> bool:
-    """An anonymous PROT_NONE mapping (/proc/PID/maps fields): a guard area or the
-    recode's reservation of aarch64's upper addresses (recode/process.fit_address_space),
-    which the recode drops on the way to x86-64."""
+    """An anonymous PROT_NONE mapping (/proc/PID/maps fields): a guard area, which the
+    recode drops on the way to x86-64 (recode/process.drop_empty_high_areas)."""
     return len(fields) > 1 and fields[1].startswith("---") and (
         len(fields) < 6 or not fields[5] or fields[4] == "0")
 

@@ -57,9 +57,12 @@ DROPPED_EXACT = {"-pie", "-static-pie", "-pthread", "-rdynamic", "-s", "-static"
 # pthread_mutex_lock is wrapped so that a thread waiting for a lock whose holder is
 # parked can park too; condition variables so that no thread waits inside libc's
 # (leaving it needs the mutex, which a parked thread may hold).
+# mmap and mremap (musl's own callers use __mmap/__mremap) so that new mappings stay
+# below every ISA's user-space end (runtime/hmigrate_mmap.c).
 WRAPPED = ("sleep", "usleep", "nanosleep", "pthread_join", "pthread_mutex_lock",
            "pthread_cond_wait", "pthread_cond_timedwait", "pthread_cond_signal",
-           "pthread_cond_broadcast")
+           "pthread_cond_broadcast",
+           "__mmap", "mmap", "mmap64", "__mremap", "mremap")
 
 
 @dataclass(frozen=True)

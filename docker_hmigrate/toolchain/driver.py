@@ -263,6 +263,7 @@ def runtime_sources() -> list[tuple[str, bool]]:
     return [
         (str(root / "hmigrate_rt.c"), False),  # hooks and parking: must not instrument itself
         (str(root / "hmigrate_wrap.c"), True),  # wrappers of blocking calls: clean -O0 frames
+        (str(root / "hmigrate_mmap.c"), False),  # runs under malloc's lock: never parks
     ]
 
 

@@ -55,3 +55,11 @@ def test_every_recipe_is_complete() -> None:
         assert len(spec["moves_at"]) >= 6 and spec["moves_at"] == sorted(spec["moves_at"])
         dockerfile = (spec_file.parent / "Dockerfile").read_text()
         assert "apt-get source" in dockerfile and "hmigrate-cc" in dockerfile
+
+
+def test_image_folder_from_the_environment(monkeypatch) -> None:
+    monkeypatch.setenv("HMIGRATE_CORPUS_REPO", "hmigrate/me/corpus")
+    image = corpus.load_recipe("lua5.4")["image"]
+    assert image == "localhost:5000/hmigrate/me/corpus/lua5.4:latest"
+    monkeypatch.delenv("HMIGRATE_CORPUS_REPO")
+    assert corpus.load_recipe("lua5.4")["image"] == "localhost:5000/hmigrate/corpus/lua5.4:latest"

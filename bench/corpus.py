@@ -295,11 +295,16 @@ def offline_run(spec: dict, context: str, timeout: float,
                     if checkpointed:
                         # Frozen and stopped: roll back as the plugin does, from the
                         # untouched x86-64 checkpoint (its run goes on and is compared).
-                        shutil.copytree(work / "ck", root / "containers" / c.id
-                                        / "checkpoints" / f"rb{k}")
-                        api._raise_for_status(api.post(api._url("/containers/{0}/start",
-                                                                c.id),
-                                                       params={"checkpoint": f"rb{k}"}))
+                        try:
+                            shutil.copytree(work / "ck", root / "containers" / c.id
+                                            / "checkpoints" / f"rb{k}")
+                            api._raise_for_status(api.post(
+                                api._url("/containers/{0}/start", c.id),
+                                params={"checkpoint": f"rb{k}"}))
+                        except Exception as rb:  # noqa: BLE001 - the run is lost: say so
+                            log(f"  rollback failed: {rb}")
+                            return (c.logs().decode().splitlines()
+                                    + [f"[rollback failed: {str(rb)[:120]}]"], moves)
                         time.sleep(0.3)
                     with contextlib.suppress(sdk.errors.APIError):
                         c.kill(signal=41)

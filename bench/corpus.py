@@ -96,7 +96,12 @@ def docker(context: str, *args: str, timeout: float = 900, check: bool = True
 
 
 def logs(context: str, name: str) -> list[str]:
-    return docker(context, "logs", name).stdout.splitlines()
+    """stdout and stderr as the program wrote them (compressors report on stderr)."""
+    proc = subprocess.run([DOCKER_CLI, "--context", context, "logs", name], text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=300)
+    if proc.returncode:
+        raise RuntimeError(f"docker --context {context} logs {name}: {proc.stdout[-400:]}")
+    return proc.stdout.splitlines()
 
 
 def last_step(lines: list[str], progress: str) -> int:
@@ -288,7 +293,19 @@ def offline_run(spec: dict, context: str, timeout: float,
                                       str(exc).splitlines()[-1][:200], not checkpointed))
                     log(f"  refused at step {step}: {exc}")
                     if checkpointed:
-                        raise  # frozen and not restored: the run is lost
+                        # Frozen and stopped: roll back as the plugin does, from the
+                        # untouched x86-64 checkpoint (its run goes on and is compared).
+                        try:
+                            shutil.copytree(work / "ck", root / "containers" / c.id
+                                            / "checkpoints" / f"rb{k}")
+                            api._raise_for_status(api.post(
+                                api._url("/containers/{0}/start", c.id),
+                                params={"checkpoint": f"rb{k}"}))
+                        except Exception as rb:  # noqa: BLE001 - the run is lost: say so
+                            log(f"  rollback failed: {rb}")
+                            return (c.logs().decode().splitlines()
+                                    + [f"[rollback failed: {str(rb)[:120]}]"], moves)
+                        time.sleep(0.3)
                     with contextlib.suppress(sdk.errors.APIError):
                         c.kill(signal=41)
                 finally:
@@ -396,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     for program in programs:
         try:
             results.append(run_program(program, ns))
-        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+        except Exception as exc:  # noqa: BLE001 - one program's failure is a table row
             print(f"{program}: {exc}", file=sys.stderr)
             results.append(Result(program, builds=True, identical=False, diff=str(exc)[:200]))
     print()

@@ -8,6 +8,8 @@ Links: NAME_x86-64 and NAME_aarch64 with an aligned layout, NAME.hmigrate.json
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import os
 import re
 import shutil
@@ -345,15 +347,53 @@ def runtime_sources() -> list[tuple[str, bool]]:
     ]
 
 
+def runtime_cache_dir() -> str:
+    """Where compiled runtimes are kept between links, one folder per version of the
+    runtime and of the compile steps (HMIGRATE_CACHE, else ~/.cache/hmigrate-cc)."""
+    pkg = resources.files("docker_hmigrate")
+    files = sorted((pkg / "runtime").iterdir(), key=lambda f: f.name)
+    files += [pkg / "toolchain" / n for n in ("driver.py", "asmfix.py", "config.py")]
+    h = hashlib.sha256()
+    for f in files:
+        if f.is_file():
+            h.update(f.name.encode() + b"\0" + f.read_bytes())
+    for isa in (X86_64, AARCH64):  # a compiler upgraded in place gets a new folder
+        gcc = shutil.which(isa.gcc)
+        h.update(f"{gcc}:{os.stat(gcc).st_mtime_ns if gcc else 0}".encode())
+    base = os.environ.get("HMIGRATE_CACHE") or os.path.join(
+        os.path.expanduser("~"), ".cache", "hmigrate-cc")
+    return os.path.join(base, "rt-" + h.hexdigest()[:16])
+
+
 def build_runtime(work: str) -> list[str]:
-    """Compile the runtime into bundled objects; returns x86-64 paths."""
+    """Compile the runtime into bundled objects; returns x86-64 paths in work/rt.
+
+    Compiled once and cached (runtime_cache_dir): every link needs it, and configure
+    scripts link hundreds of probes. A cache that cannot be written is skipped."""
     out = []
     inc = str(resources.files("docker_hmigrate") / "runtime")
+    cache = runtime_cache_dir()
+    rt = os.path.join(work, "rt")
+    os.makedirs(rt, exist_ok=True)
     for src, instr in runtime_sources():
-        obj = os.path.join(work, "rt", os.path.basename(src)[:-2] + ".o")
-        os.makedirs(os.path.dirname(obj), exist_ok=True)
-        compile_one(src, obj, ["-I", inc, "-D_GNU_SOURCE"], instrument=instr)
+        name = os.path.basename(src)[:-2] + ".o"
+        obj = os.path.join(rt, name)
+        if os.path.exists(os.path.join(cache, name)):
+            shutil.copyfile(os.path.join(cache, name), obj)
+        else:
+            compile_one(src, obj, ["-I", inc, "-D_GNU_SOURCE"], instrument=instr)
         out.append(obj)
+    if not os.path.isdir(cache):
+        # A complete folder appears at once (rename); a concurrent link may win the race.
+        with contextlib.suppress(OSError):
+            os.makedirs(os.path.dirname(cache), exist_ok=True)
+            tmp = tempfile.mkdtemp(prefix=".rt-", dir=os.path.dirname(cache))
+            for obj in out:
+                shutil.copyfile(obj, os.path.join(tmp, os.path.basename(obj)))
+            try:
+                os.rename(tmp, cache)
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import os
@@ -182,12 +183,24 @@ def read_sections(data: bytes) -> list[InputSection]:
     return out
 
 
+@functools.lru_cache(maxsize=32)
+def _ar_members(path: str, mtime_ns: int, size: int) -> dict[str, list[bytes]]:
+    """An archive's ELF members by name (several may share one), read once per version
+    of the file: a link reads hundreds of libc.a's members, and scanning the whole
+    archive for each one made every link (so every configure probe) seconds slower."""
+    members: dict[str, list[bytes]] = {}
+    for name, body in iter_ar(path):
+        if body.startswith(b"\x7fELF"):
+            members.setdefault(name, []).append(body)
+    return members
+
+
 def read_file_sections(path: str, member: str | None) -> list[InputSection]:
     if member is None:
         with open(path, "rb") as f:
             return read_sections(f.read())
+    st = os.stat(path)
     secs: list[InputSection] = []
-    for name, body in iter_ar(path):
-        if name == member and body.startswith(b"\x7fELF"):
-            secs.extend(read_sections(body))
+    for body in _ar_members(path, st.st_mtime_ns, st.st_size).get(member, []):
+        secs.extend(read_sections(body))
     return secs

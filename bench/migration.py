@@ -199,6 +199,11 @@ def main() -> None:
                         help="also the counter moved b -> a over ssh vs the unix socket")
     ns = parser.parse_args()
     data_root_b = connect("b").data_root
+    workloads = [w for w in ns.workloads.split(",") if w]
+    if not workloads:
+        if ns.ssh:
+            ssh_versus_unix(ns.runs)
+        return
     print(f"median of {ns.runs} runs; raw CRIU = runc checkpoint to tmpfs + runc restore "
           "on host a, no Docker")
     print("downtime = from the checkpoint request until running again (what a user "
@@ -206,7 +211,7 @@ def main() -> None:
           "CRIU's figures exist")
     print(f"{'workload':<10} {'method':<9} {'downtime s':>11} {'total s':>9} "
           f"{'/raw':>6} {'/manual':>8} {'frozen s':>9} {'/raw':>6}")
-    for wl in filter(None, ns.workloads.split(",")):
+    for wl in workloads:
         kind, mb = WORKLOADS[wl]
         runs: dict[str, list[dict[str, float]]] = {m: [] for m in METHODS}
         for _ in range(ns.runs):  # interleaved, so drift affects every method alike

@@ -120,6 +120,18 @@ class Client:
                 conn.close()
 
 
+def migrate(name: str, here: str, there: str, *extra: str,
+            timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
+    """One `docker hmigrate migrate --json` and its document (or the error it printed)."""
+    proc = subprocess.run([DOCKER_CLI, "--context", here, "hmigrate", "migrate", name,
+                           "--to", there, *extra, "--json"],
+                          capture_output=True, text=True, timeout=timeout)
+    try:
+        return proc, json.loads(proc.stdout)
+    except json.JSONDecodeError:
+        return proc, {"error": {"message": proc.stderr.strip()[-300:]}}
+
+
 def published(address: str, port: int, timeout: float = 1.0) -> Callable[[], Redis]:
     return lambda: Redis(address, port, timeout=timeout)
 
@@ -221,13 +233,7 @@ def soak(moves: int, redis_mb: int = 0, baseline_seconds: float = 5.0,
         for i in range(moves):
             acks_before = client.acks
             t0 = time.monotonic()
-            proc = subprocess.run(
-                [DOCKER_CLI, "--context", here, "hmigrate", "migrate", name, "--to", there,
-                 "--json"], capture_output=True, text=True, timeout=600)
-            try:
-                doc = json.loads(proc.stdout)
-            except json.JSONDecodeError:
-                doc = {"error": {"message": proc.stderr.strip()[-300:]}}
+            proc, doc = migrate(name, here, there, timeout=600)
             if doc.get("checkpoint"):
                 checkpoints.append(doc["checkpoint"])
             ok = proc.returncode == 0
@@ -391,13 +397,7 @@ def soak_cross_isa_redis(round_trips: int, baseline_seconds: float = 5.0,
                 break
             acks_before = client.acks
             t0 = time.monotonic()
-            proc = subprocess.run(
-                [DOCKER_CLI, "--context", here, "hmigrate", "migrate", name, "--to", there,
-                 "--json"], capture_output=True, text=True, timeout=1800)
-            try:
-                doc = json.loads(proc.stdout)
-            except json.JSONDecodeError:
-                doc = {"error": {"message": proc.stderr.strip()[-300:]}}
+            proc, doc = migrate(name, here, there, timeout=1800)
             if doc.get("checkpoint"):
                 checkpoints.append(doc["checkpoint"])
             ok = proc.returncode == 0
@@ -475,13 +475,7 @@ def soak_cross_isa(round_trips: int, verbose: bool = True) -> dict:
         for i in range(2 * round_trips):
             there = "hm-arm" if here == "hm-a" else "hm-a"
             t0 = time.monotonic()
-            proc = subprocess.run([DOCKER_CLI, "--context", here, "hmigrate", "migrate", name,
-                                   "--to", there, "--keep-source", "--json"],
-                                  capture_output=True, text=True, timeout=1800)
-            try:
-                doc = json.loads(proc.stdout)
-            except json.JSONDecodeError:
-                doc = {}
+            proc, doc = migrate(name, here, there, "--keep-source", timeout=1800)
             checkpoints.append(doc.get("checkpoint", ""))
             row = {"move": i + 1, "from": here, "to": there, "exit": proc.returncode,
                    "downtime": doc.get("downtime_seconds"),

@@ -242,6 +242,23 @@ def test_image_network_name_and_keep_source(host_a, host_b, cleanup):
             host.docker("rmi", image, check=False)
 
 
+def counter_moves_exactly(name: str, source, target, target_context: str) -> None:
+    """The counter started on `source` moves to `target` (reached as `target_context`)
+    and goes on counting from where it was, nothing of the migration left."""
+    source.docker("run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
+    wait_until(lambda: len(counter_values(source.logs(name))) >= 3,
+               what=f"counter on {source.name}")
+    proc, doc = migrate_json(name, "--to", target_context, context=source.context)
+    assert proc.returncode == 0, proc.stderr
+    assert doc["ok"] is True and doc["target"] == target_context
+    assert not exists(source, name)
+    wait_until(lambda: len(counter_values(target.logs(name))) >= 2,
+               what=f"counter on {target.name}")
+    values = counter_values(target.logs(name))
+    assert values[0] >= 3 and values == list(range(values[0], values[0] + len(values)))
+    no_helpers_left(source, target, migration=doc["checkpoint"])
+
+
 def _ssh_processes() -> set[int]:
     """Every ssh client process of this machine whose command names the lab's ssh host."""
     pids = set()
@@ -270,17 +287,7 @@ def test_move_to_a_target_reached_over_ssh(host_a, host_b, cleanup):
     cleanup.append(name)
     ssh_before = _ssh_processes()
     tmp_before = set(Path(os.environ.get("TMPDIR", "/tmp")).glob("hmigrate-ssh-*"))
-    host_b.docker("run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
-    wait_until(lambda: len(counter_values(host_b.logs(name))) >= 3, what="counter on b")
-
-    proc, doc = migrate_json(name, "--to", "hm-a-ssh", context="hm-b")
-    assert proc.returncode == 0, proc.stderr
-    assert doc["ok"] is True and doc["target"] == "hm-a-ssh"
-    assert not exists(host_b, name)
-    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
-    values = counter_values(host_a.logs(name))
-    assert values[0] >= 3 and values == list(range(values[0], values[0] + len(values)))
-    no_helpers_left(host_a, host_b, migration=doc["checkpoint"])
+    counter_moves_exactly(name, host_b, host_a, "hm-a-ssh")
     # The master connection, the channels opened ahead and the private socket folder end
     # with the plugin.
     assert _ssh_processes() - ssh_before == set()
@@ -292,13 +299,4 @@ def test_move_to_a_target_reached_over_mutual_tls(host_a, host_b, cleanup):
     lab/tls): the plugin takes them from the context, as the docker CLI does."""
     name = unique("mig-tls")
     cleanup.append(name)
-    host_a.docker("run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
-    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 3, what="counter on a")
-    proc, doc = migrate_json(name, "--to", "hm-b-tls")
-    assert proc.returncode == 0, proc.stderr
-    assert doc["ok"] is True and doc["target"] == "hm-b-tls"
-    assert not exists(host_a, name)
-    wait_until(lambda: len(counter_values(host_b.logs(name))) >= 2, what="counter on b")
-    values = counter_values(host_b.logs(name))
-    assert values[0] >= 3 and values == list(range(values[0], values[0] + len(values)))
-    no_helpers_left(host_a, host_b, migration=doc["checkpoint"])
+    counter_moves_exactly(name, host_a, host_b, "hm-b-tls")

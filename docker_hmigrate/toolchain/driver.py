@@ -29,6 +29,7 @@ from .config import (
     DROPPED_PREFIXES,
     FORCED_CFLAGS,
     HOST,
+    NOTE_SECTION,
     WRAPPED,
     X86_64,
     Isa,
@@ -36,15 +37,16 @@ from .config import (
 )
 from .objects import (
     ToolchainError,
+    ar_member,
     embed_twin,
     extract_twin,
     is_archive,
-    iter_ar,
     read_file_sections,
     read_note,
     twin_archive,
 )
 
+NOTE_BYTES = NOTE_SECTION.encode()
 SOURCE_EXTS = (".c", ".i", ".s", ".S", ".sx")
 ARG_FLAGS = {"-I", "-D", "-U", "-include", "-imacros", "-isystem", "-iquote", "-idirafter",
              "-x", "-MF", "-MT", "-MQ", "-Xlinker", "-L", "-l", "-o", "-T", "-u", "-e"}
@@ -595,8 +597,10 @@ def report_optimization(out: str, loaded: list[tuple[str, str | None]]) -> None:
                 with open(path, "rb") as f:
                     bodies = [f.read()]
             else:
-                bodies = [b for n, b in iter_ar(path) if n == member]
-            notes += [n for b in bodies if b.startswith(b"\x7fELF")
+                bodies = ar_member(path, member)
+            # Only objects compiled with --optimize-leaves carry the note: a byte search
+            # skips parsing the others (libc's members, ~100 per link).
+            notes += [n for b in bodies if b.startswith(b"\x7fELF") and NOTE_BYTES in b
                       for n in [read_note(b)] if n is not None]
         except (OSError, ValueError, ToolchainError):
             continue

@@ -22,6 +22,7 @@ from docker_hmigrate.isa import AARCH64, X86_64, Isa
 from docker_hmigrate.toolchain import contract, machine_aarch64, machine_x86_64
 from docker_hmigrate.toolchain import jmpbuf_layout as jmpbuf
 from docker_hmigrate.toolchain.contract import TypeInfo
+from docker_hmigrate.toolchain.objects import Symbol, elf64le_symbols
 
 SCHEMA = contract.SCHEMA
 ENTER_HOOK = "__cyg_profile_func_enter"
@@ -269,6 +270,25 @@ class DwarfFunc:
     hooked_cu: bool = False  # its file was compiled with -finstrument-functions
 
 
+STT_OBJECT, STT_FUNC, STT_FILE, STT_TLS, STB_LOCAL = 1, 2, 4, 6, 0
+
+
+def _symbols(f, elf: ELFFile) -> list[Symbol]:
+    """The binary's .symtab (struct-read for ELF64 little-endian, both ISAs here)."""
+    f.seek(0)
+    fast = elf64le_symbols(f.read())
+    if fast is not None:
+        return fast
+    return [Symbol(s.name, _STT.get(s["st_info"]["type"], -1),
+                   0 if s["st_info"]["bind"] == "STB_LOCAL" else 1,
+                   0 if s["st_shndx"] == "SHN_UNDEF" else 1, s["st_value"], s["st_size"])
+            for s in elf.get_section_by_name(".symtab").iter_symbols()]
+
+
+_STT = {"STT_OBJECT": STT_OBJECT, "STT_FUNC": STT_FUNC, "STT_FILE": STT_FILE,
+        "STT_TLS": STT_TLS}
+
+
 class Binary:
     """One linked binary: symbols, code, DWARF functions, CFI and line table."""
 
@@ -282,23 +302,22 @@ class Binary:
         self.tls_syms: dict[str, tuple[int, int]] = {}
         self.by_addr: dict[int, str] = {}
         cur_file = ""
-        for sym in self.elf.get_section_by_name(".symtab").iter_symbols():
-            t = sym["st_info"]["type"]
-            if t == "STT_FILE":
+        for sym in _symbols(self.f, self.elf):
+            if sym.type == STT_FILE:
                 cur_file = sym.name
                 continue
-            if not sym.name or sym["st_shndx"] == "SHN_UNDEF" or sym.name.startswith("$"):
+            if not sym.name or sym.shndx == 0 or sym.name.startswith("$"):
                 continue  # $x/$d are aarch64 mapping symbols
             if sym.name == "_TLS_MODULE_BASE_":
                 continue
-            v, sz = sym["st_value"], sym["st_size"]
-            if t == "STT_FUNC":
+            v, sz = sym.value, sym.size
+            if sym.type == STT_FUNC:
                 self.funcs.setdefault(sym.name, (v, sz))
                 self.by_addr.setdefault(v, sym.name)
-            elif t == "STT_OBJECT":
-                self.objects.setdefault(sym.name if sym["st_info"]["bind"] != "STB_LOCAL"
+            elif sym.type == STT_OBJECT:
+                self.objects.setdefault(sym.name if sym.bind != STB_LOCAL
                                         else f"{cur_file}::{sym.name}", (v, sz))
-            elif t == "STT_TLS":
+            elif sym.type == STT_TLS:
                 self.tls_syms[sym.name] = (v, sz)
         self.dwarf = self.elf.get_dwarf_info() if self.elf.has_dwarf_info() else None
         self.dfuncs: dict[str, DwarfFunc] = {}

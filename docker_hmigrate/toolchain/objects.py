@@ -6,6 +6,7 @@ import functools
 import io
 import json
 import os
+import struct
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -145,6 +146,112 @@ class InputSection:
 
 
 def read_sections(data: bytes) -> list[InputSection]:
+    """The allocatable input sections of one relocatable object. ELF64 little-endian
+    (both ISAs' objects) is read with struct: pyelftools took most of a link's time
+    (a configure script links hundreds of probes, each reading ~100 libc members)."""
+    if data[:6] == b"\x7fELF\x02\x01":
+        return _read_sections_elf64le(data)
+    return _read_sections_pyelftools(data)
+
+
+_SHF_ALLOC, _SHF_MERGE, _SHF_TLS, _SHF_EXCLUDE = 0x2, 0x10, 0x400, 0x80000000
+_SHT_SKIP = (4, 7, 9, 17)  # SHT_RELA, SHT_NOTE, SHT_REL, SHT_GROUP
+_SHT_NOBITS = 8
+_STT_SKIP = (0, 3, 4)  # STT_NOTYPE, STT_SECTION, STT_FILE
+_SHN_LORESERVE = 0xFF00  # special section indexes (ABS, COMMON, XINDEX): no section
+
+
+def _cstr(data: bytes, off: int) -> str:
+    return data[off : data.index(b"\0", off)].decode("utf-8", "replace")
+
+
+def _elf64le_sections(data: bytes) -> tuple[list[tuple], list[str]]:
+    """(section headers as tuples, section names) of an ELF64 little-endian file."""
+    shoff = struct.unpack_from("<Q", data, 0x28)[0]
+    shentsize, shnum, shstrndx = struct.unpack_from("<HHH", data, 0x3A)
+    if shoff == 0:
+        return [], []
+    first = struct.unpack_from("<IIQQQQIIQQ", data, shoff)
+    if shnum == 0:  # extended numbering: the count is section 0's sh_size
+        shnum = first[5]
+    if shstrndx == 0xFFFF:  # SHN_XINDEX: the index is section 0's sh_link
+        shstrndx = first[6]
+    headers = [struct.unpack_from("<IIQQQQIIQQ", data, shoff + i * shentsize)
+               for i in range(shnum)]
+    stroff = headers[shstrndx][4]
+    return headers, [_cstr(data, stroff + h[0]) for h in headers]
+
+
+@dataclass
+class Symbol:
+    """One .symtab entry of an ELF64 little-endian file (st_info split in two)."""
+
+    name: str
+    type: int  # STT_*: 1 OBJECT, 2 FUNC, 4 FILE, 6 TLS
+    bind: int  # STB_*: 0 LOCAL
+    shndx: int  # 0: undefined
+    value: int
+    size: int
+
+
+def elf64le_symbols(data: bytes) -> list[Symbol] | None:
+    """The .symtab of an ELF64 little-endian file, in order (None: not such a file).
+    struct instead of pyelftools: the metadata of every link reads both binaries'
+    symbol tables, and pyelftools spent seconds on each."""
+    if data[:6] != b"\x7fELF\x02\x01":
+        return None
+    headers, names = _elf64le_sections(data)
+    symtab = next((i for i, n in enumerate(names) if n == ".symtab"), None)
+    if symtab is None:
+        return []
+    _, _, _, _, off, size, link, _, _, entsize = headers[symtab]
+    entsize = entsize or 24
+    symstr = headers[link][4]
+    out = []
+    for k in range(size // entsize):
+        st_name, st_info, _, shndx, value, sz = struct.unpack_from(
+            "<IBBHQQ", data, off + k * entsize)
+        out.append(Symbol(_cstr(data, symstr + st_name) if st_name else "", st_info & 0xF,
+                          st_info >> 4, shndx, value, sz))
+    return out
+
+
+def _read_sections_elf64le(data: bytes) -> list[InputSection]:
+    headers, names = _elf64le_sections(data)
+    first_syms: dict[int, list[str]] = {}
+    inner: dict[int, list[tuple[str, int]]] = {}
+    for sym in elf64le_symbols(data) or []:
+        if sym.shndx == 0 or sym.shndx >= _SHN_LORESERVE or not sym.name:
+            continue
+        if sym.type in _STT_SKIP:
+            continue
+        if sym.value == 0:
+            first_syms.setdefault(sym.shndx, []).append(sym.name)
+        elif sym.bind != 0:  # not STB_LOCAL
+            inner.setdefault(sym.shndx, []).append((sym.name, sym.value))
+    out = []
+    for idx, h in enumerate(headers):
+        _, sh_type, flags, _, _, size, _, _, align, _ = h
+        if not flags & _SHF_ALLOC or flags & _SHF_EXCLUDE:
+            continue
+        if sh_type in _SHT_SKIP or size == 0:
+            continue
+        out.append(
+            InputSection(
+                name=names[idx],
+                size=size,
+                align=max(1, align),
+                nobits=sh_type == _SHT_NOBITS,
+                tls=bool(flags & _SHF_TLS),
+                merge=bool(flags & _SHF_MERGE),
+                symbols=tuple(sorted(first_syms.get(idx, []))),
+                inner=tuple(sorted(inner.get(idx, []))),
+            )
+        )
+    return out
+
+
+def _read_sections_pyelftools(data: bytes) -> list[InputSection]:
     elf = ELFFile(io.BytesIO(data))
     first_syms: dict[int, list[str]] = {}
     inner: dict[int, list[tuple[str, int]]] = {}
@@ -195,12 +302,17 @@ def _ar_members(path: str, mtime_ns: int, size: int) -> dict[str, list[bytes]]:
     return members
 
 
+def ar_member(path: str, member: str) -> list[bytes]:
+    """The ELF members of an archive that bear this name (read once per archive)."""
+    st = os.stat(path)
+    return _ar_members(path, st.st_mtime_ns, st.st_size).get(member, [])
+
+
 def read_file_sections(path: str, member: str | None) -> list[InputSection]:
     if member is None:
         with open(path, "rb") as f:
             return read_sections(f.read())
-    st = os.stat(path)
     secs: list[InputSection] = []
-    for body in _ar_members(path, st.st_mtime_ns, st.st_size).get(member, []):
+    for body in ar_member(path, member):
         secs.extend(read_sections(body))
     return secs

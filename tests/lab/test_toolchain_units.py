@@ -295,3 +295,21 @@ def test_sigsetjmp_and_jmp_buf_layout_verdicts() -> None:
     t = contract.TypeInfo
     assert not jmpbuf.fields_match(t(jt(208, 4)), t(jt(208, 4)), X86_64_ISA, AARCH64_ISA)
     assert jmpbuf.fields_match(t(jt(208, 4)), t(jt(320, 4)), X86_64_ISA, AARCH64_ISA)
+
+
+@pytest.mark.parametrize("isa", [X86_64, AARCH64], ids=lambda i: i.name)
+def test_struct_section_reader_equals_pyelftools_on_musl(isa):
+    """The struct reader of input sections and symbols (links read ~100 libc members
+    each) gives exactly what pyelftools gives, on every member of musl's libc.a."""
+    from docker_hmigrate.toolchain import objects
+
+    libc = Path(isa.musl_lib) / "libc.a"
+    if not libc.exists():
+        pytest.skip(f"{libc} is not installed")
+    n = 0
+    for name, body in iter_ar(str(libc)):
+        if body.startswith(b"\x7fELF"):
+            assert objects._read_sections_elf64le(body) == \
+                objects._read_sections_pyelftools(body), name
+            n += 1
+    assert n > 1000

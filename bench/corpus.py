@@ -113,6 +113,47 @@ def last_step(lines: list[str], progress: str) -> int:
     return 0
 
 
+class Driver:
+    """A server's workload (the recipe's "driver"): its client, run inside the container
+    once per step (`docker exec NAME CMD STEP LAST`) on whichever host holds it now; the
+    client prints the step's line into the container's own log, so reference and moved
+    runs compare as for a batch program. Programs that work on their own have no
+    driver: advancing is waiting a second."""
+
+    def __init__(self, spec: dict):
+        d = spec.get("driver") or {}
+        self.cmd: list[str] = list(d.get("cmd", []))
+        self.steps = int(d.get("steps", 0))
+        self.progress = spec["progress"]
+        self.next = 1
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.cmd) and self.next <= self.steps
+
+    def advance(self, context: str, name: str, log=print) -> None:
+        """Run the next step (and wait for its line in the log), or wait a second."""
+        if not self.pending:
+            time.sleep(1)
+            return
+        n, self.next = self.next, self.next + 1
+        proc = docker(context, "exec", name, *self.cmd, str(n), str(self.steps),
+                      check=False, timeout=600)
+        if proc.returncode and n < self.steps:  # the last step's server exits under it
+            log(f"  step {n}: {' '.join(self.cmd)} exited {proc.returncode}: "
+                f"{(proc.stderr or proc.stdout).strip()[-200:]}")
+        deadline = time.monotonic() + 30
+        while last_step(logs(context, name), self.progress) < n \
+                and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+    def finish(self, context: str, name: str, log=print) -> None:
+        """The remaining steps, while the container runs."""
+        while self.pending and docker(context, "inspect", "-f", "{{.State.Status}}", name,
+                                      check=False).stdout.strip() == "running":
+            self.advance(context, name, log)
+
+
 def run_args(name: str, spec: dict) -> list[str]:
     env = [a for k, v in spec.get("env", {}).items() for a in ("-e", f"{k}={v}")]
     return ["run", "-d", "--name", name, "--security-opt", "seccomp=unconfined", *env,
@@ -169,6 +210,7 @@ def reference_run(spec: dict, context: str, timeout: float) -> list[str]:
     docker(context, "pull", "-q", spec["image"])
     docker(context, *run_args(name, spec))
     try:
+        Driver(spec).finish(context, name)
         code = wait_exit(context, name, timeout)
         out = logs(context, name)
         if code != 0:
@@ -184,6 +226,7 @@ def moved_run(spec: dict, source: str, target: str, timeout: float,
     name = f"corpus-mv-{uuid.uuid4().hex[:8]}"
     docker(source, "pull", "-q", spec["image"])
     docker(source, *run_args(name, spec))
+    driver = Driver(spec)
     here, there = source, target
     output: list[str] = []
     moves: list[Move] = []
@@ -197,7 +240,7 @@ def moved_run(spec: dict, source: str, target: str, timeout: float,
                 state = docker(here, "inspect", "-f", "{{.State.Status}}", name).stdout.strip()
                 if state != "running":
                     break
-                time.sleep(1)
+                driver.advance(here, name, log)
             else:
                 step = last_step(logs(here, name), spec["progress"])
                 created.add(there)
@@ -215,6 +258,7 @@ def moved_run(spec: dict, source: str, target: str, timeout: float,
                     docker(there, "rm", "-f", name, check=False)
                 continue
             break  # the program finished before this point
+        driver.finish(here, name, log)
         code = wait_exit(here, name, max(60.0, deadline - time.monotonic()))
         output += logs(here, name)
         if code != 0:
@@ -250,6 +294,7 @@ def offline_run(spec: dict, context: str, timeout: float,
                               environment=spec.get("env", {}),
                               security_opt=["seccomp=unconfined"])
     root = Path(client.info()["DockerRootDir"])
+    driver = Driver(spec)
     moves: list[Move] = []
     deadline = time.monotonic() + timeout
     try:
@@ -258,7 +303,10 @@ def offline_run(spec: dict, context: str, timeout: float,
                 c.reload()
                 if c.status != "running" or time.monotonic() > deadline:
                     break
-                time.sleep(0.5)
+                if driver.pending:
+                    driver.advance(context, name, log)
+                else:
+                    time.sleep(0.5)
             else:
                 step = last_step(c.logs().decode().splitlines(), spec["progress"])
                 c.reload()
@@ -312,6 +360,7 @@ def offline_run(spec: dict, context: str, timeout: float,
                     shutil.rmtree(work, ignore_errors=True)
                 continue
             break
+        driver.finish(context, name, log)
         code = c.wait(timeout=max(60.0, deadline - time.monotonic()))["StatusCode"]
         out = c.logs().decode().splitlines()
         return out + ([f"[exit status {code}]"] if code else []), moves

@@ -24,8 +24,13 @@ def main(argv: list[str]) -> int:
         return walk_main(rest)
     if cmd == "cc":
         from .driver import cc
+        from .objects import ToolchainError
 
-        return cc(rest)
+        try:
+            return cc(rest)
+        except ToolchainError as e:  # the compiler's or linker's own message came first
+            print(f"hmigrate-cc: error: {e}", file=sys.stderr)
+            return 1
     print(f"unknown command {cmd!r}; try check-align, metadata, walk or cc", file=sys.stderr)
     return 2
 

@@ -1005,3 +1005,21 @@ def test_new_mappings_stay_below_the_limit(tmp_path: Path) -> None:
     assert len(placed) >= 5, areas
     near = [f"{lo:#x}-{hi:#x}" for lo, hi in placed if hi > vvar - (1 << 20)]
     assert not near, (hex(vvar), near)
+
+
+def test_probe_links_check_both_isas_and_write_only_the_host_program(tmp_path: Path):
+    """HMIGRATE_PROBE=1 (a configure script's run): a link succeeds exactly when both
+    ISAs link, writes a host program that runs, and no variants or metadata."""
+    env = {**os.environ, "HMIGRATE_PROBE": "1"}
+    (tmp_path / "ok.c").write_text("int main(void) { return 7; }\n")
+    (tmp_path / "bad.c").write_text("int nowhere(void);\nint main(void) { return nowhere(); }\n")
+    ok = subprocess.run([*CC.split(), "-o", "ok", "ok.c"], cwd=tmp_path, env=env,
+                        capture_output=True, text=True, timeout=300)
+    assert ok.returncode == 0, ok.stderr
+    assert subprocess.run([str(tmp_path / "ok")], timeout=30).returncode == 7
+    assert not list(tmp_path.glob("ok_*")) and not (tmp_path / "ok.hmigrate.json").exists()
+    bad = subprocess.run([*CC.split(), "-o", "bad", "bad.c"], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert bad.returncode == 1 and "undefined reference to `nowhere'" in bad.stderr
+    assert "Traceback" not in bad.stderr and "hmigrate-cc: error:" in bad.stderr
+    assert not (tmp_path / "bad").exists()

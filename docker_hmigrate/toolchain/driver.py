@@ -197,7 +197,9 @@ def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True,
     optimize: functions that can never be on a parked stack get -O2 (optimize.py).
     """
     tmp = f"{out}.hmigrate-{AARCH64.name}.tmp"
-    via_asm = src.endswith((".c", ".i"))
+    # A configure probe's object is never in a program: straight to objects (same
+    # compilers and flags), without the per-literal sections.
+    via_asm = src.endswith((".c", ".i")) and not probing()
     wa = [f for f in cflags if f.startswith("-Wa,")]
 
     drop_register = instrument and via_asm and not _explicit_registers(src)

@@ -63,3 +63,41 @@ def test_image_folder_from_the_environment(monkeypatch) -> None:
     assert image == "localhost:5000/hmigrate/me/corpus/lua5.4:latest"
     monkeypatch.delenv("HMIGRATE_CORPUS_REPO")
     assert corpus.load_recipe("lua5.4")["image"] == "localhost:5000/hmigrate/corpus/lua5.4:latest"
+
+
+def test_a_server_driver_runs_each_step_once_where_the_container_is(monkeypatch) -> None:
+    """A recipe with a driver: one `docker exec` per step, numbered from 1 to LAST, on
+    the host given at that moment; finish() stops when the container stops."""
+    execs: list[tuple[str, tuple[str, ...]]] = []
+    log: list[str] = []
+    running = {"v": True}
+
+    class Proc:
+        def __init__(self, out: str = "", code: int = 0):
+            self.stdout, self.stderr, self.returncode = out, "", code
+
+    def fake_docker(context, *args, **kw):
+        if args[0] == "exec":
+            execs.append((context, args[2:]))
+            n, last = int(args[-2]), int(args[-1])
+            log.append(f"step {n:03d}: x")
+            if n == last:
+                running["v"] = False  # the last step shuts the server down
+            return Proc()
+        if args[0] == "inspect":
+            return Proc("running" if running["v"] else "exited")
+        raise AssertionError(args)
+
+    monkeypatch.setattr(corpus, "docker", fake_docker)
+    monkeypatch.setattr(corpus, "logs", lambda context, name: list(log))
+    spec = corpus.load_recipe("memcached", small=True)
+    d = corpus.Driver(spec)
+    assert d.pending and d.steps == 16
+    d.advance("hm-a", "mc")
+    d.advance("hm-arm", "mc")  # moved meanwhile: the next step runs on the target
+    assert execs == [("hm-a", ("/mcstep", "1", "16")), ("hm-arm", ("/mcstep", "2", "16"))]
+    d.finish("hm-arm", "mc")
+    assert [int(a[1]) for _, a in execs] == list(range(1, 17)) and not d.pending
+    assert corpus.last_step(log, spec["progress"]) == 16
+    batch = corpus.Driver(corpus.load_recipe("lua5.4", small=True))
+    assert not batch.pending

@@ -20,8 +20,6 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 
-from tenacity import Retrying, retry_if_result, stop_after_attempt
-
 from . import asmfix, layout, optimize
 from .config import (
     AARCH64,
@@ -624,6 +622,9 @@ def probing() -> bool:
 
 
 def link(args: Args) -> int:
+    # Imported here: every compile (hundreds per configure script) starts this module.
+    from tenacity import Retrying, retry_if_result, stop_after_attempt
+
     out = args.output or "a.out"
     keep = bool(os.environ.get("HMIGRATE_KEEP_TMP"))
     work = tempfile.mkdtemp(prefix="hmigrate-link-")

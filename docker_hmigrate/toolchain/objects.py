@@ -11,9 +11,6 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from elftools.elf.constants import SH_FLAGS
-from elftools.elf.elffile import ELFFile
-
 from .config import AARCH64, BUNDLE_SECTION, NOTE_SECTION, X86_64
 
 AR_MAGIC = b"!<arch>\n"
@@ -90,11 +87,15 @@ def embed_twin(x86_obj: str, a64_obj: str, note: bytes | None = None) -> None:
 
 def read_note(data: bytes) -> dict | None:
     """optimize.py's note of one object (None: compiled without --optimize-leaves)."""
+    from elftools.elf.elffile import ELFFile  # imported when needed: compiles never are
+
     sec = ELFFile(io.BytesIO(data)).get_section_by_name(NOTE_SECTION)
     return json.loads(sec.data()) if sec is not None else None
 
 
 def twin_bytes(data: bytes, what: str) -> bytes:
+    from elftools.elf.elffile import ELFFile
+
     elf = ELFFile(io.BytesIO(data))
     sec = elf.get_section_by_name(BUNDLE_SECTION)
     if sec is None:
@@ -252,6 +253,9 @@ def _read_sections_elf64le(data: bytes) -> list[InputSection]:
 
 
 def _read_sections_pyelftools(data: bytes) -> list[InputSection]:
+    from elftools.elf.constants import SH_FLAGS
+    from elftools.elf.elffile import ELFFile
+
     elf = ELFFile(io.BytesIO(data))
     first_syms: dict[int, list[str]] = {}
     inner: dict[int, list[tuple[str, int]]] = {}

@@ -325,13 +325,20 @@ def live_at_stop(fr: Frame, var: Var) -> bool:
     (Redis's handleClientsWithPendingWritesUsingThreads returns through
     handleClientsWithPendingWrites() above `listIter li;`, whose slot holds a dead frame's
     address). Only a backward goto inside one block could make such a variable hold a
-    value at that call; its slot is then left out, and a pointer to it is refused."""
+    value at that call; its slot is then left out, and a pointer to it is refused.
+    Lines compare only within one file: generated code (bison's parser) declares its
+    locals in the .c file and makes its calls from #line'd actions of the .y file, where
+    bc's `yyvsp` (bc.c:1329) looked declared below a call at bc.y:134; metadata without
+    the files (older builds) cannot tell, so the variable is carried."""
     if fr.site is None or var.kind != "local":
         return True
     site = fr.site.site
     if site.kind == "enter_hook":
         return False
-    return var.line is None or site.line is None or var.line <= site.line
+    if var.line is None or site.line is None or var.file is None or site.file is None \
+            or var.file != site.file:
+        return True
+    return var.line <= site.line
 
 
 def plan_target(stack: SourceStack, idx: Index) -> None:

@@ -98,5 +98,14 @@ def _copy_vars(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap,
         for po in sv.type.pointer_offsets:
             if po + 8 <= len(raw):
                 v = int.from_bytes(raw[po:po + 8], "little")
-                raw[po:po + 8] = translate_value(v, sv, smap, idx).to_bytes(8, "little")
+                try:
+                    new = translate_value(v, sv, smap, idx)
+                except Untranslatable as exc:  # say whose value it is
+                    raise Untranslatable(f"{fr.function.name}: {sv.name} "
+                                         f"({_where(fr, sv)}): {exc}") from None
+                raw[po:po + 8] = new.to_bytes(8, "little")
         dst_mem.write(fr.dst_cfa + dv.cfa_offset, bytes(raw))
+
+
+def _where(fr: Frame, var) -> str:
+    return f"{var.file or fr.function.file or '?'}:{var.line or '?'}"

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 import capstone
+from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
 from elftools.elf.elffile import ELFFile
 
 from docker_hmigrate.isa import AARCH64, X86_64, Isa
@@ -202,6 +203,19 @@ def _array_count(die) -> int:
     return count
 
 
+def _file_name(lp, index: int) -> str | None:
+    """A file of a CU's line program by its index (DW_AT_decl_file, a line-table row):
+    0-based from DWARF 5 on, 1-based before."""
+    if lp is None:
+        return None
+    entries = lp["file_entry"]
+    i = index if lp.header["version"] >= 5 else index - 1
+    if not 0 <= i < len(entries):
+        return None
+    name = entries[i].name
+    return name.decode(errors="replace") if isinstance(name, bytes) else name
+
+
 def _fbreg_offset(loc, indirect: bool = False) -> int | None:
     """Offset from the frame base (= CFA, DW_OP_call_frame_cfa) of DW_OP_fbreg N.
 
@@ -230,7 +244,32 @@ def _pc_range(die) -> tuple[int, int] | None:
     return lo, (lo + hi.value if hi.form != "DW_FORM_addr" else hi.value)
 
 
-def _collect_vars(die, out: list[dict], scope: tuple[int, int] | None) -> None:
+def _pc_ranges(die) -> list[tuple[int, int]] | None:
+    """The code ranges of a DIE: low/high pc, or DW_AT_ranges (GCC gives a block whose
+    code is split, bison's YYSTACK_RELOCATE block in yyparse, a range list)."""
+    r = _pc_range(die)
+    if r is not None:
+        return [r]
+    a = die.attributes.get("DW_AT_ranges")
+    if a is None or a.form != "DW_FORM_sec_offset":
+        return None
+    lists = die.dwarfinfo.range_lists()
+    if lists is None:
+        return None
+    base = _attr(die.cu.get_top_DIE(), "DW_AT_low_pc", 0) or 0
+    out = []
+    for e in lists.get_range_list_at_offset(a.value, cu=die.cu):
+        if isinstance(e, BaseAddressEntry):
+            base = e.base_address
+        elif isinstance(e, RangeEntry):
+            lo, hi = (e.begin_offset, e.end_offset) if e.is_absolute else \
+                (base + e.begin_offset, base + e.end_offset)
+            if hi > lo:
+                out.append((lo, hi))
+    return sorted(out) or None
+
+
+def _collect_vars(die, out: list[dict], scope: list[tuple[int, int]] | None) -> None:
     for ch in die.iter_children():
         if ch.tag in ("DW_TAG_formal_parameter", "DW_TAG_variable"):
             loc = _attr(ch, "DW_AT_location")
@@ -239,10 +278,14 @@ def _collect_vars(die, out: list[dict], scope: tuple[int, int] | None) -> None:
             off = _fbreg_offset(loc)
             ind = _fbreg_offset(loc, indirect=True)
             entry = {"name": _name(ch), "kind": "param" if ch.tag.endswith("parameter") else
-                     "local", "type": describe_type(_ref(ch)), "scope": list(scope) if scope
-                     else None}
+                     "local", "type": describe_type(_ref(ch)),
+                     "scope": [scope[0][0], max(h for _, h in scope)] if scope else None}
+            if scope and len(scope) > 1:  # the pieces of a split block
+                entry["scope_ranges"] = [list(r) for r in scope]
             if isinstance(_attr(ch, "DW_AT_decl_line"), int):
                 entry["line"] = _attr(ch, "DW_AT_decl_line")
+                if isinstance(_attr(ch, "DW_AT_decl_file"), int):
+                    entry["decl_file"] = _attr(ch, "DW_AT_decl_file")
             if off is not None:
                 entry["cfa_offset"] = off
             elif ind is not None:  # the slot holds the variable's address
@@ -255,7 +298,7 @@ def _collect_vars(die, out: list[dict], scope: tuple[int, int] | None) -> None:
                 entry["location"] = "unsupported"
             out.append(entry)
         elif ch.tag == "DW_TAG_lexical_block":
-            _collect_vars(ch, out, _pc_range(ch) or scope)
+            _collect_vars(ch, out, _pc_ranges(ch) or scope)
 
 
 @dataclass
@@ -320,6 +363,7 @@ class Binary:
     def _load_dwarf(self) -> None:
         for cu in self.dwarf.iter_CUs():
             top = cu.get_top_DIE()
+            lp = self.dwarf.line_program_for_CU(cu)
             cu_name = _name(top) or ""
             producer = _attr(top, "DW_AT_producer") or b""
             hooked = b"-finstrument-functions" in (producer if isinstance(producer, bytes)
@@ -334,18 +378,23 @@ class Binary:
                 fn = DwarfFunc(name, rng[0], rng[1], os.path.basename(cu_name),
                                hooked_cu=hooked)
                 _collect_vars(die, fn.vars, None)
+                for v in fn.vars:  # the file of its decl_line (#line: a .y, a .h ...)
+                    if "decl_file" in v:
+                        v["file"] = _file_name(lp, v.pop("decl_file"))
                 fn.variadic = any(c.tag == "DW_TAG_unspecified_parameters"
                                   for c in die.iter_children())
                 # Statics may share names across files; the symbol table decides.
                 if self.funcs.get(name, (None,))[0] == rng[0]:
                     self.dfuncs[name] = fn
-            lp = self.dwarf.line_program_for_CU(cu)
             if lp is None:
                 continue
+            names: dict[int, str | None] = {}
             for e in lp.get_entries():
                 st = e.state
                 if st is not None and not st.end_sequence:
-                    self._lines.append((st.address, st.line, st.column))
+                    if st.file not in names:
+                        names[st.file] = _file_name(lp, st.file)
+                    self._lines.append((st.address, st.line, st.column, names[st.file]))
         self._lines.sort()
 
     def _load_cfi(self) -> None:
@@ -359,11 +408,12 @@ class Binary:
             self._fdes.append((lo, lo + hdr["address_range"], ent))
         self._fdes.sort(key=lambda t: t[0])
 
-    def line_at(self, addr: int) -> tuple[int, int] | None:
+    def line_at(self, addr: int) -> tuple[int, int, str | None] | None:
+        """(line, column, file) of the code at addr."""
         i = bisect.bisect_right(self._lines, (addr, 1 << 30, 1 << 30)) - 1
         if i < 0:
             return None
-        return self._lines[i][1], self._lines[i][2]
+        return self._lines[i][1], self._lines[i][2], self._lines[i][3]
 
     def cfi_row(self, pc: int) -> dict | None:
         if self._fde_keys is None:
@@ -421,7 +471,7 @@ def _regs(arch: Arch, insn) -> tuple[set[str], set[str]]:
         r, w = insn.regs_access()
     except capstone.CsError:
         return set(), set()
-    return ({norm_reg(arch, insn.reg_name(x)) for x in r},
+    return (arch.mc.fix_reads(insn, {norm_reg(arch, insn.reg_name(x)) for x in r}),
             {norm_reg(arch, insn.reg_name(x)) for x in w})
 
 
@@ -430,13 +480,23 @@ def _branch(arch: Arch, insn) -> tuple[str, int | None]:
     return arch.mc.branch(insn)
 
 
-def liveness(arch: Arch, insns: list) -> list[set[str]]:
-    """Callee-saved registers live on entry to each instruction (CFG dataflow)."""
+def liveness(arch: Arch, insns: list, read=None) -> list[set[str]]:
+    """Callee-saved registers live on entry to each instruction (CFG dataflow). With
+    `read` (the binary's bytes at an address) a switch's jump table gives the indirect
+    jump its real successors; without it, or for a jump not shaped like GCC's dispatch,
+    any block may follow (a temporary used in one case would then look live at every
+    call of the function)."""
     n = len(insns)
     index = {x.address: i for i, x in enumerate(insns)}
     kinds = [_branch(arch, x) for x in insns]
+    tables: dict[int, list[int]] = {}  # indirect jump -> its table's instructions
+    for i, (k, _) in enumerate(kinds):
+        table = arch.mc.jump_table(insns, i, read) if k == "indirect" and read else None
+        if table is not None and all(t in index for t in table):
+            tables[i] = sorted({index[t] for t in table})
     starts = {index[t] for _, t in kinds if t in index}
     starts |= {i + 1 for i, (k, _) in enumerate(kinds) if k in ("jump", "ret", "indirect")}
+    starts |= {t for ts in tables.values() for t in ts}
     succ: list[list[int]] = []
     for i, (k, t) in enumerate(kinds):
         nxt = [i + 1] if i + 1 < n else []
@@ -447,8 +507,8 @@ def liveness(arch: Arch, insns: list) -> list[set[str]]:
             succ.append(tgt + nxt)
         elif k == "ret":
             succ.append([])
-        elif k == "indirect":  # a jump table: any block start may follow
-            succ.append(sorted(s for s in starts if s < n))
+        elif k == "indirect":  # a jump table: its entries, else any block start
+            succ.append(tables.get(i) or sorted(s for s in starts if s < n))
         else:
             succ.append(nxt)
     cs = set(arch.isa.callee_saved)
@@ -518,7 +578,7 @@ def analyse_function(b: Binary, name: str) -> dict:
     calls = []
     counts: dict[tuple, int] = {}
     body_state = None
-    live_in = liveness(arch, insns)
+    live_in = liveness(arch, insns, b.code)
     # One pass of the SP/FP tracker, snapshotted at each call (not one pass per call).
     run = PrologueState(sp=arch.mc.ENTRY_SP, fp=None, stores=[])
     consts: dict[str, int] = {}
@@ -547,6 +607,7 @@ def analyse_function(b: Binary, name: str) -> dict:
         cs = {"index": len(calls), "call_pc": insn.address, "return_address": ra,
               "target": tname, "kind": kind, "line": line[0] if line else None,
               "column": line[1] if line else None, "occurrence": occ,
+              "file": line[2] if line else None,
               "sp_cfa_offset": st.sp,
               "live_callee_saved": live_callee_saved(arch, insns, i + 1, live_in)}
         if row is not None:
@@ -633,7 +694,9 @@ def _params_stored(b: Binary, name: str, fn: dict) -> list[str]:
 
 
 def _in_scope(v: dict, pc: int) -> bool:
-    return v["scope"] is None or v["scope"][0] <= pc < v["scope"][1]
+    if v["scope"] is None:
+        return True
+    return any(lo <= pc < hi for lo, hi in v.get("scope_ranges") or [v["scope"]])
 
 
 def _bad_var(v: dict) -> str | None:
@@ -645,7 +708,8 @@ def _bad_var(v: dict) -> str | None:
 
 
 def _where(f: dict, v: dict) -> str:
-    return f"{f.get('file') or '?'}:{v['line']}" if v.get("line") else f.get("file") or "?"
+    file = os.path.basename(v.get("file") or f.get("file") or "?")
+    return f"{file}:{v['line']}" if v.get("line") else file
 
 
 def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:

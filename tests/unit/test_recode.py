@@ -269,16 +269,24 @@ def test_local_declared_below_the_stop_is_not_carried() -> None:
     """The same stale stack address, in a local declared on a line below the call its
     frame is stopped at (C gives it no value there): not translated, not refused; its
     slot on the target is left as the target stack has it."""
+    main_frame, src, dst = _rebuild_with_lines(var_file="main.c", call_file="main.c")
+    assert dst.read_u64(main_frame.dst_cfa - 16) == 0  # p: not written
+    assert dst.read_u64(main_frame.dst_cfa - 8) == src.read_u64(OUTER - 24)  # x: carried
+
+
+def _rebuild_with_lines(var_file: str | None, call_file: str | None, p_value: int = 0):
+    """main's p declared at line 12 of var_file, x at line 9, main stopped at a call on
+    line 10 of call_file; p's slot holds p_value (else a dead frame's address)."""
     md = metadata()
     main = md["functions"][0]
     for isa in (X, A):
-        main["isa"][isa]["vars"][1]["line"] = 12  # p
-        main["isa"][isa]["vars"][0]["line"] = 9  # x: declared above, carried
+        for v, line in ((main["isa"][isa]["vars"][1], 12), (main["isa"][isa]["vars"][0], 9)):
+            v["line"], v["file"] = line, var_file
         for cs in main["isa"][isa]["call_sites"]:
-            cs["line"] = 10
+            cs["line"], cs["file"] = 10, call_file
     idx = frames.Index(md, X, A)
     src, regs = x86_stack()
-    src.write_u64(OUTER - 32, OUTER - 12)  # p: a dead frame's address, in main's slot
+    src.write_u64(OUTER - 32, p_value or OUTER - 12)  # p, in main's slot
     stack = frames.unwind(src, regs, idx)
     frames.source_callee_saved(src, stack, regs, idx)
     frames.plan_target(stack, idx)
@@ -286,8 +294,18 @@ def test_local_declared_below_the_stop_is_not_carried() -> None:
     rebuild.write_target(src, dst, stack, idx, frames.StackMap(stack, idx), BOTTOM[A])
     main_frame = stack.frames[-1]
     assert main_frame.function.name == "main"
-    assert dst.read_u64(main_frame.dst_cfa - 16) == 0  # p: not written
-    assert dst.read_u64(main_frame.dst_cfa - 8) == src.read_u64(OUTER - 24)  # x: carried
+    return main_frame, src, dst
+
+
+@pytest.mark.parametrize("var_file,call_file", [("bc.c", "bc.y"), (None, None)])
+def test_line_of_another_file_does_not_drop_a_local(var_file, call_file) -> None:
+    """bison's parser: yyvsp declared at bc.c:1329, its frame stopped at a call from an
+    action at bc.y:134 (#line). Lines of two files say nothing about declaration order:
+    the variable is carried (it was dropped, and bc's parser then crashed writing through
+    a null yyvsp on x86-64 after a round trip). Without files (older metadata) likewise."""
+    heap = 0x7000_0000
+    main_frame, _src, dst = _rebuild_with_lines(var_file, call_file, p_value=heap)
+    assert dst.read_u64(main_frame.dst_cfa - 16) == heap
 
 
 def test_pthread_translated_in_place() -> None:
@@ -650,3 +668,14 @@ def test_conntrack_images_are_carried_other_raw_images_refused(tmp_path) -> None
     (tmp_path / "iptables-10.img").write_bytes(b"*filter\n")
     assert transform.not_understood(ImageSet.load(tmp_path)) == [
         "iptables-10.img: raw image not interpreted by this library"]
+
+
+def test_split_block_scope() -> None:
+    """A block whose code GCC split (DW_AT_ranges: bison's YYSTACK_RELOCATE block with
+    yyss1) holds its variables only in its pieces, not in the hull between them, where
+    yyss1's slot holds a stale stack address."""
+    v = contract.Var({"name": "yyss1", "scope": [0x100, 0x300],
+                      "scope_ranges": [[0x100, 0x150], [0x2F0, 0x300]]})
+    assert v.in_scope(0x120) and v.in_scope(0x300)  # a return address: the call before
+    assert not v.in_scope(0x200)
+    assert contract.Var({"name": "x", "scope": [0x100, 0x300]}).in_scope(0x200)

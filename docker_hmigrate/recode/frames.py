@@ -333,7 +333,9 @@ def live_at_stop(fr: Frame, var: Var) -> bool:
     if fr.site is None or var.kind != "local":
         return True
     site = fr.site.site
-    if site.kind == "enter_hook":
+    if site.kind == "enter_hook" and site.index == 0:  # its own, in the prologue
+        # (an always_inline callee's hook sits in the body: the toolchain marks those
+        # call sites untranslatable, its variables are not described)
         return False
     if var.line is None or site.line is None or var.file is None or site.file is None \
             or var.file != site.file:

@@ -301,6 +301,22 @@ def _collect_vars(die, out: list[dict], scope: list[tuple[int, int]] | None) -> 
             _collect_vars(ch, out, _pc_ranges(ch) or scope)
 
 
+def _collect_inlined(die, out: list) -> None:
+    """The code ranges of functions inlined into a function (always_inline ones, at
+    -O0: liblzma's lzma_memcmplen). -finstrument-functions gives each its own entry
+    hook inside the caller's body; their parameters and locals (DW_TAG_inlined_subroutine
+    children) are not among the function's variables."""
+    for ch in die.iter_children():
+        if ch.tag == "DW_TAG_inlined_subroutine":
+            origin = _ref(ch, "DW_AT_abstract_origin")
+            name = (_name(origin) if origin is not None else None) or "?"
+            line = _attr(ch, "DW_AT_call_line")
+            for lo, hi in _pc_ranges(ch) or []:
+                out.append((lo, hi, name, line if isinstance(line, int) else None))
+        if ch.tag in ("DW_TAG_lexical_block", "DW_TAG_inlined_subroutine"):
+            _collect_inlined(ch, out)
+
+
 @dataclass
 class DwarfFunc:
     name: str
@@ -310,6 +326,8 @@ class DwarfFunc:
     vars: list[dict] = field(default_factory=list)
     variadic: bool = False
     hooked_cu: bool = False  # its file was compiled with -finstrument-functions
+    # code of functions inlined into it: (lo, hi, name, call line)
+    inlined: list[tuple[int, int, str, int | None]] = field(default_factory=list)
 
 
 class Binary:
@@ -325,7 +343,19 @@ class Binary:
         self.tls_syms: dict[str, tuple[int, int]] = {}
         self.by_addr: dict[int, str] = {}
         cur_file = ""
-        for sym in self.elf.get_section_by_name(".symtab").iter_symbols():
+        symtab = self.elf.get_section_by_name(".symtab")
+        # A static function several files define (a `static inline` of a header, copied
+        # into each file that uses it at -O0: liblzma's mf_skip) is one function per
+        # copy: each copy is named "<file>::<name>" (STT_FILE, the same on both ISAs).
+        # Under its bare name only the first copy had metadata, and a thread parked in
+        # another one was found after the freeze ("unknown return address").
+        copies: dict[str, set[int]] = {}
+        for sym in symtab.iter_symbols():
+            if sym["st_info"]["type"] == "STT_FUNC" and sym.name and \
+                    sym["st_shndx"] != "SHN_UNDEF":
+                copies.setdefault(sym.name, set()).add(sym["st_value"])
+        self.static_copies: dict[tuple[str, int], str] = {}  # (name, addr) -> its key
+        for sym in symtab.iter_symbols():
             t = sym["st_info"]["type"]
             if t == "STT_FILE":
                 cur_file = sym.name
@@ -336,8 +366,11 @@ class Binary:
                 continue
             v, sz = sym["st_value"], sym["st_size"]
             if t == "STT_FUNC":
-                self.funcs.setdefault(sym.name, (v, sz))
-                self.by_addr.setdefault(v, sym.name)
+                key = sym.name
+                if len(copies.get(key, ())) > 1 and sym["st_info"]["bind"] == "STB_LOCAL":
+                    key = self.static_copies[(sym.name, v)] = f"{cur_file}::{sym.name}"
+                self.funcs.setdefault(key, (v, sz))
+                self.by_addr.setdefault(v, key)
             elif t == "STT_OBJECT":
                 self.objects.setdefault(sym.name if sym["st_info"]["bind"] != "STB_LOCAL"
                                         else f"{cur_file}::{sym.name}", (v, sz))
@@ -378,12 +411,14 @@ class Binary:
                 fn = DwarfFunc(name, rng[0], rng[1], os.path.basename(cu_name),
                                hooked_cu=hooked)
                 _collect_vars(die, fn.vars, None)
+                _collect_inlined(die, fn.inlined)
                 for v in fn.vars:  # the file of its decl_line (#line: a .y, a .h ...)
                     if "decl_file" in v:
                         v["file"] = _file_name(lp, v.pop("decl_file"))
                 fn.variadic = any(c.tag == "DW_TAG_unspecified_parameters"
                                   for c in die.iter_children())
                 # Statics may share names across files; the symbol table decides.
+                name = self.static_copies.get((name, rng[0]), name)
                 if self.funcs.get(name, (None,))[0] == rng[0]:
                     self.dfuncs[name] = fn
             if lp is None:
@@ -794,6 +829,15 @@ CALLBACK_LIBC = ("qsort", "qsort_r", "bsearch", "tsearch", "tfind", "tdelete", "
                  "exit", "glob", "lfind", "lsearch")
 
 
+def inlined_reasons(isa: str, df: DwarfFunc, cs: dict) -> list[str]:
+    """A call inside code inlined into the function (its entry hook included): the
+    inlined function's variables live in this frame's slots but are not described."""
+    pc = cs["call_pc"]
+    return [f"{isa}: call inside {name} inlined at line {line or '?'} (always_inline: "
+            f"its variables are not described)"
+            for lo, hi, name, line in df.inlined if lo <= pc < hi][:1]
+
+
 def _may_reach_park(cs: dict, instrumented: set[str]) -> bool:
     t = cs["target"]
     return t is None or t in instrumented or t in CALLBACK_LIBC
@@ -891,10 +935,11 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         lr = {X: None, A: _lr_copy_reg(ba, fa)}
         # Per call site: both members of a pair share their verdict.
         per: dict[str, dict[int, list[str]]] = {X: {}, A: {}}
-        for isa, f, other, unm in ((X, fx, fa, ux), (A, fa, fx, ua)):
+        for isa, f, other, unm, b in ((X, fx, fa, ux, bx), (A, fa, fx, ua, ba)):
             for c in f["call_sites"]:
                 per[isa][c["index"]] = call_site_reasons(isa, f, other, c, lr[isa],
                                                          c["index"] not in unm, instrumented)
+                per[isa][c["index"]] += inlined_reasons(isa, b.dfuncs[name], c)
         hook_probs: dict[str, list[str]] = {X: [], A: []}
         if entry["instrumented"]:
             for b, f, arch in ((bx, fx, X86), (ba, fa, A64)):

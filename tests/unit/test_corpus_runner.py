@@ -63,3 +63,18 @@ def test_image_folder_from_the_environment(monkeypatch) -> None:
     assert image == "localhost:5000/hmigrate/me/corpus/lua5.4:latest"
     monkeypatch.delenv("HMIGRATE_CORPUS_REPO")
     assert corpus.load_recipe("lua5.4")["image"] == "localhost:5000/hmigrate/corpus/lua5.4:latest"
+
+
+def test_back_move_not_at_a_park_point() -> None:
+    """--offline recodes to aarch64 and back at one point; when the way back fails on a
+    return address the aarch64 runtime's table holds, that runtime would never have
+    parked there: the move back is not counted as refused."""
+    from types import SimpleNamespace
+
+    from bench.corpus import _not_a_park_point
+    from docker_hmigrate.toolchain import contract
+    md = contract.load({"unclean_ranges": {"aarch64": [[0x42C513, 0x42C514]]}})
+    program = SimpleNamespace(md=md)
+    msg = "thread 7: f: call site at 0x42c514 has no translatable twin on x86-64"
+    assert _not_a_park_point(msg, program, "aarch64") == "0x42c514"
+    assert _not_a_park_point("call site at 0x42c518 ...", program, "aarch64") is None

@@ -679,3 +679,16 @@ def test_split_block_scope() -> None:
     assert v.in_scope(0x120) and v.in_scope(0x300)  # a return address: the call before
     assert not v.in_scope(0x200)
     assert contract.Var({"name": "x", "scope": [0x100, 0x300]}).in_scope(0x200)
+
+
+@pytest.mark.parametrize("index,carried", [(0, False), (5, True)])
+def test_entry_hook_of_an_inlined_callee_is_not_the_frames_own(index, carried) -> None:
+    """A frame stopped at its own entry hook (call site 0, in the prologue) has stored only
+    its parameters; one stopped at the hook of an always_inline callee in its body
+    (liblzma's lzma_memcmplen inside lzma_mf_hc4_find) has live locals: they were
+    dropped, matches_count read 0 after a round trip and xz crashed."""
+    fn = contract.Function({"name": "lzma_mf_hc4_find"})
+    site = contract.CallSite({"index": index, "kind": "enter_hook", "line": 398})
+    fr = frames.Frame(fn, 0x7000, 0x401000, frames.CallSite(fn, site, site))
+    var = contract.Var({"name": "matches_count", "kind": "local", "line": 368})
+    assert frames.live_at_stop(fr, var) is carried

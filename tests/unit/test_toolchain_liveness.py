@@ -103,3 +103,12 @@ def test_switch_edges_come_from_the_table() -> None:
 def test_x86_64_reads_unchanged() -> None:
     insns = _x86(bytes.fromhex("4889df"), 0x400000)  # mov rdi, rbx
     assert X86.mc.fix_reads(insns[0], {"rbx"}) == {"rbx"}
+
+
+def test_calls_inside_inlined_code_are_untranslatable() -> None:
+    from docker_hmigrate.toolchain.metadata import DwarfFunc, inlined_reasons
+    df = DwarfFunc("lzma_mf_hc4_find", 0x446000, 0x447000, "lz_encoder_mf.c",
+                   inlined=[(0x446600, 0x446710, "lzma_memcmplen", 398)])
+    assert inlined_reasons("x86-64", df, {"call_pc": 0x446650})[0].startswith(
+        "x86-64: call inside lzma_memcmplen inlined at line 398")
+    assert inlined_reasons("x86-64", df, {"call_pc": 0x446710}) == []

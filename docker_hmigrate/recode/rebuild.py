@@ -87,9 +87,9 @@ def _copy_vars(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap,
     variables holding a jmp_buf member by member (jmpbuf.py)."""
     for sv, dv in matched_vars(fr, idx, strict):
         raw = bytearray(read_stack(src_mem, fr.src_cfa + sv.cfa_offset, sv.type.size))
-        if sv.type.holds_jmp_buf:
+        if sv.type.by_member:
             if stack is None:
-                raise Untranslatable(f"{fr.function.name}: jmp_buf {sv.name} "
+                raise Untranslatable(f"{fr.function.name}: {sv.name} (member by member) "
                                      f"without its stack")
             dst_mem.write(fr.dst_cfa + dv.cfa_offset, jmpbuf.copy_var(
                 bytes(raw), sv, dv, f"{fr.function.name}: {sv.name}", stack, idx,

@@ -89,6 +89,7 @@ class TypeField(_Record):
     offset: _F[int] = _F(0)
     size: _F[int] = _F(0)
     kind: _F[str] = _F("")  # "jmp_buf", "pointer", "data", "opaque"
+    int: _F[str | None] = _F()  # an integer leaf: "s" signed, "u" unsigned
 
 
 class TypeInfo(_Record):
@@ -103,6 +104,12 @@ class TypeInfo(_Record):
     @property
     def holds_jmp_buf(self) -> bool:
         return "jmp_buf" in self.holds
+
+    @property
+    def by_member(self) -> bool:
+        """Copied leaf by leaf across ISAs (fields): it holds a jmp_buf, or its layout
+        differs per ISA ("layout": libc's struct stat inside zstd's cRess_t)."""
+        return "jmp_buf" in self.holds or "layout" in self.holds
 
 
 class Var(_Record):

@@ -20,7 +20,7 @@ from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
 from elftools.elf.elffile import ELFFile
 
 from docker_hmigrate.isa import AARCH64, X86_64, Isa
-from docker_hmigrate.toolchain import contract, machine_aarch64, machine_x86_64
+from docker_hmigrate.toolchain import contract, machine_aarch64, machine_x86_64, patch
 from docker_hmigrate.toolchain import jmpbuf_layout as jmpbuf
 from docker_hmigrate.toolchain.contract import TypeInfo
 
@@ -166,11 +166,14 @@ def type_fields(die, prefix: str = "", base: int = 0, depth: int = 0) -> list[di
     if die.tag == "DW_TAG_structure_type" and depth < 8:
         out = []
         for m in die.iter_children():
-            off = _attr(m, "DW_AT_data_member_location", 0)
-            if m.tag != "DW_TAG_member" or not isinstance(off, int) or \
-                    "DW_AT_bit_size" in m.attributes:
+            if m.tag != "DW_TAG_member":
                 continue
+            off = _attr(m, "DW_AT_data_member_location", 0)
             name = f"{prefix}.{_name(m)}" if prefix else (_name(m) or "?")
+            if not isinstance(off, int) or "DW_AT_bit_size" in m.attributes:
+                # a bitfield: its bits cannot be moved as bytes
+                out.append({"path": name, "offset": base, "size": 0, "kind": "opaque"})
+                continue
             out += type_fields(_ref(m), name, base + off, depth + 1)
         return out
     if die.tag == "DW_TAG_array_type" and depth < 8:
@@ -191,7 +194,18 @@ def type_fields(die, prefix: str = "", base: int = 0, depth: int = 0) -> list[di
         plain = not any(m.get("holds") or m["pointer_offsets"] for m in members)
         return [{"path": prefix, "offset": base, "size": size,
                  "kind": "data" if plain else "opaque"}]
-    return [{"path": prefix, "offset": base, "size": size, "kind": "data"}]
+    leaf = {"path": prefix, "offset": base, "size": size, "kind": "data"}
+    enc = _attr(die, "DW_AT_encoding") if die.tag in ("DW_TAG_base_type",
+                                                        "DW_TAG_enumeration_type") else None
+    if die.tag == "DW_TAG_enumeration_type" or enc in (DW_ATE_SIGNED, DW_ATE_SIGNED_CHAR):
+        leaf["int"] = "s"
+    elif enc in (DW_ATE_UNSIGNED, DW_ATE_UNSIGNED_CHAR, DW_ATE_BOOLEAN):
+        leaf["int"] = "u"
+    return [leaf]
+
+
+DW_ATE_BOOLEAN, DW_ATE_SIGNED, DW_ATE_SIGNED_CHAR = 0x02, 0x05, 0x06
+DW_ATE_UNSIGNED, DW_ATE_UNSIGNED_CHAR = 0x08, 0x08
 
 
 def _array_count(die) -> int:
@@ -278,7 +292,7 @@ def _collect_vars(die, out: list[dict], scope: list[tuple[int, int]] | None) -> 
             off = _fbreg_offset(loc)
             ind = _fbreg_offset(loc, indirect=True)
             entry = {"name": _name(ch), "kind": "param" if ch.tag.endswith("parameter") else
-                     "local", "type": describe_type(_ref(ch)),
+                     "local", "type": describe_type(_ref(ch)), "_type_die": _ref(ch),
                      "scope": [scope[0][0], max(h for _, h in scope)] if scope else None}
             if scope and len(scope) > 1:  # the pieces of a split block
                 entry["scope_ranges"] = [list(r) for r in scope]
@@ -769,6 +783,16 @@ def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:
         if "jmp_buf" in v["type"].get("holds", ()) and a and \
                 jmpbuf.fields_match(TypeInfo(v["type"]), TypeInfo(a["type"]), X86_64, AARCH64):
             continue  # translated member by member (recode/jmpbuf.py)
+        why = None
+        if a and a["type"]["size"] != v["type"]["size"] and "jmp_buf" not in \
+                v["type"].get("holds", ()) + a["type"].get("holds", ()):
+            # another layout per ISA (a libc struct inside, zstd's cRess_t holding a
+            # struct stat): copied member by member when the members pair up
+            tx, ta = _with_fields(v), _with_fields(a)
+            why = jmpbuf.layout_problem(TypeInfo(tx), TypeInfo(ta), X86_64, AARCH64)
+            if why is None:
+                v["type"], a["type"] = tx, ta
+                continue
         if "jmp_buf" in v["type"].get("holds", ()) or (a and "jmp_buf" in
                                                       a["type"].get("holds", ())):
             sizes = f"{v['type']['size']} bytes on {X}, " \
@@ -777,8 +801,18 @@ def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:
                            f"(registers in one ISA's layout; {sizes}) at {_where(fx, v)}")
         elif a and a["type"]["size"] != v["type"]["size"]:
             reasons.append(f"variable {v['name']} ({tname}) has size {v['type']['size']} on "
-                           f"{X}, {a['type']['size']} on {A} at {_where(fx, v)}")
+                           f"{X}, {a['type']['size']} on {A} at {_where(fx, v)}"
+                           + (f" ({why})" if why else ""))
     return reasons
+
+
+def _with_fields(v: dict) -> dict:
+    """A variable's type with its leaves (from its DIE) and marked for a copy member by
+    member."""
+    die = v.get("_type_die")
+    fields = type_fields(die) if die is not None else []
+    return {**v["type"], "fields": fields,
+            "holds": sorted({*v["type"].get("holds", ()), "layout"})}
 
 
 def function_reasons(fx: dict, fa: dict) -> list[str]:
@@ -990,6 +1024,9 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
             }
         entry["translatable"] = not reasons
         entry["untranslatable_reasons"] = reasons
+        for f in (fx, fa):  # the type DIEs served the member lists: not JSON
+            for v in f.get("vars", []):
+                v.pop("_type_die", None)
         functions.append(entry)
     tls_x, tls_a = bx.tls(), ba.tls()
     tls: dict = {X: tls_x, A: tls_a, "symbols": []}
@@ -1081,8 +1118,12 @@ def _merge(ranges: list[list[int]], gap: int = 16) -> list[list[int]]:
     return out
 
 
+UNCLEAN_TABLE_MAX = patch.MAX  # ranges the runtime's table holds
+
+
 def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str],
-                   foreign: list[list[int]] | None = None) -> list[list[int]]:
+                   foreign: list[list[int]] | None = None,
+                   limit: int = UNCLEAN_TABLE_MAX) -> list[list[int]]:
     """Code ranges no parked stack may hold a return address in (the runtime's table).
 
     Whole functions when the function itself is untranslatable; otherwise single
@@ -1090,22 +1131,41 @@ def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str],
     parked stack. Only instrumented frames can sit below a park point; the others
     (runtime, crt) are top or bottom frames that recode treats specially.
     """
-    out = []
+    whole: list[list[int]] = []
+    sites: list[tuple[list[int], list[list[int]]]] = []  # (function, its return addresses)
     for f in functions:
         g = f["isa"][isa]
         if f.get("optimized"):
-            out.append([g["addr"], g["addr"] + g["size"]])
+            whole.append([g["addr"], g["addr"] + g["size"]])
             continue
         if not f["instrumented"]:
             continue
         if not f["translatable"]:
-            out.append([g["addr"], g["addr"] + g["size"]])
+            whole.append([g["addr"], g["addr"] + g["size"]])
             continue
-        for c in g["call_sites"]:
-            if not c["translatable"] and (c["kind"] == "enter_hook" or
-                                          _may_reach_park(c, instrumented)):
-                out.append([c["return_address"] - 1, c["return_address"]])
-    return _merge(out + list(foreign or []), gap=1) if foreign else sorted(out)
+        ras = [[c["return_address"] - 1, c["return_address"]] for c in g["call_sites"]
+               if not c["translatable"] and (c["kind"] == "enter_hook" or
+                                             _may_reach_park(c, instrumented))]
+        if ras:
+            sites.append(([g["addr"], g["addr"] + g["size"]], ras))
+
+    def table() -> list[list[int]]:
+        out = whole + [r for _, ras in sites for r in ras]
+        return _merge(out + list(foreign or []), gap=1) if foreign else sorted(out)
+
+    ranges = table()
+    # Too many for the runtime's table (zstd: ~11,000): the functions with the most
+    # untranslatable call sites become whole untranslatable ranges (no thread parks
+    # under them at all: fewer park points, never a wrong one) until the table fits.
+    sites.sort(key=lambda s: len(s[1]))
+    while len(ranges) > limit and sites:
+        excess = len(ranges) - limit
+        while excess > 0 and sites:
+            fn, ras = sites.pop()
+            whole.append(fn)
+            excess -= len(ras) - 1
+        ranges = table()
+    return ranges
 
 
 def _block_tp_offset(isa: Isa, seg: dict) -> int:

@@ -112,3 +112,24 @@ def test_calls_inside_inlined_code_are_untranslatable() -> None:
     assert inlined_reasons("x86-64", df, {"call_pc": 0x446650})[0].startswith(
         "x86-64: call inside lzma_memcmplen inlined at line 398")
     assert inlined_reasons("x86-64", df, {"call_pc": 0x446710}) == []
+
+
+def test_unclean_table_coarsens_to_fit() -> None:
+    """More untranslatable return addresses than the runtime's table holds: functions
+    with the most of them become whole ranges until it fits (never a lost range)."""
+    from docker_hmigrate.toolchain.metadata import unclean_ranges
+
+    def fn(addr: int, bad: int) -> dict:
+        sites = [{"return_address": addr + 16 * (i + 1), "kind": "call", "target": None,
+                  "translatable": i >= bad} for i in range(8)]
+        return {"instrumented": True, "translatable": True,
+                "isa": {"x86-64": {"addr": addr, "size": 0x100, "call_sites": sites}}}
+
+    functions = [fn(0x1000 * (k + 1), bad) for k, bad in enumerate((6, 1, 5, 2))]
+    full = unclean_ranges(functions, "x86-64", set())
+    assert len(full) == 14
+    small = unclean_ranges(functions, "x86-64", set(), limit=6)
+    assert len(small) <= 6
+    for lo, hi in full:  # every return address is still covered
+        assert any(a <= lo and hi <= b for a, b in small)
+    assert [0x1000, 0x1100] in small and [0x3000, 0x3100] in small

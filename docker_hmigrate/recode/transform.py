@@ -302,6 +302,11 @@ def rebuild_stacks(src: ImageSet, dst: ImageSet, idx: Index, plans,
                 if res in ERESTART:
                     raise Untranslatable(f"thread {tid}: unexpected restart code {res}")
                 pc = park.blocked_pc
+                if target.nr_reg != target.result_reg:
+                    # aarch64's x8 still holds the futex's number after the svc (a wait
+                    # that had just timed out when frozen: liblzma's main thread); the
+                    # way back reads it (x8 = 0: "in system call 0, not futex")
+                    out[target.nr_reg] = target.sys_futex
                 out[target.result_reg] = regs.result
             tp = process.translate_pthread(smem, dmem, regs.tp, idx.src, idx.dst)
             core = dst.core(tid)

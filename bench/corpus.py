@@ -292,6 +292,7 @@ def offline_run(spec: dict, context: str, timeout: float,
                         log(f"  recoded to aarch64 at step {step}; no move back from this "
                             f"point (the aarch64 runtime does not park at {where})")
                         raise _BackLater from None
+                    _unique(work / "back")
                     shutil.copytree(work / "back", root / "containers" / c.id / "checkpoints"
                                     / f"rt{k}")
                     api._raise_for_status(api.post(api._url("/containers/{0}/start", c.id),
@@ -311,6 +312,7 @@ def offline_run(spec: dict, context: str, timeout: float,
                         # Frozen and stopped: roll back as the plugin does, from the
                         # untouched x86-64 checkpoint (its run goes on and is compared).
                         try:
+                            _unique(work / "ck")
                             shutil.copytree(work / "ck", root / "containers" / c.id
                                             / "checkpoints" / f"rb{k}")
                             api._raise_for_status(api.post(
@@ -332,6 +334,14 @@ def offline_run(spec: dict, context: str, timeout: float,
         return out + ([f"[exit status {code}]"] if code else []), moves
     finally:
         c.remove(force=True)
+
+
+def _unique(images: Path) -> None:
+    """A file of its own in a checkpoint folder before it is restored: docker 20.10
+    uploads the folder to containerd's content store, which refused a second upload of
+    identical content ("commit failed: content sha256:...: already exists") and lost a
+    run at its rollback. CRIU reads its images by name and ignores the file."""
+    (images / f"hm-corpus-{uuid.uuid4().hex}").write_text("restore\n")
 
 
 class _BackLater(Exception):

@@ -751,6 +751,8 @@ def _in_scope(v: dict, pc: int) -> bool:
 def _bad_var(v: dict) -> str | None:
     if "va_list" in v["type"]["name"]:
         return f"va_list variable {v['name']} (its state differs per ISA)"
+    if "long double" in v["type"]["name"]:  # 80-bit x87 vs IEEE binary128: no conversion
+        return f"long double variable {v['name']} (another format per ISA)"
     if v.get("location") == "unsupported":
         return f"variable {v['name']} not in a stack slot"
     return None

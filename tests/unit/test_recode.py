@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from docker_hmigrate import errors
-from docker_hmigrate.isa import AARCH64, ThreadRegs
+from docker_hmigrate.isa import AARCH64, X86_64, ThreadRegs
 from docker_hmigrate.isa.aarch64 import saves_frame_record
 from docker_hmigrate.recode import Program, frames, process, rebuild, transform
 from docker_hmigrate.toolchain import contract
@@ -692,3 +692,68 @@ def test_entry_hook_of_an_inlined_callee_is_not_the_frames_own(index, carried) -
     fr = frames.Frame(fn, 0x7000, 0x401000, frames.CallSite(fn, site, site))
     var = contract.Var({"name": "matches_count", "kind": "local", "line": 368})
     assert frames.live_at_stop(fr, var) is carried
+
+
+def stat_holder(isa):
+    """A struct holding musl's struct stat, in each ISA's layout (zstd's cRess_t)."""
+    if isa == X:
+        leaves = [("st.st_dev", 0, 8, "u"), ("st.st_nlink", 16, 8, "u"),
+                  ("st.__pad0", 36, 4, None), ("st.st_size", 48, 8, "s")]
+        size, ptr = 152, 144
+    else:
+        leaves = [("st.st_dev", 0, 8, "u"), ("st.st_nlink", 20, 4, "u"),
+                  ("st.__pad", 40, 8, None), ("st.st_size", 48, 8, "s")]
+        size, ptr = 136, 128
+    fields = [{"path": p, "offset": o, "size": n, "kind": "data",
+               **({"int": i} if i else {})} for p, o, n, i in leaves]
+    fields.append({"path": "buf", "offset": ptr, "size": 8, "kind": "pointer"})
+    return {"name": "cRess_t", "size": size, "kind": "struct", "pointer_offsets": [ptr],
+            "holds": ["layout"], "fields": fields}
+
+
+def test_struct_with_a_per_isa_layout_moves_member_by_member() -> None:
+    from docker_hmigrate.recode import jmpbuf
+
+    idx, _, stack, smap = unwound(jmp_metadata())
+    sv = contract.Var({"name": "ress", "type": stat_holder(X)})
+    dv = contract.Var({"name": "ress", "type": stat_holder(A)})
+    raw = bytearray(152)
+    struct.pack_into("<Q", raw, 0, 0x803)
+    struct.pack_into("<Q", raw, 16, 3)  # st_nlink
+    struct.pack_into("<I", raw, 36, 0xDEAD)  # x86-64's padding: not carried
+    struct.pack_into("<q", raw, 48, -1)
+    struct.pack_into("<Q", raw, 144, OUTER - 24)  # a pointer to main's x: moved
+    out = jmpbuf.copy_var(bytes(raw), sv, dv, "f: ress", stack, idx, smap, BOTTOM[A])
+    assert len(out) == 136
+    assert struct.unpack_from("<QxxxxI", out, 0)[0] == 0x803
+    assert struct.unpack_from("<I", out, 20)[0] == 3 and out[40:48] == bytes(8)
+    assert struct.unpack_from("<q", out, 48)[0] == -1
+    assert struct.unpack_from("<Q", out, 128)[0] == OUTER - 8
+    assert jmpbuf.map_offset(sv, dv, 48) == 48 and jmpbuf.map_offset(sv, dv, 20) is None
+    struct.pack_into("<Q", raw, 16, 1 << 40)  # does not fit aarch64's 4 bytes
+    with pytest.raises(frames.Untranslatable, match="does not fit"):
+        jmpbuf.copy_var(bytes(raw), sv, dv, "f: ress", stack, idx, smap, BOTTOM[A])
+    odd = stat_holder(A)
+    odd["fields"][1]["path"] = "st.st_links"  # a member only one side has
+    why = jmpbuf.layout_problem(sv.type, contract.TypeInfo(odd), X86_64, AARCH64)
+    assert why == "member st.st_nlink exists only on x86-64"
+
+
+def test_pending_park_kicks_dropped_others_kept() -> None:
+    """liblzma's workers block every signal: the runtime's tgkill kick stays queued in
+    them although they parked (checkpoint of xz -T2). Recode drops exactly those."""
+    from types import SimpleNamespace
+
+    from docker_hmigrate.criu import schema
+
+    def info(signo: int, code: int, pid: int) -> bytes:
+        return struct.pack("<iiiiii", signo, 0, code, 0, pid, 0) + bytes(104)
+
+    core = schema.new("core_entry")
+    q = core.thread_core.signals_p.signals
+    for raw in (info(40, -6, 1), info(10, -6, 1), info(40, 0, 0), info(40, -6, 1)):
+        q.add().siginfo = raw
+    images = SimpleNamespace(pids=[1], threads=lambda pid: [7], core=lambda tid: core)
+    assert transform.drop_park_kicks(images, 40) == 2
+    left = [struct.unpack_from("<iii", e.siginfo) for e in q]
+    assert left == [(10, 0, -6), (40, 0, 0)]  # SIGUSR1, and a kill(2) from outside

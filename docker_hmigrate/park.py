@@ -49,6 +49,10 @@ class ParkProtocol:
                 a = s.at(isa)
                 # ra == start: a signal handler "returns" to the trampoline's first byte
                 if s.kind == "func" and a and a[0] <= ra <= a[0] + max(a[1], 1):
+                    if any(s.at(other) is None for other in ISAS if other != isa):
+                        return (f"{s.name} ({isa}): code only the {isa} binary has (a "
+                                f"code path of one ISA: CPU-feature dispatch, assembly), "
+                                f"with no twin to rebuild its frame on the other ISA")
                     return (f"{s.name} ({isa}): code without metadata (libc) in the "
                             f"middle of the stack, i.e. the program was called back from "
                             f"it (qsort comparator, signal handler): such a frame cannot "

@@ -78,3 +78,18 @@ def test_back_move_not_at_a_park_point() -> None:
     msg = "thread 7: f: call site at 0x42c514 has no translatable twin on x86-64"
     assert _not_a_park_point(msg, program, "aarch64") == "0x42c514"
     assert _not_a_park_point("call site at 0x42c518 ...", program, "aarch64") is None
+
+
+def test_park_explains_one_isa_code() -> None:
+    """zstd's ZSTD_encodeSequences_bmi2 exists in the x86-64 binary only (BMI2 dispatch):
+    a thread kept from parking by it is told so, not 'a callback from libc'."""
+    from docker_hmigrate.park import ParkProtocol
+    from docker_hmigrate.toolchain import contract
+
+    md = contract.load({"symbols": [
+        {"name": "ZSTD_encodeSequences_bmi2", "kind": "func", "x86-64": [0x5000, 0x100]},
+        {"name": "qsort", "kind": "func", "x86-64": [0x6000, 0x80],
+         "aarch64": [0x6000, 0x90]}]})
+    proto = ParkProtocol(metadata=md)
+    assert "code only the x86-64 binary has" in proto.explain(0x5010)
+    assert "called back from it" in proto.explain(0x6010)

@@ -383,8 +383,10 @@ def _park(c, program, deadline: float) -> None:
         why = program.park_protocol.explain(ra)
     except (sdk.errors.NotFound, ValueError):
         why = "no equivalence point reached"
-    with contextlib.suppress(sdk.errors.APIError):  # it may have finished meanwhile
-        c.kill(signal=41)
+    for i in range(3):  # a kick sent just before the resume arms a new request
+        time.sleep(0.3 if i else 0)
+        with contextlib.suppress(sdk.errors.APIError):  # it may have finished meanwhile
+            c.kill(signal=41)
     raise RuntimeError(f"refused before the freeze: {why}")
 
 

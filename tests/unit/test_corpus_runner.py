@@ -93,3 +93,18 @@ def test_park_explains_one_isa_code() -> None:
     proto = ParkProtocol(metadata=md)
     assert "code only the x86-64 binary has" in proto.explain(0x5010)
     assert "called back from it" in proto.explain(0x6010)
+
+
+def test_withdrawn_park_request_is_resumed_again(monkeypatch) -> None:
+    """A refused park sends the resume signal more than once: a kick of the park signal
+    sent just before the first resume arms a new request after it (zstd stayed parked)."""
+    from types import SimpleNamespace
+
+    from docker_hmigrate import park
+
+    sent: list[int] = []
+    host = SimpleNamespace(api=SimpleNamespace(kill=lambda c, signal: sent.append(signal)))
+    monkeypatch.setattr(park.time, "sleep", lambda s: None)
+    park.withdraw(host, "c", park.ParkProtocol())
+    assert sent == [park.ParkProtocol().resume_signal] * park.WITHDRAW_REPEAT
+    assert park.WITHDRAW_REPEAT >= 2

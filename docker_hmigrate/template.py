@@ -262,15 +262,68 @@ def remove(dst: Host, cid: str) -> None:
         dst.api.remove_container(cid, force=True, v=True)
 
 
+def host_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The template body without the user's bind mounts and volumes: what the host gives
+    every configuration that differs from this one only in those (and in what
+    template_body drops already: image, command, environment, network, ports). Its
+    checkpoint, with the user's mounts grafted in (recode/hostimages.graft_user_mounts),
+    stands for the configuration's own template."""
+    h = copy.deepcopy(body)
+    hc = h.setdefault("HostConfig", {})
+    hc["Mounts"] = [m for m in hc.get("Mounts") or [] if m.get("Type") not in ("bind", "volume")]
+    h["Volumes"] = {}
+    return h
+
+
+def user_paths(body: dict[str, Any]) -> list[str]:
+    """Where a template body has the user's data (its anonymous volumes)."""
+    return [m["Target"] for m in body.get("HostConfig", {}).get("Mounts") or []
+            if m.get("Type") in ("bind", "volume")]
+
+
+def derivation_refusal(body: dict[str, Any]) -> str:
+    """Why the configuration's facts cannot be derived from its host template (empty: they
+    can). Decided from the configuration alone."""
+    from docker_hmigrate.recode import hostimages
+
+    hc = body.get("HostConfig") or {}
+    others = [m.get("Target", "") for m in hc.get("Mounts") or []
+              if m.get("Type") not in ("bind", "volume")] + list(hc.get("Tmpfs") or {})
+    if body.get("Volumes"):
+        return "the configuration declares volumes of its own"
+    return hostimages.graft_refusal(user_paths(body), others)
+
+
+def _marker(key: str) -> Path:
+    return cache_dir() / f"{key}.underivable"
+
+
+def underivable(key: str) -> bool:
+    """A restore with derived facts of this configuration failed before: take its own
+    template from now on."""
+    return _marker(key).exists()
+
+
+def mark_underivable(key: str) -> None:
+    root = cache_dir()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        _marker(key).touch(mode=0o600)
+
+
 @dataclass
 class Facts:
-    """The target host's facts for one move: a checkpoint of the inert template."""
+    """The target host's facts for one move: a checkpoint of the inert template, the
+    configuration's own or its host template's with the user's mounts grafted in."""
 
     images: Path  # its CRIU images (0700): recode.template_facts, recode.merge_host_facts
     container_id: str  # the template container's id (containerd's staging copies name it)
-    key: str  # its cache entry (forget() it when a restore with it fails)
+    key: str  # the cache entry used (forget() it when a restore with it fails)
     cached: bool  # read from the cache: nothing was run on the target
     seconds: float = 0.0  # to read the cache or take the template
+    config_key: str = ""  # derived: the configuration's own key (mark_underivable)
+    derived: bool = False  # the host template's, with the user's mounts grafted in
+    derivation: str = ""  # not derived: why (empty when the configuration has no mounts)
 
 
 def target_facts(dst: Host, target_body: dict[str, Any], inspect: dict[str, Any],
@@ -278,18 +331,51 @@ def target_facts(dst: Host, target_body: dict[str, Any], inspect: dict[str, Any]
                  record: Callable[[str | None], None] = lambda cid: None,
                  stop: threading.Event | None = None) -> Facts:
     """The target's facts for a container to be created there with `target_body` (the
-    source's configuration, spec.py) from the source's `inspect`: from the cache, or from
-    a checkpoint of the inert template taken now (then cached). `into`: a new folder for
-    the images; `name`: the template container's name; `record`, `stop`: see
-    take_checkpoint. Needs nothing of the target but its info when cached."""
+    source's configuration, spec.py) from the source's `inspect`. In this order:
+    - the configuration's own template from the cache;
+    - its host template (the configuration without its bind mounts and volumes, host_body)
+      from the cache or taken now, the user's mounts grafted in: every configuration
+      that differs only in its mounts shares it, so a first move of a new configuration
+      to a known host runs nothing there;
+    - the configuration's own template taken now (then cached), where a graft could be
+      wrong (derivation_refusal, or a restore with derived facts failed before).
+    `into`: a new folder for the images; `name`: the template container's name; `record`,
+    `stop`: see take_checkpoint. Needs nothing of the target but its info when cached."""
+    from docker_hmigrate.recode import hostimages
+    from docker_hmigrate.recode.frames import Untranslatable
+
     started = time.monotonic()
     body = template_body(target_body, inspect.get("Mounts") or [])
     key = cache_key(dst, body)
+
+    def done(images_key: str, cid: str, hit: bool, **kw: Any) -> Facts:
+        return Facts(into, cid, images_key, cached=hit, seconds=time.monotonic() - started,
+                     **kw)
+
     hit = cached(key)
     if hit is not None:
         _private_copy(hit, into)
-        return Facts(into, container_id(into), key, cached=True,
-                     seconds=time.monotonic() - started)
+        return done(key, container_id(into), True)
+    paths = user_paths(body)
+    why = derivation_refusal(body) if paths else ""
+    if paths and not why and underivable(key):
+        why = "a restore with derived facts failed before"
+    if paths and not why:
+        hbody = host_body(body)
+        hkey = cache_key(dst, hbody)
+        host = cached(hkey)
+        if host is not None:
+            _private_copy(host, into)
+            cid = container_id(into)
+        else:
+            cid = take_checkpoint(dst, hbody, into, name, record, stop)
+            store(hkey, into)
+        try:
+            hostimages.graft_user_mounts(into, paths)
+            return done(hkey, cid, host is not None, config_key=key, derived=True)
+        except Untranslatable as exc:  # the host's tree has a mount in the way
+            why = str(exc)
+            shutil.rmtree(into, ignore_errors=True)
     cid = take_checkpoint(dst, body, into, name, record, stop)
     store(key, into)
-    return Facts(into, cid, key, cached=False, seconds=time.monotonic() - started)
+    return done(key, cid, False, derivation=why)

@@ -96,8 +96,9 @@ def template_body(body: dict[str, Any], inspect_mounts: list[dict[str, Any]]) ->
     hc = t.setdefault("HostConfig", {})
     # Every place the user's data appears (bind mounts, named and anonymous volumes)
     # becomes an empty anonymous volume: the same external bind mount for CRIU.
-    mounts = [{"Type": "volume", "Target": m["Destination"],
-               "ReadOnly": not m.get("RW", True)}
+    # Not read-only: daemons refuse a read-only anonymous volume, and the merge gives the
+    # mount the source's flags anyway.
+    mounts = [{"Type": "volume", "Target": m["Destination"]}
               for m in inspect_mounts if m.get("Type") in ("bind", "volume")]
     targets = {m["Target"] for m in mounts}
     mounts += [m for m in hc.get("Mounts") or []

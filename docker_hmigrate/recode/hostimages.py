@@ -281,7 +281,10 @@ def graft_user_mounts(images: Path, paths: list[str]) -> int:
         entry.CopyFrom(proto)
         entry.mnt_id, entry.parent_mnt_id, entry.mountpoint = next_id, parent.mnt_id, p
         entry.root, entry.ext_key = p, p  # the merge puts the source's in
-        entry.flags |= MS_SLAVE  # as docker mounts an anonymous volume
+        # a slave, as docker mounts an anonymous volume; its master (the host's mount of
+        # docker's data root) is not known here: the merge gives the entry the source's
+        # propagation (a slave or shared user mount is refused there)
+        entry.flags |= MS_SLAVE
         entry.master_id = entry.master_id or 1
         next_id += 1
         taken.add(p)

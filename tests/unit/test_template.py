@@ -159,8 +159,10 @@ def test_template_body_runs_nothing_of_the_user():
     hc = t["HostConfig"]
     assert hc["Binds"] is None and hc["NetworkMode"] == "none" and hc["PortBindings"] == {}
     assert hc["RestartPolicy"] == {"Name": "no"}
-    assert hc["Mounts"] == [{"Type": "volume", "Target": "/data", "ReadOnly": True},
-                            {"Type": "volume", "Target": "/cache", "ReadOnly": False},
+    # never read-only (daemons refuse it for an anonymous volume; the merge takes the
+    # source's flags)
+    assert hc["Mounts"] == [{"Type": "volume", "Target": "/data"},
+                            {"Type": "volume", "Target": "/cache"},
                             {"Type": "tmpfs", "Target": "/scratch"}]
     assert t["Volumes"] == {} and "NetworkingConfig" not in t
     assert hc["SecurityOpt"] == ["seccomp=unconfined"]  # what shapes the mount tree stays

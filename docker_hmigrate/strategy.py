@@ -195,7 +195,8 @@ class CrossIsa(SameIsa):
         self._facts_call = pool.submit(
             template.target_facts, m.dst, body, m.inspect, self.workdir / "template",
             f"hmigrate-template-{m.checkpoint}",
-            record=lambda cid: setattr(m.created, "template", cid), stop=self._facts_stop)
+            record=lambda cid: setattr(m.created, "template", cid), stop=self._facts_stop,
+            keep=True)  # removed at the migration's end, not while prepare waits
         pool.shutdown(wait=False)
 
     def prepare(self, ph) -> None:

@@ -37,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -195,12 +196,15 @@ class Stopped(errors.HmigrateError):
 
 def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
                     record: Callable[[str | None], None] = lambda cid: None,
-                    stop: threading.Event | None = None) -> str:
+                    stop: threading.Event | None = None, keep: bool = False) -> str:
     """Create, inject, start and checkpoint the inert template on dst; its images into
     `into` (0700). The container (and its anonymous volumes) is removed before returning
     its id; record(id) is called as it is created and record(None) once it is removed, so
-    that a rollback meanwhile can remove it. `stop` set: no further step is begun (raises
-    Stopped; a step in flight ends first)."""
+    that a rollback meanwhile can remove it. `keep`: once the images are read, the
+    template and the helper that read them stay (stopped, never started) for the caller
+    to remove later, out of the way of the move (a removal takes seconds on a slow
+    target): a migration's end removes every container with its label. `stop` set: no
+    further step is begun (raises Stopped; a step in flight ends first)."""
     def step() -> None:
         if stop is not None and stop.is_set():
             raise Stopped("the template was given up")
@@ -221,6 +225,14 @@ def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
                 hint="the target must accept the source's configuration") from exc
         cid = res["Id"]
         record(cid)
+    done = False
+    # the helper that reads the images, created while the stub starts and is dumped (a
+    # create takes seconds on a slow target); it binds the checkpoints folder, read once
+    # the checkpoint is there
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="template-helper")
+    making = pool.submit(dst.create_helper,
+                         [f"{dst.checkpoint_dir(cid)}:{transfer.SRC_MOUNT}:ro"])
+    pool.shutdown(wait=False)
     try:
         dst.api.put_archive(cid, "/", stub_archive(dst.isa))
         step()
@@ -228,21 +240,25 @@ def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
         _wait_blocked(dst, cid)
         step()
         dst.checkpoint_create(cid, "template", exit=True)
-        with dst.helper([f"{dst.checkpoint_dir(cid)}:{transfer.SRC_MOUNT}:ro"]) as helper:
-            into.mkdir(mode=0o700, parents=True, exist_ok=True)
-            transfer.download_folder("template checkpoint", dst, helper,
-                                     f"{transfer.SRC_MOUNT}/template", into)
+        helper = making.result()
+        into.mkdir(mode=0o700, parents=True, exist_ok=True)
+        transfer.download_folder("template checkpoint", dst, helper,
+                                 f"{transfer.SRC_MOUNT}/template", into)
         fd = os.open(into / ID_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(cid)
+        done = True
         return cid
     except docker.errors.APIError as exc:
         raise errors.CriuError(
             f"the template checkpoint on {dst.name} failed: {api_error_text(exc)}",
             hint="see the criu-dump.log named above on the target host") from exc
     finally:
-        remove(dst, cid)
-        record(None)
+        if not (done and keep):
+            with contextlib.suppress(Exception):  # its creation's failure: nothing made
+                dst.remove_quietly(making.result())
+            remove(dst, cid)
+            record(None)
 
 
 def _wait_blocked(dst: Host, cid: str, timeout: float = 30) -> None:
@@ -330,7 +346,7 @@ class Facts:
 def target_facts(dst: Host, target_body: dict[str, Any], inspect: dict[str, Any],
                  into: Path, name: str,
                  record: Callable[[str | None], None] = lambda cid: None,
-                 stop: threading.Event | None = None) -> Facts:
+                 stop: threading.Event | None = None, keep: bool = False) -> Facts:
     """The target's facts for a container to be created there with `target_body` (the
     source's configuration, spec.py) from the source's `inspect`. In this order:
     - the configuration's own template from the cache;
@@ -341,7 +357,7 @@ def target_facts(dst: Host, target_body: dict[str, Any], inspect: dict[str, Any]
     - the configuration's own template taken now (then cached), where a graft could be
       wrong (derivation_refusal, or a restore with derived facts failed before).
     `into`: a new folder for the images; `name`: the template container's name; `record`,
-    `stop`: see take_checkpoint. Needs nothing of the target but its info when cached."""
+    `stop`, `keep`: see take_checkpoint. Needs nothing of the target but its info when cached."""
     from docker_hmigrate.recode import hostimages
     from docker_hmigrate.recode.frames import Untranslatable
 
@@ -369,7 +385,7 @@ def target_facts(dst: Host, target_body: dict[str, Any], inspect: dict[str, Any]
             _private_copy(host, into)
             cid = container_id(into)
         else:
-            cid = take_checkpoint(dst, hbody, into, name, record, stop)
+            cid = take_checkpoint(dst, hbody, into, name, record, stop, keep)
             store(hkey, into)
         try:
             hostimages.graft_user_mounts(into, paths)
@@ -377,6 +393,6 @@ def target_facts(dst: Host, target_body: dict[str, Any], inspect: dict[str, Any]
         except Untranslatable as exc:  # the host's tree has a mount in the way
             why = str(exc)
             shutil.rmtree(into, ignore_errors=True)
-    cid = take_checkpoint(dst, body, into, name, record, stop)
+    cid = take_checkpoint(dst, body, into, name, record, stop, keep)
     store(key, into)
     return done(key, cid, False, derivation=why)

@@ -521,7 +521,7 @@ def cross_migration(monkeypatch, take):
     m.inspect = {"Id": CID, "Name": "/web", "Mounts": []}
     m.spec = type("S", (), {"body": {"Image": "app", "HostConfig": {}}})()
 
-    def facts(dst_, body, inspect, into, name, record, stop):
+    def facts(dst_, body, inspect, into, name, record, stop, keep=False):
         return take(record, stop, into)
 
     monkeypatch.setattr(template, "target_facts", facts)

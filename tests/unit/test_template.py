@@ -454,3 +454,92 @@ def test_a_configuration_that_cannot_be_grafted_takes_its_own_template(tmp_path,
                                   tmp_path / "w" / "t", "t")
     assert not facts.derived and "dev tree" in facts.derivation
     assert template.user_paths(taken[0]) == ["/dev/fuse-data"]
+
+
+class _FakeApi:
+    """The engine calls take_checkpoint makes, recorded; `fail`: the call that fails."""
+
+    def __init__(self, fail: str = ""):
+        self.calls: list[tuple] = []
+        self.fail = fail
+
+    def _call(self, name, *args):
+        self.calls.append((name, *args))
+        if name == self.fail:
+            import docker.errors
+            raise docker.errors.APIError(f"{name} failed")
+
+    def _url(self, path):
+        return path
+
+    def _post_json(self, url, data, params):
+        self._call("create", params["name"])
+        return {"Id": "tpl"}
+
+    def _result(self, res, json=False):
+        return res
+
+    def put_archive(self, cid, path, data):
+        self._call("put_archive", cid)
+
+    def start(self, cid):
+        self._call("start", cid)
+
+    def top(self, cid, ps_args=""):
+        return {"Processes": [["1", "S", template.STUB_PATH]]}
+
+    def remove_container(self, cid, force=False, v=False):
+        self._call("remove", cid)
+
+
+class _FakeHost:
+    name, isa, labels = "arm", "aarch64", {}
+
+    def __init__(self, fail: str = ""):
+        self.api = _FakeApi(fail)
+
+    def checkpoint_dir(self, cid):
+        return f"/var/lib/docker/containers/{cid}/checkpoints"
+
+    def create_helper(self, binds):
+        self.api._call("create_helper", *binds)
+        return "helper"
+
+    def checkpoint_create(self, cid, name, exit=True):
+        self.api._call("checkpoint", cid)
+
+    def remove_quietly(self, cid):
+        self.api._call("remove", cid)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_template_helper_made_beside_the_start_and_removals_kept_for_later(
+        tmp_path, monkeypatch, keep):
+    from docker_hmigrate import transfer
+
+    monkeypatch.setattr(transfer, "download_folder",
+                        lambda what, host, helper, path, into: host.api._call("read", helper))
+    dst = _FakeHost()
+    records: list = []
+    cid = template.take_checkpoint(dst, {"Image": "x"}, tmp_path / "imgs", "t",
+                                   record=records.append, keep=keep)
+    names = [c[0] for c in dst.api.calls]
+    assert cid == "tpl" and ("create_helper", "/var/lib/docker/containers/tpl/checkpoints:"
+                             f"{transfer.SRC_MOUNT}:ro") in dst.api.calls
+    assert names.index("read") > names.index("checkpoint")
+    assert (tmp_path / "imgs" / template.ID_FILE).read_text() == "tpl"
+    if keep:  # left for the migration's end: still recorded for a rollback
+        assert "remove" not in names and records == ["tpl"]
+    else:
+        assert sorted(c[1] for c in dst.api.calls if c[0] == "remove") == ["helper", "tpl"]
+        assert records == ["tpl", None]
+
+
+def test_a_failed_template_removes_its_container_and_helper_even_if_kept(tmp_path):
+    dst = _FakeHost(fail="checkpoint")
+    records: list = []
+    with pytest.raises(Exception, match="template checkpoint on arm failed"):
+        template.take_checkpoint(dst, {"Image": "x"}, tmp_path / "imgs", "t",
+                                 record=records.append, keep=True)
+    assert sorted(c[1] for c in dst.api.calls if c[0] == "remove") == ["helper", "tpl"]
+    assert records == ["tpl", None]

@@ -37,7 +37,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -225,22 +224,16 @@ def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
                 hint="the target must accept the source's configuration") from exc
         cid = res["Id"]
         record(cid)
-    done = False
-    # the helper that reads the images, created while the stub starts and is dumped (a
-    # create takes seconds on a slow target); it binds the checkpoints folder, read once
-    # the checkpoint is there
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="template-helper")
-    making = pool.submit(dst.create_helper,
-                         [f"{dst.checkpoint_dir(cid)}:{transfer.SRC_MOUNT}:ro"])
-    pool.shutdown(wait=False)
+    done, helper = False, ""
     try:
         dst.api.put_archive(cid, "/", stub_archive(dst.isa))
         step()
         dst.api.start(cid)
         _wait_blocked(dst, cid)
         step()
-        dst.checkpoint_create(cid, "template", exit=True)
-        helper = making.result()
+        _checkpoint(dst, cid, step)
+        with interrupts.shielded():  # created and recorded, or neither
+            helper = dst.create_helper([f"{dst.checkpoint_dir(cid)}:{transfer.SRC_MOUNT}:ro"])
         into.mkdir(mode=0o700, parents=True, exist_ok=True)
         transfer.download_folder("template checkpoint", dst, helper,
                                  f"{transfer.SRC_MOUNT}/template", into)
@@ -255,10 +248,28 @@ def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
             hint="see the criu-dump.log named above on the target host") from exc
     finally:
         if not (done and keep):
-            with contextlib.suppress(Exception):  # its creation's failure: nothing made
-                dst.remove_quietly(making.result())
+            if helper:
+                dst.remove_quietly(helper)
             remove(dst, cid)
             record(None)
+
+
+FREEZE_TRIES = 3
+
+
+def _checkpoint(dst: Host, cid: str, step: Callable[[], None], name: str = "template") -> None:
+    """The template's checkpoint, tried again when the freezer gave up: on a loaded host
+    the stub is not scheduled soon enough to enter the freezer ("unable to freeze"); the
+    container goes on running then, and it is inert: another try is harmless."""
+    for n in range(FREEZE_TRIES):
+        try:
+            dst.checkpoint_create(cid, name, exit=True)
+            return
+        except docker.errors.APIError as exc:
+            if "unable to freeze" not in api_error_text(exc) or n == FREEZE_TRIES - 1:
+                raise
+        step()
+        time.sleep(1.0)
 
 
 def _wait_blocked(dst: Host, cid: str, timeout: float = 30) -> None:

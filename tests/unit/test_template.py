@@ -513,7 +513,7 @@ class _FakeHost:
 
 
 @pytest.mark.parametrize("keep", [False, True])
-def test_template_helper_made_beside_the_start_and_removals_kept_for_later(
+def test_template_removals_kept_for_later_in_a_migration(
         tmp_path, monkeypatch, keep):
     from docker_hmigrate import transfer
 
@@ -535,11 +535,49 @@ def test_template_helper_made_beside_the_start_and_removals_kept_for_later(
         assert records == ["tpl", None]
 
 
-def test_a_failed_template_removes_its_container_and_helper_even_if_kept(tmp_path):
-    dst = _FakeHost(fail="checkpoint")
+def test_a_failed_template_removes_its_container_and_helper_even_if_kept(tmp_path,
+                                                                        monkeypatch):
+    from docker_hmigrate import transfer
+
+    def broken(what, host, helper, path, into):
+        raise transfer.TransferInterrupted("the stream broke")
+
+    monkeypatch.setattr(transfer, "download_folder", broken)
+    dst = _FakeHost()
     records: list = []
-    with pytest.raises(Exception, match="template checkpoint on arm failed"):
+    with pytest.raises(transfer.TransferInterrupted):
         template.take_checkpoint(dst, {"Image": "x"}, tmp_path / "imgs", "t",
                                  record=records.append, keep=True)
     assert sorted(c[1] for c in dst.api.calls if c[0] == "remove") == ["helper", "tpl"]
     assert records == ["tpl", None]
+
+
+def test_a_freeze_that_gave_up_is_tried_again(tmp_path, monkeypatch):
+    import docker.errors
+
+    from docker_hmigrate import transfer
+
+    monkeypatch.setattr(transfer, "download_folder", lambda *a: None)
+    monkeypatch.setattr(template.time, "sleep", lambda s: None)
+    dst = _FakeHost()
+    tries = []
+
+    def checkpoint(cid, name, exit=True):
+        tries.append(cid)
+        if len(tries) < 2:
+            raise docker.errors.APIError("Cannot checkpoint container: OCI runtime pause "
+                                         "failed: unable to freeze: unknown")
+
+    dst.checkpoint_create = checkpoint
+    assert template.take_checkpoint(dst, {"Image": "x"}, tmp_path / "i", "t") == "tpl"
+    assert tries == ["tpl", "tpl"]
+    dst, tries[:] = _FakeHost(), []
+
+    def broken(cid, name, exit=True):
+        tries.append(cid)
+        raise docker.errors.APIError("criu failed: type NOTIFY errno 0")
+
+    dst.checkpoint_create = broken
+    with pytest.raises(Exception, match="template checkpoint on arm failed"):
+        template.take_checkpoint(dst, {"Image": "x"}, tmp_path / "j", "t")
+    assert tries == ["tpl"]  # another failure: not tried again

@@ -42,6 +42,7 @@ from pathlib import Path
 from typing import Any
 
 import docker.errors
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from docker_hmigrate import errors, interrupts, transfer
 from docker_hmigrate.engine import HELPER_LABEL, SCRATCH_IMAGE, Host, api_error_text
@@ -257,19 +258,20 @@ def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
 FREEZE_TRIES = 3
 
 
+def _gave_up_freezing(exc: BaseException) -> bool:
+    return isinstance(exc, docker.errors.APIError) and "unable to freeze" in api_error_text(exc)
+
+
 def _checkpoint(dst: Host, cid: str, step: Callable[[], None], name: str = "template") -> None:
     """The template's checkpoint, tried again when the freezer gave up: on a loaded host
     the stub is not scheduled soon enough to enter the freezer ("unable to freeze"); the
-    container goes on running then, and it is inert: another try is harmless."""
-    for n in range(FREEZE_TRIES):
-        try:
-            dst.checkpoint_create(cid, name, exit=True)
-            return
-        except docker.errors.APIError as exc:
-            if "unable to freeze" not in api_error_text(exc) or n == FREEZE_TRIES - 1:
-                raise
-        step()
-        time.sleep(1.0)
+    container goes on running then, and it is inert: another try is harmless. Any other
+    failure, or the last try's, is raised as it is."""
+    retrying = Retrying(stop=stop_after_attempt(FREEZE_TRIES), wait=wait_fixed(1.0),
+                        retry=retry_if_exception(_gave_up_freezing),
+                        before=lambda state: state.attempt_number > 1 and step(),
+                        reraise=True)
+    retrying(dst.checkpoint_create, cid, name, exit=True)
 
 
 def _wait_blocked(dst: Host, cid: str, timeout: float = 30) -> None:

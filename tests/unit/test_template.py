@@ -558,7 +558,8 @@ def test_a_freeze_that_gave_up_is_tried_again(tmp_path, monkeypatch):
     from docker_hmigrate import transfer
 
     monkeypatch.setattr(transfer, "download_folder", lambda *a: None)
-    monkeypatch.setattr(template.time, "sleep", lambda s: None)
+    no_wait = template.wait_fixed(0)
+    monkeypatch.setattr(template, "wait_fixed", lambda s: no_wait)
     dst = _FakeHost()
     tries = []
 

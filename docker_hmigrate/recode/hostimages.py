@@ -231,6 +231,9 @@ def graft_refusal(paths: list[str], other_mounts: list[str]) -> str:
             return f"a user mount at {p} replaces one of the runtime's"
         if any(p == t or p.startswith(t + "/") for t in HOST_TREES):
             return f"a user mount at {p} is inside the runtime's {p.split('/')[1]} tree"
+        under = [t for t in RUNTIME_FILES + HOST_TREES if t.startswith(p.rstrip("/") + "/")]
+        if under:
+            return f"the runtime's mount at {under[0]} is inside the user mount at {p}"
         below = [o for o in other_mounts if o.startswith(p.rstrip("/") + "/") or o == p]
         if below:
             return f"the mount at {below[0]} is inside the user mount at {p}"

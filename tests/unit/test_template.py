@@ -331,6 +331,7 @@ def test_derived_facts_merge_as_the_configurations_own_template(tmp_path):
     (["/"], [], "replaces one of the runtime's"),
     (["/data"], ["/data/tmp"], "the mount at /data/tmp is inside the user mount at /data"),
     (["/data", "/data"], [], "two user mounts at the same place"),
+    (["/etc"], [], "the runtime's mount at /etc/hosts is inside the user mount at /etc"),
 ])
 def test_graft_refusals_from_the_configuration(paths, others, why):
     assert why in hostimages.graft_refusal(paths, others)

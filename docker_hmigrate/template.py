@@ -17,9 +17,15 @@ source's configuration with
   cgroups; the process's creds and cwd come from the source): one template serves every
   image of the same configuration, rebuilt images included, and needs no pull.
 The checkpoint is cached per (target daemon, configuration) in the user's cache folder
-(0700, files 0600): a second move to the same target pays nothing. A migration takes it
+(0700, files 0600): a second move to the same target pays nothing. A configuration's facts
+are derived from its *host template* (the configuration without its bind mounts and
+volumes, host_body) with the user's mounts grafted into the mount tree
+(recode/hostimages.graft_user_mounts), so every configuration differing only in its mounts
+shares one template per target: a first move of a new configuration to a host seen before
+runs nothing there. Where a graft could be wrong, the configuration's own template is
+taken (derivation_refusal; a restore with derived facts that failed). A migration takes it
 while the hosts are validated (strategy.CrossIsa.start), so a first move waits for what is
-left of it only.
+left of it only, and leaves its removal to the migration's end.
 """
 
 from __future__ import annotations

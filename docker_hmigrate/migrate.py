@@ -21,6 +21,7 @@ target that dies during verify makes the source resume (what it accepted is lost
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import os
 import re
@@ -49,7 +50,7 @@ from tenacity import (
     wait_fixed,
 )
 
-from docker_hmigrate import errors, fastpath, interrupts, strategy, transfer
+from docker_hmigrate import errors, fastpath, interrupts, lazy, strategy, transfer
 from docker_hmigrate.criu import log as criu_log
 from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import (
@@ -97,6 +98,7 @@ class MigrationOptions:
     hooks: dict[str, str] = field(default_factory=dict)  # hook point -> shell command
     verify_seconds: float = 1.0
     hook_timeout: float = 60.0
+    lazy: bool = False  # post-copy (lazy.py): checked before the freeze
 
     def check(self) -> None:
         """Refuse bad option values before anything is touched (a usage error)."""
@@ -346,6 +348,8 @@ class Migration:
 
     def phase_validate(self) -> None:
         with self.rep.phase("validate") as ph:
+            if self.opts.lazy:  # before anything is created or frozen
+                self._check_lazy()
             image = image_check(self.src, self.dst, self.spec.image, self.inspect["Image"])
             checks = self.strategy.checks()
             self.strategy.start()  # cross-ISA: the template, while the hosts are validated
@@ -362,6 +366,20 @@ class Migration:
                 ph.update(f"{len(self.validation.checks)} checks passed")
             if not self.opts.force:
                 self.validation.raise_for_failures()
+
+    def _check_lazy(self) -> None:
+        """--lazy (post-copy, lazy.py): raises ValidationFailed with every reason it
+        cannot be taken between these hosts (never skipped by --force: a lazy restore
+        that cannot work would fail after the freeze)."""
+        version = self.dst.version
+        facts = lazy.LazyFacts(
+            src_isa=self.src.isa, dst_isa=self.dst.isa,
+            dst_api=str(version.get("ApiVersion", "")),
+            dst_server=str(version.get("Version", "?")),
+            fast_path=fastpath.refusal(self.src, self.inspect))
+        if not lazy.refusals(facts):  # the probe costs seconds: only when it can decide
+            facts = dataclasses.replace(facts, uffd=lazy.target_uffd(self.dst))
+        lazy.check(facts)
 
     def phase_prepare_target(self) -> None:
         with self.rep.phase("prepare target") as ph:

@@ -129,6 +129,10 @@ class Agent:
         host_config = api.create_host_config(
             binds=["/:/host:ro"], pid_mode="host", network_mode="host",
             cap_add=PROBE_CAPS, security_opt=["seccomp=unconfined", "apparmor=unconfined"])
+        # The host's cgroup namespace: on cgroup v2 a private one (the default there) makes
+        # runc's dump fail ("cg: failed walking /proc/self/fd/N/../<id> for empty
+        # cgroups", seen on host c). Daemons older than API 1.41 ignore the field.
+        host_config["CgroupnsMode"] = "host"
         created = api.create_container(
             self.host.scratch_image, name=f"hmigrate-agent-{uuid.uuid4().hex[:12]}",
             host_config=host_config, labels={HELPER_LABEL: "agent"},

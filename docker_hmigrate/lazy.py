@@ -14,13 +14,13 @@ engine API does not offer; docs/lazy.md has the evidence (lab, Docker 20.10 and 
   and containerd without the process. Refused there, before anything is touched.
 - **Target kernel and CRIU**: `criu check --feature uffd-noncoop` (userfaultfd with the
   events a multi-process restore needs).
-- **Source**: runc's `checkpoint --lazy-pages` (CRIU 4.2.1 over runc's RPC) was seen to
-  bind its page server on every address of the host's network namespace (CRIU applies
-  runc's page-server address only without lazy pages) and to fail its first page
-  request ("page-pipe: splice: Bad file descriptor"; CRIU then resumed the source). The
-  source side that avoids both, a full dump to tmpfs served by `criu page-server
-  --lazy-pages` bound to one address, is not built yet: `--lazy` is refused with that
-  reason where everything else would allow it.
+- **Source**: runc's `checkpoint --lazy-pages` (CRIU 4.2.1 over runc's RPC) binds its
+  page server on every address of the host's network namespace (CRIU applies runc's
+  page-server address only without lazy pages). What works (done by hand on the lab,
+  Docker 26): the fast path's full dump to tmpfs, served by `criu page-server
+  --lazy-pages --address <one address>` from an agent with CAP_SYS_RESOURCE (CRIU grows a
+  pipe past fs.pipe-max-size, or every request fails with EBADF). Not wired into
+  `migrate` yet: `--lazy` is refused with that reason where everything else allows it.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ ANNOTATIONS_API = (1, 43)  # first engine API whose HostConfig carries OCI annot
 CRIU_CONFIG_ANNOTATION = "org.criu.config"  # runc: the CRIU configuration file to use
 UFFD_PROBE = "criu check --feature uffd-noncoop 2>&1; echo \"rc=$?\""
 SOURCE_SIDE_MISSING = (
-    "the source side of post-copy is not built yet: runc's lazy dump (CRIU over runc's "
-    "RPC) exposes its page server on every address of the source host and failed its "
-    "first page request on the lab; serving a tmpfs dump with `criu page-server "
-    "--lazy-pages` on one address is the planned way (docs/lazy.md)")
+    "the source side of post-copy is not built yet: runc's lazy dump exposes its page "
+    "server on every address of the source host; serving the fast path's tmpfs dump with "
+    "`criu page-server --lazy-pages` on one address works by hand (docs/lazy.md) and is "
+    "not wired into migrate yet")
 
 
 @dataclass(frozen=True)

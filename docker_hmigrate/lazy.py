@@ -26,6 +26,7 @@ engine API does not offer; docs/lazy.md has the evidence (lab, Docker 20.10 and 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from docker_hmigrate import errors
 from docker_hmigrate.engine import Host
@@ -33,13 +34,6 @@ from docker_hmigrate.engine import Host
 ANNOTATIONS_API = (1, 43)  # first engine API whose HostConfig carries OCI annotations
 CRIU_CONFIG_ANNOTATION = "org.criu.config"  # runc: the CRIU configuration file to use
 UFFD_PROBE = "criu check --feature uffd-noncoop 2>&1; echo \"rc=$?\""
-SOURCE_SIDE_MISSING = (
-    "the source side of post-copy is not built yet: runc's lazy dump exposes its page "
-    "server on every address of the source host; serving the fast path's tmpfs dump with "
-    "`criu page-server --lazy-pages` on one address works by hand (docs/lazy.md) and is "
-    "not wired into migrate yet")
-
-
 @dataclass(frozen=True)
 class LazyFacts:
     """What decides whether --lazy can be taken (gathered before the freeze)."""
@@ -94,7 +88,9 @@ def refusals(facts: LazyFacts) -> list[str]:
 
 def check(facts: LazyFacts) -> None:
     """Raise ValidationFailed (before the freeze: nothing touched) unless --lazy can run."""
-    reasons = refusals(facts) or [SOURCE_SIDE_MISSING]
+    reasons = refusals(facts)
+    if not reasons:
+        return
     raise errors.ValidationFailed(
         "--lazy (post-copy) cannot be used: " + "; ".join(reasons),
         hint="migrate without --lazy (stop-and-copy through the fast path); nothing was "
@@ -108,3 +104,120 @@ def target_uffd(dst: Host) -> str | None:
     except Exception as exc:  # noqa: BLE001 - any failure of the probe is a refusal
         return f"the probe for `criu check` could not run ({exc})"
     return uffd_reason(out)
+
+
+# --- the post-copy steps (docs/lazy.md, "Done by hand") -----------------------------------
+# CRIU grows its page pipes to 4 MiB (past fs.pipe-max-size): without this capability
+# every lazy page request after the first fails (EBADF).
+LAZY_CAPS = ("SYS_RESOURCE",)
+WAIT_LISTEN = 30  # seconds for a page server / lazy-pages daemon to come up
+
+
+def addresses(output: str) -> list[tuple[str, int]]:
+    """(address, prefix length) of each global IPv4 address in `ip -4 -o addr` output."""
+    out = []
+    for line in output.splitlines():
+        parts = line.split()
+        if "inet" in parts and parts[1] != "lo":
+            addr, _, plen = parts[parts.index("inet") + 1].partition("/")
+            out.append((addr, int(plen or 32)))
+    return out
+
+
+def page_server_address(src: list[tuple[str, int]], dst: list[tuple[str, int]]) -> str | None:
+    """The source's address on a link it shares with the target: in a subnet of one of the
+    target's addresses, and not an address both hosts have (each host's docker0 bridge),
+    private (the page server has no authentication). None: no such address."""
+    import ipaddress
+
+    dst_ips = {a for a, _ in dst}
+    for addr, _plen in src:
+        ip = ipaddress.ip_address(addr)
+        if addr in dst_ips or not ip.is_private:
+            continue
+        for daddr, dplen in dst:
+            if ip in ipaddress.ip_network(f"{daddr}/{dplen}", strict=False):
+                return addr
+    return None
+
+
+def port_for(name: str) -> int:
+    """A port for the page server (27000-28999), from the migration's random name."""
+    return 27000 + int.from_bytes(name.encode()[-4:], "big") % 2000
+
+
+def serve_pages(fast: Any, address: str, port: int) -> None:
+    """Source, after the fast dump: `criu page-server --lazy-pages` on the images in tmpfs,
+    bound to `address` only; returns once it listens. The source's whole state stays in
+    those images until the move commits (a failure restores the source from them)."""
+    log = f"{fast.work}/page-server.log"
+    status, out = fast.agent.sh(
+        f"setsid criu page-server --lazy-pages --images-dir {fast.images} "
+        f"--work-dir {fast.work} --address {address} --port {port} -o page-server.log "
+        f"</dev/null >/dev/null 2>&1 & echo $! > {fast.work}/page-server.pid; "
+        f"for i in $(seq {WAIT_LISTEN * 20}); do grep -q 'Starting page server' {log} "
+        f"2>/dev/null && exit 0; sleep 0.05; done; tail -5 {log}; exit 1")
+    if status != 0:
+        raise errors.CriuError(f"CRIU's page server did not start on {fast.host.name}: "
+                               f"{out.strip()[-300:]}")
+
+
+def stop_pages(fast: Any) -> None:
+    """End the page server if it still runs (it holds the images open)."""
+    fast.agent.sh(f"test -s {fast.work}/page-server.pid && "
+                  f"kill $(cat {fast.work}/page-server.pid) 2>/dev/null; true")
+
+
+class LazyTarget:
+    """The target side: a CRIU configuration named by the container's annotation (lazy
+    pages, a work folder), the lazy-pages daemon, its outcome. Wraps a FastRestore (its
+    tmpfs folder and agent), made before the target container is created."""
+
+    def __init__(self, restore: Any):
+        self.restore = restore
+        self.work = f"{restore.folder}/work"
+        self.conf = f"{restore.folder}/criu.conf"
+
+    def prepare(self) -> None:
+        """Before the freeze: the folder, criu.conf (the host's runc.conf lines kept), and
+        whether this CRIU and kernel can restore lazily at all."""
+        status, out = self.restore.agent.sh(
+            f"mkdir -m 0700 {self.work} && {{ cat /etc/criu/runc.conf 2>/dev/null; "
+            f"echo lazy-pages; echo work-dir {self.work}; }} > {self.conf} && "
+            + UFFD_PROBE)
+        reason = uffd_reason(out) if status == 0 else out.strip()
+        if reason:
+            raise errors.ValidationFailed(
+                f"--lazy: the target cannot restore lazily: {reason}",
+                hint="migrate without --lazy; nothing was frozen")
+
+    def annotations(self) -> dict[str, str]:
+        return {CRIU_CONFIG_ANNOTATION: self.conf}
+
+    def start_daemon(self, images: str, address: str, port: int) -> None:
+        """Before `docker start --checkpoint`: the daemon that takes the restored process's
+        userfaultfd and fetches its pages from the source."""
+        status, out = self.restore.agent.sh(
+            f"setsid sh -c 'criu lazy-pages --page-server --address {address} --port {port} "
+            f"--images-dir {images} --work-dir {self.work} -o lazy-pages.log; "
+            f"echo $? > {self.work}/lazy.rc' </dev/null >/dev/null 2>&1 & "
+            f"for i in $(seq {WAIT_LISTEN * 20}); do [ -S {self.work}/lazy-pages.socket ] "
+            f"&& exit 0; sleep 0.05; done; tail -5 {self.work}/lazy-pages.log; exit 1")
+        if status != 0:
+            raise errors.CriuError(f"CRIU's lazy-pages daemon did not start on "
+                                   f"{self.restore.host.name}: {out.strip()[-300:]}")
+
+    def outcome(self) -> tuple[int | None, str]:
+        """The daemon's exit status (None: still fetching) and its log's last lines."""
+        _status, out = self.restore.agent.sh(
+            f"cat {self.work}/lazy.rc 2>/dev/null; echo ---; "
+            f"tail -3 {self.work}/lazy-pages.log 2>/dev/null")
+        rc, _, tail = out.partition("---")
+        rc = rc.strip()
+        return (int(rc) if rc.lstrip("-").isdigit() else None), tail.strip()
+
+    def stop(self) -> None:
+        """The daemon, if it still runs (a failure: the target is removed anyway)."""
+        self.restore.agent.sh(
+            f"for p in $(pgrep -f 'lazy-pages --page-server.*--work-dir {self.work}'); do "
+            f"kill $p; done; true")

@@ -19,8 +19,8 @@ engine API does not offer; docs/lazy.md has the evidence (lab, Docker 20.10 and 
   page-server address only without lazy pages). What works (done by hand on the lab,
   Docker 26): the fast path's full dump to tmpfs, served by `criu page-server
   --lazy-pages --address <one address>` from an agent with CAP_SYS_RESOURCE (CRIU grows a
-  pipe past fs.pipe-max-size, or every request fails with EBADF). Not wired into
-  `migrate` yet: `--lazy` is refused with that reason where everything else allows it.
+  pipe past fs.pipe-max-size, or every request fails with EBADF). That is what
+  `migrate --lazy` does (the steps below, called from migrate.py).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ def serve_pages(fast: Any, address: str, port: int) -> None:
     log = f"{fast.work}/page-server.log"
     status, out = fast.agent.sh(
         f"setsid criu page-server --lazy-pages --images-dir {fast.images} "
-        f"--work-dir {fast.work} --address {address} --port {port} -o page-server.log "
+        f"--work-dir {fast.work} --address {address} --port {port} -o page-server.log -v3 "
         f"</dev/null >/dev/null 2>&1 & echo $! > {fast.work}/page-server.pid; "
         f"for i in $(seq {WAIT_LISTEN * 20}); do grep -q 'Starting page server' {log} "
         f"2>/dev/null && exit 0; sleep 0.05; done; tail -5 {log}; exit 1")

@@ -155,8 +155,9 @@ def serve_pages(fast: Any, address: str, port: int) -> None:
         f"setsid criu page-server --lazy-pages --images-dir {fast.images} "
         f"--work-dir {fast.work} --address {address} --port {port} -o page-server.log -v3 "
         f"</dev/null >/dev/null 2>&1 & echo $! > {fast.work}/page-server.pid; "
-        f"for i in $(seq {WAIT_LISTEN * 20}); do grep -q 'Starting page server' {log} "
-        f"2>/dev/null && exit 0; sleep 0.05; done; tail -5 {log}; exit 1")
+        f"end=$(($(date +%s) + {WAIT_LISTEN})); while [ $(date +%s) -lt $end ]; do "
+        f"grep -q 'Starting page server' {log} 2>/dev/null && exit 0; sleep 0.05; done; "
+        f"tail -5 {log}; exit 1")
     if status != 0:
         raise errors.CriuError(f"CRIU's page server did not start on {fast.host.name}: "
                                f"{out.strip()[-300:]}")
@@ -201,8 +202,9 @@ class LazyTarget:
             f"setsid sh -c 'criu lazy-pages --page-server --address {address} --port {port} "
             f"--images-dir {images} --work-dir {self.work} -o lazy-pages.log; "
             f"echo $? > {self.work}/lazy.rc' </dev/null >/dev/null 2>&1 & "
-            f"for i in $(seq {WAIT_LISTEN * 20}); do [ -S {self.work}/lazy-pages.socket ] "
-            f"&& exit 0; sleep 0.05; done; tail -5 {self.work}/lazy-pages.log; exit 1")
+            f"end=$(($(date +%s) + {WAIT_LISTEN})); while [ $(date +%s) -lt $end ]; do "
+            f"[ -S {self.work}/lazy-pages.socket ] && exit 0; sleep 0.05; done; "
+            f"tail -5 {self.work}/lazy-pages.log; exit 1")
         if status != 0:
             raise errors.CriuError(f"CRIU's lazy-pages daemon did not start on "
                                    f"{self.restore.host.name}: {out.strip()[-300:]}")

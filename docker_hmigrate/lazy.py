@@ -160,7 +160,9 @@ def serve_pages(fast: Any, address: str, port: int) -> None:
         f"tail -5 {log}; exit 1")
     if status != 0:
         raise errors.CriuError(f"CRIU's page server did not start on {fast.host.name}: "
-                               f"{out.strip()[-300:]}")
+                               f"{out.strip()[-300:] or 'no log'}",
+                               hint="the source is restored from its dump; migrate "
+                                    "without --lazy, or see docs/lazy.md")
 
 
 def stop_pages(fast: Any) -> None:
@@ -207,7 +209,9 @@ class LazyTarget:
             f"tail -5 {self.work}/lazy-pages.log; exit 1")
         if status != 0:
             raise errors.CriuError(f"CRIU's lazy-pages daemon did not start on "
-                                   f"{self.restore.host.name}: {out.strip()[-300:]}")
+                                   f"{self.restore.host.name}: {out.strip()[-300:] or 'no log'}",
+                                   hint="the source is restored from its dump; migrate "
+                                        "without --lazy, or see docs/lazy.md")
 
     def outcome(self) -> tuple[int | None, str]:
         """The daemon's exit status (None: still fetching) and its log's last lines."""

@@ -90,6 +90,14 @@ REMOVAL_WAIT = 30.0
 TARGET_ANSWER_WAIT = 30.0
 
 
+class _PassingRefusal(Exception):
+    """CRIU refused a dump for a reason about the moment (criu.log.transient)."""
+
+    def __init__(self, why: str, meaning: str, log: str) -> None:
+        super().__init__(why)
+        self.why, self.meaning, self.log = why, meaning, log
+
+
 @dataclass
 class MigrationOptions:
     container: str
@@ -394,10 +402,23 @@ class Migration:
 
     def phase_prepare_target(self) -> None:
         with self.rep.phase("prepare target") as ph:
+            # where the phase's time goes (--json prepare_seconds): the image (a pull) is
+            # the one part a target without the image must pay
+            steps: dict[str, float] = {}
+            mark = [time.monotonic()]
+
+            def lap(name: str) -> None:
+                now = time.monotonic()
+                steps[name] = round(now - mark[0], 3)
+                mark[0] = now
+
             self.strategy.image(ph)
+            lap("image")
             self._ensure_networks()
             self._create_volumes()
+            lap("networks_volumes")
             self.strategy.prepare(ph)  # cross-ISA: the template checkpoint
+            lap("target_facts")
             self._addresses()
             if self.opts.lazy:  # the annotation names a file that must exist before create
                 self._lazy_prepare()
@@ -411,14 +432,18 @@ class Migration:
                         f"{api_error_text(exc)}",
                         hint="see the reason above; nothing was frozen") from exc
                 self.created.target_container = self.target_id = res["Id"]
+            lap("create")
             for net in list(self.spec.networks)[1:]:
                 ep = self.spec.networks[net]
                 self.dst.api.connect_container_to_network(
                     res["Id"], net, ipv4_address=self._keep_ip.get(net),
                     aliases=ep.get("Aliases") or None)
             self._open_links(self.dst.inspect(res["Id"]))
+            lap("links")
             self._hold_restart_policy()  # issue 11: before the freeze
             self._watch_restore_log(res["Id"])
+            lap("rest")
+            self.rep.set("prepare_seconds", steps)
             ph.update(f"created {self.spec.name} ({res['Id'][:12]})")
 
     def _open_links(self, target: dict[str, Any]) -> None:
@@ -473,40 +498,57 @@ class Migration:
             if self._fast_checkpoint(ph):  # fast path (issue 11); False: the API's
                 self._fault("during:checkpoint")
                 return
-            for attempt in range(1, DUMP_ATTEMPTS + 1):
-                self._checkpoint_call = _in_background(self._dump)
-                if attempt == 1:
-                    self._fault("during:checkpoint")
-                try:
-                    self._checkpoint_call.result()
-                    break
-                except docker.errors.APIError as exc:
-                    # The source keeps running when the dump fails: CRIU resumes it.
-                    text = api_error_text(exc)
-                    log = self._read_dump_log(criu_log.log_path(text))
-                    why = criu_log.reason(log)
-                    if not why:
-                        raise errors.CriuError(
-                            f"checkpoint of {self.opts.container} failed: {text}",
-                            hint="read the criu-dump.log named above on the source host",
-                        ) from exc
-                    meaning, _ = criu_log.explain(log)
-                    if criu_log.transient(log) and attempt < DUMP_ATTEMPTS:
-                        # About the moment (a client connecting as it froze): CRIU
-                        # resumed the source; the same dump a moment later usually works.
-                        self.rep.warn(f"checkpoint attempt {attempt} of {DUMP_ATTEMPTS} "
-                                      f"refused by CRIU ({why}); {self.opts.container} "
-                                      "runs on: trying again")
-                        time.sleep(0.5 * attempt)
-                        self.frozen_at = time.monotonic()  # frozen again from here
-                        continue
-                    if attempt > 1:
-                        meaning += f" (tried {attempt} times)"
-                    raise self._dump_refused(why, meaning, criu_log.keep(
-                        log, f"{self.checkpoint}-dump.log"), "Docker's checkpoint API") from exc
-                finally:
-                    self.rep.set("checkpoint_attempts", attempt)
+            attempts = Retrying(
+                stop=stop_after_attempt(DUMP_ATTEMPTS), reraise=True,
+                wait=wait_exponential(multiplier=0.5, max=2), sleep=lambda s: time.sleep(s),
+                retry=retry_if_exception_type(_PassingRefusal),
+                before_sleep=lambda rs: self._dump_tried_again(rs.attempt_number,
+                                                               rs.outcome.exception()))
+            try:
+                attempts(self._api_dump)
+            except _PassingRefusal as exc:  # refused every time
+                raise self._dump_refused(
+                    exc.why, f"{exc.meaning} (tried {DUMP_ATTEMPTS} times)",
+                    criu_log.keep(exc.log, f"{self.checkpoint}-dump.log"),
+                    "Docker's checkpoint API") from exc.__cause__
+            finally:
+                self.rep.set("checkpoint_attempts", attempts.statistics.get("attempt_number", 1))
             ph.update(f"checkpoint {self.checkpoint}")
+
+    def _api_dump(self) -> None:
+        """One dump through Docker's API (in the background: an interrupt can land while
+        the daemon dumps); a refusal becomes the error that says why."""
+        first = self._checkpoint_call is None
+        if not first:
+            self.frozen_at = time.monotonic()  # CRIU resumed it: frozen again from here
+        self._checkpoint_call = _in_background(self._dump)
+        if first:
+            self._fault("during:checkpoint")
+        try:
+            self._checkpoint_call.result()
+        except docker.errors.APIError as exc:
+            # The source keeps running when the dump fails: CRIU resumes it.
+            text = api_error_text(exc)
+            log = self._read_dump_log(criu_log.log_path(text))
+            why = criu_log.reason(log)
+            if not why:
+                raise errors.CriuError(
+                    f"checkpoint of {self.opts.container} failed: {text}",
+                    hint="read the criu-dump.log named above on the source host",
+                ) from exc
+            passing = criu_log.transient(log)
+            if passing:
+                raise _PassingRefusal(why, passing, log) from exc
+            meaning, _ = criu_log.explain(log)
+            raise self._dump_refused(why, meaning, criu_log.keep(
+                log, f"{self.checkpoint}-dump.log"), "Docker's checkpoint API") from exc
+
+    def _dump_tried_again(self, attempt: int, exc: BaseException | None) -> None:
+        # About the moment (a client connecting as it froze): CRIU resumed the source,
+        # and the same dump a moment later usually works.
+        self.rep.warn(f"checkpoint attempt {attempt} of {DUMP_ATTEMPTS} refused by CRIU "
+                      f"({getattr(exc, 'why', exc)}); {self.opts.container} runs on: "
+                      "trying again")
 
     def _read_dump_log(self, path: str) -> str:
         """CRIU's dump log named by a failed checkpoint, read on the source host as its

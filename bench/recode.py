@@ -114,7 +114,8 @@ def data_path_child(spec: dict) -> dict:
         down = link.download(ck.name, work / "source")
         lap("download")
         facts = TargetFacts(maps={"vdso": [(0, 8192)], "vvar": [(0, 8192)]})
-        rc.recode(work / "source", work / "target", program, "x86-64", "aarch64", facts)
+        inner = rc.recode(work / "source", work / "target", program, "x86-64", "aarch64",
+                          facts)
         lap("recode")
         # the source's own checkpoint as the template: the same host images a target's
         # template gives (mount tree, cgroups), read from disk as on a real move
@@ -123,7 +124,11 @@ def data_path_child(spec: dict) -> dict:
         up = link.upload(work / "merged", "ck")
         lap("upload")
     t["total"] = time.monotonic() - started
+    import docker_hmigrate
+
     return {"seconds": t, "downloaded": down.bytes, "uploaded": up.bytes,
+            "code": str(Path(docker_hmigrate.__file__).parent),
+            "recode_phases": {k: round(v, 3) for k, v in inner.items()},
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "peak_rss_after_mb": peaks}
 
@@ -139,9 +144,11 @@ def baseline_tree(ref: str, dest: Path) -> Path:
 
 
 def run_child(tree: Path, spec: dict) -> dict:
+    # run from `tree`: `python -m` puts the working folder first on sys.path, so that
+    # docker_hmigrate is the tree's; bench/ and tests/ come from this checkout
     env = dict(os.environ, PYTHONPATH=f"{tree}:{REPO}")
     proc = subprocess.run([sys.executable, "-m", "bench.recode", "--child", json.dumps(spec)],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1800)
+                          cwd=tree, env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode:
         raise RuntimeError(f"data path run failed ({tree}): {proc.stderr.strip()[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -208,10 +215,12 @@ def redis_data_path(redis_mb: int, runs: int, baseline_ref: str) -> None:
                     raise RuntimeError(f"{label}: the uploaded folder differs from the "
                                        f"merged one")
                 results[label].append(res)
+                if Path(res["code"]).parent != tree:
+                    raise RuntimeError(f"{label} ran {res['code']}, not {tree}'s code")
                 print(f"  {label} run {i + 1}: peak RSS {res['peak_rss_mb']:.0f} MB (after "
                       + ", ".join(f"{k} {v:.0f}" for k, v in res["peak_rss_after_mb"].items())
-                      + "), " + ", ".join(f"{k} {v:.2f}s" for k, v in res["seconds"].items()),
-                      flush=True)
+                      + "), " + ", ".join(f"{k} {v:.2f}s" for k, v in res["seconds"].items())
+                      + f"; recode phases {res['recode_phases']}", flush=True)
                 shutil.rmtree(run_dir)
         print(f"\ncross-ISA data path, Redis {redis_mb} MB ({size / 1e6:.0f} MB checkpoint), "
               f"median of {runs} run(s); baseline = {baseline_ref}")

@@ -100,6 +100,9 @@ def data_path_child(spec: dict) -> dict:
     ck = Path(spec["checkpoint"])
     t: dict[str, float] = {}
     peaks = {"setup": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    steady = status_mb("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # VmHWM from here: the data path's
+        f.write("5")
     started = clock = time.monotonic()
 
     def lap(name: str) -> None:
@@ -130,7 +133,19 @@ def data_path_child(spec: dict) -> dict:
             "code": str(Path(docker_hmigrate.__file__).parent),
             "recode_phases": {k: round(v, 3) for k, v in inner.items()},
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "setup_rss_mb": steady, "data_path_peak_rss_mb": status_mb("VmHWM"),
+            "cpu_seconds": (lambda u: u.ru_utime + u.ru_stime)(
+                resource.getrusage(resource.RUSAGE_SELF)),
             "peak_rss_after_mb": peaks}
+
+
+def status_mb(field: str) -> float:
+    """A field of /proc/self/status (VmRSS, VmHWM) in MB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return 0.0
 
 
 def baseline_tree(ref: str, dest: Path) -> Path:
@@ -224,13 +239,21 @@ def redis_data_path(redis_mb: int, runs: int, baseline_ref: str) -> None:
                 shutil.rmtree(run_dir)
         print(f"\ncross-ISA data path, Redis {redis_mb} MB ({size / 1e6:.0f} MB checkpoint), "
               f"median of {runs} run(s); baseline = {baseline_ref}")
-        cols = ("peak RSS MB", *DATA_PATH_PHASES, "total s")
+        print("(wall seconds on a shared 2-core machine: load "
+              f"{os.getloadavg()[0]:.1f}; cpu s is the child's own user+system time)")
+        print("peak RSS: the child's whole life (ru_maxrss: the program's metadata read "
+              "and parsed, then the data path); after setup: its RSS once the metadata is "
+              "held; data path peak: VmHWM reset after setup")
+        cols = ("peak RSS MB", "after setup", "data path pk", *DATA_PATH_PHASES, "total s",
+                "cpu s")
         print(f"{'':10}" + "".join(f"{c:>13}" for c in cols))
         med: dict[str, list[float]] = {}
         for label, rs in results.items():
-            med[label] = [statistics.median(r["peak_rss_mb"] for r in rs)] + [
+            med[label] = [statistics.median(r[k] for r in rs) for k in (
+                "peak_rss_mb", "setup_rss_mb", "data_path_peak_rss_mb")] + [
                 statistics.median(r["seconds"][p] for r in rs)
-                for p in (*DATA_PATH_PHASES, "total")]
+                for p in (*DATA_PATH_PHASES, "total")] + [
+                statistics.median(r["cpu_seconds"] for r in rs)]
             print(f"{label:10}" + "".join(f"{v:13.2f}" for v in med[label]))
         print(f"{'new/base':10}" + "".join(
             f"{n / b:13.2f}" if b else f"{'-':>13}"

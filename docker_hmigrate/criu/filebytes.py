@@ -166,6 +166,9 @@ class FileBytes:
         """Bring [lo, hi) (widened to whole pages) into memory as one segment; returns
         its index. Neighbouring held segments are joined to it."""
         lo, hi = lo // PAGE * PAGE, min(self._len, -(-hi // PAGE) * PAGE)
+        i = bisect.bisect_right(self._starts, lo) - 1
+        if self._segs[i][2] is not None and hi <= self._starts[i] + self._segs[i][1]:
+            return i  # already held: no split (a stack rebuilt word by word stays whole)
         i, j = self._split(lo), self._split(hi)
         if j - i == 1 and self._segs[i][2] is not None:
             return i

@@ -62,6 +62,17 @@ def test_reads_come_from_the_file_and_edits_hold_only_their_pages(tmp_path: Path
     assert out.read_bytes() == bytes(want)
 
 
+def test_a_held_area_edited_word_by_word_stays_one_piece(tmp_path: Path) -> None:
+    orig = pattern(16)
+    _p, fb = backed(tmp_path, orig)
+    fb[4 * PAGE:8 * PAGE] = bytes(4 * PAGE)  # a stack cleared, then rebuilt
+    for a in range(4 * PAGE, 8 * PAGE, 64):
+        fb[a:a + 8] = a.to_bytes(8, "little")
+    assert fb.held == 4 * PAGE and len(fb._segs) == 3  # file, held, file
+    assert fb[5 * PAGE:5 * PAGE + 8] == (5 * PAGE).to_bytes(8, "little")
+    assert fb[8 * PAGE:] == orig[8 * PAGE:]
+
+
 def test_insert_and_delete_keep_the_rest_in_order(tmp_path: Path) -> None:
     orig = pattern(8)
     _p, fb = backed(tmp_path, orig)

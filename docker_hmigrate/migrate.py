@@ -81,6 +81,8 @@ FAULT_ENV = "HMIGRATE_TEST_FAULT"
 NAME_RE = re.compile(r"^/?[a-zA-Z0-9][a-zA-Z0-9_.-]+$")
 # How long a rollback waits for a daemon call still in flight (a dump, a restore).
 DAEMON_CALL_WAIT = 600.0
+# Dumps CRIU refuses for a passing reason (criu.log.transient) are tried this many times.
+DUMP_ATTEMPTS = 4
 # How long a rollback waits for a target its own daemon is removing (a --rm container).
 REMOVAL_WAIT = 30.0
 # How long a target that stopped answering is waited for, when what it did decides what
@@ -442,23 +444,39 @@ class Migration:
             if self._fast_checkpoint(ph):  # fast path (issue 11); False: the API's
                 self._fault("during:checkpoint")
                 return
-            self._checkpoint_call = _in_background(self._dump)
-            self._fault("during:checkpoint")
-            try:
-                self._checkpoint_call.result()
-            except docker.errors.APIError as exc:
-                # The source keeps running when the dump fails: CRIU resumes it.
-                text = api_error_text(exc)
-                log = self._read_dump_log(criu_log.log_path(text))
-                why = criu_log.reason(log)
-                if not why:
-                    raise errors.CriuError(
-                        f"checkpoint of {self.opts.container} failed: {text}",
-                        hint="read the criu-dump.log named above on the source host",
-                    ) from exc
-                meaning, _ = criu_log.explain(log)
-                raise self._dump_refused(why, meaning, criu_log.keep(
-                    log, f"{self.checkpoint}-dump.log"), "Docker's checkpoint API") from exc
+            for attempt in range(1, DUMP_ATTEMPTS + 1):
+                self._checkpoint_call = _in_background(self._dump)
+                if attempt == 1:
+                    self._fault("during:checkpoint")
+                try:
+                    self._checkpoint_call.result()
+                    break
+                except docker.errors.APIError as exc:
+                    # The source keeps running when the dump fails: CRIU resumes it.
+                    text = api_error_text(exc)
+                    log = self._read_dump_log(criu_log.log_path(text))
+                    why = criu_log.reason(log)
+                    if not why:
+                        raise errors.CriuError(
+                            f"checkpoint of {self.opts.container} failed: {text}",
+                            hint="read the criu-dump.log named above on the source host",
+                        ) from exc
+                    meaning, _ = criu_log.explain(log)
+                    if criu_log.transient(log) and attempt < DUMP_ATTEMPTS:
+                        # About the moment (a client connecting as it froze): CRIU
+                        # resumed the source; the same dump a moment later usually works.
+                        self.rep.warn(f"checkpoint attempt {attempt} of {DUMP_ATTEMPTS} "
+                                      f"refused by CRIU ({why}); {self.opts.container} "
+                                      "runs on: trying again")
+                        time.sleep(0.5 * attempt)
+                        self.frozen_at = time.monotonic()  # frozen again from here
+                        continue
+                    if attempt > 1:
+                        meaning += f" (tried {attempt} times)"
+                    raise self._dump_refused(why, meaning, criu_log.keep(
+                        log, f"{self.checkpoint}-dump.log"), "Docker's checkpoint API") from exc
+                finally:
+                    self.rep.set("checkpoint_attempts", attempt)
             ph.update(f"checkpoint {self.checkpoint}")
 
     def _read_dump_log(self, path: str) -> str:

@@ -34,6 +34,16 @@ _KNOWN: list[tuple[str, str, bool]] = [
 ]
 
 
+# Refusals about a moment, not about the process: CRIU resumed it, and the same dump a
+# moment later usually succeeds. (what CRIU says, what it means for a container)
+_TRANSIENT: list[tuple[str, str]] = [
+    ("In-flight connection",
+     "a listening TCP socket held a connection its program had not accepted yet (a client "
+     "connecting at the moment of the freeze, or a program that does not accept): CRIU "
+     "cannot save a half-accepted connection"),
+]
+
+
 def errors(text: str) -> list[str]:
     """CRIU's error messages in a log, in order, without the summary and benign ones."""
     found = []
@@ -67,7 +77,14 @@ def explain(text: str) -> tuple[str, bool]:
     for needle, meaning, permanent in _KNOWN:
         if needle in why:
             return meaning, permanent
-    return "", False
+    return transient(text), False
+
+
+def transient(text: str) -> str:
+    """What CRIU's reason means when it is about the moment of the dump (a new attempt
+    may succeed), else ""."""
+    why = reason(text)
+    return next((meaning for needle, meaning in _TRANSIENT if needle in why), "")
 
 
 def keep(text: str, name: str) -> Path | None:

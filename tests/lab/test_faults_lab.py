@@ -396,6 +396,64 @@ def test_criu_refuses_to_dump(host_a, host_b, cleanup, tmp_path, extsock_bin, fa
         listener.close()
 
 
+# Listens on a loopback TCP port and connects to it, never accepting: the kernel completes
+# the handshake, so the listening socket holds a connection not yet accepted for as long
+# as the program runs ("In-flight connection" to CRIU). Then runs the rest of its args.
+INFLIGHT_C = r"""
+#include <arpa/inet.h>
+#include <stdio.h>
+#include <sys/socket.h>
+#include <unistd.h>
+int main(int argc, char **argv)
+{
+	struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(7411)};
+	int l = socket(AF_INET, SOCK_STREAM, 0), c = socket(AF_INET, SOCK_STREAM, 0);
+	sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (argc < 2 || l < 0 || c < 0 || bind(l, (struct sockaddr *)&sa, sizeof(sa)) != 0 ||
+		listen(l, 4) != 0 || connect(c, (struct sockaddr *)&sa, sizeof(sa)) != 0) {
+		perror("inflight");
+		return 1;
+	}
+	execv(argv[1], argv + 1);
+	perror("execv");
+	return 1;
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def inflight_bin(tmp_path_factory, host_a) -> Path:
+    folder = tmp_path_factory.mktemp("inflight")
+    (folder / "inflight.c").write_text(INFLIGHT_C)
+    host_a.docker("run", "--rm", "-v", f"{folder}:/src", "-w", "/src", BUILDER_IMAGE,
+                  "gcc", "-static", "-O1", "-o", "inflight", "inflight.c", timeout=300)
+    return folder / "inflight"
+
+
+def test_connection_not_yet_accepted_is_tried_again_then_named(host_a, host_b, cleanup,
+                                                                 inflight_bin):
+    """A listening socket holding a connection its program has not accepted: CRIU refuses
+    the dump. Usually that is a client connecting at the moment of the freeze (seen in the
+    cross-ISA soak), so the dump is asked again; a program that never accepts is refused
+    after the last try, its reason explained, the source running on with its state."""
+    name = unique("fault-inflight")
+    cleanup.append(name)
+    host_a.docker("run", "-d", "--name", name, "-v", f"{inflight_bin.parent}:/ext:ro",
+                  BASE_IMAGE, "/ext/inflight", "/bin/sh", *COUNTER_CMD[1:])
+    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
+    cid = host_a.client.containers.get(name).id
+    before = max(counter_values(host_a.logs(name)))
+    proc, doc = migrate(name, env_extra={"HMIGRATE_FASTPATH": "0"})
+    assert proc.returncode == 6, (proc.stdout, proc.stderr)
+    err = doc["error"]
+    assert "CRIU: inet: In-flight connection" in err["message"], err
+    assert "not accepted yet" in err["hint"] and "tried 4 times" in err["hint"], err
+    assert doc["checkpoint_attempts"] == 4, doc
+    tries = [m for m in doc["messages"] if "trying again" in m["message"]]
+    assert len(tries) == 3, doc["messages"]
+    assert_end_state(host_a, host_b, name, cid, before, doc, "a")
+
+
 def test_target_disk_too_small(host_a, host_b, cleanup):
     """The writable layer holds an 8 TiB sparse file: a few blocks on the source, but the
     move streams it as a tar (all 8 TiB of it) into the target's data root, which has far

@@ -582,3 +582,62 @@ def test_rollback_stops_the_background_template_and_removes_it(monkeypatch):
     assert m.strategy._facts_call.done()
     assert ("remove", "tmpl") in dst.api.calls and m.created.template is None
     m.strategy.close()
+
+
+def test_dump_refused_for_a_passing_reason_is_tried_again(monkeypatch):
+    """CRIU refuses a listening socket with a connection not yet accepted ("In-flight
+    connection"): a client connecting at the moment of the freeze. CRIU resumed the
+    source; the dump is asked again and the move goes on (seen in the cross-ISA soak)."""
+    m, src, dst = migration()
+    tries = []
+
+    def create(cid, name, exit=True):
+        tries.append(name)
+        if len(tries) < 3:
+            raise api_error(text="Cannot checkpoint container web: ... path= /x/criu-dump.log")
+        FakeHost.checkpoint_create(src, cid, name, exit)
+
+    src.checkpoint_create = create
+    log = "(00.1) Error (criu/sk-inet.c:200): inet: In-flight connection (l) for 4f4858\n" \
+          "(00.2) Error (criu/cr-dump.c:2000): Dumping FAILED.\n"
+    m._read_dump_log = lambda path: log if path == "/x/criu-dump.log" else ""
+    monkeypatch.setattr("docker_hmigrate.migrate.time.sleep", lambda s: None)
+    m.phase_checkpoint()
+    assert len(tries) == 3 and m.checkpoint in src.checkpoint_list(CID)
+    assert m.rep.data["checkpoint_attempts"] == 3
+
+
+def test_dump_refused_for_a_passing_reason_every_time_says_so(monkeypatch):
+    m, src, dst = migration()
+    tries = []
+
+    def create(cid, name, exit=True):
+        tries.append(name)
+        raise api_error(text="Cannot checkpoint container web: ... path= /x/criu-dump.log")
+
+    src.checkpoint_create = create
+    m._read_dump_log = lambda path: (
+        "(00.1) Error (criu/sk-inet.c:200): inet: In-flight connection (l) for 4f4858\n")
+    monkeypatch.setattr("docker_hmigrate.migrate.time.sleep", lambda s: None)
+    with pytest.raises(errors.CriuError) as exc:
+        m.phase_checkpoint()
+    assert len(tries) == migrate.DUMP_ATTEMPTS
+    assert "In-flight connection" in str(exc.value)
+    assert "not accepted yet" in exc.value.hint and "tried 4 times" in exc.value.hint
+    assert "still runs on a" in exc.value.hint
+
+
+def test_dump_refused_for_the_process_state_is_not_tried_again(monkeypatch):
+    m, src, dst = migration()
+    tries = []
+
+    def create(cid, name, exit=True):
+        tries.append(name)
+        raise api_error(text="Cannot checkpoint container web: ... path= /x/criu-dump.log")
+
+    src.checkpoint_create = create
+    m._read_dump_log = lambda path: (
+        "(00.1) Error (criu/sk-unix.c:874): unix: External socket is used. ...\n")
+    with pytest.raises(errors.CriuError):
+        m.phase_checkpoint()
+    assert len(tries) == 1

@@ -251,3 +251,49 @@ def test_stream_reader_hands_tarfile_every_byte(tmp_path: Path) -> None:
         for m in tar:
             if m.isfile():
                 assert tar.extractfile(m).read() == data
+
+
+def test_read_container_file_streams_the_archive(tmp_path: Path) -> None:
+    """A program's metadata (tens of MB) read from the archive as it streams, every
+    chunk of the response consumed (the connection goes back to the pool)."""
+    from types import SimpleNamespace
+
+    from docker_hmigrate.park import read_container_file
+
+    d = tmp_path / "f"
+    d.mkdir()
+    data = pattern(50)
+    (d / "prog.hmigrate.json").write_bytes(data)
+    blob = b"".join(tar_stream(d, "f"))
+    consumed = []
+
+    def get_archive(_cid, _path):
+        def chunks():
+            for i in range(0, len(blob), 65_536):
+                consumed.append(i)
+                yield blob[i:i + 65_536]
+        return chunks(), {}
+
+    host = SimpleNamespace(api=SimpleNamespace(get_archive=get_archive))
+    assert read_container_file(host, "c", "/prog.hmigrate.json") == data
+    assert len(consumed) == -(-len(blob) // 65_536)
+    empty = tmp_path / "e"
+    empty.mkdir()
+    blob = b"".join(tar_stream(empty, "e"))  # a folder only: no file in it
+    assert read_container_file(host, "c", "/e") is None
+
+
+def test_metadata_parsed_with_shared_values_is_the_same_document() -> None:
+    import json
+
+    from docker_hmigrate.recode import _shared_values
+
+    doc = {"functions": [{"name": f"f{i}", "cfa": "rbp+16", "size": 4096, "flag": True,
+                          "regs": ["rbx", "r12"], "sites": [{"kind": "call", "sp": -80}]}
+                         for i in range(50)], "big": 1 << 70, "f": 1.5}
+    text = json.dumps(doc)
+    got = json.loads(text, object_hook=_shared_values())
+    assert got == doc and got["functions"][3]["flag"] is True
+    fs = got["functions"]
+    assert fs[1]["cfa"] is fs[2]["cfa"] and fs[1]["regs"][0] is fs[2]["regs"][0]
+    assert fs[1]["size"] is fs[2]["size"] and fs[1]["sites"][0]["sp"] is fs[2]["sites"][0]["sp"]

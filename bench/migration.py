@@ -18,7 +18,9 @@ socket (context hm-a) and once over the lab's real sshd (context hm-a-ssh, lab/s
 the ssh figure is given as a ratio to the unix one.
 Run as root with the lab up:
     python -m bench.migration [--runs 3] [--workloads counter,redis64,redis300,redis1024]
-                              [--ssh]
+                              [--ssh] [--lazy]
+With --lazy, the counter is also moved hm-c -> hm-c2 (host c's two Docker 26 daemons,
+HMLAB_CGROUP2=1) with and without post-copy, interleaved (docs/lazy.md).
 """
 
 from __future__ import annotations
@@ -120,7 +122,7 @@ def manual(kind: str, redis_mb: int, data_root_b: str) -> dict[str, float]:
 
 
 def hmigrate(kind: str, redis_mb: int, source: str = "hm-a",
-             target: str = "hm-b") -> dict[str, float]:
+             target: str = "hm-b", extra: tuple[str, ...] = ()) -> dict[str, float]:
     name = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     try:
         if source == "hm-a":
@@ -130,7 +132,7 @@ def hmigrate(kind: str, redis_mb: int, source: str = "hm-a",
             time.sleep(2)
         t0 = time.monotonic()
         out = docker(source, "hmigrate", "migrate", name, "--to", target, "--json",
-                     "--verify-seconds", "0")
+                     "--verify-seconds", "0", *extra)
         total = time.monotonic() - t0
         doc = json.loads(out)
         criu = doc.get("criu_dump") or {}
@@ -143,8 +145,29 @@ def hmigrate(kind: str, redis_mb: int, source: str = "hm-a",
                 "MB written": criu.get("pages_written", 0) * 4096 / 1e6,
                 "fast path": 1.0 if doc.get("checkpoint_path") == "runc" else 0.0}
     finally:
-        for ctx in ("hm-a", "hm-b"):
+        for ctx in {"hm-a", "hm-b", source, target}:
             subprocess.run([DOCKER_CLI, "--context", ctx, "rm", "-f", name], capture_output=True)
+
+
+def lazy_versus_copy(runs: int, source: str = "hm-c", target: str = "hm-c2") -> None:
+    """The counter moved with and without --lazy, interleaved. Post-copy needs engines
+    with OCI annotations (docs/lazy.md): host c's two daemons (HMLAB_CGROUP2=1)."""
+    ways = {"copy": (), "lazy": ("--lazy",)}
+    rows: dict[str, list[dict[str, float]]] = {k: [] for k in ways}
+    for _ in range(runs):
+        for way, extra in ways.items():
+            rows[way].append(_attempt(f"hmigrate {way}", lambda e=extra: hmigrate(
+                "counter", 0, source=source, target=target, extra=e)))
+    med = {w: {k: _median(r, k) for k in ("downtime", "total")} for w, r in rows.items()}
+    print(f"{'counter ' + source + '->' + target:<18} {'method':<6} {'downtime s':>11} "
+          f"{'total s':>9} {'/copy':>6}")
+    for way in ways:
+        d = med[way]["downtime"]
+        print(f"{'':<18} {way:<6} {d:>11.3f} {med[way]['total']:>9.3f} "
+              f"{d / med['copy']['downtime']:>6.2f}")
+    for way, rs in rows.items():
+        keys = [k for k in rs[0] if k.startswith("phase ")]
+        print(f"{'':<18} {way}: " + ", ".join(f"{k} {_median(rs, k):.3f}" for k in keys))
 
 
 def ssh_versus_unix(runs: int) -> None:
@@ -197,12 +220,17 @@ def main() -> None:
                         help=f"comma-separated, of {', '.join(WORKLOADS)}")
     parser.add_argument("--ssh", action="store_true",
                         help="also the counter moved b -> a over ssh vs the unix socket")
+    parser.add_argument("--lazy", action="store_true",
+                        help="also the counter moved hm-c -> hm-c2 with --lazy vs without "
+                             "(post-copy needs Docker >= 24: docs/lazy.md)")
     ns = parser.parse_args()
     data_root_b = connect("b").data_root
     workloads = [w for w in ns.workloads.split(",") if w]
     if not workloads:
         if ns.ssh:
             ssh_versus_unix(ns.runs)
+        if ns.lazy:
+            lazy_versus_copy(ns.runs)
         return
     print(f"median of {ns.runs} runs; raw CRIU = runc checkpoint to tmpfs + runc restore "
           "on host a, no Docker")
@@ -233,6 +261,8 @@ def main() -> None:
                                                    "criu restore", "MB written")))
     if ns.ssh:
         ssh_versus_unix(ns.runs)
+    if ns.lazy:
+        lazy_versus_copy(ns.runs)
 
 
 if __name__ == "__main__":

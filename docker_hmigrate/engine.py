@@ -258,20 +258,25 @@ class Host:
         The archive endpoints work on it, which gives read and write access to the bound
         host folders or volumes without any access to the host but the engine API.
         """
-        name = f"hmigrate-helper-{uuid.uuid4().hex[:12]}"
-        host_config = self.api.create_host_config(binds=binds, network_mode="none")
         cid = ""
         try:
             with interrupts.shielded():  # created and recorded, or neither
-                cid = self.api.create_container(
-                    self.scratch_image, command=["hmigrate-helper-never-started"], name=name,
-                    host_config=host_config, labels={HELPER_LABEL: "1", **self.labels},
-                    network_disabled=True,
-                )["Id"]
+                cid = self.create_helper(binds)
             yield cid
         finally:
             if cid:
                 self.remove_quietly(cid)
+
+    def create_helper(self, binds: list[str]) -> str:
+        """helper()'s container, created only: the caller removes it (remove_quietly), or
+        the migration's end does (it carries the migration's label)."""
+        name = f"hmigrate-helper-{uuid.uuid4().hex[:12]}"
+        host_config = self.api.create_host_config(binds=binds, network_mode="none")
+        return self.api.create_container(
+            self.scratch_image, command=["hmigrate-helper-never-started"], name=name,
+            host_config=host_config, labels={HELPER_LABEL: "1", **self.labels},
+            network_disabled=True,
+        )["Id"]
 
     def remove_quietly(self, cid: str) -> None:
         """Remove a container of ours; an interrupt waits until it is gone."""

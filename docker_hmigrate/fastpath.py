@@ -118,17 +118,23 @@ class Agent:
     loader and binaries, host pid namespace, the probe's capabilities. Made before the
     freeze; removed with close()."""
 
-    def __init__(self, host: Host):
+    def __init__(self, host: Host, extra_caps: tuple[str, ...] = ()):
         self.host = host
         self.id: str | None = None
         self.anchor = ""  # a pid in the daemon's mount namespace: the agent's shim
+        self.extra_caps = list(extra_caps)  # post-copy: CRIU's page pipes (lazy.py)
 
     def start(self) -> None:
         api = self.host.api
         loader, _libdir = host_loader(self.host.isa)
         host_config = api.create_host_config(
             binds=["/:/host:ro"], pid_mode="host", network_mode="host",
-            cap_add=PROBE_CAPS, security_opt=["seccomp=unconfined", "apparmor=unconfined"])
+            cap_add=PROBE_CAPS + self.extra_caps,
+            security_opt=["seccomp=unconfined", "apparmor=unconfined"])
+        # The host's cgroup namespace: on cgroup v2 a private one (the default there) makes
+        # runc's dump fail ("cg: failed walking /proc/self/fd/N/../<id> for empty
+        # cgroups", seen on host c). Daemons older than API 1.41 ignore the field.
+        host_config["CgroupnsMode"] = "host"
         created = api.create_container(
             self.host.scratch_image, name=f"hmigrate-agent-{uuid.uuid4().hex[:12]}",
             host_config=host_config, labels={HELPER_LABEL: "agent"},
@@ -176,10 +182,10 @@ class _TmpfsSide:
     """A 0700 folder on a host's tmpfs (it will hold process memory) and the agent that
     works in it; close() removes both."""
 
-    def __init__(self, host: Host):
+    def __init__(self, host: Host, extra_caps: tuple[str, ...] = ()):
         self.host = host
         self.folder = f"{TMPFS}/hmigrate-{uuid.uuid4().hex[:12]}"  # made 0700: root only
-        self.agent = Agent(host)
+        self.agent = Agent(host, extra_caps)
 
     @contextlib.contextmanager
     def _or_closed(self) -> Iterator[None]:
@@ -209,8 +215,9 @@ class FastCheckpoint(_TmpfsSide):
     stage_for_restore() only when rolling back, close() always (removes the images:
     they hold process memory, and the agent)."""
 
-    def __init__(self, host: Host, inspect: dict[str, Any], checkpoint: str):
-        super().__init__(host)
+    def __init__(self, host: Host, inspect: dict[str, Any], checkpoint: str,
+                 extra_caps: tuple[str, ...] = ()):
+        super().__init__(host, extra_caps)
         self.inspect, self.checkpoint = inspect, checkpoint
         self.images = f"{self.folder}/{checkpoint}"  # named like the checkpoint: moved as is
         self.work = f"{self.folder}/work"
@@ -299,8 +306,8 @@ class FastRestore(_TmpfsSide):
     `docker start --checkpoint` copies links instead of the images. Falls back to the
     plain folder (FastPathUnavailable) before the freeze; link() failing copies instead."""
 
-    def __init__(self, host: Host, checkpoint: str):
-        super().__init__(host)
+    def __init__(self, host: Host, checkpoint: str, extra_caps: tuple[str, ...] = ()):
+        super().__init__(host, extra_caps)
         self.checkpoint = checkpoint
 
     def prepare(self) -> None:

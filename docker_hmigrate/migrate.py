@@ -49,7 +49,7 @@ from tenacity import (
     wait_fixed,
 )
 
-from docker_hmigrate import errors, fastpath, interrupts, strategy, transfer
+from docker_hmigrate import errors, fastpath, interrupts, lazy, strategy, transfer
 from docker_hmigrate.criu import log as criu_log
 from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import (
@@ -90,6 +90,14 @@ REMOVAL_WAIT = 30.0
 TARGET_ANSWER_WAIT = 30.0
 
 
+class _PassingRefusal(Exception):
+    """CRIU refused a dump for a reason about the moment (criu.log.transient)."""
+
+    def __init__(self, why: str, meaning: str, log: str) -> None:
+        super().__init__(why)
+        self.why, self.meaning, self.log = why, meaning, log
+
+
 @dataclass
 class MigrationOptions:
     container: str
@@ -99,6 +107,7 @@ class MigrationOptions:
     hooks: dict[str, str] = field(default_factory=dict)  # hook point -> shell command
     verify_seconds: float = 1.0
     hook_timeout: float = 60.0
+    lazy: bool = False  # post-copy (lazy.py): checked before the freeze
 
     def check(self) -> None:
         """Refuse bad option values before anything is touched (a usage error)."""
@@ -155,6 +164,10 @@ class Migration:
         self._checkpoint_record = None  # the checkpoint phase, for CRIU's figures
         self._held_policy: dict[str, Any] | None = None  # the source's restart policy
         self._dump_returned = 0.0  # when runc checkpoint returned (fast path)
+        # --- post-copy (--lazy, lazy.py) ---
+        self._lazy_target: lazy.LazyTarget | None = None
+        self._lazy_address = ""  # the source's page server: address, port
+        self._lazy_port = 0
         self.target_started = False  # the commit point (see _settle)
         self.started_at = time.time()
         self.committed = False
@@ -191,6 +204,12 @@ class Migration:
             with interrupts.shielded():
                 self._stop_restore_watch()
                 self._links.close()  # helper containers, on both hosts
+                if self._lazy_target:  # post-copy: daemon and page server, if still up
+                    with contextlib.suppress(docker.errors.APIError):
+                        self._lazy_target.stop()
+                    if self._fast:
+                        with contextlib.suppress(docker.errors.APIError):
+                            lazy.stop_pages(self._fast)
                 if self._fast:  # fast path (issue 11): CRIU's figures, then agent and images
                     with contextlib.suppress(docker.errors.APIError):
                         self._fast.read_stats()
@@ -216,6 +235,7 @@ class Migration:
             ("pre-restore", lambda: self._hook("pre-restore")),
             ("restore", self.phase_restore),  # the commit point: the target has started
             ("verify", self.phase_verify),
+            ("pages", self.phase_pages),  # --lazy: the commit point, every page arrived
             ("post-restore", lambda: self._hook("post-restore")),
             ("commit", self.phase_commit),
         ]
@@ -243,6 +263,7 @@ class Migration:
                     # the request was sent, its answer lost: the container may run there
                     self._learn_restore_outcome()
                 elif self._restore_call.done() and self._restore_call.exception() is None \
+                        and self._lazy_target is None \
                         and self._running(self.dst, self.created.target_container):
                     self._mark_started()
             if not self.target_started or isinstance(exc, errors.TargetDied):
@@ -348,6 +369,8 @@ class Migration:
 
     def phase_validate(self) -> None:
         with self.rep.phase("validate") as ph:
+            if self.opts.lazy:  # before anything is created or frozen
+                self._check_lazy()
             image = image_check(self.src, self.dst, self.spec.image, self.inspect["Image"])
             checks = self.strategy.checks()
             self.strategy.start()  # cross-ISA: the template, while the hosts are validated
@@ -365,13 +388,40 @@ class Migration:
             if not self.opts.force:
                 self.validation.raise_for_failures()
 
+    def _check_lazy(self) -> None:
+        """--lazy (post-copy, lazy.py): raises ValidationFailed with every reason it
+        cannot be taken between these hosts (never skipped by --force: a lazy restore
+        that cannot work would fail after the freeze)."""
+        version = self.dst.version
+        facts = lazy.LazyFacts(
+            src_isa=self.src.isa, dst_isa=self.dst.isa,
+            dst_api=str(version.get("ApiVersion", "")),
+            dst_server=str(version.get("Version", "?")),
+            fast_path=fastpath.refusal(self.src, self.inspect))
+        lazy.check(facts)  # the target's userfaultfd: LazyTarget.prepare, before the freeze
+
     def phase_prepare_target(self) -> None:
         with self.rep.phase("prepare target") as ph:
+            # where the phase's time goes (--json prepare_seconds): the image (a pull) is
+            # the one part a target without the image must pay
+            steps: dict[str, float] = {}
+            mark = [time.monotonic()]
+
+            def lap(name: str) -> None:
+                now = time.monotonic()
+                steps[name] = round(now - mark[0], 3)
+                mark[0] = now
+
             self.strategy.image(ph)
+            lap("image")
             self._ensure_networks()
             self._create_volumes()
+            lap("networks_volumes")
             self.strategy.prepare(ph)  # cross-ISA: the template checkpoint
+            lap("target_facts")
             self._addresses()
+            if self.opts.lazy:  # the annotation names a file that must exist before create
+                self._lazy_prepare()
             with interrupts.shielded():  # created and recorded, or neither
                 try:
                     res = self.dst.api.create_container_from_config(self.spec.body,
@@ -382,14 +432,18 @@ class Migration:
                         f"{api_error_text(exc)}",
                         hint="see the reason above; nothing was frozen") from exc
                 self.created.target_container = self.target_id = res["Id"]
+            lap("create")
             for net in list(self.spec.networks)[1:]:
                 ep = self.spec.networks[net]
                 self.dst.api.connect_container_to_network(
                     res["Id"], net, ipv4_address=self._keep_ip.get(net),
                     aliases=ep.get("Aliases") or None)
             self._open_links(self.dst.inspect(res["Id"]))
+            lap("links")
             self._hold_restart_policy()  # issue 11: before the freeze
             self._watch_restore_log(res["Id"])
+            lap("rest")
+            self.rep.set("prepare_seconds", steps)
             ph.update(f"created {self.spec.name} ({res['Id'][:12]})")
 
     def _open_links(self, target: dict[str, Any]) -> None:
@@ -444,40 +498,57 @@ class Migration:
             if self._fast_checkpoint(ph):  # fast path (issue 11); False: the API's
                 self._fault("during:checkpoint")
                 return
-            for attempt in range(1, DUMP_ATTEMPTS + 1):
-                self._checkpoint_call = _in_background(self._dump)
-                if attempt == 1:
-                    self._fault("during:checkpoint")
-                try:
-                    self._checkpoint_call.result()
-                    break
-                except docker.errors.APIError as exc:
-                    # The source keeps running when the dump fails: CRIU resumes it.
-                    text = api_error_text(exc)
-                    log = self._read_dump_log(criu_log.log_path(text))
-                    why = criu_log.reason(log)
-                    if not why:
-                        raise errors.CriuError(
-                            f"checkpoint of {self.opts.container} failed: {text}",
-                            hint="read the criu-dump.log named above on the source host",
-                        ) from exc
-                    meaning, _ = criu_log.explain(log)
-                    if criu_log.transient(log) and attempt < DUMP_ATTEMPTS:
-                        # About the moment (a client connecting as it froze): CRIU
-                        # resumed the source; the same dump a moment later usually works.
-                        self.rep.warn(f"checkpoint attempt {attempt} of {DUMP_ATTEMPTS} "
-                                      f"refused by CRIU ({why}); {self.opts.container} "
-                                      "runs on: trying again")
-                        time.sleep(0.5 * attempt)
-                        self.frozen_at = time.monotonic()  # frozen again from here
-                        continue
-                    if attempt > 1:
-                        meaning += f" (tried {attempt} times)"
-                    raise self._dump_refused(why, meaning, criu_log.keep(
-                        log, f"{self.checkpoint}-dump.log"), "Docker's checkpoint API") from exc
-                finally:
-                    self.rep.set("checkpoint_attempts", attempt)
+            attempts = Retrying(
+                stop=stop_after_attempt(DUMP_ATTEMPTS), reraise=True,
+                wait=wait_exponential(multiplier=0.5, max=2), sleep=lambda s: time.sleep(s),
+                retry=retry_if_exception_type(_PassingRefusal),
+                before_sleep=lambda rs: self._dump_tried_again(rs.attempt_number,
+                                                               rs.outcome.exception()))
+            try:
+                attempts(self._api_dump)
+            except _PassingRefusal as exc:  # refused every time
+                raise self._dump_refused(
+                    exc.why, f"{exc.meaning} (tried {DUMP_ATTEMPTS} times)",
+                    criu_log.keep(exc.log, f"{self.checkpoint}-dump.log"),
+                    "Docker's checkpoint API") from exc.__cause__
+            finally:
+                self.rep.set("checkpoint_attempts", attempts.statistics.get("attempt_number", 1))
             ph.update(f"checkpoint {self.checkpoint}")
+
+    def _api_dump(self) -> None:
+        """One dump through Docker's API (in the background: an interrupt can land while
+        the daemon dumps); a refusal becomes the error that says why."""
+        first = self._checkpoint_call is None
+        if not first:
+            self.frozen_at = time.monotonic()  # CRIU resumed it: frozen again from here
+        self._checkpoint_call = _in_background(self._dump)
+        if first:
+            self._fault("during:checkpoint")
+        try:
+            self._checkpoint_call.result()
+        except docker.errors.APIError as exc:
+            # The source keeps running when the dump fails: CRIU resumes it.
+            text = api_error_text(exc)
+            log = self._read_dump_log(criu_log.log_path(text))
+            why = criu_log.reason(log)
+            if not why:
+                raise errors.CriuError(
+                    f"checkpoint of {self.opts.container} failed: {text}",
+                    hint="read the criu-dump.log named above on the source host",
+                ) from exc
+            passing = criu_log.transient(log)
+            if passing:
+                raise _PassingRefusal(why, passing, log) from exc
+            meaning, _ = criu_log.explain(log)
+            raise self._dump_refused(why, meaning, criu_log.keep(
+                log, f"{self.checkpoint}-dump.log"), "Docker's checkpoint API") from exc
+
+    def _dump_tried_again(self, attempt: int, exc: BaseException | None) -> None:
+        # About the moment (a client connecting as it froze): CRIU resumed the source,
+        # and the same dump a moment later usually works.
+        self.rep.warn(f"checkpoint attempt {attempt} of {DUMP_ATTEMPTS} refused by CRIU "
+                      f"({getattr(exc, 'why', exc)}); {self.opts.container} runs on: "
+                      "trying again")
 
     def _read_dump_log(self, path: str) -> str:
         """CRIU's dump log named by a failed checkpoint, read on the source host as its
@@ -547,6 +618,9 @@ class Migration:
     def phase_restore(self) -> None:
         with self.rep.phase("restore") as ph:
             cid = self.created.target_container
+            if self._lazy_target is not None:  # post-copy: the daemon before the restore
+                self._lazy_target.start_daemon(f"{self._fast_restore.folder}/{self.checkpoint}",
+                                               self._lazy_address, self._lazy_port)
             self._restore_call = _in_background(self.dst.start, cid, checkpoint=self.checkpoint)
             self._fault("during:restore")
             try:
@@ -575,7 +649,8 @@ class Migration:
                 ) from exc
             finally:
                 self._stop_restore_watch()
-            self._mark_started()
+            if self._lazy_target is None:  # post-copy commits when every page arrived
+                self._mark_started()
             self.strategy.after_restore(cid)  # cross-ISA: restored parked, let go on
             self.downtime = time.monotonic() - self.frozen_at
             ph.update(f"running on {self.dst.name}")
@@ -789,10 +864,16 @@ class Migration:
     def fast_prepare(self) -> str | None:
         """Before the freeze: the agent for a runc dump into tmpfs; its folder, or None
         (the API path, with the reason in the result)."""
-        fast = fastpath.FastCheckpoint(self.src, self.inspect, self.checkpoint)
+        caps = lazy.LAZY_CAPS if self.opts.lazy else ()
+        fast = fastpath.FastCheckpoint(self.src, self.inspect, self.checkpoint, caps)
         try:
             fast.prepare()
         except fastpath.FastPathUnavailable as exc:
+            if self.opts.lazy:  # post-copy serves the pages from this agent's dump
+                raise errors.ValidationFailed(
+                    f"--lazy: the source cannot be dumped by runc through an agent with "
+                    f"CAP_SYS_RESOURCE on {self.src.name}: {exc}",
+                    hint="migrate without --lazy; nothing was frozen") from exc
             self.rep.set("checkpoint_fast_path", f"not used: {exc}")
             return None
         self._fast = fast
@@ -801,6 +882,8 @@ class Migration:
     def fast_restore_prepare(self) -> str | None:
         """Before the freeze: a tmpfs folder on the target for the images (links to them
         go in the restore folder after the move); None: the restore folder itself."""
+        if self._fast_restore is not None:  # --lazy: made before the target container
+            return self._fast_restore.folder
         try:
             memory = fastpath.memory_in_use(self.src, self.inspect["Id"])
         except Exception:  # noqa: BLE001 - unknown size: links are right for big ones
@@ -824,6 +907,10 @@ class Migration:
         try:
             self._fast.dump()
         except fastpath.FastPathUnavailable as exc:
+            if self.opts.lazy:  # no API fallback: the pages are served from this dump
+                raise errors.CriuError(
+                    f"checkpoint of {self.opts.container} failed (runc, --lazy): {exc}",
+                    hint=f"{self.opts.container} still runs on {self.src.name}") from exc
             meaning, permanent = criu_log.explain(exc.criu_log)
             if permanent:  # the process's state: the API path's CRIU would refuse it too
                 self._fast.close()
@@ -848,8 +935,71 @@ class Migration:
         self._dump_returned = time.monotonic()
         self.created.source_frozen = True
         self.checkpoint_path = "runc"
+        if self.opts.lazy:  # post-copy: the memory is served from the dump, in place
+            lazy.serve_pages(self._fast, self._lazy_address, self._lazy_port)
         ph.update(f"checkpoint {self.checkpoint} (runc, tmpfs)")
         return True
+
+    # --- post-copy (--lazy, lazy.py, docs/lazy.md) -----------------------------------------
+    def _lazy_prepare(self) -> None:
+        """Before the target container is created: its tmpfs folder with the CRIU
+        configuration its annotation names, userfaultfd checked there, the source's
+        address on the link to the target. Raises ValidationFailed (nothing frozen)."""
+        restore = fastpath.FastRestore(self.dst, self.checkpoint, lazy.LAZY_CAPS)
+        try:
+            restore.prepare()
+        except fastpath.FastPathUnavailable as exc:
+            raise errors.ValidationFailed(
+                f"--lazy: no agent with CAP_SYS_RESOURCE on {self.dst.name}: {exc}",
+                hint="migrate without --lazy; nothing was frozen") from exc
+        self._fast_restore = restore
+        self._lazy_target = lazy.LazyTarget(restore)
+        self._lazy_target.prepare()
+        src_agent = fastpath.Agent(self.src)
+        try:
+            src_agent.start()
+            _st, src_ips = src_agent.sh("ip -4 -o addr")
+        finally:
+            src_agent.close()
+        _st, dst_ips = restore.agent.sh("ip -4 -o addr")
+        address = lazy.page_server_address(lazy.addresses(src_ips), lazy.addresses(dst_ips))
+        if address is None:
+            raise errors.ValidationFailed(
+                f"--lazy: {self.src.name} has no private address on a link to "
+                f"{self.dst.name} for CRIU's page server (it has no authentication)",
+                hint="migrate without --lazy; nothing was frozen")
+        self._lazy_address, self._lazy_port = address, lazy.port_for(self.checkpoint)
+        host_config = self.spec.body.setdefault("HostConfig", {})
+        host_config["Annotations"] = {**(host_config.get("Annotations") or {}),
+                                      **self._lazy_target.annotations()}
+        self.rep.set("lazy_page_server", f"{address}:{self._lazy_port}")
+
+    def phase_pages(self) -> None:
+        """--lazy: the target runs while its pages arrive; the commit point is when the
+        lazy-pages daemon has them all (exit 0). Until then a failure removes the target
+        (its memory is incomplete) and restores the source from its tmpfs dump."""
+        if self._lazy_target is None:
+            return
+        with self.rep.phase("pages") as ph:
+            started = time.monotonic()
+            while True:
+                rc, tail = self._lazy_target.outcome()
+                if rc == 0:
+                    break
+                if rc is not None:
+                    raise errors.TransferInterrupted(
+                        f"the background copy of {self.opts.container}'s memory failed "
+                        f"(CRIU's lazy-pages daemon exited {rc}: {tail[-300:]})",
+                        hint="the target was removed (its memory was incomplete) and the "
+                             "source restored from its dump; what the target did since "
+                             "the restore is lost")
+                if not self._running(self.dst, self.created.target_container):
+                    raise errors.TargetDied(f"{self.opts.container} stopped on "
+                                            f"{self.dst.name} while its pages arrived")
+                time.sleep(0.2)
+            self.rep.set("lazy_pages_seconds", round(time.monotonic() - started, 3))
+            self._mark_started()
+            ph.update(f"every page arrived after {time.monotonic() - started:.1f}s")
 
     def _hold_restart_policy(self) -> None:
         """dockerd applies a container's restart policy to the exit a checkpoint causes

@@ -8,6 +8,7 @@ the container (docs/toolchain.md, "Runtime"); the resume signal withdraws the re
 from __future__ import annotations
 
 import tarfile
+import time
 from dataclasses import dataclass, field
 
 import docker.errors
@@ -48,6 +49,10 @@ class ParkProtocol:
                 a = s.at(isa)
                 # ra == start: a signal handler "returns" to the trampoline's first byte
                 if s.kind == "func" and a and a[0] <= ra <= a[0] + max(a[1], 1):
+                    if any(s.at(other) is None for other in ISAS if other != isa):
+                        return (f"{s.name} ({isa}): code only the {isa} binary has (a "
+                                f"code path of one ISA: CPU-feature dispatch, assembly), "
+                                f"with no twin to rebuild its frame on the other ISA")
                     return (f"{s.name} ({isa}): code without metadata (libc) in the "
                             f"middle of the stack, i.e. the program was called back from "
                             f"it (qsort comparator, signal handler): such a frame cannot "
@@ -109,7 +114,7 @@ def park(host: Host, container: str, proto: ParkProtocol, timeout: float = 15) -
     if found is not None:
         return found
     blocked = blocked_by(host, container, proto)
-    resume(host, container, proto)
+    withdraw(host, container, proto)
     if blocked:
         raise errors.NotMigratableCrossISA(
             f"{container} did not reach its equivalence points within {timeout:g}s: "
@@ -137,6 +142,22 @@ def blocked_by(host: Host, container: str, proto: ParkProtocol) -> str | None:
                 return None
             return f"thread {info.get('tid', '?')} stays inside {proto.explain(ra)}"
     return None
+
+
+WITHDRAW_REPEAT, WITHDRAW_GAP = 3, 0.3
+
+
+def withdraw(host: Host, container: str, proto: ParkProtocol) -> None:
+    """Withdraw a request some threads never answered: the resume signal, sent again
+    after a moment. While a request stands, parked threads kick the others with the park
+    signal every 200 ms; a kick sent just before the resume lands after it and arms a
+    new request, which parks the threads again with nobody to resume them (zstd -T2,
+    refused before the freeze: its workers stayed parked and its main thread waited for
+    them for good; a second resume set it going)."""
+    for i in range(WITHDRAW_REPEAT):
+        if i:
+            time.sleep(WITHDRAW_GAP)
+        resume(host, container, proto)
 
 
 def resume(host: Host, container: str, proto: ParkProtocol) -> None:

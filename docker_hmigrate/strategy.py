@@ -195,7 +195,8 @@ class CrossIsa(SameIsa):
         self._facts_call = pool.submit(
             template.target_facts, m.dst, body, m.inspect, self.workdir / "template",
             f"hmigrate-template-{m.checkpoint}",
-            record=lambda cid: setattr(m.created, "template", cid), stop=self._facts_stop)
+            record=lambda cid: setattr(m.created, "template", cid), stop=self._facts_stop,
+            keep=True)  # removed at the migration's end, not while prepare waits
         pool.shutdown(wait=False)
 
     def prepare(self, ph) -> None:
@@ -209,6 +210,9 @@ class CrossIsa(SameIsa):
         self.facts = self._facts_call.result()
         self.template_id = self.facts.container_id
         m.rep.set("template", "cached" if self.facts.cached else "taken")
+        # the configuration's own template, or its host template with the user's mounts
+        # grafted in (template.target_facts)
+        m.rep.set("template_facts", "derived" if self.facts.derived else "own")
         # what taking them cost, and what of it prepare waited for (the rest overlapped
         # validation)
         m.rep.set("template_seconds", {"total": round(self.facts.seconds, 3),
@@ -274,9 +278,11 @@ class CrossIsa(SameIsa):
 
     def restore_failed(self) -> None:
         """A template whose facts a restore failed with is not trusted again: the next
-        move takes a new one."""
+        move takes a new one, the configuration's own if they were derived."""
         if self.facts is not None:
             template.forget(self.facts.key)
+            if self.facts.derived:  # a graft may be what failed: its own template next time
+                template.mark_underivable(self.facts.config_key)
 
     def release_source(self) -> None:
         if self.m.created.source_parked:

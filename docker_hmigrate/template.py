@@ -17,9 +17,15 @@ source's configuration with
   cgroups; the process's creds and cwd come from the source): one template serves every
   image of the same configuration, rebuilt images included, and needs no pull.
 The checkpoint is cached per (target daemon, configuration) in the user's cache folder
-(0700, files 0600): a second move to the same target pays nothing. A migration takes it
+(0700, files 0600): a second move to the same target pays nothing. A configuration's facts
+are derived from its *host template* (the configuration without its bind mounts and
+volumes, host_body) with the user's mounts grafted into the mount tree
+(recode/hostimages.graft_user_mounts), so every configuration differing only in its mounts
+shares one template per target: a first move of a new configuration to a host seen before
+runs nothing there. Where a graft could be wrong, the configuration's own template is
+taken (derivation_refusal; a restore with derived facts that failed). A migration takes it
 while the hosts are validated (strategy.CrossIsa.start), so a first move waits for what is
-left of it only.
+left of it only, and leaves its removal to the migration's end.
 """
 
 from __future__ import annotations
@@ -42,6 +48,7 @@ from pathlib import Path
 from typing import Any
 
 import docker.errors
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_fixed
 
 from docker_hmigrate import errors, interrupts, transfer
 from docker_hmigrate.engine import HELPER_LABEL, SCRATCH_IMAGE, Host, api_error_text
@@ -96,8 +103,9 @@ def template_body(body: dict[str, Any], inspect_mounts: list[dict[str, Any]]) ->
     hc = t.setdefault("HostConfig", {})
     # Every place the user's data appears (bind mounts, named and anonymous volumes)
     # becomes an empty anonymous volume: the same external bind mount for CRIU.
-    mounts = [{"Type": "volume", "Target": m["Destination"],
-               "ReadOnly": not m.get("RW", True)}
+    # Not read-only: daemons refuse a read-only anonymous volume, and the merge gives the
+    # mount the source's flags anyway.
+    mounts = [{"Type": "volume", "Target": m["Destination"]}
               for m in inspect_mounts if m.get("Type") in ("bind", "volume")]
     targets = {m["Target"] for m in mounts}
     mounts += [m for m in hc.get("Mounts") or []
@@ -194,12 +202,15 @@ class Stopped(errors.HmigrateError):
 
 def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
                     record: Callable[[str | None], None] = lambda cid: None,
-                    stop: threading.Event | None = None) -> str:
+                    stop: threading.Event | None = None, keep: bool = False) -> str:
     """Create, inject, start and checkpoint the inert template on dst; its images into
     `into` (0700). The container (and its anonymous volumes) is removed before returning
     its id; record(id) is called as it is created and record(None) once it is removed, so
-    that a rollback meanwhile can remove it. `stop` set: no further step is begun (raises
-    Stopped; a step in flight ends first)."""
+    that a rollback meanwhile can remove it. `keep`: once the images are read, the
+    template and the helper that read them stay (stopped, never started) for the caller
+    to remove later, out of the way of the move (a removal takes seconds on a slow
+    target): a migration's end removes every container with its label. `stop` set: no
+    further step is begun (raises Stopped; a step in flight ends first)."""
     def step() -> None:
         if stop is not None and stop.is_set():
             raise Stopped("the template was given up")
@@ -220,28 +231,53 @@ def take_checkpoint(dst: Host, body: dict[str, Any], into: Path, name: str,
                 hint="the target must accept the source's configuration") from exc
         cid = res["Id"]
         record(cid)
+    done, helper = False, ""
     try:
         dst.api.put_archive(cid, "/", stub_archive(dst.isa))
         step()
         dst.api.start(cid)
         _wait_blocked(dst, cid)
         step()
-        dst.checkpoint_create(cid, "template", exit=True)
-        with dst.helper([f"{dst.checkpoint_dir(cid)}:{transfer.SRC_MOUNT}:ro"]) as helper:
-            into.mkdir(mode=0o700, parents=True, exist_ok=True)
-            transfer.download_folder("template checkpoint", dst, helper,
-                                     f"{transfer.SRC_MOUNT}/template", into)
+        _checkpoint(dst, cid, step)
+        with interrupts.shielded():  # created and recorded, or neither
+            helper = dst.create_helper([f"{dst.checkpoint_dir(cid)}:{transfer.SRC_MOUNT}:ro"])
+        into.mkdir(mode=0o700, parents=True, exist_ok=True)
+        transfer.download_folder("template checkpoint", dst, helper,
+                                 f"{transfer.SRC_MOUNT}/template", into)
         fd = os.open(into / ID_FILE, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:
             f.write(cid)
+        done = True
         return cid
     except docker.errors.APIError as exc:
         raise errors.CriuError(
             f"the template checkpoint on {dst.name} failed: {api_error_text(exc)}",
             hint="see the criu-dump.log named above on the target host") from exc
     finally:
-        remove(dst, cid)
-        record(None)
+        if not (done and keep):
+            if helper:
+                dst.remove_quietly(helper)
+            remove(dst, cid)
+            record(None)
+
+
+FREEZE_TRIES = 3
+
+
+def _gave_up_freezing(exc: BaseException) -> bool:
+    return isinstance(exc, docker.errors.APIError) and "unable to freeze" in api_error_text(exc)
+
+
+def _checkpoint(dst: Host, cid: str, step: Callable[[], None], name: str = "template") -> None:
+    """The template's checkpoint, tried again when the freezer gave up: on a loaded host
+    the stub is not scheduled soon enough to enter the freezer ("unable to freeze"); the
+    container goes on running then, and it is inert: another try is harmless. Any other
+    failure, or the last try's, is raised as it is."""
+    retrying = Retrying(stop=stop_after_attempt(FREEZE_TRIES), wait=wait_fixed(1.0),
+                        retry=retry_if_exception(_gave_up_freezing),
+                        before=lambda state: state.attempt_number > 1 and step(),
+                        reraise=True)
+    retrying(dst.checkpoint_create, cid, name, exit=True)
 
 
 def _wait_blocked(dst: Host, cid: str, timeout: float = 30) -> None:
@@ -262,34 +298,120 @@ def remove(dst: Host, cid: str) -> None:
         dst.api.remove_container(cid, force=True, v=True)
 
 
+def host_body(body: dict[str, Any]) -> dict[str, Any]:
+    """The template body without the user's bind mounts and volumes: what the host gives
+    every configuration that differs from this one only in those (and in what
+    template_body drops already: image, command, environment, network, ports). Its
+    checkpoint, with the user's mounts grafted in (recode/hostimages.graft_user_mounts),
+    stands for the configuration's own template."""
+    h = copy.deepcopy(body)
+    hc = h.setdefault("HostConfig", {})
+    hc["Mounts"] = [m for m in hc.get("Mounts") or [] if m.get("Type") not in ("bind", "volume")]
+    h["Volumes"] = {}
+    return h
+
+
+def user_paths(body: dict[str, Any]) -> list[str]:
+    """Where a template body has the user's data (its anonymous volumes)."""
+    return [m["Target"] for m in body.get("HostConfig", {}).get("Mounts") or []
+            if m.get("Type") in ("bind", "volume")]
+
+
+def derivation_refusal(body: dict[str, Any]) -> str:
+    """Why the configuration's facts cannot be derived from its host template (empty: they
+    can). Decided from the configuration alone."""
+    from docker_hmigrate.recode import hostimages
+
+    hc = body.get("HostConfig") or {}
+    others = [m.get("Target", "") for m in hc.get("Mounts") or []
+              if m.get("Type") not in ("bind", "volume")] + list(hc.get("Tmpfs") or {})
+    if body.get("Volumes"):
+        return "the configuration declares volumes of its own"
+    return hostimages.graft_refusal(user_paths(body), others)
+
+
+def _marker(key: str) -> Path:
+    return cache_dir() / f"{key}.underivable"
+
+
+def underivable(key: str) -> bool:
+    """A restore with derived facts of this configuration failed before: take its own
+    template from now on."""
+    return _marker(key).exists()
+
+
+def mark_underivable(key: str) -> None:
+    root = cache_dir()
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with contextlib.suppress(OSError):
+        _marker(key).touch(mode=0o600)
+
+
 @dataclass
 class Facts:
-    """The target host's facts for one move: a checkpoint of the inert template."""
+    """The target host's facts for one move: a checkpoint of the inert template, the
+    configuration's own or its host template's with the user's mounts grafted in."""
 
     images: Path  # its CRIU images (0700): recode.template_facts, recode.merge_host_facts
     container_id: str  # the template container's id (containerd's staging copies name it)
-    key: str  # its cache entry (forget() it when a restore with it fails)
+    key: str  # the cache entry used (forget() it when a restore with it fails)
     cached: bool  # read from the cache: nothing was run on the target
     seconds: float = 0.0  # to read the cache or take the template
+    config_key: str = ""  # derived: the configuration's own key (mark_underivable)
+    derived: bool = False  # the host template's, with the user's mounts grafted in
+    derivation: str = ""  # not derived: why (empty when the configuration has no mounts)
 
 
 def target_facts(dst: Host, target_body: dict[str, Any], inspect: dict[str, Any],
                  into: Path, name: str,
                  record: Callable[[str | None], None] = lambda cid: None,
-                 stop: threading.Event | None = None) -> Facts:
+                 stop: threading.Event | None = None, keep: bool = False) -> Facts:
     """The target's facts for a container to be created there with `target_body` (the
-    source's configuration, spec.py) from the source's `inspect`: from the cache, or from
-    a checkpoint of the inert template taken now (then cached). `into`: a new folder for
-    the images; `name`: the template container's name; `record`, `stop`: see
-    take_checkpoint. Needs nothing of the target but its info when cached."""
+    source's configuration, spec.py) from the source's `inspect`. In this order:
+    - the configuration's own template from the cache;
+    - its host template (the configuration without its bind mounts and volumes, host_body)
+      from the cache or taken now, the user's mounts grafted in: every configuration
+      that differs only in its mounts shares it, so a first move of a new configuration
+      to a known host runs nothing there;
+    - the configuration's own template taken now (then cached), where a graft could be
+      wrong (derivation_refusal, or a restore with derived facts failed before).
+    `into`: a new folder for the images; `name`: the template container's name; `record`,
+    `stop`, `keep`: see take_checkpoint. Needs nothing of the target but its info when cached."""
+    from docker_hmigrate.recode import hostimages
+    from docker_hmigrate.recode.frames import Untranslatable
+
     started = time.monotonic()
     body = template_body(target_body, inspect.get("Mounts") or [])
     key = cache_key(dst, body)
+
+    def done(images_key: str, cid: str, hit: bool, **kw: Any) -> Facts:
+        return Facts(into, cid, images_key, cached=hit, seconds=time.monotonic() - started,
+                     **kw)
+
     hit = cached(key)
     if hit is not None:
         _private_copy(hit, into)
-        return Facts(into, container_id(into), key, cached=True,
-                     seconds=time.monotonic() - started)
-    cid = take_checkpoint(dst, body, into, name, record, stop)
+        return done(key, container_id(into), True)
+    paths = user_paths(body)
+    why = derivation_refusal(body) if paths else ""
+    if paths and not why and underivable(key):
+        why = "a restore with derived facts failed before"
+    if paths and not why:
+        hbody = host_body(body)
+        hkey = cache_key(dst, hbody)
+        host = cached(hkey)
+        if host is not None:
+            _private_copy(host, into)
+            cid = container_id(into)
+        else:
+            cid = take_checkpoint(dst, hbody, into, name, record, stop, keep)
+            store(hkey, into)
+        try:
+            hostimages.graft_user_mounts(into, paths)
+            return done(hkey, cid, host is not None, config_key=key, derived=True)
+        except Untranslatable as exc:  # the host's tree has a mount in the way
+            why = str(exc)
+            shutil.rmtree(into, ignore_errors=True)
+    cid = take_checkpoint(dst, body, into, name, record, stop, keep)
     store(key, into)
-    return Facts(into, cid, key, cached=False, seconds=time.monotonic() - started)
+    return done(key, cid, False, derivation=why)

@@ -243,7 +243,7 @@ class StackMap:
             for sv, dv in matched_vars(fr, idx):
                 a = fr.src_cfa + sv.cfa_offset
                 self.spans.append((a, a + sv.type.size, fr.dst_cfa + dv.cfa_offset))
-                if sv.type.holds_jmp_buf:  # members sit elsewhere in the target
+                if sv.type.by_member:  # members sit elsewhere in the target
                     self.fields[a] = (sv, dv)
         self.spans.sort()
         self._starts = [s[0] for s in self.spans]
@@ -271,11 +271,16 @@ class StackMap:
 
 
 def map_offset(sv: Var, dv: Var, off: int) -> int | None:
-    """Where byte `off` of a source variable holding jmp_bufs lies in the target's
-    variable (a pointer to one of its members), or None inside a jmp_buf's registers."""
-    for a, b in zip(sv.type.fields, dv.type.fields, strict=False):
+    """Where byte `off` of a source variable copied member by member lies in the target's
+    variable (a pointer to one of its members), or None inside a jmp_buf's registers, an
+    integer of another size, or a member the target does not have."""
+    others = {b.path: b for b in dv.type.fields}
+    for a in sv.type.fields:
         if a.offset <= off < a.offset + max(a.size, 1):
-            if a.kind == "jmp_buf":
+            b = others.get(a.path)
+            if b is None:
+                return None
+            if a.kind == "jmp_buf" or a.size != b.size:
                 return b.offset if off == a.offset else None
             return b.offset + off - a.offset
     return dv.type.size if off == sv.type.size else None
@@ -307,8 +312,7 @@ def matched_vars(fr: Frame, idx: Index, strict: bool = True) -> list[tuple[Var, 
             raise Untranslatable(f"{fr.function.name}: variable {v.name} has no "
                                  f"twin on {idx.dst}")
         if d.type.size != v.type.size and not (
-                v.type.holds_jmp_buf and fields_match(v.type, d.type, idx.src_isa,
-                                                                idx.dst_isa)):
+                v.type.by_member and fields_match(v.type, d.type, idx.src_isa, idx.dst_isa)):
             raise Untranslatable(f"{fr.function.name}: variable {v.name} has "
                                  f"size {v.type.size} on {idx.src}, "
                                  f"{d.type.size} on {idx.dst}")
@@ -325,13 +329,22 @@ def live_at_stop(fr: Frame, var: Var) -> bool:
     (Redis's handleClientsWithPendingWritesUsingThreads returns through
     handleClientsWithPendingWrites() above `listIter li;`, whose slot holds a dead frame's
     address). Only a backward goto inside one block could make such a variable hold a
-    value at that call; its slot is then left out, and a pointer to it is refused."""
+    value at that call; its slot is then left out, and a pointer to it is refused.
+    Lines compare only within one file: generated code (bison's parser) declares its
+    locals in the .c file and makes its calls from #line'd actions of the .y file, where
+    bc's `yyvsp` (bc.c:1329) looked declared below a call at bc.y:134; metadata without
+    the files (older builds) cannot tell, so the variable is carried."""
     if fr.site is None or var.kind != "local":
         return True
     site = fr.site.site
-    if site.kind == "enter_hook":
+    if site.kind == "enter_hook" and site.index == 0:  # its own, in the prologue
+        # (an always_inline callee's hook sits in the body: the toolchain marks those
+        # call sites untranslatable, its variables are not described)
         return False
-    return var.line is None or site.line is None or var.line <= site.line
+    if var.line is None or site.line is None or var.file is None or site.file is None \
+            or var.file != site.file:
+        return True
+    return var.line <= site.line
 
 
 def plan_target(stack: SourceStack, idx: Index) -> None:

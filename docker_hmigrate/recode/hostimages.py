@@ -27,12 +27,14 @@ import shutil
 from pathlib import Path
 
 from docker_hmigrate.criu import ImageSet
+from docker_hmigrate.criu.image import Entry
 from docker_hmigrate.criu.schema import FdType
 from docker_hmigrate.recode.frames import Untranslatable
 
 TMPFS_IMAGE = re.compile(r"tmpfs-dev-(\d+)\.tar\.gz\.img")
 HOST_TREES = ("/dev", "/sys", "/proc")  # tmpfs below these: the runtime's, not the user's
 USER_TMPFS = ("/dev/shm",)
+MS_SLAVE = 1 << 19
 
 
 def _mounts(s: ImageSet) -> tuple[str, list]:
@@ -211,3 +213,92 @@ def merge_host_facts(recoded: Path, template: Path, out: Path,
             f.write(raw)
     return {"mount_ids": changed, "tmpfs": len(tmpfs), "user_mounts": users,
             "files": sum(1 for e in src.entries("files.img") if e.type != FdType.REG)}
+
+
+# Where docker itself bind-mounts a file of the container's folder: a user mount there
+# replaces docker's own, which a host template (without the user's mounts) still has.
+RUNTIME_FILES = ("/etc/hosts", "/etc/hostname", "/etc/resolv.conf")
+
+
+def graft_refusal(paths: list[str], other_mounts: list[str]) -> str:
+    """Why the user's mounts at `paths` cannot be put into a host template's mount tree
+    by `graft_user_mounts` (empty: they can). `other_mounts`: the configuration's other
+    mount destinations (tmpfs), which the host template has. Decided from the
+    configuration alone, before anything is taken; the tree itself is checked again by
+    the graft."""
+    for p in paths:
+        if not p.startswith("/") or p == "/" or p in RUNTIME_FILES:
+            return f"a user mount at {p} replaces one of the runtime's"
+        if any(p == t or p.startswith(t + "/") for t in HOST_TREES):
+            return f"a user mount at {p} is inside the runtime's {p.split('/')[1]} tree"
+        under = [t for t in RUNTIME_FILES + HOST_TREES if t.startswith(p.rstrip("/") + "/")]
+        if under:
+            return f"the runtime's mount at {under[0]} is inside the user mount at {p}"
+        below = [o for o in other_mounts if o.startswith(p.rstrip("/") + "/") or o == p]
+        if below:
+            return f"the mount at {below[0]} is inside the user mount at {p}"
+    if len(set(paths)) != len(paths):
+        return "two user mounts at the same place"
+    return ""
+
+
+def _external_bind(mounts: list) -> object:
+    """The runtime's own external bind mount of a file of the container's folder (its
+    /etc/hosts): what an anonymous volume's entry looks like but for its path (the same
+    filesystem: docker's data root)."""
+    for m in mounts:
+        if m.mountpoint in RUNTIME_FILES and m.ext_key:
+            return m
+    raise Untranslatable("the host template has no external bind mount of /etc/hosts, "
+                         "/etc/hostname or /etc/resolv.conf to model the user's mounts on")
+
+
+def graft_user_mounts(images: Path, paths: list[str]) -> int:
+    """Turn a host template's checkpoint (the configuration without its bind mounts and
+    volumes) into what the configuration's own template would have given: one external
+    bind mount entry per user mount path, as docker makes an anonymous volume (docker's
+    data root filesystem, a slave, relatime; the merge gives it the source's fields),
+    under the deepest mount holding its path, with new mount ids. Edits `images` in
+    place; returns how many entries it added. Raises Untranslatable where the tree does
+    not fit (a mount already there, or a runtime mount below the path)."""
+    s = ImageSet.load(images)
+    name, mounts = _mounts(s)
+    proto = _external_bind(mounts)
+    taken = {m.mountpoint for m in mounts}
+    next_id = max(m.mnt_id for m in mounts) + 1
+    added: list = []
+    for p in sorted(paths, key=lambda p: (p.count("/"), p)):  # parents before children
+        p = p.rstrip("/") or "/"
+        if p in taken:
+            raise Untranslatable(f"the host template already has a mount at {p}")
+        inside = [m for m in mounts + added if m.mountpoint.startswith(p + "/")]
+        if inside:
+            raise Untranslatable(f"the host template has a mount at {inside[0].mountpoint} "
+                                 f"inside the user mount at {p}")
+        parent = max((m for m in mounts + added
+                      if m.mountpoint == "/" or p.startswith(m.mountpoint + "/")),
+                     key=lambda m: (len(m.mountpoint), m.mnt_id), default=None)
+        if parent is None:
+            raise Untranslatable("the host template has no root mount")
+        entry = type(proto)()
+        entry.CopyFrom(proto)
+        entry.mnt_id, entry.parent_mnt_id, entry.mountpoint = next_id, parent.mnt_id, p
+        entry.root, entry.ext_key = p, p  # the merge puts the source's in
+        # a slave, as docker mounts an anonymous volume; its master (the host's mount of
+        # docker's data root) is not known here: the merge gives the entry the source's
+        # propagation (a slave or shared user mount is refused there)
+        entry.flags |= MS_SLAVE
+        entry.master_id = entry.master_id or 1
+        next_id += 1
+        taken.add(p)
+        added.append(entry)
+    if not added:
+        return 0
+    # where CRIU writes a container's user mounts: right after the runtime's own file
+    # binds (the images list mounts newest first; runc mounts the user's before those)
+    img = s.images[name]
+    at = 1 + max(i for i, e in enumerate(img.entries) if e.msg.mountpoint in RUNTIME_FILES)
+    img.entries[at:at] = [Entry(msg=m) for m in reversed(added)]
+    s.modes[name] = 0o600
+    s.save(images)
+    return len(added)

@@ -38,6 +38,7 @@ from docker_hmigrate.toolchain.jmpbuf_layout import (  # noqa: F401 - re-exporte
     SIGSETJMP_NAMES,
     Layout,
     fields_match,
+    layout_problem,
 )
 
 
@@ -102,18 +103,34 @@ def translate(raw: bytes, where: str, stack: SourceStack, idx: Index, smap: Stac
 
 def copy_var(raw: bytes, sv: Var, dv: Var, where: str,
              stack: SourceStack, idx: Index, smap: StackMap, bottom_ret: int) -> bytes:
-    """A variable whose type holds jmp_bufs, leaf by leaf into the target's layout."""
-    if not fields_match(sv.type, dv.type, idx.src_isa, idx.dst_isa):
-        raise Untranslatable(f"{where}: {sv.type.name} holds a jmp_buf in a layout "
-                             f"this recode cannot map member by member")
+    """A variable copied member by member into the target's layout (it holds jmp_bufs,
+    or a libc struct laid out per ISA): leaves paired by path; jmp_bufs translated,
+    pointers moved, integers of another size converted (refused if the value does not
+    fit), padding only one side has left zero, like the bytes between members."""
+    why = layout_problem(sv.type, dv.type, idx.src_isa, idx.dst_isa)
+    if why is not None:
+        raise Untranslatable(f"{where}: {sv.type.name} has a layout this recode cannot "
+                             f"map member by member ({why})")
     out = bytearray(dv.type.size)
-    for a, b in zip(sv.type.fields, dv.type.fields, strict=True):
+    targets = {b.path: b for b in dv.type.fields}
+    for a in sv.type.fields:
+        b = targets.get(a.path)
+        if b is None:
+            continue  # padding of the source's layout
         chunk = raw[a.offset:a.offset + a.size]
         if a.kind == "jmp_buf":
             chunk = translate(chunk, f"{where}.{a.path}", stack, idx, smap, bottom_ret)
         elif a.kind == "pointer" and a.size == 8:
             chunk = translate_value(int.from_bytes(chunk, "little"), None, smap,
                                     idx).to_bytes(8, "little")
+        elif a.size != b.size:
+            signed = a.int == "s"
+            v = int.from_bytes(chunk, "little", signed=signed)
+            try:
+                chunk = v.to_bytes(b.size, "little", signed=signed)
+            except OverflowError:
+                raise Untranslatable(f"{where}.{a.path}: {v} does not fit the {b.size} "
+                                     f"bytes it has on {idx.dst}") from None
         out[b.offset:b.offset + len(chunk)] = chunk
     return bytes(out)
 

@@ -87,9 +87,9 @@ def _copy_vars(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap,
     variables holding a jmp_buf member by member (jmpbuf.py)."""
     for sv, dv in matched_vars(fr, idx, strict):
         raw = bytearray(read_stack(src_mem, fr.src_cfa + sv.cfa_offset, sv.type.size))
-        if sv.type.holds_jmp_buf:
+        if sv.type.by_member:
             if stack is None:
-                raise Untranslatable(f"{fr.function.name}: jmp_buf {sv.name} "
+                raise Untranslatable(f"{fr.function.name}: {sv.name} (member by member) "
                                      f"without its stack")
             dst_mem.write(fr.dst_cfa + dv.cfa_offset, jmpbuf.copy_var(
                 bytes(raw), sv, dv, f"{fr.function.name}: {sv.name}", stack, idx,
@@ -98,5 +98,14 @@ def _copy_vars(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap,
         for po in sv.type.pointer_offsets:
             if po + 8 <= len(raw):
                 v = int.from_bytes(raw[po:po + 8], "little")
-                raw[po:po + 8] = translate_value(v, sv, smap, idx).to_bytes(8, "little")
+                try:
+                    new = translate_value(v, sv, smap, idx)
+                except Untranslatable as exc:  # say whose value it is
+                    raise Untranslatable(f"{fr.function.name}: {sv.name} "
+                                         f"({_where(fr, sv)}): {exc}") from None
+                raw[po:po + 8] = new.to_bytes(8, "little")
         dst_mem.write(fr.dst_cfa + dv.cfa_offset, bytes(raw))
+
+
+def _where(fr: Frame, var) -> str:
+    return f"{var.file or fr.function.file or '?'}:{var.line or '?'}"

@@ -14,6 +14,7 @@ NotMigratableCrossISA: nothing passes through untranslated.
 from __future__ import annotations
 
 import hashlib
+import struct
 import time
 from pathlib import Path
 from typing import Any
@@ -131,6 +132,8 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
     src = ImageSet.load(src_dir)
     dst = ImageSet.load(src_dir)  # edited copy; src stays the pristine source
     lap("load")
+    for images in (src, dst):  # src: so that its check passes; dst: what is restored
+        drop_park_kicks(images, program.md.runtime.park_signal)
     check_images(src, src_isa)
     idx = Index.of(program.md, src_isa, dst_isa)
     elf = process.Elf.parse(program.binaries[dst_isa])
@@ -173,6 +176,46 @@ def not_understood(s: ImageSet) -> list[str]:
     them and that may hold ISA-specific state (what check_supported lists, less the
     ISA-neutral ones)."""
     return [p for p in check_supported(s) if not p.startswith(ISA_NEUTRAL_OPAQUE)]
+
+
+SI_TKILL = -6  # siginfo si_code of tgkill()
+
+
+def is_park_kick(siginfo: bytes, park_signal: int, pids: set[int]) -> bool:
+    """A pending siginfo (the kernel's layout, the same on every 64-bit ISA of isa/:
+    si_signo, si_errno, si_code, then si_pid, si_uid at 16) that is the runtime's own
+    kick: the park signal sent with tgkill by a thread of the process itself."""
+    if len(siginfo) < 24:
+        return False
+    signo, _errno, code = struct.unpack_from("<iii", siginfo, 0)
+    pid, = struct.unpack_from("<i", siginfo, 16)
+    return signo == park_signal and code == SI_TKILL and pid in pids
+
+
+def drop_park_kicks(s: ImageSet, park_signal: int) -> int:
+    """The runtime's kicks still pending in threads that block every signal (liblzma's
+    worker threads, created with all signals blocked: they park at their next function
+    entry all the same, so the kick meant to interrupt their system call stays queued).
+    Their work is done, and delivered on the target one would start a park request
+    there; other pending signals are left for check_images to refuse. Returns how many
+    were dropped."""
+    pids = set(s.pids)
+    dropped = 0
+    for pid in s.pids:
+        for tid in s.threads(pid):
+            tc = s.core(tid).thread_core
+            if not tc.HasField("signals_p"):
+                continue
+            queue = tc.signals_p.signals
+            keep = [e for e in queue if not is_park_kick(bytes(e.siginfo), park_signal, pids)]
+            if len(keep) != len(queue):
+                dropped += len(queue) - len(keep)
+                kept = [type(e)() for e in keep]
+                for new, old in zip(kept, keep, strict=True):
+                    new.CopyFrom(old)
+                del queue[:]
+                queue.extend(kept)
+    return dropped
 
 
 def check_images(s: ImageSet, src_isa: str) -> None:
@@ -259,6 +302,11 @@ def rebuild_stacks(src: ImageSet, dst: ImageSet, idx: Index, plans,
                 if res in ERESTART:
                     raise Untranslatable(f"thread {tid}: unexpected restart code {res}")
                 pc = park.blocked_pc
+                if target.nr_reg != target.result_reg:
+                    # aarch64's x8 still holds the futex's number after the svc (a wait
+                    # that had just timed out when frozen: liblzma's main thread); the
+                    # way back reads it (x8 = 0: "in system call 0, not futex")
+                    out[target.nr_reg] = target.sys_futex
                 out[target.result_reg] = regs.result
             tp = process.translate_pthread(smem, dmem, regs.tp, idx.src, idx.dst)
             core = dst.core(tid)

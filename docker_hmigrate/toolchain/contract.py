@@ -89,6 +89,7 @@ class TypeField(_Record):
     offset: _F[int] = _F(0)
     size: _F[int] = _F(0)
     kind: _F[str] = _F("")  # "jmp_buf", "pointer", "data", "opaque"
+    int: _F[str | None] = _F()  # an integer leaf: "s" signed, "u" unsigned
 
 
 class TypeInfo(_Record):
@@ -104,6 +105,12 @@ class TypeInfo(_Record):
     def holds_jmp_buf(self) -> bool:
         return "jmp_buf" in self.holds
 
+    @property
+    def by_member(self) -> bool:
+        """Copied leaf by leaf across ISAs (fields): it holds a jmp_buf, or its layout
+        differs per ISA ("layout": libc's struct stat inside zstd's cRess_t)."""
+        return "jmp_buf" in self.holds or "layout" in self.holds
+
 
 class Var(_Record):
     """A variable of a frame: where it lives (its CFA offset) and while it is in scope."""
@@ -113,7 +120,9 @@ class Var(_Record):
     kind: _F[str] = _F("")  # "param", "local", "static"
     type: _F[TypeInfo] = _F(lambda: TypeInfo({}), TypeInfo)
     scope: _F[list[int] | None] = _F()  # [lo, hi) pcs; None: the whole function
+    scope_ranges: _F[list[list[int]] | None] = _F()  # a split block's [lo, hi) pieces
     line: _F[int | None] = _F()
+    file: _F[str | None] = _F()  # of its declaration (a #line file for generated code)
     cfa_offset: _F[int | None] = _F()  # None: not in a stack slot
     indirect: _F[bool] = _F(False)  # the slot holds the variable's address
 
@@ -124,7 +133,9 @@ class Var(_Record):
     def in_scope(self, pc: int) -> bool:
         """pc is a return address or the park pc: the stopped instruction is before it."""
         s = self.scope
-        return not s or s[0] <= pc - 1 < s[1]
+        if not s:
+            return True
+        return any(lo <= pc - 1 < hi for lo, hi in self.scope_ranges or [s])
 
 
 class FrameLayout(_Record):
@@ -156,6 +167,7 @@ class CallSite(_Record):
     kind: _F[str] = _F("call")  # "enter_hook", "exit_hook", "call"
     target: _F[str | None] = _F()
     line: _F[int | None] = _F()
+    file: _F[str | None] = _F()  # the line table's file of the call (#line directives)
     sp_cfa_offset: _F[int] = _F(0)  # the caller's SP at the call, from its CFA
     live_callee_saved: _F[list[str]] = _F(list)
     callee_saved_temps: _F[list[str]] = _F(list)  # temporaries paired with the twin's

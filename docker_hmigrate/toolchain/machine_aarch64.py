@@ -4,6 +4,8 @@ the return address. The ISA's facts themselves (registers, ABI) are in isa/aarch
 
 from __future__ import annotations
 
+import re
+
 import capstone
 
 from docker_hmigrate.isa import AARCH64
@@ -22,6 +24,26 @@ def norm_reg(name: str) -> str:
     if name in ("lr",):
         return "x30"
     return name
+
+
+# Aliases of SBFM/UBFM (sign/zero extensions, shifts by an immediate, bitfield
+# extracts) write their destination without reading it, but capstone 5 lists the
+# destination among the registers they read: `sxtw x21, w0` would keep a stale x21
+# "live" through the whole function (bc's yyparse: a temporary in every call's way).
+_DEST_ONLY = frozenset(("sxtb", "sxth", "sxtw", "uxtb", "uxth", "uxtw", "lsl", "lsr",
+                        "asr", "ubfx", "sbfx", "ubfiz", "sbfiz", "ubfm", "sbfm"))
+
+
+def fix_reads(insn, reads: set[str]) -> set[str]:
+    """The registers an instruction reads, without the destination capstone wrongly
+    lists for the aliases above (unless a source operand names it too)."""
+    if insn.mnemonic not in _DEST_ONLY or not insn.operands or \
+            insn.operands[0].type != capstone.arm64.ARM64_OP_REG:
+        return reads
+    dest = norm_reg(insn.reg_name(insn.operands[0].reg))
+    sources = {norm_reg(insn.reg_name(o.reg)) for o in insn.operands[1:]
+               if o.type == capstone.arm64.ARM64_OP_REG}
+    return reads if dest in sources else reads - {dest}
 
 
 def is_call(insn) -> bool:
@@ -110,3 +132,55 @@ def lr_copy_reg(insns: list) -> str | None:
                 ops[0] in ISA.callee_saved:
             return ops[0]
     return None
+
+
+_EXT = re.compile(r"(s|u)xt([bhw]) #(\d)")
+_ENTRY = {"ldrb": 1, "ldrh": 2, "ldr": 4}
+
+
+def jump_table(insns: list, i: int, read) -> list[int] | None:
+    """The targets of the switch dispatch GCC emits at -O0, ending in the `br` at insns[i]:
+        cmp wI, #N ; b.hi default ; adrp xT, table ; add xT, xT, :lo12:table
+        ldr{b,h,} wE, [xT, wI, uxtw #s] ; adr xB, base ; add xD, xB, wE, sxt? #2 ; br xD
+    (N + 1 entries, each an offset in instructions from base). None when the code around
+    the `br` is not that shape: the caller then assumes any block may follow."""
+    if i < 7:
+        return None
+    br, add, adr, ld, lo, page = (insns[i - k] for k in range(6))
+    regs = [o.reg for o in br.operands]
+    if not (add.mnemonic == "add" and adr.mnemonic == "adr" and lo.mnemonic == "add"
+            and page.mnemonic == "adrp" and ld.mnemonic in _ENTRY and len(regs) == 1
+            and len(add.operands) == 3 and add.operands[0].reg == regs[0]
+            and add.operands[1].reg == adr.operands[0].reg):
+        return None
+    m = _EXT.search(add.op_str)
+    mem = [o for o in ld.operands if o.type == capstone.arm64.ARM64_OP_MEM]
+    if m is None or not mem or mem[0].mem.base != lo.operands[0].reg or \
+            lo.operands[0].reg != page.operands[0].reg or len(lo.operands) != 3:
+        return None
+    signed, width, shift = m.group(1) == "s", {"b": 1, "h": 2, "w": 4}[m.group(2)], \
+        int(m.group(3))
+    table = page.operands[1].imm + lo.operands[2].imm
+    base = adr.operands[1].imm
+    index = ld.reg_name(mem[0].mem.index)
+    count = None
+    for k in range(i - 6, max(i - 12, 0), -1):  # cmp wI, #N ; b.hi default
+        cmp, bhi = insns[k - 1], insns[k]
+        if bhi.mnemonic == "b.hi" and cmp.mnemonic == "cmp" and len(cmp.operands) == 2 \
+                and cmp.operands[1].type == capstone.arm64.ARM64_OP_IMM \
+                and cmp.reg_name(cmp.operands[0].reg) == index:
+            count = cmp.operands[1].imm + 1
+            break
+    size = _ENTRY[ld.mnemonic]
+    if count is None or not 0 < count <= 1 << 16:
+        return None
+    raw = read(table, count * size)
+    if len(raw) != count * size:
+        return None
+    out = []
+    for n in range(count):
+        v = int.from_bytes(raw[n * size:n * size + size], "little") & ((1 << 8 * width) - 1)
+        if signed and v >> (8 * width - 1):
+            v -= 1 << 8 * width
+        out.append(base + (v << shift))
+    return out

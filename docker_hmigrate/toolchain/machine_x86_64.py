@@ -27,6 +27,11 @@ def norm_reg(name: str) -> str:
     return _ALIASES.get(name, name)
 
 
+def fix_reads(insn, reads: set[str]) -> set[str]:
+    """capstone's read registers need no correction on x86-64."""
+    return reads
+
+
 def is_call(insn) -> bool:
     return insn.mnemonic == "call"
 
@@ -92,3 +97,38 @@ def frame_record(frame: dict) -> tuple[int | None, int | None]:
 def lr_copy_reg(insns: list) -> str | None:
     """The return address lives on the stack: no register copy of it."""
     return None
+
+
+def jump_table(insns: list, i: int, read) -> list[int] | None:
+    """The targets of the switch dispatch GCC emits at -O0 in a static (non-PIE)
+    binary, ending in the `jmp` at insns[i]:
+        cmp X, N ; ja default ; mov eax, X ; mov rax, qword ptr [rax*8 + table] ; jmp rax
+    (N + 1 absolute addresses). None when the code around the `jmp` is not that shape:
+    the caller then assumes any block may follow."""
+    if i < 4:
+        return None
+    jmp, load = insns[i], insns[i - 1]
+    ops = jmp.operands
+    if jmp.mnemonic != "jmp" or len(ops) != 1 or ops[0].type != capstone.x86.X86_OP_REG:
+        return None
+    lops = load.operands
+    if load.mnemonic != "mov" or len(lops) != 2 or lops[0].type != capstone.x86.X86_OP_REG \
+            or lops[0].reg != ops[0].reg or lops[1].type != capstone.x86.X86_OP_MEM:
+        return None
+    mem = lops[1].mem
+    if mem.base != 0 or mem.index == 0 or mem.scale != 8 or mem.segment != 0 or \
+            lops[1].size != 8:
+        return None
+    count = None
+    for k in range(i - 1, max(i - 8, 0), -1):  # cmp X, N ; ja default
+        cmp, ja = insns[k - 1], insns[k]
+        if ja.mnemonic == "ja" and cmp.mnemonic == "cmp" and len(cmp.operands) == 2 \
+                and cmp.operands[1].type == capstone.x86.X86_OP_IMM:
+            count = cmp.operands[1].imm + 1
+            break
+    if count is None or not 0 < count <= 1 << 16:
+        return None
+    raw = read(mem.disp & ((1 << 64) - 1), count * 8)
+    if len(raw) != count * 8:
+        return None
+    return [int.from_bytes(raw[n * 8:n * 8 + 8], "little") for n in range(count)]

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 import capstone
+from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
 from elftools.elf.elffile import ELFFile
 
 from docker_hmigrate.isa import AARCH64, X86_64, Isa
-from docker_hmigrate.toolchain import contract, machine_aarch64, machine_x86_64
+from docker_hmigrate.toolchain import contract, machine_aarch64, machine_x86_64, patch
 from docker_hmigrate.toolchain import jmpbuf_layout as jmpbuf
 from docker_hmigrate.toolchain.contract import TypeInfo
 
@@ -165,11 +166,14 @@ def type_fields(die, prefix: str = "", base: int = 0, depth: int = 0) -> list[di
     if die.tag == "DW_TAG_structure_type" and depth < 8:
         out = []
         for m in die.iter_children():
-            off = _attr(m, "DW_AT_data_member_location", 0)
-            if m.tag != "DW_TAG_member" or not isinstance(off, int) or \
-                    "DW_AT_bit_size" in m.attributes:
+            if m.tag != "DW_TAG_member":
                 continue
+            off = _attr(m, "DW_AT_data_member_location", 0)
             name = f"{prefix}.{_name(m)}" if prefix else (_name(m) or "?")
+            if not isinstance(off, int) or "DW_AT_bit_size" in m.attributes:
+                # a bitfield: its bits cannot be moved as bytes
+                out.append({"path": name, "offset": base, "size": 0, "kind": "opaque"})
+                continue
             out += type_fields(_ref(m), name, base + off, depth + 1)
         return out
     if die.tag == "DW_TAG_array_type" and depth < 8:
@@ -190,7 +194,18 @@ def type_fields(die, prefix: str = "", base: int = 0, depth: int = 0) -> list[di
         plain = not any(m.get("holds") or m["pointer_offsets"] for m in members)
         return [{"path": prefix, "offset": base, "size": size,
                  "kind": "data" if plain else "opaque"}]
-    return [{"path": prefix, "offset": base, "size": size, "kind": "data"}]
+    leaf = {"path": prefix, "offset": base, "size": size, "kind": "data"}
+    enc = _attr(die, "DW_AT_encoding") if die.tag in ("DW_TAG_base_type",
+                                                        "DW_TAG_enumeration_type") else None
+    if die.tag == "DW_TAG_enumeration_type" or enc in (DW_ATE_SIGNED, DW_ATE_SIGNED_CHAR):
+        leaf["int"] = "s"
+    elif enc in (DW_ATE_UNSIGNED, DW_ATE_UNSIGNED_CHAR, DW_ATE_BOOLEAN):
+        leaf["int"] = "u"
+    return [leaf]
+
+
+DW_ATE_BOOLEAN, DW_ATE_SIGNED, DW_ATE_SIGNED_CHAR = 0x02, 0x05, 0x06
+DW_ATE_UNSIGNED, DW_ATE_UNSIGNED_CHAR = 0x08, 0x08
 
 
 def _array_count(die) -> int:
@@ -200,6 +215,19 @@ def _array_count(die) -> int:
             ub, cnt = _attr(sub, "DW_AT_upper_bound"), _attr(sub, "DW_AT_count")
             count *= cnt if isinstance(cnt, int) else (ub + 1 if isinstance(ub, int) else 0)
     return count
+
+
+def _file_name(lp, index: int) -> str | None:
+    """A file of a CU's line program by its index (DW_AT_decl_file, a line-table row):
+    0-based from DWARF 5 on, 1-based before."""
+    if lp is None:
+        return None
+    entries = lp["file_entry"]
+    i = index if lp.header["version"] >= 5 else index - 1
+    if not 0 <= i < len(entries):
+        return None
+    name = entries[i].name
+    return name.decode(errors="replace") if isinstance(name, bytes) else name
 
 
 def _fbreg_offset(loc, indirect: bool = False) -> int | None:
@@ -230,7 +258,32 @@ def _pc_range(die) -> tuple[int, int] | None:
     return lo, (lo + hi.value if hi.form != "DW_FORM_addr" else hi.value)
 
 
-def _collect_vars(die, out: list[dict], scope: tuple[int, int] | None) -> None:
+def _pc_ranges(die) -> list[tuple[int, int]] | None:
+    """The code ranges of a DIE: low/high pc, or DW_AT_ranges (GCC gives a block whose
+    code is split, bison's YYSTACK_RELOCATE block in yyparse, a range list)."""
+    r = _pc_range(die)
+    if r is not None:
+        return [r]
+    a = die.attributes.get("DW_AT_ranges")
+    if a is None or a.form != "DW_FORM_sec_offset":
+        return None
+    lists = die.dwarfinfo.range_lists()
+    if lists is None:
+        return None
+    base = _attr(die.cu.get_top_DIE(), "DW_AT_low_pc", 0) or 0
+    out = []
+    for e in lists.get_range_list_at_offset(a.value, cu=die.cu):
+        if isinstance(e, BaseAddressEntry):
+            base = e.base_address
+        elif isinstance(e, RangeEntry):
+            lo, hi = (e.begin_offset, e.end_offset) if e.is_absolute else \
+                (base + e.begin_offset, base + e.end_offset)
+            if hi > lo:
+                out.append((lo, hi))
+    return sorted(out) or None
+
+
+def _collect_vars(die, out: list[dict], scope: list[tuple[int, int]] | None) -> None:
     for ch in die.iter_children():
         if ch.tag in ("DW_TAG_formal_parameter", "DW_TAG_variable"):
             loc = _attr(ch, "DW_AT_location")
@@ -239,10 +292,14 @@ def _collect_vars(die, out: list[dict], scope: tuple[int, int] | None) -> None:
             off = _fbreg_offset(loc)
             ind = _fbreg_offset(loc, indirect=True)
             entry = {"name": _name(ch), "kind": "param" if ch.tag.endswith("parameter") else
-                     "local", "type": describe_type(_ref(ch)), "scope": list(scope) if scope
-                     else None}
+                     "local", "type": describe_type(_ref(ch)), "_type_die": _ref(ch),
+                     "scope": [scope[0][0], max(h for _, h in scope)] if scope else None}
+            if scope and len(scope) > 1:  # the pieces of a split block
+                entry["scope_ranges"] = [list(r) for r in scope]
             if isinstance(_attr(ch, "DW_AT_decl_line"), int):
                 entry["line"] = _attr(ch, "DW_AT_decl_line")
+                if isinstance(_attr(ch, "DW_AT_decl_file"), int):
+                    entry["decl_file"] = _attr(ch, "DW_AT_decl_file")
             if off is not None:
                 entry["cfa_offset"] = off
             elif ind is not None:  # the slot holds the variable's address
@@ -255,7 +312,23 @@ def _collect_vars(die, out: list[dict], scope: tuple[int, int] | None) -> None:
                 entry["location"] = "unsupported"
             out.append(entry)
         elif ch.tag == "DW_TAG_lexical_block":
-            _collect_vars(ch, out, _pc_range(ch) or scope)
+            _collect_vars(ch, out, _pc_ranges(ch) or scope)
+
+
+def _collect_inlined(die, out: list) -> None:
+    """The code ranges of functions inlined into a function (always_inline ones, at
+    -O0: liblzma's lzma_memcmplen). -finstrument-functions gives each its own entry
+    hook inside the caller's body; their parameters and locals (DW_TAG_inlined_subroutine
+    children) are not among the function's variables."""
+    for ch in die.iter_children():
+        if ch.tag == "DW_TAG_inlined_subroutine":
+            origin = _ref(ch, "DW_AT_abstract_origin")
+            name = (_name(origin) if origin is not None else None) or "?"
+            line = _attr(ch, "DW_AT_call_line")
+            for lo, hi in _pc_ranges(ch) or []:
+                out.append((lo, hi, name, line if isinstance(line, int) else None))
+        if ch.tag in ("DW_TAG_lexical_block", "DW_TAG_inlined_subroutine"):
+            _collect_inlined(ch, out)
 
 
 @dataclass
@@ -267,6 +340,8 @@ class DwarfFunc:
     vars: list[dict] = field(default_factory=list)
     variadic: bool = False
     hooked_cu: bool = False  # its file was compiled with -finstrument-functions
+    # code of functions inlined into it: (lo, hi, name, call line)
+    inlined: list[tuple[int, int, str, int | None]] = field(default_factory=list)
 
 
 class Binary:
@@ -282,7 +357,19 @@ class Binary:
         self.tls_syms: dict[str, tuple[int, int]] = {}
         self.by_addr: dict[int, str] = {}
         cur_file = ""
-        for sym in self.elf.get_section_by_name(".symtab").iter_symbols():
+        symtab = self.elf.get_section_by_name(".symtab")
+        # A static function several files define (a `static inline` of a header, copied
+        # into each file that uses it at -O0: liblzma's mf_skip) is one function per
+        # copy: each copy is named "<file>::<name>" (STT_FILE, the same on both ISAs).
+        # Under its bare name only the first copy had metadata, and a thread parked in
+        # another one was found after the freeze ("unknown return address").
+        copies: dict[str, set[int]] = {}
+        for sym in symtab.iter_symbols():
+            if sym["st_info"]["type"] == "STT_FUNC" and sym.name and \
+                    sym["st_shndx"] != "SHN_UNDEF":
+                copies.setdefault(sym.name, set()).add(sym["st_value"])
+        self.static_copies: dict[tuple[str, int], str] = {}  # (name, addr) -> its key
+        for sym in symtab.iter_symbols():
             t = sym["st_info"]["type"]
             if t == "STT_FILE":
                 cur_file = sym.name
@@ -293,8 +380,11 @@ class Binary:
                 continue
             v, sz = sym["st_value"], sym["st_size"]
             if t == "STT_FUNC":
-                self.funcs.setdefault(sym.name, (v, sz))
-                self.by_addr.setdefault(v, sym.name)
+                key = sym.name
+                if len(copies.get(key, ())) > 1 and sym["st_info"]["bind"] == "STB_LOCAL":
+                    key = self.static_copies[(sym.name, v)] = f"{cur_file}::{sym.name}"
+                self.funcs.setdefault(key, (v, sz))
+                self.by_addr.setdefault(v, key)
             elif t == "STT_OBJECT":
                 self.objects.setdefault(sym.name if sym["st_info"]["bind"] != "STB_LOCAL"
                                         else f"{cur_file}::{sym.name}", (v, sz))
@@ -320,6 +410,7 @@ class Binary:
     def _load_dwarf(self) -> None:
         for cu in self.dwarf.iter_CUs():
             top = cu.get_top_DIE()
+            lp = self.dwarf.line_program_for_CU(cu)
             cu_name = _name(top) or ""
             producer = _attr(top, "DW_AT_producer") or b""
             hooked = b"-finstrument-functions" in (producer if isinstance(producer, bytes)
@@ -334,18 +425,25 @@ class Binary:
                 fn = DwarfFunc(name, rng[0], rng[1], os.path.basename(cu_name),
                                hooked_cu=hooked)
                 _collect_vars(die, fn.vars, None)
+                _collect_inlined(die, fn.inlined)
+                for v in fn.vars:  # the file of its decl_line (#line: a .y, a .h ...)
+                    if "decl_file" in v:
+                        v["file"] = _file_name(lp, v.pop("decl_file"))
                 fn.variadic = any(c.tag == "DW_TAG_unspecified_parameters"
                                   for c in die.iter_children())
                 # Statics may share names across files; the symbol table decides.
+                name = self.static_copies.get((name, rng[0]), name)
                 if self.funcs.get(name, (None,))[0] == rng[0]:
                     self.dfuncs[name] = fn
-            lp = self.dwarf.line_program_for_CU(cu)
             if lp is None:
                 continue
+            names: dict[int, str | None] = {}
             for e in lp.get_entries():
                 st = e.state
                 if st is not None and not st.end_sequence:
-                    self._lines.append((st.address, st.line, st.column))
+                    if st.file not in names:
+                        names[st.file] = _file_name(lp, st.file)
+                    self._lines.append((st.address, st.line, st.column, names[st.file]))
         self._lines.sort()
 
     def _load_cfi(self) -> None:
@@ -359,11 +457,12 @@ class Binary:
             self._fdes.append((lo, lo + hdr["address_range"], ent))
         self._fdes.sort(key=lambda t: t[0])
 
-    def line_at(self, addr: int) -> tuple[int, int] | None:
+    def line_at(self, addr: int) -> tuple[int, int, str | None] | None:
+        """(line, column, file) of the code at addr."""
         i = bisect.bisect_right(self._lines, (addr, 1 << 30, 1 << 30)) - 1
         if i < 0:
             return None
-        return self._lines[i][1], self._lines[i][2]
+        return self._lines[i][1], self._lines[i][2], self._lines[i][3]
 
     def cfi_row(self, pc: int) -> dict | None:
         if self._fde_keys is None:
@@ -421,7 +520,7 @@ def _regs(arch: Arch, insn) -> tuple[set[str], set[str]]:
         r, w = insn.regs_access()
     except capstone.CsError:
         return set(), set()
-    return ({norm_reg(arch, insn.reg_name(x)) for x in r},
+    return (arch.mc.fix_reads(insn, {norm_reg(arch, insn.reg_name(x)) for x in r}),
             {norm_reg(arch, insn.reg_name(x)) for x in w})
 
 
@@ -430,13 +529,23 @@ def _branch(arch: Arch, insn) -> tuple[str, int | None]:
     return arch.mc.branch(insn)
 
 
-def liveness(arch: Arch, insns: list) -> list[set[str]]:
-    """Callee-saved registers live on entry to each instruction (CFG dataflow)."""
+def liveness(arch: Arch, insns: list, read=None) -> list[set[str]]:
+    """Callee-saved registers live on entry to each instruction (CFG dataflow). With
+    `read` (the binary's bytes at an address) a switch's jump table gives the indirect
+    jump its real successors; without it, or for a jump not shaped like GCC's dispatch,
+    any block may follow (a temporary used in one case would then look live at every
+    call of the function)."""
     n = len(insns)
     index = {x.address: i for i, x in enumerate(insns)}
     kinds = [_branch(arch, x) for x in insns]
+    tables: dict[int, list[int]] = {}  # indirect jump -> its table's instructions
+    for i, (k, _) in enumerate(kinds):
+        table = arch.mc.jump_table(insns, i, read) if k == "indirect" and read else None
+        if table is not None and all(t in index for t in table):
+            tables[i] = sorted({index[t] for t in table})
     starts = {index[t] for _, t in kinds if t in index}
     starts |= {i + 1 for i, (k, _) in enumerate(kinds) if k in ("jump", "ret", "indirect")}
+    starts |= {t for ts in tables.values() for t in ts}
     succ: list[list[int]] = []
     for i, (k, t) in enumerate(kinds):
         nxt = [i + 1] if i + 1 < n else []
@@ -447,8 +556,8 @@ def liveness(arch: Arch, insns: list) -> list[set[str]]:
             succ.append(tgt + nxt)
         elif k == "ret":
             succ.append([])
-        elif k == "indirect":  # a jump table: any block start may follow
-            succ.append(sorted(s for s in starts if s < n))
+        elif k == "indirect":  # a jump table: its entries, else any block start
+            succ.append(tables.get(i) or sorted(s for s in starts if s < n))
         else:
             succ.append(nxt)
     cs = set(arch.isa.callee_saved)
@@ -518,7 +627,7 @@ def analyse_function(b: Binary, name: str) -> dict:
     calls = []
     counts: dict[tuple, int] = {}
     body_state = None
-    live_in = liveness(arch, insns)
+    live_in = liveness(arch, insns, b.code)
     # One pass of the SP/FP tracker, snapshotted at each call (not one pass per call).
     run = PrologueState(sp=arch.mc.ENTRY_SP, fp=None, stores=[])
     consts: dict[str, int] = {}
@@ -547,6 +656,7 @@ def analyse_function(b: Binary, name: str) -> dict:
         cs = {"index": len(calls), "call_pc": insn.address, "return_address": ra,
               "target": tname, "kind": kind, "line": line[0] if line else None,
               "column": line[1] if line else None, "occurrence": occ,
+              "file": line[2] if line else None,
               "sp_cfa_offset": st.sp,
               "live_callee_saved": live_callee_saved(arch, insns, i + 1, live_in)}
         if row is not None:
@@ -633,19 +743,24 @@ def _params_stored(b: Binary, name: str, fn: dict) -> list[str]:
 
 
 def _in_scope(v: dict, pc: int) -> bool:
-    return v["scope"] is None or v["scope"][0] <= pc < v["scope"][1]
+    if v["scope"] is None:
+        return True
+    return any(lo <= pc < hi for lo, hi in v.get("scope_ranges") or [v["scope"]])
 
 
 def _bad_var(v: dict) -> str | None:
     if "va_list" in v["type"]["name"]:
         return f"va_list variable {v['name']} (its state differs per ISA)"
+    if "long double" in v["type"]["name"]:  # 80-bit x87 vs IEEE binary128: no conversion
+        return f"long double variable {v['name']} (another format per ISA)"
     if v.get("location") == "unsupported":
         return f"variable {v['name']} not in a stack slot"
     return None
 
 
 def _where(f: dict, v: dict) -> str:
-    return f"{f.get('file') or '?'}:{v['line']}" if v.get("line") else f.get("file") or "?"
+    file = os.path.basename(v.get("file") or f.get("file") or "?")
+    return f"{file}:{v['line']}" if v.get("line") else file
 
 
 def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:
@@ -670,6 +785,16 @@ def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:
         if "jmp_buf" in v["type"].get("holds", ()) and a and \
                 jmpbuf.fields_match(TypeInfo(v["type"]), TypeInfo(a["type"]), X86_64, AARCH64):
             continue  # translated member by member (recode/jmpbuf.py)
+        why = None
+        if a and a["type"]["size"] != v["type"]["size"] and "jmp_buf" not in \
+                v["type"].get("holds", ()) + a["type"].get("holds", ()):
+            # another layout per ISA (a libc struct inside, zstd's cRess_t holding a
+            # struct stat): copied member by member when the members pair up
+            tx, ta = _with_fields(v), _with_fields(a)
+            why = jmpbuf.layout_problem(TypeInfo(tx), TypeInfo(ta), X86_64, AARCH64)
+            if why is None:
+                v["type"], a["type"] = tx, ta
+                continue
         if "jmp_buf" in v["type"].get("holds", ()) or (a and "jmp_buf" in
                                                       a["type"].get("holds", ())):
             sizes = f"{v['type']['size']} bytes on {X}, " \
@@ -678,8 +803,18 @@ def cross_isa_var_reasons(fx: dict, fa: dict) -> list[str]:
                            f"(registers in one ISA's layout; {sizes}) at {_where(fx, v)}")
         elif a and a["type"]["size"] != v["type"]["size"]:
             reasons.append(f"variable {v['name']} ({tname}) has size {v['type']['size']} on "
-                           f"{X}, {a['type']['size']} on {A} at {_where(fx, v)}")
+                           f"{X}, {a['type']['size']} on {A} at {_where(fx, v)}"
+                           + (f" ({why})" if why else ""))
     return reasons
+
+
+def _with_fields(v: dict) -> dict:
+    """A variable's type with its leaves (from its DIE) and marked for a copy member by
+    member."""
+    die = v.get("_type_die")
+    fields = type_fields(die) if die is not None else []
+    return {**v["type"], "fields": fields,
+            "holds": sorted({*v["type"].get("holds", ()), "layout"})}
 
 
 def function_reasons(fx: dict, fa: dict) -> list[str]:
@@ -728,6 +863,15 @@ def call_site_reasons(isa: str, f: dict, other: dict, cs: dict, lr_copy: str | N
 CALLBACK_LIBC = ("qsort", "qsort_r", "bsearch", "tsearch", "tfind", "tdelete", "twalk",
                  "nftw", "ftw", "scandir", "pthread_once", "call_once", "dl_iterate_phdr",
                  "exit", "glob", "lfind", "lsearch")
+
+
+def inlined_reasons(isa: str, df: DwarfFunc, cs: dict) -> list[str]:
+    """A call inside code inlined into the function (its entry hook included): the
+    inlined function's variables live in this frame's slots but are not described."""
+    pc = cs["call_pc"]
+    return [f"{isa}: call inside {name} inlined at line {line or '?'} (always_inline: "
+            f"its variables are not described)"
+            for lo, hi, name, line in df.inlined if lo <= pc < hi][:1]
 
 
 def _may_reach_park(cs: dict, instrumented: set[str]) -> bool:
@@ -827,10 +971,11 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         lr = {X: None, A: _lr_copy_reg(ba, fa)}
         # Per call site: both members of a pair share their verdict.
         per: dict[str, dict[int, list[str]]] = {X: {}, A: {}}
-        for isa, f, other, unm in ((X, fx, fa, ux), (A, fa, fx, ua)):
+        for isa, f, other, unm, b in ((X, fx, fa, ux, bx), (A, fa, fx, ua, ba)):
             for c in f["call_sites"]:
                 per[isa][c["index"]] = call_site_reasons(isa, f, other, c, lr[isa],
                                                          c["index"] not in unm, instrumented)
+                per[isa][c["index"]] += inlined_reasons(isa, b.dfuncs[name], c)
         hook_probs: dict[str, list[str]] = {X: [], A: []}
         if entry["instrumented"]:
             for b, f, arch in ((bx, fx, X86), (ba, fa, A64)):
@@ -881,6 +1026,9 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
             }
         entry["translatable"] = not reasons
         entry["untranslatable_reasons"] = reasons
+        for f in (fx, fa):  # the type DIEs served the member lists: not JSON
+            for v in f.get("vars", []):
+                v.pop("_type_die", None)
         functions.append(entry)
     tls_x, tls_a = bx.tls(), ba.tls()
     tls: dict = {X: tls_x, A: tls_a, "symbols": []}
@@ -972,8 +1120,12 @@ def _merge(ranges: list[list[int]], gap: int = 16) -> list[list[int]]:
     return out
 
 
+UNCLEAN_TABLE_MAX = patch.MAX  # ranges the runtime's table holds
+
+
 def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str],
-                   foreign: list[list[int]] | None = None) -> list[list[int]]:
+                   foreign: list[list[int]] | None = None,
+                   limit: int = UNCLEAN_TABLE_MAX) -> list[list[int]]:
     """Code ranges no parked stack may hold a return address in (the runtime's table).
 
     Whole functions when the function itself is untranslatable; otherwise single
@@ -981,22 +1133,41 @@ def unclean_ranges(functions: list[dict], isa: str, instrumented: set[str],
     parked stack. Only instrumented frames can sit below a park point; the others
     (runtime, crt) are top or bottom frames that recode treats specially.
     """
-    out = []
+    whole: list[list[int]] = []
+    sites: list[tuple[list[int], list[list[int]]]] = []  # (function, its return addresses)
     for f in functions:
         g = f["isa"][isa]
         if f.get("optimized"):
-            out.append([g["addr"], g["addr"] + g["size"]])
+            whole.append([g["addr"], g["addr"] + g["size"]])
             continue
         if not f["instrumented"]:
             continue
         if not f["translatable"]:
-            out.append([g["addr"], g["addr"] + g["size"]])
+            whole.append([g["addr"], g["addr"] + g["size"]])
             continue
-        for c in g["call_sites"]:
-            if not c["translatable"] and (c["kind"] == "enter_hook" or
-                                          _may_reach_park(c, instrumented)):
-                out.append([c["return_address"] - 1, c["return_address"]])
-    return _merge(out + list(foreign or []), gap=1) if foreign else sorted(out)
+        ras = [[c["return_address"] - 1, c["return_address"]] for c in g["call_sites"]
+               if not c["translatable"] and (c["kind"] == "enter_hook" or
+                                             _may_reach_park(c, instrumented))]
+        if ras:
+            sites.append(([g["addr"], g["addr"] + g["size"]], ras))
+
+    def table() -> list[list[int]]:
+        out = whole + [r for _, ras in sites for r in ras]
+        return _merge(out + list(foreign or []), gap=1) if foreign else sorted(out)
+
+    ranges = table()
+    # Too many for the runtime's table (zstd: ~11,000): the functions with the most
+    # untranslatable call sites become whole untranslatable ranges (no thread parks
+    # under them at all: fewer park points, never a wrong one) until the table fits.
+    sites.sort(key=lambda s: len(s[1]))
+    while len(ranges) > limit and sites:
+        excess = len(ranges) - limit
+        while excess > 0 and sites:
+            fn, ras = sites.pop()
+            whole.append(fn)
+            excess -= len(ras) - 1
+        ranges = table()
+    return ranges
 
 
 def _block_tp_offset(isa: Isa, seg: dict) -> int:

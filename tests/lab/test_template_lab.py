@@ -260,3 +260,96 @@ def test_source_images_with_host_b_template_restore_on_b(host_a, host_b, cleanup
     target = b.client.containers.get(dst["Id"])
     wait_until(lambda: len(pongs(target.logs().decode())) >= 2, what="tcpfile on host b")
     moved_on(before, target.logs().decode())
+
+
+def mount_tree(images: Path) -> list[tuple]:
+    """A checkpoint's mount tree as comparable rows, in CRIU's order: each mount's place
+    (its path, its parent's path) and description; mount ids and the paths that name a
+    container (roots, overlay layers) left out, anonymous devices and peer groups numbered
+    by first use (they differ between any two containers of one host)."""
+    from docker_hmigrate.criu import ImageSet
+
+    s = ImageSet.load(images)
+    entries = s.entries(next(n for n in s.images if n.startswith("mountpoints-")))
+    by_id = {m.mnt_id: m for m in entries}
+    devs: dict[int, int] = {}
+    peers: dict[int, int] = {0: 0}
+    rows = []
+    for m in entries:
+        fields = {f.name: v for f, v in m.ListFields()
+                  if f.name not in ("mnt_id", "parent_mnt_id", "root", "root_dev", "options")}
+        for f in ("shared_id", "master_id"):
+            if f in fields:
+                fields[f] = peers.setdefault(fields[f], len(peers))
+        parent = by_id.get(m.parent_mnt_id)
+        rows.append((m.mountpoint, parent.mountpoint if parent else None,
+                     devs.setdefault(m.root_dev, len(devs)),
+                     "" if m.fstype == 17 else m.options, sorted(fields.items())))
+    return rows
+
+
+def test_derived_facts_are_the_own_templates_and_restore_on_b(host_a, host_b, cleanup,
+                                                              tmp_path):
+    """Host b's host template (tcpfile's configuration without its bind mounts) with the
+    user's mounts grafted in has the very mount tree of the configuration's own template,
+    and host a's checkpoint merged with it restores on b: the client goes on."""
+    from docker_hmigrate import template, transfer
+    from docker_hmigrate.engine import Host
+    from docker_hmigrate.recode import hostimages, merge_host_facts
+    from docker_hmigrate.spec import target_spec
+
+    a, b = Host("hm-a", host_a.client), Host("hm-b", host_b.client)
+    name = unique("tpl-derive")
+    cleanup.append(name)
+    folder, sub = tmp_path / "data", tmp_path / "sub"  # a bind mount and one inside it
+    for f in (folder, sub):
+        f.mkdir()
+        f.chmod(0o1777)
+    binds = [f"{folder}:/tmp", f"{sub}:/tmp/sub:ro"]
+    for h in (host_a, host_b):
+        h.docker("pull", "-q", TCPFILE)
+    src = a.client.containers.run(TCPFILE, name=name, detach=True,
+                                  security_opt=["seccomp=unconfined"],
+                                  volumes={str(folder): {"bind": "/tmp", "mode": "rw"},
+                                           str(sub): {"bind": "/tmp/sub", "mode": "ro"}})
+    wait_until(lambda: len(pongs(src.logs().decode())) >= 3, what="tcpfile on host a")
+    inspect = a.api.inspect_container(src.id)
+    body = template.template_body(target_spec(inspect, name).body, inspect["Mounts"])
+    assert template.derivation_refusal(body) == ""
+    work = tmp_path / "work"
+    template.take_checkpoint(b, body, work / "own", f"{name}-own")
+    template.take_checkpoint(b, template.host_body(body), work / "derived", f"{name}-host")
+    assert hostimages.graft_user_mounts(work / "derived", template.user_paths(body)) == 2
+    # the same tree; a user mount's peer group (an anonymous volume's master: the host's
+    # mount of docker's data root) is the one field the graft cannot know, and the merge
+    # replaces it with the source's
+    users = set(template.user_paths(body))
+
+    def known(rows: list[tuple]) -> list[tuple]:
+        return [r[:4] + ([f for f in r[4] if f[0] != "master_id" or r[0] not in users],)
+                for r in rows]
+
+    assert known(mount_tree(work / "derived")) == known(mount_tree(work / "own"))
+
+    template._checkpoint(a, src.id, lambda: None, "ck")  # again if the freezer gave up
+    before = src.logs().decode()
+    with a.helper([f"{a.checkpoint_dir(src.id)}:{transfer.SRC_MOUNT}:ro"]) as helper:
+        (work / "source").mkdir(mode=0o700)
+        transfer.download_folder("checkpoint", a, helper, f"{transfer.SRC_MOUNT}/ck",
+                                 work / "source")
+    got = merge_host_facts(work / "source", work / "derived", work / "merged", inspect)
+    assert got["user_mounts"] == 2
+    assert got == merge_host_facts(work / "source", work / "own", work / "with-own", inspect)
+    assert mount_tree(work / "merged") == mount_tree(work / "with-own")
+    src.remove(force=True)
+    dst = b.api.create_container(TCPFILE, name=name, host_config=b.api.create_host_config(
+        binds=binds, security_opt=["seccomp=unconfined"]))
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        tar.add(work / "merged", arcname="ck")
+    with b.helper([f"{b.checkpoint_dir(dst['Id'])}:/dst"]) as helper:
+        b.api.put_archive(helper, "/dst", buf.getvalue())
+    b.start(dst["Id"], checkpoint="ck")
+    target = b.client.containers.get(dst["Id"])
+    wait_until(lambda: len(pongs(target.logs().decode())) >= 2, what="tcpfile on host b")
+    moved_on(before, target.logs().decode())

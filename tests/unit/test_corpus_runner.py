@@ -63,3 +63,48 @@ def test_image_folder_from_the_environment(monkeypatch) -> None:
     assert image == "localhost:5000/hmigrate/me/corpus/lua5.4:latest"
     monkeypatch.delenv("HMIGRATE_CORPUS_REPO")
     assert corpus.load_recipe("lua5.4")["image"] == "localhost:5000/hmigrate/corpus/lua5.4:latest"
+
+
+def test_back_move_not_at_a_park_point() -> None:
+    """--offline recodes to aarch64 and back at one point; when the way back fails on a
+    return address the aarch64 runtime's table holds, that runtime would never have
+    parked there: the move back is not counted as refused."""
+    from types import SimpleNamespace
+
+    from bench.corpus import _not_a_park_point
+    from docker_hmigrate.toolchain import contract
+    md = contract.load({"unclean_ranges": {"aarch64": [[0x42C513, 0x42C514]]}})
+    program = SimpleNamespace(md=md)
+    msg = "thread 7: f: call site at 0x42c514 has no translatable twin on x86-64"
+    assert _not_a_park_point(msg, program, "aarch64") == "0x42c514"
+    assert _not_a_park_point("call site at 0x42c518 ...", program, "aarch64") is None
+
+
+def test_park_explains_one_isa_code() -> None:
+    """zstd's ZSTD_encodeSequences_bmi2 exists in the x86-64 binary only (BMI2 dispatch):
+    a thread kept from parking by it is told so, not 'a callback from libc'."""
+    from docker_hmigrate.park import ParkProtocol
+    from docker_hmigrate.toolchain import contract
+
+    md = contract.load({"symbols": [
+        {"name": "ZSTD_encodeSequences_bmi2", "kind": "func", "x86-64": [0x5000, 0x100]},
+        {"name": "qsort", "kind": "func", "x86-64": [0x6000, 0x80],
+         "aarch64": [0x6000, 0x90]}]})
+    proto = ParkProtocol(metadata=md)
+    assert "code only the x86-64 binary has" in proto.explain(0x5010)
+    assert "called back from it" in proto.explain(0x6010)
+
+
+def test_withdrawn_park_request_is_resumed_again(monkeypatch) -> None:
+    """A refused park sends the resume signal more than once: a kick of the park signal
+    sent just before the first resume arms a new request after it (zstd stayed parked)."""
+    from types import SimpleNamespace
+
+    from docker_hmigrate import park
+
+    sent: list[int] = []
+    host = SimpleNamespace(api=SimpleNamespace(kill=lambda c, signal: sent.append(signal)))
+    monkeypatch.setattr(park.time, "sleep", lambda s: None)
+    park.withdraw(host, "c", park.ParkProtocol())
+    assert sent == [park.ParkProtocol().resume_signal] * park.WITHDRAW_REPEAT
+    assert park.WITHDRAW_REPEAT >= 2

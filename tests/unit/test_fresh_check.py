@@ -54,3 +54,8 @@ def test_the_lab_scripts_commands() -> None:
     # run by other programs: mmdebstrap needs arch-test for the arm64 roots (issue 13)
     assert "(run by mmdebstrap (foreign architectures: the arm64 roots))" in cmds["arch-test"]
     assert "arch-test" in fc.lab_install_packages()
+    # host c (HMLAB_CGROUP2=1 lab/up): its scripts are read too, and its VM's qemu comes
+    # from a package lab/install installs (issue 17: a fresh machine brings it up)
+    assert "lab/hostc/up" in cmds["qemu-system-x86_64"]
+    assert "lab/hostc/build-rootfs.sh" in cmds["mmdebstrap"]
+    assert "qemu-system-x86" in fc.lab_install_packages()

@@ -521,7 +521,7 @@ def cross_migration(monkeypatch, take):
     m.inspect = {"Id": CID, "Name": "/web", "Mounts": []}
     m.spec = type("S", (), {"body": {"Image": "app", "HostConfig": {}}})()
 
-    def facts(dst_, body, inspect, into, name, record, stop):
+    def facts(dst_, body, inspect, into, name, record, stop, keep=False):
         return take(record, stop, into)
 
     monkeypatch.setattr(template, "target_facts", facts)
@@ -641,3 +641,28 @@ def test_dump_refused_for_the_process_state_is_not_tried_again(monkeypatch):
     with pytest.raises(errors.CriuError):
         m.phase_checkpoint()
     assert len(tries) == 1
+
+
+def test_a_failed_restore_with_derived_facts_sends_the_configuration_to_its_own_template(
+        monkeypatch, tmp_path):
+    from docker_hmigrate import template
+
+    monkeypatch.setenv("HMIGRATE_CACHE", str(tmp_path / "cache"))
+
+    def take(record, stop, into):
+        return template.Facts(into, "host-tpl", "hostkey", cached=True, config_key="own",
+                              derived=True)
+
+    m, _src, _dst = cross_migration(monkeypatch, take)
+    m.strategy._movable = True
+    m.strategy.start()
+    with m.rep.phase("prepare target") as ph:
+        m.strategy.prepare(ph)
+    assert m.rep.data["template_facts"] == "derived"
+    host = template.cache_dir() / "hostkey"
+    host.mkdir(parents=True)
+    (host / "inventory.img").write_bytes(b"x")
+    m.strategy.restore_failed()
+    assert template.cached("hostkey") is None  # the host template is taken again
+    assert template.underivable("own") and not template.underivable("hostkey")
+    m.strategy.close()

@@ -8,7 +8,7 @@ import struct
 import pytest
 
 from docker_hmigrate import errors
-from docker_hmigrate.isa import AARCH64, ThreadRegs
+from docker_hmigrate.isa import AARCH64, X86_64, ThreadRegs
 from docker_hmigrate.isa.aarch64 import saves_frame_record
 from docker_hmigrate.recode import Program, frames, process, rebuild, transform
 from docker_hmigrate.toolchain import contract
@@ -269,16 +269,24 @@ def test_local_declared_below_the_stop_is_not_carried() -> None:
     """The same stale stack address, in a local declared on a line below the call its
     frame is stopped at (C gives it no value there): not translated, not refused; its
     slot on the target is left as the target stack has it."""
+    main_frame, src, dst = _rebuild_with_lines(var_file="main.c", call_file="main.c")
+    assert dst.read_u64(main_frame.dst_cfa - 16) == 0  # p: not written
+    assert dst.read_u64(main_frame.dst_cfa - 8) == src.read_u64(OUTER - 24)  # x: carried
+
+
+def _rebuild_with_lines(var_file: str | None, call_file: str | None, p_value: int = 0):
+    """main's p declared at line 12 of var_file, x at line 9, main stopped at a call on
+    line 10 of call_file; p's slot holds p_value (else a dead frame's address)."""
     md = metadata()
     main = md["functions"][0]
     for isa in (X, A):
-        main["isa"][isa]["vars"][1]["line"] = 12  # p
-        main["isa"][isa]["vars"][0]["line"] = 9  # x: declared above, carried
+        for v, line in ((main["isa"][isa]["vars"][1], 12), (main["isa"][isa]["vars"][0], 9)):
+            v["line"], v["file"] = line, var_file
         for cs in main["isa"][isa]["call_sites"]:
-            cs["line"] = 10
+            cs["line"], cs["file"] = 10, call_file
     idx = frames.Index(md, X, A)
     src, regs = x86_stack()
-    src.write_u64(OUTER - 32, OUTER - 12)  # p: a dead frame's address, in main's slot
+    src.write_u64(OUTER - 32, p_value or OUTER - 12)  # p, in main's slot
     stack = frames.unwind(src, regs, idx)
     frames.source_callee_saved(src, stack, regs, idx)
     frames.plan_target(stack, idx)
@@ -286,8 +294,18 @@ def test_local_declared_below_the_stop_is_not_carried() -> None:
     rebuild.write_target(src, dst, stack, idx, frames.StackMap(stack, idx), BOTTOM[A])
     main_frame = stack.frames[-1]
     assert main_frame.function.name == "main"
-    assert dst.read_u64(main_frame.dst_cfa - 16) == 0  # p: not written
-    assert dst.read_u64(main_frame.dst_cfa - 8) == src.read_u64(OUTER - 24)  # x: carried
+    return main_frame, src, dst
+
+
+@pytest.mark.parametrize("var_file,call_file", [("bc.c", "bc.y"), (None, None)])
+def test_line_of_another_file_does_not_drop_a_local(var_file, call_file) -> None:
+    """bison's parser: yyvsp declared at bc.c:1329, its frame stopped at a call from an
+    action at bc.y:134 (#line). Lines of two files say nothing about declaration order:
+    the variable is carried (it was dropped, and bc's parser then crashed writing through
+    a null yyvsp on x86-64 after a round trip). Without files (older metadata) likewise."""
+    heap = 0x7000_0000
+    main_frame, _src, dst = _rebuild_with_lines(var_file, call_file, p_value=heap)
+    assert dst.read_u64(main_frame.dst_cfa - 16) == heap
 
 
 def test_pthread_translated_in_place() -> None:
@@ -650,3 +668,92 @@ def test_conntrack_images_are_carried_other_raw_images_refused(tmp_path) -> None
     (tmp_path / "iptables-10.img").write_bytes(b"*filter\n")
     assert transform.not_understood(ImageSet.load(tmp_path)) == [
         "iptables-10.img: raw image not interpreted by this library"]
+
+
+def test_split_block_scope() -> None:
+    """A block whose code GCC split (DW_AT_ranges: bison's YYSTACK_RELOCATE block with
+    yyss1) holds its variables only in its pieces, not in the hull between them, where
+    yyss1's slot holds a stale stack address."""
+    v = contract.Var({"name": "yyss1", "scope": [0x100, 0x300],
+                      "scope_ranges": [[0x100, 0x150], [0x2F0, 0x300]]})
+    assert v.in_scope(0x120) and v.in_scope(0x300)  # a return address: the call before
+    assert not v.in_scope(0x200)
+    assert contract.Var({"name": "x", "scope": [0x100, 0x300]}).in_scope(0x200)
+
+
+@pytest.mark.parametrize("index,carried", [(0, False), (5, True)])
+def test_entry_hook_of_an_inlined_callee_is_not_the_frames_own(index, carried) -> None:
+    """A frame stopped at its own entry hook (call site 0, in the prologue) has stored only
+    its parameters; one stopped at the hook of an always_inline callee in its body
+    (liblzma's lzma_memcmplen inside lzma_mf_hc4_find) has live locals: they were
+    dropped, matches_count read 0 after a round trip and xz crashed."""
+    fn = contract.Function({"name": "lzma_mf_hc4_find"})
+    site = contract.CallSite({"index": index, "kind": "enter_hook", "line": 398})
+    fr = frames.Frame(fn, 0x7000, 0x401000, frames.CallSite(fn, site, site))
+    var = contract.Var({"name": "matches_count", "kind": "local", "line": 368})
+    assert frames.live_at_stop(fr, var) is carried
+
+
+def stat_holder(isa):
+    """A struct holding musl's struct stat, in each ISA's layout (zstd's cRess_t)."""
+    if isa == X:
+        leaves = [("st.st_dev", 0, 8, "u"), ("st.st_nlink", 16, 8, "u"),
+                  ("st.__pad0", 36, 4, None), ("st.st_size", 48, 8, "s")]
+        size, ptr = 152, 144
+    else:
+        leaves = [("st.st_dev", 0, 8, "u"), ("st.st_nlink", 20, 4, "u"),
+                  ("st.__pad", 40, 8, None), ("st.st_size", 48, 8, "s")]
+        size, ptr = 136, 128
+    fields = [{"path": p, "offset": o, "size": n, "kind": "data",
+               **({"int": i} if i else {})} for p, o, n, i in leaves]
+    fields.append({"path": "buf", "offset": ptr, "size": 8, "kind": "pointer"})
+    return {"name": "cRess_t", "size": size, "kind": "struct", "pointer_offsets": [ptr],
+            "holds": ["layout"], "fields": fields}
+
+
+def test_struct_with_a_per_isa_layout_moves_member_by_member() -> None:
+    from docker_hmigrate.recode import jmpbuf
+
+    idx, _, stack, smap = unwound(jmp_metadata())
+    sv = contract.Var({"name": "ress", "type": stat_holder(X)})
+    dv = contract.Var({"name": "ress", "type": stat_holder(A)})
+    raw = bytearray(152)
+    struct.pack_into("<Q", raw, 0, 0x803)
+    struct.pack_into("<Q", raw, 16, 3)  # st_nlink
+    struct.pack_into("<I", raw, 36, 0xDEAD)  # x86-64's padding: not carried
+    struct.pack_into("<q", raw, 48, -1)
+    struct.pack_into("<Q", raw, 144, OUTER - 24)  # a pointer to main's x: moved
+    out = jmpbuf.copy_var(bytes(raw), sv, dv, "f: ress", stack, idx, smap, BOTTOM[A])
+    assert len(out) == 136
+    assert struct.unpack_from("<QxxxxI", out, 0)[0] == 0x803
+    assert struct.unpack_from("<I", out, 20)[0] == 3 and out[40:48] == bytes(8)
+    assert struct.unpack_from("<q", out, 48)[0] == -1
+    assert struct.unpack_from("<Q", out, 128)[0] == OUTER - 8
+    assert jmpbuf.map_offset(sv, dv, 48) == 48 and jmpbuf.map_offset(sv, dv, 20) is None
+    struct.pack_into("<Q", raw, 16, 1 << 40)  # does not fit aarch64's 4 bytes
+    with pytest.raises(frames.Untranslatable, match="does not fit"):
+        jmpbuf.copy_var(bytes(raw), sv, dv, "f: ress", stack, idx, smap, BOTTOM[A])
+    odd = stat_holder(A)
+    odd["fields"][1]["path"] = "st.st_links"  # a member only one side has
+    why = jmpbuf.layout_problem(sv.type, contract.TypeInfo(odd), X86_64, AARCH64)
+    assert why == "member st.st_nlink exists only on x86-64"
+
+
+def test_pending_park_kicks_dropped_others_kept() -> None:
+    """liblzma's workers block every signal: the runtime's tgkill kick stays queued in
+    them although they parked (checkpoint of xz -T2). Recode drops exactly those."""
+    from types import SimpleNamespace
+
+    from docker_hmigrate.criu import schema
+
+    def info(signo: int, code: int, pid: int) -> bytes:
+        return struct.pack("<iiiiii", signo, 0, code, 0, pid, 0) + bytes(104)
+
+    core = schema.new("core_entry")
+    q = core.thread_core.signals_p.signals
+    for raw in (info(40, -6, 1), info(10, -6, 1), info(40, 0, 0), info(40, -6, 1)):
+        q.add().siginfo = raw
+    images = SimpleNamespace(pids=[1], threads=lambda pid: [7], core=lambda tid: core)
+    assert transform.drop_park_kicks(images, 40) == 2
+    left = [struct.unpack_from("<iii", e.siginfo) for e in q]
+    assert left == [(10, 0, -6), (40, 0, 0)]  # SIGUSR1, and a kill(2) from outside

@@ -159,8 +159,10 @@ def test_template_body_runs_nothing_of_the_user():
     hc = t["HostConfig"]
     assert hc["Binds"] is None and hc["NetworkMode"] == "none" and hc["PortBindings"] == {}
     assert hc["RestartPolicy"] == {"Name": "no"}
-    assert hc["Mounts"] == [{"Type": "volume", "Target": "/data", "ReadOnly": True},
-                            {"Type": "volume", "Target": "/cache", "ReadOnly": False},
+    # never read-only (daemons refuse it for an anonymous volume; the merge takes the
+    # source's flags)
+    assert hc["Mounts"] == [{"Type": "volume", "Target": "/data"},
+                            {"Type": "volume", "Target": "/cache"},
                             {"Type": "tmpfs", "Target": "/scratch"}]
     assert t["Volumes"] == {} and "NetworkingConfig" not in t
     assert hc["SecurityOpt"] == ["seccomp=unconfined"]  # what shapes the mount tree stays
@@ -254,3 +256,330 @@ def test_target_facts_from_the_cache_create_nothing_on_the_target(tmp_path, monk
     assert (facts.images / "inventory.img").stat().st_mode & 0o777 == 0o600
     template.forget(key)
     assert template.cached(key) is None
+
+
+# -- facts derived from the host template (the configuration without its mounts) -------
+
+HOSTS_DEV = 266338304  # the runtime's file binds: docker's data root filesystem
+
+
+def host_template(d: Path, extra: list[dict] | None = None) -> Path:
+    """target() as a host template gives it: no /data; the runtime's file binds, which
+    the lab's checkpoints list after the cgroup and /dev mounts."""
+    return image_set(d, [
+        mnt(461, 351, "/sys/firmware", fstype=5, dev=85),
+        mnt(455, 351, "/etc/hosts", root="/var/lib/docker/containers/t/hosts",
+            ext_key="/etc/hosts", dev=HOSTS_DEV, source="/dev/vda"),
+        mnt(454, 351, "/etc/resolv.conf", root="/var/lib/docker/containers/t/resolv.conf",
+            ext_key="/etc/resolv.conf", dev=HOSTS_DEV, source="/dev/vda"),
+        mnt(370, 353, "/dev/shm", fstype=5, dev=84),
+        mnt(353, 351, "/dev", fstype=5, dev=80),
+        mnt(351, 257, "/", fstype=17, dev=109, source="overlay"),
+        *(extra or []),
+    ], cg_set=3, cg_path="/docker/template", files=[reg(1, "/.stub", mnt_id=351)],
+        tmpfs={80: b"target /dev", 84: b"target shm", 85: b"target firmware"}, lsm=2)
+
+
+def test_graft_puts_the_user_mounts_where_docker_would(tmp_path):
+    tpl = host_template(tmp_path / "tpl")
+    assert hostimages.graft_user_mounts(tpl, ["/data/sub", "/data", "/cache"]) == 3
+    entries = ImageSet.load(tpl).entries("mountpoints-13.img")
+    order = [e.mountpoint for e in entries]
+    # newest first, right after the runtime's file binds: as CRIU lists a real template's
+    assert order == ["/sys/firmware", "/etc/hosts", "/etc/resolv.conf", "/data/sub",
+                     "/data", "/cache", "/dev/shm", "/dev", "/"]
+    by = {e.mountpoint: e for e in entries}
+    assert len({e.mnt_id for e in entries}) == len(entries)
+    assert by["/data"].parent_mnt_id == by["/cache"].parent_mnt_id == 351
+    assert by["/data/sub"].parent_mnt_id == by["/data"].mnt_id  # nested: under the user's
+    for p in ("/data", "/data/sub", "/cache"):
+        e = by[p]
+        # an anonymous volume's entry: docker's filesystem, external, a slave
+        assert (e.root_dev, e.ext_key, e.fstype, e.source) == (HOSTS_DEV, p, 0, "/dev/vda")
+        assert e.flags & hostimages.MS_SLAVE and e.master_id
+    assert (tpl / "mountpoints-13.img").stat().st_mode & 0o777 == 0o600
+
+
+def test_derived_facts_merge_as_the_configurations_own_template(tmp_path):
+    """The source's images merged with the host template + graft, and with the
+    configuration's own template (target(): /data an anonymous volume): the same images
+    but for the mount id /data got."""
+    tpl = host_template(tmp_path / "tpl")
+    hostimages.graft_user_mounts(tpl, ["/data"])
+    derived, own = tmp_path / "derived", tmp_path / "own"
+    a = hostimages.merge_host_facts(source(tmp_path / "s1"), tpl, derived, ["/data"])
+    b = hostimages.merge_host_facts(source(tmp_path / "s2"), target(tmp_path / "t"), own,
+                                    ["/data"])
+    assert a == b
+    da, ob = ImageSet.load(derived), ImageSet.load(own)
+    mounts = {e.mountpoint: e for e in da.entries("mountpoints-13.img")}
+    theirs = {e.mountpoint: e for e in ob.entries("mountpoints-13.img")}
+    data = mounts["/data"]
+    assert (data.parent_mnt_id, data.root, data.flags, data.master_id, data.ext_key) == \
+        (351, "/srv/jobs", 0x200000, 0, "/data")
+    for f in hostimages.USER_MOUNT_FIELDS:
+        assert getattr(data, f) == getattr(theirs["/data"], f), f
+    queue = next(f for f in da.entries("files.img") if f.id == 5)
+    assert queue.reg.mnt_id == data.mnt_id and queue.reg.pos == 12
+    assert {p.name for p in derived.iterdir()} == {p.name for p in own.iterdir()}
+
+
+@pytest.mark.parametrize("paths,others,why", [
+    (["/dev/data"], [], "inside the runtime's dev tree"),
+    (["/proc/x"], [], "inside the runtime's proc tree"),
+    (["/etc/hosts"], [], "replaces one of the runtime's"),
+    (["/"], [], "replaces one of the runtime's"),
+    (["/data"], ["/data/tmp"], "the mount at /data/tmp is inside the user mount at /data"),
+    (["/data", "/data"], [], "two user mounts at the same place"),
+    (["/etc"], [], "the runtime's mount at /etc/hosts is inside the user mount at /etc"),
+])
+def test_graft_refusals_from_the_configuration(paths, others, why):
+    assert why in hostimages.graft_refusal(paths, others)
+
+
+def test_graft_refused_where_the_host_tree_is_in_the_way(tmp_path):
+    tpl = host_template(tmp_path / "a", [mnt(470, 351, "/srv", fstype=5, dev=86)])
+    with pytest.raises(Untranslatable, match="already has a mount at /srv"):
+        hostimages.graft_user_mounts(tpl, ["/srv"])
+    tpl = host_template(tmp_path / "b", [mnt(471, 351, "/opt/x", fstype=5, dev=87)])
+    with pytest.raises(Untranslatable, match="/opt/x inside the user mount at /opt"):
+        hostimages.graft_user_mounts(tpl, ["/opt"])
+    bare = image_set(tmp_path / "c", [mnt(1, 0, "/", fstype=17)], 3, "/x", [], {})
+    with pytest.raises(Untranslatable, match="no external bind mount"):
+        hostimages.graft_user_mounts(bare, ["/data"])
+
+
+def test_host_body_is_the_configuration_without_its_mounts():
+    body = {"Image": "reg/app:1", "Volumes": {"/cache": {}},
+            "HostConfig": {"Binds": ["/srv/jobs:/data"], "ShmSize": 1 << 20,
+                           "Mounts": [{"Type": "tmpfs", "Target": "/scratch"}]}}
+    one = template.template_body(body, [
+        {"Type": "bind", "Destination": "/data", "RW": True},
+        {"Type": "volume", "Destination": "/cache", "RW": True}])
+    other = template.template_body({**body, "HostConfig": {**body["HostConfig"],
+                                                           "Binds": ["/x:/elsewhere:ro"]}},
+                                   [{"Type": "bind", "Destination": "/elsewhere", "RW": False}])
+    assert template.user_paths(one) == ["/data", "/cache"]
+    assert template.host_body(one) == template.host_body(other)
+    hb = template.host_body(one)
+    assert hb["HostConfig"]["Mounts"] == [{"Type": "tmpfs", "Target": "/scratch"}]
+    assert hb["HostConfig"]["ShmSize"] == 1 << 20  # what shapes the runtime's mounts stays
+    assert template.derivation_refusal(one) == ""
+    nested = template.template_body({"HostConfig": {"Tmpfs": {"/data/tmp": ""}}},
+                                    [{"Type": "bind", "Destination": "/data", "RW": True}])
+    assert "/data/tmp" in template.derivation_refusal(nested)
+
+
+class _Target:
+    """A target whose API must not be called; its info is known."""
+
+    name, info, labels = "arm", {"ID": "E1", "KernelVersion": "6.12"}, {}
+
+    @property
+    def api(self):
+        raise AssertionError("the target's API was called")
+
+
+def test_first_move_of_a_configuration_to_a_known_host_runs_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv("HMIGRATE_CACHE", str(tmp_path / "cache"))
+    taken: list[dict] = []
+
+    def take(dst, body, into, *a, **k):
+        taken.append(body)
+        into.mkdir(parents=True)
+        (into / "inventory.img").write_bytes(b"own")
+        return "own-tpl"
+
+    monkeypatch.setattr(template, "take_checkpoint", take)
+    body = {"Image": "reg/app:1", "HostConfig": {}}
+    inspect = {"Mounts": [{"Type": "bind", "Destination": "/data", "RW": True}]}
+    own = template.template_body(body, inspect["Mounts"])
+    host = template.host_body(own)
+    host_template(tmp_path / "host")
+    (tmp_path / "host" / template.ID_FILE).write_text("host-tpl")
+    template.store(template.cache_key(_Target, host), tmp_path / "host")
+
+    facts = template.target_facts(_Target(), body, inspect, tmp_path / "w1" / "t", "t")
+    assert (facts.derived, facts.cached, facts.container_id) == (True, True, "host-tpl")
+    assert facts.key == template.cache_key(_Target, host)
+    assert facts.config_key == template.cache_key(_Target, own)
+    assert "/data" in {e.mountpoint for e in ImageSet.load(facts.images).entries(
+        "mountpoints-13.img")}
+    assert not taken
+    # the cached host template itself is not changed by the graft
+    assert "/data" not in {e.mountpoint for e in ImageSet.load(template.cached(
+        facts.key)).entries("mountpoints-13.img")}
+
+    # a restore with them failed: that configuration takes its own template from now on
+    template.mark_underivable(facts.config_key)
+    again = template.target_facts(_Target(), body, inspect, tmp_path / "w2" / "t", "t")
+    assert not again.derived and again.key == facts.config_key
+    assert again.derivation == "a restore with derived facts failed before"
+    assert taken == [own]
+
+
+def test_a_new_host_takes_the_host_template_once(tmp_path, monkeypatch):
+    monkeypatch.setenv("HMIGRATE_CACHE", str(tmp_path / "cache"))
+    taken: list[dict] = []
+
+    def take(dst, body, into, *a, **k):
+        taken.append(body)
+        host_template(into)
+        return "new-tpl"
+
+    monkeypatch.setattr(template, "take_checkpoint", take)
+    inspect = {"Mounts": [{"Type": "volume", "Destination": "/var/db", "RW": True}]}
+    facts = template.target_facts(_Target(), {"HostConfig": {}}, inspect,
+                                  tmp_path / "w" / "t", "t")
+    assert facts.derived and not facts.cached and facts.container_id == "new-tpl"
+    assert [template.user_paths(b) for b in taken] == [[]]  # the host template, no mounts
+    other = {"Mounts": [{"Type": "bind", "Destination": "/srv", "RW": False}]}
+    second = template.target_facts(_Target(), {"HostConfig": {}}, other,
+                                   tmp_path / "w2" / "t", "t")
+    assert second.derived and second.cached and len(taken) == 1
+
+
+def test_a_configuration_that_cannot_be_grafted_takes_its_own_template(tmp_path, monkeypatch):
+    monkeypatch.setenv("HMIGRATE_CACHE", str(tmp_path / "cache"))
+    taken: list[dict] = []
+
+    def take(dst, body, into, *a, **k):
+        taken.append(body)
+        into.mkdir(parents=True)
+        (into / "inventory.img").write_bytes(b"own")
+        return "own-tpl"
+
+    monkeypatch.setattr(template, "take_checkpoint", take)
+    inspect = {"Mounts": [{"Type": "bind", "Destination": "/dev/fuse-data", "RW": True}]}
+    facts = template.target_facts(_Target(), {"HostConfig": {}}, inspect,
+                                  tmp_path / "w" / "t", "t")
+    assert not facts.derived and "dev tree" in facts.derivation
+    assert template.user_paths(taken[0]) == ["/dev/fuse-data"]
+
+
+class _FakeApi:
+    """The engine calls take_checkpoint makes, recorded; `fail`: the call that fails."""
+
+    def __init__(self, fail: str = ""):
+        self.calls: list[tuple] = []
+        self.fail = fail
+
+    def _call(self, name, *args):
+        self.calls.append((name, *args))
+        if name == self.fail:
+            import docker.errors
+            raise docker.errors.APIError(f"{name} failed")
+
+    def _url(self, path):
+        return path
+
+    def _post_json(self, url, data, params):
+        self._call("create", params["name"])
+        return {"Id": "tpl"}
+
+    def _result(self, res, json=False):
+        return res
+
+    def put_archive(self, cid, path, data):
+        self._call("put_archive", cid)
+
+    def start(self, cid):
+        self._call("start", cid)
+
+    def top(self, cid, ps_args=""):
+        return {"Processes": [["1", "S", template.STUB_PATH]]}
+
+    def remove_container(self, cid, force=False, v=False):
+        self._call("remove", cid)
+
+
+class _FakeHost:
+    name, isa, labels = "arm", "aarch64", {}
+
+    def __init__(self, fail: str = ""):
+        self.api = _FakeApi(fail)
+
+    def checkpoint_dir(self, cid):
+        return f"/var/lib/docker/containers/{cid}/checkpoints"
+
+    def create_helper(self, binds):
+        self.api._call("create_helper", *binds)
+        return "helper"
+
+    def checkpoint_create(self, cid, name, exit=True):
+        self.api._call("checkpoint", cid)
+
+    def remove_quietly(self, cid):
+        self.api._call("remove", cid)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_template_removals_kept_for_later_in_a_migration(
+        tmp_path, monkeypatch, keep):
+    from docker_hmigrate import transfer
+
+    monkeypatch.setattr(transfer, "download_folder",
+                        lambda what, host, helper, path, into: host.api._call("read", helper))
+    dst = _FakeHost()
+    records: list = []
+    cid = template.take_checkpoint(dst, {"Image": "x"}, tmp_path / "imgs", "t",
+                                   record=records.append, keep=keep)
+    names = [c[0] for c in dst.api.calls]
+    assert cid == "tpl" and ("create_helper", "/var/lib/docker/containers/tpl/checkpoints:"
+                             f"{transfer.SRC_MOUNT}:ro") in dst.api.calls
+    assert names.index("read") > names.index("checkpoint")
+    assert (tmp_path / "imgs" / template.ID_FILE).read_text() == "tpl"
+    if keep:  # left for the migration's end: still recorded for a rollback
+        assert "remove" not in names and records == ["tpl"]
+    else:
+        assert sorted(c[1] for c in dst.api.calls if c[0] == "remove") == ["helper", "tpl"]
+        assert records == ["tpl", None]
+
+
+def test_a_failed_template_removes_its_container_and_helper_even_if_kept(tmp_path,
+                                                                        monkeypatch):
+    from docker_hmigrate import transfer
+
+    def broken(what, host, helper, path, into):
+        raise transfer.TransferInterrupted("the stream broke")
+
+    monkeypatch.setattr(transfer, "download_folder", broken)
+    dst = _FakeHost()
+    records: list = []
+    with pytest.raises(transfer.TransferInterrupted):
+        template.take_checkpoint(dst, {"Image": "x"}, tmp_path / "imgs", "t",
+                                 record=records.append, keep=True)
+    assert sorted(c[1] for c in dst.api.calls if c[0] == "remove") == ["helper", "tpl"]
+    assert records == ["tpl", None]
+
+
+def test_a_freeze_that_gave_up_is_tried_again(tmp_path, monkeypatch):
+    import docker.errors
+
+    from docker_hmigrate import transfer
+
+    monkeypatch.setattr(transfer, "download_folder", lambda *a: None)
+    no_wait = template.wait_fixed(0)
+    monkeypatch.setattr(template, "wait_fixed", lambda s: no_wait)
+    dst = _FakeHost()
+    tries = []
+
+    def checkpoint(cid, name, exit=True):
+        tries.append(cid)
+        if len(tries) < 2:
+            raise docker.errors.APIError("Cannot checkpoint container: OCI runtime pause "
+                                         "failed: unable to freeze: unknown")
+
+    dst.checkpoint_create = checkpoint
+    assert template.take_checkpoint(dst, {"Image": "x"}, tmp_path / "i", "t") == "tpl"
+    assert tries == ["tpl", "tpl"]
+    dst, tries[:] = _FakeHost(), []
+
+    def broken(cid, name, exit=True):
+        tries.append(cid)
+        raise docker.errors.APIError("criu failed: type NOTIFY errno 0")
+
+    dst.checkpoint_create = broken
+    with pytest.raises(Exception, match="template checkpoint on arm failed"):
+        template.take_checkpoint(dst, {"Image": "x"}, tmp_path / "j", "t")
+    assert tries == ["tpl"]  # another failure: not tried again

@@ -50,6 +50,10 @@ def migrate_cmd(
     hook_timeout: Annotated[float, typer.Option(
         "--hook-timeout", metavar="SECONDS",
         help="Kill a hook that runs longer than this; it then counts as failed")] = 60.0,
+    lazy: Annotated[bool, typer.Option(
+        "--lazy", help="Post-copy: restore at once, pull the memory afterwards (CRIU lazy "
+                       "pages). Checked before the freeze; see docs/lazy.md for what it "
+                       "needs and where it is refused")] = False,
     json_mode: JsonOpt = False,
     fmt: FormatOpt = None,
 ) -> None:
@@ -76,7 +80,8 @@ def migrate_cmd(
                                ("post-restore", hook_post_restore),
                                ("failed-restore", hook_failed_restore)) if v}
     opts = MigrationOptions(container, target_name=name, keep_source=keep_source, force=force,
-                            hooks=hooks, verify_seconds=verify_seconds, hook_timeout=hook_timeout)
+                            hooks=hooks, verify_seconds=verify_seconds, hook_timeout=hook_timeout,
+                            lazy=lazy)
     opts.check()  # bad values are refused before any host is touched
     src, dst = open_source(ctx), open_target(ctx, to)
     result = Migration(src, dst, opts, rep).run()

@@ -1,0 +1,86 @@
+"""`migrate --lazy` (post-copy, lazy.py) on the lab: refused before the freeze, with the
+reason, where the hosts cannot do it; the source is never touched.
+
+The lab's hosts a and b run dockerd 20.10 (API 1.41): Docker cannot make the restore lazy
+there (docs/lazy.md). Between host c's daemons (Docker 26, API 1.45; HMLAB_CGROUP2=1) a
+counter moves with post-copy (slow: the VM runs under a loaded machine).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.support.lab import (
+    BASE_IMAGE,
+    COUNTER_CMD,
+    counter_values,
+    exists,
+    hmigrate,
+    migrate_json,
+    unique,
+    wait_until,
+)
+
+pytestmark = pytest.mark.lab
+
+
+def _refused_untouched(proc, doc, src, dst, name: str, before: int) -> str:
+    assert proc.returncode == 12, (proc.returncode, proc.stderr)
+    assert doc["ok"] is False
+    message = doc["error"]["message"]
+    assert message.startswith("--lazy (post-copy) cannot be used"), message
+    assert "without --lazy" in doc["error"]["hint"]
+    # Refused before the freeze: the source ran on without a gap, nothing on the target.
+    assert not exists(dst, name)
+    assert src.client.containers.get(name).attrs["State"]["Running"]
+    wait_until(lambda: counter_values(src.logs(name))[-1] > before + 1, timeout=60,
+               what="the source counting on")
+    values = counter_values(src.logs(name))
+    assert values == list(range(len(values))), values[-10:]  # never restarted or frozen long
+    return message
+
+
+def test_lazy_to_dockerd_20_10_is_refused_before_the_freeze(host_a, host_b, cleanup):
+    name = unique("lazy-counter")
+    cleanup.append(name)
+    host_a.docker("run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
+    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
+    before = counter_values(host_a.logs(name))[-1]
+
+    proc, doc = migrate_json(name, "--to", "hm-b", "--lazy")
+    message = _refused_untouched(proc, doc, host_a, host_b, name, before)
+    assert "API 1.41" in message and "org.criu.config" in message, message
+    assert "checkpoint" not in [p["name"] for p in doc.get("phases", [])]
+    # The plain message (not --json) says the same, without a traceback.
+    plain = hmigrate("migrate", name, "--to", "hm-b", "--lazy")
+    assert plain.returncode == 12 and "Traceback" not in plain.stderr
+    assert "--lazy (post-copy) cannot be used" in plain.stderr
+
+
+@pytest.mark.cgroup2
+def test_lazy_counter_between_current_engines(host_c, host_c2, cleanup_on):
+    """Post-copy for real (Docker 26 both sides): the target runs before its pages have
+    arrived, every page is fetched, Docker's view of the target is its own."""
+    name = unique("lazy-c-counter")
+    cleanup_on += [(host_c, name), (host_c2, name)]
+    host_c.docker("run", "-d", "--name", name, "--restart", "always", BASE_IMAGE,
+                  *COUNTER_CMD)
+    wait_until(lambda: len(counter_values(host_c.logs(name))) >= 3, timeout=120,
+               what="counter on c")
+
+    proc, doc = migrate_json(name, "--to", "hm-c2", "--lazy", "--verify-seconds", "0",
+                             context="hm-c", timeout=1200)
+    assert proc.returncode == 0, (proc.stderr, doc.get("error"))
+    assert doc["checkpoint_path"] == "runc"
+    assert doc["lazy_page_server"].startswith("10.78.0.1:"), doc["lazy_page_server"]
+    names = [p["name"] for p in doc["phases"]]
+    assert names.index("restore") < names.index("pages") < names.index("commit"), names
+    assert not exists(host_c, name)
+    attrs = host_c2.client.containers.get(name).attrs
+    assert attrs["State"]["Running"] and attrs["HostConfig"]["RestartPolicy"]["Name"] == "always"
+    wait_until(lambda: len(counter_values(host_c2.logs(name))) >= 2, timeout=120,
+               what="counter on c2")
+    values = counter_values(host_c2.logs(name))
+    assert values[0] >= 3 and values == list(range(values[0], values[0] + len(values)))
+    host_c2.docker("stop", "-t", "1", name, timeout=300)
+    assert host_c2.client.containers.get(name).attrs["State"]["Status"] == "exited"

@@ -7,7 +7,6 @@ the container (docs/toolchain.md, "Runtime"); the resume signal withdraws the re
 
 from __future__ import annotations
 
-import io
 import tarfile
 import time
 from dataclasses import dataclass, field
@@ -71,18 +70,26 @@ class ParkProtocol:
 
 
 def read_container_file(host: Host, container: str, path: str) -> bytes | None:
-    """A file's contents from a container (running or not), or None if it is absent."""
+    """A file's contents from a container (running or not), or None if it is absent.
+    The archive is read as it streams: the file's bytes are held once (a program's
+    metadata is tens of MB), not also as a whole archive."""
+    from docker_hmigrate.transfer import _StreamReader
+
     try:
         stream, _ = host.api.get_archive(container, path)
-        data = b"".join(stream)
     except docker.errors.NotFound:
         return None
-    with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-        member = next((m for m in tar.getmembers() if m.isfile()), None)
-        if member is None:
-            return None
-        f = tar.extractfile(member)
-        return f.read() if f else None
+    chunks = iter(stream)
+    data = None
+    with tarfile.open(fileobj=_StreamReader(chunks), mode="r|") as tar:
+        for member in tar:
+            if member.isfile():
+                f = tar.extractfile(member)
+                data = f.read() if f else None
+                break
+    for _rest in chunks:  # the archive's end: read, so the connection can be reused
+        pass
+    return data
 
 
 def parse_park_file(text: str) -> dict[str, str]:

@@ -202,25 +202,66 @@ class FolderLink:
                                f"{SRC_MOUNT}/{src_subpath}", local_dir)
 
     def upload(self, local_dir: Path, dst_name: str) -> Transferred:
-        """Pack local_dir and unpack it as DST/dst_name."""
+        """Unpack local_dir as DST/dst_name: a tar stream made from its files while it is
+        sent (tar_stream), neither packed on disk nor held in memory."""
         started = time.monotonic()
-        packed = local_dir.with_name(local_dir.name + ".tar")
+        tally = [0]
         try:
-            fd = os.open(packed, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "wb") as f, tarfile.open(fileobj=f, mode="w") as tar:
-                tar.add(local_dir, arcname=dst_name, filter=lambda m: m.replace(
-                    mode=0o700 if m.isdir() else 0o600, deep=False))
-            size = packed.stat().st_size
-            with packed.open("rb") as f:
-                if not self.dst.api.put_archive(self.dst_helper, DST_MOUNT, f):
-                    raise TransferInterrupted(f"{self.dst.name} refused the {self.what}")
+            stream = _counted(tar_stream(local_dir, dst_name), tally, None)
+            if not self.dst.api.put_archive(self.dst_helper, DST_MOUNT, stream):
+                raise TransferInterrupted(f"{self.dst.name} refused the {self.what}")
         except (docker.errors.APIError, requests.RequestException, OSError) as exc:
             raise TransferInterrupted(
-                f"uploading the {self.what} to {self.dst.name} failed: {api_error_text(exc)}"
-            ) from exc
+                f"uploading the {self.what} to {self.dst.name} failed after {tally[0]} "
+                f"bytes: {api_error_text(exc)}") from exc
+        return Transferred(self.what, tally[0], time.monotonic() - started)
+
+
+def tar_stream(local_dir: Path, arcname: str, chunk: int = COALESCE) -> Iterator[bytes]:
+    """A tar archive of local_dir's regular files (one level: a checkpoint folder) as
+    `arcname`, in pieces of about `chunk` bytes read from the files as it is consumed:
+    the memory it takes does not grow with the files. Owner-only modes (0600 files in a
+    0700 folder): checkpoint images hold process memory. Anything but a regular file is
+    refused (a checkpoint folder has no links or sub-folders)."""
+    def header(info: tarfile.TarInfo) -> bytes:
+        info.uid = info.gid = 0
+        info.uname = info.gname = ""
+        info.mtime = int(time.time())
+        return info.tobuf(format=tarfile.PAX_FORMAT)
+
+    top = tarfile.TarInfo(arcname)
+    top.type, top.mode = tarfile.DIRTYPE, 0o700
+    out = [header(top)]
+    size = len(out[0])
+    for entry in sorted(os.scandir(local_dir), key=lambda e: e.name):
+        if not entry.is_file(follow_symlinks=False):
+            raise OSError(f"{entry.path} is not a regular file: not sent")
+        fd = os.open(entry.path, os.O_RDONLY | os.O_NOFOLLOW)
+        try:
+            n = os.fstat(fd).st_size
+            info = tarfile.TarInfo(f"{arcname}/{entry.name}")
+            info.size, info.mode = n, 0o600
+            out.append(header(info))
+            size += len(out[-1])
+            left = n
+            while left:
+                b = os.read(fd, min(chunk, left))
+                if not b:
+                    raise OSError(f"{entry.path} shrank while it was sent")
+                out.append(b)
+                size += len(b)
+                left -= len(b)
+                if size >= chunk:
+                    yield b"".join(out)
+                    out, size = [], 0
+            pad = -n % tarfile.BLOCKSIZE
+            if pad:
+                out.append(bytes(pad))
+                size += pad
         finally:
-            packed.unlink(missing_ok=True)
-        return Transferred(self.what, size, time.monotonic() - started)
+            os.close(fd)
+    out.append(bytes(2 * tarfile.BLOCKSIZE))  # the end-of-archive blocks
+    yield b"".join(out)
 
 
 def check_private_target(path: Path) -> None:
@@ -274,7 +315,9 @@ class _StreamReader(io.RawIOBase):
     """A file-like view of an iterator of byte chunks (for tarfile's stream mode)."""
 
     def __init__(self, chunks: Iterator[bytes]):
-        self._chunks, self._buf = chunks, b""
+        # a view moved along each chunk: slicing the chunk itself would copy its rest on
+        # every read (tarfile reads 16 KiB at a time: 64 copies of a 1 MiB chunk)
+        self._chunks, self._buf = chunks, memoryview(b"")
 
     def readable(self) -> bool:
         return True
@@ -282,7 +325,7 @@ class _StreamReader(io.RawIOBase):
     def readinto(self, b) -> int:
         while not self._buf:
             try:
-                self._buf = next(self._chunks)
+                self._buf = memoryview(next(self._chunks))
             except StopIteration:
                 return 0
         n = min(len(b), len(self._buf))

@@ -30,6 +30,7 @@ from google.protobuf.message import DecodeError, Message
 from google.protobuf.unknown_fields import UnknownFieldSet
 
 from docker_hmigrate.criu import schema
+from docker_hmigrate.criu.filebytes import FileBytes
 
 IMG_COMMON_MAGIC = 0x54564319
 IMG_SERVICE_MAGIC = 0x55105940
@@ -134,6 +135,9 @@ RAW_PREFIXES = (
 RAW_UNDERSTOOD = ("pages-", "tmpfs-")
 # Files in a Docker/runc checkpoint directory that are not CRIU images.
 NON_IMAGE_FILES = {"descriptors.json", "dump.log", "restore.log", "stats-dump", "stats-restore"}
+# Raw and non-image files from this size on are left on disk (filebytes.FileBytes) when
+# an image set is loaded: process memory passes through a recode almost unchanged.
+LAZY_MIN = 256 << 10
 
 
 class ImageError(ValueError):
@@ -199,7 +203,8 @@ class ImageFile:
     kind: Kind | None = None
     header: bytes = b""  # the magic bytes exactly as read
     entries: list[Entry] = field(default_factory=list)
-    data: bytearray = field(default_factory=bytearray)  # raw/opaque contents
+    # raw/opaque contents; a big file's are left on disk (FileBytes, same slicing)
+    data: bytearray | FileBytes = field(default_factory=bytearray)
     error: str | None = None  # why an image that looked parseable is kept opaque
 
     # -- reading ---------------------------------------------------------------
@@ -236,6 +241,19 @@ class ImageFile:
             return cls(name=name, form="opaque", kind=kind, data=bytearray(blob),
                        error=f"malformed {kind.name} image: {exc}")
         return img
+
+    @classmethod
+    def on_disk(cls, path: Path, size: int, lazy_min: int = LAZY_MIN) -> ImageFile | None:
+        """The image at `path` with its contents left on disk, if it is a raw or
+        non-image file of at least lazy_min bytes (None: read it with from_bytes)."""
+        name = path.name
+        if size < lazy_min:
+            return None
+        if name in NON_IMAGE_FILES or not name.endswith(".img"):
+            return cls(name=name, form="opaque", data=FileBytes.open(path))
+        if name.startswith(RAW_PREFIXES):
+            return cls(name=name, form="raw", data=FileBytes.open(path))
+        return None
 
     @classmethod
     def load(cls, path: str | Path) -> ImageFile:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from google.protobuf.message import Message
 
-from docker_hmigrate.criu.image import ImageFile
+from docker_hmigrate.criu.filebytes import FileBytes
+from docker_hmigrate.criu.image import LAZY_MIN, ImageFile
 from docker_hmigrate.criu.memory import Memory
 from docker_hmigrate.criu.schema import FILE_ENTRY_FIELD, March
 
@@ -32,7 +33,9 @@ class ImageSet:
 
     # -- loading and saving ----------------------------------------------------
     @classmethod
-    def load(cls, directory: str | Path) -> ImageSet:
+    def load(cls, directory: str | Path, lazy_min: int = LAZY_MIN) -> ImageSet:
+        """Parse every file of `directory`; big raw files (pages-N.img...) stay on disk
+        and are read on demand (filebytes.py): the folder must not change meanwhile."""
         directory = Path(directory)
         images: dict[str, ImageFile] = {}
         modes: dict[str, int] = {}
@@ -40,25 +43,50 @@ class ImageSet:
         for name in sorted(os.listdir(directory)):
             p = directory / name
             st = p.lstat()
+            if name.endswith(".hm-tmp"):  # a save that was cut short: not an image
+                continue
             if not stat.S_ISREG(st.st_mode):
                 skipped.append(name)
                 continue
-            images[name] = ImageFile.from_bytes(name, p.read_bytes())
+            img = ImageFile.on_disk(p, st.st_size, lazy_min)
+            images[name] = img if img is not None else ImageFile.from_bytes(name, p.read_bytes())
             modes[name] = stat.S_IMODE(st.st_mode)
         if "inventory.img" not in images:
             raise FileNotFoundError(f"{directory}: no inventory.img, not a CRIU image set")
         return cls(images, modes, directory, skipped)
 
     def save(self, directory: str | Path) -> None:
-        """Write every file to `directory` (created 0700: images hold process memory)."""
+        """Write every file to `directory` (created 0700: images hold process memory).
+
+        Each file is written under a temporary name and renamed over the old one, never
+        rewritten in place: contents left on disk may be read from the old file (saving
+        into the folder the set was loaded from), or shared with it by a hard link. An
+        unedited file left on disk is linked, not copied, when both folders are on one
+        file system; an edited one is copied in the kernel with its edited pages."""
         directory = Path(directory)
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         for name, img in self.images.items():
             p = directory / name
-            fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, self.modes.get(name, 0o600))
-            with os.fdopen(fd, "wb") as f:
-                f.write(img.to_bytes())
-            os.chmod(p, self.modes.get(name, 0o600))
+            mode = self.modes.get(name, 0o600)
+            data = img.data if img.form in ("raw", "opaque") else None
+            if isinstance(data, FileBytes) and _link_or_keep(data, p, mode):
+                continue
+            tmp = directory / f".{name}.hm-tmp"
+            tmp.unlink(missing_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+            try:
+                if isinstance(data, FileBytes):
+                    data.write_to(fd)
+                else:
+                    with os.fdopen(os.dup(fd), "wb") as f:
+                        f.write(img.to_bytes())
+                os.fchmod(fd, mode)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+            finally:
+                os.close(fd)
+            os.replace(tmp, p)
 
     # -- generic access --------------------------------------------------------
     def image(self, name: str) -> ImageFile:
@@ -173,3 +201,31 @@ class ImageSet:
 
     def exe_path(self, pid: int) -> str | None:
         return self.path_of(self.mm(pid).exe_file_id)
+
+
+def _link_or_keep(data: FileBytes, p: Path, mode: int) -> bool:
+    """An unedited file left on disk at `p` without copying it: already there (saved into
+    its own folder), or hard-linked (same file system, same mode). False: copy it."""
+    whole = data.whole_file()
+    if whole is None:
+        return False
+    try:
+        st = os.stat(p, follow_symlinks=False)
+        if (st.st_dev, st.st_ino) == whole.ident:
+            return True
+    except FileNotFoundError:
+        pass
+    try:
+        src = os.stat(whole.path, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    if (src.st_dev, src.st_ino) != whole.ident or stat.S_IMODE(src.st_mode) != mode:
+        return False
+    tmp = p.with_name(f".{p.name}.hm-tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(whole.path, tmp, follow_symlinks=False)
+    except OSError:  # another file system, or links not allowed
+        return False
+    os.replace(tmp, p)
+    return True

@@ -52,11 +52,16 @@ def entry_flags(entry) -> int:
     return PE_PARENT if entry.in_parent else PE_PRESENT
 
 
+SCAN_CHUNK = 4 << 20  # bytes per piece when scanning memory (chunks): bounded memory
+
+
 class Memory:
     """Read and write a process's dumped memory by virtual address.
 
-    Writes change the pages image in place (its bytearray): saving the image set writes
-    them. Only pages that were dumped can be written; adding pages is not supported.
+    Writes change the pages image's data (a bytearray, or a FileBytes whose pages stay on
+    disk until edited): saving the image set writes them. Only pages that were dumped
+    can be written; populate adds zero pages. Scans of large areas go through chunks(),
+    which never holds more than SCAN_CHUNK bytes of the image at once.
     """
 
     def __init__(self, pagemap: ImageFile, pages: ImageFile, page_size: int = PAGE_SIZE):
@@ -169,20 +174,29 @@ class Memory:
             return False
         return True
 
+    def chunks(self, start: int, end: int, size: int = SCAN_CHUNK):
+        """See scan()."""
+        return scan(self, start, end, size)
+
     def find(self, needle: bytes, start: int = 0, end: int = 1 << 64) -> list[int]:
         """Addresses of `needle` in the dumped memory within [start, end)."""
         hits: list[int] = []
         data = self.pages.data
+        over = max(0, len(needle) - 1)  # a match may cross a piece's end
         for vaddr, off, size in self._extents():
-            if vaddr + size <= start or vaddr >= end:
-                continue
-            chunk = bytes(data[off:off + size])
-            i = chunk.find(needle)
-            while i >= 0:
-                a = vaddr + i
-                if start <= a and a + len(needle) <= end:
-                    hits.append(a)
-                i = chunk.find(needle, i + 1)
+            lo, hi = max(vaddr, start), min(vaddr + size, end)
+            pos = lo
+            while pos < hi:
+                n = min(SCAN_CHUNK, hi - pos)
+                o = off + pos - vaddr
+                chunk = bytes(data[o:o + min(n + over, vaddr + size - pos)])
+                i = chunk.find(needle)
+                while 0 <= i < n:
+                    a = pos + i
+                    if a + len(needle) <= hi:
+                        hits.append(a)
+                    i = chunk.find(needle, i + 1)
+                pos += n
         return hits
 
     def _extents(self) -> list[tuple[int, int, int]]:
@@ -199,3 +213,19 @@ class Memory:
             else:
                 out.append((run.vaddr, run.offset, size))
         return out
+
+
+def scan(mem, start: int, end: int, size: int = SCAN_CHUNK):
+    """(address, bytes) of the dumped memory of `mem` in [start, end), in pieces of at
+    most `size` bytes that start at run starts or at multiples of `size` from them (so
+    8-aligned words never straddle two pieces); adjacent runs are not joined. Uses only
+    mem.runs and mem.read: a scan of all of a process's memory holds one piece at once."""
+    size = max(PAGE_SIZE, size // PAGE_SIZE * PAGE_SIZE)
+    for run in mem.runs:
+        if run.offset is None or run.end <= start or run.vaddr >= end:
+            continue
+        a0, a1 = max(run.vaddr, start), min(run.end, end)
+        while a0 < a1:
+            n = min(size - (a0 - run.vaddr) % size, a1 - a0)
+            yield a0, mem.read(a0, n)
+            a0 += n

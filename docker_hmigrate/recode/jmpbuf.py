@@ -20,6 +20,7 @@ both ISAs and the copy goes leaf by leaf.
 
 from __future__ import annotations
 
+from docker_hmigrate.criu.memory import scan
 from docker_hmigrate.recode.frames import (  # noqa: F401 - map_offset re-exported
     Frame,
     Index,
@@ -165,11 +166,7 @@ def outside_stacks(dst, plans, idx: Index) -> dict[int, int]:
                 continue
             if any(lo <= v.start < hi for lo, hi in stacks):
                 continue
-            for run in mem.runs:
-                if run.offset is None or run.end <= v.start or run.vaddr >= v.end:
-                    continue
-                a0, a1 = max(run.vaddr, v.start), min(run.end, v.end)
-                data = mem.read(a0, a1 - a0)
+            for a0, data in scan(mem, v.start, v.end):  # bounded pieces: memory stays flat
                 for ra, cs in ras.items():
                     word = ra.to_bytes(8, "little")
                     # the address's significant bytes only (find skips on the last one)

@@ -9,7 +9,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from docker_hmigrate.criu import schema
-from docker_hmigrate.criu.memory import PAGE_SIZE, PE_PRESENT, entry_flags, entry_nr_pages
+from docker_hmigrate.criu.memory import (
+    PAGE_SIZE,
+    PE_PRESENT,
+    entry_flags,
+    entry_nr_pages,
+    scan,
+)
 from docker_hmigrate.isa import PTHREAD_COMMON_SIZE
 from docker_hmigrate.recode import shared, stackrefs
 from docker_hmigrate.recode.frames import Index, Untranslatable, arch
@@ -90,34 +96,40 @@ class Elf:
 
 
 def drop_pages(imgset, pid: int, start: int, end: int) -> int:
-    """Remove [start, end) from the process's pagemap and pages image; returns pages."""
+    """Remove [start, end) from the process's pagemap and pages image; returns pages.
+    Only the dropped bytes are cut from the pages image (its other pages may be on
+    disk, never read here)."""
     mem = imgset.memory(pid)
     pagemap, pages = mem.pagemap, mem.pages
     head, entries = pagemap.entries[0], pagemap.entries[1:]
-    out, data, dropped, offset = [], bytearray(), 0, 0
+    out, cuts, dropped, offset = [], [], 0, 0
     for e in entries:
         m = e.msg
         n, flags = entry_nr_pages(m), entry_flags(m)
         present = bool(flags & PE_PRESENT) and not flags & 1
         size = n * PAGE_SIZE
-        blob = bytes(pages.data[offset:offset + size]) if present else b""
-        if present:
-            offset += size
         lo, hi = m.vaddr, m.vaddr + size
         keep = [(a, b) for a, b in ((lo, min(hi, start)), (max(lo, end), hi)) if a < b]
-        if keep == [(lo, hi)]:
+        if keep != [(lo, hi)]:
+            dropped += (size - sum(b - a for a, b in keep)) // PAGE_SIZE
+            for a, b in keep:
+                out.append(type(e)(msg=schema.new(
+                    "pagemap_entry", vaddr=a, compat_nr_pages=0, flags=flags,
+                    nr_pages=(b - a) // PAGE_SIZE)))
+            if present:  # the bytes of [lo, hi) between the kept pieces go
+                pos = lo
+                for a, b in [*keep, (hi, hi)]:
+                    if pos < a:
+                        cuts.append((offset + pos - lo, offset + a - lo))
+                    pos = b
+        else:
             out.append(e)
-            data += blob
-            continue
-        dropped += (size - sum(b - a for a, b in keep)) // PAGE_SIZE
-        for a, b in keep:
-            out.append(type(e)(msg=schema.new("pagemap_entry", vaddr=a, compat_nr_pages=0,
-                                              flags=flags, nr_pages=(b - a) // PAGE_SIZE)))
-            if present:
-                data += blob[a - lo:b - lo]
+        if present:
+            offset += size
     if dropped:
         pagemap.entries = [head, *out]
-        pages.data[:] = data
+        for a, b in reversed(cuts):  # from the end: earlier offsets stay valid
+            del pages.data[a:b]
         imgset._memory.pop(pid, None)  # re-index on next use
     return dropped
 
@@ -414,11 +426,7 @@ def fix_data_pointers(imgset, pid: int, idx: Index, src_vdso: tuple[int, int],
     for v in mm.vmas:
         if not v.prot & PROT_WRITE or v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
             continue
-        for run in mem.runs:
-            if run.offset is None or run.end <= v.start or run.vaddr >= v.end:
-                continue
-            a0, a1 = max(run.vaddr, v.start), min(run.end, v.end)
-            data = mem.read(a0, a1 - a0)
+        for a0, data in scan(mem, v.start, v.end):  # bounded pieces: memory stays flat
             for off in stackrefs.words_in(data, base + 1, vdso_end):  # not its start
                 addr = a0 + off
                 if any(s <= addr < e for s, e in skip):

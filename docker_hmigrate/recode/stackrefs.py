@@ -14,6 +14,7 @@ alone and counted.
 
 from __future__ import annotations
 
+from docker_hmigrate.criu.memory import scan
 from docker_hmigrate.recode import frames
 
 PROT_WRITE = 2
@@ -36,11 +37,7 @@ def remap(dst, plans, idx: frames.Index) -> dict[int, dict[str, int]]:
             if not v.prot & PROT_WRITE or v.flags & MAP_SHARED or \
                     v.status & (VMA_AREA_VDSO | VMA_AREA_VVAR):
                 continue
-            for run in mem.runs:
-                if run.offset is None or run.end <= v.start or run.vaddr >= v.end:
-                    continue
-                a0, a1 = max(run.vaddr, v.start), min(run.end, v.end)
-                data = mem.read(a0, a1 - a0)
+            for a0, data in scan(mem, v.start, v.end):  # bounded pieces: memory stays flat
                 for smap in maps:
                     for off in words_in(data, smap.lo, smap.hi):
                         addr = a0 + off

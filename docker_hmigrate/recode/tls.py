@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from docker_hmigrate import isa as isas
+from docker_hmigrate.criu.memory import scan
 from docker_hmigrate.isa import PTHREAD_COMMON as COMMON
 from docker_hmigrate.isa import PTHREAD_COMMON_SIZE as COMMON_SIZE
 from docker_hmigrate.recode.frames import Untranslatable, arch
@@ -328,14 +329,14 @@ class TlsTranslation:
                     b0, b1 = -(-b0 // 8) * 8, b1 // 8 * 8
                     if b1 <= b0:
                         continue
-                    data = dst_mem.read(b0, b1 - b0)
-                    for i, w in enumerate(struct.unpack(f"<{(b1 - b0) // 8}Q", data)):
-                        if not lo <= w < hi:
-                            continue
-                        new = self._remap(w, exact, blocks, inside, b0 + 8 * i)
-                        if new != w:
-                            dst_mem.write_u64(b0 + 8 * i, new)
-                            changed += 1
+                    for c0, data in scan(dst_mem, b0, b1):  # bounded pieces
+                        for i, w in enumerate(struct.unpack(f"<{len(data) // 8}Q", data)):
+                            if not lo <= w < hi:
+                                continue
+                            new = self._remap(w, exact, blocks, inside, c0 + 8 * i)
+                            if new != w:
+                                dst_mem.write_u64(c0 + 8 * i, new)
+                                changed += 1
         return changed
 
     def _remap(self, w: int, exact, blocks, inside, addr: int) -> int:

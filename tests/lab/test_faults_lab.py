@@ -338,14 +338,18 @@ int main(int argc, char **argv)
 """
 
 
+def static_program(tmp_path_factory, host_a, name: str, source: str) -> Path:
+    """A small C program compiled static in the lab's builder image (nothing on the host)."""
+    folder = tmp_path_factory.mktemp(name)
+    (folder / f"{name}.c").write_text(source)
+    host_a.docker("run", "--rm", "-v", f"{folder}:/src", "-w", "/src", BUILDER_IMAGE,
+                  "gcc", "-static", "-O1", "-o", name, f"{name}.c", timeout=300)
+    return folder / name
+
+
 @pytest.fixture(scope="module")
 def extsock_bin(tmp_path_factory, host_a) -> Path:
-    """extsock, compiled static in the lab's builder image (nothing on the host)."""
-    folder = tmp_path_factory.mktemp("extsock")
-    (folder / "extsock.c").write_text(EXTSOCK_C)
-    host_a.docker("run", "--rm", "-v", f"{folder}:/src", "-w", "/src", BUILDER_IMAGE,
-                  "gcc", "-static", "-O1", "-o", "extsock", "extsock.c", timeout=300)
-    return folder / "extsock"
+    return static_program(tmp_path_factory, host_a, "extsock", EXTSOCK_C)
 
 
 @pytest.mark.parametrize("fastpath", ["1", "0"], ids=["fast-path", "api-path"])
@@ -423,11 +427,7 @@ int main(int argc, char **argv)
 
 @pytest.fixture(scope="module")
 def inflight_bin(tmp_path_factory, host_a) -> Path:
-    folder = tmp_path_factory.mktemp("inflight")
-    (folder / "inflight.c").write_text(INFLIGHT_C)
-    host_a.docker("run", "--rm", "-v", f"{folder}:/src", "-w", "/src", BUILDER_IMAGE,
-                  "gcc", "-static", "-O1", "-o", "inflight", "inflight.c", timeout=300)
-    return folder / "inflight"
+    return static_program(tmp_path_factory, host_a, "inflight", INFLIGHT_C)
 
 
 def test_connection_not_yet_accepted_is_tried_again_then_named(host_a, host_b, cleanup,

@@ -584,41 +584,40 @@ def test_rollback_stops_the_background_template_and_removes_it(monkeypatch):
     m.strategy.close()
 
 
-def test_dump_refused_for_a_passing_reason_is_tried_again(monkeypatch):
-    """CRIU refuses a listening socket with a connection not yet accepted ("In-flight
-    connection"): a client connecting at the moment of the freeze. CRIU resumed the
-    source; the dump is asked again and the move goes on (seen in the cross-ISA soak)."""
+INFLIGHT_LOG = ("(00.1) Error (criu/sk-inet.c:200): inet: In-flight connection (l) for 4f4858\n"
+                "(00.2) Error (criu/cr-dump.c:2000): Dumping FAILED.\n")
+EXTSOCK_LOG = "(00.1) Error (criu/sk-unix.c:874): unix: External socket is used. ...\n"
+
+
+def refusing_dumps(monkeypatch, log: str, succeed_at: int = 0):
+    """A migration whose API dumps CRIU refuses with `log` (until try `succeed_at`)."""
     m, src, dst = migration()
     tries = []
 
     def create(cid, name, exit=True):
         tries.append(name)
-        if len(tries) < 3:
+        if len(tries) != succeed_at:
             raise api_error(text="Cannot checkpoint container web: ... path= /x/criu-dump.log")
         FakeHost.checkpoint_create(src, cid, name, exit)
 
     src.checkpoint_create = create
-    log = "(00.1) Error (criu/sk-inet.c:200): inet: In-flight connection (l) for 4f4858\n" \
-          "(00.2) Error (criu/cr-dump.c:2000): Dumping FAILED.\n"
     m._read_dump_log = lambda path: log if path == "/x/criu-dump.log" else ""
     monkeypatch.setattr("docker_hmigrate.migrate.time.sleep", lambda s: None)
+    return m, src, tries
+
+
+def test_dump_refused_for_a_passing_reason_is_tried_again(monkeypatch):
+    """CRIU refuses a listening socket with a connection not yet accepted ("In-flight
+    connection"): a client connecting at the moment of the freeze. CRIU resumed the
+    source; the dump is asked again and the move goes on (seen in the cross-ISA soak)."""
+    m, src, tries = refusing_dumps(monkeypatch, INFLIGHT_LOG, succeed_at=3)
     m.phase_checkpoint()
     assert len(tries) == 3 and m.checkpoint in src.checkpoint_list(CID)
     assert m.rep.data["checkpoint_attempts"] == 3
 
 
 def test_dump_refused_for_a_passing_reason_every_time_says_so(monkeypatch):
-    m, src, dst = migration()
-    tries = []
-
-    def create(cid, name, exit=True):
-        tries.append(name)
-        raise api_error(text="Cannot checkpoint container web: ... path= /x/criu-dump.log")
-
-    src.checkpoint_create = create
-    m._read_dump_log = lambda path: (
-        "(00.1) Error (criu/sk-inet.c:200): inet: In-flight connection (l) for 4f4858\n")
-    monkeypatch.setattr("docker_hmigrate.migrate.time.sleep", lambda s: None)
+    m, src, tries = refusing_dumps(monkeypatch, INFLIGHT_LOG)
     with pytest.raises(errors.CriuError) as exc:
         m.phase_checkpoint()
     assert len(tries) == migrate.DUMP_ATTEMPTS
@@ -628,16 +627,7 @@ def test_dump_refused_for_a_passing_reason_every_time_says_so(monkeypatch):
 
 
 def test_dump_refused_for_the_process_state_is_not_tried_again(monkeypatch):
-    m, src, dst = migration()
-    tries = []
-
-    def create(cid, name, exit=True):
-        tries.append(name)
-        raise api_error(text="Cannot checkpoint container web: ... path= /x/criu-dump.log")
-
-    src.checkpoint_create = create
-    m._read_dump_log = lambda path: (
-        "(00.1) Error (criu/sk-unix.c:874): unix: External socket is used. ...\n")
+    m, src, tries = refusing_dumps(monkeypatch, EXTSOCK_LOG)
     with pytest.raises(errors.CriuError):
         m.phase_checkpoint()
     assert len(tries) == 1

@@ -19,6 +19,9 @@ from docker_hmigrate.isa import NAMES as ISAS
 from docker_hmigrate.polling import poll
 from docker_hmigrate.toolchain import contract
 
+# musl's sigreturn trampolines (x86-64, aarch64): a signal handler returns into them.
+SIGNAL_TRAMPOLINES = frozenset({"__restore_rt", "__restore"})
+
 
 @dataclass
 class ParkProtocol:
@@ -49,7 +52,10 @@ class ParkProtocol:
                 a = s.at(isa)
                 # ra == start: a signal handler "returns" to the trampoline's first byte
                 if s.kind == "func" and a and a[0] <= ra <= a[0] + max(a[1], 1):
-                    if any(s.at(other) is None for other in ISAS if other != isa):
+                    # libc's signal trampolines are named per ISA (one-ISA by name),
+                    # but the program was called back from them: said below
+                    if s.name not in SIGNAL_TRAMPOLINES and any(
+                            s.at(other) is None for other in ISAS if other != isa):
                         return (f"{s.name} ({isa}): code only the {isa} binary has (a "
                                 f"code path of one ISA: CPU-feature dispatch, assembly), "
                                 f"with no twin to rebuild its frame on the other ISA")

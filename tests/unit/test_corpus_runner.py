@@ -127,10 +127,13 @@ def test_park_explains_one_isa_code() -> None:
     md = contract.load({"symbols": [
         {"name": "ZSTD_encodeSequences_bmi2", "kind": "func", "x86-64": [0x5000, 0x100]},
         {"name": "qsort", "kind": "func", "x86-64": [0x6000, 0x80],
-         "aarch64": [0x6000, 0x90]}]})
+         "aarch64": [0x6000, 0x90]},
+        {"name": "__restore", "kind": "func", "aarch64": [0x7000, 0x8]}]})
     proto = ParkProtocol(metadata=md)
     assert "code only the x86-64 binary has" in proto.explain(0x5010)
     assert "called back from it" in proto.explain(0x6010)
+    # a signal handler returns into libc's trampoline (named per ISA)
+    assert "code without metadata (libc)" in proto.explain(0x7004)
 
 
 def test_withdrawn_park_request_is_resumed_again(monkeypatch) -> None:

@@ -149,45 +149,41 @@ def hmigrate(kind: str, redis_mb: int, source: str = "hm-a",
             subprocess.run([DOCKER_CLI, "--context", ctx, "rm", "-f", name], capture_output=True)
 
 
+def counter_interleaved(title: str, column: str, ways: dict[str, tuple[str, str, tuple]],
+                        runs: int) -> None:
+    """The counter moved each way (name -> source, target, extra options), interleaved
+    run by run; medians, with ratios to the first way, and each way's phase medians."""
+    rows: dict[str, list[dict[str, float]]] = {k: [] for k in ways}
+    for _ in range(runs):
+        for way, (source, target, extra) in ways.items():
+            rows[way].append(_attempt(f"hmigrate {way} {source}->{target}",
+                                      lambda s=source, t=target, e=extra: hmigrate(
+                                          "counter", 0, source=s, target=t, extra=e)))
+    med = {w: {k: _median(r, k) for k in ("downtime", "total")} for w, r in rows.items()}
+    base = next(iter(ways))
+    width = max(14, len(title) + 1)
+    print(f"{title:<{width}} {column:<9} {'downtime s':>11} {'total s':>9} {'/' + base:>6}")
+    for way in ways:
+        d = med[way]["downtime"]
+        print(f"{'':<{width}} {way:<9} {d:>11.3f} {med[way]['total']:>9.3f} "
+              f"{d / med[base]['downtime']:>6.2f}")
+    for way, rs in rows.items():
+        keys = [k for k in rs[0] if k.startswith("phase ")]
+        print(f"{'':<{width}} {way}: " + ", ".join(f"{k} {_median(rs, k):.3f}" for k in keys))
+
+
 def lazy_versus_copy(runs: int, source: str = "hm-c", target: str = "hm-c2") -> None:
     """The counter moved with and without --lazy, interleaved. Post-copy needs engines
     with OCI annotations (docs/lazy.md): host c's two daemons (HMLAB_CGROUP2=1)."""
-    ways = {"copy": (), "lazy": ("--lazy",)}
-    rows: dict[str, list[dict[str, float]]] = {k: [] for k in ways}
-    for _ in range(runs):
-        for way, extra in ways.items():
-            rows[way].append(_attempt(f"hmigrate {way}", lambda e=extra: hmigrate(
-                "counter", 0, source=source, target=target, extra=e)))
-    med = {w: {k: _median(r, k) for k in ("downtime", "total")} for w, r in rows.items()}
-    print(f"{'counter ' + source + '->' + target:<18} {'method':<6} {'downtime s':>11} "
-          f"{'total s':>9} {'/copy':>6}")
-    for way in ways:
-        d = med[way]["downtime"]
-        print(f"{'':<18} {way:<6} {d:>11.3f} {med[way]['total']:>9.3f} "
-              f"{d / med['copy']['downtime']:>6.2f}")
-    for way, rs in rows.items():
-        keys = [k for k in rs[0] if k.startswith("phase ")]
-        print(f"{'':<18} {way}: " + ", ".join(f"{k} {_median(rs, k):.3f}" for k in keys))
+    counter_interleaved(f"counter {source}->{target}", "method",
+                        {"copy": (source, target, ()), "lazy": (source, target, ("--lazy",))},
+                        runs)
 
 
 def ssh_versus_unix(runs: int) -> None:
     """The counter moved b -> a over a unix socket and over ssh, interleaved."""
-    pairs = {"unix": "hm-a", "ssh": "hm-a-ssh"}
-    rows: dict[str, list[dict[str, float]]] = {k: [] for k in pairs}
-    for _ in range(runs):
-        for way, target in pairs.items():
-            rows[way].append(_attempt(f"hmigrate b->{target}", lambda t=target: hmigrate(
-                "counter", 0, source="hm-b", target=t)))
-    med = {w: {k: _median(r, k) for k in ("downtime", "total")} for w, r in rows.items()}
-    print(f"{'counter b->a':<14} {'transport':<9} {'downtime s':>11} {'total s':>9} "
-          f"{'/unix':>6}")
-    for way in pairs:
-        d = med[way]["downtime"]
-        print(f"{'':<14} {way:<9} {d:>11.3f} {med[way]['total']:>9.3f} "
-              f"{d / med['unix']['downtime']:>6.2f}")
-    for way, rs in rows.items():
-        keys = [k for k in rs[0] if k.startswith("phase ")]
-        print(f"{'':<14} {way}: " + ", ".join(f"{k} {_median(rs, k):.3f}" for k in keys))
+    counter_interleaved("counter b->a", "transport",
+                        {"unix": ("hm-b", "hm-a", ()), "ssh": ("hm-b", "hm-a-ssh", ())}, runs)
 
 
 WORKLOADS = {"counter": ("counter", 0), "redis64": ("redis", 64), "redis300": ("redis", 300),

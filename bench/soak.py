@@ -132,6 +132,34 @@ def migrate(name: str, here: str, there: str, *extra: str,
         return proc, {"error": {"message": proc.stderr.strip()[-300:]}}
 
 
+def soak_move(number: int, name: str, here: str, there: str, client: Client,
+              checkpoints: list[str], ids: set[str], timeout: float,
+              served_within: float) -> dict:
+    """One move under the client's writes: its row (exit, downtime, total, restore phase,
+    error), then the client served again (by whichever host) within `served_within`
+    seconds. The checkpoint and the target's container id are recorded for the
+    leftovers check."""
+    acks_before = client.acks
+    t0 = time.monotonic()
+    proc, doc = migrate(name, here, there, timeout=timeout)
+    if doc.get("checkpoint"):
+        checkpoints.append(doc["checkpoint"])
+    ok = proc.returncode == 0
+    phases = {p["name"]: p.get("seconds") for p in doc.get("phases") or []}
+    row = {"move": number, "from": here, "to": there, "exit": proc.returncode,
+           "downtime": doc.get("downtime_seconds"),
+           "total": round(time.monotonic() - t0, 3),
+           "restore": phases.get("restore"),
+           "error": None if ok else (doc.get("error") or {}).get("message")}
+    if ok:
+        ids.add(docker(there, "inspect", "-f", "{{.Id}}", name).strip())
+    wait = time.monotonic() + served_within
+    while client.acks <= acks_before + 10 and time.monotonic() < wait:
+        time.sleep(0.05)
+    row["served_again"] = client.acks > acks_before + 10
+    return row
+
+
 def published(address: str, port: int, timeout: float = 1.0) -> Callable[[], Redis]:
     return lambda: Redis(address, port, timeout=timeout)
 
@@ -231,27 +259,14 @@ def soak(moves: int, redis_mb: int = 0, baseline_seconds: float = 5.0,
         baseline_rate = client.acks / baseline_seconds
         here, there = "hm-a", "hm-b"
         for i in range(moves):
-            acks_before = client.acks
-            t0 = time.monotonic()
-            proc, doc = migrate(name, here, there, timeout=600)
-            if doc.get("checkpoint"):
-                checkpoints.append(doc["checkpoint"])
-            ok = proc.returncode == 0
-            row = {"move": i + 1, "from": here, "to": there, "exit": proc.returncode,
-                   "downtime": doc.get("downtime_seconds"),
-                   "total": round(time.monotonic() - t0, 3),
-                   "error": None if ok else (doc.get("error") or {}).get("message")}
-            # wait for the client to be served again before the next move
-            wait = time.monotonic() + 30
-            while client.acks <= acks_before + 10 and time.monotonic() < wait:
-                time.sleep(0.05)
+            row = soak_move(i + 1, name, here, there, client, checkpoints, ids,
+                            timeout=600, served_within=30)
             rows.append(row)
             if verbose:
-                print(f"move {i + 1:3d} {here} -> {there}: exit {proc.returncode} downtime "
+                print(f"move {i + 1:3d} {here} -> {there}: exit {row['exit']} downtime "
                       f"{row['downtime']} s  acked={client.acked} lost={client.lost}"
                       + (f"  ERROR {row['error']}" if row["error"] else ""), flush=True)
-            if ok:
-                ids.add(docker(there, "inspect", "-f", "{{.Id}}", name).strip())
+            if row["exit"] == 0:
                 here, there = there, here
         time.sleep(1)
         client.stop.set()
@@ -395,29 +410,15 @@ def soak_cross_isa_redis(round_trips: int, baseline_seconds: float = 5.0,
             if there == ARM and stop_after and time.monotonic() - started > stop_after:
                 stopped = f"time limit: no round trip started after {stop_after / 60:g} min"
                 break
-            acks_before = client.acks
-            t0 = time.monotonic()
-            proc, doc = migrate(name, here, there, timeout=1800)
-            if doc.get("checkpoint"):
-                checkpoints.append(doc["checkpoint"])
-            ok = proc.returncode == 0
-            phases = {p["name"]: p.get("seconds") for p in doc.get("phases") or []}
-            row = {"move": i + 1, "from": here, "to": there, "exit": proc.returncode,
-                   "downtime": doc.get("downtime_seconds"),
-                   "total": round(time.monotonic() - t0, 2),
-                   "restore": phases.get("restore"),
-                   "error": None if ok else (doc.get("error") or {}).get("message")}
+            row = soak_move(i + 1, name, here, there, client, checkpoints, ids,
+                            timeout=1800, served_within=180)
+            ok = row["exit"] == 0
             if ok:
-                ids.add(docker(there, "inspect", "-f", "{{.Id}}", name).strip())
                 here = there
-            wait = time.monotonic() + 180  # served again (by whichever host) before the next
-            while client.acks <= acks_before + 10 and time.monotonic() < wait:
-                time.sleep(0.1)
-            row["served_again"] = client.acks > acks_before + 10
             rows.append(row)
             if verbose:
                 print(f"move {i + 1:3d} {row['from']:>6} -> {row['to']:<6} exit "
-                      f"{proc.returncode}  downtime {row['downtime']} s  total {row['total']} s"
+                      f"{row['exit']}  downtime {row['downtime']} s  total {row['total']} s"
                       f"  acked={client.acked} lost={client.lost}"
                       + (f"  ERROR {row['error']}" if row["error"] else ""), flush=True)
             if not ok:

@@ -380,7 +380,9 @@ class _Target:
         raise AssertionError("the target's API was called")
 
 
-def test_first_move_of_a_configuration_to_a_known_host_runs_nothing(tmp_path, monkeypatch):
+def own_templates_taken(tmp_path, monkeypatch) -> list[dict]:
+    """A private cache, and a fake take_checkpoint that records each template body and
+    writes an own (not derivable) template; returns the record."""
     monkeypatch.setenv("HMIGRATE_CACHE", str(tmp_path / "cache"))
     taken: list[dict] = []
 
@@ -391,6 +393,11 @@ def test_first_move_of_a_configuration_to_a_known_host_runs_nothing(tmp_path, mo
         return "own-tpl"
 
     monkeypatch.setattr(template, "take_checkpoint", take)
+    return taken
+
+
+def test_first_move_of_a_configuration_to_a_known_host_runs_nothing(tmp_path, monkeypatch):
+    taken = own_templates_taken(tmp_path, monkeypatch)
     body = {"Image": "reg/app:1", "HostConfig": {}}
     inspect = {"Mounts": [{"Type": "bind", "Destination": "/data", "RW": True}]}
     own = template.template_body(body, inspect["Mounts"])
@@ -440,16 +447,7 @@ def test_a_new_host_takes_the_host_template_once(tmp_path, monkeypatch):
 
 
 def test_a_configuration_that_cannot_be_grafted_takes_its_own_template(tmp_path, monkeypatch):
-    monkeypatch.setenv("HMIGRATE_CACHE", str(tmp_path / "cache"))
-    taken: list[dict] = []
-
-    def take(dst, body, into, *a, **k):
-        taken.append(body)
-        into.mkdir(parents=True)
-        (into / "inventory.img").write_bytes(b"own")
-        return "own-tpl"
-
-    monkeypatch.setattr(template, "take_checkpoint", take)
+    taken = own_templates_taken(tmp_path, monkeypatch)
     inspect = {"Mounts": [{"Type": "bind", "Destination": "/dev/fuse-data", "RW": True}]}
     facts = template.target_facts(_Target(), {"HostConfig": {}}, inspect,
                                   tmp_path / "w" / "t", "t")

@@ -113,6 +113,13 @@ LAZY_CAPS = ("SYS_RESOURCE",)
 WAIT_LISTEN = 30  # seconds for a page server / lazy-pages daemon to come up
 
 
+def _until_ready(test: str, log: str) -> str:
+    """Shell: wait up to WAIT_LISTEN s for `test` to hold (a daemon started in the
+    background is up); else print its log's tail and fail."""
+    return (f"end=$(($(date +%s) + {WAIT_LISTEN})); while [ $(date +%s) -lt $end ]; do "
+            f"{test} && exit 0; sleep 0.05; done; tail -5 {log}; exit 1")
+
+
 def addresses(output: str) -> list[tuple[str, int]]:
     """(address, prefix length) of each global IPv4 address in `ip -4 -o addr` output."""
     out = []
@@ -155,9 +162,7 @@ def serve_pages(fast: Any, address: str, port: int) -> None:
         f"setsid criu page-server --lazy-pages --images-dir {fast.images} "
         f"--work-dir {fast.work} --address {address} --port {port} -o page-server.log -v3 "
         f"</dev/null >/dev/null 2>&1 & echo $! > {fast.work}/page-server.pid; "
-        f"end=$(($(date +%s) + {WAIT_LISTEN})); while [ $(date +%s) -lt $end ]; do "
-        f"grep -q 'Starting page server' {log} 2>/dev/null && exit 0; sleep 0.05; done; "
-        f"tail -5 {log}; exit 1")
+        + _until_ready(f"grep -q 'Starting page server' {log} 2>/dev/null", log))
     if status != 0:
         raise errors.CriuError(f"CRIU's page server did not start on {fast.host.name}: "
                                f"{out.strip()[-300:] or 'no log'}",
@@ -204,9 +209,8 @@ class LazyTarget:
             f"setsid sh -c 'criu lazy-pages --page-server --address {address} --port {port} "
             f"--images-dir {images} --work-dir {self.work} -o lazy-pages.log; "
             f"echo $? > {self.work}/lazy.rc' </dev/null >/dev/null 2>&1 & "
-            f"end=$(($(date +%s) + {WAIT_LISTEN})); while [ $(date +%s) -lt $end ]; do "
-            f"[ -S {self.work}/lazy-pages.socket ] && exit 0; sleep 0.05; done; "
-            f"tail -5 {self.work}/lazy-pages.log; exit 1")
+            + _until_ready(f"[ -S {self.work}/lazy-pages.socket ]",
+                           f"{self.work}/lazy-pages.log"))
         if status != 0:
             raise errors.CriuError(f"CRIU's lazy-pages daemon did not start on "
                                    f"{self.restore.host.name}: {out.strip()[-300:] or 'no log'}",

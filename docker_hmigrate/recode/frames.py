@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import bisect
 import gc
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from docker_hmigrate import errors, isa
 from docker_hmigrate.isa import Isa, ThreadRegs
-from docker_hmigrate.toolchain import contract
+from docker_hmigrate.toolchain import contract, frame_writes
 from docker_hmigrate.toolchain.contract import Function, Metadata, Var
 from docker_hmigrate.toolchain.jmpbuf_layout import fields_match
 
@@ -69,6 +70,9 @@ class Index:
     def __init__(self, md: dict[str, Any] | Metadata, src: str, dst: str):
         self.md = md = contract.load(md)
         self.src, self.dst = src, dst
+        # the source binary's bytes by address (set by the recode): for reading its
+        # machine code when a value needs more than the metadata says
+        self.src_code: Callable[[int, int], bytes] | None = None
         self.src_isa, self.dst_isa = arch(src), arch(dst)
         functions = md.functions
         self.by_name: dict[str, Function] = {f.name: f for f in functions}
@@ -345,6 +349,20 @@ def live_at_stop(fr: Frame, var: Var) -> bool:
             or var.file != site.file:
         return True
     return var.line <= site.line
+
+
+def unset_at_stop(fr: Frame, var: Var, idx: Index) -> bool:
+    """A local whose slot nothing of this run of its function has written or pointed
+    at by the call the frame is stopped at (toolchain/frame_writes.py): it holds stale
+    bytes of an earlier frame that the program cannot read before it assigns them."""
+    site = fr.site.site if fr.site is not None else None
+    if idx.src_code is None or site is None or var.kind != "local" or var.indirect \
+            or var.cfa_offset is None or site.kind == "enter_hook":
+        return False
+    fi = fr.function.isa[idx.src]
+    return not frame_writes.slot_written_before(
+        idx.src, idx.src_code, fi.addr, fi.size, site.return_address,
+        var.cfa_offset, var.cfa_offset + var.type.size)
 
 
 def plan_target(stack: SourceStack, idx: Index) -> None:

@@ -5,6 +5,7 @@ signal actions, seccomp, and musl's per-thread struct pthread."""
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +19,7 @@ from docker_hmigrate.criu.memory import (
 )
 from docker_hmigrate.isa import PTHREAD_COMMON_SIZE
 from docker_hmigrate.recode import shared, stackrefs
-from docker_hmigrate.recode.frames import Index, Untranslatable, arch
+from docker_hmigrate.recode.frames import Index, Untranslatable, arch, read_stack
 from docker_hmigrate.toolchain.contract import Metadata
 
 # vma_entry.status bits (CRIU's VMA_AREA_*)
@@ -86,6 +87,16 @@ class Elf:
             if p_type == 1:
                 loads.append((off, vaddr, filesz, memsz, p_flags))
         return cls(entry, machine, phoff, phnum, loads, len(data))
+
+    def reader(self, data: bytes) -> Callable[[int, int], bytes]:
+        """The file's bytes by virtual address (b"" outside what it loads)."""
+        def read(addr: int, n: int) -> bytes:
+            for off, vaddr, filesz, _m, _f in self.loads:
+                if vaddr <= addr < vaddr + filesz:
+                    start = off + addr - vaddr
+                    return data[start:start + min(n, vaddr + filesz - addr)]
+            return b""
+        return read
 
     @property
     def phdr_addr(self) -> int:
@@ -371,14 +382,19 @@ def rewrite_auxv(imgset, pid: int, target: Elf, src_vdso: tuple[int, int], isa: 
     platform = dict(pairs).get(AT["AT_PLATFORM"])
     name = facts.platform or arch(isa).auxv.platform
     if platform:
-        cur = mem.read(platform, len(name))
+        # The string sits below a random gap (arch_align_stack) that may reach an untouched
+        # stack page CRIU did not dump: such bytes are zeros, and a longer name may need
+        # that page.
+        cur = read_stack(mem, platform, len(name))
         end = cur.find(b"\0")  # the old string's NUL, if within the new one's length
         # the kernel leaves padding after the platform string: a longer name fits
         if end >= 0 and any(cur[end:]):
             raise Untranslatable(f"no room for the {isa} AT_PLATFORM string")
         if end < 0:  # a shorter name: clear the rest of the old one
-            rest = mem.read(platform + len(name), 64)
+            rest = read_stack(mem, platform + len(name), 64)
             name += bytes(rest.index(b"\0") if b"\0" in rest else 0)
+        if not mem.contains(platform, len(name)):
+            mem.populate(platform, len(name))
         mem.write(platform, name)
     mem.write(at, b"".join(struct.pack("<QQ", k, v) for k, v in new))
     # The saved copy (what /proc/PID/auxv shows) holds the keys a process of the target

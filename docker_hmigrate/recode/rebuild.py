@@ -16,6 +16,7 @@ from docker_hmigrate.recode.frames import (
     matched_vars,
     read_stack,
     translate_value,
+    unset_at_stop,
 )
 
 
@@ -101,6 +102,8 @@ def _copy_vars(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap,
                 try:
                     new = translate_value(v, sv, smap, idx)
                 except Untranslatable as exc:  # say whose value it is
+                    if unset_at_stop(fr, sv, idx):
+                        break  # not yet assigned: its stale bytes go as they are
                     raise Untranslatable(f"{fr.function.name}: {sv.name} "
                                          f"({_where(fr, sv)}): {exc}") from None
                 raw[po:po + 8] = new.to_bytes(8, "little")

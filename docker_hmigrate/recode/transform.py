@@ -139,6 +139,8 @@ def recode_images(src_dir: Path, dst_dir: Path, program, src_isa: str, dst_isa: 
     elf = process.Elf.parse(program.binaries[dst_isa])
     if elf.machine != idx.dst_isa.elf_machine:
         raise Untranslatable(f"the {dst_isa} variant is an ELF for machine {elf.machine}")
+    src_bin = program.binaries.get(src_isa)
+    idx.src_code = process.Elf.parse(src_bin).reader(src_bin) if src_bin else None
     lap("check")
     plans = unwind_all(src, idx)
     lap("unwind")

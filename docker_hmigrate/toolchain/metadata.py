@@ -529,12 +529,12 @@ def _branch(arch: Arch, insn) -> tuple[str, int | None]:
     return arch.mc.branch(insn)
 
 
-def liveness(arch: Arch, insns: list, read=None) -> list[set[str]]:
-    """Callee-saved registers live on entry to each instruction (CFG dataflow). With
-    `read` (the binary's bytes at an address) a switch's jump table gives the indirect
-    jump its real successors; without it, or for a jump not shaped like GCC's dispatch,
-    any block may follow (a temporary used in one case would then look live at every
-    call of the function)."""
+def control_flow(arch: Arch, insns: list, read=None) -> list[list[int]]:
+    """Each instruction's successors (indices into insns). With `read` (the binary's
+    bytes at an address) a switch's jump table gives the indirect jump its real
+    successors; without it, or for a jump not shaped like GCC's dispatch, any block may
+    follow (a temporary used in one case would then look live at every call of the
+    function)."""
     n = len(insns)
     index = {x.address: i for i, x in enumerate(insns)}
     kinds = [_branch(arch, x) for x in insns]
@@ -560,6 +560,13 @@ def liveness(arch: Arch, insns: list, read=None) -> list[set[str]]:
             succ.append(tables.get(i) or sorted(s for s in starts if s < n))
         else:
             succ.append(nxt)
+    return succ
+
+
+def liveness(arch: Arch, insns: list, read=None) -> list[set[str]]:
+    """Callee-saved registers live on entry to each instruction (CFG dataflow)."""
+    n = len(insns)
+    succ = control_flow(arch, insns, read)
     cs = set(arch.isa.callee_saved)
     use, defs = [], []
     for x in insns:

@@ -26,13 +26,18 @@ pytestmark = pytest.mark.lab
 STALE_C = r"""
 #include <stdio.h>
 #include <unistd.h>
-/* leaves its own return-address slot's address all over the frame work() reuses */
+/* writes the address of a return-address slot all over the area below `top` */
+static void __attribute__((noinline)) smear(void **top, long n)
+{
+	for (long k = 1; k <= n; k++)
+		top[-k] = (char *)top + 8;
+}
+/* leaves that in the stack work() reuses: fill's frame spans it, smear's lies below */
 static void fill(void)
 {
-	void *slots[96];
-	for (int i = 0; i < 96; i++)
-		slots[i] = (char *)__builtin_frame_address(0) + 8;
-	__asm__ volatile("" : : "r"(slots) : "memory");
+	volatile char room[1024];
+	room[0] = 0;
+	smear(__builtin_frame_address(0), 100);
 }
 static long tick(long i)
 {

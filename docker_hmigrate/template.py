@@ -168,8 +168,33 @@ def cached(key: str) -> Path | None:
 
 
 def forget(key: str) -> None:
-    """Drop a cached template (a restore with it failed: the next move takes a new one)."""
-    shutil.rmtree(cache_dir() / key, ignore_errors=True)
+    """Drop a cached template (a restore with it failed: the next move takes a new one).
+    Renamed away first, so that a move copying it meanwhile sees it gone (load) instead of
+    restoring from half of it (CRIU: "No utsns-12.img image")."""
+    d = cache_dir() / key
+    gone = d.with_name(f".old-{key}-{os.getpid()}-{time.monotonic_ns()}")
+    try:
+        os.rename(d, gone)
+    except OSError:  # not there (another run forgot it first)
+        return
+    shutil.rmtree(gone, ignore_errors=True)
+
+
+def load(key: str, into: Path) -> bool:
+    """Copy a cached template into `into`; False (and `into` removed) when there is none,
+    or when another move forgot it while it was being copied."""
+    d = cached(key)
+    if d is None:
+        return False
+    try:
+        before = os.stat(d).st_ino
+        _private_copy(d, into)
+        whole = os.stat(d).st_ino == before and (into / "inventory.img").is_file()
+    except OSError:
+        whole = False
+    if not whole:
+        shutil.rmtree(into, ignore_errors=True)
+    return whole
 
 
 def store(key: str, images: Path) -> None:
@@ -388,9 +413,7 @@ def target_facts(dst: Host, target_body: dict[str, Any], inspect: dict[str, Any]
         return Facts(into, cid, images_key, cached=hit, seconds=time.monotonic() - started,
                      **kw)
 
-    hit = cached(key)
-    if hit is not None:
-        _private_copy(hit, into)
+    if load(key, into):
         return done(key, container_id(into), True)
     paths = user_paths(body)
     why = derivation_refusal(body) if paths else ""
@@ -399,16 +422,15 @@ def target_facts(dst: Host, target_body: dict[str, Any], inspect: dict[str, Any]
     if paths and not why:
         hbody = host_body(body)
         hkey = cache_key(dst, hbody)
-        host = cached(hkey)
-        if host is not None:
-            _private_copy(host, into)
+        host = load(hkey, into)
+        if host:
             cid = container_id(into)
         else:
             cid = take_checkpoint(dst, hbody, into, name, record, stop, keep)
             store(hkey, into)
         try:
             hostimages.graft_user_mounts(into, paths)
-            return done(hkey, cid, host is not None, config_key=key, derived=True)
+            return done(hkey, cid, host, config_key=key, derived=True)
         except Untranslatable as exc:  # the host's tree has a mount in the way
             why = str(exc)
             shutil.rmtree(into, ignore_errors=True)

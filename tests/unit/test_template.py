@@ -258,6 +258,35 @@ def test_target_facts_from_the_cache_create_nothing_on_the_target(tmp_path, monk
     assert template.cached(key) is None
 
 
+def test_template_forgotten_while_copied_is_a_miss_not_half_a_set(tmp_path, monkeypatch):
+    """A move copying a cached template while another move forgets it (its restore
+    failed) gets no template rather than part of one: a restore from a set missing
+    utsns-12.img failed on hm-arm during the soak of issue 14."""
+    monkeypatch.setenv("HMIGRATE_CACHE", str(tmp_path / "cache"))
+    imgs = tmp_path / "imgs"
+    imgs.mkdir()
+    for n in ("inventory.img", "utsns-12.img", "ids-1.img"):
+        (imgs / n).write_bytes(n.encode())
+    template.store("k", imgs)
+    assert template.load("k", tmp_path / "whole")
+    assert sorted(p.name for p in (tmp_path / "whole").iterdir()) == \
+        ["ids-1.img", "inventory.img", "utsns-12.img"]
+    real_read = Path.read_bytes
+    calls = []
+
+    def forgotten_midway(self: Path) -> bytes:
+        calls.append(self.name)
+        if len(calls) == 2:
+            template.forget("k")
+        return real_read(self)
+
+    template.store("k", imgs)
+    monkeypatch.setattr(Path, "read_bytes", forgotten_midway)
+    assert not template.load("k", tmp_path / "half")
+    assert not (tmp_path / "half").exists() and template.cached("k") is None
+    assert not [p for p in (tmp_path / "cache").rglob(".old-*")]  # nothing left behind
+
+
 # -- facts derived from the host template (the configuration without its mounts) -------
 
 HOSTS_DEV = 266338304  # the runtime's file binds: docker's data root filesystem

@@ -24,7 +24,7 @@ from docker_hmigrate import errors, isa
 from docker_hmigrate.isa import Isa, ThreadRegs
 from docker_hmigrate.toolchain import contract, frame_writes
 from docker_hmigrate.toolchain.contract import Function, Metadata, Var
-from docker_hmigrate.toolchain.jmpbuf_layout import fields_match
+from docker_hmigrate.toolchain.jmpbuf_layout import SETJMP_NAMES, SIGSETJMP_NAMES, fields_match
 
 
 class Untranslatable(errors.NotMigratableCrossISA):
@@ -351,6 +351,9 @@ def live_at_stop(fr: Frame, var: Var) -> bool:
     return var.line <= site.line
 
 
+RETURNS_TWICE = frozenset((*SETJMP_NAMES, *SIGSETJMP_NAMES, "vfork"))
+
+
 def unset_at_stop(fr: Frame, var: Var, idx: Index) -> bool:
     """A local whose slot nothing of this run of its function has written or pointed
     at by the call the frame is stopped at (toolchain/frame_writes.py): it holds stale
@@ -360,6 +363,8 @@ def unset_at_stop(fr: Frame, var: Var, idx: Index) -> bool:
             or var.cfa_offset is None or site.kind == "enter_hook":
         return False
     fi = fr.function.isa[idx.src]
+    if any(c.target in RETURNS_TWICE for c in fi.call_sites):
+        return False  # a longjmp back re-runs the call after later stores: not a path here
     return not frame_writes.slot_written_before(
         idx.src, idx.src_code, fi.addr, fi.size, site.return_address,
         var.cfa_offset, var.cfa_offset + var.type.size)

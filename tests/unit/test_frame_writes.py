@@ -99,3 +99,26 @@ def test_aarch64_store_through_x29_and_frame_address_copy() -> None:
     code, (r1,) = _a64([*A64_PROLOGUE, 0x910003A0, BL, *A64_EPILOGUE])
     assert _written(code, r1, (-32, -24), "aarch64")
     assert not _written(code, r1, A_X, "aarch64")
+
+
+def test_recode_asks_only_about_locals_of_functions_without_setjmp() -> None:
+    """frames.unset_at_stop: a function that calls setjmp may run a call again after a
+    longjmp, with later stores done: never 'not written' there."""
+    from types import SimpleNamespace as NS
+
+    from docker_hmigrate.recode.frames import unset_at_stop
+
+    code, (r1, _r2, _r3) = _x86(*PROLOGUE, CALL, STORE_X, CALL, LEA_BUF, "4889c7", CALL,
+                                "c9", "c3")
+    site = NS(kind="call", return_address=r1, target="f1")
+    fi = NS(addr=BASE, size=len(code), call_sites=[site])
+    fr = NS(site=NS(site=site), function=NS(isa={"x86-64": fi}))
+    idx = NS(src="x86-64", src_code=_reader(code))
+    x = NS(kind="local", indirect=False, cfa_offset=X[0], type=NS(size=8))
+    assert unset_at_stop(fr, x, idx)
+    assert not unset_at_stop(fr, NS(**{**vars(x), "kind": "param"}), idx)
+    fi.call_sites = [site, NS(kind="call", return_address=0, target="_setjmp")]
+    assert not unset_at_stop(fr, x, idx)
+    idx.src_code = None  # no binary to read: nothing is assumed
+    fi.call_sites = [site]
+    assert not unset_at_stop(fr, x, idx)

@@ -16,7 +16,8 @@ INSERT OR REPLACE INTO g(g, total, best)
   SELECT g, sum(k), max(v) FROM t GROUP BY g;
 SELECT 'step {n} rows=' || count(*) || ' sum=' || (sum(k) % 1000000007)
     || ' med=' || (SELECT v FROM t ORDER BY v LIMIT 1 OFFSET (SELECT count(*) / 2 FROM t))
-    || ' rank=' || (SELECT sum(r) % 100003 FROM (SELECT rank() OVER (PARTITION BY g ORDER BY k) AS r FROM t WHERE k % 11 = {n} % 11))
+    || ' rank=' || (SELECT sum(r) % 100003 FROM (
+         SELECT rank() OVER (PARTITION BY g ORDER BY k) AS r FROM t WHERE k % 11 = {n} % 11))
     || ' join=' || (SELECT count(*) FROM t JOIN g USING (g) WHERE t.v < g.best AND t.k % 13 = 0)
     || ' avg=' || printf('%.6f', avg(sqrt(k) / (g + 1)))
     || ' like=' || (SELECT count(*) FROM t WHERE v LIKE '%a%-1%')
@@ -29,5 +30,6 @@ out = ["CREATE TABLE t(id INTEGER PRIMARY KEY, k INTEGER, g INTEGER, v TEXT);",
        "CREATE INDEX t_k ON t(k);", "CREATE INDEX t_v ON t(v);",
        "CREATE TABLE g(g INTEGER PRIMARY KEY, total INTEGER, best TEXT);"]
 out += [STEP.format(n=n) for n in range(1, steps + 1)]
-out.append(f"SELECT 'done steps={steps} rows=' || count(*) || ' sum=' || (sum(k) % 1000000007) FROM t;")
+out.append(f"SELECT 'done steps={steps} rows=' || count(*) "
+           "|| ' sum=' || (sum(k) % 1000000007) FROM t;")
 sys.stdout.write("\n".join(out) + "\n")

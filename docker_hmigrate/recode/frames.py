@@ -22,7 +22,7 @@ from typing import Any
 
 from docker_hmigrate import errors, isa
 from docker_hmigrate.isa import Isa, ThreadRegs
-from docker_hmigrate.toolchain import contract, frame_writes
+from docker_hmigrate.toolchain import contract
 from docker_hmigrate.toolchain.contract import Function, Metadata, Var
 from docker_hmigrate.toolchain.jmpbuf_layout import SETJMP_NAMES, SIGSETJMP_NAMES, fields_match
 
@@ -365,6 +365,10 @@ def unset_at_stop(fr: Frame, var: Var, idx: Index) -> bool:
     fi = fr.function.isa[idx.src]
     if any(c.target in RETURNS_TWICE for c in fi.call_sites):
         return False  # a longjmp back re-runs the call after later stores: not a path here
+    # imported here: capstone and the toolchain's reader cost ~11 MB of the recode's peak
+    # RSS (issue 11), and only a value the metadata could not translate needs them
+    from docker_hmigrate.toolchain import frame_writes
+
     return not frame_writes.slot_written_before(
         idx.src, idx.src_code, fi.addr, fi.size, site.return_address,
         var.cfa_offset, var.cfa_offset + var.type.size)

@@ -161,7 +161,7 @@ def arm_images(arm: docker.DockerClient) -> None:
     the same build)."""
     try:
         arm.images.pull(HELLO.rsplit(":", 1)[0], tag="latest", platform="linux/arm64")
-        arm.images.pull(REDIS, tag="arm64")
+        arm.images.pull(REDIS, tag="latest-arm64")  # what lab/examples pushes
     except Exception as exc:  # noqa: BLE001 - any failure: the VM is not ready
         lab_unavailable(f"aarch64 lab host cannot pull the test images ({exc})")
 

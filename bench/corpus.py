@@ -32,6 +32,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.support.lab import remove_staging_copies
+
 ROOT = Path(__file__).resolve().parent.parent
 CORPUS = ROOT / "corpus"
 DOCKER_CLI = "/usr/local/bin/docker" if Path("/usr/local/bin/docker").exists() else "docker"
@@ -383,24 +385,7 @@ def offline_run(spec: dict, context: str, timeout: float,
         return out + ([f"[exit status {code}]"] if code else []), moves
     finally:
         c.remove(force=True)
-        _remove_staging(c.id)
-
-
-def _remove_staging(container_id: str) -> None:
-    """containerd's staging copies of this container's checkpoints (/tmp/ctrd-checkpoint*:
-    process memory; containerd 1.6 leaves them): the lab's daemons share this machine's
-    /tmp, and this runner checkpoints through the API, not through `migrate`."""
-    import glob
-    import shutil
-
-    for d in glob.glob("/tmp/ctrd-checkpoint*"):
-        for f in glob.glob(f"{d}/mountpoints-*.img"):
-            try:
-                if container_id.encode() in Path(f).read_bytes():
-                    shutil.rmtree(d, ignore_errors=True)
-                    break
-            except OSError:
-                continue
+        remove_staging_copies(c.id)
 
 
 def _unique(images: Path) -> None:

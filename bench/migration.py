@@ -36,7 +36,14 @@ import uuid
 from pathlib import Path
 
 from bench.rawcriu import RawContainer
-from tests.support.lab import BASE_IMAGE, COUNTER_CMD, DOCKER_CLI, REDIS_IMAGE, connect
+from tests.support.lab import (
+    BASE_IMAGE,
+    COUNTER_CMD,
+    DOCKER_CLI,
+    REDIS_IMAGE,
+    connect,
+    remove_staging_copies,
+)
 from tests.support.resp import Redis
 
 REDIS_PORT = 16400
@@ -105,11 +112,14 @@ def manual(kind: str, redis_mb: int, data_root_b: str) -> dict[str, float]:
     name = f"bench-{kind}-{uuid.uuid4().hex[:6]}"
     ckdir = Path(tempfile.mkdtemp(prefix="bench-ck-"))
     ckdir.chmod(0o700)
+    ids: list[str] = []
     try:
         args = start_workload(kind, name, redis_mb)
+        ids.append(docker("hm-a", "inspect", "-f", "{{.Id}}", name).strip())
         t0 = time.monotonic()
         docker("hm-a", "checkpoint", "create", "--checkpoint-dir", str(ckdir), name, "ck")
         cid = docker("hm-b", "create", "--name", name, *args).strip()
+        ids.append(cid)
         dest = Path(data_root_b) / "containers" / cid / "checkpoints" / "ck"
         shutil.copytree(ckdir / "ck", dest)
         docker("hm-b", "start", "--checkpoint", "ck", name)
@@ -119,6 +129,7 @@ def manual(kind: str, redis_mb: int, data_root_b: str) -> dict[str, float]:
         shutil.rmtree(ckdir, ignore_errors=True)
         for ctx in ("hm-a", "hm-b"):
             subprocess.run([DOCKER_CLI, "--context", ctx, "rm", "-f", name], capture_output=True)
+        remove_staging_copies(*ids)  # the manual way leaves containerd's (process memory)
 
 
 def hmigrate(kind: str, redis_mb: int, source: str = "hm-a",

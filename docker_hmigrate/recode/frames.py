@@ -73,6 +73,9 @@ class Index:
         # the source binary's bytes by address (set by the recode): for reading its
         # machine code when a value needs more than the metadata says
         self.src_code: Callable[[int, int], bytes] | None = None
+        # (function address, return address) -> frame_writes.Effects: one reading of a
+        # function's machine code per stopped call, whatever number of its locals is asked
+        self.frame_writes: dict[tuple[int, int], Any] = {}
         self.src_isa, self.dst_isa = arch(src), arch(dst)
         functions = md.functions
         self.by_name: dict[str, Function] = {f.name: f for f in functions}
@@ -369,9 +372,12 @@ def unset_at_stop(fr: Frame, var: Var, idx: Index) -> bool:
     # RSS (issue 11), and only a value the metadata could not translate needs them
     from docker_hmigrate.toolchain import frame_writes
 
-    return not frame_writes.slot_written_before(
-        idx.src, idx.src_code, fi.addr, fi.size, site.return_address,
-        var.cfa_offset, var.cfa_offset + var.type.size)
+    key = (fi.addr, site.return_address)
+    eff = idx.frame_writes.get(key)
+    if eff is None:
+        eff = idx.frame_writes[key] = frame_writes.effects_before_call(
+            idx.src, idx.src_code, fi.addr, fi.size, site.return_address)
+    return not eff.writes(var.cfa_offset, var.cfa_offset + var.type.size)
 
 
 def plan_target(stack: SourceStack, idx: Index) -> None:

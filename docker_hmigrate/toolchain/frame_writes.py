@@ -207,16 +207,16 @@ def _a64_store_size(insn, regs: list[str | None]) -> int:
     return size * (2 if m in ("stp", "stnp") else 1)
 
 
-def slot_written_before(isa_name: str, code: Callable[[int, int], bytes], func_addr: int,
-                        func_size: int, return_address: int, lo: int, hi: int) -> bool:
-    """Whether the slot [lo, hi) (CFA offsets) may hold a value of this run of the
-    function when its call returning to `return_address` was made. True whenever this
-    reading cannot tell (see the module's docstring)."""
+def effects_before_call(isa_name: str, code: Callable[[int, int], bytes], func_addr: int,
+                        func_size: int, return_address: int) -> Effects:
+    """What the function may have done to its frame when its call returning to
+    `return_address` was made (ask it `writes(lo, hi)` of a slot's CFA offsets); "unknown"
+    when that is not one of its calls."""
     arch = arch_of(isa_name)
     cs = capstone.Cs(arch.mc.CS_ARCH, arch.mc.CS_MODE)
     cs.detail = True
     insns = list(cs.disasm(code(func_addr, func_size), func_addr))
     call = next((i for i, x in enumerate(insns) if x.address + x.size == return_address), None)
     if call is None or not arch.mc.is_call(insns[call]):
-        return True
-    return frame_effects(arch, insns, call, code).writes(lo, hi)
+        return Effects(unknown=f"{return_address:#x} follows no call of the function")
+    return frame_effects(arch, insns, call, code)

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import struct
 
-from docker_hmigrate.toolchain.frame_writes import slot_written_before
+from docker_hmigrate.toolchain.frame_writes import effects_before_call
 
 BASE = 0x401000
 
@@ -37,7 +37,7 @@ X, BUF = (-24, -16), (-32, -24)
 
 
 def _written(code: bytes, ret: int, slot: tuple[int, int], isa: str = "x86-64") -> bool:
-    return slot_written_before(isa, _reader(code), BASE, len(code), ret, *slot)
+    return effects_before_call(isa, _reader(code), BASE, len(code), ret).writes(*slot)
 
 
 def test_x86_local_assigned_after_the_call_is_not_written_yet() -> None:
@@ -113,7 +113,7 @@ def test_recode_asks_only_about_locals_of_functions_without_setjmp() -> None:
     site = NS(kind="call", return_address=r1, target="f1")
     fi = NS(addr=BASE, size=len(code), call_sites=[site])
     fr = NS(site=NS(site=site), function=NS(isa={"x86-64": fi}))
-    idx = NS(src="x86-64", src_code=_reader(code))
+    idx = NS(src="x86-64", src_code=_reader(code), frame_writes={})
     x = NS(kind="local", indirect=False, cfa_offset=X[0], type=NS(size=8))
     assert unset_at_stop(fr, x, idx)
     assert not unset_at_stop(fr, NS(**{**vars(x), "kind": "param"}), idx)

@@ -27,7 +27,6 @@ rate, downtime percentiles per direction, the counter's continuity, anything lef
 from __future__ import annotations
 
 import argparse
-import glob
 import ipaddress
 import json
 import os
@@ -51,6 +50,7 @@ from tests.support.lab import (
     REGISTRY,
     connect,
     hello_ticks,
+    staging_copies,
 )
 from tests.support.recode_lab import HELLO
 from tests.support.resp import Redis
@@ -210,15 +210,7 @@ def leftovers(name: str, ids: set[str], checkpoints: list[str],
         if docker(ctx, "ps", "-aq", "--filter", f"name=^{name}$").strip():
             cks = docker(ctx, "checkpoint", "ls", name, check=False).split()[2:]
             found += [f"{ctx}: checkpoint {c}" for c in cks]
-    for d in glob.glob("/tmp/ctrd-checkpoint*"):  # the lab's hosts share this /tmp
-        for f in glob.glob(f"{d}/mountpoints-*.img"):
-            try:
-                data = Path(f).read_bytes()
-            except OSError:  # another user's copy, removed meanwhile
-                continue
-            if any(cid.encode() in data for cid in ids):
-                found.append(f"staging copy {d}")
-                break
+    found += [f"staging copy {d}" for d in staging_copies(*ids)]  # hosts a, b share /tmp
     return found
 
 

@@ -7,8 +7,10 @@ HMLAB_REQUIRED=1 (set by .ci/run) they fail instead, so CI cannot pass by skippi
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
+import shutil
 import subprocess
 import time
 import uuid
@@ -174,22 +176,27 @@ def hello_ticks(logs: str) -> list[int]:
             if line.startswith("hello from hmigrate:")]
 
 
-def remove_staging_copies(*container_ids: str) -> int:
+def staging_copies(*container_ids: str) -> list[str]:
     """containerd's staging copies of these containers' checkpoints (/tmp/ctrd-checkpoint*:
-    process memory; containerd 1.6 leaves the one of every restore): the lab's daemons share
-    this machine's /tmp, and benches and tests that checkpoint through the API or the CLI
-    (not through `migrate`, which removes its own) remove theirs. Returns how many."""
-    import glob
-    import shutil
-
-    removed = 0
+    process memory; containerd 1.6 leaves the one of every restore), told apart by the
+    container id in their mount images: the lab's daemons share this machine's /tmp."""
+    found = []
     for d in glob.glob("/tmp/ctrd-checkpoint*"):
         for f in glob.glob(f"{d}/mountpoints-*.img"):
             try:
-                if any(c and c.encode() in Path(f).read_bytes() for c in container_ids):
-                    shutil.rmtree(d, ignore_errors=True)
-                    removed += 1
-                    break
-            except OSError:
+                data = Path(f).read_bytes()
+            except OSError:  # another user's copy, removed meanwhile
                 continue
-    return removed
+            if any(c and c.encode() in data for c in container_ids):
+                found.append(d)
+                break
+    return found
+
+
+def remove_staging_copies(*container_ids: str) -> int:
+    """Benches and tests that checkpoint through the API or the CLI (not through
+    `migrate`, which removes its own) remove theirs. Returns how many."""
+    found = staging_copies(*container_ids)
+    for d in found:
+        shutil.rmtree(d, ignore_errors=True)
+    return len(found)

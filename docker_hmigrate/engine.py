@@ -131,6 +131,12 @@ class DaemonUnreachable(docker.errors.APIError):
     restore start the container?) tells it apart."""
 
 
+# Once a daemon let a call time out, every later call to it waits this long at most: the
+# clean-up that follows must not wait the full call timeout once per container (a wedged
+# daemon accepts connections and never replies).
+STUCK_TIMEOUT = 20
+
+
 def raise_unreachable_as_api_errors(api: docker.APIClient, host: str) -> None:
     """Make `api` raise DaemonUnreachable instead of requests' network exceptions."""
     send = api.send
@@ -138,11 +144,20 @@ def raise_unreachable_as_api_errors(api: docker.APIClient, host: str) -> None:
     def guarded_send(request, **kwargs):
         try:
             return send(request, **kwargs)
-        except (requests.exceptions.ConnectionError, requests.exceptions.Timeout) as exc:
+        except requests.exceptions.Timeout as exc:
+            impatient(api)
+            raise DaemonUnreachable(f"the daemon at {host} does not answer: {exc}",
+                                    explanation=f"{host} does not answer") from exc
+        except requests.exceptions.ConnectionError as exc:
             raise DaemonUnreachable(f"the daemon at {host} does not answer: {exc}",
                                     explanation=f"{host} does not answer") from exc
 
     api.send = guarded_send  # type: ignore[method-assign]
+
+
+def impatient(api: docker.APIClient) -> None:
+    """Later calls on `api` time out after STUCK_TIMEOUT (see there)."""
+    api.timeout = min(api.timeout or STUCK_TIMEOUT, STUCK_TIMEOUT)
 
 
 def share_one_connection_pool(api: docker.APIClient) -> None:

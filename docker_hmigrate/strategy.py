@@ -24,10 +24,11 @@ import tempfile
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Protocol
 
-from docker_hmigrate import errors, park, recode, template, transfer
+from docker_hmigrate import engine, errors, park, recode, template, transfer
 from docker_hmigrate.engine import Host
 from docker_hmigrate.output import Reporter
 from docker_hmigrate.spec import ContainerSpec
@@ -36,6 +37,19 @@ from docker_hmigrate.validate import Check, cross_isa_checks
 # How long a rollback waits for a template step in flight (a container start or a dump on a
 # slow, emulated target) before it goes on; close() removes the container once it exists.
 FACTS_GRACE = 300.0
+# How long prepare waits for the target's facts (an inert template's checkpoint: seconds,
+# even on an emulated host). Past it the target's daemon or CRIU is stuck: the move is
+# refused before anything is frozen. HMIGRATE_TEMPLATE_TIMEOUT (seconds) overrides it.
+FACTS_TIMEOUT = 300.0
+
+
+def facts_timeout() -> float:
+    value = os.environ.get("HMIGRATE_TEMPLATE_TIMEOUT", "")
+    try:
+        return float(value) if value else FACTS_TIMEOUT
+    except ValueError:
+        raise errors.UsageError(f"HMIGRATE_TEMPLATE_TIMEOUT={value!r} is not a number of "
+                                "seconds") from None
 
 
 class Moving(Protocol):
@@ -156,6 +170,7 @@ class CrossIsa(SameIsa):
         self._facts_call: Future | None = None  # taking them, from start()
         self._facts_stop = threading.Event()  # a rollback gives the template up
         self._movable = False  # the program's own checks passed: worth a template
+        self._stuck = False  # the target never finished the template (prepare gave up)
 
     def checks(self) -> list[Check] | None:
         m = self.m
@@ -207,7 +222,17 @@ class CrossIsa(SameIsa):
             self.start()
         ph.update("target facts (inert template)")
         waited = time.monotonic()
-        self.facts = self._facts_call.result()
+        limit = facts_timeout()
+        try:
+            self.facts = self._facts_call.result(timeout=limit)
+        except FutureTimeout:
+            self._stuck = True  # the rollback waits no longer for it
+            engine.impatient(m.dst.api)
+            raise errors.HostUnreachable(
+                f"{m.dst.name} did not checkpoint the inert template in {limit:g} s: its "
+                "daemon or CRIU is stuck; nothing was frozen",
+                hint=f"check `docker --context {m.dst.name} info` and the host's kernel log "
+                     "(soft lockups); HMIGRATE_TEMPLATE_TIMEOUT=SECONDS waits longer") from None
         self.template_id = self.facts.container_id
         m.rep.set("template", "cached" if self.facts.cached else "taken")
         # the configuration's own template, or its host template with the user's mounts
@@ -266,7 +291,7 @@ class CrossIsa(SameIsa):
         step in flight waited for (its container is then removed by it, or below)."""
         if self._facts_call is not None and not self._facts_call.done():
             self._facts_stop.set()
-            wait([self._facts_call], timeout=FACTS_GRACE)
+            wait([self._facts_call], timeout=0 if self._stuck else FACTS_GRACE)
 
     def undo(self) -> None:
         """The template container (its checkpoint was downloaded, or the move failed)."""

@@ -3,14 +3,13 @@
 
 from __future__ import annotations
 
-import subprocess
 import time
 from pathlib import Path
 
 import docker.errors
 import pytest
 
-from tests.support.lab import DOCKER_CLI, REGISTRY, hmigrate, unique, wait_until
+from tests.support.lab import REGISTRY, hmigrate, unique, wait_until
 
 pytestmark = pytest.mark.lab
 
@@ -60,8 +59,7 @@ def test_new_program_builds_and_moves_to_aarch64_and_back(host_a, arm, cleanup, 
     (tmp_path / "Dockerfile").write_text(DOCKERFILE)
     assert len(DOCKERFILE.splitlines()) <= 6
     started = time.monotonic()
-    proc = subprocess.run([DOCKER_CLI, "--context", "hm-a", "hmigrate", "build", "-t", IMAGE,
-                           "--push", str(tmp_path)], capture_output=True, text=True, timeout=1200)
+    proc = hmigrate("build", "-t", IMAGE, "--push", str(tmp_path), timeout=1200)
     assert proc.returncode == 0, proc.stderr
     print(f"build --push: {time.monotonic() - started:.1f} s")
     assert f"pushed manifest list {IMAGE}@sha256:" in proc.stdout, proc.stdout
@@ -100,9 +98,8 @@ def test_new_program_builds_and_moves_to_aarch64_and_back(host_a, arm, cleanup, 
 def test_build_refuses_a_program_not_built_with_hmigrate_cc(host_a, tmp_path: Path):
     (tmp_path / "counter.c").write_text(COUNTER_C)
     (tmp_path / "Dockerfile").write_text(DOCKERFILE.replace("hmigrate-cc", "gcc -static"))
-    proc = subprocess.run([DOCKER_CLI, "--context", "hm-a", "hmigrate", "build", "-q", "-t",
-                           f"{REGISTRY}/hmigrate/build-test/plain:latest", str(tmp_path)],
-                          capture_output=True, text=True, timeout=600)
+    proc = hmigrate("build", "-q", "-t", f"{REGISTRY}/hmigrate/build-test/plain:latest",
+                    str(tmp_path), timeout=600)
     assert proc.returncode == 14, proc.stderr
     assert "/counter was not built with hmigrate-cc" in proc.stderr, proc.stderr
     assert "Traceback" not in proc.stderr
@@ -112,9 +109,8 @@ def test_build_refuses_a_program_not_built_with_hmigrate_cc(host_a, tmp_path: Pa
 
 def test_build_push_to_an_unreachable_registry_fails_before_building(host_a, tmp_path: Path):
     (tmp_path / "Dockerfile").write_text(DOCKERFILE)
-    proc = subprocess.run([DOCKER_CLI, "--context", "hm-a", "hmigrate", "build", "--push",
-                           "-t", "127.0.0.1:5999/hmigrate/build-test/none", str(tmp_path)],
-                          capture_output=True, text=True, timeout=120)
+    proc = hmigrate("build", "--push", "-t", "127.0.0.1:5999/hmigrate/build-test/none",
+                    str(tmp_path), timeout=120)
     assert proc.returncode == 4, proc.stderr
     assert "registry 127.0.0.1:5999 is not reachable" in proc.stderr, proc.stderr
     assert "Step 1/" not in proc.stderr  # refused before the build

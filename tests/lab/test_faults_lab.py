@@ -27,6 +27,7 @@ from tests.support.lab import (
     COUNTER_CMD,
     DOCKER_CLI,
     counter_values,
+    run_cli,
     unique,
     wait_until,
 )
@@ -43,10 +44,9 @@ def migrate(name: str, *args: str, fault: str = "", to: str = "hm-b", timeout: f
     env.pop("HMIGRATE_TEST_FAULT", None)
     if fault:
         env["HMIGRATE_TEST_FAULT"] = fault
-    proc = subprocess.run(
+    proc = run_cli(
         [DOCKER_CLI, "--context", "hm-a", "hmigrate", "migrate", name, "--to", to,
-         "--verify-seconds", "0.5", *args, "--json"],
-        capture_output=True, text=True, timeout=timeout, env=env)
+         "--verify-seconds", "0.5", *args, "--json"], timeout, env=env)
     try:
         doc = json.loads(proc.stdout)
     except json.JSONDecodeError:

@@ -10,6 +10,7 @@ import contextlib
 import glob
 import json
 import os
+import re
 import shutil
 import subprocess
 import time
@@ -104,10 +105,65 @@ def connect(name: str) -> LabHost:
     return LabHost(name=name, client=client, data_root=info["DockerRootDir"], **spec)
 
 
+# The aarch64 guest (qemu TCG): its serial console, where its kernel reports lockups.
+ARM_SERIAL_LOG = Path(os.environ.get("HM_ARM_STATE", "/var/lib/hmigrate-lab/arm64")) / "serial.log"
+# Seen under TCG during a CRIU dump: "watchdog: BUG: soft lockup - CPU#0 stuck for 518s!
+# [criu]"; the guest's dockerd accepts connections and answers nothing for minutes.
+GUEST_TROUBLE = re.compile(r"soft lockup|rcu_\w+ detected stalls|blocked for more than \d+ seconds")
+LAB_DIR = Path(__file__).resolve().parents[2] / "lab"
+
+
+def arm_serial_offset() -> int:
+    """Where the guest's serial log ends now (0 when there is none)."""
+    try:
+        return ARM_SERIAL_LOG.stat().st_size
+    except OSError:
+        return 0
+
+
+def arm_guest_trouble(since: int) -> list[str]:
+    """The guest kernel's lockup and stall reports written after offset `since` (a
+    reboot starts a new log: then all of it)."""
+    try:
+        with ARM_SERIAL_LOG.open("rb") as f:
+            if f.seek(0, os.SEEK_END) >= since:
+                f.seek(since)
+            else:
+                f.seek(0)
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return []
+    return [line.strip() for line in text.splitlines() if GUEST_TROUBLE.search(line)]
+
+
+def arm_answers(timeout: int = 15) -> bool:
+    try:
+        docker.APIClient(base_url=ARM_URL, version="1.41", timeout=timeout).ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure: it does not answer
+        return False
+
+
+def revive_arm_guest() -> str:
+    """The aarch64 guest answers again: lab/arm64/up waits a minute for a guest that does
+    not, then boots it again (its helper image imported again). What was done, or ''."""
+    if arm_answers():
+        return ""
+    proc = subprocess.run(["bash", str(LAB_DIR / "arm64" / "up")], capture_output=True,
+                          text=True, timeout=1200)
+    if proc.returncode != 0:
+        lab_unavailable(f"the aarch64 guest does not answer and lab/arm64/up failed: "
+                        f"{proc.stderr[-2000:]}")
+    return proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else "lab/arm64/up ran"
+
+
 def connect_arm() -> docker.DockerClient:
-    """A client of the aarch64 host, once it answers and has its helper image."""
+    """A client of the aarch64 host, once it answers and has its helper image (a wedged
+    guest is booted again first)."""
     if os.geteuid() != 0:
         lab_unavailable("lab tests need root (the lab's daemons and checkpoints are root's)")
+    if os.path.exists(ARM_SERIAL_LOG):  # the lab's guest runs here: bring it back if stuck
+        revive_arm_guest()
     try:
         client = docker.DockerClient(base_url=ARM_URL, version="auto", timeout=300)
         client.ping()
@@ -125,11 +181,37 @@ def remove_containers(client: docker.DockerClient, names: list[str]) -> None:
             client.containers.get(name).remove(force=True, v=True)
 
 
+def run_cli(argv: list[str], timeout: float, env: dict[str, str] | None = None
+            ) -> subprocess.CompletedProcess:
+    """subprocess.run(argv) with its output captured, in a process group of its own: on
+    timeout the whole group is interrupted as a user's Ctrl-C would (the plugin rolls back),
+    then killed. The docker CLI runs a plugin as its child, which outlives a killed CLI:
+    an orphaned migration would go on beside the tests that follow."""
+    import signal
+
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        for sig, grace in ((signal.SIGINT, 120), (signal.SIGKILL, 10)):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, sig)
+            try:
+                out, err = proc.communicate(timeout=grace)
+                break
+            except subprocess.TimeoutExpired:
+                continue
+        else:
+            out, err = "", ""
+        raise subprocess.TimeoutExpired(argv, timeout, output=out, stderr=err) from None
+    return subprocess.CompletedProcess(argv, proc.returncode, out, err)
+
+
 def hmigrate(*args: str, context: str = "hm-a", timeout: float = 600
              ) -> subprocess.CompletedProcess:
     """Run the plugin through the real docker CLI, as a user would."""
-    return subprocess.run([DOCKER_CLI, "--context", context, "hmigrate", *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return run_cli([DOCKER_CLI, "--context", context, "hmigrate", *args], timeout)
 
 
 def json_of(proc: subprocess.CompletedProcess) -> dict:

@@ -545,3 +545,29 @@ def test_context_ca_wins_over_requests_ca_bundle(tmp_path: Path, monkeypatch) ->
     # a caller's explicit choice still wins
     assert api.merge_environment_settings("https://127.0.0.1:1/", {}, False, False,
                                           None)["verify"] is False
+
+
+def test_a_daemon_that_let_a_call_time_out_gets_short_timeouts_after():
+    """A timed-out call raises DaemonUnreachable (an APIError: clean-ups tolerate it) and
+    later calls wait STUCK_TIMEOUT at most; a refused connection changes no timeout."""
+    import pytest
+    import requests.exceptions
+
+    from docker_hmigrate import engine
+
+    class Api:
+        timeout = 600
+        failure: Exception = requests.exceptions.ConnectionError("refused")
+
+        def send(self, request, **kwargs):
+            raise self.failure
+
+    api = Api()
+    engine.raise_unreachable_as_api_errors(api, "tcp://h:1")
+    with pytest.raises(engine.DaemonUnreachable):
+        api.send(None)
+    assert api.timeout == 600
+    api.failure = requests.exceptions.ReadTimeout("read timed out")
+    with pytest.raises(engine.DaemonUnreachable, match="does not answer"):
+        api.send(None)
+    assert api.timeout == engine.STUCK_TIMEOUT

@@ -584,6 +584,49 @@ def test_rollback_stops_the_background_template_and_removes_it(monkeypatch):
     m.strategy.close()
 
 
+def test_a_target_that_never_finishes_the_template_refuses_the_move_in_time(monkeypatch):
+    """A wedged target (its daemon accepts calls and never answers): prepare gives up after
+    HMIGRATE_TEMPLATE_TIMEOUT, before anything is frozen, and the rollback does not wait
+    for the stuck step either; later calls to that daemon are made impatient."""
+    import threading
+    import time
+
+    from docker_hmigrate import engine
+
+    release = threading.Event()
+
+    def take(record, stop, into):
+        record("tmpl")
+        release.wait(30)  # a call that never returns (until the test ends)
+        raise AssertionError("not reached in time")
+
+    monkeypatch.setenv("HMIGRATE_TEMPLATE_TIMEOUT", "0.5")
+    m, src, dst = cross_migration(monkeypatch, take)
+    dst.api.timeout = 600
+    m.strategy._movable = True
+    m.strategy.start()
+    began = time.monotonic()
+    with pytest.raises(errors.HostUnreachable, match="did not checkpoint the inert template"):
+        with m.rep.phase("prepare target") as ph:
+            m.strategy.prepare(ph)
+    dst.api.states["tmpl"] = {"Running": True}
+    m.roll_back(errors.HostUnreachable("stuck"))
+    assert time.monotonic() - began < 10
+    assert dst.api.timeout == engine.STUCK_TIMEOUT
+    assert ("remove", "tmpl") in dst.api.calls
+    assert not src.api.calls or all(c[0] != "checkpoint" for c in src.api.calls)
+    release.set()
+    m.strategy.close()
+
+
+def test_a_bad_template_timeout_is_a_usage_error(monkeypatch):
+    from docker_hmigrate import strategy
+
+    monkeypatch.setenv("HMIGRATE_TEMPLATE_TIMEOUT", "soon")
+    with pytest.raises(errors.UsageError, match="HMIGRATE_TEMPLATE_TIMEOUT"):
+        strategy.facts_timeout()
+
+
 INFLIGHT_LOG = ("(00.1) Error (criu/sk-inet.c:200): inet: In-flight connection (l) for 4f4858\n"
                 "(00.2) Error (criu/cr-dump.c:2000): Dumping FAILED.\n")
 EXTSOCK_LOG = "(00.1) Error (criu/sk-unix.c:874): unix: External socket is used. ...\n"

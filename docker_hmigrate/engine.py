@@ -17,15 +17,17 @@ import io
 import tarfile
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
 import docker
+import docker.auth
 import docker.errors
 import docker.utils
 import requests.exceptions
+import urllib3.exceptions
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from docker_hmigrate import interrupts, isa
@@ -131,6 +133,8 @@ class DaemonUnreachable(docker.errors.APIError):
     restore start the container?) tells it apart."""
 
 
+# A pull whose daemon reports nothing this long (seconds) has stalled (Host.pull).
+PULL_STALL = 120.0
 # Once a daemon let a call time out, every later call to it waits this long at most: the
 # clean-up that follows must not wait the full call timeout once per container (a wedged
 # daemon accepts connections and never replies).
@@ -372,6 +376,36 @@ class Host:
             if line.startswith("removed=") and line[8:].isdigit():
                 return int(line[8:])
         return 0
+
+    def pull(self, ref: str, platform: str, stall: float = PULL_STALL,
+             progress: Callable[[dict[str, Any]], None] = lambda msg: None) -> None:
+        """`docker pull --platform` of ref, its progress messages passed to `progress`.
+        docker-py's own pull waits without any timeout (a stalled registry or a wedged
+        daemon would hang the move for ever): here every read waits `stall` seconds at
+        most, which a pull in progress never reaches (the daemon reports each chunk)."""
+        repository, tag = docker.utils.parse_repository_tag(ref)
+        registry, _ = docker.auth.resolve_repository_name(repository)
+        headers = {}
+        header = docker.auth.get_config_header(self.api, registry)
+        if header:
+            headers["X-Registry-Auth"] = header
+        params = {"fromImage": repository, "tag": tag or "latest", "platform": platform}
+        response = self.api._post(self.api._url("/images/create"), params=params,
+                                  headers=headers, stream=True, timeout=stall)
+        self.api._raise_for_status(response)
+        try:
+            for msg in self.api._stream_helper(response, decode=True):
+                if msg.get("error"):
+                    raise docker.errors.APIError(msg["error"], response=response,
+                                                 explanation=msg["error"])
+                progress(msg)
+        except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError,
+                OSError) as exc:  # docker-py reads the stream from the raw socket
+            raise DaemonUnreachable(
+                f"pulling {ref} on {self.name} made no progress in {stall:g} s: {exc}",
+                explanation=f"no progress in {stall:g} s") from exc
+        finally:
+            response.close()
 
     def image_present(self, ref: str) -> dict[str, Any] | None:
         try:

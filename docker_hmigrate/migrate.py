@@ -1112,8 +1112,16 @@ class Migration:
     def pull(self, ph, ref: str) -> None:
         """ref, in the target platform's variant, from a registry the target reaches."""
         ph.update(f"pulling {ref} for {self.dst.platform}")
+        layers: dict[str, str] = {}
+
+        def progress(msg: dict[str, Any]) -> None:  # "3/5 layers" as they complete
+            if msg.get("id") and msg.get("status"):
+                layers[msg["id"]] = msg["status"]
+                done = sum(st in ("Pull complete", "Already exists") for st in layers.values())
+                ph.update(f"pulling {ref} for {self.dst.platform}: {done}/{len(layers)} layers")
+
         try:
-            self.dst.api.pull(ref, platform=self.dst.platform)
+            self.dst.pull(ref, self.dst.platform, progress=progress)
         except docker.errors.APIError as exc:
             raise errors.ImageUnavailable(
                 f"{self.dst.name} cannot pull {ref}: {api_error_text(exc)}",

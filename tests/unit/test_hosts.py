@@ -571,3 +571,75 @@ def test_a_daemon_that_let_a_call_time_out_gets_short_timeouts_after():
     with pytest.raises(engine.DaemonUnreachable, match="does not answer"):
         api.send(None)
     assert api.timeout == engine.STUCK_TIMEOUT
+
+
+def _pull_daemon(lines: list[bytes], then_stall: bool):
+    """An HTTP server answering /images/create with `lines` (chunked), then silence."""
+    import http.server
+    import threading
+
+    hold = threading.Event()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):  # noqa: N802 - http.server's name
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            for line in lines:
+                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                self.wfile.flush()
+            if then_stall:
+                hold.wait(10)
+            self.wfile.write(b"0\r\n\r\n")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, hold
+
+
+def test_a_pull_that_stops_progressing_fails_instead_of_hanging():
+    """docker-py's pull has no timeout: Host.pull gives each read `stall` seconds."""
+    import time
+
+    import docker
+    import pytest
+
+    from docker_hmigrate import engine
+
+    server, hold = _pull_daemon([b'{"status":"Pulling fs layer","id":"a1"}\n'], then_stall=True)
+    try:
+        host = engine.Host("t", docker.DockerClient(
+            base_url=f"tcp://127.0.0.1:{server.server_address[1]}", version="1.41"))
+        seen = []
+        began = time.monotonic()
+        with pytest.raises(engine.DaemonUnreachable, match="made no progress in 1 s"):
+            host.pull("reg:5000/app:1", "linux/arm64", stall=1, progress=seen.append)
+        assert time.monotonic() - began < 8
+        assert seen == [{"status": "Pulling fs layer", "id": "a1"}]
+    finally:
+        hold.set()
+        server.shutdown()
+
+
+def test_a_pull_error_in_the_stream_is_an_api_error():
+    import docker
+    import docker.errors
+    import pytest
+
+    from docker_hmigrate import engine
+
+    server, hold = _pull_daemon([b'{"error":"no matching manifest for linux/arm64"}\n'],
+                                then_stall=False)
+    try:
+        host = engine.Host("t", docker.DockerClient(
+            base_url=f"tcp://127.0.0.1:{server.server_address[1]}", version="1.41"))
+        with pytest.raises(docker.errors.APIError, match="no matching manifest"):
+            host.pull("reg:5000/app:1", "linux/arm64", stall=5)
+    finally:
+        server.shutdown()

@@ -27,6 +27,7 @@ import docker.auth
 import docker.errors
 import docker.utils
 import requests.exceptions
+import requests.utils
 import urllib3.exceptions
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_fixed
 
@@ -138,7 +139,7 @@ PULL_STALL = 120.0
 # Once a daemon let a call time out, every later call to it waits this long at most: the
 # clean-up that follows must not wait the full call timeout once per container (a wedged
 # daemon accepts connections and never replies).
-STUCK_TIMEOUT = 20
+STUCK_TIMEOUT = 10
 
 
 def raise_unreachable_as_api_errors(api: docker.APIClient, host: str) -> None:
@@ -149,9 +150,12 @@ def raise_unreachable_as_api_errors(api: docker.APIClient, host: str) -> None:
         try:
             return send(request, **kwargs)
         except requests.exceptions.Timeout as exc:
+            waited = api.timeout
             impatient(api)
-            raise DaemonUnreachable(f"the daemon at {host} does not answer: {exc}",
-                                    explanation=f"{host} does not answer") from exc
+            raise DaemonUnreachable(
+                f"the daemon at {host} did not answer {request.method} {_path(request.url)} "
+                f"within {waited:g} s: it is stuck or overloaded",
+                explanation=f"{host} does not answer") from exc
         except requests.exceptions.ConnectionError as exc:
             raise DaemonUnreachable(f"the daemon at {host} does not answer: {exc}",
                                     explanation=f"{host} does not answer") from exc
@@ -159,8 +163,15 @@ def raise_unreachable_as_api_errors(api: docker.APIClient, host: str) -> None:
     api.send = guarded_send  # type: ignore[method-assign]
 
 
+def _path(url: str) -> str:
+    """/containers/json of http+docker://localhost/v1.45/containers/json?all=1"""
+    path = requests.utils.urlparse(url).path
+    return "/" + path.split("/", 2)[2] if path.startswith("/v1.") and path.count("/") > 1 else path
+
+
 def impatient(api: docker.APIClient) -> None:
     """Later calls on `api` time out after STUCK_TIMEOUT (see there)."""
+    api.hmigrate_stuck = True  # answer_within keeps it short
     api.timeout = min(api.timeout or STUCK_TIMEOUT, STUCK_TIMEOUT)
 
 
@@ -201,6 +212,19 @@ class Host:
     @property
     def api(self) -> EngineAPIClient:
         return self.client.api
+
+    @contextlib.contextmanager
+    def answer_within(self, seconds: float) -> Iterator[None]:
+        """Calls made meanwhile wait at most `seconds` for the daemon's answer (no longer
+        than they would otherwise); the timeout before is put back unless the daemon was
+        found stuck meanwhile (impatient: shorter still)."""
+        before = self.api.timeout
+        self.api.timeout = min(before or seconds, seconds)
+        try:
+            yield
+        finally:
+            stuck = getattr(self.api, "hmigrate_stuck", False)
+            self.api.timeout = min(before or STUCK_TIMEOUT, STUCK_TIMEOUT) if stuck else before
 
     @cached_property
     def info(self) -> dict[str, Any]:

@@ -88,6 +88,23 @@ REMOVAL_WAIT = 30.0
 # How long a target that stopped answering is waited for, when what it did decides what
 # happens next (did the restore start the container?) or what it holds must be removed.
 TARGET_ANSWER_WAIT = 30.0
+# Before the freeze every call is short (inspections, probes, creating containers, an
+# inert template's checkpoint): a daemon that has not answered one in this long is stuck,
+# and the move is refused with nothing frozen (a wedged daemon accepts connections and
+# never answers: the default call timeout, sized for dumps and restores, is 600 s).
+# Seconds; HMIGRATE_ANSWER_TIMEOUT overrides it.
+ANSWER_TIMEOUT = 120.0
+# The clean-up at the end (helpers, agents, labelled leftovers): removals only.
+CLEANUP_TIMEOUT = 60.0
+
+
+def answer_timeout() -> float:
+    value = os.environ.get("HMIGRATE_ANSWER_TIMEOUT", "")
+    try:
+        return float(value) if value else ANSWER_TIMEOUT
+    except ValueError:
+        raise errors.UsageError(f"HMIGRATE_ANSWER_TIMEOUT={value!r} is not a number of "
+                                "seconds") from None
 
 
 class _PassingRefusal(Exception):
@@ -201,7 +218,9 @@ class Migration:
             self._take_lock()
             self._run_phases()
         finally:
-            with interrupts.shielded():
+            with interrupts.shielded(), contextlib.ExitStack() as bounded:
+                for host in (self.src, self.dst):  # removals: a stuck daemon is not waited for
+                    bounded.enter_context(host.answer_within(CLEANUP_TIMEOUT))
                 self._stop_restore_watch()
                 self._links.close()  # helper containers, on both hosts
                 if self._lazy_target:  # post-copy: daemon and page server, if still up
@@ -242,9 +261,19 @@ class Migration:
         try:
             for name, step in steps:
                 self._fault(f"before:{name}")
-                step()
+                with self._answer_limit(name in ("validate", "prepare")):
+                    step()
         except BaseException as exc:  # noqa: BLE001 - interrupts too: they are settled here
             self._settle(exc)
+
+    def _answer_limit(self, before_freeze: bool) -> contextlib.AbstractContextManager:
+        """Both daemons answer each call within answer_timeout() before the freeze."""
+        stack = contextlib.ExitStack()
+        if before_freeze:
+            limit = answer_timeout()
+            for host in (self.src, self.dst):
+                stack.enter_context(host.answer_within(limit))
+        return stack
 
     def _settle(self, exc: BaseException) -> None:
         """The commit rule, in this one place; always raises.
@@ -426,6 +455,11 @@ class Migration:
                 try:
                     res = self.dst.api.create_container_from_config(self.spec.body,
                                                                     name=self.spec.name)
+                except DaemonUnreachable:
+                    # no answer: the daemon may have made it (or make it yet): the
+                    # rollback removes it by name once the target answers
+                    self.created.target_container = self.spec.name
+                    raise
                 except docker.errors.APIError as exc:
                     raise errors.ValidationFailed(
                         f"{self.dst.name} refused to create {self.spec.name}: "

@@ -16,7 +16,7 @@ from typing import Any
 import docker.errors
 
 from docker_hmigrate import errors, isa, park, recode
-from docker_hmigrate.engine import Host, api_error_text
+from docker_hmigrate.engine import DaemonUnreachable, Host, api_error_text
 from docker_hmigrate.spec import ContainerSpec
 
 # Headroom over the container's current memory use, for the restore's own needs.
@@ -120,6 +120,8 @@ def probe(host: Host, paths: list[str] | None = None, pid: int = 0,
           du_paths: list[str] | None = None) -> HostFacts:
     try:
         status, out = host.run_probe(probe_script(host.root_dir, paths or [], pid, du_paths))
+    except DaemonUnreachable:
+        raise  # no further check can be answered: the move is refused at once
     except Exception as exc:  # noqa: BLE001 - reported as a failed check, not a crash
         return HostFacts(probe_error=str(exc))
     facts = parse_probe(out)

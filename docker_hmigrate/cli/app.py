@@ -21,6 +21,7 @@ from docker_hmigrate.cli import completion, flags
 from docker_hmigrate.cli.commands import about, blocks, build, install, migrate
 from docker_hmigrate.cli.dockerstyle import DockerCommand, DockerGroup, click, format_usage_error
 from docker_hmigrate.cli.state import CliState, root_state
+from docker_hmigrate.engine import DaemonUnreachable
 from docker_hmigrate.hosts import GlobalOptions
 from docker_hmigrate.output import Reporter, render_error
 
@@ -198,6 +199,12 @@ def run(argv: list[str], pre_globals: dict[str, object] | None = None) -> int:
     except click.ClickException as exc:
         exc.show()
         return exc.exit_code
+    except DaemonUnreachable as exc:  # a daemon stopped answering mid-command
+        err = errors.HostUnreachable(str(exc.args[0] if exc.args else exc).split(": HTTP")[0])
+        _report_failure(state, err, argv)
+        if state.globals.debug:
+            traceback.print_exc()
+        return err.exit_code
     except Exception as exc:  # anything unexpected: one line, traceback only with -D
         if state.globals.debug:
             traceback.print_exc()

@@ -18,6 +18,7 @@ import socket
 import stat
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -277,6 +278,26 @@ def test_network_cut_to_target(host_a, host_b, cleanup, cut_target, cut, code, w
         assert any("answer to the restore was lost" in m["message"] for m in doc["messages"]
                    if m["level"] == "warning"), doc
     assert_end_state(host_a, host_b, name, cid, before, doc, where)
+
+
+def test_a_wedged_target_refuses_the_move_in_time_and_is_cleaned_after(host_a, host_b,
+                                                                        cleanup, cut_target):
+    """The target's daemon wedges as the target container is created (it creates it, and
+    neither answers that call nor any other for 25 s: connections are accepted, as a stuck
+    dockerd's are): the move is refused before the freeze within the answer timeout, the
+    source goes on, and the container made on the target is removed once it answers."""
+    name, cid, before = start_counter(host_a, cleanup)
+    ctx, proxy = cut_target(Cut(hang=rb"POST /v[\d.]+/containers/create\?name=" +
+                                name.encode(), outage=25))
+    began = time.monotonic()
+    proc, doc = migrate(name, to=ctx, env_extra={"HMIGRATE_ANSWER_TIMEOUT": "5"})
+    assert proxy.cut_at, "the daemon never wedged (the trigger did not match the requests)"
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.returncode == 4, (proc.stdout, proc.stderr)
+    assert "did not answer POST /containers/create within 5 s" in doc["error"]["message"], doc
+    assert not any(p["name"] == "checkpoint" for p in doc["phases"]), doc  # never frozen
+    assert time.monotonic() - began < 120
+    assert_end_state(host_a, host_b, name, cid, before, doc, "a")
 
 
 def test_target_gone_for_good_during_restore(host_a, host_b, cleanup, cut_target):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from http.server import BaseHTTPRequestHandler
 
+from docker_hmigrate.engine import Host
 from docker_hmigrate.validate import Check
 
 
@@ -50,6 +51,8 @@ class FakeAPI:
     """engine.EngineAPIClient as validate uses it, with the real signatures: inspect_container
     takes no size (the size comes from inspect_container_size)."""
 
+    timeout = 600
+
     def __init__(self, mem_usage: int = 50 << 20, size_rw: int = 4096, shm: int = 0):
         self.mem_usage, self.size_rw, self.shm = mem_usage, size_rw, shm
 
@@ -76,6 +79,7 @@ class FakeAPI:
 
 
 class FakeHost:
+    answer_within = Host.answer_within
     def __init__(self, name: str, probe: str = GOOD_PROBE, experimental: bool = True,
                  isa: str = "x86-64", mem_usage: int = 50 << 20, existing: list | None = None,
                  size_rw: int = 4096, shm: int = 0):

@@ -29,6 +29,10 @@ class Cut:
     after_bytes: int = 0
     restore: str = ""
     outage: float = 3.0
+    # a wedged daemon: the first request matching this (bytes regex) is forwarded but its
+    # answer never comes, and for `outage` seconds every connection is accepted and never
+    # answered (connections are not refused: the daemon's socket still listens)
+    hang: bytes = b""
 
 
 @dataclass
@@ -41,6 +45,7 @@ class FaultyProxy:
     _conns: list[socket.socket] = field(default_factory=list)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _muted: set = field(default_factory=set)  # client sockets whose answers are swallowed
 
     def __enter__(self) -> FaultyProxy:
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -71,7 +76,12 @@ class FaultyProxy:
             except OSError:
                 return
             if self.in_outage():
-                client.close()  # unreachable: the connection is refused at once
+                if self.cut.hang:  # wedged: accepted, read, never answered
+                    with self._lock:
+                        self._conns.append(client)
+                    threading.Thread(target=self._swallow, args=(client,), daemon=True).start()
+                else:
+                    client.close()  # unreachable: the connection is refused at once
                 continue
             try:
                 server = socket.create_connection(self.upstream, timeout=10)
@@ -96,10 +106,18 @@ class FaultyProxy:
         for s in conns:
             s.close()
 
+    def _swallow(self, client: socket.socket) -> None:
+        try:
+            while client.recv(65536):
+                pass
+        except OSError:
+            pass
+
     def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
-                dst.sendall(data)
+                if dst not in self._muted:
+                    dst.sendall(data)
         except OSError:
             pass
         finally:
@@ -115,6 +133,12 @@ class FaultyProxy:
                 if self.cut_at:  # one cut only: afterwards the network works again
                     server.sendall(data)
                     continue
+                if self.cut.hang and re.search(self.cut.hang, data):
+                    server.sendall(data)  # the daemon does it; its answer never comes
+                    self._muted.add(client)
+                    self.cut_at = time.monotonic()
+                    self._swallow(client)
+                    return
                 if self.cut.restore and RESTORE.search(data):
                     if self.cut.restore == "drop":
                         self._trip()

@@ -568,8 +568,10 @@ def test_a_daemon_that_let_a_call_time_out_gets_short_timeouts_after():
         api.send(None)
     assert api.timeout == 600
     api.failure = requests.exceptions.ReadTimeout("read timed out")
-    with pytest.raises(engine.DaemonUnreachable, match="does not answer"):
-        api.send(None)
+    request = requests.Request("GET", "http+docker://localhost/v1.45/containers/json?all=1")
+    with pytest.raises(engine.DaemonUnreachable,
+                       match="did not answer GET /containers/json within 600 s"):
+        api.send(request)
     assert api.timeout == engine.STUCK_TIMEOUT
 
 
@@ -643,3 +645,19 @@ def test_a_pull_error_in_the_stream_is_an_api_error():
             host.pull("reg:5000/app:1", "linux/arm64", stall=5)
     finally:
         server.shutdown()
+
+
+def test_answer_within_bounds_calls_meanwhile_and_keeps_a_stuck_daemons_short_timeout():
+    from docker_hmigrate import engine
+
+    class Api:
+        timeout = 600
+
+    host = engine.Host.__new__(engine.Host)
+    host.client = type("C", (), {"api": Api()})()
+    with host.answer_within(120):
+        assert host.api.timeout == 120
+    assert host.api.timeout == 600
+    with host.answer_within(120):
+        engine.impatient(host.api)  # found stuck meanwhile
+    assert host.api.timeout == engine.STUCK_TIMEOUT

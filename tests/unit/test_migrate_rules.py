@@ -17,6 +17,7 @@ import requests
 
 from docker_hmigrate import errors, interrupts, migrate, transfer
 from docker_hmigrate.cli import app as cli
+from docker_hmigrate.engine import Host
 from docker_hmigrate.migrate import Created, Migration, MigrationOptions
 from docker_hmigrate.output import Reporter
 
@@ -32,6 +33,8 @@ def api_error(cls=docker.errors.APIError, code=500, text="boom"):
 
 class FakeAPI:
     """A daemon with containers {id: state}; records calls."""
+
+    timeout = 600
 
     def __init__(self):
         self.states: dict[str, dict] = {}
@@ -81,6 +84,7 @@ class FakeAPI:
 
 
 class FakeHost:
+    answer_within = Host.answer_within
     def __init__(self, name):
         self.name, self.isa, self.api = name, "x86-64", FakeAPI()
         self.labels: dict[str, str] = {}

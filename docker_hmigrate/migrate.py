@@ -60,7 +60,7 @@ from docker_hmigrate.engine import (
     api_error_text,
 )
 from docker_hmigrate.output import Reporter
-from docker_hmigrate.polling import poll, watch
+from docker_hmigrate.polling import poll, wait_limit, watch
 from docker_hmigrate.spec import ContainerSpec, target_spec
 from docker_hmigrate.validate import (  # cross-ISA checks moved there: kept for one release
     Validation,
@@ -96,15 +96,6 @@ TARGET_ANSWER_WAIT = 30.0
 ANSWER_TIMEOUT = 120.0
 # The clean-up at the end (helpers, agents, labelled leftovers): removals only.
 CLEANUP_TIMEOUT = 60.0
-
-
-def answer_timeout() -> float:
-    value = os.environ.get("HMIGRATE_ANSWER_TIMEOUT", "")
-    try:
-        return float(value) if value else ANSWER_TIMEOUT
-    except ValueError:
-        raise errors.UsageError(f"HMIGRATE_ANSWER_TIMEOUT={value!r} is not a number of "
-                                "seconds") from None
 
 
 class _PassingRefusal(Exception):
@@ -270,7 +261,7 @@ class Migration:
         """Both daemons answer each call within answer_timeout() before the freeze."""
         stack = contextlib.ExitStack()
         if before_freeze:
-            limit = answer_timeout()
+            limit = wait_limit("HMIGRATE_ANSWER_TIMEOUT", ANSWER_TIMEOUT)
             for host in (self.src, self.dst):
                 stack.enter_context(host.answer_within(limit))
         return stack

@@ -8,6 +8,7 @@ and let exceptions of the check itself through at once (a failed check is not re
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -32,3 +33,14 @@ def watch(check: Callable[[], None], seconds: float, interval: float) -> None:
     """Call `check` every `interval` seconds for `seconds` (at least once); it raises to
     end the watch with a failure."""
     poll(lambda: check(), seconds, interval)  # check returns None: poll runs to its end
+
+
+def wait_limit(variable: str, default: float) -> float:
+    """How long to wait (seconds): the environment's `variable` if set, else `default`."""
+    from docker_hmigrate import errors
+
+    value = os.environ.get(variable, "")
+    try:
+        return float(value) if value else default
+    except ValueError:
+        raise errors.UsageError(f"{variable}={value!r} is not a number of seconds") from None

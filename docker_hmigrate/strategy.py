@@ -31,6 +31,7 @@ from typing import Any, Protocol
 from docker_hmigrate import engine, errors, park, recode, template, transfer
 from docker_hmigrate.engine import Host
 from docker_hmigrate.output import Reporter
+from docker_hmigrate.polling import wait_limit
 from docker_hmigrate.spec import ContainerSpec
 from docker_hmigrate.validate import Check, cross_isa_checks
 
@@ -41,15 +42,6 @@ FACTS_GRACE = 300.0
 # even on an emulated host). Past it the target's daemon or CRIU is stuck: the move is
 # refused before anything is frozen. HMIGRATE_TEMPLATE_TIMEOUT (seconds) overrides it.
 FACTS_TIMEOUT = 300.0
-
-
-def facts_timeout() -> float:
-    value = os.environ.get("HMIGRATE_TEMPLATE_TIMEOUT", "")
-    try:
-        return float(value) if value else FACTS_TIMEOUT
-    except ValueError:
-        raise errors.UsageError(f"HMIGRATE_TEMPLATE_TIMEOUT={value!r} is not a number of "
-                                "seconds") from None
 
 
 class Moving(Protocol):
@@ -222,7 +214,7 @@ class CrossIsa(SameIsa):
             self.start()
         ph.update("target facts (inert template)")
         waited = time.monotonic()
-        limit = facts_timeout()
+        limit = wait_limit("HMIGRATE_TEMPLATE_TIMEOUT", FACTS_TIMEOUT)
         try:
             self.facts = self._facts_call.result(timeout=limit)
         except FutureTimeout:

@@ -624,11 +624,13 @@ def test_a_target_that_never_finishes_the_template_refuses_the_move_in_time(monk
 
 
 def test_a_bad_template_timeout_is_a_usage_error(monkeypatch):
-    from docker_hmigrate import strategy
+    from docker_hmigrate import polling
 
     monkeypatch.setenv("HMIGRATE_TEMPLATE_TIMEOUT", "soon")
-    with pytest.raises(errors.UsageError, match="HMIGRATE_TEMPLATE_TIMEOUT"):
-        strategy.facts_timeout()
+    with pytest.raises(errors.UsageError, match="HMIGRATE_TEMPLATE_TIMEOUT='soon' is not"):
+        polling.wait_limit("HMIGRATE_TEMPLATE_TIMEOUT", 300)
+    monkeypatch.setenv("HMIGRATE_TEMPLATE_TIMEOUT", "")
+    assert polling.wait_limit("HMIGRATE_TEMPLATE_TIMEOUT", 300) == 300
 
 
 INFLIGHT_LOG = ("(00.1) Error (criu/sk-inet.c:200): inet: In-flight connection (l) for 4f4858\n"

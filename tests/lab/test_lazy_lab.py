@@ -84,3 +84,63 @@ def test_lazy_counter_between_current_engines(host_c, host_c2, cleanup_on):
     assert values[0] >= 3 and values == list(range(values[0], values[0] + len(values)))
     host_c2.docker("stop", "-t", "1", name, timeout=300)
     assert host_c2.client.containers.get(name).attrs["State"]["Status"] == "exited"
+
+
+@pytest.mark.cgroup2
+@pytest.mark.slow
+def test_lazy_redis_300mb_keeps_every_key_and_the_writes_made_while_pages_arrive(
+        host_c, host_c2, cleanup_on):
+    """Redis holding ~300 MB moved c -> c2 with post-copy: the target runs at once and is
+    written to while its pages are still being pulled (writes go on until the migration
+    has committed); afterwards every key is there with its value, and every acknowledged
+    write too."""
+    import threading
+    import time
+
+    from tests.lab.test_cgroup2_lab import REDIS_MULTI, _redis, _try
+
+    name = unique("lazy-c-redis")
+    cleanup_on += [(host_c, name), (host_c2, name)]
+    host_c.docker("pull", "-q", REDIS_MULTI, timeout=600)
+    host_c.docker("run", "-d", "--name", name, REDIS_MULTI)
+    wait_until(lambda: _try(lambda: _redis(host_c, name, "PING")) == "PONG", timeout=120,
+               what="redis on c")
+    n = 300_000  # ~1 KB each
+    fill = ("for i=1,tonumber(ARGV[1]) do redis.call('SET','key:'..i, i..':'.."
+            "string.rep(string.char(97 + i % 26), 1000)) end return redis.call('DBSIZE')")
+    sample = ("local t={} for i=1,tonumber(ARGV[1]),997 do t[#t+1]=redis.call('GET','key:'..i)"
+              " end local s=0 for i=1,tonumber(ARGV[1]) do s=s+redis.call('STRLEN','key:'..i)"
+              " end return redis.sha1hex(table.concat(t))..':'..s")
+    assert _redis(host_c, name, "EVAL", fill, "0", str(n)) == str(n)
+    before = _redis(host_c, name, "EVAL", sample, "0", str(n))
+
+    result: dict = {}
+
+    def move() -> None:
+        result["proc"], result["doc"] = migrate_json(
+            name, "--to", "hm-c2", "--lazy", "--verify-seconds", "0", context="hm-c",
+            timeout=1800)
+        result["ended"] = time.monotonic()
+
+    mover = threading.Thread(target=move)
+    mover.start()
+    acked: list[tuple[str, float]] = []
+    while mover.is_alive():  # written on the target as soon as it runs there
+        key = f"during:{len(acked)}"
+        if _try(lambda k=key: _redis(host_c2, name, "SET", k, "kept")) == "OK":
+            acked.append((key, time.monotonic()))
+        else:
+            time.sleep(0.2)
+    mover.join()
+    proc, doc = result["proc"], result["doc"]
+    assert proc.returncode == 0, (proc.stderr, doc.get("error"))
+    names = [p["name"] for p in doc["phases"]]
+    assert names.index("restore") < names.index("pages") < names.index("commit"), names
+    during = [k for k, at in acked if at < result["ended"]]
+    print(f"lazy Redis {n} keys: downtime {doc['downtime_seconds']} s, "
+          f"{len(during)} write(s) acknowledged before the move ended")
+    assert _redis(host_c2, name, "DBSIZE") == str(n + len(acked))
+    assert _redis(host_c2, name, "EVAL", sample, "0", str(n)) == before
+    for key, _at in acked:
+        assert _redis(host_c2, name, "GET", key) == "kept", key
+    assert not exists(host_c, name)

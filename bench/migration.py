@@ -18,7 +18,7 @@ socket (context hm-a) and once over the lab's real sshd (context hm-a-ssh, lab/s
 the ssh figure is given as a ratio to the unix one.
 Run as root with the lab up:
     python -m bench.migration [--runs 3] [--workloads counter,redis64,redis300,redis1024]
-                              [--ssh] [--lazy]
+                              [--ssh] [--lazy] [--lazy-redis 64,300]
 With --lazy, the counter is also moved hm-c -> hm-c2 (host c's two Docker 26 daemons,
 HMLAB_CGROUP2=1) with and without post-copy, interleaved (docs/lazy.md).
 """
@@ -191,6 +191,60 @@ def lazy_versus_copy(runs: int, source: str = "hm-c", target: str = "hm-c2") -> 
                         runs)
 
 
+def redis_on_c(mb: int, extra: tuple[str, ...], source: str = "hm-c",
+               target: str = "hm-c2") -> dict[str, float]:
+    """Redis holding ~mb MB on host c moved to c2 (with `extra`, e.g. --lazy); its keys
+    checked on the target (a count and a sampled digest)."""
+    from tests.lab.test_cgroup2_lab import REDIS_MULTI, _redis
+    from tests.support.lab import connect
+
+    src, dst = connect(source.removeprefix("hm-")), connect(target.removeprefix("hm-"))
+    name = f"bench-lazy-{uuid.uuid4().hex[:6]}"
+    n = mb * 1000  # ~1 KB values
+    fill = ("for i=1,tonumber(ARGV[1]) do redis.call('SET','key:'..i, i..':'.."
+            "string.rep('v', 1000)) end return redis.call('DBSIZE')")
+    sample = ("local t={} for i=1,tonumber(ARGV[1]),997 do "
+              "t[#t+1]=redis.call('GET','key:'..i) end return redis.sha1hex(table.concat(t))")
+    try:
+        docker(source, "run", "-d", "--name", name, REDIS_MULTI)
+        for _ in range(60):
+            try:
+                if _redis(src, name, "PING") == "PONG":
+                    break
+            except AssertionError:
+                time.sleep(1)
+        if _redis(src, name, "EVAL", fill, "0", str(n)) != str(n):
+            raise RuntimeError("Redis was not filled")
+        before = _redis(src, name, "EVAL", sample, "0", str(n))
+        t0 = time.monotonic()
+        doc = json.loads(docker(source, "hmigrate", "migrate", name, "--to", target, "--json",
+                                "--verify-seconds", "0", *extra))
+        total = time.monotonic() - t0
+        if (_redis(dst, name, "DBSIZE"), _redis(dst, name, "EVAL", sample, "0", str(n))) \
+                != (str(n), before):
+            raise RuntimeError(f"{name}: keys differ after the move")
+        return {"downtime": doc["downtime_seconds"], "total": total,
+                **{f"phase {p['name']}": p["seconds"] for p in doc["phases"]}}
+    finally:
+        for ctx in (source, target):
+            subprocess.run([DOCKER_CLI, "--context", ctx, "rm", "-f", name], capture_output=True)
+
+
+def lazy_redis(runs: int, mb: int) -> None:
+    """Redis of `mb` MB moved c -> c2 with and without --lazy, interleaved; medians."""
+    rows: dict[str, list[dict[str, float]]] = {"copy": [], "lazy": []}
+    for _ in range(runs):
+        for way, extra in (("copy", ()), ("lazy", ("--lazy",))):
+            rows[way].append(_attempt(f"redis{mb} {way}", lambda e=extra: redis_on_c(mb, e)))
+    base = _median(rows["copy"], "downtime")
+    print(f"redis{mb} hm-c->hm-c2  {'method':<6} {'downtime s':>11} {'total s':>9} {'/copy':>6}")
+    for way, rs in rows.items():
+        d = _median(rs, "downtime")
+        print(f"{'':<18} {way:<6} {d:>11.3f} {_median(rs, 'total'):>9.3f} {d / base:>6.2f}")
+        keys = [k for k in rs[0] if k.startswith("phase ")]
+        print(f"{'':<18} {way}: " + ", ".join(f"{k} {_median(rs, k):.3f}" for k in keys))
+
+
 def ssh_versus_unix(runs: int) -> None:
     """The counter moved b -> a over a unix socket and over ssh, interleaved."""
     counter_interleaved("counter b->a", "transport",
@@ -230,7 +284,11 @@ def main() -> None:
     parser.add_argument("--lazy", action="store_true",
                         help="also the counter moved hm-c -> hm-c2 with --lazy vs without "
                              "(post-copy needs Docker >= 24: docs/lazy.md)")
+    parser.add_argument("--lazy-redis", default="", metavar="MB,...",
+                        help="also Redis of these sizes moved hm-c -> hm-c2 with --lazy vs "
+                             "without (HMLAB_CGROUP2=1; host c's VM holds ~300 MB at most)")
     ns = parser.parse_args()
+    lazy_sizes = [int(x) for x in ns.lazy_redis.split(",") if x]
     data_root_b = connect("b").data_root
     workloads = [w for w in ns.workloads.split(",") if w]
     if not workloads:
@@ -238,6 +296,8 @@ def main() -> None:
             ssh_versus_unix(ns.runs)
         if ns.lazy:
             lazy_versus_copy(ns.runs)
+        for mb in lazy_sizes:
+            lazy_redis(ns.runs, mb)
         return
     print(f"median of {ns.runs} runs; raw CRIU = runc checkpoint to tmpfs + runc restore "
           "on host a, no Docker")
@@ -270,6 +330,8 @@ def main() -> None:
         ssh_versus_unix(ns.runs)
     if ns.lazy:
         lazy_versus_copy(ns.runs)
+    for mb in lazy_sizes:
+        lazy_redis(ns.runs, mb)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ engine API does not offer; docs/lazy.md has the evidence (lab, Docker 20.10 and 
 
 from __future__ import annotations
 
+import re
+import shlex
 from dataclasses import dataclass
 from typing import Any
 
@@ -231,3 +233,116 @@ class LazyTarget:
         self.restore.agent.sh(
             f"for p in $(pgrep -f 'lazy-pages --page-server.*--work-dir {self.work}'); do "
             f"kill $p; done; true")
+
+
+# --- only what the restore reads crosses before it (the rest is fetched lazily) ------------
+PAGE = 4096  # the hosts' page size (x86-64 and aarch64 Linux as Docker runs them)
+MOVED = "move"  # the source folder's subfolder whose <checkpoint>/ the move streams
+
+
+@dataclass(frozen=True)
+class PagesPlan:
+    """One pages-M.img: its size in pages and the runs of it (first page, pages) a lazy
+    restore reads from the file (present and not lazy), in order, adjacent ones merged."""
+
+    name: str
+    pages: int
+    runs: tuple[tuple[int, int], ...]
+
+
+def restore_reads(pagemap_name: str, pagemap: bytes) -> PagesPlan:
+    """The plan of the pages image a pagemap image describes. A lazy restore skips the
+    runs flagged PE_LAZY (userfaultfd brings them); runs in a parent image are not in
+    this file."""
+    from docker_hmigrate.criu.image import ImageFile
+    from docker_hmigrate.criu.memory import (
+        PE_LAZY,
+        PE_PARENT,
+        PE_PRESENT,
+        entry_flags,
+        entry_nr_pages,
+    )
+
+    image = ImageFile.from_bytes(pagemap_name, pagemap)
+    runs: list[tuple[int, int]] = []
+    offset = 0
+    for entry in image.entries[1:]:
+        flags, n = entry_flags(entry.msg), entry_nr_pages(entry.msg)
+        if not flags & PE_PRESENT or flags & PE_PARENT:
+            continue
+        if not flags & PE_LAZY:
+            if runs and sum(runs[-1]) == offset:
+                runs[-1] = (runs[-1][0], runs[-1][1] + n)
+            else:
+                runs.append((offset, n))
+        offset += n
+    return PagesPlan(f"pages-{image.entries[0].msg.pages_id}.img", offset, tuple(runs))
+
+
+def pack_script(images: str, moved: str, plans: list[PagesPlan]) -> str:
+    """Source: `moved` (a new folder on the same tmpfs) gets every image of `images` as a
+    hard link but the planned pages images, which become their runs only, back to back
+    (NAME.runs). The full dump stays as it is: the page server serves it, a rollback
+    restores from it."""
+    q = shlex.quote
+    planned = " ".join(q(p.name) for p in plans)
+    lines = [f"mkdir -p -m 0700 {q(moved)}",
+             f"for f in {q(images)}/*; do case \" {planned} \" in *\" ${{f##*/}} \"*) ;; "
+             f"*) ln \"$f\" {q(moved)}/ ;; esac; done"]
+    for p in plans:
+        reads = "; ".join(f"dd if={q(images)}/{p.name} bs={PAGE} skip={first} count={n} "
+                          "status=none" for first, n in p.runs)
+        lines.append(f"{{ {reads or ':'}; }} > {q(moved)}/{p.name}.runs")
+    return " && ".join(lines)
+
+
+def unpack_script(folder: str, plans: list[PagesPlan]) -> str:
+    """Target: each NAME.runs becomes NAME again, a file of the dump's size (sparse) with
+    the runs at their places; the lazy runs stay holes, never read."""
+    q = shlex.quote
+    lines = []
+    for p in plans:
+        image, runs = q(f"{folder}/{p.name}"), q(f"{folder}/{p.name}.runs")
+        lines.append(f"truncate -s {p.pages * PAGE} {image}")
+        at = 0
+        for first, n in p.runs:
+            lines.append(f"dd if={runs} of={image} bs={PAGE} skip={at} seek={first} "
+                         f"count={n} conv=notrunc status=none")
+            at += n
+        lines.append(f"rm -f {runs}")
+    return " && ".join(lines) or "true"
+
+
+def pack(fast: Any) -> list[PagesPlan]:
+    """Source, after the dump: its pagemaps read, and `<folder>/move/<checkpoint>` made for
+    the move (pack_script): what the target's restore reads, not the lazy pages."""
+    status, out = fast.agent.run(f"cd {shlex.quote(fast.images)} && ls", stderr=False)
+    names = [n for n in out.decode(errors="replace").split()
+             if re.fullmatch(r"pagemap-\d+\.img", n)]
+    if status != 0 or not names:
+        raise errors.CriuError(f"the dump in {fast.images} has no pagemap image")
+    plans = []
+    for name in names:
+        status, blob = fast.agent.run(f"cat {shlex.quote(fast.images)}/{name}", stderr=False)
+        if status != 0:
+            raise errors.CriuError(f"{name} of the dump could not be read")
+        plans.append(restore_reads(name, blob))
+    status, out = fast.agent.run(pack_script(fast.images, moved_images(fast), plans))
+    if status != 0:
+        raise errors.CriuError(f"the lazy move's folder could not be made on "
+                               f"{fast.host.name}: {out.decode(errors='replace')[-300:]}")
+    return plans
+
+
+def moved_images(fast: Any) -> str:
+    return f"{fast.folder}/{MOVED}/{fast.checkpoint}"
+
+
+def unpack(restore: Any, checkpoint: str, plans: list[PagesPlan]) -> None:
+    """Target, after the move: the pages images rebuilt at the dump's offsets."""
+    folder = f"{restore.folder}/{checkpoint}"
+    status, out = restore.agent.sh(unpack_script(folder, plans))
+    if status != 0:
+        raise errors.TransferInterrupted(
+            f"the pages images could not be rebuilt on {restore.host.name}: "
+            f"{out.strip()[-300:]}")

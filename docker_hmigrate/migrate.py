@@ -176,6 +176,7 @@ class Migration:
         self._lazy_target: lazy.LazyTarget | None = None
         self._lazy_address = ""  # the source's page server: address, port
         self._lazy_port = 0
+        self._lazy_plans: list[lazy.PagesPlan] = []  # pages images moved as their runs
         self.target_started = False  # the commit point (see _settle)
         self.started_at = time.time()
         self.committed = False
@@ -627,6 +628,8 @@ class Migration:
             finally:
                 # On a failure the rollback removes the helpers, which ends the streams.
                 pool.shutdown(wait=False, cancel_futures=True)
+            if self._lazy_plans:  # post-copy: the pages images rebuilt, holes for the lazy
+                lazy.unpack(self._fast_restore, self.checkpoint, self._lazy_plans)
             if self._fast_restore:  # issue 11: the restore folder as links into tmpfs
                 how = self._fast_restore.link(
                     self.dst.checkpoint_dir(self.created.target_container))
@@ -962,6 +965,10 @@ class Migration:
         self.checkpoint_path = "runc"
         if self.opts.lazy:  # post-copy: the memory is served from the dump, in place
             lazy.serve_pages(self._fast, self._lazy_address, self._lazy_port)
+            # and only what the restore reads crosses before it (not the lazy pages)
+            self._lazy_plans = lazy.pack(self._fast)
+            link, sub, dst_sub = self.transfers[self.fast_link]
+            self.transfers[self.fast_link] = (link, f"{lazy.MOVED}/{sub}", dst_sub)
         ph.update(f"checkpoint {self.checkpoint} (runc, tmpfs)")
         return True
 

@@ -125,9 +125,13 @@ def test_lazy_redis_300mb_keeps_every_key_and_the_writes_made_while_pages_arrive
     mover = threading.Thread(target=move)
     mover.start()
     acked: list[tuple[str, float]] = []
+    def running_on_c2() -> bool:  # a helper joining a container not running is left behind
+        found = host_c2.client.containers.list(filters={"name": f"^/{name}$"})
+        return bool(found) and found[0].status == "running"
+
     while mover.is_alive():  # written on the target as soon as it runs there
         key = f"during:{len(acked)}"
-        if _try(lambda k=key: _redis(host_c2, name, "SET", k, "kept")) == "OK":
+        if running_on_c2() and _try(lambda k=key: _redis(host_c2, name, "SET", k, "kept")) == "OK":
             acked.append((key, time.monotonic()))
         else:
             time.sleep(0.2)

@@ -86,3 +86,44 @@ def test_port_is_in_range_and_follows_the_name():
     ports = {lazy.port_for(f"hmigrate-{n:010x}") for n in range(50)}
     assert all(27000 <= p < 29000 for p in ports) and len(ports) > 10
     assert lazy.port_for("hmigrate-abc") == lazy.port_for("hmigrate-abc")
+
+
+def test_only_what_a_lazy_restore_reads_crosses_and_lands_at_its_offsets(tmp_path):
+    """A pagemap with lazy and non-lazy runs (and one in a parent image): the plan names
+    the non-lazy runs of pages-M.img; pack_script and unpack_script, run by the shell as
+    the agents run them, rebuild a file of the dump's size whose non-lazy pages are the
+    dump's and whose lazy pages are holes."""
+    import subprocess
+
+    from docker_hmigrate.criu.image import ImageFile
+    from docker_hmigrate.criu.memory import PE_LAZY, PE_PARENT, PE_PRESENT
+    from docker_hmigrate.criu.schema import new
+
+    page = lazy.PAGE
+    runs = [(0x1000, 2, PE_PRESENT), (0x10000, 3, PE_PRESENT | PE_LAZY),
+            (0x20000, 1, PE_PARENT), (0x30000, 1, PE_PRESENT), (0x31000, 2, PE_PRESENT),
+            (0x40000, 4, PE_PRESENT | PE_LAZY), (0x50000, 1, PE_PRESENT)]
+    entries = [new("pagemap_head", pages_id=7)] + [
+        new("pagemap_entry", vaddr=v, compat_nr_pages=n, flags=f) for v, n, f in runs]
+    blob = ImageFile.new("pagemap-1.img", 0x56084025, entries).to_bytes()
+    plan = lazy.restore_reads("pagemap-1.img", blob)
+    assert plan == lazy.PagesPlan("pages-7.img", 13, ((0, 2), (5, 3), (12, 1)))
+
+    images, moved, target = tmp_path / "ck", tmp_path / "move" / "ck", tmp_path / "dst"
+    images.mkdir()
+    dump = bytes((i // page + 1) % 256 for i in range(13 * page))
+    (images / "pages-7.img").write_bytes(dump)
+    (images / "core-1.img").write_bytes(b"core")
+    subprocess.run(["sh", "-c", lazy.pack_script(str(images), str(moved), [plan])], check=True)
+    assert sorted(p.name for p in moved.iterdir()) == ["core-1.img", "pages-7.img.runs"]
+    assert (moved / "pages-7.img.runs").stat().st_size == 6 * page  # not the 7 lazy pages
+    target.mkdir()
+    for f in moved.iterdir():
+        (target / f.name).write_bytes(f.read_bytes())
+    subprocess.run(["sh", "-c", lazy.unpack_script(str(target), [plan])], check=True)
+    rebuilt = (target / "pages-7.img").read_bytes()
+    assert len(rebuilt) == len(dump) and not (target / "pages-7.img.runs").exists()
+    for first, n in plan.runs:
+        assert rebuilt[first * page:(first + n) * page] == dump[first * page:(first + n) * page]
+    for first, n in ((2, 3), (8, 4)):  # the lazy runs: holes
+        assert rebuilt[first * page:(first + n) * page] == bytes(n * page)

@@ -314,24 +314,36 @@ def unpack_script(folder: str, plans: list[PagesPlan]) -> str:
 
 
 def pack(fast: Any) -> list[PagesPlan]:
-    """Source, after the dump: its pagemaps read, and `<folder>/move/<checkpoint>` made for
-    the move (pack_script): what the target's restore reads, not the lazy pages."""
-    status, out = fast.agent.run(f"cd {shlex.quote(fast.images)} && ls", stderr=False)
-    names = [n for n in out.decode(errors="replace").split()
-             if re.fullmatch(r"pagemap-\d+\.img", n)]
-    if status != 0 or not names:
+    """Source, after the dump: its pagemaps read (one exec: each as its name, its size and
+    its bytes), and `<folder>/move/<checkpoint>` made for the move (pack_script): what the
+    target's restore reads, not the lazy pages."""
+    status, out = fast.agent.run(read_pagemaps_script(fast.images), stderr=False)
+    plans = [restore_reads(name, blob) for name, blob in named_files(out)
+             if re.fullmatch(r"pagemap-\d+\.img", name)]
+    if status != 0 or not plans:
         raise errors.CriuError(f"the dump in {fast.images} has no pagemap image")
-    plans = []
-    for name in names:
-        status, blob = fast.agent.run(f"cat {shlex.quote(fast.images)}/{name}", stderr=False)
-        if status != 0:
-            raise errors.CriuError(f"{name} of the dump could not be read")
-        plans.append(restore_reads(name, blob))
     status, out = fast.agent.run(pack_script(fast.images, moved_images(fast), plans))
     if status != 0:
         raise errors.CriuError(f"the lazy move's folder could not be made on "
                                f"{fast.host.name}: {out.decode(errors='replace')[-300:]}")
     return plans
+
+
+def read_pagemaps_script(images: str) -> str:
+    """Every pagemap image of the dump as `NAME SIZE\\n` and its bytes (named_files)."""
+    return (f"cd {shlex.quote(images)} && for f in pagemap-*.img; do [ -f \"$f\" ] && "
+            "printf '%s %s\\n' \"$f\" \"$(stat -c %s \"$f\")\" && cat \"$f\"; done")
+
+
+def named_files(out: bytes) -> list[tuple[str, bytes]]:
+    """`NAME SIZE\\n` then SIZE bytes, again and again."""
+    files, at = [], 0
+    while at < len(out):
+        end = out.index(b"\n", at)
+        name, size = out[at:end].decode().rsplit(" ", 1)
+        files.append((name, out[end + 1:end + 1 + int(size)]))
+        at = end + 1 + int(size)
+    return files
 
 
 def moved_images(fast: Any) -> str:

@@ -964,9 +964,12 @@ class Migration:
         self.created.source_frozen = True
         self.checkpoint_path = "runc"
         if self.opts.lazy:  # post-copy: the memory is served from the dump, in place
-            lazy.serve_pages(self._fast, self._lazy_address, self._lazy_port)
-            # and only what the restore reads crosses before it (not the lazy pages)
-            self._lazy_plans = lazy.pack(self._fast)
+            # and only what the restore reads crosses before it (not the lazy pages): the
+            # move's folder is made while the page server starts
+            with ThreadPoolExecutor(max_workers=1) as pool:
+                packing = pool.submit(lazy.pack, self._fast)
+                lazy.serve_pages(self._fast, self._lazy_address, self._lazy_port)
+                self._lazy_plans = packing.result()
             link, sub, dst_sub = self.transfers[self.fast_link]
             self.transfers[self.fast_link] = (link, f"{lazy.MOVED}/{sub}", dst_sub)
         ph.update(f"checkpoint {self.checkpoint} (runc, tmpfs)")

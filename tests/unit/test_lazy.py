@@ -127,3 +127,18 @@ def test_only_what_a_lazy_restore_reads_crosses_and_lands_at_its_offsets(tmp_pat
         assert rebuilt[first * page:(first + n) * page] == dump[first * page:(first + n) * page]
     for first, n in ((2, 3), (8, 4)):  # the lazy runs: holes
         assert rebuilt[first * page:(first + n) * page] == bytes(n * page)
+
+
+def test_the_dumps_pagemaps_are_read_in_one_go(tmp_path):
+    """read_pagemaps_script's output, as the shell prints it, split back into files."""
+    import subprocess
+
+    (tmp_path / "pagemap-1.img").write_bytes(b"\x00\n1 2\n" * 3)
+    (tmp_path / "pagemap-23.img").write_bytes(b"")
+    (tmp_path / "pagemap-shmem-4.img").write_bytes(b"s")
+    (tmp_path / "pages-1.img").write_bytes(b"p" * 4096)
+    out = subprocess.run(["sh", "-c", lazy.read_pagemaps_script(str(tmp_path))],
+                         capture_output=True, check=True).stdout
+    assert dict(lazy.named_files(out)) == {"pagemap-1.img": b"\x00\n1 2\n" * 3,
+                                           "pagemap-23.img": b"",
+                                           "pagemap-shmem-4.img": b"s"}

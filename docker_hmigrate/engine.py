@@ -175,6 +175,11 @@ def impatient(api: docker.APIClient) -> None:
     api.timeout = min(api.timeout or STUCK_TIMEOUT, STUCK_TIMEOUT)
 
 
+def stuck(api: docker.APIClient) -> bool:
+    """Whether a call on `api` has timed out (impatient)."""
+    return getattr(api, "hmigrate_stuck", False)
+
+
 def share_one_connection_pool(api: docker.APIClient) -> None:
     """Reuse kept-alive connections across requests to a unix socket.
 
@@ -223,8 +228,8 @@ class Host:
         try:
             yield
         finally:
-            stuck = getattr(self.api, "hmigrate_stuck", False)
-            self.api.timeout = min(before or STUCK_TIMEOUT, STUCK_TIMEOUT) if stuck else before
+            self.api.timeout = (min(before or STUCK_TIMEOUT, STUCK_TIMEOUT) if stuck(self.api)
+                                else before)
 
     @cached_property
     def info(self) -> dict[str, Any]:

@@ -259,7 +259,8 @@ class Migration:
             self._settle(exc)
 
     def _answer_limit(self, before_freeze: bool) -> contextlib.AbstractContextManager:
-        """Both daemons answer each call within answer_timeout() before the freeze."""
+        """Before the freeze, both daemons answer each call within HMIGRATE_ANSWER_TIMEOUT
+        (ANSWER_TIMEOUT)."""
         stack = contextlib.ExitStack()
         if before_freeze:
             limit = wait_limit("HMIGRATE_ANSWER_TIMEOUT", ANSWER_TIMEOUT)

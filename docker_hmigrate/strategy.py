@@ -162,7 +162,6 @@ class CrossIsa(SameIsa):
         self._facts_call: Future | None = None  # taking them, from start()
         self._facts_stop = threading.Event()  # a rollback gives the template up
         self._movable = False  # the program's own checks passed: worth a template
-        self._stuck = False  # the target never finished the template (prepare gave up)
 
     def checks(self) -> list[Check] | None:
         m = self.m
@@ -218,8 +217,7 @@ class CrossIsa(SameIsa):
         try:
             self.facts = self._facts_call.result(timeout=limit)
         except FutureTimeout:
-            self._stuck = True  # the rollback waits no longer for it
-            engine.impatient(m.dst.api)
+            engine.impatient(m.dst.api)  # and the rollback waits no longer for it
             raise errors.HostUnreachable(
                 f"{m.dst.name} did not checkpoint the inert template in {limit:g} s: its "
                 "daemon or CRIU is stuck; nothing was frozen",
@@ -283,7 +281,8 @@ class CrossIsa(SameIsa):
         step in flight waited for (its container is then removed by it, or below)."""
         if self._facts_call is not None and not self._facts_call.done():
             self._facts_stop.set()
-            wait([self._facts_call], timeout=0 if self._stuck else FACTS_GRACE)
+            # a daemon found stuck will not finish that step: not waited for
+            wait([self._facts_call], timeout=0 if engine.stuck(self.m.dst.api) else FACTS_GRACE)
 
     def undo(self) -> None:
         """The template container (its checkpoint was downloaded, or the move failed)."""

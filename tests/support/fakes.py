@@ -80,6 +80,7 @@ class FakeAPI:
 
 class FakeHost:
     answer_within = Host.answer_within
+
     def __init__(self, name: str, probe: str = GOOD_PROBE, experimental: bool = True,
                  isa: str = "x86-64", mem_usage: int = 50 << 20, existing: list | None = None,
                  size_rw: int = 4096, shm: int = 0):

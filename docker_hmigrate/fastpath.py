@@ -137,7 +137,7 @@ class Agent:
         host_config["CgroupnsMode"] = "host"
         created = api.create_container(
             self.host.scratch_image, name=f"hmigrate-agent-{uuid.uuid4().hex[:12]}",
-            host_config=host_config, labels={HELPER_LABEL: "agent"},
+            host_config=host_config, labels={HELPER_LABEL: "agent", **self.host.labels},
             entrypoint=[f"/host{loader}", *self._libpath(), "/host/bin/sleep"],
             command=["3600"])  # bounded: a crashed plugin does not leave it for ever
         self.id = created["Id"]
@@ -182,9 +182,11 @@ class _TmpfsSide:
     """A 0700 folder on a host's tmpfs (it will hold process memory) and the agent that
     works in it; close() removes both."""
 
-    def __init__(self, host: Host, extra_caps: tuple[str, ...] = ()):
+    def __init__(self, host: Host, checkpoint: str, extra_caps: tuple[str, ...] = ()):
         self.host = host
-        self.folder = f"{TMPFS}/hmigrate-{uuid.uuid4().hex[:12]}"  # made 0700: root only
+        # made 0700: root only; named after the migration's checkpoint, so that a
+        # recovery finds it when the plugin was killed (recover.py)
+        self.folder = f"{TMPFS}/{checkpoint}-{uuid.uuid4().hex[:6]}"
         self.agent = Agent(host, extra_caps)
 
     @contextlib.contextmanager
@@ -217,7 +219,7 @@ class FastCheckpoint(_TmpfsSide):
 
     def __init__(self, host: Host, inspect: dict[str, Any], checkpoint: str,
                  extra_caps: tuple[str, ...] = ()):
-        super().__init__(host, extra_caps)
+        super().__init__(host, checkpoint, extra_caps)
         self.inspect, self.checkpoint = inspect, checkpoint
         self.images = f"{self.folder}/{checkpoint}"  # named like the checkpoint: moved as is
         self.work = f"{self.folder}/work"
@@ -307,7 +309,7 @@ class FastRestore(_TmpfsSide):
     plain folder (FastPathUnavailable) before the freeze; link() failing copies instead."""
 
     def __init__(self, host: Host, checkpoint: str, extra_caps: tuple[str, ...] = ()):
-        super().__init__(host, extra_caps)
+        super().__init__(host, checkpoint, extra_caps)
         self.checkpoint = checkpoint
 
     def prepare(self) -> None:

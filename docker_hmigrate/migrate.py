@@ -49,11 +49,10 @@ from tenacity import (
     wait_fixed,
 )
 
-from docker_hmigrate import errors, fastpath, interrupts, lazy, strategy, transfer
+from docker_hmigrate import errors, fastpath, hosts, interrupts, lazy, recover, strategy, transfer
 from docker_hmigrate.criu import log as criu_log
 from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import (
-    LOCK_PREFIX,
     MIGRATION_LABEL,
     DaemonUnreachable,
     Host,
@@ -189,8 +188,9 @@ class Migration:
         self._restore_watch: tuple[Future, threading.Event] | None = None
         self._keep_ip: dict[str, str] = {}  # network -> the address kept there
         self.warnings: list[str] = []
-        for host in (src, dst):  # every helper and probe made for this migration
-            host.labels = {MIGRATION_LABEL: self.checkpoint}
+        for host in (src, dst):  # every helper and probe made for this migration, and
+            # who made it: a recovery or a later move removes them if this process dies
+            host.labels = {MIGRATION_LABEL: self.checkpoint, recover.OWNER_LABEL: recover.owner()}
 
     # --- the pipeline --------------------------------------------------------------------
     def run(self) -> dict[str, Any]:
@@ -333,56 +333,76 @@ class Migration:
             time.sleep(0.5)  # the handler runs here (and raises, unless shielded)
         elif action == "fail":
             raise errors.HmigrateError(f"fault injected at {point}")
+        elif action == "sigkill":  # killed outright: nothing of ours runs after this
+            os.kill(os.getpid(), signal.SIGKILL)
         elif action == "kill-target" and self.created.target_container:
             self.dst.api.kill(self.created.target_container)
             time.sleep(0.3)
 
     def _take_lock(self) -> None:
         """A per-container lock: a never-started container on the source named after the
-        container's id. Creating it is atomic (409 when it exists)."""
+        container's id. Creating it is atomic (409 when it exists). Its labels hold what a
+        recovery needs if this process is killed outright (recover.lock_labels); a lock
+        whose process is gone is recovered first (recover.Recovery), then taken."""
         cid = self.inspect["Id"]
-        name = f"{LOCK_PREFIX}{cid[:32]}"
-        labels = {MIGRATION_LABEL + ".lock": cid, "org.hmigrate.lock.pid": str(os.getpid()),
-                  "org.hmigrate.lock.host": os.uname().nodename,
-                  "org.hmigrate.lock.since": str(int(time.time()))}
+        name = recover.lock_name(cid)
         for attempt in (1, 2):
+            policy = (self.inspect.get("HostConfig") or {}).get("RestartPolicy") or {}
+            labels = recover.lock_labels(cid, self.checkpoint, self.dst.name,
+                                         self.spec.name if self.spec else "", policy,
+                                         self.opts.keep_source)
             try:
                 with interrupts.shielded():
                     self._lock = self.src.api.create_container(
                         self.src.scratch_image, command=["hmigrate-lock-never-started"],
-                        name=name, labels={**labels, "org.hmigrate.helper": "lock"},
+                        name=name, labels=labels,
                         host_config=self.src.api.create_host_config(network_mode="none"),
                         network_disabled=True)["Id"]
-                return
+                break
             except docker.errors.APIError as exc:
                 if exc.status_code != 409 or attempt == 2:
                     raise
-                held = self._lock_holder(name)
-                if held is not None:
+                lock = recover.read_lock(self.src, cid)
+                if lock is not None and not lock.stale:
                     raise errors.ContainerBusy(
-                        f"{self.opts.container} is being migrated already ({held})",
+                        f"{self.opts.container} is being migrated already ({lock.holder})",
                         hint="wait for that migration to end; if it is gone, remove the "
                              f"lock: docker rm {name}") from None
-                self.src.remove_quietly(name)  # stale: its migration is gone
+                if lock is not None:
+                    self._recover(lock)
+        for host in (self.src, self.dst):  # what other killed migrations left
+            with contextlib.suppress(docker.errors.APIError):
+                recover.sweep(host)
 
-    def _lock_holder(self, name: str) -> str | None:
-        """Who holds the lock, or None when it is stale (its process is gone)."""
-        try:
-            labels = self.src.api.inspect_container(name)["Config"].get("Labels") or {}
-        except docker.errors.NotFound:
-            return None
-        pid, host = labels.get("org.hmigrate.lock.pid", ""), labels.get("org.hmigrate.lock.host")
-        since = int(labels.get("org.hmigrate.lock.since", "0") or 0)
-        if host == os.uname().nodename and pid.isdigit():
-            try:
-                os.kill(int(pid), 0)
-            except ProcessLookupError:
-                return None
-            except PermissionError:
-                pass
-        elif time.time() - since > 24 * 3600:  # another machine's, a day old
-            return None
-        return f"pid {pid} on {host}, since {time.strftime('%H:%M:%S', time.localtime(since))}"
+    def _recover(self, lock: recover.Lock) -> None:
+        """A migration of this container was killed outright: undo what it left before
+        this one starts (its helpers, its tmpfs images, the restart policy it held)."""
+        if not self.inspect["State"].get("Running"):
+            raise errors.RollbackFailed(
+                f"{self.opts.container} was stopped by a migration that was killed "
+                f"({lock.holder})",
+                hint=f"run `docker --context {self.src.name} hmigrate recover "
+                     f"{self.opts.container}`: it restores the container from its dump, or "
+                     "finishes the move if the target runs it")
+        done = recover.Recovery(self.src, self.inspect, lock, self._open_host,
+                                lambda _line: None).run()
+        # what the killed migration had changed (its restart policy) is put back: the
+        # target is made from the container as it is now
+        self.inspect = self.src.inspect(self.inspect["Id"])
+        if self.spec is not None:
+            self.spec = target_spec(self.inspect, self.spec.name, self._target_image())
+        msg = (f"an earlier migration of {self.opts.container} was killed ({lock.holder}): "
+               f"recovered first ({'; '.join(done['actions'])})")
+        self.rep.warn(msg)
+        self.warnings.append(msg)
+
+    def _open_host(self, name: str) -> Host:
+        """The recorded target of a killed migration: this move's hosts by name, or a
+        context of that name."""
+        for host in (self.dst, self.src):
+            if host.name == name:
+                return host
+        return Host(name, hosts.connect(hosts.resolve_target(name, hosts.GlobalOptions())))
 
     def _release_lock(self) -> None:
         if self._lock:

@@ -195,7 +195,8 @@ class CrossIsa(SameIsa):
         m = self.m
         if self._facts_call is not None or not self._movable:
             return  # a move refused by its own checks makes nothing on the target
-        self.workdir = Path(tempfile.mkdtemp(prefix="hmigrate-"))  # mode 0700
+        # mode 0700; named after the checkpoint: a recovery removes it (recover.py)
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"{m.checkpoint}-"))
         body = copy.deepcopy(m.spec.body)  # the main thread edits the spec meanwhile
         pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="template")
         self._facts_call = pool.submit(

@@ -4,6 +4,7 @@ restores the source with its state and its restart policy."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,8 @@ def _no_agents_left(*hosts) -> None:
 
 def _no_tmpfs_images_left() -> None:
     # the lab's hosts share this machine's /dev/shm; only the migration's own folders
-    left = [p.name for p in Path("/dev/shm").glob("hmigrate-*") if len(p.name) == 21]
+    left = [p.name for p in Path("/dev/shm").glob("hmigrate-*")
+            if re.fullmatch(r"hmigrate-[0-9a-f]{10}-[0-9a-f]{6}", p.name)]
     assert not left, f"checkpoint images left in /dev/shm: {left}"
 
 

@@ -229,6 +229,65 @@ def test_checkpoint_on_target_is_private(host_a, host_b, cleanup):
     assert_end_state(host_a, host_b, name, cid, before, doc, "b")
 
 
+# --- the plugin killed outright (SIGKILL): no handler of its own runs ----------------------
+# (point, where the counter runs after the recovery, how it is recovered)
+KILLS = [
+    ("before:checkpoint", "b", "the next migrate"),  # source running, its policy held
+    ("before:restore", "a", "recover"),  # source dumped (stopped), images moved
+    ("before:commit", "b", "recover"),  # the target runs it, the source is stopped
+]
+
+
+@pytest.mark.parametrize("point,where,how", KILLS, ids=[k[0] for k in KILLS])
+def test_plugin_killed_outright_is_recovered(host_a, host_b, cleanup, point, where, how):
+    """The plugin gets SIGKILL at a phase boundary: its lock, helpers, tmpfs images and
+    the restart policy it held stay. `recover` (or the next migrate, for a source that
+    still runs) decides as the commit rule would, and leaves nothing behind."""
+    name = unique("kill")
+    cleanup.append(name)
+    host_a.docker("run", "-d", "--name", name, "--restart", "always", BASE_IMAGE,
+                  *COUNTER_CMD)
+    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
+    cid = host_a.client.containers.get(name).id
+    before = max(counter_values(host_a.logs(name)))
+    env = {**os.environ, "HMIGRATE_TEST_FAULT": f"{point}:sigkill"}
+    killed = run_cli([DOCKER_CLI, "--context", "hm-a", "hmigrate", "migrate", name, "--to",
+                      "hm-b", "--verify-seconds", "0.5"], 300, env=env)
+    assert killed.returncode != 0 and "Migration complete" not in killed.stdout
+    lock = host_a.client.containers.list(all=True, filters={"name": f"hmigrate-lock-{cid[:32]}"})
+    assert lock, "the killed plugin's lock is not there: it was not killed outright"
+    ck = lock[0].labels["org.hmigrate.lock.checkpoint"]
+    if how == "recover":
+        # a stopped source is never moved or started blindly: the way out is named
+        proc, doc = migrate(name)
+        assert proc.returncode == 13, proc.stderr
+        assert f"hmigrate recover {name}" in doc["error"]["hint"]
+        proc = run_cli([DOCKER_CLI, "--context", "hm-a", "hmigrate", "recover", name,
+                        "--json"], 300)
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert doc["checkpoint"] == ck and doc["actions"], doc
+        assert doc["runs_on"] == {"a": "source", "b": "target"}[where]
+        again = run_cli([DOCKER_CLI, "--context", "hm-a" if where == "a" else "hm-b",
+                         "hmigrate", "recover", name, "--json"], 120)
+        assert again.returncode == 0 and json.loads(again.stdout)["actions"] == []
+    else:
+        proc, doc = migrate(name)
+        assert proc.returncode == 0, proc.stderr
+        assert any("recovered first" in m["message"] for m in doc["messages"]), doc
+        doc = {**doc, "checkpoint": ck}  # the killed migration's leftovers are checked
+    assert_end_state(host_a, host_b, name, cid, before, doc, where)
+    here = host_a if where == "a" else host_b
+    policy = here.client.containers.get(name).attrs["HostConfig"]["RestartPolicy"]
+    assert policy["Name"] == "always", policy
+    for host in (host_a, host_b):
+        left = host.client.containers.list(
+            all=True, filters={"label": f"org.hmigrate.migration={ck}"})
+        assert not left, f"the killed migration's helpers left on {host.name}"
+    assert not glob.glob(f"/dev/shm/{ck}-*"), "its tmpfs images are left"
+    assert not glob.glob(f"/tmp/{ck}-*")
+
+
 # --- the network to the target fails (tests/support/netfault.py: a proxy that cuts it) ----------
 @pytest.fixture
 def cut_target(host_b):

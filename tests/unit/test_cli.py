@@ -130,6 +130,7 @@ def test_every_command_family_is_registered(capsys) -> None:
     names = [line.split()[0] for line in listed.splitlines() if line.startswith("  ")
              and not line.startswith("   ")]
     assert names == ["build", "check", "checkpoint", "help", "install", "migrate", "recode",
+                     "recover",
                      "restore", "shell-init", "version"]
 
 

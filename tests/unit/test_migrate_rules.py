@@ -47,7 +47,14 @@ class FakeAPI:
         cid = self.names.get(cid, cid)
         if cid not in self.states:
             raise api_error(docker.errors.NotFound, 404, f"no such container {cid}")
-        return {"Id": cid, "State": dict(self.states[cid]), "Config": {"Labels": {}}}
+        state = dict(self.states[cid])
+        return {"Id": cid, "Name": f"/{cid}", "State": state,
+                "Config": {"Labels": state.pop("Labels", None) or {}},
+                "HostConfig": {"RestartPolicy": state.pop("RestartPolicy", {"Name": "no"})}}
+
+    def update_container(self, cid, restart_policy=None):
+        self.calls.append(("update", cid, restart_policy["Name"]))
+        self.states[cid]["RestartPolicy"] = restart_policy
 
     def remove_container(self, cid, force=False, v=False):
         self.calls.append(("remove", cid))
@@ -87,6 +94,7 @@ class FakeHost:
     answer_within = Host.answer_within
     def __init__(self, name):
         self.name, self.isa, self.api = name, "x86-64", FakeAPI()
+        self.info: dict[str, str] = {"ID": name}
         self.labels: dict[str, str] = {}
         self.scratch_image = "scratch"
 
@@ -110,6 +118,10 @@ class FakeHost:
 
     def remove_labelled(self, label, value):
         return []
+
+    def run_probe(self, script, timeout=120):
+        self.api.calls.append(("probe", script))
+        return 0, ""
 
     def remove_quietly(self, cid):
         self.api.names = {k: v for k, v in self.api.names.items() if v != cid and k != cid}
@@ -359,30 +371,54 @@ def test_rollback_not_aborted_by_the_duplicate():
 # ---- lock --------------------------------------------------------------------------------
 
 
+def second(src, dst, inspect) -> Migration:
+    m2 = Migration(src, dst, MigrationOptions("web"),
+                   Reporter(json_mode=True, err=io.StringIO(), out=io.StringIO()))
+    m2.inspect = inspect
+    return m2
+
+
 def test_second_migration_of_the_same_container_is_refused():
     m1, src, dst = migration()
     m1._take_lock()
-    m2 = Migration(src, dst, MigrationOptions("web"),
-                   Reporter(json_mode=True, err=io.StringIO(), out=io.StringIO()))
-    m2.inspect = m1.inspect
-    src.api.inspect_container = lambda name: {"Config": {"Labels": {
-        "org.hmigrate.lock.pid": str(os.getpid()), "org.hmigrate.lock.host": os.uname().nodename,
-        "org.hmigrate.lock.since": str(int(time.time()))}}}
     with pytest.raises(errors.ContainerBusy) as exc:
-        m2._take_lock()
+        second(src, dst, m1.inspect)._take_lock()
     assert exc.value.exit_code == 16
+    assert "pid" in exc.value.message
 
 
-def test_stale_lock_is_taken_over():
+def test_stale_lock_is_recovered_then_taken_over():
+    """A migration killed outright (its pid gone) had held the source's restart policy at
+    "no": the next one gives it back before it starts, and takes the lock."""
+    m1, src, dst = migration()
+    m1.inspect = {"Id": CID, "Name": "/web", "State": {"Running": True},
+                  "HostConfig": {"RestartPolicy": {"Name": "always"}}, "Config": {}}
+    m1._take_lock()
+    lock = src.api.names[f"hmigrate-lock-{CID[:32]}"]
+    labels = src.api.states[lock]["Labels"]
+    assert labels["org.hmigrate.lock.checkpoint"] == m1.checkpoint
+    assert json.loads(labels["org.hmigrate.lock.restart"]) == {"Name": "always"}
+    labels["org.hmigrate.lock.pid"] = "999999999"  # killed: no such process
+    src.api.states[CID]["RestartPolicy"] = {"Name": "no"}  # as it held it
+    m2 = second(src, dst, m1.inspect)
+    m2._target_image = lambda: "img"
+    m2._take_lock()
+    assert m2._lock  # a new lock, this process's
+    assert src.api.states[m2._lock]["Labels"]["org.hmigrate.lock.pid"] == str(os.getpid())
+    assert src.api.states[m2._lock]["Labels"]["org.hmigrate.lock.checkpoint"] == m2.checkpoint
+    assert ("update", CID, "always") in src.api.calls
+    assert any("recovered first" in w for w in m2.warnings)
+
+
+def test_stale_lock_on_a_stopped_source_asks_for_recover():
     m1, src, dst = migration()
     m1._take_lock()
-    m2 = Migration(src, dst, MigrationOptions("web"),
-                   Reporter(json_mode=True, err=io.StringIO(), out=io.StringIO()))
-    m2.inspect = m1.inspect
-    src.api.inspect_container = lambda name: {"Config": {"Labels": {
-        "org.hmigrate.lock.pid": "999999999", "org.hmigrate.lock.host": os.uname().nodename}}}
-    m2._take_lock()
-    assert m2._lock
+    src.api.states[src.api.names[f"hmigrate-lock-{CID[:32]}"]]["Labels"][
+        "org.hmigrate.lock.pid"] = "999999999"
+    m2 = second(src, dst, {"Id": CID, "Name": "/web", "State": {"Running": False}})
+    with pytest.raises(errors.RollbackFailed) as exc:
+        m2._take_lock()
+    assert "hmigrate recover web" in exc.value.hint
 
 
 # ---- hooks and options -------------------------------------------------------------------

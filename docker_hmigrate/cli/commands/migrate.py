@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from docker_hmigrate import errors, hosts
+from docker_hmigrate import errors, hosts, recover
 from docker_hmigrate.cli.state import (
     ContainerArg,
     FormatOpt,
@@ -178,4 +178,44 @@ def check_cmd(
     rep.finish()
 
 
-COMMANDS = {"migrate": migrate_cmd, "check": check_cmd}
+def recover_cmd(
+    ctx: typer.Context,
+    container: ContainerArg,
+    json_mode: JsonOpt = False,
+    fmt: FormatOpt = None,
+) -> None:
+    """Undo a migration of the container that was killed outright (SIGKILL, a crash).
+
+    A migration interrupted by Ctrl-C or SIGTERM rolls back by itself; one killed
+    outright leaves its lock, helper containers and images behind, and possibly the source
+    stopped with its dump. This decides as the migration would have: if the target runs
+    the container, the move had completed and the stopped source is removed; otherwise
+    the source is restored from its dump. Then the restart policy, the helpers, the
+    images (process memory) and the lock are put right on both hosts. A later `migrate`
+    of a running container does this by itself; a stopped one needs this command.
+    Nothing to recover: exit 0.
+
+    Examples:
+
+      docker hmigrate recover web
+
+      docker --context hm-a hmigrate recover redis --json
+    """
+    rep = get_reporter(ctx, json_mode=json_mode, fmt=fmt)
+    src = open_source(ctx)
+    with rep.phase("recover") as ph:
+        result = recover.recover(src, container, lambda target: open_target(ctx, target),
+                                 ph.update)
+    for key, value in result.items():
+        rep.set(key, value)
+    where = {"source": f"on {src.name}", "target": f"on {result.get('target')}"}
+    rep.summary({
+        "container": result["container"],
+        "interrupted migration": result.get("interrupted") or result.get("nothing", "-"),
+        "runs": where.get(result.get("runs_on") or "", "as it was (nothing to recover)"),
+        **{f"done {i + 1}": action for i, action in enumerate(result["actions"])},
+    }, title="Recovery complete" if result["actions"] else "Nothing to recover")
+    rep.finish()
+
+
+COMMANDS = {"migrate": migrate_cmd, "check": check_cmd, "recover": recover_cmd}

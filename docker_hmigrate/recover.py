@@ -349,8 +349,9 @@ def recover(src: Host, container: str, open_target: Callable[[str], Host],
     lock = read_lock(src, inspect["Id"])
     name = inspect["Name"].lstrip("/")
     if lock is None:
-        return {"container": name, "container_id": inspect["Id"], "runs_on": None,
-                "actions": [], "nothing": f"no interrupted migration of {name} on {src.name}"}
+        say(f"no interrupted migration of {name} on {src.name}")
+        return {"container": name, "container_id": inspect["Id"], "checkpoint": None,
+                "interrupted": None, "target": None, "runs_on": None, "actions": []}
     if not lock.stale:
         raise errors.ContainerBusy(f"{name} is being migrated ({lock.holder})",
                                    hint="wait for that migration to end")

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import jsondoc
 from tests.support.lab import (
     BASE_IMAGE,
     COUNTER_CMD,
@@ -266,11 +267,14 @@ def test_plugin_killed_outright_is_recovered(host_a, host_b, cleanup, point, whe
                         "--json"], 300)
         assert proc.returncode == 0, proc.stderr
         doc = json.loads(proc.stdout)
+        jsondoc.check_keys("recover", doc)
         assert doc["checkpoint"] == ck and doc["actions"], doc
         assert doc["runs_on"] == {"a": "source", "b": "target"}[where]
         again = run_cli([DOCKER_CLI, "--context", "hm-a" if where == "a" else "hm-b",
                          "hmigrate", "recover", name, "--json"], 120)
-        assert again.returncode == 0 and json.loads(again.stdout)["actions"] == []
+        nothing = json.loads(again.stdout)
+        assert again.returncode == 0 and nothing["actions"] == [], again.stderr
+        jsondoc.check_keys("recover", nothing)
     else:
         proc, doc = migrate(name)
         assert proc.returncode == 0, proc.stderr

@@ -27,7 +27,7 @@ def clean_docker_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_every_reporting_command_is_documented() -> None:
     assert set(jsondoc.sections()) == {"migrate", "check", "checkpoint", "restore", "recode",
-                                       "version", "error"}
+                                       "recover", "version", "error"}
     for name, sec in jsondoc.sections().items():
         ex = sec["example"]
         assert ex["schema"] == "hmigrate/v1", name

@@ -211,7 +211,7 @@ def recover_cmd(
     where = {"source": f"on {src.name}", "target": f"on {result.get('target')}"}
     rep.summary({
         "container": result["container"],
-        "interrupted migration": result.get("interrupted") or result.get("nothing", "-"),
+        "interrupted migration": result["interrupted"] or "none found",
         "runs": where.get(result.get("runs_on") or "", "as it was (nothing to recover)"),
         **{f"done {i + 1}": action for i, action in enumerate(result["actions"])},
     }, title="Recovery complete" if result["actions"] else "Nothing to recover")

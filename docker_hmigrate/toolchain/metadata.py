@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from types import ModuleType
 
 import capstone
+from elftools.dwarf.enums import ENUM_DW_ATE
 from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
 from elftools.elf.elffile import ELFFile
 
@@ -204,8 +205,12 @@ def type_fields(die, prefix: str = "", base: int = 0, depth: int = 0) -> list[di
     return [leaf]
 
 
-DW_ATE_BOOLEAN, DW_ATE_SIGNED, DW_ATE_SIGNED_CHAR = 0x02, 0x05, 0x06
-DW_ATE_UNSIGNED, DW_ATE_UNSIGNED_CHAR = 0x08, 0x08
+# base type encodings (DWARF 5, 7.8): pyelftools' table, not our own numbers (unsigned was
+# once written 0x08 here, unsigned char's, and every `unsigned long` leaf looked opaque)
+DW_ATE_BOOLEAN, DW_ATE_SIGNED, DW_ATE_SIGNED_CHAR = (
+    ENUM_DW_ATE["DW_ATE_boolean"], ENUM_DW_ATE["DW_ATE_signed"], ENUM_DW_ATE["DW_ATE_signed_char"])
+DW_ATE_UNSIGNED, DW_ATE_UNSIGNED_CHAR = (ENUM_DW_ATE["DW_ATE_unsigned"],
+                                         ENUM_DW_ATE["DW_ATE_unsigned_char"])
 
 
 def _array_count(die) -> int:

@@ -38,6 +38,7 @@ from docker_hmigrate.toolchain.jmpbuf_layout import (  # noqa: F401 - re-exporte
     SIGSETJMP_NAMES,
     Layout,
     fields_match,
+    is_padding,
     layout_problem,
 )
 
@@ -115,8 +116,8 @@ def copy_var(raw: bytes, sv: Var, dv: Var, where: str,
     targets = {b.path: b for b in dv.type.fields}
     for a in sv.type.fields:
         b = targets.get(a.path)
-        if b is None:
-            continue  # padding of the source's layout
+        if b is None or (is_padding(a.path) and (a.size, a.kind) != (b.size, b.kind)):
+            continue  # padding of the source's layout, or reserved and sized per ISA
         chunk = raw[a.offset:a.offset + a.size]
         if a.kind == "jmp_buf":
             chunk = translate(chunk, f"{where}.{a.path}", stack, idx, smap, bottom_ret)

@@ -22,7 +22,8 @@ def is_padding(path: str) -> bool:
 def layout_problem(tx: TypeInfo, ta: TypeInfo, ix: Isa, ia: Isa) -> str | None:
     """Why a value of a type laid out as tx on ix cannot be copied member by member into
     its layout ta on ia (None: it can). Leaves pair by path; a leaf only one side has must
-    be padding (musl's struct stat has __pad0 on x86-64, __pad/__pad2 on aarch64); a pair
+    be padding (musl's struct stat has __pad0 on x86-64, __pad/__pad2 on aarch64), as may
+    a pair sized per ISA (its `__unused`: 3 longs on x86-64, 2 ints on aarch64); a pair
     must be of one kind, none opaque, jmp_bufs of musl's size on each ISA, other leaves of
     one size, or integers (converted with a range check: st_nlink is 8 bytes on x86-64,
     4 on aarch64)."""
@@ -36,6 +37,8 @@ def layout_problem(tx: TypeInfo, ta: TypeInfo, ix: Isa, ia: Isa) -> str | None:
             if not is_padding(path):
                 return f"member {path} exists only on {ix.name}"
             continue
+        if is_padding(path) and (a.size, a.kind) != (b.size, b.kind):
+            continue  # reserved on both, sized per ISA (struct stat's __unused): left zero
         if a.kind != b.kind or a.kind == "opaque":
             return f"member {path} is {a.kind} on {ix.name}, {b.kind} on {ia.name}"
         if a.kind == "jmp_buf":

@@ -698,11 +698,13 @@ def stat_holder(isa):
     """A struct holding musl's struct stat, in each ISA's layout (zstd's cRess_t)."""
     if isa == X:
         leaves = [("st.st_dev", 0, 8, "u"), ("st.st_nlink", 16, 8, "u"),
-                  ("st.__pad0", 36, 4, None), ("st.st_size", 48, 8, "s")]
+                  ("st.__pad0", 36, 4, None), ("st.st_size", 48, 8, "s"),
+                  ("st.__unused", 120, 24, None)]  # long __unused[3]
         size, ptr = 152, 144
     else:
         leaves = [("st.st_dev", 0, 8, "u"), ("st.st_nlink", 20, 4, "u"),
-                  ("st.__pad", 40, 8, None), ("st.st_size", 48, 8, "s")]
+                  ("st.__pad", 40, 8, None), ("st.st_size", 48, 8, "s"),
+                  ("st.__unused", 120, 8, None)]  # unsigned __unused[2]
         size, ptr = 136, 128
     fields = [{"path": p, "offset": o, "size": n, "kind": "data",
                **({"int": i} if i else {})} for p, o, n, i in leaves]
@@ -722,12 +724,14 @@ def test_struct_with_a_per_isa_layout_moves_member_by_member() -> None:
     struct.pack_into("<Q", raw, 16, 3)  # st_nlink
     struct.pack_into("<I", raw, 36, 0xDEAD)  # x86-64's padding: not carried
     struct.pack_into("<q", raw, 48, -1)
+    raw[120:144] = b"\xff" * 24  # reserved, sized per ISA: left zero
     struct.pack_into("<Q", raw, 144, OUTER - 24)  # a pointer to main's x: moved
     out = jmpbuf.copy_var(bytes(raw), sv, dv, "f: ress", stack, idx, smap, BOTTOM[A])
     assert len(out) == 136
     assert struct.unpack_from("<QxxxxI", out, 0)[0] == 0x803
     assert struct.unpack_from("<I", out, 20)[0] == 3 and out[40:48] == bytes(8)
     assert struct.unpack_from("<q", out, 48)[0] == -1
+    assert out[120:128] == bytes(8)
     assert struct.unpack_from("<Q", out, 128)[0] == OUTER - 8
     assert jmpbuf.map_offset(sv, dv, 48) == 48 and jmpbuf.map_offset(sv, dv, 20) is None
     struct.pack_into("<Q", raw, 16, 1 << 40)  # does not fit aarch64's 4 bytes

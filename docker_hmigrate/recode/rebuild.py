@@ -104,6 +104,13 @@ def _copy_vars(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap,
                 except Untranslatable as exc:  # say whose value it is
                     if unset_at_stop(fr, sv, idx):
                         break  # not yet assigned: its stale bytes go as they are
+                    if smap.in_stack(v) and v < fr.src_sp:
+                        # into a frame this one called (live below it now) at no
+                        # variable: a dead frame's address left in memory this frame
+                        # has not written yet (xz's lzma_raw_coder_init fills only
+                        # `count + 1` of filters[5]); a live callee's own variables would
+                        # have matched a slot. Its stale bytes go as they are.
+                        continue
                     raise Untranslatable(f"{fr.function.name}: {sv.name} "
                                          f"({_where(fr, sv)}): {exc}") from None
                 raw[po:po + 8] = new.to_bytes(8, "little")

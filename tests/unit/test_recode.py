@@ -270,21 +270,11 @@ def test_stale_pointer_into_a_called_frame_is_carried_as_it_is() -> None:
     lzma_raw_coder_init: filters[5] of which only count + 1 are filled hold a dead frame's
     addresses, now inside the live callees): stale bytes, carried as they are; into its
     own frame or an outer one at no variable is still refused (the test above)."""
-    md = metadata()
-    idx = frames.Index(md, X, A)
     src, regs = x86_stack()
-    stack = frames.unwind(src, regs, idx)
-    main_frame, callee = stack.frames[-1], stack.frames[-2]
-    assert main_frame.function.name == "main"
-    stale = callee.src_cfa - 16  # the callee's frame record: no variable
-    assert stale < main_frame.src_sp
-    src.write_u64(OUTER - 32, stale)  # main's p
-    stack = frames.unwind(src, regs, idx)
-    frames.source_callee_saved(src, stack, regs, idx)
-    frames.plan_target(stack, idx)
-    dst = FakeMem(STACK, 0x1000)
-    rebuild.write_target(src, dst, stack, idx, frames.StackMap(stack, idx), BOTTOM[A])
-    main_frame = stack.frames[-1]
+    stack = frames.unwind(src, regs, frames.Index(metadata(), X, A))
+    stale = stack.frames[-2].src_cfa - 16  # main's callee's frame record: no variable
+    assert stale < stack.frames[-1].src_sp
+    main_frame, src, dst = _rebuild_with_lines(None, None, p_value=stale)  # main's p
     assert dst.read_u64(main_frame.dst_cfa - 16) == stale  # p: its bytes as they were
 
 

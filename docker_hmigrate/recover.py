@@ -272,6 +272,7 @@ class Recovery:
                 self.src.checkpoint_delete(cid, ck)
             self._act(f"restored {self.name} on {self.src.name} from its checkpoint {ck}")
             self._resume_parked()
+            self._remove_staging(self.src)  # while its links still lead to the images
             _remove_tmpfs(self.src, ck, agent)
         finally:
             agent.close()
@@ -314,6 +315,12 @@ class Recovery:
                 self.src.api.update_container(self.inspect["Id"], restart_policy=policy)
                 self._act(f"gave {self.name} back its restart policy {policy.get('Name')}")
 
+    def _remove_staging(self, host: Host) -> None:
+        """containerd's staging copies of a restore of this container (process memory, or
+        links into the tmpfs images: found by reading through them, so before those go)."""
+        with contextlib.suppress(docker.errors.APIError, errors.HmigrateError):
+            host.remove_checkpoint_staging([self.inspect["Id"]], since=self.lock.since)
+
     def _clean(self, ck: str) -> None:
         hosts = [self.src] + ([self.dst] if self.dst is not None else [])
         for host in hosts:
@@ -321,10 +328,8 @@ class Recovery:
                 removed = host.remove_labelled(MIGRATION_LABEL, ck)
                 if removed:
                     self._act(f"removed {len(removed)} helper container(s) on {host.name}")
+                self._remove_staging(host)
                 _remove_tmpfs(host, ck)
-                # containerd's staging copies of the dump's restore (process memory)
-                with contextlib.suppress(docker.errors.APIError, errors.HmigrateError):
-                    host.remove_checkpoint_staging([self.inspect["Id"]], since=self.lock.since)
             sweep(host)
         if ck:
             _remove_local(ck)

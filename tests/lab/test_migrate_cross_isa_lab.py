@@ -15,9 +15,11 @@ import pytest
 from tests.support.lab import (
     BASE_IMAGE,
     COUNTER_CMD,
+    DOCKER_CLI,
     REGISTRY,
     counter_values,
     hmigrate,
+    run_cli,
     unique,
     wait_until,
 )
@@ -85,6 +87,39 @@ def test_helloworld_moves_to_aarch64_and_back_counting_on(host_a, arm, cleanup, 
     assert again[0] == on_arm_values[-1] + 1, (on_arm_values[-3:], again[:3])
     assert again == list(range(again[0], again[0] + len(again)))
     assert not leftovers(host_a.client, doc["checkpoint"])
+
+
+def test_plugin_killed_after_the_park_is_recovered_and_counts_on(host_a, arm, cleanup,
+                                                                 on_arm):
+    """SIGKILL of the plugin once the program is parked at its equivalence points (before
+    the dump): no handler withdraws the park request. `recover` does, removes what the move
+    made on the aarch64 host, and the program counts on from where it stopped, one tick
+    after another."""
+    name = unique("x-kill")
+    cleanup.append(name)
+    on_arm.append(name)
+    host_a.docker("pull", "-q", HELLO)
+    host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined", HELLO)
+    wait_until(lambda: len(ticks(host_a.logs(name))) >= 2, what="helloworld on x86-64")
+    killed = run_cli([DOCKER_CLI, "--context", "hm-a", "hmigrate", "migrate", name, "--to",
+                      "hm-arm"], 600,
+                     env={**os.environ, "HMIGRATE_TEST_FAULT": "before:checkpoint:sigkill"})
+    assert killed.returncode != 0 and "park" in killed.stdout + killed.stderr
+    parked = len(ticks(host_a.logs(name)))
+    proc = hmigrate("recover", name, "--json")
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["runs_on"] == "source", doc
+    assert any("park request" in a for a in doc["actions"]), doc["actions"]
+    wait_until(lambda: len(ticks(host_a.logs(name))) >= parked + 2, timeout=60,
+               what="helloworld to count on after the recovery")
+    values = ticks(host_a.logs(name))
+    assert values == list(range(len(values))), values  # never restarted, none skipped
+    assert not arm.containers.list(all=True, filters={"name": f"^/{name}$"})
+    for client in (host_a.client, arm):
+        left = client.containers.list(
+            all=True, filters={"label": f"org.hmigrate.migration={doc['checkpoint']}"})
+        assert not left, [c.name for c in left]
 
 
 def test_program_not_built_by_the_toolchain_is_refused_before_freezing(host_a, arm, cleanup):

@@ -26,6 +26,7 @@ HMLAB_CGROUP2=1) with and without post-copy, interleaved (docs/lazy.md).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import statistics
@@ -251,6 +252,46 @@ def ssh_versus_unix(runs: int) -> None:
                         {"unix": ("hm-b", "hm-a", ()), "ssh": ("hm-b", "hm-a-ssh", ())}, runs)
 
 
+LAB_LINK = "hmlab-a0"  # host a's side of the veth to host b (hm-b-tcp's 10.77.0.2)
+
+
+@contextlib.contextmanager
+def link_rate(rate: str):
+    """The lab link from host a to host b limited to `rate` (tc's tbf, e.g. 100mbit) while
+    inside; "none": as it is. The plugin runs on host a: its PUTs to hm-b-tcp cross it."""
+    if rate == "none":
+        yield
+        return
+    subprocess.run(["tc", "qdisc", "replace", "dev", LAB_LINK, "root", "tbf", "rate", rate,
+                    "burst", "256kb", "latency", "100ms"], check=True)
+    try:
+        yield
+    finally:
+        subprocess.run(["tc", "qdisc", "del", "dev", LAB_LINK, "root"], check=False)
+
+
+def compress_on_link(runs: int, rates: list[str], redis_mb: int = 64) -> None:
+    """Redis (DEBUG POPULATE) moved hm-a -> hm-b-tcp with --compress none and gzip,
+    interleaved, for each link rate; medians and the ratio of gzip to none."""
+    print(f"Redis {redis_mb} MB hm-a -> hm-b-tcp, median of {runs}; link = tc tbf on "
+          f"{LAB_LINK} (none: the veth as it is)")
+    print(f"{'link':<9} {'compress':<9} {'downtime s':>11} {'move s':>8} {'/none':>6}")
+    for rate in rates:
+        rows: dict[str, list[dict[str, float]]] = {"none": [], "gzip": []}
+        with link_rate(rate):
+            for _ in range(runs):
+                for c in rows:
+                    rows[c].append(_attempt(f"hmigrate --compress {c} ({rate})",
+                                            lambda c=c: hmigrate("redis", redis_mb, "hm-a",
+                                                                 "hm-b-tcp",
+                                                                 ("--compress", c))))
+        base = _median(rows["none"], "downtime")
+        for c, rs in rows.items():
+            d = _median(rs, "downtime")
+            print(f"{rate:<9} {c:<9} {d:>11.3f} {_median(rs, 'phase move'):>8.3f} "
+                  f"{d / base:>6.2f}")
+
+
 WORKLOADS = {"counter": ("counter", 0), "redis64": ("redis", 64), "redis300": ("redis", 300),
              "redis1024": ("redis", 1024)}
 METHODS = {"hmigrate": lambda kind, mb, root: hmigrate(kind, mb),
@@ -287,11 +328,18 @@ def main() -> None:
     parser.add_argument("--lazy-redis", default="", metavar="MB,...",
                         help="also Redis of these sizes moved hm-c -> hm-c2 with --lazy vs "
                              "without (HMLAB_CGROUP2=1; host c's VM holds ~300 MB at most)")
+    parser.add_argument("--compress-link", default="", metavar="RATE,...",
+                        help="also Redis 64 MB moved hm-a -> hm-b-tcp with --compress none vs "
+                             "gzip over the lab link limited to each rate (tc, e.g. "
+                             "none,1gbit,100mbit)")
     ns = parser.parse_args()
     lazy_sizes = [int(x) for x in ns.lazy_redis.split(",") if x]
     data_root_b = connect("b").data_root
     workloads = [w for w in ns.workloads.split(",") if w]
+    link_rates = [r for r in ns.compress_link.split(",") if r]
     if not workloads:
+        if link_rates:
+            compress_on_link(ns.runs, link_rates)
         if ns.ssh:
             ssh_versus_unix(ns.runs)
         if ns.lazy:

@@ -115,6 +115,7 @@ class MigrationOptions:
     verify_seconds: float = 1.0
     hook_timeout: float = 60.0
     lazy: bool = False  # post-copy (lazy.py): checked before the freeze
+    compress: str = "none"  # the move's archives on the wire (transfer.COMPRESSIONS)
 
     def check(self) -> None:
         """Refuse bad option values before anything is touched (a usage error)."""
@@ -132,6 +133,10 @@ class MigrationOptions:
         bad = [p for p in self.hooks if p not in HOOK_POINTS]
         if bad:
             raise errors.UsageError(f"unknown hook point(s): {', '.join(bad)}")
+        if self.compress not in transfer.COMPRESSIONS:
+            raise errors.UsageError(
+                f"--compress {self.compress!r} is not a compression this plugin sends",
+                hint=f"use one of: {', '.join(transfer.COMPRESSIONS)}")
 
 
 @dataclass
@@ -156,6 +161,7 @@ class Migration:
         self.spec: ContainerSpec | None = None
         self.validation: Validation | None = None
         self.bytes_moved = 0
+        self.bytes_sent = 0  # what crossed to the target: bytes_moved, or less compressed
         self.frozen_at = 0.0
         self.downtime = 0.0
         self._links = contextlib.ExitStack()
@@ -516,7 +522,8 @@ class Migration:
                   dst_sub: str) -> None:
         """One stream of the move phase: src_bind/src_sub into dst_bind/dst_sub."""
         folder = transfer.FolderLink(what, self.src, src_bind, self.dst, dst_bind,
-                                     private=what == "checkpoint")
+                                     private=what == "checkpoint",
+                                     compress=self.opts.compress)
         self.transfers.append((self.enter_link(folder), src_sub, dst_sub))
 
     def enter_link(self, link: transfer.FolderLink) -> transfer.FolderLink:
@@ -646,6 +653,7 @@ class Migration:
                 futures += self.strategy.move_checkpoint(pool)  # cross-ISA: to recode here
                 self._fault("during:move")
                 moved = [f.result() for f in futures]
+                self.bytes_sent += sum(link.sent[0] for link, _s, _d in self.transfers)
             finally:
                 # On a failure the rollback removes the helpers, which ends the streams.
                 pool.shutdown(wait=False, cancel_futures=True)
@@ -976,7 +984,8 @@ class Migration:
             folder = transfer.FolderLink(
                 "checkpoint", self.src, self.src.checkpoint_dir(self.inspect["Id"]),
                 self.dst, self._fast_restore.folder if self._fast_restore else
-                self.dst.checkpoint_dir(self.created.target_container))
+                self.dst.checkpoint_dir(self.created.target_container), private=True,
+                compress=self.opts.compress)
             _old, sub, dst_sub = self.transfers[self.fast_link]
             self.transfers[self.fast_link] = (self.enter_link(folder), sub, dst_sub)
             self.frozen_at = time.monotonic()  # CRIU resumed it: frozen again from here
@@ -1311,6 +1320,8 @@ class Migration:
             "downtime_seconds": round(self.downtime, 3),
             "total_seconds": round(total, 3),
             "bytes_moved": self.bytes_moved,
+            "compress": self.opts.compress,
+            "bytes_sent": self.bytes_sent,
             "source_kept": self.opts.keep_source,
             **self._criu_figures(),  # issue 11
         }

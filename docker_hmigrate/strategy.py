@@ -238,7 +238,8 @@ class CrossIsa(SameIsa):
         m = self.m
         self.link = m.enter_link(transfer.FolderLink(
             "checkpoint", m.src, m.src.checkpoint_dir(m.inspect["Id"]),
-            m.dst, m.dst.checkpoint_dir(target["Id"])))
+            m.dst, m.dst.checkpoint_dir(target["Id"]), private=True,
+            compress=m.opts.compress))
 
     def before_freeze(self) -> None:
         """Bring every thread to an equivalence point before the dump."""
@@ -271,6 +272,7 @@ class CrossIsa(SameIsa):
             m.rep.set("recode_seconds", {k: round(v, 4) for k, v in timings.items()})
             moved = self.link.upload(merged, m.checkpoint)
             m.bytes_moved += moved.bytes
+            m.bytes_sent += self.link.sent[0]
             ph.update(f"{m.src.isa} -> {m.dst.isa} in {timings['total']:.3f}s")
 
     def after_restore(self, cid: str) -> None:

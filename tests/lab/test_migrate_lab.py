@@ -12,11 +12,13 @@ import pytest
 from tests.support.lab import (
     BASE_IMAGE,
     COUNTER_CMD,
+    DOCKER_CLI,
     REDIS_IMAGE,
     counter_values,
     exists,
     hmigrate,
     migrate_json,
+    run_cli,
     unique,
     wait_until,
 )
@@ -70,6 +72,31 @@ def test_counter_continues_on_target(host_a, host_b, cleanup):
     # The restored container holds no checkpoint any more (it is process memory).
     assert host_b.docker("checkpoint", "ls", name).strip().splitlines()[1:] == []
     no_helpers_left(host_a, host_b, migration=doc["checkpoint"])
+
+
+def test_compressed_move_sends_less_and_the_counter_continues(host_a, host_b, cleanup):
+    """--compress gzip: the archives cross gzip-compressed (the target daemon unpacks
+    them), on the fast path and on the API path alike."""
+    name = unique("mig-gzip")
+    cleanup.append(name)
+    host_a.docker("run", "-d", "--name", name, BASE_IMAGE, *COUNTER_CMD)
+    wait_until(lambda: len(counter_values(host_a.logs(name))) >= 2, what="counter on a")
+    proc, doc = migrate_json(name, "--to", "hm-b", "--compress", "gzip")
+    assert proc.returncode == 0, proc.stderr
+    assert doc["compress"] == "gzip" and 0 < doc["bytes_sent"] < doc["bytes_moved"] / 2, doc
+    wait_until(lambda: len(counter_values(host_b.logs(name))) >= 2, what="counter on b")
+    before = max(counter_values(host_b.logs(name)))
+    # and back through Docker's checkpoint API
+    proc = run_cli([DOCKER_CLI, "--context", "hm-b", "hmigrate", "migrate", name, "--to",
+                    "hm-a", "--compress", "gzip", "--json"], 600,
+                   env={**os.environ, "HMIGRATE_FASTPATH": "0"})
+    assert proc.returncode == 0, proc.stderr
+    back = json.loads(proc.stdout)
+    assert back["checkpoint_path"] == "api" and back["bytes_sent"] < back["bytes_moved"]
+    wait_until(lambda: counter_values(host_a.logs(name)), what="counter back on a")
+    values = counter_values(host_a.logs(name))
+    assert values[0] > before and values == list(range(values[0], values[0] + len(values)))
+    no_helpers_left(host_a, host_b, migration=back["checkpoint"])
 
 
 def test_filesystem_changes_and_named_volume_move(host_a, host_b, cleanup):

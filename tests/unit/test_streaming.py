@@ -297,3 +297,29 @@ def test_metadata_parsed_with_shared_values_is_the_same_document() -> None:
     fs = got["functions"]
     assert fs[1]["cfa"] is fs[2]["cfa"] and fs[1]["regs"][0] is fs[2]["regs"][0]
     assert fs[1]["size"] is fs[2]["size"] and fs[1]["sites"][0]["sp"] is fs[2]["sites"][0]["sp"]
+
+
+def test_gzipped_stream_unpacks_to_the_same_archive_and_counts_what_is_sent() -> None:
+    """--compress gzip: one gzip member the target daemon unpacks (its archive PUT takes
+    gzip); `sent` counts the compressed bytes."""
+    import gzip
+
+    from docker_hmigrate import transfer
+
+    chunks = [bytes(1 << 20), b"hello" * 1000, bytes(range(256)) * 64]
+    sent = [0]
+    out = b"".join(transfer.gzipped(iter(chunks), sent))
+    assert gzip.decompress(out) == b"".join(chunks)
+    assert sent[0] == len(out) < sum(map(len, chunks)) // 10
+
+
+def test_an_unknown_compression_is_a_usage_error() -> None:
+    import pytest
+
+    from docker_hmigrate import errors
+    from docker_hmigrate.migrate import MigrationOptions
+
+    MigrationOptions("web", compress="gzip").check()
+    with pytest.raises(errors.UsageError) as exc:
+        MigrationOptions("web", compress="zstd").check()
+    assert exc.value.exit_code == 125 and "none, gzip" in exc.value.hint

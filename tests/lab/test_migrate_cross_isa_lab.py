@@ -44,13 +44,19 @@ def leftovers(client: docker.DockerClient, checkpoint: str) -> list[str]:
             if c.name == name]
 
 
-def test_helloworld_moves_to_aarch64_and_back_counting_on(host_a, arm, cleanup, on_arm):
-    name = unique("x-hello")
+def hello_on_x86(host_a, cleanup, on_arm, prefix: str) -> str:
+    """helloworld started on host a (cleaned up on both hosts), counting."""
+    name = unique(prefix)
     cleanup.append(name)
     on_arm.append(name)
     host_a.docker("pull", "-q", HELLO)
     host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined", HELLO)
     wait_until(lambda: len(ticks(host_a.logs(name))) >= 2, what="helloworld on x86-64")
+    return name
+
+
+def test_helloworld_moves_to_aarch64_and_back_counting_on(host_a, arm, cleanup, on_arm):
+    name = hello_on_x86(host_a, cleanup, on_arm, "x-hello")
 
     proc = hmigrate("migrate", name, "--to", "hm-arm", "--json")
     assert proc.returncode == 0, proc.stderr
@@ -95,12 +101,7 @@ def test_plugin_killed_after_the_park_is_recovered_and_counts_on(host_a, arm, cl
     the dump): no handler withdraws the park request. `recover` does, removes what the move
     made on the aarch64 host, and the program counts on from where it stopped, one tick
     after another."""
-    name = unique("x-kill")
-    cleanup.append(name)
-    on_arm.append(name)
-    host_a.docker("pull", "-q", HELLO)
-    host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined", HELLO)
-    wait_until(lambda: len(ticks(host_a.logs(name))) >= 2, what="helloworld on x86-64")
+    name = hello_on_x86(host_a, cleanup, on_arm, "x-kill")
     killed = run_cli([DOCKER_CLI, "--context", "hm-a", "hmigrate", "migrate", name, "--to",
                       "hm-arm"], 600,
                      env={**os.environ, "HMIGRATE_TEST_FAULT": "before:checkpoint:sigkill"})

@@ -29,6 +29,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import docker.errors
@@ -137,14 +138,10 @@ def sweep(host: Host) -> list[str]:
     return removed
 
 
-def _remove_tmpfs(host: Host, checkpoint: str, agent: fastpath.Agent | None = None) -> None:
+def _remove_tmpfs(host: Host, checkpoint: str) -> None:
     """The migration's tmpfs folders on a host (process memory): named after it."""
-    script = f"rm -rf {fastpath.TMPFS}/{shlex.quote(checkpoint)}-*"
     with contextlib.suppress(docker.errors.APIError, errors.HmigrateError):
-        if agent is not None and agent.id:
-            agent.sh(script)
-        else:
-            host.run_probe(script, timeout=60)
+        host.run_probe(f"rm -rf {fastpath.TMPFS}/{shlex.quote(checkpoint)}-*", timeout=60)
 
 
 def _remove_local(checkpoint: str) -> None:
@@ -271,9 +268,7 @@ class Recovery:
             with contextlib.suppress(docker.errors.APIError):
                 self.src.checkpoint_delete(cid, ck)
             self._act(f"restored {self.name} on {self.src.name} from its checkpoint {ck}")
-            self._resume_parked()
-            self._remove_staging(self.src)  # while its links still lead to the images
-            _remove_tmpfs(self.src, ck, agent)
+            self._resume_parked()  # its staging copy and tmpfs images go in _clean
         finally:
             agent.close()
 
@@ -328,7 +323,7 @@ class Recovery:
                 removed = host.remove_labelled(MIGRATION_LABEL, ck)
                 if removed:
                     self._act(f"removed {len(removed)} helper container(s) on {host.name}")
-                self._remove_staging(host)
+                self._remove_staging(host)  # while its links still lead to the images
                 _remove_tmpfs(host, ck)
             sweep(host)
         if ck:
@@ -339,7 +334,6 @@ class Recovery:
 
 def _created_after(created: str, since: float) -> bool:
     """Whether Docker's Created timestamp (RFC 3339, nanoseconds) is after `since`."""
-    from datetime import datetime
     try:
         stamp = datetime.fromisoformat(created[:26].rstrip("Z") + "+00:00")
     except ValueError:

@@ -58,6 +58,7 @@ class Moving(Protocol):
     created: Any  # Created: what a rollback undoes
     frozen_at: float
     bytes_moved: int
+    bytes_sent: int
     transfers: list[tuple[transfer.FolderLink, str, str]]
     fast_link: int
 

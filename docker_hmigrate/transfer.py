@@ -89,21 +89,14 @@ def prefetched(stream: Iterator[bytes]) -> Iterator[bytes]:
         stop.set()  # the consumer gave up: let the reader end
 
 
-def gzipped(chunks: Iterator[bytes], sent: list[int] | None = None,
-            level: int = GZIP_LEVEL) -> Iterator[bytes]:
-    """The stream as one gzip member (the target daemon unpacks it); `sent` counts the
-    compressed bytes."""
+def gzipped(chunks: Iterator[bytes], level: int = GZIP_LEVEL) -> Iterator[bytes]:
+    """The stream as one gzip member (the target daemon unpacks it)."""
     z = zlib.compressobj(level, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
     for chunk in chunks:
         out = z.compress(chunk)
         if out:
-            if sent is not None:
-                sent[0] += len(out)
             yield out
-    out = z.flush()
-    if sent is not None:
-        sent[0] += len(out)
-    yield out
+    yield z.flush()
 
 
 def _put(chunks: queue.Queue, item, stop: threading.Event) -> bool:
@@ -225,9 +218,7 @@ class FolderLink:
     def _wire(self, data: Iterator[bytes]) -> Iterator[bytes]:
         """What is sent: the archive, gzip-compressed with --compress gzip. `sent` is
         known once the stream ends."""
-        if self.compress == "gzip":
-            return gzipped(data, self.sent)
-        return _counted(data, self.sent, None)
+        return _counted(gzipped(data) if self.compress == "gzip" else data, self.sent, None)
 
     def download(self, src_subpath: str, local_dir: Path) -> Transferred:
         """Unpack SRC/src_subpath (a folder) into local_dir, for a local transformation."""

@@ -288,8 +288,9 @@ class Recovery:
 
     def _resume_parked(self) -> None:
         """Cross-ISA: threads parked at their equivalence points go on (the request is
-        withdrawn; a program that was not parked ignores it)."""
-        if self.dst is None or self.dst.isa == self.src.isa:
+        withdrawn; a program that was not parked ignores it). A target that does not
+        answer may be of the other ISA: the request is withdrawn all the same."""
+        if self.dst is not None and self.dst.isa == self.src.isa:
             return
         from docker_hmigrate import park
         from docker_hmigrate.validate import load_program

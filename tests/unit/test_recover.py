@@ -96,3 +96,28 @@ def test_created_after_reads_dockers_timestamps():
     assert recover._created_after("2026-12-02T17:00:05.123456789Z", since)
     assert not recover._created_after("2026-12-02T16:59:00.5Z", since)
     assert not recover._created_after("garbage", since)
+
+
+def test_a_parked_program_is_resumed_even_when_the_target_does_not_answer(monkeypatch):
+    """Killed after the park on the way to another ISA, and that host now unreachable: the
+    source still runs, parked; recover withdraws the request (it did not, before)."""
+    from types import SimpleNamespace
+
+    from docker_hmigrate import park, validate
+
+    withdrawn = []
+    monkeypatch.setattr(validate, "load_program",
+                        lambda host, inspect: SimpleNamespace(park_protocol="proto"))
+    monkeypatch.setattr(park, "withdraw", lambda host, cid, proto: withdrawn.append(cid))
+    src = SimpleNamespace(name="hm-a", isa="x86-64")
+    lock = recover.Lock("l1", recover.lock_labels("c" * 64, "hmigrate-x", "hm-arm", "web",
+                                                  {}, False))
+    rec = recover.Recovery(src, {"Id": "c" * 64, "Name": "/web"}, lock,
+                           lambda name: None, lambda line: None)
+    rec._resume_parked()  # rec.dst is None: the target was not reached
+    assert withdrawn == ["c" * 64] and "withdrew the park request" in rec.done[0]
+    rec.done.clear()
+    withdrawn.clear()
+    rec.dst = SimpleNamespace(name="hm-b", isa="x86-64")  # same ISA: nothing was parked
+    rec._resume_parked()
+    assert withdrawn == [] and rec.done == []

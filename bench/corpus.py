@@ -282,12 +282,14 @@ def offline_run(spec: dict, context: str, timeout: float,
 
     import docker as sdk
 
-    from docker_hmigrate import recode
+    from docker_hmigrate import park, recode
+    from docker_hmigrate.engine import Host
     from tests.support.lab import HOSTS
     from tests.support.recode_lab import program_of_image
 
     client = sdk.DockerClient(base_url=HOSTS[context.removeprefix("hm-")]["url"],
                               version="auto", timeout=600)
+    host = Host(context, client)
     image = spec["image"]
     client.images.pull(image, platform="linux/amd64")
     program = program_of_image(client, image)
@@ -318,7 +320,10 @@ def offline_run(spec: dict, context: str, timeout: float,
                 work = Path(tempfile.mkdtemp(prefix="hm-corpus-"))
                 checkpointed = False
                 try:
-                    _park(c, program, time.monotonic() + 30)
+                    # the plugin's own park: at a point its stack checks pass (or
+                    # refused before the freeze)
+                    park.park_translatable(host, c.id, program, "aarch64",
+                                           report=lambda msg: log(f"  {msg}"))
                     api = client.api
                     checkpointed = True
                     api._raise_for_status(api._post_json(
@@ -409,37 +414,6 @@ def _not_a_park_point(message: str, program, isa: str) -> str | None:
         if any(lo <= ra - 1 < hi for lo, hi in ranges):
             return word
     return None
-
-
-def _park(c, program, deadline: float) -> None:
-    """Park signal, then wait for the announcement (or the runtime's blocked report)."""
-    import io
-    import tarfile
-
-    import docker as sdk
-
-    c.kill(signal=40)
-    while time.monotonic() < deadline:
-        try:
-            bits, _ = c.get_archive("/run/hmigrate/parked")
-            b"".join(bits)
-            return
-        except sdk.errors.NotFound:
-            time.sleep(0.1)
-    try:
-        bits, _ = c.get_archive("/run/hmigrate/parked.blocked")
-        with tarfile.open(fileobj=io.BytesIO(b"".join(bits))) as tar:
-            f = tar.extractfile(tar.getmembers()[0])
-            text = f.read().decode() if f else ""
-        ra = int(dict(x.split("=", 1) for x in text.split()).get("ra", "0"), 16)
-        why = program.park_protocol.explain(ra)
-    except (sdk.errors.NotFound, ValueError):
-        why = "no equivalence point reached"
-    for i in range(3):  # a kick sent just before the resume arms a new request
-        time.sleep(0.3 if i else 0)
-        with contextlib.suppress(sdk.errors.APIError):  # it may have finished meanwhile
-            c.kill(signal=41)
-    raise RuntimeError(f"refused before the freeze: {why}")
 
 
 def run_program(program: str, ns: argparse.Namespace, log=print) -> Result:

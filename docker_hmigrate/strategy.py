@@ -251,8 +251,13 @@ class CrossIsa(SameIsa):
                 "its image was not built by the multi-ISA toolchain")
         with m.rep.phase("park") as ph:
             m.frozen_at = time.monotonic()  # the program stops making progress here
-            parked = park.park_all(m.src, m.inspect["Id"], self.program.park_protocol)
-            m.created.source_parked = True
+            m.created.source_parked = True  # from the first signal: a request may stand
+            # parked where the recode's stack checks pass, read live (recode/livecheck.py)
+            parked = park.park_translatable(
+                m.src, m.inspect["Id"], self.program, m.dst.isa, report=ph.update,
+                warn=m.rep.warn,
+                bound=wait_limit("HMIGRATE_SAFE_POINT_WAIT", park.SAFE_POINT_WAIT))
+            m.rep.set("park_tries", int(parked["tries"]))
             ph.update(f"{parked['processes']} processes parked" if "processes" in parked
                       else f"{parked.get('threads', '?')} thread(s) parked")
 

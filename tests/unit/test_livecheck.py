@@ -1,0 +1,160 @@
+"""The recode's stack checks run before the freeze on stacks read from a live parked
+process (recode/livecheck.py): registers from SP and pc alone on both ISAs, the same
+refusals as the recode after the dump, the probe's output read back, and its script run
+for real on a local process."""
+
+from __future__ import annotations
+
+import base64
+import os
+import subprocess
+import time
+
+import pytest
+
+from docker_hmigrate.isa import AARCH64, ThreadRegs
+from docker_hmigrate.recode import frames, livecheck, rebuild
+from tests.unit.test_recode import (
+    BOTTOM,
+    OUTER,
+    STACK,
+    A,
+    FakeMem,
+    X,
+    metadata,
+    program,
+    x86_stack,
+)
+
+
+def live(mem: FakeMem, regs: ThreadRegs, tid: int = 7) -> livecheck.LiveThread:
+    return livecheck.LiveThread(1, tid, regs.syscall_nr, (*regs.args, 0, 0), regs.sp,
+                                regs.pc, mem.base, bytes(mem.data))
+
+
+def md_with_targets() -> dict:
+    """The synthetic program with its call of the futex wait named (as real metadata
+    has it): aarch64's leaf futex wait needs it."""
+    md = metadata()
+    park = next(f for f in md["functions"] if f["name"] == "hmigrate_park")
+    for isa in (X, A):
+        park["isa"][isa]["call_sites"][0]["target"] = "hm_futex_wait"
+    return md
+
+
+def test_x86_stack_read_live_passes_and_its_frame_pointer_follows_from_sp() -> None:
+    md = md_with_targets()
+    mem, regs = x86_stack()
+    t = live(mem, regs)
+    assert livecheck.registers(t, frames.Index.of(md, X, A)).fp == regs.fp
+    assert livecheck.problem(program(md), X, A, [t]) is None
+
+
+def test_stale_stack_address_is_found_before_the_freeze() -> None:
+    md = md_with_targets()
+    mem, regs = x86_stack()
+    mem.write_u64(OUTER - 32, OUTER - 12)  # main's p points into its saved-rbp slot
+    why = livecheck.problem(program(md), X, A, [live(mem, regs, tid=9)])
+    assert why is not None and why.startswith("thread 9: main: p") \
+        and "matches no variable slot" in why
+
+
+def test_thread_not_in_the_futex_wait_is_a_problem_not_an_error() -> None:
+    md = md_with_targets()
+    mem, regs = x86_stack()
+    regs.pc = 0x401000
+    assert "not parked" in livecheck.problem(program(md), X, A, [live(mem, regs)])
+
+
+def test_stack_that_leaves_what_was_read_is_a_problem() -> None:
+    md = md_with_targets()
+    mem, regs = x86_stack()
+    short = FakeMem(STACK, 0x1000)
+    short.data = mem.data[:OUTER - 0x40 - STACK]  # cut below main's frame
+    why = livecheck.problem(program(md), X, A, [live(short, regs)])
+    assert why is not None and "outside the stack read" in why
+
+
+def aarch64_stack(md: dict) -> tuple[FakeMem, ThreadRegs]:
+    """The synthetic x86-64 stack rebuilt for aarch64 (as a recode would), and the
+    registers it gives the thread there."""
+    src, regs = x86_stack()
+    idx = frames.Index(md, X, A)
+    stack = frames.unwind(src, regs, idx)
+    frames.source_callee_saved(src, stack, regs, idx)
+    frames.plan_target(stack, idx)
+    arm = FakeMem(STACK, 0x1000)
+    out = rebuild.write_target(src, arm, stack, idx, frames.StackMap(stack, idx), BOTTOM[A])
+    park = md["runtime"]["park_points"][A]
+    return arm, ThreadRegs(
+        pc=park["blocked_pc"], sp=frames.lowest_target_sp(stack, idx), fp=out["x29"], tp=0,
+        syscall_nr=AARCH64.sys_futex, result=0, args=(0, 0, 0, 0),
+        callee_saved={r: out.get(r, 0) for r in AARCH64.callee_saved}, lr=out["x30"])
+
+
+def test_aarch64_leaf_futex_wait_registers_follow_from_its_one_call_site() -> None:
+    md = md_with_targets()
+    arm, regs = aarch64_stack(md)
+    t = live(arm, regs)
+    got = livecheck.registers(t, frames.Index.of(md, A, X))
+    assert (got.fp, got.lr) == (regs.fp, regs.lr)
+    assert livecheck.problem(program(md), A, X, [t]) is None
+
+
+def test_aarch64_without_a_single_call_of_the_futex_wait_is_a_problem() -> None:
+    md = metadata()  # call sites without targets: the futex wait's caller is unknown
+    arm, regs = aarch64_stack(md)
+    assert "from 0 places" in livecheck.problem(program(md), A, X, [live(arm, regs)])
+
+
+def test_probe_output_parsed_and_refusals_of_the_probe_raised() -> None:
+    data = bytes(range(256)) * 16
+    out = (f"T 10 11 {0x7ff000} 202 0x600000 0x80 0x1 0x0 0x0 0x0 0x7ff010 0x401408\n"
+           f"{base64.b64encode(data).decode()}\n")
+    (t,) = livecheck.parse("noise\n" + out)
+    assert (t.pid, t.tid, t.syscall_nr, t.sp, t.pc, t.base) == \
+        (10, 11, 202, 0x7ff010, 0x401408, 0x7ff000)
+    assert t.args[:3] == (0x600000, 0x80, 1) and t.data == data
+    assert t.memory.read_u64(0x7ff008) == int.from_bytes(data[8:16], "little")
+    with pytest.raises(livecheck.NotRead, match="not settled"):
+        livecheck.parse("U not settled\n")
+    with pytest.raises(livecheck.NotRead, match="no thread"):
+        livecheck.parse("")
+    with pytest.raises(livecheck.NotRead, match="unreadable"):
+        livecheck.parse(out.replace(base64.b64encode(data).decode()[:8], "!!!!!!!!"))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="reads another process's memory: root")
+def test_read_script_reads_a_real_blocked_process() -> None:
+    """The probe's script, run by this machine's sh on a process blocked in a system
+    call (sleep), prints its SP, pc and stack mapping as /proc shows them."""
+    proc = subprocess.Popen(["sleep", "30"])
+    try:
+        fields: list[str] = []
+        for _ in range(100):
+            with open(f"/proc/{proc.pid}/syscall") as f:
+                fields = f.read().split()
+            if len(fields) == 9:
+                break
+            time.sleep(0.02)
+        assert len(fields) == 9, fields
+        nr, pc = int(fields[0]), int(fields[8], 16)
+        script = livecheck.read_script([proc.pid], nr, [pc], settle=2)
+        out = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+        (t,) = livecheck.parse(out)
+        assert (t.pid, t.tid, t.syscall_nr, t.pc) == (proc.pid, proc.pid, nr, pc)
+        assert t.sp == int(fields[7], 16) and t.base == t.sp // 4096 * 4096
+        with open(f"/proc/{proc.pid}/mem", "rb") as mem:
+            mem.seek(t.base)
+            assert mem.read(len(t.data)) == t.data and len(t.data) >= 4096
+        # a pc it never reaches: not settled within the bound
+        script = livecheck.read_script([proc.pid], nr, [pc + 1], settle=0.2)
+        res = subprocess.run(["sh", "-c", script], capture_output=True, text=True,
+                             timeout=60)
+        assert res.returncode == 2
+        with pytest.raises(livecheck.NotRead, match="not settled"):
+            livecheck.parse(res.stdout)
+    finally:
+        proc.kill()
+        proc.wait()

@@ -282,7 +282,7 @@ def offline_run(spec: dict, context: str, timeout: float,
 
     import docker as sdk
 
-    from docker_hmigrate import park, recode
+    from docker_hmigrate import recode, safepoint
     from docker_hmigrate.engine import Host
     from tests.support.lab import HOSTS
     from tests.support.recode_lab import program_of_image
@@ -322,8 +322,8 @@ def offline_run(spec: dict, context: str, timeout: float,
                 try:
                     # the plugin's own park: at a point its stack checks pass (or
                     # refused before the freeze)
-                    park.park_translatable(host, c.id, program, "aarch64",
-                                           report=lambda msg: log(f"  {msg}"))
+                    safepoint.park_where_translatable(host, c.id, program, "aarch64",
+                                                     report=lambda msg: log(f"  {msg}"))
                     api = client.api
                     checkpointed = True
                     api._raise_for_status(api._post_json(

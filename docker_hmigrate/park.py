@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import tarfile
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import docker.errors
@@ -243,73 +242,3 @@ def resume_all(host: Host, container: str, proto: ParkProtocol,
             f"cannot send the resume signal to the processes of {container}: {out.strip()}",
             hint=f"send it to each by hand: kill -{proto.resume_signal} PID (host pids)")
 
-
-# How long a move waits for a point the recode can translate (livecheck.py): parked,
-# checked, let go on and parked again with growing gaps. HMIGRATE_SAFE_POINT_WAIT=SECONDS.
-SAFE_POINT_WAIT, FIRST_GAP, MAX_GAP = 10.0, 0.1, 1.6
-
-
-def park_translatable(host: Host, container: str, program, dst_isa: str,
-                      report: Callable[[str], None] = lambda msg: None,
-                      warn: Callable[[str], None] = lambda msg: None,
-                      bound: float = SAFE_POINT_WAIT) -> dict:
-    """park_all(), then the recode's stack checks on the parked threads, read live
-    (recode/livecheck.py). A point they refuse (a stale stack address at no variable, a
-    value the metadata cannot place) is let go: the program runs on and is parked again
-    a moment later, at another point, until `bound` seconds have passed; then the move
-    is refused, before the freeze, with the last reason. Returns park_all's answer and
-    "tries"."""
-    from docker_hmigrate.recode import livecheck  # the recode's modules: cross-ISA only
-
-    proto = program.park_protocol
-    deadline = time.monotonic() + bound
-    gap, tries = FIRST_GAP, 0
-    while True:
-        parked = park_all(host, container, proto)
-        tries += 1
-        try:
-            why = livecheck.problem(program, host.isa, dst_isa,
-                                    read_parked(host, container, proto, parked))
-        except livecheck.NotRead as exc:  # the recode after the dump still checks them
-            warn(f"the parked stacks were not checked before the freeze ({exc}): "
-                 "the recode checks them after it")
-            why = None
-        if why is None:
-            return {**parked, "tries": str(tries)}
-        if len(parked.get("pids", "").split(",")) > 1:
-            resume_all(host, container, proto,
-                       [int(p) for p in parked["pids"].split(",")])
-        else:
-            withdraw(host, container, proto)
-        if time.monotonic() + gap > deadline:
-            raise errors.NotMigratableCrossISA(
-                f"{container} reached no point that can be translated to {dst_isa} in "
-                f"{bound:g}s ({tries} tries); the last: {why}; refused before the freeze",
-                hint="the request was withdrawn and the container runs on; retry at "
-                     "another moment of its work, or migrate to a host of the same ISA "
-                     "(docs/toolchain.md, C constructs); HMIGRATE_SAFE_POINT_WAIT=SECONDS "
-                     "waits longer")
-        report(f"not translatable here ({why}); parked again in {gap:g}s")
-        time.sleep(gap)
-        gap = min(gap * 2, MAX_GAP)
-
-
-def read_parked(host: Host, container: str, proto: ParkProtocol, parked: dict) -> list:
-    """The parked threads' stack pointers, pcs and stacks, read by a probe on the host
-    (host pid namespace; what it prints lives in its log only until it is removed, at
-    once)."""
-    from docker_hmigrate.isa import get as isa_of
-    from docker_hmigrate.recode import livecheck
-
-    pids = [int(p) for p in parked.get("pids", "").split(",") if p.isdigit()] \
-        or container_pids(host, container)
-    pcs = [p for p in proto.parked_pcs]
-    md = proto.metadata
-    if md is not None:
-        own = md.runtime.park_pc(host.isa).blocked_pc
-        pcs = [own] if own is not None else pcs
-    script = livecheck.read_script(pids, isa_of(host.isa).sys_futex, pcs)
-    status, out = host.run_probe(script, timeout=60)
-    if status not in (0, 2, 3):
-        raise livecheck.NotRead(f"the probe exited with {status}: {out.strip()[-200:]}")
-    return livecheck.parse(out)

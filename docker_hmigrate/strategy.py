@@ -28,7 +28,7 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 from typing import Any, Protocol
 
-from docker_hmigrate import engine, errors, park, recode, template, transfer
+from docker_hmigrate import engine, errors, park, recode, safepoint, template, transfer
 from docker_hmigrate.engine import Host
 from docker_hmigrate.output import Reporter
 from docker_hmigrate.polling import wait_limit
@@ -253,10 +253,10 @@ class CrossIsa(SameIsa):
             m.frozen_at = time.monotonic()  # the program stops making progress here
             m.created.source_parked = True  # from the first signal: a request may stand
             # parked where the recode's stack checks pass, read live (recode/livecheck.py)
-            parked = park.park_translatable(
+            parked = safepoint.park_where_translatable(
                 m.src, m.inspect["Id"], self.program, m.dst.isa, report=ph.update,
                 warn=m.rep.warn,
-                bound=wait_limit("HMIGRATE_SAFE_POINT_WAIT", park.SAFE_POINT_WAIT))
+                bound=wait_limit("HMIGRATE_SAFE_POINT_WAIT", safepoint.SAFE_POINT_WAIT))
             m.rep.set("park_tries", int(parked["tries"]))
             ph.update(f"{parked['processes']} processes parked" if "processes" in parked
                       else f"{parked.get('threads', '?')} thread(s) parked")

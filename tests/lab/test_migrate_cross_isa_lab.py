@@ -5,9 +5,12 @@ before anything is frozen."""
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import subprocess
+import tarfile
+from concurrent.futures import ThreadPoolExecutor
 
 import docker
 import pytest
@@ -391,3 +394,97 @@ def test_program_started_on_aarch64_is_refused_for_x86_64_before_freezing(arm, o
     wait_until(lambda: max(ticks(c.logs().decode())) > before, timeout=30, what="still counting")
     c.reload()
     assert c.status == "running"
+
+
+STACKADDR = f"{PREFIX}/examples/stackaddr:latest"
+
+
+def stackaddr_ticks(logs: str) -> list[tuple[int, str]]:
+    """examples/stackaddr's lines: (N, "held" or "free")."""
+    out = []
+    for line in logs.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == "tick" and parts[1].isdigit():
+            out.append((int(parts[1]), parts[2]))
+    return out
+
+
+def put_file(container, path: str, data: bytes) -> None:
+    """A file into a container whose image has no shell (docker cp's API)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        info = tarfile.TarInfo(path.rsplit("/", 1)[1])
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    assert container.put_archive(path.rsplit("/", 1)[0] or "/", buf.getvalue())
+
+
+def parked(container) -> bool:
+    """The runtime's announcement that every thread is parked."""
+    for path in ("/run/hmigrate/parked", "/tmp/.hmigrate-parked"):
+        with contextlib.suppress(docker.errors.NotFound):
+            bits, _ = container.get_archive(path)
+            b"".join(bits)
+            return True
+    return False
+
+
+def test_untranslatable_point_is_left_for_a_later_one(host_a, arm, cleanup, on_arm):
+    """examples/stackaddr keeps, while /hold says 1, the address of its own frame record in
+    a variable: a stack address at no variable slot, which no recode can place on aarch64.
+    The parked stacks are checked before the freeze (recode/livecheck.py): held for good,
+    the move is refused before the freeze, naming the variable, and the program counts
+    on; let go while the move waits, it is parked again at a later point and moves, and
+    comes back from aarch64 (its stacks read there), one tick after another."""
+    name = unique("x-stackaddr")
+    cleanup.append(name)
+    on_arm.append(name)
+    host_a.docker("pull", "-q", STACKADDR)
+    host_a.docker("run", "-d", "--name", name, "--security-opt", "seccomp=unconfined",
+                  STACKADDR)
+    source = host_a.client.containers.get(name)
+    put_file(source, "/hold", b"1\n")
+    wait_until(lambda: any(s == "held" for _, s in stackaddr_ticks(host_a.logs(name))),
+               what="stackaddr to hold a stack address")
+
+    # held at every point: refused before the freeze
+    proc = run_cli([DOCKER_CLI, "--context", "hm-a", "hmigrate", "migrate", name, "--to",
+                    "hm-arm", "--json"], 600,
+                   env={**os.environ, "HMIGRATE_SAFE_POINT_WAIT": "2"})
+    assert proc.returncode == 14, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert "reached no point that can be translated" in doc["error"]["message"]
+    assert "held" in doc["error"]["message"] and "matches no variable slot" in \
+        doc["error"]["message"], doc["error"]
+    assert "checkpoint" not in {p["name"] for p in doc["phases"]}  # never frozen
+    assert "Traceback" not in proc.stderr
+    before = len(stackaddr_ticks(host_a.logs(name)))
+    wait_until(lambda: len(stackaddr_ticks(host_a.logs(name))) >= before + 2,
+               what="stackaddr to count on after the refusal")
+    assert not arm.containers.list(all=True, filters={"name": f"^/{name}$"})
+
+    # let go once the move has parked it (held): it parks again later and moves
+    def let_go() -> None:
+        wait_until(lambda: parked(source), timeout=120, interval=0.05,
+                   what="the first park")
+        put_file(source, "/hold", b"0\n")
+
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        releasing = pool.submit(let_go)
+        proc = hmigrate("migrate", name, "--to", "hm-arm", "--json")
+        releasing.result()
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads(proc.stdout)
+    assert doc["park_tries"] >= 2, doc.get("park_tries")
+    target = arm.containers.get(name)
+    wait_until(lambda: len(stackaddr_ticks(target.logs().decode())) >= 2, timeout=60,
+               what="stackaddr on aarch64")
+
+    # and back: its stacks read and checked on the aarch64 host
+    proc = hmigrate("migrate", name, "--to", "hm-a", "--json", context="hm-arm")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["park_tries"] == 1
+    wait_until(lambda: len(stackaddr_ticks(host_a.logs(name))) >= 2, timeout=60,
+               what="stackaddr back on x86-64")
+    n = [t for t, _ in stackaddr_ticks(host_a.logs(name))]
+    assert n == list(range(n[0], n[0] + len(n))) and n[0] > before, n[:5]

@@ -341,7 +341,8 @@ class Host:
         return removed
 
     def run_probe(self, script: str, timeout: float = 120, host_tmp: bool = False,
-                  stop: threading.Event | None = None) -> tuple[int, str]:
+                  stop: threading.Event | None = None,
+                  private: bool = False) -> tuple[int, str]:
         """Run `script` with the host's own /bin/sh, chrooted into the host's root.
 
         The probe container has the capabilities CRIU needs, shares the host's pid namespace
@@ -349,6 +350,8 @@ class Host:
         host's chroot, so its image can be empty. `host_tmp`: the host's own /tmp, writable
         (to remove containerd's staging copies), instead of a private one. `stop`: when
         set, the probe is killed (a watcher) and what it printed so far is returned.
+        `private`: what it prints holds process memory; no log driver sees it (a daemon's
+        journald or remote driver would keep it): it is read from the attach stream.
         """
         loader, libdir = host_loader(self.isa)
         name = f"hmigrate-probe-{uuid.uuid4().hex[:12]}"
@@ -363,6 +366,8 @@ class Host:
             # (CAP_SYS_RESOURCE in some sandboxes) refuses to start the container.
             cap_add=PROBE_CAPS, security_opt=["seccomp=unconfined", "apparmor=unconfined"],
         )
+        if private:
+            host_config["LogConfig"] = {"Type": "none", "Config": {}}
         cid = ""
         try:
             with interrupts.shielded():  # created and recorded, or neither
@@ -376,6 +381,8 @@ class Host:
                     environment={"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
                                          "/sbin:/bin"},
                 )["Id"]
+            attached = self.api.attach(cid, stdout=True, stderr=True, stream=True,
+                                       logs=False) if private else None
             self.api.start(cid)
             if stop is not None:
                 def killer() -> None:
@@ -383,8 +390,11 @@ class Host:
                     with contextlib.suppress(docker.errors.APIError):
                         self.api.kill(cid)
                 threading.Thread(target=killer, daemon=True).start()
+            if attached is not None:
+                out = b"".join(attached).decode(errors="replace")
             status = self.api.wait(cid, timeout=timeout + 30)["StatusCode"]
-            out = self.api.logs(cid, stdout=True, stderr=True).decode(errors="replace")
+            if attached is None:
+                out = self.api.logs(cid, stdout=True, stderr=True).decode(errors="replace")
             return status, out
         finally:
             if cid:

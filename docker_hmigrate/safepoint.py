@@ -87,8 +87,8 @@ def park_where_translatable(host: Host, container: str, program, dst_isa: str,
 
 def read_parked(host: Host, container: str, proto: park.ParkProtocol, parked: dict) -> list:
     """The parked threads' stack pointers, pcs and stacks, read by a probe on the host
-    (host pid namespace; what it prints lives in its log only until it is removed, at
-    once)."""
+    (host pid namespace). Process memory: read from the probe's attach stream, with no
+    log driver."""
     pids = [int(p) for p in parked.get("pids", "").split(",") if p.isdigit()] \
         or park.container_pids(host, container)
     pcs = [p for p in proto.parked_pcs]
@@ -97,7 +97,7 @@ def read_parked(host: Host, container: str, proto: park.ParkProtocol, parked: di
         own = md.runtime.park_pc(host.isa).blocked_pc
         pcs = [own] if own is not None else pcs
     script = livecheck.read_script(pids, isa_of(host.isa).sys_futex, pcs)
-    status, out = host.run_probe(script, timeout=60)
+    status, out = host.run_probe(script, timeout=60, private=True)
     if status not in (0, 2, 3):
         raise livecheck.NotRead(f"the probe exited with {status}: {out.strip()[-200:]}")
     return livecheck.parse(out)

@@ -29,8 +29,9 @@ from docker_hmigrate.recode import frames, process, rebuild
 from docker_hmigrate.recode.frames import Index, Untranslatable
 
 # Bounds of what is read per thread: the stack mapping from the SP up (a main thread's
-# grown stack is ~100 KiB, a thread's mapping its whole stack size).
-MAX_STACK_BYTES = 64 << 20
+# grown stack is ~100 KiB, a thread's mapping its whole stack size; a stack inside a
+# bigger mapping, e.g. given with pthread_attr_setstack, is read up to this).
+MAX_STACK_BYTES = 16 << 20
 
 
 @dataclass
@@ -119,7 +120,8 @@ def read_script(pids: list[int], syscall_nr: int, pcs: list[int], settle: float 
 
 
 class NotRead(Exception):
-    """The stacks could not be read (not settled, no mapping, output cut)."""
+    """The stacks could not be read or walked here (not settled, no mapping, output cut,
+    a walk beyond the bytes read): the recode after the dump checks them."""
 
 
 def parse(out: str) -> list[LiveThread]:
@@ -176,7 +178,8 @@ def _leaf_caller(leaf_cfa: int, idx: Index) -> tuple[int, int]:
 
 
 def problem(program, src_isa: str, dst_isa: str, threads: list[LiveThread]) -> str | None:
-    """Why the recode would refuse these parked stacks (None: it would translate them).
+    """Why the recode would refuse these parked stacks (None: it would translate them;
+    NotRead: a walk left the bytes read, so this cannot tell).
     `program`: a recode.Program (its metadata, and its binaries: the source's code tells
     which locals a stopped frame has not written yet, as in the recode)."""
     idx = Index.of(program.md, src_isa, dst_isa)
@@ -195,6 +198,7 @@ def problem(program, src_isa: str, dst_isa: str, threads: list[LiveThread]) -> s
                                  bottom)
         except Untranslatable as exc:
             return f"thread {t.tid}: {exc}"
-        except LookupError as exc:  # the walk left the stack: not a stack of ours
-            return f"thread {t.tid}: {exc}"
+        except LookupError as exc:  # the walk left what was read (a stack deeper than
+            # MAX_STACK_BYTES, or a chain the recode will refuse): not checked here
+            raise NotRead(f"thread {t.tid}: {exc}") from None
     return None

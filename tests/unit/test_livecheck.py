@@ -66,13 +66,15 @@ def test_thread_not_in_the_futex_wait_is_a_problem_not_an_error() -> None:
     assert "not parked" in livecheck.problem(program(md), X, A, [live(mem, regs)])
 
 
-def test_stack_that_leaves_what_was_read_is_a_problem() -> None:
+def test_walk_beyond_what_was_read_is_not_a_refusal() -> None:
+    """A stack deeper than what is read cannot be judged here: NotRead (the move goes on
+    and the recode checks it after the dump), never a refusal of a good point."""
     md = md_with_targets()
     mem, regs = x86_stack()
     short = FakeMem(STACK, 0x1000)
     short.data = mem.data[:OUTER - 0x40 - STACK]  # cut below main's frame
-    why = livecheck.problem(program(md), X, A, [live(short, regs)])
-    assert why is not None and "outside the stack read" in why
+    with pytest.raises(livecheck.NotRead, match="outside the stack read"):
+        livecheck.problem(program(md), X, A, [live(short, regs)])
 
 
 def aarch64_stack(md: dict) -> tuple[FakeMem, ThreadRegs]:
@@ -158,3 +160,65 @@ def test_read_script_reads_a_real_blocked_process() -> None:
     finally:
         proc.kill()
         proc.wait()
+
+
+class _Program:
+    park_protocol = object()
+
+
+def loop(monkeypatch, answers: list, bound: float = 5.0, **kw):
+    """safepoint.park_where_translatable with the host calls replaced: each park answers
+    the next of `answers` (a reason, None, or an exception the stacks' reading raises)."""
+    from docker_hmigrate import park, safepoint
+
+    calls: list[str] = []
+    monkeypatch.setattr(park, "park_all", lambda *a, **k: calls.append("park") or {})
+    monkeypatch.setattr(park, "withdraw", lambda *a, **k: calls.append("withdraw"))
+    monkeypatch.setattr(safepoint, "read_parked", lambda *a, **k: [])
+    monkeypatch.setattr(safepoint, "FIRST_GAP", 0.01)
+    monkeypatch.setattr(safepoint, "MAX_GAP", 0.02)
+    it = iter(answers)
+
+    def problem(*_a):
+        a = next(it)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    monkeypatch.setattr(livecheck, "problem", problem)
+
+    class H:
+        isa = X
+
+    return calls, lambda: safepoint.park_where_translatable(
+        H(), "c", _Program(), A, bound=bound, **kw)
+
+
+def test_a_refused_point_is_let_go_and_the_next_one_taken(monkeypatch) -> None:
+    said: list[str] = []
+    calls, run = loop(monkeypatch, ["thread 1: p: matches no variable slot", None],
+                      report=said.append)
+    assert run()["tries"] == "2"
+    assert calls == ["park", "withdraw", "park"]
+    assert "not translatable here (thread 1: p" in said[0]
+
+
+def test_no_translatable_point_within_the_bound_is_refused_before_the_freeze(
+        monkeypatch) -> None:
+    from docker_hmigrate import errors
+
+    calls, run = loop(monkeypatch, ["thread 1: held: matches no variable slot"] * 1000,
+                      bound=0.2)
+    with pytest.raises(errors.NotMigratableCrossISA) as exc:
+        run()
+    assert "reached no point that can be translated" in str(exc.value)
+    assert "held: matches no variable slot" in str(exc.value)
+    assert "refused before the freeze" in str(exc.value)
+    assert calls[-1] == "withdraw" and calls.count("park") == calls.count("withdraw") >= 2
+
+
+def test_stacks_that_cannot_be_read_are_left_to_the_recode(monkeypatch) -> None:
+    warned: list[str] = []
+    calls, run = loop(monkeypatch, [livecheck.NotRead("not settled")], warn=warned.append)
+    assert run()["tries"] == "1" and calls == ["park"]
+    assert "not checked before the freeze (not settled)" in warned[0]

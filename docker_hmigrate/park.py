@@ -102,13 +102,16 @@ def parse_park_file(text: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
 
 
-def park(host: Host, container: str, proto: ParkProtocol, timeout: float = 15) -> dict:
-    """Ask every thread to park; wait for the announcement. Withdraws on failure."""
+def park(host: Host, container: str, proto: ParkProtocol, timeout: float = 15,
+         label: str | None = None) -> dict:
+    """Ask every thread to park; wait for the announcement. Withdraws on failure.
+    `label`: the container as the user named it, for messages (else `container`)."""
+    who = label or container
     try:
         host.api.kill(container, signal=proto.park_signal)
     except docker.errors.APIError as exc:
         raise errors.NotMigratableCrossISA(
-            f"cannot send the park signal to {container}: {api_error_text(exc)}") from exc
+            f"cannot send the park signal to {who}: {api_error_text(exc)}") from exc
     def announced() -> dict | None:
         for path in (proto.park_file, proto.fallback_file):
             data = read_container_file(host, container, path)
@@ -123,13 +126,13 @@ def park(host: Host, container: str, proto: ParkProtocol, timeout: float = 15) -
     withdraw(host, container, proto)
     if blocked:
         raise errors.NotMigratableCrossISA(
-            f"{container} did not reach its equivalence points within {timeout:g}s: "
+            f"{who} did not reach its equivalence points within {timeout:g}s: "
             f"{blocked}; refused before the freeze",
             hint="the request was withdrawn and the container runs on; this construct is "
                  "not translated across ISAs yet (see docs/toolchain.md, C constructs): "
                  "migrate to a host of the same ISA, or at a moment it is not active")
     raise errors.NotMigratableCrossISA(
-        f"{container} did not reach its equivalence points within {timeout:g}s "
+        f"{who} did not reach its equivalence points within {timeout:g}s "
         "(a thread that never calls a function, or blocks every signal, cannot park)",
         hint="the request was withdrawn and the container runs on; retry, or migrate to "
              "a host of the same ISA")
@@ -209,11 +212,13 @@ def container_pids(host: Host, container: str) -> list[int]:
     return [int(p[0]) for p in procs if p and p[0].isdigit()]
 
 
-def park_all(host: Host, container: str, proto: ParkProtocol, timeout: float = 15) -> dict:
+def park_all(host: Host, container: str, proto: ParkProtocol, timeout: float = 15,
+             label: str | None = None) -> dict:
     """park() for a container of any number of processes; withdraws on failure."""
+    who = label or container
     pids = container_pids(host, container)
     if len(pids) <= 1 or not proto.parked_pcs:
-        return park(host, container, proto, timeout)
+        return park(host, container, proto, timeout, label)
     script = _PARK_ALL.format(pids=" ".join(map(str, pids)), sig=proto.park_signal,
                               pcs=" ".join(hex(p) for p in proto.parked_pcs),
                               timeout=int(timeout + 0.999))
@@ -222,7 +227,7 @@ def park_all(host: Host, container: str, proto: ParkProtocol, timeout: float = 1
         blocked = blocked_by(host, container, proto)
         resume_all(host, container, proto, pids)
         raise errors.NotMigratableCrossISA(
-            f"{container}: its {len(pids)} processes did not all reach their equivalence "
+            f"{who}: its {len(pids)} processes did not all reach their equivalence "
             f"points within {timeout:g}s ({blocked or out.strip()[-200:]})",
             hint="the request was withdrawn and the container runs on; retry, or migrate "
                  "to a host of the same ISA")

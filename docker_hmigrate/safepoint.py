@@ -32,7 +32,8 @@ SAFE_POINT_WAIT, FIRST_GAP, MAX_GAP = 10.0, 0.1, 1.6
 def park_where_translatable(host: Host, container: str, program, dst_isa: str,
                             report: Callable[[str], None] = lambda msg: None,
                             warn: Callable[[str], None] = lambda msg: None,
-                            bound: float = SAFE_POINT_WAIT) -> dict:
+                            bound: float = SAFE_POINT_WAIT,
+                            label: str | None = None) -> dict:
     """park_all(), then the recode's stack checks on the parked threads, read live
     (recode/livecheck.py). A point they refuse (a stale stack address at no variable, a
     value the metadata cannot place) is let go: the program runs on and is parked again
@@ -44,7 +45,7 @@ def park_where_translatable(host: Host, container: str, program, dst_isa: str,
 
     def attempt() -> dict | None:
         nonlocal tries, last
-        parked = park.park_all(host, container, proto)
+        parked = park.park_all(host, container, proto, label=label)
         tries += 1
         try:
             why = livecheck.problem(program, host.isa, dst_isa,
@@ -76,7 +77,7 @@ def park_where_translatable(host: Host, container: str, program, dst_isa: str,
     )(attempt)
     if parked is None:
         raise errors.NotMigratableCrossISA(
-            f"{container} reached no point that can be translated to {dst_isa} in "
+            f"{label or container} reached no point that can be translated to {dst_isa} in "
             f"{bound:g}s ({tries} tries); the last: {last}; refused before the freeze",
             hint="the request was withdrawn and the container runs on; retry at "
                  "another moment of its work, or migrate to a host of the same ISA "

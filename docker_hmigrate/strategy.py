@@ -256,7 +256,8 @@ class CrossIsa(SameIsa):
             parked = safepoint.park_where_translatable(
                 m.src, m.inspect["Id"], self.program, m.dst.isa, report=ph.update,
                 warn=m.rep.warn,
-                bound=wait_limit("HMIGRATE_SAFE_POINT_WAIT", safepoint.SAFE_POINT_WAIT))
+                bound=wait_limit("HMIGRATE_SAFE_POINT_WAIT", safepoint.SAFE_POINT_WAIT),
+                label=m.opts.container)
             m.rep.set("park_tries", int(parked["tries"]))
             ph.update(f"{parked['processes']} processes parked" if "processes" in parked
                       else f"{parked.get('threads', '?')} thread(s) parked")

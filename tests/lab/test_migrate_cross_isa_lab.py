@@ -453,7 +453,8 @@ def test_untranslatable_point_is_left_for_a_later_one(host_a, arm, cleanup, on_a
                    env={**os.environ, "HMIGRATE_SAFE_POINT_WAIT": "2"})
     assert proc.returncode == 14, proc.stderr
     doc = json.loads(proc.stdout)
-    assert "reached no point that can be translated" in doc["error"]["message"]
+    assert doc["error"]["message"].startswith(f"{name} reached no point that can be "
+                                              "translated to aarch64"), doc["error"]
     assert "held" in doc["error"]["message"] and "matches no variable slot" in \
         doc["error"]["message"], doc["error"]
     assert "checkpoint" not in {p["name"] for p in doc["phases"]}  # never frozen

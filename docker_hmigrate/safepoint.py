@@ -33,13 +33,14 @@ def park_where_translatable(host: Host, container: str, program, dst_isa: str,
                             report: Callable[[str], None] = lambda msg: None,
                             warn: Callable[[str], None] = lambda msg: None,
                             bound: float = SAFE_POINT_WAIT,
-                            label: str | None = None) -> dict:
+                            label: str | None = None, reader=None) -> dict:
     """park_all(), then the recode's stack checks on the parked threads, read live
     (recode/livecheck.py). A point they refuse (a stale stack address at no variable, a
     value the metadata cannot place) is let go: the program runs on and is parked again
     a moment later, at another point, until `bound` seconds have passed; then the move
     is refused, before the freeze, with the last reason. Returns park_all's answer and
-    "tries"."""
+    "tries". `reader`: a fastpath.Agent on the host that reads the stacks (else a probe
+    container per try)."""
     proto = program.park_protocol
     tries, last = 0, ""
 
@@ -49,7 +50,7 @@ def park_where_translatable(host: Host, container: str, program, dst_isa: str,
         tries += 1
         try:
             why = livecheck.problem(program, host.isa, dst_isa,
-                                    read_parked(host, container, proto, parked))
+                                    read_parked(host, container, proto, parked, reader))
         except livecheck.NotRead as exc:  # the recode after the dump still checks them
             warn(f"the parked stacks were not checked before the freeze ({exc}): "
                  "the recode checks them after it")
@@ -86,10 +87,11 @@ def park_where_translatable(host: Host, container: str, program, dst_isa: str,
     return parked
 
 
-def read_parked(host: Host, container: str, proto: park.ParkProtocol, parked: dict) -> list:
+def read_parked(host: Host, container: str, proto: park.ParkProtocol, parked: dict,
+                reader=None) -> list:
     """The parked threads' stack pointers, pcs and stacks, read by a probe on the host
-    (host pid namespace). Process memory: read from the probe's attach stream, with no
-    log driver."""
+    (host pid namespace): by `reader`'s exec, or a probe container's attach stream with
+    no log driver (process memory: no log keeps it)."""
     pids = [int(p) for p in parked.get("pids", "").split(",") if p.isdigit()] \
         or park.container_pids(host, container)
     pcs = [p for p in proto.parked_pcs]
@@ -98,7 +100,11 @@ def read_parked(host: Host, container: str, proto: park.ParkProtocol, parked: di
         own = md.runtime.park_pc(host.isa).blocked_pc
         pcs = [own] if own is not None else pcs
     script = livecheck.read_script(pids, isa_of(host.isa).sys_futex, pcs)
-    status, out = host.run_probe(script, timeout=60, private=True)
+    if reader is not None:  # an exec: its output goes to us alone, no log driver
+        status, raw = reader.run(script, stderr=False)
+        out = raw.decode(errors="replace")
+    else:
+        status, out = host.run_probe(script, timeout=60, private=True)
     if status not in (0, 2, 3):
         raise livecheck.NotRead(f"the probe exited with {status}: {out.strip()[-200:]}")
     return livecheck.parse(out)

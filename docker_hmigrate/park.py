@@ -202,13 +202,14 @@ done
 """
 
 
-def container_pids(host: Host, container: str) -> list[int]:
-    """Host pids of the container's processes."""
+def container_pids(host: Host, container: str, label: str | None = None) -> list[int]:
+    """Host pids of the container's processes (`label`: its name for messages)."""
     try:
         procs = host.api.top(container, ps_args="-o pid")["Processes"] or []
     except docker.errors.APIError as exc:
         raise errors.NotMigratableCrossISA(
-            f"cannot list the processes of {container}: {api_error_text(exc)}") from exc
+            f"cannot list the processes of {label or container}: "
+            f"{api_error_text(exc)}") from exc
     return [int(p[0]) for p in procs if p and p[0].isdigit()]
 
 
@@ -216,7 +217,7 @@ def park_all(host: Host, container: str, proto: ParkProtocol, timeout: float = 1
              label: str | None = None) -> dict:
     """park() for a container of any number of processes; withdraws on failure."""
     who = label or container
-    pids = container_pids(host, container)
+    pids = container_pids(host, container, label)
     if len(pids) <= 1 or not proto.parked_pcs:
         return park(host, container, proto, timeout, label)
     script = _PARK_ALL.format(pids=" ".join(map(str, pids)), sig=proto.park_signal,

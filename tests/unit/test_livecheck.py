@@ -12,10 +12,9 @@ import time
 
 import pytest
 
-from docker_hmigrate.isa import AARCH64, ThreadRegs
-from docker_hmigrate.recode import frames, livecheck, rebuild
+from docker_hmigrate.isa import ThreadRegs
+from docker_hmigrate.recode import frames, livecheck
 from tests.unit.test_recode import (
-    BOTTOM,
     OUTER,
     STACK,
     A,
@@ -23,6 +22,7 @@ from tests.unit.test_recode import (
     X,
     metadata,
     program,
+    to_aarch64,
     x86_stack,
 )
 
@@ -78,20 +78,8 @@ def test_walk_beyond_what_was_read_is_not_a_refusal() -> None:
 
 
 def aarch64_stack(md: dict) -> tuple[FakeMem, ThreadRegs]:
-    """The synthetic x86-64 stack rebuilt for aarch64 (as a recode would), and the
-    registers it gives the thread there."""
-    src, regs = x86_stack()
-    idx = frames.Index(md, X, A)
-    stack = frames.unwind(src, regs, idx)
-    frames.source_callee_saved(src, stack, regs, idx)
-    frames.plan_target(stack, idx)
-    arm = FakeMem(STACK, 0x1000)
-    out = rebuild.write_target(src, arm, stack, idx, frames.StackMap(stack, idx), BOTTOM[A])
-    park = md["runtime"]["park_points"][A]
-    return arm, ThreadRegs(
-        pc=park["blocked_pc"], sp=frames.lowest_target_sp(stack, idx), fp=out["x29"], tp=0,
-        syscall_nr=AARCH64.sys_futex, result=0, args=(0, 0, 0, 0),
-        callee_saved={r: out.get(r, 0) for r in AARCH64.callee_saved}, lr=out["x30"])
+    _stack, arm, regs = to_aarch64(md)
+    return arm, regs
 
 
 def test_aarch64_leaf_futex_wait_registers_follow_from_its_one_call_site() -> None:

@@ -199,10 +199,9 @@ def test_unwind_and_rebuild_aarch64_stack() -> None:
     assert frames.lowest_target_sp(stack, idx) == park_cfa - 64 - 32
 
 
-def test_stack_round_trip_x86_aarch64_x86() -> None:
-    """x86-64 -> aarch64 -> x86-64 gives back the same frames: CFAs, return addresses,
-    frame records, variables (pointers among them) and the temporary in rbx."""
-    md = metadata()
+def to_aarch64(md: dict):
+    """The synthetic x86-64 stack rebuilt for aarch64 as a recode does: the source stack's
+    plan, the aarch64 memory, and the registers it gives the thread there."""
     src, regs = x86_stack()
     fwd = frames.Index(md, X, A)
     stack = frames.unwind(src, regs, fwd)
@@ -211,10 +210,18 @@ def test_stack_round_trip_x86_aarch64_x86() -> None:
     arm = FakeMem(STACK, 0x1000)
     out = rebuild.write_target(src, arm, stack, fwd, frames.StackMap(stack, fwd), BOTTOM[A])
     park = md["runtime"]["park_points"]
-    arm_regs = ThreadRegs(
+    return stack, arm, ThreadRegs(
         pc=park[A]["blocked_pc"], sp=frames.lowest_target_sp(stack, fwd), fp=out["x29"],
         tp=0, syscall_nr=AARCH64.sys_futex, result=0, args=(0, 0, 0, 0),
         callee_saved={r: out.get(r, 0) for r in AARCH64.callee_saved}, lr=out["x30"])
+
+
+def test_stack_round_trip_x86_aarch64_x86() -> None:
+    """x86-64 -> aarch64 -> x86-64 gives back the same frames: CFAs, return addresses,
+    frame records, variables (pointers among them) and the temporary in rbx."""
+    md = metadata()
+    src, regs = x86_stack()
+    stack, arm, arm_regs = to_aarch64(md)
     back = frames.Index(md, A, X)
     again = frames.unwind(arm, arm_regs, back)
     assert [f.function.name for f in again.frames] == [f.function.name

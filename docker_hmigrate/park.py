@@ -247,4 +247,3 @@ def resume_all(host: Host, container: str, proto: ParkProtocol,
         raise errors.HmigrateError(
             f"cannot send the resume signal to the processes of {container}: {out.strip()}",
             hint=f"send it to each by hand: kill -{proto.resume_signal} PID (host pids)")
-

@@ -57,9 +57,9 @@ def park_where_translatable(host: Host, container: str, program, dst_isa: str,
             why = None
         if why is None:
             return {**parked, "tries": str(tries)}
-        if len(parked.get("pids", "").split(",")) > 1:
-            park.resume_all(host, container, proto,
-                            [int(p) for p in parked["pids"].split(",")])
+        pids = _pids(parked)
+        if len(pids) > 1:
+            park.resume_all(host, container, proto, pids)
         else:
             park.withdraw(host, container, proto)
         last = why
@@ -92,9 +92,8 @@ def read_parked(host: Host, container: str, proto: park.ParkProtocol, parked: di
     """The parked threads' stack pointers, pcs and stacks, read by a probe on the host
     (host pid namespace): by `reader`'s exec, or a probe container's attach stream with
     no log driver (process memory: no log keeps it)."""
-    pids = [int(p) for p in parked.get("pids", "").split(",") if p.isdigit()] \
-        or park.container_pids(host, container)
-    pcs = [p for p in proto.parked_pcs]
+    pids = _pids(parked) or park.container_pids(host, container)
+    pcs = list(proto.parked_pcs)
     md = proto.metadata
     if md is not None:
         own = md.runtime.park_pc(host.isa).blocked_pc
@@ -108,3 +107,8 @@ def read_parked(host: Host, container: str, proto: park.ParkProtocol, parked: di
     if status not in (0, 2, 3):
         raise livecheck.NotRead(f"the probe exited with {status}: {out.strip()[-200:]}")
     return livecheck.parse(out)
+
+
+def _pids(parked: dict) -> list[int]:
+    """The host pids park_all() parked (several processes), else none."""
+    return [int(p) for p in parked.get("pids", "").split(",") if p.isdigit()]

@@ -357,8 +357,7 @@ class CrossIsa(SameIsa):
     def close(self) -> None:
         self._end_facts()
         if self._reader_call is not None:  # once started (or failed), removed
-            wait([self._reader_call], timeout=READER_WAIT)
-            reader = self._reader()
+            reader = self._reader()  # waits for a start in flight
             if reader is not None:
                 reader.close()
             self._reader_call = None

@@ -223,6 +223,16 @@ def unwind(mem, regs: ThreadRegs, idx: Index) -> SourceStack:
     raise Untranslatable("frame chain too long")
 
 
+def planned(mem, regs: ThreadRegs, idx: Index) -> SourceStack:
+    """A parked thread's stack unwound, its frames' callee-saved values found, and its
+    target frames planned: what the recode after the dump and the check before it
+    (livecheck.py) both start from."""
+    stack = unwind(mem, regs, idx)
+    source_callee_saved(mem, stack, regs, idx)
+    plan_target(stack, idx)
+    return stack
+
+
 def source_callee_saved(mem, stack: SourceStack, regs: ThreadRegs, idx: Index) -> None:
     """Each frame's callee-saved register values at its call site: in the nearest inner
     frame that saved the register, else still in the register."""

@@ -190,9 +190,7 @@ def problem(program, src_isa: str, dst_isa: str, threads: list[LiveThread]) -> s
         mem = t.memory
         try:
             regs = registers(t, idx)
-            stack = frames.unwind(mem, regs, idx)
-            frames.source_callee_saved(mem, stack, regs, idx)
-            frames.plan_target(stack, idx)
+            stack = frames.planned(mem, regs, idx)
             bottom = idx.bottoms[stack.bottom_return]
             rebuild.write_target(mem, Nowhere(), stack, idx, frames.stack_map(stack, idx),
                                  bottom)

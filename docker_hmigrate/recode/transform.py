@@ -262,11 +262,9 @@ def unwind_all(src: ImageSet, idx: Index) -> dict[int, list[tuple[int, Any, Any]
         for tid in src.threads(pid):
             regs = read_regs(src.core(tid))
             try:
-                stack = frames.unwind(mem, regs, idx)
+                stack = frames.planned(mem, regs, idx)
             except Untranslatable as exc:
                 raise Untranslatable(f"thread {tid}: {exc}") from None
-            frames.source_callee_saved(mem, stack, regs, idx)
-            frames.plan_target(stack, idx)
             plans[pid].append((tid, regs, stack))
     return plans
 

@@ -121,12 +121,15 @@ def test_read_script_reads_a_real_blocked_process() -> None:
     proc = subprocess.Popen(["sleep", "30"])
     try:
         fields: list[str] = []
-        for _ in range(100):
+        before: list[str] = []
+        for _ in range(100):  # settled in its sleep: the same system call twice in a row
+            # (a start-up call, e.g. a page-in during exec, shows here for a moment)
             with open(f"/proc/{proc.pid}/syscall") as f:
                 fields = f.read().split()
-            if len(fields) == 9:
+            if len(fields) == 9 and fields == before:
                 break
-            time.sleep(0.02)
+            before = fields
+            time.sleep(0.05)
         assert len(fields) == 9, fields
         nr, pc = int(fields[0]), int(fields[8], 16)
         script = livecheck.read_script([proc.pid], nr, [pc], settle=2)

@@ -704,8 +704,10 @@ class Migration:
                     f"restore on {self.dst.name} failed: {api_error_text(exc)}",
                     hint=f"the source was restored where it was; {where}",
                 ) from exc
-            finally:
+            except BaseException:
                 self._stop_restore_watch()
+                raise
+            self._let_restore_watch_end()
             if self._lazy_target is None:  # post-copy commits when every page arrived
                 self._mark_started()
             self.strategy.after_restore(cid)  # cross-ISA: restored parked, let go on
@@ -804,6 +806,12 @@ class Migration:
         stop = threading.Event()
         self._restore_watch = (_in_background(self.dst.run_probe, script, 3600, stop=stop),
                                stop)
+
+    def _let_restore_watch_end(self) -> None:
+        """The restore worked: its probe is killed in the background, and waited for when
+        the migration ends (_stop_restore_watch), not inside the downtime."""
+        if self._restore_watch is not None:
+            self._restore_watch[1].set()
 
     def _stop_restore_watch(self) -> str:
         """End the watch; what it saw (a failed restore's log)."""

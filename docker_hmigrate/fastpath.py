@@ -37,7 +37,7 @@ from typing import Any
 
 import docker.errors
 
-from docker_hmigrate import errors
+from docker_hmigrate import direct, errors
 from docker_hmigrate.criu import log as criu_log
 from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import HELPER_LABEL, PROBE_CAPS, Host, host_loader
@@ -226,6 +226,10 @@ class FastCheckpoint(_TmpfsSide):
         self.runc_root = ""
         self.stats: dict[str, Any] | None = None
         self.dumped = False
+        # --direct (direct.py): the pages go to the target's page server at this endpoint,
+        # and the source stays frozen by its freezer, alive, until the commit
+        self.freezer: direct.Freezer | None = None
+        self.page_server = ""
 
     # --- before the freeze -----------------------------------------------------------
     def prepare(self) -> None:
@@ -252,9 +256,14 @@ class FastCheckpoint(_TmpfsSide):
         """runc checkpoint into the tmpfs folder; CRIU's figures (or None). Raises
         FastPathUnavailable when the dump failed and the container still runs."""
         cid = self.inspect["Id"]
-        status, out = self._sh(
-            f"runc --root {shlex.quote(self.runc_root)} checkpoint "
-            f"--image-path {self.images} --work-path {self.work} {cid}")
+        runc = (f"runc --root {shlex.quote(self.runc_root)} checkpoint "
+                f"--image-path {self.images} --work-path {self.work}")
+        if self.freezer is not None:  # --direct: frozen first, so that it stays frozen
+            status, out = self._sh(
+                f"{self.freezer.freeze()} && {{ {runc} --leave-running --page-server "
+                f"{self.page_server} {cid} || {{ rc=$?; {self.freezer.thaw()}; exit $rc; }}; }}")
+        else:
+            status, out = self._sh(f"{runc} {cid}")
         if status != 0:
             # read before close() removes the work folder with the agent
             _st, log = self._sh(f"cat {self.work}/dump.log 2>/dev/null")
@@ -277,6 +286,30 @@ class FastCheckpoint(_TmpfsSide):
             status, out = self._exec(f"cat {self.work}/stats-dump", stderr=False)
             self.stats = criu_stats.parse(out) if status == 0 else None
         return self.stats
+
+    # --- --direct: the source frozen in place ----------------------------------------
+    def find_freezer(self) -> direct.Freezer:
+        """Before the freeze: the container's cgroup freezer (raises FastPathUnavailable)."""
+        pid = int(self.host.api.inspect_container(self.inspect["Id"])["State"]["Pid"])
+        status, out = self._sh(direct.freezer_script(pid))
+        found = direct.parse_freezer(out) if status == 0 else None
+        if found is None:
+            raise FastPathUnavailable(f"the container's cgroup freezer not found ({out.strip()})")
+        return found
+
+    def thaw(self) -> None:
+        """A rollback: the frozen source runs on (once a dump still running has ended)."""
+        assert self.freezer is not None
+        status, out = self._sh(f"{direct.wait_for_dump(self.inspect['Id'])}; "
+                               f"{self.freezer.thaw()}")
+        if status != 0:
+            raise errors.RollbackFailed(f"the source could not be thawed: {out.strip()}",
+                                        hint=f"thaw it by hand: {self.freezer.thaw()}")
+
+    def end_frozen(self) -> None:
+        """The commit: the frozen source ends without running again (direct.Freezer)."""
+        assert self.freezer is not None
+        self._sh(self.freezer.end_silently())
 
     # --- on failure ------------------------------------------------------------------
     def stage_for_restore(self, checkpoint_dir: str) -> None:

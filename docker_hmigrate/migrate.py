@@ -49,7 +49,17 @@ from tenacity import (
     wait_fixed,
 )
 
-from docker_hmigrate import errors, fastpath, hosts, interrupts, lazy, recover, strategy, transfer
+from docker_hmigrate import (
+    direct,
+    errors,
+    fastpath,
+    hosts,
+    interrupts,
+    lazy,
+    recover,
+    strategy,
+    transfer,
+)
 from docker_hmigrate.criu import log as criu_log
 from docker_hmigrate.criu import stats as criu_stats
 from docker_hmigrate.engine import (
@@ -115,6 +125,7 @@ class MigrationOptions:
     verify_seconds: float = 1.0
     hook_timeout: float = 60.0
     lazy: bool = False  # post-copy (lazy.py): checked before the freeze
+    direct: bool = False  # the pages straight to the target's page server (direct.py)
     compress: str = "none"  # the move's archives on the wire (transfer.COMPRESSIONS)
 
     def check(self) -> None:
@@ -133,6 +144,11 @@ class MigrationOptions:
         bad = [p for p in self.hooks if p not in HOOK_POINTS]
         if bad:
             raise errors.UsageError(f"unknown hook point(s): {', '.join(bad)}")
+        if self.lazy and self.direct:
+            raise errors.UsageError(
+                "--lazy and --direct cannot be given together",
+                hint="--lazy leaves the memory on the source and pulls it afterwards; "
+                     "--direct sends it to the target during the dump: choose one")
         if self.compress not in transfer.COMPRESSIONS:
             raise errors.UsageError(
                 f"--compress {self.compress!r} is not a compression this plugin sends",
@@ -182,6 +198,8 @@ class Migration:
         self._lazy_address = ""  # the source's page server: address, port
         self._lazy_port = 0
         self._lazy_plans: list[lazy.PagesPlan] = []  # pages images moved as their runs
+        # --- --direct (direct.py) ---
+        self._page_server: direct.PageServer | None = None
         self.target_started = False  # the commit point (see _settle)
         self.started_at = time.time()
         self.committed = False
@@ -231,6 +249,9 @@ class Migration:
                     with contextlib.suppress(docker.errors.APIError):
                         self._fast.read_stats()
                     self._fast.close()
+                if self._page_server:  # --direct: listening still if no dump came
+                    with contextlib.suppress(docker.errors.APIError):
+                        self._page_server.stop()
                 if self._fast_restore:
                     self._fast_restore.close()
                 for host in (self.src, self.dst):  # whatever an interrupt may have left
@@ -356,7 +377,7 @@ class Migration:
             policy = (self.inspect.get("HostConfig") or {}).get("RestartPolicy") or {}
             labels = recover.lock_labels(cid, self.checkpoint, self.dst.name,
                                          self.spec.name if self.spec else "", policy,
-                                         self.opts.keep_source)
+                                         self.opts.keep_source, self.opts.direct)
             try:
                 with interrupts.shielded():
                     self._lock = self.src.api.create_container(
@@ -419,6 +440,11 @@ class Migration:
         with self.rep.phase("validate") as ph:
             if self.opts.lazy:  # before anything is created or frozen
                 self._check_lazy()
+            if self.opts.direct:
+                direct.check(direct.DirectFacts(
+                    src_isa=self.src.isa, dst_isa=self.dst.isa,
+                    fast_path=fastpath.refusal(self.src, self.inspect),
+                    network_mode=str(self.inspect["HostConfig"].get("NetworkMode") or "")))
             image = image_check(self.src, self.dst, self.spec.image, self.inspect["Image"])
             checks = self.strategy.checks()
             self.strategy.start()  # cross-ISA: the template, while the hosts are validated
@@ -492,6 +518,8 @@ class Migration:
                     res["Id"], net, ipv4_address=self._keep_ip.get(net),
                     aliases=ep.get("Aliases") or None)
             self._open_links(self.dst.inspect(res["Id"]))
+            if self.opts.direct:
+                self._direct_prepare()
             lap("links")
             self._hold_restart_policy()  # issue 11: before the freeze
             self._watch_restore_log(res["Id"])
@@ -772,6 +800,7 @@ class Migration:
                 self.dst.checkpoint_delete(self.created.target_container, self.checkpoint)
             with contextlib.suppress(docker.errors.APIError):
                 self.src.checkpoint_delete(self.inspect["Id"], self.checkpoint)
+            self._direct_end_source()  # --direct: it was frozen in place until now
             if self.opts.keep_source:
                 ph.update("source kept (stopped)")
             else:
@@ -873,7 +902,10 @@ class Migration:
                     self._on_target(self.dst.api.remove_network, net)
             if created.source_frozen:
                 try:
-                    if self._fast:  # fast path: links to the tmpfs images where docker looks
+                    if self._page_server is not None and self._fast and self._fast.freezer:
+                        # --direct: the source is frozen, alive, its memory in place
+                        self._fast.thaw()
+                    elif self._fast:  # fast path: links to the tmpfs images where docker looks
                         # (none if the dump never finished: _resume_source then decides)
                         with contextlib.suppress(errors.HmigrateError, docker.errors.APIError):
                             self._fast.stage_for_restore(
@@ -939,6 +971,11 @@ class Migration:
                     f"--lazy: the source cannot be dumped by runc through an agent with "
                     f"CAP_SYS_RESOURCE on {self.src.name}: {exc}",
                     hint="migrate without --lazy; nothing was frozen") from exc
+            if self.opts.direct:
+                raise errors.ValidationFailed(
+                    f"--direct: the source cannot be dumped by runc through an agent on "
+                    f"{self.src.name}: {exc}",
+                    hint="migrate without --direct; nothing was frozen") from exc
             self.rep.set("checkpoint_fast_path", f"not used: {exc}")
             return None
         self._fast = fast
@@ -953,13 +990,17 @@ class Migration:
             memory = fastpath.memory_in_use(self.src, self.inspect["Id"])
         except Exception:  # noqa: BLE001 - unknown size: links are right for big ones
             memory = fastpath.LINKS_FROM_BYTES
-        if memory < fastpath.LINKS_FROM_BYTES:
+        if memory < fastpath.LINKS_FROM_BYTES and not self.opts.direct:
             self.rep.set("restore_folder", f"copy ({memory / 1e6:.0f} MB in use: small)")
             return None
         fast = fastpath.FastRestore(self.dst, self.checkpoint)
         try:
             fast.prepare()
         except fastpath.FastPathUnavailable as exc:
+            if self.opts.direct:  # the page server writes into that tmpfs folder
+                raise errors.ValidationFailed(
+                    f"--direct: no tmpfs folder for the pages on {self.dst.name}: {exc}",
+                    hint="migrate without --direct; nothing was frozen") from exc
             self.rep.set("restore_folder", f"copy ({exc})")
             return None
         self._fast_restore = fast
@@ -976,6 +1017,13 @@ class Migration:
                 raise errors.CriuError(
                     f"checkpoint of {self.opts.container} failed (runc, --lazy): {exc}",
                     hint=f"{self.opts.container} still runs on {self.src.name}") from exc
+            if self._page_server is not None:  # --direct: thawed by the dump's script
+                with contextlib.suppress(docker.errors.APIError):
+                    self._page_server.clear()
+                raise errors.CriuError(
+                    f"checkpoint of {self.opts.container} failed (runc, --direct): {exc}",
+                    hint=f"{self.opts.container} still runs on {self.src.name}; migrate "
+                         "without --direct to take Docker's checkpoint API") from exc
             meaning, permanent = criu_log.explain(exc.criu_log)
             if permanent:  # the process's state: the API path's CRIU would refuse it too
                 self._fast.close()
@@ -1047,6 +1095,46 @@ class Migration:
                                       **self._lazy_target.annotations()}
         self.rep.set("lazy_page_server", f"{address}:{self._lazy_port}")
 
+    # --- --direct (direct.py, docs/downtime.md) ---------------------------------------------
+    def _direct_prepare(self) -> None:
+        """Before the freeze: the target's address on a link to the source, CRIU's page
+        server listening there, and the source's cgroup freezer. Raises ValidationFailed."""
+        fast, restore = self._fast, self._fast_restore
+        assert fast is not None and restore is not None  # fast_prepare raised otherwise
+        _st, src_ips = fast.agent.sh("ip -4 -o addr")
+        _st, dst_ips = restore.agent.sh("ip -4 -o addr")
+        address = direct.page_server_address(lazy.addresses(dst_ips), lazy.addresses(src_ips))
+        if address is None:
+            raise errors.ValidationFailed(
+                f"--direct: {self.dst.name} has no private address on a link to "
+                f"{self.src.name} for CRIU's page server (it has no authentication)",
+                hint="migrate without --direct (the memory then goes through this "
+                     "machine); nothing was frozen")
+        try:
+            fast.freezer = fast.find_freezer()
+        except fastpath.FastPathUnavailable as exc:
+            raise errors.ValidationFailed(
+                f"--direct: {exc}", hint="migrate without --direct; nothing was frozen"
+            ) from exc
+        server = direct.PageServer(restore, self.checkpoint, address,
+                                   lazy.port_for(self.checkpoint))
+        server.start()
+        self._page_server = server
+        fast.page_server = server.endpoint
+        self.rep.set("direct_page_server", server.endpoint)
+
+    def _direct_end_source(self) -> None:
+        """The commit: the source, frozen since the dump, ends without running again."""
+        if self._page_server is None or self._fast is None or not self._fast.dumped:
+            return
+        try:
+            self._fast.end_frozen()
+        except docker.errors.APIError as exc:
+            msg = (f"the frozen source {self.opts.container} could not be ended on "
+                   f"{self.src.name}: {api_error_text(exc)}")
+            self.rep.warn(msg)
+            self.warnings.append(msg)
+
     def phase_pages(self) -> None:
         """--lazy: the target runs while its pages arrive; the commit point is when the
         lazy-pages daemon has them all (exit 0). Until then a failure removes the target
@@ -1113,6 +1201,8 @@ class Migration:
                 # into the agent come first): frozen -> running on the target.
                 frozen = dump.get("frozen_seconds", 0) + dump.get("freezing_seconds", 0)
                 before_freeze = self._dump_returned - self.frozen_at - frozen
+                if self._page_server is not None:  # --direct froze it before CRIU started
+                    before_freeze = 0.0
                 out["downtime_frozen_seconds"] = round(self.downtime - before_freeze, 3)
             if self._checkpoint_record is not None:
                 _phase_data(self._checkpoint_record)["criu"] = dump
@@ -1330,6 +1420,7 @@ class Migration:
             "bytes_moved": self.bytes_moved,
             "compress": self.opts.compress,
             "bytes_sent": self.bytes_sent,
+            "transfer": "direct" if self._page_server is not None else "relay",
             "source_kept": self.opts.keep_source,
             **self._criu_figures(),  # issue 11
         }

@@ -34,7 +34,7 @@ from typing import Any
 
 import docker.errors
 
-from docker_hmigrate import errors, fastpath
+from docker_hmigrate import direct, errors, fastpath
 from docker_hmigrate.engine import LOCK_PREFIX, MIGRATION_LABEL, Host, api_error_text
 
 OWNER_LABEL = "org.hmigrate.owner"  # "<host>:<pid>" of the plugin that made a container
@@ -54,14 +54,17 @@ def lock_name(container_id: str) -> str:
 
 
 def lock_labels(container_id: str, checkpoint: str, target: str, target_name: str,
-                restart_policy: dict[str, Any] | None, keep_source: bool) -> dict[str, str]:
+                restart_policy: dict[str, Any] | None, keep_source: bool,
+                direct: bool = False) -> dict[str, str]:
     """What a recovery needs to know of the migration that holds the lock."""
     return {LOCK_LABEL: container_id, "org.hmigrate.helper": "lock",
             _LOCK + "pid": str(os.getpid()), _LOCK + "host": os.uname().nodename,
             _LOCK + "since": str(int(time.time())), _LOCK + "checkpoint": checkpoint,
             _LOCK + "target": target, _LOCK + "target_name": target_name,
             _LOCK + "restart": json.dumps(restart_policy or {}),
-            _LOCK + "keep_source": "1" if keep_source else ""}
+            _LOCK + "keep_source": "1" if keep_source else "",
+            # --direct: the source may be frozen by its freezer (running for Docker)
+            _LOCK + "direct": "1" if direct else ""}
 
 
 def process_gone(host: str, pid: str, since: float) -> bool:
@@ -174,7 +177,9 @@ class Recovery:
                 self.say(f"the target {target} does not answer: {exc}")
         state = self.inspect["State"]
         runs_on = "source"
-        if state.get("Running"):
+        if state.get("Running") and lock.get("direct"):
+            runs_on = self._settle_frozen_source()  # --direct: maybe frozen, alive
+        elif state.get("Running"):
             self._resume_parked()
             self._act("the source kept running (it was never frozen)")
             if self.dst is not None:  # a target container it created, never started
@@ -269,6 +274,40 @@ class Recovery:
                 self.src.checkpoint_delete(cid, ck)
             self._act(f"restored {self.name} on {self.src.name} from its checkpoint {ck}")
             self._resume_parked()  # its staging copy and tmpfs images go in _clean
+        finally:
+            agent.close()
+
+    def _settle_frozen_source(self) -> str:
+        """--direct: the source was frozen by its cgroup freezer before its dump (Docker
+        still calls it running). If the target runs, the move was done: the source ends
+        without running again; if not, it is thawed. Returns where the container runs."""
+        if self.lock.get("target") and self.dst is None:
+            raise errors.HostUnreachable(
+                f"{self.name} may be frozen on {self.src.name} by a --direct migration to "
+                f"{self.lock.get('target')} that was killed ({self.lock.holder}), and that "
+                "host does not answer: whether the container runs there cannot be known",
+                hint="run `docker hmigrate recover` again once the target answers")
+        moved = self._target_that_runs()
+        agent = fastpath.Agent(self.src)
+        try:
+            agent.start()
+            pid = int(self.src.api.inspect_container(self.inspect["Id"])["State"]["Pid"])
+            _st, out = agent.sh(direct.freezer_script(pid))
+            freezer = direct.parse_freezer(out)
+            if freezer is None:
+                raise errors.RollbackFailed(
+                    f"the cgroup freezer of {self.name} was not found on {self.src.name}: "
+                    f"{out.strip()}", hint=f"see `docker --context {self.src.name} top "
+                                            f"{self.name}`")
+            if moved is not None:
+                agent.sh(freezer.end_silently())
+                self._finish_commit(moved)
+                return "target"
+            _st, out = agent.sh(f"{direct.wait_for_dump(self.inspect['Id'])}; "
+                                f"if {freezer.frozen()}; then {freezer.thaw()}; echo thawed; fi")
+            self._act(f"thawed {self.name} on {self.src.name} (frozen by --direct)"
+                      if "thawed" in out else f"{self.name} kept running on {self.src.name}")
+            return "source"
         finally:
             agent.close()
 

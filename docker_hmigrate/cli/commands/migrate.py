@@ -54,6 +54,11 @@ def migrate_cmd(
         "--lazy", help="Post-copy: restore at once, pull the memory afterwards (CRIU lazy "
                        "pages). Checked before the freeze; see docs/lazy.md for what it "
                        "needs and where it is refused")] = False,
+    direct: Annotated[bool, typer.Option(
+        "--direct", help="Send the memory from the source host straight to the target "
+                         "host during the dump (CRIU's page server on a private link), not "
+                         "through this machine; the source stays frozen in place until the "
+                         "target runs. Same ISA, fast path; see docs/downtime.md")] = False,
     compress: Annotated[str, typer.Option(
         "--compress", metavar="none|gzip",
         help="Compress the move's archives on their way to the target (gzip level 1, "
@@ -76,6 +81,8 @@ def migrate_cmd(
 
       docker --context hm-a hmigrate migrate redis --to tcp://10.77.0.2:2375 --json
 
+      docker hmigrate migrate redis --to hm-b --direct
+
       docker hmigrate migrate web --to hm-b --name web2 --keep-source
         --hook-post-restore 'curl -fsS http://lb/reload'
     """
@@ -86,7 +93,7 @@ def migrate_cmd(
                                ("failed-restore", hook_failed_restore)) if v}
     opts = MigrationOptions(container, target_name=name, keep_source=keep_source, force=force,
                             hooks=hooks, verify_seconds=verify_seconds, hook_timeout=hook_timeout,
-                            lazy=lazy, compress=compress)
+                            lazy=lazy, direct=direct, compress=compress)
     opts.check()  # bad values are refused before any host is touched
     src, dst = open_source(ctx), open_target(ctx, to)
     result = Migration(src, dst, opts, rep).run()

@@ -1,0 +1,201 @@
+"""`migrate --direct`: the memory goes from the source host straight to the target host.
+
+Why: on the fast path (fastpath.py) the dump is written to the source's tmpfs, then the
+move streams it through both daemons' archive endpoints and this process: for a 424 MB
+Redis the move (2-3 s here) is most of the downtime, and every byte crosses the machine
+the plugin runs on (a laptop reaching two servers over ssh, say). With --direct the
+source's CRIU sends the pages during the dump to a `criu page-server` on the target
+(CRIU's own transport, on both hosts wherever Docker checkpoints), which writes them into
+the target's tmpfs folder; only the small images (tens to hundreds of KB) are moved.
+
+Nothing is lost on a failure: the source is frozen through its cgroup freezer *before*
+`runc checkpoint --leave-running` (CRIU then leaves it as it found it: frozen, its memory
+in place), so until the target runs the whole state is still in the frozen source. A
+rollback thaws it; the commit ends it without a trace on the network (its interfaces
+downed first, then SIGKILL, then thawed: it dies before it runs; a plain dump kills it
+with its TCP sockets in repair mode, and nothing is sent either).
+
+Limits, checked before the freeze (every reason at once): same ISA, the fast path on the
+source, a target address on a private subnet the source shares (CRIU's page server has no
+authentication, as for --lazy), a network namespace of the container's own (its
+interfaces are downed at the commit), and its cgroup freezer found.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import shlex
+from dataclasses import dataclass
+
+from docker_hmigrate import errors
+
+# How long the freeze may take before the dump is given up (cgroup v1 and v2 freezers
+# finish in micro- to milliseconds for tasks that sleep or run in user space).
+FREEZE_TRIES = 20000
+WAIT_DUMP = 120  # seconds a thaw waits for a runc checkpoint still running to end
+
+
+@dataclass(frozen=True)
+class DirectFacts:
+    """What decides whether --direct can be taken (gathered before the freeze)."""
+
+    src_isa: str
+    dst_isa: str
+    fast_path: str | None  # why the source cannot be dumped by runc (None: it can)
+    network_mode: str  # HostConfig.NetworkMode of the source
+
+
+def refusals(facts: DirectFacts) -> list[str]:
+    """Every reason --direct cannot be taken that is known before any agent runs."""
+    out: list[str] = []
+    if facts.src_isa != facts.dst_isa:
+        out.append(f"the pages cross unchanged, so both hosts need the same ISA "
+                   f"({facts.src_isa} -> {facts.dst_isa}): a cross-ISA move recodes them")
+    if facts.fast_path:
+        out.append(f"the source must be dumped by runc through the agent (fast path), "
+                   f"which is not possible here: {facts.fast_path}")
+    mode = facts.network_mode or "default"
+    if mode == "host" or mode.startswith("container:"):
+        out.append(f"the container's network namespace is not its own (--network {mode}): "
+                   "the frozen source's interfaces are taken down before it is ended, "
+                   "which would cut the others")
+    return out
+
+
+def check(facts: DirectFacts) -> None:
+    reasons = refusals(facts)
+    if reasons:
+        raise errors.ValidationFailed(
+            "--direct cannot be used: " + "; ".join(reasons),
+            hint="migrate without --direct (the memory then goes through this machine); "
+                 "nothing was frozen or changed")
+
+
+def page_server_address(dst: list[tuple[str, int]], src: list[tuple[str, int]]) -> str | None:
+    """The target's address on a link it shares with the source: in a subnet of one of the
+    source's addresses, not an address both have (each host's docker0), private (the page
+    server has no authentication). None: no such address."""
+    src_ips = {a for a, _ in src}
+    for addr, _plen in dst:
+        ip = ipaddress.ip_address(addr)
+        if addr in src_ips or not ip.is_private:
+            continue
+        if any(ip in ipaddress.ip_network(f"{s}/{plen}", strict=False) for s, plen in src):
+            return addr
+    return None
+
+
+# --- the source's cgroup freezer ------------------------------------------------------------
+@dataclass(frozen=True)
+class Freezer:
+    """The container's freezer, as the host's mount namespace sees it: a cgroup v1
+    freezer folder (freezer.state) or a cgroup v2 folder (cgroup.freeze)."""
+
+    path: str
+    v2: bool
+
+    def freeze(self) -> str:
+        """Shell: freeze and wait until every task is frozen (or fail, thawed again)."""
+        p = shlex.quote(self.path)
+        if self.v2:
+            write, done = f"echo 1 > {p}/cgroup.freeze", f"grep -qx 'frozen 1' {p}/cgroup.events"
+        else:
+            write, done = (f"echo FROZEN > {p}/freezer.state",
+                           f"[ \"$(cat {p}/freezer.state)\" = FROZEN ]")
+        return (f"{write} && n=0 && until {done}; do n=$((n+1)); "
+                f"if [ $n -gt {FREEZE_TRIES} ]; then {self.thaw()}; "
+                f"echo 'the container did not freeze'; exit 1; fi; done")
+
+    def thaw(self) -> str:
+        p = shlex.quote(self.path)
+        return (f"echo 0 > {p}/cgroup.freeze" if self.v2
+                else f"echo THAWED > {p}/freezer.state")
+
+    def frozen(self) -> str:
+        """Shell: true while the cgroup is frozen."""
+        p = shlex.quote(self.path)
+        return (f"grep -qx 'frozen 1' {p}/cgroup.events" if self.v2
+                else f"[ \"$(cat {p}/freezer.state)\" = FROZEN ]")
+
+    def end_silently(self) -> str:
+        """Shell: the frozen tasks end without a packet leaving: the interfaces of their
+        network namespace down, SIGKILL (pending while frozen), then thawed (they die
+        before running). A cgroup that is gone or empty already is fine."""
+        p = shlex.quote(self.path)
+        return (f"[ -e {p}/cgroup.procs ] || exit 0; "
+                f"pids=$(cat {p}/cgroup.procs); [ -n \"$pids\" ] || exit 0; "
+                f"first=${{pids%%[!0-9]*}}; "
+                f"nsenter -t $first -n ip -o link show | while read -r _n name _rest; do "
+                f"name=${{name%:}}; name=${{name%@*}}; [ \"$name\" = lo ] || "
+                f"nsenter -t $first -n ip link set dev \"$name\" down; done; "
+                f"kill -9 $pids 2>/dev/null; {self.thaw()}")
+
+
+def freezer_script(pid: int) -> str:
+    """Shell printing `v1 PATH` or `v2 PATH`: the freezer of the process `pid` (the
+    container's init) in the host's cgroup tree (the agent shares its cgroup namespace)."""
+    return (f"v1=''; v2=''; while IFS=: read -r _h ctl path; do case \"$ctl\" in "
+            f"*freezer*) v1=$path ;; '') v2=$path ;; esac; done < /proc/{pid}/cgroup; "
+            f"if [ -n \"$v1\" ] && [ -e \"/sys/fs/cgroup/freezer$v1/freezer.state\" ]; then "
+            f"echo \"v1 /sys/fs/cgroup/freezer$v1\"; "
+            f"elif [ -n \"$v2\" ] && [ -e \"/sys/fs/cgroup$v2/cgroup.freeze\" ]; then "
+            f"echo \"v2 /sys/fs/cgroup$v2\"; else echo 'no freezer'; exit 1; fi")
+
+
+def parse_freezer(output: str) -> Freezer | None:
+    """freezer_script's output, or None."""
+    for line in reversed(output.strip().splitlines()):
+        kind, _, path = line.partition(" ")
+        if kind in ("v1", "v2") and path.startswith("/sys/fs/cgroup"):
+            return Freezer(path, kind == "v2")
+    return None
+
+
+def wait_for_dump(container_id: str) -> str:
+    """Shell: wait (bounded) while a `runc checkpoint` of the container still runs: CRIU,
+    when it ends, puts the freezer back as it found it (frozen), so a thaw before that
+    would be undone."""
+    # "[r]unc": the pattern must not match the shells that carry this very script
+    pattern = shlex.quote(f"[r]unc .*checkpoint .*{container_id}")
+    return (f"end=$(($(date +%s) + {WAIT_DUMP})); "
+            f"while pgrep -f {pattern} >/dev/null && [ $(date +%s) -lt $end ]; do "
+            f"sleep 0.05; done")
+
+
+# --- the target's page server -----------------------------------------------------------
+class PageServer:
+    """`criu page-server` on the target, in its agent (host network), writing into the
+    checkpoint's folder of the target's tmpfs; it serves one dump and exits."""
+
+    def __init__(self, restore, checkpoint: str, address: str, port: int):
+        self.restore = restore  # fastpath.FastRestore: its tmpfs folder and agent
+        self.images = f"{restore.folder}/{checkpoint}"
+        self.work = f"{restore.folder}/page-server"
+        self.address, self.port = address, port
+
+    @property
+    def endpoint(self) -> str:
+        return f"{self.address}:{self.port}"
+
+    def start(self) -> None:
+        """Before the freeze; returns once it listens (CRIU's --daemon does)."""
+        status, out = self.restore.agent.sh(
+            f"mkdir -p -m 0700 {self.images} {self.work} && "
+            f"criu page-server --daemon --pidfile {self.work}/pid --images-dir {self.images} "
+            f"--work-dir {self.work} --address {self.address} --port {self.port} "
+            f"-o page-server.log -v2 </dev/null 2>&1 || "
+            f"{{ tail -3 {self.work}/page-server.log; exit 1; }}")
+        if status != 0:
+            raise errors.ValidationFailed(
+                f"--direct: CRIU's page server did not start on "
+                f"{self.restore.host.name} ({self.endpoint}): {out.strip()[-300:] or 'no log'}",
+                hint="migrate without --direct; nothing was frozen")
+
+    def stop(self) -> None:
+        """It exits after the dump; before one (a failure), it is ended here."""
+        self.restore.agent.sh(f"test -s {self.work}/pid && kill $(cat {self.work}/pid) "
+                              "2>/dev/null; true")
+
+    def clear(self) -> None:
+        """What a failed dump may have sent (the move must not mix it in)."""
+        self.restore.agent.sh(f"rm -rf {self.images}")

@@ -32,6 +32,7 @@ from docker_hmigrate import errors
 # How long the freeze may take before the dump is given up (cgroup v1 and v2 freezers
 # finish in micro- to milliseconds for tasks that sleep or run in user space).
 FREEZE_TRIES = 20000
+BLOCK_TAG = "hmigrate-direct"  # the comment on the rules that close the frozen source
 WAIT_DUMP = 120  # seconds a thaw waits for a runc checkpoint still running to end
 
 
@@ -104,12 +105,37 @@ class Freezer:
                            f"[ \"$(cat {p}/freezer.state)\" = FROZEN ]")
         return (f"{write} && n=0 && until {done}; do n=$((n+1)); "
                 f"if [ $n -gt {FREEZE_TRIES} ]; then {self.thaw()}; "
-                f"echo 'the container did not freeze'; exit 1; fi; done")
+                f"echo 'the container did not freeze'; exit 1; fi; done; {self.block()}")
 
     def thaw(self) -> str:
+        """Shell: the network opened again (unblock), then the tasks go on."""
         p = shlex.quote(self.path)
-        return (f"echo 0 > {p}/cgroup.freeze" if self.v2
-                else f"echo THAWED > {p}/freezer.state")
+        return (f"{self.unblock()}; " + (f"echo 0 > {p}/cgroup.freeze" if self.v2
+                                         else f"echo THAWED > {p}/freezer.state"))
+
+    def _in_netns(self, command: str) -> str:
+        """Shell: `command` in the network namespace of the cgroup's first task."""
+        p = shlex.quote(self.path)
+        return (f"{{ pids=$(cat {p}/cgroup.procs 2>/dev/null); first=${{pids%%[!0-9]*}}; "
+                f"[ -n \"$first\" ] && nsenter -t $first -n sh -c {shlex.quote(command)}; }}")
+
+    def block(self) -> str:
+        """Shell: the container's network namespace drops every packet (iptables, where
+        the host has it). Between the dump and the commit the frozen source's kernel
+        would otherwise answer its peers (CRIU takes the TCP sockets out of repair mode
+        when it leaves a process running): an acknowledged byte the target never sees.
+        CRIU does not dump the rules of a namespace Docker made (external to runc)."""
+        rule = f"-m comment --comment {BLOCK_TAG} -j DROP"
+        return self._in_netns(
+            "for t in iptables ip6tables; do command -v $t >/dev/null || continue; "
+            f"$t -w -I INPUT 1 {rule}; $t -w -I OUTPUT 1 {rule}; done 2>/dev/null; true")
+
+    def unblock(self) -> str:
+        rule = f"-m comment --comment {BLOCK_TAG} -j DROP"
+        return self._in_netns(
+            "for t in iptables ip6tables; do command -v $t >/dev/null || continue; "
+            f"while $t -w -D INPUT {rule}; do :; done; "
+            f"while $t -w -D OUTPUT {rule}; do :; done; done 2>/dev/null; true")
 
     def frozen(self) -> str:
         """Shell: true while the cgroup is frozen."""

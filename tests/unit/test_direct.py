@@ -117,12 +117,22 @@ def test_freeze_thaw_and_end_silently_on_a_real_cgroup() -> None:
             time.sleep(0.3)
             return Path("/dev/shm/hmigrate-test-tick").read_text()
 
+        def rules() -> str:  # the process's own network namespace's filter rules
+            if shutil.which("iptables") is None:
+                return ""  # nothing to block with here
+            return subprocess.run(["nsenter", "-t", str(proc.pid), "-n", "iptables", "-S"],
+                                  capture_output=True, text=True).stdout
+
+        assert direct.BLOCK_TAG not in rules()
         subprocess.run(["sh", "-c", freezer.freeze()], check=True, timeout=30)
         assert (group / "freezer.state").read_text().strip() == "FROZEN"
         assert subprocess.run(["sh", "-c", freezer.frozen()]).returncode == 0
         assert ticks() == ticks()  # stopped
+        if shutil.which("iptables"):  # INPUT and OUTPUT dropped while frozen
+            assert rules().count(direct.BLOCK_TAG) == 2, rules()
         subprocess.run(["sh", "-c", freezer.thaw()], check=True, timeout=30)
         assert ticks() != ticks()  # going on
+        assert direct.BLOCK_TAG not in rules()  # opened again
         subprocess.run(["sh", "-c", freezer.freeze()], check=True, timeout=30)
         subprocess.run(["sh", "-c", freezer.end_silently()], check=True, timeout=30)
         assert proc.wait(timeout=10) == -9

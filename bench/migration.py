@@ -9,6 +9,9 @@ what the plugin reports: freeze to running on the target.
 Raw CRIU (bench/rawcriu.py) is the floor: the same image and program run by runc alone,
 dumped to tmpfs and restored on the same host, no Docker or containerd around it.
 
+Methods: hmigrate (the default move: the dump streamed through the plugin), direct
+(`migrate --direct`: the pages sent by the source's CRIU to a page server on the target
+during the dump), manual, raw CRIU.
 Workloads: a shell counter, and Redis holding 64 MB / 300 MB / 1 GB (DEBUG POPULATE).
 Each line gives the median downtime and total, with ratios of the downtime to raw CRIU
 and to the manual baseline; then hmigrate's phases and CRIU's own figures (stats-dump of
@@ -295,6 +298,7 @@ def compress_on_link(runs: int, rates: list[str], redis_mb: int = 64) -> None:
 WORKLOADS = {"counter": ("counter", 0), "redis64": ("redis", 64), "redis300": ("redis", 300),
              "redis1024": ("redis", 1024)}
 METHODS = {"hmigrate": lambda kind, mb, root: hmigrate(kind, mb),
+           "direct": lambda kind, mb, root: hmigrate(kind, mb, extra=("--direct",)),
            "manual": lambda kind, mb, root: manual(kind, mb, root),
            "raw CRIU": lambda kind, mb, root: raw(kind, mb)}
 
@@ -367,9 +371,10 @@ def main() -> None:
             print(f"{wl:<10} {m:<9} {d:>11.3f} {med[m]['total']:>9.3f} "
                   f"{d / med['raw CRIU']['downtime']:>6.2f} {d / med['manual']['downtime']:>8.2f}"
                   f" {f:>9.3f} {f / med['raw CRIU']['frozen to running']:>6.2f}")
-        hm = runs["hmigrate"]
-        keys = [k for k in hm[0] if k.startswith(("phase ", "criu ", "MB ", "fast "))]
-        print(f"{'':<10} hmigrate: " + ", ".join(f"{k} {_median(hm, k):.3f}" for k in keys))
+        for m in ("hmigrate", "direct"):
+            hm = runs[m]
+            keys = [k for k in hm[0] if k.startswith(("phase ", "criu ", "MB ", "fast "))]
+            print(f"{'':<10} {m}: " + ", ".join(f"{k} {_median(hm, k):.3f}" for k in keys))
         rw = runs["raw CRIU"]
         print(f"{'':<10} raw CRIU: " + ", ".join(
             f"{k} {_median(rw, k):.3f}" for k in ("dump wall", "criu frozen", "restore wall",

@@ -9,7 +9,8 @@ rate, downtime percentiles (the plugin's, and the gap the client saw), acknowled
 writes lost, anything left behind; the baseline is the client's own rate without moves,
 measured in the same run.
 
-Run as root with the lab up:   python -m bench.soak [--moves 50] [--redis-mb 0]
+Run as root with the lab up:   python -m bench.soak [--moves 50] [--redis-mb 0] [--direct]
+(`--direct`: every move with `migrate --direct`, the pages host to host.)
 
 Cross-ISA (`--cross-isa N`, needs HMLAB_ARM64=1 lab/up): the hmigrate-cc Redis under the
 same client, moved x86-64 (hm-a) -> aarch64 (hm-arm) -> x86-64 N round trips; on the
@@ -120,6 +121,9 @@ class Client:
                 conn.close()
 
 
+MOVE_OPTIONS: list[str] = []  # given to every same-ISA move (--direct)
+
+
 def migrate(name: str, here: str, there: str, *extra: str,
             timeout: float) -> tuple[subprocess.CompletedProcess, dict]:
     """One `docker hmigrate migrate --json` and its document (or the error it printed)."""
@@ -141,7 +145,7 @@ def soak_move(number: int, name: str, here: str, there: str, client: Client,
     leftovers check."""
     acks_before = client.acks
     t0 = time.monotonic()
-    proc, doc = migrate(name, here, there, timeout=timeout)
+    proc, doc = migrate(name, here, there, *MOVE_OPTIONS, timeout=timeout)
     if doc.get("checkpoint"):
         checkpoints.append(doc["checkpoint"])
     ok = proc.returncode == 0
@@ -545,8 +549,12 @@ def main() -> None:
                     help="what --cross-isa moves (default redis)")
     ap.add_argument("--stop-after", type=float, default=0, metavar="MIN",
                     help="--cross-isa: start no round trip after MIN minutes")
+    ap.add_argument("--direct", action="store_true",
+                    help="the a <-> b moves with `migrate --direct` (pages host to host)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    if args.direct:
+        MOVE_OPTIONS.append("--direct")
     if os.geteuid() != 0:
         raise SystemExit("run as root (the lab's daemons are root's)")
     if args.cross_isa and args.app == "redis":

@@ -44,6 +44,7 @@ class DirectFacts:
     dst_isa: str
     fast_path: str | None  # why the source cannot be dumped by runc (None: it can)
     network_mode: str  # HostConfig.NetworkMode of the source
+    joined_by: tuple[str, ...] = ()  # containers that run in the source's network namespace
 
 
 def refusals(facts: DirectFacts) -> list[str]:
@@ -60,7 +61,19 @@ def refusals(facts: DirectFacts) -> list[str]:
         out.append(f"the container's network namespace is not its own (--network {mode}): "
                    "the frozen source's interfaces are taken down before it is ended, "
                    "which would cut the others")
+    if facts.joined_by:
+        out.append(f"{', '.join(facts.joined_by)} run(s) in the container's network "
+                   "namespace (--network container:...): its interfaces are taken down "
+                   "before the frozen source is ended, which would cut them")
     return out
+
+
+def joined_by(containers: list[dict], container_id: str, name: str) -> tuple[str, ...]:
+    """The containers (GET /containers/json rows) whose network namespace is this one's."""
+    modes = {f"container:{container_id}", f"container:{container_id[:12]}",
+             f"container:{name}"}
+    return tuple(sorted((c.get("Names") or ["?"])[0].lstrip("/") for c in containers
+                        if (c.get("HostConfig") or {}).get("NetworkMode") in modes))
 
 
 def check(facts: DirectFacts) -> None:

@@ -444,7 +444,10 @@ class Migration:
                 direct.check(direct.DirectFacts(
                     src_isa=self.src.isa, dst_isa=self.dst.isa,
                     fast_path=fastpath.refusal(self.src, self.inspect),
-                    network_mode=str(self.inspect["HostConfig"].get("NetworkMode") or "")))
+                    network_mode=str(self.inspect["HostConfig"].get("NetworkMode") or ""),
+                    joined_by=direct.joined_by(self.src.api.containers(all=True),
+                                               self.inspect["Id"],
+                                               self.inspect["Name"].lstrip("/"))))
             image = image_check(self.src, self.dst, self.spec.image, self.inspect["Image"])
             checks = self.strategy.checks()
             self.strategy.start()  # cross-ISA: the template, while the hosts are validated

@@ -39,6 +39,18 @@ def test_every_reason_is_given_at_once() -> None:
     assert "container:db" in direct.refusals(shared)[0]
 
 
+def test_containers_joined_to_its_network_namespace_refuse_it() -> None:
+    rows = [{"Names": ["/web"], "HostConfig": {"NetworkMode": "bridge"}},
+            {"Names": ["/sidecar"], "HostConfig": {"NetworkMode": "container:web"}},
+            {"Names": ["/probe"], "HostConfig": {"NetworkMode": "container:abcdef012345"}}]
+    joined = direct.joined_by(rows, "abcdef012345" + "0" * 52, "web")
+    assert joined == ("probe", "sidecar")
+    facts = direct.DirectFacts(src_isa="x86-64", dst_isa="x86-64", fast_path=None,
+                               network_mode="bridge", joined_by=joined)
+    assert "probe, sidecar" in direct.refusals(facts)[0]
+    assert direct.joined_by(rows[:1], "abcdef012345" + "0" * 52, "web") == ()
+
+
 def test_lazy_and_direct_together_are_a_usage_error() -> None:
     with pytest.raises(errors.UsageError):
         MigrationOptions("web", lazy=True, direct=True).check()

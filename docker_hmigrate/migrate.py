@@ -908,12 +908,15 @@ class Migration:
                     if self._page_server is not None and self._fast and self._fast.freezer:
                         # --direct: the source is frozen, alive, its memory in place
                         self._fast.thaw()
-                    elif self._fast:  # fast path: links to the tmpfs images where docker looks
-                        # (none if the dump never finished: _resume_source then decides)
-                        with contextlib.suppress(errors.HmigrateError, docker.errors.APIError):
-                            self._fast.stage_for_restore(
-                                self.src.checkpoint_dir(self.inspect["Id"]))
-                    how = self._resume_source()
+                        how = "source thawed (frozen in place since the dump)"
+                    else:
+                        if self._fast:  # fast path: links to the tmpfs images where docker
+                            # looks (none if the dump never finished: _resume_source decides)
+                            with contextlib.suppress(errors.HmigrateError,
+                                                     docker.errors.APIError):
+                                self._fast.stage_for_restore(
+                                    self.src.checkpoint_dir(self.inspect["Id"]))
+                        how = self._resume_source()
                     self.strategy.release_source()  # cross-ISA: the park request withdrawn
                     self._verify_running(self.inspect["Id"], host=self.src)
                     with contextlib.suppress(docker.errors.APIError):

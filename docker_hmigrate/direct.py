@@ -133,21 +133,24 @@ class Freezer:
                 f"[ -n \"$first\" ] && nsenter -t $first -n sh -c {shlex.quote(command)}; }}")
 
     def block(self) -> str:
-        """Shell: the container's network namespace drops every packet (iptables, where
+        """Shell: nothing leaves the container's network namespace (iptables OUTPUT, where
         the host has it). Between the dump and the commit the frozen source's kernel
-        would otherwise answer its peers (CRIU takes the TCP sockets out of repair mode
-        when it leaves a process running): an acknowledged byte the target never sees.
-        CRIU does not dump the rules of a namespace Docker made (external to runc)."""
+        would otherwise acknowledge what its peers send (CRIU takes the TCP sockets out
+        of repair mode when it leaves a process running): bytes the target, restored from
+        the dump, never sees. Unacknowledged, the peer sends them again to the target.
+        What arrives is still taken in: what came before the dump is in it, and the
+        target answers it at once (a client's request gets its reply at the restore,
+        not after a retransmission timeout). CRIU does not dump the rules of a namespace
+        Docker made (external to runc)."""
         rule = f"-m comment --comment {BLOCK_TAG} -j DROP"
         return self._in_netns(
             "for t in iptables ip6tables; do command -v $t >/dev/null || continue; "
-            f"$t -w -I INPUT 1 {rule}; $t -w -I OUTPUT 1 {rule}; done 2>/dev/null; true")
+            f"$t -w -I OUTPUT 1 {rule}; done 2>/dev/null; true")
 
     def unblock(self) -> str:
         rule = f"-m comment --comment {BLOCK_TAG} -j DROP"
         return self._in_netns(
             "for t in iptables ip6tables; do command -v $t >/dev/null || continue; "
-            f"while $t -w -D INPUT {rule}; do :; done; "
             f"while $t -w -D OUTPUT {rule}; do :; done; done 2>/dev/null; true")
 
     def frozen(self) -> str:

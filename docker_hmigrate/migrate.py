@@ -200,6 +200,7 @@ class Migration:
         self._lazy_plans: list[lazy.PagesPlan] = []  # pages images moved as their runs
         # --- --direct (direct.py) ---
         self._page_server: direct.PageServer | None = None
+        self._source_ended = False  # the frozen source ended at the restore
         self.target_started = False  # the commit point (see _settle)
         self.started_at = time.time()
         self.committed = False
@@ -743,6 +744,8 @@ class Migration:
                 self._mark_started()
             self.strategy.after_restore(cid)  # cross-ISA: restored parked, let go on
             self.downtime = time.monotonic() - self.frozen_at
+            if self.target_started:  # --direct: its clients now reach the target
+                self._direct_end_source()
             ph.update(f"running on {self.dst.name}")
 
     def _learn_restore_outcome(self) -> None:
@@ -905,11 +908,14 @@ class Migration:
                     self._on_target(self.dst.api.remove_network, net)
             if created.source_frozen:
                 try:
-                    if self._page_server is not None and self._fast and self._fast.freezer:
+                    if self._page_server is not None and self._fast and self._fast.freezer \
+                            and not self._source_ended:
                         # --direct: the source is frozen, alive, its memory in place
                         self._fast.thaw()
                         how = "source thawed (frozen in place since the dump)"
                     else:
+                        if self._source_ended:  # --direct: the pages are on the target
+                            self._direct_pages_back()
                         if self._fast:  # fast path: links to the tmpfs images where docker
                             # looks (none if the dump never finished: _resume_source decides)
                             with contextlib.suppress(errors.HmigrateError,
@@ -1130,16 +1136,32 @@ class Migration:
         self.rep.set("direct_page_server", server.endpoint)
 
     def _direct_end_source(self) -> None:
-        """The commit: the source, frozen since the dump, ends without running again."""
-        if self._page_server is None or self._fast is None or not self._fast.dumped:
+        """Once the target runs: the source, frozen since the dump, ends without running
+        again. Not later (at the commit): until it exits dockerd keeps its published
+        ports and their proxies, and clients that would reconnect to the target hang on
+        it instead. A target that dies during verify is rolled back from its pages
+        (_direct_pages_back)."""
+        if self._page_server is None or self._fast is None or not self._fast.dumped \
+                or self._source_ended:
             return
         try:
             self._fast.end_frozen()
+            self._source_ended = True
         except docker.errors.APIError as exc:
             msg = (f"the frozen source {self.opts.container} could not be ended on "
                    f"{self.src.name}: {api_error_text(exc)}")
             self.rep.warn(msg)
             self.warnings.append(msg)
+
+    def _direct_pages_back(self) -> None:
+        """A target that died during verify, after the source was ended: the dump's pages
+        come back from the target's tmpfs beside the source's own images, which the
+        source is then restored from."""
+        assert self._fast is not None and self._fast_restore is not None
+        back = transfer.FolderLink("checkpoint pages, back", self.dst, self._fast_restore.folder,
+                                   self.src, self._fast.folder, private=True)
+        with back:
+            back.copy(self.checkpoint, "")
 
     def phase_pages(self) -> None:
         """--lazy: the target runs while its pages arrive; the commit point is when the

@@ -121,3 +121,24 @@ def test_direct_killed_migration_is_recovered(host_a, host_b, cleanup, point, ru
     assert not exists(other, name)
     _no_agents_left(host_a, host_b)
     _no_tmpfs_images_left()
+
+
+def test_direct_target_that_dies_during_verify_gives_the_source_back(host_a, host_b, cleanup):
+    """The source is ended once the target runs (its clients then reach the target); if
+    the target dies during verify, the dump's pages come back from the target's tmpfs and
+    the source is restored from them where it stopped."""
+    name = unique("direct-died")
+    cleanup.append(name)
+    _counter(host_a, name)
+    proc = _migrate(name, "during:verify:kill-target")
+    assert proc.returncode == 11, (proc.returncode, proc.stderr)
+    assert "Traceback" not in proc.stderr
+    before = max(counter_values(host_a.logs(name)))
+    wait_until(lambda: max(counter_values(host_a.logs(name))) > before + 2,
+               what="the restored source to go on counting")
+    values = counter_values(host_a.logs(name))
+    assert values == list(range(len(values))), values  # restored where it stopped
+    assert host_a.client.containers.get(name).attrs["RestartCount"] == 0
+    assert not exists(host_b, name)
+    _no_agents_left(host_a, host_b)
+    _no_tmpfs_images_left()

@@ -23,7 +23,6 @@ interfaces are downed at the commit), and its cgroup freezer found.
 
 from __future__ import annotations
 
-import ipaddress
 import shlex
 from dataclasses import dataclass
 
@@ -83,20 +82,6 @@ def check(facts: DirectFacts) -> None:
             "--direct cannot be used: " + "; ".join(reasons),
             hint="migrate without --direct (the memory then goes through this machine); "
                  "nothing was frozen or changed")
-
-
-def page_server_address(dst: list[tuple[str, int]], src: list[tuple[str, int]]) -> str | None:
-    """The target's address on a link it shares with the source: in a subnet of one of the
-    source's addresses, not an address both have (each host's docker0), private (the page
-    server has no authentication). None: no such address."""
-    src_ips = {a for a, _ in src}
-    for addr, _plen in dst:
-        ip = ipaddress.ip_address(addr)
-        if addr in src_ips or not ip.is_private:
-            continue
-        if any(ip in ipaddress.ip_network(f"{s}/{plen}", strict=False) for s, plen in src):
-            return addr
-    return None
 
 
 # --- the source's cgroup freezer ------------------------------------------------------------

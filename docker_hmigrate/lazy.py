@@ -133,20 +133,21 @@ def addresses(output: str) -> list[tuple[str, int]]:
     return out
 
 
-def page_server_address(src: list[tuple[str, int]], dst: list[tuple[str, int]]) -> str | None:
-    """The source's address on a link it shares with the target: in a subnet of one of the
-    target's addresses, and not an address both hosts have (each host's docker0 bridge),
+def page_server_address(server: list[tuple[str, int]], peer: list[tuple[str, int]]
+                        ) -> str | None:
+    """The address of the host that runs CRIU's page server (`server`: the source for
+    --lazy, the target for --direct) on a link it shares with `peer`: in a subnet of one
+    of the peer's addresses, not an address both hosts have (each host's docker0 bridge),
     private (the page server has no authentication). None: no such address."""
     import ipaddress
 
-    dst_ips = {a for a, _ in dst}
-    for addr, _plen in src:
+    peer_ips = {a for a, _ in peer}
+    for addr, _plen in server:
         ip = ipaddress.ip_address(addr)
-        if addr in dst_ips or not ip.is_private:
+        if addr in peer_ips or not ip.is_private:
             continue
-        for daddr, dplen in dst:
-            if ip in ipaddress.ip_network(f"{daddr}/{dplen}", strict=False):
-                return addr
+        if any(ip in ipaddress.ip_network(f"{p}/{plen}", strict=False) for p, plen in peer):
+            return addr
     return None
 
 

@@ -1095,12 +1095,7 @@ class Migration:
         finally:
             src_agent.close()
         _st, dst_ips = restore.agent.sh("ip -4 -o addr")
-        address = lazy.page_server_address(lazy.addresses(src_ips), lazy.addresses(dst_ips))
-        if address is None:
-            raise errors.ValidationFailed(
-                f"--lazy: {self.src.name} has no private address on a link to "
-                f"{self.dst.name} for CRIU's page server (it has no authentication)",
-                hint="migrate without --lazy; nothing was frozen")
+        address = _page_server_address("--lazy", (self.src, src_ips), (self.dst, dst_ips))
         self._lazy_address, self._lazy_port = address, lazy.port_for(self.checkpoint)
         host_config = self.spec.body.setdefault("HostConfig", {})
         host_config["Annotations"] = {**(host_config.get("Annotations") or {}),
@@ -1115,13 +1110,7 @@ class Migration:
         assert fast is not None and restore is not None  # fast_prepare raised otherwise
         _st, src_ips = fast.agent.sh("ip -4 -o addr")
         _st, dst_ips = restore.agent.sh("ip -4 -o addr")
-        address = direct.page_server_address(lazy.addresses(dst_ips), lazy.addresses(src_ips))
-        if address is None:
-            raise errors.ValidationFailed(
-                f"--direct: {self.dst.name} has no private address on a link to "
-                f"{self.src.name} for CRIU's page server (it has no authentication)",
-                hint="migrate without --direct (the memory then goes through this "
-                     "machine); nothing was frozen")
+        address = _page_server_address("--direct", (self.dst, dst_ips), (self.src, src_ips))
         try:
             fast.freezer = fast.find_freezer()
         except fastpath.FastPathUnavailable as exc:
@@ -1455,6 +1444,19 @@ class Migration:
         for k, v in result.items():
             self.rep.set(k, v)
         return result
+
+
+def _page_server_address(flag: str, server: tuple[Host, str], peer: tuple[Host, str]) -> str:
+    """Where CRIU's page server listens for `flag` (--lazy: on the source, --direct: on the
+    target): the server host's private address on a link to its peer, from each host's
+    `ip -4 -o addr`. Raises ValidationFailed (before the freeze) when there is none."""
+    address = lazy.page_server_address(lazy.addresses(server[1]), lazy.addresses(peer[1]))
+    if address is None:
+        raise errors.ValidationFailed(
+            f"{flag}: {server[0].name} has no private address on a link to {peer[0].name} "
+            "for CRIU's page server (it has no authentication)",
+            hint=f"migrate without {flag}; nothing was frozen")
+    return address
 
 
 def _phase_data(record) -> dict[str, Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from docker_hmigrate import direct, errors
+from docker_hmigrate import direct, errors, lazy
 from docker_hmigrate.migrate import MigrationOptions
 
 OK = direct.DirectFacts(src_isa="x86-64", dst_isa="x86-64", fast_path=None,
@@ -60,10 +60,10 @@ def test_lazy_and_direct_together_are_a_usage_error() -> None:
 def test_the_page_server_listens_on_the_targets_side_of_a_private_link() -> None:
     src = [("192.0.2.2", 24), ("10.77.0.1", 24), ("172.17.0.1", 16)]
     dst = [("172.17.0.1", 16), ("10.77.0.2", 24)]  # docker0 on both: not that one
-    assert direct.page_server_address(dst, src) == "10.77.0.2"
-    assert direct.page_server_address([("10.99.0.2", 24)], src) is None  # no shared link
+    assert lazy.page_server_address(dst, src) == "10.77.0.2"
+    assert lazy.page_server_address([("10.99.0.2", 24)], src) is None  # no shared link
     public = [("8.8.8.5", 24)]  # never a public address: no authentication
-    assert direct.page_server_address(public, [("8.8.8.6", 24)]) is None
+    assert lazy.page_server_address(public, [("8.8.8.6", 24)]) is None
 
 
 def test_freezer_output_parsed() -> None:

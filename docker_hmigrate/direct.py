@@ -160,13 +160,17 @@ class Freezer:
 
 def freezer_script(pid: int) -> str:
     """Shell printing `v1 PATH` or `v2 PATH`: the freezer of the process `pid` (the
-    container's init) in the host's cgroup tree (the agent shares its cgroup namespace)."""
+    container's init) in the host's cgroup tree (the agent shares its cgroup namespace):
+    v1's freezer where it has one, else v2's (the whole tree, or the hybrid layout's
+    `unified` mount)."""
     return (f"v1=''; v2=''; while IFS=: read -r _h ctl path; do case \"$ctl\" in "
             f"*freezer*) v1=$path ;; '') v2=$path ;; esac; done < /proc/{pid}/cgroup; "
             f"if [ -n \"$v1\" ] && [ -e \"/sys/fs/cgroup/freezer$v1/freezer.state\" ]; then "
             f"echo \"v1 /sys/fs/cgroup/freezer$v1\"; "
             f"elif [ -n \"$v2\" ] && [ -e \"/sys/fs/cgroup$v2/cgroup.freeze\" ]; then "
-            f"echo \"v2 /sys/fs/cgroup$v2\"; else echo 'no freezer'; exit 1; fi")
+            f"echo \"v2 /sys/fs/cgroup$v2\"; "
+            f"elif [ -n \"$v2\" ] && [ -e \"/sys/fs/cgroup/unified$v2/cgroup.freeze\" ]; then "
+            f"echo \"v2 /sys/fs/cgroup/unified$v2\"; else echo 'no freezer'; exit 1; fi")
 
 
 def parse_freezer(output: str) -> Freezer | None:

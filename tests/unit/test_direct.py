@@ -104,16 +104,20 @@ def test_a_root_cgroup_is_no_freezer() -> None:
 
 
 V1_FREEZER = Path("/sys/fs/cgroup/freezer")
+# cgroup v2: the whole tree on a v2 host, the "unified" mount beside v1 on a hybrid one
+V2_ROOT = next((p for p in (Path("/sys/fs/cgroup/unified"), Path("/sys/fs/cgroup"))
+                if (p / "cgroup.subtree_control").exists()), None)
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not V1_FREEZER.is_dir()
-                    or shutil.which("unshare") is None,
-                    reason="needs root, a cgroup v1 freezer and unshare")
-def test_freeze_thaw_and_end_silently_on_a_real_cgroup() -> None:
+@pytest.mark.parametrize("v2", [False, True], ids=["cgroup-v1", "cgroup-v2"])
+def test_freeze_thaw_and_end_silently_on_a_real_cgroup(v2: bool) -> None:
     """A process in its own network namespace and a freezer cgroup of its own: frozen (it
     stops), thawed (it goes on), frozen again and ended without running again (SIGKILL
     while frozen, then thawed), as the commit does."""
-    group = V1_FREEZER / f"hmigrate-test-{uuid.uuid4().hex[:8]}"
+    root = V2_ROOT if v2 else (V1_FREEZER if V1_FREEZER.is_dir() else None)
+    if os.geteuid() != 0 or root is None or shutil.which("unshare") is None:
+        pytest.skip(f"needs root, a cgroup {'v2' if v2 else 'v1 freezer'} tree and unshare")
+    group = root / f"hmigrate-test-{uuid.uuid4().hex[:8]}"
     group.mkdir()
     proc = subprocess.Popen(["unshare", "-n", "sh", "-c",
                              "i=0; while :; do i=$((i+1)); "
@@ -123,7 +127,7 @@ def test_freeze_thaw_and_end_silently_on_a_real_cgroup() -> None:
         out = subprocess.run(["sh", "-c", direct.freezer_script(proc.pid)],
                              capture_output=True, text=True).stdout
         freezer = direct.parse_freezer(out)
-        assert freezer == direct.Freezer(str(group), False), out
+        assert freezer == direct.Freezer(str(group), v2), out
 
         def ticks() -> str:
             time.sleep(0.3)
@@ -137,7 +141,10 @@ def test_freeze_thaw_and_end_silently_on_a_real_cgroup() -> None:
 
         assert direct.BLOCK_TAG not in rules()
         subprocess.run(["sh", "-c", freezer.freeze()], check=True, timeout=30)
-        assert (group / "freezer.state").read_text().strip() == "FROZEN"
+        if v2:
+            assert "frozen 1" in (group / "cgroup.events").read_text()
+        else:
+            assert (group / "freezer.state").read_text().strip() == "FROZEN"
         assert subprocess.run(["sh", "-c", freezer.frozen()]).returncode == 0
         assert ticks() == ticks()  # stopped
         if shutil.which("iptables"):  # nothing sent while frozen

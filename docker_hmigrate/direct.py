@@ -2,7 +2,7 @@
 
 Why: on the fast path (fastpath.py) the dump is written to the source's tmpfs, then the
 move streams it through both daemons' archive endpoints and this process: for a 424 MB
-Redis the move (2-3 s here) is most of the downtime, and every byte crosses the machine
+Redis the move (1.7-2.9 s here) is most of the downtime, and every byte crosses the machine
 the plugin runs on (a laptop reaching two servers over ssh, say). With --direct the
 source's CRIU sends the pages during the dump to a `criu page-server` on the target
 (CRIU's own transport, on both hosts wherever Docker checkpoints), which writes them into
@@ -10,15 +10,16 @@ the target's tmpfs folder; only the small images (tens to hundreds of KB) are mo
 
 Nothing is lost on a failure: the source is frozen through its cgroup freezer *before*
 `runc checkpoint --leave-running` (CRIU then leaves it as it found it: frozen, its memory
-in place), so until the target runs the whole state is still in the frozen source. A
-rollback thaws it; the commit ends it without a trace on the network (its interfaces
-downed first, then SIGKILL, then thawed: it dies before it runs; a plain dump kills it
-with its TCP sockets in repair mode, and nothing is sent either).
+in place), so until the target runs the whole state is still in the frozen source, which
+sends nothing meanwhile (Freezer.block). A rollback thaws it; once the target runs it is
+ended without a trace on the network (its interfaces downed first, then SIGKILL, then
+thawed: it dies before it runs; a plain dump kills it with its TCP sockets in repair
+mode, and nothing is sent either).
 
 Limits, checked before the freeze (every reason at once): same ISA, the fast path on the
 source, a target address on a private subnet the source shares (CRIU's page server has no
-authentication, as for --lazy), a network namespace of the container's own (its
-interfaces are downed at the commit), and its cgroup freezer found.
+authentication, as for --lazy), a network namespace of the container's own and of no
+other container (its interfaces are downed at the end), and its cgroup freezer found.
 """
 
 from __future__ import annotations

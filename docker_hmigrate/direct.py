@@ -33,6 +33,7 @@ from docker_hmigrate import errors
 # finish in micro- to milliseconds for tasks that sleep or run in user space).
 FREEZE_TRIES = 20000
 BLOCK_TAG = "hmigrate-direct"  # the comment on the rules that close the frozen source
+_BLOCK_MATCH = f"-m comment --comment {BLOCK_TAG} -j DROP"  # in the OUTPUT chain
 WAIT_DUMP = 120  # seconds a thaw waits for a runc checkpoint still running to end
 
 
@@ -97,12 +98,8 @@ class Freezer:
     def freeze(self) -> str:
         """Shell: freeze and wait until every task is frozen (or fail, thawed again)."""
         p = shlex.quote(self.path)
-        if self.v2:
-            write, done = f"echo 1 > {p}/cgroup.freeze", f"grep -qx 'frozen 1' {p}/cgroup.events"
-        else:
-            write, done = (f"echo FROZEN > {p}/freezer.state",
-                           f"[ \"$(cat {p}/freezer.state)\" = FROZEN ]")
-        return (f"{write} && n=0 && until {done}; do n=$((n+1)); "
+        write = f"echo 1 > {p}/cgroup.freeze" if self.v2 else f"echo FROZEN > {p}/freezer.state"
+        return (f"{write} && n=0 && until {self.frozen()}; do n=$((n+1)); "
                 f"if [ $n -gt {FREEZE_TRIES} ]; then {self.thaw()}; "
                 f"echo 'the container did not freeze'; exit 1; fi; done; {self.block()}")
 
@@ -128,16 +125,14 @@ class Freezer:
         target answers it at once (a client's request gets its reply at the restore,
         not after a retransmission timeout). CRIU does not dump the rules of a namespace
         Docker made (external to runc)."""
-        rule = f"-m comment --comment {BLOCK_TAG} -j DROP"
         return self._in_netns(
             "for t in iptables ip6tables; do command -v $t >/dev/null || continue; "
-            f"$t -w -I OUTPUT 1 {rule}; done 2>/dev/null; true")
+            f"$t -w -I OUTPUT 1 {_BLOCK_MATCH}; done 2>/dev/null; true")
 
     def unblock(self) -> str:
-        rule = f"-m comment --comment {BLOCK_TAG} -j DROP"
         return self._in_netns(
             "for t in iptables ip6tables; do command -v $t >/dev/null || continue; "
-            f"while $t -w -D OUTPUT {rule}; do :; done; done 2>/dev/null; true")
+            f"while $t -w -D OUTPUT {_BLOCK_MATCH}; do :; done; done 2>/dev/null; true")
 
     def frozen(self) -> str:
         """Shell: true while the cgroup is frozen."""
@@ -150,13 +145,17 @@ class Freezer:
         network namespace down, SIGKILL (pending while frozen), then thawed (they die
         before running). A cgroup that is gone or empty already is fine."""
         p = shlex.quote(self.path)
-        return (f"[ -e {p}/cgroup.procs ] || exit 0; "
-                f"pids=$(cat {p}/cgroup.procs); [ -n \"$pids\" ] || exit 0; "
-                f"first=${{pids%%[!0-9]*}}; "
-                f"nsenter -t $first -n ip -o link show | while read -r _n name _rest; do "
-                f"name=${{name%:}}; name=${{name%@*}}; [ \"$name\" = lo ] || "
-                f"nsenter -t $first -n ip link set dev \"$name\" down; done; "
-                f"kill -9 $pids 2>/dev/null; {self.thaw()}")
+        down = ("ip -o link show | while read -r _n name _rest; do name=${name%:}; "
+                "name=${name%@*}; [ \"$name\" = lo ] || ip link set dev \"$name\" down; done")
+        return (f"[ -e {p}/cgroup.procs ] || exit 0; {self._in_netns(down)}; "
+                f"[ -n \"$pids\" ] || exit 0; kill -9 $pids 2>/dev/null; {self.thaw()}")
+
+    def thaw_after_dump(self, container_id: str) -> str:
+        """Shell: a rollback's thaw, once a `runc checkpoint` still running has ended (CRIU,
+        when it ends, puts the freezer back as it found it: frozen); prints `thawed` if
+        the cgroup was frozen."""
+        return (f"{wait_for_dump(container_id)}; "
+                f"if {self.frozen()}; then {self.thaw()}; echo thawed; fi")
 
 
 def freezer_script(pid: int) -> str:
@@ -172,6 +171,13 @@ def freezer_script(pid: int) -> str:
             f"echo \"v2 /sys/fs/cgroup$v2\"; "
             f"elif [ -n \"$v2\" ] && [ -e \"/sys/fs/cgroup/unified$v2/cgroup.freeze\" ]; then "
             f"echo \"v2 /sys/fs/cgroup/unified$v2\"; else echo 'no freezer'; exit 1; fi")
+
+
+def find(agent, pid: int) -> tuple[Freezer | None, str]:
+    """The freezer of the process `pid` (the container's init), read through an agent on
+    its host (fastpath.Agent); and the script's output, for a message."""
+    status, out = agent.sh(freezer_script(pid))
+    return (parse_freezer(out) if status == 0 else None), out.strip()
 
 
 def parse_freezer(output: str) -> Freezer | None:

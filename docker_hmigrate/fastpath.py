@@ -227,7 +227,7 @@ class FastCheckpoint(_TmpfsSide):
         self.stats: dict[str, Any] | None = None
         self.dumped = False
         # --direct (direct.py): the pages go to the target's page server at this endpoint,
-        # and the source stays frozen by its freezer, alive, until the commit
+        # and the source stays frozen by its freezer, alive, until the target runs
         self.freezer: direct.Freezer | None = None
         self.page_server = ""
 
@@ -291,23 +291,21 @@ class FastCheckpoint(_TmpfsSide):
     def find_freezer(self) -> direct.Freezer:
         """Before the freeze: the container's cgroup freezer (raises FastPathUnavailable)."""
         pid = int(self.host.api.inspect_container(self.inspect["Id"])["State"]["Pid"])
-        status, out = self._sh(direct.freezer_script(pid))
-        found = direct.parse_freezer(out) if status == 0 else None
+        found, out = direct.find(self.agent, pid)
         if found is None:
-            raise FastPathUnavailable(f"the container's cgroup freezer not found ({out.strip()})")
+            raise FastPathUnavailable(f"the container's cgroup freezer not found ({out})")
         return found
 
     def thaw(self) -> None:
         """A rollback: the frozen source runs on (once a dump still running has ended)."""
         assert self.freezer is not None
-        status, out = self._sh(f"{direct.wait_for_dump(self.inspect['Id'])}; "
-                               f"{self.freezer.thaw()}")
+        status, out = self._sh(self.freezer.thaw_after_dump(self.inspect["Id"]))
         if status != 0:
             raise errors.RollbackFailed(f"the source could not be thawed: {out.strip()}",
                                         hint=f"thaw it by hand: {self.freezer.thaw()}")
 
     def end_frozen(self) -> None:
-        """The commit: the frozen source ends without running again (direct.Freezer)."""
+        """The target runs: the frozen source ends without running again (direct.Freezer)."""
         assert self.freezer is not None
         self._sh(self.freezer.end_silently())
 

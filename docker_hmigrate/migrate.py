@@ -806,7 +806,8 @@ class Migration:
                 self.dst.checkpoint_delete(self.created.target_container, self.checkpoint)
             with contextlib.suppress(docker.errors.APIError):
                 self.src.checkpoint_delete(self.inspect["Id"], self.checkpoint)
-            self._direct_end_source()  # --direct: it was frozen in place until now
+            self._direct_end_source()  # --direct: unless the restore phase ended it (not
+            # when an interrupt landed during the restore and _settle commits)
             if self.opts.keep_source:
                 ph.update("source kept (stopped)")
             else:

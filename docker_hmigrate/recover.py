@@ -292,19 +292,16 @@ class Recovery:
         try:
             agent.start()
             pid = int(self.src.api.inspect_container(self.inspect["Id"])["State"]["Pid"])
-            _st, out = agent.sh(direct.freezer_script(pid))
-            freezer = direct.parse_freezer(out)
+            freezer, out = direct.find(agent, pid)
             if freezer is None:
                 raise errors.RollbackFailed(
                     f"the cgroup freezer of {self.name} was not found on {self.src.name}: "
-                    f"{out.strip()}", hint=f"see `docker --context {self.src.name} top "
-                                            f"{self.name}`")
+                    f"{out}", hint=f"see `docker --context {self.src.name} top {self.name}`")
             if moved is not None:
                 agent.sh(freezer.end_silently())
                 self._finish_commit(moved)
                 return "target"
-            _st, out = agent.sh(f"{direct.wait_for_dump(self.inspect['Id'])}; "
-                                f"if {freezer.frozen()}; then {freezer.thaw()}; echo thawed; fi")
+            _st, out = agent.sh(freezer.thaw_after_dump(self.inspect["Id"]))
             self._act(f"thawed {self.name} on {self.src.name} (frozen by --direct)"
                       if "thawed" in out else f"{self.name} kept running on {self.src.name}")
             return "source"

@@ -309,7 +309,9 @@ def matched_vars(fr: Frame, idx: Index, strict: bool = True) -> list[tuple[Var, 
     variables without a twin are left out (the runtime's syscall frame keeps some in
     registers on one ISA)."""
     out = []
-    src_vars, dst_vars = _vars(fr.function, idx.src), _vars(fr.function, idx.dst)
+    # twins counted over all variables: an optimized function's (-Og) described ones
+    # are carried by recode/described.py, the slot ones here
+    src_vars, dst_vars = fr.function.isa[idx.src].vars, fr.function.isa[idx.dst].vars
     seen: dict[tuple[str, str], int] = {}
     by_key: dict[tuple[str, str, int], Var] = {}
     for v in dst_vars:
@@ -321,7 +323,11 @@ def matched_vars(fr: Frame, idx: Index, strict: bool = True) -> list[tuple[Var, 
         k = (v.name, v.kind)
         n = seen.get(k, 0)
         seen[k] = n + 1
+        if not v.in_stack:
+            continue
         d = by_key.get((*k, n))
+        if d is not None and not d.in_stack:
+            continue  # described on the target: recode/described.py
         if d is None and (not strict or not in_scope(v, fr.src_pc)
                           or not live_at_stop(fr, v)):
             continue  # no value to carry: out of scope, or not yet stored

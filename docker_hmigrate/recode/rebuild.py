@@ -5,7 +5,7 @@ their variables), jmp_buf variables member by member (jmpbuf.py)."""
 
 from __future__ import annotations
 
-from docker_hmigrate.recode import jmpbuf
+from docker_hmigrate.recode import described, jmpbuf
 from docker_hmigrate.recode.frames import (
     Frame,
     Index,
@@ -45,6 +45,8 @@ def write_target(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMa
         caller_fp = caller.dst_cfa + fp_offset(caller, idx) if caller else 0  # 0 ends the chain
         dst_mem.write_u64(fr.dst_cfa + fmeta.saved_fp_cfa_offset, caller_fp)
         dst_mem.write_u64(fr.dst_cfa + fmeta.return_address_cfa_offset, own_ret)
+        if fmeta.lr_copy_cfa_offset is not None:  # -Og aarch64: its copy for the exit hook
+            dst_mem.write_u64(fr.dst_cfa + fmeta.lr_copy_cfa_offset, own_ret)
         # callee-saved registers this function saved in its prologue: the values its
         # caller needs back
         saved = fmeta.saved_regs
@@ -63,9 +65,18 @@ def write_target(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMa
         for r in saved:
             if r in dst.callee_saved:
                 expected[r] = 0  # clobbered here, dead unless live below
+        # optimized frames: variables in registers and slots, where each ISA has them
+        in_regs = described.write_frame(src_mem, dst_mem, fr, idx, smap)
+        for r, v in in_regs.items():
+            if r not in saved:
+                raise Untranslatable(f"{fr.function.name}: {r} holds {fr.function.name}'s "
+                                     f"variable but is not saved by it")
+            expected[r] = v
         for r in live:
             if r not in saved:
                 raise Untranslatable(f"{fr.function.name}: {r} live but not saved")
+            if r in in_regs:
+                continue
             if r == lr_copy:
                 expected[r] = own_ret
             elif r in temps_dst:

@@ -125,6 +125,9 @@ class Var(_Record):
     file: _F[str | None] = _F()  # of its declaration (a #line file for generated code)
     cfa_offset: _F[int | None] = _F()  # None: not in a stack slot
     indirect: _F[bool] = _F(False)  # the slot holds the variable's address
+    # optimized (-Og): where it is changes along the code; each call site says
+    # (CallSite.locations, toolchain/locations.py)
+    described: _F[bool] = _F(False)
 
     @property
     def in_stack(self) -> bool:
@@ -138,6 +141,41 @@ class Var(_Record):
         return any(lo <= pc - 1 < hi for lo, hi in self.scope_ranges or [s])
 
 
+# what a variable's site location can give (read on the source) and needs (written on
+# the target)
+READABLE = ("slot", "reg", "value", "const")
+STORED = ("slot", "reg", "value")
+
+
+def site_location(v: dict, vi: int, locs: dict[int, list]) -> list | None:
+    """A variable's location at a call site (None: not in scope there)."""
+    if v.get("described"):
+        return locs.get(vi)
+    if "cfa_offset" in v and not v.get("indirect"):
+        return ["slot", v["cfa_offset"]]
+    return None
+
+
+def var_twins(ours: list[dict], theirs: list[dict]) -> dict[int, int]:
+    """Index of each of our variables -> its twin's on the other ISA: by name, kind and
+    occurrence (the DWARF of both ISAs lists a function's variables in source order)."""
+    seen: dict[tuple, int] = {}
+    keys: dict[tuple, int] = {}
+    for j, v in enumerate(theirs):
+        k = (v["name"], v["kind"])
+        keys[(*k, seen.get(k, 0))] = j
+        seen[k] = seen.get(k, 0) + 1
+    seen.clear()
+    out = {}
+    for i, v in enumerate(ours):
+        k = (v["name"], v["kind"])
+        n = seen.get(k, 0)
+        seen[k] = n + 1
+        if (*k, n) in keys:
+            out[i] = keys[(*k, n)]
+    return out
+
+
 class FrameLayout(_Record):
     """One function's frame on one ISA, as CFA offsets."""
 
@@ -149,6 +187,8 @@ class FrameLayout(_Record):
     return_address_cfa_offset: _F[int | None] = _F()
     saved_regs: _F[dict[str, int]] = _F(dict)
     dynamic_sp: _F[bool] = _F(False)
+    # a slot holding the function's own return address for the exit hook (aarch64 -Og)
+    lr_copy_cfa_offset: _F[int | None] = _F()
 
     @property
     def has_frame_record(self) -> bool:
@@ -171,6 +211,10 @@ class CallSite(_Record):
     sp_cfa_offset: _F[int] = _F(0)  # the caller's SP at the call, from its CFA
     live_callee_saved: _F[list[str]] = _F(list)
     callee_saved_temps: _F[list[str]] = _F(list)  # temporaries paired with the twin's
+    # optimized (-Og) functions: [variable index, location...] of the variables in scope
+    # (toolchain/locations.py), and what live state no variable names
+    locations: _F[list[list]] = _F(list)
+    unnamed: _F[list[str]] = _F(list)
     translatable: _F[bool] = _F(True)
     untranslatable_reasons: _F[list[str] | None] = _F()
 

@@ -43,6 +43,7 @@ from .objects import (
     read_note,
     twin_archive,
 )
+from .optimize import FRAMES_LEVEL
 
 NOTE_BYTES = NOTE_SECTION.encode()
 SOURCE_EXTS = (".c", ".i", ".s", ".S", ".sx")
@@ -84,6 +85,7 @@ class Args:
     ldflags: list[str] = field(default_factory=list)  # -Wl,... and friends
     passthrough: bool = False  # -v, -print-*, --version: ask the host gcc
     optimize: bool = False  # --optimize-leaves / HMIGRATE_OPTIMIZE=1 (optimize.py)
+    frames: bool = False  # --optimize-frames / HMIGRATE_OPTIMIZE_FRAMES=1: -Og, described
 
 
 def parse(argv: list[str]) -> Args:
@@ -188,11 +190,12 @@ def _explicit_registers(src: str) -> bool:
 
 
 def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True,
-                optimize: bool = False) -> None:
+                optimize: bool = False, frames: bool = False) -> None:
     """Compile src for both ISAs into out (x86-64 object with the aarch64 twin inside).
 
     C goes through assembly so string literals can get one section each (asmfix).
     optimize: functions that can never be on a parked stack get -O2 (optimize.py).
+    frames: the instrumented functions are -Og instead of -O0 (optimize.FRAMES_ENV).
     """
     tmp = f"{out}.hmigrate-{AARCH64.name}.tmp"
     # A configure probe's object is never in a program: straight to objects (same
@@ -206,6 +209,11 @@ def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True,
         flags = isa_cflags(isa, cflags, deps=deps)
         if not instrument:
             flags = [f for f in flags if f != "-finstrument-functions"]
+        elif frames:
+            # no section anchors: aarch64 GCC would address string literals from one
+            # anchor in .rodata, which asmfix moves each to a section of its own
+            flags = [FRAMES_LEVEL if f == "-O0" else f for f in flags] + \
+                ["-fno-section-anchors"]
         if drop_register:
             # GCC keeps `register` locals in callee-saved registers even at -O0 (mawk's
             # interpreter loop): such a frame has no slot to move. Dropping the keyword
@@ -417,7 +425,7 @@ def prepare_inputs(args: Args, work: str, rt_objs: list[str]) -> dict[str, IsaLi
         if kind == "src":
             os.makedirs(srcdir, exist_ok=True)
             obj = os.path.join(srcdir, f"{len(entries)}_{default_object_name(val)}")
-            compile_one(val, obj, args.cflags, optimize=args.optimize)
+            compile_one(val, obj, args.cflags, optimize=args.optimize, frames=args.frames)
             entries.append(("obj", obj))
         elif kind == "lib":
             found = find_lib(val, args.lib_dirs)
@@ -728,8 +736,9 @@ def cc(argv: list[str]) -> int:
 
         return check.main(argv[1:])
     opt, argv = optimize.enabled(argv)
+    frames, argv = optimize.frames_enabled(argv)
     args = parse(argv)
-    args.optimize = opt
+    args.optimize, args.frames = opt, frames
     if args.passthrough or args.mode in ("preprocess", "asm"):
         return subprocess.call(host_cmd(args, argv))
     miss = missing_tools()
@@ -744,7 +753,7 @@ def cc(argv: list[str]) -> int:
             raise ToolchainError("no source file")
         for src in args.sources:
             compile_one(src, args.output or default_object_name(src), args.cflags,
-                        optimize=args.optimize)
+                        optimize=args.optimize, frames=args.frames)
         return 0
     if not args.inputs:
         raise ToolchainError("no input files")

@@ -21,7 +21,7 @@ from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
 from elftools.elf.elffile import ELFFile
 
 from docker_hmigrate.isa import AARCH64, X86_64, Isa
-from docker_hmigrate.toolchain import contract, machine_aarch64, machine_x86_64, patch
+from docker_hmigrate.toolchain import contract, locations, machine_aarch64, machine_x86_64, patch
 from docker_hmigrate.toolchain import jmpbuf_layout as jmpbuf
 from docker_hmigrate.toolchain.contract import TypeInfo
 
@@ -97,8 +97,12 @@ def describe_type(die, depth: int = 0) -> dict:
         return {"name": f"{tname} *", "size": _attr(die, "DW_AT_byte_size", 8), "kind": "pointer",
                 "pointer_offsets": [0]}
     if tag == "DW_TAG_base_type":
-        return {"name": _name(die), "size": _attr(die, "DW_AT_byte_size", 0), "kind": "base",
-                "pointer_offsets": []}
+        out = {"name": _name(die), "size": _attr(die, "DW_AT_byte_size", 0), "kind": "base",
+               "pointer_offsets": []}
+        if _attr(die, "DW_AT_encoding") in (ENUM_DW_ATE["DW_ATE_signed"],
+                                             ENUM_DW_ATE["DW_ATE_signed_char"]):
+            out["signed"] = True  # widened with its sign into a 64-bit register
+        return out
     if tag == "DW_TAG_enumeration_type":
         return {"name": f"enum {_name(die) or ''}".strip(), "kind": "enum",
                 "size": _attr(die, "DW_AT_byte_size", 4), "pointer_offsets": []}
@@ -288,7 +292,11 @@ def _pc_ranges(die) -> list[tuple[int, int]] | None:
     return sorted(out) or None
 
 
-def _collect_vars(die, out: list[dict], scope: list[tuple[int, int]] | None) -> None:
+def _collect_vars(die, out: list[dict], scope: list[tuple[int, int]] | None,
+                  described: bool = False) -> None:
+    """A function's variables (its lexical blocks' too). described: the function is
+    optimized (-Og, locations.py): a variable not in one fixed slot has its location
+    list read per call site instead of making the function untranslatable."""
     for ch in die.iter_children():
         if ch.tag in ("DW_TAG_formal_parameter", "DW_TAG_variable"):
             loc = _attr(ch, "DW_AT_location")
@@ -313,11 +321,14 @@ def _collect_vars(die, out: list[dict], scope: list[tuple[int, int]] | None) -> 
             elif isinstance(loc, list) and loc and loc[0] == 0x03:  # DW_OP_addr: a static
                 entry["kind"] = "static"
                 entry["addr"] = int.from_bytes(bytes(loc[1:9]), "little")
+            elif described:
+                entry["described"] = True
+                entry["_loc_die"] = ch  # its location list, read per call site
             else:
                 entry["location"] = "unsupported"
             out.append(entry)
         elif ch.tag == "DW_TAG_lexical_block":
-            _collect_vars(ch, out, _pc_ranges(ch) or scope)
+            _collect_vars(ch, out, _pc_ranges(ch) or scope, described)
 
 
 def _collect_inlined(die, out: list) -> None:
@@ -345,6 +356,7 @@ class DwarfFunc:
     vars: list[dict] = field(default_factory=list)
     variadic: bool = False
     hooked_cu: bool = False  # its file was compiled with -finstrument-functions
+    described: bool = False  # -Og (--optimize-frames): variables per call site
     # code of functions inlined into it: (lo, hi, name, call line)
     inlined: list[tuple[int, int, str, int | None]] = field(default_factory=list)
 
@@ -403,6 +415,7 @@ class Binary:
         self._fde_tables: dict[int, list] = {}
         self._segs: list[tuple[int, int, bytes]] | None = None
         self._disasm: dict[tuple[int, int], list] = {}
+        self.locations = locations.Reader(self.dwarf, self.arch) if self.dwarf else None
         if self.dwarf:
             self._load_dwarf()
             self._load_cfi()
@@ -418,8 +431,9 @@ class Binary:
             lp = self.dwarf.line_program_for_CU(cu)
             cu_name = _name(top) or ""
             producer = _attr(top, "DW_AT_producer") or b""
-            hooked = b"-finstrument-functions" in (producer if isinstance(producer, bytes)
-                                                   else str(producer).encode())
+            producer = producer if isinstance(producer, bytes) else str(producer).encode()
+            hooked = b"-finstrument-functions" in producer
+            described = hooked and locations.PRODUCER_MARK in producer
             for die in top.iter_children():
                 if die.tag != "DW_TAG_subprogram" or _attr(die, "DW_AT_frame_base") is None:
                     continue
@@ -428,8 +442,8 @@ class Binary:
                 if rng is None or name is None:
                     continue
                 fn = DwarfFunc(name, rng[0], rng[1], os.path.basename(cu_name),
-                               hooked_cu=hooked)
-                _collect_vars(die, fn.vars, None)
+                               hooked_cu=hooked, described=described)
+                _collect_vars(die, fn.vars, None, described)
                 _collect_inlined(die, fn.inlined)
                 for v in fn.vars:  # the file of its decl_line (#line: a .y, a .h ...)
                     if "decl_file" in v:
@@ -693,7 +707,112 @@ def analyse_function(b: Binary, name: str) -> dict:
         out["vars"] = df.vars
         out["file"] = df.file
         out["variadic"] = df.variadic
+        if df.described:
+            _describe_sites(b, insns, out)
     return out
+
+
+def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
+    """An optimized (-Og) function: per call site, where each variable in scope is
+    (`locations`, locations.py) and what live state no variable names (`unnamed`: the
+    frame cannot be rebuilt on another ISA if stopped there)."""
+    arch = b.arch
+    succ = control_flow(arch, insns, b.code)
+    states = locations.frame_states(arch, insns, succ)
+    index = {x.address: i for i, x in enumerate(insns)}
+    frame = fn.get("frame", {})
+    fp_cfa = frame.get("fp_cfa_offset")
+    saved = frame.get("saved_regs", {})
+    problems = []
+    odd = sorted(r for r in saved if r not in arch.isa.callee_saved
+                 and r not in (arch.isa.fp, arch.isa.lr, "rip"))  # rip: x86's RA column
+    if odd:  # aarch64's d8-d15: the recode carries general registers only
+        problems.append(f"keeps values in callee-saved registers {odd} across calls")
+    slots = locations.live_slots(arch, insns, succ, states)
+    if slots.unknown:
+        problems.append(f"its use of the stack is not followed ({slots.unknown})")
+    kept = 0  # the frame record and saved registers: the recode writes them itself
+    for off in saved.values():
+        kept |= locations.slot_bits(off, 8)
+    if arch.isa.lr is None:
+        kept |= locations.slot_bits(-8, 8)  # the return address the call pushed
+    lr_copy = arch.mc.lr_copy_reg(insns)
+    lr_slot = locations.lr_copy_slot(arch, insns, states)
+    if lr_slot is not None:  # aarch64 -Og: the own return address, for the exit hook
+        frame["lr_copy_cfa_offset"] = lr_slot
+        kept |= locations.slot_bits(lr_slot, 8)
+    variables = fn.get("vars", [])
+    for v in variables:
+        if v.get("described") and "_ranges" not in v:
+            v["_ranges"] = b.locations.ranges(v["_loc_die"])
+    for cs in fn["call_sites"]:
+        i = index[cs["call_pc"]]
+        st = states[i]
+        if st is None:
+            cs["locations"], cs["unnamed"] = [], ["not reached from the function's entry"]
+            continue
+        cs["sp_cfa_offset"] = st.sp  # along the control flow: early returns pop
+        pc = cs["return_address"] - 1  # the call instruction: what holds during the call
+        locs, regs_named, bytes_named = [], set(), 0
+        for vi, v in enumerate(variables):
+            if v["kind"] == "static" or not _in_scope(v, pc):
+                continue
+            if v.get("described"):
+                loc = locations.at_site(v["_ranges"].at(pc), arch, fp_cfa, st.sp)
+                locs.append([vi, *loc])
+                if loc[0] in ("reg", "value"):
+                    regs_named.add(loc[1])
+                elif loc[0] == "slot":
+                    bytes_named |= locations.slot_bits(loc[1], v["type"]["size"])
+            elif "cfa_offset" in v:
+                size = 8 if v.get("indirect") else v["type"]["size"]
+                bytes_named |= locations.slot_bits(v["cfa_offset"], size)
+        cs["locations"] = locs
+        why = list(problems)
+        if cs["kind"] != "exit_hook":
+            live = [r for r in cs["live_callee_saved"] if r != lr_copy and r not in regs_named]
+            if live:
+                why.append(f"callee-saved {live} hold values no variable names")
+            if not slots.unknown and i + 1 < len(insns):
+                left = slots.live_in[i + 1] & slots.written[i] & ~bytes_named & ~kept
+                if left:
+                    spans = ", ".join(f"CFA{lo:+d}..{hi:+d}"
+                                      for lo, hi in locations.ranges_of(left))
+                    why.append(f"stack bytes {spans} hold values no variable names")
+        cs["unnamed"] = why
+
+
+def described_reasons(src: str, fs: dict, cs: dict, dst: str, fd: dict, cd: dict) -> list[str]:
+    """Why a frame stopped at call site cs on src cannot be rebuilt at its twin cd on dst,
+    for optimized functions: every variable the target keeps somewhere there must have a
+    value the source can read, and the target's live state must all be named."""
+    why = [f"{dst}: {u}" for u in cd.get("unnamed", [])]
+    sloc = {loc[0]: loc[1:] for loc in cs.get("locations", [])}
+    dloc = {loc[0]: loc[1:] for loc in cd.get("locations", [])}
+    twins = contract.var_twins(fd.get("vars", []), fs.get("vars", []))
+    for dj, dv in enumerate(fd.get("vars", [])):
+        dl = contract.site_location(dv, dj, dloc)
+        if dl is None or dl[0] not in contract.STORED + ("unknown",):
+            continue
+        si = twins.get(dj)
+        sv = fs["vars"][si] if si is not None else None
+        if sv is not None and not sv.get("described") and not dv.get("described"):
+            continue  # slot to slot, as at -O0 (recode's matched_vars)
+        name = f"variable {dv['name']} ({_where(fd, dv)})"
+        if dl[0] == "unknown":
+            why.append(f"{dst}: {name} is at {dl[1]}")
+            continue
+        sl = contract.site_location(sv, si, sloc) if sv is not None else None
+        if sl is None or sl[0] not in contract.READABLE:
+            why.append(f"{src}: {name} has no value at this call"
+                       + (f" ({sl[1]})" if sl and sl[0] == "unknown" else ""))
+        elif sv["type"]["size"] != dv["type"]["size"] or sv["type"].get("by_member") or \
+                sv["type"].get("holds"):
+            why.append(f"{name}: another layout on {dst}")
+        elif (sl[0] in ("reg", "value") or dl[0] in ("reg", "value")) and \
+                dv["type"]["size"] > 8:
+            why.append(f"{name}: {dv['type']['size']} bytes in a register")
+    return why
 
 
 def _cfa_rule(arch: Arch, row: dict) -> str:
@@ -725,7 +844,9 @@ def check_park_point(b: Binary, fn: dict) -> list[str]:
         defined |= _regs(arch, x)[1] & set(arch.isa.callee_saved)
     lr_copy = _lr_copy_reg(b, fn)
     live = set(hooks[0]["live_callee_saved"])
-    bad = sorted((defined & live) - {lr_copy})
+    # an optimized function's parameters moved to callee-saved registers: named there
+    named = {loc[2] for loc in hooks[0].get("locations", []) if loc[1] in ("reg", "value")}
+    bad = sorted((defined & live) - {lr_copy} - named)
     if bad:
         probs.append(f"callee-saved registers set before the entry hook: {bad}")
     return probs
@@ -867,6 +988,8 @@ def call_site_reasons(isa: str, f: dict, other: dict, cs: dict, lr_copy: str | N
         why = _bad_var(v)
         if why and v["scope"] is not None:
             reasons.append(f"{isa}: {why}")
+        if "locations" in cs:
+            continue  # optimized: described_reasons says which variables must pair up
         if (v["name"], v["kind"]) not in names_other:
             reasons.append(f"{isa}: variable {v['name']} exists on this ISA only")
     return reasons
@@ -1004,7 +1127,14 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
             # only the target needs cannot be made up.
             lx = list(cx["live_callee_saved"])
             la = [r for r in ca["live_callee_saved"] if r != lr[A]]
-            if cx["kind"] != "exit_hook" and (lx or la):
+            if "locations" in cx or "locations" in ca:  # optimized (-Og): described
+                if "locations" in cx and "locations" in ca:
+                    from_x += described_reasons(X, fx, cx, A, fa, ca)
+                    from_a += described_reasons(A, fa, ca, X, fx, cx)
+                else:
+                    from_x.append("optimized on one ISA only")
+                    from_a.append("optimized on one ISA only")
+            elif cx["kind"] != "exit_hook" and (lx or la):
                 cx["callee_saved_temps"], ca["callee_saved_temps"] = lx, la
                 if lx and la and len(lx) != len(la):
                     from_x.append(f"callee-saved temporaries differ: {lx} vs {la}")
@@ -1041,6 +1171,8 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
         for f in (fx, fa):  # the type DIEs served the member lists: not JSON
             for v in f.get("vars", []):
                 v.pop("_type_die", None)
+                v.pop("_loc_die", None)
+                v.pop("_ranges", None)
         functions.append(entry)
     tls_x, tls_a = bx.tls(), ba.tls()
     tls: dict = {X: tls_x, A: tls_a, "symbols": []}

@@ -41,6 +41,14 @@ from .config import AARCH64, WRAPPED, X86_64, Isa
 ENV = "HMIGRATE_OPTIMIZE"
 FLAG = "--optimize-leaves"
 NO_FLAG = "--no-optimize-leaves"
+# Described frames: the functions that keep their hooks (can be suspended) are compiled
+# -Og instead of -O0; the recode reads and writes their variables where GCC's DWARF says
+# they are at each call (registers, stack slots: metadata.site_locations), and a call
+# where a live register or slot holds a value no variable names is untranslatable.
+FRAMES_ENV = "HMIGRATE_OPTIMIZE_FRAMES"
+FRAMES_FLAG = "--optimize-frames"
+NO_FRAMES_FLAG = "--no-optimize-frames"
+FRAMES_LEVEL = "-Og"
 # Off until the cross-ISA lab suite has passed with it (docs/toolchain.md): the lab runs
 # of that suite timed out under load when it was measured; every other check passed.
 DEFAULT = False
@@ -74,15 +82,22 @@ BLOCKING_LIBC = {
 UNSAFE_LIBC = set(WRAPPED) | CALLBACK_LIBC | BLOCKING_LIBC | SETJMP
 
 
-def enabled(argv: list[str]) -> tuple[bool, list[str]]:
+def enabled(argv: list[str], on: str = FLAG, off: str = NO_FLAG, env_name: str = ENV,
+            default: bool = DEFAULT) -> tuple[bool, list[str]]:
     """(optimize?, argv without our flags): the last of --optimize-leaves /
-    --no-optimize-leaves, else HMIGRATE_OPTIMIZE=1/0, else the default."""
-    flags = [a for a in argv if a in (FLAG, NO_FLAG)]
-    rest = [a for a in argv if a not in (FLAG, NO_FLAG)]
+    --no-optimize-leaves, else HMIGRATE_OPTIMIZE=1/0, else the default. The same for
+    --optimize-frames with frames_enabled."""
+    flags = [a for a in argv if a in (on, off)]
+    rest = [a for a in argv if a not in (on, off)]
     if flags:
-        return flags[-1] == FLAG, rest
-    env = os.environ.get(ENV, "")
-    return (env != "0") if env else DEFAULT, rest
+        return flags[-1] == on, rest
+    env = os.environ.get(env_name, "")
+    return (env != "0") if env else default, rest
+
+
+def frames_enabled(argv: list[str]) -> tuple[bool, list[str]]:
+    """(-Og described frames?, argv without --optimize-frames / --no-optimize-frames)."""
+    return enabled(argv, FRAMES_FLAG, NO_FRAMES_FLAG, FRAMES_ENV, False)
 
 
 # ---------------------------------------------------------------- assembly reading

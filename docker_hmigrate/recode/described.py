@@ -1,0 +1,96 @@
+"""Variables of optimized (-Og, `hmigrate-cc --optimize-frames`) frames: each read where
+the source ISA keeps it at the call the frame is stopped at (a stack slot, a
+callee-saved register found by the unwind, a register plus a constant, a constant) and
+written where the target ISA wants it at the twin call (toolchain/locations.py). The
+metadata has already refused, per call site, any frame whose target needs a value the
+source does not have or holds live state no variable names; what is checked again here
+only guards against metadata that says otherwise.
+"""
+
+from __future__ import annotations
+
+from docker_hmigrate.recode.frames import (
+    Frame,
+    Index,
+    StackMap,
+    Untranslatable,
+    read_stack,
+    translate_value,
+)
+from docker_hmigrate.toolchain import contract
+from docker_hmigrate.toolchain.contract import Var
+
+MASK = (1 << 64) - 1
+
+
+def _widen(raw: bytes, var: Var) -> int:
+    v = int.from_bytes(raw, "little")
+    n = len(raw)
+    if var.type.raw.get("signed") and n < 8 and v >> (8 * n - 1):
+        v -= 1 << (8 * n)
+    return v & MASK
+
+
+def _read(src_mem, fr: Frame, var: Var, loc: list, size: int) -> tuple[bytes, int | None]:
+    """(the value's bytes, the whole 64-bit register when it came from one)."""
+    kind = loc[0]
+    if kind == "slot":
+        return read_stack(src_mem, fr.src_cfa + loc[1], size), None
+    if kind in ("reg", "value"):
+        if loc[1] not in fr.regs:
+            raise Untranslatable(f"{fr.function.name}: {var.name}: {loc[1]} not recovered "
+                                 f"by the unwind")
+        v = (fr.regs[loc[1]] + (loc[2] if kind == "value" else 0)) & MASK
+        return v.to_bytes(8, "little")[:size], v
+    if kind == "const":
+        v = loc[1] & MASK
+        return v.to_bytes(8, "little")[:size], v
+    raise Untranslatable(f"{fr.function.name}: {var.name} has no value at {fr.src_pc:#x} "
+                         f"({' '.join(map(str, loc))})")
+
+
+def write_frame(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap) -> dict[str, int]:
+    """Write the described variables of one frame; returns the values the target's
+    callee-saved registers must hold for it (the caller of write_frame puts them where
+    the frames below restore them from)."""
+    site, twin = fr.site.site if fr.site else None, fr.site.twin if fr.site else None
+    if site is None or twin is None:
+        return {}
+    src_vars, dst_vars = fr.function.isa[idx.src].vars, fr.function.isa[idx.dst].vars
+    if not any(v.described for v in src_vars) and not any(v.described for v in dst_vars):
+        return {}
+    sl = {loc[0]: loc[1:] for loc in site.locations}
+    dl = {loc[0]: loc[1:] for loc in twin.locations}
+    twins = contract.var_twins([v.raw for v in dst_vars], [v.raw for v in src_vars])
+    regs: dict[str, int] = {}
+    for dj, dv in enumerate(dst_vars):
+        dloc = contract.site_location(dv.raw, dj, dl)
+        if dloc is None or dloc[0] not in contract.STORED + ("unknown",):
+            continue
+        si = twins.get(dj)
+        sv = src_vars[si] if si is not None else None
+        if sv is not None and not sv.described and not dv.described:
+            continue  # slot to slot (rebuild._copy_vars)
+        if dloc[0] == "unknown" or sv is None:
+            raise Untranslatable(f"{fr.function.name}: {dv.name} cannot be placed on "
+                                 f"{idx.dst} at {fr.dst_pc:#x}")
+        sloc = contract.site_location(sv.raw, si, sl)  # type: ignore[arg-type]
+        if sloc is None:
+            raise Untranslatable(f"{fr.function.name}: {dv.name} is out of scope on "
+                                 f"{idx.src} at {fr.src_pc:#x}")
+        size = dv.type.size
+        raw, whole = _read(src_mem, fr, sv, sloc, size)
+        raw = bytearray(raw)
+        for po in sv.type.pointer_offsets:  # stack addresses move, return addresses too
+            if po + 8 <= len(raw):
+                v = int.from_bytes(raw[po:po + 8], "little")
+                raw[po:po + 8] = translate_value(v, sv, smap, idx).to_bytes(8, "little")
+                whole = None
+        if dloc[0] == "slot":
+            dst_mem.write(fr.dst_cfa + dloc[1], bytes(raw))
+            continue
+        v = whole if whole is not None and size <= 8 else _widen(bytes(raw), dv)
+        if dloc[0] == "value":
+            v = (v - dloc[2]) & MASK
+        regs[dloc[1]] = v
+    return regs

@@ -1,0 +1,359 @@
+"""Where an optimized (-Og) function keeps its variables at each of its calls, and whether
+that is all the state its frame holds there (`hmigrate-cc --optimize-frames`).
+
+At -O0 every variable has one stack slot for the whole function. At -Og GCC keeps values
+in callee-saved registers and stack slots that change along the code; its DWARF location
+lists say, per code range, where each named variable is. At a call, what a frame needs
+after the callee returns is in callee-saved registers and its own stack slots (the
+caller-saved registers are clobbered by the call). So a frame stopped at a call can be
+rebuilt on the other ISA when every live callee-saved register and every live stack byte
+there is where the DWARF puts a named variable: the recode reads each variable where the
+source ISA has it and writes it where the target ISA wants it (recode/described.py).
+A call where a live register or live stack byte holds a value no variable names (a
+common subexpression, a strength-reduced pointer) is untranslatable: the runtime never
+parks above it.
+
+Locations, per call site, in the metadata (JSON lists):
+- ["slot", off]: in memory at CFA + off (DW_OP_fbreg, or the frame or stack pointer plus
+  a constant);
+- ["reg", r]: the value is callee-saved register r;
+- ["value", r, k]: the value is register r plus k (DW_OP_bregN k; DW_OP_stack_value);
+- ["const", c]: a known constant (nothing to store);
+- ["computed", expr]: computed from registers (nothing to store; not read back);
+- ["gone"]: in a caller-saved register or anywhere else the call does not keep (nothing
+  to read on the source; nothing to store on the target);
+- ["unknown", why]: an expression this reader does not follow (pieces, entry values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import capstone
+from elftools.dwarf.dwarf_expr import DWARFExprParser
+from elftools.dwarf.locationlists import (
+    BaseAddressEntry,
+    LocationEntry,
+    LocationExpr,
+    LocationParser,
+)
+
+# -O0 frames keep every variable in one slot; this is what a CU built for described
+# frames has in its DW_AT_producer (the flags GCC was called with).
+PRODUCER_MARK = b" -Og"
+
+
+@dataclass
+class Ranges:
+    """A variable's locations: [(lo, hi, decoded expression)] for pc in [lo, hi)."""
+
+    items: list[tuple[int, int, tuple]]
+
+    def at(self, pc: int) -> tuple | None:
+        for lo, hi, loc in self.items:
+            if lo <= pc < hi:
+                return loc
+        return None
+
+
+class Reader:
+    """Location lists and expressions of one binary's DWARF."""
+
+    def __init__(self, dwarf, arch):
+        self.arch = arch
+        self.lists = LocationParser(dwarf.location_lists())
+        self.exprs = DWARFExprParser(dwarf.structs)
+
+    def ranges(self, die) -> Ranges:
+        attr = die.attributes["DW_AT_location"]
+        ll = self.lists.parse_from_attribute(attr, die.cu["version"], die)
+        if isinstance(ll, LocationExpr):
+            return Ranges([(0, 1 << 64, self.decode(ll.loc_expr))])
+        top = die.cu.get_top_DIE().attributes.get("DW_AT_low_pc")
+        base = top.value if top is not None else 0
+        items = []
+        for e in ll:
+            if isinstance(e, BaseAddressEntry):
+                base = e.base_address
+            elif isinstance(e, LocationEntry):
+                absolute = getattr(e, "is_absolute", False)
+                lo = e.begin_offset if absolute else base + e.begin_offset
+                hi = e.end_offset if absolute else base + e.end_offset
+                items.append((lo, hi, self.decode(e.loc_expr)))
+        return Ranges(items)
+
+    def decode(self, expr: list[int]) -> tuple:
+        """A location expression as one of this module's forms, before the frame is
+        known: ("fb", k) / ("fp", k) / ("sp", k) for memory at the frame base, frame
+        pointer or stack pointer plus k; ("reg", r); ("value", r, k); ("const", c);
+        ("unknown", why)."""
+        try:
+            ops = self.exprs.parse_expr(expr)
+        except Exception as exc:  # pyelftools raises bare errors on unknown opcodes
+            return ("unknown", f"unreadable expression ({exc})")
+        names = [o.op_name for o in ops]
+        isa = self.arch.isa
+        if not ops:
+            return ("unknown", "empty expression")
+        first = names[0]
+        if len(ops) == 1:
+            if first == "DW_OP_fbreg":
+                return ("fb", ops[0].args[0])
+            if first.startswith("DW_OP_reg"):
+                n = ops[0].args[0] if first == "DW_OP_regx" else int(first[9:])
+                return ("reg", self.arch.reg(n))
+            if first.startswith("DW_OP_breg"):
+                r = self.arch.reg(ops[0].args[0] if first == "DW_OP_bregx" else int(first[10:]))
+                k = ops[0].args[-1]
+                if r == isa.fp:
+                    return ("fp", k)
+                if r == isa.sp:
+                    return ("sp", k)
+                return ("unknown", f"memory at {r}{k:+d}")
+        if names[-1] == "DW_OP_stack_value" and first in ("DW_OP_entry_value",
+                                                          "DW_OP_GNU_entry_value"):
+            return ("gone",)  # the caller's value: kept nowhere in this frame
+        if names[-1] == "DW_OP_stack_value" and not any(
+                n in ("DW_OP_fbreg", "DW_OP_deref", "DW_OP_deref_size", "DW_OP_addr")
+                or n.endswith("entry_value") for n in names):
+            if len(ops) > 2 or not first.startswith(("DW_OP_lit", "DW_OP_const", "DW_OP_breg")):
+                # a value computed from registers (i >> 15 & 0xff): nothing to store
+                # on the target; the source would have to evaluate it
+                return ("computed", " ".join(n.replace("DW_OP_", "") for n in names))
+        if names[-1] == "DW_OP_stack_value" and len(ops) == 2:
+            op = ops[0]
+            if first.startswith("DW_OP_lit"):
+                return ("const", int(first[9:]))
+            if first.startswith("DW_OP_const"):
+                return ("const", op.args[0])
+            if first.startswith("DW_OP_breg") and first != "DW_OP_bregx":
+                r = self.arch.reg(int(first[10:]))
+                if r in (isa.fp, isa.sp):
+                    return ("unknown", "the address of a stack slot as a value")
+                return ("value", r, op.args[0])
+        return ("unknown", " ".join(n.replace("DW_OP_", "") for n in names))
+
+
+def at_site(loc: tuple | None, arch, fp_cfa: int | None, sp_cfa: int) -> list:
+    """A decoded location as the metadata's site form (see the module's docstring)."""
+    if loc is None:
+        return ["gone"]
+    kind = loc[0]
+    if kind == "fb":
+        return ["slot", loc[1]]
+    if kind == "fp":
+        return ["slot", fp_cfa + loc[1]] if fp_cfa is not None else \
+            ["unknown", "frame pointer not set"]
+    if kind == "sp":
+        return ["slot", sp_cfa + loc[1]]
+    if kind in ("reg", "value"):
+        if loc[1] not in arch.isa.callee_saved:
+            return ["gone"]  # a caller-saved register: the call does not keep it
+        return list(loc)
+    if kind == "const":
+        return ["const", loc[1]]
+    if kind == "gone":
+        return ["gone"]
+    if kind == "computed":
+        return ["computed", loc[1]]
+    return ["unknown", loc[1]]
+
+
+# ---------------------------------------------------------------- frame states by CFG
+
+
+@dataclass
+class FrameState:
+    """What machine_<isa>.step tracks (metadata.PrologueState's fields)."""
+
+    sp: int  # SP - CFA before the instruction
+    fp: int | None
+    stores: list = field(default_factory=list)  # unused here
+    dynamic: bool = False
+
+
+def frame_states(arch, insns: list, succ: list[list[int]]) -> list[FrameState | None]:
+    """SP and FP (relative to the CFA) before each instruction, carried along the
+    control flow from the entry (not in address order: an early return's epilogue pops
+    registers in the middle of an optimized function's code)."""
+    states: list[FrameState | None] = [None] * len(insns)
+    if not insns:
+        return states
+    states[0] = FrameState(arch.mc.ENTRY_SP, None)
+    todo = [0]
+    consts: dict[str, int] = {}
+    while todo:
+        i = todo.pop()
+        st = states[i]
+        assert st is not None
+        nxt = FrameState(st.sp, st.fp, [], st.dynamic)
+        arch.mc.step(nxt, consts, insns[i])
+        for s in succ[i]:
+            if states[s] is None:
+                states[s] = FrameState(nxt.sp, nxt.fp, [], nxt.dynamic)
+                todo.append(s)
+    return states
+
+
+def lr_copy_slot(arch, insns: list, states: list[FrameState | None]) -> int | None:
+    """aarch64 GCC at -Og keeps the function's own return address for the exit hook in a
+    stack slot (stored before the entry hook, beside the frame record's copy): its CFA
+    offset, which the recode fills like the frame record's."""
+    if arch.isa.lr is None:
+        return None
+    for i, x in enumerate(insns[:24]):
+        if arch.mc.is_call(x):
+            return None
+        ops = x.op_str.replace(" ", "")
+        if x.mnemonic in ("str", "stur") and ops.startswith(("x30,[", "lr,[")) and \
+                not x.writeback and states[i] is not None:
+            mem = next(o for o in x.operands if o.type == capstone.arm64.ARM64_OP_MEM)
+            base = x.reg_name(mem.mem.base)
+            ref = states[i].fp if base in ("x29", "fp") else states[i].sp \
+                if base == "sp" else None
+            if ref is not None:
+                return ref + mem.mem.disp
+    return None
+
+
+# ---------------------------------------------------------------- live stack bytes
+
+BIAS = 1 << 16  # bit index of CFA offset 0 in a bitset of frame bytes
+
+
+def _bits(lo: int, hi: int) -> int:
+    lo, hi = max(lo + BIAS, 0), max(hi + BIAS, 0)
+    return ((1 << (hi - lo)) - 1) << lo if hi > lo else 0
+
+
+def ranges_of(bits: int) -> list[tuple[int, int]]:
+    """A bitset of frame bytes as [lo, hi) CFA offsets."""
+    out, i = [], 0
+    while bits >> i:
+        if (bits >> i) & 1:
+            j = i
+            while (bits >> j) & 1:
+                j += 1
+            out.append((i - BIAS, j - BIAS))
+            i = j
+        else:
+            i += 1
+    return out
+
+
+_A64_SIZE = {"x": 8, "w": 4, "d": 8, "s": 4, "h": 2, "b": 1, "q": 16}
+
+
+def _access(arch, insn, st: FrameState) -> tuple[int, int, str | None]:
+    """(bytes read, bytes written, why unknown) of the frame by one instruction."""
+    if st.dynamic:
+        return 0, 0, "the stack pointer moves by a variable amount"
+    if arch.isa.name == "x86-64":
+        return _x86_access(insn, st)
+    return _a64_access(insn, st)
+
+
+def _x86_access(insn, st: FrameState) -> tuple[int, int, str | None]:
+    X = capstone.x86
+    if insn.mnemonic in ("lea", "push", "pop", "nop", "call") or \
+            insn.mnemonic.startswith(("prefetch", "nop")):
+        return 0, 0, None
+    r = w = 0
+    for op in insn.operands:
+        if op.type != X.X86_OP_MEM or not op.mem.base:
+            continue
+        base = insn.reg_name(op.mem.base)
+        if base not in ("rbp", "rsp"):
+            continue
+        ref = st.fp if base == "rbp" else st.sp
+        if ref is None or op.mem.index:
+            return 0, 0, f"{insn.mnemonic} {insn.op_str}: frame address not constant"
+        b = _bits(ref + op.mem.disp, ref + op.mem.disp + op.size)
+        if op.access & capstone.CS_AC_READ or not op.access:
+            r |= b
+        if op.access & capstone.CS_AC_WRITE:
+            w |= b
+    return r, w, None
+
+
+def _a64_access(insn, st: FrameState) -> tuple[int, int, str | None]:
+    A = capstone.arm64
+    mem = next((o for o in insn.operands if o.type == A.ARM64_OP_MEM), None)
+    if mem is None:
+        return 0, 0, None
+    base = insn.reg_name(mem.mem.base)
+    if base not in ("sp", "x29", "fp"):
+        return 0, 0, None
+    ref = st.fp if base in ("x29", "fp") else st.sp
+    if ref is None or mem.mem.index:
+        return 0, 0, f"{insn.mnemonic} {insn.op_str}: frame address not constant"
+    m = insn.mnemonic
+    regs = [insn.reg_name(o.reg) for o in insn.operands if o.type == A.ARM64_OP_REG]
+    width = _A64_SIZE.get(regs[0][0], 8) if regs and regs[0] not in ("fp", "lr", "xzr",
+                                                                      "wzr") else 8
+    if m.endswith(("b", "sb")) and not m.startswith(("ldp", "stp")):
+        width = 1
+    elif m.endswith(("h", "sh")) and not m.startswith(("ldp", "stp")):
+        width = 2
+    elif m.startswith("ldrsw"):
+        width = 4
+    n = width * (2 if m in ("ldp", "stp", "ldnp", "stnp", "ldpsw") else 1)
+    # pre-index ([sp, #-16]!) addresses base+disp; post-index ([sp], #16) the base
+    post = insn.writeback and "]!" not in insn.op_str
+    at = ref + (0 if post else mem.mem.disp)
+    b = _bits(at, at + n)
+    if m.startswith(("ld", "prfm")):
+        return (b if not m.startswith("prfm") else 0), 0, None
+    if m.startswith("st"):
+        return 0, b, None
+    return b, b, None  # atomics and the like: read and written
+
+
+@dataclass
+class SlotLiveness:
+    live_in: list[int]  # per instruction: frame bytes read later before being written
+    unknown: str | None  # why the frame's use could not be followed (then: all live)
+    # per instruction: frame bytes some path from the entry may have written before it
+    # (a byte read but never written holds nothing: a struct's padding copied whole)
+    written: list[int] = field(default_factory=list)
+
+
+def live_slots(arch, insns: list, succ: list[list[int]],
+               states: list[FrameState | None]) -> SlotLiveness:
+    n = len(insns)
+    use, kill = [0] * n, [0] * n
+    for i, x in enumerate(insns):
+        st = states[i]
+        if st is None:
+            continue  # not reachable from the entry
+        r, w, why = _access(arch, x, st)
+        if why:
+            return SlotLiveness([], why)
+        use[i], kill[i] = r, w & ~r
+    live_in = [0] * n
+    changed = True
+    while changed:
+        changed = False
+        for i in range(n - 1, -1, -1):
+            out = 0
+            for s in succ[i]:
+                out |= live_in[s]
+            new = (out & ~kill[i]) | use[i]
+            if new != live_in[i]:
+                live_in[i] = new
+                changed = True
+    written = [0] * n  # forward: union over the paths reaching each instruction
+    changed = True
+    while changed:
+        changed = False
+        for i in range(n):
+            out = written[i] | kill[i]
+            for s in succ[i]:
+                if out & ~written[s]:
+                    written[s] |= out
+                    changed = True
+    return SlotLiveness(live_in, None, written)
+
+
+def slot_bits(lo: int, size: int) -> int:
+    return _bits(lo, lo + max(size, 1))

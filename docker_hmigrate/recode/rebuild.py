@@ -79,6 +79,8 @@ def write_target(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMa
                 continue
             if r == lr_copy:
                 expected[r] = own_ret
+            elif r == fmeta.self_address_reg:
+                expected[r] = fr.function.isa[idx.dst].addr
             elif r in temps_dst:
                 k = temps_dst.index(r)
                 if k >= len(temps_src):

@@ -189,6 +189,8 @@ class FrameLayout(_Record):
     dynamic_sp: _F[bool] = _F(False)
     # a slot holding the function's own return address for the exit hook (aarch64 -Og)
     lr_copy_cfa_offset: _F[int | None] = _F()
+    # a callee-saved register holding the function's own address for the hooks (-Og)
+    self_address_reg: _F[str | None] = _F()
 
     @property
     def has_frame_record(self) -> bool:

@@ -216,6 +216,27 @@ def lr_copy_slot(arch, insns: list, states: list[FrameState | None]) -> int | No
     return None
 
 
+def self_address_reg(arch, insns: list, fn_addr: int) -> str | None:
+    """aarch64 GCC at -Og computes the function's own address (the hooks' first
+    argument) once, before the entry hook, into a callee-saved register it keeps for the
+    exit hook: which one (its value on the target is the same address: functions are
+    aligned across ISAs)."""
+    if arch.isa.lr is None:
+        return None
+    page: dict[str, int] = {}
+    for x in insns[:24]:
+        if arch.mc.is_call(x):
+            return None
+        ops = x.op_str.replace(" ", "").split(",")
+        if x.mnemonic == "adrp" and len(ops) == 2:
+            page[ops[0]] = int(ops[1].lstrip("#"), 0)
+        elif x.mnemonic == "add" and len(ops) == 3 and ops[0] == ops[1] and ops[0] in page \
+                and ops[0] in arch.isa.callee_saved and ops[2].startswith("#"):
+            if page[ops[0]] + int(ops[2].lstrip("#"), 0) == fn_addr:
+                return ops[0]
+    return None
+
+
 # ---------------------------------------------------------------- live stack bytes
 
 BIAS = 1 << 16  # bit index of CFA offset 0 in a bitset of frame bytes

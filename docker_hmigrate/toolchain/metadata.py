@@ -737,6 +737,9 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
     if arch.isa.lr is None:
         kept |= locations.slot_bits(-8, 8)  # the return address the call pushed
     lr_copy = arch.mc.lr_copy_reg(insns)
+    self_reg = locations.self_address_reg(arch, insns, fn["addr"])
+    if self_reg is not None:  # aarch64 -Og: the function's own address, for the hooks
+        frame["self_address_reg"] = self_reg
     lr_slot = locations.lr_copy_slot(arch, insns, states)
     if lr_slot is not None:  # aarch64 -Og: the own return address, for the exit hook
         frame["lr_copy_cfa_offset"] = lr_slot
@@ -770,7 +773,8 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
         cs["locations"] = locs
         why = list(problems)
         if cs["kind"] != "exit_hook":
-            live = [r for r in cs["live_callee_saved"] if r != lr_copy and r not in regs_named]
+            live = [r for r in cs["live_callee_saved"]
+                    if r not in (lr_copy, self_reg) and r not in regs_named]
             if live:
                 why.append(f"callee-saved {live} hold values no variable names")
             if not slots.unknown and i + 1 < len(insns):
@@ -846,6 +850,7 @@ def check_park_point(b: Binary, fn: dict) -> list[str]:
     live = set(hooks[0]["live_callee_saved"])
     # an optimized function's parameters moved to callee-saved registers: named there
     named = {loc[2] for loc in hooks[0].get("locations", []) if loc[1] in ("reg", "value")}
+    named.add(fn.get("frame", {}).get("self_address_reg"))
     bad = sorted((defined & live) - {lr_copy} - named)
     if bad:
         probs.append(f"callee-saved registers set before the entry hook: {bad}")

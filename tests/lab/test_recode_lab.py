@@ -334,3 +334,89 @@ def test_recoded_redis_serves_on_aarch64(host_a: LabHost, arm, cleanup,
         for n in names:
             with contextlib.suppress(Exception):
                 arm.containers.get(n).remove(force=True)
+
+
+# Values an -Og build keeps in callee-saved registers across the calls where its threads
+# park (main's n and h, each worker's id, h and mine): hmigrate-cc --optimize-frames.
+OPTIMIZED_C = r"""
+#include <pthread.h>
+#include <stdio.h>
+#include <stdint.h>
+#include <unistd.h>
+static long counts[4];
+static unsigned long hashes[4];
+static unsigned long step(unsigned long h, long i)
+{
+	return (h ^ (unsigned long)i) * 1099511628211ul;
+}
+static void *worker(void *arg)
+{
+	int id = (int)(intptr_t)arg;
+	unsigned long h = 1469598103934665603ul ^ (unsigned long)id;
+	long mine = 0;
+	for (;;) {
+		mine++;
+		h = step(h, mine);
+		counts[id] = mine;
+		hashes[id] = h;
+		usleep(20000);
+	}
+	return 0;
+}
+int main(void)
+{
+	pthread_t t[3];
+	for (int i = 0; i < 3; i++)
+		pthread_create(&t[i], 0, worker, (void *)(intptr_t)i);
+	unsigned long h = 7;
+	for (long n = 0;; n++) {
+		h = step(h, n);
+		printf("tick %ld %lx %lx\n", n, h, hashes[n % 3] ^ (unsigned long)counts[n % 3]);
+		fflush(stdout);
+		sleep(1);
+	}
+	pthread_join(t[0], 0);
+	return 0;
+}
+"""
+
+
+def optimized_tick(n: int) -> str:
+    """main's hash after tick n, as the program computes it."""
+    h = 7
+    for i in range(n + 1):
+        h = ((h ^ i) * 1099511628211) % (1 << 64)
+    return f"{h:x}"
+
+
+@pytest.mark.arm64
+def test_recoded_optimized_frames_resume_on_aarch64(host_a: LabHost, arm, cleanup,
+                                                    workdir: Path) -> None:
+    """-Og frames (hmigrate-cc --optimize-frames) recoded from x86-64 and restored on
+    aarch64: the values main and the workers keep in callee-saved registers across the
+    calls they park in land in the target's registers: main's next tick has the next
+    number and the hash only the carried values give."""
+    src, program = build_mt(workdir, OPTIMIZED_C, ("--optimize-frames",))
+    described = [f for f in program.metadata["functions"] if f["name"] in ("main", "worker")
+                 and any(v.get("described") for v in f["isa"]["x86-64"]["vars"])]
+    assert len(described) == 2, "main and worker are not -Og with described variables"
+    name = unique("hm-rc-og")
+    cleanup.append(name)
+    c = host_a.client.containers.run("hmlab/busybox:latest", ["/t/mt_x86-64"], name=name,
+                                     detach=True, security_opt=["seccomp=unconfined"],
+                                     volumes={str(src): {"bind": "/t", "mode": "ro"}})
+    wait_until(lambda: len(c.logs().decode().splitlines()) >= 2, 30, what="two ticks")
+    ck = park_and_checkpoint(host_a.client, host_a.url, c, workdir / "x86",
+                             park_pcs=park_pcs(program))
+    last = c.logs().decode().splitlines()[-1].split()
+    assert last[2] == optimized_tick(int(last[1])), last  # the program itself agrees
+    with recoded_on_arm(arm, ck, workdir, program, lambda n, _r: arm_container_with(
+            arm, n, program.binaries["aarch64"]), "hm-rc-og") as target:
+        lines = wait_until(lambda: target.logs().decode().splitlines()[:2]
+                           if len(target.logs().decode().splitlines()) >= 2 else None,
+                           60, what="main's ticks on aarch64")
+        n = int(last[1]) + 1
+        assert lines[0].split()[:3] == ["tick", str(n), optimized_tick(n)], (last, lines)
+        assert lines[1].split()[:3] == ["tick", str(n + 1), optimized_tick(n + 1)], lines
+        target.reload()
+        assert target.status == "running"

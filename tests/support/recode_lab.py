@@ -195,13 +195,15 @@ def check_recoded(out: Path, program: Program) -> dict:
     return facts
 
 
-def build_mt(workdir: Path, source: str = THREADS_C) -> tuple[Path, Program]:
+def build_mt(workdir: Path, source: str = THREADS_C,
+             flags: tuple[str, ...] = ()) -> tuple[Path, Program]:
     if shutil.which("hmigrate-cc") is None:
         lab_unavailable("hmigrate-cc is not installed (pip install -e .)")
     src = workdir / "build"
     src.mkdir(exist_ok=True)
     (src / "mt.c").write_text(source)
-    proc = subprocess.run(["hmigrate-cc", "-O2", "-o", "mt", "mt.c", "-lpthread"], cwd=src,
+    proc = subprocess.run(["hmigrate-cc", *flags, "-O2", "-o", "mt", "mt.c", "-lpthread"],
+                          cwd=src,
                           capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         lab_unavailable(f"hmigrate-cc cannot build here: {proc.stderr[-300:]}")

@@ -620,6 +620,21 @@ def report_optimization(out: str, loaded: list[tuple[str, str | None]]) -> None:
           f"{o0} -O0 instrumented ({why}); {len(notes)} objects", file=sys.stderr)
 
 
+def report_described(out: str, summary: dict) -> None:
+    """--optimize-frames: how many -Og functions, and at how many of their calls a frame
+    can move to the other ISA (the others are in the runtime's table: no thread parks
+    above them)."""
+    if not summary.get("functions"):
+        return
+    per = "; ".join(
+        f"{isa}: {s['translatable']} of {s['call_sites']} call sites translatable"
+        + (" (" + ", ".join(f"{n} {k}" for k, n in s["reasons"].items()) + ")"
+           if s["reasons"] else "")
+        for isa, s in summary.items() if isa != "functions")
+    print(f"hmigrate-cc: {os.path.basename(out)}: {summary['functions']} functions -Og with "
+          f"described frames; {per}", file=sys.stderr)
+
+
 def probing() -> bool:
     """HMIGRATE_PROBE=1 (for a configure script's run): a link only checks that both
     ISAs link and writes the host's plain link, without the aligned layout, variants
@@ -709,6 +724,7 @@ def link(args: Args) -> int:
             raise ToolchainError(f"{out}: equivalence points are not clean (see above)")
         log(f"{md['checks']['untranslatable_functions']} functions never park "
             "(see untranslatable_reasons in the metadata)")
+        report_described(out, md["checks"]["described"])
         host = outs[HOST.name]
         tmp_out = f"{out}.hmigrate-tmp"
         shutil.copy2(host, tmp_out)

@@ -1227,6 +1227,7 @@ def _build(bx: Binary, ba: Binary, plan) -> dict:
                    "untranslatable_functions": sum(not f["translatable"] and f["instrumented"]
                                                    for f in functions),
                    "optimized_functions": sum(bool(f.get("optimized")) for f in functions),
+                   "described": described_summary(functions),
                    "instrumented_functions": sum(bool(f["instrumented"]) for f in functions),
                    "untranslatable_call_sites": {
                        isa: sum(1 for f in functions if f["instrumented"] and f["translatable"]
@@ -1329,6 +1330,37 @@ def _block_tp_offset(isa: Isa, seg: dict) -> int:
 
 def _align_up(x: int, a: int) -> int:
     return (x + a - 1) // a * a if a > 1 else x
+
+
+def described_summary(functions: list[dict]) -> dict:
+    """For --optimize-frames builds: how many functions are -Og with described frames,
+    and per ISA how many of their call sites a frame can be rebuilt from, with the
+    commonest reasons for the others (the link prints it)."""
+    fs = [f for f in functions if f["instrumented"] and any(
+        "locations" in c for c in f["isa"][X]["call_sites"])]
+    out: dict = {"functions": len(fs)}
+    for isa in (X, A):
+        sites = [c for f in fs for c in f["isa"][isa]["call_sites"] if c["kind"] != "exit_hook"]
+        why: dict[str, int] = {}
+        for c in sites:
+            for r in c.get("untranslatable_reasons") or []:
+                k = _reason_kind(r)
+                why[k] = why.get(k, 0) + 1
+        out[isa] = {"call_sites": len(sites),
+                    "translatable": sum(bool(c["translatable"]) for c in sites),
+                    "reasons": dict(sorted(why.items(), key=lambda kv: -kv[1])[:6])}
+    return out
+
+
+def _reason_kind(reason: str) -> str:
+    for kind in ("hold values no variable names", "has no value at this call",
+                 "set before the entry hook", "keeps values in callee-saved registers",
+                 "use of the stack is not followed", "no twin", "another layout",
+                 "variadic", "va_list", "inlined"):
+        if kind in reason:
+            return ("stack bytes " if reason.split(": ", 1)[-1].startswith("stack") and
+                    kind.startswith("hold") else "") + kind
+    return reason.split(": ")[-1][:60]
 
 
 def write(md: dict, path: str) -> None:

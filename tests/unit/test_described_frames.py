@@ -1,0 +1,156 @@
+"""--optimize-frames: reading GCC's location expressions, live stack bytes along the
+control flow, the metadata's verdict per call site pair, and the recode writing a
+described frame's variables (registers and slots) for the other ISA."""
+
+from __future__ import annotations
+
+import capstone
+from elftools.dwarf.structs import DWARFStructs
+
+from docker_hmigrate.recode import described
+from docker_hmigrate.recode.frames import Frame, Index, Untranslatable
+from docker_hmigrate.toolchain import contract, locations, metadata
+from docker_hmigrate.toolchain.metadata import A64, X86
+
+
+class _Reader(locations.Reader):
+    def __init__(self, arch):  # no binary: only the expression parser
+        from elftools.dwarf.dwarf_expr import DWARFExprParser
+
+        self.arch = arch
+        self.exprs = DWARFExprParser(DWARFStructs(little_endian=True, dwarf_format=32,
+                                                  address_size=8, dwarf_version=5))
+
+
+def test_expressions_decoded_per_isa() -> None:
+    x, a = _Reader(X86), _Reader(A64)
+    assert x.decode([0x91, 0x68]) == ("fb", -24)  # DW_OP_fbreg -24
+    assert x.decode([0x53]) == ("reg", "rbx")  # DW_OP_reg3
+    assert a.decode([0x50 + 19]) == ("reg", "x19")
+    assert x.decode([0x76, 0x78]) == ("fp", -8)  # DW_OP_breg6 (rbp) -8
+    assert a.decode([0x70 + 31, 0x10]) == ("sp", 16)
+    assert x.decode([0x73, 0x08, 0x9F]) == ("value", "rbx", 8)  # breg3 8; stack_value
+    assert x.decode([0x35, 0x9F]) == ("const", 5)  # lit5; stack_value
+    assert x.decode([0xA3, 0x01, 0x55, 0x9F]) == ("gone",)  # entry_value(reg5)
+    assert x.decode([0x73, 0x00, 0x3F, 0x25, 0x9F])[0] == "computed"  # rbx >> 15
+    assert x.decode([0x53, 0x93, 0x04, 0x5C, 0x93, 0x04])[0] == "unknown"  # pieces
+
+
+def test_site_forms() -> None:
+    assert locations.at_site(("fp", -8), X86, -16, -48) == ["slot", -24]
+    assert locations.at_site(("sp", 16), A64, -64, -64) == ["slot", -48]
+    assert locations.at_site(("reg", "rdi"), X86, -16, -48) == ["gone"]  # caller-saved
+    assert locations.at_site(("reg", "x20"), A64, -16, -48) == ["reg", "x20"]
+    assert locations.at_site(None, X86, -16, -48) == ["gone"]
+
+
+# push rbp; mov rbp, rsp; sub rsp, 32; mov [rbp-8], rdi; call .+5; mov rax, [rbp-8];
+# mov rcx, [rbp-24] (read, never written: padding); leave; ret
+X86_CODE = bytes.fromhex("55" "4889e5" "4883ec20" "48897df8" "e800000000"
+                         "488b45f8" "488b4de8" "c9" "c3")
+
+
+def _x86_insns() -> list:
+    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    cs.detail = True
+    return list(cs.disasm(X86_CODE, 0x1000))
+
+
+def test_live_stack_bytes_at_a_call() -> None:
+    insns = _x86_insns()
+    succ = metadata.control_flow(X86, insns)
+    states = locations.frame_states(X86, insns, succ)
+    call = next(i for i, x in enumerate(insns) if x.mnemonic == "call")
+    assert states[call].sp == -48 and states[call].fp == -16
+    live = locations.live_slots(X86, insns, succ, states)
+    assert live.unknown is None
+    at_call = live.live_in[call + 1] & live.written[call]
+    # [rbp-8] = CFA-24 was stored before the call and is read after it; CFA-40 is read
+    # but nothing wrote it (a struct's padding copied whole): not a value
+    assert locations.ranges_of(at_call) == [(-24, -16)]
+    assert locations.ranges_of(live.live_in[call + 1]) == [(-40, -32), (-24, -16)]
+
+
+def _fn(xvars, avars, xsite, asite) -> dict:
+    return {"name": "f", "isa": {"x86-64": {"vars": xvars, "call_sites": [xsite]},
+                                 "aarch64": {"vars": avars, "call_sites": [asite]}}}
+
+
+def _var(name, **kw) -> dict:
+    return {"name": name, "kind": "local", "type": {"name": "long", "size": 8,
+                                                    "pointer_offsets": []},
+            "scope": None, **kw}
+
+
+def test_pair_verdicts() -> None:
+    xs = {"locations": [[0, "reg", "rbx"], [1, "gone"]], "unnamed": []}
+    as_ = {"locations": [[0, "reg", "x19"], [1, "slot", -24]], "unnamed": []}
+    f = _fn([_var("n", described=True), _var("h", described=True)],
+            [_var("n", described=True), _var("h", described=True)], xs, as_)
+    fx, fa = f["isa"]["x86-64"], f["isa"]["aarch64"]
+    # aarch64 keeps h in a slot, x86-64 has no value for it there: x86 -> aarch64 refused
+    why = metadata.described_reasons("x86-64", fx, xs, "aarch64", fa, as_)
+    assert len(why) == 1 and "h" in why[0] and "no value" in why[0]
+    # the other way every variable x86-64 stores (n in rbx) has a value on aarch64
+    assert metadata.described_reasons("aarch64", fa, as_, "x86-64", fx, xs) == []
+    as_["unnamed"] = ["callee-saved ['x21'] hold values no variable names"]
+    assert any("x21" in r for r in
+               metadata.described_reasons("aarch64", fa, as_, "x86-64", fx, xs)) is False
+    assert any("x21" in r for r in
+               metadata.described_reasons("x86-64", fx, xs, "aarch64", fa, as_))
+
+
+class _Mem:
+    def __init__(self, data: dict[int, bytes] | None = None):
+        self.data = dict(data or {})
+
+    def read(self, addr: int, n: int) -> bytes:
+        return self.data[addr][:n]
+
+    def write(self, addr: int, b: bytes) -> None:
+        self.data[addr] = bytes(b)
+
+
+class _Smap:
+    def in_stack(self, v: int) -> bool:
+        return 0x7000 <= v < 0x8000
+
+    def map(self, v: int) -> int:
+        return v + 0x100
+
+
+def test_recode_writes_registers_and_slots() -> None:
+    ptr = {"name": "char *", "size": 8, "pointer_offsets": [0]}
+    xs = {"index": 0, "return_address": 0x2005,
+          "locations": [[0, "reg", "rbx"], [1, "slot", -24], [2, "value", "r12", 8],
+                        [3, "const", 3]]}
+    as_ = {"index": 0, "return_address": 0x3004,
+           "locations": [[0, "slot", -40], [1, "reg", "x20"], [2, "reg", "x21"],
+                         [3, "gone"]]}
+    vs = [_var("n", described=True), _var("p", described=True, type=ptr),
+          _var("q", described=True), _var("k", described=True)]
+    raw = {"name": "f", "instrumented": True, "translatable": True,
+           "isa": {"x86-64": {"vars": vs, "call_sites": [xs]},
+                   "aarch64": {"vars": vs, "call_sites": [as_]}}}
+    fn = contract.Function(raw)
+    site = contract.CallSite(xs)
+    twin = contract.CallSite(as_)
+    from docker_hmigrate.recode.frames import CallSite
+
+    fr = Frame(fn, 0x7100, 0x2005, CallSite(fn, site, twin), dst_cfa=0x9000,
+               regs={"rbx": 41, "r12": 0x5000})
+    src = _Mem({0x7100 - 24: (0x7010).to_bytes(8, "little")})
+    dst = _Mem()
+    idx = Index.__new__(Index)
+    idx.src, idx.dst, idx.return_twins = "x86-64", "aarch64", {}
+    regs = described.write_frame(src, dst, fr, idx, _Smap())  # type: ignore[arg-type]
+    assert dst.data[0x9000 - 40] == (41).to_bytes(8, "little")  # rbx -> slot
+    assert regs == {"x20": 0x7110, "x21": 0x5008}  # stack pointer moved; r12 + 8
+    # a target slot the source has no value for
+    xs["locations"][0] = [0, "gone"]
+    try:
+        described.write_frame(src, dst, fr, idx, _Smap())  # type: ignore[arg-type]
+    except Untranslatable as exc:
+        assert "n" in str(exc)
+    else:
+        raise AssertionError("a missing value was not refused")

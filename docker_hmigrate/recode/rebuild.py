@@ -81,6 +81,8 @@ def write_target(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMa
                 expected[r] = own_ret
             elif r == fmeta.self_address_reg:
                 expected[r] = fr.function.isa[idx.dst].addr
+            elif r in twin.unset_regs:
+                expected[r] = 0  # not set by this function yet: nothing of its own
             elif r in temps_dst:
                 k = temps_dst.index(r)
                 if k >= len(temps_src):

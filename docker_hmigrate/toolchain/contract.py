@@ -217,6 +217,9 @@ class CallSite(_Record):
     # (toolchain/locations.py), and what live state no variable names
     locations: _F[list[list]] = _F(list)
     unnamed: _F[list[str]] = _F(list)
+    # at an optimized function's entry hook: live registers it has not set yet (they
+    # hold its caller's values, undefined for it: the target's get 0)
+    unset_regs: _F[list[str]] = _F(list)
     translatable: _F[bool] = _F(True)
     untranslatable_reasons: _F[list[str] | None] = _F()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import re
 import shutil
@@ -20,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from importlib import resources
 
-from . import asmfix, layout, optimize
+from . import asmfix, fallback, layout, optimize
 from .config import (
     AARCH64,
     DROPPED_EXACT,
@@ -269,8 +270,20 @@ def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True,
                  (X86_64, out, True), (AARCH64, tmp, False))
         else:
             asms = both(to_asm, (X86_64, out, True), (AARCH64, tmp, False))
+            leaves: dict[str, int] = {}
             if optimize and instrument and src.endswith(".c"):
-                asms, note = _optimize_leaves(src, out, asms, assemble, to_asm, both)
+                asms, note, leaves = _optimize_leaves(src, out, asms, assemble, to_asm, both)
+            if frames and instrument and src.endswith(".c"):
+                checked = _frames_fallback(src, asms, assemble, to_asm, both, leaves, note)
+                if checked is None:  # not checked: the whole file -O0, as without the flag
+                    frames = False
+                    asms = both(to_asm, (X86_64, out, True), (AARCH64, tmp, False))
+                    note = None
+                    if optimize:
+                        asms, note, leaves = _optimize_leaves(src, out, asms, assemble,
+                                                              to_asm, both)
+                else:
+                    asms, note = checked
             both(assemble, (X86_64, asms[0], out), (AARCH64, asms[1], tmp))
         embed_twin(out, tmp, note)
     finally:
@@ -279,16 +292,17 @@ def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True,
 
 
 def _optimize_leaves(src: str, out: str, asms: list[str], assemble, to_asm,
-                     both) -> tuple[list[str], bytes]:
+                     both) -> tuple[list[str], bytes, dict[str, int]]:
     """The two ISAs' assembly with the functions that can never be on a parked stack
-    compiled at -O2 (a second compile of a rewritten copy of src), and the note that
-    says which and why the others stay -O0. Falls back to the -O0 assembly."""
+    compiled at -O2 (a second compile of a rewritten copy of src), the note that says
+    which and why the others stay -O0, and the lines that took the attribute. Falls back
+    to the -O0 assembly."""
     parsed = [optimize.parse_asm(asms[0], X86_64), optimize.parse_asm(asms[1], AARCH64)]
     libc = optimize.libc_names()
     everything = {n: None for n in parsed[0][0]}
     sel, why = optimize.select(parsed, libc, everything)
     if not sel:
-        return asms, optimize.note(sel, why)
+        return asms, optimize.note(sel, why), {}
     work = tempfile.mkdtemp(prefix="hmigrate-opt-")
     try:
         probe = os.path.join(work, "o0.o")
@@ -318,15 +332,62 @@ def _optimize_leaves(src: str, out: str, asms: list[str], assemble, to_asm,
             bad = optimize.verify([optimize.parse_asm(new[0], X86_64),
                                    optimize.parse_asm(new[1], AARCH64)], sel, libc, hooked)
             if not bad:
-                return new, optimize.note(sel, why)
+                return new, optimize.note(sel, why), {n: decl[n] for n in sel}
             if any(r.startswith("attribute misplaced") for r in bad.values()):
                 # another function of a selected line took the attribute: keep all -O0
                 log(f"{src}: {bad}; all -O0")
                 return asms, optimize.note(set(), {**why, **{n: "attribute misplaced"
-                                                             for n in sel}})
+                                                             for n in sel}}), {}
             for n, r in bad.items():
                 inject[n] = r
-        return asms, optimize.note(set(), why)
+        return asms, optimize.note(set(), why), {}
+    finally:
+        if not os.environ.get("HMIGRATE_KEEP_TMP"):
+            shutil.rmtree(work, ignore_errors=True)
+
+
+def _frames_fallback(src: str, asms: list[str], assemble, to_asm, both,
+                     leaves: dict[str, int],
+                     note: bytes | None) -> tuple[list[str], bytes] | None:
+    """--optimize-frames: the -Og functions whose frames could not move to the other ISA
+    at a call where a thread may park are compiled -O0 instead (fallback.py); the note
+    names them (the link's metadata reads them as -O0) and why. None: the file could not
+    be checked (its probe did not link, or its -O0 rewrite did not compile)."""
+    doc = json.loads(note) if note else {"optimized": [], "o0": {}}
+    work = tempfile.mkdtemp(prefix="hmigrate-frames-")
+
+    def noted(fallback: dict[str, str]) -> bytes:
+        return optimize.note(set(doc["optimized"]), doc["o0"], fallback, src)
+
+    try:
+        objs = {X86_64.name: os.path.join(work, "x.o"), AARCH64.name: os.path.join(work, "a.o")}
+        both(assemble, (X86_64, asms[0], objs[X86_64.name]),
+             (AARCH64, asms[1], objs[AARCH64.name]))
+        pr = fallback.probe(work, objs, optimize.libc_names())
+        if pr is None:
+            log(f"{src}: no probe link; the file is -O0")
+            return None
+        why = fallback.verdicts(pr)
+        if not why:
+            return asms, noted({})
+        decl = optimize.decl_lines(objs[X86_64.name], src)
+        lines = {n: d for n in why if isinstance(d := decl.get(n), int)}
+        with open(src, errors="surrogateescape") as f:
+            text = f.read()
+        copy = os.path.join(work, os.path.basename(src))
+        with open(copy, "w", errors="surrogateescape") as f:
+            f.write(optimize.rewrite(text, src, leaves, {ln: fallback.O0_ATTRIBUTE
+                                                         for ln in lines.values()}))
+        pre = ("-iquote", os.path.dirname(os.path.abspath(src)))
+        try:
+            new = both(to_asm, (X86_64, os.path.join(work, "x"), False, copy, pre),
+                       (AARCH64, os.path.join(work, "a"), False, copy, pre))
+        except ToolchainError as e:
+            log(f"{src}: -O0 fallback compile failed, the file is -O0: {e}")
+            return None
+        # a function without a line of its own (a header's inline) stays -Og: its
+        # untranslatable calls are in the runtime's table, no thread parks above them
+        return new, noted({n: why[n] for n in lines})
     finally:
         if not os.environ.get("HMIGRATE_KEEP_TMP"):
             shutil.rmtree(work, ignore_errors=True)
@@ -595,9 +656,10 @@ def units_for(inputs: list[tuple[str, str | None]], logical: dict[str, str]) -> 
     return [units[k] for k in order]
 
 
-def report_optimization(out: str, loaded: list[tuple[str, str | None]]) -> None:
+def report_optimization(out: str, loaded: list[tuple[str, str | None]]) -> set[tuple[str, str]]:
     """Per binary: how many of its functions --optimize-leaves compiled at -O2 and why
-    the others keep the -O0 translatable frame (from the notes of the objects used)."""
+    the others keep the -O0 translatable frame, and how many --optimize-frames left -O0
+    and why (from the notes of the objects used). Returns those (file, function)."""
     notes = []
     for path, member in loaded:
         try:
@@ -613,11 +675,22 @@ def report_optimization(out: str, loaded: list[tuple[str, str | None]]) -> None:
         except (OSError, ValueError, ToolchainError):
             continue
     if not notes:
-        return
+        return set()
     opt, o0, kinds = optimize.summarize(notes)
     why = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
-    print(f"hmigrate-cc: {os.path.basename(out)}: {opt} functions optimized (-O2, no hooks), "
-          f"{o0} -O0 instrumented ({why}); {len(notes)} objects", file=sys.stderr)
+    if opt or o0:
+        print(f"hmigrate-cc: {os.path.basename(out)}: {opt} functions optimized (-O2, no "
+              f"hooks), {o0} -O0 instrumented ({why}); {len(notes)} objects", file=sys.stderr)
+    fallen = {(n.get("file", ""), f): r for n in notes for f, r in n.get("o0_fallback", {}).items()}
+    if fallen:
+        kinds = {}
+        for r in fallen.values():
+            k = r.split(": ", 1)[-1].split(": ")[-1][:48]
+            kinds[k] = kinds.get(k, 0) + 1
+        top = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])[:5])
+        print(f"hmigrate-cc: {os.path.basename(out)}: {len(fallen)} functions -O0 fallback "
+              f"(their -Og frames could not move where a thread parks: {top})", file=sys.stderr)
+    return set(fallen)
 
 
 def report_described(out: str, summary: dict) -> None:
@@ -658,6 +731,7 @@ def link(args: Args) -> int:
             il.logical.update(system_files(il.isa)[3])
         # Pass 1: plain links, only to learn which files and sections get used.
         units: dict[str, list[layout.Unit]] = {}
+        o0_fallback: set[tuple[str, str]] = set()
         for name, il in links.items():
             mp = os.path.join(work, f"pass1_{name}.map")
             run(link_cmd(il, os.path.join(work, f"pass1_{name}"), mp, args.ldflags, None))
@@ -667,7 +741,7 @@ def link(args: Args) -> int:
                 loaded = parse_map_inputs(f.read())
             units[name] = units_for(loaded, il.logical)
             if name == X86_64.name:
-                report_optimization(out, loaded)
+                o0_fallback = report_optimization(out, loaded)
         if probing():
             # Both ISAs link (what a probe asks); the host's plain link runs its tests.
             shutil.copy2(os.path.join(work, f"pass1_{HOST.name}"), out)
@@ -711,7 +785,8 @@ def link(args: Args) -> int:
         if not report.ok and not os.environ.get("HMIGRATE_NO_CHECK"):
             sys.stderr.write(report.text())
             raise ToolchainError(f"{out}: aligned layout check FAILED")
-        md = metadata.build_metadata(outs[X86_64.name], outs[AARCH64.name], plan)
+        md = metadata.build_metadata(outs[X86_64.name], outs[AARCH64.name], plan,
+                                     o0_fallback)
         md["checks"]["align"] = report.text().strip().splitlines()[-1]
         # No thread parks while an untranslatable frame is on its stack (runtime table).
         for name, dest in outs.items():

@@ -249,16 +249,13 @@ def _bits(lo: int, hi: int) -> int:
 
 def ranges_of(bits: int) -> list[tuple[int, int]]:
     """A bitset of frame bytes as [lo, hi) CFA offsets."""
-    out, i = [], 0
-    while bits >> i:
-        if (bits >> i) & 1:
-            j = i
-            while (bits >> j) & 1:
-                j += 1
-            out.append((i - BIAS, j - BIAS))
-            i = j
-        else:
-            i += 1
+    out = []
+    while bits:
+        lo = (bits & -bits).bit_length() - 1  # the lowest set bit
+        run = bits >> lo
+        n = (~run & (run + 1)).bit_length() - 1  # how many set bits from there
+        out.append((lo - BIAS, lo + n - BIAS))
+        bits &= ~(((1 << n) - 1) << lo)
     return out
 
 

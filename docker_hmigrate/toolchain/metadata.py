@@ -364,8 +364,9 @@ class DwarfFunc:
 class Binary:
     """One linked binary: symbols, code, DWARF functions, CFI and line table."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, o0_fallback: set[tuple[str, str]] | None = None):
         self.path = path
+        self.o0_fallback = o0_fallback or set()
         self.f = open(path, "rb")
         self.elf = ELFFile(self.f)
         self.arch = ARCHES[self.elf["e_machine"]]
@@ -441,9 +442,10 @@ class Binary:
                 name = _name(die)
                 if rng is None or name is None:
                     continue
+                own = described and (os.path.basename(cu_name), name) not in self.o0_fallback
                 fn = DwarfFunc(name, rng[0], rng[1], os.path.basename(cu_name),
-                               hooked_cu=hooked, described=described)
-                _collect_vars(die, fn.vars, None, described)
+                               hooked_cu=hooked, described=own)
+                _collect_vars(die, fn.vars, None, own)
                 _collect_inlined(die, fn.inlined)
                 for v in fn.vars:  # the file of its decl_line (#line: a .y, a .h ...)
                     if "decl_file" in v:
@@ -744,6 +746,15 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
     if lr_slot is not None:  # aarch64 -Og: the own return address, for the exit hook
         frame["lr_copy_cfa_offset"] = lr_slot
         kept |= locations.slot_bits(lr_slot, 8)
+    # at the entry hook, a callee-saved register this function has not set yet holds
+    # its caller's value: whatever it reads from it before setting it is undefined, so
+    # the target's may hold anything (0); the caller's own value is in its save slot
+    hook = next((i for i, x in enumerate(insns) if index.get(x.address) is not None and
+                 any(c["call_pc"] == x.address and c["kind"] == "enter_hook"
+                     for c in fn["call_sites"])), None)
+    unset: set[str] = set(arch.isa.callee_saved)
+    for x in insns[:hook or 0]:
+        unset -= _regs(arch, x)[1]
     variables = fn.get("vars", [])
     for v in variables:
         if v.get("described") and "_ranges" not in v:
@@ -772,9 +783,13 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
                 bytes_named |= locations.slot_bits(v["cfa_offset"], size)
         cs["locations"] = locs
         why = list(problems)
+        if cs["kind"] == "enter_hook":
+            cs["unset_regs"] = [r for r in cs["live_callee_saved"]
+                                if r in unset and r not in regs_named]
         if cs["kind"] != "exit_hook":
             live = [r for r in cs["live_callee_saved"]
-                    if r not in (lr_copy, self_reg) and r not in regs_named]
+                    if r not in (lr_copy, self_reg) and r not in regs_named
+                    and r not in cs.get("unset_regs", ())]
             if live:
                 why.append(f"callee-saved {live} hold values no variable names")
             if not slots.unknown and i + 1 < len(insns):
@@ -1076,8 +1091,10 @@ def _park_points(b: Binary) -> dict:
     return info
 
 
-def build_metadata(bin_x86: str, bin_a64: str, plan=None) -> dict:
-    bx, ba = Binary(bin_x86), Binary(bin_a64)
+def build_metadata(bin_x86: str, bin_a64: str, plan=None,
+                   o0_fallback: set[tuple[str, str]] | None = None) -> dict:
+    """o0_fallback: (file, function) pairs --optimize-frames compiled -O0 in -Og files."""
+    bx, ba = Binary(bin_x86, o0_fallback), Binary(bin_a64, o0_fallback)
     try:
         return _build(bx, ba, plan)
     finally:

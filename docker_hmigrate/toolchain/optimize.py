@@ -429,19 +429,28 @@ def _s(v) -> str:
     return v.decode(errors="replace") if isinstance(v, bytes) else str(v)
 
 
-def rewrite(text: str, src: str, lines: dict[str, int]) -> str:
-    """The source with the attribute at the start of each selected definition's line,
-    after a #line so that file names and line numbers stay the original's."""
+def rewrite(text: str, src: str, lines: dict[str, int],
+            attributes: dict[int, str] | None = None) -> str:
+    """The source with the attribute at the start of each selected definition's line
+    (or, per line, the one `attributes` gives), after a #line so that file names and
+    line numbers stay the original's."""
     out = text.split("\n")
-    for n in sorted(set(lines.values())):
+    at = {n: ATTRIBUTE for n in lines.values()} | (attributes or {})
+    for n in sorted(at):
         if 0 < n <= len(out):
-            out[n - 1] = ATTRIBUTE + out[n - 1]
+            out[n - 1] = at[n] + out[n - 1]
     return f'#line 1 "{src}"\n' + "\n".join(out)
 
 
-def note(selected: set[str], why: dict[str, str]) -> bytes:
-    """What the object says about its functions (read back by the link's report)."""
-    return json.dumps({"optimized": sorted(selected), "o0": why}, sort_keys=True).encode()
+def note(selected: set[str], why: dict[str, str], fallback: dict[str, str] | None = None,
+         src: str | None = None) -> bytes:
+    """What the object says about its functions (read back by the link's report and,
+    for --optimize-frames, by its metadata: `o0_fallback` are -O0 in an -Og file)."""
+    doc: dict = {"optimized": sorted(selected), "o0": why}
+    if fallback is not None:
+        doc["o0_fallback"] = fallback
+        doc["file"] = os.path.basename(src or "")
+    return json.dumps(doc, sort_keys=True).encode()
 
 
 def summarize(notes: list[dict]) -> tuple[int, int, dict[str, int]]:

@@ -370,7 +370,9 @@ def _frames_fallback(src: str, asms: list[str], assemble, to_asm, both,
         why = fallback.verdicts(pr)
         if not why:
             return asms, noted({})
-        decl = optimize.decl_lines(objs[X86_64.name], src)
+        # from the linked probe: an object's DWARF may have relocations pyelftools cannot
+        # apply (TLS variables: R_X86_64_DTPOFF32)
+        decl = optimize.decl_lines(pr.exes[X86_64.name], src)
         lines = {n: d for n in why if isinstance(d := decl.get(n), int)}
         with open(src, errors="surrogateescape") as f:
             text = f.read()
@@ -683,9 +685,11 @@ def report_optimization(out: str, loaded: list[tuple[str, str | None]]) -> set[t
               f"hooks), {o0} -O0 instrumented ({why}); {len(notes)} objects", file=sys.stderr)
     fallen = {(n.get("file", ""), f): r for n in notes for f, r in n.get("o0_fallback", {}).items()}
     if fallen:
+        from .metadata import reason_kind
+
         kinds = {}
         for r in fallen.values():
-            k = r.split(": ", 1)[-1].split(": ")[-1][:48]
+            k = reason_kind(r)
             kinds[k] = kinds.get(k, 0) + 1
         top = ", ".join(f"{n} {k}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1])[:5])
         print(f"hmigrate-cc: {os.path.basename(out)}: {len(fallen)} functions -O0 fallback "

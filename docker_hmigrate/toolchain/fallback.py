@@ -22,6 +22,7 @@ import subprocess
 from dataclasses import dataclass
 
 from .config import AARCH64, WRAPPED, X86_64
+from .optimize import SETJMP
 
 # the probe's hooks: defined, so that calls to them are recognized as the hooks
 HOOK_STUBS = """
@@ -51,8 +52,9 @@ def probe(work: str, objects: dict[str, str], libc: set[str]) -> Probe | None:
         unknown -= {"__cyg_profile_func_enter", "__cyg_profile_func_exit"}
         stubs = os.path.join(work, "stubs.s")
         with open(stubs, "w") as f:
-            # aligned: some are data (an extern array of another file)
-            f.write("\t.text\n" + "".join(f"\t.balign 16\n\t.globl {n}\n\t.type {n}, %function"
+            # aligned: some are data (an extern array of another file); weak: libc data
+            # (stdout) a libc member defines wins
+            f.write("\t.text\n" + "".join(f"\t.balign 16\n\t.weak {n}\n\t.type {n}, %function"
                                           f"\n{n}:\n\tnop\n" for n in sorted(unknown)))
         hooks_c = os.path.join(work, "hooks.c")
         with open(hooks_c, "w") as f:
@@ -109,6 +111,9 @@ def verdicts(pr: Probe) -> dict[str, str]:
 
 def _why(md, bx, ba, name: str, fx: dict, fa: dict, may_park) -> str | None:
     X, A = X86_64.name, AARCH64.name
+    jumps = sorted({c["target"] for c in fx["call_sites"] if c["target"] in SETJMP})
+    if jumps:  # a jmp_buf holds its registers: recode/jmpbuf.py reads -O0 frames only
+        return f"calls {jumps[0]}"
     probs = md.check_park_point(bx, fx) + md.check_park_point(ba, fa)
     if probs:
         return f"entry hook: {probs[0]}"

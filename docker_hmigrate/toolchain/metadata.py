@@ -1361,7 +1361,7 @@ def described_summary(functions: list[dict]) -> dict:
         why: dict[str, int] = {}
         for c in sites:
             for r in c.get("untranslatable_reasons") or []:
-                k = _reason_kind(r)
+                k = reason_kind(r)
                 why[k] = why.get(k, 0) + 1
         out[isa] = {"call_sites": len(sites),
                     "translatable": sum(bool(c["translatable"]) for c in sites),
@@ -1369,14 +1369,15 @@ def described_summary(functions: list[dict]) -> dict:
     return out
 
 
-def _reason_kind(reason: str) -> str:
+def reason_kind(reason: str) -> str:
+    """A reason without its registers, offsets and names, for counting."""
     for kind in ("hold values no variable names", "has no value at this call",
                  "set before the entry hook", "keeps values in callee-saved registers",
                  "use of the stack is not followed", "no twin", "another layout",
                  "variadic", "va_list", "inlined"):
         if kind in reason:
-            return ("stack bytes " if reason.split(": ", 1)[-1].startswith("stack") and
-                    kind.startswith("hold") else "") + kind
+            return ("stack bytes " if "stack bytes" in reason and kind.startswith("hold")
+                    else "registers " if kind.startswith("hold") else "") + kind
     return reason.split(": ")[-1][:60]
 
 

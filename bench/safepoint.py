@@ -1,7 +1,7 @@
 """Benchmark: what the stack check before the freeze adds to the park phase, in one run.
 
     python -m bench.safepoint [--hosts hm-a,hm-arm] [--images helloworld,examples/threads]
-                              [--runs 5]
+                              [--runs 5] [--prefix hmigrate]
 
 On each host, a toolchain-built example in a container; per run, interleaved:
 1. park only (park.park_all, then the withdrawal): the baseline, what a move waited
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--hosts", default="hm-a,hm-arm")
     ap.add_argument("--images", default="helloworld,examples/threads")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--prefix", default="hmigrate",
+                    help="the registry folder of the images (lab/examples' HMLAB_EXAMPLES_PREFIX)")
     ns = ap.parse_args(argv)
     rows = []
     for context in ns.hosts.split(","):
@@ -67,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         agent.start()
         try:
             for image in ns.images.split(","):
-                ref = f"{REGISTRY}/hmigrate/{image}:latest"
+                ref = f"{REGISTRY}/{ns.prefix}/{image}:latest"
                 host.client.images.pull(ref, platform=host.platform)
                 program = program_of_image(host.client, ref)
                 c = host.client.containers.run(
@@ -95,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             agent.close()
     print(f"\n$ python -m bench.safepoint --hosts {ns.hosts} --images {ns.images} "
-          f"--runs {ns.runs}   (medians, seconds)")
+          f"--runs {ns.runs} --prefix {ns.prefix}   (medians, seconds)")
     print("host | image | way | park | read | check | total | x park only")
     print("--- | --- | --- | --- | --- | --- | --- | ---")
     for ctx, image, way, p, r, k, t, x in rows:

@@ -161,10 +161,6 @@ def stack_map(stack: SourceStack, idx: Index) -> StackMap:
     return stack.smap
 
 
-def _vars(function: Function, isa: str) -> list[Var]:
-    return function.isa[isa].stack_vars
-
-
 def in_scope(var: Var, pc: int) -> bool:
     return var.in_scope(pc)
 
@@ -312,20 +308,11 @@ def matched_vars(fr: Frame, idx: Index, strict: bool = True) -> list[tuple[Var, 
     # twins counted over all variables: an optimized function's (-Og) described ones
     # are carried by recode/described.py, the slot ones here
     src_vars, dst_vars = fr.function.isa[idx.src].vars, fr.function.isa[idx.dst].vars
-    seen: dict[tuple[str, str], int] = {}
-    by_key: dict[tuple[str, str, int], Var] = {}
-    for v in dst_vars:
-        k = (v.name, v.kind)
-        by_key[(*k, seen.get(k, 0))] = v
-        seen[k] = seen.get(k, 0) + 1
-    seen.clear()
-    for v in src_vars:
-        k = (v.name, v.kind)
-        n = seen.get(k, 0)
-        seen[k] = n + 1
+    twins = contract.var_twins([v.raw for v in src_vars], [v.raw for v in dst_vars])
+    for i, v in enumerate(src_vars):
         if not v.in_stack:
             continue
-        d = by_key.get((*k, n))
+        d = dst_vars[twins[i]] if i in twins else None
         if d is not None and not d.in_stack:
             continue  # described on the target: recode/described.py
         if d is None and (not strict or not in_scope(v, fr.src_pc)

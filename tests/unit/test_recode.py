@@ -235,7 +235,7 @@ def test_stack_round_trip_x86_aarch64_x86() -> None:
     assert out2["rbp"] == regs.fp and out2["rbx"] == 0x7777
     for fr in stack.frames[1:]:  # frame records and every variable slot, frame by frame
         assert x86.read_u64(fr.src_cfa - 8) == src.read_u64(fr.src_cfa - 8), fr.function.name
-        for v in frames._vars(fr.function, X):
+        for v in fr.function.isa[X].stack_vars:
             a = fr.src_cfa + v.cfa_offset
             assert x86.read(a, v.type.size) == src.read(a, v.type.size), v.name
     # frame chain: each saved rbp is the caller's, main's caller's is 0 (musl's frame)

@@ -291,6 +291,17 @@ def compile_one(src: str, out: str, cflags: list[str], instrument: bool = True,
             os.unlink(tmp)
 
 
+def _compile_rewritten(src: str, work: str, text: str, to_asm, both) -> list[str]:
+    """Both ISAs' assembly of a rewritten copy of src (function attributes added; its
+    quoted includes still found beside src)."""
+    copy = os.path.join(work, os.path.basename(src))
+    with open(copy, "w", errors="surrogateescape") as f:
+        f.write(text)
+    pre = ("-iquote", os.path.dirname(os.path.abspath(src)))
+    return both(to_asm, (X86_64, os.path.join(work, "x"), False, copy, pre),
+                (AARCH64, os.path.join(work, "a"), False, copy, pre))
+
+
 def _optimize_leaves(src: str, out: str, asms: list[str], assemble, to_asm,
                      both) -> tuple[list[str], bytes, dict[str, int]]:
     """The two ISAs' assembly with the functions that can never be on a parked stack
@@ -316,13 +327,9 @@ def _optimize_leaves(src: str, out: str, asms: list[str], assemble, to_asm,
             sel, why = optimize.select(parsed, libc, inject)
             if not sel:
                 break
-            copy = os.path.join(work, os.path.basename(src))
-            with open(copy, "w", errors="surrogateescape") as f:
-                f.write(optimize.rewrite(text, src, {n: decl[n] for n in sel}))
-            pre = ("-iquote", os.path.dirname(os.path.abspath(src)))
             try:
-                new = both(to_asm, (X86_64, os.path.join(work, "x"), False, copy, pre),
-                           (AARCH64, os.path.join(work, "a"), False, copy, pre))
+                new = _compile_rewritten(src, work, optimize.rewrite(
+                    text, src, {n: decl[n] for n in sel}), to_asm, both)
             except ToolchainError as e:
                 log(f"{src}: optimized compile failed, all -O0: {e}")
                 for n in sel:
@@ -376,14 +383,10 @@ def _frames_fallback(src: str, asms: list[str], assemble, to_asm, both,
         lines = {n: d for n in why if isinstance(d := decl.get(n), int)}
         with open(src, errors="surrogateescape") as f:
             text = f.read()
-        copy = os.path.join(work, os.path.basename(src))
-        with open(copy, "w", errors="surrogateescape") as f:
-            f.write(optimize.rewrite(text, src, leaves, {ln: fallback.O0_ATTRIBUTE
-                                                         for ln in lines.values()}))
-        pre = ("-iquote", os.path.dirname(os.path.abspath(src)))
         try:
-            new = both(to_asm, (X86_64, os.path.join(work, "x"), False, copy, pre),
-                       (AARCH64, os.path.join(work, "a"), False, copy, pre))
+            new = _compile_rewritten(src, work, optimize.rewrite(
+                text, src, leaves, {ln: fallback.O0_ATTRIBUTE for ln in lines.values()}),
+                to_asm, both)
         except ToolchainError as e:
             log(f"{src}: -O0 fallback compile failed, the file is -O0: {e}")
             return None

@@ -63,7 +63,10 @@ def write_frame(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap) -> dict
     dl = {loc[0]: loc[1:] for loc in twin.locations}
     twins = contract.var_twins([v.raw for v in dst_vars], [v.raw for v in src_vars])
     regs: dict[str, int] = {}
+    dead = set(twin.dead_vars)
     for dj, dv in enumerate(dst_vars):
+        if dj in dead:
+            continue  # its place there is written before it is read: nothing to carry
         dloc = contract.site_location(dv.raw, dj, dl)
         if dloc is None or dloc[0] not in contract.STORED + ("unknown",):
             continue

@@ -220,6 +220,8 @@ class CallSite(_Record):
     # at an optimized function's entry hook: live registers it has not set yet (they
     # hold its caller's values, undefined for it: the target's get 0)
     unset_regs: _F[list[str]] = _F(list)
+    # variables whose place at this call is not read before being written again
+    dead_vars: _F[list[int]] = _F(list)
     translatable: _F[bool] = _F(True)
     untranslatable_reasons: _F[list[str] | None] = _F()
 

@@ -113,13 +113,12 @@ class Reader:
         if names[-1] == "DW_OP_stack_value" and first in ("DW_OP_entry_value",
                                                           "DW_OP_GNU_entry_value"):
             return ("gone",)  # the caller's value: kept nowhere in this frame
-        if names[-1] == "DW_OP_stack_value" and not any(
-                n in ("DW_OP_fbreg", "DW_OP_deref", "DW_OP_deref_size", "DW_OP_addr")
-                or n.endswith("entry_value") for n in names):
-            if len(ops) > 2 or not first.startswith(("DW_OP_lit", "DW_OP_const", "DW_OP_breg")):
-                # a value computed from registers (i >> 15 & 0xff): nothing to store
-                # on the target; the source would have to evaluate it
-                return ("computed", " ".join(n.replace("DW_OP_", "") for n in names))
+        if names[-1] == "DW_OP_stack_value" and (
+                len(ops) > 2 or not first.startswith(("DW_OP_lit", "DW_OP_const", "DW_OP_breg"))):
+            # a value computed from registers or memory (i >> 15 & 0xff, a field of a
+            # slot): nothing to store on the target (what it is computed from is, or is
+            # unnamed); the source would have to evaluate it
+            return ("computed", " ".join(n.replace("DW_OP_", "") for n in names))
         if names[-1] == "DW_OP_stack_value" and len(ops) == 2:
             op = ops[0]
             if first.startswith("DW_OP_lit"):

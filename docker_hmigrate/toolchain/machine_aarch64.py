@@ -184,3 +184,39 @@ def jump_table(insns: list, i: int, read) -> list[int] | None:
             v -= 1 << 8 * width
         out.append(base + (v << shift))
     return out
+
+
+def goto_table(insns: list, i: int, read) -> list[int] | None:
+    """The candidate targets of a computed goto through a table of label addresses (an
+    interpreter's `goto *disptab[op]`), ending in the `br` at insns[i]:
+        and xI, xS, #MASK ; adrp xT, table ; add xT, xT, :lo12:table ;
+        ldr xD, [xT, xI, lsl #3] ; br xD
+    MASK + 1 entries read; the caller keeps those that are addresses in the function."""
+    if i < 4:
+        return None
+    br, ld, lo, page = insns[i], insns[i - 1], insns[i - 2], insns[i - 3]
+    A = capstone.arm64
+    if br.mnemonic != "br" or ld.mnemonic != "ldr" or lo.mnemonic != "add" or \
+            page.mnemonic != "adrp" or len(lo.operands) != 3:
+        return None
+    mem = [o for o in ld.operands if o.type == A.ARM64_OP_MEM]
+    if not mem or ld.operands[0].reg != br.operands[0].reg or not mem[0].mem.index or \
+            mem[0].mem.base != lo.operands[0].reg or lo.operands[0].reg != page.operands[0].reg \
+            or "lsl #3" not in ld.op_str or not ld.reg_name(ld.operands[0].reg).startswith("x"):
+        return None
+    index = norm_reg(ld.reg_name(mem[0].mem.index))
+    table = page.operands[1].imm + lo.operands[2].imm
+    for k in range(i - 4, max(i - 8, -1), -1):  # and xI, xS, #MASK
+        x = insns[k]
+        if x.mnemonic == "and" and len(x.operands) == 3 and \
+                norm_reg(x.reg_name(x.operands[0].reg)) == index and \
+                x.operands[2].type == A.ARM64_OP_IMM:
+            mask = x.operands[2].imm
+            if mask <= 0 or mask & (mask + 1) or mask >= 1 << 12:
+                return None
+            raw = read(table, (mask + 1) * 8)
+            return [int.from_bytes(raw[n * 8:n * 8 + 8], "little")
+                    for n in range(len(raw) // 8)]
+        if index in {norm_reg(x.reg_name(r)) for r in x.regs_access()[1]}:
+            return None
+    return None

@@ -132,3 +132,48 @@ def jump_table(insns: list, i: int, read) -> list[int] | None:
     if len(raw) != count * 8:
         return None
     return [int.from_bytes(raw[n * 8:n * 8 + 8], "little") for n in range(count)]
+
+
+_WIDE = {**{f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")},
+         **{f"r{n}d": f"r{n}" for n in range(8, 16)}}
+
+
+def goto_table(insns: list, i: int, read) -> list[int] | None:
+    """The candidate targets of a computed goto through a table of label addresses (an
+    interpreter's `goto *disptab[op]`, GCC's labels as values), ending in the `jmp` at
+    insns[i]:
+        and eI, MASK ; mov rax, qword ptr [rI*8 + table] ; jmp rax
+    MASK + 1 entries read; the caller keeps those that are addresses in the function
+    (the table's own end is where they stop being so)."""
+    if i < 2:
+        return None
+    jmp, load = insns[i], insns[i - 1]
+    ops = jmp.operands
+    if jmp.mnemonic != "jmp" or len(ops) != 1 or ops[0].type != capstone.x86.X86_OP_REG:
+        return None
+    lops = load.operands
+    if load.mnemonic != "mov" or len(lops) != 2 or lops[0].type != capstone.x86.X86_OP_REG \
+            or lops[0].reg != ops[0].reg or lops[1].type != capstone.x86.X86_OP_MEM:
+        return None
+    mem = lops[1].mem
+    if mem.base != 0 or mem.index == 0 or mem.scale != 8 or mem.segment != 0:
+        return None
+    def wide(name: str) -> str:
+        return _WIDE.get(name, name)
+
+    index = wide(load.reg_name(mem.index))
+    for k in range(i - 2, max(i - 6, -1), -1):  # and eI, MASK
+        x = insns[k]
+        if x.mnemonic == "and" and len(x.operands) == 2 and \
+                x.operands[0].type == capstone.x86.X86_OP_REG and \
+                wide(x.reg_name(x.operands[0].reg)) == index and \
+                x.operands[1].type == capstone.x86.X86_OP_IMM:
+            mask = x.operands[1].imm
+            if mask <= 0 or mask & (mask + 1) or mask >= 1 << 12:
+                return None
+            raw = read(mem.disp & ((1 << 64) - 1), (mask + 1) * 8)
+            return [int.from_bytes(raw[n * 8:n * 8 + 8], "little")
+                    for n in range(len(raw) // 8)]
+        if index in {wide(x.reg_name(r)) for r in x.regs_access()[1]}:
+            return None  # the index set otherwise: not bounded by a mask here
+    return None

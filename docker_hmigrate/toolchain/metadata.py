@@ -564,6 +564,14 @@ def control_flow(arch: Arch, insns: list, read=None) -> list[list[int]]:
         table = arch.mc.jump_table(insns, i, read) if k == "indirect" and read else None
         if table is not None and all(t in index for t in table):
             tables[i] = sorted({index[t] for t in table})
+            continue
+        # a computed goto (labels as values): its table holds the addresses of the
+        # function's labels, up to where they stop being instructions of the function
+        table = arch.mc.goto_table(insns, i, read) if k == "indirect" and read else None
+        if table:
+            used = next((j for j, t in enumerate(table) if t not in index), len(table))
+            if used:
+                tables[i] = sorted({index[t] for t in table[:used]})
     starts = {index[t] for _, t in kinds if t in index}
     starts |= {i + 1 for i, (k, _) in enumerate(kinds) if k in ("jump", "ret", "indirect")}
     starts |= {t for ts in tables.values() for t in ts}
@@ -756,9 +764,13 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
     for x in insns[:hook or 0]:
         unset -= _regs(arch, x)[1]
     variables = fn.get("vars", [])
+    homes = 0  # the fixed slots of variables in memory (address taken), in scope or not
     for v in variables:
         if v.get("described") and "_ranges" not in v:
             v["_ranges"] = b.locations.ranges(v["_loc_die"])
+        elif "cfa_offset" in v and v["kind"] != "static":
+            homes |= locations.slot_bits(v["cfa_offset"],
+                                         8 if v.get("indirect") else v["type"]["size"])
     for cs in fn["call_sites"]:
         i = index[cs["call_pc"]]
         st = states[i]
@@ -782,6 +794,14 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
                 size = 8 if v.get("indirect") else v["type"]["size"]
                 bytes_named |= locations.slot_bits(v["cfa_offset"], size)
         cs["locations"] = locs
+        # variables whose place here is not read again before being written (lua's `i`,
+        # fetched anew after the hook call): nothing to store there on a target
+        after = slots.live_in[i + 1] if not slots.unknown and i + 1 < len(insns) else -1
+        live_regs = set(cs["live_callee_saved"])
+        cs["dead_vars"] = [loc[0] for loc in locs
+                           if (loc[1] in ("reg", "value") and loc[2] not in live_regs)
+                           or (loc[1] == "slot" and not after & locations.slot_bits(
+                               loc[2], variables[loc[0]]["type"]["size"]))]
         why = list(problems)
         if cs["kind"] == "enter_hook":
             cs["unset_regs"] = [r for r in cs["live_callee_saved"]
@@ -793,7 +813,10 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
             if live:
                 why.append(f"callee-saved {live} hold values no variable names")
             if not slots.unknown and i + 1 < len(insns):
-                left = slots.live_in[i + 1] & slots.written[i] & ~bytes_named & ~kept
+                # a variable's home out of its scope holds nothing C can read (its
+                # block is left or not yet entered); what looks live there is a struct's
+                # padding copied whole (lua's TValue key), its later block initializes it
+                left = slots.live_in[i + 1] & slots.written[i] & ~bytes_named & ~kept & ~homes
                 if left:
                     spans = ", ".join(f"CFA{lo:+d}..{hi:+d}"
                                       for lo, hi in locations.ranges_of(left))
@@ -809,7 +832,10 @@ def described_reasons(src: str, fs: dict, cs: dict, dst: str, fd: dict, cd: dict
     sloc = {loc[0]: loc[1:] for loc in cs.get("locations", [])}
     dloc = {loc[0]: loc[1:] for loc in cd.get("locations", [])}
     twins = contract.var_twins(fd.get("vars", []), fs.get("vars", []))
+    dead = set(cd.get("dead_vars", []))
     for dj, dv in enumerate(fd.get("vars", [])):
+        if dj in dead:
+            continue
         dl = contract.site_location(dv, dj, dloc)
         if dl is None or dl[0] not in contract.STORED + ("unknown",):
             continue

@@ -154,3 +154,29 @@ def test_recode_writes_registers_and_slots() -> None:
         assert "n" in str(exc)
     else:
         raise AssertionError("a missing value was not refused")
+
+
+def test_computed_goto_successors_are_its_table_labels() -> None:
+    """An interpreter's `goto *disptab[op & 0x7f]`: the jump's successors are the labels
+    its table holds (up to where the entries stop being the function's), not every block
+    (which made every temporary of every opcode look live at every call)."""
+    from docker_hmigrate.toolchain import machine_x86_64
+
+    # 0x1000: mov eax, ebx; and eax, 0x7f; mov rax, [rax*8 + 0x9000]; jmp rax;
+    # 0x1010: L1: nop; ret; L2: nop; ret
+    code = bytes.fromhex("89d8" "83e07f" "488b04c500900000" "ffe0" "90" "c3" "90" "c3")
+    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    cs.detail = True
+    insns = list(cs.disasm(code, 0x1000))
+    labels = [x.address for x in insns if x.mnemonic == "nop"]
+    table = b"".join(a.to_bytes(8, "little") for a in labels) + (0x7777).to_bytes(8, "little")
+
+    def read(addr: int, n: int) -> bytes:
+        return (table + bytes(n))[:n] if addr == 0x9000 else bytes(n)
+
+    jmp = next(i for i, x in enumerate(insns) if x.mnemonic == "jmp")
+    assert machine_x86_64.goto_table(insns, jmp, read)[:3] == [*labels, 0x7777]
+    succ = metadata.control_flow(X86, insns, read)
+    assert sorted(insns[s].address for s in succ[jmp]) == labels
+    # no table read: any block may follow
+    assert len(metadata.control_flow(X86, insns)[jmp]) >= len(labels)

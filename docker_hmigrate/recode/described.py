@@ -64,17 +64,22 @@ def write_frame(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap) -> dict
     twins = contract.var_twins([v.raw for v in dst_vars], [v.raw for v in src_vars])
     regs: dict[str, int] = {}
     dead = set(twin.dead_vars)
+    copies: dict[int, list[tuple[str, int]]] = {}
+    for place, vi, k in twin.copies:
+        copies.setdefault(vi, []).append((place, k))
     for dj, dv in enumerate(dst_vars):
-        if dj in dead:
-            continue  # its place there is written before it is read: nothing to carry
         dloc = contract.site_location(dv.raw, dj, dl)
-        if dloc is None or dloc[0] not in contract.STORED + ("unknown",):
+        # its own place is written before it is read there (dead): nothing to carry to
+        # it; a copy of it elsewhere still needs its value
+        own = dloc is not None and dj not in dead and \
+            dloc[0] in contract.STORED + ("unknown",)
+        if not own and dj not in copies:
             continue
         si = twins.get(dj)
         sv = src_vars[si] if si is not None else None
         if sv is not None and not sv.described and not dv.described:
             continue  # slot to slot (rebuild._copy_vars)
-        if dloc[0] == "unknown" or sv is None:
+        if (own and dloc[0] == "unknown") or sv is None:
             raise Untranslatable(f"{fr.function.name}: {dv.name} cannot be placed on "
                                  f"{idx.dst} at {fr.dst_pc:#x}")
         sloc = contract.site_location(sv.raw, si, sl)  # type: ignore[arg-type]
@@ -89,11 +94,17 @@ def write_frame(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap) -> dict
                 v = int.from_bytes(raw[po:po + 8], "little")
                 raw[po:po + 8] = translate_value(v, sv, smap, idx).to_bytes(8, "little")
                 whole = None
+        v = whole if whole is not None and size <= 8 else _widen(bytes(raw), dv)
+        for place, k in copies.get(dj, []):  # 8-byte variables only (the metadata's rule)
+            c = (v + k) & MASK
+            if place.startswith("s"):
+                dst_mem.write(fr.dst_cfa + int(place[1:]), c.to_bytes(8, "little"))
+            else:
+                regs[place] = c
+        if not own:
+            continue
         if dloc[0] == "slot":
             dst_mem.write(fr.dst_cfa + dloc[1], bytes(raw))
             continue
-        v = whole if whole is not None and size <= 8 else _widen(bytes(raw), dv)
-        if dloc[0] == "value":
-            v = (v - dloc[2]) & MASK
-        regs[dloc[1]] = v
+        regs[dloc[1]] = (v - dloc[2]) & MASK if dloc[0] == "value" else v
     return regs

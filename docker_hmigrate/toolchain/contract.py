@@ -222,6 +222,9 @@ class CallSite(_Record):
     unset_regs: _F[list[str]] = _F(list)
     # variables whose place at this call is not read before being written again
     dead_vars: _F[list[int]] = _F(list)
+    # [place, variable index, k]: a register or slot ("s<cfa offset>") holding an 8-byte
+    # variable's value plus k where GCC's DWARF places it elsewhere (written there too)
+    copies: _F[list[list]] = _F(list)
     translatable: _F[bool] = _F(True)
     untranslatable_reasons: _F[list[str] | None] = _F()
 

@@ -374,3 +374,187 @@ def live_slots(arch, insns: list, succ: list[list[int]],
 
 def slot_bits(lo: int, size: int) -> int:
     return _bits(lo, lo + max(size, 1))
+
+
+# ---------------------------------------------------------------- copies of values
+
+_X86_FULL = {}
+for _r in ("ax", "bx", "cx", "dx"):
+    for _p in (f"e{_r}", _r, f"{_r[0]}l", f"{_r[0]}h"):
+        _X86_FULL[_p] = f"r{_r}"
+for _r in ("si", "di", "bp", "sp"):
+    for _p in (f"e{_r}", _r, f"{_r}l"):
+        _X86_FULL[_p] = f"r{_r}"
+for _n in range(8, 16):
+    for _s in ("d", "w", "b"):
+        _X86_FULL[f"r{_n}{_s}"] = f"r{_n}"
+
+
+def full_reg(arch, name: str) -> str:
+    """The whole register a (sub)register name is part of (eax -> rax, w19 -> x19)."""
+    if arch.isa.name == "x86-64":
+        return _X86_FULL.get(name, name)
+    return f"x{name[1:]}" if name[:1] == "w" and name[1:].isdigit() else \
+        {"fp": "x29", "lr": "x30"}.get(name, name)
+
+
+def _loc_reg(arch, insn, op) -> str | None:
+    name = insn.reg_name(op.reg)
+    full = full_reg(arch, name)
+    if arch.isa.name == "x86-64":
+        return full if name.startswith("r") and not name.endswith(("d", "w", "b")) else None
+    return full if name.startswith("x") or name in ("fp", "lr") else None
+
+
+def _affine(arch, insn, st: FrameState) -> tuple[str, str, int] | None:
+    """(d, s, k) when insn sets place d to place s plus k, all 8 bytes: a move between
+    registers, a load or store of a frame slot ("s<cfa offset>"), an add of a constant
+    (x86 lea/add, aarch64 add/sub)."""
+    m, ops = insn.mnemonic, insn.operands
+    x86 = arch.isa.name == "x86-64"
+    X, A = capstone.x86, capstone.arm64
+    is_reg = X.X86_OP_REG if x86 else A.ARM64_OP_REG
+    is_mem = X.X86_OP_MEM if x86 else A.ARM64_OP_MEM
+    is_imm = X.X86_OP_IMM if x86 else A.ARM64_OP_IMM
+
+    def slot(op) -> str | None:
+        base = insn.reg_name(op.mem.base) if op.mem.base else None
+        ref = st.fp if base in ("rbp", "x29", "fp") else st.sp if base in ("rsp", "sp") else None
+        if ref is None or op.mem.index or (not x86 and insn.writeback):
+            return None
+        if x86 and op.size != 8:
+            return None
+        return f"s{ref + op.mem.disp}"
+
+    if x86:
+        if len(ops) != 2:
+            return None
+        a, b = ops
+        ra = _loc_reg(arch, insn, a) if a.type == is_reg else None
+        if m == "mov":
+            if ra and b.type == is_reg:
+                rb = _loc_reg(arch, insn, b)
+                return (ra, rb, 0) if rb else None
+            if ra and b.type == is_mem:
+                sb = slot(b)
+                return (ra, sb, 0) if sb else None
+            if a.type == is_mem and b.type == is_reg:
+                sa, rb = slot(a), _loc_reg(arch, insn, b)
+                return (sa, rb, 0) if sa and rb else None
+            return None
+        if m == "lea" and ra and b.type == is_mem and b.mem.base and not b.mem.index:
+            base = full_reg(arch, insn.reg_name(b.mem.base))
+            if base in ("rip", "rsp", "rbp"):
+                return None
+            return (ra, base, b.mem.disp)
+        if m in ("add", "sub") and ra and b.type == is_imm:
+            return (ra, ra, b.imm if m == "add" else -b.imm)
+        return None
+    if len(ops) == 2 and m == "mov" and ops[0].type == is_reg and ops[1].type == is_reg:
+        ra, rb = _loc_reg(arch, insn, ops[0]), _loc_reg(arch, insn, ops[1])
+        return (ra, rb, 0) if ra and rb else None
+    if len(ops) == 2 and m in ("ldr", "str", "ldur", "stur") and ops[0].type == is_reg \
+            and ops[1].type == is_mem:
+        r, sl = _loc_reg(arch, insn, ops[0]), slot(ops[1])
+        if not (r and sl):
+            return None
+        return (r, sl, 0) if m.startswith("ld") else (sl, r, 0)
+    if len(ops) == 3 and m in ("add", "sub") and ops[0].type == is_reg and \
+            ops[1].type == is_reg and ops[2].type == is_imm and not ops[2].shift.type:
+        ra, rb = _loc_reg(arch, insn, ops[0]), _loc_reg(arch, insn, ops[1])
+        if ra and rb and rb not in ("sp", "x29"):
+            return (ra, rb, ops[2].imm if m == "add" else -ops[2].imm)
+    return None
+
+
+def _rel(a: str, b: str, k: int) -> tuple[str, str, int]:
+    """val(a) = val(b) + k, in one orientation (a < b)."""
+    return (a, b, k) if a < b else (b, a, -k)
+
+
+def copies_after(arch, insns: list, succ: list[list[int]],
+                 states: list[FrameState | None], homes: int,
+                 regs_of) -> list[frozenset | None]:
+    """Per instruction, the relations val(a) = val(b) + k between places (registers,
+    frame slots as "s<off>", 8 bytes) that hold on every path to the point after it: a
+    register GCC keeps as a copy of a variable, or of a variable plus a constant, that
+    its DWARF places elsewhere (lua's `L` in r13 beside its slot; `ra + 1` in x19). A must
+    analysis: a relation holds only if every path made it and nothing wrote either side
+    since. Slots of address-taken variables are never related (a store through a pointer
+    or a callee may change them). regs_of(insn) gives the registers an insn writes."""
+    n = len(insns)
+    out: list[frozenset | None] = [None] * n
+    into: list[frozenset | None] = [None] * n
+    if not n:
+        return out
+    into[0] = frozenset()
+    todo = [0]
+    queued = {0}
+    keep = set(arch.isa.callee_saved) | {arch.isa.fp}  # what a call leaves as it was
+    while todo:
+        i = todo.pop()
+        queued.discard(i)
+        st, x = states[i], insns[i]
+        rels = set(into[i] or ())
+        if st is not None:
+            written = set(regs_of(x))
+            _, w, _ = _access(arch, x, st)
+            af = _affine(arch, x, st)
+            if af is not None and any(p.startswith("s") and homes & slot_bits(int(p[1:]), 8)
+                                      for p in af[:2]):
+                af = None
+            if arch.mc.is_call(x):
+                written |= {p for r in rels for p in r[:2] if not p.startswith("s")
+                            and p not in keep}
+            if af is not None and af[0] == af[1]:  # d += k in place: its relations shift
+                d, _, k = af
+                rels = {_rel(d, b if a == d else a, (kk if a == d else -kk) + k)
+                        if d in (a, b) else (a, b, kk) for a, b, kk in rels}
+                written.discard(d)
+                w = 0
+                af = None
+            dead = {p for r in rels for p in r[:2] if p in written or (
+                p.startswith("s") and w & slot_bits(int(p[1:]), 8))}
+            rels = {r for r in rels if r[0] not in dead and r[1] not in dead}
+            if af is not None:
+                d, src, k = af
+                rels = {r for r in rels if d not in r[:2]}
+                new = {_rel(d, src, k)}
+                for a, b, kk in rels:  # d = src + k, src = o + k2 -> d = o + k + k2
+                    if src in (a, b):
+                        o, k2 = (b, kk) if a == src else (a, -kk)
+                        if o != d:
+                            new.add(_rel(d, o, k + k2))
+                rels |= new
+        res = frozenset(rels)
+        out[i] = res
+        for s_ in succ[i]:
+            nxt = res if into[s_] is None else into[s_] & res
+            if nxt != into[s_]:
+                into[s_] = nxt
+                if s_ not in queued:
+                    queued.add(s_)
+                    todo.append(s_)
+    return out
+
+
+def offset_between(rels: frozenset, a: str, b: str) -> int | None:
+    """k such that val(a) = val(b) + k by the relations (through any chain), or None."""
+    if a == b:
+        return 0
+    seen, todo = {a: 0}, [a]
+    while todo:
+        p = todo.pop()
+        for x, y, k in rels:
+            if p not in (x, y):
+                continue
+            # val(a) = val(p) + seen[p]; p == x: val(x) = val(y) + k; p == y:
+            # val(y) = val(x) - k
+            o = y if p == x else x
+            ko = seen[p] + k if p == x else seen[p] - k
+            if o == b:
+                return ko
+            if o not in seen:
+                seen[o] = ko
+                todo.append(o)
+    return None

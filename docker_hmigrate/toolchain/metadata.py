@@ -771,6 +771,7 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
         elif "cfa_offset" in v and v["kind"] != "static":
             homes |= locations.slot_bits(v["cfa_offset"],
                                          8 if v.get("indirect") else v["type"]["size"])
+    copies = None  # places holding the same value (locations.copies_after), when asked
     for cs in fn["call_sites"]:
         i = index[cs["call_pc"]]
         st = states[i]
@@ -810,18 +811,77 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
             live = [r for r in cs["live_callee_saved"]
                     if r not in (lr_copy, self_reg) and r not in regs_named
                     and r not in cs.get("unset_regs", ())]
-            if live:
-                why.append(f"callee-saved {live} hold values no variable names")
+            left = 0
             if not slots.unknown and i + 1 < len(insns):
                 # a variable's home out of its scope holds nothing C can read (its
                 # block is left or not yet entered); what looks live there is a struct's
                 # padding copied whole (lua's TValue key), its later block initializes it
                 left = slots.live_in[i + 1] & slots.written[i] & ~bytes_named & ~kept & ~homes
+            if live or left:  # copies of named variables GCC's DWARF places elsewhere
+                if copies is None:
+                    copies = locations.copies_after(arch, insns, succ, states, homes,
+                                                    lambda x: _written(arch, x))
+                live, left = _copies_of_variables(cs, locs, variables, copies[i], live, left)
+            if live:
+                why.append(f"callee-saved {live} hold values no variable names")
+            if not slots.unknown and i + 1 < len(insns):
                 if left:
                     spans = ", ".join(f"CFA{lo:+d}..{hi:+d}"
                                       for lo, hi in locations.ranges_of(left))
                     why.append(f"stack bytes {spans} hold values no variable names")
         cs["unnamed"] = why
+
+
+def _written(arch: Arch, insn) -> set[str]:
+    try:
+        return {locations.full_reg(arch, insn.reg_name(r)) for r in insn.regs_access()[1]}
+    except capstone.CsError:
+        return {"?"}
+
+
+def _copies_of_variables(cs: dict, locs: list, variables: list[dict], pairs,
+                         live: list[str], left: int) -> tuple[list[str], int]:
+    """The live registers and stack bytes (8 at a time) no variable's location names
+    that hold an 8-byte variable's value, or it plus a constant, on every path: recorded
+    in cs["copies"] ([place, variable index, k]: the recode writes the variable's value
+    plus k there too); returns what is left unnamed."""
+    if not pairs:
+        return live, left
+    # (variable, its place, k): val(place) = variable + k
+    places = []
+    for loc in locs:
+        vi, kind = loc[0], loc[1]
+        if variables[vi]["type"]["size"] == 8 and kind in ("reg", "slot", "value"):
+            places.append((vi, f"s{loc[2]}" if kind == "slot" else loc[2],
+                           -loc[3] if kind == "value" else 0))
+
+    def copy_of(place: str) -> list | None:
+        for vi, p, k in places:
+            off = locations.offset_between(pairs, place, p)
+            if off is not None:
+                return [place, vi, off + k]  # val(place) = variable + off + k
+        return None
+
+    found = []
+    still = []
+    for r in live:
+        c = copy_of(r)
+        if c is None:
+            still.append(r)
+        else:
+            found.append(c)
+    for lo, hi in locations.ranges_of(left):
+        for off in range(lo - (lo % 8), hi, 8):
+            chunk = locations.slot_bits(off, 8)
+            if not left & chunk:
+                continue
+            c = copy_of(f"s{off}")
+            if c is not None:
+                found.append(c)
+                left &= ~chunk
+    if found:
+        cs["copies"] = found
+    return still, left
 
 
 def described_reasons(src: str, fs: dict, cs: dict, dst: str, fd: dict, cd: dict) -> list[str]:
@@ -833,11 +893,14 @@ def described_reasons(src: str, fs: dict, cs: dict, dst: str, fd: dict, cd: dict
     dloc = {loc[0]: loc[1:] for loc in cd.get("locations", [])}
     twins = contract.var_twins(fd.get("vars", []), fs.get("vars", []))
     dead = set(cd.get("dead_vars", []))
+    copied = {c[1] for c in cd.get("copies", [])}
     for dj, dv in enumerate(fd.get("vars", [])):
-        if dj in dead:
+        if dj in dead and dj not in copied:
             continue
         dl = contract.site_location(dv, dj, dloc)
-        if dl is None or dl[0] not in contract.STORED + ("unknown",):
+        if dj in copied and (dl is None or dl[0] not in contract.STORED):
+            dl = ["copy"]  # kept only in a copy: a value is needed all the same
+        if dl is None or dl[0] not in contract.STORED + ("unknown", "copy"):
             continue
         si = twins.get(dj)
         sv = fs["vars"][si] if si is not None else None

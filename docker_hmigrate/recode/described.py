@@ -95,8 +95,11 @@ def write_frame(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap) -> dict
                 raw[po:po + 8] = translate_value(v, sv, smap, idx).to_bytes(8, "little")
                 whole = None
         v = whole if whole is not None and size <= 8 else _widen(bytes(raw), dv)
-        for place, k in copies.get(dj, []):  # 8-byte variables only (the metadata's rule)
-            c = (v + k) & MASK
+        for place, k in copies.get(dj, []):
+            if k == "w32":  # the 4 bytes of a 32-bit variable
+                dst_mem.write(fr.dst_cfa + int(place[1:]), bytes(raw[:4]))
+                continue
+            c = int.from_bytes(raw[:4], "little") if k == "z32" else (v + k) & MASK
             if place.startswith("s"):
                 dst_mem.write(fr.dst_cfa + int(place[1:]), c.to_bytes(8, "little"))
             else:

@@ -472,6 +472,56 @@ def _rel(a: str, b: str, k: int) -> tuple[str, str, int]:
     return (a, b, k) if a < b else (b, a, -k)
 
 
+def _w(a: str, b: str) -> tuple[str, str, str]:
+    """The low 32 bits of a and b are equal."""
+    return (a, b, "w") if a < b else (b, a, "w")
+
+
+ZERO_UPPER = "#z"  # (r, ZERO_UPPER, "z"): a 32-bit write left r's upper half zero
+
+
+def _mov32(arch, insn, st: FrameState) -> tuple[str, str] | None:
+    """(d, s) when insn copies 32 bits between registers or a register and a frame slot
+    (a 32-bit write to a register zeroes its upper half on both ISAs)."""
+    m, ops = insn.mnemonic, insn.operands
+    x86 = arch.isa.name == "x86-64"
+    X, A = capstone.x86, capstone.arm64
+    if len(ops) != 2:
+        return None
+
+    def reg32(op) -> str | None:
+        if op.type != (X.X86_OP_REG if x86 else A.ARM64_OP_REG):
+            return None
+        name = insn.reg_name(op.reg)
+        if x86 and (name.startswith("e") or (name.startswith("r") and name.endswith("d"))):
+            return full_reg(arch, name)
+        if not x86 and name.startswith("w") and name[1:].isdigit():
+            return full_reg(arch, name)
+        return None
+
+    def slot4(op) -> str | None:
+        if op.type != (X.X86_OP_MEM if x86 else A.ARM64_OP_MEM) or op.mem.index:
+            return None
+        base = insn.reg_name(op.mem.base) if op.mem.base else None
+        ref = st.fp if base in ("rbp", "x29", "fp") else st.sp if base in ("rsp", "sp") else None
+        if ref is None or (x86 and op.size != 4) or (not x86 and insn.writeback):
+            return None
+        return f"s{ref + op.mem.disp}"
+
+    a, b = ops
+    if m == "mov" and reg32(a) and reg32(b):
+        return reg32(a), reg32(b)  # type: ignore[return-value]
+    if x86 and m == "mov":
+        if reg32(a) and slot4(b):
+            return reg32(a), slot4(b)  # type: ignore[return-value]
+        if slot4(a) and reg32(b):
+            return slot4(a), reg32(b)  # type: ignore[return-value]
+        return None
+    if not x86 and m in ("ldr", "ldur", "str", "stur") and reg32(a) and slot4(b):
+        return (reg32(a), slot4(b)) if m.startswith("ld") else (slot4(b), reg32(a))  # type: ignore[return-value]
+    return None
+
+
 def copies_after(arch, insns: list, succ: list[list[int]],
                  states: list[FrameState | None], homes: int,
                  regs_of) -> list[frozenset | None]:
@@ -506,10 +556,15 @@ def copies_after(arch, insns: list, succ: list[list[int]],
             if arch.mc.is_call(x):
                 written |= {p for r in rels for p in r[:2] if not p.startswith("s")
                             and p not in keep}
+            m32 = _mov32(arch, x, st) if af is None else None
+            if m32 is not None and any(p.startswith("s") and homes & slot_bits(int(p[1:]), 4)
+                                       for p in m32):
+                m32 = None
             if af is not None and af[0] == af[1]:  # d += k in place: its relations shift
                 d, _, k = af
                 rels = {_rel(d, b if a == d else a, (kk if a == d else -kk) + k)
-                        if d in (a, b) else (a, b, kk) for a, b, kk in rels}
+                        if d in (a, b) else (a, b, kk) for a, b, kk in rels
+                        if isinstance(kk, int) or d not in (a, b)}
                 written.discard(d)
                 w = 0
                 af = None
@@ -522,9 +577,27 @@ def copies_after(arch, insns: list, succ: list[list[int]],
                 new = {_rel(d, src, k)}
                 for a, b, kk in rels:  # d = src + k, src = o + k2 -> d = o + k + k2
                     if src in (a, b):
-                        o, k2 = (b, kk) if a == src else (a, -kk)
+                        o = b if a == src else a
+                        if o == d:
+                            continue
+                        if isinstance(kk, int):
+                            new.add(_rel(d, o, k + (kk if a == src else -kk)))
+                        elif k == 0 and kk == "w":
+                            new.add(_w(d, o))
+                        elif k == 0 and kk == "z":
+                            new.add((d, ZERO_UPPER, "z"))
+                rels |= new
+            if m32 is not None:
+                d, src = m32
+                rels = {r for r in rels if d not in r[:2]}
+                new = {_w(d, src)}
+                for a, b, kk in rels:  # the low halves of src's equals
+                    if src in (a, b) and (kk == "w" or kk == 0):
+                        o = b if a == src else a
                         if o != d:
-                            new.add(_rel(d, o, k + k2))
+                            new.add(_w(d, o))
+                if not d.startswith("s"):
+                    new.add((d, ZERO_UPPER, "z"))
                 rels |= new
         res = frozenset(rels)
         out[i] = res
@@ -538,6 +611,25 @@ def copies_after(arch, insns: list, succ: list[list[int]],
     return out
 
 
+def zero_extended_copy(rels: frozenset, a: str, b: str) -> bool:
+    """a's low 32 bits equal b's through the relations, and (a a register) its upper half
+    is zero: a holds a 32-bit variable kept in b, zero-extended."""
+    if not a.startswith("s") and (a, ZERO_UPPER, "z") not in rels:
+        return False
+    seen, todo = {a}, [a]
+    while todo:
+        p = todo.pop()
+        for x, y, k in rels:
+            if p in (x, y) and (k == "w" or k == 0) and y != ZERO_UPPER:
+                o = y if p == x else x
+                if o == b:
+                    return True
+                if o not in seen:
+                    seen.add(o)
+                    todo.append(o)
+    return False
+
+
 def offset_between(rels: frozenset, a: str, b: str) -> int | None:
     """k such that val(a) = val(b) + k by the relations (through any chain), or None."""
     if a == b:
@@ -546,7 +638,7 @@ def offset_between(rels: frozenset, a: str, b: str) -> int | None:
     while todo:
         p = todo.pop()
         for x, y, k in rels:
-            if p not in (x, y):
+            if p not in (x, y) or not isinstance(k, int):
                 continue
             # val(a) = val(p) + seen[p]; p == x: val(x) = val(y) + k; p == y:
             # val(y) = val(x) - k

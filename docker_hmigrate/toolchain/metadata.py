@@ -855,11 +855,17 @@ def _copies_of_variables(cs: dict, locs: list, variables: list[dict], pairs,
             places.append((vi, f"s{loc[2]}" if kind == "slot" else loc[2],
                            -loc[3] if kind == "value" else 0))
 
+    narrow = [(loc[0], f"s{loc[2]}" if loc[1] == "slot" else loc[2]) for loc in locs
+              if variables[loc[0]]["type"]["size"] == 4 and loc[1] in ("reg", "slot")]
+
     def copy_of(place: str) -> list | None:
         for vi, p, k in places:
             off = locations.offset_between(pairs, place, p)
             if off is not None:
                 return [place, vi, off + k]  # val(place) = variable + off + k
+        for vi, p in narrow:  # a 32-bit variable: zero-extended in a register, or 4 bytes
+            if locations.zero_extended_copy(pairs, place, p):
+                return [place, vi, "w32" if place.startswith("s") else "z32"]
         return None
 
     found = []
@@ -871,11 +877,15 @@ def _copies_of_variables(cs: dict, locs: list, variables: list[dict], pairs,
         else:
             found.append(c)
     for lo, hi in locations.ranges_of(left):
-        for off in range(lo - (lo % 8), hi, 8):
-            chunk = locations.slot_bits(off, 8)
+        for off in range(lo - (lo % 4), hi, 4):
+            chunk = locations.slot_bits(off, 4)
             if not left & chunk:
                 continue
             c = copy_of(f"s{off}")
+            if c is not None and c[2] not in ("w32", "z32"):
+                chunk = locations.slot_bits(off, 8)  # an 8-byte copy
+            if c is not None and c[2] == "z32":
+                c = None  # a slot holds 4 bytes: only "w32" fits
             if c is not None:
                 found.append(c)
                 left &= ~chunk

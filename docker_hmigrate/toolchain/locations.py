@@ -554,7 +554,7 @@ def copies_after(arch, insns: list, succ: list[list[int]],
                                       for p in af[:2]):
                 af = None
             if arch.mc.is_call(x):
-                written |= {p for r in rels for p in r[:2] if not p.startswith("s")
+                written |= {p for r in rels for p in r[:2] if not p.startswith(("s", "#"))
                             and p not in keep}
             m32 = _mov32(arch, x, st) if af is None else None
             if m32 is not None and any(p.startswith("s") and homes & slot_bits(int(p[1:]), 4)

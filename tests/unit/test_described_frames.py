@@ -180,3 +180,39 @@ def test_computed_goto_successors_are_its_table_labels() -> None:
     assert sorted(insns[s].address for s in succ[jmp]) == labels
     # no table read: any block may follow
     assert len(metadata.control_flow(X86, insns)[jmp]) >= len(labels)
+
+
+# push rbp; mov rbp, rsp; push rbx; push r12; push r13; sub rsp, 24; mov rbx, rdi;
+# mov [rbp-40], rbx; lea r12, [rbx+16]; add r12, 8; mov r13d, dword [rbp-40]; call .+5;
+# mov rax, r12
+COPIES_CODE = bytes.fromhex("554889e553415441554883ec184889fb48895dd84c8d63104983c408"
+                            "448b6dd8e8000000004c89e0")
+
+
+def test_copies_of_a_value_survive_the_call() -> None:
+    """A register GCC keeps as a copy of a variable (or it plus a constant) that its
+    DWARF places elsewhere: related to that place after the call; the argument register
+    the copies came from is not (a call clobbers it)."""
+    insns = _x86_insns_of(COPIES_CODE)
+    succ = metadata.control_flow(X86, insns)
+    states = locations.frame_states(X86, insns, succ)
+    call = next(i for i, x in enumerate(insns) if x.mnemonic == "call")
+    rels = locations.copies_after(X86, insns, succ, states, 0,
+                                  lambda x: metadata._written(X86, x))[call]
+    slot = "s-56"  # [rbp-40], the frame pointer at CFA-16
+    assert locations.offset_between(rels, "rbx", slot) == 0
+    assert locations.offset_between(rels, "r12", slot) == 24  # lea +16, add +8
+    assert locations.offset_between(rels, "r12", "rdi") is None  # clobbered by the call
+    assert locations.zero_extended_copy(rels, "r13", slot)  # mov r13d, [rbp-40]
+    assert not locations.zero_extended_copy(rels, "r12", slot)  # its upper half is not 0
+    # an address-taken variable's home is never related (a callee may write it)
+    homes = locations.slot_bits(-56, 8)
+    rels = locations.copies_after(X86, insns, succ, states, homes,
+                                  lambda x: metadata._written(X86, x))[call]
+    assert locations.offset_between(rels, "rbx", slot) is None
+
+
+def _x86_insns_of(code: bytes) -> list:
+    cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
+    cs.detail = True
+    return list(cs.disasm(code, 0x1000))

@@ -78,7 +78,7 @@ def probe(work: str, objects: dict[str, str], libc: set[str]) -> Probe | None:
 
 def verdicts(pr: Probe) -> dict[str, str]:
     """Function -> why it falls back to -O0, from the probe executables."""
-    from . import metadata as md
+    from . import metadata as md  # capstone, pyelftools: only a frames build needs them
 
     X, A = X86_64.name, AARCH64.name
     bx, ba = md.Binary(pr.exes[X]), md.Binary(pr.exes[A])

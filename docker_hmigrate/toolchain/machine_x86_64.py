@@ -99,14 +99,9 @@ def lr_copy_reg(insns: list) -> str | None:
     return None
 
 
-def jump_table(insns: list, i: int, read) -> list[int] | None:
-    """The targets of the switch dispatch GCC emits at -O0 in a static (non-PIE)
-    binary, ending in the `jmp` at insns[i]:
-        cmp X, N ; ja default ; mov eax, X ; mov rax, qword ptr [rax*8 + table] ; jmp rax
-    (N + 1 absolute addresses). None when the code around the `jmp` is not that shape:
-    the caller then assumes any block may follow."""
-    if i < 4:
-        return None
+def _table_jump(insns: list, i: int):
+    """The memory operand of `mov rax, qword ptr [rI*8 + table] ; jmp rax` ending at
+    insns[i] (a static binary's jump through a table of absolute addresses), or None."""
     jmp, load = insns[i], insns[i - 1]
     ops = jmp.operands
     if jmp.mnemonic != "jmp" or len(ops) != 1 or ops[0].type != capstone.x86.X86_OP_REG:
@@ -118,6 +113,20 @@ def jump_table(insns: list, i: int, read) -> list[int] | None:
     mem = lops[1].mem
     if mem.base != 0 or mem.index == 0 or mem.scale != 8 or mem.segment != 0 or \
             lops[1].size != 8:
+        return None
+    return mem
+
+
+def jump_table(insns: list, i: int, read) -> list[int] | None:
+    """The targets of the switch dispatch GCC emits at -O0 in a static (non-PIE)
+    binary, ending in the `jmp` at insns[i]:
+        cmp X, N ; ja default ; mov eax, X ; mov rax, qword ptr [rax*8 + table] ; jmp rax
+    (N + 1 absolute addresses). None when the code around the `jmp` is not that shape:
+    the caller then assumes any block may follow."""
+    if i < 4:
+        return None
+    mem = _table_jump(insns, i)
+    if mem is None:
         return None
     count = None
     for k in range(i - 1, max(i - 8, 0), -1):  # cmp X, N ; ja default
@@ -147,21 +156,14 @@ def goto_table(insns: list, i: int, read) -> list[int] | None:
     (the table's own end is where they stop being so)."""
     if i < 2:
         return None
-    jmp, load = insns[i], insns[i - 1]
-    ops = jmp.operands
-    if jmp.mnemonic != "jmp" or len(ops) != 1 or ops[0].type != capstone.x86.X86_OP_REG:
+    mem = _table_jump(insns, i)
+    if mem is None:
         return None
-    lops = load.operands
-    if load.mnemonic != "mov" or len(lops) != 2 or lops[0].type != capstone.x86.X86_OP_REG \
-            or lops[0].reg != ops[0].reg or lops[1].type != capstone.x86.X86_OP_MEM:
-        return None
-    mem = lops[1].mem
-    if mem.base != 0 or mem.index == 0 or mem.scale != 8 or mem.segment != 0:
-        return None
+
     def wide(name: str) -> str:
         return _WIDE.get(name, name)
 
-    index = wide(load.reg_name(mem.index))
+    index = wide(insns[i - 1].reg_name(mem.index))
     for k in range(i - 2, max(i - 6, -1), -1):  # and eI, MASK
         x = insns[k]
         if x.mnemonic == "and" and len(x.operands) == 2 and \

@@ -326,6 +326,49 @@ def _a64_access(insn, st: FrameState) -> tuple[int, int, str | None]:
     return b, b, None  # atomics and the like: read and written
 
 
+def frame_addresses(arch, insns: list, states: list[FrameState | None]) -> list[int]:
+    """CFA offsets whose address the function puts in a register (lea from the frame or
+    stack pointer, add/sub/mov of sp or x29): what a callee may then read or write, which
+    the slot liveness does not see."""
+    out = []
+    x86 = arch.isa.name == "x86-64"
+    for i, x in enumerate(insns):
+        st = states[i]
+        if st is None:
+            continue
+        ops = x.operands
+        if x86:
+            if x.mnemonic == "lea" and len(ops) == 2 and ops[1].mem.base and \
+                    x.reg_name(ops[1].mem.base) in ("rbp", "rsp") and \
+                    x.reg_name(ops[0].reg) not in ("rbp", "rsp"):
+                ref = st.fp if x.reg_name(ops[1].mem.base) == "rbp" else st.sp
+                if ref is not None:
+                    out.append(ref + ops[1].mem.disp)
+            elif x.mnemonic == "mov" and len(ops) == 2 and \
+                    ops[1].type == capstone.x86.X86_OP_REG and \
+                    x.reg_name(ops[1].reg) in ("rbp", "rsp") and \
+                    ops[0].type == capstone.x86.X86_OP_REG and \
+                    x.reg_name(ops[0].reg) not in ("rbp", "rsp"):
+                ref = st.fp if x.reg_name(ops[1].reg) == "rbp" else st.sp
+                if ref is not None:
+                    out.append(ref)
+            continue
+        if x.mnemonic not in ("add", "sub", "mov") or len(ops) < 2 or \
+                any(o.type not in (capstone.arm64.ARM64_OP_REG, capstone.arm64.ARM64_OP_IMM)
+                    for o in ops):
+            continue
+        names = [x.reg_name(o.reg) if o.type == capstone.arm64.ARM64_OP_REG else None
+                 for o in ops]
+        if names[0] in ("sp", "x29", "fp") or names[1] not in ("sp", "x29", "fp"):
+            continue
+        ref = st.fp if names[1] in ("x29", "fp") else st.sp
+        if ref is None:
+            continue
+        imm = ops[2].imm if len(ops) == 3 and ops[2].type == capstone.arm64.ARM64_OP_IMM else 0
+        out.append(ref + (imm if x.mnemonic != "sub" else -imm))
+    return out
+
+
 @dataclass
 class SlotLiveness:
     live_in: list[int]  # per instruction: frame bytes read later before being written

@@ -772,6 +772,14 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
             homes |= locations.slot_bits(v["cfa_offset"],
                                          8 if v.get("indirect") else v["type"]["size"])
     copies = None  # places holding the same value (locations.copies_after), when asked
+    # a frame address in a register (a struct returned through a pointer, a temporary
+    # passed by address) lets a callee read and write bytes the slot liveness does not
+    # see: only variables' homes may be addressed
+    loose = sorted({a for a in locations.frame_addresses(arch, insns, states)
+                    if not homes & locations.slot_bits(a, 1)})
+    if loose:
+        problems.append(f"takes the address of stack bytes no variable owns "
+                        f"(CFA{loose[0]:+d})")
     for cs in fn["call_sites"]:
         i = index[cs["call_pc"]]
         st = states[i]

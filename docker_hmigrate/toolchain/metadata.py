@@ -788,6 +788,14 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
             continue
         cs["sp_cfa_offset"] = st.sp  # along the control flow: early returns pop
         pc = cs["return_address"] - 1  # the call instruction: what holds during the call
+        row = b.cfi_row(cs["call_pc"])
+        here = {arch.reg(r): rule.arg for r, rule in (row or {}).items()
+                if isinstance(r, int) and getattr(rule, "type", "") == "OFFSET"}
+        if row is not None and here != saved:  # shrink-wrapped: the unwind reads `saved`
+            cs["locations"] = []
+            cs["unnamed"] = [f"saves other registers here than at its first call "
+                             f"({sorted(set(here) ^ set(saved))})"]
+            continue
         locs, regs_named, bytes_named = [], set(), 0
         for vi, v in enumerate(variables):
             if v["kind"] == "static" or not _in_scope(v, pc):

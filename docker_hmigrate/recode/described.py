@@ -94,7 +94,9 @@ def write_frame(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap) -> dict
                 v = int.from_bytes(raw[po:po + 8], "little")
                 raw[po:po + 8] = translate_value(v, sv, smap, idx).to_bytes(8, "little")
                 whole = None
-        v = whole if whole is not None and size <= 8 else _widen(bytes(raw), dv)
+        # a narrower variable is widened by its type on every path: the source's upper bits
+        # follow its own code's conventions, not the target's
+        v = whole if whole is not None and size == 8 else _widen(bytes(raw), dv)
         for place, k in copies.get(dj, []):
             if k == "w32":  # the 4 bytes of a 32-bit variable
                 dst_mem.write(fr.dst_cfa + int(place[1:]), bytes(raw[:4]))

@@ -216,3 +216,18 @@ def _x86_insns_of(code: bytes) -> list:
     cs = capstone.Cs(capstone.CS_ARCH_X86, capstone.CS_MODE_64)
     cs.detail = True
     return list(cs.disasm(code, 0x1000))
+
+
+def test_cross_isa_move_of_optimized_frames_needs_the_experimental_switch(monkeypatch) -> None:
+    from docker_hmigrate import validate
+    from docker_hmigrate.recode import Program
+
+    plain = Program("/p", {"checks": {"described": {"functions": 0}}}, {})
+    og = Program("/p", {"checks": {"described": {"functions": 12}}}, {})
+    monkeypatch.delenv(validate.EXPERIMENTAL_FRAMES, raising=False)
+    assert validate.optimized_frames_check(plain).ok
+    refused = validate.optimized_frames_check(og)
+    assert not refused.ok and "experimental" in refused.detail
+    assert validate.EXPERIMENTAL_FRAMES in refused.hint
+    monkeypatch.setenv(validate.EXPERIMENTAL_FRAMES, "1")
+    assert validate.optimized_frames_check(og).ok

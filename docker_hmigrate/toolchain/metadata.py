@@ -292,6 +292,9 @@ def _pc_ranges(die) -> list[tuple[int, int]] | None:
     return sorted(out) or None
 
 
+NOWHERE = locations.Ranges([])  # a variable with no location at all
+
+
 def _collect_vars(die, out: list[dict], scope: list[tuple[int, int]] | None,
                   described: bool = False) -> None:
     """A function's variables (its lexical blocks' too). described: the function is
@@ -300,6 +303,15 @@ def _collect_vars(die, out: list[dict], scope: list[tuple[int, int]] | None,
     for ch in die.iter_children():
         if ch.tag in ("DW_TAG_formal_parameter", "DW_TAG_variable"):
             loc = _attr(ch, "DW_AT_location")
+            if loc is None and described and "DW_AT_declaration" not in ch.attributes \
+                    and "DW_AT_const_value" not in ch.attributes:
+                # optimized away on this ISA: listed all the same (kept nowhere), so that
+                # twins by name and occurrence still pair the same declarations
+                out.append({"name": _name(ch), "kind": "param" if ch.tag.endswith(
+                    "parameter") else "local", "type": describe_type(_ref(ch)),
+                    "_type_die": _ref(ch), "described": True, "_ranges": NOWHERE,
+                    "scope": [scope[0][0], max(h for _, h in scope)] if scope else None})
+                continue
             if loc is None:  # declarations (extern), constants, unused: no storage here
                 continue
             off = _fbreg_offset(loc)

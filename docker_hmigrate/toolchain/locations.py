@@ -272,7 +272,9 @@ def _access(arch, insn, st: FrameState) -> tuple[int, int, str | None]:
 
 def _x86_access(insn, st: FrameState) -> tuple[int, int, str | None]:
     X = capstone.x86
-    if insn.mnemonic in ("lea", "push", "pop", "nop", "call") or \
+    if insn.mnemonic == "push":  # the 8 bytes below the stack pointer
+        return 0, _bits(st.sp - 8, st.sp), None
+    if insn.mnemonic in ("lea", "pop", "nop", "call") or \
             insn.mnemonic.startswith(("prefetch", "nop")):
         return 0, 0, None
     r = w = 0
@@ -306,8 +308,8 @@ def _a64_access(insn, st: FrameState) -> tuple[int, int, str | None]:
         return 0, 0, f"{insn.mnemonic} {insn.op_str}: frame address not constant"
     m = insn.mnemonic
     regs = [insn.reg_name(o.reg) for o in insn.operands if o.type == A.ARM64_OP_REG]
-    width = _A64_SIZE.get(regs[0][0], 8) if regs and regs[0] not in ("fp", "lr", "xzr",
-                                                                      "wzr") else 8
+    # by the register's name: x/w (xzr 8, wzr 4), d/s/h/b/q; fp and lr are x registers
+    width = _A64_SIZE.get(regs[0][0], 8) if regs and regs[0] not in ("fp", "lr") else 8
     if m.endswith(("b", "sb")) and not m.startswith(("ldp", "stp")):
         width = 1
     elif m.endswith(("h", "sh")) and not m.startswith(("ldp", "stp")):

@@ -231,3 +231,18 @@ def test_cross_isa_move_of_optimized_frames_needs_the_experimental_switch(monkey
     assert validate.EXPERIMENTAL_FRAMES in refused.hint
     monkeypatch.setenv(validate.EXPERIMENTAL_FRAMES, "1")
     assert validate.optimized_frames_check(og).ok
+
+
+def test_aarch64_store_widths() -> None:
+    """`str wzr` writes 4 bytes, not 8: a wider write would end the liveness of the next
+    slot's bytes (a live variable then looked dead and was not carried)."""
+    cs = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+    cs.detail = True
+    # str wzr, [sp, #12]; str xzr, [sp, #16]; stp w1, w2, [sp, #24]; ldrb w0, [sp, #3]
+    code = bytes.fromhex("ff0f00b9" "ff0b00f9" "e10b0329" "e00f4039")
+    st = locations.FrameState(-64, -64)
+    got = [locations._access(A64, x, st) for x in cs.disasm(code, 0x1000)]
+    assert locations.ranges_of(got[0][1]) == [(-52, -48)]
+    assert locations.ranges_of(got[1][1]) == [(-48, -40)]
+    assert locations.ranges_of(got[2][1]) == [(-40, -32)]
+    assert locations.ranges_of(got[3][0]) == [(-61, -60)]

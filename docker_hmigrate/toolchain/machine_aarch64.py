@@ -34,16 +34,29 @@ _DEST_ONLY = frozenset(("sxtb", "sxth", "sxtw", "uxtb", "uxth", "uxtw", "lsl", "
                         "asr", "ubfx", "sbfx", "ubfiz", "sbfiz", "ubfm", "sbfm"))
 
 
-def fix_reads(insn, reads: set[str]) -> set[str]:
-    """The registers an instruction reads, without the destination capstone wrongly
-    lists for the aliases above (unless a source operand names it too)."""
-    if insn.mnemonic not in _DEST_ONLY or not insn.operands or \
-            insn.operands[0].type != capstone.arm64.ARM64_OP_REG:
-        return reads
-    dest = norm_reg(insn.reg_name(insn.operands[0].reg))
-    sources = {norm_reg(insn.reg_name(o.reg)) for o in insn.operands[1:]
-               if o.type == capstone.arm64.ARM64_OP_REG}
-    return reads if dest in sources else reads - {dest}
+# Comparisons (SUBS/ADDS/ANDS aliases whose destination is the zero register) write
+# only the flags, but capstone 5 lists their first operand as written and not read:
+# `cmp w20, #1` ended w20's liveness, so a variable kept in x20 across a call and
+# compared after it looked dead at the call (lua's lua_compare `op`: a move did not
+# carry it, and the sort after it went wrong).
+_FLAGS_ONLY = frozenset(("cmp", "cmn", "tst"))
+
+
+def regs_access(insn) -> tuple[set[str], set[str]]:
+    """(registers read, registers written) by capstone's names, corrected for the
+    aliases above. Raises capstone.CsError as capstone does."""
+    r, w = insn.regs_access()
+    reads = {insn.reg_name(x) for x in r}
+    writes = {insn.reg_name(x) for x in w}
+    ops = [insn.reg_name(o.reg) for o in insn.operands
+           if o.type == capstone.arm64.ARM64_OP_REG]
+    if insn.mnemonic in _FLAGS_ONLY:
+        return reads | set(ops), {"nzcv"}
+    if insn.mnemonic in _DEST_ONLY and ops and \
+            insn.operands[0].type == capstone.arm64.ARM64_OP_REG and \
+            norm_reg(ops[0]) not in {norm_reg(x) for x in ops[1:]}:
+        reads = {x for x in reads if norm_reg(x) != norm_reg(ops[0])}
+    return reads, writes
 
 
 def is_call(insn) -> bool:
@@ -217,6 +230,6 @@ def goto_table(insns: list, i: int, read) -> list[int] | None:
             raw = read(table, (mask + 1) * 8)
             return [int.from_bytes(raw[n * 8:n * 8 + 8], "little")
                     for n in range(len(raw) // 8)]
-        if index in {norm_reg(x.reg_name(r)) for r in x.regs_access()[1]}:
+        if index in {norm_reg(r) for r in regs_access(x)[1]}:
             return None
     return None

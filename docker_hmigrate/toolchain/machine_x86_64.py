@@ -27,9 +27,11 @@ def norm_reg(name: str) -> str:
     return _ALIASES.get(name, name)
 
 
-def fix_reads(insn, reads: set[str]) -> set[str]:
-    """capstone's read registers need no correction on x86-64."""
-    return reads
+def regs_access(insn) -> tuple[set[str], set[str]]:
+    """(registers read, registers written) by capstone's names: right on x86-64 as
+    capstone gives them. Raises capstone.CsError as capstone does."""
+    r, w = insn.regs_access()
+    return {insn.reg_name(x) for x in r}, {insn.reg_name(x) for x in w}
 
 
 def is_call(insn) -> bool:
@@ -176,6 +178,6 @@ def goto_table(insns: list, i: int, read) -> list[int] | None:
             raw = read(mem.disp & ((1 << 64) - 1), (mask + 1) * 8)
             return [int.from_bytes(raw[n * 8:n * 8 + 8], "little")
                     for n in range(len(raw) // 8)]
-        if index in {wide(x.reg_name(r)) for r in x.regs_access()[1]}:
+        if index in {wide(r) for r in regs_access(x)[1]}:
             return None  # the index set otherwise: not bounded by a mask here
     return None

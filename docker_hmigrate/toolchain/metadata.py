@@ -550,11 +550,10 @@ def _call_target(arch: Arch, insn) -> int | None:
 
 def _regs(arch: Arch, insn) -> tuple[set[str], set[str]]:
     try:
-        r, w = insn.regs_access()
+        r, w = arch.mc.regs_access(insn)
     except capstone.CsError:
         return set(), set()
-    return (arch.mc.fix_reads(insn, {norm_reg(arch, insn.reg_name(x)) for x in r}),
-            {norm_reg(arch, insn.reg_name(x)) for x in w})
+    return {norm_reg(arch, x) for x in r}, {norm_reg(arch, x) for x in w}
 
 
 def _branch(arch: Arch, insn) -> tuple[str, int | None]:
@@ -862,7 +861,7 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
 
 def _written(arch: Arch, insn) -> set[str]:
     try:
-        return {locations.full_reg(arch, insn.reg_name(r)) for r in insn.regs_access()[1]}
+        return {locations.full_reg(arch, r) for r in arch.mc.regs_access(insn)[1]}
     except capstone.CsError:
         return {"?"}
 

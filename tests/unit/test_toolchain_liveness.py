@@ -102,7 +102,27 @@ def test_switch_edges_come_from_the_table() -> None:
 
 def test_x86_64_reads_unchanged() -> None:
     insns = _x86(bytes.fromhex("4889df"), 0x400000)  # mov rdi, rbx
-    assert X86.mc.fix_reads(insns[0], {"rbx"}) == {"rbx"}
+    assert X86.mc.regs_access(insns[0]) == ({"rbx"}, {"rdi"})
+
+
+def test_aarch64_comparisons_read_their_registers() -> None:
+    """capstone 5 lists `cmp w20, #1`'s w20 as written, not read: a variable kept in
+    x20 across a call and compared after it looked dead at the call (lua's lua_compare
+    `op`, not carried by a move). Comparisons read every operand and write the flags."""
+    insns = _a64([
+        0x2A0303F4,  # mov w20, w3
+        0x94000040,  # bl
+        0x7100069F,  # cmp w20, #1
+        0x1A9F17E0,  # cset w0, eq
+        0xF2400EBF,  # tst x21, #0xf
+        0x1A9F07E1,  # cset w1, ne
+        0xEB0002DF,  # cmp x22, x0
+        0xD65F03C0,  # ret
+    ], A64_BASE)
+    assert A64.mc.regs_access(insns[2]) == ({"w20"}, {"nzcv"})
+    assert A64.mc.regs_access(insns[6]) == ({"x22", "x0"}, {"nzcv"})
+    live = liveness(A64, insns)[2]  # after the call
+    assert {"x20", "x21", "x22"} <= live
 
 
 def test_calls_inside_inlined_code_are_untranslatable() -> None:

@@ -143,6 +143,9 @@ class Frame:
     dst_cfa: int = 0
     dst_pc: int = 0
     regs: dict[str, int] = field(default_factory=dict)  # callee-saved values (source)
+    # once rebuilt: the callee-saved values the target's registers hold while this frame
+    # runs that its callers put there (what it saves, or passes through unsaved)
+    dst_entry_regs: dict[str, int] | None = None
 
 
 @dataclass

@@ -6,8 +6,10 @@ registers. A parked program's jmp_bufs that can still be longjmp'ed to belong to
 on its stack (a jmp_buf of a returned frame is dead: longjmp to it is undefined), so
 each one is translated like that frame at that call site: the twin call site's return
 address, the rebuilt frame's SP and FP, and the callee-saved values the target code
-expects there (aarch64 GCC's copy of the frame's own return address, temporaries
-matched like a parked frame's, everything else dead at -O0).
+expects there: the frame's own (aarch64 GCC's copy of its return address, temporaries
+matched like a parked frame's; its other registers are dead at -O0) and, in the
+registers it does not save, its callers' (an -Og caller's variables), which longjmp puts
+back as setjmp found them.
 
 musl 1.2's `__jb` layouts are facts of each ISA object (isa/*.py: `jmpbuf`); `__fl`
 (sigsetjmp's "mask saved" flag) and `__ss` (the signal mask) follow on every ISA and are
@@ -93,9 +95,16 @@ def translate(raw: bytes, where: str, stack: SourceStack, idx: Index, smap: Stac
         elif r != idx.dst_isa.fp:  # the frame pointer, set below
             raise Untranslatable(f"{where}: {idx.dst} code after setjmp in {fname} ({at}) "
                                  f"needs {r}, which has no source value")
+    # a register the frame does not save holds its callers' value (an optimized caller's
+    # variable, say) when setjmp saves it: longjmp must put that value back
+    own = fr.function.isa[idx.dst].frame.saved_regs
+    callers = {r: v for r, v in (fr.dst_entry_regs or {}).items() if r not in own}
+    if fr.dst_entry_regs is None and any(r not in own for r in dl.regs):
+        raise Untranslatable(f"{where}: the jmp_buf of {fname} ({at}) is translated "
+                             f"before its frame is rebuilt")
     dst_fp = fr.dst_cfa + fp_offset(fr, idx)
     for r, o in dl.regs.items():
-        out[o:o + 8] = vals.get(r, 0).to_bytes(8, "little")
+        out[o:o + 8] = vals.get(r, callers.get(r, 0)).to_bytes(8, "little")
     out[dl.fp:dl.fp + 8] = dst_fp.to_bytes(8, "little")
     out[dl.pc:dl.pc + 8] = twin.return_address.to_bytes(8, "little")
     out[dl.sp:dl.sp + 8] = (fr.dst_cfa + twin.sp_cfa_offset).to_bytes(8, "little")

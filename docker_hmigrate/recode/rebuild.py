@@ -28,13 +28,19 @@ def write_target(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMa
     dst = idx.dst_isa
     expected: dict[str, int] = {}  # value each callee-saved register must hold now
     frames = stack.frames
+    # variables holding jmp_bufs, copied once every frame's entry registers are known:
+    # a jmp_buf holds the registers of the frame that called setjmp, which may be inner
+    jmp_vars: list = []
     for i in range(len(frames) - 1, -1, -1):
         fr = frames[i]
         caller = frames[i + 1] if i + 1 < len(frames) else None
         own_ret = caller.dst_pc if caller else bottom_ret
+        fr.dst_entry_regs = dict(expected)
         if fr.site is None:  # the park frame
             _copy_vars(src_mem, dst_mem, fr, idx, smap, strict=False, stack=stack,
-                       bottom_ret=bottom_ret)
+                       bottom_ret=bottom_ret, jmp_vars=jmp_vars)
+            for copy in jmp_vars:
+                copy()
             return {**expected, **dst.write_park_frame(
                 dst_mem, fr.dst_cfa, caller.dst_cfa + fp_offset(caller, idx), own_ret)}
         fmeta = fr.function.isa[idx.dst].frame
@@ -92,24 +98,29 @@ def write_target(src_mem, dst_mem, stack: SourceStack, idx: Index, smap: StackMa
             else:
                 raise Untranslatable(f"{fr.function.name}: unknown live value in {r} "
                                      f"at {fr.dst_pc:#x}")
-        _copy_vars(src_mem, dst_mem, fr, idx, smap, stack=stack, bottom_ret=bottom_ret)
+        _copy_vars(src_mem, dst_mem, fr, idx, smap, stack=stack, bottom_ret=bottom_ret,
+                   jmp_vars=jmp_vars)
     raise Untranslatable("stack has no park frame")
 
 
 def _copy_vars(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap,
                strict: bool = True, stack: SourceStack | None = None,
-               bottom_ret: int = 0) -> None:
+               bottom_ret: int = 0, jmp_vars: list | None = None) -> None:
     """Variables slot to slot; pointers inside them (pointer_offsets) translated;
-    variables holding a jmp_buf member by member (jmpbuf.py)."""
+    variables holding a jmp_buf member by member (jmpbuf.py), appended to jmp_vars as
+    copies to run once every frame is rebuilt."""
     for sv, dv in matched_vars(fr, idx, strict):
         raw = bytearray(read_stack(src_mem, fr.src_cfa + sv.cfa_offset, sv.type.size))
         if sv.type.by_member:
-            if stack is None:
+            if stack is None or jmp_vars is None:
                 raise Untranslatable(f"{fr.function.name}: {sv.name} (member by member) "
                                      f"without its stack")
-            dst_mem.write(fr.dst_cfa + dv.cfa_offset, jmpbuf.copy_var(
-                bytes(raw), sv, dv, f"{fr.function.name}: {sv.name}", stack, idx,
-                smap, bottom_ret))
+
+            def copy(raw=bytes(raw), sv=sv, dv=dv) -> None:
+                dst_mem.write(fr.dst_cfa + dv.cfa_offset, jmpbuf.copy_var(
+                    raw, sv, dv, f"{fr.function.name}: {sv.name}", stack, idx,
+                    smap, bottom_ret))
+            jmp_vars.append(copy)
             continue
         for po in sv.type.pointer_offsets:
             if po + 8 <= len(raw):

@@ -499,7 +499,10 @@ def unwound(md, src_isa=X, dst_isa=A):
     stack = frames.unwind(src, regs, idx)
     frames.source_callee_saved(src, stack, regs, idx)
     frames.plan_target(stack, idx)
-    return idx, src, stack, frames.StackMap(stack, idx)
+    smap = frames.StackMap(stack, idx)
+    # rebuilt once: a jmp_buf takes its registers' callers' values from the frames
+    rebuild.write_target(src, FakeMem(STACK, 0x1000), stack, idx, smap, BOTTOM[dst_isa])
+    return idx, src, stack, smap
 
 
 def test_jmp_buf_translated_like_its_frame_and_back() -> None:
@@ -528,10 +531,31 @@ def test_jmp_buf_translated_like_its_frame_and_back() -> None:
     again = frames.unwind(arm, arm_regs, back)
     frames.source_callee_saved(arm, again, arm_regs, back)
     frames.plan_target(again, back)
-    x86 = jmpbuf.translate(a64, "main: lj", again, back, frames.StackMap(again, back),
-                           BOTTOM[X])
+    back_map = frames.StackMap(again, back)
+    rebuild.write_target(arm, FakeMem(STACK, 0x1000), again, back, back_map, BOTTOM[X])
+    x86 = jmpbuf.translate(a64, "main: lj", again, back, back_map, BOTTOM[X])
     assert x86[:8] == bytes(8)  # rbx: dead after the call on x86-64 (the source's 0x11)
     assert x86[8:] == raw[8:]
+
+
+def test_jmp_buf_keeps_the_callers_registers() -> None:
+    """A register the setjmp frame does not save holds its callers' value when setjmp
+    saves it (an -Og caller's variable): longjmp puts it back, so the target's jmp_buf
+    holds the value the rebuilt callers keep there (lua's auxresume lost its L in x21
+    when a coroutine yielded through lua_resume's -O0 setjmp frame)."""
+    from docker_hmigrate.recode import jmpbuf
+
+    idx, _, stack, smap = unwound(jmp_metadata())
+    main = stack.frames[-1]
+    assert "x20" not in main.function.isa[A].frame.saved_regs
+    main.dst_entry_regs = {"x20": 0xCAFE, "x19": 0xBAD}
+    regs = struct.unpack_from("<14Q", jmpbuf.translate(
+        x86_jmp_buf(OUTER), "main: lj", stack, idx, smap, BOTTOM[A]), 0)
+    assert regs[1] == 0xCAFE  # x20: passed through main, its caller's
+    assert regs[0] == BOTTOM[A]  # x19: main's own (its lr copy), saved by main
+    main.dst_entry_regs = None
+    with pytest.raises(frames.Untranslatable, match="before its frame is rebuilt"):
+        jmpbuf.translate(x86_jmp_buf(OUTER), "main: lj", stack, idx, smap, BOTTOM[A])
 
 
 def test_variable_holding_a_jmp_buf_moves_member_by_member() -> None:

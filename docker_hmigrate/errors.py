@@ -106,6 +106,11 @@ class UnsupportedContainer(HmigrateError, code=7, hint=(
     """The container cannot be checkpointed (a TTY, ...)."""
 
 
+class ContainerStopped(UnsupportedContainer):
+    """The container stopped on its own while the migration was under way (its program
+    ended): nothing is left to move, and nothing of it to resume."""
+
+
 class InsufficientResources(HmigrateError, code=8, hint=(
         "free memory/disk on the target or choose another target with --to")):
     """The target lacks memory, disk, ..."""

@@ -742,7 +742,6 @@ class Migration:
             self._let_restore_watch_end()
             if self._lazy_target is None:  # post-copy commits when every page arrived
                 self._mark_started()
-            self._fault("during:resume")
             self.strategy.after_restore(cid)  # cross-ISA: restored parked, let go on
             self.downtime = time.monotonic() - self.frozen_at
             if self.target_started:  # --direct: its clients now reach the target

@@ -207,10 +207,28 @@ def container_pids(host: Host, container: str, label: str | None = None) -> list
     try:
         procs = host.api.top(container, ps_args="-o pid")["Processes"] or []
     except docker.errors.APIError as exc:
+        stopped = _stopped(host, container)
+        if stopped is not None:  # its program ended while the migration went on
+            raise errors.ContainerStopped(
+                f"{label or container} stopped on {host.name} during the migration "
+                f"({stopped}): nothing is left to move",
+                hint="its program ended on its own; start it again to move it") from exc
         raise errors.NotMigratableCrossISA(
             f"cannot list the processes of {label or container}: "
             f"{api_error_text(exc)}") from exc
     return [int(p[0]) for p in procs if p and p[0].isdigit()]
+
+
+def _stopped(host: Host, container: str) -> str | None:
+    """How the container stopped ("exited, exit code 0"), or None if it runs (or is
+    unknown)."""
+    try:
+        state = host.api.inspect_container(container)["State"]
+    except docker.errors.APIError:
+        return None
+    if state.get("Running"):
+        return None
+    return f"{state.get('Status', 'stopped')}, exit code {state.get('ExitCode', '?')}"
 
 
 def park_all(host: Host, container: str, proto: ParkProtocol, timeout: float = 15,

@@ -348,7 +348,10 @@ class CrossIsa(SameIsa):
 
     def release_source(self) -> None:
         if self.m.created.source_parked:
-            park.resume_all(self.m.src, self.m.inspect["Id"], self.program.park_protocol)
+            try:
+                park.resume_all(self.m.src, self.m.inspect["Id"], self.program.park_protocol)
+            except errors.ContainerStopped:
+                pass  # its program ended: no process is left holding the request
 
     def staging_ids(self) -> list[str]:
         # a cross-ISA restore's images are the template's (its mounts name the template)

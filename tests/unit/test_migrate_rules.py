@@ -741,3 +741,30 @@ def test_a_failed_restore_with_derived_facts_sends_the_configuration_to_its_own_
     assert template.cached("hostkey") is None  # the host template is taken again
     assert template.underivable("own") and not template.underivable("hostkey")
     m.strategy.close()
+
+
+def test_a_container_that_stopped_on_its_own_has_nothing_to_move_or_resume() -> None:
+    """Its program ended while the move went on (the corpus's short runs): the park's
+    process list says so plainly (not "cannot list the processes"), and the rollback's
+    withdrawal of the park request has nothing to do (no "rollback failed" either)."""
+    from types import SimpleNamespace
+
+    from docker_hmigrate import park, strategy
+
+    host = FakeHost("a")
+    host.api.states[CID] = {"Running": False, "Status": "exited", "ExitCode": 0}
+
+    def top(cid, ps_args=None):
+        raise api_error(docker.errors.APIError, 409, f"Container {cid} is not running")
+    host.api.top = top
+    with pytest.raises(errors.ContainerStopped, match=r"web stopped on a during the "
+                       r"migration \(exited, exit code 0\): nothing is left to move"):
+        park.container_pids(host, CID, "web")
+    cross = strategy.CrossIsa.__new__(strategy.CrossIsa)
+    cross.m = SimpleNamespace(created=Created(source_parked=True), src=host,
+                              inspect={"Id": CID})
+    cross.program = SimpleNamespace(park_protocol=None)
+    cross.release_source()  # nothing raised: no process holds the request
+    host.api.states[CID] = {"Running": True, "Status": "running"}
+    with pytest.raises(errors.NotMigratableCrossISA, match="cannot list the processes"):
+        park.container_pids(host, CID, "web")

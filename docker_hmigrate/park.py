@@ -209,9 +209,10 @@ def container_pids(host: Host, container: str, label: str | None = None) -> list
     except docker.errors.APIError as exc:
         stopped = _stopped(host, container)
         if stopped is not None:  # its program ended while the migration went on
+            name, how = stopped
             raise errors.ContainerStopped(
-                f"{label or container} stopped on {host.name} during the migration "
-                f"({stopped}): nothing is left to move",
+                f"{label or name} stopped on {host.name} during the migration "
+                f"({how}): nothing is left to move",
                 hint="its program ended on its own; start it again to move it") from exc
         raise errors.NotMigratableCrossISA(
             f"cannot list the processes of {label or container}: "
@@ -219,16 +220,18 @@ def container_pids(host: Host, container: str, label: str | None = None) -> list
     return [int(p[0]) for p in procs if p and p[0].isdigit()]
 
 
-def _stopped(host: Host, container: str) -> str | None:
-    """How the container stopped ("exited, exit code 0"), or None if it runs (or is
+def _stopped(host: Host, container: str) -> tuple[str, str] | None:
+    """(its name, how it stopped: "exited, exit code 0"), or None if it runs (or is
     unknown)."""
     try:
-        state = host.api.inspect_container(container)["State"]
+        doc = host.api.inspect_container(container)
     except docker.errors.APIError:
         return None
+    state = doc["State"]
     if state.get("Running"):
         return None
-    return f"{state.get('Status', 'stopped')}, exit code {state.get('ExitCode', '?')}"
+    return (doc.get("Name", "").lstrip("/") or container,
+            f"{state.get('Status', 'stopped')}, exit code {state.get('ExitCode', '?')}")
 
 
 def park_all(host: Host, container: str, proto: ParkProtocol, timeout: float = 15,

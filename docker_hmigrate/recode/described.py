@@ -64,9 +64,9 @@ def write_frame(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap) -> dict
     twins = contract.var_twins([v.raw for v in dst_vars], [v.raw for v in src_vars])
     regs: dict[str, int] = {}
     dead = set(twin.dead_vars)
-    copies: dict[int, list[tuple[str, int]]] = {}
-    for place, vi, k in twin.copies:
-        copies.setdefault(vi, []).append((place, k))
+    copies: dict[int, list[tuple[str, int | str, int]]] = {}
+    for place, vi, k, *more in twin.copies:  # a 32-bit copy may add a constant
+        copies.setdefault(vi, []).append((place, k, more[0] if more else 0))
     for dj, dv in enumerate(dst_vars):
         dloc = contract.site_location(dv.raw, dj, dl)
         # its own place is written before it is read there (dead): nothing to carry to
@@ -97,11 +97,15 @@ def write_frame(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap) -> dict
         # a narrower variable is widened by its type on every path: the source's upper bits
         # follow its own code's conventions, not the target's
         v = whole if whole is not None and size == 8 else _widen(bytes(raw), dv)
-        for place, k in copies.get(dj, []):
-            if k == "w32":  # the 4 bytes of a 32-bit variable
-                dst_mem.write(fr.dst_cfa + int(place[1:]), bytes(raw[:4]))
+        for place, k, k32 in copies.get(dj, []):
+            low = (int.from_bytes(raw[:4], "little") + k32) & 0xFFFFFFFF
+            if k == "w32":  # the 4 bytes of a 32-bit variable (plus k32)
+                dst_mem.write(fr.dst_cfa + int(place[1:]), low.to_bytes(4, "little"))
                 continue
-            c = int.from_bytes(raw[:4], "little") if k == "z32" else (v + k) & MASK
+            if k == "ne":  # 1 if the variable is not 0 (a kept `x != 0`)
+                c = int(any(raw))
+            else:
+                c = low if k == "z32" else (v + k) & MASK  # type: ignore[operator]
             if place.startswith("s"):
                 dst_mem.write(fr.dst_cfa + int(place[1:]), c.to_bytes(8, "little"))
             else:

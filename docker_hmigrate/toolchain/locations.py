@@ -567,6 +567,42 @@ def _mov32(arch, insn, st: FrameState) -> tuple[str, str] | None:
     return None
 
 
+FLAGS = "#f"  # (FLAGS, r, ("t", bits)): the flags hold a compare of r's low bits with 0
+
+
+def _flag_op(arch, insn) -> tuple | None:
+    """("cmp0", r, bits): insn compares r's low bits with 0 (x86 `test r, r` or
+    `cmp r, 0`; aarch64 `cmp r, #0`); ("setne", r, bits): insn sets r's low bits to
+    "not equal" as 0/1 (x86 `setne r8`: 8; aarch64 `cset r, ne`: 64, a w register's
+    upper half zeroed); ("zx8", d, s): x86 `movzx d32, s8` (d's upper bits zeroed)."""
+    m, ops = insn.mnemonic, insn.operands
+    x86 = arch.isa.name == "x86-64"
+    X, A = capstone.x86, capstone.arm64
+    reg = X.X86_OP_REG if x86 else A.ARM64_OP_REG
+    imm = X.X86_OP_IMM if x86 else A.ARM64_OP_IMM
+    names = [insn.reg_name(o.reg) if o.type == reg else None for o in ops]
+
+    def bits(name: str) -> int:
+        if x86:
+            return 64 if name.startswith("r") and not name.endswith(("d", "w", "b")) else \
+                32 if name.startswith("e") or name.endswith("d") else 0
+        return 64 if name.startswith("x") else 32 if name.startswith("w") else 0
+
+    if len(ops) == 2 and names[0] and bits(names[0]) and (
+            (m == "test" and x86 and names[1] == names[0])
+            or (m == "cmp" and ops[1].type == imm and ops[1].imm == 0)):
+        return "cmp0", full_reg(arch, names[0]), bits(names[0])
+    if x86 and m == "setne" and len(ops) == 1 and names[0]:
+        return "setne", full_reg(arch, names[0]), 8
+    if not x86 and m == "cset" and len(ops) == 1 and names[0] and bits(names[0]) and \
+            insn.cc == A.ARM64_CC_NE:
+        return "setne", full_reg(arch, names[0]), 64
+    if x86 and m == "movzx" and len(ops) == 2 and names[0] and names[1] and \
+            bits(names[0]) == 32 and ops[1].size == 1:
+        return "zx8", full_reg(arch, names[0]), full_reg(arch, names[1])
+    return None
+
+
 def copies_after(arch, insns: list, succ: list[list[int]],
                  states: list[FrameState | None], homes: int,
                  regs_of) -> list[frozenset | None]:
@@ -576,7 +612,9 @@ def copies_after(arch, insns: list, succ: list[list[int]],
     its DWARF places elsewhere (lua's `L` in r13 beside its slot; `ra + 1` in x19). A must
     analysis: a relation holds only if every path made it and nothing wrote either side
     since. Slots of address-taken variables are never related (a store through a pointer
-    or a callee may change them). regs_of(insn) gives the registers an insn writes."""
+    or a callee may change them). regs_of(insn) gives the registers an insn writes.
+    Also (r, s, ("ne", bits, 64)): r holds 1 if s's low bits are not 0, else 0 (an
+    interpreter's `l_unlikely(trap)` kept across calls: lua's OP_VARARGPREP)."""
     n = len(insns)
     out: list[frozenset | None] = [None] * n
     into: list[frozenset | None] = [None] * n
@@ -592,6 +630,7 @@ def copies_after(arch, insns: list, succ: list[list[int]],
         st, x = states[i], insns[i]
         rels = set(into[i] or ())
         if st is not None:
+            before = frozenset(rels)
             written = set(regs_of(x))
             _, w, _ = _access(arch, x, st)
             af = _affine(arch, x, st)
@@ -644,6 +683,9 @@ def copies_after(arch, insns: list, succ: list[list[int]],
                 if not d.startswith("s"):
                     new.add((d, ZERO_UPPER, "z"))
                 rels |= new
+            if written & {"rflags", "nzcv"} or arch.mc.is_call(x):
+                rels = {r for r in rels if r[0] != FLAGS}
+            rels |= _flag_relations(arch.mc.is_call(x), _flag_op(arch, x), before)
         res = frozenset(rels)
         out[i] = res
         for s_ in succ[i]:
@@ -656,11 +698,52 @@ def copies_after(arch, insns: list, succ: list[list[int]],
     return out
 
 
+def _flag_relations(call: bool, op: tuple | None, before: frozenset) -> set:
+    """The relations an instruction's compare with 0 or "not equal" result makes, from
+    the relations before it."""
+    if op is None or call:
+        return set()
+    kind, r, b = op
+    if kind == "cmp0":
+        return {(FLAGS, r, ("t", b))}
+    if kind == "setne":
+        out = set()
+        for f, src, k in before:
+            if f != FLAGS:
+                continue
+            # every place holding the compared bits: the register compared is often a
+            # scratch one a call clobbers, its value kept in a slot or another register
+            places = {p for rel in before for p in rel[:2] if not p.startswith("#")}
+            same = {q for q in places if q == src or (
+                low32_equal(before, src, q) if k[1] == 32 else
+                offset_between(before, src, q) == 0)}
+            out |= {(r, q, ("ne", k[1], b)) for q in same}
+        return out
+    return {(r, src, ("ne", k[1], 64)) for s_, src, k in before  # zx8: r = zero-extended b
+            if s_ == b and isinstance(k, tuple) and k[0] == "ne" and k[2] == 8}
+
+
+def not_zero_of(rels: frozenset, a: str) -> tuple[str, int] | None:
+    """(s, bits) when a (or a copy of it) holds 1 if s's low bits are not 0, else 0."""
+    for x, src, k in rels:
+        if isinstance(k, tuple) and k[0] == "ne" and k[2] == 64 and \
+                offset_between(rels, a, x) == 0:
+            return src, k[1]
+    return None
+
+
 def zero_extended_copy(rels: frozenset, a: str, b: str) -> bool:
     """a's low 32 bits equal b's through the relations, and (a a register) its upper half
     is zero: a holds a 32-bit variable kept in b, zero-extended."""
     if not a.startswith("s") and (a, ZERO_UPPER, "z") not in rels:
         return False
+    return low32_equal(rels, a, b)
+
+
+def low32_equal(rels: frozenset, a: str, b: str) -> bool:
+    """a's low 32 bits equal b's through the relations."""
+    if a == b:
+        return True
     seen, todo = {a}, [a]
     while todo:
         p = todo.pop()

@@ -871,7 +871,9 @@ def _copies_of_variables(cs: dict, locs: list, variables: list[dict], pairs,
     """The live registers and stack bytes (8 at a time) no variable's location names
     that hold an 8-byte variable's value, or it plus a constant, on every path: recorded
     in cs["copies"] ([place, variable index, k]: the recode writes the variable's value
-    plus k there too); returns what is left unnamed."""
+    plus k there too; a 32-bit variable's [place, index, "z32"|"w32"(, k)]: its value
+    plus k, 32 bits, zero-extended in a register or 4 bytes of a slot; [register, index,
+    "ne"]: 1 if the variable is not 0, else 0); returns what is left unnamed."""
     if not pairs:
         return live, left
     # (variable, its place, k): val(place) = variable + k
@@ -882,17 +884,31 @@ def _copies_of_variables(cs: dict, locs: list, variables: list[dict], pairs,
             places.append((vi, f"s{loc[2]}" if kind == "slot" else loc[2],
                            -loc[3] if kind == "value" else 0))
 
-    narrow = [(loc[0], f"s{loc[2]}" if loc[1] == "slot" else loc[2]) for loc in locs
-              if variables[loc[0]]["type"]["size"] == 4 and loc[1] in ("reg", "slot")]
+    # 32-bit variables: (variable, its place, k): low32(place) = low32(variable + k)
+    narrow = [(loc[0], f"s{loc[2]}" if loc[1] == "slot" else loc[2],
+               -loc[3] if loc[1] == "value" else 0) for loc in locs
+              if variables[loc[0]]["type"]["size"] == 4 and loc[1] in ("reg", "slot", "value")]
 
     def copy_of(place: str) -> list | None:
         for vi, p, k in places:
             off = locations.offset_between(pairs, place, p)
             if off is not None:
                 return [place, vi, off + k]  # val(place) = variable + off + k
-        for vi, p in narrow:  # a 32-bit variable: zero-extended in a register, or 4 bytes
+        for vi, p, k in narrow:  # zero-extended in a register, or 4 bytes of a slot
             if locations.zero_extended_copy(pairs, place, p):
-                return [place, vi, "w32" if place.startswith("s") else "z32"]
+                # lua's OP_SHRI spills `ic + 127` (DWARF: ic = rbx - 127) across a call
+                form = "w32" if place.startswith("s") else "z32"
+                return [place, vi, form, k] if k else [place, vi, form]
+        nz = locations.not_zero_of(pairs, place) if not place.startswith("s") else None
+        if nz is not None:  # 1 if a variable is not 0, else 0: [place, index, "ne"]
+            src, bits = nz
+            for vi, p, k in narrow:
+                if k == 0 and (locations.low32_equal(pairs, src, p) if bits == 32 else
+                               locations.zero_extended_copy(pairs, src, p)):
+                    return [place, vi, "ne"]
+            for vi, p, k in places:
+                if k == 0 and bits == 64 and locations.offset_between(pairs, src, p) == 0:
+                    return [place, vi, "ne"]
         return None
 
     found = []

@@ -246,3 +246,99 @@ def test_aarch64_store_widths() -> None:
     assert locations.ranges_of(got[1][1]) == [(-48, -40)]
     assert locations.ranges_of(got[2][1]) == [(-40, -32)]
     assert locations.ranges_of(got[3][0]) == [(-61, -60)]
+
+
+def test_a_32_bit_copy_plus_a_constant() -> None:
+    """lua's OP_SHRI: DWARF places `ic` at rbx - 127, and the code keeps rbx's low half
+    (ic + 127) in a 4-byte spill it reads after the call: a copy of ic plus 127, which
+    the recode writes as 32 bits."""
+    pairs = frozenset({locations._w("s-136", "rbx")})
+    cs: dict = {}
+    live, left = metadata._copies_of_variables(
+        cs, [[0, "value", "rbx", -127]], [{"type": {"size": 4}}], pairs, [],
+        locations.slot_bits(-136, 4))
+    assert (live, left) == ([], 0)
+    assert cs["copies"] == [["s-136", 0, "w32", 127]]
+    xs = {"index": 0, "return_address": 0x2005, "locations": [[0, "reg", "rbx"]]}
+    as_ = {"index": 0, "return_address": 0x3004, "locations": [[0, "gone"]],
+           "dead_vars": [0], "copies": cs["copies"]}
+    vs = [_var("ic", described=True, type={"name": "int", "size": 4})]
+    fn = contract.Function({"name": "f", "instrumented": True, "translatable": True,
+                            "isa": {"x86-64": {"vars": vs, "call_sites": [xs]},
+                                    "aarch64": {"vars": vs, "call_sites": [as_]}}})
+    from docker_hmigrate.recode.frames import CallSite
+
+    fr = Frame(fn, 0x7100, 0x2005, CallSite(fn, contract.CallSite(xs), contract.CallSite(as_)),
+               dst_cfa=0x9000, regs={"rbx": (1 << 32) - 3})  # ic = -3
+    dst = _Mem()
+    idx = Index.__new__(Index)
+    idx.src, idx.dst, idx.return_twins = "x86-64", "aarch64", {}
+    assert described.write_frame(_Mem(), dst, fr, idx, _Smap()) == {}  # type: ignore[arg-type]
+    assert dst.data[0x9000 - 136] == (124).to_bytes(4, "little")  # -3 + 127
+
+
+# push rbp; mov rbp, rsp; push rbx; sub rsp, 24; mov eax, [rdi+0x28];
+# mov [rbp-0x68], eax; test eax, eax; setne bl; movzx ebx, bl; call .+5; test rbx, rbx
+NOT_ZERO_X86 = bytes.fromhex("554889e5534883ec188b472889459885c00f95c30fb6db"
+                             "e8000000004885dbc3")
+# stp x29, x30, [sp, #-32]!; mov x29, sp; str x19, [sp, #16]; mov x23, x0;
+# ldr w23, [x24, #40]; cmp w23, #0; cset x19, ne; bl; cbnz x19; ret
+NOT_ZERO_A64 = [0xA9BE7BFD, 0x910003FD, 0xF9000BF3, 0xAA0003F7, 0xB9402B17, 0x710002FF,
+                0x9A9F07F3, 0x94000040, 0xB5000053, 0xD65F03C0]
+
+
+def test_a_kept_not_zero_test_of_a_variable() -> None:
+    """An interpreter's `l_unlikely(trap)` tested again after a call: GCC keeps
+    `trap != 0` (0 or 1) in a callee-saved register (x86 test/setne/movzx, aarch64
+    cmp/cset), trap itself in a slot or another register: [register, trap, "ne"], which
+    the recode writes as 1 or 0 from trap's value."""
+    insns = _x86_insns_of(NOT_ZERO_X86)
+    succ = metadata.control_flow(X86, insns)
+    states = locations.frame_states(X86, insns, succ)
+    call = next(i for i, x in enumerate(insns) if x.mnemonic == "call")
+    rels = locations.copies_after(X86, insns, succ, states, 0,
+                                  lambda x: metadata._written(X86, x))[call]
+    slot = "s-120"  # [rbp-0x68], the frame pointer at CFA-16
+    assert locations.not_zero_of(rels, "rbx") == (slot, 32)  # rax: clobbered by the call
+    cs: dict = {}
+    live, _ = metadata._copies_of_variables(cs, [[0, "slot", -120]],
+                                            [{"type": {"size": 4}}], rels, ["rbx"], 0)
+    assert live == [] and cs["copies"] == [["rbx", 0, "ne"]]
+    a64 = _a64_insns(NOT_ZERO_A64)
+    succ = metadata.control_flow(A64, a64)
+    states = locations.frame_states(A64, a64, succ)
+    call = next(i for i, x in enumerate(a64) if x.mnemonic == "bl")
+    rels = locations.copies_after(A64, a64, succ, states, 0,
+                                  lambda x: metadata._written(A64, x))[call]
+    assert locations.not_zero_of(rels, "x19") == ("x23", 32)
+    # a write of the flags between the compare and the cset (adds x0, x0, x0): none
+    words = NOT_ZERO_A64[:6] + [0xAB000000] + NOT_ZERO_A64[6:]
+    a64 = _a64_insns(words)
+    succ = metadata.control_flow(A64, a64)
+    rels = locations.copies_after(A64, a64, succ, locations.frame_states(A64, a64, succ), 0,
+                                  lambda x: metadata._written(A64, x))[call + 1]
+    assert a64[call + 1].mnemonic == "bl" and locations.not_zero_of(rels, "x19") is None
+    # the recode: 1 when trap is not 0
+    xs = {"index": 0, "return_address": 0x2005, "locations": [[0, "reg", "rbx"]]}
+    as_ = {"index": 0, "return_address": 0x3004, "locations": [[0, "reg", "x23"]],
+           "copies": [["x19", 0, "ne"]]}
+    vs = [_var("trap", described=True, type={"name": "int", "size": 4})]
+    fn = contract.Function({"name": "f", "instrumented": True, "translatable": True,
+                            "isa": {"x86-64": {"vars": vs, "call_sites": [xs]},
+                                    "aarch64": {"vars": vs, "call_sites": [as_]}}})
+    from docker_hmigrate.recode.frames import CallSite
+
+    for trap, flag in ((7, 1), (0, 0), (1 << 31, 1)):
+        fr = Frame(fn, 0x7100, 0x2005,
+                   CallSite(fn, contract.CallSite(xs), contract.CallSite(as_)),
+                   dst_cfa=0x9000, regs={"rbx": trap})
+        idx = Index.__new__(Index)
+        idx.src, idx.dst, idx.return_twins = "x86-64", "aarch64", {}
+        regs = described.write_frame(_Mem(), _Mem(), fr, idx, _Smap())  # type: ignore[arg-type]
+        assert regs == {"x23": trap, "x19": flag}
+
+
+def _a64_insns(words: list[int], at: int = 0x1000) -> list:
+    cs = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
+    cs.detail = True
+    return list(cs.disasm(b"".join(w.to_bytes(4, "little") for w in words), at))

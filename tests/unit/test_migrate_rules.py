@@ -760,6 +760,8 @@ def test_a_container_that_stopped_on_its_own_has_nothing_to_move_or_resume() -> 
     with pytest.raises(errors.ContainerStopped, match=r"web stopped on a during the "
                        r"migration \(exited, exit code 0\): nothing is left to move"):
         park.container_pids(host, CID, "web")
+    with pytest.raises(errors.ContainerStopped, match=f"^{CID} stopped"):  # its name
+        park.container_pids(host, CID)
     cross = strategy.CrossIsa.__new__(strategy.CrossIsa)
     cross.m = SimpleNamespace(created=Created(source_parked=True), src=host,
                               inspect={"Id": CID})

@@ -303,19 +303,13 @@ def _collect_vars(die, out: list[dict], scope: list[tuple[int, int]] | None,
     for ch in die.iter_children():
         if ch.tag in ("DW_TAG_formal_parameter", "DW_TAG_variable"):
             loc = _attr(ch, "DW_AT_location")
-            if loc is None and described and "DW_AT_declaration" not in ch.attributes \
-                    and "DW_AT_const_value" not in ch.attributes:
-                # optimized away on this ISA: listed all the same (kept nowhere), so that
-                # twins by name and occurrence still pair the same declarations
-                out.append({"name": _name(ch), "kind": "param" if ch.tag.endswith(
-                    "parameter") else "local", "type": describe_type(_ref(ch)),
-                    "_type_die": _ref(ch), "described": True, "_ranges": NOWHERE,
-                    "scope": [scope[0][0], max(h for _, h in scope)] if scope else None})
+            # optimized away on this ISA: listed all the same (kept nowhere), so that
+            # twins by name and occurrence still pair the same declarations
+            nowhere = loc is None and described and \
+                "DW_AT_declaration" not in ch.attributes and \
+                "DW_AT_const_value" not in ch.attributes
+            if loc is None and not nowhere:  # declarations (extern), constants, unused
                 continue
-            if loc is None:  # declarations (extern), constants, unused: no storage here
-                continue
-            off = _fbreg_offset(loc)
-            ind = _fbreg_offset(loc, indirect=True)
             entry = {"name": _name(ch), "kind": "param" if ch.tag.endswith("parameter") else
                      "local", "type": describe_type(_ref(ch)), "_type_die": _ref(ch),
                      "scope": [scope[0][0], max(h for _, h in scope)] if scope else None}
@@ -325,6 +319,11 @@ def _collect_vars(die, out: list[dict], scope: list[tuple[int, int]] | None,
                 entry["line"] = _attr(ch, "DW_AT_decl_line")
                 if isinstance(_attr(ch, "DW_AT_decl_file"), int):
                     entry["decl_file"] = _attr(ch, "DW_AT_decl_file")
+            if nowhere:
+                out.append({**entry, "described": True, "_ranges": NOWHERE})
+                continue
+            off = _fbreg_offset(loc)
+            ind = _fbreg_offset(loc, indirect=True)
             if off is not None:
                 entry["cfa_offset"] = off
             elif ind is not None:  # the slot holds the variable's address
@@ -603,10 +602,13 @@ def control_flow(arch: Arch, insns: list, read=None) -> list[list[int]]:
     return succ
 
 
-def liveness(arch: Arch, insns: list, read=None) -> list[set[str]]:
-    """Callee-saved registers live on entry to each instruction (CFG dataflow)."""
+def liveness(arch: Arch, insns: list, read=None,
+             succ: list[list[int]] | None = None) -> list[set[str]]:
+    """Callee-saved registers live on entry to each instruction (CFG dataflow); succ:
+    the control flow when already built (control_flow(arch, insns, read))."""
     n = len(insns)
-    succ = control_flow(arch, insns, read)
+    if succ is None:
+        succ = control_flow(arch, insns, read)
     cs = set(arch.isa.callee_saved)
     use, defs = [], []
     for x in insns:
@@ -674,7 +676,8 @@ def analyse_function(b: Binary, name: str) -> dict:
     calls = []
     counts: dict[tuple, int] = {}
     body_state = None
-    live_in = liveness(arch, insns, b.code)
+    succ = control_flow(arch, insns, b.code)
+    live_in = liveness(arch, insns, succ=succ)
     # One pass of the SP/FP tracker, snapshotted at each call (not one pass per call).
     run = PrologueState(sp=arch.mc.ENTRY_SP, fp=None, stores=[])
     consts: dict[str, int] = {}
@@ -729,16 +732,15 @@ def analyse_function(b: Binary, name: str) -> dict:
         out["file"] = df.file
         out["variadic"] = df.variadic
         if df.described:
-            _describe_sites(b, insns, out)
+            _describe_sites(b, insns, succ, out)
     return out
 
 
-def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
+def _describe_sites(b: Binary, insns: list, succ: list[list[int]], fn: dict) -> None:
     """An optimized (-Og) function: per call site, where each variable in scope is
     (`locations`, locations.py) and what live state no variable names (`unnamed`: the
     frame cannot be rebuilt on another ISA if stopped there)."""
     arch = b.arch
-    succ = control_flow(arch, insns, b.code)
     states = locations.frame_states(arch, insns, succ)
     index = {x.address: i for i, x in enumerate(insns)}
     frame = fn.get("frame", {})
@@ -768,12 +770,9 @@ def _describe_sites(b: Binary, insns: list, fn: dict) -> None:
     # at the entry hook, a callee-saved register this function has not set yet holds
     # its caller's value: whatever it reads from it before setting it is undefined, so
     # the target's may hold anything (0); the caller's own value is in its save slot
-    hook = next((i for i, x in enumerate(insns) if index.get(x.address) is not None and
-                 any(c["call_pc"] == x.address and c["kind"] == "enter_hook"
-                     for c in fn["call_sites"])), None)
-    unset: set[str] = set(arch.isa.callee_saved)
-    for x in insns[:hook or 0]:
-        unset -= _regs(arch, x)[1]
+    hook = next((c for c in fn["call_sites"] if c["kind"] == "enter_hook"), None)
+    unset = set(arch.isa.callee_saved) - (
+        set_before(arch, insns, index[hook["call_pc"]]) if hook else set())
     variables = fn.get("vars", [])
     homes = 0  # the fixed slots of variables in memory (address taken), in scope or not
     for v in variables:
@@ -1000,9 +999,7 @@ def check_park_point(b: Binary, fn: dict) -> list[str]:
         probs.append("stack pointer moves by a variable amount (alloca/VLA)")
     insns = b.disasm(fn["addr"], fn["size"])
     hook_i = next(i for i, x in enumerate(insns) if x.address == hooks[0]["call_pc"])
-    defined: set[str] = set()
-    for x in insns[:hook_i]:
-        defined |= _regs(arch, x)[1] & set(arch.isa.callee_saved)
+    defined = set_before(arch, insns, hook_i)
     lr_copy = _lr_copy_reg(b, fn)
     live = set(hooks[0]["live_callee_saved"])
     # an optimized function's parameters moved to callee-saved registers: named there
@@ -1012,6 +1009,14 @@ def check_park_point(b: Binary, fn: dict) -> list[str]:
     if bad:
         probs.append(f"callee-saved registers set before the entry hook: {bad}")
     return probs
+
+
+def set_before(arch: Arch, insns: list, hook_i: int) -> set[str]:
+    """The callee-saved registers a function writes before its entry hook (insns[hook_i])."""
+    out: set[str] = set()
+    for x in insns[:hook_i]:
+        out |= _regs(arch, x)[1] & set(arch.isa.callee_saved)
+    return out
 
 
 def _lr_copy_reg(b: Binary, fn: dict) -> str | None:

@@ -340,6 +340,7 @@ def test_recoded_redis_serves_on_aarch64(host_a: LabHost, arm, cleanup,
 # park (main's n and h, each worker's id, h and mine): hmigrate-cc --optimize-frames.
 OPTIMIZED_C = r"""
 #include <pthread.h>
+#include <setjmp.h>
 #include <stdio.h>
 #include <stdint.h>
 #include <unistd.h>
@@ -348,6 +349,22 @@ static unsigned long hashes[4];
 static unsigned long step(unsigned long h, long i)
 {
 	return (h ^ (unsigned long)i) * 1099511628211ul;
+}
+static __attribute__((noinline)) void bounce(jmp_buf env, long n)
+{
+	longjmp(env, (int)(n % 1000) + 1);
+}
+/* -O0 (it calls setjmp); main parks in its sleep, then longjmp returns into it: the
+   jmp_buf must give back main's callee-saved registers */
+static __attribute__((noinline)) long guarded(long n)
+{
+	jmp_buf env;
+	int r = setjmp(env);
+	if (r)
+		return r - 1;
+	sleep(1);
+	bounce(env, n);
+	return -1;
 }
 static void *worker(void *arg)
 {
@@ -371,9 +388,10 @@ int main(void)
 	unsigned long h = 7;
 	for (long n = 0;; n++) {
 		h = step(h, n);
-		printf("tick %ld %lx %lx\n", n, h, hashes[n % 3] ^ (unsigned long)counts[n % 3]);
+		long back = guarded(n);
+		printf("tick %ld %lx %lx %ld\n", n, h,
+			hashes[n % 3] ^ (unsigned long)counts[n % 3], back);
 		fflush(stdout);
-		sleep(1);
 	}
 	pthread_join(t[0], 0);
 	return 0;
@@ -395,11 +413,20 @@ def test_recoded_optimized_frames_resume_on_aarch64(host_a: LabHost, arm, cleanu
     """-Og frames (hmigrate-cc --optimize-frames) recoded from x86-64 and restored on
     aarch64: the values main and the workers keep in callee-saved registers across the
     calls they park in land in the target's registers: main's next tick has the next
-    number and the hash only the carried values give."""
+    number and the hash only the carried values give. main parks inside guarded (-O0:
+    it calls setjmp), whose longjmp after the move restores main's registers from the
+    translated jmp_buf: they must be main's values there too."""
     src, program = build_mt(workdir, OPTIMIZED_C, ("--optimize-frames",))
-    described = [f for f in program.metadata["functions"] if f["name"] in ("main", "worker")
-                 and any(v.get("described") for v in f["isa"]["x86-64"]["vars"])]
-    assert len(described) == 2, "main and worker are not -Og with described variables"
+    fns = {f["name"]: f for f in program.metadata["functions"]}
+    described = [n for n in ("main", "worker")
+                 if any(v.get("described") for v in fns[n]["isa"]["x86-64"]["vars"])]
+    assert described == ["main", "worker"], "main and worker are not -Og"
+    assert not any(v.get("described") for v in fns["guarded"]["isa"]["x86-64"]["vars"])
+    for isa in ("x86-64", "aarch64"):  # h crosses the call in a register: the jmp_buf's
+        f = fns["main"]["isa"][isa]
+        cs = next(c for c in f["call_sites"] if c["target"] == "guarded")
+        h = next(i for i, v in enumerate(f["vars"]) if v["name"] == "h")
+        assert [loc[1] for loc in cs["locations"] if loc[0] == h] == ["reg"], (isa, cs)
     name = unique("hm-rc-og")
     cleanup.append(name)
     c = host_a.client.containers.run("hmlab/busybox:latest", ["/t/mt_x86-64"], name=name,
@@ -416,7 +443,9 @@ def test_recoded_optimized_frames_resume_on_aarch64(host_a: LabHost, arm, cleanu
                            if len(target.logs().decode().splitlines()) >= 2 else None,
                            60, what="main's ticks on aarch64")
         n = int(last[1]) + 1
-        assert lines[0].split()[:3] == ["tick", str(n), optimized_tick(n)], (last, lines)
-        assert lines[1].split()[:3] == ["tick", str(n + 1), optimized_tick(n + 1)], lines
+        for k, line in enumerate(lines[:2]):  # after the longjmp: main's h, n carried
+            f = line.split()
+            assert [f[0], f[1], f[2], f[4]] == ["tick", str(n + k), optimized_tick(n + k),
+                                               str((n + k) % 1000)], (last, lines)
         target.reload()
         assert target.status == "running"

@@ -714,9 +714,9 @@ def _flag_relations(call: bool, op: tuple | None, before: frozenset) -> set:
             # every place holding the compared bits: the register compared is often a
             # scratch one a call clobbers, its value kept in a slot or another register
             places = {p for rel in before for p in rel[:2] if not p.startswith("#")}
-            same = {q for q in places if q == src or (
+            same = {q for q in places | {src} if q != r and (q == src or (
                 low32_equal(before, src, q) if k[1] == 32 else
-                offset_between(before, src, q) == 0)}
+                offset_between(before, src, q) == 0))}  # r itself is written here
             out |= {(r, q, ("ne", k[1], b)) for q in same}
         return out
     return {(r, src, ("ne", k[1], 64)) for s_, src, k in before  # zx8: r = zero-extended b

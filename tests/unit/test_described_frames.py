@@ -194,11 +194,7 @@ def test_copies_of_a_value_survive_the_call() -> None:
     DWARF places elsewhere: related to that place after the call; the argument register
     the copies came from is not (a call clobbers it)."""
     insns = _x86_insns_of(COPIES_CODE)
-    succ = metadata.control_flow(X86, insns)
-    states = locations.frame_states(X86, insns, succ)
-    call = next(i for i, x in enumerate(insns) if x.mnemonic == "call")
-    rels = locations.copies_after(X86, insns, succ, states, 0,
-                                  lambda x: metadata._written(X86, x))[call]
+    rels = _relations_at_call(X86, insns)
     slot = "s-56"  # [rbp-40], the frame pointer at CFA-16
     assert locations.offset_between(rels, "rbx", slot) == 0
     assert locations.offset_between(rels, "r12", slot) == 24  # lea +16, add +8
@@ -206,10 +202,17 @@ def test_copies_of_a_value_survive_the_call() -> None:
     assert locations.zero_extended_copy(rels, "r13", slot)  # mov r13d, [rbp-40]
     assert not locations.zero_extended_copy(rels, "r12", slot)  # its upper half is not 0
     # an address-taken variable's home is never related (a callee may write it)
-    homes = locations.slot_bits(-56, 8)
-    rels = locations.copies_after(X86, insns, succ, states, homes,
-                                  lambda x: metadata._written(X86, x))[call]
+    rels = _relations_at_call(X86, insns, homes=locations.slot_bits(-56, 8))
     assert locations.offset_between(rels, "rbx", slot) is None
+
+
+def _relations_at_call(arch, insns: list, homes: int = 0) -> frozenset:
+    """locations.copies_after's relations after the code's first call."""
+    succ = metadata.control_flow(arch, insns)
+    states = locations.frame_states(arch, insns, succ)
+    call = next(i for i, x in enumerate(insns) if arch.mc.is_call(x))
+    return locations.copies_after(arch, insns, succ, states, homes,
+                                  lambda x: metadata._written(arch, x))[call]
 
 
 def _x86_insns_of(code: bytes) -> list:
@@ -292,32 +295,19 @@ def test_a_kept_not_zero_test_of_a_variable() -> None:
     `trap != 0` (0 or 1) in a callee-saved register (x86 test/setne/movzx, aarch64
     cmp/cset), trap itself in a slot or another register: [register, trap, "ne"], which
     the recode writes as 1 or 0 from trap's value."""
-    insns = _x86_insns_of(NOT_ZERO_X86)
-    succ = metadata.control_flow(X86, insns)
-    states = locations.frame_states(X86, insns, succ)
-    call = next(i for i, x in enumerate(insns) if x.mnemonic == "call")
-    rels = locations.copies_after(X86, insns, succ, states, 0,
-                                  lambda x: metadata._written(X86, x))[call]
+    rels = _relations_at_call(X86, _x86_insns_of(NOT_ZERO_X86))
     slot = "s-120"  # [rbp-0x68], the frame pointer at CFA-16
     assert locations.not_zero_of(rels, "rbx") == (slot, 32)  # rax: clobbered by the call
     cs: dict = {}
     live, _ = metadata._copies_of_variables(cs, [[0, "slot", -120]],
                                             [{"type": {"size": 4}}], rels, ["rbx"], 0)
     assert live == [] and cs["copies"] == [["rbx", 0, "ne"]]
-    a64 = _a64_insns(NOT_ZERO_A64)
-    succ = metadata.control_flow(A64, a64)
-    states = locations.frame_states(A64, a64, succ)
-    call = next(i for i, x in enumerate(a64) if x.mnemonic == "bl")
-    rels = locations.copies_after(A64, a64, succ, states, 0,
-                                  lambda x: metadata._written(A64, x))[call]
+    rels = _relations_at_call(A64, _a64_insns(NOT_ZERO_A64))
     assert locations.not_zero_of(rels, "x19") == ("x23", 32)
     # a write of the flags between the compare and the cset (adds x0, x0, x0): none
-    words = NOT_ZERO_A64[:6] + [0xAB000000] + NOT_ZERO_A64[6:]
-    a64 = _a64_insns(words)
-    succ = metadata.control_flow(A64, a64)
-    rels = locations.copies_after(A64, a64, succ, locations.frame_states(A64, a64, succ), 0,
-                                  lambda x: metadata._written(A64, x))[call + 1]
-    assert a64[call + 1].mnemonic == "bl" and locations.not_zero_of(rels, "x19") is None
+    rels = _relations_at_call(A64, _a64_insns(NOT_ZERO_A64[:6] + [0xAB000000]
+                                              + NOT_ZERO_A64[6:]))
+    assert locations.not_zero_of(rels, "x19") is None
     # the recode: 1 when trap is not 0
     xs = {"index": 0, "return_address": 0x2005, "locations": [[0, "reg", "rbx"]]}
     as_ = {"index": 0, "return_address": 0x3004, "locations": [[0, "reg", "x23"]],

@@ -158,7 +158,8 @@ class Driver:
 
 def run_args(name: str, spec: dict) -> list[str]:
     env = [a for k, v in spec.get("env", {}).items() for a in ("-e", f"{k}={v}")]
-    return ["run", "-d", "--name", name, "--security-opt", "seccomp=unconfined", *env,
+    cpus = ["--cpus", str(spec["cpus"])] if spec.get("cpus") else []
+    return ["run", "-d", "--name", name, "--security-opt", "seccomp=unconfined", *env, *cpus,
             spec["image"], *spec.get("cmd", [])]
 
 
@@ -419,6 +420,8 @@ def _not_a_park_point(message: str, program, isa: str) -> str | None:
 def run_program(program: str, ns: argparse.Namespace, log=print) -> Result:
     res = Result(program)
     spec = load_recipe(program, ns.small)
+    if ns.cpus:  # a CPU limit (carried by the moves): fast builds still move mid-run
+        spec["cpus"] = ns.cpus
     if ns.build:
         res.builds, res.build_error = build(program)
         if not res.builds:
@@ -472,6 +475,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-build", dest="build", action="store_false",
                         help="use the images already in the registry")
     parser.add_argument("--timeout", type=float, default=3600, help="per run, seconds")
+    parser.add_argument("--cpus", type=float, help="run the workload with docker run --cpus "
+                        "(an -Og build can end before a move starts)")
     parser.add_argument("--offline", action="store_true",
                         help="no aarch64 host: at each point recode the checkpoint to "
                              "aarch64 and back and restore it on --source")

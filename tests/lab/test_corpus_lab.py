@@ -21,7 +21,8 @@ from bench import corpus
 from docker_hmigrate import recode
 from docker_hmigrate.criu.imageset import ImageSet
 from docker_hmigrate.isa import get as get_isa
-from docker_hmigrate.recode import frames, jmpbuf
+from docker_hmigrate.recode import frames, jmpbuf, rebuild
+from docker_hmigrate.recode.livecheck import Nowhere
 from tests.support.lab import unique, wait_until
 from tests.support.recode_lab import program_of_image
 
@@ -108,10 +109,10 @@ def _jmp_bufs(images: Path, program, isa: str) -> list[int]:
         mem = s.memory(pid)
         for tid in s.threads(pid):
             regs = read_regs(s.core(tid))
-            st = frames.unwind(mem, regs, idx)
-            frames.source_callee_saved(mem, st, regs, idx)
-            frames.plan_target(st, idx)
-            smap = frames.StackMap(st, idx)
+            st = frames.planned(mem, regs, idx)
+            smap = frames.stack_map(st, idx)
+            # rebuilt once, into nothing: a jmp_buf takes its callers' registers from it
+            rebuild.write_target(mem, Nowhere(), st, idx, smap, idx.bottoms[st.bottom_return])
             for fr in st.frames:
                 if fr.function.name != "luaD_rawrunprotected":
                     continue

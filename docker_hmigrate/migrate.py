@@ -235,31 +235,36 @@ class Migration:
             self._take_lock()
             self._run_phases()
         finally:
-            with interrupts.shielded(), contextlib.ExitStack() as bounded:
-                for host in (self.src, self.dst):  # removals: a stuck daemon is not waited for
-                    bounded.enter_context(host.answer_within(CLEANUP_TIMEOUT))
-                self._stop_restore_watch()
-                self._links.close()  # helper containers, on both hosts
-                if self._lazy_target:  # post-copy: daemon and page server, if still up
-                    with contextlib.suppress(docker.errors.APIError):
-                        self._lazy_target.stop()
-                    if self._fast:
+            try:
+                with interrupts.shielded(), contextlib.ExitStack() as bounded:
+                    for host in (self.src, self.dst):  # removals: a stuck daemon is not waited for
+                        bounded.enter_context(host.answer_within(CLEANUP_TIMEOUT))
+                    self._stop_restore_watch()
+                    self._links.close()  # helper containers, on both hosts
+                    if self._lazy_target:  # post-copy: daemon and page server, if still up
                         with contextlib.suppress(docker.errors.APIError):
-                            lazy.stop_pages(self._fast)
-                if self._fast:  # fast path (issue 11): CRIU's figures, then agent and images
-                    with contextlib.suppress(docker.errors.APIError):
-                        self._fast.read_stats()
-                    self._fast.close()
-                if self._page_server:  # --direct: listening still if no dump came
-                    with contextlib.suppress(docker.errors.APIError):
-                        self._page_server.stop()
-                if self._fast_restore:
-                    self._fast_restore.close()
-                for host in (self.src, self.dst):  # whatever an interrupt may have left
-                    with contextlib.suppress(docker.errors.APIError):
-                        host.remove_labelled(MIGRATION_LABEL, self.checkpoint)
-                self._release_lock()
-                self.strategy.close()  # cross-ISA: the local images (process memory)
+                            self._lazy_target.stop()
+                        if self._fast:
+                            with contextlib.suppress(docker.errors.APIError):
+                                lazy.stop_pages(self._fast)
+                    if self._fast:  # fast path (issue 11): CRIU's figures, then agent and images
+                        with contextlib.suppress(docker.errors.APIError):
+                            self._fast.read_stats()
+                        self._fast.close()
+                    if self._page_server:  # --direct: listening still if no dump came
+                        with contextlib.suppress(docker.errors.APIError):
+                            self._page_server.stop()
+                    if self._fast_restore:
+                        self._fast_restore.close()
+                    for host in (self.src, self.dst):  # whatever an interrupt may have left
+                        with contextlib.suppress(docker.errors.APIError):
+                            host.remove_labelled(MIGRATION_LABEL, self.checkpoint)
+                    self._release_lock()
+            finally:  # whatever failed above, the local images (process memory) go
+                with interrupts.shielded(), contextlib.ExitStack() as bounded:
+                    for host in (self.src, self.dst):
+                        bounded.enter_context(host.answer_within(CLEANUP_TIMEOUT))
+                    self.strategy.close()  # cross-ISA
         return self._result(time.monotonic() - started)
 
     def _run_phases(self) -> None:

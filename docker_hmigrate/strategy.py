@@ -358,21 +358,23 @@ class CrossIsa(SameIsa):
         return [self.template_id] if self.template_id else []
 
     def close(self) -> None:
-        self._end_facts()
-        if self._reader_call is not None:  # once started (or failed), removed
-            reader = self._reader()  # waits for a start in flight
-            if reader is not None:
-                reader.close()
-            self._reader_call = None
-        if self.m.created.template:  # taken after a rollback had looked (grace exceeded)
-            template.remove(self.m.dst, self.m.created.template)
-            self.m.created.template = None
-        if self.workdir and os.environ.get("HMIGRATE_KEEP_IMAGES") == "1":
-            # debugging a recode: the images stay, readable by root only (0700)
-            self.m.rep.warn(f"cross-ISA images kept in {self.workdir} "
-                            f"(HMIGRATE_KEEP_IMAGES=1): they hold process memory")
-        elif self.workdir:  # checkpoint images hold process memory
-            shutil.rmtree(self.workdir, ignore_errors=True)
+        try:
+            self._end_facts()
+            if self._reader_call is not None:  # once started (or failed), removed
+                reader = self._reader()  # waits for a start in flight
+                if reader is not None:
+                    reader.close()
+                self._reader_call = None
+            if self.m.created.template:  # taken after a rollback had looked (grace exceeded)
+                template.remove(self.m.dst, self.m.created.template)
+                self.m.created.template = None
+        finally:  # whatever failed above, the local images go
+            if self.workdir and os.environ.get("HMIGRATE_KEEP_IMAGES") == "1":
+                # debugging a recode: the images stay, readable by root only (0700)
+                self.m.rep.warn(f"cross-ISA images kept in {self.workdir} "
+                                f"(HMIGRATE_KEEP_IMAGES=1): they hold process memory")
+            elif self.workdir:  # checkpoint images hold process memory
+                shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 def for_hosts(m: Moving) -> SameIsa:

@@ -770,3 +770,23 @@ def test_a_container_that_stopped_on_its_own_has_nothing_to_move_or_resume() -> 
     host.api.states[CID] = {"Running": True, "Status": "running"}
     with pytest.raises(errors.NotMigratableCrossISA, match="cannot list the processes"):
         park.container_pids(host, CID, "web")
+
+
+def test_the_local_images_go_whatever_the_cleanup_meets(monkeypatch) -> None:
+    """The cross-ISA strategy's local folder holds the process's memory: it is removed
+    even when an earlier cleanup step fails (a lock that cannot be released)."""
+    m, src, dst = migration()
+    src.api.names["web"] = CID
+    closed = []
+    m.strategy = type("S", (), {"close": lambda self: closed.append(True)})()
+    monkeypatch.setattr(migrate, "target_spec", lambda *a: None)
+    monkeypatch.setattr(m, "_target_image", lambda: "img")
+    monkeypatch.setattr(m, "_take_lock", lambda: None)
+    monkeypatch.setattr(m, "_run_phases", lambda: None)
+
+    def fail() -> None:
+        raise errors.HmigrateError("the lock stays")
+    monkeypatch.setattr(m, "_release_lock", fail)
+    with pytest.raises(errors.HmigrateError, match="the lock stays"):
+        m.run()
+    assert closed == [True]

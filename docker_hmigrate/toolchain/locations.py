@@ -423,24 +423,10 @@ def slot_bits(lo: int, size: int) -> int:
 
 # ---------------------------------------------------------------- copies of values
 
-_X86_FULL = {}
-for _r in ("ax", "bx", "cx", "dx"):
-    for _p in (f"e{_r}", _r, f"{_r[0]}l", f"{_r[0]}h"):
-        _X86_FULL[_p] = f"r{_r}"
-for _r in ("si", "di", "bp", "sp"):
-    for _p in (f"e{_r}", _r, f"{_r}l"):
-        _X86_FULL[_p] = f"r{_r}"
-for _n in range(8, 16):
-    for _s in ("d", "w", "b"):
-        _X86_FULL[f"r{_n}{_s}"] = f"r{_n}"
-
 
 def full_reg(arch, name: str) -> str:
     """The whole register a (sub)register name is part of (eax -> rax, w19 -> x19)."""
-    if arch.isa.name == "x86-64":
-        return _X86_FULL.get(name, name)
-    return f"x{name[1:]}" if name[:1] == "w" and name[1:].isdigit() else \
-        {"fp": "x29", "lr": "x30"}.get(name, name)
+    return arch.mc.norm_reg(name)
 
 
 def _loc_reg(arch, insn, op) -> str | None:
@@ -707,13 +693,13 @@ def _flag_relations(call: bool, op: tuple | None, before: frozenset) -> set:
     if kind == "cmp0":
         return {(FLAGS, r, ("t", b))}
     if kind == "setne":
+        # every place holding the compared bits: the register compared is often a
+        # scratch one a call clobbers, its value kept in a slot or another register
+        places = {p for rel in before for p in rel[:2] if not p.startswith("#")}
         out = set()
         for f, src, k in before:
             if f != FLAGS:
                 continue
-            # every place holding the compared bits: the register compared is often a
-            # scratch one a call clobbers, its value kept in a slot or another register
-            places = {p for rel in before for p in rel[:2] if not p.startswith("#")}
             same = {q for q in places | {src} if q != r and (q == src or (
                 low32_equal(before, src, q) if k[1] == 32 else
                 offset_between(before, src, q) == 0))}  # r itself is written here

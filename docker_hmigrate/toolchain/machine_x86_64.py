@@ -13,18 +13,22 @@ CS_ARCH, CS_MODE = capstone.CS_ARCH_X86, capstone.CS_MODE_64
 ENTRY_SP = -8  # SP - CFA at a function's first instruction: the call pushed the RA
 SYSCALL = "syscall"
 
-_ALIASES: dict[str, str] = {}
-for full, parts in {"rbx": ("ebx", "bx", "bl", "bh"), "rbp": ("ebp", "bp", "bpl"),
-                    "rsp": ("esp", "sp", "spl")}.items():
-    for p in parts:
-        _ALIASES[p] = full
-for n in range(8, 16):
-    for suf in ("d", "w", "b"):
-        _ALIASES[f"r{n}{suf}"] = f"r{n}"
+# every part of a general register -> the whole 64-bit register (eax, ax, al, ah -> rax)
+_FULL: dict[str, str] = {}
+for _r in ("ax", "bx", "cx", "dx"):
+    for _p in (f"e{_r}", _r, f"{_r[0]}l", f"{_r[0]}h"):
+        _FULL[_p] = f"r{_r}"
+for _r in ("si", "di", "bp", "sp"):
+    for _p in (f"e{_r}", _r, f"{_r}l"):
+        _FULL[_p] = f"r{_r}"
+for _n in range(8, 16):
+    for _s in ("d", "w", "b"):
+        _FULL[f"r{_n}{_s}"] = f"r{_n}"
 
 
 def norm_reg(name: str) -> str:
-    return _ALIASES.get(name, name)
+    """The whole register a (sub)register name is part of."""
+    return _FULL.get(name, name)
 
 
 def regs_access(insn) -> tuple[set[str], set[str]]:
@@ -145,10 +149,6 @@ def jump_table(insns: list, i: int, read) -> list[int] | None:
     return [int.from_bytes(raw[n * 8:n * 8 + 8], "little") for n in range(count)]
 
 
-_WIDE = {**{f"e{r}": f"r{r}" for r in ("ax", "bx", "cx", "dx", "si", "di", "bp", "sp")},
-         **{f"r{n}d": f"r{n}" for n in range(8, 16)}}
-
-
 def goto_table(insns: list, i: int, read) -> list[int] | None:
     """The candidate targets of a computed goto through a table of label addresses (an
     interpreter's `goto *disptab[op]`, GCC's labels as values), ending in the `jmp` at
@@ -162,15 +162,12 @@ def goto_table(insns: list, i: int, read) -> list[int] | None:
     if mem is None:
         return None
 
-    def wide(name: str) -> str:
-        return _WIDE.get(name, name)
-
-    index = wide(insns[i - 1].reg_name(mem.index))
+    index = norm_reg(insns[i - 1].reg_name(mem.index))
     for k in range(i - 2, max(i - 6, -1), -1):  # and eI, MASK
         x = insns[k]
         if x.mnemonic == "and" and len(x.operands) == 2 and \
                 x.operands[0].type == capstone.x86.X86_OP_REG and \
-                wide(x.reg_name(x.operands[0].reg)) == index and \
+                norm_reg(x.reg_name(x.operands[0].reg)) == index and \
                 x.operands[1].type == capstone.x86.X86_OP_IMM:
             mask = x.operands[1].imm
             if mask <= 0 or mask & (mask + 1) or mask >= 1 << 12:
@@ -178,6 +175,6 @@ def goto_table(insns: list, i: int, read) -> list[int] | None:
             raw = read(mem.disp & ((1 << 64) - 1), (mask + 1) * 8)
             return [int.from_bytes(raw[n * 8:n * 8 + 8], "little")
                     for n in range(len(raw) // 8)]
-        if index in {wide(r) for r in regs_access(x)[1]}:
+        if index in {norm_reg(r) for r in regs_access(x)[1]}:
             return None  # the index set otherwise: not bounded by a mask here
     return None

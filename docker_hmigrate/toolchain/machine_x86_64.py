@@ -106,19 +106,26 @@ def lr_copy_reg(insns: list) -> str | None:
 
 
 def _table_jump(insns: list, i: int):
-    """The memory operand of `mov rax, qword ptr [rI*8 + table] ; jmp rax` ending at
-    insns[i] (a static binary's jump through a table of absolute addresses), or None."""
-    jmp, load = insns[i], insns[i - 1]
+    """The memory operand of the jump through a table of absolute addresses (a static
+    binary's) ending at insns[i], or None: `mov rax, qword ptr [rI*8 + table] ; jmp rax`
+    (-O0) or `jmp qword ptr [rI*8 + table]` (optimized code)."""
+    jmp = insns[i]
     ops = jmp.operands
-    if jmp.mnemonic != "jmp" or len(ops) != 1 or ops[0].type != capstone.x86.X86_OP_REG:
+    if jmp.mnemonic != "jmp" or len(ops) != 1:
         return None
-    lops = load.operands
-    if load.mnemonic != "mov" or len(lops) != 2 or lops[0].type != capstone.x86.X86_OP_REG \
-            or lops[0].reg != ops[0].reg or lops[1].type != capstone.x86.X86_OP_MEM:
-        return None
-    mem = lops[1].mem
+    if ops[0].type == capstone.x86.X86_OP_MEM:
+        table = ops[0]
+    else:
+        load = insns[i - 1]
+        lops = load.operands
+        if ops[0].type != capstone.x86.X86_OP_REG or load.mnemonic != "mov" or \
+                len(lops) != 2 or lops[0].type != capstone.x86.X86_OP_REG or \
+                lops[0].reg != ops[0].reg or lops[1].type != capstone.x86.X86_OP_MEM:
+            return None
+        table = lops[1]
+    mem = table.mem
     if mem.base != 0 or mem.index == 0 or mem.scale != 8 or mem.segment != 0 or \
-            lops[1].size != 8:
+            table.size != 8:
         return None
     return mem
 
@@ -127,9 +134,10 @@ def jump_table(insns: list, i: int, read) -> list[int] | None:
     """The targets of the switch dispatch GCC emits at -O0 in a static (non-PIE)
     binary, ending in the `jmp` at insns[i]:
         cmp X, N ; ja default ; mov eax, X ; mov rax, qword ptr [rax*8 + table] ; jmp rax
+    (optimized: `cmp eX, N ; ja default ; mov eax, eX ; jmp qword ptr [rax*8 + table]`)
     (N + 1 absolute addresses). None when the code around the `jmp` is not that shape:
     the caller then assumes any block may follow."""
-    if i < 4:
+    if i < 2:
         return None
     mem = _table_jump(insns, i)
     if mem is None:
@@ -154,16 +162,17 @@ def goto_table(insns: list, i: int, read) -> list[int] | None:
     interpreter's `goto *disptab[op]`, GCC's labels as values), ending in the `jmp` at
     insns[i]:
         and eI, MASK ; mov rax, qword ptr [rI*8 + table] ; jmp rax
-    MASK + 1 entries read; the caller keeps those that are addresses in the function
-    (the table's own end is where they stop being so)."""
+    (or `jmp qword ptr [rI*8 + table]`). MASK + 1 entries read; the caller keeps those
+    that are addresses in the function (the table's own end is where they stop being so)."""
     if i < 2:
         return None
     mem = _table_jump(insns, i)
     if mem is None:
         return None
 
-    index = norm_reg(insns[i - 1].reg_name(mem.index))
-    for k in range(i - 2, max(i - 6, -1), -1):  # and eI, MASK
+    index = norm_reg(insns[i].reg_name(mem.index))
+    load = i if insns[i].operands[0].type == capstone.x86.X86_OP_MEM else i - 1
+    for k in range(load - 1, max(load - 5, -1), -1):  # and eI, MASK
         x = insns[k]
         if x.mnemonic == "and" and len(x.operands) == 2 and \
                 x.operands[0].type == capstone.x86.X86_OP_REG and \

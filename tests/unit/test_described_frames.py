@@ -180,6 +180,15 @@ def test_computed_goto_successors_are_its_table_labels() -> None:
     assert sorted(insns[s].address for s in succ[jmp]) == labels
     # no table read: any block may follow
     assert len(metadata.control_flow(X86, insns)[jmp]) >= len(labels)
+    # optimized code jumps through the table's memory operand, the `and` just before
+    # (a third block, after a ret, that the table does not name)
+    code = bytes.fromhex("89d8" "83e07f" "ff24c500900000" "90" "c3" "90" "c3" "90" "c3")
+    insns = list(cs.disasm(code, 0x1000))
+    labels = [x.address for x in insns if x.mnemonic == "nop"][:2]
+    table = b"".join(a.to_bytes(8, "little") for a in labels) + (0x7777).to_bytes(8, "little")
+    jmp = next(i for i, x in enumerate(insns) if x.mnemonic == "jmp")
+    succ = metadata.control_flow(X86, insns, read)
+    assert sorted(insns[s].address for s in succ[jmp]) == labels
 
 
 # push rbp; mov rbp, rsp; push rbx; push r12; push r13; sub rsp, 24; mov rbx, rdi;

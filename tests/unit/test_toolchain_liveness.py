@@ -61,6 +61,22 @@ def test_x86_64_jump_table_decoded() -> None:
     assert got == [0x401F00, 0x401F10, 0x401F20]
 
 
+def test_x86_64_optimized_jump_table_decoded() -> None:
+    """GCC -O1 and above jump through the table's memory operand directly (Redis's Lua 5.1
+    dispatch: seen as "any block may follow", every opcode's temporaries looked live at
+    every call of the interpreter loop)."""
+    code = (bytes.fromhex("83f802") + bytes.fromhex("0f8700010000")  # cmp eax, 2 ; ja
+            + bytes.fromhex("89c0")  # mov eax, eax
+            + bytes.fromhex("ff24c5681a4300"))  # jmp qword ptr [rax*8 + 0x431a68]
+    insns = _x86(code, 0x401ED0)
+    table = b"".join(a.to_bytes(8, "little") for a in (0x401F00, 0x401F10, 0x401F20))
+    got = machine_x86_64.jump_table(insns, len(insns) - 1, _reader(0x431A68, table))
+    assert got == [0x401F00, 0x401F10, 0x401F20]
+    # a jump through a table with a base register is not that shape
+    other = _x86(code[:-7] + bytes.fromhex("ff24c3"), 0x401ED0)  # jmp [rbx + rax*8]
+    assert machine_x86_64.jump_table(other, len(other) - 1, _reader(0x431A68, table)) is None
+
+
 def test_sign_extension_does_not_read_its_destination() -> None:
     """`sxtw x21, w0 ; mov x1, x21 ; ret`: capstone lists x21 among sxtw's reads; x21 is
     not live before the sxtw (it used to be, and with it at every call of yyparse)."""

@@ -631,13 +631,14 @@ def copies_after(arch, insns: list, succ: list[list[int]],
                                        for p in m32):
                 m32 = None
             if af is not None and af[0] == af[1]:  # d += k in place: its relations shift
-                d, _, k = af
-                rels = {_rel(d, b if a == d else a, (kk if a == d else -kk) + k)
-                        if d in (a, b) else (a, b, kk) for a, b, kk in rels
-                        if isinstance(kk, int) or d not in (a, b)}
-                written.discard(d)
+                rels = _shifted(rels, af[0], af[2])
+                written.discard(af[0])
                 w = 0
                 af = None
+            wb = _writeback(arch, x)
+            if wb is not None:  # aarch64 `ldr w19, [x21], #4`: the base moves by 4
+                rels = _shifted(rels, *wb)
+                written.discard(wb[0])
             dead = {p for r in rels for p in r[:2] if p in written or (
                 p.startswith("s") and w & slot_bits(int(p[1:]), 8))}
             rels = {r for r in rels if r[0] not in dead and r[1] not in dead}
@@ -682,6 +683,30 @@ def copies_after(arch, insns: list, succ: list[list[int]],
                     queued.add(s_)
                     todo.append(s_)
     return out
+
+
+def _shifted(rels: set, d: str, k: int) -> set:
+    """The relations after d += k: d's constant offsets shift, its other relations end."""
+    return {_rel(d, b if a == d else a, (kk if a == d else -kk) + k)
+            if d in (a, b) else (a, b, kk) for a, b, kk in rels
+            if isinstance(kk, int) or d not in (a, b)}
+
+
+def _writeback(arch, insn) -> tuple[str, int] | None:
+    """(base, k) when an aarch64 load or store with writeback adds k to its base
+    register (pre-index `[x1, #8]!`, post-index `[x21], #4`); None otherwise and for
+    the stack and frame pointers (the frame states follow those)."""
+    if arch.isa.name == "x86-64" or not insn.writeback:
+        return None
+    A = capstone.arm64
+    mem = [o for o in insn.operands if o.type == A.ARM64_OP_MEM]
+    post = [o.imm for o in insn.operands if o.type == A.ARM64_OP_IMM]
+    if len(mem) != 1 or not mem[0].mem.base or mem[0].mem.index:
+        return None
+    base = full_reg(arch, insn.reg_name(mem[0].mem.base))
+    if base in ("sp", "x29", "fp") or not base.startswith("x"):
+        return None
+    return base, (post[0] if post else mem[0].mem.disp)
 
 
 def _flag_relations(call: bool, op: tuple | None, before: frozenset) -> set:

@@ -337,6 +337,16 @@ def test_a_kept_not_zero_test_of_a_variable() -> None:
         assert regs == {"x23": trap, "x19": flag}
 
 
+def test_a_load_with_writeback_moves_its_base() -> None:
+    """aarch64's `ldr w19, [x21], #4` adds 4 to x21 (lua 5.1's `i = *pc++`: the old pc
+    kept in x23 beside it is pc - 4); a pre-index `[x23, #-8]!` subtracts 8."""
+    # mov x21, x23; ldr w19, [x21], #4; ldr x0, [x23, #-8]!; bl; ret
+    insns = _a64_insns([0xAA1703F5, 0xB84046B3, 0xF85F8EE0, 0x94000002, 0xD65F03C0])
+    rels = _relations_at_call(A64, insns)
+    assert locations.offset_between(rels, "x21", "x23") == 12  # +4, and x23 -8
+    assert locations.offset_between(rels, "x19", "x21") is None
+
+
 def _a64_insns(words: list[int], at: int = 0x1000) -> list:
     cs = capstone.Cs(capstone.CS_ARCH_ARM64, capstone.CS_MODE_ARM)
     cs.detail = True

@@ -143,7 +143,7 @@ class Var(_Record):
 
 # what a variable's site location can give (read on the source) and needs (written on
 # the target)
-READABLE = ("slot", "reg", "value", "const")
+READABLE = ("slot", "reg", "value", "const", "expr")
 STORED = ("slot", "reg", "value")
 
 
@@ -225,6 +225,14 @@ class CallSite(_Record):
     # [place, variable index, k]: a register or slot ("s<cfa offset>") holding an 8-byte
     # variable's value plus k where GCC's DWARF places it elsewhere (written there too)
     copies: _F[list[list]] = _F(list)
+    # [place, bytes, [[variable, coefficient], ...], constant, shift]: a register or slot
+    # holding (sum(coefficient * variable) + constant mod 2**64) >> shift, a value the code
+    # derived from variables (toolchain/values.py); a variable "<index>:sx" is its value
+    # sign-extended to 64 bits
+    derived: _F[list[list]] = _F(list)
+    # [place, bytes, call key, bits]: a register or slot holding the low bits of an earlier
+    # call's result (the call's [line, column, target, occurrence], as call sites pair)
+    results: _F[list[list]] = _F(list)
     translatable: _F[bool] = _F(True)
     untranslatable_reasons: _F[list[str] | None] = _F()
 

@@ -19,7 +19,11 @@ Locations, per call site, in the metadata (JSON lists):
 - ["reg", r]: the value is callee-saved register r;
 - ["value", r, k]: the value is register r plus k (DW_OP_bregN k; DW_OP_stack_value);
 - ["const", c]: a known constant (nothing to store);
-- ["computed", expr]: computed from registers (nothing to store; not read back);
+- ["expr", text, steps]: computed from callee-saved registers and the frame's slots by
+  a DWARF expression the recode evaluates on the source (nothing to store on the
+  target: what it is computed from is stored, or named otherwise);
+- ["computed", text]: computed from what the call does not keep, or by operations not
+  followed (nothing to store; not read back);
 - ["gone"]: in a caller-saved register or anywhere else the call does not keep (nothing
   to read on the source; nothing to store on the target);
 - ["unknown", why]: an expression this reader does not follow (pieces, entry values).
@@ -118,7 +122,8 @@ class Reader:
             # a value computed from registers or memory (i >> 15 & 0xff, a field of a
             # slot): nothing to store on the target (what it is computed from is, or is
             # unnamed); the source would have to evaluate it
-            return ("computed", " ".join(n.replace("DW_OP_", "") for n in names))
+            return ("computed", " ".join(n.replace("DW_OP_", "") for n in names),
+                    _expr_ops(self, ops))
         if names[-1] == "DW_OP_stack_value" and len(ops) == 2:
             op = ops[0]
             if first.startswith("DW_OP_lit"):
@@ -131,6 +136,36 @@ class Reader:
                     return ("unknown", "the address of a stack slot as a value")
                 return ("value", r, op.args[0])
         return ("unknown", " ".join(n.replace("DW_OP_", "") for n in names))
+
+
+_EXPR_OPS = {"DW_OP_deref": "deref", "DW_OP_plus": "plus", "DW_OP_minus": "minus",
+             "DW_OP_mul": "mul", "DW_OP_and": "and", "DW_OP_or": "or", "DW_OP_xor": "xor",
+             "DW_OP_shl": "shl", "DW_OP_shr": "shr", "DW_OP_shra": "shra",
+             "DW_OP_neg": "neg", "DW_OP_not": "not"}
+
+
+def _expr_ops(reader: Reader, ops) -> list | None:
+    """A computed value's DWARF expression as evaluable steps (None when it uses what
+    these do not follow): ["breg", r, k], ["fbreg", k], ["lit", c], ["plus_uconst", k],
+    and the operators of _EXPR_OPS; the final DW_OP_stack_value left out."""
+    out: list = []
+    for op in ops[:-1]:
+        n = op.op_name
+        if n.startswith("DW_OP_breg") and n != "DW_OP_bregx":
+            out.append(["breg", reader.arch.reg(int(n[10:])), op.args[0]])
+        elif n == "DW_OP_fbreg":
+            out.append(["fbreg", op.args[0]])
+        elif n.startswith("DW_OP_lit") and n[9:].isdigit():
+            out.append(["lit", int(n[9:])])
+        elif n.startswith("DW_OP_const") and op.args:
+            out.append(["lit", op.args[0]])
+        elif n == "DW_OP_plus_uconst":
+            out.append(["plus_uconst", op.args[0]])
+        elif n in _EXPR_OPS:
+            out.append([_EXPR_OPS[n]])
+        else:
+            return None
+    return out
 
 
 def at_site(loc: tuple | None, arch, fp_cfa: int | None, sp_cfa: int) -> list:
@@ -154,7 +189,26 @@ def at_site(loc: tuple | None, arch, fp_cfa: int | None, sp_cfa: int) -> list:
     if kind == "gone":
         return ["gone"]
     if kind == "computed":
-        return ["computed", loc[1]]
+        ops = loc[2] if len(loc) > 2 else None
+        out = []
+        for op in ops or ():  # registers and frame addresses as the frame has them
+            if op[0] == "breg" and op[1] == arch.isa.fp:
+                if fp_cfa is None:
+                    return ["computed", loc[1]]
+                out.append(["cfa", fp_cfa + op[2]])
+            elif op[0] == "breg" and op[1] == arch.isa.sp:
+                out.append(["cfa", sp_cfa + op[2]])
+            elif op[0] == "breg":
+                if op[1] not in arch.isa.callee_saved:
+                    return ["computed", loc[1]]  # the call does not keep it
+                out.append(["reg", op[1], op[2]])
+            elif op[0] == "fbreg":
+                out.append(["cfa", op[1]])
+            elif op[0] == "deref" and not (out and out[-1][0] == "cfa"):
+                return ["computed", loc[1]]  # memory other than the frame's own slots
+            else:
+                out.append(op)
+        return ["expr", loc[1], out] if ops else ["computed", loc[1]]
     return ["unknown", loc[1]]
 
 

@@ -21,7 +21,14 @@ from elftools.dwarf.ranges import BaseAddressEntry, RangeEntry
 from elftools.elf.elffile import ELFFile
 
 from docker_hmigrate.isa import AARCH64, X86_64, Isa
-from docker_hmigrate.toolchain import contract, locations, machine_aarch64, machine_x86_64, patch
+from docker_hmigrate.toolchain import (
+    contract,
+    locations,
+    machine_aarch64,
+    machine_x86_64,
+    patch,
+    values,
+)
 from docker_hmigrate.toolchain import jmpbuf_layout as jmpbuf
 from docker_hmigrate.toolchain.contract import TypeInfo
 
@@ -782,6 +789,8 @@ def _describe_sites(b: Binary, insns: list, succ: list[list[int]], fn: dict) -> 
             homes |= locations.slot_bits(v["cfa_offset"],
                                          8 if v.get("indirect") else v["type"]["size"])
     copies = None  # places holding the same value (locations.copies_after), when asked
+    forms = None  # the places' values as formulas (values.forms_at), when asked
+    keys: dict[int, list] = {}  # a call instruction's index -> its call site's key
     # a frame address in a register (a struct returned through a pointer, a temporary
     # passed by address) lets a callee read and write bytes the slot liveness does not
     # see: only variables' homes may be addressed
@@ -848,6 +857,14 @@ def _describe_sites(b: Binary, insns: list, succ: list[list[int]], fn: dict) -> 
                     copies = locations.copies_after(arch, insns, succ, states, homes,
                                                     lambda x: _written(arch, x))
                 live, left = _copies_of_variables(cs, locs, variables, copies[i], live, left)
+            if live or left:  # values GCC derived from named variables (Lua's `ra - base`)
+                if forms is None:
+                    forms = values.forms_at(arch, insns, succ, states, homes,
+                                            lambda x: _written(arch, x))
+                    keys = {index[c["call_pc"]]: call_key(c) for c in fn["call_sites"]}
+                if forms[i] is not None:
+                    live, left = _derived_values(cs, locs, variables, forms[i], live,
+                                                 left if not slots.unknown else 0, keys)
             if live:
                 why.append(f"callee-saved {live} hold values no variable names")
             if not slots.unknown and i + 1 < len(insns):
@@ -936,16 +953,102 @@ def _copies_of_variables(cs: dict, locs: list, variables: list[dict], pairs,
     return still, left
 
 
+def _integer(var: dict) -> bool:
+    t = var["type"]
+    return t["size"] in (1, 2, 4, 8) and (t["kind"] in ("pointer", "enum") or (
+        t["kind"] == "base" and not any(w in (t["name"] or "") for w in
+                                        ("float", "double", "complex", "_Float"))))
+
+
+def _derived_values(cs: dict, locs: list, variables: list[dict], forms: dict,
+                    live: list[str], left: int, keys: dict[int, list]) -> tuple[list[str], int]:
+    """The live registers and stack bytes whose value the code computed from variables
+    named here (values.solve): recorded in cs["derived"] ([place, bytes, [[variable
+    index, coefficient], ...], constant, shift]: the recode writes (sum of coefficient
+    * variable + constant, modulo 2**64) >> shift there); and those holding an earlier
+    call's result (`f(g(x), h(y))`: g's result kept across the call of h), in
+    cs["results"] ([place, bytes, the call's key (call_key), bits]: the low bits of
+    what that call returned, which the twin call's frame keeps too). Returns what is
+    left unnamed."""
+    named: dict[int | str, values.Form] = {}
+    for loc in locs:
+        v = variables[loc[0]]
+        if not _integer(v):
+            continue
+        bits = 8 * v["type"]["size"]
+        kind = loc[1]
+        if kind == "reg":
+            f = values.place_form(forms, loc[2])
+        elif kind == "value":
+            f = values.place_form(forms, loc[2]) + values.Form.k(loc[3])
+        elif kind == "slot":
+            f = values.place_form(forms, f"s{loc[2]}", v["type"]["size"])
+        elif kind == "const":
+            f = values.Form.k(loc[2])
+        elif kind == "expr":
+            f = values.expr_form(loc[3], forms, bits)  # type: ignore[assignment]
+        else:
+            continue
+        if f is not None:
+            named[loc[0]] = values.op_low(f, bits)  # type: ignore[index]
+            if v["type"].get("signed") and bits < 64:  # its value sign-extended
+                named[f"{loc[0]}:sx"] = values.op_sext(named[loc[0]], bits)  # type: ignore[index]
+    found, results, still = [], [], []
+
+    def named_by(place: str, size: int, f: values.Form | None) -> bool:
+        got = values.solve(f, named) if f is not None and named else None
+        if got is not None:
+            found.append([place, size, *got])
+            return True
+        res = values.call_result(f) if f is not None else None
+        if res is not None and res[0] in keys:
+            results.append([place, size, keys[res[0]], min(res[1], 8 * size)])
+            return True
+        return False
+
+    for r in live:
+        if not named_by(r, 8, values.place_form(forms, r)):
+            still.append(r)
+    for lo, hi in locations.ranges_of(left):
+        off = lo
+        while off < hi:
+            for size in (8, 4):
+                if off + size > hi and size == 8:
+                    continue
+                if named_by(f"s{off}", size, forms.get(f"s{off}:{size}")):
+                    left &= ~locations.slot_bits(off, size)
+                    off += size
+                    break
+            else:
+                off += 4 - (off % 4) if off % 4 else 4
+    if found:
+        cs["derived"] = found
+    if results:
+        cs["results"] = results
+    return still, left
+
+
+def call_key(c: dict) -> list:
+    """What pairs a call site with its twin on the other ISA (match_call_sites)."""
+    return [c["line"], c["column"], c["target"] if c["kind"] != "indirect" else "*",
+            c["occurrence"]]
+
+
 def described_reasons(src: str, fs: dict, cs: dict, dst: str, fd: dict, cd: dict) -> list[str]:
     """Why a frame stopped at call site cs on src cannot be rebuilt at its twin cd on dst,
     for optimized functions: every variable the target keeps somewhere there must have a
     value the source can read, and the target's live state must all be named."""
     why = [f"{dst}: {u}" for u in cd.get("unnamed", [])]
+    for _, _, key, bits in cd.get("results", []):  # the twin frame keeps the same result
+        if not any(k == key and b >= bits for _, _, k, b in cs.get("results", [])):
+            why.append(f"{src}: the result of the call to {key[2]} at line {key[0]} is "
+                       f"not kept at this call")
     sloc = {loc[0]: loc[1:] for loc in cs.get("locations", [])}
     dloc = {loc[0]: loc[1:] for loc in cd.get("locations", [])}
     twins = contract.var_twins(fd.get("vars", []), fs.get("vars", []))
     dead = set(cd.get("dead_vars", []))
-    copied = {c[1] for c in cd.get("copies", [])}
+    copied = {c[1] for c in cd.get("copies", [])} | \
+        {int(str(t[0]).split(":")[0]) for d in cd.get("derived", []) for t in d[2]}
     for dj, dv in enumerate(fd.get("vars", [])):
         if dj in dead and dj not in copied:
             continue
@@ -1194,8 +1297,7 @@ def match_call_sites(xs: list[dict], ys: list[dict]) -> tuple[list[list[int]], l
     """Pair call sites by (source line, column, target, occurrence); then indirect by order."""
 
     def key(c: dict) -> tuple:
-        return (c["line"], c["column"], c["target"] if c["kind"] != "indirect" else "*",
-                c["occurrence"])
+        return tuple(call_key(c))
 
     ymap = {key(c): c["index"] for c in ys}
     pairs, used = [], set()

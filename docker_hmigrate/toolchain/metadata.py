@@ -1015,7 +1015,7 @@ def _derived_values(cs: dict, locs: list, variables: list[dict], forms: dict,
             for size in (8, 4):
                 if off + size > hi and size == 8:
                     continue
-                if named_by(f"s{off}", size, forms.get(f"s{off}:{size}")):
+                if named_by(f"s{off}", size, values.place_form(forms, f"s{off}", size)):
                     left &= ~locations.slot_bits(off, size)
                     off += size
                     break

@@ -35,12 +35,28 @@ MASK = (1 << 64) - 1
 Atom = tuple
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Form:
     """sum(c * atom) + const, modulo 2**64."""
 
     terms: tuple[tuple[Atom, int], ...] = ()
     const: int = 0
+
+    # forms nest (an operation's atom holds its operand's form) and are compared and
+    # hashed at every merge: the hash is computed once
+    def __hash__(self) -> int:
+        h = self.__dict__.get("_h")
+        if h is None:
+            h = hash((self.terms, self.const))
+            object.__setattr__(self, "_h", h)
+        return h
+
+    def __eq__(self, other: object) -> bool:
+        if self is other:
+            return True
+        if not isinstance(other, Form) or hash(self) != hash(other):
+            return False
+        return self.const == other.const and self.terms == other.terms
 
     @staticmethod
     def of(atom: Atom) -> Form:
@@ -188,7 +204,7 @@ def _x86(st: _State, insn, i: int, fstate, regs_written: set[str], homes) -> Non
 
     def value(op) -> Form | None:  # an operand's value, zero-extended to 64 bits
         if op.type == X.X86_OP_IMM:
-            return Form.k(op.imm & ((1 << 8 * op.size) - 1) if op.size < 8 else op.imm)
+            return Form.k(op.imm & ((1 << 8 * op.size) - 1) if op.size in (1, 2, 4) else op.imm)
         if op.type == X.X86_OP_REG:
             r = insn.reg_name(op.reg)
             if r in ("ah", "bh", "ch", "dh"):
@@ -461,7 +477,10 @@ def forms_at(arch, insns: list, succ: list[list[int]], states: list, homes: int,
         for s in ss:
             preds[s].append(i)
     outs: list[dict[str, Form] | None] = [None] * n
-    merged: set[tuple[int, str]] = set()  # (instruction, place) joined from different values
+    # instruction -> place -> "phi" (joined from different values) or "drop" (a slot not
+    # known on every path)
+    merged: dict[int, dict[str, str]] = {}
+    effects: list = [None] * n  # per instruction: (registers written, frame access)
     zero = {p: z for p in range(n) if (z := _zero_edge(arch, insns, p, succ[p])) is not None}
     todo, queued = [0], {0}
     step = _x86 if arch.isa.name == "x86-64" else _a64
@@ -490,8 +509,14 @@ def forms_at(arch, insns: list, succ: list[list[int]], states: list, homes: int,
                 st.forms[p_] = Form.of(("stale", i, p_))
         x, fs = insns[i], states[i]
         if fs is not None and not fs.dynamic:
-            written = {r for r in regs_of(x) if _general(arch, r)}
-            _, w, unknown = _access(arch, x, fs)  # frame bytes it writes: their slots end
+            if effects[i] is None:  # the same on every visit
+                raw = set(regs_of(x))
+                regs = {r for r in raw if _general(arch, r)}
+                if "?" in raw:  # not decoded: it may have written any register
+                    regs = set(_CLOBBERED[arch.isa.name]) | set(arch.isa.callee_saved)
+                effects[i] = (frozenset(regs), _access(arch, x, fs))
+            regs, (_, w, unknown) = effects[i]  # type: ignore[misc]
+            written = set(regs)  # frame bytes it writes: their slots end
             if unknown:
                 st.kill_slots(-(1 << 40), 1 << 40)
             for lo, hi in ranges_of(w):
@@ -579,27 +604,31 @@ def _zero_edge(arch, insns: list, p: int, succ: list[int]) -> tuple[str, int, in
     return arch.mc.norm_reg(name), bits, edge
 
 
-def _join(at: int, ins: list[dict[str, Form]], merged: set) -> dict[str, Form]:
-    """The forms known on every path into an instruction: a register's different values
-    become the merge's own atom (for good: the analysis then ends), a slot not known on
-    every path is dropped; a register no path set holds the caller's value."""
-    if len(ins) == 1 and not merged:
+def _join(at: int, ins: list[dict[str, Form]], merged: dict) -> dict[str, Form]:
+    """The forms known on every path into an instruction: different values become the
+    merge's own atom, a slot not known on every path is dropped, and both for good, so
+    that the analysis ends; a register no path set holds the caller's value."""
+    here = merged.get(at)
+    if len(ins) == 1 and not here:
         return dict(ins[0])
+    if here is None:
+        here = merged[at] = {}
     out: dict[str, Form] = {}
     places = {p for d in ins for p in d}
     for p in places:
-        slot = ":" in p
-        if slot and not all(p in d for d in ins):
+        if here.get(p) == "drop" or (":" in p and not all(p in d for d in ins)):
+            here[p] = "drop"
             continue
         fs = {d.get(p) or Form.of(("in", p)) for d in ins}
         # a value made from this merge's own atoms comes from an earlier pass of a loop
-        if len(fs) == 1 and (at, p) not in merged and at not in _made_at(next(iter(fs))):
+        if len(fs) == 1 and p not in here and at not in _made_at(next(iter(fs))):
             out[p] = fs.pop()
         else:
-            merged.add((at, p))
+            here[p] = "phi"
             out[p] = Form.of(("phi", at, p))
-    for p in {p for (a, p) in merged if a == at} - places:
-        out[p] = Form.of(("phi", at, p))
+    for p, how in here.items():
+        if how == "phi" and p not in places and ":" not in p:
+            out[p] = Form.of(("phi", at, p))
     return out
 
 

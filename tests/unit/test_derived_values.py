@@ -191,3 +191,17 @@ def test_dwarf_expressions_of_kept_places_are_evaluable() -> None:
     # memory other than the frame's slots is not read back (it may have changed)
     heap = [["breg", "rbx", 8], ["deref"]]
     assert locations.at_site(("computed", "breg3 deref", heap), X86, -16, -120)[0] == "computed"
+
+
+def test_a_merge_drops_and_joins_for_good() -> None:
+    """The analysis ends: at a merge, a slot once missing on a path stays dropped and a
+    place once joined from different values stays the merge's own atom, whatever later
+    passes bring (Redis's loadAppendOnlyFiles made a slot come and go for ever)."""
+    a, b = values.Form.of(("def", 1, "rax")), values.Form.of(("def", 2, "rax"))
+    merged: dict = {}
+    first = values._join(7, [{"s-8:8": a, "rbx": a}, {"rbx": b}], merged)
+    assert "s-8:8" not in first and first["rbx"] == values.Form.of(("phi", 7, "rbx"))
+    again = values._join(7, [{"s-8:8": a, "rbx": a}, {"s-8:8": a, "rbx": a}], merged)
+    assert "s-8:8" not in again and again["rbx"] == values.Form.of(("phi", 7, "rbx"))
+    # elsewhere, equal values on every path stay what they are
+    assert values._join(9, [{"s-8:8": a}, {"s-8:8": a}], merged) == {"s-8:8": a}

@@ -484,7 +484,11 @@ def forms_at(arch, insns: list, succ: list[list[int]], states: list, homes: int,
     zero = {p: z for p in range(n) if (z := _zero_edge(arch, insns, p, succ[p])) is not None}
     todo, queued = [0], {0}
     step = _x86 if arch.isa.name == "x86-64" else _a64
+    budget = 64 * n + 1000  # the joins make it end; a bound all the same (a build never hangs)
     while todo:
+        budget -= 1
+        if budget < 0:
+            return [None] * n  # nothing known: every unnamed value stays unnamed
         i = todo.pop()
         queued.discard(i)
         ins = []

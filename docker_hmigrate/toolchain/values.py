@@ -518,7 +518,12 @@ def forms_at(arch, insns: list, succ: list[list[int]], states: list, homes: int,
                 regs = {r for r in raw if _general(arch, r)}
                 if "?" in raw:  # not decoded: it may have written any register
                     regs = set(_CLOBBERED[arch.isa.name]) | set(arch.isa.callee_saved)
-                effects[i] = (frozenset(regs), _access(arch, x, fs))
+                r_, w_, why = _access(arch, x, fs)
+                if arch.isa.name == "x86-64" and any(
+                        o.type == capstone.x86.X86_OP_MEM and not o.access
+                        for o in x.operands):
+                    why = why or "memory access not described"  # written, may be
+                effects[i] = (frozenset(regs), (r_, w_, why))
             regs, (_, w, unknown) = effects[i]  # type: ignore[misc]
             written = set(regs)  # frame bytes it writes: their slots end
             if unknown:

@@ -112,7 +112,7 @@ def write_frame(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap) -> dict
     for place, vi, k, *more in twin.copies:  # a 32-bit copy may add a constant
         copies.setdefault(vi, []).append((place, k, more[0] if more else 0))
     # values the target's code derived from variables: their values are needed
-    needed = set(copies) | {_var_of(t[0]) for d in twin.derived for t in d[2]}
+    needed = set(copies) | {contract.derived_var(t[0]) for d in twin.derived for t in d[2]}
     values: dict[int, int] = {}  # variable -> its bytes' value, zero-extended
     moved: set[int] = set()  # variables whose value the move changes (stack addresses)
     for dj, dv in enumerate(dst_vars):
@@ -170,7 +170,7 @@ def write_frame(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap) -> dict
     for place, size, terms, const, shift in twin.derived:
         total = const
         for term in terms:
-            dj = _var_of(term[0])
+            dj = contract.derived_var(term[0])
             if dj in moved:  # a formula of stack addresses: not followed
                 raise Untranslatable(f"{fr.function.name}: a value derived from "
                                      f"{dst_vars[dj].name}, a stack address")
@@ -179,18 +179,20 @@ def write_frame(src_mem, dst_mem, fr: Frame, idx: Index, smap: StackMap) -> dict
             if str(term[0]).endswith(":sx") and v >> (bits - 1):
                 v = (v - (1 << bits)) & MASK  # the variable sign-extended
             total += term[1] * v
-        v = (total & MASK) >> shift
-        if place.startswith("s"):
-            dst_mem.write(fr.dst_cfa + int(place[1:]), v.to_bytes(8, "little")[:size])
-        else:
-            regs[place] = v
+        _put(dst_mem, fr, regs, place, size, (total & MASK) >> shift)
     for place, size, key, bits in twin.results:
-        v = _result(src_mem, fr, site.results, key, bits, smap, idx)
-        if place.startswith("s"):
-            dst_mem.write(fr.dst_cfa + int(place[1:]), v.to_bytes(8, "little")[:size])
-        else:
-            regs[place] = v
+        _put(dst_mem, fr, regs, place, size,
+             _result(src_mem, fr, site.results, key, bits, smap, idx))
     return regs
+
+
+def _put(dst_mem, fr: Frame, regs: dict[str, int], place: str, size: int, v: int) -> None:
+    """A value into a target place: `size` bytes of a slot ("s<cfa offset>"), or a
+    callee-saved register (returned to the caller of write_frame)."""
+    if place.startswith("s"):
+        dst_mem.write(fr.dst_cfa + int(place[1:]), v.to_bytes(8, "little")[:size])
+    else:
+        regs[place] = v
 
 
 def _result(src_mem, fr: Frame, kept: list, key: list, bits: int, smap: StackMap,
@@ -214,8 +216,3 @@ def _result(src_mem, fr: Frame, kept: list, key: list, bits: int, smap: StackMap
     raise Untranslatable(f"{fr.function.name}: the result of {key[2]} (line {key[0]}) is "
                          f"not kept on {idx.src} at {fr.src_pc:#x}")
 
-
-def _var_of(key: int | str) -> int:
-    """A derived value's variable: its index, or "<index>:sx" for its value
-    sign-extended to 64 bits."""
-    return key if isinstance(key, int) else int(str(key).split(":")[0])

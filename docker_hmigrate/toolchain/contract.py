@@ -147,6 +147,12 @@ READABLE = ("slot", "reg", "value", "const", "expr")
 STORED = ("slot", "reg", "value")
 
 
+def derived_var(key: int | str) -> int:
+    """The variable of a derived value's term (CallSite.derived): its index, or
+    "<index>:sx" for its value sign-extended to 64 bits."""
+    return key if isinstance(key, int) else int(str(key).split(":")[0])
+
+
 def site_location(v: dict, vi: int, locs: dict[int, list]) -> list | None:
     """A variable's location at a call site (None: not in scope there)."""
     if v.get("described"):
@@ -229,7 +235,7 @@ class CallSite(_Record):
     # holding (sum(coefficient * variable) + constant mod 2**64) >> shift, a value the code
     # derived from variables (toolchain/values.py); a variable "<index>:sx" is its value
     # sign-extended to 64 bits
-    derived: _F[list[list]] = _F(list)
+    derived: _F[list[list]] = _F(list)  # (derived_var reads a variable's key)
     # [place, bytes, call key, bits]: a register or slot holding the low bits of an earlier
     # call's result (the call's [line, column, target, occurrence], as call sites pair)
     results: _F[list[list]] = _F(list)

@@ -1048,7 +1048,7 @@ def described_reasons(src: str, fs: dict, cs: dict, dst: str, fd: dict, cd: dict
     twins = contract.var_twins(fd.get("vars", []), fs.get("vars", []))
     dead = set(cd.get("dead_vars", []))
     copied = {c[1] for c in cd.get("copies", [])} | \
-        {int(str(t[0]).split(":")[0]) for d in cd.get("derived", []) for t in d[2]}
+        {contract.derived_var(t[0]) for d in cd.get("derived", []) for t in d[2]}
     for dj, dv in enumerate(fd.get("vars", [])):
         if dj in dead and dj not in copied:
             continue

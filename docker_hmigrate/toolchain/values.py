@@ -31,6 +31,9 @@ from fractions import Fraction
 
 import capstone
 
+from docker_hmigrate.toolchain import machine_aarch64, machine_x86_64
+from docker_hmigrate.toolchain.locations import _access, _writeback, ranges_of, slot_bits
+
 MASK = (1 << 64) - 1
 Atom = tuple
 
@@ -189,7 +192,7 @@ class _State:
 def _x86(st: _State, insn, i: int, fstate, regs_written: set[str], homes) -> None:
     X = capstone.x86
     m, ops = insn.mnemonic, insn.operands
-    from .machine_x86_64 import norm_reg
+    norm_reg = machine_x86_64.norm_reg
 
     def name(op) -> str:
         return norm_reg(insn.reg_name(op.reg))
@@ -256,12 +259,8 @@ def _x86(st: _State, insn, i: int, fstate, regs_written: set[str], homes) -> Non
     if len(ops) == 2 and ops[0].type in (X.X86_OP_REG, X.X86_OP_MEM):
         a, b = ops
         size = a.size
-        if m == "mov":
+        if m in ("mov", "movzx"):  # movzx: value() zero-extends already
             put(a, value(b))
-            return
-        if m in ("movzx",) and a.type == X.X86_OP_REG:
-            v = value(b)
-            put(a, v)
             return
         if m == "movsxd" and a.type == X.X86_OP_REG and size == 8:
             v = value(b)
@@ -313,7 +312,7 @@ def _x86(st: _State, insn, i: int, fstate, regs_written: set[str], homes) -> Non
 def _a64(st: _State, insn, i: int, fstate, regs_written: set[str], homes) -> None:
     A = capstone.arm64
     m, ops = insn.mnemonic, insn.operands
-    from .machine_aarch64 import norm_reg
+    norm_reg = machine_aarch64.norm_reg
 
     def rname(op) -> str:
         return insn.reg_name(op.reg)
@@ -380,7 +379,6 @@ def _a64(st: _State, insn, i: int, fstate, regs_written: set[str], homes) -> Non
         elif m.endswith("h"):
             width = 2
         pair = m.startswith(("ldp", "stp"))
-        base = insn.reg_name(mem[0].mem.base) if mem[0].mem.base else ""
         for n, r in enumerate(regs[:2] if pair else regs[:1]):
             s = frame_slot(mem[0].mem, width * (2 if pair else 1))  # homes: both
             if s is not None:
@@ -388,14 +386,10 @@ def _a64(st: _State, insn, i: int, fstate, regs_written: set[str], homes) -> Non
             if m.startswith("ld"):
                 put(r, st.load(*s, op_opaque("load", i, *s)) if s else None)
             elif s is not None:
-                st.set(_slot(*s), op_low(value(r), 8 * width)  # type: ignore[arg-type]
-                       if value(r) is not None else op_opaque("def", i, *s))
-        if insn.writeback and base not in ("sp", "x29", "fp"):
-            post = [o.imm for o in ops if o.type == A.ARM64_OP_IMM]
-            full = norm_reg(base)
-            st.set(full, st.reg(full) + Form.k(post[0] if post else mem[0].mem.disp))
-            regs_written.discard(full)
-        return
+                v = value(r)
+                st.set(_slot(*s), op_low(v, 8 * width) if v is not None else
+                       op_opaque("def", i, *s))
+        return  # a writeback's base register: forms_at, as locations.copies_after
     if not regs:
         return
     d = regs[0]
@@ -448,12 +442,12 @@ def _a64(st: _State, insn, i: int, fstate, regs_written: set[str], homes) -> Non
 # ---------------------------------------------------------------- the analysis
 
 
-
 def _general(arch, r: str) -> bool:
     """A general register (the places followed, beside frame slots)."""
     if arch.isa.name == "x86-64":
         return r.startswith("r") and r not in ("rflags", "rip")
     return r.startswith("x")
+
 
 # the registers a call does not keep (the return value's first)
 _CLOBBERED = {"x86-64": ["rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "r11"],
@@ -463,8 +457,6 @@ _CLOBBERED = {"x86-64": ["rax", "rcx", "rdx", "rsi", "rdi", "r8", "r9", "r10", "
 def forms_at(arch, insns: list, succ: list[list[int]], states: list, homes: int,
              regs_of) -> list[dict[str, Form] | None]:
     """Per instruction, the forms of the places before it (None: not reached)."""
-    from .locations import _access, ranges_of, slot_bits
-
     def home(off: int, size: int) -> bool:
         return bool(homes & slot_bits(off, size))
 
@@ -537,6 +529,10 @@ def forms_at(arch, insns: list, succ: list[list[int]], states: list, homes: int,
                 st.set(_CLOBBERED[arch.isa.name][0], op_opaque("ret", i))
             else:
                 step(st, x, i, fs, written, home)
+                wb = _writeback(arch, x)
+                if wb is not None:  # aarch64 `ldr w19, [x21], #4`: the base moves by 4
+                    st.set(wb[0], st.reg(wb[0]) + Form.k(wb[1]))
+                    written.discard(wb[0])
             for r in written:  # written in a way not followed
                 st.set(r, op_opaque("def", i, r))
             out = st.forms
